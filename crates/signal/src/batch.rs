@@ -1,0 +1,251 @@
+//! Contrastive batches: for each Id, preprocess and cut 2 windows → anchor and positive,
+//! `[B, W, C]` each. Ids without 2 windows (too short, non-finite values) are skipped and
+//! counted, each named once.
+//!
+//! [`BatchBuilder`] reads only the two windows of each Id from the store (hyperslabs). The
+//! per-Id normalization statistics need the whole signal once; they are computed on first use
+//! and kept, so later epochs read `2·W·C` values per Id and nothing more.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::prelude::*;
+
+use crate::error::{Result, SignalError};
+use crate::preprocess::{channel_affine, ChannelAffine, PreprocessConfig};
+use crate::rng::{mix_seed, Rng};
+use crate::store::SignalStore;
+use crate::window::WindowConfig;
+
+/// Anchor and positive windows of B Ids, `[B, W, C]` row-major each.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ContrastiveBatch {
+    pub anchor: Vec<f32>,
+    pub positive: Vec<f32>,
+    /// The Ids of the rows, in order.
+    pub ids: Vec<u64>,
+    pub window: usize,
+    pub channels: usize,
+    /// Ids of this batch that were skipped.
+    pub skipped: Vec<u64>,
+}
+
+impl ContrastiveBatch {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Values per row: `W * C`.
+    pub fn row_len(&self) -> usize {
+        self.window * self.channels
+    }
+}
+
+/// Why an Id yields no contrastive pair.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    TooShort { length: usize, window: usize },
+    NonFinite { index: usize },
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::TooShort { length, window } => {
+                write!(f, "signal of length {length} gives fewer than 2 windows of {window}")
+            }
+            SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
+        }
+    }
+}
+
+/// Ids skipped so far, each with its reason, recorded once.
+#[derive(Default, Debug)]
+pub struct SkipLog {
+    entries: Mutex<Vec<(u64, SkipReason)>>,
+}
+
+impl SkipLog {
+    fn record(&self, id: u64, reason: SkipReason) {
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if !e.iter().any(|(i, _)| *i == id) {
+            eprintln!("warning: skipping Id {id}: {reason}");
+            e.push((id, reason));
+        }
+    }
+
+    pub fn entries(&self) -> Vec<(u64, SkipReason)> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// What is known of one Id once checked: its normalization map or why it is skipped.
+type Checked = std::result::Result<ChannelAffine, SkipReason>;
+
+/// Builds contrastive batches from a store.
+pub struct BatchBuilder {
+    store: Arc<dyn SignalStore>,
+    preprocess: PreprocessConfig,
+    window: WindowConfig,
+    channels: usize,
+    checked: Vec<OnceLock<Checked>>,
+    skips: SkipLog,
+}
+
+impl BatchBuilder {
+    /// Validates the configuration; all samples of the store must share one channel count.
+    pub fn new(store: Arc<dyn SignalStore>, preprocess: PreprocessConfig, window: WindowConfig) -> Result<Self> {
+        preprocess.validate()?;
+        window.validate()?;
+        let channels = store.samples().first().map_or(1, |s| s.channels);
+        if let Some(s) = store.samples().iter().find(|s| s.channels != channels) {
+            return Err(SignalError::BadSample {
+                path: store.path().to_path_buf(),
+                id: s.id,
+                reason: format!("has {} channels, the store's first sample has {channels}", s.channels),
+            });
+        }
+        let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
+        Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default() })
+    }
+
+    pub fn store(&self) -> &Arc<dyn SignalStore> {
+        &self.store
+    }
+
+    pub fn window(&self) -> &WindowConfig {
+        &self.window
+    }
+
+    pub fn preprocess(&self) -> &PreprocessConfig {
+        &self.preprocess
+    }
+
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Every Id skipped so far, with its reason.
+    pub fn skips(&self) -> &SkipLog {
+        &self.skips
+    }
+
+    /// Checks an Id: reads the whole (truncated) signal once, looks for NaN/Inf and derives the
+    /// normalization map. Cached.
+    pub fn check(&self, id: u64) -> Result<&Checked> {
+        let idx = self.store.index_of(id)?;
+        if let Some(c) = self.checked[idx].get() {
+            return Ok(c);
+        }
+        let info = &self.store.samples()[idx];
+        let len = self.preprocess.effective_length(info.length);
+        let checked = if !self.pair_possible(len) {
+            Err(SkipReason::TooShort { length: len, window: self.window.window_size })
+        } else {
+            let mut values = vec![0.0f32; len * info.channels];
+            self.store.read_rows_into(id, 0, len, &mut values)?;
+            channel_affine(&values, info.channels, self.preprocess.normalization)
+                .map_err(|index| SkipReason::NonFinite { index })
+        };
+        if let Err(reason) = &checked {
+            self.skips.record(id, reason.clone());
+        }
+        Ok(self.checked[idx].get_or_init(|| checked))
+    }
+
+    /// Whether `id` gives a contrastive pair (checking it if needed).
+    pub fn usable(&self, id: u64) -> Result<bool> {
+        Ok(self.check(id)?.is_ok())
+    }
+
+    fn pair_possible(&self, len: usize) -> bool {
+        let mut two = self.window;
+        two.num_window = 2;
+        two.count(len) >= 2
+    }
+
+    /// Checks many Ids in parallel (the first epoch's full reads), returning the usable ones.
+    pub fn usable_ids(&self, ids: &[u64]) -> Result<Vec<u64>> {
+        let flags: Vec<bool> = ids.par_iter().map(|&id| self.usable(id)).collect::<Result<_>>()?;
+        Ok(ids.iter().zip(flags).filter(|(_, ok)| *ok).map(|(&id, _)| id).collect())
+    }
+
+    /// Assembles the batch for `ids` into `out`, reusing its buffers. Window draws depend only on
+    /// `(seed, id)`, so a batch is the same whichever thread builds it.
+    pub fn build_into(&self, ids: &[u64], seed: u64, out: &mut ContrastiveBatch) -> Result<()> {
+        out.ids.clear();
+        out.skipped.clear();
+        for &id in ids {
+            if self.usable(id)? {
+                out.ids.push(id);
+            } else {
+                out.skipped.push(id);
+            }
+        }
+        let row = self.window.window_size * self.channels;
+        let n = out.ids.len();
+        out.window = self.window.window_size;
+        out.channels = self.channels;
+        out.anchor.resize(n * row, 0.0);
+        out.positive.resize(n * row, 0.0);
+        let w = self.window.window_size;
+        let ids = &out.ids;
+        out.anchor
+            .par_chunks_mut(row.max(1))
+            .zip(out.positive.par_chunks_mut(row.max(1)))
+            .zip(ids.par_iter())
+            .try_for_each_init(Vec::new, |starts, ((a, p), &id)| -> Result<()> {
+                let idx = self.store.index_of(id)?;
+                let len = self.preprocess.effective_length(self.store.samples()[idx].length);
+                let mut rng = Rng::new(mix_seed(&[seed, id]));
+                let mut two = self.window;
+                two.num_window = 2;
+                two.starts(len, &mut rng, starts);
+                self.store.read_rows_into(id, starts[0], w, a)?;
+                self.store.read_rows_into(id, starts[1], w, p)?;
+                if let Ok(affine) = self.check(id)? {
+                    affine.apply(a);
+                    affine.apply(p);
+                }
+                Ok(())
+            })
+    }
+
+    pub fn build(&self, ids: &[u64], seed: u64) -> Result<ContrastiveBatch> {
+        let mut b = ContrastiveBatch::default();
+        self.build_into(ids, seed, &mut b)?;
+        Ok(b)
+    }
+
+    /// K windows of one Id by this builder's strategy (for evaluation), `[K, W, C]`, normalized.
+    /// `region` restricts the windows to rows `region.0..region.1` of the (truncated) signal.
+    pub fn windows_of(&self, id: u64, region: (usize, usize), window: &WindowConfig, seed: u64) -> Result<Vec<f32>> {
+        let affine = match self.check(id)? {
+            Ok(a) => a.clone(),
+            Err(reason) => {
+                return Err(SignalError::BadSample {
+                    path: self.store.path().to_path_buf(),
+                    id,
+                    reason: reason.to_string(),
+                })
+            }
+        };
+        let (lo, hi) = region;
+        let mut starts = Vec::new();
+        window.starts(hi.saturating_sub(lo), &mut Rng::new(mix_seed(&[seed, id])), &mut starts);
+        let row = window.window_size * self.channels;
+        let mut out = vec![0.0f32; starts.len() * row];
+        for (chunk, &s) in out.chunks_mut(row).zip(&starts) {
+            self.store.read_rows_into(id, lo + s, window.window_size, chunk)?;
+            affine.apply(chunk);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,199 @@
+//! The metadata table: one row per Id, from CSV or XLSX. `Id` and `Label` are required; the
+//! known optional columns are typed; any other column is kept as a string.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, SignalError};
+
+/// One row of the table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetaRow {
+    pub id: u64,
+    pub label: i64,
+    pub dataset_id: Option<i64>,
+    pub name: Option<String>,
+    pub domain_id: Option<i64>,
+    pub sample_rate: Option<f64>,
+    pub length: Option<u64>,
+    pub channels: Option<u64>,
+    pub fault_size: Option<f64>,
+    pub fault_location: Option<String>,
+    /// Columns the table has beyond the known ones, by header.
+    pub extra: BTreeMap<String, String>,
+}
+
+impl MetaRow {
+    /// A column's value as text, known or not (for grouping and alternative labels).
+    pub fn field(&self, column: &str) -> Option<String> {
+        let num = |v: Option<f64>| v.map(|x| x.to_string());
+        match column {
+            "Id" => Some(self.id.to_string()),
+            "Label" => Some(self.label.to_string()),
+            "Dataset_id" => self.dataset_id.map(|v| v.to_string()),
+            "Name" => self.name.clone(),
+            "Domain_id" => self.domain_id.map(|v| v.to_string()),
+            "Sample_Rate" => num(self.sample_rate),
+            "Length" => self.length.map(|v| v.to_string()),
+            "Channels" => self.channels.map(|v| v.to_string()),
+            "Fault_Size" => num(self.fault_size),
+            "Fault_Location" => self.fault_location.clone(),
+            other => self.extra.get(other).cloned(),
+        }
+    }
+}
+
+/// The whole table, sorted by Id.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata {
+    pub path: PathBuf,
+    pub columns: Vec<String>,
+    pub rows: Vec<MetaRow>,
+}
+
+impl Metadata {
+    /// Reads a `.csv` or `.xlsx` table (chosen by extension).
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        if !path.exists() {
+            return Err(SignalError::NotFound { path: path.to_path_buf() });
+        }
+        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let (header, records) = match ext.as_str() {
+            "xlsx" | "xlsm" | "xls" | "ods" => read_sheet(path)?,
+            _ => read_csv(path)?,
+        };
+        Self::from_records(path, header, records)
+    }
+
+    /// Builds the table from a header and string records (the common path of CSV and XLSX).
+    pub fn from_records(path: &Path, header: Vec<String>, records: Vec<Vec<String>>) -> Result<Self> {
+        let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
+        let header: Vec<String> = header.into_iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_string()).collect();
+        let col = |name: &str| header.iter().position(|h| h == name);
+        let id_col = col("Id").ok_or_else(|| bad("no `Id` column".into()))?;
+        let label_col = col("Label").ok_or_else(|| bad("no `Label` column".into()))?;
+        let known = [
+            "Id", "Label", "Dataset_id", "Name", "Domain_id", "Sample_Rate", "Length", "Channels", "Fault_Size",
+            "Fault_Location",
+        ];
+        let mut rows = Vec::with_capacity(records.len());
+        let mut seen = std::collections::HashSet::new();
+        for (n, rec) in records.iter().enumerate() {
+            let line = n + 2; // 1-based, after the header
+            let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(|s| s.trim()).filter(|s| !s.is_empty());
+            if rec.iter().all(|v| v.trim().is_empty()) {
+                continue;
+            }
+            let id_text = get(Some(id_col)).ok_or_else(|| bad(format!("row {line}: empty Id")))?;
+            let id = parse_integer(id_text)
+                .filter(|&v| v >= 0)
+                .map(|v| v as u64)
+                .ok_or_else(|| bad(format!("row {line}: Id {id_text:?} is not a non-negative integer")))?;
+            if !seen.insert(id) {
+                return Err(bad(format!("row {line}: Id {id} appears twice")));
+            }
+            let label_text = get(Some(label_col)).ok_or_else(|| bad(format!("row {line} (Id {id}): empty Label")))?;
+            let label = parse_integer(label_text)
+                .ok_or_else(|| bad(format!("row {line} (Id {id}): Label {label_text:?} is not an integer")))?;
+            let typed_f = |name: &str| -> Result<Option<f64>> {
+                match get(col(name)) {
+                    None => Ok(None),
+                    Some(t) => t.parse::<f64>().map(Some).map_err(|_| bad(format!("row {line} (Id {id}): {name} {t:?} is not a number"))),
+                }
+            };
+            let typed_i = |name: &str| -> Result<Option<i64>> {
+                match get(col(name)) {
+                    None => Ok(None),
+                    Some(t) => parse_integer(t).map(Some).ok_or_else(|| bad(format!("row {line} (Id {id}): {name} {t:?} is not an integer"))),
+                }
+            };
+            let nonneg = |v: Option<i64>, name: &str| -> Result<Option<u64>> {
+                match v {
+                    Some(x) if x < 0 => Err(bad(format!("row {line} (Id {id}): {name} is negative"))),
+                    other => Ok(other.map(|x| x as u64)),
+                }
+            };
+            let mut extra = BTreeMap::new();
+            for (c, h) in header.iter().enumerate() {
+                if !known.contains(&h.as_str()) && !h.is_empty() {
+                    extra.insert(h.clone(), rec.get(c).map(|s| s.trim().to_string()).unwrap_or_default());
+                }
+            }
+            rows.push(MetaRow {
+                id,
+                label,
+                dataset_id: typed_i("Dataset_id")?,
+                name: get(col("Name")).map(str::to_string),
+                domain_id: typed_i("Domain_id")?,
+                sample_rate: typed_f("Sample_Rate")?,
+                length: nonneg(typed_i("Length")?, "Length")?,
+                channels: nonneg(typed_i("Channels")?, "Channels")?,
+                fault_size: typed_f("Fault_Size")?,
+                fault_location: get(col("Fault_Location")).map(str::to_string),
+                extra,
+            });
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(Metadata { path: path.to_path_buf(), columns: header, rows })
+    }
+
+    pub fn row(&self, id: u64) -> Option<&MetaRow> {
+        self.rows.binary_search_by_key(&id, |r| r.id).ok().map(|i| &self.rows[i])
+    }
+
+    /// Writes the table as CSV (atomically).
+    pub fn write_csv(&self, path: &Path) -> Result<()> {
+        let werr = |reason: String| SignalError::Write { path: path.to_path_buf(), reason };
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(&self.columns).map_err(|e| werr(e.to_string()))?;
+        for r in &self.rows {
+            let rec: Vec<String> = self.columns.iter().map(|c| r.field(c).unwrap_or_default()).collect();
+            w.write_record(&rec).map_err(|e| werr(e.to_string()))?;
+        }
+        let bytes = w.into_inner().map_err(|e| werr(e.to_string()))?;
+        crate::write_atomic(path, &bytes)
+    }
+}
+
+/// Integers as tables write them: `3`, `3.0`, ` 3 `.
+fn parse_integer(t: &str) -> Option<i64> {
+    if let Ok(v) = t.parse::<i64>() {
+        return Some(v);
+    }
+    let f = t.parse::<f64>().ok()?;
+    (f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15).then_some(f as i64)
+}
+
+type Records = (Vec<String>, Vec<Vec<String>>);
+
+fn read_csv(path: &Path) -> Result<Records> {
+    let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
+    let mut r = csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(e.to_string()))?;
+    let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
+    let mut records = Vec::new();
+    for rec in r.records() {
+        let rec = rec.map_err(|e| bad(e.to_string()))?;
+        records.push(rec.iter().map(str::to_string).collect());
+    }
+    Ok((header, records))
+}
+
+fn read_sheet(path: &Path) -> Result<Records> {
+    use calamine::{open_workbook_auto, Data, Reader};
+    let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
+    let mut wb = std::panic::catch_unwind(|| open_workbook_auto(path))
+        .map_err(|_| bad("corrupt workbook".into()))?
+        .map_err(|e| bad(e.to_string()))?;
+    let first = wb.sheet_names().first().cloned().ok_or_else(|| bad("workbook has no sheet".into()))?;
+    let range = wb.worksheet_range(&first).map_err(|e| bad(e.to_string()))?;
+    let cell = |d: &Data| match d {
+        Data::Empty => String::new(),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", *f as i64),
+        other => other.to_string(),
+    };
+    let mut rows = range.rows();
+    let header = rows.next().ok_or_else(|| bad("sheet is empty".into()))?.iter().map(cell).collect();
+    let records = rows.map(|r| r.iter().map(cell).collect()).collect();
+    Ok((header, records))
+}

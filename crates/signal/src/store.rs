@@ -1,0 +1,296 @@
+//! The signal store: one HDF5 file, one top-level dataset per sample, named by its decimal Id,
+//! shape `(L, C)` or `(L,)`, float32 or float64 (read as f32).
+//!
+//! [`SignalStore`] is the small trait the rest of the system reads through; [`Hdf5Store`] is its
+//! `rust-hdf5` implementation. The file is opened once to list the samples; reads are lazy and
+//! take only the rows asked for (a hyperslab). `rust-hdf5` file handles are single-threaded, so
+//! every worker thread keeps its own handle: reads from many threads never wait on a lock.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rust_hdf5::{DatatypeMessage, H5Dataset, H5File, StorageLayout};
+
+use crate::error::{Result, SignalError};
+
+/// Element type of a stored sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleType {
+    F32,
+    F64,
+}
+
+/// What the store knows of one sample without reading its values.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleInfo {
+    pub id: u64,
+    /// Number of time steps L.
+    pub length: usize,
+    /// Number of channels C (1 for a `(L,)` dataset).
+    pub channels: usize,
+    pub dtype: SampleType,
+    pub chunked: bool,
+    /// 1 for a `(L,)` dataset, 2 for `(L, C)`.
+    pub rank: usize,
+}
+
+/// A dataset of the file that is not a readable sample, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IgnoredDataset {
+    pub name: String,
+    pub reason: String,
+}
+
+/// Read access to a collection of multichannel signals keyed by Id.
+pub trait SignalStore: Send + Sync {
+    /// Where the store lives, for messages.
+    fn path(&self) -> &Path;
+    /// Every readable sample, sorted by Id.
+    fn samples(&self) -> &[SampleInfo];
+    /// Datasets that are not samples (non-numeric names, unsupported shapes or types).
+    fn ignored(&self) -> &[IgnoredDataset];
+    /// Reads rows `start..start + rows` of sample `id` into `out` (`rows * C` values, row-major).
+    fn read_rows_into(&self, id: u64, start: usize, rows: usize, out: &mut [f32]) -> Result<()>;
+
+    /// The sample's position in [`samples`](Self::samples).
+    fn index_of(&self, id: u64) -> Result<usize> {
+        self.samples()
+            .binary_search_by_key(&id, |s| s.id)
+            .map_err(|_| SignalError::UnknownId { path: self.path().to_path_buf(), id })
+    }
+
+    fn info(&self, id: u64) -> Result<&SampleInfo> {
+        let i = self.index_of(id)?;
+        Ok(&self.samples()[i])
+    }
+
+    /// Reads a whole sample, `(L, C)` row-major.
+    fn read(&self, id: u64) -> Result<Vec<f32>> {
+        let info = self.info(id)?;
+        let mut out = vec![0.0; info.length * info.channels];
+        self.read_rows_into(id, 0, info.length, &mut out)?;
+        Ok(out)
+    }
+}
+
+/// An HDF5 signal store read with `rust-hdf5`.
+pub struct Hdf5Store {
+    path: PathBuf,
+    key: u64,
+    samples: Vec<SampleInfo>,
+    ignored: Vec<IgnoredDataset>,
+}
+
+static NEXT_STORE_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// Per-thread open handles: (store key, file, datasets opened so far). Bounded so that threads
+/// that outlive many stores do not hoard file descriptors.
+struct ThreadHandle {
+    key: u64,
+    file: H5File,
+    datasets: HashMap<u64, H5Dataset>,
+}
+const HANDLES_PER_THREAD: usize = 4;
+thread_local! {
+    static HANDLES: RefCell<Vec<ThreadHandle>> = const { RefCell::new(Vec::new()) };
+}
+
+fn open_h5(path: &Path) -> Result<H5File> {
+    if !path.exists() {
+        return Err(SignalError::NotFound { path: path.to_path_buf() });
+    }
+    // A file that is not HDF5 (or is cut short) must be an error, never a panic inside the parser.
+    let opened = std::panic::catch_unwind(|| H5File::options().best_effort_locking().open(path));
+    match opened {
+        Ok(Ok(f)) => Ok(f),
+        Ok(Err(e)) => Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: e.to_string() }),
+        Err(_) => Err(SignalError::NotHdf5 {
+            path: path.to_path_buf(),
+            reason: "the HDF5 parser failed on corrupt structures".into(),
+        }),
+    }
+}
+
+fn sample_type(dt: &DatatypeMessage) -> std::result::Result<SampleType, String> {
+    match dt {
+        DatatypeMessage::FloatingPoint { size: 4, .. } => Ok(SampleType::F32),
+        DatatypeMessage::FloatingPoint { size: 8, .. } => Ok(SampleType::F64),
+        other => Err(format!("unsupported element type {other:?}; expected float32 or float64")),
+    }
+}
+
+/// Parses a dataset name as a decimal Id: digits only, as PHM-Vibench writes them.
+pub fn parse_id(name: &str) -> Option<u64> {
+    let name = name.strip_prefix('/').unwrap_or(name);
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+impl Hdf5Store {
+    /// Opens the file and lists its samples. Reads no signal values.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = open_h5(&path)?;
+        let mut samples = Vec::new();
+        let mut ignored = Vec::new();
+        let mut names = file.dataset_names();
+        names.sort();
+        for name in names {
+            let Some(id) = parse_id(&name) else {
+                ignored.push(IgnoredDataset { name, reason: "name is not a decimal Id".into() });
+                continue;
+            };
+            match describe(&file, &name, id) {
+                Ok(info) => samples.push(info),
+                Err(reason) => ignored.push(IgnoredDataset { name, reason }),
+            }
+        }
+        samples.sort_by_key(|s| s.id);
+        let key = NEXT_STORE_KEY.fetch_add(1, Ordering::Relaxed);
+        Ok(Hdf5Store { path, key, samples, ignored })
+    }
+
+    fn with_dataset<R>(&self, id: u64, f: impl FnOnce(&H5Dataset) -> Result<R>) -> Result<R> {
+        HANDLES.with(|cell| {
+            let mut handles = cell.borrow_mut();
+            let pos = match handles.iter().position(|h| h.key == self.key) {
+                Some(p) => p,
+                None => {
+                    if handles.len() >= HANDLES_PER_THREAD {
+                        handles.remove(0);
+                    }
+                    let file = open_h5(&self.path)?;
+                    handles.push(ThreadHandle { key: self.key, file, datasets: HashMap::new() });
+                    handles.len() - 1
+                }
+            };
+            let handle = &mut handles[pos];
+            if !handle.datasets.contains_key(&id) {
+                let ds = handle.file.dataset(&id.to_string()).map_err(|e| self.bad(id, e.to_string()))?;
+                handle.datasets.insert(id, ds);
+            }
+            f(&handle.datasets[&id])
+        })
+    }
+
+    fn bad(&self, id: u64, reason: impl Into<String>) -> SignalError {
+        SignalError::BadSample { path: self.path.clone(), id, reason: reason.into() }
+    }
+}
+
+fn describe(file: &H5File, name: &str, id: u64) -> std::result::Result<SampleInfo, String> {
+    let ds = file.dataset(name).map_err(|e| e.to_string())?;
+    let shape = ds.shape();
+    let (length, channels) = match shape.as_slice() {
+        [l] => (*l, 1),
+        [l, c] => (*l, *c),
+        other => return Err(format!("shape {other:?}; expected (L, C) or (L,)")),
+    };
+    if channels == 0 {
+        return Err("zero channels".into());
+    }
+    let dtype = sample_type(&ds.datatype().map_err(|e| e.to_string())?)?;
+    let chunked = matches!(ds.storage_layout(), Ok(StorageLayout::Chunked));
+    Ok(SampleInfo { id, length, channels, dtype, chunked, rank: shape.len() })
+}
+
+impl SignalStore for Hdf5Store {
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn samples(&self) -> &[SampleInfo] {
+        &self.samples
+    }
+
+    fn ignored(&self) -> &[IgnoredDataset] {
+        &self.ignored
+    }
+
+    fn read_rows_into(&self, id: u64, start: usize, rows: usize, out: &mut [f32]) -> Result<()> {
+        let info = self.info(id)?.clone();
+        if start.checked_add(rows).is_none_or(|end| end > info.length) {
+            return Err(self.bad(id, format!("rows {start}..+{rows} out of range (length {})", info.length)));
+        }
+        if out.len() != rows * info.channels {
+            return Err(self.bad(id, format!("buffer holds {} values, need {}", out.len(), rows * info.channels)));
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let (starts, counts): (Vec<usize>, Vec<usize>) = if info.rank == 1 {
+            (vec![start], vec![rows])
+        } else {
+            (vec![start, 0], vec![rows, info.channels])
+        };
+        let read = |ds: &H5Dataset| -> Result<()> {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match info.dtype {
+                SampleType::F32 => ds.read_slice_into::<f32>(out, &starts, &counts),
+                SampleType::F64 => ds.read_slice::<f64>(&starts, &counts).map(|v| {
+                    for (o, x) in out.iter_mut().zip(v) {
+                        *o = x as f32;
+                    }
+                }),
+            }));
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(self.bad(id, format!("read failed: {e}"))),
+                Err(_) => Err(self.bad(id, "read failed: corrupt data structures")),
+            }
+        };
+        self.with_dataset(id, read)
+    }
+}
+
+/// How [`write_store`] lays out each sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Contiguous,
+    /// Chunks of `rows` time steps, gzip level `gzip` (0 = no compression).
+    Chunked { rows: usize, gzip: u32 },
+}
+
+/// One sample to write: Id, `(L, C)` row-major values, C.
+pub struct SampleData<'a> {
+    pub id: u64,
+    pub values: &'a [f32],
+    pub channels: usize,
+}
+
+/// Writes samples as a signal store h5py reads back. The file appears only when complete
+/// (written to a temporary name, then renamed).
+pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData<'a>>, layout: Layout) -> Result<()> {
+    let tmp = crate::tmp_path(path);
+    let werr = |reason: String| SignalError::Write { path: path.to_path_buf(), reason };
+    let result = (|| -> Result<()> {
+        let file = H5File::create(&tmp).map_err(|e| werr(e.to_string()))?;
+        for s in samples {
+            if s.channels == 0 || s.values.len() % s.channels != 0 {
+                return Err(werr(format!("Id {}: {} values do not split into {} channels", s.id, s.values.len(), s.channels)));
+            }
+            let rows = s.values.len() / s.channels;
+            let mut b = file.new_dataset::<f32>().shape([rows, s.channels]);
+            if let Layout::Chunked { rows: chunk_rows, gzip } = layout {
+                b = b.chunk(&[chunk_rows.clamp(1, rows.max(1)), s.channels]);
+                if gzip > 0 {
+                    b = b.deflate(gzip);
+                }
+            }
+            let ds = b.create(&s.id.to_string()).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
+            ds.write_raw(s.values).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
+        }
+        file.close().map_err(|e| werr(e.to_string()))?;
+        Ok(())
+    })();
+    match result {
+        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
+}

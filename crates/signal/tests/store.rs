@@ -1,0 +1,283 @@
+//! The signal store and metadata table against files written by h5py (tests/fixtures, made by
+//! scripts/make_fixtures.py), and every kind of bad input the store and table can meet.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use signal::store::{write_store, Layout, SampleData};
+use signal::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+}
+
+/// The formula scripts/make_fixtures.py wrote.
+fn expected(i: u64, l: usize, c: usize) -> Vec<f64> {
+    let mut v = Vec::with_capacity(l * c);
+    for t in 0..l {
+        for ch in 0..c {
+            v.push((0.01 * (i + 1) as f64 * (ch + 1) as f64 * t as f64).sin() + 0.001 * t as f64);
+        }
+    }
+    v
+}
+
+#[test]
+fn reads_every_h5py_layout() {
+    for (name, channels) in [
+        ("default_f32.h5", 2),
+        ("latest_f32.h5", 2),
+        ("chunked_gzip_f32.h5", 2),
+        ("latest_chunked_gzip_f64.h5", 2),
+        ("one_d_f64.h5", 1),
+    ] {
+        let store = Hdf5Store::open(fixture(name)).unwrap();
+        assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "{name}");
+        assert_eq!(store.ignored().len(), 1, "{name}: the `notes` dataset is reported");
+        assert_eq!(store.ignored()[0].name, "notes");
+        for s in store.samples() {
+            let l = 300 + 50 * s.id as usize;
+            assert_eq!((s.length, s.channels), (l, channels), "{name} Id {}", s.id);
+            let all = store.read(s.id).unwrap();
+            let want = expected(s.id, l, channels);
+            for (a, b) in all.iter().zip(&want) {
+                assert!((*a as f64 - b).abs() < 1e-6, "{name} Id {}", s.id);
+            }
+            // A hyperslab crossing chunk boundaries equals the same rows of the full read.
+            let mut win = vec![0.0; 100 * channels];
+            store.read_rows_into(s.id, 37, 100, &mut win).unwrap();
+            assert_eq!(&win[..], &all[37 * channels..137 * channels], "{name} Id {}", s.id);
+        }
+    }
+}
+
+#[test]
+fn reads_in_parallel_from_many_threads() {
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture("chunked_gzip_f32.h5")).unwrap());
+    let full: Vec<Vec<f32>> = (1..=5).map(|id| store.read(id).unwrap()).collect();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let store = store.clone();
+            let full = &full;
+            s.spawn(move || {
+                for k in 0..200 {
+                    let id = ((t + k) % 5) as u64 + 1;
+                    let mut w = vec![0.0; 64 * 2];
+                    let start = (k * 7) % 200;
+                    store.read_rows_into(id, start, 64, &mut w).unwrap();
+                    assert_eq!(&w[..], &full[id as usize - 1][start * 2..(start + 64) * 2]);
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn written_store_reads_back_in_both_layouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Vec<f32> = (0..600).map(|i| i as f32 * 0.5).collect();
+    let b: Vec<f32> = (0..90).map(|i| -(i as f32)).collect();
+    for layout in [Layout::Contiguous, Layout::Chunked { rows: 64, gzip: 4 }] {
+        let path = dir.path().join("w.h5");
+        write_store(
+            &path,
+            [SampleData { id: 7, values: &a, channels: 3 }, SampleData { id: 12, values: &b, channels: 1 }],
+            layout,
+        )
+        .unwrap();
+        let store = Hdf5Store::open(&path).unwrap();
+        assert_eq!(store.info(7).unwrap().length, 200);
+        assert_eq!(store.info(7).unwrap().channels, 3);
+        assert_eq!(store.read(7).unwrap(), a);
+        assert_eq!(store.read(12).unwrap(), b);
+        assert!(!dir.path().read_dir().unwrap().any(|e| e.unwrap().file_name().to_string_lossy().ends_with(".tmp")));
+    }
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = Hdf5Store::open("/nonexistent/dir/x.h5").err().unwrap().to_string();
+    assert!(e.contains("/nonexistent/dir/x.h5") && e.contains("not found"), "{e}");
+}
+
+#[test]
+fn non_hdf5_and_truncated_files_are_errors_not_panics() {
+    let e = Hdf5Store::open(fixture("not_hdf5.h5")).err().unwrap().to_string();
+    assert!(e.contains("not_hdf5.h5") && e.contains("HDF5"), "{e}");
+    // A truncated file either fails to open or fails on the read of the missing bytes.
+    match Hdf5Store::open(fixture("truncated.h5")) {
+        Err(e) => assert!(e.to_string().contains("truncated.h5"), "{e}"),
+        Ok(store) => {
+            let failures = store.samples().iter().filter(|s| store.read(s.id).is_err()).count();
+            assert!(failures > 0, "a file cut to a third cannot read back every sample");
+        }
+    }
+}
+
+#[test]
+fn unknown_id_and_out_of_range_reads_are_errors_naming_the_id() {
+    let store = Hdf5Store::open(fixture("default_f32.h5")).unwrap();
+    let e = store.read(99).unwrap_err().to_string();
+    assert!(e.contains("Id 99"), "{e}");
+    let mut w = vec![0.0; 20];
+    let e = store.read_rows_into(1, 345, 10, &mut w).unwrap_err().to_string();
+    assert!(e.contains("Id 1") && e.contains("out of range"), "{e}");
+}
+
+#[test]
+fn metadata_from_csv_and_xlsx_agree() {
+    let csv = Metadata::load(fixture("meta.csv")).unwrap();
+    let xlsx = Metadata::load(fixture("meta.xlsx")).unwrap();
+    assert_eq!(csv.rows.len(), 5);
+    assert_eq!(csv.rows, xlsx.rows);
+    let r = csv.row(3).unwrap();
+    assert_eq!((r.label, r.sample_rate, r.length, r.channels), (1, Some(12000.0), Some(450), Some(2)));
+    assert_eq!(r.fault_size, Some(0.007));
+    assert_eq!(r.extra.get("Operator").map(String::as_str), Some("op3"), "unknown columns are kept");
+    assert_eq!(r.field("Operator").as_deref(), Some("op3"));
+}
+
+#[test]
+fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
+    let e = Metadata::load(fixture("meta_no_label.csv")).unwrap_err().to_string();
+    assert!(e.contains("meta_no_label.csv") && e.contains("Label"), "{e}");
+    let e = Metadata::load(fixture("meta_bad_id.csv")).unwrap_err().to_string();
+    assert!(e.contains("sample_two") && e.contains("row 3"), "{e}");
+    let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
+    assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
+}
+
+#[test]
+fn mismatches_between_store_and_table_are_reported_by_id() {
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture("default_f32.h5")).unwrap());
+    let ds = Dataset::join(store, Metadata::load(fixture("meta_mismatch.csv")).unwrap());
+    assert_eq!(ds.ids, vec![1, 2, 3, 4]);
+    assert_eq!(ds.missing_in_store, vec![9]);
+    assert_eq!(ds.missing_in_table, vec![5]);
+}
+
+fn builder(file: &str, w: usize, norm: Normalization) -> BatchBuilder {
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture(file)).unwrap());
+    BatchBuilder::new(
+        store,
+        PreprocessConfig { normalization: norm, truncate_length: None },
+        WindowConfig { window_size: w, ..Default::default() },
+    )
+    .unwrap()
+}
+
+#[test]
+fn nan_and_short_signals_are_skipped_counted_and_named() {
+    let b = builder("bad_values.h5", 64, Normalization::Standardization);
+    let batch = b.build(&[1, 2, 3], 0).unwrap();
+    assert_eq!(batch.ids, vec![3]);
+    assert_eq!(batch.skipped, vec![1, 2]);
+    let skips = b.skips().entries();
+    assert_eq!(skips.len(), 2);
+    assert!(matches!(skips.iter().find(|s| s.0 == 1).unwrap().1, SkipReason::NonFinite { index } if index == 123 * 2 + 1));
+    assert!(matches!(skips.iter().find(|s| s.0 == 2).unwrap().1, SkipReason::TooShort { length: 40, window: 64 }));
+    // Asking again does not log twice.
+    b.build(&[1, 2, 3], 1).unwrap();
+    assert_eq!(b.skips().count(), 2);
+}
+
+#[test]
+fn batch_windows_are_normalized_slices_of_the_signal() {
+    let b = builder("default_f32.h5", 64, Normalization::Standardization);
+    let batch = b.build(&[1, 2, 3, 4, 5], 42).unwrap();
+    assert_eq!(batch.len(), 5);
+    assert_eq!(batch.anchor.len(), 5 * 64 * 2);
+    let store = b.store();
+    for (row, &id) in batch.ids.iter().enumerate() {
+        let full = store.read(id).unwrap();
+        let l = full.len() / 2;
+        let mut norm = full.clone();
+        for c in 0..2 {
+            let xs: Vec<f64> = full.iter().skip(c).step_by(2).map(|&x| x as f64).collect();
+            let m = xs.iter().sum::<f64>() / l as f64;
+            let s = (xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / l as f64).sqrt();
+            for t in 0..l {
+                norm[t * 2 + c] = ((full[t * 2 + c] as f64 - m) / (s + 1e-8)) as f32;
+            }
+        }
+        let a = &batch.anchor[row * 128..(row + 1) * 128];
+        let p = &batch.positive[row * 128..(row + 1) * 128];
+        let find = |w: &[f32]| (0..=l - 64).find(|&s| norm[s * 2..(s + 64) * 2].iter().zip(w).all(|(x, y)| (x - y).abs() < 1e-4));
+        let (sa, sp) = (find(a).expect("anchor is a window"), find(p).expect("positive is a window"));
+        assert_ne!(sa, sp, "Id {id}: anchor and positive start apart");
+    }
+    // Same seed, same batch; another seed, other windows.
+    assert_eq!(b.build(&[1, 2, 3, 4, 5], 42).unwrap(), batch);
+    assert_ne!(b.build(&[1, 2, 3, 4, 5], 43).unwrap().anchor, batch.anchor);
+}
+
+#[test]
+fn sampler_is_deterministic_covers_each_epoch_and_resumes() {
+    let b = Arc::new(builder("default_f32.h5", 32, Normalization::MinMax));
+    let cfg = SamplerConfig { batch_size: 2, seed: 5, epochs: Some(3), ..Default::default() };
+    let all: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(all.len(), 3 * 2, "5 Ids, batch 2, drop_last: 2 batches per epoch");
+    for e in 0..3 {
+        let mut seen: Vec<u64> = all.iter().filter(|(p, _)| p.epoch == e).flat_map(|(_, b)| b.ids.clone()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4, "distinct Ids within an epoch");
+    }
+    let again: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default())
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(all, again);
+    let resumed: Vec<_> = BatchSampler::new(b, &[1, 2, 3, 4, 5], cfg, BatchPos { epoch: 1, batch: 1 })
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(&all[3..], &resumed[..]);
+}
+
+#[test]
+fn zero_batch_size_and_zero_window_are_errors_naming_the_key() {
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture("default_f32.h5")).unwrap());
+    let e = BatchBuilder::new(store.clone(), PreprocessConfig::default(), WindowConfig { window_size: 0, ..Default::default() })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("window_size"), "{e}");
+    let b = Arc::new(BatchBuilder::new(store, PreprocessConfig::default(), WindowConfig { window_size: 16, ..Default::default() }).unwrap());
+    let e = BatchSampler::new(b, &[1, 2], SamplerConfig { batch_size: 0, ..Default::default() }, BatchPos::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("batch_size"), "{e}");
+}
+
+#[test]
+fn synthetic_sets_round_trip_through_store_and_table() {
+    let dir = tempfile::tempdir().unwrap();
+    for complexity in [Complexity::Simple, Complexity::Medium, Complexity::Complex] {
+        let cfg = SynthConfig { complexity, count: 12, length: 500, channels: 2, seed: 9, ..Default::default() };
+        let g = signal::synth::generate(&cfg, dir.path(), &complexity.to_string(), Layout::Contiguous, &|_| {}).unwrap();
+        let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store).unwrap());
+        let meta = Metadata::load(&g.meta).unwrap();
+        let ds = Dataset::join(store.clone(), meta);
+        assert_eq!(ds.ids.len(), 12);
+        assert!(ds.missing_in_store.is_empty() && ds.missing_in_table.is_empty() && ds.disagreements.is_empty());
+        assert_eq!(store.read(5).unwrap(), cfg.signal(5));
+        assert_eq!(ds.row(5).unwrap().label, 5);
+    }
+    // h5py reads the written store back, when it is installed.
+    let check = std::process::Command::new("python3")
+        .args(["-c", "import sys,h5py; f=h5py.File(sys.argv[1]); print(f['5'].shape, f['5'].dtype)"])
+        .arg(dir.path().join("medium.h5"))
+        .output();
+    if let Ok(out) = check {
+        if out.status.success() {
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(500, 2) float32");
+        } else {
+            eprintln!("h5py not available; skipping the h5py read-back check: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+}
