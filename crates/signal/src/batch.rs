@@ -182,8 +182,11 @@ impl BatchBuilder {
     pub fn build_into(&self, ids: &[u64], seed: u64, out: &mut ContrastiveBatch) -> Result<()> {
         out.ids.clear();
         out.skipped.clear();
-        for &id in ids {
-            if self.usable(id)? {
+        // Checking is cached after an Id's first use; the first time it reads the whole signal, so
+        // the checks of a batch run in parallel too.
+        let usable: Vec<bool> = ids.par_iter().map(|&id| self.usable(id)).collect::<Result<_>>()?;
+        for (&id, ok) in ids.iter().zip(usable) {
+            if ok {
                 out.ids.push(id);
             } else {
                 out.skipped.push(id);

@@ -1,0 +1,4 @@
+//! One module per sub-command.
+
+pub mod generate;
+pub mod inspect;
