@@ -1,1 +1,19 @@
-//! placeholder
+//! The compute engine of contrastive-id, in the style of llm.c: explicit forward and backward per
+//! layer, no general autograd.
+//!
+//! - [`device`]: the kernel boundary ([`Device`]), [`View`]s into device memory;
+//! - [`cpu`]: the CPU device (faer GEMMs + rayon), the reference every other device is checked against;
+//! - [`model`]: the MLP encoders ([`EncoderConfig::init`] builds one), forward and backward side by side;
+//! - [`step`]: InfoNCE + Adam/AdamW + clipping, the allocation-free training step.
+
+pub mod cpu;
+pub mod device;
+pub mod error;
+pub mod model;
+pub mod step;
+
+pub use cpu::CpuDevice;
+pub use device::{AdamHyper, Device, Dropout, Gemm, InfoNceOut, View};
+pub use error::{EngineError, Result};
+pub use model::{EncoderConfig, EncoderKind, Encoder, LayerSpec};
+pub use step::{embed, ContrastiveStep, InfoNceConfig, OptimizerConfig, OptimizerKind, StepOutput};

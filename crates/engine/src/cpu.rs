@@ -1,0 +1,370 @@
+//! The CPU device: faer GEMMs and hand-written loops, parallel with rayon where the work is
+//! large enough to pay for it. This is the reference implementation every other device is checked
+//! against, and it is itself checked against finite differences in f64 (tests/gradcheck.rs).
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::device::{AdamHyper, Device, Dropout, Gemm, InfoNceOut, View};
+
+/// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
+const PAR_GEMM_WORK: usize = 1 << 18;
+const PAR_ELEMENTS: usize = 1 << 15;
+
+/// Device memory in one `Vec<f32>`, plus scratch for the loss kernel.
+pub struct CpuDevice {
+    mem: Vec<f32>,
+    scratch: Vec<f32>,
+    threads: usize,
+}
+
+impl Default for CpuDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuDevice {
+    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`).
+    pub fn new() -> Self {
+        CpuDevice { mem: Vec::new(), scratch: Vec::new(), threads: rayon::current_num_threads() }
+    }
+
+    /// Direct read access (tests, checkpoints).
+    pub fn slice(&self, v: View) -> &[f32] {
+        &self.mem[v.offset..v.offset + v.len]
+    }
+
+    pub fn slice_mut(&mut self, v: View) -> &mut [f32] {
+        &mut self.mem[v.offset..v.offset + v.len]
+    }
+
+    /// One output view and `N` input views at once, without allocating.
+    ///
+    /// Kernels write one view while reading others; views from `alloc` never overlap, and the
+    /// assertions check the one way a caller could break that (a sub-view of the output).
+    fn split<const N: usize>(&mut self, out: View, inputs: [View; N]) -> (&mut [f32], [&[f32]; N]) {
+        let len = self.mem.len();
+        assert!(out.offset + out.len <= len);
+        for i in inputs {
+            let disjoint = i.offset + i.len <= out.offset || out.offset + out.len <= i.offset;
+            assert!(disjoint || i.len == 0 || out.len == 0, "kernel output {out:?} overlaps input {i:?}");
+            assert!(i.offset + i.len <= len);
+        }
+        let base = self.mem.as_mut_ptr();
+        // SAFETY: every range is in bounds and the output is disjoint from every input
+        // (asserted), so the one mutable slice aliases none of the shared ones.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(base.add(out.offset), out.len),
+                inputs.map(|i| std::slice::from_raw_parts(base.add(i.offset) as *const f32, i.len)),
+            )
+        }
+    }
+}
+
+/// Row-major GEMM on slices, on the calling thread (shared by the GEMM kernel and the loss kernel).
+fn gemm_slices(g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+    // SAFETY: the slices cover the whole matrices (asserted) and `c` is exclusively borrowed.
+    unsafe { gemm_block(g, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), alpha, Split::Rows, 0, g.m) }
+}
+
+/// Which dimension of C a parallel GEMM splits.
+#[derive(Clone, Copy)]
+enum Split {
+    Rows,
+    Cols,
+}
+
+/// `C[lo..hi, :]` (or `C[:, lo..hi]`) of a row-major GEMM, with faer's sequential kernel.
+///
+/// # Safety
+/// The pointers must address whole row-major matrices of the shapes `g` gives, and no other
+/// thread may write the block of C this call writes.
+unsafe fn gemm_block(g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    // Strides (row, col) of C, op(A) and op(B) over row-major storage.
+    let (crs, ccs) = (n as isize, 1isize);
+    let (ars, acs) = if g.trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
+    let (brs, bcs) = if g.trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
+    let (c, a, b, mb, nb) = match split {
+        Split::Rows => (c.offset(lo as isize * crs), a.offset(lo as isize * ars), b, hi - lo, n),
+        Split::Cols => (c.offset(lo as isize * ccs), a, b.offset(lo as isize * bcs), m, hi - lo),
+    };
+    let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, ccs);
+    if k == 0 {
+        if !g.accumulate {
+            for i in 0..mb {
+                for j in 0..nb {
+                    *c.offset(i as isize * crs + j as isize * ccs) = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    let am = MatRef::from_raw_parts(a, mb, k, ars, acs);
+    let bm = MatRef::from_raw_parts(b, k, nb, brs, bcs);
+    let beta = if g.accumulate { Accum::Add } else { Accum::Replace };
+    matmul(cm, beta, am, bm, alpha, Par::Seq);
+}
+
+/// A pointer that may cross to rayon workers; each worker writes a disjoint block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint blocks of one matrix to the workers of one parallel GEMM.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// A GEMM split over `parts` workers along the larger of C's dimensions. Each block runs faer's
+/// sequential kernel at full per-core speed; the split is static, so it allocates nothing
+/// (faer's own parallel path allocates packing buffers on every call).
+fn gemm_parallel(parts: usize, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+    let (split, dim) = if g.n >= g.m { (Split::Cols, g.n) } else { (Split::Rows, g.m) };
+    // Blocks narrower than a few micro-tiles waste the kernel: cap the split.
+    let parts = parts.min(dim / 32).max(1);
+    let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
+    let run = |t: usize| {
+        let (lo, hi) = (dim * t / parts, dim * (t + 1) / parts);
+        let (cp, ap, bp) = (cp, ap, bp);
+        // SAFETY: whole matrices (asserted above); blocks `lo..hi` of different t are disjoint.
+        unsafe { gemm_block(g, cp.0, ap.0, bp.0, 1.0, split, lo, hi) }
+    };
+    if parts == 1 {
+        run(0);
+    } else {
+        (0..parts).into_par_iter().for_each(run);
+    }
+}
+
+impl Device for CpuDevice {
+    fn alloc(&mut self, len: usize) -> View {
+        let v = View { offset: self.mem.len(), len };
+        self.mem.resize(self.mem.len() + len, 0.0);
+        v
+    }
+
+    fn upload(&mut self, dst: View, src: &[f32]) {
+        self.slice_mut(dst).copy_from_slice(src);
+    }
+
+    fn download(&self, src: View, dst: &mut [f32]) {
+        dst.copy_from_slice(self.slice(src));
+    }
+
+    fn fill(&mut self, dst: View, value: f32) {
+        self.slice_mut(dst).fill(value);
+    }
+
+    fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
+        let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { self.threads } else { 1 };
+        let (cs, [as_, bs]) = self.split(c, [a, b]);
+        gemm_parallel(parts, g, cs, as_, bs);
+    }
+
+    fn bias_act_forward(&mut self, y: View, bias: View, rows: usize, cols: usize, relu: bool, dropout: Option<Dropout>) {
+        let parallel = rows * cols >= PAR_ELEMENTS && self.threads > 1;
+        let (ys, [bs]) = self.split(y, [bias]);
+        let ys = &mut ys[..rows * cols];
+        let (threshold, scale, key) = match dropout {
+            Some(d) if d.p > 0.0 => (Dropout::threshold(d.p), Dropout::scale(d.p), Some(d.key)),
+            _ => (0, 1.0, None),
+        };
+        let row = |(r, yr): (usize, &mut [f32])| {
+            for (j, (v, &b)) in yr.iter_mut().zip(bs).enumerate() {
+                let mut x = *v + b;
+                if relu && x < 0.0 {
+                    x = 0.0;
+                }
+                if let Some(key) = key {
+                    x = if Dropout::keep(key, (r * cols + j) as u64, threshold) { x * scale } else { 0.0 };
+                }
+                *v = x;
+            }
+        };
+        if parallel {
+            ys.par_chunks_mut(cols).enumerate().for_each(row);
+        } else {
+            ys.chunks_mut(cols).enumerate().for_each(row);
+        }
+    }
+
+    fn act_backward(&mut self, dy: View, h: View, scale: f32) {
+        let parallel = dy.len >= PAR_ELEMENTS && self.threads > 1;
+        let (ds, [hs]) = self.split(dy, [h]);
+        let f = |(d, &hv): (&mut f32, &f32)| *d = if hv > 0.0 { *d * scale } else { 0.0 };
+        if parallel {
+            ds.par_iter_mut().zip(hs.par_iter()).for_each(f);
+        } else {
+            ds.iter_mut().zip(hs).for_each(f);
+        }
+    }
+
+    fn bias_grad(&mut self, db: View, dy: View, rows: usize, cols: usize, accumulate: bool) {
+        let (dbs, [dys]) = self.split(db, [dy]);
+        if !accumulate {
+            dbs.fill(0.0);
+        }
+        for r in dys[..rows * cols].chunks_exact(cols) {
+            for (o, &x) in dbs.iter_mut().zip(r) {
+                *o += x;
+            }
+        }
+    }
+
+    fn infonce(&mut self, z: View, dz: Option<View>, b: usize, d: usize, tau: f32, symmetric: bool, grad_scale: f32) -> InfoNceOut {
+        assert!(tau > 0.0, "temperature must be > 0");
+        assert_eq!(z.len, 2 * b * d);
+        // scratch: zn [2b·d] | s [b·b] | dzn [2b·d] | norms [2b] | col lse [b]
+        let need = 4 * b * d + b * b + 3 * b;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0.0);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (zn, rest) = scratch.split_at_mut(2 * b * d);
+        let (s, rest) = rest.split_at_mut(b * b);
+        let (dzn, rest) = rest.split_at_mut(2 * b * d);
+        let (norms, rest) = rest.split_at_mut(2 * b);
+        let col_lse = &mut rest[..b];
+        let zs = self.slice(z);
+        // Normalize rows: zn = z / max(‖z‖, 1e-12), as F.normalize.
+        for r in 0..2 * b {
+            let row = &zs[r * d..(r + 1) * d];
+            let n = (row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sqrt().max(1e-12);
+            norms[r] = n as f32;
+            let inv = (1.0 / n) as f32;
+            for (o, &x) in zn[r * d..(r + 1) * d].iter_mut().zip(row) {
+                *o = x * inv;
+            }
+        }
+        let (za, zp) = zn.split_at(b * d);
+        let inv_tau = 1.0 / tau;
+        let g = Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false };
+        gemm_slices(g, s, za, zp, inv_tau);
+        // Row log-sum-exp (max-subtracted), loss and accuracy; then s becomes the row softmax.
+        let mut loss_rows = 0.0f64;
+        let mut correct = 0usize;
+        // Column log-sum-exp first (needs the raw similarities) for the symmetric form.
+        if symmetric {
+            for j in 0..b {
+                let mut mx = f32::NEG_INFINITY;
+                for i in 0..b {
+                    mx = mx.max(s[i * b + j]);
+                }
+                let sum: f64 = (0..b).map(|i| ((s[i * b + j] - mx) as f64).exp()).sum();
+                col_lse[j] = mx + sum.ln() as f32;
+            }
+        }
+        let mut loss_cols = 0.0f64;
+        if symmetric {
+            for j in 0..b {
+                loss_cols += (col_lse[j] - s[j * b + j]) as f64;
+            }
+        }
+        let row_w = if symmetric { 0.5 } else { 1.0 } * grad_scale / b as f32;
+        let want_grad = dz.is_some();
+        // s becomes dL/dS in place: row softmax − I (and column softmax − I for the symmetric form).
+        for i in 0..b {
+            let row = &mut s[i * b..(i + 1) * b];
+            let mut mx = f32::NEG_INFINITY;
+            let mut arg = 0;
+            for (j, &x) in row.iter().enumerate() {
+                if x > mx {
+                    mx = x;
+                    arg = j;
+                }
+            }
+            correct += (arg == i) as usize;
+            let sum: f64 = row.iter().map(|&x| ((x - mx) as f64).exp()).sum();
+            let lse = mx + sum.ln() as f32;
+            loss_rows += (lse - row[i]) as f64;
+            if want_grad {
+                for (j, x) in row.iter_mut().enumerate() {
+                    let p_row = (*x - lse).exp();
+                    let mut gsum = p_row - (i == j) as u32 as f32;
+                    if symmetric {
+                        let p_col = (*x - col_lse[j]).exp();
+                        gsum += p_col - (i == j) as u32 as f32;
+                    }
+                    *x = gsum * row_w;
+                }
+            }
+        }
+        let loss = if symmetric { 0.5 * (loss_rows + loss_cols) / b as f64 } else { loss_rows / b as f64 };
+        let out = InfoNceOut { loss: loss as f32, accuracy: correct as f32 / b as f32 };
+        if let Some(dz) = dz {
+            // s now holds dL/dS. dza_n = dS · zp_n / τ ; dzp_n = dSᵀ · za_n / τ.
+            let (dza, dzp) = dzn.split_at_mut(b * d);
+            gemm_slices(Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false }, dza, s, zp, inv_tau);
+            gemm_slices(Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false }, dzp, s, za, inv_tau);
+            // Through the normalization: dz = (dzn − zn·(zn·dzn)) / ‖z‖.
+            let dzs = self.slice_mut(dz);
+            for r in 0..2 * b {
+                let zr = &zn[r * d..(r + 1) * d];
+                let gr = &dzn[r * d..(r + 1) * d];
+                let dot: f32 = zr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                let inv = 1.0 / norms[r];
+                for ((o, &zv), &gv) in dzs[r * d..(r + 1) * d].iter_mut().zip(zr).zip(gr) {
+                    *o = (gv - zv * dot) * inv;
+                }
+            }
+        }
+        self.scratch = scratch;
+        out
+    }
+
+    fn sum_squares(&mut self, x: View) -> f64 {
+        let xs = self.slice(x);
+        if xs.len() >= PAR_ELEMENTS && self.threads > 1 {
+            xs.par_chunks(4096).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum()
+        } else {
+            xs.iter().map(|&v| (v as f64) * (v as f64)).sum()
+        }
+    }
+
+    fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32) {
+        assert!(param.len == grad.len && param.len == m.len && param.len == v.len);
+        assert!(step >= 1);
+        let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
+        let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
+        let step_size = (h.lr as f64 / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let decay = if h.decoupled { 1.0 - h.lr * h.weight_decay } else { 1.0 };
+        let l2 = if h.decoupled { 0.0 } else { h.weight_decay };
+        let base = self.mem.as_mut_ptr();
+        for view in [param, grad, m, v] {
+            assert!(view.offset + view.len <= self.mem.len());
+        }
+        // SAFETY: four distinct allocations (the arenas), each in bounds (asserted).
+        let (p, g, mm, vv) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(base.add(param.offset), param.len),
+                std::slice::from_raw_parts(base.add(grad.offset) as *const f32, grad.len),
+                std::slice::from_raw_parts_mut(base.add(m.offset), m.len),
+                std::slice::from_raw_parts_mut(base.add(v.offset), v.len),
+            )
+        };
+        let (b1, b2, eps) = (h.beta1, h.beta2, h.eps);
+        let update = |(((p, &g), m), v): (((&mut f32, &f32), &mut f32), &mut f32)| {
+            let g = g * grad_scale + l2 * *p;
+            *p *= decay;
+            *m += (g - *m) * (1.0 - b1);
+            *v = *v * b2 + (1.0 - b2) * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p -= step_size * *m / denom;
+        };
+        const CHUNK: usize = 1 << 14;
+        if p.len() >= PAR_ELEMENTS && self.threads > 1 {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(mm.par_chunks_mut(CHUNK))
+                .zip(vv.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()).for_each(update));
+        } else {
+            p.iter_mut().zip(g).zip(mm.iter_mut()).zip(vv.iter_mut()).for_each(update);
+        }
+    }
+}
+

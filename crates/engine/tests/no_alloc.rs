@@ -1,0 +1,57 @@
+//! A training step allocates nothing after the first call: counted by a global allocator that
+//! sees every thread (rayon workers included).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use engine::*;
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn training_steps_allocate_nothing_after_the_first() {
+    // The training loop runs inside the rayon pool (as the trainer runs it): parallel kernels then
+    // fork through the workers' own deques. Called from outside, every parallel kernel would be
+    // injected through rayon's global queue, which allocates a block per 63 injections.
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    pool.install(steps_allocate_nothing);
+}
+
+fn steps_allocate_nothing() {
+    // Sizes large enough that GEMMs and elementwise kernels take their parallel paths too.
+    for (kind, b, w) in [(EncoderKind::MlpMedium, 32, 1024), (EncoderKind::MlpComplex, 16, 512), (EncoderKind::MlpSimple, 4, 64)] {
+        let enc = EncoderConfig::new(kind, w).init(CpuDevice::new(), 2 * b, 0).unwrap();
+        let opt = OptimizerConfig { clip_norm: Some(1.0), ..Default::default() };
+        let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.07, symmetric: true }, opt, 0).unwrap();
+        let a: Vec<f32> = (0..b * w).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
+        let p: Vec<f32> = (0..b * w).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
+        // Warm-up: each worker thread grows its GEMM packing buffers once per shape it meets.
+        for _ in 0..10 {
+            step.train_step(&a, &p).unwrap();
+        }
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..50 {
+            step.train_step(&a, &p).unwrap();
+        }
+        let n = ALLOCATIONS.load(Ordering::SeqCst) - before;
+        assert_eq!(n, 0, "{kind} B={b} W={w}: {n} allocations in 50 steps");
+    }
+}

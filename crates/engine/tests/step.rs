@@ -1,0 +1,247 @@
+//! InfoNCE on hand-computed and edge cases, Adam/AdamW against PyTorch, and the toy that must learn.
+
+use engine::*;
+
+fn infonce(z: &[f32], b: usize, d: usize, tau: f32, symmetric: bool) -> (InfoNceOut, Vec<f32>) {
+    let mut dev = CpuDevice::new();
+    let (zv, dzv) = (dev.alloc(z.len()), dev.alloc(z.len()));
+    dev.upload(zv, z);
+    let out = dev.infonce(zv, Some(dzv), b, d, tau, symmetric, 1.0);
+    (out, dev.slice(dzv).to_vec())
+}
+
+#[test]
+fn infonce_hand_computed_case() {
+    // z_a = z_p = identity rows, τ = 1: S = I, each row loses ln(e + 1) − 1.
+    let z = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
+    let (out, _) = infonce(&z, 2, 2, 1.0, false);
+    let want = ((1.0f64).exp() + 1.0).ln() - 1.0;
+    assert!((out.loss as f64 - want).abs() < 1e-6, "{} vs {want}", out.loss);
+    assert_eq!(out.accuracy, 1.0);
+    // Rows are normalized first: scaling a row changes nothing.
+    let z2 = [3.0, 0.0, 0.0, 0.5, 7.0, 0.0, 0.0, 2.0];
+    assert!((infonce(&z2, 2, 2, 1.0, false).0.loss - out.loss).abs() < 1e-6);
+    // Symmetric: S is symmetric here, so both directions agree.
+    assert!((infonce(&z, 2, 2, 1.0, true).0.loss - out.loss).abs() < 1e-6);
+}
+
+#[test]
+fn infonce_identical_rows_give_ln_b_and_no_gradient_direction() {
+    let (b, d) = (8, 4);
+    let z: Vec<f32> = (0..2 * b).flat_map(|_| [0.5, -1.0, 2.0, 0.25]).collect();
+    let (out, dz) = infonce(&z, b, d, 0.07, false);
+    assert!((out.loss - (b as f32).ln()).abs() < 1e-5, "{}", out.loss);
+    // Ties go to the first column: only row 0 counts as correct.
+    assert_eq!(out.accuracy, 1.0 / b as f32);
+    assert!(dz.iter().all(|g| g.abs() < 1e-5), "all-equal similarities have zero gradient");
+}
+
+#[test]
+fn infonce_is_stable_at_tiny_temperature() {
+    let z = [1.0, 0.2, -0.3, 1.0, 0.9, 0.1, -0.2, 1.1];
+    for tau in [1e-2, 1e-3, 1e-4] {
+        let (out, dz) = infonce(&z, 2, 2, tau, true);
+        assert!(out.loss.is_finite() && dz.iter().all(|g| g.is_finite()), "tau {tau}: {out:?}");
+        assert_eq!(out.accuracy, 1.0);
+    }
+}
+
+#[test]
+fn infonce_single_pair_is_zero_loss() {
+    let (out, dz) = infonce(&[1.0, 2.0, -1.0, 0.5], 1, 2, 0.07, false);
+    assert_eq!(out.loss, 0.0);
+    assert_eq!(out.accuracy, 1.0);
+    assert!(dz.iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn temperature_must_be_positive() {
+    for t in [0.0, -0.1, f32::NAN] {
+        let e = InfoNceConfig { temperature: t, symmetric: false }.validate().unwrap_err().to_string();
+        assert!(e.contains("task.temperature"), "{e}");
+    }
+}
+
+/// Three steps of f(p) = ½ Σ aᵢ pᵢ² from p = [1, −2, 3, 0.5], a = [1, 2, 3, 4], lr 0.1. Expected
+/// values from PyTorch 2.15:
+/// ```python
+/// p = torch.tensor([1.0, -2.0, 3.0, 0.5], requires_grad=True); a = torch.tensor([1.0, 2.0, 3.0, 4.0])
+/// opt = torch.optim.Adam([p], lr=0.1)        # or weight_decay=0.1, or torch.optim.AdamW(..., weight_decay=0.1)
+/// for _ in range(3):
+///     opt.zero_grad(); (0.5 * (a * p * p).sum()).backward(); opt.step()
+/// ```
+#[test]
+fn adam_and_adamw_reproduce_pytorch() {
+    let cases: [(f32, bool, [f32; 4]); 3] = [
+        (0.0, false, [0.701586306, -1.700623393, 2.700381517, 0.204871252]),
+        (0.1, false, [0.701586246, -1.700623393, 2.700381517, 0.204871267]),
+        (0.1, true, [0.675101280, -1.644368649, 2.614406109, 0.193415612]),
+    ];
+    let a = [1.0f32, 2.0, 3.0, 4.0];
+    for (wd, decoupled, want) in cases {
+        let mut dev = CpuDevice::new();
+        let (p, g, m, v) = (dev.alloc(4), dev.alloc(4), dev.alloc(4), dev.alloc(4));
+        dev.upload(p, &[1.0, -2.0, 3.0, 0.5]);
+        let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decoupled };
+        for t in 1..=3 {
+            let pv = dev.slice(p).to_vec();
+            let grad: Vec<f32> = pv.iter().zip(&a).map(|(x, a)| a * x).collect();
+            dev.upload(g, &grad);
+            dev.adam(p, g, m, v, h, t, 1.0);
+        }
+        for (got, want) in dev.slice(p).iter().zip(want) {
+            assert!((got - want).abs() < 2e-6, "wd {wd} decoupled {decoupled}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn clipping_scales_the_update_to_the_max_norm() {
+    // With clip 1e-3 the first Adam step is unchanged in size (Adam normalizes), but the moments
+    // see the clipped gradient: check against a manual computation on one parameter.
+    let mut dev = CpuDevice::new();
+    let (p, g, m, v) = (dev.alloc(1), dev.alloc(1), dev.alloc(1), dev.alloc(1));
+    dev.upload(p, &[1.0]);
+    dev.upload(g, &[4.0]);
+    let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false };
+    let scale = 0.5 / (4.0 + 1e-6);
+    dev.adam(p, g, m, v, h, 1, scale);
+    assert!((dev.slice(m)[0] - 0.1 * 0.5).abs() < 1e-6, "m = {}", dev.slice(m)[0]);
+}
+
+/// Per-Id sinusoids of distinct frequency + noise (as torch_ref.py's sanity check): two random
+/// windows of the same Id are a positive pair.
+struct Toy {
+    sig: Vec<Vec<f32>>,
+}
+
+impl Toy {
+    fn new(n_ids: usize, len: usize, seed: u64) -> Self {
+        let mut rng = seed;
+        let mut next = || {
+            rng = rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            engine::device::dropout_hash(rng, 1) as f64 / 4_294_967_296.0
+        };
+        let sig = (0..n_ids)
+            .map(|i| {
+                let f = 0.005 + (0.12 - 0.005) * i as f64 / (n_ids - 1) as f64;
+                let ph = next() * std::f64::consts::TAU;
+                let raw: Vec<f64> = (0..len)
+                    .map(|t| {
+                        let noise = (-2.0 * (next() + 1e-12).ln()).sqrt() * (std::f64::consts::TAU * next()).cos();
+                        (std::f64::consts::TAU * f * t as f64 + ph).sin() + 0.3 * noise
+                    })
+                    .collect();
+                let m = raw.iter().sum::<f64>() / len as f64;
+                let s = (raw.iter().map(|x| (x - m).powi(2)).sum::<f64>() / len as f64).sqrt();
+                raw.iter().map(|x| ((x - m) / s) as f32).collect()
+            })
+            .collect();
+        Toy { sig }
+    }
+
+    /// A batch of `b` distinct Ids, windows drawn from rows `lo..hi`.
+    fn batch(&self, b: usize, w: usize, lo: usize, hi: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
+        let h = |i: u64| engine::device::dropout_hash(seed, i) as usize;
+        let mut ids: Vec<usize> = (0..self.sig.len()).collect();
+        for i in (1..ids.len()).rev() {
+            ids.swap(i, h(i as u64) % (i + 1));
+        }
+        let (mut a, mut p) = (Vec::new(), Vec::new());
+        for (k, &id) in ids[..b].iter().enumerate() {
+            let span = hi - lo - w + 1;
+            let s0 = lo + h(1000 + 2 * k as u64) % span;
+            let mut s1 = lo + h(1001 + 2 * k as u64) % span;
+            if s1 == s0 {
+                s1 = lo + (s1 - lo + 1) % span;
+            }
+            a.extend_from_slice(&self.sig[id][s0..s0 + w]);
+            p.extend_from_slice(&self.sig[id][s1..s1 + w]);
+        }
+        (a, p)
+    }
+}
+
+#[test]
+fn learns_the_sinusoid_toy_in_200_steps() {
+    let (b, w, n_ids, len) = (32, 512, 64, 8192);
+    let toy = Toy::new(n_ids, len, 0);
+    let split = len * 7 / 10;
+    let enc = EncoderConfig::new(EncoderKind::MlpMedium, w).init(CpuDevice::new(), 2 * b, 0).unwrap();
+    let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
+    let mut losses = Vec::new();
+    for s in 0..200 {
+        let (a, p) = toy.batch(b, w, 0, split, s);
+        let out = step.train_step(&a, &p).unwrap();
+        assert!(!out.skipped);
+        losses.push(out.loss);
+    }
+    let first = losses[..10].iter().sum::<f32>() / 10.0;
+    let last = losses[190..].iter().sum::<f32>() / 10.0;
+    eprintln!("loss: first-10 mean {first:.3} (ln B = {:.3}), last-10 mean {last:.3}", (b as f32).ln());
+    assert!((first - (b as f32).ln()).abs() < 0.6, "starts near ln B: {first}");
+    assert!(last < 0.5, "ends below 0.5: {last}");
+    // Held-out: windows from the last 30 % of each signal, never trained on.
+    let mut acc = 0.0;
+    for s in 0..10 {
+        let (a, p) = toy.batch(b, w, split, len, 10_000 + s);
+        acc += step.evaluate(&a, &p).unwrap().accuracy / 10.0;
+    }
+    eprintln!("held-out contrastive accuracy {acc:.3}");
+    assert!(acc >= 0.9, "held-out contrastive accuracy {acc}");
+}
+
+#[test]
+fn non_finite_input_skips_the_update_and_keeps_weights() {
+    let (b, w) = (4, 16);
+    let enc = EncoderConfig::new(EncoderKind::MlpSimple, w).init(CpuDevice::new(), 2 * b, 1).unwrap();
+    let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 1).unwrap();
+    let before = step.encoder.params_to_vec();
+    let mut a = vec![0.5f32; b * w];
+    a[3] = f32::NAN;
+    let out = step.train_step(&a, &vec![0.1; b * w]).unwrap();
+    assert!(out.skipped && !out.loss.is_finite());
+    assert_eq!(step.encoder.params_to_vec(), before);
+    assert_eq!(step.step, 0);
+}
+
+#[test]
+fn bad_shapes_are_errors() {
+    let enc = EncoderConfig::new(EncoderKind::MlpSimple, 8).init(CpuDevice::new(), 4, 1).unwrap();
+    let mut step = ContrastiveStep::new(enc, 2, InfoNceConfig::default(), OptimizerConfig::default(), 1).unwrap();
+    assert!(step.train_step(&[0.0; 8], &[0.0; 16]).is_err());
+    assert!(step.train_step(&[0.0; 24], &[0.0; 24]).is_err(), "3 pairs exceed capacity 2");
+    assert!(EncoderConfig::new(EncoderKind::MlpSimple, 0).init(CpuDevice::new(), 4, 1).is_err());
+    let e = "transformer-xl".parse::<EncoderKind>().unwrap_err().to_string();
+    assert!(e.contains("model.name"), "{e}");
+}
+
+#[test]
+fn initialisation_follows_pytorch_bounds() {
+    let cfg = EncoderConfig::new(EncoderKind::MlpMedium, 1024);
+    let enc = cfg.init(CpuDevice::new(), 2, 3).unwrap();
+    let p = enc.params_to_vec();
+    assert_eq!(p.len(), cfg.param_count());
+    assert_eq!(cfg.param_count(), 1024 * 512 + 512 + 512 * 256 + 256 + 256 * 128 + 128);
+    let w0 = &p[..1024 * 512];
+    let bound = 1.0 / 32.0;
+    assert!(w0.iter().all(|v| v.abs() <= bound));
+    let var = w0.iter().map(|v| (v * v) as f64).sum::<f64>() / w0.len() as f64;
+    // U(−a, a) has variance a²/3.
+    assert!((var - (bound * bound) as f64 / 3.0).abs() < 0.02 * (bound * bound) as f64 / 3.0, "{var}");
+    let indices: Vec<usize> = cfg.layers().iter().map(|l| l.torch_index).collect();
+    assert_eq!(indices, vec![0, 3, 6], "nn.Sequential positions of the Linear layers");
+}
+
+#[test]
+fn dropout_drops_at_the_configured_rate() {
+    let mut dev = CpuDevice::new();
+    let (rows, cols) = (200, 500);
+    let (y, bias) = (dev.alloc(rows * cols), dev.alloc(cols));
+    dev.fill(y, 1.0);
+    dev.bias_act_forward(y, bias, rows, cols, true, Some(Dropout { p: 0.3, key: 77 }));
+    let h = dev.slice(y);
+    let dropped = h.iter().filter(|&&v| v == 0.0).count() as f64 / h.len() as f64;
+    assert!((dropped - 0.3).abs() < 0.005, "{dropped}");
+    assert!(h.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6));
+}
