@@ -16,6 +16,7 @@ const PAR_ELEMENTS: usize = 1 << 15;
 pub struct CpuDevice {
     mem: Vec<f32>,
     scratch: Vec<f32>,
+    transpose_scratch: Vec<f32>,
     threads: usize,
 }
 
@@ -28,7 +29,7 @@ impl Default for CpuDevice {
 impl CpuDevice {
     /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`).
     pub fn new() -> Self {
-        CpuDevice { mem: Vec::new(), scratch: Vec::new(), threads: rayon::current_num_threads() }
+        CpuDevice { mem: Vec::new(), scratch: Vec::new(), transpose_scratch: Vec::new(), threads: rayon::current_num_threads() }
     }
 
     /// Direct read access (tests, checkpoints).
@@ -110,6 +111,20 @@ unsafe fn gemm_block(g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: 
     matmul(cm, beta, am, bm, alpha, Par::Seq);
 }
 
+/// `out[c, r] = src[r, c]` for a row-major `src[rows, cols]`, in cache-sized tiles.
+fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const T: usize = 32;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for c in c0..(c0 + T).min(cols) {
+                    out[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
 /// A pointer that may cross to rayon workers; each worker writes a disjoint block.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
@@ -159,7 +174,22 @@ impl Device for CpuDevice {
     }
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
-        let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { self.threads } else { 1 };
+        let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        let parts = if large { self.threads } else { 1 };
+        if g.trans_a && large {
+            // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
+            // their plain-A speed here; transposing A first costs m·k copies against m·n·k
+            // multiply-adds (measured: xl's dW 58 ms → 41 ms, see docs/performance.md).
+            let mut at = std::mem::take(&mut self.transpose_scratch);
+            if at.len() < g.m * g.k {
+                at.resize(g.m * g.k, 0.0);
+            }
+            transpose(&self.mem[a.offset..a.offset + g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
+            let (cs, [bs]) = self.split(c, [b]);
+            gemm_parallel(parts, Gemm { trans_a: false, ..g }, cs, &at, bs);
+            self.transpose_scratch = at;
+            return;
+        }
         let (cs, [as_, bs]) = self.split(c, [a, b]);
         gemm_parallel(parts, g, cs, as_, bs);
     }

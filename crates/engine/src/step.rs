@@ -85,8 +85,9 @@ impl OptimizerConfig {
 pub struct StepOutput {
     pub loss: f32,
     pub accuracy: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f32,
+    /// Global gradient norm before clipping; computed only when clipping is on (it costs a
+    /// pass over every gradient).
+    pub grad_norm: Option<f32>,
     /// The update was skipped (non-finite loss or gradient): weights are unchanged.
     pub skipped: bool,
 }
@@ -151,17 +152,20 @@ impl<D: Device> ContrastiveStep<D> {
         Ok(out)
     }
 
-    /// Clips and applies the current gradients with learning rate `lr`. Returns the global
-    /// gradient norm and whether the update was skipped because it was not finite.
-    pub fn optimizer_step(&mut self, lr: f32) -> (f32, bool) {
+    /// Clips (when configured) and applies the current gradients with learning rate `lr`.
+    /// Returns the global gradient norm (when clipping) and whether the update was skipped
+    /// because the norm was not finite.
+    pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, bool) {
         let e = &mut self.encoder;
-        let norm = e.device.sum_squares(e.grads).sqrt() as f32;
-        if !norm.is_finite() {
-            return (norm, true);
-        }
-        let scale = match self.opt.clip_norm {
-            Some(max) => (max / (norm + 1e-6)).min(1.0),
-            None => 1.0,
+        let (norm, scale) = match self.opt.clip_norm {
+            Some(max) => {
+                let norm = e.device.sum_squares(e.grads).sqrt() as f32;
+                if !norm.is_finite() {
+                    return (Some(norm), true);
+                }
+                (Some(norm), (max / (norm + 1e-6)).min(1.0))
+            }
+            None => (None, 1.0),
         };
         self.step += 1;
         e.device.adam(e.params, e.grads, e.adam_m, e.adam_v, self.opt.hyper(lr), self.step, scale);
@@ -176,7 +180,7 @@ impl<D: Device> ContrastiveStep<D> {
     pub fn train_step_lr(&mut self, anchor: &[f32], positive: &[f32], lr: f32) -> Result<StepOutput> {
         let out = self.forward_backward(anchor, positive, false, 1.0)?;
         if !out.loss.is_finite() {
-            return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: f32::NAN, skipped: true });
+            return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, skipped: true });
         }
         let (grad_norm, skipped) = self.optimizer_step(lr);
         Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, skipped })
