@@ -20,6 +20,10 @@ enum Command {
     Inspect(cmd::inspect::Args),
     /// Write a synthetic signal store + metadata CSV.
     Generate(cmd::generate::Args),
+    /// ContrastiveID pretraining from a YAML config.
+    Train(cmd::train::Args),
+    /// Linear probe and k-NN on frozen embeddings of a checkpoint.
+    Evaluate(cmd::evaluate::Args),
 }
 
 fn main() {
@@ -27,6 +31,8 @@ fn main() {
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),
+        Command::Train(a) => cmd::train::run(a),
+        Command::Evaluate(a) => cmd::evaluate::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -74,3 +74,47 @@ fn generate_then_inspect() {
     let t = text(&o);
     assert!(o.status.success() && t.contains("Ids       30") && t.contains("channels  2"), "{t}");
 }
+
+#[test]
+fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = bin().args(["generate", "--count", "20", "--length", "1024", "--name", "s", "--out"]).arg(d).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (h5, csv) = (d.join("s.h5"), d.join("s.csv"));
+    let cfg = root().join("configs/debug.yaml");
+    let o = bin()
+        .args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv)
+        .args(["--override", "trainer.epochs=2", "--override", "data.truncate_length=null", "--override"])
+        .arg(format!("environment.save_dir={}", d.join("runs").display()))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("steps") && t.contains("last ckpt"), "{t}");
+    assert!(t.contains("model.d_model") && t.contains("not used"), "unused PHM-Vibench keys are reported: {t}");
+    let ckpt = d.join("runs/contrastive_debug/checkpoints/last");
+    assert!(ckpt.join("model.safetensors").exists());
+    let o = bin().args(["evaluate", "--windows", "4", "--json", "--checkpoint"]).arg(&ckpt).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    assert!(v["pretrained"]["linear_probe_acc"].as_f64().is_some() && v["random_init"]["knn_acc"].as_f64().is_some(), "{v}");
+
+    // A bad config, a missing file, a checkpoint of another architecture: clear errors, exit != 0.
+    let bad = d.join("bad.yaml");
+    std::fs::write(&bad, "data:\n  windw_size: 128\n").unwrap();
+    let o = bin().args(["train", "--config"]).arg(&bad).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("data.windw_size") && text(&o).contains("data.window_size"), "{}", text(&o));
+    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(d.join("absent.h5")).arg("--meta").arg(&csv).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("absent.h5"), "{}", text(&o));
+    let other = d.join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    let o = bin().args(["generate", "--count", "20", "--length", "1024", "--channels", "2", "--name", "two", "--out"]).arg(&other).output().unwrap();
+    assert!(o.status.success());
+    let o = bin().args(["evaluate", "--checkpoint"]).arg(&ckpt).arg("--data").arg(other.join("two.h5")).arg("--meta").arg(other.join("two.csv")).output().unwrap();
+    let t = text(&o);
+    assert!(!o.status.success() && t.contains("checkpoint") && !t.contains("panicked"), "{t}");
+    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv).arg("--resume").arg(d.join("nope")).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("nope"), "{}", text(&o));
+}

@@ -346,12 +346,19 @@ impl Device for CpuDevice {
     }
 
     fn sum_squares(&mut self, x: View) -> f64 {
+        // Fixed chunks summed in a fixed order: the result does not depend on thread timing,
+        // so clipping (and a resumed run) is bit-for-bit reproducible.
+        const CHUNKS: usize = 64;
         let xs = self.slice(x);
+        let chunk = xs.len().div_ceil(CHUNKS).max(1);
+        let part = |c: &[f32]| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        let mut partial = [0.0f64; CHUNKS];
         if xs.len() >= PAR_ELEMENTS && self.threads > 1 {
-            xs.par_chunks(4096).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).sum()
+            partial.par_iter_mut().zip(xs.par_chunks(chunk)).for_each(|(p, c)| *p = part(c));
         } else {
-            xs.iter().map(|&v| (v as f64) * (v as f64)).sum()
+            partial.iter_mut().zip(xs.chunks(chunk)).for_each(|(p, c)| *p = part(c));
         }
+        partial.iter().sum()
     }
 
     fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32) {

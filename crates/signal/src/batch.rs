@@ -97,6 +97,9 @@ pub struct BatchBuilder {
     channels: usize,
     checked: Vec<OnceLock<Checked>>,
     skips: SkipLog,
+    /// Windows are cut from the first `time_split` of each (truncated) signal; statistics still
+    /// cover the whole signal (the evaluation's time split keeps the rest unseen).
+    time_split: f64,
 }
 
 impl BatchBuilder {
@@ -113,7 +116,21 @@ impl BatchBuilder {
             });
         }
         let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
-        Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default() })
+        Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default(), time_split: 1.0 })
+    }
+
+    /// Restricts training windows to the first `fraction` of each signal (0 < fraction ≤ 1).
+    pub fn with_time_split(mut self, fraction: f64) -> Result<Self> {
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(SignalError::config("data.time_split", "must be in (0, 1]"));
+        }
+        self.time_split = fraction;
+        Ok(self)
+    }
+
+    /// Rows of a signal of (truncated) length `len` that training windows may come from.
+    fn window_region(&self, len: usize) -> usize {
+        if self.time_split >= 1.0 { len } else { (len as f64 * self.time_split).floor() as usize }
     }
 
     pub fn store(&self) -> &Arc<dyn SignalStore> {
@@ -146,7 +163,7 @@ impl BatchBuilder {
         }
         let info = &self.store.samples()[idx];
         let len = self.preprocess.effective_length(info.length);
-        let checked = if !self.pair_possible(len) {
+        let checked = if !self.pair_possible(self.window_region(len)) {
             Err(SkipReason::TooShort { length: len, window: self.window.window_size })
         } else {
             let mut values = vec![0.0f32; len * info.channels];
@@ -206,7 +223,7 @@ impl BatchBuilder {
             .zip(ids.par_iter())
             .try_for_each_init(Vec::new, |starts, ((a, p), &id)| -> Result<()> {
                 let idx = self.store.index_of(id)?;
-                let len = self.preprocess.effective_length(self.store.samples()[idx].length);
+                let len = self.window_region(self.preprocess.effective_length(self.store.samples()[idx].length));
                 let mut rng = Rng::new(mix_seed(&[seed, id]));
                 let mut two = self.window;
                 two.num_window = 2;

@@ -1,4 +1,6 @@
 //! One module per sub-command.
 
+pub mod evaluate;
 pub mod generate;
 pub mod inspect;
+pub mod train;

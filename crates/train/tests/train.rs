@@ -1,0 +1,241 @@
+//! Configuration, checkpoints, resume, early stopping and accumulation, on real files.
+
+use std::path::{Path, PathBuf};
+
+use engine::{ContrastiveStep, CpuDevice, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig};
+use signal::synth::{generate, SynthConfig};
+use signal::{Complexity, Layout};
+use train::config::{Config, Mode, Monitor, Precision, Scheduler};
+use std::ops::ControlFlow;
+use train::trainer::{train, Quiet};
+use train::{Observer, StepLog};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+#[test]
+fn shipped_configs_load_with_their_values() {
+    let d = Config::load(&root().join("configs/debug.yaml"), &[]).unwrap();
+    assert_eq!((d.data.window_size, d.data.stride, d.data.batch_size), (256, 128, 4));
+    assert_eq!(d.data.truncate_length, Some(2048));
+    assert_eq!(d.task.temperature, 0.07);
+    assert_eq!(d.trainer.gradient_clip_val, Some(1.0));
+    assert!(d.unused_keys.contains(&"model.d_model".to_string()), "{:?}", d.unused_keys);
+    let p = Config::load(&root().join("configs/production.yaml"), &[]).unwrap();
+    assert_eq!((p.data.window_size, p.data.batch_size, p.data.num_window), (2048, 64, 4));
+    assert_eq!((p.task.temperature, p.task.lr), (0.05, 5e-4));
+    assert_eq!(p.trainer.accumulate_grad_batches, 2);
+    assert_eq!((p.trainer.monitor, p.trainer.mode), (Monitor::ValAcc, Mode::Max));
+    assert!(p.trainer.enable_early_stopping && p.trainer.patience == 15);
+    assert_eq!(p.trainer.lr_scheduler, Scheduler::Cosine);
+    let q = Config::load(&root().join("configs/cwru_quality.yaml"), &[]).unwrap();
+    assert_eq!((q.data.time_split, q.trainer.max_steps), (0.7, Some(4000)));
+}
+
+#[test]
+fn overrides_reach_every_section_and_round_trip_through_yaml() {
+    let c = Config::from_yaml(
+        "data:\n  batch_size: 8\n",
+        &["data.window_size=512".into(), "task.lr=3e-4".into(), "trainer.precision=32".into(), "model.name=mlp-complex".into(), "environment.save_dir=/tmp/x".into()],
+    )
+    .unwrap();
+    assert_eq!((c.data.batch_size, c.data.window_size, c.data.stride), (8, 512, 512));
+    assert_eq!(c.task.lr, 3e-4);
+    assert_eq!(c.model.name, EncoderKind::MlpComplex);
+    assert_eq!(c.trainer.precision, Precision::F32);
+    let again = Config::from_yaml(&c.to_yaml(), &[]).unwrap();
+    assert_eq!(again, c);
+}
+
+#[test]
+fn bad_keys_and_values_name_the_key() {
+    let cases = [
+        ("data:\n  batch_sise: 4\n", "data.batch_sise", "data.batch_size"),
+        ("data:\n  window_size: 0\n", "data.window_size", ""),
+        ("data:\n  window_size: -3\n", "data.window_size", ""),
+        ("data:\n  window_sampling_strategy: spiral\n", "data.window_sampling_strategy", "spiral"),
+        ("task:\n  temperature: 0\n", "task.temperature", ""),
+        ("task:\n  lr: fast\n", "task.lr", ""),
+        ("trainer:\n  precision: 8\n", "trainer.precision", ""),
+        ("trainer:\n  precision: bf16\n", "trainer.precision", "cpu"),
+        ("trainer:\n  accelerator: gpu\n", "trainer.accelerator", "CUDA"),
+        ("trainer:\n  monitor: f1\n", "trainer.monitor", ""),
+        ("model:\n  name: patchtst\n", "model.name", "not implemented"),
+        ("optimiser:\n  lr: 1\n", "optimiser", ""),
+    ];
+    for (yaml, key, extra) in cases {
+        let e = Config::from_yaml(yaml, &[]).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(extra), "{yaml:?}: {e}");
+    }
+    let e = Config::from_yaml("", &["trainer.epochz=3".into()]).unwrap_err().to_string();
+    assert!(e.contains("trainer.epochz") && e.contains("trainer.epochs"), "{e}");
+    let e = Config::from_yaml("", &["nodot".into()]).unwrap_err().to_string();
+    assert!(e.contains("nodot"), "{e}");
+    let e = Config::load(Path::new("/no/such/config.yaml"), &[]).unwrap_err().to_string();
+    assert!(e.contains("/no/such/config.yaml"), "{e}");
+}
+
+/// A small generated dataset: 24 Ids of 2048 samples, 2 channels.
+fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
+    let cfg = SynthConfig { complexity: Complexity::Medium, count: 24, length: 2048, channels: 2, seed: 3, ..Default::default() };
+    let g = generate(&cfg, dir, "toy", Layout::Contiguous, &|_| {}).unwrap();
+    (g.store, g.meta)
+}
+
+fn small_config(save: &Path, extra: &[&str]) -> Config {
+    let mut o: Vec<String> = vec![
+        "data.window_size=128".into(),
+        "data.batch_size=6".into(),
+        "data.val_fraction=0.25".into(),
+        "model.name=mlp-medium".into(),
+        "trainer.epochs=4".into(),
+        "trainer.log_every_n_steps=1".into(),
+        "trainer.seed=7".into(),
+        format!("environment.save_dir={}", save.display()),
+    ];
+    o.extend(extra.iter().map(|s| s.to_string()));
+    Config::from_yaml("", &o).unwrap()
+}
+
+fn step_losses(run: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "step")
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn resumed_run_reproduces_the_uninterrupted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    // 18 train Ids, batch 6: 3 steps per epoch, 12 steps in all. Cosine schedule and dropout on.
+    let full = small_config(&dir.path().join("a"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5"]);
+    let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
+    assert_eq!(s_full.steps, 12);
+    // The same run, interrupted after step 5 (mid-epoch), then resumed from its checkpoint.
+    struct StopAt(u64);
+    impl Observer for StopAt {
+        fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
+            if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+    let first = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5"]);
+    let s_first = train(&first, &h5, &csv, None, &mut StopAt(5)).unwrap();
+    assert_eq!(s_first.steps, 5, "stopped mid-epoch");
+    let rest = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5"]);
+    let ckpt = s_first.last_checkpoint.clone().unwrap();
+    let s_rest = train(&rest, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap();
+    assert_eq!(s_rest.steps, 12);
+    let a = step_losses(&s_full.run_dir);
+    let b = step_losses(&s_rest.run_dir);
+    assert_eq!(a.len(), 12);
+    assert_eq!(a, b, "losses of the resumed run equal the uninterrupted run's, step for step");
+    assert_eq!(s_full.last_loss, s_rest.last_loss);
+}
+
+#[test]
+fn checkpoint_round_trip_and_pytorch_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(&dir.path().join("run"), &["trainer.epochs=1"]);
+    let s = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    let last = s.last_checkpoint.unwrap();
+    let arch = train::checkpoint::read_architecture(&last.join("model.safetensors")).unwrap();
+    assert_eq!(arch, EncoderConfig { kind: EncoderKind::MlpMedium, input: 256, embed: 128 });
+    // Names and shapes of torch_ref.py's nn.Sequential(Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear).
+    let bytes = std::fs::read(last.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<(String, Vec<usize>)> = st.tensors().into_iter().map(|(n, t)| (n, t.shape().to_vec())).collect();
+    names.sort();
+    let want = [("0.bias", vec![512]), ("0.weight", vec![512, 256]), ("3.bias", vec![256]), ("3.weight", vec![256, 512]), ("6.bias", vec![128]), ("6.weight", vec![128, 256])];
+    assert_eq!(names, want.iter().map(|(n, s)| (n.to_string(), s.clone())).collect::<Vec<_>>());
+    // Weights and optimizer state load back exactly.
+    let mut enc = arch.init(CpuDevice::new(), 4, 99).unwrap();
+    let state = train::checkpoint::load_full(&last, &mut enc).unwrap();
+    assert_eq!(state.step, 3);
+    assert_eq!(Config::from_yaml(&state.config_yaml, &[]).unwrap(), cfg);
+    let mut enc2 = arch.init(CpuDevice::new(), 4, 1).unwrap();
+    train::checkpoint::load_weights(&last, &mut enc2).unwrap();
+    assert_eq!(enc.params_to_vec(), enc2.params_to_vec());
+    assert_ne!(enc.params_to_vec(), arch.init(CpuDevice::new(), 4, 99).unwrap().params_to_vec());
+    // Another architecture is refused with a clear message.
+    let mut other = EncoderConfig { kind: EncoderKind::MlpSimple, input: 256, embed: 128 }.init(CpuDevice::new(), 4, 0).unwrap();
+    let e = train::checkpoint::load_weights(&last, &mut other).unwrap_err().to_string();
+    assert!(e.contains("mlp-medium") && e.contains("mlp-simple"), "{e}");
+    // PyTorch loads it into the reference encoder, when torch is installed.
+    let script = "import sys,torch,torch.nn as nn\nfrom safetensors.torch import load_file\nm=nn.Sequential(nn.Linear(256,512),nn.ReLU(),nn.Dropout(0.2),nn.Linear(512,256),nn.ReLU(),nn.Dropout(0.2),nn.Linear(256,128))\nm.load_state_dict(load_file(sys.argv[1]))\nprint('loaded', sum(p.numel() for p in m.parameters()))";
+    match std::process::Command::new("python3").arg("-c").arg(script).arg(last.join("model.safetensors")).output() {
+        Ok(o) if o.status.success() => assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("loaded {}", arch.param_count())),
+        Ok(o) => eprintln!("SKIPPED PyTorch load check (torch/safetensors not importable): {}", String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")),
+        Err(e) => eprintln!("SKIPPED PyTorch load check: {e}"),
+    }
+}
+
+#[test]
+fn early_stopping_stops_after_patience_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    // A min_delta no change can beat: every check after the first counts against patience.
+    let cfg = small_config(&dir.path().join("run"), &["trainer.epochs=20", "trainer.patience=2", "trainer.min_delta=100", "trainer.save_top_k=2"]);
+    let s = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!(s.epochs_completed, 3, "the first check sets the best, two more without improvement stop");
+    let best: Vec<_> = std::fs::read_dir(s.run_dir.join("checkpoints")).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.starts_with("best-")).collect();
+    assert!(!best.is_empty() && best.len() <= 2, "{best:?}");
+}
+
+#[test]
+fn accumulated_gradients_are_the_mean_of_the_micro_batches() {
+    // mlp-simple has no dropout, so a micro-batch's gradient does not depend on the forward count.
+    let (b, w) = (4, 32);
+    let mk = || {
+        let enc = EncoderConfig::new(EncoderKind::MlpSimple, w).init(CpuDevice::new(), 2 * b, 5).unwrap();
+        ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 5).unwrap()
+    };
+    let data = |k: usize| -> Vec<f32> { (0..b * w).map(|i| ((i * 31 + k * 17) % 29) as f32 * 0.07 - 1.0).collect() };
+    let (a1, p1, a2, p2) = (data(1), data(2), data(3), data(4));
+    let mut acc = mk();
+    acc.forward_backward(&a1, &p1, false, 0.5).unwrap();
+    acc.forward_backward(&a2, &p2, true, 0.5).unwrap();
+    let mut one = mk();
+    one.forward_backward(&a1, &p1, false, 1.0).unwrap();
+    let g1 = one.encoder.grads_to_vec();
+    one.forward_backward(&a2, &p2, false, 1.0).unwrap();
+    let g2 = one.encoder.grads_to_vec();
+    for ((g, x), y) in acc.encoder.grads_to_vec().iter().zip(&g1).zip(&g2) {
+        assert!((g - 0.5 * (x + y)).abs() <= 1e-6 * (1.0 + g.abs()), "{g} vs {}", 0.5 * (x + y));
+    }
+}
+
+#[test]
+fn missing_files_and_too_few_ids_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(&dir.path().join("run"), &[]);
+    let e = train(&cfg, Path::new("/no/such.h5"), &csv, None, &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("/no/such.h5"), "{e}");
+    let big = small_config(&dir.path().join("run"), &["data.batch_size=64"]);
+    let e = train(&big, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("data.batch_size"), "{e}");
+    let e = train(&cfg, &h5, &csv, Some(Path::new("/no/ckpt")), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("/no/ckpt"), "{e}");
+}
+
+#[test]
+fn evaluation_beats_random_init_on_separable_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let synth = SynthConfig { complexity: Complexity::Medium, count: 40, length: 4096, channels: 1, seed: 11, classes: 4, ..Default::default() };
+    let g = generate(&synth, dir.path(), "sep", Layout::Contiguous, &|_| {}).unwrap();
+    let cfg = small_config(&dir.path().join("run"), &["data.batch_size=16", "data.val_fraction=0", "data.time_split=0.7", "trainer.epochs=60", "data.window_size=256"]);
+    let s = train(&cfg, &g.store, &g.meta, None, &mut Quiet).unwrap();
+    let ds = train::trainer::open_dataset(&g.store, &g.meta).unwrap();
+    let r = train::eval::evaluate(&s.last_checkpoint.unwrap(), &ds, &train::eval::EvalOptions { windows: 8, ..Default::default() }).unwrap();
+    assert_eq!(r.classes.len(), 4);
+    assert_eq!(r.fit_windows, 40 * 8);
+    assert!(r.pretrained.linear_probe_acc >= 0.9, "{r:?}");
+    assert!((0.0..=1.0).contains(&r.random_init.linear_probe_acc));
+}
