@@ -1,1 +1,321 @@
-//! placeholder
+//! The benchmark suite of contrastive-id (SPEC §5, the seed's
+//! `performance_benchmark_suite.md`): six categories measured on the real pipeline and engine,
+//! sound statistics, the seed's targets, baselines with a regression rule, PyTorch reference
+//! ratios, and reports (JSON, Markdown, self-contained HTML, PNG charts, a log).
+//!
+//! ```no_run
+//! let mut b = bench::Benchmark::new("bench-results").quick(true);
+//! b.training().unwrap();
+//! b.scalability().unwrap();
+//! b.report().unwrap();
+//! ```
+
+pub mod categories;
+pub mod error;
+pub mod fingerprint;
+pub mod measure;
+pub mod plots;
+pub mod reference;
+pub mod report;
+pub mod results;
+pub mod stats;
+pub mod targets;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+pub use error::{BenchError, Result};
+pub use results::Results;
+
+use categories::Settings;
+use fingerprint::Fingerprint;
+use results::{Category, Recommendation, Status};
+use targets::Targets;
+
+/// The category names, in run order.
+pub const CATEGORIES: [&str; 6] = ["training", "data", "model", "scalability", "hardware", "quality"];
+
+/// A benchmark run: settings, results so far, and where they go.
+pub struct Benchmark {
+    save_dir: PathBuf,
+    settings: Settings,
+    device: String,
+    targets: Targets,
+    results: Results,
+    started: Instant,
+    log: Vec<String>,
+    /// Called with each category name as it starts.
+    on_category: Option<Box<dyn FnMut(&str) + Send>>,
+}
+
+impl Benchmark {
+    pub fn new(save_dir: impl Into<PathBuf>) -> Self {
+        let save_dir = save_dir.into();
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, quality_target: None };
+        Benchmark {
+            results: Results {
+                schema_version: results::SCHEMA_VERSION,
+                started_unix,
+                quick: false,
+                device: "cpu".into(),
+                fingerprint: Fingerprint::collect(threads),
+                categories: Vec::new(),
+                recommendations: Vec::new(),
+                baseline: None,
+                baseline_warnings: Vec::new(),
+                reference: None,
+                seconds: 0.0,
+            },
+            save_dir,
+            settings,
+            device: "cpu".into(),
+            targets: targets::default_targets(),
+            started: Instant::now(),
+            log: Vec::new(),
+            on_category: None,
+        }
+    }
+
+    pub fn quick(mut self, quick: bool) -> Self {
+        self.settings.quick = quick;
+        self.results.quick = quick;
+        self
+    }
+
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.settings.threads = threads.max(1);
+        self.results.fingerprint.threads = self.settings.threads;
+        self
+    }
+
+    pub fn device(mut self, device: &str) -> Self {
+        self.device = device.to_string();
+        self.results.device = device.to_string();
+        self
+    }
+
+    pub fn targets(mut self, t: Targets) -> Self {
+        self.targets = t;
+        self
+    }
+
+    pub fn quality_data(mut self, data: PathBuf, meta: PathBuf) -> Self {
+        self.settings.quality_data = Some((data, meta));
+        self
+    }
+
+    pub fn on_category(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_category = Some(Box::new(f));
+        self
+    }
+
+    pub fn results(&self) -> &Results {
+        &self.results
+    }
+
+    fn log(&mut self, line: String) {
+        eprintln!("{line}");
+        self.log.push(line);
+    }
+
+    /// Runs one category; a failure is recorded in the results (status error) and logged, and the
+    /// suite goes on.
+    fn run(&mut self, name: &str, f: impl FnOnce(&Settings, &str) -> Result<Category>) -> Result<&Category> {
+        if let Some(cb) = self.on_category.as_mut() {
+            cb(name);
+        }
+        std::fs::create_dir_all(&self.settings.work_dir).map_err(|e| BenchError::io(&self.settings.work_dir, e))?;
+        let t = Instant::now();
+        let mut cat = match f(&self.settings, &self.device) {
+            Ok(c) => c,
+            Err(e) => {
+                let mut c = Category::new(name);
+                c.status = Status::Error;
+                c.notes.push(e.to_string());
+                c
+            }
+        };
+        cat.seconds = t.elapsed().as_secs_f64();
+        targets::evaluate(&mut cat.metrics, &self.targets);
+        let (p, n) = cat.pass_count();
+        let line = format!("[{name}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}", cat.status, cat.metrics.len(), cat.seconds, if cat.notes.is_empty() { String::new() } else { format!(" ({})", cat.notes.join("; ")) });
+        self.log(line);
+        self.results.categories.retain(|c| c.name != name);
+        self.results.categories.push(cat);
+        Ok(self.results.categories.last().expect("just pushed"))
+    }
+
+    pub fn training(&mut self) -> Result<&Category> {
+        self.run("training", |s, _| categories::training(s))
+    }
+    pub fn data(&mut self) -> Result<&Category> {
+        self.run("data", |s, _| categories::data(s))
+    }
+    pub fn model(&mut self) -> Result<&Category> {
+        self.run("model", |s, _| categories::model(s))
+    }
+    pub fn scalability(&mut self) -> Result<&Category> {
+        self.run("scalability", |s, _| categories::scalability(s))
+    }
+    pub fn hardware(&mut self) -> Result<&Category> {
+        self.run("hardware", categories::hardware)
+    }
+    pub fn quality(&mut self) -> Result<&Category> {
+        self.run("quality", |s, _| categories::quality(s))
+    }
+
+    /// Runs one category by name, or all of them for `all`.
+    pub fn run_named(&mut self, which: &str) -> Result<()> {
+        let names: Vec<&str> = if which == "all" { CATEGORIES.to_vec() } else { vec![which] };
+        for n in names {
+            match n {
+                "training" => self.training()?,
+                "data" => self.data()?,
+                "model" => self.model()?,
+                "scalability" => self.scalability()?,
+                "hardware" => self.hardware()?,
+                "quality" => self.quality()?,
+                other => return Err(BenchError::Input(format!("unknown benchmark category `{other}`; expected one of {} or all", CATEGORIES.join(", ")))),
+            };
+        }
+        Ok(())
+    }
+
+    /// Puts PyTorch's numbers beside ours (`torch_ref.py --json`).
+    pub fn with_reference(&mut self, path: &Path) -> Result<()> {
+        reference::attach(&mut self.results, path)?;
+        self.results.reference = Some(path.display().to_string());
+        Ok(())
+    }
+
+    /// Compares with a baseline (a name under `<save_dir>/baselines/` or a file).
+    pub fn compare_baseline(&mut self, name_or_file: &str, noise: f64) -> Result<()> {
+        let path = baseline_path(&self.save_dir, name_or_file);
+        let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+        let base: Results = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
+        if base.schema_version != results::SCHEMA_VERSION {
+            return Err(BenchError::Input(format!("{}: schema version {} (this build reads {})", path.display(), base.schema_version, results::SCHEMA_VERSION)));
+        }
+        self.results.baseline_warnings = self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
+        for w in self.results.baseline_warnings.clone() {
+            self.log(format!("warning: {w}"));
+        }
+        for c in self.results.categories.iter_mut() {
+            for m in c.metrics.iter_mut() {
+                if let Some(b) = base.metric(&m.id) {
+                    let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
+                    if bs.iter().chain(&ns).all(|v| v.is_finite()) && crate::stats::median(&bs) != 0.0 {
+                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, noise));
+                    }
+                }
+            }
+        }
+        self.results.baseline = Some(name_or_file.to_string());
+        Ok(())
+    }
+
+    /// Derives recommendations, writes every report, chart and the log (atomically). Returns the
+    /// files written.
+    pub fn report(&mut self) -> Result<Vec<PathBuf>> {
+        self.results.seconds = self.started.elapsed().as_secs_f64();
+        self.results.recommendations = recommendations(&self.results);
+        std::fs::create_dir_all(self.save_dir.join("plots")).map_err(|e| BenchError::io(&self.save_dir, e))?;
+        let mut written = Vec::new();
+        for (file, draw) in [
+            ("plots/training_performance.png", plots::training as fn(&Results, &Path) -> Result<()>),
+            ("plots/scalability_analysis.png", plots::scalability),
+            ("plots/hardware_optimization.png", plots::hardware),
+        ] {
+            let path = self.save_dir.join(file);
+            let tmp = path.with_file_name(format!(".{}.{}.png", path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot"), std::process::id()));
+            draw(&self.results, &tmp)?;
+            std::fs::rename(&tmp, &path).map_err(|e| BenchError::io(&path, e))?;
+            written.push(path);
+        }
+        written.extend(report::write_all(&self.results, &self.save_dir)?);
+        let (p, t) = self.results.pass_rate();
+        self.log(format!("pass rate {p}/{t}; {} regression(s)", self.results.regressions().len()));
+        let log_path = self.save_dir.join("benchmark.log");
+        let mut text = String::new();
+        for l in &self.log {
+            text.push_str(l);
+            text.push('\n');
+        }
+        signal::write_atomic(&log_path, text.as_bytes())?;
+        written.push(log_path);
+        let _ = std::fs::remove_dir_all(&self.settings.work_dir);
+        Ok(written)
+    }
+
+    /// Stores the current results as baseline `name` under `<save_dir>/baselines/`.
+    pub fn save_baseline(&self, name: &str) -> Result<PathBuf> {
+        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+            return Err(BenchError::Input(format!("baseline name `{name}` must be a plain file name")));
+        }
+        let path = self.save_dir.join("baselines").join(format!("{name}.json"));
+        if let Some(p) = path.parent() {
+            std::fs::create_dir_all(p).map_err(|e| BenchError::io(p, e))?;
+        }
+        let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| BenchError::Report(e.to_string()))?;
+        signal::write_atomic(&path, &bytes)?;
+        Ok(path)
+    }
+
+    /// Appends a line to the log (the CLI's own messages).
+    pub fn note(&mut self, line: &str) {
+        self.log.push(line.to_string());
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.
+pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
+    let p = PathBuf::from(name_or_file);
+    if p.exists() || name_or_file.ends_with(".json") { p } else { save_dir.join("baselines").join(format!("{name_or_file}.json")) }
+}
+
+/// Recommendations derived from the results, each citing the number behind it.
+pub fn recommendations(r: &Results) -> Vec<Recommendation> {
+    let mut out = Vec::new();
+    let mut rec = |topic: &str, text: String, evidence: String| out.push(Recommendation { topic: topic.into(), text, evidence });
+    let sps = |c: &str| r.metric(&format!("training.{c}.samples_per_s")).map(|m| m.value);
+    if let (Some(s), Some(l)) = (sps("small"), sps("large")) {
+        if l > 1.2 * s {
+            rec("Batch size", format!("Throughput grows with batch size ({s:.0} → {l:.0} samples/s from small to large): use the largest batch memory allows."), format!("training.small/large.samples_per_s = {s:.0} / {l:.0}"));
+        } else {
+            rec("Batch size", format!("Throughput is flat in batch size ({s:.0} vs {l:.0} samples/s): pick the batch for the contrastive task (more negatives), not for speed."), format!("training.small/large.samples_per_s = {s:.0} / {l:.0}"));
+        }
+    }
+    if let Some(m) = r.metric("hardware.cpu.fp32.thread_speedup") {
+        let threads = r.fingerprint.threads;
+        let eff = m.value / threads as f64;
+        rec("CPU threads", if eff < 0.6 { format!("{threads} threads give only {:.2}× over one ({:.0} % efficiency): the step is memory- or overhead-bound at this size; larger batches use the cores better.", m.value, 100.0 * eff) } else { format!("{threads} threads give {:.2}× over one ({:.0} % efficiency): keep num_workers at the core count.", m.value, 100.0 * eff) }, format!("{} = {:.2}", m.id, m.value));
+    }
+    for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
+        let t = m.target.as_ref().expect("filtered");
+        let text = match m.category.as_str() {
+            "data" => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
+            "scalability" => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
+            "training" | "model" => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
+            _ => "Misses its target.".to_string(),
+        };
+        rec(&format!("Target {}", t.target), text, format!("{} = {} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
+    }
+    if r.categories.iter().any(|c| c.name == "hardware") {
+        rec("Mixed precision / GPU", "Not measurable in this build (CPU only): fp16/bf16 and GPU speed-ups need the CUDA device.".into(), "hardware category notes".into());
+    }
+    if let Some(m) = r.metric("scalability.batch.memory_scaling_factor") {
+        if m.value > 1.2 {
+            rec("Memory", format!("Memory grows faster than the batch ({:.2}× per batch doubling ratio): use gradient accumulation for larger effective batches.", m.value), format!("{} = {:.2}", m.id, m.value));
+        }
+    }
+    for m in r.regressions() {
+        if let Some(b) = &m.baseline {
+            rec("Regression", format!("{} got worse by {:+.1} % (CI {:+.1} … {:+.1} %) against the baseline.", m.id, 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high), format!("{} = {} {}", m.id, m.value, m.unit));
+        }
+    }
+    out
+}

@@ -24,6 +24,8 @@ enum Command {
     Train(cmd::train::Args),
     /// Linear probe and k-NN on frozen embeddings of a checkpoint.
     Evaluate(cmd::evaluate::Args),
+    /// The benchmark suite: training, data, model, scalability, hardware, quality.
+    Bench(cmd::bench::Args),
 }
 
 fn main() {
@@ -33,6 +35,7 @@ fn main() {
         Command::Generate(a) => cmd::generate::run(a),
         Command::Train(a) => cmd::train::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -161,6 +161,10 @@ impl Device for CpuDevice {
         v
     }
 
+    fn allocated_bytes(&self) -> usize {
+        4 * (self.mem.capacity() + self.scratch.capacity() + self.transpose_scratch.capacity())
+    }
+
     fn upload(&mut self, dst: View, src: &[f32]) {
         self.slice_mut(dst).copy_from_slice(src);
     }

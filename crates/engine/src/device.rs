@@ -96,6 +96,8 @@ pub struct InfoNceOut {
 pub trait Device: Send {
     /// Reserves `len` zeroed values. Only called while building: steps allocate nothing.
     fn alloc(&mut self, len: usize) -> View;
+    /// Bytes of device memory held (the peak: memory is only ever added while building).
+    fn allocated_bytes(&self) -> usize;
     fn upload(&mut self, dst: View, src: &[f32]);
     fn download(&self, src: View, dst: &mut [f32]);
     fn fill(&mut self, dst: View, value: f32);

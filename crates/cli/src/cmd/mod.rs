@@ -1,5 +1,6 @@
 //! One module per sub-command.
 
+pub mod bench;
 pub mod evaluate;
 pub mod generate;
 pub mod inspect;

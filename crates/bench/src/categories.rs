@@ -1,0 +1,468 @@
+//! The six benchmark categories of the seed document, each measured on the real pipeline and the
+//! real engine: training, data processing, model, scalability, hardware, quality.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use engine::{ContrastiveStep, CpuDevice, Device, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig};
+use signal::synth::{generate, SynthConfig};
+use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
+
+use crate::error::{BenchError, Result};
+use crate::measure::{method, peak_rss_delta, time_ms, total_memory_mb};
+use crate::results::{Category, Metric, Status, SweepPoint};
+use crate::stats::summarize;
+
+/// What every category needs to know.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub quick: bool,
+    /// Compute threads (default: all cores).
+    pub threads: usize,
+    /// Scratch directory for generated stores.
+    pub work_dir: PathBuf,
+    /// Dataset of the quality category (default: a generated one).
+    pub quality_data: Option<(PathBuf, PathBuf)>,
+    /// Linear-probe accuracy the quality category trains towards.
+    pub quality_target: Option<f64>,
+}
+
+impl Settings {
+    fn reps(&self) -> (usize, usize) {
+        if self.quick { (3, 10) } else { (10, 50) }
+    }
+}
+
+fn timed(category: &str, config: &str, name: &str, samples: Vec<f64>, warmup: usize) -> Metric {
+    let s = summarize(&samples);
+    Metric {
+        id: format!("{category}.{config}.{name}"),
+        category: category.into(),
+        config: config.into(),
+        name: name.into(),
+        unit: "ms".into(),
+        value: s.median,
+        lower_is_better: true,
+        method: method(warmup, samples.len()),
+        samples,
+        summary: Some(s),
+        target: None,
+        reference: None,
+        baseline: None,
+    }
+}
+
+fn rate(category: &str, config: &str, name: &str, unit: &str, samples: Vec<f64>, how: String) -> Metric {
+    let s = summarize(&samples);
+    Metric { id: format!("{category}.{config}.{name}"), category: category.into(), config: config.into(), name: name.into(), unit: unit.into(), value: s.median, lower_is_better: false, method: how, samples, summary: Some(s), target: None, reference: None, baseline: None }
+}
+
+fn value(category: &str, config: &str, name: &str, unit: &str, v: f64, lower_is_better: bool, how: &str) -> Metric {
+    Metric { id: format!("{category}.{config}.{name}"), category: category.into(), config: config.into(), name: name.into(), unit: unit.into(), value: v, lower_is_better, method: how.into(), samples: Vec::new(), summary: None, target: None, reference: None, baseline: None }
+}
+
+/// Deterministic uniform(-1, 1) data.
+fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn pool(threads: usize) -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| BenchError::Input(e.to_string()))
+}
+
+fn step_for(kind: EncoderKind, b: usize, w: usize) -> Result<ContrastiveStep<CpuDevice>> {
+    let enc = EncoderConfig::new(kind, w).init(CpuDevice::new(), 2 * b, 0)?;
+    Ok(ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0)?)
+}
+
+/// The pieces of one step, each timed alone: forward of 2B rows, backward, InfoNCE, optimizer.
+fn step_parts(st: &mut ContrastiveStep<CpuDevice>, b: usize, warmup: usize, n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut fwd, mut bwd, mut nce, mut opt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let d = st.encoder.cfg.embed;
+    for i in 0..warmup + n {
+        let t = Instant::now();
+        let z = st.encoder.forward(2 * b, Some(i as u64));
+        let t_f = t.elapsed().as_secs_f64() * 1e3;
+        let dz = st.encoder.dz_buffer(2 * b);
+        let t = Instant::now();
+        st.encoder.device.infonce(z, Some(dz), b, d, 0.07, false, 1.0);
+        let t_n = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        st.encoder.backward(2 * b, dz, false);
+        let t_b = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        st.optimizer_step(1e-4);
+        let t_o = t.elapsed().as_secs_f64() * 1e3;
+        if i >= warmup {
+            fwd.push(t_f);
+            nce.push(t_n);
+            bwd.push(t_b);
+            opt.push(t_o);
+        }
+    }
+    (fwd, bwd, nce, opt)
+}
+
+/// Training: full steps of the seed's three configurations (mlp-medium).
+pub fn training(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new("training");
+    let (warmup, n) = s.reps();
+    let pool = pool(s.threads)?;
+    for (config, b, w) in [("small", 16, 512), ("medium", 32, 1024), ("large", 64, 2048)] {
+        pool.install(|| -> Result<()> {
+            let (a, p) = (noise(b * w, 1), noise(b * w, 2));
+            let (st, mem) = peak_rss_delta(|| -> Result<_> {
+                let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+                for _ in 0..warmup {
+                    st.train_step(&a, &p)?;
+                }
+                Ok(st)
+            });
+            let mut st = st?;
+            let steps = time_ms(0, n, || {
+                let _ = st.train_step(&a, &p);
+            });
+            cat.metrics.push(rate("training", config, "samples_per_s", "samples/s", steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
+            cat.metrics.push(timed("training", config, "batch_time_ms", steps, warmup));
+            let (fwd, bwd, nce, opt) = step_parts(&mut st, b, 2, n);
+            cat.metrics.push(timed("training", config, "forward_ms", fwd, 2));
+            cat.metrics.push(timed("training", config, "backward_ms", bwd, 2));
+            cat.metrics.push(timed("training", config, "infonce_ms", nce, 2));
+            cat.metrics.push(timed("training", config, "optimizer_ms", opt, 2));
+            let dev_mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
+            cat.metrics.push(value("training", config, "memory_mb", "MB", dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
+            cat.metrics.push(value("training", config, "memory_per_sample_mb", "MB", dev_mb / b as f64, true, "engine memory held / B"));
+            if let Some(m) = mem {
+                cat.metrics.push(value("training", config, "rss_rise_mb", "MB", m, true, "peak RSS rise over building the step and the warm-up steps (allocator reuse can hide memory)"));
+            }
+            Ok(())
+        })?;
+    }
+    Ok(cat)
+}
+
+/// Data processing on the real pipeline: generation, store reads from disk, windowing and batch
+/// preparation, per complexity.
+pub fn data(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new("data");
+    let scale = if s.quick { 10 } else { 1 };
+    let pool = pool(s.threads)?;
+    for (config, complexity, count, length) in [("simple", Complexity::Simple, 1000, 2048), ("medium", Complexity::Medium, 1000, 4096), ("complex", Complexity::Complex, 2000, 8192)] {
+        let count = count / scale;
+        let cfg = SynthConfig { complexity, count, length, channels: 1, seed: 0, ..Default::default() };
+        let dir = s.work_dir.join(format!("data-{config}"));
+        let ((), mem) = peak_rss_delta(|| ());
+        let _ = mem;
+        let (res, mem) = peak_rss_delta(|| -> Result<()> {
+            pool.install(|| -> Result<()> {
+                let t = Instant::now();
+                let g = generate(&cfg, &dir, config, Layout::Contiguous, &|_| {})?;
+                let gen_s = t.elapsed().as_secs_f64();
+                cat.metrics.push(value("data", config, "generation_signals_per_s", "signals/s", count as f64 / gen_s, false, "synthetic generation + HDF5 write, one run"));
+                // Store reads: every signal whole, each pass on a freshly opened store.
+                let mut mbps = Vec::new();
+                for _ in 0..3 {
+                    let store = Hdf5Store::open(&g.store)?;
+                    let t = Instant::now();
+                    let mut bytes = 0usize;
+                    for sample in store.samples() {
+                        bytes += store.read(sample.id)?.len() * 4;
+                    }
+                    mbps.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
+                }
+                cat.metrics.push(rate("data", config, "store_read_mb_per_s", "MB/s", mbps, "whole-signal reads of every Id from a freshly opened store (page cache warm), 3 passes".into()));
+                let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store)?);
+                let ids: Vec<u64> = store.samples().iter().map(|x| x.id).collect();
+                let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
+                let builder = BatchBuilder::new(store.clone(), pre, WindowConfig { window_size: 1024, ..Default::default() })?;
+                builder.usable_ids(&ids)?;
+                // Windowing: 8 random windows per Id, normalized, in windows/s.
+                let wcfg = WindowConfig { window_size: 1024, stride: 1024, num_window: 8, strategy: WindowStrategy::Random };
+                let mut wps = Vec::new();
+                for rep in 0..3 {
+                    let t = Instant::now();
+                    let mut nwin = 0;
+                    for &id in &ids {
+                        nwin += builder.windows_of(id, (0, length), &wcfg, rep)?.len() / 1024;
+                    }
+                    wps.push(nwin as f64 / t.elapsed().as_secs_f64());
+                }
+                cat.metrics.push(rate("data", config, "windows_per_s", "windows/s", wps, "8 random windows of 1024 per Id, read and standardized, 3 passes".into()));
+                // Batch preparation: contrastive batches of 16/32/64 Ids, W = 1024.
+                for b in [16, 32, 64] {
+                    let mut batch = ContrastiveBatch::default();
+                    let mut k = 0u64;
+                    let chunks: Vec<&[u64]> = ids.chunks(b).filter(|c| c.len() == b).collect();
+                    let t = time_ms(3, (chunks.len() * 2).clamp(10, 200), || {
+                        let c = chunks[(k as usize) % chunks.len()];
+                        let _ = builder.build_into(c, k, &mut batch);
+                        k += 1;
+                    });
+                    cat.metrics.push(timed("data", &format!("{config}.B{b}"), "batch_prep_ms", t, 3));
+                }
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(())
+            })
+        });
+        res?;
+        if let Some(m) = mem {
+            cat.metrics.push(value("data", config, "memory_mb", "MB", m, true, "peak RSS rise over the whole data section of this complexity"));
+        }
+    }
+    Ok(cat)
+}
+
+/// Model: forward, backward, InfoNCE, memory and size of three MLPs at batches 16/32/64.
+pub fn model(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new("model");
+    let (_, n) = s.reps();
+    let pool = pool(s.threads)?;
+    for (config, kind, input, embed) in [("simple", EncoderKind::MlpSimple, 512, 64), ("medium", EncoderKind::MlpMedium, 1024, 128), ("complex", EncoderKind::MlpComplex, 2048, 256)] {
+        let ecfg = EncoderConfig { kind, input, embed };
+        cat.metrics.push(value("model", config, "parameters", "count", ecfg.param_count() as f64, true, "Σ weights + biases"));
+        cat.metrics.push(value("model", config, "size_mb", "MB", ecfg.param_count() as f64 * 4.0 / 1e6, true, "f32 parameters"));
+        cat.metrics.push(value("model", config, "training_state_mb", "MB", ecfg.param_count() as f64 * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
+        for b in [16, 32, 64] {
+            pool.install(|| -> Result<()> {
+                let (enc, mem): (engine::Result<_>, _) = peak_rss_delta(|| ecfg.init(CpuDevice::new(), 2 * b, 0));
+                let mut enc = enc?;
+                let x = noise(b * input, 3);
+                enc.set_input(0, &x);
+                let fwd = time_ms(3, n, || {
+                    enc.forward(b, None);
+                });
+                let mut bwd = Vec::new();
+                for i in 0..n + 2 {
+                    enc.forward(b, Some(i as u64));
+                    let dz = enc.dz_buffer(b);
+                    let t = Instant::now();
+                    enc.backward(b, dz, false);
+                    if i >= 2 {
+                        bwd.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                let mut dev = CpuDevice::new();
+                let (z, dz) = (dev.alloc(2 * b * embed), dev.alloc(2 * b * embed));
+                dev.upload(z, &noise(2 * b * embed, 4));
+                let nce = time_ms(3, n, || {
+                    dev.infonce(z, Some(dz), b, embed, 0.07, false, 1.0);
+                });
+                let c = format!("{config}.B{b}");
+                cat.metrics.push(timed("model", &c, "forward_ms", fwd, 3));
+                cat.metrics.push(timed("model", &c, "backward_ms", bwd, 2));
+                cat.metrics.push(timed("model", &c, "infonce_ms", nce, 3));
+                let _ = mem;
+                cat.metrics.push(value("model", &c, "memory_mb", "MB", enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
+                Ok(())
+            })?;
+        }
+    }
+    Ok(cat)
+}
+
+/// Memory a training step of `B × W` on mlp-medium needs, MB (to stop a sweep before it cannot
+/// allocate instead of after).
+fn estimated_step_mb(b: usize, w: usize) -> f64 {
+    let p = EncoderConfig::new(EncoderKind::MlpMedium, w).param_count() as f64;
+    let rows = 2.0 * b as f64;
+    (16.0 * p + 4.0 * rows * (w as f64 + 512.0 * 3.0 + 256.0 + 128.0)) / 1e6
+}
+
+/// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then
+/// doubling on until a limit (time per step, memory, or a hard cap). Quick mode stops at the
+/// seed's lists.
+pub fn scalability(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new("scalability");
+    let pool = pool(s.threads)?;
+    let mem_limit = total_memory_mb().unwrap_or(8192.0) * 0.5;
+    let time_limit_ms = if s.quick { 1500.0 } else { 5000.0 };
+    let (warmup, n) = if s.quick { (1, 2) } else { (2, 5) };
+    let axes: [(&str, Vec<usize>, usize, usize); 2] = [
+        ("batch", vec![4, 8, 16, 32, 64, 128, 256], 1 << 16, 1024),
+        ("window", vec![256, 512, 1024, 2048, 4096, 8192], 1 << 20, 32),
+    ];
+    for (axis, seed_list, cap, fixed) in axes {
+        let mut x = seed_list[0];
+        let last_seed = *seed_list.last().unwrap_or(&x);
+        loop {
+            let (b, w) = if axis == "batch" { (x, fixed) } else { (fixed, x) };
+            let est = estimated_step_mb(b, w);
+            if est > mem_limit {
+                cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, memory_mb: Some(est), note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)") });
+                break;
+            }
+            let point = pool.install(|| -> Result<(f64, Option<f64>)> {
+                let (a, p) = (noise(b * w, 5), noise(b * w, 6));
+                let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+                for _ in 0..warmup {
+                    st.train_step(&a, &p)?;
+                }
+                let t = time_ms(0, n, || {
+                    let _ = st.train_step(&a, &p);
+                });
+                Ok((crate::stats::median(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
+            });
+            match point {
+                Ok((ms, mem)) => {
+                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: true, step_ms: Some(ms), memory_mb: mem, note: String::new() });
+                    if ms > time_limit_ms {
+                        cat.notes.push(format!("{axis} sweep stopped after {x}: a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)"));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, memory_mb: None, note: e.to_string() });
+                    break;
+                }
+            }
+            if (s.quick && x >= last_seed) || x >= cap {
+                if x >= cap {
+                    cat.notes.push(format!("{axis} sweep reached its cap {cap}"));
+                }
+                break;
+            }
+            x *= 2;
+        }
+        let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
+        let max = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max().unwrap_or(0);
+        cat.metrics.push(value("scalability", axis, &format!("max_{axis}_size"), if axis == "batch" { "samples" } else { "samples/window" }, max as f64, false, "largest point of the doubling sweep whose step ran"));
+        if axis == "batch" {
+            // Memory growth against batch growth between the two largest working points
+            // (1.0 = linear).
+            let mems: Vec<(usize, f64)> = ok.iter().filter_map(|p| p.memory_mb.map(|m| (p.batch, m))).collect();
+            if mems.len() >= 2 {
+                let (b1, m1) = mems[mems.len() - 2];
+                let (b2, m2) = mems[mems.len() - 1];
+                cat.metrics.push(value("scalability", "batch", "memory_scaling_factor", "ratio", (m2 / m1) / (b2 as f64 / b1 as f64), true, "(memory ratio) / (batch ratio) of the two largest working batch sizes"));
+            }
+        }
+    }
+    Ok(cat)
+}
+
+/// Hardware: CPU thread scaling (fp32); GPU and mixed precision are reported as not available in
+/// this build rather than failing.
+pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
+    let mut cat = Category::new("hardware");
+    let (warmup, n) = s.reps();
+    let (b, w) = (32, 1024);
+    let (a, p) = (noise(b * w, 7), noise(b * w, 8));
+    let mut per_threads = Vec::new();
+    let mut counts = vec![1];
+    if s.threads > 1 {
+        counts.push(s.threads);
+    }
+    for t in counts {
+        let pool = pool(t)?;
+        let times = pool.install(|| -> Result<Vec<f64>> {
+            let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+            Ok(time_ms(warmup, n, || {
+                let _ = st.train_step(&a, &p);
+            }))
+        })?;
+        per_threads.push((t, crate::stats::median(&times)));
+        cat.metrics.push(timed("hardware", &format!("cpu.fp32.threads{t}"), "step_ms", times, warmup));
+    }
+    if let [(1, one), .., (t, many)] = per_threads.as_slice() {
+        cat.metrics.push(value("hardware", "cpu.fp32", "thread_speedup", "x", one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, mlp-medium)")));
+    }
+    cat.notes.push("GPU: not available on this machine (this build has no CUDA device); CPU vs GPU and GPU memory are not measured".into());
+    cat.notes.push("Mixed precision (fp16/bf16): not available on the CPU device; fp32 only".into());
+    if device.starts_with("cuda") {
+        cat.status = Status::NotAvailable;
+        cat.notes.push(format!("--device {device} was asked for, but no CUDA device is available; CPU numbers shown"));
+    }
+    Ok(cat)
+}
+
+/// Quality: optimizer steps and seconds until a frozen-encoder linear probe reaches a target
+/// accuracy (time split: windows of the first 70 % train, the probe tests on the last 30 %).
+pub fn quality(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new("quality");
+    let (store_path, meta_path, target, w, b) = match &s.quality_data {
+        Some((d, m)) => (d.clone(), m.clone(), s.quality_target.unwrap_or(0.75), 1024, 32),
+        None => {
+            let cfg = SynthConfig { complexity: Complexity::Medium, count: 48, length: 8192, channels: 1, seed: 1, classes: 6, ..Default::default() };
+            let g = generate(&cfg, &s.work_dir.join("quality"), "quality", Layout::Contiguous, &|_| {})?;
+            (g.store, g.meta, s.quality_target.unwrap_or(0.9), 512, 16)
+        }
+    };
+    let ds = train::trainer::open_dataset(&store_path, &meta_path)?;
+    let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
+    let builder = Arc::new(BatchBuilder::new(ds.store.clone(), pre, WindowConfig { window_size: w, ..Default::default() })?.with_time_split(0.7)?);
+    let ids = builder.usable_ids(&ds.ids)?;
+    let b = b.min(ids.len());
+    let channels = builder.channels();
+    // Probe windows: 8 evenly spaced per Id from each region.
+    let k = 8;
+    let ew = WindowConfig { window_size: w, stride: w, num_window: k, strategy: WindowStrategy::EvenlySpaced };
+    let mut labels: Vec<i64> = ids.iter().filter_map(|id| ds.row(*id).map(|r| r.label)).collect();
+    labels.sort_unstable();
+    labels.dedup();
+    let (mut xf, mut yf, mut xt, mut yt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &id in &ids {
+        let len = ds.store.info(id)?.length;
+        let cut = (len as f64 * 0.7) as usize;
+        let class = labels.iter().position(|l| Some(*l) == ds.row(id).map(|r| r.label)).unwrap_or(0);
+        xf.extend(builder.windows_of(id, (0, cut), &ew, 0)?);
+        yf.extend(std::iter::repeat_n(class, k));
+        xt.extend(builder.windows_of(id, (cut, len), &ew, 0)?);
+        yt.extend(std::iter::repeat_n(class, k));
+    }
+    let (eval_every, max_steps) = if s.quick { (25u64, 300u64) } else { (100, 4000) };
+    let pool = pool(s.threads)?;
+    let result = pool.install(|| -> Result<(Option<(u64, f64)>, f64, f64, u64)> {
+        let mut st = step_for(EncoderKind::MlpMedium, b, w * channels)?;
+        let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> {
+            let zf = engine::embed(enc, &xf)?;
+            let zt = engine::embed(enc, &xt)?;
+            Ok(train::eval::probe(&zf, &yf, &zt, &yt, enc.cfg.embed, labels.len(), 5).linear_probe_acc)
+        };
+        let random_acc = probe(&mut st.encoder)?;
+        let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
+        let t0 = Instant::now();
+        let mut train_time = 0.0;
+        let mut reached = None;
+        let mut last_acc = random_acc;
+        for item in sampler {
+            let (_, batch) = item?;
+            let t = Instant::now();
+            st.train_step(&batch.anchor, &batch.positive)?;
+            train_time += t.elapsed().as_secs_f64();
+            if st.step % eval_every == 0 {
+                last_acc = probe(&mut st.encoder)?;
+                if last_acc >= target {
+                    reached = Some((st.step, train_time));
+                    break;
+                }
+            }
+            if st.step >= max_steps {
+                break;
+            }
+        }
+        let _ = t0;
+        Ok((reached, random_acc, last_acc, st.step))
+    })?;
+    let (reached, random_acc, last_acc, steps) = result;
+    let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
+    cat.notes.push(format!("dataset: {data_name}; W = {w}, B = {b}, mlp-medium, probe every {eval_every} steps, target {target:.2}"));
+    cat.metrics.push(value("quality", "probe", "random_init_probe_acc", "fraction", random_acc, false, "linear probe on a random-init encoder"));
+    cat.metrics.push(value("quality", "probe", "final_probe_acc", "fraction", last_acc, false, "linear probe at the last check"));
+    match reached {
+        Some((st, secs)) => {
+            cat.metrics.push(value("quality", "probe", "steps_to_target", "steps", st as f64, true, "optimizer steps until the probe reached the target"));
+            cat.metrics.push(value("quality", "probe", "seconds_to_target", "s", secs, true, "training time (probes excluded) until the probe reached the target"));
+        }
+        None => cat.notes.push(format!("the probe did not reach {target:.2} within {steps} steps (last {last_acc:.3})")),
+    }
+    Ok(cat)
+}

@@ -1,0 +1,56 @@
+//! How times and memory are taken: warm-up, then repeated samples of a closure, wall clock
+//! (`std::time::Instant`, monotonic); memory as the peak-RSS delta of the process
+//! (`/proc/self/status` VmHWM after resetting it through `/proc/self/clear_refs`).
+
+use std::time::Instant;
+
+/// Per-call wall times in ms after `warmup` untimed calls. CPU work is synchronous, so the
+/// clock read after the call closes it; a device whose kernels run asynchronously must
+/// synchronize inside `f` before it returns.
+pub fn time_ms(warmup: usize, samples: usize, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    (0..samples)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
+}
+
+/// The description of `time_ms` stored with every timed metric.
+pub fn method(warmup: usize, samples: usize) -> String {
+    format!("wall clock (Instant), {warmup} warm-up + {samples} timed calls, CPU work synchronous")
+}
+
+fn status_kb(key: &str) -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
+}
+
+/// Current resident set, MB.
+pub fn rss_mb() -> Option<f64> {
+    status_kb("VmRSS:").map(|kb| kb / 1024.0)
+}
+
+/// Runs `f` and returns its result and the rise of peak RSS over the RSS before it, MB
+/// (`None` where /proc is not available).
+pub fn peak_rss_delta<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = rss_mb();
+    let r = f();
+    let peak = status_kb("VmHWM:").map(|kb| kb / 1024.0);
+    let delta = match (reset, before, peak) {
+        (true, Some(b), Some(p)) => Some((p - b).max(0.0)),
+        _ => None,
+    };
+    (r, delta)
+}
+
+/// Total memory of the machine, MB.
+pub fn total_memory_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map(|kb| kb / 1024.0)
+}

@@ -1,0 +1,211 @@
+//! One `Report` trait fanned out to the formats: JSON (the source of truth), Markdown and a
+//! self-contained HTML page (charts inlined as data URIs, no external resource). Every file is
+//! written atomically.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
+
+use crate::error::{BenchError, Result};
+use crate::results::{Metric, Results, Status};
+use crate::stats::Verdict;
+
+/// A rendering of the results into one file under the save directory.
+pub trait Report {
+    /// Path relative to the save directory.
+    fn file(&self) -> PathBuf;
+    fn render(&self, r: &Results, save_dir: &Path) -> Result<Vec<u8>>;
+}
+
+pub struct JsonReport;
+pub struct MarkdownReport;
+pub struct HtmlReport;
+
+impl Report for JsonReport {
+    fn file(&self) -> PathBuf {
+        "comprehensive_benchmark_results.json".into()
+    }
+    fn render(&self, r: &Results, _: &Path) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(r).map_err(|e| BenchError::Report(e.to_string()))
+    }
+}
+
+fn fmt_value(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let a = v.abs();
+    if a >= 1e5 { format!("{v:.0}") } else if a >= 100.0 { format!("{v:.1}") } else if a >= 1.0 { format!("{v:.3}") } else { format!("{v:.4}") }
+}
+
+fn target_text(m: &Metric) -> (String, String) {
+    match &m.target {
+        Some(t) => (format!("{} {}", t.op, fmt_value(t.threshold)), if t.passed { "PASS".into() } else { "FAIL".into() }),
+        None => (String::new(), String::new()),
+    }
+}
+
+fn ci_text(m: &Metric) -> String {
+    m.summary.as_ref().map(|s| format!("[{}, {}]", fmt_value(s.ci_low), fmt_value(s.ci_high))).unwrap_or_default()
+}
+
+fn baseline_text(m: &Metric) -> String {
+    m.baseline
+        .as_ref()
+        .map(|b| {
+            let word = match b.verdict {
+                Verdict::Regression => "REGRESSION",
+                Verdict::Improvement => "improvement",
+                Verdict::NoChange => "no change",
+            };
+            format!("{word} {:+.1}% [{:+.1}, {:+.1}]", 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high)
+        })
+        .unwrap_or_default()
+}
+
+fn reference_text(m: &Metric) -> String {
+    m.reference.as_ref().map(|x| format!("{} ({:.1}×)", fmt_value(x.value), x.speedup)).unwrap_or_default()
+}
+
+fn rows(r: &Results) -> Vec<[String; 9]> {
+    r.metrics()
+        .map(|m| {
+            let (t, p) = target_text(m);
+            [m.category.clone(), m.config.clone(), m.name.clone(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
+        })
+        .collect()
+}
+
+const HEADER: [&str; 9] = ["category", "config", "metric", "value", "unit", "95% CI (median)", "target", "result", "PyTorch ref / baseline"];
+
+impl Report for MarkdownReport {
+    fn file(&self) -> PathBuf {
+        "reports/performance_summary.md".into()
+    }
+    fn render(&self, r: &Results, _: &Path) -> Result<Vec<u8>> {
+        let mut s = String::new();
+        let (p, t) = r.pass_rate();
+        let _ = writeln!(s, "# Performance summary\n");
+        let _ = writeln!(s, "Pass rate: **{p}/{t}** targets ({:.0} %). Device `{}`, {} mode, {:.1} s.\n", if t > 0 { 100.0 * p as f64 / t as f64 } else { 0.0 }, r.device, if r.quick { "quick" } else { "full" }, r.seconds);
+        let f = &r.fingerprint;
+        let _ = writeln!(s, "Machine: {} ({} logical CPUs, {} threads used), GPU: {}, {} build, commit {}, contrastive-id {}.\n", f.cpu_model, f.logical_cpus, f.threads, f.gpu, f.build_profile, f.git_commit, f.crate_version);
+        if let Some(b) = &r.baseline {
+            let reg = r.regressions();
+            let _ = writeln!(s, "Baseline `{b}`: {} regression(s).", reg.len());
+            for w in &r.baseline_warnings {
+                let _ = writeln!(s, "> warning: {w}");
+            }
+            let _ = writeln!(s);
+        }
+        let _ = writeln!(s, "## Categories\n\n| category | status | targets passed | notes |\n| --- | --- | --- | --- |");
+        for c in &r.categories {
+            let (cp, ct) = c.pass_count();
+            let _ = writeln!(s, "| {} | {:?} | {cp}/{ct} | {} |", c.name, c.status, c.notes.join("; "));
+        }
+        let _ = writeln!(s, "\n## Key indicators vs targets\n\n| metric | value | target | result |\n| --- | --- | --- | --- |");
+        for m in r.metrics().filter(|m| m.target.is_some()) {
+            let (t, res) = target_text(m);
+            let _ = writeln!(s, "| {} | {} {} | {t} | {res} |", m.id, fmt_value(m.value), m.unit);
+        }
+        let _ = writeln!(s, "\n## Recommendations\n");
+        if r.recommendations.is_empty() {
+            let _ = writeln!(s, "None: every measured number is within its target.");
+        }
+        for rec in &r.recommendations {
+            let _ = writeln!(s, "- **{}**: {} _(evidence: {})_", rec.topic, rec.text, rec.evidence);
+        }
+        let _ = writeln!(s, "\n## Details\n\n| {} |\n|{}", HEADER.join(" | "), " --- |".repeat(HEADER.len()));
+        for row in rows(r) {
+            let _ = writeln!(s, "| {} |", row.join(" | "));
+        }
+        if let Some(sc) = r.categories.iter().find(|c| c.name == "scalability") {
+            let _ = writeln!(s, "\n## Scalability sweep\n\n| axis | B | W | ok | ms/step | memory MB | note |\n| --- | --- | --- | --- | --- | --- | --- |");
+            for p in &sc.sweep {
+                let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", p.axis, p.batch, p.window, p.ok, p.step_ms.map(fmt_value).unwrap_or_default(), p.memory_mb.map(fmt_value).unwrap_or_default(), p.note);
+            }
+        }
+        Ok(s.into_bytes())
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+impl Report for HtmlReport {
+    fn file(&self) -> PathBuf {
+        "reports/performance_report.html".into()
+    }
+    fn render(&self, r: &Results, save_dir: &Path) -> Result<Vec<u8>> {
+        let (p, t) = r.pass_rate();
+        let mut h = String::new();
+        let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}th{{background:#eef}}.PASS{{color:#070;font-weight:bold}}.FAIL{{color:#b00;font-weight:bold}}.reg{{background:#fdd}}img{{max-width:100%;border:1px solid #ddd;margin:.5em 0}}</style></head><body>\n");
+        let _ = write!(h, "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>", esc(&r.device), if r.quick { "quick" } else { "full" }, r.seconds);
+        let f = &r.fingerprint;
+        let _ = write!(h, "<p>Machine: {} ({} logical CPUs, {} threads), GPU: {}, {} build, commit {}.</p>", esc(&f.cpu_model), f.logical_cpus, f.threads, esc(&f.gpu), esc(&f.build_profile), esc(&f.git_commit));
+        if let Some(b) = &r.baseline {
+            let _ = write!(h, "<p>Baseline <code>{}</code>: {} regression(s).</p>", esc(b), r.regressions().len());
+            for w in &r.baseline_warnings {
+                let _ = write!(h, "<p class=\"FAIL\">warning: {}</p>", esc(w));
+            }
+        }
+        let _ = write!(h, "<table><tr><th>category</th><th>status</th><th>targets passed</th><th>notes</th></tr>");
+        for c in &r.categories {
+            let (cp, ct) = c.pass_count();
+            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{cp}/{ct}</td><td>{}</td></tr>", esc(&c.name), if c.status == Status::Ok { "ok" } else if c.status == Status::NotAvailable { "not available" } else { "error" }, esc(&c.notes.join("; ")));
+        }
+        let _ = write!(h, "</table></section>\n<section id=\"charts\"><h2>Charts</h2>");
+        for (file, alt) in [("plots/training_performance.png", "training performance"), ("plots/scalability_analysis.png", "scalability analysis"), ("plots/hardware_optimization.png", "hardware optimization")] {
+            match std::fs::read(save_dir.join(file)) {
+                Ok(bytes) => {
+                    let _ = write!(h, "<figure><img alt=\"{alt}\" src=\"data:image/png;base64,{}\"><figcaption>{alt}</figcaption></figure>", base64::engine::general_purpose::STANDARD.encode(bytes));
+                }
+                Err(_) => {
+                    let _ = write!(h, "<p>{alt}: chart not available</p>");
+                }
+            }
+        }
+        let _ = write!(h, "</section>\n<section id=\"recommendations\"><h2>Recommendations</h2><ul>");
+        for rec in &r.recommendations {
+            let _ = write!(h, "<li><b>{}</b>: {} <i>(evidence: {})</i></li>", esc(&rec.topic), esc(&rec.text), esc(&rec.evidence));
+        }
+        if r.recommendations.is_empty() {
+            let _ = write!(h, "<li>None: every measured number is within its target.</li>");
+        }
+        let _ = write!(h, "</ul></section>\n<section id=\"details\"><h2>Details</h2><table><tr>");
+        for c in HEADER {
+            let _ = write!(h, "<th>{c}</th>");
+        }
+        let _ = write!(h, "</tr>");
+        for (row, m) in rows(r).into_iter().zip(r.metrics()) {
+            let reg = m.baseline.as_ref().is_some_and(|b| b.verdict == Verdict::Regression);
+            let _ = write!(h, "<tr{}>", if reg { " class=\"reg\"" } else { "" });
+            for (i, cell) in row.iter().enumerate() {
+                if i == 7 && !cell.is_empty() {
+                    let _ = write!(h, "<td class=\"{cell}\">{cell}</td>");
+                } else {
+                    let _ = write!(h, "<td>{}</td>", esc(cell));
+                }
+            }
+            let _ = write!(h, "</tr>");
+        }
+        let _ = write!(h, "</table></section>\n</body></html>\n");
+        Ok(h.into_bytes())
+    }
+}
+
+/// Renders every report and writes each atomically.
+pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
+    let reports: [&dyn Report; 3] = [&JsonReport, &MarkdownReport, &HtmlReport];
+    let mut out = Vec::new();
+    for rep in reports {
+        let path = save_dir.join(rep.file());
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| BenchError::io(parent, e))?;
+        }
+        signal::write_atomic(&path, &rep.render(r, save_dir)?)?;
+        out.push(path);
+    }
+    Ok(out)
+}

@@ -1,0 +1,152 @@
+//! The results schema (`comprehensive_benchmark_results.json`, the source of truth that every
+//! report is rendered from). Versioned: `SCHEMA_VERSION` changes whenever a field changes
+//! meaning; docs/benchmarks.md documents each field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fingerprint::Fingerprint;
+use crate::stats::{Change, Summary};
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A target a metric is checked against.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetCheck {
+    /// Name in the targets table, `section.key`.
+    pub target: String,
+    /// `<=` or `>=`.
+    pub op: String,
+    pub threshold: f64,
+    pub passed: bool,
+}
+
+/// PyTorch's number for the same metric, from `--reference torch_ref.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReferenceValue {
+    pub value: f64,
+    /// How many times better ours is (`ref/ours` for lower-is-better, `ours/ref` otherwise).
+    pub speedup: f64,
+}
+
+/// One measured quantity.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Metric {
+    /// Unique key, `category.config.name`.
+    pub id: String,
+    pub category: String,
+    /// Which configuration (`small`, `B=32 W=1024`, …).
+    pub config: String,
+    pub name: String,
+    pub unit: String,
+    /// The headline value (the median for timed metrics).
+    pub value: f64,
+    pub lower_is_better: bool,
+    /// Raw samples, for timed metrics (what baselines compare).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    /// How it was measured.
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<ReferenceValue>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<Change>,
+}
+
+/// A category's state: measured, not available on this machine, or failed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Ok,
+    NotAvailable,
+    Error,
+}
+
+/// A point of a scalability sweep.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SweepPoint {
+    pub axis: String,
+    pub batch: usize,
+    pub window: usize,
+    pub ok: bool,
+    pub step_ms: Option<f64>,
+    pub memory_mb: Option<f64>,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Category {
+    pub name: String,
+    pub status: Status,
+    /// Why a category is not available or failed; other remarks.
+    pub notes: Vec<String>,
+    pub metrics: Vec<Metric>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<SweepPoint>,
+    pub seconds: f64,
+}
+
+impl Category {
+    pub fn new(name: &str) -> Self {
+        Category { name: name.into(), status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0 }
+    }
+
+    /// Targets passed and checked in this category.
+    pub fn pass_count(&self) -> (usize, usize) {
+        let checked: Vec<&TargetCheck> = self.metrics.iter().filter_map(|m| m.target.as_ref()).collect();
+        (checked.iter().filter(|t| t.passed).count(), checked.len())
+    }
+}
+
+/// A recommendation derived from a measured number.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Recommendation {
+    pub topic: String,
+    pub text: String,
+    /// The metric id and value it rests on.
+    pub evidence: String,
+}
+
+/// The whole result set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Results {
+    pub schema_version: u32,
+    /// Seconds since the Unix epoch when the run started.
+    pub started_unix: u64,
+    pub quick: bool,
+    pub device: String,
+    pub fingerprint: Fingerprint,
+    pub categories: Vec<Category>,
+    pub recommendations: Vec<Recommendation>,
+    /// Name or path of the baseline compared against, and fingerprint differences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub baseline_warnings: Vec<String>,
+    /// Where the PyTorch reference numbers came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    pub seconds: f64,
+}
+
+impl Results {
+    /// Passed / checked targets over all categories.
+    pub fn pass_rate(&self) -> (usize, usize) {
+        self.categories.iter().map(Category::pass_count).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    pub fn metrics(&self) -> impl Iterator<Item = &Metric> {
+        self.categories.iter().flat_map(|c| c.metrics.iter())
+    }
+
+    pub fn metric(&self, id: &str) -> Option<&Metric> {
+        self.metrics().find(|m| m.id == id)
+    }
+
+    pub fn regressions(&self) -> Vec<&Metric> {
+        self.metrics().filter(|m| m.baseline.as_ref().is_some_and(|b| b.verdict == crate::stats::Verdict::Regression)).collect()
+    }
+}

@@ -1,0 +1,139 @@
+//! Statistics of repeated measurements: median, IQR, a bootstrap 95 % CI of the median, and the
+//! regression rule (a change is called only where its CI lies wholly beyond a noise band).
+
+use serde::{Deserialize, Serialize};
+
+/// Summary of a sample of measurements.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub n: usize,
+    pub median: f64,
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+    pub q1: f64,
+    pub q3: f64,
+    pub iqr: f64,
+    /// Bootstrap 95 % confidence interval of the median (percentile method, 2000 resamples).
+    pub ci_low: f64,
+    pub ci_high: f64,
+}
+
+/// Linear-interpolated quantile of sorted data (type 7, as numpy's default).
+pub fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let h = (sorted.len() - 1) as f64 * q;
+    let lo = h.floor() as usize;
+    let hi = h.ceil() as usize;
+    sorted[lo] + (h - lo as f64) * (sorted[hi] - sorted[lo])
+}
+
+pub fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    quantile(&s, 0.5)
+}
+
+/// A small deterministic generator for resampling (results must not depend on a global RNG).
+struct SplitMix(u64);
+impl SplitMix {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (((z ^ (z >> 31)) as u128 * n as u128) >> 64) as usize
+    }
+}
+
+pub const BOOTSTRAP_RESAMPLES: usize = 2000;
+
+/// Bootstrap percentile CI of `stat` over resamples of `v`.
+fn bootstrap(v: &[f64], seed: u64, stat: impl Fn(&mut [f64]) -> f64) -> (f64, f64) {
+    let mut rng = SplitMix(seed);
+    let mut buf = vec![0.0; v.len()];
+    let mut stats: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+        .map(|_| {
+            for b in buf.iter_mut() {
+                *b = v[rng.below(v.len())];
+            }
+            stat(&mut buf)
+        })
+        .collect();
+    stats.sort_by(|a, b| a.total_cmp(b));
+    (quantile(&stats, 0.025), quantile(&stats, 0.975))
+}
+
+fn median_in_place(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    quantile(v, 0.5)
+}
+
+pub fn summarize(samples: &[f64]) -> Summary {
+    let mut s = samples.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    let mean = s.iter().sum::<f64>() / n.max(1) as f64;
+    let std = if n > 1 { (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    let (ci_low, ci_high) = if n > 1 { bootstrap(&s, 0xB007 ^ n as u64, median_in_place) } else { (s.first().copied().unwrap_or(f64::NAN), s.first().copied().unwrap_or(f64::NAN)) };
+    let (q1, q3) = (quantile(&s, 0.25), quantile(&s, 0.75));
+    Summary { n, median: quantile(&s, 0.5), mean, std, min: s.first().copied().unwrap_or(f64::NAN), max: s.last().copied().unwrap_or(f64::NAN), q1, q3, iqr: q3 - q1, ci_low, ci_high }
+}
+
+/// What a comparison with a baseline concludes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Regression,
+    Improvement,
+    NoChange,
+}
+
+/// A metric compared with its baseline: relative change of the median and its bootstrap CI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// `new / base − 1` of the medians.
+    pub change: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub verdict: Verdict,
+}
+
+/// Compares samples (or single values) of a metric. The CI of the relative change of the median
+/// comes from resampling both sides; a regression (improvement) is called only when the whole
+/// CI lies beyond `noise` in the worse (better) direction.
+pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, noise: f64) -> Change {
+    let (mb, mn) = (median(base), median(new));
+    let change = mn / mb - 1.0;
+    let (lo, hi) = if base.len() > 1 && new.len() > 1 {
+        let mut rng = SplitMix(0xC0_FFEE);
+        let (mut bb, mut nb) = (vec![0.0; base.len()], vec![0.0; new.len()]);
+        let mut r: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)
+            .map(|_| {
+                for x in bb.iter_mut() {
+                    *x = base[rng.below(base.len())];
+                }
+                for x in nb.iter_mut() {
+                    *x = new[rng.below(new.len())];
+                }
+                median_in_place(&mut nb) / median_in_place(&mut bb) - 1.0
+            })
+            .collect();
+        r.sort_by(|a, b| a.total_cmp(b));
+        (quantile(&r, 0.025), quantile(&r, 0.975))
+    } else {
+        (change, change)
+    };
+    let (worse_beyond, better_beyond) = if lower_is_better { (lo > noise, hi < -noise) } else { (hi < -noise, lo > noise) };
+    let verdict = if worse_beyond {
+        Verdict::Regression
+    } else if better_beyond {
+        Verdict::Improvement
+    } else {
+        Verdict::NoChange
+    };
+    Change { change, ci_low: lo, ci_high: hi, verdict }
+}

@@ -1,0 +1,75 @@
+//! Performance targets: the seed's `targets` table by default, or a JSON/YAML file of the same
+//! shape (`--targets FILE`). Each target names the metrics it applies to.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::error::{BenchError, Result};
+use crate::results::{Metric, TargetCheck};
+
+/// `section → key → threshold`, as the seed writes it.
+pub type Targets = BTreeMap<String, BTreeMap<String, f64>>;
+
+/// The seed document's table.
+pub fn default_targets() -> Targets {
+    let mut t = Targets::new();
+    let mut put = |s: &str, kv: &[(&str, f64)]| {
+        t.insert(s.to_string(), kv.iter().map(|(k, v)| (k.to_string(), *v)).collect());
+    };
+    put("memory_efficiency", &[("gpu_memory_per_sample_mb", 0.5), ("cpu_memory_per_sample_mb", 2.0), ("memory_growth_rate", 0.1)]);
+    put("training_performance", &[("samples_per_second", 50.0), ("batch_time_ms", 200.0), ("epoch_time_minutes", 5.0), ("gpu_utilization", 0.8)]);
+    put("model_performance", &[("forward_pass_ms", 50.0), ("backward_pass_ms", 100.0), ("infonce_computation_ms", 10.0)]);
+    put("scalability", &[("max_batch_size", 128.0), ("max_window_size", 4096.0), ("memory_scaling_factor", 1.2)]);
+    put("data_processing", &[("h5_loading_mb_per_sec", 100.0), ("window_generation_per_sec", 1000.0), ("batch_preparation_ms", 50.0)]);
+    t
+}
+
+/// Reads a targets file (JSON or YAML), filling unspecified targets from the default table.
+pub fn load_targets(path: &Path) -> Result<Targets> {
+    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    let user: Targets = serde_yaml::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    let mut t = default_targets();
+    for (section, keys) in user {
+        let known = t.get_mut(&section).ok_or_else(|| BenchError::Input(format!("{}: unknown targets section `{section}`", path.display())))?;
+        for (k, v) in keys {
+            if !known.contains_key(&k) {
+                return Err(BenchError::Input(format!("{}: unknown target `{section}.{k}`", path.display())));
+            }
+            known.insert(k, v);
+        }
+    }
+    Ok(t)
+}
+
+/// Which target a metric answers to, and in which direction (`true` = the value must be ≤).
+fn rule(m: &Metric) -> Option<(&'static str, &'static str, bool)> {
+    Some(match (m.category.as_str(), m.name.as_str()) {
+        ("training", "samples_per_s") => ("training_performance", "samples_per_second", false),
+        ("training", "batch_time_ms") => ("training_performance", "batch_time_ms", true),
+        ("training", "forward_ms") | ("model", "forward_ms") => ("model_performance", "forward_pass_ms", true),
+        ("training", "backward_ms") | ("model", "backward_ms") => ("model_performance", "backward_pass_ms", true),
+        ("model", "infonce_ms") | ("training", "infonce_ms") => ("model_performance", "infonce_computation_ms", true),
+        ("training", "memory_per_sample_mb") => ("memory_efficiency", "cpu_memory_per_sample_mb", true),
+        ("training", "epoch_time_min") => ("training_performance", "epoch_time_minutes", true),
+        ("scalability", "max_batch_size") => ("scalability", "max_batch_size", false),
+        ("scalability", "max_window_size") => ("scalability", "max_window_size", false),
+        ("scalability", "memory_scaling_factor") => ("scalability", "memory_scaling_factor", true),
+        ("data", "store_read_mb_per_s") => ("data_processing", "h5_loading_mb_per_sec", false),
+        ("data", "windows_per_s") => ("data_processing", "window_generation_per_sec", false),
+        ("data", "batch_prep_ms") => ("data_processing", "batch_preparation_ms", true),
+        ("hardware", "gpu_memory_per_sample_mb") => ("memory_efficiency", "gpu_memory_per_sample_mb", true),
+        _ => return None,
+    })
+}
+
+/// Attaches the target check to every metric a target applies to.
+pub fn evaluate(metrics: &mut [Metric], targets: &Targets) {
+    for m in metrics {
+        if let Some((section, key, at_most)) = rule(m) {
+            if let Some(&th) = targets.get(section).and_then(|s| s.get(key)) {
+                let passed = if at_most { m.value <= th } else { m.value >= th };
+                m.target = Some(TargetCheck { target: format!("{section}.{key}"), op: if at_most { "<=".into() } else { ">=".into() }, threshold: th, passed });
+            }
+        }
+    }
+}

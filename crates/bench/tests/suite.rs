@@ -1,0 +1,160 @@
+//! The benchmark suite's statistics, regression rule, schema, targets and reports.
+
+use bench::results::Results;
+use bench::stats::{compare, summarize, Verdict};
+use bench::Benchmark;
+
+/// A seeded normal sample (Box–Muller over SplitMix64).
+fn normal_sample(n: usize, mean: f64, sd: f64, seed: u64) -> Vec<f64> {
+    let mut s = seed;
+    let mut u = || {
+        s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n).map(|_| mean + sd * (-2.0 * u().max(1e-300).ln()).sqrt() * (std::f64::consts::TAU * u()).cos()).collect()
+}
+
+#[test]
+fn summary_statistics_of_a_known_sample() {
+    let s = summarize(&[5.0, 1.0, 3.0, 2.0, 4.0]);
+    assert_eq!((s.n, s.median, s.min, s.max, s.q1, s.q3, s.iqr), (5, 3.0, 1.0, 5.0, 2.0, 4.0, 2.0));
+    assert!((s.mean - 3.0).abs() < 1e-12 && (s.std - 2.5f64.sqrt()).abs() < 1e-12);
+    assert!(s.ci_low <= s.median && s.median <= s.ci_high);
+}
+
+#[test]
+fn bootstrap_ci_covers_the_true_median_at_about_the_nominal_rate() {
+    // 200 samples of 40 draws from N(10, 2): the true median is 10.
+    let trials = 200;
+    let covered = (0..trials).filter(|&t| {
+        let s = summarize(&normal_sample(40, 10.0, 2.0, 1000 + t));
+        s.ci_low <= 10.0 && 10.0 <= s.ci_high
+    }).count();
+    let rate = covered as f64 / trials as f64;
+    // Percentile bootstrap of a median is roughly nominal; allow for its known small-sample bias.
+    assert!((0.88..=0.99).contains(&rate), "coverage {rate}");
+}
+
+#[test]
+fn regression_rule_on_constructed_samples() {
+    let base = normal_sample(50, 100.0, 2.0, 1);
+    // 20 % slower: regression for a time, improvement-free.
+    let slower: Vec<f64> = normal_sample(50, 120.0, 2.0, 2);
+    assert_eq!(compare(&base, &slower, true, 0.05).verdict, Verdict::Regression);
+    // 20 % faster: improvement.
+    let faster = normal_sample(50, 80.0, 2.0, 3);
+    assert_eq!(compare(&base, &faster, true, 0.05).verdict, Verdict::Improvement);
+    // 2 % slower, inside the 5 % band: no change.
+    let same = normal_sample(50, 102.0, 2.0, 4);
+    assert_eq!(compare(&base, &same, true, 0.05).verdict, Verdict::NoChange);
+    // Noisy 8 % slowdown whose CI reaches into the band: no change is called.
+    let noisy_base = normal_sample(8, 100.0, 30.0, 5);
+    let noisy = normal_sample(8, 108.0, 30.0, 6);
+    assert_eq!(compare(&noisy_base, &noisy, true, 0.05).verdict, Verdict::NoChange);
+    // Higher-is-better metrics flip the direction.
+    assert_eq!(compare(&base, &slower, false, 0.05).verdict, Verdict::Improvement);
+    assert_eq!(compare(&base, &faster, false, 0.05).verdict, Verdict::Regression);
+    // Single values: exact ratio against the band.
+    assert_eq!(compare(&[128.0], &[64.0], false, 0.05).verdict, Verdict::Regression);
+    assert_eq!(compare(&[128.0], &[130.0], false, 0.05).verdict, Verdict::NoChange);
+}
+
+#[test]
+fn targets_table_loads_and_overrides() {
+    let t = bench::targets::default_targets();
+    assert_eq!(t["training_performance"]["samples_per_second"], 50.0);
+    assert_eq!(t["scalability"]["max_window_size"], 4096.0);
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.yaml");
+    std::fs::write(&f, "training_performance:\n  batch_time_ms: 0.001\n").unwrap();
+    let t2 = bench::targets::load_targets(&f).unwrap();
+    assert_eq!(t2["training_performance"]["batch_time_ms"], 0.001);
+    assert_eq!(t2["data_processing"]["batch_preparation_ms"], 50.0);
+    std::fs::write(&f, "training_performance:\n  speed: 1\n").unwrap();
+    let e = bench::targets::load_targets(&f).unwrap_err().to_string();
+    assert!(e.contains("training_performance.speed"), "{e}");
+}
+
+#[test]
+fn suite_writes_every_report_well_formed_and_baselines_compare() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("out");
+    let mut b = Benchmark::new(&save).quick(true).threads(2);
+    b.training().unwrap();
+    b.scalability().unwrap();
+    b.hardware().unwrap();
+    // A target nothing can meet fails and shows up as failed.
+    let files = b.report().unwrap();
+    for f in ["comprehensive_benchmark_results.json", "reports/performance_report.html", "reports/performance_summary.md", "plots/training_performance.png", "plots/scalability_analysis.png", "plots/hardware_optimization.png", "benchmark.log"] {
+        assert!(files.contains(&save.join(f)), "{f} not reported as written");
+        assert!(std::fs::metadata(save.join(f)).unwrap().len() > 0, "{f} is empty");
+    }
+    assert!(!std::fs::read_dir(&save).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp")), "no temporary files left");
+
+    // JSON: the schema round-trips, and targets were checked.
+    let text = std::fs::read_to_string(save.join("comprehensive_benchmark_results.json")).unwrap();
+    let r: Results = serde_json::from_str(&text).unwrap();
+    assert_eq!(r.schema_version, bench::results::SCHEMA_VERSION);
+    assert_eq!(serde_json::to_string(&r).unwrap(), serde_json::to_string(&serde_json::from_str::<Results>(&serde_json::to_string(&r).unwrap()).unwrap()).unwrap());
+    assert_eq!(r.categories.len(), 3);
+    let m = r.metric("training.small.batch_time_ms").unwrap();
+    assert!(m.samples.len() >= 10 && m.summary.is_some() && m.target.as_ref().unwrap().passed);
+    assert!(r.metric("scalability.batch.max_batch_size").unwrap().value >= 256.0);
+    assert!(!r.recommendations.is_empty() && r.recommendations.iter().all(|x| !x.evidence.is_empty()));
+    assert_eq!(r.fingerprint.build_profile, if cfg!(debug_assertions) { "debug" } else { "release" });
+
+    // HTML: parses, has every section and the three charts inline, and loads nothing external.
+    let html = std::fs::read_to_string(save.join("reports/performance_report.html")).unwrap();
+    let dom = tl::parse(&html, tl::ParserOptions::default()).unwrap();
+    for id in ["summary", "charts", "recommendations", "details"] {
+        assert!(dom.get_element_by_id(id).is_some(), "section #{id} missing");
+    }
+    let imgs: Vec<String> = dom.query_selector("img").unwrap().filter_map(|h| h.get(dom.parser())).filter_map(|n| n.as_tag()).filter_map(|t| t.attributes().get("src").flatten().map(|s| s.as_utf8_str().to_string())).collect();
+    assert_eq!(imgs.len(), 3);
+    assert!(imgs.iter().all(|s| s.starts_with("data:image/png;base64,")));
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script") && !html.contains("<link"), "no external resource");
+    assert!(dom.query_selector("td").unwrap().count() > 50, "details table filled");
+
+    // Markdown: headline sections.
+    let md = std::fs::read_to_string(save.join("reports/performance_summary.md")).unwrap();
+    for h in ["Pass rate:", "## Key indicators vs targets", "## Recommendations", "## Details", "## Scalability sweep"] {
+        assert!(md.contains(h), "{h} missing");
+    }
+
+    // PNGs decode with the expected size.
+    for p in ["training_performance", "scalability_analysis", "hardware_optimization"] {
+        let dec = png::Decoder::new(std::fs::File::open(save.join(format!("plots/{p}.png"))).unwrap());
+        let reader = dec.read_info().unwrap();
+        assert_eq!((reader.info().width, reader.info().height), (bench::plots::WIDTH, bench::plots::HEIGHT), "{p}");
+    }
+
+    // Baselines: save, compare by name (every metric gets a verdict), then against a doctored
+    // baseline (every time halved) to see regressions called and the fingerprint warned about.
+    let base = b.save_baseline("ref").unwrap();
+    let mut again = Benchmark::new(&save).quick(true).threads(2);
+    again.hardware().unwrap();
+    again.compare_baseline("ref", 0.05).unwrap();
+    assert!(again.results().metrics().all(|m| m.baseline.is_some()), "each metric compared");
+    assert!(again.results().baseline_warnings.is_empty(), "same machine, no warning");
+    let mut doctored: Results = serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
+    for c in doctored.categories.iter_mut() {
+        for m in c.metrics.iter_mut() {
+            if m.unit == "ms" {
+                m.samples.iter_mut().for_each(|s| *s *= 0.5);
+                m.value *= 0.5;
+            }
+        }
+    }
+    doctored.fingerprint.cpu_model = "another CPU".into();
+    let fake = dir.path().join("doctored.json");
+    std::fs::write(&fake, serde_json::to_string(&doctored).unwrap()).unwrap();
+    let mut third = Benchmark::new(&save).quick(true).threads(2);
+    third.hardware().unwrap();
+    third.compare_baseline(fake.to_str().unwrap(), 0.05).unwrap();
+    assert!(!third.results().regressions().is_empty(), "a 2x slowdown is a regression");
+    assert!(third.results().baseline_warnings.iter().any(|w| w.contains("another CPU")), "fingerprint difference warned");
+    assert!(third.compare_baseline("no-such-baseline", 0.05).is_err());
+}

@@ -1,0 +1,126 @@
+//! `bench`: the benchmark suite (SPEC §5) with reports, targets, baselines and PyTorch ratios.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use bench::Benchmark;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// training | data | model | scalability | hardware | quality | all
+    #[arg(long = "test", default_value = "all")]
+    pub test: String,
+    /// Smaller sizes and fewer samples (under a minute on 2 cores).
+    #[arg(long)]
+    pub quick: bool,
+    /// cpu, or cuda[:N] (reported as not available in this build).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Where results, reports, plots and baselines go.
+    #[arg(long, default_value = "bench-results")]
+    pub save_dir: PathBuf,
+    /// Store this run as baseline NAME (<save-dir>/baselines/NAME.json).
+    #[arg(long, value_name = "NAME")]
+    pub save_baseline: Option<String>,
+    /// Compare with baseline NAME or a results FILE; exit 1 on a regression.
+    #[arg(long, value_name = "NAME|FILE")]
+    pub baseline: Option<String>,
+    /// Relative noise band of the regression rule.
+    #[arg(long, default_value_t = 0.05)]
+    pub noise: f64,
+    /// Targets table (JSON or YAML, the seed's shape); default: the seed's table.
+    #[arg(long, value_name = "FILE")]
+    pub targets: Option<PathBuf>,
+    /// torch_ref.py --json output, to put PyTorch's numbers beside ours.
+    #[arg(long, value_name = "torch_ref.json")]
+    pub reference: Option<PathBuf>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Dataset of the quality category (default: a generated one).
+    #[arg(long, requires = "meta")]
+    pub data: Option<PathBuf>,
+    #[arg(long, requires = "data")]
+    pub meta: Option<PathBuf>,
+    /// Run in a debug build anyway (its numbers mean nothing).
+    #[arg(long)]
+    pub allow_debug: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    if cfg!(debug_assertions) && !a.allow_debug {
+        bail!("this is a debug build: its timings mean nothing. Use `cargo run --release -- bench ...`, or pass --allow-debug");
+    }
+    if !(a.noise >= 0.0 && a.noise < 1.0) {
+        bail!("--noise must be in [0, 1), got {}", a.noise);
+    }
+    if a.device != "cpu" && !a.device.starts_with("cuda") {
+        bail!("--device must be cpu or cuda[:N], got {:?}", a.device);
+    }
+    let names: Vec<&str> = if a.test == "all" { bench::CATEGORIES.to_vec() } else { vec![a.test.as_str()] };
+    if let Some(bad) = names.iter().find(|n| !bench::CATEGORIES.contains(n)) {
+        bail!("unknown --test {bad:?}; expected one of {} or all", bench::CATEGORIES.join(", "));
+    }
+    let pb = crate::progress::bar(names.len() as u64, "bench");
+    let pb2 = pb.clone();
+    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(&a.device).on_category(move |name| {
+        pb2.set_prefix(name.to_string());
+    });
+    if let Some(t) = a.threads {
+        b = b.threads(t);
+    }
+    if let Some(t) = &a.targets {
+        b = b.targets(bench::targets::load_targets(t)?);
+    }
+    if let (Some(d), Some(m)) = (&a.data, &a.meta) {
+        b = b.quality_data(d.clone(), m.clone());
+    }
+    if a.device.starts_with("cuda") {
+        eprintln!("warning: --device {}: this build has no CUDA device; measuring the CPU and reporting the GPU as not available", a.device);
+    }
+    for n in &names {
+        b.run_named(n)?;
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    if let Some(r) = &a.reference {
+        b.with_reference(r)?;
+    }
+    if let Some(base) = &a.baseline {
+        b.compare_baseline(base, a.noise)?;
+    }
+    let files = b.report()?;
+    if let Some(name) = &a.save_baseline {
+        let p = b.save_baseline(name)?;
+        println!("baseline saved: {}", p.display());
+    }
+    let r = b.results();
+    let (p, t) = r.pass_rate();
+    println!("pass rate {p}/{t} targets; reports in {}", a.save_dir.display());
+    for f in &files {
+        println!("  {}", f.display());
+    }
+    if r.baseline.is_some() {
+        let (mut reg, mut imp, mut same) = (0, 0, 0);
+        for m in r.metrics() {
+            if let Some(c) = &m.baseline {
+                match c.verdict {
+                    bench::stats::Verdict::Regression => {
+                        reg += 1;
+                        println!("REGRESSION  {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
+                    }
+                    bench::stats::Verdict::Improvement => {
+                        imp += 1;
+                        println!("improvement {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
+                    }
+                    bench::stats::Verdict::NoChange => same += 1,
+                }
+            }
+        }
+        println!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change");
+        if reg > 0 {
+            std::process::exit(1);
+        }
+    }
+    Ok(())
+}
