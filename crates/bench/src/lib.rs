@@ -283,11 +283,15 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     let mut rec = |topic: &str, text: String, evidence: String| out.push(Recommendation { topic: topic.into(), text, evidence });
     let sps = |c: &str| r.metric(&format!("training.{c}.samples_per_s")).map(|m| m.value);
     if let (Some(s), Some(l)) = (sps("small"), sps("large")) {
-        if l > 1.2 * s {
-            rec("Batch size", format!("Throughput grows with batch size ({s:.0} → {l:.0} samples/s from small to large): use the largest batch memory allows."), format!("training.small/large.samples_per_s = {s:.0} / {l:.0}"));
+        let ev = format!("training.small/large.samples_per_s = {s:.0} / {l:.0}");
+        let text = if l > 1.2 * s {
+            format!("Throughput grows from small (16×512) to large (64×2048): {s:.0} → {l:.0} samples/s. Larger batches use the machine better; use the largest batch memory allows.")
+        } else if l < 0.8 * s {
+            format!("Throughput falls from small (16×512) to large (64×2048): {s:.0} → {l:.0} samples/s, as each sample's work grows with the window. Choose the window for the signal, and the batch for the contrastive task (more negatives).")
         } else {
-            rec("Batch size", format!("Throughput is flat in batch size ({s:.0} vs {l:.0} samples/s): pick the batch for the contrastive task (more negatives), not for speed."), format!("training.small/large.samples_per_s = {s:.0} / {l:.0}"));
-        }
+            format!("Throughput is about flat from small to large ({s:.0} vs {l:.0} samples/s): pick the batch for the contrastive task (more negatives), not for speed.")
+        };
+        rec("Batch size", text, ev);
     }
     if let Some(m) = r.metric("hardware.cpu.fp32.thread_speedup") {
         let threads = r.fingerprint.threads;
