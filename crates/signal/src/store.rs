@@ -201,6 +201,16 @@ fn describe(file: &H5File, name: &str, id: u64) -> std::result::Result<SampleInf
     }
     let dtype = sample_type(&ds.datatype().map_err(|e| e.to_string())?)?;
     let chunked = matches!(ds.storage_layout(), Ok(StorageLayout::Chunked));
+    if chunked {
+        // A corrupt layout can declare chunks of exabytes; the reader would try to allocate one
+        // (an abort, not an error). Refuse chunks larger than the whole dataset and 64 MiB.
+        let elem = if dtype == SampleType::F32 { 4u128 } else { 8 };
+        let chunk_bytes = ds.chunk_dims().unwrap_or_default().iter().fold(elem, |a, &d| a.saturating_mul(d as u128));
+        let total = (length as u128).saturating_mul(channels as u128).saturating_mul(elem);
+        if chunk_bytes > (64u128 << 20).max(total) {
+            return Err(format!("chunk of {chunk_bytes} bytes for a dataset of {total} bytes: corrupt layout"));
+        }
+    }
     Ok(SampleInfo { id, length, channels, dtype, chunked, rank: shape.len() })
 }
 
