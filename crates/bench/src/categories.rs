@@ -274,7 +274,9 @@ pub fn model(s: &Settings) -> Result<Category> {
 fn estimated_step_mb(b: usize, w: usize) -> f64 {
     let p = EncoderConfig::new(EncoderKind::MlpMedium, w).param_count() as f64;
     let rows = 2.0 * b as f64;
-    (16.0 * p + 4.0 * rows * (w as f64 + 512.0 * 3.0 + 256.0 + 128.0)) / 1e6
+    let (w, bf) = (w as f64, b as f64);
+    // weights, gradients, two moments; input, layer outputs, two gradient buffers; loss scratch
+    (16.0 * p + 4.0 * rows * (w + 512.0 + 256.0 + 128.0 + 2.0 * w.max(512.0)) + 4.0 * (4.0 * bf * 128.0 + bf * bf)) / 1e6
 }
 
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then

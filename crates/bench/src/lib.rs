@@ -300,21 +300,17 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     }
     for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
         let t = m.target.as_ref().expect("filtered");
-        let text = match m.category.as_str() {
-            "data" => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
-            "scalability" => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
-            "training" | "model" => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
+        let text = match (m.category.as_str(), m.name.as_str()) {
+            ("data", _) => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
+            ("scalability", "memory_scaling_factor") => "Memory grows faster than the batch at the largest sizes: InfoNCE's B×B similarity matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
+            ("scalability", _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
+            ("training" | "model", _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),
         };
-        rec(&format!("Target {}", t.target), text, format!("{} = {} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
+        rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
     if r.categories.iter().any(|c| c.name == "hardware") {
         rec("Mixed precision / GPU", "Not measurable in this build (CPU only): fp16/bf16 and GPU speed-ups need the CUDA device.".into(), "hardware category notes".into());
-    }
-    if let Some(m) = r.metric("scalability.batch.memory_scaling_factor") {
-        if m.value > 1.2 {
-            rec("Memory", format!("Memory grows faster than the batch ({:.2}× per batch doubling ratio): use gradient accumulation for larger effective batches.", m.value), format!("{} = {:.2}", m.id, m.value));
-        }
     }
     for m in r.regressions() {
         if let Some(b) = &m.baseline {

@@ -175,7 +175,9 @@ impl Device for CpuDevice {
     }
 
     fn allocated_bytes(&self) -> usize {
-        4 * (self.mem.capacity() + self.scratch.capacity() + self.transpose_scratch.capacity())
+        // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
+        // touched, so it is not resident memory.
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len())
     }
 
     fn upload(&mut self, dst: View, src: &[f32]) {

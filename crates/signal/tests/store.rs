@@ -143,6 +143,11 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
     assert!(e.contains("meta_no_label.csv") && e.contains("Label"), "{e}");
     let e = Metadata::load(fixture("meta_bad_id.csv")).unwrap_err().to_string();
     assert!(e.contains("sample_two") && e.contains("row 3"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let no_id = dir.path().join("no_id.csv");
+    std::fs::write(&no_id, "Name,Label\nx,0\n").unwrap();
+    let e = Metadata::load(&no_id).unwrap_err().to_string();
+    assert!(e.contains("no_id.csv") && e.contains("`Id`"), "{e}");
     let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
     assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
 }
