@@ -38,7 +38,8 @@ fn main() {
         Command::Bench(a) => cmd::bench::run(a),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        // Our error types already name their cause in their message; `{:#}` would repeat it.
+        eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
