@@ -35,7 +35,10 @@ impl Fingerprint {
             logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             threads,
             memory_mb: crate::measure::total_memory_mb(),
-            gpu: "none (this build has no CUDA device)".into(),
+            gpu: match engine::CudaDevice::new(0) {
+                Ok(_) => "CUDA device 0".into(),
+                Err(e) => format!("none ({e})"),
+            },
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             crate_version: env!("CARGO_PKG_VERSION").into(),
             git_commit,

@@ -310,7 +310,7 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
     if r.categories.iter().any(|c| c.name == "hardware") {
-        rec("Mixed precision / GPU", "Not measurable in this build (CPU only): fp16/bf16 and GPU speed-ups need the CUDA device.".into(), "hardware category notes".into());
+        rec("Mixed precision / GPU", "Not measured yet: the suite benchmarks the CPU device only, and fp16/bf16 compute is not implemented.".into(), "hardware category notes".into());
     }
     for m in r.regressions() {
         if let Some(b) = &m.baseline {

@@ -88,7 +88,7 @@ pub fn training(r: &Results, path: &Path) -> Result<()> {
 /// `hardware_optimization.png`: CPU step time per thread count (GPU: not available).
 pub fn hardware(r: &Results, path: &Path) -> Result<()> {
     let data: Vec<(String, f64)> = r.metrics().filter(|m| m.category == "hardware" && m.name == "step_ms").map(|m| (m.config.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), m.value)).collect();
-    bars(path, "Hardware: step time, B=32 W=1024 (GPU not available in this build)", "ms per step", &data, &[])
+    bars(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data, &[])
 }
 
 /// `scalability_analysis.png`: step time over batch size and over window size (log-log).

@@ -8,6 +8,8 @@ pub enum EngineError {
     InvalidConfig { key: String, reason: String },
     #[error("shape mismatch: {0}")]
     Shape(String),
+    #[error("device: {0}")]
+    Device(String),
 }
 
 impl EngineError {

@@ -115,6 +115,8 @@ pub struct TrainerSection {
     /// cpu (default); gpu/cuda need the CUDA build.
     pub accelerator: String,
     pub devices: usize,
+    /// Which GPU with accelerator gpu/cuda (from `devices: [N]`, default 0).
+    pub device_index: usize,
     pub precision: Precision,
     /// Clip the global gradient norm (default none).
     pub gradient_clip_val: Option<f32>,
@@ -182,6 +184,7 @@ impl Default for Config {
                 max_steps: None,
                 accelerator: "cpu".into(),
                 devices: 1,
+                device_index: 0,
                 precision: Precision::F32,
                 gradient_clip_val: None,
                 accumulate_grad_batches: 1,
@@ -357,7 +360,13 @@ impl Config {
             }
             "trainer.devices" => {
                 t.devices = match v {
-                    Value::Sequence(s) => s.len().max(1),
+                    Value::Sequence(s) => {
+                        // `devices: [N]` picks GPU N (PyTorch Lightning's form).
+                        if let Some(first) = s.first() {
+                            t.device_index = as_usize(key, first, 0)?;
+                        }
+                        s.len().max(1)
+                    }
                     _ => as_usize(key, v, 1)?,
                 }
             }
@@ -447,13 +456,18 @@ impl Config {
         if self.trainer.precision != Precision::F32 && self.trainer.accelerator == "cpu" {
             return c("trainer.precision", "16 and bf16 need accelerator gpu/cuda (the CUDA device); on cpu use 32");
         }
-        if matches!(self.trainer.accelerator.as_str(), "gpu" | "cuda") {
-            return c("trainer.accelerator", "this build has no CUDA device; use cpu");
+        if self.trainer.precision != Precision::F32 {
+            return c("trainer.precision", "16 and bf16 are not implemented yet (the CUDA device computes in fp32); use 32");
         }
         self.window().validate().map_err(TrainError::from)?;
         self.loss().validate().map_err(TrainError::from)?;
         self.optimizer().validate().map_err(TrainError::from)?;
         Ok(())
+    }
+
+    /// Whether training runs on the CUDA device.
+    pub fn on_gpu(&self) -> bool {
+        matches!(self.trainer.accelerator.as_str(), "gpu" | "cuda")
     }
 
     pub fn window(&self) -> WindowConfig {
@@ -512,12 +526,12 @@ impl Config {
             "data:\n  window_size: {}\n  stride: {}\n  num_window: {}\n  window_sampling_strategy: {strategy}\n  normalization: {norm}\n  truncate_length: {}\n  batch_size: {}\n  num_workers: {}\n  prefetch: {}\n  val_fraction: {}\n  time_split: {}\n\
              model:\n  name: {}\n  embedding_dim: {}\n\
              task:\n  lr: {:e}\n  weight_decay: {:e}\n  temperature: {}\n  optimizer: {opt}\n  symmetric: {}\n\
-             trainer:\n  epochs: {}\n  max_steps: {}\n  accelerator: {}\n  devices: {}\n  precision: \"{prec}\"\n  gradient_clip_val: {}\n  accumulate_grad_batches: {}\n  patience: {}\n  enable_early_stopping: {}\n  monitor: {}\n  mode: {}\n  min_delta: {}\n  lr_scheduler: {}\n  warmup_steps: {}\n  save_top_k: {}\n  save_last: {}\n  check_val_every_n_epoch: {}\n  log_every_n_steps: {}\n  seed: {}\n\
+             trainer:\n  epochs: {}\n  max_steps: {}\n  accelerator: {}\n  devices: [{}]\n  precision: \"{prec}\"\n  gradient_clip_val: {}\n  accumulate_grad_batches: {}\n  patience: {}\n  enable_early_stopping: {}\n  monitor: {}\n  mode: {}\n  min_delta: {}\n  lr_scheduler: {}\n  warmup_steps: {}\n  save_top_k: {}\n  save_last: {}\n  check_val_every_n_epoch: {}\n  log_every_n_steps: {}\n  seed: {}\n\
              environment:\n  save_dir: {:?}\n  experiment_name: {:?}\n",
             d.window_size, d.stride, d.num_window, opt_num(d.truncate_length.map(|v| v.to_string())), d.batch_size, d.num_workers, d.prefetch, d.val_fraction, d.time_split,
             self.model.name, self.model.embedding_dim,
             self.task.lr, self.task.weight_decay, self.task.temperature, self.task.symmetric,
-            t.epochs, opt_num(t.max_steps.map(|v| v.to_string())), t.accelerator, t.devices, opt_num(t.gradient_clip_val.map(|v| v.to_string())), t.accumulate_grad_batches, t.patience, t.enable_early_stopping,
+            t.epochs, opt_num(t.max_steps.map(|v| v.to_string())), t.accelerator, t.device_index, opt_num(t.gradient_clip_val.map(|v| v.to_string())), t.accumulate_grad_batches, t.patience, t.enable_early_stopping,
             t.monitor.name(), if t.mode == Mode::Min { "min" } else { "max" }, t.min_delta, if t.lr_scheduler == Scheduler::Cosine { "cosine" } else { "none" },
             t.warmup_steps, t.save_top_k, t.save_last, t.check_val_every_n_epoch, t.log_every_n_steps, t.seed,
             self.environment.save_dir.display().to_string(), self.environment.experiment_name,

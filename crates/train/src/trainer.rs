@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{ContrastiveStep, CpuDevice, EncoderConfig};
+use engine::{ContrastiveStep, CpuDevice, CudaDevice, Device, EncoderConfig};
 use signal::sampler::{batches_per_epoch, BatchPos};
 use signal::{BatchBuilder, BatchSampler, ContrastiveBatch, Dataset, Hdf5Store, Metadata, SamplerConfig, SignalStore};
 
@@ -136,9 +136,19 @@ fn better(mode: Mode, new: f64, best: f64, min_delta: f64) -> bool {
     }
 }
 
-/// Trains per `cfg` on the store + table; resumes from a checkpoint directory if given.
+/// Trains per `cfg` on the store + table; resumes from a checkpoint directory if given. The
+/// device is `trainer.accelerator`: cpu, or gpu/cuda (GPU `trainer.device_index`).
 pub fn train(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs: &mut dyn Observer) -> Result<Summary> {
     cfg.validate()?;
+    if cfg.on_gpu() {
+        let dev = CudaDevice::new(cfg.trainer.device_index).map_err(|e| TrainError::Config { key: "trainer.accelerator".into(), reason: format!("{} asked for, but {e}", cfg.trainer.accelerator) })?;
+        train_on(cfg, data, meta, resume, obs, move || Ok(dev))
+    } else {
+        train_on(cfg, data, meta, resume, obs, || Ok(CpuDevice::new()))
+    }
+}
+
+fn train_on<D: Device>(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs: &mut dyn Observer, device: impl FnOnce() -> Result<D> + Send) -> Result<Summary> {
     for k in &cfg.unused_keys {
         obs.message(&format!("note: config key `{k}` is accepted but not used by this trainer"));
     }
@@ -170,7 +180,7 @@ pub fn train(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs:
     signal::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes())?;
 
     pool.install(|| -> Result<Summary> {
-        let enc = enc_cfg.init(CpuDevice::new(), 2 * b, cfg.trainer.seed)?;
+        let enc = enc_cfg.init(device()?, 2 * b, cfg.trainer.seed)?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed)?;
         let mut state = TrainingState {
             step: 0,
@@ -361,7 +371,7 @@ fn validation_batches(builder: &BatchBuilder, val: &[u64], b: usize, seed: u64) 
     Ok(out)
 }
 
-fn run_validation(step: &mut ContrastiveStep<CpuDevice>, batches: &[ContrastiveBatch]) -> Result<(Option<f64>, Option<f64>)> {
+fn run_validation<D: Device>(step: &mut ContrastiveStep<D>, batches: &[ContrastiveBatch]) -> Result<(Option<f64>, Option<f64>)> {
     let (mut l, mut a, mut n) = (0.0, 0.0, 0.0);
     for b in batches {
         let out = step.evaluate(&b.anchor, &b.positive)?;
@@ -395,7 +405,7 @@ fn best_checkpoint(ckpt_dir: &Path, mode: Mode) -> Option<PathBuf> {
 }
 
 /// Saves this epoch among the best `save_top_k` by the monitor, dropping the worst.
-fn save_top_k(ckpt_dir: &Path, step: &ContrastiveStep<CpuDevice>, state: &TrainingState, cfg: &Config) -> Result<()> {
+fn save_top_k<D: Device>(ckpt_dir: &Path, step: &ContrastiveStep<D>, state: &TrainingState, cfg: &Config) -> Result<()> {
     let Some(v) = state.monitor_value else { return Ok(()) };
     let mut existing = best_dirs(ckpt_dir);
     let mode = cfg.trainer.mode;

@@ -59,7 +59,6 @@ fn bad_keys_and_values_name_the_key() {
         ("task:\n  lr: fast\n", "task.lr", ""),
         ("trainer:\n  precision: 8\n", "trainer.precision", ""),
         ("trainer:\n  precision: bf16\n", "trainer.precision", "cpu"),
-        ("trainer:\n  accelerator: gpu\n", "trainer.accelerator", "CUDA"),
         ("trainer:\n  monitor: f1\n", "trainer.monitor", ""),
         ("model:\n  name: patchtst\n", "model.name", "not implemented"),
         ("optimiser:\n  lr: 1\n", "optimiser", ""),
@@ -209,6 +208,22 @@ fn accumulated_gradients_are_the_mean_of_the_micro_batches() {
     for ((g, x), y) in acc.encoder.grads_to_vec().iter().zip(&g1).zip(&g2) {
         assert!((g - 0.5 * (x + y)).abs() <= 1e-6 * (1.0 + g.abs()), "{g} vs {}", 0.5 * (x + y));
     }
+}
+
+#[test]
+fn gpu_accelerator_selects_the_cuda_device_or_fails_naming_the_key() {
+    let c = Config::from_yaml("trainer:\n  accelerator: gpu\n  devices: [1]\n", &[]).unwrap();
+    assert!(c.on_gpu() && c.trainer.device_index == 1);
+    assert_eq!(Config::from_yaml(&c.to_yaml(), &[]).unwrap(), c);
+    if engine::CudaDevice::new(0).is_ok() {
+        eprintln!("SKIPPED the no-GPU error check: this machine has a GPU");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(&dir.path().join("run"), &["trainer.accelerator=cuda"]);
+    let e = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("trainer.accelerator") && e.contains("cuda"), "{e}");
 }
 
 #[test]

@@ -76,7 +76,7 @@ pub fn run(a: Args) -> Result<()> {
         b = b.quality_data(d.clone(), m.clone());
     }
     if a.device.starts_with("cuda") {
-        eprintln!("warning: --device {}: this build has no CUDA device; measuring the CPU and reporting the GPU as not available", a.device);
+        eprintln!("warning: --device {}: GPU benchmarking is not implemented yet; measuring the CPU and reporting the GPU as not available", a.device);
     }
     for n in &names {
         b.run_named(n)?;
