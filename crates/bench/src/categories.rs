@@ -160,8 +160,6 @@ pub fn data(s: &Settings) -> Result<Category> {
         let count = count / scale;
         let cfg = SynthConfig { complexity, count, length, channels: 1, seed: 0, ..Default::default() };
         let dir = s.work_dir.join(format!("data-{config}"));
-        let ((), mem) = peak_rss_delta(|| ());
-        let _ = mem;
         let (res, mem) = peak_rss_delta(|| -> Result<()> {
             pool.install(|| -> Result<()> {
                 let t = Instant::now();
@@ -233,8 +231,7 @@ pub fn model(s: &Settings) -> Result<Category> {
         cat.metrics.push(value("model", config, "training_state_mb", "MB", ecfg.param_count() as f64 * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
         for b in [16, 32, 64] {
             pool.install(|| -> Result<()> {
-                let (enc, mem): (engine::Result<_>, _) = peak_rss_delta(|| ecfg.init(CpuDevice::new(), 2 * b, 0));
-                let mut enc = enc?;
+                let mut enc = ecfg.init(CpuDevice::new(), 2 * b, 0)?;
                 let x = noise(b * input, 3);
                 enc.set_input(0, &x);
                 let fwd = time_ms(3, n, || {
@@ -260,7 +257,6 @@ pub fn model(s: &Settings) -> Result<Category> {
                 cat.metrics.push(timed("model", &c, "forward_ms", fwd, 3));
                 cat.metrics.push(timed("model", &c, "backward_ms", bwd, 2));
                 cat.metrics.push(timed("model", &c, "infonce_ms", nce, 3));
-                let _ = mem;
                 cat.metrics.push(value("model", &c, "memory_mb", "MB", enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
                 Ok(())
             })?;
@@ -435,7 +431,6 @@ pub fn quality(s: &Settings) -> Result<Category> {
         };
         let random_acc = probe(&mut st.encoder)?;
         let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
-        let t0 = Instant::now();
         let mut train_time = 0.0;
         let mut reached = None;
         let mut last_acc = random_acc;
@@ -455,7 +450,6 @@ pub fn quality(s: &Settings) -> Result<Category> {
                 break;
             }
         }
-        let _ = t0;
         Ok((reached, random_acc, last_acc, st.step))
     })?;
     let (reached, random_acc, last_acc, steps) = result;

@@ -30,7 +30,7 @@ fn step_flops(cfg: &EncoderConfig, b: usize) -> f64 {
     2.0 * rows * (macs + macs + (macs - first))
 }
 
-fn sgemm_gflops(threads: usize) -> f64 {
+fn sgemm_gflops() -> f64 {
     let (m, k, n) = (512, 8192, 512);
     let mut dev = CpuDevice::new();
     let (a, b, c) = (dev.alloc(m * k), dev.alloc(n * k), dev.alloc(m * n));
@@ -46,7 +46,6 @@ fn sgemm_gflops(threads: usize) -> f64 {
         dev.gemm(g, c, a, b);
         t.push(t0.elapsed().as_secs_f64());
     }
-    let _ = threads;
     2.0 * (m * n * k) as f64 / median(&t) / 1e9
 }
 
@@ -64,7 +63,7 @@ fn main() {
     ];
     let mut rows = Vec::new();
     pool.install(|| {
-        let peak = sgemm_gflops(threads);
+        let peak = sgemm_gflops();
         println!("machine SGEMM (faer, 512x8192x512, {threads} threads): {peak:.1} GFLOP/s");
         println!("{:<8} {:>4} {:>5} {:>11} {:>10} {:>12} {:>9} {:>7}", "config", "B", "W", "encoder", "median ms", "samples/s", "GFLOP/s", "% SGEMM");
         for (name, b, w, kind) in all {

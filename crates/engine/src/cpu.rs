@@ -6,7 +6,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::device::{AdamHyper, Device, Dropout, Gemm, InfoNceOut, View};
+use crate::device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
 
 /// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
 const PAR_GEMM_WORK: usize = 1 << 18;
@@ -382,13 +382,7 @@ impl Device for CpuDevice {
 
     fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32) {
         assert!(param.len == grad.len && param.len == m.len && param.len == v.len);
-        assert!(step >= 1);
-        let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
-        let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
-        let step_size = (h.lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = if h.decoupled { 1.0 - h.lr * h.weight_decay } else { 1.0 };
-        let l2 = if h.decoupled { 0.0 } else { h.weight_decay };
+        let AdamStep { step_size, bc2_sqrt, decay, l2 } = h.at_step(step);
         let base = self.mem.as_mut_ptr();
         for view in [param, grad, m, v] {
             assert!(view.offset + view.len <= self.mem.len());

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use cudarc::cublas::{result as blas, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig, PushKernelArg};
 
-use crate::device::{AdamHyper, Device, Dropout, Gemm, InfoNceOut, View};
+use crate::device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
 use crate::error::{EngineError, Result};
 
 const SOURCE: &str = include_str!("cuda_kernels.cu");
@@ -259,13 +259,8 @@ impl Device for CudaDevice {
     }
 
     fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32) {
-        assert!(param.len == grad.len && param.len == m.len && param.len == v.len && step >= 1);
-        let bc1 = 1.0 - (h.beta1 as f64).powi(step as i32);
-        let bc2 = 1.0 - (h.beta2 as f64).powi(step as i32);
-        let step_size = (h.lr as f64 / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let decay = if h.decoupled { 1.0 - h.lr * h.weight_decay } else { 1.0 };
-        let l2 = if h.decoupled { 0.0 } else { h.weight_decay };
+        assert!(param.len == grad.len && param.len == m.len && param.len == v.len);
+        let AdamStep { step_size, bc2_sqrt, decay, l2 } = h.at_step(step);
         let (pp, gp, mp, vp, n) = (self.ptr(param), self.ptr(grad), self.ptr(m), self.ptr(v), param.len as u64);
         let mut l = self.stream.launch_builder(&self.k.adam);
         l.arg(&pp).arg(&gp).arg(&mp).arg(&vp).arg(&n).arg(&grad_scale).arg(&l2).arg(&decay).arg(&h.beta1).arg(&h.beta2).arg(&step_size).arg(&bc2_sqrt).arg(&h.eps);

@@ -84,6 +84,31 @@ pub struct AdamHyper {
     pub decoupled: bool,
 }
 
+/// The per-step constants of PyTorch's Adam update, shared by every device's kernel:
+/// `p ← p·decay − step_size · m / (√v / bc2_sqrt + eps)` with `g ← g·scale + l2·p`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamStep {
+    pub step_size: f32,
+    pub bc2_sqrt: f32,
+    pub decay: f32,
+    pub l2: f32,
+}
+
+impl AdamHyper {
+    /// Bias corrections and weight-decay factors for 1-based step `step`.
+    pub fn at_step(&self, step: u64) -> AdamStep {
+        assert!(step >= 1, "Adam steps are 1-based");
+        let bc1 = 1.0 - (self.beta1 as f64).powi(step as i32);
+        let bc2 = 1.0 - (self.beta2 as f64).powi(step as i32);
+        AdamStep {
+            step_size: (self.lr as f64 / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            decay: if self.decoupled { 1.0 - self.lr * self.weight_decay } else { 1.0 },
+            l2: if self.decoupled { 0.0 } else { self.weight_decay },
+        }
+    }
+}
+
 /// Result of the fused InfoNCE kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceOut {

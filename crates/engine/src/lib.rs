@@ -16,7 +16,7 @@ pub mod step;
 
 pub use cpu::CpuDevice;
 pub use cuda::CudaDevice;
-pub use device::{AdamHyper, Device, Dropout, Gemm, InfoNceOut, View};
+pub use device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
 pub use error::{EngineError, Result};
 pub use model::{EncoderConfig, EncoderKind, Encoder, LayerSpec};
 pub use step::{embed, ContrastiveStep, InfoNceConfig, OptimizerConfig, OptimizerKind, StepOutput};
