@@ -1,5 +1,6 @@
-//! The CPU device: faer GEMMs and hand-written loops, parallel with rayon where the work is
-//! large enough to pay for it. This is the reference implementation every other device is checked
+//! The CPU device: GEMMs on our packed AVX2 kernel ([`crate::sgemm`]) or on faer where the CPU
+//! lacks AVX2/FMA, and hand-written loops, parallel with rayon where the work is large enough to
+//! pay for it. This is the reference implementation every other device is checked
 //! against, and it is itself checked against finite differences in f64 (tests/gradcheck.rs).
 
 use faer::linalg::matmul::matmul;
@@ -7,16 +8,42 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
+use crate::sgemm::{self, Operand, PackBuffers};
 
 /// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
 const PAR_GEMM_WORK: usize = 1 << 18;
 const PAR_ELEMENTS: usize = 1 << 15;
+
+/// The GEMM kernel a [`CpuDevice`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuGemm {
+    /// Our packed AVX2 + FMA kernel ([`crate::sgemm`]).
+    Packed,
+    /// faer's sequential kernels (any CPU).
+    Faer,
+}
+
+impl CpuGemm {
+    /// The packed kernel where the CPU supports it, unless the environment asks for faer with
+    /// `CID_CPU_GEMM=faer` (to compare the two on one machine).
+    pub fn detect() -> Self {
+        let forced_faer = std::env::var("CID_CPU_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("faer"));
+        if sgemm::supported() && !forced_faer {
+            CpuGemm::Packed
+        } else {
+            CpuGemm::Faer
+        }
+    }
+}
 
 /// Device memory in one `Vec<f32>`, plus scratch for the loss kernel.
 pub struct CpuDevice {
     mem: Vec<f32>,
     scratch: Vec<f32>,
     transpose_scratch: Vec<f32>,
+    /// Packing buffers of the AVX2 GEMM, one per worker of a parallel GEMM.
+    packs: Vec<PackBuffers>,
+    gemm: CpuGemm,
     threads: usize,
 }
 
@@ -27,9 +54,25 @@ impl Default for CpuDevice {
 }
 
 impl CpuDevice {
-    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`).
+    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`) and the GEMM kernel
+    /// of [`CpuGemm::detect`].
     pub fn new() -> Self {
-        CpuDevice { mem: Vec::new(), scratch: Vec::new(), transpose_scratch: Vec::new(), threads: rayon::current_num_threads() }
+        Self::with_gemm(CpuGemm::detect())
+    }
+
+    /// A device running the given GEMM kernel.
+    ///
+    /// # Panics
+    /// [`CpuGemm::Packed`] on a CPU without AVX2 and FMA.
+    pub fn with_gemm(gemm: CpuGemm) -> Self {
+        assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
+        let threads = rayon::current_num_threads();
+        let packs = (0..threads).map(|_| PackBuffers::default()).collect();
+        CpuDevice { mem: Vec::new(), scratch: Vec::new(), transpose_scratch: Vec::new(), packs, gemm, threads }
+    }
+
+    pub fn gemm_kernel(&self) -> CpuGemm {
+        self.gemm
     }
 
     /// Direct read access (tests, checkpoints).
@@ -66,10 +109,10 @@ impl CpuDevice {
 }
 
 /// Row-major GEMM on slices, on the calling thread (shared by the GEMM kernel and the loss kernel).
-fn gemm_slices(g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+fn gemm_slices(kernel: CpuGemm, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32, pack: &mut PackBuffers) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
     // SAFETY: the slices cover the whole matrices (asserted) and `c` is exclusively borrowed.
-    unsafe { gemm_block(g, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), alpha, Split::Rows, 0, g.m) }
+    unsafe { gemm_block(kernel, g, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), alpha, Split::Rows, 0, g.m, pack) }
 }
 
 /// Which dimension of C a parallel GEMM splits.
@@ -79,12 +122,13 @@ enum Split {
     Cols,
 }
 
-/// `C[lo..hi, :]` (or `C[:, lo..hi]`) of a row-major GEMM, with faer's sequential kernel.
+/// `C[lo..hi, :]` (or `C[:, lo..hi]`) of a row-major GEMM on the calling thread.
 ///
 /// # Safety
 /// The pointers must address whole row-major matrices of the shapes `g` gives, and no other
 /// thread may write the block of C this call writes.
-unsafe fn gemm_block(g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize, pack: &mut PackBuffers) {
     let (m, n, k) = (g.m, g.n, g.k);
     // Strides (row, col) of C, op(A) and op(B) over row-major storage.
     let (crs, ccs) = (n as isize, 1isize);
@@ -94,6 +138,11 @@ unsafe fn gemm_block(g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: 
         Split::Rows => (c.offset(lo as isize * crs), a.offset(lo as isize * ars), b, hi - lo, n),
         Split::Cols => (c.offset(lo as isize * ccs), a, b.offset(lo as isize * bcs), m, hi - lo),
     };
+    if kernel == CpuGemm::Packed {
+        let (a, b) = (Operand { ptr: a, rs: ars, cs: acs }, Operand { ptr: b, rs: brs, cs: bcs });
+        sgemm::sgemm(mb, nb, k, alpha, a, b, c, crs, g.accumulate, pack);
+        return;
+    }
     let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, ccs);
     if k == 0 {
         if !g.accumulate {
@@ -145,25 +194,26 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// A GEMM split over `parts` workers along the larger of C's dimensions. Each block runs faer's
-/// sequential kernel at full per-core speed; the split is static, so it allocates nothing
-/// (faer's own parallel path allocates packing buffers on every call).
-fn gemm_parallel(parts: usize, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
+/// A GEMM split over one worker per packing buffer along the larger of C's dimensions, at
+/// micro-tile boundaries. Each block runs the sequential kernel at full per-core speed; the split
+/// is static, so it allocates nothing (faer's own parallel path allocates on every call).
+fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
-    let (split, dim) = if g.n >= g.m { (Split::Cols, g.n) } else { (Split::Rows, g.m) };
+    let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
     // Blocks narrower than a few micro-tiles waste the kernel: cap the split.
-    let parts = parts.min(dim / 32).max(1);
+    let parts = packs.len().min(dim / (2 * unit)).max(1);
+    let tiles = dim.div_ceil(unit);
+    let bound = |t: usize| (tiles * t / parts * unit).min(dim);
     let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
-    let run = |t: usize| {
-        let (lo, hi) = (dim * t / parts, dim * (t + 1) / parts);
+    let run = |(t, pack): (usize, &mut PackBuffers)| {
         let (cp, ap, bp) = (cp, ap, bp);
-        // SAFETY: whole matrices (asserted above); blocks `lo..hi` of different t are disjoint.
-        unsafe { gemm_block(g, cp.0, ap.0, bp.0, 1.0, split, lo, hi) }
+        // SAFETY: whole matrices (asserted above); blocks of different t are disjoint.
+        unsafe { gemm_block(kernel, g, cp.0, ap.0, bp.0, 1.0, split, bound(t), bound(t + 1), pack) }
     };
     if parts == 1 {
-        run(0);
+        run((0, &mut packs[0]));
     } else {
-        (0..parts).into_par_iter().for_each(run);
+        packs[..parts].par_iter_mut().enumerate().for_each(run);
     }
 }
 
@@ -177,11 +227,19 @@ impl Device for CpuDevice {
     fn allocated_bytes(&self) -> usize {
         // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
         // touched, so it is not resident memory.
-        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len())
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len()) + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
     }
 
     fn upload(&mut self, dst: View, src: &[f32]) {
-        self.slice_mut(dst).copy_from_slice(src);
+        let parallel = src.len() >= PAR_ELEMENTS && self.threads > 1;
+        let dst = self.slice_mut(dst);
+        if parallel {
+            // An xl batch is 16 MiB: one core alone cannot saturate the memory bus.
+            const CHUNK: usize = 1 << 16;
+            dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+        } else {
+            dst.copy_from_slice(src);
+        }
     }
 
     fn download(&self, src: View, dst: &mut [f32]) {
@@ -195,22 +253,25 @@ impl Device for CpuDevice {
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
         let parts = if large { self.threads } else { 1 };
-        if g.trans_a && large {
+        let mut packs = std::mem::take(&mut self.packs);
+        let kernel = self.gemm;
+        if g.trans_a && large && kernel == CpuGemm::Faer {
             // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
-            // their plain-A speed here; transposing A first costs m·k copies against m·n·k
-            // multiply-adds (measured: xl's dW 58 ms → 41 ms, see docs/performance.md).
+            // their plain-A speed; transposing A first costs m·k copies against m·n·k
+            // multiply-adds. (The packed kernel reads any strides at full speed.)
             let mut at = std::mem::take(&mut self.transpose_scratch);
             if at.len() < g.m * g.k {
                 at.resize(g.m * g.k, 0.0);
             }
             transpose(&self.mem[a.offset..a.offset + g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
             let (cs, [bs]) = self.split(c, [b]);
-            gemm_parallel(parts, Gemm { trans_a: false, ..g }, cs, &at, bs);
+            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs);
             self.transpose_scratch = at;
-            return;
+        } else {
+            let (cs, [as_, bs]) = self.split(c, [a, b]);
+            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs);
         }
-        let (cs, [as_, bs]) = self.split(c, [a, b]);
-        gemm_parallel(parts, g, cs, as_, bs);
+        self.packs = packs;
     }
 
     fn bias_act_forward(&mut self, y: View, bias: View, rows: usize, cols: usize, relu: bool, dropout: Option<Dropout>) {
@@ -291,7 +352,7 @@ impl Device for CpuDevice {
         let (za, zp) = zn.split_at(b * d);
         let inv_tau = 1.0 / tau;
         let g = Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false };
-        gemm_slices(g, s, za, zp, inv_tau);
+        gemm_slices(self.gemm, g, s, za, zp, inv_tau, &mut self.packs[0]);
         // Row log-sum-exp (max-subtracted), loss and accuracy; then s becomes the row softmax.
         let mut loss_rows = 0.0f64;
         let mut correct = 0usize;
@@ -346,8 +407,8 @@ impl Device for CpuDevice {
         if let Some(dz) = dz {
             // s now holds dL/dS. dza_n = dS · zp_n / τ ; dzp_n = dSᵀ · za_n / τ.
             let (dza, dzp) = dzn.split_at_mut(b * d);
-            gemm_slices(Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false }, dza, s, zp, inv_tau);
-            gemm_slices(Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false }, dzp, s, za, inv_tau);
+            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false }, dza, s, zp, inv_tau, &mut self.packs[0]);
+            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false }, dzp, s, za, inv_tau, &mut self.packs[0]);
             // Through the normalization: dz = (dzn − zn·(zn·dzn)) / ‖z‖.
             let dzs = self.slice_mut(dz);
             for r in 0..2 * b {

@@ -1,0 +1,54 @@
+//! Times the packed AVX2 GEMM against faer on one thread for given shapes.
+//! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]`
+use std::time::Instant;
+use engine::sgemm::{self, Operand, PackBuffers};
+
+fn main() {
+    let a: Vec<usize> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let (m, n, k) = (a[0], a[1], a[2]);
+    let (ta, tb) = (a.get(3).copied().unwrap_or(0) == 1, a.get(4).copied().unwrap_or(0) == 1);
+    extern "C" { fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32; }
+    let huge = std::env::var("HUGE").is_ok();
+    let alloc = |len: usize, v: f32| -> Vec<f32> {
+        let mut x: Vec<f32> = Vec::with_capacity(len + 1024 * 1024);
+        if huge {
+            let p = x.as_mut_ptr() as usize;
+            let start = (p + (1 << 21) - 1) & !((1 << 21) - 1);
+            let r = unsafe { madvise(start as *mut _, (len * 4) & !((1 << 21) - 1), 14) };
+            assert_eq!(r, 0);
+        }
+        x.resize(len, v);
+        x
+    };
+    let av = alloc(m * k, 0.5);
+    let bv = alloc(k * n, 0.25);
+    let mut c = alloc(m * n, 0.0);
+    let ao = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+    let bo = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+    let mut buf = PackBuffers::default();
+    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let flops = 2.0 * (m * n * k) as f64 * reps as f64;
+    let (mut tp, mut tf) = (vec![], vec![]);
+    for _ in 0..15 {
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            unsafe { sgemm::sgemm(m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+        }
+        tp.push(flops / t0.elapsed().as_secs_f64() / 1e9);
+        let t0 = Instant::now();
+        for _ in 0..reps {
+            use faer::{Accum, MatMut, MatRef, Par};
+            unsafe {
+                let cm = MatMut::from_raw_parts_mut(c.as_mut_ptr(), m, n, n as isize, 1);
+                let am = MatRef::from_raw_parts(ao.ptr, m, k, ao.rs, ao.cs);
+                let bm = MatRef::from_raw_parts(bo.ptr, k, n, bo.rs, bo.cs);
+                faer::linalg::matmul::matmul(cm, Accum::Replace, am, bm, 1.0, Par::Seq);
+            }
+        }
+        tf.push(flops / t0.elapsed().as_secs_f64() / 1e9);
+    }
+    for t in [&mut tp, &mut tf] {
+        t.sort_by(|a, b| b.total_cmp(a));
+    }
+    println!("{m}x{n}x{k} ta{} tb{}: packed {:.1} GFLOP/s (best {:.1}) | faer {:.1} (best {:.1})", ta as u8, tb as u8, tp[7], tp[0], tf[7], tf[0]);
+}
