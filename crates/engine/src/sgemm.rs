@@ -72,8 +72,10 @@ impl PackBuffers {
 
     fn reserve(&mut self, m: usize, n: usize, k: usize) {
         let kk = KK.min(k);
-        let a = MC.min(m).next_multiple_of(MR) * kk;
-        let b = block_cols(n, kk).next_multiple_of(NR) * kk;
+        // Room to start each buffer on a cache line (the allocator aligns to 16 bytes only):
+        // misaligned, every other 32-byte load of a B panel would straddle two lines.
+        let a = MC.min(m).next_multiple_of(MR) * kk + ALIGN;
+        let b = block_cols(n, kk).next_multiple_of(NR) * kk + ALIGN;
         if self.a.len() < a {
             self.a.resize(a, 0.0);
         }
@@ -81,7 +83,17 @@ impl PackBuffers {
             self.b.resize(b, 0.0);
         }
     }
+
+    /// The two buffers, each from its first cache-line boundary.
+    fn aligned(&mut self) -> (&mut [f32], &mut [f32]) {
+        let a = self.a.as_ptr().align_offset(4 * ALIGN);
+        let b = self.b.as_ptr().align_offset(4 * ALIGN);
+        (&mut self.a[a..], &mut self.b[b..])
+    }
 }
+
+/// A cache line, in floats.
+const ALIGN: usize = 16;
 
 /// Columns of C per packed block of B for a super-block of depth `kk`.
 fn block_cols(n: usize, kk: usize) -> usize {
@@ -120,21 +132,22 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
         return;
     }
     buf.reserve(m, n, k);
+    let (abuf, bbuf) = buf.aligned();
     let ncb = block_cols(n, KK.min(k));
     for jc in (0..n).step_by(ncb) {
         let nc = ncb.min(n - jc);
         for kk in (0..k).step_by(KK) {
             let kd = KK.min(k - kk);
-            pack_b(kd, nc, b.at(kk, jc), &mut buf.b);
+            pack_b(kd, nc, b.at(kk, jc), bbuf);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                pack_a(mc, kd, a.at(ic, kk), &mut buf.a);
+                pack_a(mc, kd, a.at(ic, kk), abuf);
                 for pc in (0..kd).step_by(KC) {
                     let kc = KC.min(kd - pc);
                     // The first slice of k writes C (or adds to it when accumulating); later ones add.
                     let add = accumulate || kk + pc > 0;
                     // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                    let (ap, bp) = (buf.a.as_ptr().add(pc * mc.next_multiple_of(MR)), buf.b.as_ptr().add(pc * nc.next_multiple_of(NR)));
+                    let (ap, bp) = (abuf.as_ptr().add(pc * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
                     for jr in (0..nc).step_by(NR) {
                         let bj = bp.add(jr * kc);
                         for ir in (0..mc).step_by(MR) {
