@@ -260,8 +260,8 @@ fn packed_and_faer_gemm_kernels_train_alike() {
             let enc = EncoderConfig::new(EncoderKind::MlpComplex, w).init(CpuDevice::with_gemm(kernel), 2 * b, 5).unwrap();
             assert_eq!(enc.device.gemm_kernel(), kernel);
             let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 5).unwrap();
-            let anchor: Vec<f32> = (0..b * w).map(|i| ((i * 37 % 101) as f32 / 50.0 - 1.0)).collect();
-            let positive: Vec<f32> = (0..b * w).map(|i| ((i * 53 % 97) as f32 / 48.0 - 1.0)).collect();
+            let anchor: Vec<f32> = (0..b * w).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+            let positive: Vec<f32> = (0..b * w).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect();
             let losses: Vec<f32> = (0..5).map(|_| step.train_step(&anchor, &positive).unwrap().loss).collect();
             (losses, step.encoder.params_to_vec())
         };
