@@ -206,14 +206,17 @@ struct Panel {
 /// # Safety
 /// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.
 unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
-    let mut p0 = 0;
+    // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a forward
+    // X·Wᵀ): 8 × 8 register transposes up to the last whole group of 8, then the loop below.
     #[cfg(target_arch = "x86_64")]
-    if src.sp == 1 && src.sq != 1 && lanes == W {
-        // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a
-        // forward X·Wᵀ): 8 × 8 register transposes.
-        p0 = kc / 8 * 8;
-        transpose_panel::<W>(p0, src, dst);
-    }
+    let p0 = if src.sp == 1 && src.sq != 1 && lanes == W {
+        transpose_panel::<W>(kc / 8 * 8, src, dst);
+        kc / 8 * 8
+    } else {
+        0
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let p0 = 0;
     for p in p0..kc {
         let d = dst.add(p * W);
         if src.sq == 1 && lanes == W {
