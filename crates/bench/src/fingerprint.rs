@@ -10,6 +10,9 @@ pub struct Fingerprint {
     pub threads: usize,
     pub memory_mb: Option<f64>,
     pub gpu: String,
+    /// The CPU device's GEMM kernel (`Packed` AVX2 or `Faer`): results differ between them.
+    #[serde(default)]
+    pub cpu_gemm: String,
     pub os: String,
     pub crate_version: String,
     pub git_commit: String,
@@ -39,6 +42,7 @@ impl Fingerprint {
                 Ok(_) => "CUDA device 0".into(),
                 Err(e) => format!("none ({e})"),
             },
+            cpu_gemm: format!("{:?}", engine::CpuGemm::detect()),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             crate_version: env!("CARGO_PKG_VERSION").into(),
             git_commit,
@@ -59,7 +63,22 @@ impl Fingerprint {
         check("threads", self.threads.to_string(), other.threads.to_string());
         check("logical cpus", self.logical_cpus.to_string(), other.logical_cpus.to_string());
         check("gpu", self.gpu.clone(), other.gpu.clone());
+        check("cpu gemm", self.cpu_gemm.clone(), other.cpu_gemm.clone());
         check("build", self.build_profile.clone(), other.build_profile.clone());
         d
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fingerprint_saved_before_the_gemm_field_still_loads() {
+        let mut value = serde_json::to_value(Fingerprint::collect(2)).unwrap();
+        value.as_object_mut().unwrap().remove("cpu_gemm");
+        let old: Fingerprint = serde_json::from_value(value).unwrap();
+        assert_eq!(old.cpu_gemm, "");
+        assert!(Fingerprint::collect(2).differences(&old).iter().any(|d| d.starts_with("cpu gemm")));
     }
 }

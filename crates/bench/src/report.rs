@@ -89,7 +89,7 @@ impl Report for MarkdownReport {
         let _ = writeln!(s, "# Performance summary\n");
         let _ = writeln!(s, "Pass rate: **{p}/{t}** targets ({:.0} %). Device `{}`, {} mode, {:.1} s.\n", if t > 0 { 100.0 * p as f64 / t as f64 } else { 0.0 }, r.device, if r.quick { "quick" } else { "full" }, r.seconds);
         let f = &r.fingerprint;
-        let _ = writeln!(s, "Machine: {} ({} logical CPUs, {} threads used), GPU: {}, {} build, commit {}, contrastive-id {}.\n", f.cpu_model, f.logical_cpus, f.threads, f.gpu, f.build_profile, f.git_commit, f.crate_version);
+        let _ = writeln!(s, "Machine: {} ({} logical CPUs, {} threads used, CPU GEMM {}), GPU: {}, {} build, commit {}, contrastive-id {}.\n", f.cpu_model, f.logical_cpus, f.threads, f.cpu_gemm, f.gpu, f.build_profile, f.git_commit, f.crate_version);
         if let Some(b) = &r.baseline {
             let reg = r.regressions();
             let _ = writeln!(s, "Baseline `{b}`: {} regression(s).", reg.len());
@@ -143,7 +143,7 @@ impl Report for HtmlReport {
         let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}th{{background:#eef}}.PASS{{color:#070;font-weight:bold}}.FAIL{{color:#b00;font-weight:bold}}.reg{{background:#fdd}}img{{max-width:100%;border:1px solid #ddd;margin:.5em 0}}</style></head><body>\n");
         let _ = write!(h, "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>", esc(&r.device), if r.quick { "quick" } else { "full" }, r.seconds);
         let f = &r.fingerprint;
-        let _ = write!(h, "<p>Machine: {} ({} logical CPUs, {} threads), GPU: {}, {} build, commit {}.</p>", esc(&f.cpu_model), f.logical_cpus, f.threads, esc(&f.gpu), esc(&f.build_profile), esc(&f.git_commit));
+        let _ = write!(h, "<p>Machine: {} ({} logical CPUs, {} threads, CPU GEMM {}), GPU: {}, {} build, commit {}.</p>", esc(&f.cpu_model), f.logical_cpus, f.threads, esc(&f.cpu_gemm), esc(&f.gpu), esc(&f.build_profile), esc(&f.git_commit));
         if let Some(b) = &r.baseline {
             let _ = write!(h, "<p>Baseline <code>{}</code>: {} regression(s).</p>", esc(b), r.regressions().len());
             for w in &r.baseline_warnings {

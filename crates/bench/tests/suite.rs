@@ -149,6 +149,7 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         }
     }
     doctored.fingerprint.cpu_model = "another CPU".into();
+    doctored.fingerprint.cpu_gemm = "another GEMM".into();
     let fake = dir.path().join("doctored.json");
     std::fs::write(&fake, serde_json::to_string(&doctored).unwrap()).unwrap();
     let mut third = Benchmark::new(&save).quick(true).threads(2);
@@ -156,5 +157,6 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     third.compare_baseline(fake.to_str().unwrap(), 0.05).unwrap();
     assert!(!third.results().regressions().is_empty(), "a 2x slowdown is a regression");
     assert!(third.results().baseline_warnings.iter().any(|w| w.contains("another CPU")), "fingerprint difference warned");
+    assert!(third.results().baseline_warnings.iter().any(|w| w.contains("cpu gemm: another GEMM")), "GEMM kernel difference warned");
     assert!(third.compare_baseline("no-such-baseline", 0.05).is_err());
 }
