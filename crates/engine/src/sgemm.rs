@@ -138,10 +138,12 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
         let nc = ncb.min(n - jc);
         for kk in (0..k).step_by(KK) {
             let kd = KK.min(k - kk);
-            pack_b(kd, nc, b.at(kk, jc), bbuf);
+            let b_block = b.at(kk, jc);
+            pack_block::<NR>(kd, nc, Panel { ptr: b_block.ptr, sp: b_block.rs, sq: b_block.cs }, bbuf);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                pack_a(mc, kd, a.at(ic, kk), abuf);
+                let a_block = a.at(ic, kk);
+                pack_block::<MR>(kd, mc, Panel { ptr: a_block.ptr, sp: a_block.cs, sq: a_block.rs }, abuf);
                 for pc in (0..kd).step_by(KC) {
                     let kc = KC.min(kd - pc);
                     // The first slice of k writes C (or adds to it when accumulating); later ones add.
@@ -161,34 +163,19 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
     }
 }
 
-/// Packs `op(A)[0..mc, 0..kd]`: for each `KC`-deep slice, one `kc × MR` micro-panel per 6 rows
-/// (`out[p·MR + i]`), the last one zero-padded. Panel by panel, so each source row is read in
-/// one long run.
-unsafe fn pack_a(mc: usize, kd: usize, a: Operand, out: &mut [f32]) {
-    let width = mc.next_multiple_of(MR);
+/// Packs a block of `kd` depths × `lanes` lanes (element `(p, q)` of `src`): for each `KC`-deep
+/// slice, one `kc × W` micro-panel per `W` lanes (`out[p·W + q]`), the last one zero-padded.
+/// Panel by panel, so each source row is read in one long run. A block of `op(A)` has its rows as
+/// lanes (`W` = [`MR`]), a block of `op(B)` its columns (`W` = [`NR`]).
+unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+    let width = lanes.next_multiple_of(W);
     assert!(out.len() >= width * kd);
-    for ir in (0..mc).step_by(MR) {
+    for q0 in (0..lanes).step_by(W) {
         for slice in (0..kd).step_by(KC) {
             let kc = KC.min(kd - slice);
-            let dst = out.as_mut_ptr().add(slice * width + ir * kc);
-            // Element (p, q) of the panel is op(A)[ir + q, slice + p].
-            let src = Panel { ptr: a.at(ir, slice).ptr, sp: a.cs, sq: a.rs };
-            pack_panel::<MR>(kc, src, MR.min(mc - ir), dst);
-        }
-    }
-}
-
-/// Packs `op(B)[0..kd, 0..nc]`: for each slice, one `kc × NR` micro-panel per 16 columns
-/// (`out[p·NR + j]`), the last one zero-padded.
-unsafe fn pack_b(kd: usize, nc: usize, b: Operand, out: &mut [f32]) {
-    let width = nc.next_multiple_of(NR);
-    assert!(out.len() >= width * kd);
-    for jr in (0..nc).step_by(NR) {
-        for slice in (0..kd).step_by(KC) {
-            let kc = KC.min(kd - slice);
-            let dst = out.as_mut_ptr().add(slice * width + jr * kc);
-            let src = Panel { ptr: b.at(slice, jr).ptr, sp: b.rs, sq: b.cs };
-            pack_panel::<NR>(kc, src, NR.min(nc - jr), dst);
+            let dst = out.as_mut_ptr().add(slice * width + q0 * kc);
+            let panel = Panel { ptr: src.ptr.offset(slice as isize * src.sp + q0 as isize * src.sq), ..src };
+            pack_panel::<W>(kc, panel, W.min(lanes - q0), dst);
         }
     }
 }
