@@ -1,12 +1,14 @@
 //! A packed single-precision GEMM for x86-64 with AVX2 + FMA: BLIS's loops around a 6×16
 //! register-blocked micro-kernel.
 //!
-//! Why our own: on the development machine (Zen 3, AVX2) faer's kernels reach ~65 % of the
-//! measured FMA peak on the training step's shapes, and the first layer's two GEMMs are ~85 % of
-//! an xl step. This kernel packs both operands from any strides (so the transposed operands of
-//! backward cost nothing extra) into buffers its caller owns, so a GEMM allocates nothing once
-//! the buffers have grown to the largest shape. Machines without AVX2 + FMA use faer
-//! (`crate::cpu`); both are checked against the same naive product in the tests.
+//! Why our own: the first layer's two GEMMs are ~85 % of an xl step. faer's sequential kernels
+//! run a transposed A (the `dYᵀ·X` of every weight gradient) at ~70 % of their plain speed, so
+//! the CPU device had to copy A transposed first; this kernel packs both operands from any
+//! strides, so the transposes of backward cost nothing extra, into buffers its caller owns, so a
+//! GEMM allocates nothing once they have grown to the largest shape. Measured on the development
+//! machine (Zen 3, AVX2; docs/performance.md): on par with faer on the forward's shapes, faster on
+//! the weight gradients. Machines without AVX2 + FMA use faer (`crate::cpu`); both are checked
+//! against the same naive product in the tests.
 //!
 //! Loop nest (BLIS's, with the k loop split in two levels): `jc` over columns of C in blocks
 //! whose packed `op(B)` block holds at most [`B_PACK`] floats (L2/L3), `kk` over k in
