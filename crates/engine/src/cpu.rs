@@ -143,17 +143,13 @@ unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *c
         sgemm::sgemm(mb, nb, k, alpha, a, b, c, crs, g.accumulate, pack);
         return;
     }
-    let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, ccs);
     if k == 0 {
         if !g.accumulate {
-            for i in 0..mb {
-                for j in 0..nb {
-                    *c.offset(i as isize * crs + j as isize * ccs) = 0.0;
-                }
-            }
+            sgemm::clear(mb, nb, c, crs);
         }
         return;
     }
+    let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, ccs);
     let am = MatRef::from_raw_parts(a, mb, k, ars, acs);
     let bm = MatRef::from_raw_parts(b, k, nb, brs, bcs);
     let beta = if g.accumulate { Accum::Add } else { Accum::Replace };

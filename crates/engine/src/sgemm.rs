@@ -44,14 +44,6 @@ pub struct Operand {
 }
 
 impl Operand {
-    /// The operand shifted to element `(i, j)`.
-    ///
-    /// # Safety
-    /// `(i, j)` must lie inside the matrix.
-    unsafe fn at(self, i: usize, j: usize) -> Operand {
-        Operand { ptr: self.ptr.offset(i as isize * self.rs + j as isize * self.cs), ..self }
-    }
-
     /// # Safety
     /// `(i, j)` must lie inside the matrix.
     #[cfg(test)]
@@ -114,6 +106,16 @@ pub fn supported() -> bool {
     }
 }
 
+/// `C[0..m, 0..n] = 0` (the product of an empty depth), C with row stride `rsc`.
+///
+/// # Safety
+/// C must address a whole `m × n` matrix that nothing else touches meanwhile.
+pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
+    for i in 0..m {
+        std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n).fill(0.0);
+    }
+}
+
 /// `C[m, n] = alpha · op(A) · op(B)` (or `+=` with `accumulate`); C has column stride 1 and row
 /// stride `rsc`.
 ///
@@ -127,25 +129,23 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
     }
     if k == 0 {
         if !accumulate {
-            for i in 0..m {
-                std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n).fill(0.0);
-            }
+            clear(m, n, c, rsc);
         }
         return;
     }
     buf.reserve(m, n, k);
     let (abuf, bbuf) = buf.aligned();
+    // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
+    let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
     let ncb = block_cols(n, KK.min(k));
     for jc in (0..n).step_by(ncb) {
         let nc = ncb.min(n - jc);
         for kk in (0..k).step_by(KK) {
             let kd = KK.min(k - kk);
-            let b_block = b.at(kk, jc);
-            pack_block::<NR>(kd, nc, Panel { ptr: b_block.ptr, sp: b_block.rs, sq: b_block.cs }, bbuf);
+            pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf);
             for ic in (0..m).step_by(MC) {
                 let mc = MC.min(m - ic);
-                let a_block = a.at(ic, kk);
-                pack_block::<MR>(kd, mc, Panel { ptr: a_block.ptr, sp: a_block.cs, sq: a_block.rs }, abuf);
+                pack_block::<MR>(kd, mc, a.at(kk, ic), abuf);
                 for pc in (0..kd).step_by(KC) {
                     let kc = KC.min(kd - pc);
                     // The first slice of k writes C (or adds to it when accumulating); later ones add.
@@ -176,8 +176,7 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
         for slice in (0..kd).step_by(KC) {
             let kc = KC.min(kd - slice);
             let dst = out.as_mut_ptr().add(slice * width + q0 * kc);
-            let panel = Panel { ptr: src.ptr.offset(slice as isize * src.sp + q0 as isize * src.sq), ..src };
-            pack_panel::<W>(kc, panel, W.min(lanes - q0), dst);
+            pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), dst);
         }
     }
 }
@@ -188,6 +187,16 @@ struct Panel {
     ptr: *const f32,
     sp: isize,
     sq: isize,
+}
+
+impl Panel {
+    /// The source shifted to depth `p`, lane `q`.
+    ///
+    /// # Safety
+    /// `(p, q)` must lie inside the matrix.
+    unsafe fn at(self, p: usize, q: usize) -> Panel {
+        Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self }
+    }
 }
 
 /// Writes `dst[p·W + q]` = source `(p, q)` for `p < kc`, `q < lanes`, and 0 for the padding lanes.
