@@ -5,6 +5,9 @@
 //! `python3 ../shared/reference/torch_ref.py --device cpu --configs small,medium,large,complex,xl --steps 50`
 //! run on the same quiet machine.
 //!
+//! GFLOP/s counts the step's dense arithmetic (PyTorch's work): the CPU device skips the zeros of
+//! gradients behind ReLU + dropout, so it can go past the SGEMM rate.
+//!
 //! `cargo bench -p cid-engine --bench workload [-- --threads 2 --steps 50 --configs small,xl --json out.json]`
 
 use std::time::Instant;
@@ -23,7 +26,8 @@ fn median(v: &[f64]) -> f64 {
     if n % 2 == 1 { s[n / 2] } else { 0.5 * (s[n / 2 - 1] + s[n / 2]) }
 }
 
-/// FLOPs of one step: forward of 2B rows, dW of every layer, dX of every layer but the first.
+/// FLOPs of one step, counted dense: forward of 2B rows, dW of every layer, dX of every layer
+/// but the first.
 fn step_flops(cfg: &EncoderConfig, b: usize) -> f64 {
     let rows = 2.0 * b as f64;
     let macs = cfg.forward_macs() as f64;
@@ -37,7 +41,7 @@ fn sgemm_gflops(kernel: CpuGemm) -> f64 {
     let (a, b, c) = (dev.alloc(m * k), dev.alloc(n * k), dev.alloc(m * n));
     dev.fill(a, 0.5);
     dev.fill(b, 0.25);
-    let g = Gemm { m, n, k, trans_a: false, trans_b: true, accumulate: false };
+    let g = Gemm { m, n, k, trans_a: false, trans_b: true, accumulate: false, sparse_a: false };
     for _ in 0..3 {
         dev.gemm(g, c, a, b);
     }

@@ -24,10 +24,10 @@ fn main() {
             t.sort_by(|a, b| a.total_cmp(b));
             println!("{name:28} {:8.3} ms", t[5]);
         };
-        time("fwd L1  Y = X W^T", &mut dev, &|d| d.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false }, y, x, w1));
-        time("dW L1   dW = dY^T X", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false }, dw, dy, x));
-        time("dW L1   dW = (dY^T) X", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: false, trans_b: false, accumulate: false }, dw, dyt, x));
-        time("dW L1   dW = (dY^T) (X^T)^T", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: false, trans_b: true, accumulate: false }, dw, dyt, xt));
+        time("fwd L1  Y = X W^T", &mut dev, &|d| d.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, y, x, w1));
+        time("dW L1   dW = dY^T X", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, dw, dy, x));
+        time("dW L1   dW = (dY^T) X", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: false, trans_b: false, accumulate: false, sparse_a: false }, dw, dyt, x));
+        time("dW L1   dW = (dY^T) (X^T)^T", &mut dev, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, dw, dyt, xt));
         time("adam", &mut dev, &|d| d.adam(p, g, m, v, AdamHyper { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false }, 1, 1.0));
         time("sum_squares", &mut dev, &|d| { d.sum_squares(g); });
         let enc = EncoderConfig::new(EncoderKind::MlpMedium, w).init(CpuDevice::new(), rows, 0).unwrap();
@@ -50,13 +50,14 @@ fn main() {
         for v in [&mut tf, &mut to, &mut tfo] { v.sort_by(|a, b| a.total_cmp(b)); }
         let l0 = st.encoder.layers[0];
         let xv = st.encoder.x;
-        time("real-data dW L1 (h as dY)", &mut st.encoder.device, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false }, l0.dw, l0.h, xv));
-        time("real-data fwd L1", &mut st.encoder.device, &|d| d.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false }, l0.h, xv, l0.w));
+        time("real-data dW L1 (h as dY)", &mut st.encoder.device, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, l0.dw, l0.h, xv));
+        time("real-data dW L1, zeros skipped", &mut st.encoder.device, &|d| d.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: true }, l0.dw, l0.h, xv));
+        time("real-data fwd L1", &mut st.encoder.device, &|d| d.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, l0.h, xv, l0.w));
         let mut tt = vec![];
         for _ in 0..8 {
-            st.encoder.device.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false }, l0.h, xv, l0.w);
+            st.encoder.device.gemm(Gemm { m: rows, n: 512, k: w, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, l0.h, xv, l0.w);
             let t0 = Instant::now();
-            st.encoder.device.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false }, l0.dw, l0.h, xv);
+            st.encoder.device.gemm(Gemm { m: 512, n: w, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, l0.dw, l0.h, xv);
             tt.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         tt.sort_by(|a, b| a.total_cmp(b));

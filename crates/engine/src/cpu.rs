@@ -9,10 +9,17 @@ use rayon::prelude::*;
 
 use crate::device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
 use crate::sgemm::{self, Operand, PackBuffers};
+use crate::sparse::{self, SparseLhs, StripBuffer};
 
 /// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
 const PAR_GEMM_WORK: usize = 1 << 18;
 const PAR_ELEMENTS: usize = 1 << 15;
+/// The zero-skipping GEMM runs where at most this fraction of A is non-zero (it loads every
+/// element of B it uses, so it needs the work it skips: measured on xl's weight gradient, it
+/// breaks even with the dense kernel at ~85 % non-zeros) ...
+const SPARSE_MAX_DENSITY: f64 = 0.6;
+/// ... and the depth is at most this: a 64-column strip of B (`k × 64`) then fits in L2.
+const SPARSE_MAX_DEPTH: usize = 2048;
 
 /// The GEMM kernel a [`CpuDevice`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +50,9 @@ pub struct CpuDevice {
     transpose_scratch: Vec<f32>,
     /// Packing buffers of the AVX2 GEMM, one per worker of a parallel GEMM.
     packs: Vec<PackBuffers>,
+    /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
+    sparse: SparseLhs,
+    strips: Vec<StripBuffer>,
     gemm: CpuGemm,
     threads: usize,
 }
@@ -68,7 +78,8 @@ impl CpuDevice {
         assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
         let threads = rayon::current_num_threads();
         let packs = (0..threads).map(|_| PackBuffers::default()).collect();
-        CpuDevice { mem: Vec::new(), scratch: Vec::new(), transpose_scratch: Vec::new(), packs, gemm, threads }
+        let strips = (0..threads).map(|_| StripBuffer::default()).collect();
+        CpuDevice { mem: Vec::new(), scratch: Vec::new(), transpose_scratch: Vec::new(), packs, sparse: SparseLhs::default(), strips, gemm, threads }
     }
 
     pub fn gemm_kernel(&self) -> CpuGemm {
@@ -130,16 +141,13 @@ enum Split {
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize, pack: &mut PackBuffers) {
     let (m, n, k) = (g.m, g.n, g.k);
-    // Strides (row, col) of C, op(A) and op(B) over row-major storage.
-    let (crs, ccs) = (n as isize, 1isize);
-    let (ars, acs) = if g.trans_a { (1isize, m as isize) } else { (k as isize, 1isize) };
-    let (brs, bcs) = if g.trans_b { (1isize, k as isize) } else { (n as isize, 1isize) };
+    let crs = n as isize;
+    let (a, b) = operands(g, a, b);
     let (c, a, b, mb, nb) = match split {
-        Split::Rows => (c.offset(lo as isize * crs), a.offset(lo as isize * ars), b, hi - lo, n),
-        Split::Cols => (c.offset(lo as isize * ccs), a, b.offset(lo as isize * bcs), m, hi - lo),
+        Split::Rows => (c.offset(lo as isize * crs), Operand { ptr: a.ptr.offset(lo as isize * a.rs), ..a }, b, hi - lo, n),
+        Split::Cols => (c.add(lo), a, Operand { ptr: b.ptr.offset(lo as isize * b.cs), ..b }, m, hi - lo),
     };
     if kernel == CpuGemm::Packed {
-        let (a, b) = (Operand { ptr: a, rs: ars, cs: acs }, Operand { ptr: b, rs: brs, cs: bcs });
         sgemm::sgemm(mb, nb, k, alpha, a, b, c, crs, g.accumulate, pack);
         return;
     }
@@ -149,11 +157,18 @@ unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *c
         }
         return;
     }
-    let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, ccs);
-    let am = MatRef::from_raw_parts(a, mb, k, ars, acs);
-    let bm = MatRef::from_raw_parts(b, k, nb, brs, bcs);
+    let cm = MatMut::from_raw_parts_mut(c, mb, nb, crs, 1);
+    let am = MatRef::from_raw_parts(a.ptr, mb, k, a.rs, a.cs);
+    let bm = MatRef::from_raw_parts(b.ptr, k, nb, b.rs, b.cs);
     let beta = if g.accumulate { Accum::Add } else { Accum::Replace };
     matmul(cm, beta, am, bm, alpha, Par::Seq);
+}
+
+/// `op(A)` and `op(B)` of a row-major GEMM as strided operands.
+fn operands(g: Gemm, a: *const f32, b: *const f32) -> (Operand, Operand) {
+    let (ars, acs) = if g.trans_a { (1, g.m as isize) } else { (g.k as isize, 1) };
+    let (brs, bcs) = if g.trans_b { (1, g.k as isize) } else { (g.n as isize, 1) };
+    (Operand { ptr: a, rs: ars, cs: acs }, Operand { ptr: b, rs: brs, cs: bcs })
 }
 
 /// `e^x` for the softmax arguments (`x <= 0` after max subtraction), to ~2 ulp: range reduction
@@ -233,6 +248,41 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f
     }
 }
 
+impl CpuDevice {
+    /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
+    /// Returns false, having written nothing, where A has too many non-zeros for it to pay.
+    fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
+        let (mut lhs, mut strips) = (std::mem::take(&mut self.sparse), std::mem::take(&mut self.strips));
+        let (cs, [as_, bs]) = self.split(c, [a, b]);
+        assert!(cs.len() >= g.m * g.n && as_.len() >= g.m * g.k && bs.len() >= g.k * g.n);
+        let (a_op, b_op) = operands(g, as_.as_ptr(), bs.as_ptr());
+        // SAFETY: the operands cover whole matrices (asserted).
+        let nnz = unsafe { lhs.compress(g.m, g.k, a_op) };
+        // Every worker's buffer is sized whatever the outcome, so a later step that crosses the
+        // threshold allocates nothing.
+        for s in strips.iter_mut() {
+            s.reserve(g.k);
+        }
+        let pays = nnz as f64 <= SPARSE_MAX_DENSITY * (g.m * g.k) as f64;
+        if pays {
+            let parts = strips.len().min(g.n / (2 * sparse::STRIP)).max(1);
+            let strips_n = g.n.div_ceil(sparse::STRIP);
+            let bound = |t: usize| (strips_n * t / parts * sparse::STRIP).min(g.n);
+            let (cp, bp) = (SendPtr(cs.as_mut_ptr()), SendPtr(b_op.ptr as *mut f32));
+            let lhs = &lhs;
+            let run = |(t, strip): (usize, &mut StripBuffer)| {
+                let (cp, bp) = (cp, bp);
+                let b = Operand { ptr: bp.0, ..b_op };
+                // SAFETY: whole matrices (asserted); the column ranges of different t are disjoint.
+                unsafe { lhs.multiply(b, cp.0, g.n, bound(t)..bound(t + 1), g.accumulate, strip) }
+            };
+            strips[..parts].par_iter_mut().enumerate().for_each(run);
+        }
+        (self.sparse, self.strips) = (lhs, strips);
+        pays
+    }
+}
+
 impl Device for CpuDevice {
     fn alloc(&mut self, len: usize) -> View {
         let v = View { offset: self.mem.len(), len };
@@ -251,7 +301,10 @@ impl Device for CpuDevice {
     fn allocated_bytes(&self) -> usize {
         // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
         // touched, so it is not resident memory.
-        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len()) + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len())
+            + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
+            + self.sparse.allocated_bytes()
+            + self.strips.iter().map(StripBuffer::allocated_bytes).sum::<usize>()
     }
 
     fn upload(&mut self, dst: View, src: &[f32]) {
@@ -276,6 +329,9 @@ impl Device for CpuDevice {
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        if g.sparse_a && large && self.gemm == CpuGemm::Packed && g.k <= SPARSE_MAX_DEPTH && self.gemm_sparse(g, c, a, b) {
+            return;
+        }
         let parts = if large { self.threads } else { 1 };
         let mut packs = std::mem::take(&mut self.packs);
         let kernel = self.gemm;
@@ -375,7 +431,7 @@ impl Device for CpuDevice {
         }
         let (za, zp) = zn.split_at(b * d);
         let inv_tau = 1.0 / tau;
-        let g = Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false };
+        let g = Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false, sparse_a: false };
         gemm_slices(self.gemm, g, s, za, zp, inv_tau, &mut self.packs[0]);
         // Row log-sum-exp (max-subtracted), loss and accuracy; then s becomes the row softmax.
         let mut loss_rows = 0.0f64;
@@ -431,8 +487,8 @@ impl Device for CpuDevice {
         if let Some(dz) = dz {
             // s now holds dL/dS. dza_n = dS · zp_n / τ ; dzp_n = dSᵀ · za_n / τ.
             let (dza, dzp) = dzn.split_at_mut(b * d);
-            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false }, dza, s, zp, inv_tau, &mut self.packs[0]);
-            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false }, dzp, s, za, inv_tau, &mut self.packs[0]);
+            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false, sparse_a: false }, dza, s, zp, inv_tau, &mut self.packs[0]);
+            gemm_slices(self.gemm, Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, dzp, s, za, inv_tau, &mut self.packs[0]);
             // Through the normalization: dz = (dzn − zn·(zn·dzn)) / ‖z‖.
             let dzs = self.slice_mut(dz);
             for r in 0..2 * b {
@@ -506,12 +562,59 @@ impl Device for CpuDevice {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn sparse_gemm_gives_the_dense_product_and_declines_a_dense_operand() {
+        if !sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the zero-skipping GEMM runs only where it has them");
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut dev = CpuDevice::with_gemm(CpuGemm::Packed);
+            // Large enough for the parallel path; n = 200 leaves a narrow last strip.
+            let (m, n, k) = (96, 200, 70);
+            let (a, b, c) = (dev.alloc(m * k), dev.alloc(k * n), dev.alloc(m * n));
+            let mut seed = 3u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32
+            };
+            for (zeros, sparse_pays) in [(0.6, true), (0.0, false)] {
+                for trans_a in [false, true] {
+                    for accumulate in [false, true] {
+                        let av: Vec<f32> = (0..m * k).map(|_| rand()).map(|u| if u < zeros { 0.0 } else { u - 0.5 }).collect();
+                        let bv: Vec<f32> = (0..k * n).map(|_| rand() - 0.5).collect();
+                        let c0: Vec<f32> = (0..m * n).map(|_| rand()).collect();
+                        dev.upload(a, &av);
+                        dev.upload(b, &bv);
+                        dev.upload(c, &c0);
+                        let g = Gemm { m, n, k, trans_a, trans_b: false, accumulate, sparse_a: true };
+                        assert_eq!(dev.gemm_sparse(g, c, a, b), sparse_pays, "zeros {zeros}");
+                        if !sparse_pays {
+                            dev.gemm(g, c, a, b);
+                        }
+                        let got = dev.slice(c).to_vec();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let dot: f64 = (0..k).map(|p| (if trans_a { av[p * m + i] } else { av[i * k + p] }) as f64 * bv[p * n + j] as f64).sum();
+                                let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                                let g = got[i * n + j] as f64;
+                                assert!((g - want).abs() < 1e-4, "zeros {zeros} ta{trans_a} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
     #[test]
     fn fast_exp_matches_libm_over_the_softmax_range() {
         let mut worst = 0.0f64;
         let mut x = -87.0f32;
         while x <= 10.0 {
-            let (a, b) = (super::fast_exp(x) as f64, (x as f64).exp());
+            let (a, b) = (fast_exp(x) as f64, (x as f64).exp());
             worst = worst.max(((a - b) / b).abs());
             x += 0.0137;
         }

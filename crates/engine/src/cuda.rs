@@ -215,7 +215,7 @@ impl Device for CudaDevice {
         l.arg(&zp).arg(&znp).arg(&nrm).arg(&di);
         Self::check(unsafe { l.launch(cfg_rows) });
         let (za, zpos, sp) = (znp, znp + 4 * (b * d) as u64, self.scratch_ptr(s));
-        self.gemm_raw(Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false }, sp, za, zpos, 1.0 / tau);
+        self.gemm_raw(Gemm { m: b, n: b, k: d, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, sp, za, zpos, 1.0 / tau);
         let (bi, cl, op) = (b as i32, self.scratch_ptr(clse), self.scratch_ptr(out));
         if symmetric {
             let mut l = self.stream.launch_builder(&self.k.col_lse);
@@ -229,8 +229,8 @@ impl Device for CudaDevice {
         Self::check(unsafe { l.launch(grid(b, 128)) });
         if let Some(dz) = dz {
             let dznp = self.scratch_ptr(dzn);
-            self.gemm_raw(Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false }, dznp, sp, zpos, 1.0 / tau);
-            self.gemm_raw(Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false }, dznp + 4 * (b * d) as u64, sp, za, 1.0 / tau);
+            self.gemm_raw(Gemm { m: b, n: d, k: b, trans_a: false, trans_b: false, accumulate: false, sparse_a: false }, dznp, sp, zpos, 1.0 / tau);
+            self.gemm_raw(Gemm { m: b, n: d, k: b, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, dznp + 4 * (b * d) as u64, sp, za, 1.0 / tau);
             let dzp = self.ptr(dz);
             let mut l = self.stream.launch_builder(&self.k.normalize_backward);
             l.arg(&dzp).arg(&znp).arg(&dznp).arg(&nrm).arg(&di);

@@ -26,6 +26,8 @@ impl View {
 
 /// A row-major GEMM: `C[m,n] = op(A) · op(B)` (or `+=` with `accumulate`), where
 /// `op(A)` is `A[m,k]`, or `A[k,m]ᵀ` with `trans_a`; `op(B)` is `B[k,n]`, or `B[n,k]ᵀ` with `trans_b`.
+/// `sparse_a` says `A` is mostly exact zeros (a gradient behind ReLU + dropout): a device may
+/// skip them (the CPU device does, where that pays: [`crate::sparse`]) or ignore the hint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Gemm {
     pub m: usize,
@@ -34,6 +36,7 @@ pub struct Gemm {
     pub trans_a: bool,
     pub trans_b: bool,
     pub accumulate: bool,
+    pub sparse_a: bool,
 }
 
 /// Inverted dropout drawn from a counter-based hash: element `i` is kept when

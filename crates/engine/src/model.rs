@@ -209,7 +209,7 @@ impl<D: Device> Encoder<D> {
         for (li, l) in self.layers.iter().enumerate() {
             let s = l.spec;
             let out = l.h.prefix(rows * s.out_features);
-            self.device.gemm(Gemm { m: rows, n: s.out_features, k: s.in_features, trans_a: false, trans_b: true, accumulate: false }, out, input, l.w);
+            self.device.gemm(Gemm { m: rows, n: s.out_features, k: s.in_features, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }, out, input, l.w);
             let dropout = match dropout_key {
                 Some(key) if s.dropout > 0.0 => Some(Dropout { p: s.dropout, key: mix_key(key, 0xD0, li as u64) }),
                 _ => None,
@@ -233,12 +233,12 @@ impl<D: Device> Encoder<D> {
             }
             let input = if li == 0 { self.x.prefix(rows * s.in_features) } else { self.layers[li - 1].h.prefix(rows * s.in_features) };
             // dW[out, in] (+)= dYᵀ · X ; db (+)= Σ_rows dY
-            self.device.gemm(Gemm { m: s.out_features, n: s.in_features, k: rows, trans_a: true, trans_b: false, accumulate }, l.dw, dy, input);
+            self.device.gemm(Gemm { m: s.out_features, n: s.in_features, k: rows, trans_a: true, trans_b: false, accumulate, sparse_a: s.relu }, l.dw, dy, input);
             self.device.bias_grad(l.db, dy, rows, s.out_features, accumulate);
             if li > 0 {
                 // dX[rows, in] = dY · W  (the first layer's input needs no gradient)
                 let dx = self.grad_buf[ping].prefix(rows * s.in_features);
-                self.device.gemm(Gemm { m: rows, n: s.in_features, k: s.out_features, trans_a: false, trans_b: false, accumulate: false }, dx, dy, l.w);
+                self.device.gemm(Gemm { m: rows, n: s.in_features, k: s.out_features, trans_a: false, trans_b: false, accumulate: false, sparse_a: s.relu }, dx, dy, l.w);
                 dy = dx;
                 ping ^= 1;
             }

@@ -127,9 +127,9 @@ fn linear_backward_matches_finite_differences() {
     dev.upload(wv, &f32s(&w));
     dev.upload(bv, &f32s(&b));
     dev.upload(rv, &f32s(&r));
-    dev.gemm(Gemm { m: outf, n: inf, k: rows, trans_a: true, trans_b: false, accumulate: false }, dwv, rv, xv);
+    dev.gemm(Gemm { m: outf, n: inf, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, dwv, rv, xv);
     dev.bias_grad(dbv, rv, rows, outf, false);
-    dev.gemm(Gemm { m: rows, n: inf, k: outf, trans_a: false, trans_b: false, accumulate: false }, dxv, rv, wv);
+    dev.gemm(Gemm { m: rows, n: inf, k: outf, trans_a: false, trans_b: false, accumulate: false, sparse_a: false }, dxv, rv, wv);
     let (dw, db, dx) = (dev.slice(dwv).to_vec(), dev.slice(dbv).to_vec(), dev.slice(dxv).to_vec());
     let h = 1e-6;
     let (mut cw, mut cb, mut cx) = (Check::default(), Check::default(), Check::default());

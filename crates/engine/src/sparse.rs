@@ -1,0 +1,337 @@
+//! A GEMM that skips the zeros of its left operand: `C = A · B` where `A` is mostly exact zeros.
+//!
+//! Why: behind every ReLU + dropout the output gradient `dY` is zero wherever the unit was off
+//! or dropped — about 60 % of it in mlp-medium (half the units off, a fifth of the rest dropped).
+//! The weight gradient `dW = dYᵀ · X` and the input gradient `dX = dY · W` multiply those zeros
+//! densely; xl's `dW₁` alone is 4.3 GFLOP, ~40 % of its step. Here each row of `A` is first
+//! compressed to its non-zeros (a list of `(row of B, value)`), then each row of `C` is the sum
+//! of the rows of `B` its list names, held in 8 vector registers per 64 columns.
+//!
+//! The dense kernel ([`crate::sgemm`]) reuses each loaded element of B six times from registers;
+//! this one loads every element of B it uses (from L2: a 64-column strip of B is 128 KiB for a
+//! depth of 512), so it runs at about half the dense kernel's rate per useful multiply-add and
+//! pays where fewer than ~half of `A` is non-zero. The caller decides from the count
+//! [`SparseLhs::compress`] returns.
+//!
+//! Skipping a zero is exact: `0 · b` contributes nothing — unless `b` is infinite or NaN, where
+//! the dense product would turn the result NaN. The operands it is used on (inputs checked
+//! finite, weights of a run that has not diverged) are finite.
+
+use rayon::prelude::*;
+
+use crate::sgemm::Operand;
+
+/// Columns of C per register strip: 8 vectors of 8 lanes.
+pub const STRIP: usize = 64;
+
+/// One non-zero of A: its depth index `p` (the row of B it multiplies) and its value.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+struct Entry {
+    p: u32,
+    value: f32,
+}
+
+/// The rows of A compressed to their non-zeros, in buffers that grow to the largest shape and are
+/// then reused (a step allocates nothing).
+#[derive(Default)]
+pub struct SparseLhs {
+    /// Row `i`'s non-zeros from `entries[i·k]`, in increasing `p`.
+    entries: Vec<Entry>,
+    /// Row `i`'s entries of depth chunk `d` (`p` in `d·DEPTH..(d+1)·DEPTH`) are
+    /// `starts[i·(chunks+1) + d] .. starts[i·(chunks+1) + d + 1]` (counted from `i·k`).
+    starts: Vec<u32>,
+    /// Rows and depth of the last compression.
+    m: usize,
+    k: usize,
+}
+
+/// Depth of a chunk: a 64-deep slice of a strip of B is 16 KiB, held in L1 while every row of C
+/// takes its non-zeros of that chunk. (Read from L2 instead, a list's scattered rows ran the
+/// kernel at a quarter of the FMA peak.)
+pub const DEPTH: usize = 64;
+
+/// Rows of C per block: their 64-column tile (4 KiB) stays in L1 beside a chunk of B.
+const ROWS: usize = 16;
+
+/// One worker's copy of a 64-column strip of B (`k × 64`, contiguous). Rows of B are often far
+/// apart (32 KiB in xl's `X`): read in place, the rows a list names would fall into the same few
+/// cache sets and each on its own page.
+#[derive(Default)]
+pub struct StripBuffer(Vec<f32>);
+
+impl StripBuffer {
+    pub fn allocated_bytes(&self) -> usize {
+        4 * self.0.len()
+    }
+
+    /// Grows the buffer for a product of depth `k` (a no-op once it has grown), returning the
+    /// strip and the tile of C, each from a cache-line boundary.
+    pub fn reserve(&mut self, k: usize) -> (*mut f32, *mut f32) {
+        // Room to start on a cache line: the allocator aligns to 16 bytes only.
+        let need = k * STRIP + ROWS * STRIP + 16;
+        if self.0.len() < need {
+            self.0.resize(need, 0.0);
+        }
+        let base = self.0.as_mut_ptr();
+        // SAFETY: the offsets stay inside the buffer just sized.
+        unsafe {
+            let strip = base.add(base.align_offset(64));
+            (strip, strip.add(k * STRIP))
+        }
+    }
+}
+
+impl SparseLhs {
+    pub fn allocated_bytes(&self) -> usize {
+        std::mem::size_of::<Entry>() * self.entries.len() + 4 * self.starts.len()
+    }
+
+    fn chunks(&self) -> usize {
+        self.k.div_ceil(DEPTH)
+    }
+
+    /// Compresses `op(A)` (`m × k`, any strides), rows in parallel. Returns the number of non-zeros.
+    ///
+    /// # Safety
+    /// `a` must address a whole `m × k` matrix.
+    pub unsafe fn compress(&mut self, m: usize, k: usize, a: Operand) -> usize {
+        assert!(k <= u32::MAX as usize, "depth {k} too large for the compressed form");
+        (self.m, self.k) = (m, k);
+        let stride = self.chunks() + 1;
+        if self.entries.len() < m * k {
+            self.entries.resize(m * k, Entry::default());
+        }
+        if self.starts.len() < m * stride {
+            self.starts.resize(m * stride, 0);
+        }
+        if k == 0 {
+            self.starts[..m].fill(0);
+            return 0;
+        }
+        let a = SharedOperand(a);
+        let compress_row = |(i, (row, starts)): (usize, (&mut [Entry], &mut [u32]))| {
+            let mut n = 0;
+            for (d, p0) in (0..k).step_by(DEPTH).enumerate() {
+                starts[d] = n as u32;
+                for p in p0..(p0 + DEPTH).min(k) {
+                    // SAFETY: (i, p) lies inside A (the caller's contract).
+                    let value = unsafe { a.at(i, p) };
+                    // Branch-free append: the zero test is unpredictable (~60 % zeros at random).
+                    row[n] = Entry { p: p as u32, value };
+                    n += (value != 0.0) as usize;
+                }
+            }
+            starts[stride - 1] = n as u32;
+        };
+        self.entries[..m * k].par_chunks_mut(k).zip(self.starts[..m * stride].par_chunks_mut(stride)).enumerate().for_each(compress_row);
+        (0..m).map(|i| self.starts[i * stride + stride - 1] as usize).sum()
+    }
+
+    /// `C[:, cols] (+)= A · op(B)[:, cols]` for the A last compressed; `op(B)` is `k × n`, C has
+    /// column stride 1 and row stride `rsc`.
+    ///
+    /// Loops: strips of 64 columns (packed), chunks of [`DEPTH`] (in L1), rows of C; each row of C
+    /// keeps its 64 columns in 8 registers over its non-zeros of the chunk.
+    ///
+    /// # Safety
+    /// [`crate::sgemm::supported`] must be true; `b` must address a whole `k × n` matrix, `c` a
+    /// whole `m × n` one, `cols` lie inside `0..n`, and no other thread may touch those columns of C.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn multiply(&self, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
+        let (m, k) = (self.m, self.k);
+        if k == 0 {
+            if !accumulate {
+                for i in 0..m {
+                    std::slice::from_raw_parts_mut(c.add(i * rsc + cols.start), cols.len()).fill(0.0);
+                }
+            }
+            return;
+        }
+        let (packed, tile) = strip.reserve(k);
+        for j in cols.clone().step_by(STRIP) {
+            let width = STRIP.min(cols.end - j);
+            for p in 0..k {
+                let dst = packed.add(p * STRIP);
+                let src = b.ptr.offset(p as isize * b.rs + j as isize * b.cs);
+                if b.cs == 1 {
+                    std::ptr::copy_nonoverlapping(src, dst, width);
+                } else {
+                    for q in 0..width {
+                        *dst.add(q) = *src.offset(q as isize * b.cs);
+                    }
+                }
+                // A narrow last strip is padded with zeros; only `width` columns go back to C.
+                std::ptr::write_bytes(dst.add(width), 0, STRIP - width);
+            }
+            // While this strip is multiplied, the rows of the next one are fetched, a share per
+            // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
+            // copied one by one they would wait on memory for every row.
+            let next = (j + STRIP..cols.end.min(j + 2 * STRIP)).len();
+            let share = k.div_ceil(m.div_ceil(ROWS));
+            for (block, i0) in (0..m).step_by(ROWS).enumerate() {
+                if b.cs == 1 {
+                    for p in (block * share..(block + 1) * share).take_while(|&p| p < k) {
+                        prefetch(b.ptr.offset(p as isize * b.rs + (j + STRIP) as isize), next);
+                    }
+                }
+                let rows = i0..(i0 + ROWS).min(m);
+                for i in rows.clone() {
+                    let t = tile.add((i - i0) * STRIP);
+                    if accumulate {
+                        std::ptr::copy_nonoverlapping(c.add(i * rsc + j), t, width);
+                    } else {
+                        std::ptr::write_bytes(t, 0, STRIP);
+                    }
+                }
+                self.multiply_block(rows.clone(), packed, tile);
+                for i in rows {
+                    write_row(tile.add((i - i0) * STRIP), c.add(i * rsc + j), width);
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        std::arch::x86_64::_mm_sfence(); // the streaming stores of write_row are weakly ordered
+    }
+}
+
+impl SparseLhs {
+    /// `tile[i - rows.start] += row i of A · strip` for each row of the block, a depth chunk at a
+    /// time so that chunk stays in L1 across the block's rows.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn multiply_block(&self, rows: std::ops::Range<usize>, strip: *const f32, tile: *mut f32) {
+        let (k, stride) = (self.k, self.chunks() + 1);
+        for d in 0..stride - 1 {
+            for i in rows.clone() {
+                let (lo, hi) = (self.starts[i * stride + d] as usize, self.starts[i * stride + d + 1] as usize);
+                row_strip(self.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn multiply_block(&self, _: std::ops::Range<usize>, _: *const f32, _: *mut f32) {
+        unreachable!("sgemm::supported() is false off x86-64")
+    }
+}
+
+/// Copies `width` floats of a finished tile row to C. A whole aligned strip goes with streaming
+/// stores: C's rows are far apart (32 KiB in xl's `dW`) and are not read again here, so a normal
+/// store would first read every line of C from memory only to overwrite it.
+#[inline(always)]
+unsafe fn write_row(tile: *const f32, c: *mut f32, width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if width == STRIP && (c as usize).is_multiple_of(32) {
+        use std::arch::x86_64::*;
+        for q in (0..STRIP).step_by(8) {
+            _mm256_stream_ps(c.add(q), _mm256_load_ps(tile.add(q)));
+        }
+        return;
+    }
+    std::ptr::copy_nonoverlapping(tile, c, width);
+}
+
+/// Asks for the cache lines of `len` floats from `ptr`.
+#[inline(always)]
+unsafe fn prefetch(ptr: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for q in (0..len).step_by(16) {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.add(q) as *const i8);
+    }
+}
+
+/// An operand that may be read from rayon's workers (A is only read while compressing).
+#[derive(Clone, Copy)]
+struct SharedOperand(Operand);
+// SAFETY: read-only access to a matrix that outlives the parallel loop.
+unsafe impl Send for SharedOperand {}
+unsafe impl Sync for SharedOperand {}
+
+impl SharedOperand {
+    /// Element `(i, p)` (a method, so closures capture the whole operand, not its pointer field).
+    ///
+    /// # Safety
+    /// `(i, p)` must lie inside the matrix.
+    unsafe fn at(self, i: usize, p: usize) -> f32 {
+        *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs)
+    }
+}
+
+/// `c[0..64] += Σ_list value · strip[p·64 .. p·64 + 64]`: 8 accumulators across the strip,
+/// one broadcast per non-zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn row_strip(list: &[Entry], strip: *const f32, c: *mut f32) {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); STRIP / 8];
+    for (q, a) in acc.iter_mut().enumerate() {
+        *a = _mm256_load_ps(c.add(8 * q));
+    }
+    for e in list {
+        let row = strip.add(e.p as usize * STRIP);
+        let v = _mm256_set1_ps(e.value);
+        for (q, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_fmadd_ps(v, _mm256_load_ps(row.add(8 * q)), *a);
+        }
+    }
+    for (q, a) in acc.iter().enumerate() {
+        _mm256_store_ps(c.add(8 * q), *a);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn row_strip(_: &[Entry], _: *const f32, _: *mut f32) {
+    unreachable!("sgemm::supported() is false off x86-64")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_the_naive_product_with_zeros_strides_and_edges() {
+        if !crate::sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the sparse GEMM runs only where it has them");
+            return;
+        }
+        let mut seed = 11u64;
+        let mut rand = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        let (mut sparse, mut strip) = (SparseLhs::default(), StripBuffer::default());
+        // Column counts straddle a strip, a vector and a scalar tail; k = 0 is the empty product.
+        for &(m, n, k) in &[(1, 1, 1), (5, 64, 9), (7, 141, 33), (3, 200, 0), (33, 130, 300)] {
+            for trans_a in [false, true] {
+                for accumulate in [false, true] {
+                    // ~60 % exact zeros, as behind ReLU + dropout.
+                    let av: Vec<f32> = (0..m * k).map(|_| rand()).map(|x| if x < 0.2 { 0.0 } else { x }).collect();
+                    let bv: Vec<f32> = (0..k * n).map(|_| rand()).collect();
+                    let c0: Vec<f32> = (0..m * n).map(|_| rand()).collect();
+                    let a = if trans_a { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+                    let a_at = |i: usize, p: usize| if trans_a { av[p * m + i] } else { av[i * k + p] };
+                    let nnz = unsafe { sparse.compress(m, k, a) };
+                    assert_eq!(nnz, av.iter().filter(|&&x| x != 0.0).count());
+                    let mut got = c0.clone();
+                    // Two column ranges, as two workers would split them.
+                    let mid = (n / 2).next_multiple_of(8).min(n);
+                    let b = Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 };
+                    unsafe {
+                        sparse.multiply(b, got.as_mut_ptr(), n, 0..mid, accumulate, &mut strip);
+                        sparse.multiply(b, got.as_mut_ptr(), n, mid..n, accumulate, &mut strip);
+                    }
+                    for i in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = (0..k).map(|p| a_at(i, p) as f64 * bv[p * n + j] as f64).sum();
+                            let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                            let g = got[i * n + j] as f64;
+                            assert!((g - want).abs() <= 1e-5 * (k as f64).sqrt().max(1.0) * 4.0, "m{m} n{n} k{k} ta{trans_a} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
