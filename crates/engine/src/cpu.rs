@@ -565,6 +565,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parallel_gemm_splits_match_the_naive_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut seed = 9u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            };
+            let kernels = if sgemm::supported() { vec![CpuGemm::Packed, CpuGemm::Faer] } else { vec![CpuGemm::Faer] };
+            for kernel in kernels {
+                let mut dev = CpuDevice::with_gemm(kernel);
+                // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK.
+                for (m, n, k) in [(200, 40, 40), (40, 200, 40)] {
+                    let (a, b, c) = (dev.alloc(m * k), dev.alloc(k * n), dev.alloc(m * n));
+                    for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+                        for accumulate in [false, true] {
+                            let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..k * n).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
+                            dev.upload(a, &av);
+                            dev.upload(b, &bv);
+                            dev.upload(c, &c0);
+                            dev.gemm(Gemm { m, n, k, trans_a, trans_b, accumulate, sparse_a: false }, c, a, b);
+                            let got = dev.slice(c).to_vec();
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let at = |p: usize| if trans_a { av[p * m + i] } else { av[i * k + p] };
+                                    let bt = |p: usize| if trans_b { bv[j * k + p] } else { bv[p * n + j] };
+                                    let dot: f64 = (0..k).map(|p| at(p) as f64 * bt(p) as f64).sum();
+                                    let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                                    let g = got[i * n + j] as f64;
+                                    assert!((g - want).abs() < 1e-4, "{kernel:?} {m}x{n}x{k} ta{trans_a} tb{trans_b} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
     fn sparse_gemm_gives_the_dense_product_and_declines_a_dense_operand() {
         if !sgemm::supported() {
             eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the zero-skipping GEMM runs only where it has them");
