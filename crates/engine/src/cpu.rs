@@ -1,7 +1,9 @@
 //! The CPU device: GEMMs on our packed AVX2 kernel ([`crate::sgemm`]) or on faer where the CPU
-//! lacks AVX2/FMA, and hand-written loops, parallel with rayon where the work is large enough to
-//! pay for it. This is the reference implementation every other device is checked
-//! against, and it is itself checked against finite differences in f64 (tests/gradcheck.rs).
+//! lacks AVX2/FMA, the products marked `sparse_a` on the zero-skipping kernel ([`crate::sparse`])
+//! where A has few enough non-zeros, and hand-written loops, parallel with rayon where the work
+//! is large enough to pay for it. This is the reference implementation every other device is
+//! checked against, and it is itself checked against finite differences in f64
+//! (tests/gradcheck.rs).
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
