@@ -250,9 +250,11 @@ fn model_loss64(cfg: &EncoderConfig, params: &[f64], x: &[f64], rows: usize, dro
 #[test]
 fn whole_model_and_infonce_gradients_match_finite_differences() {
     let key = seed();
-    for kind in [EncoderKind::MlpSimple, EncoderKind::MlpMedium, EncoderKind::MlpComplex] {
-        let cfg = EncoderConfig { kind, input: 6, embed: 8 };
-        let b = 4;
+    // The last case is large enough that the CPU device runs its weight and input gradients on the
+    // zero-skipping kernel (`sparse_a`, where the CPU has AVX2 + FMA).
+    let cases = [(EncoderKind::MlpSimple, 6, 4), (EncoderKind::MlpMedium, 6, 4), (EncoderKind::MlpComplex, 6, 4), (EncoderKind::MlpMedium, 64, 8)];
+    for (kind, input, b) in cases {
+        let cfg = EncoderConfig { kind, input, embed: 8 };
         let enc = cfg.init(CpuDevice::new(), 2 * b, key).unwrap();
         let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.1, symmetric: false }, OptimizerConfig::default(), key).unwrap();
         let x = randn(key ^ 5, 2 * b * cfg.input, 1.0);
@@ -261,7 +263,7 @@ fn whole_model_and_infonce_gradients_match_finite_differences() {
         let xf = f32s(&x);
         let out = step.forward_backward(&xf[..b * cfg.input], &xf[b * cfg.input..], false, 1.0).unwrap();
         let l0 = model_loss64(&cfg, &params, &x, 2 * b, dropout_key, 0.1);
-        assert!((out.loss as f64 - l0).abs() < 1e-4 * l0.max(1.0), "{kind}: loss {} vs {l0}", out.loss);
+        assert!((out.loss as f64 - l0).abs() < 1e-4 * l0.max(1.0), "{kind} W={input}: loss {} vs {l0}", out.loss);
         let grads = step.encoder.grads_to_vec();
         // A random sample of all parameters, plus a random sample of each layer's weights and biases
         // (the first layer's weights are few among the rest).
@@ -285,6 +287,6 @@ fn whole_model_and_infonce_gradients_match_finite_differences() {
             c.add(format!("param[{i}]"), grads[i] as f64, num);
         }
         assert!(c.pairs.len() >= 120 + 36 * cfg.layers().len());
-        c.assert(&format!("{kind} + InfoNCE"));
+        c.assert(&format!("{kind} W={input} + InfoNCE"));
     }
 }
