@@ -8,10 +8,9 @@
 //! of the rows of `B` its list names, held in 8 vector registers per 64 columns.
 //!
 //! The dense kernel ([`crate::sgemm`]) reuses each loaded element of B six times from registers;
-//! this one loads every element of B it uses (from L2: a 64-column strip of B is 128 KiB for a
-//! depth of 512), so it runs at about half the dense kernel's rate per useful multiply-add and
-//! pays where fewer than ~half of `A` is non-zero. The caller decides from the count
-//! [`SparseLhs::compress`] returns.
+//! this one loads every element of B it uses (from L1: see [`DEPTH`]), so it runs at about half
+//! the dense kernel's rate per useful multiply-add. Measured on xl's weight gradient it breaks even
+//! at ~85 % non-zeros; the caller decides from the count [`SparseLhs::compress`] returns.
 //!
 //! Skipping a zero is exact: `0 · b` contributes nothing — unless `b` is infinite or NaN, where
 //! the dense product would turn the result NaN. The operands it is used on (inputs checked
@@ -46,9 +45,10 @@ pub struct SparseLhs {
     k: usize,
 }
 
-/// Depth of a chunk: a 64-deep slice of a strip of B is 16 KiB, held in L1 while every row of C
-/// takes its non-zeros of that chunk. (Read from L2 instead, a list's scattered rows ran the
-/// kernel at a quarter of the FMA peak.)
+/// Depth of a chunk: a 64-deep slice of a strip of B is 16 KiB, held in L1 while a block of rows
+/// of C takes its non-zeros of that chunk. (On the development machine a whole strip read from
+/// L2 — 128 KiB at depth 512 — ran within the noise of this; the chunks keep the loads of the
+/// inner loop in L1 where L2 is slower.)
 pub const DEPTH: usize = 64;
 
 /// Rows of C per block: their 64-column tile (4 KiB) stays in L1 beside a chunk of B.
@@ -166,7 +166,8 @@ impl SparseLhs {
             }
             // While this strip is multiplied, the rows of the next one are fetched, a share per
             // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
-            // copied one by one they would wait on memory for every row.
+            // copied one by one they would wait on memory for every row. (With the streaming
+            // stores of `write_row`, measured in the xl step: 74–76 ms against 77–83 without.)
             let next = (j + STRIP..cols.end.min(j + 2 * STRIP)).len();
             let share = k.div_ceil(m.div_ceil(ROWS));
             for (block, i0) in (0..m).step_by(ROWS).enumerate() {
@@ -178,10 +179,9 @@ impl SparseLhs {
                 let rows = i0..(i0 + ROWS).min(m);
                 for i in rows.clone() {
                     let t = tile.add((i - i0) * STRIP);
+                    std::ptr::write_bytes(t, 0, STRIP);
                     if accumulate {
                         std::ptr::copy_nonoverlapping(c.add(i * rsc + j), t, width);
-                    } else {
-                        std::ptr::write_bytes(t, 0, STRIP);
                     }
                 }
                 self.multiply_block(rows.clone(), packed, tile);
