@@ -20,8 +20,12 @@ const PAR_ELEMENTS: usize = 1 << 15;
 /// element of B it uses, so it needs the work it skips: measured on xl's weight gradient, it
 /// breaks even with the dense kernel at ~85 % non-zeros) ...
 const SPARSE_MAX_DENSITY: f64 = 0.6;
-/// ... and the depth is at most this: a 64-column strip of B (`k × 64`) then fits in L2.
+/// ... the depth is at most this: a 64-column strip of B (`k × 64`) is then at most 512 KiB ...
 const SPARSE_MAX_DEPTH: usize = 2048;
+/// ... and A has at most this many elements: its compressed form takes 8 bytes per element of A
+/// (room for every one), 32 MiB at this size; xl's largest is a 16th of it. Past it (batches of
+/// thousands of pairs) the dense kernel runs rather than the memory grow without bound.
+const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
 
 /// The GEMM kernel a [`CpuDevice`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -331,7 +335,8 @@ impl Device for CpuDevice {
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
-        if g.sparse_a && large && self.gemm == CpuGemm::Packed && g.k <= SPARSE_MAX_DEPTH && self.gemm_sparse(g, c, a, b) {
+        let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
+        if g.sparse_a && large && self.gemm == CpuGemm::Packed && sparse_fits && self.gemm_sparse(g, c, a, b) {
             return;
         }
         let parts = if large { self.threads } else { 1 };
