@@ -373,7 +373,7 @@ pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {
         cat.metrics.push(value("hardware", "cpu.fp32", "thread_speedup", "x", one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, mlp-medium)")));
     }
-    let gpu = engine::CudaDevice::new(0);
+    let gpu = engine::CudaDevice::probe(0);
     match &gpu {
         Err(e) => cat.notes.push(format!("GPU: not available on this machine ({e}); CPU vs GPU and GPU memory are not measured")),
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),

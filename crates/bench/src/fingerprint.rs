@@ -38,7 +38,7 @@ impl Fingerprint {
             logical_cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             threads,
             memory_mb: crate::measure::total_memory_mb(),
-            gpu: match engine::CudaDevice::new(0) {
+            gpu: match engine::CudaDevice::probe(0) {
                 Ok(_) => "CUDA device 0".into(),
                 Err(e) => format!("none ({e})"),
             },

@@ -231,16 +231,22 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// Splits `dim` among at most `workers` parts at multiples of `unit` (a micro-tile, a strip):
+/// the number of parts and part `t`'s start (`bound(t)..bound(t + 1)` is part `t`). Parts narrower
+/// than two units waste the kernel, so small dimensions get fewer parts.
+fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) -> usize + Sync) {
+    let parts = workers.min(dim / (2 * unit)).max(1);
+    let units = dim.div_ceil(unit);
+    (parts, move |t: usize| (units * t / parts * unit).min(dim))
+}
+
 /// A GEMM split over one worker per packing buffer along the larger of C's dimensions, at
 /// micro-tile boundaries. Each block runs the sequential kernel at full per-core speed; the split
 /// is static, so it allocates nothing (faer's own parallel path allocates on every call).
 fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
     let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
-    // Blocks narrower than a few micro-tiles waste the kernel: cap the split.
-    let parts = packs.len().min(dim / (2 * unit)).max(1);
-    let tiles = dim.div_ceil(unit);
-    let bound = |t: usize| (tiles * t / parts * unit).min(dim);
+    let (parts, bound) = partition(packs.len(), dim, unit);
     let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
     let run = |(t, pack): (usize, &mut PackBuffers)| {
         let (cp, ap, bp) = (cp, ap, bp);
@@ -271,9 +277,7 @@ impl CpuDevice {
         }
         let pays = nnz as f64 <= SPARSE_MAX_DENSITY * (g.m * g.k) as f64;
         if pays {
-            let parts = strips.len().min(g.n / (2 * sparse::STRIP)).max(1);
-            let strips_n = g.n.div_ceil(sparse::STRIP);
-            let bound = |t: usize| (strips_n * t / parts * sparse::STRIP).min(g.n);
+            let (parts, bound) = partition(strips.len(), g.n, sparse::STRIP);
             let (cp, bp) = (SendPtr(cs.as_mut_ptr()), SendPtr(b_op.ptr as *mut f32));
             let lhs = &lhs;
             let run = |(t, strip): (usize, &mut StripBuffer)| {

@@ -58,20 +58,32 @@ fn grid(n: usize, block: u32) -> LaunchConfig {
 }
 
 impl CudaDevice {
-    /// Opens GPU `ordinal`, compiles the kernels. An error (never a panic) where there is no
-    /// CUDA driver or no such GPU.
-    pub fn new(ordinal: usize) -> Result<Self> {
+    /// Whether GPU `ordinal` can be opened (the libraries load and a context opens), without
+    /// compiling the kernels `new` compiles: for reports and skips that only ask whether a GPU is
+    /// there.
+    pub fn probe(ordinal: usize) -> Result<()> {
+        Self::open(ordinal).map(drop)
+    }
+
+    /// A context on GPU `ordinal`. An error (never a panic) where there is no CUDA driver,
+    /// cuBLAS or NVRTC library, or no such GPU.
+    fn open(ordinal: usize) -> Result<Arc<CudaContext>> {
         // SAFETY: only probes whether the libraries can be loaded.
         let present = unsafe { cudarc::driver::sys::is_culib_present() && cudarc::cublas::sys::is_culib_present() && cudarc::nvrtc::sys::is_culib_present() };
         if !present {
             return Err(EngineError::Device("no CUDA driver, cuBLAS or NVRTC library on this machine".into()));
         }
-        let opened = std::panic::catch_unwind(|| CudaContext::new(ordinal));
-        let ctx = match opened {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(dev_err(e)),
-            Err(_) => return Err(EngineError::Device("the CUDA driver library could not be loaded".into())),
-        };
+        match std::panic::catch_unwind(|| CudaContext::new(ordinal)) {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(dev_err(e)),
+            Err(_) => Err(EngineError::Device("the CUDA driver library could not be loaded".into())),
+        }
+    }
+
+    /// Opens GPU `ordinal`, compiles the kernels. An error (never a panic) where there is no
+    /// CUDA driver or no such GPU.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let ctx = Self::open(ordinal)?;
         let stream = ctx.default_stream();
         let blas = CudaBlas::new(stream.clone()).map_err(dev_err)?;
         let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(dev_err)?;

@@ -183,10 +183,10 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
 
 /// The source of one micro-panel: element `(p, q)` (depth `p`, lane `q`) at `ptr + p·sp + q·sq`.
 #[derive(Clone, Copy)]
-struct Panel {
-    ptr: *const f32,
-    sp: isize,
-    sq: isize,
+pub(crate) struct Panel {
+    pub(crate) ptr: *const f32,
+    pub(crate) sp: isize,
+    pub(crate) sq: isize,
 }
 
 impl Panel {
@@ -200,10 +200,11 @@ impl Panel {
 }
 
 /// Writes `dst[p·W + q]` = source `(p, q)` for `p < kc`, `q < lanes`, and 0 for the padding lanes.
+/// (Also packs the strips of [`crate::sparse`].)
 ///
 /// # Safety
 /// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.
-unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
+pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
     // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a forward
     // X·Wᵀ): 8 × 8 register transposes up to the last whole group of 8, then the loop below.
     #[cfg(target_arch = "x86_64")]

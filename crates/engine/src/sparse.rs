@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::sgemm::Operand;
+use crate::sgemm::{pack_panel, Operand, Panel};
 
 /// Columns of C per register strip: 8 vectors of 8 lanes.
 pub const STRIP: usize = 64;
@@ -151,19 +151,10 @@ impl SparseLhs {
         let (packed, tile) = strip.reserve(k);
         for j in cols.clone().step_by(STRIP) {
             let width = STRIP.min(cols.end - j);
-            for p in 0..k {
-                let dst = packed.add(p * STRIP);
-                let src = b.ptr.offset(p as isize * b.rs + j as isize * b.cs);
-                if b.cs == 1 {
-                    std::ptr::copy_nonoverlapping(src, dst, width);
-                } else {
-                    for q in 0..width {
-                        *dst.add(q) = *src.offset(q as isize * b.cs);
-                    }
-                }
-                // A narrow last strip is padded with zeros; only `width` columns go back to C.
-                std::ptr::write_bytes(dst.add(width), 0, STRIP - width);
-            }
+            // The GEMM's own packing: depth p as rows, the strip's columns as lanes; a narrow last
+            // strip is padded with zeros (only `width` columns go back to C).
+            let src = Panel { ptr: b.ptr.offset(j as isize * b.cs), sp: b.rs, sq: b.cs };
+            pack_panel::<STRIP>(k, src, width, packed);
             // While this strip is multiplied, the rows of the next one are fetched, a share per
             // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
             // copied one by one they would wait on memory for every row. (With the streaming

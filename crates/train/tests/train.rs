@@ -215,7 +215,7 @@ fn gpu_accelerator_selects_the_cuda_device_or_fails_naming_the_key() {
     let c = Config::from_yaml("trainer:\n  accelerator: gpu\n  devices: [1]\n", &[]).unwrap();
     assert!(c.on_gpu() && c.trainer.device_index == 1);
     assert_eq!(Config::from_yaml(&c.to_yaml(), &[]).unwrap(), c);
-    if engine::CudaDevice::new(0).is_ok() {
+    if engine::CudaDevice::probe(0).is_ok() {
         eprintln!("SKIPPED the no-GPU error check: this machine has a GPU");
         return;
     }
