@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{ContrastiveStep, CpuDevice, Device, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig};
+use engine::{ContrastiveStep, CpuDevice, Device, EncoderConfig, EncoderKind, InfoNceConfig, Mode, OptimizerConfig, Pairs};
 use signal::synth::{generate, SynthConfig};
 use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
 
@@ -26,6 +26,11 @@ pub struct Settings {
     pub quality_data: Option<(PathBuf, PathBuf)>,
     /// Linear-probe accuracy the quality category trains towards.
     pub quality_target: Option<f64>,
+    /// The encoder of the training, scalability and hardware categories (default mlp-medium, the
+    /// seed's workload; the model category measures every encoder).
+    pub encoder: EncoderKind,
+    /// The encoder the quality category trains (default cnn).
+    pub quality_encoder: EncoderKind,
 }
 
 impl Settings {
@@ -79,8 +84,9 @@ fn pool(threads: usize) -> Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().map_err(|e| BenchError::Input(e.to_string()))
 }
 
-fn step_for(kind: EncoderKind, b: usize, w: usize) -> Result<ContrastiveStep<CpuDevice>> {
-    let enc = EncoderConfig::new(kind, w).init(CpuDevice::new(), 2 * b, 0)?;
+/// A training step of `cfg` for batches of `b` pairs.
+fn step_for(cfg: &EncoderConfig, b: usize) -> Result<ContrastiveStep<CpuDevice>> {
+    let enc = cfg.init(CpuDevice::new(), 2 * b, 0)?;
     Ok(ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0)?)
 }
 
@@ -90,7 +96,7 @@ fn step_parts(st: &mut ContrastiveStep<CpuDevice>, b: usize, warmup: usize, n: u
     let d = st.encoder.cfg.embed;
     for i in 0..warmup + n {
         let t = Instant::now();
-        let z = st.encoder.forward(2 * b, Some(i as u64));
+        let z = st.encoder.forward(2 * b, 2, Mode::Train { key: i as u64 });
         let t_f = t.elapsed().as_secs_f64() * 1e3;
         let dz = st.encoder.dz_buffer(2 * b);
         let t = Instant::now();
@@ -121,15 +127,15 @@ pub fn training(s: &Settings) -> Result<Category> {
         pool.install(|| -> Result<()> {
             let (a, p) = (noise(b * w, 1), noise(b * w, 2));
             let (st, mem) = peak_rss_delta(|| -> Result<_> {
-                let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+                let mut st = step_for(&EncoderConfig::new(s.encoder, w, 1), b)?;
                 for _ in 0..warmup {
-                    st.train_step(&a, &p)?;
+                    st.train_step(Pairs::new(&a, &p))?;
                 }
                 Ok(st)
             });
             let mut st = st?;
             let steps = time_ms(0, n, || {
-                let _ = st.train_step(&a, &p);
+                let _ = st.train_step(Pairs::new(&a, &p));
             });
             cat.metrics.push(rate("training", config, "samples_per_s", "samples/s", steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
             cat.metrics.push(timed("training", config, "batch_time_ms", steps, warmup));
@@ -219,27 +225,41 @@ pub fn data(s: &Settings) -> Result<Category> {
     Ok(cat)
 }
 
-/// Model: forward, backward, InfoNCE, memory and size of three MLPs at batches 16/32/64.
+/// The model category's encoders: the seed's three MLPs (simple 512→64, medium 1024→128,
+/// complex 2048→256) and the reference's `cnn` and `isfm` (its isfm-small dimensions) on
+/// two-channel windows of 1024.
+fn model_configs() -> Vec<(&'static str, EncoderConfig)> {
+    let mlp = |kind, w, embed| EncoderConfig { embed, ..EncoderConfig::new(kind, w, 1) };
+    let named = |n: &str| engine::workloads::named(n).map(|w| w.encoder);
+    let mut out = vec![("simple", mlp(EncoderKind::MlpSimple, 512, 64)), ("medium", mlp(EncoderKind::MlpMedium, 1024, 128)), ("complex", mlp(EncoderKind::MlpComplex, 2048, 256))];
+    out.extend(named("cnn-medium").map(|c| ("cnn", c)));
+    out.extend(named("isfm-small").map(|c| ("isfm", c)));
+    out
+}
+
+/// Model: forward, backward, InfoNCE, memory and size of every encoder at batches 16/32/64.
 pub fn model(s: &Settings) -> Result<Category> {
     let mut cat = Category::new("model");
     let (_, n) = s.reps();
     let pool = pool(s.threads)?;
-    for (config, kind, input, embed) in [("simple", EncoderKind::MlpSimple, 512, 64), ("medium", EncoderKind::MlpMedium, 1024, 128), ("complex", EncoderKind::MlpComplex, 2048, 256)] {
-        let ecfg = EncoderConfig { kind, input, embed };
-        cat.metrics.push(value("model", config, "parameters", "count", ecfg.param_count() as f64, true, "Σ weights + biases"));
-        cat.metrics.push(value("model", config, "size_mb", "MB", ecfg.param_count() as f64 * 4.0 / 1e6, true, "f32 parameters"));
-        cat.metrics.push(value("model", config, "training_state_mb", "MB", ecfg.param_count() as f64 * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
+    for (config, ecfg) in model_configs() {
+        let embed = ecfg.embed;
+        let params = ecfg.param_count() as f64;
+        cat.metrics.push(value("model", config, "parameters", "count", params, true, &format!("Σ weights + biases ({})", ecfg.kind())));
+        cat.metrics.push(value("model", config, "size_mb", "MB", params * 4.0 / 1e6, true, "f32 parameters"));
+        cat.metrics.push(value("model", config, "training_state_mb", "MB", params * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
         for b in [16, 32, 64] {
             pool.install(|| -> Result<()> {
                 let mut enc = ecfg.init(CpuDevice::new(), 2 * b, 0)?;
-                let x = noise(b * input, 3);
-                enc.set_input(0, &x);
+                let x = noise(b * ecfg.input(), 3);
+                enc.set_input(0, &x)?;
+                enc.set_sample_rates(0, &vec![12_000.0; b])?;
                 let fwd = time_ms(3, n, || {
-                    enc.forward(b, None);
+                    enc.forward(b, 1, Mode::Eval);
                 });
                 let mut bwd = Vec::new();
                 for i in 0..n + 2 {
-                    enc.forward(b, Some(i as u64));
+                    enc.forward(b, 1, Mode::Train { key: i as u64 });
                     let dz = enc.dz_buffer(b);
                     let t = Instant::now();
                     enc.backward(b, dz, false);
@@ -248,7 +268,7 @@ pub fn model(s: &Settings) -> Result<Category> {
                     }
                 }
                 let mut dev = CpuDevice::new();
-                let (z, dz) = (dev.alloc(2 * b * embed), dev.alloc(2 * b * embed));
+                let (z, dz) = (dev.alloc(2 * b * embed)?, dev.alloc(2 * b * embed)?);
                 dev.upload(z, &noise(2 * b * embed, 4));
                 let nce = time_ms(3, n, || {
                     dev.infonce(z, Some(dz), b, embed, 0.07, false, 1.0);
@@ -265,14 +285,16 @@ pub fn model(s: &Settings) -> Result<Category> {
     Ok(cat)
 }
 
-/// Memory a training step of `B × W` on mlp-medium needs, MB (to stop a sweep before it cannot
-/// allocate instead of after).
-fn estimated_step_mb(b: usize, w: usize) -> f64 {
-    let p = EncoderConfig::new(EncoderKind::MlpMedium, w).param_count() as f64;
-    let rows = 2.0 * b as f64;
-    let (w, bf) = (w as f64, b as f64);
-    // weights, gradients, two moments; input, layer outputs, two gradient buffers; loss scratch
-    (16.0 * p + 4.0 * rows * (w + 512.0 + 256.0 + 128.0 + 2.0 * w.max(512.0)) + 4.0 * (4.0 * bf * 128.0 + bf * bf)) / 1e6
+/// Memory a training step of `cfg` on batches of `b` pairs needs, MB, measured rather than
+/// modelled: the engine's memory is affine in the rows (arenas, then buffers per row), so two
+/// small builds give it, plus the loss's `B × B` scratch. Lets a sweep stop before it cannot
+/// allocate instead of after.
+fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
+    let held = |rows: usize| -> Result<f64> { Ok(cfg.init(CpuDevice::new(), rows, 0)?.device.allocated_bytes() as f64) };
+    let (one, two) = (held(2)?, held(4)?);
+    let per_pair = two - one;
+    let (bf, d) = (b as f64, cfg.embed as f64);
+    Ok((one + per_pair * (bf - 1.0) + 4.0 * (bf * bf + 4.0 * bf * d)) / 1e6)
 }
 
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then
@@ -293,19 +315,20 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         let last_seed = *seed_list.last().unwrap_or(&x);
         loop {
             let (b, w) = if axis == "batch" { (x, fixed) } else { (fixed, x) };
-            let est = estimated_step_mb(b, w);
+            let ecfg = EncoderConfig::new(s.encoder, w, 1);
+            let est = estimated_step_mb(&ecfg, b)?;
             if est > mem_limit {
                 cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, memory_mb: Some(est), note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)") });
                 break;
             }
             let point = pool.install(|| -> Result<(f64, Option<f64>)> {
                 let (a, p) = (noise(b * w, 5), noise(b * w, 6));
-                let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+                let mut st = step_for(&ecfg, b)?;
                 for _ in 0..warmup {
-                    st.train_step(&a, &p)?;
+                    st.train_step(Pairs::new(&a, &p))?;
                 }
                 let t = time_ms(0, n, || {
-                    let _ = st.train_step(&a, &p);
+                    let _ = st.train_step(Pairs::new(&a, &p));
                 });
                 Ok((crate::stats::median(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
             });
@@ -362,9 +385,9 @@ pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
     for t in counts {
         let pool = pool(t)?;
         let times = pool.install(|| -> Result<Vec<f64>> {
-            let mut st = step_for(EncoderKind::MlpMedium, b, w)?;
+            let mut st = step_for(&EncoderConfig::new(s.encoder, w, 1), b)?;
             Ok(time_ms(warmup, n, || {
-                let _ = st.train_step(&a, &p);
+                let _ = st.train_step(Pairs::new(&a, &p));
             }))
         })?;
         per_threads.push((t, crate::stats::median(&times)));
@@ -404,31 +427,15 @@ pub fn quality(s: &Settings) -> Result<Category> {
     let ids = builder.usable_ids(&ds.ids)?;
     let b = b.min(ids.len());
     let channels = builder.channels();
-    // Probe windows: 8 evenly spaced per Id from each region.
-    let k = 8;
-    let ew = WindowConfig { window_size: w, stride: w, num_window: k, strategy: WindowStrategy::EvenlySpaced };
-    let mut labels: Vec<i64> = ids.iter().filter_map(|id| ds.row(*id).map(|r| r.label)).collect();
-    labels.sort_unstable();
-    labels.dedup();
-    let (mut xf, mut yf, mut xt, mut yt) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for &id in &ids {
-        let len = ds.store.info(id)?.length;
-        let cut = (len as f64 * 0.7) as usize;
-        let class = labels.iter().position(|l| Some(*l) == ds.row(id).map(|r| r.label)).unwrap_or(0);
-        xf.extend(builder.windows_of(id, (0, cut), &ew, 0)?);
-        yf.extend(std::iter::repeat_n(class, k));
-        xt.extend(builder.windows_of(id, (cut, len), &ew, 0)?);
-        yt.extend(std::iter::repeat_n(class, k));
-    }
+    // Probe windows: 8 evenly spaced per Id from each region of the time split (eval's own).
+    let set = train::eval::probe_windows(&ds, &builder, w, 8, train::eval::Split::Time, "Label", 0.7, 0)?;
+    let inputs = train::input::Inputs::with_rates(train::config::InputKind::Time, w, channels, train::trainer::sample_rates(&ds))?;
+    let encoder = EncoderConfig::new(s.quality_encoder, w, channels);
     let (eval_every, max_steps) = if s.quick { (25u64, 300u64) } else { (100, 4000) };
     let pool = pool(s.threads)?;
     let result = pool.install(|| -> Result<(Option<(u64, f64)>, f64, f64, u64)> {
-        let mut st = step_for(EncoderKind::MlpMedium, b, w * channels)?;
-        let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> {
-            let zf = engine::embed(enc, &xf)?;
-            let zt = engine::embed(enc, &xt)?;
-            Ok(train::eval::probe(&zf, &yf, &zt, &yt, enc.cfg.embed, labels.len(), 5).linear_probe_acc)
-        };
+        let mut st = step_for(&encoder, b)?;
+        let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &set, &inputs, 5)?.linear_probe_acc) };
         let random_acc = probe(&mut st.encoder)?;
         let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
         let mut train_time = 0.0;
@@ -436,8 +443,9 @@ pub fn quality(s: &Settings) -> Result<Category> {
         let mut last_acc = random_acc;
         for item in sampler {
             let (_, batch) = item?;
+            let rates = inputs.rates(&batch.ids);
             let t = Instant::now();
-            st.train_step(&batch.anchor, &batch.positive)?;
+            st.train_step(Pairs::new(&batch.anchor, &batch.positive).with_rates(&rates))?;
             train_time += t.elapsed().as_secs_f64();
             if st.step % eval_every == 0 {
                 last_acc = probe(&mut st.encoder)?;
@@ -454,7 +462,7 @@ pub fn quality(s: &Settings) -> Result<Category> {
     })?;
     let (reached, random_acc, last_acc, steps) = result;
     let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
-    cat.notes.push(format!("dataset: {data_name}; W = {w}, B = {b}, mlp-medium, probe every {eval_every} steps, target {target:.2}"));
+    cat.notes.push(format!("dataset: {data_name}; W = {w}, B = {b}, {}, probe every {eval_every} steps, target {target:.2}", s.quality_encoder));
     cat.metrics.push(value("quality", "probe", "random_init_probe_acc", "fraction", random_acc, false, "linear probe on a random-init encoder"));
     cat.metrics.push(value("quality", "probe", "final_probe_acc", "fraction", last_acc, false, "linear probe at the last check"));
     match reached {

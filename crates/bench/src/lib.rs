@@ -54,7 +54,7 @@ impl Benchmark {
         let save_dir = save_dir.into();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, quality_target: None };
+        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, quality_target: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
         Benchmark {
             results: Results {
                 schema_version: results::SCHEMA_VERSION,
@@ -99,6 +99,18 @@ impl Benchmark {
 
     pub fn targets(mut self, t: Targets) -> Self {
         self.targets = t;
+        self
+    }
+
+    /// The encoder of the training, scalability and hardware categories.
+    pub fn encoder(mut self, kind: engine::EncoderKind) -> Self {
+        self.settings.encoder = kind;
+        self
+    }
+
+    /// The encoder the quality category trains.
+    pub fn quality_encoder(mut self, kind: engine::EncoderKind) -> Self {
+        self.settings.quality_encoder = kind;
         self
     }
 
@@ -244,7 +256,7 @@ impl Benchmark {
             text.push_str(l);
             text.push('\n');
         }
-        signal::write_atomic(&log_path, text.as_bytes())?;
+        files::write_atomic(&log_path, text.as_bytes()).map_err(|e| BenchError::io(&log_path, e))?;
         written.push(log_path);
         let _ = std::fs::remove_dir_all(&self.settings.work_dir);
         Ok(written)
@@ -260,7 +272,7 @@ impl Benchmark {
             std::fs::create_dir_all(p).map_err(|e| BenchError::io(p, e))?;
         }
         let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| BenchError::Report(e.to_string()))?;
-        signal::write_atomic(&path, &bytes)?;
+        files::write_atomic(&path, &bytes).map_err(|e| BenchError::io(&path, e))?;
         Ok(path)
     }
 

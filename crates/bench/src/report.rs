@@ -204,7 +204,7 @@ pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BenchError::io(parent, e))?;
         }
-        signal::write_atomic(&path, &rep.render(r, save_dir)?)?;
+        files::write_atomic(&path, &rep.render(r, save_dir)?).map_err(|e| BenchError::io(&path, e))?;
         out.push(path);
     }
     Ok(out)

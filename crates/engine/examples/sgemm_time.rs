@@ -1,7 +1,7 @@
 //! Times the packed AVX2 GEMM against faer on one thread for given shapes.
 //! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]`
 use std::time::Instant;
-use engine::sgemm::{self, Operand, PackBuffers};
+use engine::cpu::sgemm::{self, Operand, PackBuffers};
 
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();

@@ -3,8 +3,8 @@
 //! `cargo run --release -p cid-engine --example sparse_time -- M N K TA ZEROS`
 //! (xl's weight gradient: `512 8192 512 1 0.6`; complex's second input gradient: `128 1024 512 0 0.65`).
 use std::time::Instant;
-use engine::sgemm::{self, Operand, PackBuffers};
-use engine::sparse::{SparseLhs, StripBuffer};
+use engine::cpu::sgemm::{self, Operand, PackBuffers};
+use engine::cpu::sparse::{SparseLhs, StripBuffer};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();

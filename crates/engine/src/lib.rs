@@ -1,26 +1,35 @@
 //! The compute engine of contrastive-id, in the style of llm.c: explicit forward and backward per
-//! layer, no general autograd.
+//! op, no general autograd.
 //!
 //! - [`device`]: the kernel boundary ([`Device`]), [`View`]s into device memory;
-//! - [`cpu`]: the CPU device (packed AVX2 GEMM or faer, + rayon), the reference every other device is checked against;
-//! - [`cuda`]: the CUDA device (cuBLAS + NVRTC kernels, loaded at run time; unverified on a GPU so far);
-//! - [`sgemm`]: the packed AVX2 + FMA GEMM the CPU device runs where the CPU has it;
-//! - [`sparse`]: the GEMM that skips the zeros of a gradient behind ReLU + dropout;
-//! - [`model`]: the MLP encoders ([`EncoderConfig::init`] builds one), forward and backward side by side;
-//! - [`step`]: InfoNCE + Adam/AdamW + clipping, the allocation-free training step.
+//! - [`ops`]: the op families (linear, activations, norms, convolution, pooling, attention, patch
+//!   embedding), each with its forward, backward and CPU kernels side by side;
+//! - [`encoders`]: the MLPs, the CNN and the ISFM as lists of ops ([`EncoderConfig::init`] builds
+//!   one); [`arena`]: where their tensors live, under PyTorch's names;
+//! - [`loss`], [`optim`], [`step`]: InfoNCE, Adam/AdamW + clipping, the allocation-free training step;
+//! - [`workloads`]: the reference's benchmark shapes by name;
+//! - [`cpu`]: the CPU device (packed AVX2 GEMM or faer, + rayon), the reference every other device
+//!   is checked against; [`cuda`]: the CUDA device (cuBLAS + NVRTC kernels, loaded at run time).
 
+pub mod arena;
 pub mod cpu;
 pub mod cuda;
 pub mod device;
+pub mod encoders;
 pub mod error;
-pub mod model;
-pub mod sgemm;
-pub mod sparse;
+pub mod loss;
+pub mod ops;
+pub mod optim;
 pub mod step;
+pub mod workloads;
 
+pub use arena::{TensorKind, TensorSpec};
 pub use cpu::{CpuDevice, CpuGemm};
 pub use cuda::CudaDevice;
 pub use device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
-pub use error::{EngineError, Result};
-pub use model::{EncoderConfig, EncoderKind, Encoder, LayerSpec};
-pub use step::{embed, ContrastiveStep, InfoNceConfig, OptimizerConfig, OptimizerKind, StepOutput};
+pub use encoders::{Arch, CnnConfig, Encoder, EncoderConfig, EncoderKind, IsfmConfig, Mode};
+pub use error::{EngineError, Result, Setting};
+pub use loss::InfoNceConfig;
+pub use ops::act::Activation;
+pub use optim::{OptimizerConfig, OptimizerKind};
+pub use step::{embed, ContrastiveStep, Pairs, StepOutput};

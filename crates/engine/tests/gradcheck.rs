@@ -1,156 +1,58 @@
-//! Every backward against central finite differences of an independent f64 forward.
+//! Every backward against central finite differences of an independent f64 forward
+//! (`common/mod.rs`): each op on its own, then every encoder whole with InfoNCE on top.
 //!
-//! Each check recomputes the forward in f64 from the same parameters and dropout masks (the mask
-//! is a pure function of `(key, index)`), perturbs one value by ±h, and compares
-//! `(L(x+h) − L(x−h)) / 2h` with the engine's f32 gradient. Inputs are random and fresh each run
-//! (the seed is printed so a failure can be replayed with `GRADCHECK_SEED`).
+//! Each check recomputes the forward in f64 from the same parameters, inputs and dropout masks
+//! (a mask is a pure function of `(key, index)`), perturbs one value by ±h, and compares
+//! `(L(x+h) − L(x−h)) / 2h` with the engine's f32 gradient. Inputs are random from a fixed seed
+//! (printed; `GRADCHECK_SEED` replays another).
 
-use engine::device::dropout_hash;
+mod common;
+
+use common::*;
+use engine::encoders::mix_key;
+use engine::ops::attention::AttentionShape;
+use engine::ops::conv1d::ConvShape;
+use engine::ops::norm::BatchNormArgs;
+use engine::ops::pool::PoolShape;
 use engine::*;
 
-fn seed() -> u64 {
-    let s = std::env::var("GRADCHECK_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
-    });
-    eprintln!("GRADCHECK_SEED={s}");
-    s
+const H: f64 = 1e-6;
+
+/// Uploads `v` into a fresh view.
+fn put(dev: &mut CpuDevice, v: &[f64]) -> View {
+    let view = dev.alloc(v.len()).unwrap();
+    dev.upload(view, &f32s(v));
+    view
 }
 
-fn randn(key: u64, n: usize, scale: f64) -> Vec<f64> {
-    (0..n)
-        .map(|i| {
-            let u1 = (dropout_hash(key, 2 * i as u64) as f64 + 1.0) / 4_294_967_297.0;
-            let u2 = dropout_hash(key, 2 * i as u64 + 1) as f64 / 4_294_967_296.0;
-            scale * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        })
-        .collect()
+fn zeros(dev: &mut CpuDevice, n: usize) -> View {
+    dev.alloc(n).unwrap()
 }
 
-fn f32s(v: &[f64]) -> Vec<f32> {
-    v.iter().map(|&x| x as f32).collect()
+/// Values kept away from 0 by at least `gap` (so ±h never crosses a ReLU kink).
+fn off_zero(v: Vec<f64>, gap: f64) -> Vec<f64> {
+    v.into_iter().map(|x| if x.abs() < gap { x.signum() * gap + x } else { x }).collect()
 }
 
-/// Collects (analytic, numeric) pairs of one gradient and judges them together: the relative
-/// error of the whole vector, ‖a − n‖ / ‖n‖ < 1e-4 (the usual gradcheck measure: f32 analytic
-/// values carry ~1e-7 absolute noise, which is no error on an element a thousand times smaller
-/// than the largest), and every element within 1e-3 of the largest gradient (a wrong element
-/// cannot hide in the norm).
-#[derive(Default)]
-struct Check {
-    pairs: Vec<(String, f64, f64)>,
-}
-
-impl Check {
-    fn add(&mut self, what: String, analytic: f64, numeric: f64) {
-        self.pairs.push((what, analytic, numeric));
-    }
-
-    fn assert(&self, name: &str) {
-        assert!(!self.pairs.is_empty(), "{name}: nothing checked");
-        let diff: f64 = self.pairs.iter().map(|(_, a, n)| (a - n).powi(2)).sum::<f64>().sqrt();
-        let norm: f64 = self.pairs.iter().map(|(_, _, n)| n * n).sum::<f64>().sqrt();
-        let rel = diff / norm.max(1e-12);
-        assert!(rel < 1e-4, "{name}: relative error of the gradient vector {rel:e} ({} values)", self.pairs.len());
-        let scale = self.pairs.iter().map(|(_, _, n)| n.abs()).fold(0.0, f64::max);
-        for (what, a, n) in &self.pairs {
-            assert!((a - n).abs() <= 1e-3 * scale.max(1e-9), "{name} {what}: analytic {a:e} vs numeric {n:e} (largest {scale:e})");
-        }
-    }
-}
-
-// ---------- f64 reference forward ----------
-
-fn linear64(x: &[f64], w: &[f64], b: &[f64], rows: usize, inf: usize, outf: usize) -> Vec<f64> {
-    let mut y = vec![0.0; rows * outf];
-    for r in 0..rows {
-        for o in 0..outf {
-            let mut s = b[o];
-            for i in 0..inf {
-                s += x[r * inf + i] * w[o * inf + i];
-            }
-            y[r * outf + o] = s;
-        }
-    }
-    y
-}
-
-fn act64(y: &mut [f64], cols: usize, relu: bool, dropout: Option<Dropout>) {
-    for (i, v) in y.iter_mut().enumerate() {
-        if relu && *v < 0.0 {
-            *v = 0.0;
-        }
-        if let Some(d) = dropout {
-            let keep = Dropout::keep(d.key, i as u64, Dropout::threshold(d.p));
-            *v = if keep { *v * Dropout::scale(d.p) as f64 } else { 0.0 };
-        }
-    }
-    let _ = cols;
-}
-
-fn infonce64(z: &[f64], b: usize, d: usize, tau: f64, symmetric: bool) -> f64 {
-    let zn: Vec<f64> = z
-        .chunks(d)
-        .flat_map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-12);
-            r.iter().map(move |x| x / n).collect::<Vec<_>>()
-        })
-        .collect();
-    let s = |i: usize, j: usize| (0..d).map(|k| zn[i * d + k] * zn[(b + j) * d + k]).sum::<f64>() / tau;
-    let lse = |v: Vec<f64>| {
-        let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-        m + v.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
-    };
-    let rows: f64 = (0..b).map(|i| lse((0..b).map(|j| s(i, j)).collect()) - s(i, i)).sum::<f64>() / b as f64;
-    if !symmetric {
-        return rows;
-    }
-    let cols: f64 = (0..b).map(|j| lse((0..b).map(|i| s(i, j)).collect()) - s(j, j)).sum::<f64>() / b as f64;
-    0.5 * (rows + cols)
-}
-
-// ---------- per-layer checks ----------
+// ---------- linear layers and activations ----------
 
 #[test]
 fn linear_backward_matches_finite_differences() {
     let key = seed();
     let (rows, inf, outf) = (5, 7, 4);
-    let x = randn(key, rows * inf, 1.0);
-    let w = randn(key ^ 1, outf * inf, 0.5);
-    let b = randn(key ^ 2, outf, 0.5);
-    let r = randn(key ^ 3, rows * outf, 1.0); // loss = Σ y ⊙ r, so dL/dy = r
-    let loss = |x: &[f64], w: &[f64], b: &[f64]| linear64(x, w, b, rows, inf, outf).iter().zip(&r).map(|(y, r)| y * r).sum::<f64>();
-
+    let (x, w, b, r) = (randn(key, rows * inf, 1.0), randn(key ^ 1, outf * inf, 0.5), randn(key ^ 2, outf, 0.5), randn(key ^ 3, rows * outf, 1.0));
     let mut dev = CpuDevice::new();
-    let (xv, wv, bv, rv) = (dev.alloc(x.len()), dev.alloc(w.len()), dev.alloc(b.len()), dev.alloc(r.len()));
-    let (dwv, dbv, dxv) = (dev.alloc(w.len()), dev.alloc(b.len()), dev.alloc(x.len()));
-    dev.upload(xv, &f32s(&x));
-    dev.upload(wv, &f32s(&w));
-    dev.upload(bv, &f32s(&b));
-    dev.upload(rv, &f32s(&r));
-    dev.gemm(Gemm { m: outf, n: inf, k: rows, trans_a: true, trans_b: false, accumulate: false, sparse_a: false }, dwv, rv, xv);
-    dev.bias_grad(dbv, rv, rows, outf, false);
-    dev.gemm(Gemm { m: rows, n: inf, k: outf, trans_a: false, trans_b: false, accumulate: false, sparse_a: false }, dxv, rv, wv);
+    let (xv, wv, rv) = (put(&mut dev, &x), put(&mut dev, &w), put(&mut dev, &r));
+    let (dwv, dbv, dxv) = (zeros(&mut dev, w.len()), zeros(&mut dev, b.len()), zeros(&mut dev, x.len()));
+    dev.gemm(Gemm::tn(outf, inf, rows), dwv, rv, xv);
+    dev.bias_grad(dbv, rv, outf, false);
+    dev.gemm(Gemm::nn(rows, inf, outf), dxv, rv, wv);
     let (dw, db, dx) = (dev.slice(dwv).to_vec(), dev.slice(dbv).to_vec(), dev.slice(dxv).to_vec());
-    let h = 1e-6;
+    let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&linear64(x, w, b, rows, inf, outf), &r);
     let (mut cw, mut cb, mut cx) = (Check::default(), Check::default(), Check::default());
-    for i in 0..w.len() {
-        let (mut wp, mut wm) = (w.clone(), w.clone());
-        wp[i] += h;
-        wm[i] -= h;
-        cw.add(format!("dW[{i}]"), dw[i] as f64, (loss(&x, &wp, &b) - loss(&x, &wm, &b)) / (2.0 * h));
-    }
-    for i in 0..b.len() {
-        let (mut bp, mut bm) = (b.clone(), b.clone());
-        bp[i] += h;
-        bm[i] -= h;
-        cb.add(format!("db[{i}]"), db[i] as f64, (loss(&x, &w, &bp) - loss(&x, &w, &bm)) / (2.0 * h));
-    }
-    for i in 0..x.len() {
-        let (mut xp, mut xm) = (x.clone(), x.clone());
-        xp[i] += h;
-        xm[i] -= h;
-        cx.add(format!("dX[{i}]"), dx[i] as f64, (loss(&xp, &w, &b) - loss(&xm, &w, &b)) / (2.0 * h));
-    }
+    cw.numeric("dW", &w, 0..w.len(), &dw, H, |w| loss(&x, w, &b));
+    cb.numeric("db", &b, 0..b.len(), &db, H, |b| loss(&x, &w, b));
+    cx.numeric("dX", &x, 0..x.len(), &dx, H, |x| loss(x, &w, &b));
     cw.assert("Linear dW");
     cb.assert("Linear db");
     cx.assert("Linear dX");
@@ -160,41 +62,255 @@ fn linear_backward_matches_finite_differences() {
 fn bias_relu_dropout_backward_matches_finite_differences() {
     let key = seed();
     let (rows, cols) = (6, 9);
-    // Pre-activations kept away from 0 so ±h never crosses the ReLU kink.
-    let y0: Vec<f64> = randn(key, rows * cols, 1.0).into_iter().map(|v| if v.abs() < 0.05 { v + 0.1 } else { v }).collect();
-    let bias = vec![0.0; cols];
+    let y0 = off_zero(randn(key, rows * cols, 1.0), 0.05);
     let r = randn(key ^ 7, rows * cols, 1.0);
     for p in [0.0f32, 0.3] {
         let dropout = (p > 0.0).then_some(Dropout { p, key: key ^ 99 });
-        let loss = |y: &[f64]| {
-            let mut h = y.to_vec();
-            act64(&mut h, cols, true, dropout);
-            h.iter().zip(&r).map(|(a, b)| a * b).sum::<f64>()
-        };
         let mut dev = CpuDevice::new();
-        let (yv, bv, dv) = (dev.alloc(y0.len()), dev.alloc(cols), dev.alloc(y0.len()));
-        dev.upload(yv, &f32s(&y0));
-        dev.upload(bv, &f32s(&bias));
-        dev.bias_act_forward(yv, bv, rows, cols, true, dropout);
-        let mut h_ref = y0.clone();
-        act64(&mut h_ref, cols, true, dropout);
-        for (a, b) in dev.slice(yv).iter().zip(&h_ref) {
+        let (yv, bv, dv) = (put(&mut dev, &y0), zeros(&mut dev, cols), put(&mut dev, &r));
+        dev.bias_act_forward(yv, bv, cols, true, dropout);
+        let want = act64(&y0, Activation::Relu, dropout);
+        for (a, b) in dev.slice(yv).iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-5, "forward {a} vs {b}");
         }
-        dev.upload(dv, &f32s(&r));
         dev.act_backward(dv, yv, Dropout::scale(p));
         let d = dev.slice(dv).to_vec();
-        let h = 1e-6;
         let mut c = Check::default();
-        for i in 0..y0.len() {
-            let (mut yp, mut ym) = (y0.clone(), y0.clone());
-            yp[i] += h;
-            ym[i] -= h;
-            c.add(format!("dY[{i}]"), d[i] as f64, (loss(&yp) - loss(&ym)) / (2.0 * h));
-        }
+        c.numeric("dY", &y0, 0..y0.len(), &d, H, |y| dot(&act64(y, Activation::Relu, dropout), &r));
         c.assert(&format!("bias+ReLU+Dropout(p={p})"));
     }
 }
+
+#[test]
+fn activations_with_a_kept_input_match_finite_differences() {
+    let key = seed();
+    let (rows, cols) = (7, 11);
+    let x0 = off_zero(randn(key ^ 11, rows * cols, 1.5), 0.02);
+    let bias = randn(key ^ 12, cols, 0.3);
+    let r = randn(key ^ 13, rows * cols, 1.0);
+    for act in [Activation::Gelu, Activation::Silu, Activation::Relu, Activation::Identity] {
+        for p in [0.0f32, 0.25] {
+            let dropout = (p > 0.0).then_some(Dropout { p, key: key ^ 5 });
+            let mut dev = CpuDevice::new();
+            let (pre, out, bv, d) = (put(&mut dev, &x0), zeros(&mut dev, x0.len()), put(&mut dev, &bias), put(&mut dev, &r));
+            dev.act_forward(pre, out, Some(bv), cols, act, dropout);
+            let with_bias: Vec<f64> = x0.iter().enumerate().map(|(i, v)| v + bias[i % cols]).collect();
+            for (a, b) in dev.slice(out).iter().zip(&act64(&with_bias, act, dropout)) {
+                assert!((*a as f64 - b).abs() < 2e-6 * b.abs().max(1.0), "{act} forward {a} vs {b}");
+            }
+            dev.act_backward_pre(d, pre, cols, act, dropout);
+            let g = dev.slice(d).to_vec();
+            let mut c = Check::default();
+            c.numeric("dpre", &with_bias, 0..with_bias.len(), &g, H, |x| dot(&act64(x, act, dropout), &r));
+            c.assert(&format!("{act} + Dropout(p={p})"));
+        }
+    }
+}
+
+// ---------- normalisations ----------
+
+#[test]
+fn residual_layernorm_backward_matches_finite_differences() {
+    let key = seed();
+    let (rows, cols) = (5, 12);
+    let (a, b) = (randn(key ^ 21, rows * cols, 1.0), randn(key ^ 22, rows * cols, 1.0));
+    let (gamma, beta) = (randn(key ^ 23, cols, 1.0), randn(key ^ 24, cols, 0.5));
+    let r = randn(key ^ 25, rows * cols, 1.0);
+    for p in [0.0f32, 0.2] {
+        let dropout = (p > 0.0).then_some(Dropout { p, key: key ^ 26 });
+        let mut dev = CpuDevice::new();
+        let (av, bv, gv, btv, rv) = (put(&mut dev, &a), put(&mut dev, &b), put(&mut dev, &gamma), put(&mut dev, &beta), put(&mut dev, &r));
+        let (sum, out, stats) = (zeros(&mut dev, a.len()), zeros(&mut dev, a.len()), zeros(&mut dev, 2 * rows));
+        let (dsum, db, dg, dbt) = (zeros(&mut dev, a.len()), zeros(&mut dev, a.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
+        dev.add_layernorm_forward(av, bv, dropout, sum, out, stats, gv, btv, cols, 1e-5);
+        for (x, y) in dev.slice(out).iter().zip(&add_layernorm64(&a, &b, dropout, &gamma, &beta)) {
+            assert!((*x as f64 - y).abs() < 1e-5, "forward {x} vs {y}");
+        }
+        dev.layernorm_backward(rv, sum, stats, gv, dg, dbt, dsum, db, dropout, cols, false);
+        let loss = |a: &[f64], b: &[f64], g: &[f64], bt: &[f64]| dot(&add_layernorm64(a, b, dropout, g, bt), &r);
+        let mut c = Check::default();
+        c.numeric("da", &a, 0..a.len(), dev.slice(dsum), H, |x| loss(x, &b, &gamma, &beta));
+        c.numeric("db", &b, 0..b.len(), dev.slice(db), H, |x| loss(&a, x, &gamma, &beta));
+        c.numeric("dγ", &gamma, 0..cols, dev.slice(dg), H, |x| loss(&a, &b, x, &beta));
+        c.numeric("dβ", &beta, 0..cols, dev.slice(dbt), H, |x| loss(&a, &b, &gamma, x));
+        c.assert(&format!("LayerNorm(a + Dropout(p={p})(b))"));
+    }
+}
+
+#[test]
+fn batchnorm_backward_matches_finite_differences_per_group() {
+    let key = seed();
+    let cols = 5;
+    for (rows, groups, relu) in [(12, 2, true), (9, 1, false), (16, 4, true)] {
+        let x = randn(key ^ rows as u64, rows * cols, 2.0);
+        let (gamma, beta) = (randn(key ^ 31, cols, 1.0), randn(key ^ 32, cols, 0.5));
+        let r = randn(key ^ 33, rows * cols, 1.0);
+        let mut dev = CpuDevice::new();
+        let (xv, gv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &gamma), put(&mut dev, &beta), put(&mut dev, &r));
+        let (out, stats, running, dx, dg, db) = (zeros(&mut dev, x.len()), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols), zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
+        let args = BatchNormArgs { cols, groups, eps: 1e-5, momentum: 0.1, train: true, relu };
+        dev.batchnorm_forward(xv, out, stats, gv, bv, running, args);
+        let want = batchnorm64(&x, &gamma, &beta, groups, relu);
+        for (a, b) in dev.slice(out).iter().zip(&want) {
+            assert!((*a as f64 - b).abs() < 1e-5, "forward {a} vs {b}");
+        }
+        // ReLU kinks: the check perturbs x, so keep outputs of this draw away from 0 (else the
+        // numeric gradient straddles the kink).
+        assert!(want.iter().all(|v| *v == 0.0 || v.abs() > 1e-4));
+        dev.batchnorm_backward(rv, out, xv, stats, gv, dg, db, dx, args, false);
+        let loss = |x: &[f64], g: &[f64], b: &[f64]| dot(&batchnorm64(x, g, b, groups, relu), &r);
+        let mut c = Check::default();
+        c.numeric("dx", &x, 0..x.len(), dev.slice(dx), H, |v| loss(v, &gamma, &beta));
+        c.numeric("dγ", &gamma, 0..cols, dev.slice(dg), H, |v| loss(&x, v, &beta));
+        c.numeric("dβ", &beta, 0..cols, dev.slice(db), H, |v| loss(&x, &gamma, v));
+        c.assert(&format!("BatchNorm rows={rows} groups={groups} relu={relu}"));
+    }
+}
+
+#[test]
+fn batchnorm_running_statistics_follow_pytorch() {
+    // Two groups (two forward calls in PyTorch): the running update is applied once per group, in
+    // order, with the unbiased variance; evaluation then normalises by the running statistics.
+    let (cols, gr) = (2, 3);
+    let x = [1.0, 10.0, 2.0, 20.0, 6.0, 60.0, /* group 2 */ 0.0, 0.0, 0.0, 3.0, 3.0, 6.0];
+    let mut dev = CpuDevice::new();
+    let xv = put(&mut dev, &x);
+    let (gv, bv) = (put(&mut dev, &[1.0, 1.0]), zeros(&mut dev, cols));
+    let running = put(&mut dev, &[0.0, 0.0, 1.0, 1.0]);
+    let (out, stats) = (zeros(&mut dev, x.len()), zeros(&mut dev, 4 * cols));
+    dev.batchnorm_forward(xv, out, stats, gv, bv, running, BatchNormArgs { cols, groups: 2, eps: 1e-5, momentum: 0.1, train: true, relu: false });
+    let mut m = [0.0f64, 0.0];
+    let mut v = [1.0f64, 1.0];
+    for g in 0..2 {
+        for j in 0..cols {
+            let col: Vec<f64> = (0..gr).map(|r| x[(g * gr + r) * cols + j]).collect();
+            let mu = col.iter().sum::<f64>() / 3.0;
+            let unbiased = col.iter().map(|c| (c - mu).powi(2)).sum::<f64>() / 2.0;
+            m[j] = 0.9 * m[j] + 0.1 * mu;
+            v[j] = 0.9 * v[j] + 0.1 * unbiased;
+        }
+    }
+    let got = dev.slice(running).to_vec();
+    for (a, b) in got.iter().zip(m.iter().chain(&v)) {
+        assert!((*a as f64 - b).abs() < 1e-5, "running {got:?} vs {m:?} {v:?}");
+    }
+    dev.batchnorm_forward(xv, out, stats.prefix(2 * cols), gv, bv, running, BatchNormArgs { cols, groups: 1, eps: 1e-5, momentum: 0.1, train: false, relu: false });
+    let y = dev.slice(out).to_vec();
+    for (i, &xi) in x.iter().enumerate() {
+        let j = i % cols;
+        let want = (xi - m[j]) / (v[j] + 1e-5).sqrt();
+        assert!((y[i] as f64 - want).abs() < 1e-4, "eval {i}: {} vs {want}", y[i]);
+    }
+}
+
+// ---------- convolution and pooling ----------
+
+#[test]
+fn conv1d_backward_matches_finite_differences() {
+    let key = seed();
+    // (samples, len, C, out, k, stride, pad): the encoder's wide first layer in small, and a k3 p1.
+    for (samples, len, c, o, k, stride, pad) in [(2, 40, 3, 4, 8, 4, 3), (3, 9, 2, 3, 3, 1, 1), (1, 17, 1, 2, 5, 2, 0)] {
+        let x = randn(key ^ len as u64, samples * len * c, 1.0);
+        let w = randn(key ^ 41, o * c * k, 0.5);
+        let b = randn(key ^ 42, o, 0.5);
+        let s = ConvShape { samples, len_in: len, channels: c, kernel: k, stride, padding: pad };
+        let lo = s.len_out().unwrap();
+        let r = randn(key ^ 43, samples * lo * o, 1.0);
+        let mut dev = CpuDevice::new();
+        let (xv, wv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &w), put(&mut dev, &b), put(&mut dev, &r));
+        let (cols, y) = (zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, samples * lo * o));
+        let (dw, db, dcols, dx) = (zeros(&mut dev, w.len()), zeros(&mut dev, o), zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, x.len()));
+        dev.im2col(xv, cols, s);
+        dev.gemm(Gemm::nt(samples * lo, o, c * k), y, cols, wv);
+        dev.bias_act_forward(y, bv, o, false, None);
+        let (want, lo64) = conv1d64(&x, &w, &b, samples, len, c, k, stride, pad);
+        assert_eq!(lo, lo64);
+        for (a, e) in dev.slice(y).iter().zip(&want) {
+            assert!((*a as f64 - e).abs() < 1e-5, "forward {a} vs {e}");
+        }
+        dev.gemm(Gemm::tn(o, c * k, samples * lo), dw, rv, cols);
+        dev.bias_grad(db, rv, o, false);
+        dev.gemm(Gemm::nn(samples * lo, c * k, o), dcols, rv, wv);
+        dev.col2im(dcols, dx, s);
+        let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&conv1d64(x, w, b, samples, len, c, k, stride, pad).0, &r);
+        let mut ch = Check::default();
+        ch.numeric("dx", &x, 0..x.len(), dev.slice(dx), H, |v| loss(v, &w, &b));
+        ch.numeric("dW", &w, 0..w.len(), dev.slice(dw), H, |v| loss(&x, v, &b));
+        ch.numeric("db", &b, 0..o, dev.slice(db), H, |v| loss(&x, &w, v));
+        ch.assert(&format!("Conv1d C={c} k={k} s={stride} p={pad}"));
+    }
+}
+
+#[test]
+fn pooling_backward_matches_finite_differences() {
+    let key = seed();
+    let (samples, len, c) = (3, 7, 4); // odd length: the last step is dropped by MaxPool1d(2)
+    // Pairs far apart so ±h never swaps a maximum.
+    let x: Vec<f64> = randn(key ^ 51, samples * len * c, 1.0).iter().enumerate().map(|(i, v)| v + ((i / c) % 2) as f64 * 3.0 * if (i / c / 2) % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    let mut dev = CpuDevice::new();
+    let xv = put(&mut dev, &x);
+    let s = PoolShape { samples, len, cols: c };
+    let lo = len / 2;
+    let (out, arg, dx) = (zeros(&mut dev, samples * lo * c), zeros(&mut dev, samples * lo * c), zeros(&mut dev, x.len()));
+    dev.maxpool_forward(xv, out, arg, s);
+    let r = randn(key ^ 52, samples * lo * c, 1.0);
+    let rv = put(&mut dev, &r);
+    dev.maxpool_backward(rv, arg, dx, s);
+    let mut chk = Check::default();
+    chk.numeric("dx", &x, 0..x.len(), dev.slice(dx), H, |v| dot(&maxpool64(v, samples, len, c), &r));
+    chk.assert("MaxPool1d(2)");
+    let (mean, dxm) = (zeros(&mut dev, samples * c), zeros(&mut dev, x.len()));
+    dev.meanpool_forward(xv, mean, s);
+    let rm = randn(key ^ 53, samples * c, 1.0);
+    let rmv = put(&mut dev, &rm);
+    dev.meanpool_backward(rmv, dxm, s);
+    let mut chk = Check::default();
+    chk.numeric("dx", &x, 0..x.len(), dev.slice(dxm), H, |v| dot(&meanpool64(v, samples, len, c), &rm));
+    chk.assert("mean over time");
+}
+
+#[test]
+fn maxpool_keeps_the_first_of_equal_values() {
+    let mut dev = CpuDevice::new();
+    let x = put(&mut dev, &[2.0, 2.0, 1.0, 5.0]);
+    let (out, arg, dx) = (zeros(&mut dev, 2), zeros(&mut dev, 2), zeros(&mut dev, 4));
+    let s = PoolShape { samples: 1, len: 4, cols: 1 };
+    dev.maxpool_forward(x, out, arg, s);
+    let g = put(&mut dev, &[1.0, 1.0]);
+    dev.maxpool_backward(g, arg, dx, s);
+    assert_eq!(dev.slice(out), &[2.0, 5.0]);
+    assert_eq!(dev.slice(dx), &[1.0, 0.0, 0.0, 1.0]);
+}
+
+// ---------- attention ----------
+
+#[test]
+fn attention_backward_matches_finite_differences_with_and_without_dropout() {
+    let key = seed();
+    // (samples, seq, heads, dh): one tile, and a sequence of three 128-row tiles (the online
+    // softmax across key tiles and the accumulation across query tiles).
+    for (samples, seq, heads, dh, p) in [(2, 5, 2, 3, 0.0f32), (2, 5, 2, 3, 0.3), (1, 300, 1, 2, 0.1)] {
+        let d = heads * dh;
+        let qkv = randn(key ^ seq as u64 ^ (p * 10.0) as u64, samples * seq * 3 * d, 1.0);
+        let r = randn(key ^ 61, samples * seq * d, 1.0);
+        let dropout = (p > 0.0).then_some(Dropout { p, key: key ^ 62 });
+        let a = AttentionShape { samples, seq, heads, head_dim: dh };
+        let mut dev = CpuDevice::new();
+        let (qv, rv) = (put(&mut dev, &qkv), put(&mut dev, &r));
+        let (out, lse, dq) = (zeros(&mut dev, samples * seq * d), zeros(&mut dev, a.lse_len()), zeros(&mut dev, qkv.len()));
+        dev.attention_forward(qv, out, lse, a, dropout);
+        let want = attention64(&qkv, samples, seq, heads, dh, dropout);
+        for (x, y) in dev.slice(out).iter().zip(&want) {
+            assert!((*x as f64 - y).abs() < 1e-5, "forward {x} vs {y}");
+        }
+        dev.attention_backward(qv, out, lse, rv, dq, a, dropout);
+        let mut c = Check::default();
+        c.numeric("dqkv", &qkv, sample(key ^ 63, qkv.len(), 400), dev.slice(dq), H, |v| dot(&attention64(v, samples, seq, heads, dh, dropout), &r));
+        c.assert(&format!("attention seq={seq} heads={heads} dh={dh} dropout={p}"));
+    }
+}
+
+// ---------- loss ----------
 
 #[test]
 fn normalize_infonce_backward_matches_finite_differences() {
@@ -202,21 +318,13 @@ fn normalize_infonce_backward_matches_finite_differences() {
     for (b, d, tau, symmetric) in [(4, 5, 0.07, false), (6, 3, 0.5, true), (1, 4, 0.1, false), (3, 8, 0.05, true)] {
         let z = randn(key ^ b as u64, 2 * b * d, 1.0);
         let mut dev = CpuDevice::new();
-        let (zv, dzv) = (dev.alloc(z.len()), dev.alloc(z.len()));
-        dev.upload(zv, &f32s(&z));
+        let (zv, dzv) = (put(&mut dev, &z), zeros(&mut dev, z.len()));
         let out = dev.infonce(zv, Some(dzv), b, d, tau as f32, symmetric, 1.0);
         let want = infonce64(&z, b, d, tau, symmetric);
         assert!((out.loss as f64 - want).abs() < 1e-4 * want.abs().max(1.0), "loss {} vs {want}", out.loss);
         let dz = dev.slice(dzv).to_vec();
-        let h = 1e-6;
         let mut c = Check::default();
-        for i in 0..z.len() {
-            let (mut zp, mut zm) = (z.clone(), z.clone());
-            zp[i] += h;
-            zm[i] -= h;
-            let num = (infonce64(&zp, b, d, tau, symmetric) - infonce64(&zm, b, d, tau, symmetric)) / (2.0 * h);
-            c.add(format!("dz[{i}]"), dz[i] as f64, num);
-        }
+        c.numeric("dz", &z, 0..z.len(), &dz, H, |v| infonce64(v, b, d, tau, symmetric));
         if b > 1 {
             c.assert(&format!("normalize+InfoNCE b={b} d={d} tau={tau} symmetric={symmetric}"));
         } else {
@@ -226,67 +334,122 @@ fn normalize_infonce_backward_matches_finite_differences() {
     }
 }
 
-// ---------- whole model + InfoNCE ----------
+// ---------- whole encoders + InfoNCE ----------
 
-/// The f64 loss of an encoder with parameters `params` on the pair, dropout keyed like the engine.
-fn model_loss64(cfg: &EncoderConfig, params: &[f64], x: &[f64], rows: usize, dropout_key: u64, tau: f64) -> f64 {
-    let mut h = x.to_vec();
-    let mut off = 0;
-    for (li, s) in cfg.layers().iter().enumerate() {
-        let nw = s.in_features * s.out_features;
-        let w = &params[off..off + nw];
-        let b = &params[off + nw..off + nw + s.out_features];
-        off += nw + s.out_features;
-        let mut y = linear64(&h, w, b, rows, s.in_features, s.out_features);
-        if s.relu {
-            let d = (s.dropout > 0.0).then(|| Dropout { p: s.dropout, key: engine::model::mix_key(dropout_key, 0xD0, li as u64) });
-            act64(&mut y, s.out_features, true, d);
-        }
-        h = y;
+/// Checks every encoder parameter's gradient (a sample of each tensor) of one training step
+/// against central differences of `loss64(params)`.
+fn check_model(name: &str, step: &mut ContrastiveStep<CpuDevice>, pairs: Pairs, loss64: impl Fn(&[f64]) -> f64) {
+    let params = f64s(&step.encoder.params_to_vec());
+    let specs: Vec<TensorSpec> = step.encoder.tensors().to_vec();
+    let out = step.forward_backward(pairs, false, 1.0).unwrap();
+    let l0 = loss64(&params);
+    assert!((out.loss as f64 - l0).abs() < 1e-4 * l0.max(1.0), "{name}: loss {} vs {l0}", out.loss);
+    let grads = step.encoder.grads_to_vec();
+    let mut c = Check::default();
+    for (ti, s) in specs.iter().filter(|s| s.kind == TensorKind::Param).enumerate() {
+        let idx: Vec<usize> = sample(0xC0FFEE ^ ti as u64, s.len(), 12).into_iter().map(|i| s.offset + i).collect();
+        c.numeric(&s.name, &params, idx, &grads, H, &loss64);
     }
-    infonce64(&h, rows / 2, cfg.embed, tau, false)
+    c.assert(name);
 }
 
 #[test]
-fn whole_model_and_infonce_gradients_match_finite_differences() {
+fn whole_mlps_and_infonce_gradients_match_finite_differences() {
     let key = seed();
     // The last case is large enough that the CPU device runs its weight and input gradients on the
     // zero-skipping kernel (`sparse_a`, where the CPU has AVX2 + FMA).
-    let cases = [(EncoderKind::MlpSimple, 6, 4), (EncoderKind::MlpMedium, 6, 4), (EncoderKind::MlpComplex, 6, 4), (EncoderKind::MlpMedium, 64, 8)];
-    for (kind, input, b) in cases {
-        let cfg = EncoderConfig { kind, input, embed: 8 };
+    for (kind, window, b) in [(EncoderKind::MlpSimple, 6, 4), (EncoderKind::MlpMedium, 6, 4), (EncoderKind::MlpComplex, 6, 4), (EncoderKind::MlpMedium, 64, 8)] {
+        let cfg = EncoderConfig { embed: 8, ..EncoderConfig::new(kind, window, 1) };
         let enc = cfg.init(CpuDevice::new(), 2 * b, key).unwrap();
         let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.1, symmetric: false }, OptimizerConfig::default(), key).unwrap();
-        let x = randn(key ^ 5, 2 * b * cfg.input, 1.0);
-        let params: Vec<f64> = step.encoder.params_to_vec().iter().map(|&v| v as f64).collect();
-        let dropout_key = engine::model::mix_key(key, 0xF0, 0); // the first training forward's key
+        let x = randn(key ^ 5, 2 * b * window, 1.0);
         let xf = f32s(&x);
-        let out = step.forward_backward(&xf[..b * cfg.input], &xf[b * cfg.input..], false, 1.0).unwrap();
-        let l0 = model_loss64(&cfg, &params, &x, 2 * b, dropout_key, 0.1);
-        assert!((out.loss as f64 - l0).abs() < 1e-4 * l0.max(1.0), "{kind} W={input}: loss {} vs {l0}", out.loss);
-        let grads = step.encoder.grads_to_vec();
-        // A random sample of all parameters, plus a random sample of each layer's weights and biases
-        // (the first layer's weights are few among the rest).
-        let n = params.len();
-        let mut idx: Vec<usize> = (0..120).map(|i| (dropout_hash(key ^ 0xABC, i) as usize) % n).collect();
-        let mut off = 0;
-        for (li, s) in cfg.layers().iter().enumerate() {
-            let nw = s.in_features * s.out_features;
-            let pick = |j: u64, span: usize| (dropout_hash(key ^ 0xDEF ^ li as u64, j) as usize) % span;
-            idx.extend((0..24).map(|j| off + pick(j, nw)));
-            idx.extend((0..12).map(|j| off + nw + pick(100 + j, s.out_features)));
-            off += nw + s.out_features;
-        }
-        let h = 1e-6;
-        let mut c = Check::default();
-        for i in idx {
-            let (mut pp, mut pm) = (params.clone(), params.clone());
-            pp[i] += h;
-            pm[i] -= h;
-            let num = (model_loss64(&cfg, &pp, &x, 2 * b, dropout_key, 0.1) - model_loss64(&cfg, &pm, &x, 2 * b, dropout_key, 0.1)) / (2.0 * h);
-            c.add(format!("param[{i}]"), grads[i] as f64, num);
-        }
-        assert!(c.pairs.len() >= 120 + 36 * cfg.layers().len());
-        c.assert(&format!("{kind} W={input} + InfoNCE"));
+        let fkey = mix_key(key, 0xF0, 0); // the first training forward's key
+        let layers = engine::encoders::mlp::layers(&cfg);
+        let loss64 = |params: &[f64]| {
+            let mut h = x.clone();
+            let mut off = 0;
+            for (li, s) in layers.iter().enumerate() {
+                let nw = s.in_features * s.out_features;
+                let y = linear64(&h, &params[off..off + nw], &params[off + nw..off + nw + s.out_features], 2 * b, s.in_features, s.out_features);
+                off += nw + s.out_features;
+                let drop = (s.dropout > 0.0).then(|| Dropout { p: s.dropout, key: mix_key(fkey, 0xD0, li as u64) });
+                h = if s.relu { act64(&y, Activation::Relu, drop) } else { y };
+            }
+            infonce64(&h, b, cfg.embed, 0.1, false)
+        };
+        check_model(&format!("{kind} W={window} + InfoNCE"), &mut step, Pairs::new(&xf[..b * window], &xf[b * window..]), loss64);
     }
+}
+
+#[test]
+fn whole_cnn_and_infonce_gradients_match_finite_differences() {
+    let key = seed();
+    // A small CNN of the reference's shape: wide strided first kernel, pools, k3 blocks.
+    let cnn = CnnConfig { widths: vec![4, 6, 5], first_kernel: 8, first_stride: 4, first_padding: 2 };
+    let cfg = EncoderConfig { arch: Arch::Cnn(cnn), window: 64, channels: 2, embed: 6 };
+    let b = 4;
+    let enc = cfg.init(CpuDevice::new(), 2 * b, key).unwrap();
+    let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.2, symmetric: true }, OptimizerConfig::default(), key).unwrap();
+    let x = randn(key ^ 71, 2 * b * cfg.input(), 1.0);
+    let xf = f32s(&x);
+    let specs = step.encoder.tensors().to_vec();
+    let loss64 = |params: &[f64]| {
+        let z = cnn64(&cfg, &by_name(&specs, params), &x, 2 * b, 2);
+        infonce64(&z, b, cfg.embed, 0.2, true)
+    };
+    check_model("cnn + InfoNCE (each view its own BatchNorm statistics)", &mut step, Pairs::new(&xf[..b * cfg.input()], &xf[b * cfg.input()..]), loss64);
+}
+
+#[test]
+fn whole_isfm_and_infonce_gradients_match_finite_differences() {
+    let key = seed();
+    for (activation, dropout) in [(Activation::Gelu, 0.1f32), (Activation::Relu, 0.0)] {
+        let isfm = IsfmConfig { num_patches: 5, patch_size_l: 4, patch_size_c: 1, d_model: 8, num_heads: 2, e_layers: 2, d_ff: 12, dropout, activation };
+        let cfg = EncoderConfig { arch: Arch::Isfm(isfm), window: 24, channels: 2, embed: 6 };
+        let b = 3;
+        let enc = cfg.init(CpuDevice::new(), 2 * b, key).unwrap();
+        let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.2, symmetric: false }, OptimizerConfig::default(), key).unwrap();
+        let x = randn(key ^ 81, 2 * b * cfg.input(), 1.0);
+        let xf = f32s(&x);
+        let rates = [100.0f32, 12_000.0, 8.0];
+        let rates64: Vec<f64> = rates.iter().chain(&rates).map(|&r| r as f64).collect();
+        let fkey = mix_key(key, 0xF0, 0);
+        let (sl, sc) = starts(&cfg, 2 * b, Some(fkey));
+        let specs = step.encoder.tensors().to_vec();
+        let loss64 = |params: &[f64]| {
+            let z = isfm64(&cfg, &by_name(&specs, params), &x, &rates64, &sl, &sc, 2 * b, 2, Some(fkey));
+            infonce64(&z, b, cfg.embed, 0.2, false)
+        };
+        let pairs = Pairs::new(&xf[..b * cfg.input()], &xf[b * cfg.input()..]).with_rates(&rates);
+        check_model(&format!("isfm ({activation}, dropout {dropout}) + InfoNCE"), &mut step, pairs, loss64);
+    }
+}
+
+#[test]
+fn isfm_patches_are_the_references() {
+    // Evaluation's evenly spaced starts, a time channel from the rate, channel starts cycling.
+    let isfm = IsfmConfig { num_patches: 4, patch_size_l: 3, patch_size_c: 1, d_model: 8, num_heads: 2, e_layers: 1, d_ff: 8, dropout: 0.0, activation: Activation::Gelu };
+    let cfg = EncoderConfig { arch: Arch::Isfm(isfm), window: 10, channels: 2, embed: 4 };
+    let (sl, sc) = starts(&cfg, 1, None);
+    // round(i · 7 / 3): 0, 2.33 → 2, 4.67 → 5, 7; channels i mod 2.
+    assert_eq!(sl, vec![0, 2, 5, 7]);
+    assert_eq!(sc, vec![0, 1, 0, 1]);
+    let shape = engine::ops::patch::PatchShape { samples: 1, window: 10, channels: 2, patches: 4, patch_len: 3, patch_channels: 1 };
+    let x: Vec<f64> = (0..20).map(|i| i as f64).collect();
+    let p = patches64(&x, &[2.0], &sl, &sc, shape);
+    // Patch 1 starts at t = 2 on channel 1: values x[2,1], x[3,1], x[4,1] = 5, 7, 9; times 1, 1.5, 2.
+    assert_eq!(&p[6..12], &[5.0, 1.0, 7.0, 1.5, 9.0, 2.0]);
+    let mut dev = CpuDevice::new();
+    let (xv, rv, st, out) = (put(&mut dev, &x), put(&mut dev, &[2.0]), zeros(&mut dev, 8), zeros(&mut dev, 4 * 6));
+    dev.patch_starts(st, shape, None);
+    dev.patch_gather(xv, rv, st, out, shape);
+    assert_eq!(f64s(dev.slice(out)), p);
+    // Random starts stay inside the window and channels.
+    let shape = engine::ops::patch::PatchShape { samples: 50, ..shape };
+    let st = zeros(&mut dev, shape.starts_len());
+    dev.patch_starts(st, shape, Some(7));
+    let v = dev.slice(st).to_vec();
+    assert!(v[..200].iter().all(|&t| (0.0..=7.0).contains(&t)) && v[200..].iter().all(|&c| c == 0.0 || c == 1.0));
+    assert!(v[..200].contains(&0.0) && v[..200].contains(&7.0), "both ends of the range are drawn");
 }

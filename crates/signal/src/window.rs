@@ -31,6 +31,16 @@ impl FromStr for WindowStrategy {
     }
 }
 
+impl std::fmt::Display for WindowStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WindowStrategy::Sequential => "sequential",
+            WindowStrategy::Random => "random",
+            WindowStrategy::EvenlySpaced => "evenly_spaced",
+        })
+    }
+}
+
 /// How windows are cut. Defaults follow PHM-Vibench's contrastive configs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WindowConfig {

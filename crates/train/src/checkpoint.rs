@@ -1,20 +1,23 @@
 //! Checkpoints: a directory holding
 //!
-//! - `model.safetensors`: the encoder's weights under the names of the equivalent PyTorch
-//!   `nn.Sequential` (`0.weight` `[out, in]`, `0.bias`, `3.weight`, …), so
-//!   `model.load_state_dict(safetensors.torch.load_file(path))` works directly; the
-//!   architecture is in the file's metadata;
-//! - `training_state.safetensors`: Adam's two moments (`exp_avg.<name>`, `exp_avg_sq.<name>`)
-//!   and, in its metadata, the step counters, epoch position, seed, early-stopping state and the
-//!   resolved configuration.
+//! - `model.safetensors`: the encoder's `state_dict` under PyTorch's names — parameters and
+//!   buffers as F32, BatchNorm's `num_batches_tracked` as an I64 scalar — so
+//!   `model.load_state_dict(safetensors.torch.load_file(path), strict=True)` works on the
+//!   reference module; its metadata holds the architecture (`encoder_config`, JSON) and the
+//!   resolved training configuration (`config_yaml`);
+//! - `training_state.safetensors` (not with `save_weights_only`): Adam's two moments
+//!   (`exp_avg.<name>`, `exp_avg_sq.<name>`) and, in its metadata, the step counters, epoch
+//!   position, seed and early-stopping state.
 //!
-//! A checkpoint is written into a temporary directory, every file synced, then renamed into
-//! place: a crash leaves the previous checkpoint or the new one, never half of one.
+//! A named checkpoint (`last`, `best-…`) is a symbolic link to a directory of that name and its
+//! step (`last@s120`): a save writes and syncs a fresh directory, then atomically renames a new
+//! link over the old one and syncs the parent, then removes the previous directory. At every
+//! moment the name resolves to a complete checkpoint, the old one or the new one.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use engine::{Device, Encoder, EncoderConfig, EncoderKind};
+use engine::{Device, Encoder, EncoderConfig, TensorKind, TensorSpec};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -25,7 +28,7 @@ use crate::error::{Result, TrainError};
 pub struct TrainingState {
     /// Optimizer steps taken.
     pub step: u64,
-    /// Training forward passes taken (keys the dropout masks).
+    /// Training forward passes taken (keys the dropout masks and patch draws).
     pub micro_step: u64,
     /// The next batch to train on.
     pub epoch: usize,
@@ -44,116 +47,128 @@ fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
     TrainError::Checkpoint { path: path.to_path_buf(), reason: reason.into() }
 }
 
-/// PyTorch names of each layer's weight and bias, in arena order.
-pub fn tensor_names(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
-    let mut out = Vec::new();
-    for l in cfg.layers() {
-        out.push((format!("{}.weight", l.torch_index), vec![l.out_features, l.in_features]));
-        out.push((format!("{}.bias", l.torch_index), vec![l.out_features]));
-    }
-    out
-}
-
-fn bytes_of(v: &[f32]) -> Vec<u8> {
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// Serializes a flat arena as named tensors (the layout of `tensor_names`), with metadata.
-fn arena_to_safetensors(cfg: &EncoderConfig, prefix: &str, arena: &[f32], extra: Vec<(String, Vec<usize>, Vec<f32>)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut off = 0;
-    for (name, shape) in tensor_names(cfg) {
-        let n: usize = shape.iter().product();
-        owned.push((format!("{prefix}{name}"), shape, bytes_of(&arena[off..off + n])));
-        off += n;
-    }
-    for (name, shape, values) in extra {
-        owned.push((name, shape, bytes_of(&values)));
-    }
-    let views: Vec<(String, TensorView)> = owned
+/// Named tensors and metadata as safetensors bytes.
+fn serialize(tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView)> = tensors
         .iter()
-        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .map(|(n, dt, s, b)| TensorView::new(*dt, s.clone(), b).map(|v| (n.clone(), v)))
         .collect::<std::result::Result<_, _>>()
         .map_err(|e| TrainError::Data(format!("safetensors: {e}")))?;
     safetensors::serialize(views, Some(metadata)).map_err(|e| TrainError::Data(format!("safetensors: {e}")))
 }
 
-/// Reads named tensors back into a flat arena in `tensor_names` order; shapes must match.
-fn safetensors_to_arena(path: &Path, st: &SafeTensors, cfg: &EncoderConfig, prefix: &str) -> Result<Vec<f32>> {
-    let mut arena = Vec::with_capacity(cfg.param_count());
-    for (name, shape) in tensor_names(cfg) {
-        let full = format!("{prefix}{name}");
-        let t = st.tensor(&full).map_err(|_| ckpt_err(path, format!("tensor `{full}` missing: the checkpoint is of another architecture")))?;
-        if t.shape() != shape.as_slice() || t.dtype() != Dtype::F32 {
-            return Err(ckpt_err(path, format!("tensor `{full}` is {:?} {:?}, the encoder needs F32 {shape:?}: another architecture", t.dtype(), t.shape())));
-        }
-        arena.extend(t.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
+/// Every tensor of `specs` from its arena (`params`, `buffers`, `counters`), prefixed.
+fn state_dict(specs: &[TensorSpec], prefix: &str, params: &[f32], buffers: &[f32], counters: &[u64], kinds: &[TensorKind]) -> Vec<(String, Dtype, Vec<usize>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for s in specs.iter().filter(|s| kinds.contains(&s.kind)) {
+        let (dtype, bytes) = match s.kind {
+            TensorKind::Param => (Dtype::F32, f32_bytes(&params[s.offset..s.offset + s.len()])),
+            TensorKind::Buffer => (Dtype::F32, f32_bytes(&buffers[s.offset..s.offset + s.len()])),
+            TensorKind::Counter => (Dtype::I64, (counters[s.offset] as i64).to_le_bytes().to_vec()),
+        };
+        out.push((format!("{prefix}{}", s.name), dtype, s.shape.clone(), bytes));
     }
-    Ok(arena)
+    out
 }
 
-fn arch_metadata(cfg: &EncoderConfig) -> HashMap<String, String> {
-    HashMap::from([
-        ("format".into(), "pt".into()),
-        ("encoder".into(), cfg.kind.to_string()),
-        ("input".into(), cfg.input.to_string()),
-        ("embed".into(), cfg.embed.to_string()),
-    ])
+/// The values of tensor `name`: F32 as is, F64/F16/BF16 converted, integers as their value.
+fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+    let t = st.tensor(name).map_err(|_| ckpt_err(path, format!("tensor `{name}` missing: the checkpoint is of another architecture")))?;
+    let n: usize = shape.iter().product();
+    if t.shape().iter().product::<usize>() != n || (t.shape() != shape && !shape.is_empty()) {
+        return Err(ckpt_err(path, format!("tensor `{name}` has shape {:?}, the encoder needs {shape:?}: another architecture", t.shape())));
+    }
+    let d = t.data();
+    let values: Vec<f32> = match t.dtype() {
+        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+        Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
+        Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+        other => return Err(ckpt_err(path, format!("tensor `{name}` is {other:?}; expected F32 (or F64, BF16, I64)"))),
+    };
+    if values.len() != n {
+        return Err(ckpt_err(path, format!("tensor `{name}` holds {} values, expected {n}", values.len())));
+    }
+    Ok(values)
 }
 
-/// The architecture recorded in a `model.safetensors`.
-pub fn read_architecture(path: &Path) -> Result<EncoderConfig> {
-    let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+/// The architecture and configuration recorded in a `model.safetensors` (`None` where the file
+/// has no such metadata: a state dict saved by PyTorch).
+pub fn read_metadata(path: &Path) -> Result<(Option<EncoderConfig>, Option<String>)> {
+    let bytes = files::read(path).map_err(|e| TrainError::io(path, e))?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(path, format!("not a safetensors file: {e}")))?;
-    let m = meta.metadata().as_ref().ok_or_else(|| ckpt_err(path, "no architecture metadata"))?;
-    let get = |k: &str| m.get(k).ok_or_else(|| ckpt_err(path, format!("metadata has no `{k}`")));
-    let kind: EncoderKind = get("encoder")?.parse().map_err(|e: engine::EngineError| ckpt_err(path, e.to_string()))?;
-    let num = |k: &str| -> Result<usize> { get(k)?.parse().map_err(|_| ckpt_err(path, format!("metadata `{k}` is not a number"))) };
-    Ok(EncoderConfig { kind, input: num("input")?, embed: num("embed")? })
+    let m = meta.metadata().clone().unwrap_or_default();
+    let arch = match m.get("encoder_config") {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| ckpt_err(path, format!("bad encoder_config metadata: {e}")))?),
+        None => None,
+    };
+    Ok((arch, m.get("config_yaml").cloned()))
 }
 
-/// Writes `dir` atomically: everything into `dir.tmp-<pid>`, synced, then renamed.
-pub fn write_atomic_dir(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    use std::io::Write;
-    let tmp = signal::tmp_path(dir);
+/// Writes `dir` as a symbolic link to a fresh directory holding `files`, atomically (see the
+/// module doc). A plain directory of that name (older checkpoints) is replaced the same way.
+pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).ok_or_else(|| ckpt_err(dir, "a checkpoint needs a directory name"))?;
+    // A fresh directory name, never the one the link points to now (the same step saved twice
+    // gets a suffix): the live checkpoint is untouched until the link has moved.
+    let target_name = (0..).map(|i| if i == 0 { format!("{name}@{tag}") } else { format!("{name}@{tag}.{i}") }).find(|n| !parent.join(n).exists()).unwrap_or_default();
+    let target = parent.join(&target_name);
+    let tmp = files::tmp_path(&target);
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    for (name, bytes) in files {
-        let p = tmp.join(name);
-        let mut f = std::fs::File::create(&p).map_err(|e| TrainError::io(&p, e))?;
-        f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| TrainError::io(&p, e))?;
+    for (file, bytes) in files {
+        files::write_synced(&tmp.join(file), bytes).map_err(|e| TrainError::io(tmp.join(file), e))?;
     }
-    if dir.exists() {
-        let old = dir.with_extension("old");
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dir, &old).map_err(|e| TrainError::io(dir, e))?;
-        std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp, dir).map_err(|e| TrainError::io(dir, e))?;
+    files::sync_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+    std::fs::rename(&tmp, &target).map_err(|e| TrainError::io(&target, e))?;
+    let previous = std::fs::read_link(dir).ok();
+    files::replace_with_symlink(dir, Path::new(&target_name)).map_err(|e| TrainError::io(dir, e))?;
+    files::sync_dir(parent).map_err(|e| TrainError::io(parent, e))?;
+    match previous {
+        Some(old) if old != Path::new(&target_name) => {
+            let _ = std::fs::remove_dir_all(parent.join(old));
+        }
+        _ => {}
     }
     Ok(())
 }
 
-/// Saves weights, optimizer state and `state` into the checkpoint directory `dir`.
-pub fn save<D: Device>(dir: &Path, enc: &Encoder<D>, state: &TrainingState) -> Result<()> {
-    let cfg = enc.cfg;
-    let model = arena_to_safetensors(&cfg, "", &enc.params_to_vec(), Vec::new(), arch_metadata(&cfg))?;
-    let mut m = vec![0.0; enc.adam_m.len];
-    let mut v = vec![0.0; enc.adam_v.len];
-    enc.device.download(enc.adam_m, &mut m);
-    enc.device.download(enc.adam_v, &mut v);
-    let mut meta = arch_metadata(&cfg);
-    meta.insert("training_state".into(), serde_json::to_string(state).map_err(|e| TrainError::Data(e.to_string()))?);
-    let mut extra = Vec::new();
-    let mut off = 0;
-    for (name, shape) in tensor_names(&cfg) {
-        let n: usize = shape.iter().product();
-        extra.push((format!("exp_avg_sq.{name}"), shape, v[off..off + n].to_vec()));
-        off += n;
+/// Removes a named checkpoint: the link and the directory it points to.
+pub fn remove(dir: &Path) {
+    if let (Ok(target), Some(parent)) = (std::fs::read_link(dir), dir.parent()) {
+        let _ = std::fs::remove_file(dir);
+        let _ = std::fs::remove_dir_all(parent.join(target));
+    } else {
+        let _ = std::fs::remove_dir_all(dir);
     }
-    let opt = arena_to_safetensors(&cfg, "exp_avg.", &m, extra, meta)?;
-    write_atomic_dir(dir, &[("model.safetensors", model), ("training_state.safetensors", opt)])
+}
+
+/// Saves the encoder (and, unless `weights_only`, the optimizer state and `state`) as the named
+/// checkpoint `dir`.
+pub fn save<D: Device>(dir: &Path, enc: &Encoder<D>, state: &TrainingState, weights_only: bool) -> Result<()> {
+    let specs = enc.tensors();
+    let params = enc.params_to_vec();
+    let buffers = enc.buffers_to_vec();
+    let arch_json = serde_json::to_string(&enc.cfg).map_err(|e| TrainError::Data(e.to_string()))?;
+    let mut meta = HashMap::from([("format".to_string(), "pt".to_string()), ("encoder".to_string(), enc.cfg.kind().to_string()), ("encoder_config".to_string(), arch_json.clone())]);
+    meta.insert("config_yaml".into(), state.config_yaml.clone());
+    let all = [TensorKind::Param, TensorKind::Buffer, TensorKind::Counter];
+    let model = serialize(state_dict(specs, "", &params, &buffers, enc.counters(), &all), meta)?;
+    let mut files = vec![("model.safetensors", model)];
+    if !weights_only {
+        let (m, v) = enc.moments_to_vec();
+        let mut tensors = state_dict(specs, "exp_avg.", &m, &[], &[], &[TensorKind::Param]);
+        tensors.extend(state_dict(specs, "exp_avg_sq.", &v, &[], &[], &[TensorKind::Param]));
+        let mut meta = HashMap::from([("encoder_config".to_string(), arch_json)]);
+        meta.insert("training_state".into(), serde_json::to_string(state).map_err(|e| TrainError::Data(e.to_string()))?);
+        files.push(("training_state.safetensors", serialize(tensors, meta)?));
+    }
+    write_atomic_dir(dir, &format!("s{}", state.step), &files)
 }
 
 /// Resolves a checkpoint argument: a checkpoint directory or its `model.safetensors`.
@@ -161,20 +176,43 @@ pub fn model_file(path: &Path) -> PathBuf {
     if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() }
 }
 
-/// Loads weights into `enc` (whose architecture must match).
+/// Loads weights, running statistics and counters into `enc` by name. The architecture must
+/// match the file's metadata where it has some; a PyTorch state dict without it loads where
+/// every name and shape matches.
 pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> {
     let file = model_file(path);
     if !file.exists() {
         return Err(ckpt_err(&file, "not found"));
     }
-    let arch = read_architecture(&file)?;
-    if arch != enc.cfg {
-        return Err(ckpt_err(&file, format!("holds {} with input {} and embedding {}, expected {} with input {} and embedding {}", arch.kind, arch.input, arch.embed, enc.cfg.kind, enc.cfg.input, enc.cfg.embed)));
+    if let (Some(arch), _) = read_metadata(&file)? {
+        if arch != enc.cfg {
+            return Err(ckpt_err(&file, format!("holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})", arch.kind(), arch.window, arch.channels, arch.embed, enc.cfg.kind(), enc.cfg.window, enc.cfg.channels, enc.cfg.embed)));
+        }
     }
-    let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
+    let bytes = files::read(&file).map_err(|e| TrainError::io(&file, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
-    let arena = safetensors_to_arena(&file, &st, &enc.cfg, "")?;
-    enc.set_params(&arena)?;
+    let specs = enc.tensors().to_vec();
+    let expected: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+    if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(&n[..])) {
+        return Err(ckpt_err(&file, format!("tensor `{extra}` is not part of the {} encoder: another architecture", enc.cfg.kind())));
+    }
+    let mut params = vec![0.0; enc.params().len()];
+    let mut buffers = enc.buffers_to_vec();
+    let mut counters = enc.counters().to_vec();
+    for s in &specs {
+        let v = read_tensor(&file, &st, &s.name, &s.shape)?;
+        if v.iter().any(|x| !x.is_finite()) {
+            return Err(ckpt_err(&file, format!("tensor `{}` holds NaN or infinite values", s.name)));
+        }
+        match s.kind {
+            TensorKind::Param => params[s.offset..s.offset + s.len()].copy_from_slice(&v),
+            TensorKind::Buffer => buffers[s.offset..s.offset + s.len()].copy_from_slice(&v),
+            TensorKind::Counter => counters[s.offset] = v.first().copied().unwrap_or(0.0).max(0.0) as u64,
+        }
+    }
+    enc.set_params(&params)?;
+    enc.set_buffers(&buffers)?;
+    enc.set_counters(&counters)?;
     Ok(())
 }
 
@@ -182,12 +220,19 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
 pub fn load_full<D: Device>(dir: &Path, enc: &mut Encoder<D>) -> Result<TrainingState> {
     load_weights(dir, enc)?;
     let file = dir.join("training_state.safetensors");
-    let bytes = std::fs::read(&file).map_err(|e| TrainError::io(&file, e))?;
+    if !file.exists() {
+        return Err(ckpt_err(dir, "holds weights only (saved with trainer.save_weights_only): it evaluates but cannot be resumed"));
+    }
+    let bytes = files::read(&file).map_err(|e| TrainError::io(&file, e))?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
-    let m = safetensors_to_arena(&file, &st, &enc.cfg, "exp_avg.")?;
-    let v = safetensors_to_arena(&file, &st, &enc.cfg, "exp_avg_sq.")?;
-    enc.device.upload(enc.adam_m, &m);
-    enc.device.upload(enc.adam_v, &v);
+    let specs = enc.tensors().to_vec();
+    let n = enc.params().len();
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    for s in specs.iter().filter(|s| s.kind == TensorKind::Param) {
+        m[s.offset..s.offset + s.len()].copy_from_slice(&read_tensor(&file, &st, &format!("exp_avg.{}", s.name), &s.shape)?);
+        v[s.offset..s.offset + s.len()].copy_from_slice(&read_tensor(&file, &st, &format!("exp_avg_sq.{}", s.name), &s.shape)?);
+    }
+    enc.set_moments(&m, &v)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
     let json = meta.metadata().as_ref().and_then(|m| m.get("training_state")).ok_or_else(|| ckpt_err(&file, "no training state"))?;
     serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))

@@ -2,72 +2,184 @@
 //! `task`, `trainer`, `environment`), typed, validated before anything runs, overridable with
 //! `section.key=value`.
 //!
-//! Three kinds of key: the ones we use (typed below, with their defaults); the ones PHM-Vibench
-//! defines that we accept but do not use yet (reported once, by name); and unknown ones (an
-//! error naming the key: a typo must not silently fall back to a default).
+//! Each key is defined once: a field of its section's struct, with its doc and its default
+//! beside it (`#[default(..)]`). Serde reads the sections (`deny_unknown_fields`), writes them
+//! back (`to_yaml`, which loads again to the same `Config`), and lists the known keys for the
+//! did-you-mean of an unknown one. No key changes another: where a default depends on another key
+//! (the stride on the window, the early-stopping switch on `patience`, the mode on the monitor),
+//! the field is optional and a method resolves it.
+//!
+//! Three kinds of key: the ones we use (below); the ones PHM-Vibench defines that we accept but
+//! do not use ([`ACCEPTED_UNUSED`], each reported once by name); and unknown ones (an error naming
+//! the key: a typo must not silently fall back to a default).
 
 use std::path::{Path, PathBuf};
 
-use engine::{EncoderKind, InfoNceConfig, OptimizerConfig, OptimizerKind};
-use serde_yaml::{Mapping, Value};
+use engine::{Activation, Arch, CnnConfig, EncoderConfig, EncoderKind, InfoNceConfig, IsfmConfig, OptimizerConfig, OptimizerKind};
+use serde::{Deserialize, Serialize};
+use serde_norway::{Mapping, Value};
 use signal::{Normalization, PreprocessConfig, WindowConfig, WindowStrategy};
+use smart_default::SmartDefault;
 
 use crate::error::{Result, TrainError};
 
+/// What a window is fed to the encoder as.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// The samples themselves `[W, C]`.
+    #[default]
+    Time,
+    /// `log(1 + |rFFT|)` of each mean-removed window per channel, bins 1…W/2: `[W/2, C]`.
+    Spectrum,
+}
+
 /// `data` section.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[serde(default, deny_unknown_fields)]
 pub struct DataSection {
     /// Samples per window W (default 1024).
+    #[default(1024)]
+    #[serde(with = "whole")]
     pub window_size: usize,
-    /// Step between sequential windows (default = window_size).
-    pub stride: usize,
+    /// Step between sequential windows (default: the window size).
+    #[serde(with = "opt_whole")]
+    pub stride: Option<usize>,
     /// Windows per Id (default 2; a contrastive pair uses 2).
+    #[default(2)]
+    #[serde(with = "whole")]
     pub num_window: usize,
+    /// random (default), sequential or evenly_spaced.
+    #[serde(with = "text")]
     pub window_sampling_strategy: WindowStrategy,
-    /// `true`/`standardization`, `minmax`, `false`/`none` (default standardization).
+    /// `true`/`standardization` (default), `minmax`, `false`/`none`.
+    #[default(Normalization::Standardization)]
+    #[serde(with = "normalization")]
     pub normalization: Normalization,
+    /// Keep the first N samples of each signal (default: all).
+    #[serde(with = "opt_whole")]
     pub truncate_length: Option<usize>,
+    /// `time` (default) or `spectrum`: what the encoder sees of a window.
+    pub input: InputKind,
     /// Ids per batch (default 32).
+    #[default(32)]
+    #[serde(with = "whole")]
     pub batch_size: usize,
-    /// Threads that assemble batches (default 2; 0 = all cores).
+    /// Threads of the run — batch assembly and compute share one pool of this size (default 2;
+    /// 0 = all cores).
+    #[default(2)]
+    #[serde(with = "whole")]
     pub num_workers: usize,
     /// Batches prepared ahead (default 4).
+    #[default(4)]
+    #[serde(with = "whole")]
     pub prefetch: usize,
     /// Fraction of Ids held out for validation (default 0.2; 0 = no validation).
+    #[default(0.2)]
+    #[serde(with = "real")]
     pub val_fraction: f64,
     /// Training windows come from the first `time_split` of each signal (default 1.0: all of it).
     /// The evaluation's `--split time` fits on the first 70 %: train with 0.7 to keep the test
     /// region unseen.
+    #[default(1.0)]
+    #[serde(with = "real")]
     pub time_split: f64,
 }
 
-/// `model` section.
-#[derive(Clone, Debug, PartialEq)]
+/// `model` section: the encoder, and PHM-Vibench's ISFM keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelSection {
-    /// Encoder: mlp-simple, mlp-medium, mlp-complex (default mlp-medium).
+    /// Encoder: mlp-simple, mlp-medium (default), mlp-complex, cnn, isfm (or PHM-Vibench's
+    /// `M_01_ISFM`).
+    #[default(EncoderKind::MlpMedium)]
+    #[serde(with = "text")]
     pub name: EncoderKind,
-    /// Embedding size D (default 128).
+    /// Embedding size D, the encoder's output (default 128).
+    #[default(128)]
+    #[serde(with = "whole")]
     pub embedding_dim: usize,
+    /// The ISFM's backbone: only `B_08_PatchTST` (default).
+    #[default("B_08_PatchTST".to_string())]
+    pub backbone: String,
+    /// The ISFM's embedding: only `E_01_HSE` (default).
+    #[default("E_01_HSE".to_string())]
+    pub embedding: String,
+    /// The head after pooling: only the linear projection to D, `H_01_Linear_cla` (default).
+    #[default("H_01_Linear_cla".to_string())]
+    pub task_head: String,
+    /// ISFM: patches per window (default 32).
+    #[default(32)]
+    #[serde(with = "whole")]
+    pub num_patches: usize,
+    /// ISFM: time steps per patch (default 64).
+    #[default(64)]
+    #[serde(rename = "patch_size_L", with = "whole")]
+    pub patch_size_l: usize,
+    /// ISFM: channels per patch (default 1).
+    #[default(1)]
+    #[serde(rename = "patch_size_C", with = "whole")]
+    pub patch_size_c: usize,
+    /// ISFM: Transformer width (default 256; `output_dim` replaces it where given).
+    #[default(256)]
+    #[serde(with = "whole")]
+    pub d_model: usize,
+    /// ISFM: the Transformer width, where given (PHM-Vibench's name; default: `d_model`).
+    #[serde(with = "opt_whole")]
+    pub output_dim: Option<usize>,
+    /// ISFM: attention heads, dividing the width (default 4).
+    #[default(4)]
+    #[serde(with = "whole")]
+    pub num_heads: usize,
+    /// ISFM: Transformer layers (default 2; `num_layers` is the same key).
+    #[default(2)]
+    #[serde(alias = "num_layers", with = "whole")]
+    pub e_layers: usize,
+    /// ISFM: feed-forward width (default: twice the Transformer width).
+    #[serde(with = "opt_whole")]
+    pub d_ff: Option<usize>,
+    /// ISFM: dropout on attention weights and sub-layer outputs (default 0.1).
+    #[default(0.1)]
+    #[serde(with = "real")]
+    pub dropout: f64,
+    /// ISFM: feed-forward activation, gelu (default) or relu.
+    #[default(Activation::Gelu)]
+    #[serde(with = "text")]
+    pub activation: Activation,
 }
 
 /// `task` section.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[serde(default, deny_unknown_fields)]
 pub struct TaskSection {
+    /// Learning rate (default 1e-3).
+    #[default(1e-3)]
+    #[serde(with = "real")]
     pub lr: f32,
+    /// Adam: L2 term; AdamW: decoupled decay (default 0).
+    #[serde(with = "real")]
     pub weight_decay: f32,
     /// InfoNCE temperature τ > 0 (default 0.07).
+    #[default(0.07)]
+    #[serde(with = "real")]
     pub temperature: f32,
     /// adam (default) or adamw.
+    #[default(OptimizerKind::Adam)]
+    #[serde(with = "text")]
     pub optimizer: OptimizerKind,
     /// Symmetric InfoNCE (default false).
+    #[serde(with = "boolean")]
     pub symmetric: bool,
 }
 
 /// What early stopping and top-k checkpoints watch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Monitor {
+    #[serde(rename = "val_contrastive_loss", alias = "val_loss")]
     ValLoss,
+    #[serde(rename = "val_contrastive_acc", alias = "val_acc")]
     ValAcc,
+    #[serde(rename = "train_contrastive_loss", alias = "train_loss")]
     TrainLoss,
 }
 
@@ -86,15 +198,18 @@ impl Monitor {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     Min,
     Max,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Scheduler {
+    #[serde(rename = "none", alias = "constant", alias = "null", alias = "false")]
     Constant,
+    #[serde(rename = "cosine", alias = "CosineAnnealingLR", alias = "cosineannealinglr")]
     Cosine,
 }
 
@@ -106,170 +221,157 @@ pub enum Precision {
 }
 
 /// `trainer` section.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[serde(default, deny_unknown_fields)]
 pub struct TrainerSection {
-    /// Epochs (default 10).
+    /// Epochs (default 10; `max_epochs` is the same key).
+    #[default(10)]
+    #[serde(alias = "max_epochs", with = "whole")]
     pub epochs: usize,
     /// Stop after this many optimizer steps, whatever the epoch (default none).
+    #[serde(with = "opt_whole")]
     pub max_steps: Option<u64>,
-    /// cpu (default); gpu/cuda need the CUDA build.
-    pub accelerator: String,
-    pub devices: usize,
-    /// Which GPU with accelerator gpu/cuda (from `devices: [N]`, default 0).
-    pub device_index: usize,
+    /// cpu (default), gpu or cuda (the CUDA device), auto (the GPU where one is present).
+    #[default(Accelerator::Cpu)]
+    pub accelerator: Accelerator,
+    /// `1`, or `[N]` for GPU N (PyTorch Lightning's forms; default 1, GPU 0).
+    #[serde(with = "devices")]
+    pub devices: Devices,
+    /// 32 (default), 16 or bf16 (`16-mixed`, `bf16-mixed` too).
+    #[default(Precision::F32)]
+    #[serde(with = "precision")]
     pub precision: Precision,
-    /// Clip the global gradient norm (default none).
+    /// Clip the global gradient norm (default none; 0 = none).
+    #[serde(with = "opt_real")]
     pub gradient_clip_val: Option<f32>,
     /// Micro-batches per optimizer step (default 1).
+    #[default(1)]
+    #[serde(with = "whole")]
     pub accumulate_grad_batches: usize,
-    pub enable_early_stopping: bool,
+    /// Early stopping on the monitor (default: on exactly when `patience` is given).
+    #[serde(with = "opt_boolean", alias = "early_stopping")]
+    pub enable_early_stopping: Option<bool>,
     /// Validation checks without improvement before stopping (default 10).
-    pub patience: usize,
+    #[serde(with = "opt_whole")]
+    pub patience: Option<usize>,
+    /// What early stopping and top-k watch (default val_contrastive_loss).
+    #[default(Monitor::ValLoss)]
     pub monitor: Monitor,
-    pub mode: Mode,
+    /// min or max (default: the monitor's natural direction).
+    pub mode: Option<Mode>,
+    /// Smallest change that counts as an improvement (default 0).
+    #[serde(with = "real")]
     pub min_delta: f64,
+    /// cosine or none (default none).
+    #[default(Scheduler::Constant)]
     pub lr_scheduler: Scheduler,
     /// Linear warm-up steps before the schedule (default 0).
+    #[serde(with = "whole")]
     pub warmup_steps: u64,
     /// Best checkpoints kept by the monitor (default 1; 0 = none).
+    #[default(1)]
+    #[serde(with = "whole")]
     pub save_top_k: usize,
+    /// Keep a `last` checkpoint (default true).
+    #[default(true)]
+    #[serde(with = "boolean")]
     pub save_last: bool,
+    /// Checkpoints hold the weights only, no optimizer state (default false; such a checkpoint
+    /// evaluates but cannot be resumed).
+    #[serde(with = "boolean")]
+    pub save_weights_only: bool,
+    /// Validate (and checkpoint) every N epochs (default 1).
+    #[default(1)]
+    #[serde(with = "whole")]
     pub check_val_every_n_epoch: usize,
+    /// Write a metrics line every N steps (default 10).
+    #[default(10)]
+    #[serde(with = "whole")]
     pub log_every_n_steps: u64,
-    /// Seed of initialization, shuffles, windows, dropout and the Id split (default 42).
+    /// Draw a progress bar on a terminal (default true).
+    #[default(true)]
+    #[serde(with = "boolean")]
+    pub enable_progress_bar: bool,
+    /// Seed of initialization, shuffles, windows, dropout, patches and the Id split (default 42;
+    /// `environment.seed` is the same key).
+    #[default(42)]
+    #[serde(with = "whole")]
     pub seed: u64,
 }
 
+/// Which device trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accelerator {
+    Cpu,
+    #[serde(alias = "cuda")]
+    Gpu,
+    Auto,
+}
+
+/// `devices`: how many, and which GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Devices {
+    /// More than one is refused (one device trains).
+    pub count: usize,
+    pub index: usize,
+}
+
 /// `environment` section.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
+#[serde(default, deny_unknown_fields)]
 pub struct EnvironmentSection {
     /// Where runs are written (default `save/`).
+    #[default(PathBuf::from("save"))]
     pub save_dir: PathBuf,
     /// Run name (default `contrastive_id`).
+    #[default("contrastive_id".to_string())]
     pub experiment_name: String,
 }
 
-/// The whole configuration.
-#[derive(Clone, Debug, PartialEq)]
+/// The whole configuration. Two configurations are equal when their sections are (the notes on
+/// how one was written are not part of it).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub data: DataSection,
     pub model: ModelSection,
     pub task: TaskSection,
     pub trainer: TrainerSection,
     pub environment: EnvironmentSection,
-    /// Keys present that PHM-Vibench defines but we do not use, `section.key`.
+    /// Keys present that are accepted but not used, `section.key` with why (not part of YAML).
+    #[serde(skip)]
     pub unused_keys: Vec<String>,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            data: DataSection {
-                window_size: 1024,
-                stride: 1024,
-                num_window: 2,
-                window_sampling_strategy: WindowStrategy::Random,
-                normalization: Normalization::Standardization,
-                truncate_length: None,
-                batch_size: 32,
-                num_workers: 2,
-                prefetch: 4,
-                val_fraction: 0.2,
-                time_split: 1.0,
-            },
-            model: ModelSection { name: EncoderKind::MlpMedium, embedding_dim: 128 },
-            task: TaskSection { lr: 1e-3, weight_decay: 0.0, temperature: 0.07, optimizer: OptimizerKind::Adam, symmetric: false },
-            trainer: TrainerSection {
-                epochs: 10,
-                max_steps: None,
-                accelerator: "cpu".into(),
-                devices: 1,
-                device_index: 0,
-                precision: Precision::F32,
-                gradient_clip_val: None,
-                accumulate_grad_batches: 1,
-                enable_early_stopping: false,
-                patience: 10,
-                monitor: Monitor::ValLoss,
-                mode: Mode::Min,
-                min_delta: 0.0,
-                lr_scheduler: Scheduler::Constant,
-                warmup_steps: 0,
-                save_top_k: 1,
-                save_last: true,
-                check_val_every_n_epoch: 1,
-                log_every_n_steps: 10,
-                seed: 42,
-            },
-            environment: EnvironmentSection { save_dir: PathBuf::from("save"), experiment_name: "contrastive_id".into() },
-            unused_keys: Vec::new(),
-        }
+impl PartialEq for Config {
+    fn eq(&self, o: &Self) -> bool {
+        (&self.data, &self.model, &self.task, &self.trainer, &self.environment) == (&o.data, &o.model, &o.task, &o.trainer, &o.environment)
     }
 }
 
-/// Keys PHM-Vibench's configs carry that this trainer accepts and does not use (yet).
-const ACCEPTED_UNUSED: &[&str] = &[
-    "data.factory_name",
-    "data.dataset_name",
-    "data.data_dir",
-    "data.metadata_file",
-    "model.type",
-    "model.backbone",
-    "model.d_model",
-    "task.type",
-    "task.name",
-    "environment.enable_memory_profiling",
-    "environment.enable_performance_profiling",
-    "environment.project",
-    "environment.wandb",
+/// Keys PHM-Vibench's configs carry that this trainer accepts and does not use, with why.
+pub const ACCEPTED_UNUSED: &[(&str, &str)] = &[
+    ("data.factory_name", "the data source is --data/--meta"),
+    ("data.dataset_name", "the data source is --data/--meta"),
+    ("data.data_dir", "the data source is --data/--meta"),
+    ("data.metadata_file", "the data source is --data/--meta"),
+    ("model.type", "model.name selects the encoder"),
+    ("task.type", "the task is ContrastiveID pretraining"),
+    ("task.name", "the task is ContrastiveID pretraining"),
+    ("trainer.lr_scheduler_patience", "ReduceLROnPlateau is not implemented (lr_scheduler: cosine or none)"),
+    ("trainer.lr_reduce_factor", "ReduceLROnPlateau is not implemented (lr_scheduler: cosine or none)"),
+    ("environment.enable_memory_profiling", "memory is measured by `bench`"),
+    ("environment.enable_performance_profiling", "performance is measured by `bench`"),
+    ("environment.project", "no experiment tracker"),
+    ("environment.wandb", "no experiment tracker"),
 ];
 
-/// A YAML scalar as text (numbers, booleans and strings alike).
-fn scalar_text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        Value::Null => Some("null".into()),
-        _ => None,
-    }
-}
+/// Keys under another name: `environment.seed` is `trainer.seed`.
+const MOVED: &[(&str, &str)] = &[("environment.seed", "trainer.seed")];
 
-fn bad(key: &str, v: &Value, why: &str) -> TrainError {
-    TrainError::Config { key: key.into(), reason: format!("{why} (got {})", serde_yaml::to_string(v).unwrap_or_default().trim()) }
-}
-
-fn as_f64(key: &str, v: &Value) -> Result<f64> {
-    match v {
-        Value::Number(n) => n.as_f64().ok_or_else(|| bad(key, v, "expected a number")),
-        Value::String(s) => s.trim().parse().map_err(|_| bad(key, v, "expected a number")),
-        _ => Err(bad(key, v, "expected a number")),
-    }
-}
-
-fn as_usize(key: &str, v: &Value, min: usize) -> Result<usize> {
-    let f = as_f64(key, v)?;
-    if f.fract() != 0.0 || f < min as f64 || f > 1e15 {
-        return Err(bad(key, v, &format!("expected a whole number >= {min}")));
-    }
-    Ok(f as usize)
-}
-
-fn as_bool(key: &str, v: &Value) -> Result<bool> {
-    match scalar_text(v).as_deref().map(str::to_ascii_lowercase).as_deref() {
-        Some("true" | "yes" | "1") => Ok(true),
-        Some("false" | "no" | "0") => Ok(false),
-        _ => Err(bad(key, v, "expected true or false")),
-    }
-}
-
-fn as_string(key: &str, v: &Value) -> Result<String> {
-    scalar_text(v).ok_or_else(|| bad(key, v, "expected a single value"))
-}
-
-fn nullable(v: &Value) -> bool {
-    matches!(v, Value::Null) || matches!(v, Value::String(s) if s.eq_ignore_ascii_case("null") || s.eq_ignore_ascii_case("none"))
-}
+/// The ISFM's keys (reported as unused with another encoder).
+const ISFM_KEYS: &[&str] = &["num_patches", "patch_size_L", "patch_size_C", "d_model", "output_dim", "num_heads", "e_layers", "num_layers", "d_ff", "dropout", "activation"];
 
 impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`), validates.
@@ -282,201 +384,133 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut root: Value = serde_yaml::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
+        let mut root: Value = serde_norway::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
         if root.is_null() {
             root = Value::Mapping(Mapping::new());
         }
         for o in overrides {
             apply_override(&mut root, o)?;
         }
-        let mut cfg = Config::default();
-        let Value::Mapping(sections) = &root else {
+        let Value::Mapping(sections) = &mut root else {
             return Err(TrainError::Yaml("the top level must be a mapping of sections".into()));
         };
-        let mut stride_set = false;
-        for (sk, sv) in sections {
-            let section = scalar_text(sk).unwrap_or_default();
-            let Value::Mapping(keys) = sv else {
-                return Err(TrainError::Config { key: section, reason: "expected a section (a mapping of keys)".into() });
-            };
-            for (kk, v) in keys {
-                let key = format!("{section}.{}", scalar_text(kk).unwrap_or_default());
-                if key == "data.stride" {
-                    stride_set = true;
-                }
-                cfg.set(&key, v)?;
+        // Accepted-but-unused keys out, moved keys to their place, before serde sees the rest.
+        let mut notes = Vec::new();
+        for (key, why) in ACCEPTED_UNUSED {
+            if take(sections, key).is_some() {
+                notes.push(format!("{key} ({why})"));
             }
         }
-        if !stride_set {
-            cfg.data.stride = cfg.data.window_size;
+        for (from, to) in MOVED {
+            if let Some(v) = take(sections, from) {
+                put(sections, to, v);
+            }
         }
+        let name_is_isfm = sections.get("model").and_then(|m| m.get("name")).and_then(scalar_text).and_then(|n| n.parse::<EncoderKind>().ok()) == Some(EncoderKind::Isfm);
+        if !name_is_isfm {
+            if let Some(Value::Mapping(m)) = sections.get("model") {
+                for k in ISFM_KEYS.iter().filter(|k| m.contains_key(**k)) {
+                    notes.push(format!("model.{k} (the isfm's key; model.name is not isfm)"));
+                }
+            }
+        }
+        let mut cfg: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+            let path = e.path().to_string();
+            de_error(&path, &e.into_inner().to_string())
+        })?;
+        cfg.unused_keys = notes;
         cfg.validate()?;
         Ok(cfg)
     }
 
-    /// Sets one key from a YAML value.
-    fn set(&mut self, key: &str, v: &Value) -> Result<()> {
-        let d = &mut self.data;
-        let t = &mut self.trainer;
-        match key {
-            "data.window_size" => d.window_size = as_usize(key, v, 1)?,
-            "data.stride" => d.stride = as_usize(key, v, 1)?,
-            "data.num_window" => d.num_window = as_usize(key, v, 1)?,
-            "data.window_sampling_strategy" => d.window_sampling_strategy = as_string(key, v)?.parse().map_err(|e: signal::SignalError| bad(key, v, &e.to_string()))?,
-            "data.normalization" => {
-                d.normalization = match v {
-                    Value::Bool(true) => Normalization::Standardization,
-                    Value::Bool(false) => Normalization::None,
-                    _ => as_string(key, v)?.parse().map_err(|e: signal::SignalError| bad(key, v, &e.to_string()))?,
-                }
-            }
-            "data.truncate_length" => d.truncate_length = if nullable(v) { None } else { Some(as_usize(key, v, 1)?) },
-            "data.batch_size" => d.batch_size = as_usize(key, v, 1)?,
-            "data.num_workers" => d.num_workers = as_usize(key, v, 0)?,
-            "data.prefetch" => d.prefetch = as_usize(key, v, 1)?,
-            "data.val_fraction" => d.val_fraction = as_f64(key, v)?,
-            "data.time_split" => d.time_split = as_f64(key, v)?,
-            "model.name" | "model.encoder" => self.model.name = as_string(key, v)?.parse().map_err(|e: engine::EngineError| bad(key, v, &e.to_string()))?,
-            "model.embedding_dim" | "model.output_dim" => self.model.embedding_dim = as_usize(key, v, 1)?,
-            "task.lr" => self.task.lr = as_f64(key, v)? as f32,
-            "task.weight_decay" => self.task.weight_decay = as_f64(key, v)? as f32,
-            "task.temperature" => self.task.temperature = as_f64(key, v)? as f32,
-            "task.optimizer" => {
-                self.task.optimizer = match as_string(key, v)?.to_ascii_lowercase().as_str() {
-                    "adam" => OptimizerKind::Adam,
-                    "adamw" => OptimizerKind::AdamW,
-                    _ => return Err(bad(key, v, "expected adam or adamw")),
-                }
-            }
-            "task.symmetric" => self.task.symmetric = as_bool(key, v)?,
-            "trainer.epochs" | "trainer.max_epochs" => t.epochs = as_usize(key, v, 1)?,
-            "trainer.max_steps" => t.max_steps = if nullable(v) || as_f64(key, v)? < 0.0 { None } else { Some(as_usize(key, v, 1)? as u64) },
-            "trainer.accelerator" => {
-                let a = as_string(key, v)?.to_ascii_lowercase();
-                if !["cpu", "gpu", "cuda", "auto"].contains(&a.as_str()) {
-                    return Err(bad(key, v, "expected cpu, gpu, cuda or auto"));
-                }
-                t.accelerator = a;
-            }
-            "trainer.devices" => {
-                t.devices = match v {
-                    Value::Sequence(s) => {
-                        // `devices: [N]` picks GPU N (PyTorch Lightning's form).
-                        if let Some(first) = s.first() {
-                            t.device_index = as_usize(key, first, 0)?;
-                        }
-                        s.len().max(1)
-                    }
-                    _ => as_usize(key, v, 1)?,
-                }
-            }
-            "trainer.precision" => {
-                t.precision = match as_string(key, v)?.to_ascii_lowercase().as_str() {
-                    "32" | "32-true" | "fp32" => Precision::F32,
-                    "16" | "16-mixed" | "fp16" => Precision::F16,
-                    "bf16" | "bf16-mixed" => Precision::Bf16,
-                    _ => return Err(bad(key, v, "expected 32, 16 or bf16")),
-                }
-            }
-            "trainer.gradient_clip_val" => {
-                t.gradient_clip_val = if nullable(v) { None } else {
-                    let c = as_f64(key, v)?;
-                    if c == 0.0 { None } else { Some(c as f32) }
-                }
-            }
-            "trainer.accumulate_grad_batches" => t.accumulate_grad_batches = as_usize(key, v, 1)?,
-            "trainer.enable_early_stopping" | "trainer.early_stopping" => t.enable_early_stopping = as_bool(key, v)?,
-            "trainer.patience" => {
-                t.patience = as_usize(key, v, 1)?;
-                // PHM-Vibench turns early stopping on by giving a patience.
-                t.enable_early_stopping = true;
-            }
-            "trainer.monitor" => {
-                t.monitor = match as_string(key, v)?.as_str() {
-                    "val_contrastive_loss" | "val_loss" => Monitor::ValLoss,
-                    "val_contrastive_acc" | "val_acc" => Monitor::ValAcc,
-                    "train_contrastive_loss" | "train_loss" => Monitor::TrainLoss,
-                    _ => return Err(bad(key, v, "expected val_contrastive_loss, val_contrastive_acc or train_contrastive_loss")),
-                };
-                t.mode = t.monitor.default_mode();
-            }
-            "trainer.mode" => {
-                t.mode = match as_string(key, v)?.as_str() {
-                    "min" => Mode::Min,
-                    "max" => Mode::Max,
-                    _ => return Err(bad(key, v, "expected min or max")),
-                }
-            }
-            "trainer.min_delta" => t.min_delta = as_f64(key, v)?,
-            "trainer.lr_scheduler" | "task.lr_scheduler" => {
-                t.lr_scheduler = match as_string(key, v)?.to_ascii_lowercase().as_str() {
-                    "cosine" | "cosineannealinglr" => Scheduler::Cosine,
-                    "none" | "null" | "constant" | "false" => Scheduler::Constant,
-                    _ => return Err(bad(key, v, "expected cosine or none")),
-                }
-            }
-            "trainer.warmup_steps" => t.warmup_steps = as_usize(key, v, 0)? as u64,
-            "trainer.save_top_k" => t.save_top_k = as_usize(key, v, 0)?,
-            "trainer.save_last" => t.save_last = as_bool(key, v)?,
-            "trainer.check_val_every_n_epoch" => t.check_val_every_n_epoch = as_usize(key, v, 1)?,
-            "trainer.log_every_n_steps" => t.log_every_n_steps = as_usize(key, v, 1)? as u64,
-            "trainer.seed" | "environment.seed" => t.seed = as_usize(key, v, 0)? as u64,
-            "environment.save_dir" => self.environment.save_dir = PathBuf::from(as_string(key, v)?),
-            "environment.experiment_name" => self.environment.experiment_name = as_string(key, v)?,
-            k if ACCEPTED_UNUSED.contains(&k) => {
-                if !self.unused_keys.iter().any(|u| u == k) {
-                    self.unused_keys.push(k.to_string());
-                }
-            }
-            k => {
-                let known = known_keys();
-                let hint = known.iter().min_by_key(|c| edit_distance(c, k)).filter(|c| edit_distance(c, k) <= 3);
-                let reason = match hint {
-                    Some(h) => format!("unknown key; did you mean `{h}`?"),
-                    None => "unknown key".into(),
-                };
-                return Err(TrainError::Config { key: k.to_string(), reason });
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks values that depend on each other; names the key at fault.
+    /// Checks values against their ranges and each other; names the key at fault.
     pub fn validate(&self) -> Result<()> {
-        let c = |key: &str, reason: &str| Err(TrainError::Config { key: key.into(), reason: reason.into() });
-        if !(0.0..1.0).contains(&self.data.val_fraction) {
-            return c("data.val_fraction", "must be in [0, 1)");
+        let bad = |key: &str, reason: String| Err(TrainError::Config { key: key.into(), reason });
+        let (d, m, t) = (&self.data, &self.model, &self.trainer);
+        let positive = [
+            ("data.window_size", d.window_size),
+            ("data.num_window", d.num_window),
+            ("data.batch_size", d.batch_size),
+            ("data.prefetch", d.prefetch),
+            ("model.embedding_dim", m.embedding_dim),
+            ("trainer.epochs", t.epochs),
+            ("trainer.accumulate_grad_batches", t.accumulate_grad_batches),
+            ("trainer.check_val_every_n_epoch", t.check_val_every_n_epoch),
+            ("trainer.log_every_n_steps", t.log_every_n_steps as usize),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return bad(key, "must be > 0".into());
+            }
         }
-        if !(self.data.time_split > 0.0 && self.data.time_split <= 1.0) {
-            return c("data.time_split", "must be in (0, 1]");
+        for (key, v) in [("data.stride", d.stride), ("data.truncate_length", d.truncate_length), ("trainer.patience", t.patience)] {
+            if v == Some(0) {
+                return bad(key, "must be > 0".into());
+            }
         }
-        if self.trainer.devices != 1 {
-            return c("trainer.devices", "only one device is supported");
+        if t.max_steps == Some(0) {
+            return bad("trainer.max_steps", "must be > 0".into());
         }
-        if self.trainer.precision != Precision::F32 && self.trainer.accelerator == "cpu" {
-            return c("trainer.precision", "16 and bf16 need accelerator gpu/cuda (the CUDA device); on cpu use 32");
+        if !(0.0..1.0).contains(&d.val_fraction) {
+            return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
         }
-        if self.trainer.precision != Precision::F32 {
-            return c("trainer.precision", "16 and bf16 are not implemented yet (the CUDA device computes in fp32); use 32");
+        if !(d.time_split > 0.0 && d.time_split <= 1.0) {
+            return bad("data.time_split", format!("must be in (0, 1], got {}", d.time_split));
         }
+        if !(t.min_delta >= 0.0 && t.min_delta.is_finite()) {
+            return bad("trainer.min_delta", format!("must be a finite number >= 0, got {}", t.min_delta));
+        }
+        if t.devices.count != 1 {
+            return bad("trainer.devices", format!("{} devices asked for; one device trains", t.devices.count));
+        }
+        for (key, value, supported) in [("model.backbone", &m.backbone, "B_08_PatchTST"), ("model.embedding", &m.embedding, "E_01_HSE"), ("model.task_head", &m.task_head, "H_01_Linear_cla")] {
+            if value != supported {
+                return bad(key, format!("{value:?} is not supported; supported: {supported}"));
+            }
+        }
+        match t.precision {
+            Precision::F32 => {}
+            Precision::Bf16 | Precision::F16 => {
+                return bad("trainer.precision", format!("{} is not implemented yet on any device (the cpu and cuda devices compute in fp32); use 32", if t.precision == Precision::Bf16 { "bf16" } else { "16" }));
+            }
+        }
+        self.loss().validate().map_err(|e| engine_error(e))?;
+        self.optimizer().validate().map_err(|e| engine_error(e))?;
         self.window().validate().map_err(TrainError::from)?;
-        self.loss().validate().map_err(TrainError::from)?;
-        self.optimizer().validate().map_err(TrainError::from)?;
+        // The encoder's own checks (an ISFM patch longer than the window, heads not dividing the
+        // width, a window too short for the CNN), on one channel: the data's count is checked
+        // when the data is opened.
+        self.encoder(self.model.patch_size_c.max(1)).validate().map_err(|e| engine_error(e))?;
         Ok(())
     }
 
-    /// Whether training runs on the CUDA device.
+    /// Whether training runs on the CUDA device (`auto`: where one is present).
     pub fn on_gpu(&self) -> bool {
-        matches!(self.trainer.accelerator.as_str(), "gpu" | "cuda")
+        match self.trainer.accelerator {
+            Accelerator::Cpu => false,
+            Accelerator::Gpu => true,
+            Accelerator::Auto => engine::CudaDevice::probe(self.trainer.devices.index).is_ok(),
+        }
+    }
+
+    /// The step between sequential windows.
+    pub fn stride(&self) -> usize {
+        self.data.stride.unwrap_or(self.data.window_size)
+    }
+
+    /// Whether early stopping is on, and its patience.
+    pub fn early_stopping(&self) -> Option<usize> {
+        let t = &self.trainer;
+        t.enable_early_stopping.unwrap_or(t.patience.is_some()).then(|| t.patience.unwrap_or(10))
+    }
+
+    /// The monitor's direction.
+    pub fn mode(&self) -> Mode {
+        self.trainer.mode.unwrap_or(self.trainer.monitor.default_mode())
     }
 
     pub fn window(&self) -> WindowConfig {
-        WindowConfig {
-            window_size: self.data.window_size,
-            stride: self.data.stride,
-            num_window: self.data.num_window,
-            strategy: self.data.window_sampling_strategy,
-        }
+        WindowConfig { window_size: self.data.window_size, stride: self.stride(), num_window: self.data.num_window, strategy: self.data.window_sampling_strategy }
     }
 
     pub fn preprocess(&self) -> PreprocessConfig {
@@ -488,70 +522,110 @@ impl Config {
     }
 
     pub fn optimizer(&self) -> OptimizerConfig {
-        OptimizerConfig {
-            kind: self.task.optimizer,
-            lr: self.task.lr,
-            weight_decay: self.task.weight_decay,
-            clip_norm: self.trainer.gradient_clip_val,
-            ..OptimizerConfig::default()
+        OptimizerConfig { kind: self.task.optimizer, lr: self.task.lr, weight_decay: self.task.weight_decay, clip_norm: self.trainer.gradient_clip_val, ..OptimizerConfig::default() }
+    }
+
+    /// Samples per window the encoder sees (the spectrum has W/2 bins).
+    pub fn encoder_window(&self) -> usize {
+        match self.data.input {
+            InputKind::Time => self.data.window_size,
+            InputKind::Spectrum => self.data.window_size / 2,
         }
+    }
+
+    /// The encoder for data of `channels` channels.
+    pub fn encoder(&self, channels: usize) -> EncoderConfig {
+        let m = &self.model;
+        let arch = match m.name {
+            EncoderKind::Cnn => Arch::Cnn(CnnConfig::default()),
+            EncoderKind::Isfm => {
+                let d = m.output_dim.unwrap_or(m.d_model);
+                Arch::Isfm(IsfmConfig {
+                    num_patches: m.num_patches,
+                    patch_size_l: m.patch_size_l,
+                    patch_size_c: m.patch_size_c,
+                    d_model: d,
+                    num_heads: m.num_heads,
+                    e_layers: m.e_layers,
+                    d_ff: m.d_ff.unwrap_or(2 * d),
+                    dropout: m.dropout as f32,
+                    activation: m.activation,
+                })
+            }
+            kind => Arch::default_for(kind),
+        };
+        EncoderConfig { arch, window: self.encoder_window(), channels, embed: m.embedding_dim }
     }
 
     /// The resolved configuration as YAML (every key, defaults included), for checkpoints and
     /// run directories. Loading it back gives the same `Config`.
     pub fn to_yaml(&self) -> String {
-        let d = &self.data;
-        let t = &self.trainer;
-        let norm = match d.normalization {
-            Normalization::None => "none",
-            Normalization::Standardization => "standardization",
-            Normalization::MinMax => "minmax",
-        };
-        let strategy = match d.window_sampling_strategy {
-            WindowStrategy::Sequential => "sequential",
-            WindowStrategy::Random => "random",
-            WindowStrategy::EvenlySpaced => "evenly_spaced",
-        };
-        let prec = match t.precision {
-            Precision::F32 => "32",
-            Precision::F16 => "16",
-            Precision::Bf16 => "bf16",
-        };
-        let opt = match self.task.optimizer {
-            OptimizerKind::Adam => "adam",
-            OptimizerKind::AdamW => "adamw",
-        };
-        let opt_num = |v: Option<String>| v.unwrap_or_else(|| "null".into());
-        format!(
-            "data:\n  window_size: {}\n  stride: {}\n  num_window: {}\n  window_sampling_strategy: {strategy}\n  normalization: {norm}\n  truncate_length: {}\n  batch_size: {}\n  num_workers: {}\n  prefetch: {}\n  val_fraction: {}\n  time_split: {}\n\
-             model:\n  name: {}\n  embedding_dim: {}\n\
-             task:\n  lr: {:e}\n  weight_decay: {:e}\n  temperature: {}\n  optimizer: {opt}\n  symmetric: {}\n\
-             trainer:\n  epochs: {}\n  max_steps: {}\n  accelerator: {}\n  devices: [{}]\n  precision: \"{prec}\"\n  gradient_clip_val: {}\n  accumulate_grad_batches: {}\n  patience: {}\n  enable_early_stopping: {}\n  monitor: {}\n  mode: {}\n  min_delta: {}\n  lr_scheduler: {}\n  warmup_steps: {}\n  save_top_k: {}\n  save_last: {}\n  check_val_every_n_epoch: {}\n  log_every_n_steps: {}\n  seed: {}\n\
-             environment:\n  save_dir: {:?}\n  experiment_name: {:?}\n",
-            d.window_size, d.stride, d.num_window, opt_num(d.truncate_length.map(|v| v.to_string())), d.batch_size, d.num_workers, d.prefetch, d.val_fraction, d.time_split,
-            self.model.name, self.model.embedding_dim,
-            self.task.lr, self.task.weight_decay, self.task.temperature, self.task.symmetric,
-            t.epochs, opt_num(t.max_steps.map(|v| v.to_string())), t.accelerator, t.device_index, opt_num(t.gradient_clip_val.map(|v| v.to_string())), t.accumulate_grad_batches, t.patience, t.enable_early_stopping,
-            t.monitor.name(), if t.mode == Mode::Min { "min" } else { "max" }, t.min_delta, if t.lr_scheduler == Scheduler::Cosine { "cosine" } else { "none" },
-            t.warmup_steps, t.save_top_k, t.save_last, t.check_val_every_n_epoch, t.log_every_n_steps, t.seed,
-            self.environment.save_dir.display().to_string(), self.environment.experiment_name,
-        )
+        serde_norway::to_string(self).unwrap_or_default()
     }
 }
 
-/// Every key `set` understands, for suggestions.
-fn known_keys() -> Vec<&'static str> {
-    vec![
-        "data.window_size", "data.stride", "data.num_window", "data.window_sampling_strategy", "data.normalization",
-        "data.truncate_length", "data.batch_size", "data.num_workers", "data.prefetch", "data.val_fraction", "data.time_split",
-        "model.name", "model.embedding_dim", "task.lr", "task.weight_decay", "task.temperature", "task.optimizer",
-        "task.symmetric", "trainer.epochs", "trainer.max_steps", "trainer.accelerator", "trainer.devices",
-        "trainer.precision", "trainer.gradient_clip_val", "trainer.accumulate_grad_batches",
-        "trainer.enable_early_stopping", "trainer.patience", "trainer.monitor", "trainer.mode", "trainer.min_delta",
-        "trainer.lr_scheduler", "trainer.warmup_steps", "trainer.save_top_k", "trainer.save_last",
-        "trainer.check_val_every_n_epoch", "trainer.log_every_n_steps", "trainer.seed", "environment.save_dir",
-        "environment.experiment_name",
-    ]
+/// The YAML key of an engine setting.
+pub fn setting_key(s: engine::Setting) -> &'static str {
+    use engine::Setting::*;
+    match s {
+        Window => "data.window_size",
+        Channels => "data (the store's channel count)",
+        Embedding => "model.embedding_dim",
+        Batch => "data.batch_size",
+        Encoder => "model.name",
+        Temperature => "task.temperature",
+        LearningRate => "task.lr",
+        WeightDecay => "task.weight_decay",
+        Betas => "task.betas",
+        Eps => "task.eps",
+        ClipNorm => "trainer.gradient_clip_val",
+        NumPatches => "model.num_patches",
+        PatchLen => "model.patch_size_L",
+        PatchChannels => "model.patch_size_C",
+        DModel => "model.d_model",
+        Heads => "model.num_heads",
+        Layers => "model.e_layers",
+        FeedForward => "model.d_ff",
+        Dropout => "model.dropout",
+        Activation => "model.activation",
+    }
+}
+
+/// An engine error, a setting's named by its YAML key.
+pub fn engine_error(e: engine::EngineError) -> TrainError {
+    match e {
+        engine::EngineError::Invalid { setting, reason } => TrainError::Config { key: setting_key(setting).into(), reason },
+        other => TrainError::Engine(other),
+    }
+}
+
+/// A serde error at `path` as a config error naming the key, with a did-you-mean for an
+/// unknown key (against every key of the default config).
+fn de_error(path: &str, message: &str) -> TrainError {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        let field = rest.split('`').next().unwrap_or_default();
+        // serde_path_to_error's path already ends at the unknown key.
+        let key = if path.is_empty() || path == "." { field.to_string() } else if path == field || path.ends_with(&format!(".{field}")) { path.to_string() } else { format!("{path}.{field}") };
+        let hint = known_keys().into_iter().min_by_key(|c| edit_distance(c, &key)).filter(|c| edit_distance(c, &key) <= 3);
+        let reason = match hint {
+            Some(h) => format!("unknown key; did you mean `{h}`?"),
+            None => "unknown key".into(),
+        };
+        return TrainError::Config { key, reason };
+    }
+    TrainError::Config { key: path.to_string(), reason: message.to_string() }
+}
+
+/// Every `section.key` of the configuration, from the default config's serialisation.
+fn known_keys() -> Vec<String> {
+    let Ok(Value::Mapping(root)) = serde_norway::to_value(Config::default()) else { return Vec::new() };
+    let mut out = Vec::new();
+    for (s, v) in root {
+        let (Some(s), Value::Mapping(keys)) = (scalar_text(&s), v) else { continue };
+        out.push(s.clone());
+        out.extend(keys.keys().filter_map(scalar_text).map(|k| format!("{s}.{k}")));
+    }
+    out
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -567,20 +641,47 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
+/// A YAML scalar as text (numbers, booleans and strings alike).
+fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Null => Some("null".into()),
+        _ => None,
+    }
+}
+
+/// Removes `section.key` from the root mapping, returning its value.
+fn take(root: &mut Mapping, key: &str) -> Option<Value> {
+    let (s, k) = key.split_once('.')?;
+    match root.get_mut(s) {
+        Some(Value::Mapping(m)) => m.remove(k),
+        _ => None,
+    }
+}
+
+/// Sets `section.key`, making the section where missing (an existing value wins).
+fn put(root: &mut Mapping, key: &str, v: Value) {
+    let Some((s, k)) = key.split_once('.') else { return };
+    let section = root.entry(Value::String(s.into())).or_insert_with(|| Value::Mapping(Mapping::new()));
+    if let Value::Mapping(m) = section {
+        m.entry(Value::String(k.into())).or_insert(v);
+    }
+}
+
 /// `section.key=value`: the value is parsed as YAML (so `1e-3`, `true`, `[0]` work).
 fn apply_override(root: &mut Value, text: &str) -> Result<()> {
-    let (path, value) = text
-        .split_once('=')
-        .ok_or_else(|| TrainError::Config { key: text.into(), reason: "an override is section.key=value".into() })?;
+    let (path, value) = text.split_once('=').ok_or_else(|| TrainError::Config { key: text.into(), reason: "an override is section.key=value".into() })?;
     let parts: Vec<&str> = path.trim().split('.').collect();
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(TrainError::Config { key: path.into(), reason: "an override names section.key".into() });
     }
-    let v: Value = serde_yaml::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    let v: Value = serde_norway::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
     if !root.is_mapping() {
         *root = Value::Mapping(Mapping::new());
     }
-    let Value::Mapping(m) = root else { unreachable!("made a mapping above") };
+    let Value::Mapping(m) = root else { return Ok(()) };
     let section = m.entry(Value::String(parts[0].into())).or_insert_with(|| Value::Mapping(Mapping::new()));
     if !section.is_mapping() {
         *section = Value::Mapping(Mapping::new());
@@ -589,4 +690,231 @@ fn apply_override(root: &mut Value, text: &str) -> Result<()> {
         s.insert(Value::String(parts[1].into()), v);
     }
     Ok(())
+}
+
+// ---- lenient readers: YAML written by people and by PyYAML-era configs ----------------------
+// A number may come as a string (`lr: "1e-3"`, which PyYAML writes for `1e-3`), a boolean as
+// yes/no, an optional value as `null`/`none`.
+
+fn is_null(v: &Value) -> bool {
+    matches!(v, Value::Null) || matches!(v, Value::String(s) if s.eq_ignore_ascii_case("null") || s.eq_ignore_ascii_case("none"))
+}
+
+fn number(v: &Value) -> std::result::Result<f64, String> {
+    let got = || scalar_text(v).unwrap_or_else(|| "a list or mapping".into());
+    match v {
+        Value::Number(n) => n.as_f64().ok_or_else(|| format!("expected a number, got {}", got())),
+        Value::String(s) => s.trim().parse().map_err(|_| format!("expected a number, got {s:?}")),
+        _ => Err(format!("expected a number, got {}", got())),
+    }
+}
+
+/// Whole numbers up to 2^53 (larger ones are checked against memory where they size something).
+fn whole_number(v: &Value) -> std::result::Result<u64, String> {
+    let f = number(v)?;
+    if f.fract() != 0.0 || !(0.0..=9.007_199_254_740_992e15).contains(&f) {
+        return Err(format!("expected a whole number >= 0, got {}", scalar_text(v).unwrap_or_default()));
+    }
+    Ok(f as u64)
+}
+
+mod whole {
+    use super::*;
+    pub fn serialize<T: Copy + TryInto<u64>, S: serde::Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u64((*v).try_into().unwrap_or(u64::MAX))
+    }
+    pub fn deserialize<'de, T: TryFrom<u64>, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<T, D::Error> {
+        let n = whole_number(&Value::deserialize(d)?).map_err(serde::de::Error::custom)?;
+        T::try_from(n).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+    }
+}
+
+mod opt_whole {
+    use super::*;
+    pub fn serialize<T: Copy + TryInto<u64>, S: serde::Serializer>(v: &Option<T>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_u64((*v).try_into().unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, T: TryFrom<u64>, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<T>, D::Error> {
+        let v = Value::deserialize(d)?;
+        if is_null(&v) {
+            return Ok(None);
+        }
+        let n = whole_number(&v).map_err(serde::de::Error::custom)?;
+        T::try_from(n).map(Some).map_err(|_| serde::de::Error::custom(format!("{n} is too large")))
+    }
+}
+
+/// Reals: finite numbers (ranges are checked by `validate`).
+mod real {
+    use super::*;
+    pub trait Real: Copy {
+        fn to_f64(self) -> f64;
+        fn from_f64(v: f64) -> Self;
+    }
+    impl Real for f32 {
+        fn to_f64(self) -> f64 {
+            self as f64
+        }
+        fn from_f64(v: f64) -> Self {
+            v as f32
+        }
+    }
+    impl Real for f64 {
+        fn to_f64(self) -> f64 {
+            self
+        }
+        fn from_f64(v: f64) -> Self {
+            v
+        }
+    }
+    pub fn serialize<T: Real, S: serde::Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_f64(v.to_f64())
+    }
+    pub fn deserialize<'de, T: Real, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<T, D::Error> {
+        let f = number(&Value::deserialize(d)?).map_err(serde::de::Error::custom)?;
+        if !f.is_finite() {
+            return Err(serde::de::Error::custom(format!("expected a finite number, got {f}")));
+        }
+        Ok(T::from_f64(f))
+    }
+}
+
+/// An optional positive real where 0 or null mean none (`gradient_clip_val`).
+mod opt_real {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Option<f32>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_f64(*v as f64),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<f32>, D::Error> {
+        let v = Value::deserialize(d)?;
+        if is_null(&v) {
+            return Ok(None);
+        }
+        let f = number(&v).map_err(serde::de::Error::custom)?;
+        Ok((f != 0.0).then_some(f as f32))
+    }
+}
+
+fn bool_of(v: &Value) -> std::result::Result<bool, String> {
+    match scalar_text(v).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        Some("true" | "yes" | "1") => Ok(true),
+        Some("false" | "no" | "0") => Ok(false),
+        _ => Err(format!("expected true or false, got {}", scalar_text(v).unwrap_or_default())),
+    }
+}
+
+mod boolean {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &bool, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_bool(*v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+        bool_of(&Value::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_boolean {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Option<bool>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_bool(*b),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<bool>, D::Error> {
+        let v = Value::deserialize(d)?;
+        if is_null(&v) {
+            return Ok(None);
+        }
+        bool_of(&v).map(Some).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Values read by their `FromStr` and written by their `Display`.
+mod text {
+    use super::*;
+    pub fn serialize<T: std::fmt::Display, S: serde::Serializer>(v: &T, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, T, D>(d: D) -> std::result::Result<T, D::Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+        D: serde::Deserializer<'de>,
+    {
+        let v = Value::deserialize(d)?;
+        let s = scalar_text(&v).ok_or_else(|| serde::de::Error::custom("expected a single value"))?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `normalization: true | false | none | standardization | minmax`.
+mod normalization {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Normalization, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Normalization, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(true) => Ok(Normalization::Standardization),
+            Value::Bool(false) => Ok(Normalization::None),
+            v => scalar_text(&v).ok_or_else(|| serde::de::Error::custom("expected true, false or a normalization name"))?.parse().map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `precision: 32 | 16 | bf16` (and Lightning's `32-true`, `16-mixed`, `bf16-mixed`).
+mod precision {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Precision, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(match v {
+            Precision::F32 => "32",
+            Precision::F16 => "16",
+            Precision::Bf16 => "bf16",
+        })
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Precision, D::Error> {
+        let v = Value::deserialize(d)?;
+        match scalar_text(&v).map(|s| s.to_ascii_lowercase()).as_deref() {
+            Some("32" | "32-true" | "fp32") => Ok(Precision::F32),
+            Some("16" | "16-mixed" | "fp16") => Ok(Precision::F16),
+            Some("bf16" | "bf16-mixed") => Ok(Precision::Bf16),
+            _ => Err(serde::de::Error::custom(format!("expected 32, 16 or bf16, got {}", scalar_text(&v).unwrap_or_default()))),
+        }
+    }
+}
+
+/// `devices: N` or `[index]`.
+mod devices {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Devices, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let mut seq = s.serialize_seq(Some(1))?;
+        seq.serialize_element(&v.index)?;
+        seq.end()
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Devices, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Sequence(s) => {
+                let index = match s.first() {
+                    Some(v) => whole_number(v).map_err(serde::de::Error::custom)? as usize,
+                    None => 0,
+                };
+                Ok(Devices { count: s.len().max(1), index })
+            }
+            v => Ok(Devices { count: whole_number(&v).map_err(serde::de::Error::custom)? as usize, index: 0 }),
+        }
+    }
+}
+
+impl Default for Devices {
+    fn default() -> Self {
+        Devices { count: 1, index: 0 }
+    }
 }

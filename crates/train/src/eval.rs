@@ -1,21 +1,25 @@
 //! Learning quality with a frozen encoder (SPEC §4): embed K evenly spaced windows per Id and
 //! region, fit a multinomial logistic regression (the linear probe) and a k-NN classifier on the
-//! fit set, score both on the test set — for the trained encoder and for a randomly initialised
-//! one of the same architecture.
+//! fit set, score both on the test set — for the trained encoder, for a randomly initialised one
+//! of the same architecture, and for the log-spectrum of the same windows with no encoder at all
+//! (the signal-processing baseline a vibration engineer would try first).
 //!
 //! Splits: `time` — every Id's first 70 % is the fit region, the last 30 % the test region;
 //! `bearing` — whole Ids are held out, grouped by physical bearing (Ids sharing `Label`,
-//! `Fault_Size` and `Fault_Location`), about 30 % of the bearings of each label.
+//! `Fault_Size` and `Fault_Location`), about 30 % of the bearings of each label. The report
+//! names the held-out bearings and Ids and the window counts on each side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use engine::{CpuDevice, Encoder, EncoderConfig};
 use signal::{BatchBuilder, Dataset, WindowConfig, WindowStrategy};
 
 use crate::checkpoint;
-use crate::config::Config;
+use crate::config::{engine_error, Config, InputKind};
 use crate::error::{Result, TrainError};
+use crate::input::Inputs;
+use crate::trainer::sample_rates;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Split {
@@ -50,11 +54,14 @@ pub struct EvalOptions {
     pub time_fraction: f64,
     /// Seed of the random-init encoder and the bearing split (default 0).
     pub seed: u64,
+    /// The training configuration, for a checkpoint that does not carry one (a PyTorch state
+    /// dict): its model and data sections name the architecture, window and input.
+    pub config: Option<Config>,
 }
 
 impl Default for EvalOptions {
     fn default() -> Self {
-        EvalOptions { split: Split::Time, label: "Label".into(), windows: 32, knn_k: 5, time_fraction: 0.7, seed: 0 }
+        EvalOptions { split: Split::Time, label: "Label".into(), windows: 32, knn_k: 5, time_fraction: 0.7, seed: 0, config: None }
     }
 }
 
@@ -64,40 +71,127 @@ pub struct ProbeScores {
     pub knn_acc: f64,
 }
 
+/// A held-out bearing of the bearing split.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HeldOut {
+    /// `Label|Fault_Size|Fault_Location`.
+    pub bearing: String,
+    pub ids: Vec<u64>,
+    pub test_windows: usize,
+}
+
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct EvalReport {
     pub checkpoint: String,
     pub encoder: String,
+    pub input: InputKind,
     pub split: Split,
     pub label: String,
     pub windows_per_region: usize,
     pub classes: Vec<String>,
     pub fit_windows: usize,
     pub test_windows: usize,
+    /// Ids whose windows were fitted on and tested on.
+    pub fit_ids: Vec<u64>,
+    pub test_ids: Vec<u64>,
+    /// The bearing split's held-out bearings (empty for the time split).
+    pub held_out: Vec<HeldOut>,
     pub skipped_ids: Vec<u64>,
     pub pretrained: ProbeScores,
     pub random_init: ProbeScores,
+    /// The log-spectrum of the same windows, no encoder.
+    pub spectrum_baseline: ProbeScores,
     pub seconds: f64,
 }
 
-/// Labelled windows: `[n, W·C]` values and a class per window.
-struct Windows {
-    x: Vec<f32>,
-    y: Vec<usize>,
+/// Labelled windows: `[n, W·C]` values, a class and an Id per window.
+#[derive(Default)]
+pub struct Windows {
+    pub x: Vec<f32>,
+    pub y: Vec<usize>,
+    pub ids: Vec<u64>,
 }
 
-/// The preprocessing and window the checkpoint was trained with (`None` for a bare weights file).
-fn training_config(ckpt: &Path) -> Option<Config> {
-    let dir = if ckpt.is_dir() { ckpt.to_path_buf() } else { ckpt.parent().map(Path::to_path_buf).unwrap_or_default() };
-    let state = dir.join("training_state.safetensors");
-    let read = || -> Option<Config> {
-        let bytes = std::fs::read(&state).ok()?;
-        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).ok()?;
-        let json = meta.metadata().as_ref()?.get("training_state")?.clone();
-        let ts: checkpoint::TrainingState = serde_json::from_str(&json).ok()?;
-        Config::from_yaml(&ts.config_yaml, &[]).ok()
+/// The fit and test windows of a split.
+pub struct ProbeSet {
+    pub fit: Windows,
+    pub test: Windows,
+    pub classes: Vec<String>,
+    pub held_out: Vec<HeldOut>,
+    pub skipped: Vec<u64>,
+}
+
+/// Cuts the probe windows of `split` from every Id of `ds`: `k` evenly spaced windows of `w`
+/// per Id and region, normalised as `builder` normalises, labelled by column `label`.
+pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, split: Split, label: &str, time_fraction: f64, seed: u64) -> Result<ProbeSet> {
+    let window = WindowConfig { window_size: w, stride: w, num_window: k, strategy: WindowStrategy::EvenlySpaced };
+    let mut class_of = BTreeMap::new();
+    for &id in &ds.ids {
+        let row = ds.row(id).ok_or_else(|| TrainError::Data(format!("Id {id} has no metadata row")))?;
+        let v = row.field(label).ok_or_else(|| TrainError::Config { key: "--label".into(), reason: format!("column `{label}` is empty or missing for Id {id}") })?;
+        class_of.insert(id, v);
+    }
+    let mut classes: Vec<String> = class_of.values().cloned().collect();
+    classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y),
+        _ => a.cmp(b),
+    });
+    classes.dedup();
+    let class_index = |id: u64| classes.iter().position(|c| *c == class_of[&id]).unwrap_or(0);
+    let bearings = if split == Split::Bearing { held_out_bearings(ds, seed) } else { BTreeMap::new() };
+    let bearing_of: HashMap<u64, &String> = bearings.iter().flat_map(|(b, ids)| ids.iter().map(move |id| (*id, b))).collect();
+    let (mut fit, mut test) = (Windows::default(), Windows::default());
+    let mut skipped = Vec::new();
+    let mut test_count: HashMap<&String, usize> = HashMap::new();
+    for &id in &ds.ids {
+        let info = ds.store.info(id)?;
+        let len = builder.preprocess().effective_length(info.length);
+        let regions: Vec<((usize, usize), bool)> = match split {
+            Split::Time => {
+                let cut = (len as f64 * time_fraction).floor() as usize;
+                vec![((0, cut), false), ((cut, len), true)]
+            }
+            Split::Bearing => vec![((0, len), bearing_of.contains_key(&id))],
+        };
+        if regions.iter().any(|((lo, hi), _)| hi - lo < w) || !builder.usable(id)? {
+            skipped.push(id);
+            continue;
+        }
+        for ((lo, hi), is_test) in regions {
+            let x = builder.windows_of(id, (lo, hi), &window, 0)?;
+            let n = x.len() / (w * builder.channels());
+            let target = if is_test { &mut test } else { &mut fit };
+            target.y.extend(std::iter::repeat_n(class_index(id), n));
+            target.ids.extend(std::iter::repeat_n(id, n));
+            target.x.extend_from_slice(&x);
+            if let Some(b) = bearing_of.get(&id).filter(|_| is_test) {
+                *test_count.entry(b).or_default() += n;
+            }
+        }
+    }
+    if fit.y.is_empty() || test.y.is_empty() {
+        return Err(TrainError::Data(format!("the {split:?} split leaves an empty fit or test set")));
+    }
+    let held_out = bearings.iter().map(|(b, ids)| HeldOut { bearing: b.clone(), ids: ids.clone(), test_windows: test_count.get(b).copied().unwrap_or(0) }).collect();
+    Ok(ProbeSet { fit, test, classes, held_out, skipped })
+}
+
+fn dedup_ids(ids: &[u64]) -> Vec<u64> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Probe scores of `enc`'s embeddings of the probe set's windows, fed as `inputs` makes them.
+pub fn score(enc: &mut Encoder<CpuDevice>, set: &ProbeSet, inputs: &Inputs, knn_k: usize) -> Result<ProbeScores> {
+    let embed = |enc: &mut Encoder<CpuDevice>, w: &Windows| -> Result<Vec<f32>> {
+        let rates = inputs.rates(&w.ids);
+        engine::embed(enc, &inputs.of(&w.x)?, Some(&rates)).map_err(engine_error)
     };
-    read()
+    let zf = embed(enc, &set.fit)?;
+    let zt = embed(enc, &set.test)?;
+    Ok(probe(&zf, &set.fit.y, &zt, &set.test.y, enc.cfg.embed, set.classes.len(), knn_k))
 }
 
 /// Evaluates the encoder of `ckpt` on the store + table.
@@ -110,113 +204,69 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     if !file.exists() {
         return Err(TrainError::Checkpoint { path: file, reason: "not found".into() });
     }
-    let arch = checkpoint::read_architecture(&file)?;
-    let trained = training_config(ckpt);
     let channels = ds.store.samples().first().map_or(1, |s| s.channels);
-    let w = match &trained {
-        Some(c) if arch.input != c.data.window_size * channels => {
-            return Err(TrainError::Checkpoint {
-                path: file,
-                reason: format!(
-                    "was trained on windows of {} x {} channels; {} has {channels} channels",
-                    c.data.window_size,
-                    arch.input / c.data.window_size.max(1),
-                    ds.store.path().display()
-                ),
-            })
-        }
-        Some(c) => c.data.window_size,
-        None if arch.input % channels != 0 => {
-            return Err(TrainError::Checkpoint { path: file, reason: format!("input size {} is not a whole number of windows of {channels} channels", arch.input) })
-        }
-        None => arch.input / channels,
+    let (arch, config_yaml) = checkpoint::read_metadata(&file)?;
+    let cfg = match (config_yaml, &opts.config) {
+        (Some(y), _) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
+        (None, Some(c)) => c.clone(),
+        (None, None) => return Err(TrainError::Checkpoint { path: file.clone(), reason: "carries no training configuration (a state dict saved outside the product?): give the run's config with --config".into() }),
     };
-    let cfg = trained.unwrap_or_default();
-    let window = WindowConfig { window_size: w, stride: w, num_window: opts.windows, strategy: WindowStrategy::EvenlySpaced };
+    let arch: EncoderConfig = arch.unwrap_or_else(|| cfg.encoder(channels));
+    if arch.channels != channels {
+        return Err(TrainError::Checkpoint { path: file, reason: format!("was trained on {} channels; {} has {channels}", arch.channels, ds.store.path().display()) });
+    }
+    let w = cfg.data.window_size;
+    // The windows must hold as many values as the windows the encoder was built for.
+    if arch.window != cfg.encoder_window() {
+        return Err(TrainError::Checkpoint { path: file, reason: format!("its encoder takes windows of {}, its configuration cuts {} ({:?} input)", arch.window, w, cfg.data.input) });
+    }
     let builder = BatchBuilder::new(ds.store.clone(), cfg.preprocess(), WindowConfig { window_size: w, ..WindowConfig::default() })?;
-    // Classes by label value.
-    let mut class_of = BTreeMap::new();
-    for &id in &ds.ids {
-        let row = ds.row(id).ok_or_else(|| TrainError::Data(format!("Id {id} has no metadata row")))?;
-        let v = row.field(&opts.label).ok_or_else(|| TrainError::Config { key: "--label".into(), reason: format!("column `{}` is empty or missing for Id {id}", opts.label) })?;
-        class_of.insert(id, v);
-    }
-    let classes: Vec<String> = {
-        let mut c: Vec<String> = class_of.values().cloned().collect();
-        c.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
-            (Ok(x), Ok(y)) => x.total_cmp(&y),
-            _ => a.cmp(b),
-        });
-        c.dedup();
-        c
-    };
-    let class_index = |id: u64| classes.iter().position(|c| *c == class_of[&id]).unwrap_or(0);
-    let held_out = if opts.split == Split::Bearing { held_out_bearings(ds, opts.seed) } else { Vec::new() };
-    let (mut fit, mut test) = (Windows { x: Vec::new(), y: Vec::new() }, Windows { x: Vec::new(), y: Vec::new() });
-    let mut skipped = Vec::new();
-    for &id in &ds.ids {
-        let info = ds.store.info(id)?;
-        let len = cfg.preprocess().effective_length(info.length);
-        let regions: Vec<((usize, usize), bool)> = match opts.split {
-            Split::Time => {
-                let cut = (len as f64 * opts.time_fraction).floor() as usize;
-                vec![((0, cut), false), ((cut, len), true)]
-            }
-            Split::Bearing => vec![((0, len), held_out.contains(&id))],
-        };
-        if regions.iter().any(|((lo, hi), _)| hi - lo < w) || !builder.usable(id)? {
-            skipped.push(id);
-            continue;
-        }
-        for ((lo, hi), is_test) in regions {
-            let x = builder.windows_of(id, (lo, hi), &window, 0)?;
-            let target = if is_test { &mut test } else { &mut fit };
-            target.y.extend(std::iter::repeat_n(class_index(id), x.len() / arch.input));
-            target.x.extend_from_slice(&x);
-        }
-    }
-    if fit.y.is_empty() || test.y.is_empty() {
-        return Err(TrainError::Data(format!("the {:?} split leaves an empty fit or test set", opts.split)));
-    }
-    for id in &skipped {
+    let set = probe_windows(ds, &builder, w, opts.windows, opts.split, &opts.label, opts.time_fraction, opts.seed)?;
+    for id in &set.skipped {
         eprintln!("warning: Id {id} is too short for the evaluation windows of {w} or unusable; skipped");
     }
-    let score = |enc: &mut Encoder<CpuDevice>| -> Result<ProbeScores> {
-        let zf = engine::embed(enc, &fit.x)?;
-        let zt = engine::embed(enc, &test.x)?;
-        Ok(probe(&zf, &fit.y, &zt, &test.y, arch.embed, classes.len(), opts.knn_k))
-    };
+    let rates = sample_rates(ds);
+    let inputs = Inputs::with_rates(cfg.data.input, w, channels, rates.clone())?;
+    let spectrum = Inputs::with_rates(InputKind::Spectrum, w, channels, rates)?;
     let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| TrainError::Data(e.to_string()))?;
-    let (pretrained, random_init) = pool.install(|| -> Result<_> {
-        let mut enc = arch.init(CpuDevice::new(), 256, opts.seed)?;
+    let (pretrained, random_init, spectrum_baseline) = pool.install(|| -> Result<_> {
+        let mut enc = arch.init(CpuDevice::new(), 256, opts.seed).map_err(engine_error)?;
         checkpoint::load_weights(ckpt, &mut enc)?;
-        let pre = score(&mut enc)?;
-        let mut rand = arch.init(CpuDevice::new(), 256, opts.seed ^ 0x5EED_0F_1A17)?;
-        Ok((pre, score(&mut rand)?))
+        let pre = score(&mut enc, &set, &inputs, opts.knn_k)?;
+        let mut rand = arch.init(CpuDevice::new(), 256, opts.seed ^ 0x5EED_0F_1A17).map_err(engine_error)?;
+        let rnd = score(&mut rand, &set, &inputs, opts.knn_k)?;
+        let (sf, st) = (spectrum.of(&set.fit.x)?, spectrum.of(&set.test.x)?);
+        let spec = probe(&sf, &set.fit.y, &st, &set.test.y, spectrum.row_len(), set.classes.len(), opts.knn_k);
+        Ok((pre, rnd, spec))
     })?;
     Ok(EvalReport {
         checkpoint: file.display().to_string(),
         encoder: arch_string(&arch),
+        input: cfg.data.input,
         split: opts.split,
         label: opts.label.clone(),
         windows_per_region: opts.windows,
-        classes,
-        fit_windows: fit.y.len(),
-        test_windows: test.y.len(),
-        skipped_ids: skipped,
+        fit_windows: set.fit.y.len(),
+        test_windows: set.test.y.len(),
+        fit_ids: dedup_ids(&set.fit.ids),
+        test_ids: dedup_ids(&set.test.ids),
+        classes: set.classes,
+        held_out: set.held_out,
+        skipped_ids: set.skipped,
         pretrained,
         random_init,
+        spectrum_baseline,
         seconds: t0.elapsed().as_secs_f64(),
     })
 }
 
 fn arch_string(a: &EncoderConfig) -> String {
-    format!("{} (input {}, embedding {})", a.kind, a.input, a.embed)
+    format!("{} (windows {} × {}, embedding {}, {} parameters)", a.kind(), a.window, a.channels, a.embed, a.param_count())
 }
 
-/// Ids of the held-out bearings: per label with at least two bearings, about 30 % of them (at
-/// least one), chosen by a seeded shuffle.
-fn held_out_bearings(ds: &Dataset, seed: u64) -> Vec<u64> {
+/// The held-out bearings, by name, with their Ids: per label with at least two bearings, about
+/// 30 % of them (at least one), chosen by a seeded shuffle.
+pub fn held_out_bearings(ds: &Dataset, seed: u64) -> BTreeMap<String, Vec<u64>> {
     let mut groups: BTreeMap<i64, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
     for &id in &ds.ids {
         if let Some(r) = ds.row(id) {
@@ -224,7 +274,7 @@ fn held_out_bearings(ds: &Dataset, seed: u64) -> Vec<u64> {
             groups.entry(r.label).or_default().entry(key).or_default().push(id);
         }
     }
-    let mut out = Vec::new();
+    let mut out = BTreeMap::new();
     for (label, bearings) in groups {
         if bearings.len() < 2 {
             continue;
@@ -233,7 +283,7 @@ fn held_out_bearings(ds: &Dataset, seed: u64) -> Vec<u64> {
         signal::rng::Rng::new(signal::rng::mix_seed(&[seed, label as u64])).shuffle(&mut keys);
         let n = ((keys.len() as f64 * 0.3).round() as usize).clamp(1, keys.len() - 1);
         for k in &keys[..n] {
-            out.extend(&bearings[*k]);
+            out.insert((*k).clone(), bearings[*k].clone());
         }
     }
     out

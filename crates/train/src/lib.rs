@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod eval;
+pub mod input;
 pub mod trainer;
 
 pub use config::Config;

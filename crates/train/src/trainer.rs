@@ -1,23 +1,33 @@
 //! The ContrastiveID trainer: Id split, prefetching batches, accumulation, learning-rate schedule,
 //! validation, early stopping, top-k and last checkpoints, metrics log, resume.
 //!
+//! A [`Trainer`] is built once per run ([`Trainer::new`]: data, device, resume), then fed the
+//! sampler's batches: [`Trainer::train_batch`] runs one micro-batch and, every
+//! `accumulate_grad_batches`, the optimizer step; [`Trainer::end_epoch`] validates, checkpoints
+//! and decides on early stopping; [`Trainer::finish`] writes the last checkpoint and the summary.
+//!
+//! One thread pool of `data.num_workers` threads runs everything: the sampler assembles batches
+//! in it and the CPU device computes in it.
+//!
 //! Everything random is a pure function of the seed and a position (epoch, batch, forward
 //! count), and every kernel is deterministic, so a run stopped at step k and resumed from its
 //! checkpoint continues exactly as the uninterrupted run would.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{ContrastiveStep, CpuDevice, CudaDevice, Device, EncoderConfig};
+use engine::{ContrastiveStep, CpuDevice, CudaDevice, Device, Pairs};
 use signal::sampler::{batches_per_epoch, BatchPos};
 use signal::{BatchBuilder, BatchSampler, ContrastiveBatch, Dataset, Hdf5Store, Metadata, SamplerConfig, SignalStore};
 
 use crate::checkpoint::{self, TrainingState};
-use crate::config::{Config, Mode, Monitor, Scheduler};
+use crate::config::{engine_error, Config, Mode, Monitor, Scheduler};
 use crate::error::{Result, TrainError};
+use crate::input::Inputs;
 
 /// One logged optimizer step.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -109,12 +119,11 @@ pub fn split_ids(ids: &[u64], val_fraction: f64, seed: u64) -> (Vec<u64>, Vec<u6
     if n_val + 2 > ids.len() {
         n_val = 0;
     }
-    let val: Vec<u64> = order[..n_val].to_vec();
+    let mut val: Vec<u64> = order[..n_val].to_vec();
     let mut train = order[n_val..].to_vec();
     train.sort_unstable();
-    let mut val_sorted = val;
-    val_sorted.sort_unstable();
-    (train, val_sorted)
+    val.sort_unstable();
+    (train, val)
 }
 
 /// Opens a store + table pair as a dataset, reporting mismatches.
@@ -136,63 +145,143 @@ fn better(mode: Mode, new: f64, best: f64, min_delta: f64) -> bool {
     }
 }
 
+/// The run's one thread pool (`data.num_workers`, 0 = all cores).
+pub fn thread_pool(cfg: &Config) -> Result<Arc<rayon::ThreadPool>> {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = if cfg.data.num_workers == 0 { cores } else { cfg.data.num_workers };
+    if threads > 4 * cores.max(64) {
+        return Err(TrainError::Config { key: "data.num_workers".into(), reason: format!("{threads} threads on a machine of {cores} cores") });
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("worker-{i}")).build().map_err(|e| TrainError::Config { key: "data.num_workers".into(), reason: e.to_string() })?;
+    Ok(Arc::new(pool))
+}
+
 /// Trains per `cfg` on the store + table; resumes from a checkpoint directory if given. The
-/// device is `trainer.accelerator`: cpu, or gpu/cuda (GPU `trainer.device_index`).
+/// device is `trainer.accelerator`: cpu, or gpu/cuda (GPU `trainer.devices: [N]`).
 pub fn train(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs: &mut dyn Observer) -> Result<Summary> {
     cfg.validate()?;
+    for k in &cfg.unused_keys {
+        obs.message(&format!("note: config key {k} is accepted but not used"));
+    }
+    let pool = thread_pool(cfg)?;
+    let ds = open_dataset(data, meta)?;
     if cfg.on_gpu() {
-        let dev = CudaDevice::new(cfg.trainer.device_index).map_err(|e| TrainError::Config { key: "trainer.accelerator".into(), reason: format!("{} asked for, but {e}", cfg.trainer.accelerator) })?;
-        train_on(cfg, data, meta, resume, obs, move || Ok(dev))
+        let index = cfg.trainer.devices.index;
+        let dev = CudaDevice::new(index).map_err(|e| TrainError::Config { key: "trainer.accelerator".into(), reason: format!("the cuda device (GPU {index}) was asked for, but {e}") })?;
+        run(cfg, ds, resume, obs, pool, dev)
     } else {
-        train_on(cfg, data, meta, resume, obs, || Ok(CpuDevice::new()))
+        let dev = pool.install(CpuDevice::new);
+        run(cfg, ds, resume, obs, pool, dev)
     }
 }
 
-fn train_on<D: Device>(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs: &mut dyn Observer, device: impl FnOnce() -> Result<D> + Send) -> Result<Summary> {
-    for k in &cfg.unused_keys {
-        obs.message(&format!("note: config key `{k}` is accepted but not used by this trainer"));
+fn run<D: Device>(cfg: &Config, ds: Dataset, resume: Option<&Path>, obs: &mut dyn Observer, pool: Arc<rayon::ThreadPool>, device: D) -> Result<Summary> {
+    // The loop itself runs on this thread and hands each batch's compute to the pool: a worker
+    // blocked waiting for the next batch would leave the sampler, which assembles batches in the
+    // same pool, without a thread (with one worker, a deadlock).
+    let p = pool.clone();
+    let mut t = p.install(move || Trainer::new(cfg, ds, resume, obs, pool, device))?;
+    let sampler = t.sampler()?;
+    for item in sampler {
+        let (pos, batch) = item?;
+        if p.install(|| t.train_batch(pos, &batch))?.is_break() {
+            break;
+        }
     }
-    let t_start = Instant::now();
-    let ds = open_dataset(data, meta)?;
-    let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, cfg.trainer.seed);
-    let builder = Arc::new(BatchBuilder::new(ds.store.clone(), cfg.preprocess(), cfg.window())?.with_time_split(cfg.data.time_split)?);
-    let b = cfg.data.batch_size;
-    let enc_cfg = EncoderConfig { kind: cfg.model.name, input: cfg.data.window_size * builder.channels(), embed: cfg.model.embedding_dim };
-    let threads = if cfg.data.num_workers == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.data.num_workers };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("compute-{i}")).build().map_err(|e| TrainError::Data(e.to_string()))?;
-    let usable_train = builder.usable_ids(&train_ids)?;
-    let usable_val = builder.usable_ids(&val_ids)?;
-    let per_epoch = batches_per_epoch(usable_train.len(), b, true);
-    if per_epoch == 0 {
-        return Err(TrainError::Config {
-            key: "data.batch_size".into(),
-            reason: format!("{} usable training Ids cannot fill one batch of {b}", usable_train.len()),
-        });
+    p.install(move || t.finish())
+}
+
+/// The top-k checkpoints, kept in `checkpoints/top_k.json` beside them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct TopK {
+    entries: Vec<TopEntry>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct TopEntry {
+    name: String,
+    epoch: usize,
+    step: u64,
+    value: f64,
+}
+
+impl TopK {
+    fn load(path: &Path) -> Self {
+        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }
-    let accum = cfg.trainer.accumulate_grad_batches;
-    let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
-    let horizon = cfg.trainer.epochs as u64 * steps_per_epoch;
-    let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
 
-    let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
-    let ckpt_dir = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
-    signal::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes())?;
+    fn sort(&mut self, mode: Mode) {
+        self.entries.sort_by(|a, b| if mode == Mode::Min { a.value.total_cmp(&b.value) } else { b.value.total_cmp(&a.value) });
+    }
+}
 
-    pool.install(|| -> Result<Summary> {
-        let enc = enc_cfg.init(device()?, 2 * b, cfg.trainer.seed)?;
-        let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed)?;
-        let mut state = TrainingState {
-            step: 0,
-            micro_step: 0,
-            epoch: 0,
-            batch: 0,
-            seed: cfg.trainer.seed,
-            best: None,
-            checks_without_improvement: 0,
-            monitor_value: None,
-            config_yaml: cfg.to_yaml(),
-        };
+/// Running means of one epoch.
+struct EpochStats {
+    loss: f64,
+    acc: f64,
+    n: usize,
+    start: Instant,
+}
+
+/// One training run in progress.
+pub struct Trainer<'a, D: Device> {
+    cfg: &'a Config,
+    obs: &'a mut dyn Observer,
+    pool: Arc<rayon::ThreadPool>,
+    step: ContrastiveStep<D>,
+    state: TrainingState,
+    builder: Arc<BatchBuilder>,
+    inputs: Inputs,
+    usable_train: Vec<u64>,
+    usable_val: Vec<u64>,
+    val_batches: Vec<ContrastiveBatch>,
+    run_dir: PathBuf,
+    ckpt_dir: PathBuf,
+    metrics: std::fs::File,
+    per_epoch: usize,
+    total_steps: u64,
+    epoch_stats: EpochStats,
+    last: (f32, f32),
+    window_start: (Instant, usize),
+    samples: usize,
+    t_start: Instant,
+    t_train: Instant,
+    stopped_early: bool,
+    last_ckpt: Option<PathBuf>,
+    last_saved_step: Option<u64>,
+    top_k: TopK,
+}
+
+impl<'a, D: Device> Trainer<'a, D> {
+    /// Opens the data, builds the encoder and optimizer on `device`, and restores a checkpoint
+    /// when resuming.
+    pub fn new(cfg: &'a Config, ds: Dataset, resume: Option<&Path>, obs: &'a mut dyn Observer, pool: Arc<rayon::ThreadPool>, device: D) -> Result<Self> {
+        let t_start = Instant::now();
+        let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, cfg.trainer.seed);
+        let builder = Arc::new(BatchBuilder::new(ds.store.clone(), cfg.preprocess(), cfg.window())?.with_time_split(cfg.data.time_split)?);
+        let inputs = Inputs::new(cfg, &ds)?;
+        let b = cfg.data.batch_size;
+        let enc_cfg = cfg.encoder(builder.channels());
+        enc_cfg.validate().map_err(engine_error)?;
+        let usable_train = builder.usable_ids(&train_ids)?;
+        let usable_val = builder.usable_ids(&val_ids)?;
+        let per_epoch = batches_per_epoch(usable_train.len(), b, true);
+        if per_epoch == 0 {
+            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}", usable_train.len()) });
+        }
+        let accum = cfg.trainer.accumulate_grad_batches;
+        let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
+        let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
+        let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
+
+        let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
+        let ckpt_dir = run_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+        files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
+
+        let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(engine_error)?;
+        let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(engine_error)?;
+        let mut state = TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
         if let Some(dir) = resume {
             state = checkpoint::load_full(dir, &mut step.encoder)?;
             if state.seed != cfg.trainer.seed {
@@ -203,160 +292,250 @@ fn train_on<D: Device>(cfg: &Config, data: &Path, meta: &Path, resume: Option<&P
             step.seed = state.seed;
             obs.message(&format!("resumed from {} at step {}, epoch {}", dir.display(), state.step, state.epoch));
         }
-        let seed = state.seed;
         let metrics_path = run_dir.join("metrics.jsonl");
-        let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
-        let mut log = |v: serde_json::Value| -> Result<()> { writeln!(metrics, "{v}").map_err(|e| TrainError::io(&metrics_path, e)) };
-
-        let val_batches = validation_batches(&builder, &usable_val, b, seed)?;
+        let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+        let val_batches = validation_batches(&builder, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
-        let sampler = BatchSampler::new(
-            builder.clone(),
-            &usable_train,
-            SamplerConfig { batch_size: b, seed, shuffle: true, drop_last: true, prefetch: cfg.data.prefetch, epochs: Some(cfg.trainer.epochs) },
-            BatchPos { epoch: state.epoch, batch: state.batch },
-        )?;
-        let (mut ep_loss, mut ep_acc, mut ep_n) = (0.0f64, 0.0f64, 0usize);
-        let mut ep_start = Instant::now();
-        let mut last = (f32::NAN, f32::NAN);
-        let mut window_start = (Instant::now(), 0usize);
-        let mut stopped_early = false;
-        let mut stop_requested = false;
-        let mut samples = 0usize;
-        let mut last_ckpt = None;
-        let mut last_saved_step = None;
-        let mut epochs_completed = state.epoch;
-        let t_train = Instant::now();
-        for item in sampler {
-            let (pos, batch): (BatchPos, ContrastiveBatch) = item?;
-            let micro = pos.batch % accum;
-            let out = step.forward_backward(&batch.anchor, &batch.positive, micro > 0, 1.0 / accum as f32)?;
-            if !out.loss.is_finite() {
-                return Err(TrainError::NonFinite { step: state.step + 1, epoch: pos.epoch, loss: out.loss });
-            }
-            samples += batch.len();
-            ep_loss += out.loss as f64;
-            ep_acc += out.accuracy as f64;
-            ep_n += 1;
-            last = (out.loss, out.accuracy);
-            let end_of_epoch = pos.batch + 1 == per_epoch;
-            if micro + 1 == accum || end_of_epoch {
-                let lr = learning_rate(cfg, step.step + 1, total_steps);
-                let (grad_norm, skipped) = step.optimizer_step(lr);
-                if skipped {
-                    return Err(TrainError::NonFinite { step: step.step + 1, epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
-                }
-                state.step = step.step;
-                let sl = StepLog {
-                    step: state.step,
-                    epoch: pos.epoch,
-                    loss: out.loss,
-                    accuracy: out.accuracy,
-                    lr,
-                    grad_norm,
-                    samples_per_s: (samples - window_start.1) as f64 / window_start.0.elapsed().as_secs_f64().max(1e-9),
-                };
-                stop_requested = obs.step(&sl).is_break();
-                if state.step % cfg.trainer.log_every_n_steps == 0 {
-                    log(serde_json::json!({"kind": "step", "step": sl.step, "epoch": sl.epoch, "loss": sl.loss, "accuracy": sl.accuracy, "lr": sl.lr, "grad_norm": sl.grad_norm, "samples_per_s": sl.samples_per_s}))?;
-                    window_start = (Instant::now(), samples);
-                }
-            }
-            state.micro_step = step.micro_step;
-            state.epoch = pos.epoch;
-            state.batch = pos.batch + 1;
-            let hit_max = cfg.trainer.max_steps.is_some_and(|m| state.step >= m) && (micro + 1 == accum || end_of_epoch);
-            if end_of_epoch {
-                state.epoch = pos.epoch + 1;
-                state.batch = 0;
-                epochs_completed = state.epoch;
-                // Validation and checkpoints share a cadence: every `check_val_every_n_epoch` epochs
-                // (and once more when training ends), so many short epochs do not spend their
-                // time writing checkpoints.
-                let check_epoch = state.epoch % cfg.trainer.check_val_every_n_epoch == 0;
-                let validate = !val_batches.is_empty() && check_epoch;
-                let (vl, va) = if validate { run_validation(&mut step, &val_batches)? } else { (None, None) };
-                let el = EpochLog {
-                    epoch: pos.epoch,
-                    step: state.step,
-                    train_contrastive_loss: ep_loss / ep_n.max(1) as f64,
-                    train_contrastive_acc: ep_acc / ep_n.max(1) as f64,
-                    val_contrastive_loss: vl,
-                    val_contrastive_acc: va,
-                    seconds: ep_start.elapsed().as_secs_f64(),
-                };
-                obs.epoch(&el);
-                log(serde_json::to_value(&el).map(|mut v| {
-                    v["kind"] = "epoch".into();
-                    v
-                }).map_err(|e| TrainError::Data(e.to_string()))?)?;
-                let monitored = match cfg.trainer.monitor {
-                    Monitor::ValLoss => vl,
-                    Monitor::ValAcc => va,
-                    Monitor::TrainLoss => check_epoch.then_some(el.train_contrastive_loss),
-                };
-                state.monitor_value = monitored;
-                if let Some(v) = monitored {
-                    match state.best {
-                        Some(best) if !better(cfg.trainer.mode, v, best, cfg.trainer.min_delta) => state.checks_without_improvement += 1,
-                        _ => {
-                            state.best = Some(v);
-                            state.checks_without_improvement = 0;
-                        }
-                    }
-                    if cfg.trainer.save_top_k > 0 {
-                        save_top_k(&ckpt_dir, &step, &state, cfg)?;
-                    }
-                }
-                if cfg.trainer.save_last && check_epoch {
-                    let dir = ckpt_dir.join("last");
-                    checkpoint::save(&dir, &step.encoder, &state)?;
-                    last_ckpt = Some(dir);
-                    last_saved_step = Some(state.step);
-                }
-                if cfg.trainer.enable_early_stopping && monitored.is_some() && state.checks_without_improvement >= cfg.trainer.patience {
-                    obs.message(&format!(
-                        "early stopping at epoch {}: {} did not improve for {} checks (best {:.5})",
-                        pos.epoch, cfg.trainer.monitor.name(), state.checks_without_improvement, state.best.unwrap_or(f64::NAN)
-                    ));
-                    stopped_early = true;
-                    break;
-                }
-                ep_loss = 0.0;
-                ep_acc = 0.0;
-                ep_n = 0;
-                ep_start = Instant::now();
-            }
-            if hit_max || stop_requested {
-                break;
-            }
+        let top_k = TopK::load(&ckpt_dir.join("top_k.json"));
+        Ok(Trainer {
+            cfg,
+            obs,
+            pool,
+            step,
+            state,
+            builder,
+            inputs,
+            usable_train,
+            usable_val,
+            val_batches,
+            run_dir,
+            ckpt_dir,
+            metrics,
+            per_epoch,
+            total_steps,
+            epoch_stats: EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() },
+            last: (f32::NAN, f32::NAN),
+            window_start: (Instant::now(), 0),
+            samples: 0,
+            t_start,
+            t_train: Instant::now(),
+            stopped_early: false,
+            last_ckpt: None,
+            last_saved_step: None,
+            top_k,
+        })
+    }
+
+    /// The prefetching sampler, from where the run stands.
+    pub fn sampler(&self) -> Result<BatchSampler> {
+        let c = self.cfg;
+        let sc = SamplerConfig { batch_size: c.data.batch_size, seed: self.state.seed, shuffle: true, drop_last: true, prefetch: c.data.prefetch, epochs: Some(c.trainer.epochs) };
+        Ok(BatchSampler::in_pool(Some(self.pool.clone()), self.builder.clone(), &self.usable_train, sc, BatchPos { epoch: self.state.epoch, batch: self.state.batch })?)
+    }
+
+    fn log(&mut self, v: serde_json::Value) -> Result<()> {
+        let path = self.run_dir.join("metrics.jsonl");
+        writeln!(self.metrics, "{v}").map_err(|e| TrainError::io(path, e))
+    }
+
+    /// One micro-batch (forward + backward), then the optimizer step where a step is due, then
+    /// the end of the epoch where the epoch ends. `Break` when training should stop.
+    pub fn train_batch(&mut self, pos: BatchPos, batch: &ContrastiveBatch) -> Result<ControlFlow<()>> {
+        let accum = self.cfg.trainer.accumulate_grad_batches;
+        let micro = pos.batch % accum;
+        let (a, p) = self.inputs.pair(batch)?;
+        let rates = self.inputs.rates(&batch.ids);
+        let out = self.step.forward_backward(Pairs::new(&a, &p).with_rates(&rates), micro > 0, 1.0 / accum as f32).map_err(engine_error)?;
+        if !out.loss.is_finite() {
+            return Err(TrainError::NonFinite { step: self.state.step + 1, epoch: pos.epoch, loss: out.loss });
         }
-        if cfg.trainer.save_last && last_saved_step != Some(state.step) && state.step > 0 {
-            let dir = ckpt_dir.join("last");
-            checkpoint::save(&dir, &step.encoder, &state)?;
-            last_ckpt = Some(dir);
+        self.samples += batch.len();
+        self.epoch_stats.loss += out.loss as f64;
+        self.epoch_stats.acc += out.accuracy as f64;
+        self.epoch_stats.n += 1;
+        self.last = (out.loss, out.accuracy);
+        let end_of_epoch = pos.batch + 1 == self.per_epoch;
+        let stepped = micro + 1 == accum || end_of_epoch;
+        let mut stop = false;
+        if stepped {
+            stop |= self.optimizer_step(pos, out.loss, out.accuracy)?.is_break();
         }
-        let seconds = t_start.elapsed().as_secs_f64();
-        let summary = Summary {
-            run_dir: run_dir.clone(),
-            steps: state.step,
-            epochs_completed,
-            train_ids: usable_train.len(),
-            val_ids: usable_val.len(),
-            skipped_ids: builder.skips().entries().iter().map(|(id, _)| *id).collect(),
-            last_loss: last.0,
-            last_accuracy: last.1,
-            best_monitor: state.best,
-            monitor: cfg.trainer.monitor.name().into(),
-            stopped_early,
-            seconds,
-            samples_per_s: samples as f64 / t_train.elapsed().as_secs_f64().max(1e-9),
-            last_checkpoint: last_ckpt,
-            best_checkpoint: best_checkpoint(&ckpt_dir, cfg.trainer.mode),
+        self.state.micro_step = self.step.micro_step;
+        self.state.epoch = pos.epoch;
+        self.state.batch = pos.batch + 1;
+        if end_of_epoch {
+            stop |= self.end_epoch(pos)?.is_break();
+        }
+        let hit_max = stepped && self.cfg.trainer.max_steps.is_some_and(|m| self.state.step >= m);
+        Ok(if stop || hit_max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    }
+
+    /// The optimizer step and its log line; `Break` when the observer asks to stop.
+    fn optimizer_step(&mut self, pos: BatchPos, loss: f32, accuracy: f32) -> Result<ControlFlow<()>> {
+        let lr = learning_rate(self.cfg, self.step.step + 1, self.total_steps);
+        let (grad_norm, skipped) = self.step.optimizer_step(lr);
+        if skipped {
+            return Err(TrainError::NonFinite { step: self.step.step + 1, epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
+        }
+        self.state.step = self.step.step;
+        let sl = StepLog {
+            step: self.state.step,
+            epoch: pos.epoch,
+            loss,
+            accuracy,
+            lr,
+            grad_norm,
+            samples_per_s: (self.samples - self.window_start.1) as f64 / self.window_start.0.elapsed().as_secs_f64().max(1e-9),
         };
-        signal::write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes())?;
+        let flow = self.obs.step(&sl);
+        if self.state.step % self.cfg.trainer.log_every_n_steps == 0 {
+            let mut v = serde_json::to_value(&sl).map_err(|e| TrainError::Data(e.to_string()))?;
+            v["kind"] = "step".into();
+            self.log(v)?;
+            self.window_start = (Instant::now(), self.samples);
+        }
+        Ok(flow)
+    }
+
+    /// Validation, checkpoints and early stopping at the end of an epoch; `Break` when early
+    /// stopping ends the run. Validation and checkpoints share a cadence: every
+    /// `check_val_every_n_epoch` epochs (and once more when training ends), so many short epochs
+    /// do not spend their time writing checkpoints.
+    pub fn end_epoch(&mut self, pos: BatchPos) -> Result<ControlFlow<()>> {
+        self.state.epoch = pos.epoch + 1;
+        self.state.batch = 0;
+        let check_epoch = self.state.epoch % self.cfg.trainer.check_val_every_n_epoch == 0;
+        let (vl, va) = if check_epoch { self.validate()? } else { (None, None) };
+        let es = &self.epoch_stats;
+        let el = EpochLog {
+            epoch: pos.epoch,
+            step: self.state.step,
+            train_contrastive_loss: es.loss / es.n.max(1) as f64,
+            train_contrastive_acc: es.acc / es.n.max(1) as f64,
+            val_contrastive_loss: vl,
+            val_contrastive_acc: va,
+            seconds: es.start.elapsed().as_secs_f64(),
+        };
+        self.obs.epoch(&el);
+        let mut v = serde_json::to_value(&el).map_err(|e| TrainError::Data(e.to_string()))?;
+        v["kind"] = "epoch".into();
+        self.log(v)?;
+        let monitored = match self.cfg.trainer.monitor {
+            Monitor::ValLoss => vl,
+            Monitor::ValAcc => va,
+            Monitor::TrainLoss => check_epoch.then_some(el.train_contrastive_loss),
+        };
+        self.state.monitor_value = monitored;
+        if let Some(v) = monitored {
+            match self.state.best {
+                Some(best) if !better(self.cfg.mode(), v, best, self.cfg.trainer.min_delta) => self.state.checks_without_improvement += 1,
+                _ => {
+                    self.state.best = Some(v);
+                    self.state.checks_without_improvement = 0;
+                }
+            }
+        }
+        if check_epoch {
+            self.checkpoint(monitored)?;
+        }
+        self.epoch_stats = EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() };
+        if let Some(patience) = self.cfg.early_stopping() {
+            if monitored.is_some() && self.state.checks_without_improvement >= patience {
+                self.obs.message(&format!(
+                    "early stopping at epoch {}: {} did not improve for {} checks (best {:.5})",
+                    pos.epoch,
+                    self.cfg.trainer.monitor.name(),
+                    self.state.checks_without_improvement,
+                    self.state.best.unwrap_or(f64::NAN)
+                ));
+                self.stopped_early = true;
+                return Ok(ControlFlow::Break(()));
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Loss and accuracy over the fixed validation batches (evaluation mode).
+    pub fn validate(&mut self) -> Result<(Option<f64>, Option<f64>)> {
+        if self.val_batches.is_empty() {
+            return Ok((None, None));
+        }
+        let (mut l, mut a, mut n) = (0.0, 0.0, 0.0);
+        for i in 0..self.val_batches.len() {
+            let (x, p) = self.inputs.pair(&self.val_batches[i])?;
+            let rates = self.inputs.rates(&self.val_batches[i].ids);
+            let out = self.step.evaluate(Pairs::new(&x, &p).with_rates(&rates)).map_err(engine_error)?;
+            let w = self.val_batches[i].len() as f64;
+            l += out.loss as f64 * w;
+            a += out.accuracy as f64 * w;
+            n += w;
+        }
+        Ok((Some(l / n), Some(a / n)))
+    }
+
+    /// The top-k checkpoint (where the monitored value qualifies) and `last`.
+    pub fn checkpoint(&mut self, monitored: Option<f64>) -> Result<()> {
+        let weights_only = self.cfg.trainer.save_weights_only;
+        if let (Some(v), k) = (monitored, self.cfg.trainer.save_top_k) {
+            if k > 0 {
+                let mode = self.cfg.mode();
+                self.top_k.sort(mode);
+                let qualifies = self.top_k.entries.len() < k || self.top_k.entries.last().is_some_and(|w| better(mode, v, w.value, 0.0));
+                if qualifies {
+                    let name = format!("best-epoch={}-step={}", self.state.epoch.saturating_sub(1), self.state.step);
+                    checkpoint::save(&self.ckpt_dir.join(&name), &self.step.encoder, &self.state, weights_only)?;
+                    self.top_k.entries.retain(|e| e.name != name);
+                    self.top_k.entries.push(TopEntry { name, epoch: self.state.epoch.saturating_sub(1), step: self.state.step, value: v });
+                    self.top_k.sort(mode);
+                    for gone in self.top_k.entries.split_off(k.min(self.top_k.entries.len())) {
+                        checkpoint::remove(&self.ckpt_dir.join(gone.name));
+                    }
+                    let index = self.ckpt_dir.join("top_k.json");
+                    let json = serde_json::to_vec_pretty(&self.top_k).map_err(|e| TrainError::Data(e.to_string()))?;
+                    files::write_atomic(&index, &json).map_err(|e| TrainError::io(&index, e))?;
+                }
+            }
+        }
+        if self.cfg.trainer.save_last {
+            self.save_last()?;
+        }
+        Ok(())
+    }
+
+    fn save_last(&mut self) -> Result<()> {
+        let dir = self.ckpt_dir.join("last");
+        checkpoint::save(&dir, &self.step.encoder, &self.state, self.cfg.trainer.save_weights_only)?;
+        self.last_ckpt = Some(dir);
+        self.last_saved_step = Some(self.state.step);
+        Ok(())
+    }
+
+    /// The last checkpoint (where the run moved on since the last one) and the summary.
+    pub fn finish(mut self) -> Result<Summary> {
+        if self.cfg.trainer.save_last && self.last_saved_step != Some(self.state.step) && self.state.step > 0 {
+            self.save_last()?;
+        }
+        let summary = Summary {
+            run_dir: self.run_dir.clone(),
+            steps: self.state.step,
+            epochs_completed: self.state.epoch,
+            train_ids: self.usable_train.len(),
+            val_ids: self.usable_val.len(),
+            skipped_ids: self.builder.skips().entries().iter().map(|(id, _)| *id).collect(),
+            last_loss: self.last.0,
+            last_accuracy: self.last.1,
+            best_monitor: self.state.best,
+            monitor: self.cfg.trainer.monitor.name().into(),
+            stopped_early: self.stopped_early,
+            seconds: self.t_start.elapsed().as_secs_f64(),
+            samples_per_s: self.samples as f64 / self.t_train.elapsed().as_secs_f64().max(1e-9),
+            last_checkpoint: self.last_ckpt.clone(),
+            best_checkpoint: self.top_k.entries.first().map(|e| self.ckpt_dir.join(&e.name)),
+        };
+        let path = self.run_dir.join("summary.json");
+        files::write_atomic(&path, serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes()).map_err(|e| TrainError::io(&path, e))?;
         Ok(summary)
-    })
+    }
 }
 
 /// Fixed validation batches: the same windows at every check, so checks compare.
@@ -371,56 +550,7 @@ fn validation_batches(builder: &BatchBuilder, val: &[u64], b: usize, seed: u64) 
     Ok(out)
 }
 
-fn run_validation<D: Device>(step: &mut ContrastiveStep<D>, batches: &[ContrastiveBatch]) -> Result<(Option<f64>, Option<f64>)> {
-    let (mut l, mut a, mut n) = (0.0, 0.0, 0.0);
-    for b in batches {
-        let out = step.evaluate(&b.anchor, &b.positive)?;
-        let w = b.len() as f64;
-        l += out.loss as f64 * w;
-        a += out.accuracy as f64 * w;
-        n += w;
-    }
-    Ok((Some(l / n), Some(a / n)))
-}
-
-fn best_dirs(ckpt_dir: &Path) -> Vec<(f64, PathBuf)> {
-    let Ok(rd) = std::fs::read_dir(ckpt_dir) else { return Vec::new() };
-    let mut v = Vec::new();
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        if !name.starts_with("best-") || name.ends_with(".old") || name.contains(".tmp") {
-            continue;
-        }
-        if let Some(val) = name.rsplit('=').next().and_then(|s| s.parse::<f64>().ok()) {
-            v.push((val, e.path()));
-        }
-    }
-    v
-}
-
-fn best_checkpoint(ckpt_dir: &Path, mode: Mode) -> Option<PathBuf> {
-    let mut v = best_dirs(ckpt_dir);
-    v.sort_by(|a, b| if mode == Mode::Min { a.0.total_cmp(&b.0) } else { b.0.total_cmp(&a.0) });
-    v.into_iter().next().map(|(_, p)| p)
-}
-
-/// Saves this epoch among the best `save_top_k` by the monitor, dropping the worst.
-fn save_top_k<D: Device>(ckpt_dir: &Path, step: &ContrastiveStep<D>, state: &TrainingState, cfg: &Config) -> Result<()> {
-    let Some(v) = state.monitor_value else { return Ok(()) };
-    let mut existing = best_dirs(ckpt_dir);
-    let mode = cfg.trainer.mode;
-    existing.sort_by(|a, b| if mode == Mode::Min { a.0.total_cmp(&b.0) } else { b.0.total_cmp(&a.0) });
-    let k = cfg.trainer.save_top_k;
-    let qualifies = existing.len() < k || existing.last().is_some_and(|w| better(mode, v, w.0, 0.0));
-    if !qualifies {
-        return Ok(());
-    }
-    let name = format!("best-epoch={}-step={}-{}={:.6}", state.epoch.saturating_sub(1), state.step, cfg.trainer.monitor.name(), v);
-    checkpoint::save(&ckpt_dir.join(name), &step.encoder, state)?;
-    let mut all = best_dirs(ckpt_dir);
-    all.sort_by(|a, b| if mode == Mode::Min { a.0.total_cmp(&b.0) } else { b.0.total_cmp(&a.0) });
-    for (_, p) in all.into_iter().skip(k) {
-        let _ = std::fs::remove_dir_all(p);
-    }
-    Ok(())
+/// Each Id's sampling rate (Hz) from the table's `Sample_Rate`, 1 Hz where unknown.
+pub fn sample_rates(ds: &Dataset) -> HashMap<u64, f32> {
+    ds.ids.iter().map(|&id| (id, ds.row(id).and_then(|r| r.field("Sample_Rate")).and_then(|s| s.trim().parse::<f32>().ok()).filter(|r| r.is_finite() && *r > 0.0).unwrap_or(1.0))).collect()
 }

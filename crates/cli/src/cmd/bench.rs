@@ -42,6 +42,13 @@ pub struct Args {
     pub data: Option<PathBuf>,
     #[arg(long, requires = "data")]
     pub meta: Option<PathBuf>,
+    /// Encoder of the training, scalability and hardware categories (mlp-medium, the seed's
+    /// workload; cnn; isfm; …). The model category measures every encoder.
+    #[arg(long, default_value = "mlp-medium")]
+    pub encoder: engine::EncoderKind,
+    /// Encoder the quality category trains.
+    #[arg(long, default_value = "cnn")]
+    pub quality_encoder: engine::EncoderKind,
     /// Run in a debug build anyway (its numbers mean nothing).
     #[arg(long)]
     pub allow_debug: bool,
@@ -63,7 +70,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let pb = crate::progress::bar(names.len() as u64, "bench");
     let pb2 = pb.clone();
-    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(&a.device).on_category(move |name| {
+    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(&a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_category(move |name| {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {

@@ -23,6 +23,13 @@ pub struct Args {
     /// Evenly spaced windows per Id and region.
     #[arg(long, default_value_t = 32)]
     pub windows: usize,
+    /// The run's YAML config, for a checkpoint without the product's metadata (a PyTorch state
+    /// dict saved as safetensors): its model and data sections name the architecture and window.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// `section.key=value` applied to --config, repeatable.
+    #[arg(long = "override", value_name = "SECTION.KEY=VALUE", requires = "config")]
+    pub overrides: Vec<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -30,18 +37,23 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let ds = train::trainer::open_dataset(&a.data.data, &a.data.meta)?;
-    let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, ..Default::default() };
+    let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
+    let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, config, ..Default::default() };
     let r = evaluate(&a.checkpoint, &ds, &opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());
     }
     println!("checkpoint   {}", r.checkpoint);
-    println!("encoder      {}", r.encoder);
+    println!("encoder      {} on the {:?} input", r.encoder, r.input);
     println!("split        {:?}, label `{}` ({} classes), {} windows per Id and region", r.split, r.label, r.classes.len(), r.windows_per_region);
-    println!("windows      fit {}  test {}", r.fit_windows, r.test_windows);
-    println!("               linear probe   k-NN");
-    println!("pretrained     {:>11.1} %  {:>5.1} %", 100.0 * r.pretrained.linear_probe_acc, 100.0 * r.pretrained.knn_acc);
-    println!("random init    {:>11.1} %  {:>5.1} %", 100.0 * r.random_init.linear_probe_acc, 100.0 * r.random_init.knn_acc);
+    println!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
+    for h in &r.held_out {
+        println!("held out     bearing {} (Label|Fault_Size|Fault_Location): Ids {:?}, {} test windows", h.bearing, h.ids, h.test_windows);
+    }
+    println!("                    linear probe   k-NN");
+    for (name, s) in [("pretrained", &r.pretrained), ("random init", &r.random_init), ("spectrum, no encoder", &r.spectrum_baseline)] {
+        println!("{name:<20} {:>9.1} %  {:>5.1} %", 100.0 * s.linear_probe_acc, 100.0 * s.knn_acc);
+    }
     Ok(())
 }

@@ -63,7 +63,8 @@ impl Observer for Bar {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = Config::load(&a.config, &a.overrides)?;
-    let mut bar = Bar { pb: crate::progress::bar(0, "train") };
+    let pb = if cfg.trainer.enable_progress_bar { crate::progress::bar(0, "train") } else { indicatif::ProgressBar::hidden() };
+    let mut bar = Bar { pb };
     let summary = train::train(&cfg, &a.data.data, &a.data.meta, a.resume.as_deref(), &mut bar)?;
     bar.pb.finish_and_clear();
     if a.json {

@@ -200,7 +200,7 @@ impl Panel {
 }
 
 /// Writes `dst[p·W + q]` = source `(p, q)` for `p < kc`, `q < lanes`, and 0 for the padding lanes.
-/// (Also packs the strips of [`crate::sparse`].)
+/// (Also packs the strips of [`crate::cpu::sparse`].)
 ///
 /// # Safety
 /// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.

@@ -7,7 +7,7 @@
 //! compressed to its non-zeros (a list of `(row of B, value)`), then each row of `C` is the sum
 //! of the rows of `B` its list names, held in 8 vector registers per 64 columns.
 //!
-//! The dense kernel ([`crate::sgemm`]) reuses each loaded element of B six times from registers;
+//! The dense kernel ([`crate::cpu::sgemm`]) reuses each loaded element of B six times from registers;
 //! this one loads every element of B it uses (from L1: see [`DEPTH`]), so it runs at about half
 //! the dense kernel's rate per useful multiply-add. Measured on xl's weight gradient it breaks even
 //! at ~85 % non-zeros; the caller decides from the count [`SparseLhs::compress`] returns.
@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::sgemm::{pack_panel, Operand, Panel};
+use crate::cpu::sgemm::{pack_panel, Operand, Panel};
 
 /// Columns of C per register strip: 8 vectors of 8 lanes.
 pub const STRIP: usize = 64;
@@ -135,7 +135,7 @@ impl SparseLhs {
     /// keeps its 64 columns in 8 registers over its non-zeros of the chunk.
     ///
     /// # Safety
-    /// [`crate::sgemm::supported`] must be true; `b` must address a whole `k × n` matrix, `c` a
+    /// [`crate::cpu::sgemm::supported`] must be true; `b` must address a whole `k × n` matrix, `c` a
     /// whole `m × n` one, `cols` lie inside `0..n`, and no other thread may touch those columns of C.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn multiply(&self, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
@@ -283,7 +283,7 @@ mod tests {
 
     #[test]
     fn matches_the_naive_product_with_zeros_strides_and_edges() {
-        if !crate::sgemm::supported() {
+        if !crate::cpu::sgemm::supported() {
             eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the sparse GEMM runs only where it has them");
             return;
         }

@@ -1,0 +1,1074 @@
+//! The CPU device: GEMMs on our packed AVX2 kernel ([`sgemm`]) or on faer where the CPU lacks
+//! AVX2/FMA, the products marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
+//! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
+//! kernels of [`crate::ops`] (compiled for the CPU's vector extensions with `multiversion`),
+//! parallel with rayon where the work is large enough to pay for it.
+//!
+//! This is the reference implementation every other device is checked against, and it is
+//! itself checked against finite differences in f64 (tests/gradcheck.rs). Parallel work is split
+//! statically into one part per worker, and partial sums are combined in a fixed order, so
+//! results do not depend on thread timing (a resumed run is bit-identical).
+
+pub mod math;
+pub mod sgemm;
+pub mod sparse;
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
+use crate::error::{EngineError, Result};
+use crate::ops::act::{self, Activation};
+use crate::ops::attention::{self, AttentionScratch, AttentionShape};
+use crate::ops::conv1d::{self, ConvShape};
+use crate::ops::norm::{self, BatchNormArgs};
+use crate::ops::patch::{self, PatchShape};
+use crate::ops::pool::{self, PoolShape};
+use sgemm::{Operand, PackBuffers};
+use sparse::{SparseLhs, StripBuffer};
+
+/// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
+const PAR_GEMM_WORK: usize = 1 << 18;
+const PAR_ELEMENTS: usize = 1 << 15;
+/// The zero-skipping GEMM runs where at most this fraction of A is non-zero (it loads every
+/// element of B it uses, so it needs the work it skips: measured on xl's weight gradient, it
+/// breaks even with the dense kernel at ~85 % non-zeros) ...
+const SPARSE_MAX_DENSITY: f64 = 0.6;
+/// ... the depth is at most this: a 64-column strip of B (`k × 64`) is then at most 512 KiB ...
+const SPARSE_MAX_DEPTH: usize = 2048;
+/// ... and A has at most this many elements: its compressed form takes 8 bytes per element of A
+/// (room for every one), 32 MiB at this size; xl's largest is a 16th of it. Past it (batches of
+/// thousands of pairs) the dense kernel runs rather than the memory grow without bound.
+const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
+
+/// The GEMM kernel a [`CpuDevice`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuGemm {
+    /// Our packed AVX2 + FMA kernel ([`sgemm`]).
+    Packed,
+    /// faer's sequential kernels (any CPU).
+    Faer,
+}
+
+impl CpuGemm {
+    /// The packed kernel where the CPU supports it, unless the environment asks for faer with
+    /// `CID_CPU_GEMM=faer` (to compare the two on one machine).
+    pub fn detect() -> Self {
+        let forced_faer = std::env::var("CID_CPU_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("faer"));
+        if sgemm::supported() && !forced_faer {
+            CpuGemm::Packed
+        } else {
+            CpuGemm::Faer
+        }
+    }
+}
+
+/// Device memory in one `Vec<f32>`, plus per-worker scratch (GEMM packing, sparse strips,
+/// attention tiles) and scratch for the loss and reductions. All scratch grows during the first
+/// steps and is then reused: a step allocates nothing.
+pub struct CpuDevice {
+    id: u32,
+    mem: Vec<f32>,
+    scratch: Vec<f32>,
+    reduce: Vec<f64>,
+    transpose_scratch: Vec<f32>,
+    /// Packing buffers of the AVX2 GEMM, one per worker of a parallel GEMM.
+    packs: Vec<PackBuffers>,
+    /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
+    sparse: SparseLhs,
+    strips: Vec<StripBuffer>,
+    attention: Vec<AttentionScratch>,
+    gemm: CpuGemm,
+    threads: usize,
+}
+
+impl Default for CpuDevice {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CpuDevice {
+    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`) and the GEMM kernel
+    /// of [`CpuGemm::detect`].
+    pub fn new() -> Self {
+        Self::with_gemm(CpuGemm::detect())
+    }
+
+    /// A device running the given GEMM kernel.
+    ///
+    /// # Panics
+    /// [`CpuGemm::Packed`] on a CPU without AVX2 and FMA.
+    pub fn with_gemm(gemm: CpuGemm) -> Self {
+        assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
+        let threads = rayon::current_num_threads();
+        let per_worker = || (0..threads).map(|_| Default::default()).collect();
+        CpuDevice {
+            id: next_device_id(),
+            mem: Vec::new(),
+            scratch: Vec::new(),
+            reduce: Vec::new(),
+            transpose_scratch: Vec::new(),
+            packs: (0..threads).map(|_| PackBuffers::default()).collect(),
+            sparse: SparseLhs::default(),
+            strips: per_worker(),
+            attention: (0..threads).map(|_| AttentionScratch::default()).collect(),
+            gemm,
+            threads,
+        }
+    }
+
+    pub fn gemm_kernel(&self) -> CpuGemm {
+        self.gemm
+    }
+
+    /// Checks a view belongs to this device and lies in its memory.
+    fn check(&self, v: View) {
+        assert!(v.device() == self.id, "a view of device {} used on device {}", v.device(), self.id);
+        assert!(v.end() <= self.mem.len(), "view {v:?} outside the {} values of device memory", self.mem.len());
+    }
+
+    /// Direct read access (tests, checkpoints).
+    pub fn slice(&self, v: View) -> &[f32] {
+        self.check(v);
+        &self.mem[v.offset()..v.end()]
+    }
+
+    pub fn slice_mut(&mut self, v: View) -> &mut [f32] {
+        self.check(v);
+        &mut self.mem[v.offset()..v.end()]
+    }
+
+    /// `M` output views and `N` input views at once, without allocating.
+    ///
+    /// # Panics
+    /// Where an output overlaps another output or any input: two mutable slices of the same
+    /// memory (or one mutable and one shared) would be undefined behaviour. Inputs may overlap
+    /// each other.
+    fn views<const M: usize, const N: usize>(&mut self, outs: [View; M], ins: [View; N]) -> ([&mut [f32]; M], [&[f32]; N]) {
+        for (i, o) in outs.iter().enumerate() {
+            self.check(*o);
+            for p in &outs[i + 1..] {
+                assert!(o.disjoint(p), "kernel outputs {o:?} and {p:?} overlap");
+            }
+            for p in &ins {
+                assert!(o.disjoint(p), "kernel output {o:?} overlaps input {p:?}");
+            }
+        }
+        for p in &ins {
+            self.check(*p);
+        }
+        let base = self.mem.as_mut_ptr();
+        // SAFETY: every range is in bounds (checked), every output is disjoint from every other
+        // view (checked), so no mutable slice aliases another slice.
+        unsafe {
+            (
+                outs.map(|o| std::slice::from_raw_parts_mut(base.add(o.offset()), o.len())),
+                ins.map(|i| std::slice::from_raw_parts(base.add(i.offset()) as *const f32, i.len())),
+            )
+        }
+    }
+
+    /// One output view and `N` input views.
+    fn split<const N: usize>(&mut self, out: View, ins: [View; N]) -> (&mut [f32], [&[f32]; N]) {
+        let ([o], i) = self.views([out], ins);
+        (o, i)
+    }
+
+    /// Workers for an element-wise pass over `elements` values.
+    fn parts(&self, elements: usize) -> usize {
+        if elements >= PAR_ELEMENTS && self.threads > 1 { self.threads } else { 1 }
+    }
+
+    /// A zeroed f64 scratch of `n` values (grown once).
+    fn take_reduce(&mut self, n: usize) -> Vec<f64> {
+        let mut r = std::mem::take(&mut self.reduce);
+        if r.len() < n {
+            r.resize(n, 0.0);
+        }
+        r[..n].fill(0.0);
+        r
+    }
+}
+
+/// Rows per part when `rows` rows are split into `parts` parts (the last may be shorter).
+fn rows_per_part(rows: usize, parts: usize) -> usize {
+    rows.div_ceil(parts.max(1)).max(1)
+}
+
+/// Runs `f(first_row, block)` over blocks of whole rows of `data` (one per part, in parallel
+/// where `parts > 1`).
+fn for_row_blocks(parts: usize, data: &mut [f32], cols: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let per = rows_per_part(data.len() / cols.max(1), parts);
+    if parts <= 1 {
+        f(0, data);
+    } else {
+        data.par_chunks_mut(per * cols).enumerate().for_each(|(i, c)| f(i * per, c));
+    }
+}
+
+/// As [`for_row_blocks`] over two outputs of the same row count.
+fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_cols: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send) {
+    let per = rows_per_part(a.len() / a_cols.max(1), parts);
+    if parts <= 1 {
+        f(0, a, b);
+    } else {
+        a.par_chunks_mut(per * a_cols).zip(b.par_chunks_mut(per * b_cols)).enumerate().for_each(|(i, (x, y))| f(i * per, x, y));
+    }
+}
+
+/// A GEMM on strided operands on the calling thread: `C[m, n] (+)= alpha·op(A)·op(B)`, C with
+/// column stride 1 and row stride `rsc`.
+///
+/// # Safety
+/// The operands must address whole matrices of these shapes; no other thread may touch the C
+/// written here.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
+    if kernel == CpuGemm::Packed {
+        // SAFETY: as this function's contract; the kernel is only chosen where supported.
+        unsafe { sgemm::sgemm(m, n, k, alpha, a, b, c, rsc, accumulate, pack) };
+        return;
+    }
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            // SAFETY: C is a whole m × n matrix (contract).
+            unsafe { sgemm::clear(m, n, c, rsc) };
+        }
+        return;
+    }
+    // SAFETY: whole matrices of these shapes and strides (contract).
+    let (cm, am, bm) = unsafe { (MatMut::from_raw_parts_mut(c, m, n, rsc, 1), MatRef::from_raw_parts(a.ptr, m, k, a.rs, a.cs), MatRef::from_raw_parts(b.ptr, k, n, b.rs, b.cs)) };
+    let beta = if accumulate { Accum::Add } else { Accum::Replace };
+    matmul(cm, beta, am, bm, alpha, Par::Seq);
+}
+
+/// Which dimension of C a parallel GEMM splits.
+#[derive(Clone, Copy)]
+enum Split {
+    Rows,
+    Cols,
+}
+
+/// `C[lo..hi, :]` (or `C[:, lo..hi]`) of a row-major GEMM on the calling thread.
+///
+/// # Safety
+/// The pointers must address whole row-major matrices of the shapes `g` gives, and no other
+/// thread may write the block of C this call writes.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize, pack: &mut PackBuffers) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let crs = n as isize;
+    let (a, b) = operands(g, a, b);
+    // Offsets of a block inside whole matrices (wrapping: a pointer one past an empty block).
+    let (c, a, b, mb, nb) = match split {
+        Split::Rows => (c.wrapping_offset(lo as isize * crs), Operand { ptr: a.ptr.wrapping_offset(lo as isize * a.rs), ..a }, b, hi - lo, n),
+        Split::Cols => (c.wrapping_add(lo), a, Operand { ptr: b.ptr.wrapping_offset(lo as isize * b.cs), ..b }, m, hi - lo),
+    };
+    // SAFETY: the block lies inside the whole matrices (contract).
+    unsafe { gemm_strided(kernel, mb, nb, k, alpha, a, b, c, crs, g.accumulate, pack) }
+}
+
+/// `op(A)` and `op(B)` of a row-major GEMM as strided operands.
+fn operands(g: Gemm, a: *const f32, b: *const f32) -> (Operand, Operand) {
+    let (ars, acs) = if g.trans_a { (1, g.m as isize) } else { (g.k as isize, 1) };
+    let (brs, bcs) = if g.trans_b { (1, g.k as isize) } else { (g.n as isize, 1) };
+    (Operand { ptr: a, rs: ars, cs: acs }, Operand { ptr: b, rs: brs, cs: bcs })
+}
+
+/// `out[c, r] = src[r, c]` for a row-major `src[rows, cols]`, in cache-sized tiles.
+fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+    const T: usize = 32;
+    for r0 in (0..rows).step_by(T) {
+        for c0 in (0..cols).step_by(T) {
+            for r in r0..(r0 + T).min(rows) {
+                for c in c0..(c0 + T).min(cols) {
+                    out[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// Asks Linux to back a buffer's capacity with 2 MiB pages (transparent huge pages in `madvise`
+/// mode). The arenas of a large model are tens of MiB read with large strides (the packing of a
+/// GEMM reads rows 32 KiB apart): with 4 KiB pages nearly every row is a TLB miss, and a miss is a
+/// two-level page walk under a hypervisor. Advice only: where it is refused nothing changes.
+fn advise_huge_pages(buf: &mut Vec<f32>) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = buf.as_mut_ptr() as usize;
+        let end = start + 4 * buf.capacity();
+        let (lo, hi) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if hi > lo {
+            // SAFETY: [lo, hi) lies inside the Vec's allocation; MADV_HUGEPAGE changes no contents.
+            unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buf;
+}
+
+/// A pointer that may cross to rayon workers; each worker writes a disjoint block.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to hand disjoint blocks of one matrix to the workers of one parallel kernel.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Splits `dim` among at most `workers` parts at multiples of `unit` (a micro-tile, a strip):
+/// the number of parts and part `t`'s start (`bound(t)..bound(t + 1)` is part `t`). Parts narrower
+/// than two units waste the kernel, so small dimensions get fewer parts.
+fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) -> usize + Sync) {
+    let parts = workers.min(dim / (2 * unit)).max(1);
+    let units = dim.div_ceil(unit);
+    (parts, move |t: usize| (units * t / parts * unit).min(dim))
+}
+
+/// A GEMM split over one worker per packing buffer along the larger of C's dimensions, at
+/// micro-tile boundaries. Each block runs the sequential kernel at full per-core speed; the split
+/// is static, so it allocates nothing (faer's own parallel path allocates on every call).
+fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
+    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+    let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
+    let (parts, bound) = partition(packs.len(), dim, unit);
+    let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
+    let run = |(t, pack): (usize, &mut PackBuffers)| {
+        let (cp, ap, bp) = (cp, ap, bp);
+        // SAFETY: whole matrices (asserted above); blocks of different t are disjoint.
+        unsafe { gemm_block(kernel, g, cp.0, ap.0, bp.0, 1.0, split, bound(t), bound(t + 1), pack) }
+    };
+    if parts == 1 {
+        run((0, &mut packs[0]));
+    } else {
+        packs[..parts].par_iter_mut().enumerate().for_each(run);
+    }
+}
+
+/// Row-major GEMM on slices, on the calling thread (the loss kernel's).
+fn gemm_slices(kernel: CpuGemm, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32, pack: &mut PackBuffers) {
+    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+    // SAFETY: the slices cover the whole matrices (asserted) and `c` is exclusively borrowed.
+    unsafe { gemm_block(kernel, g, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), alpha, Split::Rows, 0, g.m, pack) }
+}
+
+impl CpuDevice {
+    /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
+    /// Returns false, having written nothing, where A has too many non-zeros for it to pay.
+    fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
+        let (mut lhs, mut strips) = (std::mem::take(&mut self.sparse), std::mem::take(&mut self.strips));
+        let (cs, [as_, bs]) = self.split(c, [a, b]);
+        assert!(cs.len() >= g.m * g.n && as_.len() >= g.m * g.k && bs.len() >= g.k * g.n);
+        let (a_op, b_op) = operands(g, as_.as_ptr(), bs.as_ptr());
+        // SAFETY: the operands cover whole matrices (asserted).
+        let nnz = unsafe { lhs.compress(g.m, g.k, a_op) };
+        // Every worker's buffer is sized whatever the outcome, so a later step that crosses the
+        // threshold allocates nothing.
+        for s in strips.iter_mut() {
+            s.reserve(g.k);
+        }
+        let pays = nnz as f64 <= SPARSE_MAX_DENSITY * (g.m * g.k) as f64;
+        if pays {
+            let (parts, bound) = partition(strips.len(), g.n, sparse::STRIP);
+            let (cp, bp) = (SendPtr(cs.as_mut_ptr()), SendPtr(b_op.ptr as *mut f32));
+            let lhs = &lhs;
+            let run = |(t, strip): (usize, &mut StripBuffer)| {
+                let (cp, bp) = (cp, bp);
+                let b = Operand { ptr: bp.0, ..b_op };
+                // SAFETY: whole matrices (asserted); the column ranges of different t are disjoint.
+                unsafe { lhs.multiply(b, cp.0, g.n, bound(t)..bound(t + 1), g.accumulate, strip) }
+            };
+            strips[..parts].par_iter_mut().enumerate().for_each(run);
+        }
+        (self.sparse, self.strips) = (lhs, strips);
+        pays
+    }
+
+    /// Runs `f(pair, pack, scratch)` for every (sample, head) of an attention call, the pairs
+    /// split statically over the workers.
+    fn for_attention_pairs(&mut self, pairs: usize, f: impl Fn(usize, &mut PackBuffers, &mut AttentionScratch) + Sync + Send) {
+        let (mut packs, mut scratch) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.attention));
+        let parts = self.threads.min(pairs).max(1);
+        let per = pairs.div_ceil(parts);
+        let run = |(t, (pack, sc)): (usize, (&mut PackBuffers, &mut AttentionScratch))| {
+            for pair in t * per..((t + 1) * per).min(pairs) {
+                f(pair, pack, sc);
+            }
+        };
+        if parts == 1 {
+            run((0, (&mut packs[0], &mut scratch[0])));
+        } else {
+            packs[..parts].par_iter_mut().zip(scratch[..parts].par_iter_mut()).enumerate().for_each(run);
+        }
+        (self.packs, self.attention) = (packs, scratch);
+    }
+}
+
+impl Device for CpuDevice {
+    fn alloc(&mut self, len: usize) -> Result<View> {
+        let need = self.mem.len().checked_add(len).filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize));
+        let Some(need) = need else {
+            return Err(EngineError::OutOfMemory { bytes: (self.mem.len() as u128 + len as u128) * 4, reason: "more than the address space".into() });
+        };
+        let v = View::new(self.id, self.mem.len(), len);
+        if need > self.mem.capacity() {
+            // Grow into a fresh region advised for huge pages before any page of it is touched.
+            let mut grown = Vec::new();
+            grown.try_reserve_exact(need.max(2 * self.mem.capacity())).or_else(|_| grown.try_reserve_exact(need)).map_err(|e| EngineError::OutOfMemory { bytes: need as u128 * 4, reason: e.to_string() })?;
+            advise_huge_pages(&mut grown);
+            grown.extend_from_slice(&self.mem);
+            self.mem = grown;
+        }
+        self.mem.resize(need, 0.0);
+        Ok(v)
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
+        // touched, so it is not resident memory.
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len())
+            + 8 * self.reduce.len()
+            + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
+            + self.sparse.allocated_bytes()
+            + self.strips.iter().map(StripBuffer::allocated_bytes).sum::<usize>()
+            + self.attention.iter().map(AttentionScratch::allocated_bytes).sum::<usize>()
+    }
+
+    fn upload(&mut self, dst: View, src: &[f32]) {
+        assert_eq!(dst.len(), src.len(), "upload of {} values into a view of {}", src.len(), dst.len());
+        let parallel = src.len() >= PAR_ELEMENTS && self.threads > 1;
+        let dst = self.slice_mut(dst);
+        if parallel {
+            // An xl batch is 16 MiB: one core alone cannot saturate the memory bus.
+            const CHUNK: usize = 1 << 16;
+            dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| d.copy_from_slice(s));
+        } else {
+            dst.copy_from_slice(src);
+        }
+    }
+
+    fn download(&self, src: View, dst: &mut [f32]) {
+        dst.copy_from_slice(self.slice(src));
+    }
+
+    fn fill(&mut self, dst: View, value: f32) {
+        self.slice_mut(dst).fill(value);
+    }
+
+    fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
+        let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
+        if g.sparse_a && large && self.gemm == CpuGemm::Packed && sparse_fits && self.gemm_sparse(g, c, a, b) {
+            return;
+        }
+        let parts = if large { self.threads } else { 1 };
+        let mut packs = std::mem::take(&mut self.packs);
+        let kernel = self.gemm;
+        if g.trans_a && large && kernel == CpuGemm::Faer {
+            // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
+            // their plain-A speed; transposing A first costs m·k copies against m·n·k
+            // multiply-adds. (The packed kernel reads any strides at full speed.)
+            let mut at = std::mem::take(&mut self.transpose_scratch);
+            if at.len() < g.m * g.k {
+                at.resize(g.m * g.k, 0.0);
+            }
+            transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
+            let (cs, [bs]) = self.split(c, [b]);
+            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs);
+            self.transpose_scratch = at;
+        } else {
+            let (cs, [as_, bs]) = self.split(c, [a, b]);
+            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs);
+        }
+        self.packs = packs;
+    }
+
+    fn bias_act_forward(&mut self, y: View, bias: View, cols: usize, relu: bool, dropout: Option<Dropout>) {
+        let parts = self.parts(y.len());
+        let (ys, [bs]) = self.split(y, [bias]);
+        assert!(bs.len() == cols && ys.len() % cols == 0);
+        let drop = Dropout::parts(dropout);
+        for_row_blocks(parts, ys, cols, |row0, block| act::bias_act_rows(block, bs, row0, relu, drop));
+    }
+
+    fn act_backward(&mut self, dy: View, h: View, scale: f32) {
+        let parts = self.parts(dy.len());
+        let (ds, [hs]) = self.split(dy, [h]);
+        assert_eq!(ds.len(), hs.len());
+        let per = ds.len().div_ceil(parts);
+        if parts <= 1 {
+            act::relu_backward_rows(ds, hs, scale);
+        } else {
+            ds.par_chunks_mut(per).zip(hs.par_chunks(per)).for_each(|(d, h)| act::relu_backward_rows(d, h, scale));
+        }
+    }
+
+    fn bias_grad(&mut self, db: View, dy: View, cols: usize, accumulate: bool) {
+        let (dbs, [dys]) = self.split(db, [dy]);
+        assert!(dbs.len() == cols && dys.len() % cols == 0);
+        act::bias_grad_rows(dbs, dys, accumulate);
+    }
+
+    fn act_forward(&mut self, pre: View, out: View, bias: Option<View>, cols: usize, act: Activation, dropout: Option<Dropout>) {
+        let parts = self.parts(pre.len());
+        let bias = bias.unwrap_or(pre.prefix(0));
+        let ([ps, os], [bs]) = self.views([pre, out], [bias]);
+        assert!(ps.len() == os.len() && ps.len() % cols == 0 && (bs.is_empty() || bs.len() == cols));
+        let bias = (!bs.is_empty()).then_some(&*bs);
+        let drop = Dropout::parts(dropout);
+        for_row_blocks2(parts, ps, cols, os, cols, |row0, p, o| act::act_forward_rows(p, o, bias, cols, row0, act, drop));
+    }
+
+    fn act_backward_pre(&mut self, d: View, pre: View, cols: usize, act: Activation, dropout: Option<Dropout>) {
+        let parts = self.parts(d.len());
+        let (ds, [ps]) = self.split(d, [pre]);
+        assert!(ds.len() == ps.len() && ds.len() % cols == 0);
+        let drop = Dropout::parts(dropout);
+        let per = rows_per_part(ds.len() / cols, parts);
+        if parts <= 1 {
+            act::act_backward_rows(ds, ps, cols, 0, act, drop);
+        } else {
+            ds.par_chunks_mut(per * cols).zip(ps.par_chunks(per * cols)).enumerate().for_each(|(i, (d, p))| act::act_backward_rows(d, p, cols, i * per, act, drop));
+        }
+    }
+
+    fn add_layernorm_forward(&mut self, a: View, b: View, dropout: Option<Dropout>, sum: View, out: View, stats: View, gamma: View, beta: View, cols: usize, eps: f32) {
+        let rows = a.len() / cols;
+        let parts = self.parts(a.len());
+        let ([ss, os, st], [as_, bs, gs, bts]) = self.views([sum, out, stats], [a, b, gamma, beta]);
+        assert!(as_.len() == rows * cols && bs.len() == as_.len() && ss.len() == as_.len() && os.len() == as_.len() && st.len() == 2 * rows && gs.len() == cols && bts.len() == cols);
+        let (mean, rstd) = st.split_at_mut(rows);
+        let drop = Dropout::parts(dropout);
+        let per = rows_per_part(rows, parts);
+        let run = |(i, (((s, o), (m, r)), (x, y))): (usize, (((&mut [f32], &mut [f32]), (&mut [f32], &mut [f32])), (&[f32], &[f32])))| {
+            norm::layernorm_forward_rows(x, y, s, o, m, r, gs, bts, i * per, eps, drop)
+        };
+        let pc = per * cols;
+        if parts <= 1 {
+            run((0, (((ss, os), (mean, rstd)), (as_, bs))));
+        } else {
+            ss.par_chunks_mut(pc).zip(os.par_chunks_mut(pc)).zip(mean.par_chunks_mut(per).zip(rstd.par_chunks_mut(per))).zip(as_.par_chunks(pc).zip(bs.par_chunks(pc))).enumerate().for_each(run);
+        }
+    }
+
+    fn layernorm_backward(&mut self, dout: View, sum: View, stats: View, gamma: View, dgamma: View, dbeta: View, dsum: View, db: View, dropout: Option<Dropout>, cols: usize, accumulate: bool) {
+        let rows = dout.len() / cols;
+        let parts = self.parts(dout.len());
+        let mut partial = std::mem::take(&mut self.scratch);
+        if partial.len() < parts * 2 * cols {
+            partial.resize(parts * 2 * cols, 0.0);
+        }
+        partial[..parts * 2 * cols].fill(0.0);
+        let ([dss, dbs, dgs, dbts], [dos, ss, st, gs]) = self.views([dsum, db, dgamma, dbeta], [dout, sum, stats, gamma]);
+        assert!(dos.len() == rows * cols && ss.len() == dos.len() && dss.len() == dos.len() && dbs.len() == dos.len() && st.len() == 2 * rows && gs.len() == cols && dgs.len() == cols && dbts.len() == cols);
+        let (mean, rstd) = st.split_at(rows);
+        let drop = Dropout::parts(dropout);
+        let per = rows_per_part(rows, parts);
+        let pc = per * cols;
+        let run = |(i, ((p, (ds, d)), (x, s))): (usize, ((&mut [f32], (&mut [f32], &mut [f32])), (&[f32], &[f32])))| {
+            let (pg, pb) = p.split_at_mut(cols);
+            let r0 = i * per;
+            let n = x.len() / cols;
+            norm::layernorm_backward_rows(x, s, &mean[r0..r0 + n], &rstd[r0..r0 + n], gs, ds, d, pg, pb, r0, drop)
+        };
+        let partial_s = &mut partial[..parts * 2 * cols];
+        if parts <= 1 {
+            run((0, ((partial_s, (dss, dbs)), (dos, ss))));
+        } else {
+            partial_s.par_chunks_mut(2 * cols).zip(dss.par_chunks_mut(pc).zip(dbs.par_chunks_mut(pc))).zip(dos.par_chunks(pc).zip(ss.par_chunks(pc))).enumerate().for_each(run);
+        }
+        if !accumulate {
+            dgs.fill(0.0);
+            dbts.fill(0.0);
+        }
+        for p in partial[..parts * 2 * cols].chunks_exact(2 * cols) {
+            dgs.iter_mut().zip(&p[..cols]).for_each(|(o, &v)| *o += v);
+            dbts.iter_mut().zip(&p[cols..]).for_each(|(o, &v)| *o += v);
+        }
+        self.scratch = partial;
+    }
+
+    fn batchnorm_forward(&mut self, x: View, out: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
+        let cols = bn.cols;
+        let mut acc = self.take_reduce(bn.groups * cols);
+        let parts = self.parts(x.len());
+        let ([os, st, rs], [xs, gs, bs]) = self.views([out, stats, running], [x, gamma, beta]);
+        let rows = xs.len() / cols;
+        assert!(rows % bn.groups == 0 && os.len() == xs.len() && st.len() == 2 * bn.groups * cols && rs.len() == 2 * cols && gs.len() == cols && bs.len() == cols);
+        let group_rows = rows / bn.groups;
+        let (means, rstds) = st.split_at_mut(bn.groups * cols);
+        let (rmean, rvar) = rs.split_at_mut(cols);
+        if bn.train {
+            // Moments per group (a group per worker), then the running update in group order.
+            let work = |((x, acc), (m, v)): ((&[f32], &mut [f64]), (&mut [f32], &mut [f32]))| norm::column_moments(x, cols, acc, m, v);
+            let gr = group_rows * cols;
+            if parts > 1 && bn.groups > 1 {
+                xs.par_chunks(gr).zip(acc.par_chunks_mut(cols)).zip(means.par_chunks_mut(cols).zip(rstds.par_chunks_mut(cols))).for_each(work);
+            } else {
+                xs.chunks(gr).zip(acc.chunks_mut(cols)).zip(means.chunks_mut(cols).zip(rstds.chunks_mut(cols))).for_each(work);
+            }
+            for (m, v) in means.chunks(cols).zip(rstds.chunks_mut(cols)) {
+                let unbiased = group_rows as f32 / (group_rows.max(2) - 1) as f32;
+                for j in 0..cols {
+                    rmean[j] = (1.0 - bn.momentum) * rmean[j] + bn.momentum * m[j];
+                    rvar[j] = (1.0 - bn.momentum) * rvar[j] + bn.momentum * v[j] * unbiased;
+                    v[j] = 1.0 / (v[j] + bn.eps).sqrt();
+                }
+            }
+        } else {
+            for (m, r) in means.chunks_mut(cols).zip(rstds.chunks_mut(cols)) {
+                m.copy_from_slice(rmean);
+                r.iter_mut().zip(rvar.iter()).for_each(|(r, &v)| *r = 1.0 / (v + bn.eps).sqrt());
+            }
+        }
+        let (means, rstds) = (&*means, &*rstds);
+        let per = rows_per_part(rows, parts);
+        let run = |(i, (o, x)): (usize, (&mut [f32], &[f32]))| {
+            // A block may straddle the groups' boundary: normalise row ranges by their group.
+            let r0 = i * per;
+            let n = x.len() / cols;
+            let mut r = 0;
+            while r < n {
+                let g = (r0 + r) / group_rows;
+                let end = ((g + 1) * group_rows - r0).min(n);
+                let (m, s) = (&means[g * cols..(g + 1) * cols], &rstds[g * cols..(g + 1) * cols]);
+                norm::batchnorm_normalize_rows(&x[r * cols..end * cols], &mut o[r * cols..end * cols], m, s, gs, bs, bn.relu);
+                r = end;
+            }
+        };
+        if parts <= 1 {
+            run((0, (os, xs)));
+        } else {
+            os.par_chunks_mut(per * cols).zip(xs.par_chunks(per * cols)).enumerate().for_each(run);
+        }
+        self.reduce = acc;
+    }
+
+    fn batchnorm_backward(&mut self, dout: View, out: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
+        let cols = bn.cols;
+        let mut acc = self.take_reduce(2 * bn.groups * cols);
+        let mut means32 = std::mem::take(&mut self.scratch);
+        if means32.len() < 2 * bn.groups * cols {
+            means32.resize(2 * bn.groups * cols, 0.0);
+        }
+        let parts = self.parts(x.len());
+        let ([ds, dxs, dgs, dbs], [os, xs, st, gs]) = self.views([dout, dx, dgamma, dbeta], [out, x, stats, gamma]);
+        let rows = xs.len() / cols;
+        assert!(rows % bn.groups == 0 && ds.len() == xs.len() && dxs.len() == xs.len() && os.len() == xs.len() && st.len() == 2 * bn.groups * cols);
+        let group_rows = rows / bn.groups;
+        let (means, rstds) = st.split_at(bn.groups * cols);
+        // Per group: Σdy and Σdy·x̂ (dy masked by the ReLU in place).
+        let (sum_dy, sum_dyx) = acc.split_at_mut(bn.groups * cols);
+        let work = |((d, (o, x)), ((a, b), (m, s))): ((&mut [f32], (&[f32], &[f32])), ((&mut [f64], &mut [f64]), (&[f32], &[f32])))| norm::batchnorm_backward_sums(d, o, x, m, s, bn.relu, a, b);
+        let gr = group_rows * cols;
+        if parts > 1 && bn.groups > 1 {
+            ds.par_chunks_mut(gr).zip(os.par_chunks(gr).zip(xs.par_chunks(gr))).zip(sum_dy.par_chunks_mut(cols).zip(sum_dyx.par_chunks_mut(cols)).zip(means.par_chunks(cols).zip(rstds.par_chunks(cols)))).for_each(work);
+        } else {
+            ds.chunks_mut(gr).zip(os.chunks(gr).zip(xs.chunks(gr))).zip(sum_dy.chunks_mut(cols).zip(sum_dyx.chunks_mut(cols)).zip(means.chunks(cols).zip(rstds.chunks(cols)))).for_each(work);
+        }
+        if !accumulate {
+            dgs.fill(0.0);
+            dbs.fill(0.0);
+        }
+        let n = group_rows as f64;
+        let (mean_dy, mean_dyx) = means32.split_at_mut(bn.groups * cols);
+        for g in 0..bn.groups {
+            for j in 0..cols {
+                let (a, b) = (sum_dy[g * cols + j], sum_dyx[g * cols + j]);
+                dbs[j] += a as f32;
+                dgs[j] += b as f32;
+                mean_dy[g * cols + j] = (a / n) as f32;
+                mean_dyx[g * cols + j] = (b / n) as f32;
+            }
+        }
+        let (mean_dy, mean_dyx) = (&*mean_dy, &*mean_dyx);
+        let ds = &*ds;
+        let per = rows_per_part(rows, parts);
+        let run = |(i, dxb): (usize, &mut [f32])| {
+            let r0 = i * per;
+            let n = dxb.len() / cols;
+            let mut r = 0;
+            while r < n {
+                let g = (r0 + r) / group_rows;
+                let end = ((g + 1) * group_rows - r0).min(n);
+                let cg = g * cols..(g + 1) * cols;
+                let span = (r0 + r) * cols..(r0 + end) * cols;
+                norm::batchnorm_backward_rows(&ds[span.clone()], &xs[span], &mut dxb[r * cols..end * cols], &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
+                r = end;
+            }
+        };
+        if parts <= 1 {
+            run((0, dxs));
+        } else {
+            dxs.par_chunks_mut(per * cols).enumerate().for_each(run);
+        }
+        self.reduce = acc;
+        self.scratch = means32;
+    }
+
+    fn im2col(&mut self, x: View, cols: View, s: ConvShape) {
+        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
+        let parts = self.parts(cols.len());
+        let (cs, [xs]) = self.split(cols, [x]);
+        assert!(xs.len() == s.samples * s.len_in * s.channels && cs.len() == s.samples * len_out * s.patch());
+        let (xi, co) = (s.len_in * s.channels, len_out * s.patch());
+        if parts <= 1 {
+            cs.chunks_exact_mut(co).zip(xs.chunks_exact(xi)).for_each(|(c, x)| conv1d::im2col_sample(x, c, s));
+        } else {
+            cs.par_chunks_exact_mut(co).zip(xs.par_chunks_exact(xi)).for_each(|(c, x)| conv1d::im2col_sample(x, c, s));
+        }
+    }
+
+    fn col2im(&mut self, dcols: View, dx: View, s: ConvShape) {
+        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
+        let parts = self.parts(dcols.len());
+        let (dxs, [cs]) = self.split(dx, [dcols]);
+        assert!(dxs.len() == s.samples * s.len_in * s.channels && cs.len() == s.samples * len_out * s.patch());
+        let (xi, co) = (s.len_in * s.channels, len_out * s.patch());
+        if parts <= 1 {
+            dxs.chunks_exact_mut(xi).zip(cs.chunks_exact(co)).for_each(|(d, c)| conv1d::col2im_sample(c, d, s));
+        } else {
+            dxs.par_chunks_exact_mut(xi).zip(cs.par_chunks_exact(co)).for_each(|(d, c)| conv1d::col2im_sample(c, d, s));
+        }
+    }
+
+    fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape) {
+        let parts = self.parts(x.len());
+        let ([os, am], [xs]) = self.views([out, argmax], [x]);
+        let (li, lo) = (s.len * s.cols, s.pooled_len() * s.cols);
+        assert!(xs.len() == s.samples * li && os.len() == s.samples * lo && am.len() == os.len());
+        if lo == 0 {
+            return;
+        }
+        if parts <= 1 {
+            os.chunks_exact_mut(lo).zip(am.chunks_exact_mut(lo)).zip(xs.chunks_exact(li)).for_each(|((o, a), x)| pool::maxpool_forward_sample(x, o, a, s.cols));
+        } else {
+            os.par_chunks_exact_mut(lo).zip(am.par_chunks_exact_mut(lo)).zip(xs.par_chunks_exact(li)).for_each(|((o, a), x)| pool::maxpool_forward_sample(x, o, a, s.cols));
+        }
+    }
+
+    fn maxpool_backward(&mut self, dout: View, argmax: View, dx: View, s: PoolShape) {
+        let parts = self.parts(dx.len());
+        let (dxs, [ds, am]) = self.split(dx, [dout, argmax]);
+        let (li, lo) = (s.len * s.cols, s.pooled_len() * s.cols);
+        assert!(dxs.len() == s.samples * li && ds.len() == s.samples * lo && am.len() == ds.len());
+        if lo == 0 {
+            dxs.fill(0.0);
+            return;
+        }
+        if parts <= 1 {
+            dxs.chunks_exact_mut(li).zip(ds.chunks_exact(lo).zip(am.chunks_exact(lo))).for_each(|(x, (d, a))| pool::maxpool_backward_sample(d, a, x, s.cols));
+        } else {
+            dxs.par_chunks_exact_mut(li).zip(ds.par_chunks_exact(lo).zip(am.par_chunks_exact(lo))).for_each(|(x, (d, a))| pool::maxpool_backward_sample(d, a, x, s.cols));
+        }
+    }
+
+    fn meanpool_forward(&mut self, x: View, out: View, s: PoolShape) {
+        let (os, [xs]) = self.split(out, [x]);
+        assert!(xs.len() == s.samples * s.len * s.cols && os.len() == s.samples * s.cols && s.len > 0);
+        os.chunks_exact_mut(s.cols).zip(xs.chunks_exact(s.len * s.cols)).for_each(|(o, x)| pool::meanpool_forward_sample(x, o));
+    }
+
+    fn meanpool_backward(&mut self, dout: View, dx: View, s: PoolShape) {
+        let parts = self.parts(dx.len());
+        let (dxs, [ds]) = self.split(dx, [dout]);
+        assert!(dxs.len() == s.samples * s.len * s.cols && ds.len() == s.samples * s.cols && s.len > 0);
+        if parts <= 1 {
+            dxs.chunks_exact_mut(s.len * s.cols).zip(ds.chunks_exact(s.cols)).for_each(|(x, d)| pool::meanpool_backward_sample(d, x));
+        } else {
+            dxs.par_chunks_exact_mut(s.len * s.cols).zip(ds.par_chunks_exact(s.cols)).for_each(|(x, d)| pool::meanpool_backward_sample(d, x));
+        }
+    }
+
+    fn attention_forward(&mut self, qkv: View, out: View, lse: View, a: AttentionShape, dropout: Option<Dropout>) {
+        let ([os, ls], [qs]) = self.views([out, lse], [qkv]);
+        assert!(qs.len() == a.rows() * 3 * a.d_model() && os.len() == a.rows() * a.d_model() && ls.len() == a.lse_len());
+        let (q, o, l) = (SendPtr(qs.as_ptr() as *mut f32), SendPtr(os.as_mut_ptr()), SendPtr(ls.as_mut_ptr()));
+        let kernel = self.gemm;
+        self.for_attention_pairs(a.samples * a.heads, move |pair, pack, sc| {
+            let (q, o, l) = (q, o, l);
+            // SAFETY: whole matrices (asserted); each pair writes only its own columns and rows.
+            unsafe { attention::forward_head(kernel, q.0, o.0, l.0, a, pair, dropout, pack, sc) }
+        });
+    }
+
+    fn attention_backward(&mut self, qkv: View, out: View, lse: View, dout: View, dqkv: View, a: AttentionShape, dropout: Option<Dropout>) {
+        let (dq, [qs, os, ls, ds]) = self.split(dqkv, [qkv, out, lse, dout]);
+        assert!(qs.len() == a.rows() * 3 * a.d_model() && dq.len() == qs.len() && os.len() == a.rows() * a.d_model() && ds.len() == os.len() && ls.len() == a.lse_len());
+        let ptr = |s: &[f32]| SendPtr(s.as_ptr() as *mut f32);
+        let (q, o, l, d, g) = (ptr(qs), ptr(os), ptr(ls), ptr(ds), SendPtr(dq.as_mut_ptr()));
+        let kernel = self.gemm;
+        self.for_attention_pairs(a.samples * a.heads, move |pair, pack, sc| {
+            let (q, o, l, d, g) = (q, o, l, d, g);
+            // SAFETY: whole matrices (asserted); each pair writes only its own columns of dqkv.
+            unsafe { attention::backward_head(kernel, q.0, o.0, l.0, d.0, g.0, a, pair, dropout, pack, sc) }
+        });
+    }
+
+    fn patch_starts(&mut self, starts: View, p: PatchShape, key: Option<u64>) {
+        let st = self.slice_mut(starts);
+        assert_eq!(st.len(), p.starts_len());
+        patch::starts_cpu(st, p, key);
+    }
+
+    fn patch_gather(&mut self, x: View, rates: View, starts: View, out: View, p: PatchShape) {
+        let parts = self.parts(out.len());
+        let (os, [xs, rs, st]) = self.split(out, [x, rates, starts]);
+        let n = p.samples * p.patches;
+        assert!(xs.len() == p.samples * p.window * p.channels && rs.len() == p.samples && st.len() == 2 * n && os.len() == n * p.row_len());
+        let (sl, sc) = st.split_at(n);
+        let (xi, oi) = (p.window * p.channels, p.patches * p.row_len());
+        let run = |(i, o): (usize, &mut [f32])| {
+            let ps = i * p.patches..(i + 1) * p.patches;
+            patch::gather_sample(&xs[i * xi..(i + 1) * xi], rs[i], &sl[ps.clone()], &sc[ps], o, p)
+        };
+        if parts <= 1 {
+            os.chunks_exact_mut(oi).enumerate().for_each(run);
+        } else {
+            os.par_chunks_exact_mut(oi).enumerate().for_each(run);
+        }
+    }
+
+    fn infonce(&mut self, z: View, dz: Option<View>, b: usize, d: usize, tau: f32, symmetric: bool, grad_scale: f32) -> InfoNceOut {
+        assert!(tau > 0.0, "temperature must be > 0");
+        assert_eq!(z.len(), 2 * b * d);
+        self.check(z);
+        if let Some(dz) = dz {
+            self.check(dz);
+            assert!(dz.len() == z.len() && dz.disjoint(&z));
+        }
+        // scratch: zn [2b·d] | s [b·b] | dzn [2b·d] | norms [2b] | col lse [b]
+        let need = 4 * b * d + b * b + 3 * b;
+        if self.scratch.len() < need {
+            self.scratch.resize(need, 0.0);
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let (zn, rest) = scratch.split_at_mut(2 * b * d);
+        let (s, rest) = rest.split_at_mut(b * b);
+        let (dzn, rest) = rest.split_at_mut(2 * b * d);
+        let (norms, rest) = rest.split_at_mut(2 * b);
+        let col_lse = &mut rest[..b];
+        let zs = self.slice(z);
+        // Normalize rows: zn = z / max(‖z‖, 1e-12), as F.normalize.
+        for r in 0..2 * b {
+            let row = &zs[r * d..(r + 1) * d];
+            let n = (row.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>()).sqrt().max(1e-12);
+            norms[r] = n as f32;
+            let inv = (1.0 / n) as f32;
+            for (o, &x) in zn[r * d..(r + 1) * d].iter_mut().zip(row) {
+                *o = x * inv;
+            }
+        }
+        let (za, zp) = zn.split_at(b * d);
+        let inv_tau = 1.0 / tau;
+        gemm_slices(self.gemm, Gemm::nt(b, b, d), s, za, zp, inv_tau, &mut self.packs[0]);
+        // Row log-sum-exp (max-subtracted), loss and accuracy; then s becomes the row softmax.
+        let mut loss_rows = 0.0f64;
+        let mut correct = 0usize;
+        // Column log-sum-exp first (needs the raw similarities) for the symmetric form.
+        if symmetric {
+            for j in 0..b {
+                let mut mx = f32::NEG_INFINITY;
+                for i in 0..b {
+                    mx = mx.max(s[i * b + j]);
+                }
+                let sum: f64 = (0..b).map(|i| math::exp(s[i * b + j] - mx) as f64).sum();
+                col_lse[j] = mx + sum.ln() as f32;
+            }
+        }
+        let mut loss_cols = 0.0f64;
+        if symmetric {
+            for j in 0..b {
+                loss_cols += (col_lse[j] - s[j * b + j]) as f64;
+            }
+        }
+        let row_w = if symmetric { 0.5 } else { 1.0 } * grad_scale / b as f32;
+        let want_grad = dz.is_some();
+        // s becomes dL/dS in place: row softmax − I (and column softmax − I for the symmetric form).
+        for i in 0..b {
+            let row = &mut s[i * b..(i + 1) * b];
+            let mut mx = f32::NEG_INFINITY;
+            let mut arg = 0;
+            for (j, &x) in row.iter().enumerate() {
+                if x > mx {
+                    mx = x;
+                    arg = j;
+                }
+            }
+            correct += (arg == i) as usize;
+            let sum: f64 = row.iter().map(|&x| math::exp(x - mx) as f64).sum();
+            let lse = mx + sum.ln() as f32;
+            loss_rows += (lse - row[i]) as f64;
+            if want_grad {
+                for (j, x) in row.iter_mut().enumerate() {
+                    let p_row = math::exp(*x - lse);
+                    let mut gsum = p_row - (i == j) as u32 as f32;
+                    if symmetric {
+                        let p_col = math::exp(*x - col_lse[j]);
+                        gsum += p_col - (i == j) as u32 as f32;
+                    }
+                    *x = gsum * row_w;
+                }
+            }
+        }
+        let loss = if symmetric { 0.5 * (loss_rows + loss_cols) / b as f64 } else { loss_rows / b as f64 };
+        let out = InfoNceOut { loss: loss as f32, accuracy: correct as f32 / b as f32 };
+        if let Some(dz) = dz {
+            // s now holds dL/dS. dza_n = dS · zp_n / τ ; dzp_n = dSᵀ · za_n / τ.
+            let (dza, dzp) = dzn.split_at_mut(b * d);
+            gemm_slices(self.gemm, Gemm::nn(b, d, b), dza, s, zp, inv_tau, &mut self.packs[0]);
+            gemm_slices(self.gemm, Gemm::tn(b, d, b), dzp, s, za, inv_tau, &mut self.packs[0]);
+            // Through the normalization: dz = (dzn − zn·(zn·dzn)) / ‖z‖.
+            let dzs = self.slice_mut(dz);
+            for r in 0..2 * b {
+                let zr = &zn[r * d..(r + 1) * d];
+                let gr = &dzn[r * d..(r + 1) * d];
+                let dot: f32 = zr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                let inv = 1.0 / norms[r];
+                for ((o, &zv), &gv) in dzs[r * d..(r + 1) * d].iter_mut().zip(zr).zip(gr) {
+                    *o = (gv - zv * dot) * inv;
+                }
+            }
+        }
+        self.scratch = scratch;
+        out
+    }
+
+    fn sum_squares(&mut self, x: View) -> f64 {
+        // Fixed chunks summed in a fixed order: the result does not depend on thread timing,
+        // so clipping (and a resumed run) is bit-for-bit reproducible.
+        const CHUNKS: usize = 64;
+        let xs = self.slice(x);
+        let chunk = xs.len().div_ceil(CHUNKS).max(1);
+        let part = |c: &[f32]| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+        let mut partial = [0.0f64; CHUNKS];
+        if xs.len() >= PAR_ELEMENTS && self.threads > 1 {
+            partial.par_iter_mut().zip(xs.par_chunks(chunk)).for_each(|(p, c)| *p = part(c));
+        } else {
+            partial.iter_mut().zip(xs.chunks(chunk)).for_each(|(p, c)| *p = part(c));
+        }
+        partial.iter().sum()
+    }
+
+    fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32) {
+        assert!(param.len() == grad.len() && param.len() == m.len() && param.len() == v.len());
+        let AdamStep { step_size, bc2_sqrt, decay, l2 } = h.at_step(step);
+        let parallel = param.len() >= PAR_ELEMENTS && self.threads > 1;
+        let ([p, mm, vv], [g]) = self.views([param, m, v], [grad]);
+        let (b1, b2, eps) = (h.beta1, h.beta2, h.eps);
+        let update = |(((p, &g), m), v): (((&mut f32, &f32), &mut f32), &mut f32)| {
+            let g = g * grad_scale + l2 * *p;
+            *p *= decay;
+            *m += (g - *m) * (1.0 - b1);
+            *v = *v * b2 + (1.0 - b2) * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *p -= step_size * *m / denom;
+        };
+        const CHUNK: usize = 1 << 14;
+        if parallel {
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(mm.par_chunks_mut(CHUNK))
+                .zip(vv.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()).for_each(update));
+        } else {
+            p.iter_mut().zip(g).zip(mm.iter_mut()).zip(vv.iter_mut()).for_each(update);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parallel_gemm_splits_match_the_naive_product() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut seed = 9u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            };
+            let kernels = if sgemm::supported() { vec![CpuGemm::Packed, CpuGemm::Faer] } else { vec![CpuGemm::Faer] };
+            for kernel in kernels {
+                let mut dev = CpuDevice::with_gemm(kernel);
+                // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK.
+                for (m, n, k) in [(200, 40, 40), (40, 200, 40)] {
+                    let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+                    for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
+                        for accumulate in [false, true] {
+                            let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..k * n).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
+                            dev.upload(a, &av);
+                            dev.upload(b, &bv);
+                            dev.upload(c, &c0);
+                            dev.gemm(Gemm { m, n, k, trans_a, trans_b, accumulate, sparse_a: false }, c, a, b);
+                            let got = dev.slice(c).to_vec();
+                            for i in 0..m {
+                                for j in 0..n {
+                                    let at = |p: usize| if trans_a { av[p * m + i] } else { av[i * k + p] };
+                                    let bt = |p: usize| if trans_b { bv[j * k + p] } else { bv[p * n + j] };
+                                    let dot: f64 = (0..k).map(|p| at(p) as f64 * bt(p) as f64).sum();
+                                    let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                                    let g = got[i * n + j] as f64;
+                                    assert!((g - want).abs() < 1e-4, "{kernel:?} {m}x{n}x{k} ta{trans_a} tb{trans_b} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn sparse_gemm_gives_the_dense_product_and_declines_a_dense_operand() {
+        if !sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the zero-skipping GEMM runs only where it has them");
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut dev = CpuDevice::with_gemm(CpuGemm::Packed);
+            // Large enough for the parallel path; n = 200 leaves a narrow last strip.
+            let (m, n, k) = (96, 200, 70);
+            let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+            let mut seed = 3u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32
+            };
+            for (zeros, sparse_pays) in [(0.6, true), (0.0, false)] {
+                for trans_a in [false, true] {
+                    for accumulate in [false, true] {
+                        let av: Vec<f32> = (0..m * k).map(|_| rand()).map(|u| if u < zeros { 0.0 } else { u - 0.5 }).collect();
+                        let bv: Vec<f32> = (0..k * n).map(|_| rand() - 0.5).collect();
+                        let c0: Vec<f32> = (0..m * n).map(|_| rand()).collect();
+                        dev.upload(a, &av);
+                        dev.upload(b, &bv);
+                        dev.upload(c, &c0);
+                        let g = Gemm { m, n, k, trans_a, trans_b: false, accumulate, sparse_a: true };
+                        assert_eq!(dev.gemm_sparse(g, c, a, b), sparse_pays, "zeros {zeros}");
+                        if !sparse_pays {
+                            dev.gemm(g, c, a, b);
+                        }
+                        let got = dev.slice(c).to_vec();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let dot: f64 = (0..k).map(|p| (if trans_a { av[p * m + i] } else { av[i * k + p] }) as f64 * bv[p * n + j] as f64).sum();
+                                let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                                let g = got[i * n + j] as f64;
+                                assert!((g - want).abs() < 1e-4, "zeros {zeros} ta{trans_a} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,272 @@
+//! The `cnn` encoder of SPEC §2, exactly `CNN` of `reference/encoders_ref.py`: a 1-D CNN in the
+//! style of WDCNN for raw vibration.
+//!
+//! ```text
+//! [W, C] → Conv1d(C, 16, k64, s16, p24) BN ReLU MaxPool2
+//!        → Conv1d(16, 32, k3, p1) BN ReLU MaxPool2 → (32 → 64) … → (64 → 64) …
+//!        → Conv1d(64, 64, k3, p1) BN ReLU → mean over time → Linear(64, D)
+//! ```
+//!
+//! Activations are channels-last `[rows·L, channels]`; each convolution is an im2col GEMM
+//! ([`crate::ops::conv1d`]), BatchNorm + ReLU one fused kernel. PyTorch's names:
+//! `blocks.{i}.0` (Conv1d), `blocks.{i}.1` (BatchNorm1d), `head`.
+
+use crate::arena::{Arenas, Tensors};
+use crate::device::{Device, View};
+use crate::encoders::{EncoderConfig, Inputs, Mode};
+use crate::error::{EngineError, Result, Setting};
+use crate::ops::conv1d::{Conv1d, Conv1dSlots, ConvShape};
+use crate::ops::linear::{Linear, LinearSlots};
+use crate::ops::norm::{BatchNorm, BatchNormSlots};
+use crate::ops::pool::PoolShape;
+
+/// The CNN's settings; the defaults are the reference's.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CnnConfig {
+    /// Output channels of each block (default 16, 32, 64, 64, 64). Every block but the last ends
+    /// with a MaxPool1d(2).
+    pub widths: Vec<usize>,
+    /// The first convolution's kernel, stride and padding (default 64, 16, 24: a wide first
+    /// kernel, as WDCNN); the others are k3, s1, p1.
+    pub first_kernel: usize,
+    pub first_stride: usize,
+    pub first_padding: usize,
+}
+
+impl Default for CnnConfig {
+    fn default() -> Self {
+        CnnConfig { widths: vec![16, 32, 64, 64, 64], first_kernel: 64, first_stride: 16, first_padding: 24 }
+    }
+}
+
+/// One block's geometry for a window of a given length.
+#[derive(Clone, Copy, Debug)]
+struct BlockShape {
+    cin: usize,
+    cout: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    len_in: usize,
+    len_out: usize,
+    pool: bool,
+}
+
+impl BlockShape {
+    fn conv(&self, samples: usize) -> ConvShape {
+        ConvShape { samples, len_in: self.len_in, channels: self.cin, kernel: self.kernel, stride: self.stride, padding: self.padding }
+    }
+
+    /// Steps after the block (after its pool).
+    fn len_next(&self) -> usize {
+        if self.pool { self.len_out / 2 } else { self.len_out }
+    }
+}
+
+impl CnnConfig {
+    /// Every block's geometry for windows `[window, channels]`, or why the window is too short.
+    fn blocks(&self, window: usize, channels: usize) -> Result<Vec<BlockShape>> {
+        let mut out = Vec::new();
+        let (mut len, mut cin) = (window, channels);
+        let n = self.widths.len();
+        for (i, &cout) in self.widths.iter().enumerate() {
+            let (kernel, stride, padding) = if i == 0 { (self.first_kernel, self.first_stride, self.first_padding) } else { (3, 1, 1) };
+            let pool = i + 1 < n;
+            let s = ConvShape { samples: 1, len_in: len, channels: cin, kernel, stride, padding };
+            let len_out = s.len_out().filter(|&l| l >= if pool { 2 } else { 1 });
+            let Some(len_out) = len_out else {
+                return Err(EngineError::invalid(Setting::Window, format!("{window} samples are too few for the cnn encoder: block {i} gets {len} steps (the encoder needs a window of at least {} samples)", self.min_window())));
+            };
+            let b = BlockShape { cin, cout, kernel, stride, padding, len_in: len, len_out, pool };
+            len = b.len_next();
+            cin = cout;
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// The shortest window every block can run on.
+    pub fn min_window(&self) -> usize {
+        (1..=1 << 16).find(|&w| self.blocks_unchecked(w)).unwrap_or(usize::MAX)
+    }
+
+    fn blocks_unchecked(&self, w: usize) -> bool {
+        let n = self.widths.len();
+        let mut len = w;
+        for i in 0..n {
+            let (k, s, p) = if i == 0 { (self.first_kernel, self.first_stride, self.first_padding) } else { (3, 1, 1) };
+            let padded = len + 2 * p;
+            if padded < k || s == 0 {
+                return false;
+            }
+            let lo = (padded - k) / s + 1;
+            let pool = i + 1 < n;
+            if lo < if pool { 2 } else { 1 } {
+                return false;
+            }
+            len = if pool { lo / 2 } else { lo };
+        }
+        true
+    }
+
+    pub fn validate(&self, window: usize) -> Result<()> {
+        if self.widths.is_empty() || self.widths.contains(&0) {
+            return Err(EngineError::invalid(Setting::Encoder, "the cnn needs at least one block, each with channels > 0"));
+        }
+        if self.first_kernel == 0 || self.first_stride == 0 {
+            return Err(EngineError::invalid(Setting::Encoder, "the cnn's first kernel and stride must be > 0"));
+        }
+        self.blocks(window, 1).map(drop)
+    }
+
+    /// Multiply-adds of the first convolution per window.
+    pub fn forward_macs_first(&self, cfg: &EncoderConfig) -> usize {
+        self.blocks(cfg.window, cfg.channels).map_or(0, |b| b.first().map_or(0, |b| b.len_out * b.cout * b.cin * b.kernel))
+    }
+
+    pub fn forward_macs(&self, cfg: &EncoderConfig) -> usize {
+        let convs: usize = self.blocks(cfg.window, cfg.channels).map_or(0, |b| b.iter().map(|b| b.len_out * b.cout * b.cin * b.kernel).sum());
+        convs + self.widths.last().copied().unwrap_or(0) * cfg.embed
+    }
+}
+
+/// One block's ops and activation buffers (`[max_rows·L, ·]`).
+struct Block {
+    shape: BlockShape,
+    conv: Conv1d,
+    bn: BatchNorm,
+    /// im2col matrix, convolution output (BatchNorm's input), BatchNorm + ReLU output.
+    cols: View,
+    y: View,
+    a: View,
+    /// BatchNorm's per-group statistics.
+    stats: View,
+    /// MaxPool output and its argmax (blocks with a pool).
+    pooled: View,
+    argmax: View,
+}
+
+/// A built CNN.
+pub struct Cnn {
+    blocks: Vec<Block>,
+    head: Linear,
+    /// Mean over time `[max_rows, channels]` and the embeddings `[max_rows, D]`.
+    mean: View,
+    z: View,
+    /// Gradient buffers sized for the largest activation and im2col matrix.
+    g_act: [View; 2],
+    g_cols: View,
+}
+
+pub struct CnnSlots {
+    blocks: Vec<(Conv1dSlots, BatchNormSlots)>,
+    head: LinearSlots,
+}
+
+impl Cnn {
+    pub fn declare(c: &CnnConfig, cfg: &EncoderConfig, t: &mut Tensors) -> CnnSlots {
+        let mut cin = cfg.channels;
+        let mut blocks = Vec::new();
+        for (i, &cout) in c.widths.iter().enumerate() {
+            let (k, s, p) = if i == 0 { (c.first_kernel, c.first_stride, c.first_padding) } else { (3, 1, 1) };
+            let conv = Conv1dSlots::declare(t, &format!("blocks.{i}.0"), cin, cout, k, s, p);
+            let bn = BatchNormSlots::declare(t, &format!("blocks.{i}.1"), cout, true);
+            blocks.push((conv, bn));
+            cin = cout;
+        }
+        let head = LinearSlots::declare(t, "head", cin, cfg.embed);
+        CnnSlots { blocks, head }
+    }
+
+    pub fn build<D: Device>(c: &CnnConfig, cfg: &EncoderConfig, arenas: &Arenas, dev: &mut D, max_rows: usize) -> Result<Self> {
+        let shapes = c.blocks(cfg.window, cfg.channels)?;
+        let slots = Self::declare(c, cfg, &mut Tensors::default());
+        let mut blocks = Vec::new();
+        let (mut widest_act, mut widest_cols) = (max_rows * cfg.input(), 0);
+        for (shape, (conv, bn)) in shapes.into_iter().zip(slots.blocks) {
+            let rows = max_rows * shape.len_out;
+            let pooled_rows = if shape.pool { max_rows * shape.len_next() } else { 0 };
+            widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
+            widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
+            blocks.push(Block {
+                shape,
+                conv: conv.bind(arenas),
+                bn: bn.bind(arenas),
+                cols: dev.alloc(rows * shape.cin * shape.kernel)?,
+                y: dev.alloc(rows * shape.cout)?,
+                a: dev.alloc(rows * shape.cout)?,
+                stats: dev.alloc(2 * max_rows * shape.cout)?,
+                pooled: dev.alloc(pooled_rows * shape.cout)?,
+                argmax: dev.alloc(pooled_rows * shape.cout)?,
+            });
+        }
+        let channels = c.widths.last().copied().unwrap_or(1);
+        Ok(Cnn {
+            blocks,
+            head: slots.head.bind(arenas),
+            mean: dev.alloc(max_rows * channels)?,
+            z: dev.alloc(max_rows * cfg.embed)?,
+            g_act: [dev.alloc(widest_act)?, dev.alloc(widest_act)?],
+            g_cols: dev.alloc(widest_cols)?,
+        })
+    }
+
+    pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
+        let (rows, groups) = (io.rows, io.groups);
+        let train = matches!(io.mode, Mode::Train { .. });
+        let mut x = io.x;
+        for b in &self.blocks {
+            let s = b.shape;
+            let n = rows * s.len_out;
+            let (y, a) = (b.y.prefix(n * s.cout), b.a.prefix(n * s.cout));
+            b.conv.forward(dev, x, b.cols.prefix(n * s.cin * s.kernel), y, s.conv(rows));
+            b.bn.forward(dev, y, a, b.stats.prefix(2 * groups * s.cout), groups, train, io.counters);
+            x = a;
+            if s.pool {
+                let p = PoolShape { samples: rows, len: s.len_out, cols: s.cout };
+                let m = rows * s.len_next() * s.cout;
+                dev.maxpool_forward(a, b.pooled.prefix(m), b.argmax.prefix(m), p);
+                x = b.pooled.prefix(m);
+            }
+        }
+        let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
+        let mean = self.mean.prefix(rows * last.cout);
+        dev.meanpool_forward(x, mean, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
+        let z = self.z.prefix(rows * self.head.out_features);
+        self.head.forward(dev, mean, z, rows);
+        z
+    }
+
+    pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
+        let (rows, groups) = (io.rows, io.groups);
+        let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
+        // Gradients alternate between the two activation buffers: each step reads one, writes
+        // the other.
+        let mut cur = 0;
+        let dmean = self.g_act[cur].prefix(rows * last.cout);
+        self.head.backward(dev, self.mean.prefix(rows * last.cout), dz, Some(dmean), rows, accumulate, false, false);
+        let mut d = self.g_act[1 - cur].prefix(rows * last.len_out * last.cout);
+        dev.meanpool_backward(dmean, d, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
+        cur = 1 - cur;
+        for (i, b) in self.blocks.iter().enumerate().rev() {
+            let s = b.shape;
+            let n = rows * s.len_out;
+            if s.pool {
+                let da = self.g_act[1 - cur].prefix(n * s.cout);
+                let m = rows * s.len_next() * s.cout;
+                dev.maxpool_backward(d, b.argmax.prefix(m), da, PoolShape { samples: rows, len: s.len_out, cols: s.cout });
+                (d, cur) = (da, 1 - cur);
+            }
+            let dy = self.g_act[1 - cur].prefix(n * s.cout);
+            b.bn.backward(dev, d, b.a.prefix(n * s.cout), b.y.prefix(n * s.cout), b.stats.prefix(2 * groups * s.cout), dy, groups, accumulate);
+            cur = 1 - cur;
+            // The first block's input (the windows) needs no gradient.
+            let dx = (i > 0).then(|| self.g_act[1 - cur].prefix(rows * s.len_in * s.cin));
+            b.conv.backward(dev, b.cols.prefix(n * s.cin * s.kernel), dy, self.g_cols.prefix(n * s.cin * s.kernel), dx, s.conv(rows), accumulate);
+            if let Some(dx) = dx {
+                (d, cur) = (dx, 1 - cur);
+            }
+        }
+    }
+}

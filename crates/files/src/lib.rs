@@ -1,0 +1,149 @@
+//! Files written whole or not at all, for every crate of the workspace: outputs go to a temporary
+//! sibling, are synced, then renamed into place, and the directory is synced so the rename
+//! survives a crash; a reader sees the old file or the new one, never half of one. Reads reserve
+//! their memory fallibly, so a huge file is an error, not an aborted process.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The temporary sibling a file is written to before it is renamed into place
+/// (`name.<pid>.tmp`).
+pub fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+/// Writes `bytes` to `path` and syncs it (no rename: for files inside a directory that is itself
+/// renamed into place).
+pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+/// Syncs a directory's entries (a rename into it is durable after this). A no-op where
+/// directories cannot be opened for syncing.
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        std::fs::File::open(dir)?.sync_all()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
+}
+
+/// The directory a path lives in (`.` for a bare file name).
+fn parent_of(path: &Path) -> &Path {
+    path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
+}
+
+/// Writes `path` atomically: a temporary file, fsync, rename, fsync of the directory. On an
+/// error nothing is left behind.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = tmp_path(path);
+    let r = write_synced(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r?;
+    sync_dir(parent_of(path))
+}
+
+/// Points `link` at `target` (relative to the link's directory) atomically: a new link under a
+/// temporary name is renamed over the old one (or over an old plain directory's place, which is
+/// first moved aside and removed after).
+#[cfg(unix)]
+pub fn replace_with_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
+    let tmp = tmp_path(link);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    let meta = std::fs::symlink_metadata(link);
+    if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+        // A plain directory (written before links were used) cannot be renamed over: move it
+        // aside first. For this instant the name is missing; only older layouts pass here.
+        let aside = link.with_extension("old");
+        let _ = std::fs::remove_dir_all(&aside);
+        std::fs::rename(link, &aside)?;
+        std::fs::rename(&tmp, link)?;
+        let _ = std::fs::remove_dir_all(&aside);
+        return Ok(());
+    }
+    std::fs::rename(&tmp, link)
+}
+
+#[cfg(not(unix))]
+pub fn replace_with_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
+    // Without symbolic links: copy the target's files into the named directory (not atomic).
+    let dir = parent_of(link).join(target);
+    let _ = std::fs::remove_dir_all(link);
+    std::fs::create_dir_all(link)?;
+    for e in std::fs::read_dir(&dir)? {
+        let e = e?;
+        std::fs::copy(e.path(), link.join(e.file_name()))?;
+    }
+    Ok(())
+}
+
+/// Reads a whole file, reserving its memory fallibly: a file larger than what can be had is an
+/// `OutOfMemory` error naming its size, never an abort.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut buf = Vec::new();
+    let n = usize::try_from(len).map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes do not fit in memory")))?;
+    buf.try_reserve_exact(n).map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes could not be had: {e}")))?;
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Reads a whole text file as [`read`] does.
+pub fn read_to_string(path: &Path) -> std::io::Result<String> {
+    String::from_utf8(read(path)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_whole_and_leaves_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+        assert!(write_atomic(&d.path().join("missing/a.json"), b"x").is_err());
+    }
+
+    #[test]
+    #[cfg(unix)]
+    fn a_link_swap_always_resolves_to_a_whole_directory() {
+        let d = tempfile::tempdir().unwrap();
+        for (i, name) in ["v1", "v2"].iter().enumerate() {
+            std::fs::create_dir(d.path().join(name)).unwrap();
+            std::fs::write(d.path().join(name).join("f"), [i as u8]).unwrap();
+            replace_with_symlink(&d.path().join("last"), Path::new(name)).unwrap();
+            assert_eq!(std::fs::read(d.path().join("last/f")).unwrap(), vec![i as u8]);
+        }
+        // An old plain directory is replaced too.
+        std::fs::remove_file(d.path().join("last")).unwrap();
+        std::fs::create_dir(d.path().join("last")).unwrap();
+        replace_with_symlink(&d.path().join("last"), Path::new("v1")).unwrap();
+        assert_eq!(std::fs::read(d.path().join("last/f")).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn reads_report_what_they_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("t");
+        std::fs::write(&p, "héllo").unwrap();
+        assert_eq!(read_to_string(&p).unwrap(), "héllo");
+        assert!(read(&d.path().join("nope")).is_err());
+    }
+}
