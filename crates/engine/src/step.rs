@@ -1,10 +1,11 @@
 //! The contrastive training step: the two views of a batch through one encoder (one call, two
-//! groups, so each view keeps its own BatchNorm statistics), fused normalize + InfoNCE, backward,
-//! global-norm clipping and a fused Adam/AdamW pass. After the first call a step allocates
-//! nothing.
+//! groups, so each view keeps its own BatchNorm statistics), an optional projection head, fused
+//! normalize + InfoNCE, backward, global-norm clipping and a fused Adam/AdamW pass. After the
+//! first call a step allocates nothing.
 
-use crate::device::{Device, InfoNceOut};
+use crate::device::{Device, InfoNceOut, View};
 use crate::encoders::{mix_key, Encoder, Mode};
+use crate::head::ProjectionHead;
 use crate::error::{EngineError, Result, Setting};
 use crate::loss::InfoNceConfig;
 use crate::optim::OptimizerConfig;
@@ -40,9 +41,12 @@ pub struct StepOutput {
     pub skipped: bool,
 }
 
-/// Encoder + loss + optimizer state for batches of up to `batch` pairs.
+/// Encoder (+ an optional projection head) + loss + optimizer state for batches of up to
+/// `batch` pairs.
 pub struct ContrastiveStep<D: Device> {
     pub encoder: Encoder<D>,
+    /// Where InfoNCE is taken on a projection of the embedding ([`ProjectionHead`]).
+    head: Option<ProjectionHead>,
     pub loss: InfoNceConfig,
     pub opt: OptimizerConfig,
     batch: usize,
@@ -64,7 +68,51 @@ impl<D: Device> ContrastiveStep<D> {
         if encoder.max_rows() < 2 * batch {
             return Err(EngineError::Shape(format!("encoder buffers hold {} rows, a step needs 2 × {batch}", encoder.max_rows())));
         }
-        Ok(ContrastiveStep { encoder, loss, opt, batch, step: 0, micro_step: 0, seed })
+        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed })
+    }
+
+    /// Takes InfoNCE on a projection head to `dim` dimensions, discarded after pretraining.
+    pub fn with_projection(mut self, dim: usize) -> Result<Self> {
+        let (embed, rows) = (self.encoder.cfg.embed, self.encoder.max_rows());
+        self.head = Some(ProjectionHead::init(&mut self.encoder.device, embed, dim, rows, self.seed)?);
+        Ok(self)
+    }
+
+    pub fn head(&self) -> Option<&ProjectionHead> {
+        self.head.as_ref()
+    }
+
+    /// The head's parameters and both moments, downloaded (checkpoints).
+    pub fn head_state(&self) -> Option<[Vec<f32>; 3]> {
+        let h = self.head.as_ref()?;
+        let a = h.arenas();
+        let down = |v: View| {
+            let mut out = vec![0.0; v.len()];
+            self.encoder.device.download(v, &mut out);
+            out
+        };
+        Some([down(a.params), down(a.adam_m), down(a.adam_v)])
+    }
+
+    /// Restores the head's parameters and moments.
+    pub fn set_head_state(&mut self, state: &[Vec<f32>; 3]) -> Result<()> {
+        let Some(h) = &self.head else { return Err(EngineError::Shape("this step has no projection head".into())) };
+        let a = h.arenas();
+        for (view, values) in [(a.params, &state[0]), (a.adam_m, &state[1]), (a.adam_v, &state[2])] {
+            if values.len() != view.len() {
+                return Err(EngineError::Shape(format!("{} projection-head values for a head of {}", values.len(), view.len())));
+            }
+            self.encoder.device.upload(view, values);
+        }
+        Ok(())
+    }
+
+    /// The loss's input for a forward over `rows` rows: the embeddings, or their projection.
+    fn loss_input(&mut self, z: View, rows: usize) -> (View, usize) {
+        match &self.head {
+            Some(h) => (h.forward(&mut self.encoder.device, z, rows), h.dim()),
+            None => (z, self.encoder.cfg.embed),
+        }
     }
 
     pub fn batch_capacity(&self) -> usize {
@@ -103,8 +151,12 @@ impl<D: Device> ContrastiveStep<D> {
         self.micro_step += 1;
         let z = self.encoder.forward(2 * b, 2, Mode::Train { key });
         let dz = self.encoder.dz_buffer(2 * b);
-        let d = self.encoder.cfg.embed;
-        let out = self.encoder.device.infonce(z, Some(dz), b, d, self.loss.temperature, self.loss.symmetric, grad_scale);
+        let (p, d) = self.loss_input(z, 2 * b);
+        let dp = self.head.as_ref().map_or(dz, |h| h.d_out(2 * b));
+        let out = self.encoder.device.infonce(p, Some(dp), b, d, self.loss.temperature, self.loss.symmetric, grad_scale);
+        if let Some(h) = &self.head {
+            h.backward(&mut self.encoder.device, z, dp, dz, 2 * b, accumulate);
+        }
         self.encoder.backward(2 * b, dz, accumulate);
         Ok(out)
     }
@@ -114,9 +166,11 @@ impl<D: Device> ContrastiveStep<D> {
     /// because the norm was not finite.
     pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, bool) {
         let e = &mut self.encoder;
+        let head = self.head.as_ref().map(|h| h.arenas());
         let (norm, scale) = match self.opt.clip_norm {
             Some(max) => {
-                let norm = e.device.sum_squares(e.grads()).sqrt() as f32;
+                let head_ss = head.map_or(0.0, |a| e.device.sum_squares(a.grads));
+                let norm = (e.device.sum_squares(e.grads()) + head_ss).sqrt() as f32;
                 if !norm.is_finite() {
                     return (Some(norm), true);
                 }
@@ -128,6 +182,9 @@ impl<D: Device> ContrastiveStep<D> {
         let (m, v) = e.moments();
         let (params, grads) = (e.params(), e.grads());
         e.device.adam(params, grads, m, v, self.opt.hyper(lr), self.step, scale);
+        if let Some(a) = head {
+            e.device.adam(a.params, a.grads, a.adam_m, a.adam_v, self.opt.hyper(lr), self.step, scale);
+        }
         (norm, false)
     }
 
@@ -149,8 +206,8 @@ impl<D: Device> ContrastiveStep<D> {
     pub fn evaluate(&mut self, pairs: Pairs) -> Result<InfoNceOut> {
         let b = self.load_pairs(pairs)?;
         let z = self.encoder.forward(2 * b, 2, Mode::Eval);
-        let d = self.encoder.cfg.embed;
-        Ok(self.encoder.device.infonce(z, None, b, d, self.loss.temperature, self.loss.symmetric, 1.0))
+        let (p, d) = self.loss_input(z, 2 * b);
+        Ok(self.encoder.device.infonce(p, None, b, d, self.loss.temperature, self.loss.symmetric, 1.0))
     }
 }
 

@@ -453,3 +453,45 @@ fn isfm_patches_are_the_references() {
     assert!(v[..200].iter().all(|&t| (0.0..=7.0).contains(&t)) && v[200..].iter().all(|&c| c == 0.0 || c == 1.0));
     assert!(v[..200].contains(&0.0) && v[..200].contains(&7.0), "both ends of the range are drawn");
 }
+
+#[test]
+fn projection_head_gradients_match_finite_differences() {
+    // InfoNCE on Linear(D, D) → ReLU → Linear(D, P) of an MLP's embedding: the head's and the
+    // encoder's gradients.
+    let key = seed();
+    let (window, b, proj) = (6, 4, 5);
+    let cfg = EncoderConfig { embed: 8, ..EncoderConfig::new(EncoderKind::MlpSimple, window, 1) };
+    let enc = cfg.init(CpuDevice::new(), 2 * b, key).unwrap();
+    let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.2, symmetric: false }, OptimizerConfig::default(), key).unwrap().with_projection(proj).unwrap();
+    let x = randn(key ^ 91, 2 * b * window, 1.0);
+    let xf = f32s(&x);
+    let layers = engine::encoders::mlp::layers(&cfg);
+    let enc_params = f64s(&step.encoder.params_to_vec());
+    let head_params = f64s(&step.head_state().unwrap()[0]);
+    let loss64 = |ep: &[f64], hp: &[f64]| {
+        let mut h = x.clone();
+        let mut off = 0;
+        for s in &layers {
+            let nw = s.in_features * s.out_features;
+            let y = linear64(&h, &ep[off..off + nw], &ep[off + nw..off + nw + s.out_features], 2 * b, s.in_features, s.out_features);
+            off += nw + s.out_features;
+            h = if s.relu { act64(&y, Activation::Relu, None) } else { y };
+        }
+        let d = cfg.embed;
+        let (w1, rest) = hp.split_at(d * d);
+        let (b1, rest) = rest.split_at(d);
+        let (w2, b2) = rest.split_at(proj * d);
+        let hid = act64(&linear64(&h, w1, b1, 2 * b, d, d), Activation::Relu, None);
+        infonce64(&linear64(&hid, w2, b2, 2 * b, d, proj), b, proj, 0.2, false)
+    };
+    let out = step.forward_backward(Pairs::new(&xf[..b * window], &xf[b * window..]), false, 1.0).unwrap();
+    assert!((out.loss as f64 - loss64(&enc_params, &head_params)).abs() < 1e-4);
+    let grads = step.encoder.grads_to_vec();
+    let head = step.head().unwrap();
+    let mut head_grads = vec![0.0; head.arenas().grads.len()];
+    step.encoder.device.download(head.arenas().grads, &mut head_grads);
+    let mut c = Check::default();
+    c.numeric("head", &head_params, 0..head_params.len(), &head_grads, H, |hp| loss64(&enc_params, hp));
+    c.numeric("encoder", &enc_params, sample(key ^ 92, enc_params.len(), 80), &grads, H, |ep| loss64(ep, &head_params));
+    c.assert("encoder + projection head + InfoNCE");
+}

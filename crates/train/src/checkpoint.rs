@@ -6,8 +6,10 @@
 //!   reference module; its metadata holds the architecture (`encoder_config`, JSON) and the
 //!   resolved training configuration (`config_yaml`);
 //! - `training_state.safetensors` (not with `save_weights_only`): Adam's two moments
-//!   (`exp_avg.<name>`, `exp_avg_sq.<name>`) and, in its metadata, the step counters, epoch
-//!   position, seed and early-stopping state.
+//!   (`exp_avg.<name>`, `exp_avg_sq.<name>`), the projection head where the run has one
+//!   (`projection.*`, with its moments: it is discarded after pretraining, so it is not part of
+//!   the encoder's `state_dict`), and, in its metadata, the step counters, epoch position, seed
+//!   and early-stopping state.
 //!
 //! A named checkpoint (`last`, `best-…`) is a symbolic link to a directory of that name and its
 //! step (`last@s120`): a save writes and syncs a fresh directory, then atomically renames a new
@@ -17,7 +19,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use engine::{Device, Encoder, EncoderConfig, TensorKind, TensorSpec};
+use engine::{ContrastiveStep, Device, Encoder, EncoderConfig, TensorKind, TensorSpec};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
@@ -148,9 +150,10 @@ pub fn remove(dir: &Path) {
     }
 }
 
-/// Saves the encoder (and, unless `weights_only`, the optimizer state and `state`) as the named
-/// checkpoint `dir`.
-pub fn save<D: Device>(dir: &Path, enc: &Encoder<D>, state: &TrainingState, weights_only: bool) -> Result<()> {
+/// Saves the encoder (and, unless `weights_only`, the optimizer state, the projection head and
+/// `state`) as the named checkpoint `dir`.
+pub fn save<D: Device>(dir: &Path, step: &ContrastiveStep<D>, state: &TrainingState, weights_only: bool) -> Result<()> {
+    let enc = &step.encoder;
     let specs = enc.tensors();
     let params = enc.params_to_vec();
     let buffers = enc.buffers_to_vec();
@@ -164,6 +167,12 @@ pub fn save<D: Device>(dir: &Path, enc: &Encoder<D>, state: &TrainingState, weig
         let (m, v) = enc.moments_to_vec();
         let mut tensors = state_dict(specs, "exp_avg.", &m, &[], &[], &[TensorKind::Param]);
         tensors.extend(state_dict(specs, "exp_avg_sq.", &v, &[], &[], &[TensorKind::Param]));
+        if let (Some(head), Some([hp, hm, hv])) = (step.head(), step.head_state()) {
+            let hs = head.tensors();
+            tensors.extend(state_dict(hs, "", &hp, &[], &[], &[TensorKind::Param]));
+            tensors.extend(state_dict(hs, "exp_avg.", &hm, &[], &[], &[TensorKind::Param]));
+            tensors.extend(state_dict(hs, "exp_avg_sq.", &hv, &[], &[], &[TensorKind::Param]));
+        }
         let mut meta = HashMap::from([("encoder_config".to_string(), arch_json)]);
         meta.insert("training_state".into(), serde_json::to_string(state).map_err(|e| TrainError::Data(e.to_string()))?);
         files.push(("training_state.safetensors", serialize(tensors, meta)?));
@@ -216,8 +225,9 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
     Ok(())
 }
 
-/// Loads weights, both Adam moments and the training state.
-pub fn load_full<D: Device>(dir: &Path, enc: &mut Encoder<D>) -> Result<TrainingState> {
+/// Loads weights, both Adam moments, the projection head and the training state into `step`.
+pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result<TrainingState> {
+    let enc = &mut step.encoder;
     load_weights(dir, enc)?;
     let file = dir.join("training_state.safetensors");
     if !file.exists() {
@@ -233,6 +243,18 @@ pub fn load_full<D: Device>(dir: &Path, enc: &mut Encoder<D>) -> Result<Training
         v[s.offset..s.offset + s.len()].copy_from_slice(&read_tensor(&file, &st, &format!("exp_avg_sq.{}", s.name), &s.shape)?);
     }
     enc.set_moments(&m, &v)?;
+    if let Some(head) = step.head() {
+        let hs = head.tensors().to_vec();
+        let n = head.arenas().params.len();
+        let mut state = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
+        for s in &hs {
+            for (i, prefix) in ["", "exp_avg.", "exp_avg_sq."].iter().enumerate() {
+                let v = read_tensor(&file, &st, &format!("{prefix}{}", s.name), &s.shape).map_err(|_| ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{prefix}{}`", s.name)))?;
+                state[i][s.offset..s.offset + s.len()].copy_from_slice(&v);
+            }
+        }
+        step.set_head_state(&state)?;
+    }
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
     let json = meta.metadata().as_ref().and_then(|m| m.get("training_state")).ok_or_else(|| ckpt_err(&file, "no training state"))?;
     serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))

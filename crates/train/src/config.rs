@@ -61,6 +61,22 @@ pub struct DataSection {
     pub truncate_length: Option<usize>,
     /// `time` (default) or `spectrum`: what the encoder sees of a window.
     pub input: InputKind,
+    /// Training augmentation, each view on its own: scale by a factor uniform in `[1 − g, 1 + g]`
+    /// (default 0: off).
+    #[serde(with = "real")]
+    pub augment_gain: f64,
+    /// Training augmentation: a circular shift by up to this fraction of the window, either way
+    /// (default 0: off).
+    #[serde(with = "real")]
+    pub augment_shift: f64,
+    /// Training augmentation: Gaussian noise of this many standard deviations of the window's
+    /// channel (default 0: off).
+    #[serde(with = "real")]
+    pub augment_noise: f64,
+    /// Training augmentation: zeroes a contiguous span of up to this fraction of the window
+    /// (default 0: off).
+    #[serde(with = "real")]
+    pub augment_mask: f64,
     /// Ids per batch (default 32).
     #[default(32)]
     #[serde(with = "whole")]
@@ -105,6 +121,11 @@ pub struct ModelSection {
     /// The ISFM's embedding: only `E_01_HSE` (default).
     #[default("E_01_HSE".to_string())]
     pub embedding: String,
+    /// A projection head `Linear(D, D) → ReLU → Linear(D, P)` to P dimensions that InfoNCE is
+    /// taken on during pretraining and that is discarded after it (default none: InfoNCE on the
+    /// embedding itself).
+    #[serde(with = "opt_whole")]
+    pub projection_dim: Option<usize>,
     /// The head after pooling: only the linear projection to D, `H_01_Linear_cla` (default).
     #[default("H_01_Linear_cla".to_string())]
     pub task_head: String,
@@ -443,7 +464,7 @@ impl Config {
                 return bad(key, "must be > 0".into());
             }
         }
-        for (key, v) in [("data.stride", d.stride), ("data.truncate_length", d.truncate_length), ("trainer.patience", t.patience)] {
+        for (key, v) in [("data.stride", d.stride), ("data.truncate_length", d.truncate_length), ("trainer.patience", t.patience), ("model.projection_dim", m.projection_dim)] {
             if v == Some(0) {
                 return bad(key, "must be > 0".into());
             }
@@ -453,6 +474,11 @@ impl Config {
         }
         if !(0.0..1.0).contains(&d.val_fraction) {
             return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
+        }
+        for (key, v, hi) in [("data.augment_gain", d.augment_gain, 1.0), ("data.augment_shift", d.augment_shift, 1.0), ("data.augment_noise", d.augment_noise, 100.0), ("data.augment_mask", d.augment_mask, 1.0)] {
+            if !(0.0..=hi).contains(&v) {
+                return bad(key, format!("must be in [0, {hi}], got {v}"));
+            }
         }
         if !(d.time_split > 0.0 && d.time_split <= 1.0) {
             return bad("data.time_split", format!("must be in (0, 1], got {}", d.time_split));

@@ -2,6 +2,11 @@
 //! their log-magnitude spectrum (`data.input: spectrum`: `log(1 + |rFFT|)` of each mean-removed
 //! window per channel, bins 1…W/2, as `quality_ref.py`'s `Spectrum`), and each window's sampling
 //! rate from the table (the ISFM's time channel).
+//!
+//! Training windows can be augmented first, each view on its own, to make the pretext harder
+//! (telling recordings apart by their spectrum alone is easy): random gain, circular time shift,
+//! additive noise, time masking ([`Augment`]). The draws are a pure function of the run's seed,
+//! the step and the row, so a resumed run augments exactly as the uninterrupted one.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -9,10 +14,66 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 use realfft::{RealFftPlanner, RealToComplex};
+use signal::rng::{mix_seed, Rng};
 use signal::{ContrastiveBatch, Dataset};
 
 use crate::config::{Config, InputKind};
 use crate::error::{Result, TrainError};
+
+/// Training augmentations (all off by default): see the `data.augment_*` keys.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Augment {
+    pub gain: f64,
+    pub shift: f64,
+    pub noise: f64,
+    pub mask: f64,
+}
+
+impl Augment {
+    pub fn from_config(cfg: &Config) -> Self {
+        let d = &cfg.data;
+        Augment { gain: d.augment_gain, shift: d.augment_shift, noise: d.augment_noise, mask: d.augment_mask }
+    }
+
+    pub fn is_off(&self) -> bool {
+        *self == Augment::default()
+    }
+
+    /// Augments one window `[W, C]` in place with draws from `rng`.
+    pub fn apply(&self, x: &mut [f32], channels: usize, rng: &mut Rng) {
+        let w = x.len() / channels.max(1);
+        if w == 0 {
+            return;
+        }
+        if self.gain > 0.0 {
+            let g = (1.0 + self.gain * (2.0 * rng.next_f64() - 1.0)) as f32;
+            x.iter_mut().for_each(|v| *v *= g);
+        }
+        if self.shift > 0.0 {
+            let most = ((self.shift * w as f64) as usize).min(w - 1);
+            if most > 0 {
+                let by = rng.below(2 * most as u64 + 1) as usize; // 0..=2·most ↦ −most..=most
+                let r = (by + w - most) % w;
+                x.rotate_right(r * channels);
+            }
+        }
+        if self.noise > 0.0 {
+            for c in 0..channels {
+                let n = w as f64;
+                let mean = (0..w).map(|t| x[t * channels + c] as f64).sum::<f64>() / n;
+                let sd = ((0..w).map(|t| (x[t * channels + c] as f64 - mean).powi(2)).sum::<f64>() / n).sqrt();
+                for t in 0..w {
+                    x[t * channels + c] += (self.noise * sd * rng.normal()) as f32;
+                }
+            }
+        }
+        if self.mask > 0.0 {
+            let len = ((self.mask * w as f64 * rng.next_f64()) as usize).min(w);
+            let start = rng.below((w - len + 1) as u64) as usize;
+            x[start * channels..(start + len) * channels].fill(0.0);
+        }
+    }
+}
 
 /// Turns windows into encoder inputs.
 pub struct Inputs {
@@ -79,6 +140,18 @@ impl Inputs {
         Ok((self.of(&batch.anchor)?, self.of(&batch.positive)?))
     }
 
+    /// As [`pair`](Self::pair) with each view augmented on its own, row by row, the draws keyed
+    /// by `seed` (the run's seed and the step).
+    pub fn augmented_pair(&self, batch: &ContrastiveBatch, aug: &Augment, seed: u64) -> Result<(Vec<f32>, Vec<f32>)> {
+        let row = self.window * self.channels;
+        let mut views = [batch.anchor.clone(), batch.positive.clone()];
+        for (v, x) in views.iter_mut().enumerate() {
+            x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, w)| aug.apply(w, self.channels, &mut Rng::new(mix_seed(&[seed, v as u64, r as u64]))));
+        }
+        let [a, p] = views;
+        Ok((self.of(&a)?.into_owned(), self.of(&p)?.into_owned()))
+    }
+
     /// The sampling rate of each Id (1 Hz where the table has none).
     pub fn rates(&self, ids: &[u64]) -> Vec<f32> {
         ids.iter().map(|id| self.rates.get(id).copied().unwrap_or(1.0)).collect()
@@ -88,6 +161,30 @@ impl Inputs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn augmentations_do_what_they_say_and_repeat_for_a_seed() {
+        let (w, c) = (100, 2);
+        let x: Vec<f32> = (0..w * c).map(|i| 1.0 + (i % 7) as f32).collect();
+        let run = |a: Augment, seed: u64| {
+            let mut y = x.clone();
+            a.apply(&mut y, c, &mut Rng::new(seed));
+            y
+        };
+        assert_eq!(run(Augment::default(), 1), x, "off is the identity");
+        let g = run(Augment { gain: 0.5, ..Default::default() }, 1);
+        let ratio = g[0] / x[0];
+        assert!((0.5..=1.5).contains(&ratio) && g.iter().zip(&x).all(|(a, b)| (a / b - ratio).abs() < 1e-5), "one gain for the window");
+        let s = run(Augment { shift: 0.1, ..Default::default() }, 2);
+        let by = (0..=20).map(|k| (k + w - 10) % w).find(|&r| { let mut y = x.clone(); y.rotate_right(r * c); y == s }).expect("a circular shift of at most 10 steps");
+        assert!(by <= 10 || by >= w - 10);
+        let m = run(Augment { mask: 0.3, ..Default::default() }, 3);
+        let zeros = m.iter().filter(|v| **v == 0.0).count();
+        assert!(zeros <= 30 * c && zeros % c == 0);
+        let n = run(Augment { noise: 0.1, ..Default::default() }, 4);
+        assert!(n != x && n.iter().zip(&x).all(|(a, b)| (a - b).abs() < 3.0));
+        assert_eq!(run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), "repeatable");
+    }
 
     #[test]
     fn spectrum_is_log1p_of_the_rfft_magnitudes_without_the_mean() {

@@ -27,7 +27,7 @@ use signal::{BatchBuilder, BatchSampler, ContrastiveBatch, Dataset, Hdf5Store, M
 use crate::checkpoint::{self, TrainingState};
 use crate::config::{engine_error, Config, Mode, Monitor, Scheduler};
 use crate::error::{Result, TrainError};
-use crate::input::Inputs;
+use crate::input::{Augment, Inputs};
 
 /// One logged optimizer step.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -232,6 +232,7 @@ pub struct Trainer<'a, D: Device> {
     state: TrainingState,
     builder: Arc<BatchBuilder>,
     inputs: Inputs,
+    augment: Augment,
     usable_train: Vec<u64>,
     usable_val: Vec<u64>,
     val_batches: Vec<ContrastiveBatch>,
@@ -281,9 +282,12 @@ impl<'a, D: Device> Trainer<'a, D> {
 
         let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(engine_error)?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(engine_error)?;
+        if let Some(dim) = cfg.model.projection_dim {
+            step = step.with_projection(dim).map_err(engine_error)?;
+        }
         let mut state = TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
         if let Some(dir) = resume {
-            state = checkpoint::load_full(dir, &mut step.encoder)?;
+            state = checkpoint::load_full(dir, &mut step)?;
             if state.seed != cfg.trainer.seed {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
@@ -305,6 +309,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             state,
             builder,
             inputs,
+            augment: Augment::from_config(cfg),
             usable_train,
             usable_val,
             val_batches,
@@ -343,7 +348,13 @@ impl<'a, D: Device> Trainer<'a, D> {
     pub fn train_batch(&mut self, pos: BatchPos, batch: &ContrastiveBatch) -> Result<ControlFlow<()>> {
         let accum = self.cfg.trainer.accumulate_grad_batches;
         let micro = pos.batch % accum;
-        let (a, p) = self.inputs.pair(batch)?;
+        let (a, p) = if self.augment.is_off() {
+            self.inputs.pair(batch)?
+        } else {
+            let seed = signal::rng::mix_seed(&[self.state.seed, 0xA06, self.step.micro_step]);
+            let (a, p) = self.inputs.augmented_pair(batch, &self.augment, seed)?;
+            (a.into(), p.into())
+        };
         let rates = self.inputs.rates(&batch.ids);
         let out = self.step.forward_backward(Pairs::new(&a, &p).with_rates(&rates), micro > 0, 1.0 / accum as f32).map_err(engine_error)?;
         if !out.loss.is_finite() {
@@ -483,7 +494,7 @@ impl<'a, D: Device> Trainer<'a, D> {
                 let qualifies = self.top_k.entries.len() < k || self.top_k.entries.last().is_some_and(|w| better(mode, v, w.value, 0.0));
                 if qualifies {
                     let name = format!("best-epoch={}-step={}", self.state.epoch.saturating_sub(1), self.state.step);
-                    checkpoint::save(&self.ckpt_dir.join(&name), &self.step.encoder, &self.state, weights_only)?;
+                    checkpoint::save(&self.ckpt_dir.join(&name), &self.step, &self.state, weights_only)?;
                     self.top_k.entries.retain(|e| e.name != name);
                     self.top_k.entries.push(TopEntry { name, epoch: self.state.epoch.saturating_sub(1), step: self.state.step, value: v });
                     self.top_k.sort(mode);
@@ -504,7 +515,7 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     fn save_last(&mut self) -> Result<()> {
         let dir = self.ckpt_dir.join("last");
-        checkpoint::save(&dir, &self.step.encoder, &self.state, self.cfg.trainer.save_weights_only)?;
+        checkpoint::save(&dir, &self.step, &self.state, self.cfg.trainer.save_weights_only)?;
         self.last_ckpt = Some(dir);
         self.last_saved_step = Some(self.state.step);
         Ok(())

@@ -21,7 +21,8 @@ fn shipped_configs_load_with_their_values() {
     assert_eq!(d.data.truncate_length, Some(2048));
     assert_eq!(d.task.temperature, 0.07);
     assert_eq!(d.trainer.gradient_clip_val, Some(1.0));
-    assert!(d.unused_keys.iter().any(|k| k.starts_with("model.d_model")), "{:?}", d.unused_keys);
+    assert_eq!((d.model.name, d.model.d_model), (EncoderKind::Isfm, 64));
+    assert!(d.unused_keys.iter().any(|k| k.starts_with("data.factory_name")), "{:?}", d.unused_keys);
     let p = Config::load(&root().join("configs/production.yaml"), &[]).unwrap();
     assert_eq!((p.data.window_size, p.data.batch_size, p.data.num_window), (2048, 64, 4));
     assert_eq!((p.task.temperature, p.task.lr), (0.05, 5e-4));
@@ -158,8 +159,9 @@ fn checkpoint_round_trip_and_pytorch_layout() {
     let want = [("0.bias", vec![512]), ("0.weight", vec![512, 256]), ("3.bias", vec![256]), ("3.weight", vec![256, 512]), ("6.bias", vec![128]), ("6.weight", vec![128, 256])];
     assert_eq!(names, want.iter().map(|(n, s)| (n.to_string(), s.clone())).collect::<Vec<_>>());
     // Weights and optimizer state load back exactly.
-    let mut enc = arch.init(CpuDevice::new(), 4, 99).unwrap();
-    let state = train::checkpoint::load_full(&last, &mut enc).unwrap();
+    let mut step = ContrastiveStep::new(arch.init(CpuDevice::new(), 4, 99).unwrap(), 2, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
+    let state = train::checkpoint::load_full(&last, &mut step).unwrap();
+    let enc = &step.encoder;
     assert_eq!(state.step, 3);
     assert_eq!(Config::from_yaml(&state.config_yaml, &[]).unwrap(), cfg);
     let mut enc2 = arch.init(CpuDevice::new(), 4, 1).unwrap();
@@ -292,4 +294,181 @@ fn the_probe_separates_what_is_separable_and_not_what_is_not() {
     let (yf, yt) = shuffled.split_at(y.len() / 2);
     let s = train::eval::probe(zf, yf, zt, yt, d, classes, 5);
     assert!(s.linear_probe_acc < 0.5 && s.knn_acc < 0.5, "chance is 0.25: {s:?}");
+}
+
+/// PHM-Vibench's `configs/id_contrastive/*.yaml`, key for key (their comments left out): each
+/// names `M_01_ISFM` with `B_08_PatchTST`.
+fn phm_vibench_config(name: &str) -> String {
+    let (batch, workers, window, stride, trunc, d_model, lr, wd, temp, epochs, accel, devices, precision, clip, extra_trainer) = match name {
+        "debug" => (4, 1, 256, 128, 2048, 64, "1e-3", "1e-4", 0.07, 1, "cpu", "1", "32", 1.0, "  check_val_every_n_epoch: 1\n  log_every_n_steps: 1\n"),
+        "pretrain" => (32, 4, 1024, 512, 16384, 256, "1e-3", "1e-4", 0.07, 50, "gpu", "1", "16", 1.0, "  check_val_every_n_epoch: 5\n  log_every_n_steps: 50\n"),
+        "ablation" => (32, 4, 1024, 512, 16384, 256, "1e-3", "1e-4", 0.07, 1, "gpu", "1", "16", 1.0, "  check_val_every_n_epoch: 5\n  log_every_n_steps: 50\n"),
+        _ => (64, 8, 2048, 1024, 32768, 512, "5e-4", "1e-5", 0.05, 100, "gpu", "[0]", "16", 0.5, "  accumulate_grad_batches: 2\n  check_val_every_n_epoch: 10\n  log_every_n_steps: 100\n  patience: 15\n  monitor: \"val_contrastive_acc\"\n  save_top_k: 3\n  save_last: true\n"),
+    };
+    format!(
+        "data:\n  factory_name: \"id\"\n  dataset_name: \"ID_dataset\"\n  data_dir: \"data\"\n  metadata_file: \"metadata_6_1.xlsx\"\n  batch_size: {batch}\n  num_workers: {workers}\n  window_size: {window}\n  stride: {stride}\n  num_window: {}\n  window_sampling_strategy: \"random\"\n  normalization: true\n  truncate_length: {trunc}\n\
+         model:\n  type: \"ISFM\"\n  name: \"M_01_ISFM\"\n  backbone: \"B_08_PatchTST\"\n  d_model: {d_model}\n\
+         task:\n  type: \"pretrain\"\n  name: \"contrastive_id\"\n  lr: {lr}\n  weight_decay: {wd}\n  temperature: {temp}\n\
+         trainer:\n  epochs: {epochs}\n  accelerator: \"{accel}\"\n  devices: {devices}\n  precision: {precision}\n  gradient_clip_val: {clip}\n{extra_trainer}\
+         environment:\n  save_dir: \"save/\"\n  experiment_name: \"contrastive_{name}\"\n",
+        if name == "production" { 4 } else { 2 }
+    )
+}
+
+#[test]
+fn phm_vibench_id_contrastive_configs_run_unchanged() {
+    for name in ["debug", "pretrain", "ablation", "production"] {
+        let yaml = phm_vibench_config(name);
+        // Parsed as written: the ISFM at its d_model, the accepted-but-unused keys reported.
+        let as_32 = Config::from_yaml(&yaml, &["trainer.precision=32".into(), "trainer.accelerator=cpu".into()]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(as_32.model.name, EncoderKind::Isfm, "{name}");
+        assert!(as_32.unused_keys.iter().any(|k| k.starts_with("data.metadata_file")) && as_32.unused_keys.iter().any(|k| k.starts_with("task.type")), "{name}: {:?}", as_32.unused_keys);
+        if name == "debug" {
+            let c = Config::from_yaml(&yaml, &[]).unwrap();
+            assert_eq!((c.model.d_model, c.stride(), c.data.truncate_length), (64, 128, Some(2048)));
+        } else {
+            // 16-bit is not implemented yet: a named error, never a silent fallback.
+            let e = Config::from_yaml(&yaml, &[]).unwrap_err().to_string();
+            assert!(e.contains("trainer.precision"), "{name}: {e}");
+        }
+    }
+    // The debug config trains as it is (on generated data: its data keys name PHM-Vibench's
+    // files, the product takes --data/--meta).
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = Config::from_yaml(&phm_vibench_config("debug"), &[format!("environment.save_dir={}", dir.path().join("runs").display())]).unwrap();
+    let s = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    assert!(s.steps > 0 && s.last_loss.is_finite(), "{s:?}");
+    let (arch, _) = train::checkpoint::read_metadata(&s.last_checkpoint.unwrap().join("model.safetensors")).unwrap();
+    assert!(matches!(arch.unwrap().arch, Arch::Isfm(ref i) if i.d_model == 64 && i.d_ff == 128));
+    // Keys other PHM-Vibench configs carry: the progress bar and weights-only saves apply,
+    // ReduceLROnPlateau's keys are reported as unused, never an error.
+    let c = Config::from_yaml("trainer:\n  enable_progress_bar: false\n  save_weights_only: true\n  lr_scheduler_patience: 5\n  lr_reduce_factor: 0.5\n", &[]).unwrap();
+    assert!(!c.trainer.enable_progress_bar && c.trainer.save_weights_only);
+    assert!(c.unused_keys.iter().any(|k| k.starts_with("trainer.lr_scheduler_patience")) && c.unused_keys.iter().any(|k| k.starts_with("trainer.lr_reduce_factor")), "{:?}", c.unused_keys);
+    // Unsupported PHM-Vibench components are named errors listing what is supported.
+    for (key, value) in [("backbone", "B_06_TimesNet"), ("embedding", "E_03_Patch"), ("task_head", "H_02_distance_cla")] {
+        let e = Config::from_yaml(&format!("model:\n  name: M_01_ISFM\n  {key}: {value}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains(&format!("model.{key}")) && e.contains(value) && e.contains("supported"), "{e}");
+    }
+    // output_dim is the Transformer width; num_layers is e_layers.
+    let c = Config::from_yaml("model:\n  name: isfm\n  output_dim: 96\n  num_layers: 3\n  num_heads: 4\n", &[]).unwrap();
+    match c.encoder(2).arch {
+        Arch::Isfm(i) => assert_eq!((i.d_model, i.e_layers, i.d_ff), (96, 3, 192)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn cnn_and_isfm_train_resume_and_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    for (name, extra) in [("cnn", vec!["data.window_size=256"]), ("isfm", vec!["model.num_patches=8", "model.patch_size_L=16", "model.d_model=32", "model.d_ff=64", "model.e_layers=1"])] {
+        let mut o = vec![format!("model.name={name}"), "trainer.lr_scheduler=cosine".to_string(), "trainer.gradient_clip_val=1.0".to_string()];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let full = small_config(&dir.path().join(format!("{name}-a")), &o);
+        let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
+        // Interrupted after step 5, resumed: the same losses step for step (dropout, patch draws
+        // and BatchNorm's running statistics all restored).
+        struct StopAt(u64);
+        impl Observer for StopAt {
+            fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
+                if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            }
+        }
+        let part = small_config(&dir.path().join(format!("{name}-b")), &o);
+        let s_part = train(&part, &h5, &csv, None, &mut StopAt(5)).unwrap();
+        let s_rest = train(&part, &h5, &csv, s_part.last_checkpoint.as_deref(), &mut Quiet).unwrap();
+        assert_eq!(step_losses(&s_full.run_dir), step_losses(&s_rest.run_dir), "{name}: resumed losses");
+        let ds = train::trainer::open_dataset(&h5, &csv).unwrap();
+        let r = train::eval::evaluate(&s_full.last_checkpoint.unwrap(), &ds, &train::eval::EvalOptions { windows: 4, ..Default::default() }).unwrap();
+        assert!(r.encoder.starts_with(name) && r.fit_windows == 24 * 4, "{r:?}");
+        // A dozen steps on 10 classes: above chance, not yet good.
+        assert!(r.pretrained.linear_probe_acc > 1.5 / r.classes.len() as f64, "{name}: {r:?}");
+    }
+}
+
+#[test]
+fn a_projection_head_trains_resumes_and_stays_out_of_the_encoder_state_dict() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let o = ["model.projection_dim=16", "trainer.gradient_clip_val=1.0"];
+    let full = small_config(&dir.path().join("a"), &o);
+    let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
+    struct StopAt(u64);
+    impl Observer for StopAt {
+        fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
+            if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+        }
+    }
+    let part = small_config(&dir.path().join("b"), &o);
+    let s_part = train(&part, &h5, &csv, None, &mut StopAt(4)).unwrap();
+    let last = s_part.last_checkpoint.clone().unwrap();
+    let s_rest = train(&part, &h5, &csv, Some(&last), &mut Quiet).unwrap();
+    assert_eq!(step_losses(&s_full.run_dir), step_losses(&s_rest.run_dir), "the head's weights and moments resume too");
+    let names = |f: &str| -> Vec<String> {
+        let bytes = std::fs::read(last.join(f)).unwrap();
+        safetensors::SafeTensors::deserialize(&bytes).unwrap().names().into_iter().map(str::to_string).collect()
+    };
+    assert!(!names("model.safetensors").iter().any(|n| n.starts_with("projection")), "the encoder's state_dict has no head");
+    assert!(names("training_state.safetensors").iter().any(|n| n == "projection.2.weight"));
+    // Without the head the run cannot resume from it silently: the head's tensors are required.
+    let no_head = small_config(&dir.path().join("c"), &[]);
+    assert!(train(&no_head, &h5, &csv, Some(&last), &mut Quiet).is_ok(), "a head-less run resumes the encoder and ignores the head");
+}
+
+#[test]
+fn weights_only_checkpoints_evaluate_but_do_not_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(&dir.path().join("run"), &["trainer.epochs=1", "trainer.save_weights_only=true", "model.name=cnn", "data.window_size=256"]);
+    let s = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    let last = s.last_checkpoint.unwrap();
+    assert!(last.join("model.safetensors").exists() && !last.join("training_state.safetensors").exists());
+    let e = train(&cfg, &h5, &csv, Some(&last), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("weights only"), "{e}");
+    let ds = train::trainer::open_dataset(&h5, &csv).unwrap();
+    assert!(train::eval::evaluate(&last, &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).is_ok());
+}
+
+#[test]
+fn cnn_and_isfm_checkpoints_load_in_pytorch_and_a_pytorch_state_dict_loads_here() {
+    let reference = root().join("../shared/reference/encoders_ref.py");
+    let probe = std::process::Command::new("python3").arg("-c").arg("import torch, safetensors").output();
+    if !reference.exists() || !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        eprintln!("SKIPPED: torch, safetensors or {} not available (CI has no torch)", reference.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    for (name, extra, ctor) in [
+        ("cnn", vec!["data.window_size=256"], "CNN(2)"),
+        ("isfm", vec!["model.num_patches=8", "model.patch_size_L=16", "model.d_model=32", "model.d_ff=64", "model.e_layers=1"], "ISFM(2, 128, num_patches=8, patch_size_L=16, d_model=32, num_heads=4, e_layers=1, d_ff=64)"),
+    ] {
+        let mut o = vec![format!("model.name={name}"), "trainer.epochs=1".to_string()];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let cfg = small_config(&dir.path().join(name), &o);
+        let s = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+        let model = s.last_checkpoint.unwrap().join("model.safetensors");
+        // strict=True: every name and shape of the reference module, no more; then the reference
+        // module's own state dict written back, which the product must load and evaluate.
+        let out = dir.path().join(format!("{name}_from_torch.safetensors"));
+        let script = format!(
+            "import sys; sys.path.insert(0, {:?})\nimport torch\nfrom safetensors.torch import load_file, save_file\nfrom encoders_ref import CNN, ISFM\nm = {ctor}\nm.load_state_dict(load_file(sys.argv[1]), strict=True)\ntorch.manual_seed(1)\nfresh = {ctor}\nsave_file({{k: v.contiguous() for k, v in fresh.state_dict().items()}}, sys.argv[2])\nprint('loaded', sum(p.numel() for p in m.parameters()))",
+            root().join("../shared/reference").display().to_string()
+        );
+        let o = std::process::Command::new("python3").arg("-c").arg(&script).arg(&model).arg(&out).output().unwrap();
+        assert!(o.status.success(), "{name}: {}", String::from_utf8_lossy(&o.stderr));
+        let enc = cfg.encoder(2);
+        assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("loaded {}", enc.param_count()));
+        let ds = train::trainer::open_dataset(&h5, &csv).unwrap();
+        let opts = train::eval::EvalOptions { windows: 2, config: Some(cfg.clone()), ..Default::default() };
+        let r = train::eval::evaluate(&out, &ds, &opts).unwrap();
+        assert!(r.encoder.starts_with(name), "{r:?}");
+        // Without the config, a bare state dict is a named error.
+        let e = train::eval::evaluate(&out, &ds, &train::eval::EvalOptions::default()).unwrap_err().to_string();
+        assert!(e.contains("--config"), "{e}");
+    }
 }
