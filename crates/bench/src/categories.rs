@@ -10,6 +10,7 @@ use signal::synth::{generate, SynthConfig};
 use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
 
 use crate::error::{BenchError, Result};
+use crate::registry::{CategoryKind, DeviceSel, MetricId, MetricName};
 use crate::measure::{method, peak_rss_delta, time_ms, total_memory_mb};
 use crate::results::{Category, Metric, Status, SweepPoint};
 use crate::stats::summarize;
@@ -39,32 +40,18 @@ impl Settings {
     }
 }
 
-fn timed(category: &str, config: &str, name: &str, samples: Vec<f64>, warmup: usize) -> Metric {
+fn timed(category: CategoryKind, config: &str, name: MetricName, samples: Vec<f64>, warmup: usize) -> Metric {
     let s = summarize(&samples);
-    Metric {
-        id: format!("{category}.{config}.{name}"),
-        category: category.into(),
-        config: config.into(),
-        name: name.into(),
-        unit: "ms".into(),
-        value: s.median,
-        lower_is_better: true,
-        method: method(warmup, samples.len()),
-        samples,
-        summary: Some(s),
-        target: None,
-        reference: None,
-        baseline: None,
-    }
+    Metric { samples, summary: Some(s.clone()), ..Metric::new(MetricId::new(category, config, name), s.median, true, method(warmup, s.n)) }
 }
 
-fn rate(category: &str, config: &str, name: &str, unit: &str, samples: Vec<f64>, how: String) -> Metric {
+fn rate(category: CategoryKind, config: &str, name: MetricName, samples: Vec<f64>, how: String) -> Metric {
     let s = summarize(&samples);
-    Metric { id: format!("{category}.{config}.{name}"), category: category.into(), config: config.into(), name: name.into(), unit: unit.into(), value: s.median, lower_is_better: false, method: how, samples, summary: Some(s), target: None, reference: None, baseline: None }
+    Metric { samples, summary: Some(s.clone()), ..Metric::new(MetricId::new(category, config, name), s.median, false, how) }
 }
 
-fn value(category: &str, config: &str, name: &str, unit: &str, v: f64, lower_is_better: bool, how: &str) -> Metric {
-    Metric { id: format!("{category}.{config}.{name}"), category: category.into(), config: config.into(), name: name.into(), unit: unit.into(), value: v, lower_is_better, method: how.into(), samples: Vec::new(), summary: None, target: None, reference: None, baseline: None }
+fn value(category: CategoryKind, config: &str, name: MetricName, v: f64, lower_is_better: bool, how: &str) -> Metric {
+    Metric::new(MetricId::new(category, config, name), v, lower_is_better, how)
 }
 
 /// Deterministic uniform(-1, 1) data.
@@ -120,7 +107,7 @@ fn step_parts(st: &mut ContrastiveStep<CpuDevice>, b: usize, warmup: usize, n: u
 
 /// Training: full steps of the seed's three configurations (mlp-medium).
 pub fn training(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new("training");
+    let mut cat = Category::new(CategoryKind::Training);
     let (warmup, n) = s.reps();
     let pool = pool(s.threads)?;
     for (config, b, w) in [("small", 16, 512), ("medium", 32, 1024), ("large", 64, 2048)] {
@@ -137,18 +124,18 @@ pub fn training(s: &Settings) -> Result<Category> {
             let steps = time_ms(0, n, || {
                 let _ = st.train_step(Pairs::new(&a, &p));
             });
-            cat.metrics.push(rate("training", config, "samples_per_s", "samples/s", steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
-            cat.metrics.push(timed("training", config, "batch_time_ms", steps, warmup));
+            cat.metrics.push(rate(CategoryKind::Training, config, MetricName::SamplesPerS, steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
+            cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BatchTimeMs, steps, warmup));
             let (fwd, bwd, nce, opt) = step_parts(&mut st, b, 2, n);
-            cat.metrics.push(timed("training", config, "forward_ms", fwd, 2));
-            cat.metrics.push(timed("training", config, "backward_ms", bwd, 2));
-            cat.metrics.push(timed("training", config, "infonce_ms", nce, 2));
-            cat.metrics.push(timed("training", config, "optimizer_ms", opt, 2));
+            cat.metrics.push(timed(CategoryKind::Training, config, MetricName::ForwardMs, fwd, 2));
+            cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BackwardMs, bwd, 2));
+            cat.metrics.push(timed(CategoryKind::Training, config, MetricName::InfonceMs, nce, 2));
+            cat.metrics.push(timed(CategoryKind::Training, config, MetricName::OptimizerMs, opt, 2));
             let dev_mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
-            cat.metrics.push(value("training", config, "memory_mb", "MB", dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
-            cat.metrics.push(value("training", config, "memory_per_sample_mb", "MB", dev_mb / b as f64, true, "engine memory held / B"));
+            cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryMb, dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
+            cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryPerSampleMb, dev_mb / b as f64, true, "engine memory held / B"));
             if let Some(m) = mem {
-                cat.metrics.push(value("training", config, "rss_rise_mb", "MB", m, true, "peak RSS rise over building the step and the warm-up steps (allocator reuse can hide memory)"));
+                cat.metrics.push(value(CategoryKind::Training, config, MetricName::RssRiseMb, m, true, "peak RSS rise over building the step and the warm-up steps (allocator reuse can hide memory)"));
             }
             Ok(())
         })?;
@@ -159,7 +146,7 @@ pub fn training(s: &Settings) -> Result<Category> {
 /// Data processing on the real pipeline: generation, store reads from disk, windowing and batch
 /// preparation, per complexity.
 pub fn data(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new("data");
+    let mut cat = Category::new(CategoryKind::Data);
     let scale = if s.quick { 10 } else { 1 };
     let pool = pool(s.threads)?;
     for (config, complexity, count, length) in [("simple", Complexity::Simple, 1000, 2048), ("medium", Complexity::Medium, 1000, 4096), ("complex", Complexity::Complex, 2000, 8192)] {
@@ -171,7 +158,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                 let t = Instant::now();
                 let g = generate(&cfg, &dir, config, Layout::Contiguous, &|_| {})?;
                 let gen_s = t.elapsed().as_secs_f64();
-                cat.metrics.push(value("data", config, "generation_signals_per_s", "signals/s", count as f64 / gen_s, false, "synthetic generation + HDF5 write, one run"));
+                cat.metrics.push(value(CategoryKind::Data, config, MetricName::GenerationSignalsPerS, count as f64 / gen_s, false, "synthetic generation + HDF5 write, one run"));
                 // Store reads: every signal whole, each pass on a freshly opened store.
                 let mut mbps = Vec::new();
                 for _ in 0..3 {
@@ -183,7 +170,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                     }
                     mbps.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
                 }
-                cat.metrics.push(rate("data", config, "store_read_mb_per_s", "MB/s", mbps, "whole-signal reads of every Id from a freshly opened store (page cache warm), 3 passes".into()));
+                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::StoreReadMbPerS, mbps, "whole-signal reads of every Id from a freshly opened store (page cache warm), 3 passes".into()));
                 let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store)?);
                 let ids: Vec<u64> = store.samples().iter().map(|x| x.id).collect();
                 let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
@@ -200,7 +187,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                     }
                     wps.push(nwin as f64 / t.elapsed().as_secs_f64());
                 }
-                cat.metrics.push(rate("data", config, "windows_per_s", "windows/s", wps, "8 random windows of 1024 per Id, read and standardized, 3 passes".into()));
+                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::WindowsPerS, wps, "8 random windows of 1024 per Id, read and standardized, 3 passes".into()));
                 // Batch preparation: contrastive batches of 16/32/64 Ids, W = 1024.
                 for b in [16, 32, 64] {
                     let mut batch = ContrastiveBatch::default();
@@ -211,7 +198,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                         let _ = builder.build_into(c, k, &mut batch);
                         k += 1;
                     });
-                    cat.metrics.push(timed("data", &format!("{config}.B{b}"), "batch_prep_ms", t, 3));
+                    cat.metrics.push(timed(CategoryKind::Data, &format!("{config}.B{b}"), MetricName::BatchPrepMs, t, 3));
                 }
                 let _ = std::fs::remove_dir_all(&dir);
                 Ok(())
@@ -219,7 +206,7 @@ pub fn data(s: &Settings) -> Result<Category> {
         });
         res?;
         if let Some(m) = mem {
-            cat.metrics.push(value("data", config, "memory_mb", "MB", m, true, "peak RSS rise over the whole data section of this complexity"));
+            cat.metrics.push(value(CategoryKind::Data, config, MetricName::MemoryMb, m, true, "peak RSS rise over the whole data section of this complexity"));
         }
     }
     Ok(cat)
@@ -239,15 +226,15 @@ fn model_configs() -> Vec<(&'static str, EncoderConfig)> {
 
 /// Model: forward, backward, InfoNCE, memory and size of every encoder at batches 16/32/64.
 pub fn model(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new("model");
+    let mut cat = Category::new(CategoryKind::Model);
     let (_, n) = s.reps();
     let pool = pool(s.threads)?;
     for (config, ecfg) in model_configs() {
         let embed = ecfg.embed;
         let params = ecfg.param_count() as f64;
-        cat.metrics.push(value("model", config, "parameters", "count", params, true, &format!("Σ weights + biases ({})", ecfg.kind())));
-        cat.metrics.push(value("model", config, "size_mb", "MB", params * 4.0 / 1e6, true, "f32 parameters"));
-        cat.metrics.push(value("model", config, "training_state_mb", "MB", params * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
+        cat.metrics.push(value(CategoryKind::Model, config, MetricName::Parameters, params, true, &format!("Σ weights + biases ({})", ecfg.kind())));
+        cat.metrics.push(value(CategoryKind::Model, config, MetricName::SizeMb, params * 4.0 / 1e6, true, "f32 parameters"));
+        cat.metrics.push(value(CategoryKind::Model, config, MetricName::TrainingStateMb, params * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
         for b in [16, 32, 64] {
             pool.install(|| -> Result<()> {
                 let mut enc = ecfg.init(CpuDevice::new(), 2 * b, 0)?;
@@ -274,10 +261,10 @@ pub fn model(s: &Settings) -> Result<Category> {
                     dev.infonce(z, Some(dz), b, embed, 0.07, false, 1.0);
                 });
                 let c = format!("{config}.B{b}");
-                cat.metrics.push(timed("model", &c, "forward_ms", fwd, 3));
-                cat.metrics.push(timed("model", &c, "backward_ms", bwd, 2));
-                cat.metrics.push(timed("model", &c, "infonce_ms", nce, 3));
-                cat.metrics.push(value("model", &c, "memory_mb", "MB", enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
+                cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::ForwardMs, fwd, 3));
+                cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::BackwardMs, bwd, 2));
+                cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::InfonceMs, nce, 3));
+                cat.metrics.push(value(CategoryKind::Model, &c, MetricName::MemoryMb, enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
                 Ok(())
             })?;
         }
@@ -301,7 +288,7 @@ fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
 /// doubling on until a limit (time per step, memory, or a hard cap). Quick mode stops at the
 /// seed's lists.
 pub fn scalability(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new("scalability");
+    let mut cat = Category::new(CategoryKind::Scalability);
     let pool = pool(s.threads)?;
     let mem_limit = total_memory_mb().unwrap_or(8192.0) * 0.5;
     let time_limit_ms = if s.quick { 1500.0 } else { 5000.0 };
@@ -355,7 +342,8 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         }
         let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
         let max = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max().unwrap_or(0);
-        cat.metrics.push(value("scalability", axis, &format!("max_{axis}_size"), if axis == "batch" { "samples" } else { "samples/window" }, max as f64, false, "largest point of the doubling sweep whose step ran"));
+        let name = if axis == "batch" { MetricName::MaxBatchSize } else { MetricName::MaxWindowSize };
+        cat.metrics.push(value(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran"));
         if axis == "batch" {
             // Memory growth against batch growth between the two largest working points
             // (1.0 = linear).
@@ -363,7 +351,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             if mems.len() >= 2 {
                 let (b1, m1) = mems[mems.len() - 2];
                 let (b2, m2) = mems[mems.len() - 1];
-                cat.metrics.push(value("scalability", "batch", "memory_scaling_factor", "ratio", (m2 / m1) / (b2 as f64 / b1 as f64), true, "(memory ratio) / (batch ratio) of the two largest working batch sizes"));
+                cat.metrics.push(value(CategoryKind::Scalability, "batch", MetricName::MemoryScalingFactor, (m2 / m1) / (b2 as f64 / b1 as f64), true, "(memory ratio) / (batch ratio) of the two largest working batch sizes"));
             }
         }
     }
@@ -372,8 +360,8 @@ pub fn scalability(s: &Settings) -> Result<Category> {
 
 /// Hardware: CPU thread scaling (fp32); GPU and mixed precision are reported as not available in
 /// this build rather than failing.
-pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
-    let mut cat = Category::new("hardware");
+pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
+    let mut cat = Category::new(CategoryKind::Hardware);
     let (warmup, n) = s.reps();
     let (b, w) = (32, 1024);
     let (a, p) = (noise(b * w, 7), noise(b * w, 8));
@@ -391,18 +379,18 @@ pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
             }))
         })?;
         per_threads.push((t, crate::stats::median(&times)));
-        cat.metrics.push(timed("hardware", &format!("cpu.fp32.threads{t}"), "step_ms", times, warmup));
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.threads{t}"), MetricName::StepMs, times, warmup));
     }
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {
-        cat.metrics.push(value("hardware", "cpu.fp32", "thread_speedup", "x", one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, mlp-medium)")));
+        cat.metrics.push(value(CategoryKind::Hardware, "cpu.fp32", MetricName::ThreadSpeedup, one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, {})", s.encoder)));
     }
-    let gpu = engine::CudaDevice::probe(0);
+    let gpu = engine::CudaDevice::probe(if let DeviceSel::Cuda(n) = device { n } else { 0 });
     match &gpu {
         Err(e) => cat.notes.push(format!("GPU: not available on this machine ({e}); CPU vs GPU and GPU memory are not measured")),
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),
     }
     cat.notes.push("Mixed precision (fp16/bf16): not implemented yet (CPU and CUDA devices compute in fp32)".into());
-    if device.starts_with("cuda") {
+    if matches!(device, DeviceSel::Cuda(_)) {
         cat.status = Status::NotAvailable;
         cat.notes.push(format!("--device {device} was asked for; GPU benchmarking is not implemented yet; CPU numbers shown"));
     }
@@ -412,7 +400,7 @@ pub fn hardware(s: &Settings, device: &str) -> Result<Category> {
 /// Quality: optimizer steps and seconds until a frozen-encoder linear probe reaches a target
 /// accuracy (time split: windows of the first 70 % train, the probe tests on the last 30 %).
 pub fn quality(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new("quality");
+    let mut cat = Category::new(CategoryKind::Quality);
     let (store_path, meta_path, target, w, b) = match &s.quality_data {
         Some((d, m)) => (d.clone(), m.clone(), s.quality_target.unwrap_or(0.75), 1024, 32),
         None => {
@@ -463,12 +451,12 @@ pub fn quality(s: &Settings) -> Result<Category> {
     let (reached, random_acc, last_acc, steps) = result;
     let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
     cat.notes.push(format!("dataset: {data_name}; W = {w}, B = {b}, {}, probe every {eval_every} steps, target {target:.2}", s.quality_encoder));
-    cat.metrics.push(value("quality", "probe", "random_init_probe_acc", "fraction", random_acc, false, "linear probe on a random-init encoder"));
-    cat.metrics.push(value("quality", "probe", "final_probe_acc", "fraction", last_acc, false, "linear probe at the last check"));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, random_acc, false, "linear probe on a random-init encoder"));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, last_acc, false, "linear probe at the last check"));
     match reached {
         Some((st, secs)) => {
-            cat.metrics.push(value("quality", "probe", "steps_to_target", "steps", st as f64, true, "optimizer steps until the probe reached the target"));
-            cat.metrics.push(value("quality", "probe", "seconds_to_target", "s", secs, true, "training time (probes excluded) until the probe reached the target"));
+            cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
+            cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::SecondsToTarget, secs, true, "training time (probes excluded) until the probe reached the target"));
         }
         None => cat.notes.push(format!("the probe did not reach {target:.2} within {steps} steps (last {last_acc:.3})")),
     }

@@ -16,6 +16,7 @@ pub mod fingerprint;
 pub mod measure;
 pub mod plots;
 pub mod reference;
+pub mod registry;
 pub mod report;
 pub mod results;
 pub mod stats;
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 pub use error::{BenchError, Result};
+pub use registry::{CategoryKind, DeviceSel, MetricId, MetricName, Selection};
 pub use results::Results;
 
 use categories::Settings;
@@ -33,20 +35,17 @@ use fingerprint::Fingerprint;
 use results::{Category, Recommendation, Status};
 use targets::Targets;
 
-/// The category names, in run order.
-pub const CATEGORIES: [&str; 6] = ["training", "data", "model", "scalability", "hardware", "quality"];
-
 /// A benchmark run: settings, results so far, and where they go.
 pub struct Benchmark {
     save_dir: PathBuf,
     settings: Settings,
-    device: String,
+    device: DeviceSel,
     targets: Targets,
     results: Results,
     started: Instant,
     log: Vec<String>,
-    /// Called with each category name as it starts.
-    on_category: Option<Box<dyn FnMut(&str) + Send>>,
+    /// Called with each category as it starts.
+    on_category: Option<Box<dyn FnMut(CategoryKind) + Send>>,
 }
 
 impl Benchmark {
@@ -71,7 +70,7 @@ impl Benchmark {
             },
             save_dir,
             settings,
-            device: "cpu".into(),
+            device: DeviceSel::Cpu,
             targets: targets::default_targets(),
             started: Instant::now(),
             log: Vec::new(),
@@ -91,8 +90,8 @@ impl Benchmark {
         self
     }
 
-    pub fn device(mut self, device: &str) -> Self {
-        self.device = device.to_string();
+    pub fn device(mut self, device: DeviceSel) -> Self {
+        self.device = device;
         self.results.device = device.to_string();
         self
     }
@@ -119,7 +118,7 @@ impl Benchmark {
         self
     }
 
-    pub fn on_category(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+    pub fn on_category(mut self, f: impl FnMut(CategoryKind) + Send + 'static) -> Self {
         self.on_category = Some(Box::new(f));
         self
     }
@@ -135,16 +134,25 @@ impl Benchmark {
 
     /// Runs one category; a failure is recorded in the results (status error) and logged, and the
     /// suite goes on.
-    fn run(&mut self, name: &str, f: impl FnOnce(&Settings, &str) -> Result<Category>) -> Result<&Category> {
+    pub fn run(&mut self, kind: CategoryKind) -> Result<&Category> {
         if let Some(cb) = self.on_category.as_mut() {
-            cb(name);
+            cb(kind);
         }
         std::fs::create_dir_all(&self.settings.work_dir).map_err(|e| BenchError::io(&self.settings.work_dir, e))?;
         let t = Instant::now();
-        let mut cat = match f(&self.settings, &self.device) {
+        let s = &self.settings;
+        let outcome = match kind {
+            CategoryKind::Training => categories::training(s),
+            CategoryKind::Data => categories::data(s),
+            CategoryKind::Model => categories::model(s),
+            CategoryKind::Scalability => categories::scalability(s),
+            CategoryKind::Hardware => categories::hardware(s, self.device),
+            CategoryKind::Quality => categories::quality(s),
+        };
+        let mut cat = match outcome {
             Ok(c) => c,
             Err(e) => {
-                let mut c = Category::new(name);
+                let mut c = Category::new(kind);
                 c.status = Status::Error;
                 c.notes.push(e.to_string());
                 c
@@ -153,45 +161,36 @@ impl Benchmark {
         cat.seconds = t.elapsed().as_secs_f64();
         targets::evaluate(&mut cat.metrics, &self.targets);
         let (p, n) = cat.pass_count();
-        let line = format!("[{name}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}", cat.status, cat.metrics.len(), cat.seconds, if cat.notes.is_empty() { String::new() } else { format!(" ({})", cat.notes.join("; ")) });
+        let line = format!("[{kind}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}", cat.status, cat.metrics.len(), cat.seconds, if cat.notes.is_empty() { String::new() } else { format!(" ({})", cat.notes.join("; ")) });
         self.log(line);
-        self.results.categories.retain(|c| c.name != name);
+        self.results.categories.retain(|c| c.kind != kind);
         self.results.categories.push(cat);
         Ok(self.results.categories.last().expect("just pushed"))
     }
 
     pub fn training(&mut self) -> Result<&Category> {
-        self.run("training", |s, _| categories::training(s))
+        self.run(CategoryKind::Training)
     }
     pub fn data(&mut self) -> Result<&Category> {
-        self.run("data", |s, _| categories::data(s))
+        self.run(CategoryKind::Data)
     }
     pub fn model(&mut self) -> Result<&Category> {
-        self.run("model", |s, _| categories::model(s))
+        self.run(CategoryKind::Model)
     }
     pub fn scalability(&mut self) -> Result<&Category> {
-        self.run("scalability", |s, _| categories::scalability(s))
+        self.run(CategoryKind::Scalability)
     }
     pub fn hardware(&mut self) -> Result<&Category> {
-        self.run("hardware", categories::hardware)
+        self.run(CategoryKind::Hardware)
     }
     pub fn quality(&mut self) -> Result<&Category> {
-        self.run("quality", |s, _| categories::quality(s))
+        self.run(CategoryKind::Quality)
     }
 
-    /// Runs one category by name, or all of them for `all`.
-    pub fn run_named(&mut self, which: &str) -> Result<()> {
-        let names: Vec<&str> = if which == "all" { CATEGORIES.to_vec() } else { vec![which] };
-        for n in names {
-            match n {
-                "training" => self.training()?,
-                "data" => self.data()?,
-                "model" => self.model()?,
-                "scalability" => self.scalability()?,
-                "hardware" => self.hardware()?,
-                "quality" => self.quality()?,
-                other => return Err(BenchError::Input(format!("unknown benchmark category `{other}`; expected one of {} or all", CATEGORIES.join(", ")))),
-            };
+    /// Runs the selected categories in order.
+    pub fn run_selection(&mut self, which: Selection) -> Result<()> {
+        for kind in which.categories() {
+            self.run(kind)?;
         }
         Ok(())
     }
@@ -293,7 +292,7 @@ pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
 pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     let mut out = Vec::new();
     let mut rec = |topic: &str, text: String, evidence: String| out.push(Recommendation { topic: topic.into(), text, evidence });
-    let sps = |c: &str| r.metric(&format!("training.{c}.samples_per_s")).map(|m| m.value);
+    let sps = |c: &str| r.metric_of(CategoryKind::Training, c, MetricName::SamplesPerS).map(|m| m.value);
     if let (Some(s), Some(l)) = (sps("small"), sps("large")) {
         let ev = format!("training.small/large.samples_per_s = {s:.0} / {l:.0}");
         let text = if l > 1.2 * s {
@@ -305,23 +304,23 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         };
         rec("Batch size", text, ev);
     }
-    if let Some(m) = r.metric("hardware.cpu.fp32.thread_speedup") {
+    if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.fp32", MetricName::ThreadSpeedup) {
         let threads = r.fingerprint.threads;
         let eff = m.value / threads as f64;
         rec("CPU threads", if eff < 0.6 { format!("{threads} threads give only {:.2}× over one ({:.0} % efficiency): the step is memory- or overhead-bound at this size; larger batches use the cores better.", m.value, 100.0 * eff) } else { format!("{threads} threads give {:.2}× over one ({:.0} % efficiency): keep num_workers at the core count.", m.value, 100.0 * eff) }, format!("{} = {:.2}", m.id, m.value));
     }
     for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
         let t = m.target.as_ref().expect("filtered");
-        let text = match (m.category.as_str(), m.name.as_str()) {
-            ("data", _) => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
-            ("scalability", "memory_scaling_factor") => "Memory grows faster than the batch at the largest sizes: InfoNCE's B×B similarity matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
-            ("scalability", _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
-            ("training" | "model", _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
+        let text = match (m.category, m.name) {
+            (CategoryKind::Data, _) => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
+            (CategoryKind::Scalability, MetricName::MemoryScalingFactor) => "Memory grows faster than the batch at the largest sizes: InfoNCE's B×B similarity matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
+            (CategoryKind::Scalability, _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
+            (CategoryKind::Training | CategoryKind::Model, _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),
         };
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
-    if r.categories.iter().any(|c| c.name == "hardware") {
+    if r.category(CategoryKind::Hardware).is_some() {
         rec("Mixed precision / GPU", "Not measured yet: the suite benchmarks the CPU device only, and fp16/bf16 compute is not implemented.".into(), "hardware category notes".into());
     }
     for m in r.regressions() {

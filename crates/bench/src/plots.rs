@@ -6,6 +6,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{BenchError, Result};
+use crate::registry::{CategoryKind, MetricName};
 use crate::results::Results;
 
 const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
@@ -79,15 +80,15 @@ fn bars(path: &Path, title: &str, y_label: &str, data: &[(String, f64)], referen
 
 /// `training_performance.png`: samples/s per training configuration (PyTorch beside, if given).
 pub fn training(r: &Results, path: &Path) -> Result<()> {
-    let pick = |name: &str| -> Vec<(String, f64)> { r.metrics().filter(|m| m.category == "training" && m.name == name).map(|m| (m.config.clone(), m.value)).collect() };
-    let data = pick("samples_per_s");
-    let reference: Vec<(String, f64)> = r.metrics().filter(|m| m.category == "training" && m.name == "samples_per_s").filter_map(|m| m.reference.as_ref().map(|x| (m.config.clone(), x.value))).collect();
+    let pick = |name: MetricName| -> Vec<(String, f64)> { r.metrics().filter(|m| m.category == CategoryKind::Training && m.name == name).map(|m| (m.config.clone(), m.value)).collect() };
+    let data = pick(MetricName::SamplesPerS);
+    let reference: Vec<(String, f64)> = r.metrics().filter(|m| m.category == CategoryKind::Training && m.name == MetricName::SamplesPerS).filter_map(|m| m.reference.as_ref().map(|x| (m.config.clone(), x.value))).collect();
     bars(path, "Training throughput (full step, mlp-medium)", "samples / s", &data, &reference)
 }
 
 /// `hardware_optimization.png`: CPU step time per thread count (GPU: not available).
 pub fn hardware(r: &Results, path: &Path) -> Result<()> {
-    let data: Vec<(String, f64)> = r.metrics().filter(|m| m.category == "hardware" && m.name == "step_ms").map(|m| (m.config.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), m.value)).collect();
+    let data: Vec<(String, f64)> = r.metrics().filter(|m| m.category == CategoryKind::Hardware && m.name == MetricName::StepMs).map(|m| (m.config.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), m.value)).collect();
     bars(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data, &[])
 }
 
@@ -97,7 +98,7 @@ pub fn scalability(r: &Results, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let halves = root.split_evenly((1, 2));
-    let sweep = r.categories.iter().find(|c| c.name == "scalability").map(|c| c.sweep.clone()).unwrap_or_default();
+    let sweep = r.category(CategoryKind::Scalability).map(|c| c.sweep.clone()).unwrap_or_default();
     for (area, axis, xlabel) in [(&halves[0], "batch", "batch size (W = 1024)"), (&halves[1], "window", "window size (B = 32)")] {
         let pts: Vec<(f64, f64)> = sweep.iter().filter(|p| p.axis == axis && p.ok).filter_map(|p| p.step_ms.map(|t| ((if axis == "batch" { p.batch } else { p.window }) as f64, t))).collect();
         let xmax = pts.iter().map(|p| p.0).fold(2.0f64, f64::max) * 1.5;

@@ -4,10 +4,11 @@
 use std::path::Path;
 
 use crate::error::{BenchError, Result};
+use crate::registry::{CategoryKind, MetricId, MetricName};
 use crate::results::{ReferenceValue, Results};
 
-/// (our metric id, reference value, lower is better) pairs found in a torch_ref JSON.
-fn pairs(j: &serde_json::Value) -> Vec<(String, f64)> {
+/// (our metric, reference value) pairs found in a torch_ref JSON.
+fn pairs(j: &serde_json::Value) -> Vec<(MetricId, f64)> {
     let mut out = Vec::new();
     if let Some(train) = j["train"].as_array() {
         for t in train {
@@ -15,20 +16,16 @@ fn pairs(j: &serde_json::Value) -> Vec<(String, f64)> {
                 continue;
             }
             let Some(cfg) = t["config"].as_str() else { continue };
-            if let Some(v) = t["step_median_ms"].as_f64() {
-                out.push((format!("training.{cfg}.batch_time_ms"), v));
-            }
-            if let Some(v) = t["samples_per_s"].as_f64() {
-                out.push((format!("training.{cfg}.samples_per_s"), v));
-            }
-            if let Some(v) = t["infonce_fwdbwd_median_ms"].as_f64() {
-                out.push((format!("training.{cfg}.infonce_ms"), v));
+            for (key, name) in [("step_median_ms", MetricName::BatchTimeMs), ("samples_per_s", MetricName::SamplesPerS), ("infonce_fwdbwd_median_ms", MetricName::InfonceMs)] {
+                if let Some(v) = t[key].as_f64() {
+                    out.push((MetricId::new(CategoryKind::Training, cfg, name), v));
+                }
             }
         }
     }
     if let Some(d) = j.get("data") {
         if let Some(v) = d["vectorized"]["batch_prep_ms_median"].as_f64() {
-            out.push(("data.medium.B32.batch_prep_ms".into(), v));
+            out.push((MetricId::new(CategoryKind::Data, "medium.B32", MetricName::BatchPrepMs), v));
         }
     }
     out
@@ -43,7 +40,7 @@ pub fn attach(r: &mut Results, path: &Path) -> Result<()> {
     }
     for c in r.categories.iter_mut() {
         for m in c.metrics.iter_mut() {
-            if let Some((_, v)) = found.iter().find(|(id, _)| *id == m.id) {
+            if let Some((_, v)) = found.iter().find(|(id, _)| *id == m.metric_id()) {
                 let speedup = if m.lower_is_better { v / m.value } else { m.value / v };
                 m.reference = Some(ReferenceValue { value: *v, speedup });
             }

@@ -72,7 +72,7 @@ fn rows(r: &Results) -> Vec<[String; 9]> {
     r.metrics()
         .map(|m| {
             let (t, p) = target_text(m);
-            [m.category.clone(), m.config.clone(), m.name.clone(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
+            [m.category.to_string(), m.config.clone(), m.name.to_string(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
         })
         .collect()
 }
@@ -101,7 +101,7 @@ impl Report for MarkdownReport {
         let _ = writeln!(s, "## Categories\n\n| category | status | targets passed | notes |\n| --- | --- | --- | --- |");
         for c in &r.categories {
             let (cp, ct) = c.pass_count();
-            let _ = writeln!(s, "| {} | {:?} | {cp}/{ct} | {} |", c.name, c.status, c.notes.join("; "));
+            let _ = writeln!(s, "| {} | {:?} | {cp}/{ct} | {} |", c.kind, c.status, c.notes.join("; "));
         }
         let _ = writeln!(s, "\n## Key indicators vs targets\n\n| metric | value | target | result |\n| --- | --- | --- | --- |");
         for m in r.metrics().filter(|m| m.target.is_some()) {
@@ -119,7 +119,7 @@ impl Report for MarkdownReport {
         for row in rows(r) {
             let _ = writeln!(s, "| {} |", row.join(" | "));
         }
-        if let Some(sc) = r.categories.iter().find(|c| c.name == "scalability") {
+        if let Some(sc) = r.category(crate::registry::CategoryKind::Scalability) {
             let _ = writeln!(s, "\n## Scalability sweep\n\n| axis | B | W | ok | ms/step | memory MB | note |\n| --- | --- | --- | --- | --- | --- | --- |");
             for p in &sc.sweep {
                 let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", p.axis, p.batch, p.window, p.ok, p.step_ms.map(fmt_value).unwrap_or_default(), p.memory_mb.map(fmt_value).unwrap_or_default(), p.note);
@@ -153,7 +153,7 @@ impl Report for HtmlReport {
         let _ = write!(h, "<table><tr><th>category</th><th>status</th><th>targets passed</th><th>notes</th></tr>");
         for c in &r.categories {
             let (cp, ct) = c.pass_count();
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{cp}/{ct}</td><td>{}</td></tr>", esc(&c.name), if c.status == Status::Ok { "ok" } else if c.status == Status::NotAvailable { "not available" } else { "error" }, esc(&c.notes.join("; ")));
+            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{cp}/{ct}</td><td>{}</td></tr>", esc(c.kind.as_str()), if c.status == Status::Ok { "ok" } else if c.status == Status::NotAvailable { "not available" } else { "error" }, esc(&c.notes.join("; ")));
         }
         let _ = write!(h, "</table></section>\n<section id=\"charts\"><h2>Charts</h2>");
         for (file, alt) in [("plots/training_performance.png", "training performance"), ("plots/scalability_analysis.png", "scalability analysis"), ("plots/hardware_optimization.png", "hardware optimization")] {

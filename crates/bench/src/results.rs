@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::fingerprint::Fingerprint;
+use crate::registry::{CategoryKind, MetricId, MetricName};
 use crate::stats::{Change, Summary};
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -31,12 +32,12 @@ pub struct ReferenceValue {
 /// One measured quantity.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metric {
-    /// Unique key, `category.config.name`.
+    /// Unique key, `category.config.name` ([`MetricId`]).
     pub id: String,
-    pub category: String,
+    pub category: CategoryKind,
     /// Which configuration (`small`, `B=32 W=1024`, …).
     pub config: String,
-    pub name: String,
+    pub name: MetricName,
     pub unit: String,
     /// The headline value (the median for timed metrics).
     pub value: f64,
@@ -77,9 +78,21 @@ pub struct SweepPoint {
     pub note: String,
 }
 
+impl Metric {
+    /// A metric of `id` with its unit, value and how it was measured; no samples.
+    pub fn new(id: MetricId, value: f64, lower_is_better: bool, method: impl Into<String>) -> Self {
+        Metric { id: id.to_string(), category: id.category, config: id.config, name: id.name, unit: id.name.unit().into(), value, lower_is_better, samples: Vec::new(), summary: None, method: method.into(), target: None, reference: None, baseline: None }
+    }
+
+    pub fn metric_id(&self) -> MetricId {
+        MetricId::new(self.category, self.config.clone(), self.name)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Category {
-    pub name: String,
+    #[serde(rename = "name")]
+    pub kind: CategoryKind,
     pub status: Status,
     /// Why a category is not available or failed; other remarks.
     pub notes: Vec<String>,
@@ -90,8 +103,8 @@ pub struct Category {
 }
 
 impl Category {
-    pub fn new(name: &str) -> Self {
-        Category { name: name.into(), status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0 }
+    pub fn new(kind: CategoryKind) -> Self {
+        Category { kind, status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0 }
     }
 
     /// Targets passed and checked in this category.
@@ -144,6 +157,15 @@ impl Results {
 
     pub fn metric(&self, id: &str) -> Option<&Metric> {
         self.metrics().find(|m| m.id == id)
+    }
+
+    /// The metric `category.config.name`.
+    pub fn metric_of(&self, category: CategoryKind, config: &str, name: MetricName) -> Option<&Metric> {
+        self.metrics().find(|m| m.category == category && m.config == config && m.name == name)
+    }
+
+    pub fn category(&self, kind: CategoryKind) -> Option<&Category> {
+        self.categories.iter().find(|c| c.kind == kind)
     }
 
     pub fn regressions(&self) -> Vec<&Metric> {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::error::{BenchError, Result};
+use crate::registry::{CategoryKind as C, MetricName as M};
 use crate::results::{Metric, TargetCheck};
 
 /// `section → key → threshold`, as the seed writes it.
@@ -43,21 +44,21 @@ pub fn load_targets(path: &Path) -> Result<Targets> {
 
 /// Which target a metric answers to, and in which direction (`true` = the value must be ≤).
 fn rule(m: &Metric) -> Option<(&'static str, &'static str, bool)> {
-    Some(match (m.category.as_str(), m.name.as_str()) {
-        ("training", "samples_per_s") => ("training_performance", "samples_per_second", false),
-        ("training", "batch_time_ms") => ("training_performance", "batch_time_ms", true),
-        ("training", "forward_ms") | ("model", "forward_ms") => ("model_performance", "forward_pass_ms", true),
-        ("training", "backward_ms") | ("model", "backward_ms") => ("model_performance", "backward_pass_ms", true),
-        ("model", "infonce_ms") | ("training", "infonce_ms") => ("model_performance", "infonce_computation_ms", true),
-        ("training", "memory_per_sample_mb") => ("memory_efficiency", "cpu_memory_per_sample_mb", true),
-        ("training", "epoch_time_min") => ("training_performance", "epoch_time_minutes", true),
-        ("scalability", "max_batch_size") => ("scalability", "max_batch_size", false),
-        ("scalability", "max_window_size") => ("scalability", "max_window_size", false),
-        ("scalability", "memory_scaling_factor") => ("scalability", "memory_scaling_factor", true),
-        ("data", "store_read_mb_per_s") => ("data_processing", "h5_loading_mb_per_sec", false),
-        ("data", "windows_per_s") => ("data_processing", "window_generation_per_sec", false),
-        ("data", "batch_prep_ms") => ("data_processing", "batch_preparation_ms", true),
-        ("hardware", "gpu_memory_per_sample_mb") => ("memory_efficiency", "gpu_memory_per_sample_mb", true),
+    Some(match (m.category, m.name) {
+        (C::Training, M::SamplesPerS) => ("training_performance", "samples_per_second", false),
+        (C::Training, M::BatchTimeMs) => ("training_performance", "batch_time_ms", true),
+        (C::Training | C::Model, M::ForwardMs) => ("model_performance", "forward_pass_ms", true),
+        (C::Training | C::Model, M::BackwardMs) => ("model_performance", "backward_pass_ms", true),
+        (C::Training | C::Model, M::InfonceMs) => ("model_performance", "infonce_computation_ms", true),
+        (C::Training, M::MemoryPerSampleMb) => ("memory_efficiency", "cpu_memory_per_sample_mb", true),
+        (C::Training, M::EpochTimeMin) => ("training_performance", "epoch_time_minutes", true),
+        (C::Scalability, M::MaxBatchSize) => ("scalability", "max_batch_size", false),
+        (C::Scalability, M::MaxWindowSize) => ("scalability", "max_window_size", false),
+        (C::Scalability, M::MemoryScalingFactor) => ("scalability", "memory_scaling_factor", true),
+        (C::Data, M::StoreReadMbPerS) => ("data_processing", "h5_loading_mb_per_sec", false),
+        (C::Data, M::WindowsPerS) => ("data_processing", "window_generation_per_sec", false),
+        (C::Data, M::BatchPrepMs) => ("data_processing", "batch_preparation_ms", true),
+        (C::Hardware, M::GpuMemoryPerSampleMb) => ("memory_efficiency", "gpu_memory_per_sample_mb", true),
         _ => return None,
     })
 }

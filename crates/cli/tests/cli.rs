@@ -92,7 +92,7 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("steps") && t.contains("last ckpt"), "{t}");
-    assert!(t.contains("model.d_model") && t.contains("not used"), "unused PHM-Vibench keys are reported: {t}");
+    assert!(t.contains("data.factory_name") && t.contains("not used"), "unused PHM-Vibench keys are reported: {t}");
     let ckpt = d.join("runs/contrastive_debug/checkpoints/last");
     assert!(ckpt.join("model.safetensors").exists());
     let o = bin().args(["evaluate", "--windows", "4", "--json", "--checkpoint"]).arg(&ckpt).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
@@ -106,7 +106,7 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     std::fs::write(&bad, "data:\n  windw_size: 128\n").unwrap();
     let o = bin().args(["train", "--config"]).arg(&bad).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("data.windw_size") && text(&o).contains("data.window_size"), "{}", text(&o));
-    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(d.join("absent.h5")).arg("--meta").arg(&csv).output().unwrap();
+    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(d.join("absent.h5")).arg("--meta").arg(&csv).args(["--override", &format!("environment.save_dir={}", d.join("failed").display())]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("absent.h5"), "{}", text(&o));
     let other = d.join("other");
     std::fs::create_dir_all(&other).unwrap();
@@ -115,6 +115,8 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let o = bin().args(["evaluate", "--checkpoint"]).arg(&ckpt).arg("--data").arg(other.join("two.h5")).arg("--meta").arg(other.join("two.csv")).output().unwrap();
     let t = text(&o);
     assert!(!o.status.success() && t.contains("checkpoint") && !t.contains("panicked"), "{t}");
-    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv).arg("--resume").arg(d.join("nope")).output().unwrap();
+    let elsewhere = format!("environment.save_dir={}", d.join("failed").display());
+    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv).arg("--resume").arg(d.join("nope")).args(["--override", &elsewhere]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("nope"), "{}", text(&o));
+    assert!(!d.join("failed").exists(), "a run that cannot start writes nothing");
 }

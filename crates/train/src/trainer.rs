@@ -275,11 +275,6 @@ impl<'a, D: Device> Trainer<'a, D> {
         let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
         let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
 
-        let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
-        let ckpt_dir = run_dir.join("checkpoints");
-        std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
-        files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
-
         let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(engine_error)?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(engine_error)?;
         if let Some(dim) = cfg.model.projection_dim {
@@ -296,6 +291,11 @@ impl<'a, D: Device> Trainer<'a, D> {
             step.seed = state.seed;
             obs.message(&format!("resumed from {} at step {}, epoch {}", dir.display(), state.step, state.epoch));
         }
+        // Only a run that can start writes its directory.
+        let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
+        let ckpt_dir = run_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+        files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
         let metrics_path = run_dir.join("metrics.jsonl");
         let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
         let val_batches = validation_batches(&builder, &usable_val, b, state.seed)?;

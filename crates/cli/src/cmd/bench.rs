@@ -3,19 +3,19 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use bench::Benchmark;
+use bench::{Benchmark, DeviceSel, Selection};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// training | data | model | scalability | hardware | quality | all
     #[arg(long = "test", default_value = "all")]
-    pub test: String,
+    pub test: Selection,
     /// Smaller sizes and fewer samples (under a minute on 2 cores).
     #[arg(long)]
     pub quick: bool,
-    /// cpu, or cuda[:N] (reported as not available in this build).
+    /// cpu, cuda, cuda:N or auto (GPU benchmarking is reported as not available yet).
     #[arg(long, default_value = "cpu")]
-    pub device: String,
+    pub device: DeviceSel,
     /// Where results, reports, plots and baselines go.
     #[arg(long, default_value = "bench-results")]
     pub save_dir: PathBuf,
@@ -61,16 +61,10 @@ pub fn run(a: Args) -> Result<()> {
     if !(a.noise >= 0.0 && a.noise < 1.0) {
         bail!("--noise must be in [0, 1), got {}", a.noise);
     }
-    if a.device != "cpu" && !a.device.starts_with("cuda") {
-        bail!("--device must be cpu or cuda[:N], got {:?}", a.device);
-    }
-    let names: Vec<&str> = if a.test == "all" { bench::CATEGORIES.to_vec() } else { vec![a.test.as_str()] };
-    if let Some(bad) = names.iter().find(|n| !bench::CATEGORIES.contains(n)) {
-        bail!("unknown --test {bad:?}; expected one of {} or all", bench::CATEGORIES.join(", "));
-    }
+    let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
     let pb2 = pb.clone();
-    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(&a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_category(move |name| {
+    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_category(move |name| {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {
@@ -82,11 +76,11 @@ pub fn run(a: Args) -> Result<()> {
     if let (Some(d), Some(m)) = (&a.data, &a.meta) {
         b = b.quality_data(d.clone(), m.clone());
     }
-    if a.device.starts_with("cuda") {
+    if matches!(a.device, DeviceSel::Cuda(_)) {
         eprintln!("warning: --device {}: GPU benchmarking is not implemented yet; measuring the CPU and reporting the GPU as not available", a.device);
     }
-    for n in &names {
-        b.run_named(n)?;
+    for kind in names {
+        b.run(kind)?;
         pb.inc(1);
     }
     pb.finish_and_clear();

@@ -42,6 +42,11 @@ impl Observer for Bar {
         std::ops::ControlFlow::Continue(())
     }
     fn epoch(&mut self, e: &EpochLog) {
+        // A line per validation, or per hundred epochs (runs of one-batch epochs would print
+        // thousands of lines; metrics.jsonl has every epoch).
+        if e.val_contrastive_loss.is_none() && (e.epoch + 1) % 100 != 0 {
+            return;
+        }
         let val = match (e.val_contrastive_loss, e.val_contrastive_acc) {
             (Some(l), Some(a)) => format!("  val_contrastive_loss {l:.4}  val_contrastive_acc {a:.3}"),
             _ => String::new(),
