@@ -46,6 +46,8 @@ pub struct Benchmark {
     log: Vec<String>,
     /// Called with each category as it starts.
     on_category: Option<Box<dyn FnMut(CategoryKind) + Send>>,
+    /// Called with each line of the log as it is written (the library prints nothing).
+    on_log: Option<Box<dyn FnMut(&str) + Send>>,
 }
 
 impl Benchmark {
@@ -75,6 +77,7 @@ impl Benchmark {
             started: Instant::now(),
             log: Vec::new(),
             on_category: None,
+            on_log: None,
         }
     }
 
@@ -128,8 +131,15 @@ impl Benchmark {
     }
 
     fn log(&mut self, line: String) {
-        eprintln!("{line}");
+        if let Some(f) = self.on_log.as_mut() {
+            f(&line);
+        }
         self.log.push(line);
+    }
+
+    pub fn on_log(mut self, f: impl FnMut(&str) + Send + 'static) -> Self {
+        self.on_log = Some(Box::new(f));
+        self
     }
 
     /// Runs one category; a failure is recorded in the results (status error) and logged, and the

@@ -11,6 +11,8 @@
 //! - [`cpu`]: the CPU device (packed AVX2 GEMM or faer, + rayon), the reference every other device
 //!   is checked against; [`cuda`]: the CUDA device (cuBLAS + NVRTC kernels, loaded at run time).
 
+#![deny(unsafe_op_in_unsafe_fn)]
+
 pub mod arena;
 pub mod cpu;
 pub mod cuda;

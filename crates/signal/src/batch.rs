@@ -62,7 +62,8 @@ impl std::fmt::Display for SkipReason {
     }
 }
 
-/// Ids skipped so far, each with its reason, recorded once.
+/// Ids skipped so far, each with its reason, recorded once (the caller reports them: the library
+/// prints nothing).
 #[derive(Default, Debug)]
 pub struct SkipLog {
     entries: Mutex<Vec<(u64, SkipReason)>>,
@@ -72,7 +73,6 @@ impl SkipLog {
     fn record(&self, id: u64, reason: SkipReason) {
         let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if !e.iter().any(|(i, _)| *i == id) {
-            eprintln!("warning: skipping Id {id}: {reason}");
             e.push((id, reason));
         }
     }

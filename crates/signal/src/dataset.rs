@@ -48,18 +48,20 @@ impl Dataset {
         Dataset { store, meta, ids, missing_in_store, missing_in_table, disagreements }
     }
 
-    /// Prints each mismatch once to stderr.
-    pub fn warn_mismatches(&self) {
+    /// Every mismatch, one line each, for the caller to show.
+    pub fn mismatch_warnings(&self) -> Vec<String> {
         let path = self.store.path().display();
+        let mut out = Vec::new();
         for id in &self.missing_in_store {
-            eprintln!("warning: Id {id} is in {} but not in {path}; skipped", self.meta.path.display());
+            out.push(format!("Id {id} is in {} but not in {path}; skipped", self.meta.path.display()));
         }
         for id in &self.missing_in_table {
-            eprintln!("warning: Id {id} is in {path} but not in {}; skipped", self.meta.path.display());
+            out.push(format!("Id {id} is in {path} but not in {}; skipped", self.meta.path.display()));
         }
         for (id, what) in &self.disagreements {
-            eprintln!("warning: Id {id}: {what}");
+            out.push(format!("Id {id}: {what}"));
         }
+        out
     }
 
     pub fn row(&self, id: u64) -> Option<&MetaRow> {

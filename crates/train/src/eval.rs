@@ -222,9 +222,6 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     }
     let builder = BatchBuilder::new(ds.store.clone(), cfg.preprocess(), WindowConfig { window_size: w, ..WindowConfig::default() })?;
     let set = probe_windows(ds, &builder, w, opts.windows, opts.split, &opts.label, opts.time_fraction, opts.seed)?;
-    for id in &set.skipped {
-        eprintln!("warning: Id {id} is too short for the evaluation windows of {w} or unusable; skipped");
-    }
     let rates = sample_rates(ds);
     let inputs = Inputs::with_rates(cfg.data.input, w, channels, rates.clone())?;
     let spectrum = Inputs::with_rates(InputKind::Spectrum, w, channels, rates)?;

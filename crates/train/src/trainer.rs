@@ -62,12 +62,11 @@ pub trait Observer: Send {
         ControlFlow::Continue(())
     }
     fn epoch(&mut self, _log: &EpochLog) {}
-    fn message(&mut self, msg: &str) {
-        eprintln!("{msg}");
-    }
+    /// A note or warning for the user (the library prints nothing itself).
+    fn message(&mut self, _msg: &str) {}
 }
 
-/// An observer that prints messages only.
+/// An observer that ignores everything.
 pub struct Quiet;
 impl Observer for Quiet {}
 
@@ -126,12 +125,11 @@ pub fn split_ids(ids: &[u64], val_fraction: f64, seed: u64) -> (Vec<u64>, Vec<u6
     (train, val)
 }
 
-/// Opens a store + table pair as a dataset, reporting mismatches.
+/// Opens a store + table pair as a dataset (its mismatches in [`Dataset::mismatch_warnings`]).
 pub fn open_dataset(data: &Path, meta: &Path) -> Result<Dataset> {
     let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(data)?);
     let meta = Metadata::load(meta)?;
     let ds = Dataset::join(store, meta);
-    ds.warn_mismatches();
     if ds.ids.is_empty() {
         return Err(TrainError::Data(format!("no Id is in both {} and its table", data.display())));
     }
@@ -165,6 +163,9 @@ pub fn train(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs:
     }
     let pool = thread_pool(cfg)?;
     let ds = open_dataset(data, meta)?;
+    for w in ds.mismatch_warnings() {
+        obs.message(&format!("warning: {w}"));
+    }
     if cfg.on_gpu() {
         let index = cfg.trainer.devices.index;
         let dev = CudaDevice::new(index).map_err(|e| TrainError::Config { key: "trainer.accelerator".into(), reason: format!("the cuda device (GPU {index}) was asked for, but {e}") })?;
@@ -266,6 +267,9 @@ impl<'a, D: Device> Trainer<'a, D> {
         enc_cfg.validate().map_err(engine_error)?;
         let usable_train = builder.usable_ids(&train_ids)?;
         let usable_val = builder.usable_ids(&val_ids)?;
+        for (id, reason) in builder.skips().entries() {
+            obs.message(&format!("warning: skipping Id {id}: {reason}"));
+        }
         let per_epoch = batches_per_epoch(usable_train.len(), b, true);
         if per_epoch == 0 {
             return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}", usable_train.len()) });

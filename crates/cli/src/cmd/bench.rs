@@ -64,7 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
     let pb2 = pb.clone();
-    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_category(move |name| {
+    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_log(|line| eprintln!("{line}")).on_category(move |name| {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {

@@ -37,9 +37,15 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let ds = train::trainer::open_dataset(&a.data.data, &a.data.meta)?;
+    for w in ds.mismatch_warnings() {
+        eprintln!("warning: {w}");
+    }
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, config, ..Default::default() };
     let r = evaluate(&a.checkpoint, &ds, &opts)?;
+    for id in &r.skipped_ids {
+        eprintln!("warning: Id {id} is too short for the evaluation windows or unusable; skipped");
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
         return Ok(());

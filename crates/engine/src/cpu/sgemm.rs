@@ -48,7 +48,10 @@ impl Operand {
     /// `(i, j)` must lie inside the matrix.
     #[cfg(test)]
     unsafe fn get(self, i: usize, j: usize) -> f32 {
-        *self.ptr.offset(i as isize * self.rs + j as isize * self.cs)
+        // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+        unsafe {
+            *self.ptr.offset(i as isize * self.rs + j as isize * self.cs)
+    }
     }
 }
 
@@ -111,8 +114,11 @@ pub fn supported() -> bool {
 /// # Safety
 /// C must address a whole `m × n` matrix that nothing else touches meanwhile.
 pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
-    for i in 0..m {
-        std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n).fill(0.0);
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        for i in 0..m {
+            std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n).fill(0.0);
+        }
     }
 }
 
@@ -124,39 +130,42 @@ pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
 /// of those shapes, and no other thread may touch the part of C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            clear(m, n, c, rsc);
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        if m == 0 || n == 0 {
+            return;
         }
-        return;
-    }
-    buf.reserve(m, n, k);
-    let (abuf, bbuf) = buf.aligned();
-    // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
-    let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
-    let ncb = block_cols(n, KK.min(k));
-    for jc in (0..n).step_by(ncb) {
-        let nc = ncb.min(n - jc);
-        for kk in (0..k).step_by(KK) {
-            let kd = KK.min(k - kk);
-            pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf);
-            for ic in (0..m).step_by(MC) {
-                let mc = MC.min(m - ic);
-                pack_block::<MR>(kd, mc, a.at(kk, ic), abuf);
-                for pc in (0..kd).step_by(KC) {
-                    let kc = KC.min(kd - pc);
-                    // The first slice of k writes C (or adds to it when accumulating); later ones add.
-                    let add = accumulate || kk + pc > 0;
-                    // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                    let (ap, bp) = (abuf.as_ptr().add(pc * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
-                    for jr in (0..nc).step_by(NR) {
-                        let bj = bp.add(jr * kc);
-                        for ir in (0..mc).step_by(MR) {
-                            let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
-                            kernel(kc, ap.add(ir * kc), bj, ct, rsc, MR.min(mc - ir), NR.min(nc - jr), alpha, add);
+        if k == 0 {
+            if !accumulate {
+                clear(m, n, c, rsc);
+            }
+            return;
+        }
+        buf.reserve(m, n, k);
+        let (abuf, bbuf) = buf.aligned();
+        // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
+        let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
+        let ncb = block_cols(n, KK.min(k));
+        for jc in (0..n).step_by(ncb) {
+            let nc = ncb.min(n - jc);
+            for kk in (0..k).step_by(KK) {
+                let kd = KK.min(k - kk);
+                pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf);
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    pack_block::<MR>(kd, mc, a.at(kk, ic), abuf);
+                    for pc in (0..kd).step_by(KC) {
+                        let kc = KC.min(kd - pc);
+                        // The first slice of k writes C (or adds to it when accumulating); later ones add.
+                        let add = accumulate || kk + pc > 0;
+                        // Slice `pc` of a packed block starts after `pc` full slices of every panel.
+                        let (ap, bp) = (abuf.as_ptr().add(pc * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
+                        for jr in (0..nc).step_by(NR) {
+                            let bj = bp.add(jr * kc);
+                            for ir in (0..mc).step_by(MR) {
+                                let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
+                                kernel(kc, ap.add(ir * kc), bj, ct, rsc, MR.min(mc - ir), NR.min(nc - jr), alpha, add);
+                            }
                         }
                     }
                 }
@@ -170,13 +179,16 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
 /// Panel by panel, so each source row is read in one long run. A block of `op(A)` has its rows as
 /// lanes (`W` = [`MR`]), a block of `op(B)` its columns (`W` = [`NR`]).
 unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
-    let width = lanes.next_multiple_of(W);
-    assert!(out.len() >= width * kd);
-    for q0 in (0..lanes).step_by(W) {
-        for slice in (0..kd).step_by(KC) {
-            let kc = KC.min(kd - slice);
-            let dst = out.as_mut_ptr().add(slice * width + q0 * kc);
-            pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), dst);
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        let width = lanes.next_multiple_of(W);
+        assert!(out.len() >= width * kd);
+        for q0 in (0..lanes).step_by(W) {
+            for slice in (0..kd).step_by(KC) {
+                let kc = KC.min(kd - slice);
+                let dst = out.as_mut_ptr().add(slice * width + q0 * kc);
+                pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), dst);
+            }
         }
     }
 }
@@ -195,7 +207,10 @@ impl Panel {
     /// # Safety
     /// `(p, q)` must lie inside the matrix.
     unsafe fn at(self, p: usize, q: usize) -> Panel {
-        Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self }
+        // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+        unsafe {
+            Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self }
+    }
     }
 }
 
@@ -205,31 +220,34 @@ impl Panel {
 /// # Safety
 /// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.
 pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
-    // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a forward
-    // X·Wᵀ): 8 × 8 register transposes up to the last whole group of 8, then the loop below.
-    #[cfg(target_arch = "x86_64")]
-    let p0 = if src.sp == 1 && src.sq != 1 && lanes == W {
-        transpose_panel::<W>(kc / 8 * 8, src, dst);
-        kc / 8 * 8
-    } else {
-        0
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let p0 = 0;
-    for p in p0..kc {
-        let d = dst.add(p * W);
-        if src.sq == 1 && lanes == W {
-            // A constant length: inlined vector moves, not a call to memcpy per row.
-            std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, W);
-        } else if src.sq == 1 {
-            std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, lanes);
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a forward
+        // X·Wᵀ): 8 × 8 register transposes up to the last whole group of 8, then the loop below.
+        #[cfg(target_arch = "x86_64")]
+        let p0 = if src.sp == 1 && src.sq != 1 && lanes == W {
+            transpose_panel::<W>(kc / 8 * 8, src, dst);
+            kc / 8 * 8
         } else {
-            for q in 0..lanes {
-                *d.add(q) = *src.ptr.offset(p as isize * src.sp + q as isize * src.sq);
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let p0 = 0;
+        for p in p0..kc {
+            let d = dst.add(p * W);
+            if src.sq == 1 && lanes == W {
+                // A constant length: inlined vector moves, not a call to memcpy per row.
+                std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, W);
+            } else if src.sq == 1 {
+                std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, lanes);
+            } else {
+                for q in 0..lanes {
+                    *d.add(q) = *src.ptr.offset(p as isize * src.sp + q as isize * src.sq);
+                }
             }
-        }
-        for q in lanes..W {
-            *d.add(q) = 0.0;
+            for q in lanes..W {
+                *d.add(q) = 0.0;
+            }
         }
     }
 }
@@ -240,23 +258,26 @@ pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: us
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
-    use std::arch::x86_64::*;
-    for q0 in (0..W).step_by(8) {
-        let lanes = (W - q0).min(8);
-        for p in (0..kc).step_by(8) {
-            let mut r = [_mm256_setzero_ps(); 8];
-            for (q, v) in r.iter_mut().enumerate().take(lanes) {
-                *v = _mm256_loadu_ps(src.ptr.offset(p as isize + (q0 + q) as isize * src.sq));
-            }
-            let t = transpose8(r);
-            for (i, v) in t.iter().enumerate() {
-                let d = dst.add((p + i) * W + q0);
-                if lanes == 8 {
-                    _mm256_storeu_ps(d, *v);
-                } else {
-                    // W = 6: four lanes, then two.
-                    _mm_storeu_ps(d, _mm256_castps256_ps128(*v));
-                    _mm_store_sd(d.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(*v)));
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        use std::arch::x86_64::*;
+        for q0 in (0..W).step_by(8) {
+            let lanes = (W - q0).min(8);
+            for p in (0..kc).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (q, v) in r.iter_mut().enumerate().take(lanes) {
+                    *v = _mm256_loadu_ps(src.ptr.offset(p as isize + (q0 + q) as isize * src.sq));
+                }
+                let t = transpose8(r);
+                for (i, v) in t.iter().enumerate() {
+                    let d = dst.add((p + i) * W + q0);
+                    if lanes == 8 {
+                        _mm256_storeu_ps(d, *v);
+                    } else {
+                        // W = 6: four lanes, then two.
+                        _mm_storeu_ps(d, _mm256_castps256_ps128(*v));
+                        _mm_store_sd(d.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(*v)));
+                    }
                 }
             }
         }
@@ -303,49 +324,52 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    use std::arch::x86_64::*;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for i in 0..mr {
-        _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
-    }
-    let (mut a, mut b) = (a, b);
-    for _ in 0..kc {
-        // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
-        _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
-        let b0 = _mm256_loadu_ps(b);
-        let b1 = _mm256_loadu_ps(b.add(8));
-        for (i, row) in acc.iter_mut().enumerate() {
-            let ai = _mm256_broadcast_ss(&*a.add(i));
-            row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-            row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-        }
-        a = a.add(MR);
-        b = b.add(NR);
-    }
-    let va = _mm256_set1_ps(alpha);
-    if mr == MR && nr == NR {
-        for (i, row) in acc.iter().enumerate() {
-            let cr = c.offset(i as isize * rsc);
-            for (h, &v) in row.iter().enumerate() {
-                let mut v = _mm256_mul_ps(v, va);
-                if add {
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(cr.add(8 * h)));
-                }
-                _mm256_storeu_ps(cr.add(8 * h), v);
-            }
-        }
-    } else {
-        let mut tile = [0.0f32; MR * NR];
-        for (i, row) in acc.iter().enumerate() {
-            for (h, &v) in row.iter().enumerate() {
-                _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8 * h), _mm256_mul_ps(v, va));
-            }
-        }
+    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for i in 0..mr {
-            let cr = c.offset(i as isize * rsc);
-            for j in 0..nr {
-                let v = tile[i * NR + j];
-                *cr.add(j) = if add { *cr.add(j) + v } else { v };
+            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
+        }
+        let (mut a, mut b) = (a, b);
+        for _ in 0..kc {
+            // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
+            _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
+            let b0 = _mm256_loadu_ps(b);
+            let b1 = _mm256_loadu_ps(b.add(8));
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ai = _mm256_broadcast_ss(&*a.add(i));
+                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
+            }
+            a = a.add(MR);
+            b = b.add(NR);
+        }
+        let va = _mm256_set1_ps(alpha);
+        if mr == MR && nr == NR {
+            for (i, row) in acc.iter().enumerate() {
+                let cr = c.offset(i as isize * rsc);
+                for (h, &v) in row.iter().enumerate() {
+                    let mut v = _mm256_mul_ps(v, va);
+                    if add {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(cr.add(8 * h)));
+                    }
+                    _mm256_storeu_ps(cr.add(8 * h), v);
+                }
+            }
+        } else {
+            let mut tile = [0.0f32; MR * NR];
+            for (i, row) in acc.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8 * h), _mm256_mul_ps(v, va));
+                }
+            }
+            for i in 0..mr {
+                let cr = c.offset(i as isize * rsc);
+                for j in 0..nr {
+                    let v = tile[i * NR + j];
+                    *cr.add(j) = if add { *cr.add(j) + v } else { v };
+                }
             }
         }
     }

@@ -139,50 +139,53 @@ impl SparseLhs {
     /// whole `m × n` one, `cols` lie inside `0..n`, and no other thread may touch those columns of C.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn multiply(&self, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
-        let (m, k) = (self.m, self.k);
-        if k == 0 {
-            if !accumulate {
-                for i in 0..m {
-                    std::slice::from_raw_parts_mut(c.add(i * rsc + cols.start), cols.len()).fill(0.0);
-                }
-            }
-            return;
-        }
-        let (packed, tile) = strip.reserve(k);
-        for j in cols.clone().step_by(STRIP) {
-            let width = STRIP.min(cols.end - j);
-            // The GEMM's own packing: depth p as rows, the strip's columns as lanes; a narrow last
-            // strip is padded with zeros (only `width` columns go back to C).
-            let src = Panel { ptr: b.ptr.offset(j as isize * b.cs), sp: b.rs, sq: b.cs };
-            pack_panel::<STRIP>(k, src, width, packed);
-            // While this strip is multiplied, the rows of the next one are fetched, a share per
-            // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
-            // copied one by one they would wait on memory for every row. (With the streaming
-            // stores of `write_row`, measured in the xl step: 74–76 ms against 77–83 without.)
-            let next = (j + STRIP..cols.end.min(j + 2 * STRIP)).len();
-            let share = k.div_ceil(m.div_ceil(ROWS));
-            for (block, i0) in (0..m).step_by(ROWS).enumerate() {
-                if b.cs == 1 {
-                    for p in (block * share..(block + 1) * share).take_while(|&p| p < k) {
-                        prefetch(b.ptr.offset(p as isize * b.rs + (j + STRIP) as isize), next);
+        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        unsafe {
+            let (m, k) = (self.m, self.k);
+            if k == 0 {
+                if !accumulate {
+                    for i in 0..m {
+                        std::slice::from_raw_parts_mut(c.add(i * rsc + cols.start), cols.len()).fill(0.0);
                     }
                 }
-                let rows = i0..(i0 + ROWS).min(m);
-                for i in rows.clone() {
-                    let t = tile.add((i - i0) * STRIP);
-                    std::ptr::write_bytes(t, 0, STRIP);
-                    if accumulate {
-                        std::ptr::copy_nonoverlapping(c.add(i * rsc + j), t, width);
+                return;
+            }
+            let (packed, tile) = strip.reserve(k);
+            for j in cols.clone().step_by(STRIP) {
+                let width = STRIP.min(cols.end - j);
+                // The GEMM's own packing: depth p as rows, the strip's columns as lanes; a narrow last
+                // strip is padded with zeros (only `width` columns go back to C).
+                let src = Panel { ptr: b.ptr.offset(j as isize * b.cs), sp: b.rs, sq: b.cs };
+                pack_panel::<STRIP>(k, src, width, packed);
+                // While this strip is multiplied, the rows of the next one are fetched, a share per
+                // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
+                // copied one by one they would wait on memory for every row. (With the streaming
+                // stores of `write_row`, measured in the xl step: 74–76 ms against 77–83 without.)
+                let next = (j + STRIP..cols.end.min(j + 2 * STRIP)).len();
+                let share = k.div_ceil(m.div_ceil(ROWS));
+                for (block, i0) in (0..m).step_by(ROWS).enumerate() {
+                    if b.cs == 1 {
+                        for p in (block * share..(block + 1) * share).take_while(|&p| p < k) {
+                            prefetch(b.ptr.wrapping_offset(p as isize * b.rs + (j + STRIP) as isize), next);
+                        }
+                    }
+                    let rows = i0..(i0 + ROWS).min(m);
+                    for i in rows.clone() {
+                        let t = tile.add((i - i0) * STRIP);
+                        std::ptr::write_bytes(t, 0, STRIP);
+                        if accumulate {
+                            std::ptr::copy_nonoverlapping(c.add(i * rsc + j), t, width);
+                        }
+                    }
+                    self.multiply_block(rows.clone(), packed, tile);
+                    for i in rows {
+                        write_row(tile.add((i - i0) * STRIP), c.add(i * rsc + j), width);
                     }
                 }
-                self.multiply_block(rows.clone(), packed, tile);
-                for i in rows {
-                    write_row(tile.add((i - i0) * STRIP), c.add(i * rsc + j), width);
-                }
             }
-        }
-        #[cfg(target_arch = "x86_64")]
-        std::arch::x86_64::_mm_sfence(); // the streaming stores of write_row are weakly ordered
+            #[cfg(target_arch = "x86_64")]
+            std::arch::x86_64::_mm_sfence(); // the streaming stores of write_row are weakly ordered
+    }
     }
 }
 
@@ -192,13 +195,16 @@ impl SparseLhs {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn multiply_block(&self, rows: std::ops::Range<usize>, strip: *const f32, tile: *mut f32) {
-        let (k, stride) = (self.k, self.chunks() + 1);
-        for d in 0..stride - 1 {
-            for i in rows.clone() {
-                let (lo, hi) = (self.starts[i * stride + d] as usize, self.starts[i * stride + d + 1] as usize);
-                row_strip(self.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
+        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        unsafe {
+            let (k, stride) = (self.k, self.chunks() + 1);
+            for d in 0..stride - 1 {
+                for i in rows.clone() {
+                    let (lo, hi) = (self.starts[i * stride + d] as usize, self.starts[i * stride + d + 1] as usize);
+                    row_strip(self.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
+                }
             }
-        }
+    }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -212,23 +218,30 @@ impl SparseLhs {
 /// store would first read every line of C from memory only to overwrite it.
 #[inline(always)]
 unsafe fn write_row(tile: *const f32, c: *mut f32, width: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if width == STRIP && (c as usize).is_multiple_of(32) {
-        use std::arch::x86_64::*;
-        for q in (0..STRIP).step_by(8) {
-            _mm256_stream_ps(c.add(q), _mm256_load_ps(tile.add(q)));
+    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if width == STRIP && (c as usize).is_multiple_of(32) {
+            use std::arch::x86_64::*;
+            for q in (0..STRIP).step_by(8) {
+                _mm256_stream_ps(c.add(q), _mm256_load_ps(tile.add(q)));
+            }
+            return;
         }
-        return;
+        std::ptr::copy_nonoverlapping(tile, c, width);
     }
-    std::ptr::copy_nonoverlapping(tile, c, width);
 }
 
-/// Asks for the cache lines of `len` floats from `ptr`.
+/// Asks for the cache lines of `len` floats from `ptr` (the addresses may lie past the matrix: a
+/// prefetch never faults, and they are formed with wrapping arithmetic).
 #[inline(always)]
 unsafe fn prefetch(ptr: *const f32, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    for q in (0..len).step_by(16) {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.add(q) as *const i8);
+    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        for q in (0..len).step_by(16) {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(ptr.wrapping_add(q) as *const i8);
+        }
     }
 }
 
@@ -245,7 +258,10 @@ impl SharedOperand {
     /// # Safety
     /// `(i, p)` must lie inside the matrix.
     unsafe fn at(self, i: usize, p: usize) -> f32 {
-        *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs)
+        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        unsafe {
+            *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs)
+    }
     }
 }
 
@@ -255,20 +271,23 @@ impl SharedOperand {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn row_strip(list: &[Entry], strip: *const f32, c: *mut f32) {
-    use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); STRIP / 8];
-    for (q, a) in acc.iter_mut().enumerate() {
-        *a = _mm256_load_ps(c.add(8 * q));
-    }
-    for e in list {
-        let row = strip.add(e.p as usize * STRIP);
-        let v = _mm256_set1_ps(e.value);
+    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    unsafe {
+        use std::arch::x86_64::*;
+        let mut acc = [_mm256_setzero_ps(); STRIP / 8];
         for (q, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_fmadd_ps(v, _mm256_load_ps(row.add(8 * q)), *a);
+            *a = _mm256_load_ps(c.add(8 * q));
         }
-    }
-    for (q, a) in acc.iter().enumerate() {
-        _mm256_store_ps(c.add(8 * q), *a);
+        for e in list {
+            let row = strip.add(e.p as usize * STRIP);
+            let v = _mm256_set1_ps(e.value);
+            for (q, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(v, _mm256_load_ps(row.add(8 * q)), *a);
+            }
+        }
+        for (q, a) in acc.iter().enumerate() {
+            _mm256_store_ps(c.add(8 * q), *a);
+        }
     }
 }
 

@@ -157,9 +157,12 @@ impl Head {
     /// # Safety
     /// `qkv` must hold the whole `[samples·seq, 3d]` matrix.
     unsafe fn new(qkv: *const f32, a: AttentionShape, sample: usize, head: usize) -> Head {
-        let d = a.d_model();
-        let base = qkv.add(sample * a.seq * 3 * d + head * a.head_dim);
-        Head { q: base, k: base.add(d), v: base.add(2 * d), qkv_rs: 3 * d as isize, out_rs: d as isize }
+        // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
+        unsafe {
+            let d = a.d_model();
+            let base = qkv.add(sample * a.seq * 3 * d + head * a.head_dim);
+            Head { q: base, k: base.add(d), v: base.add(2 * d), qkv_rs: 3 * d as isize, out_rs: d as isize }
+    }
     }
 
     fn rows(ptr: *const f32, rs: isize, first: usize) -> Operand {
@@ -184,50 +187,53 @@ fn head_dropout(dropout: Option<Dropout>, pair: usize) -> Option<(u32, u32, f32)
 /// (sample, head)'s columns of `out` or its `lse` rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_head(kernel: CpuGemm, qkv: *const f32, out: *mut f32, lse: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
-    let (sample, head) = (pair / a.heads, pair % a.heads);
-    let dh = a.head_dim;
-    sc.reserve(dh);
-    let h = Head::new(qkv, a, sample, head);
-    let out = out.add(sample * a.seq * a.d_model() + head * dh);
-    let lse = lse.add(pair * a.seq);
-    let scale = 1.0 / (dh as f32).sqrt();
-    let drop = head_dropout(dropout, pair);
-    for q0 in (0..a.seq).step_by(TILE) {
-        let nq = TILE.min(a.seq - q0);
-        let (m, rest) = sc.row.split_at_mut(TILE);
-        let l = &mut rest[..TILE];
-        m[..nq].fill(f32::NEG_INFINITY);
-        l[..nq].fill(0.0);
-        for k0 in (0..a.seq).step_by(TILE) {
-            let nk = TILE.min(a.seq - k0);
-            let s = sc.s.as_mut_ptr();
-            // S = Q·Kᵀ/√dₕ
-            gemm_strided(kernel, nq, nk, dh, scale, Head::rows(h.q, h.qkv_rs, q0), Head::rows_t(h.k, h.qkv_rs, k0), s, nk as isize, false, pack);
-            let st = &mut sc.s[..nq * nk];
-            let acc = &mut sc.acc[..nq * dh];
-            for (i, srow) in st.chunks_exact_mut(nk).enumerate() {
-                let mx = srow.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
-                let m_new = m[i].max(mx);
-                let correction = math::exp(m[i] - m_new);
-                let sum = exp_row(srow, m_new);
-                l[i] = l[i] * correction + sum;
-                m[i] = m_new;
-                if k0 > 0 {
-                    acc[i * dh..(i + 1) * dh].iter_mut().for_each(|o| *o *= correction);
+    // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
+    unsafe {
+        let (sample, head) = (pair / a.heads, pair % a.heads);
+        let dh = a.head_dim;
+        sc.reserve(dh);
+        let h = Head::new(qkv, a, sample, head);
+        let out = out.add(sample * a.seq * a.d_model() + head * dh);
+        let lse = lse.add(pair * a.seq);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let drop = head_dropout(dropout, pair);
+        for q0 in (0..a.seq).step_by(TILE) {
+            let nq = TILE.min(a.seq - q0);
+            let (m, rest) = sc.row.split_at_mut(TILE);
+            let l = &mut rest[..TILE];
+            m[..nq].fill(f32::NEG_INFINITY);
+            l[..nq].fill(0.0);
+            for k0 in (0..a.seq).step_by(TILE) {
+                let nk = TILE.min(a.seq - k0);
+                let s = sc.s.as_mut_ptr();
+                // S = Q·Kᵀ/√dₕ
+                gemm_strided(kernel, nq, nk, dh, scale, Head::rows(h.q, h.qkv_rs, q0), Head::rows_t(h.k, h.qkv_rs, k0), s, nk as isize, false, pack);
+                let st = &mut sc.s[..nq * nk];
+                let acc = &mut sc.acc[..nq * dh];
+                for (i, srow) in st.chunks_exact_mut(nk).enumerate() {
+                    let mx = srow.iter().fold(f32::NEG_INFINITY, |x, &y| x.max(y));
+                    let m_new = m[i].max(mx);
+                    let correction = math::exp(m[i] - m_new);
+                    let sum = exp_row(srow, m_new);
+                    l[i] = l[i] * correction + sum;
+                    m[i] = m_new;
+                    if k0 > 0 {
+                        acc[i * dh..(i + 1) * dh].iter_mut().for_each(|o| *o *= correction);
+                    }
+                    if let Some((seed, threshold, dscale)) = drop {
+                        let base = ((q0 + i) * a.seq + k0) as u32;
+                        mask_row(srow, seed, threshold, dscale, base);
+                    }
                 }
-                if let Some((seed, threshold, dscale)) = drop {
-                    let base = ((q0 + i) * a.seq + k0) as u32;
-                    mask_row(srow, seed, threshold, dscale, base);
-                }
+                // acc (+)= A·V
+                gemm_strided(kernel, nq, dh, nk, 1.0, Operand { ptr: s, rs: nk as isize, cs: 1 }, Head::rows(h.v, h.qkv_rs, k0), sc.acc.as_mut_ptr(), dh as isize, k0 > 0, pack);
             }
-            // acc (+)= A·V
-            gemm_strided(kernel, nq, dh, nk, 1.0, Operand { ptr: s, rs: nk as isize, cs: 1 }, Head::rows(h.v, h.qkv_rs, k0), sc.acc.as_mut_ptr(), dh as isize, k0 > 0, pack);
-        }
-        for i in 0..nq {
-            let inv = 1.0 / l[i];
-            let dst = std::slice::from_raw_parts_mut(out.offset((q0 + i) as isize * h.out_rs), dh);
-            dst.iter_mut().zip(&sc.acc[i * dh..(i + 1) * dh]).for_each(|(o, &v)| *o = v * inv);
-            *lse.add(q0 + i) = m[i] + l[i].ln();
+            for i in 0..nq {
+                let inv = 1.0 / l[i];
+                let dst = std::slice::from_raw_parts_mut(out.offset((q0 + i) as isize * h.out_rs), dh);
+                dst.iter_mut().zip(&sc.acc[i * dh..(i + 1) * dh]).for_each(|(o, &v)| *o = v * inv);
+                *lse.add(q0 + i) = m[i] + l[i].ln();
+            }
         }
     }
 }
@@ -258,64 +264,67 @@ fn mask_row(row: &mut [f32], seed: u32, threshold: u32, scale: f32, base: u32) {
 /// As [`forward_head`]; no other thread may write this (sample, head)'s columns of `dqkv`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn backward_head(kernel: CpuGemm, qkv: *const f32, out: *const f32, lse: *const f32, dout: *const f32, dqkv: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
-    let (sample, head) = (pair / a.heads, pair % a.heads);
-    let dh = a.head_dim;
-    sc.reserve(dh);
-    let h = Head::new(qkv, a, sample, head);
-    let d = a.d_model();
-    let row0 = sample * a.seq;
-    let off = (row0 * d + head * dh) as isize;
-    let (o, dout) = (out.offset(off), dout.offset(off));
-    let g = Head::new(dqkv, a, sample, head);
-    let (dq, dk, dv) = (g.q as *mut f32, g.k as *mut f32, g.v as *mut f32);
-    let lse = lse.add(pair * a.seq);
-    let scale = 1.0 / (dh as f32).sqrt();
-    let drop = head_dropout(dropout, pair);
-    let rs = h.qkv_rs;
-    for q0 in (0..a.seq).step_by(TILE) {
-        let nq = TILE.min(a.seq - q0);
-        // Dᵢ = dOᵢ·Oᵢ
-        let dd = &mut sc.row[..nq];
-        for (i, di) in dd.iter_mut().enumerate() {
-            let r = (q0 + i) as isize * h.out_rs;
-            *di = math::dot(std::slice::from_raw_parts(dout.offset(r), dh), std::slice::from_raw_parts(o.offset(r), dh));
-        }
-        for k0 in (0..a.seq).step_by(TILE) {
-            let nk = TILE.min(a.seq - k0);
-            let (s, da) = (sc.s.as_mut_ptr(), sc.da.as_mut_ptr());
-            gemm_strided(kernel, nq, nk, dh, scale, Head::rows(h.q, rs, q0), Head::rows_t(h.k, rs, k0), s, nk as isize, false, pack);
-            // dA = dO·Vᵀ
-            gemm_strided(kernel, nq, nk, dh, 1.0, Head::rows(dout, h.out_rs, q0), Head::rows_t(h.v, rs, k0), da, nk as isize, false, pack);
-            let (st, dat) = (&mut sc.s[..nq * nk], &mut sc.da[..nq * nk]);
-            for (i, (srow, darow)) in st.chunks_exact_mut(nk).zip(dat.chunks_exact_mut(nk)).enumerate() {
-                let li = *lse.add(q0 + i);
-                let di = sc.row[i];
-                // srow becomes A = P∘mask (for dV), darow dS = P∘(dA∘mask − D), P = exp(S − lse).
-                match drop {
-                    None => {
-                        for (p, g) in srow.iter_mut().zip(darow.iter_mut()) {
-                            let pv = math::exp(*p - li);
-                            *g = pv * (*g - di);
-                            *p = pv;
+    // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
+    unsafe {
+        let (sample, head) = (pair / a.heads, pair % a.heads);
+        let dh = a.head_dim;
+        sc.reserve(dh);
+        let h = Head::new(qkv, a, sample, head);
+        let d = a.d_model();
+        let row0 = sample * a.seq;
+        let off = (row0 * d + head * dh) as isize;
+        let (o, dout) = (out.offset(off), dout.offset(off));
+        let g = Head::new(dqkv, a, sample, head);
+        let (dq, dk, dv) = (g.q as *mut f32, g.k as *mut f32, g.v as *mut f32);
+        let lse = lse.add(pair * a.seq);
+        let scale = 1.0 / (dh as f32).sqrt();
+        let drop = head_dropout(dropout, pair);
+        let rs = h.qkv_rs;
+        for q0 in (0..a.seq).step_by(TILE) {
+            let nq = TILE.min(a.seq - q0);
+            // Dᵢ = dOᵢ·Oᵢ
+            let dd = &mut sc.row[..nq];
+            for (i, di) in dd.iter_mut().enumerate() {
+                let r = (q0 + i) as isize * h.out_rs;
+                *di = math::dot(std::slice::from_raw_parts(dout.offset(r), dh), std::slice::from_raw_parts(o.offset(r), dh));
+            }
+            for k0 in (0..a.seq).step_by(TILE) {
+                let nk = TILE.min(a.seq - k0);
+                let (s, da) = (sc.s.as_mut_ptr(), sc.da.as_mut_ptr());
+                gemm_strided(kernel, nq, nk, dh, scale, Head::rows(h.q, rs, q0), Head::rows_t(h.k, rs, k0), s, nk as isize, false, pack);
+                // dA = dO·Vᵀ
+                gemm_strided(kernel, nq, nk, dh, 1.0, Head::rows(dout, h.out_rs, q0), Head::rows_t(h.v, rs, k0), da, nk as isize, false, pack);
+                let (st, dat) = (&mut sc.s[..nq * nk], &mut sc.da[..nq * nk]);
+                for (i, (srow, darow)) in st.chunks_exact_mut(nk).zip(dat.chunks_exact_mut(nk)).enumerate() {
+                    let li = *lse.add(q0 + i);
+                    let di = sc.row[i];
+                    // srow becomes A = P∘mask (for dV), darow dS = P∘(dA∘mask − D), P = exp(S − lse).
+                    match drop {
+                        None => {
+                            for (p, g) in srow.iter_mut().zip(darow.iter_mut()) {
+                                let pv = math::exp(*p - li);
+                                *g = pv * (*g - di);
+                                *p = pv;
+                            }
                         }
-                    }
-                    Some((seed, threshold, dscale)) => {
-                        let base = ((q0 + i) * a.seq + k0) as u32;
-                        for (j, (p, g)) in srow.iter_mut().zip(darow.iter_mut()).enumerate() {
-                            let pv = math::exp(*p - li);
-                            let keep = Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold;
-                            let m = if keep { dscale } else { 0.0 };
-                            *g = pv * (*g * m - di);
-                            *p = pv * m;
+                        Some((seed, threshold, dscale)) => {
+                            let base = ((q0 + i) * a.seq + k0) as u32;
+                            for (j, (p, g)) in srow.iter_mut().zip(darow.iter_mut()).enumerate() {
+                                let pv = math::exp(*p - li);
+                                let keep = Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold;
+                                let m = if keep { dscale } else { 0.0 };
+                                *g = pv * (*g * m - di);
+                                *p = pv * m;
+                            }
                         }
                     }
                 }
+                // dV[k0..] += Aᵀ·dO ; dK[k0..] += dSᵀ·Q/√dₕ ; dQ[q0..] += dS·K/√dₕ
+                let first_q = q0 == 0;
+                gemm_strided(kernel, nk, dh, nq, 1.0, Operand { ptr: s, rs: 1, cs: nk as isize }, Head::rows(dout, h.out_rs, q0), dv.offset(k0 as isize * rs), rs, !first_q, pack);
+                gemm_strided(kernel, nk, dh, nq, scale, Operand { ptr: da, rs: 1, cs: nk as isize }, Head::rows(h.q, rs, q0), dk.offset(k0 as isize * rs), rs, !first_q, pack);
+                gemm_strided(kernel, nq, dh, nk, scale, Operand { ptr: da, rs: nk as isize, cs: 1 }, Head::rows(h.k, rs, k0), dq.offset(q0 as isize * rs), rs, k0 > 0, pack);
             }
-            // dV[k0..] += Aᵀ·dO ; dK[k0..] += dSᵀ·Q/√dₕ ; dQ[q0..] += dS·K/√dₕ
-            let first_q = q0 == 0;
-            gemm_strided(kernel, nk, dh, nq, 1.0, Operand { ptr: s, rs: 1, cs: nk as isize }, Head::rows(dout, h.out_rs, q0), dv.offset(k0 as isize * rs), rs, !first_q, pack);
-            gemm_strided(kernel, nk, dh, nq, scale, Operand { ptr: da, rs: 1, cs: nk as isize }, Head::rows(h.q, rs, q0), dk.offset(k0 as isize * rs), rs, !first_q, pack);
-            gemm_strided(kernel, nq, dh, nk, scale, Operand { ptr: da, rs: nk as isize, cs: 1 }, Head::rows(h.k, rs, k0), dq.offset(q0 as isize * rs), rs, k0 > 0, pack);
         }
     }
 }
