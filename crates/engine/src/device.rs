@@ -293,11 +293,15 @@ pub trait Device: Send {
     // ---- convolution and pooling ([`crate::ops::conv1d`], [`crate::ops::pool`]) ----------------
 
     /// The im2col matrix of a channels-last input `x[samples, len_in, C]`:
-    /// `cols[samples·len_out, C·K]`, column `c·K + k` (PyTorch's weight layout `[out, C, K]`).
+    /// `cols[samples·len_out, K·C]`, column `k·C + c` (tap-major: a row is contiguous input).
     fn im2col(&mut self, x: View, cols: View, s: ConvShape);
 
     /// The adjoint of [`im2col`](Self::im2col): `dx` = the sum of `dcols` scattered back.
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape);
+
+    /// `dst[o, j, i] (+)= src[o, i, j]` for `src[outer, rows, cols]`: a convolution weight between
+    /// PyTorch's channel-major `[out, C, K]` and the tap-major `[out, K, C]` of the im2col GEMMs.
+    fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool);
 
     /// Max over non-overlapping pairs along time: `out[s, t, c] = max(x[s, 2t, c], x[s, 2t+1, c])`,
     /// the position of the maximum (0 or 1, the first on ties as PyTorch) kept in `argmax`.

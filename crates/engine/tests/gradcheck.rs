@@ -220,17 +220,21 @@ fn conv1d_backward_matches_finite_differences() {
         let (xv, wv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &w), put(&mut dev, &b), put(&mut dev, &r));
         let (cols, y) = (zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, samples * lo * o));
         let (dw, db, dcols, dx) = (zeros(&mut dev, w.len()), zeros(&mut dev, o), zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, x.len()));
+        // The op's sequence: the weight made tap-major, im2col (tap-major), GEMM, bias.
+        let (w_taps, dw_taps) = (zeros(&mut dev, w.len()), zeros(&mut dev, w.len()));
+        dev.transpose_inner(wv, w_taps, o, c, k, false);
         dev.im2col(xv, cols, s);
-        dev.gemm(Gemm::nt(samples * lo, o, c * k), y, cols, wv);
+        dev.gemm(Gemm::nt(samples * lo, o, c * k), y, cols, w_taps);
         dev.bias_act_forward(y, bv, o, false, None);
         let (want, lo64) = conv1d64(&x, &w, &b, samples, len, c, k, stride, pad);
         assert_eq!(lo, lo64);
         for (a, e) in dev.slice(y).iter().zip(&want) {
             assert!((*a as f64 - e).abs() < 1e-5, "forward {a} vs {e}");
         }
-        dev.gemm(Gemm::tn(o, c * k, samples * lo), dw, rv, cols);
+        dev.gemm(Gemm::tn(o, c * k, samples * lo), dw_taps, rv, cols);
+        dev.transpose_inner(dw_taps, dw, o, k, c, false);
         dev.bias_grad(db, rv, o, false);
-        dev.gemm(Gemm::nn(samples * lo, c * k, o), dcols, rv, wv);
+        dev.gemm(Gemm::nn(samples * lo, c * k, o), dcols, rv, w_taps);
         dev.col2im(dcols, dx, s);
         let loss = |x: &[f64], w: &[f64], b: &[f64]| dot(&conv1d64(x, w, b, samples, len, c, k, stride, pad).0, &r);
         let mut ch = Check::default();

@@ -737,6 +737,12 @@ impl Device for CpuDevice {
         }
     }
 
+    fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool) {
+        let (d, [s]) = self.split(dst, [src]);
+        assert!(s.len() == outer * rows * cols && d.len() == s.len());
+        conv1d::transpose_inner_cpu(s, d, rows, cols, accumulate);
+    }
+
     fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape) {
         let parts = self.parts(x.len());
         let ([os, am], [xs]) = self.views([out, argmax], [x]);

@@ -280,7 +280,7 @@ extern "C" __global__ void batchnorm_backward_dx(const float* dy, const float* x
 
 // ---- convolution and pooling (src/ops/conv1d.rs, src/ops/pool.rs) ---------------------------
 
-// cols[s·Lout + t, c·K + k] = x[s, t·stride − pad + k, c]; one thread per element of cols.
+// cols[s·Lout + t, k·C + c] = x[s, t·stride − pad + k, c] (tap-major); one thread per element of cols.
 extern "C" __global__ void im2col(const float* x, float* cols, int samples, int len_in, int channels, int kernel, int stride, int pad, int len_out) {
     unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
     unsigned long long width = (unsigned long long)channels * kernel;
@@ -288,7 +288,7 @@ extern "C" __global__ void im2col(const float* x, float* cols, int samples, int 
     int col = (int)(i % width);
     unsigned long long row = i / width;
     int t = (int)(row % len_out), s = (int)(row / len_out);
-    int c = col / kernel, k = col % kernel;
+    int k = col / channels, c = col % channels;
     int pos = t * stride - pad + k;
     cols[i] = (pos >= 0 && pos < len_in) ? x[((unsigned long long)s * len_in + pos) * channels + c] : 0.0f;
 }
@@ -306,9 +306,20 @@ extern "C" __global__ void col2im(const float* dcols, float* dx, int samples, in
         if (num < 0 || num % stride != 0) continue;
         int t = num / stride;
         if (t >= len_out) continue;
-        acc += dcols[((unsigned long long)s * len_out + t) * channels * kernel + c * kernel + k];
+        acc += dcols[((unsigned long long)s * len_out + t) * channels * kernel + k * channels + c];
     }
     dx[i] = acc;
+}
+
+// dst[o, j, i] (+)= src[o, i, j] for src [outer, rows, cols]; one thread per element.
+extern "C" __global__ void transpose_inner(const float* src, float* dst, unsigned long long n, int rows, int cols, int accumulate) {
+    unsigned long long e = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (e >= n) return;
+    unsigned long long per = (unsigned long long)rows * cols;
+    unsigned long long o = e / per, r = e % per;
+    int i = (int)(r / cols), j = (int)(r % cols);
+    unsigned long long d = o * per + (unsigned long long)j * rows + i;
+    dst[d] = accumulate ? dst[d] + src[e] : src[e];
 }
 
 // out[s, t, c] = max(x[s, 2t, c], x[s, 2t+1, c]); argmax 1.0 where the second is larger (or NaN).

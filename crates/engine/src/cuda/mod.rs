@@ -49,7 +49,7 @@ kernels!(
     fill, bias_act_forward, act_backward, bias_grad, act_forward, act_backward_pre,
     add_layernorm_forward, layernorm_backward_rows, layernorm_param_grads,
     batchnorm_moments, batchnorm_finish_stats, batchnorm_normalize, batchnorm_backward_sums, batchnorm_param_grads, batchnorm_backward_dx,
-    im2col, col2im, maxpool_forward, maxpool_backward, meanpool_forward, meanpool_backward,
+    im2col, col2im, transpose_inner, maxpool_forward, maxpool_backward, meanpool_forward, meanpool_backward,
     attention_forward, attention_backward_q, attention_backward_kv, patch_starts, patch_gather,
     sum_squares_partial, adam, normalize_rows, col_lse, row_softmax_grad, normalize_backward,
 );
@@ -335,6 +335,12 @@ impl Device for CudaDevice {
         let (cp, xp) = (self.ptr(dcols), self.ptr(dx));
         let (sa, li, ch, k, st, pd, lo) = (s.samples as i32, s.len_in as i32, s.channels as i32, s.kernel as i32, s.stride as i32, s.padding as i32, len_out as i32);
         launch!(self, col2im, grid(dx.len(), 256); cp, xp, sa, li, ch, k, st, pd, lo);
+    }
+
+    fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool) {
+        Self::disjoint(&[dst], &[src]);
+        let (sp, dp, n, r, c, acc) = (self.ptr(src), self.ptr(dst), (outer * rows * cols) as u64, rows as i32, cols as i32, accumulate as i32);
+        launch!(self, transpose_inner, grid(src.len(), 256); sp, dp, n, r, c, acc);
     }
 
     fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape) {

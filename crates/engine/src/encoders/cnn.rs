@@ -191,7 +191,7 @@ impl Cnn {
             widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
             blocks.push(Block {
                 shape,
-                conv: conv.bind(arenas),
+                conv: conv.bind(arenas, dev)?,
                 bn: bn.bind(arenas),
                 cols: dev.alloc(rows * shape.cin * shape.kernel)?,
                 y: dev.alloc(rows * shape.cout)?,

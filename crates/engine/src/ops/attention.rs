@@ -180,11 +180,12 @@ fn head_dropout(dropout: Option<Dropout>, pair: usize) -> Option<(u32, u32, f32)
     Dropout::parts(dropout.map(|d| Dropout { key: mix_key(d.key, 0xA7, pair as u64), ..d }))
 }
 
-/// Forward of one (sample, head).
+/// Forward of one (sample, head), compiled for the CPU's vector extensions.
 ///
 /// # Safety
 /// The pointers must address the whole matrices of `a`; no other thread may write this
 /// (sample, head)'s columns of `out` or its `lse` rows.
+#[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_head(kernel: CpuGemm, qkv: *const f32, out: *mut f32, lse: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
@@ -262,6 +263,7 @@ fn mask_row(row: &mut [f32], seed: u32, threshold: u32, scale: f32, base: u32) {
 ///
 /// # Safety
 /// As [`forward_head`]; no other thread may write this (sample, head)'s columns of `dqkv`.
+#[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn backward_head(kernel: CpuGemm, qkv: *const f32, out: *const f32, lse: *const f32, dout: *const f32, dqkv: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.

@@ -1,9 +1,15 @@
 //! `nn.Conv1d` with stride and zero padding on channels-last activations, forward and backward
 //! side by side, as GEMMs over an im2col matrix:
 //!
-//! - forward: `cols[S·Lout, C·K] = im2col(x)`, `y = cols · Wᵀ + b` (PyTorch's weight `[out, C, K]`
-//!   is `[out, C·K]` row-major, the column order of `cols`);
-//! - backward: `dW = dyᵀ · cols`, `db = Σ dy`, `dcols = dy · W`, `dx = col2im(dcols)`.
+//! - forward: `cols[S·Lout, K·C] = im2col(x)`, `y = cols · W̃ᵀ + b`;
+//! - backward: `dW̃ = dyᵀ · cols`, `db = Σ dy`, `dcols = dy · W̃`, `dx = col2im(dcols)`.
+//!
+//! The im2col columns are tap-major (`k·C + c`): on channels-last input a row of `cols` is then
+//! the `K·C` contiguous values `x[t·s − p .. t·s − p + K, :]`, one copy (zeros where it leaves the
+//! input). PyTorch stores the weight channel-major, `[out, C, K]`; the op keeps a tap-major copy
+//! `W̃ [out, K, C]`, made before each forward and folded back after each weight gradient (a few
+//! thousand values, against a 4× expansion of the input that a channel-major im2col would gather
+//! with a stride).
 //!
 //! Why im2col rather than a direct kernel: the encoders' convolutions are small (C·K ≤ 192,
 //! out ≤ 64) and the GEMM kernel runs them near its peak once the rows of all samples are one
@@ -13,7 +19,8 @@
 use multiversion::multiversion;
 
 use crate::arena::{Arenas, Init, Tensors};
-use crate::device::{Device, View};
+use crate::device::{Device, Gemm, View};
+use crate::error::Result;
 use crate::ops::linear::{Linear, LinearSlots};
 
 /// A convolution call: `samples` sequences of `len_in` steps × `channels`, kernel `kernel`,
@@ -35,20 +42,24 @@ impl ConvShape {
         (padded >= self.kernel && self.stride > 0).then(|| (padded - self.kernel) / self.stride + 1)
     }
 
-    /// Columns of the im2col matrix, `C·K`.
+    /// Columns of the im2col matrix, `K·C`.
     pub fn patch(&self) -> usize {
         self.channels * self.kernel
     }
 }
 
-/// A 1-D convolution: its shape (per sample) and the Linear map over im2col rows that it is.
+/// A 1-D convolution: its shape (per sample), PyTorch's parameters, and the tap-major copies
+/// of the weight and its gradient the GEMMs use.
 #[derive(Clone, Copy, Debug)]
 pub struct Conv1d {
     pub kernel: usize,
     pub stride: usize,
     pub padding: usize,
-    /// `[out, C·K]` weights and bias: the GEMM side of the convolution.
+    /// `[out, C, K]` weights (as `[out, C·K]`) and bias, PyTorch's layout.
     pub map: Linear,
+    /// `W̃ [out, K, C]` and `dW̃`.
+    pub w_taps: View,
+    pub dw_taps: View,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,8 +80,11 @@ impl Conv1dSlots {
         Conv1dSlots { kernel, stride, padding, map }
     }
 
-    pub fn bind(self, a: &Arenas) -> Conv1d {
-        Conv1d { kernel: self.kernel, stride: self.stride, padding: self.padding, map: self.map.bind(a) }
+    /// Binds the parameters and allocates the tap-major copies on `dev`.
+    pub fn bind<D: Device>(self, a: &Arenas, dev: &mut D) -> Result<Conv1d> {
+        let map = self.map.bind(a);
+        let n = map.w.len();
+        Ok(Conv1d { kernel: self.kernel, stride: self.stride, padding: self.padding, map, w_taps: dev.alloc(n)?, dw_taps: dev.alloc(n)? })
     }
 }
 
@@ -90,16 +104,24 @@ impl Conv1d {
     /// `y[S·Lout, out] = conv(x[S, L, C])`, through the im2col buffer `cols`.
     pub fn forward<D: Device>(&self, dev: &mut D, x: View, cols: View, y: View, s: ConvShape) {
         let rows = s.samples * s.len_out().unwrap_or(0);
+        let (o, c, k) = (self.channels_out(), self.channels_in(), self.kernel);
+        dev.transpose_inner(self.map.w, self.w_taps, o, c, k, false);
         dev.im2col(x, cols, s);
-        self.map.forward(dev, cols, y, rows);
+        dev.gemm(Gemm::nt(rows, o, k * c), y, cols, self.w_taps);
+        dev.bias_act_forward(y, self.map.b, o, false, None);
     }
 
-    /// Parameter gradients from `dy`, and `dx` where asked (through `dcols`).
+    /// Parameter gradients from `dy` (written, or added with `accumulate`), and `dx` where asked
+    /// (through `dcols`).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<D: Device>(&self, dev: &mut D, cols: View, dy: View, dcols: View, dx: Option<View>, s: ConvShape, accumulate: bool) {
         let rows = s.samples * s.len_out().unwrap_or(0);
-        self.map.backward(dev, cols, dy, dx.map(|_| dcols), rows, accumulate, false, false);
+        let (o, c, k) = (self.channels_out(), self.channels_in(), self.kernel);
+        dev.gemm(Gemm::tn(o, k * c, rows), self.dw_taps, dy, cols);
+        dev.transpose_inner(self.dw_taps, self.map.dw, o, k, c, accumulate);
+        dev.bias_grad(self.map.db, dy, o, accumulate);
         if let Some(dx) = dx {
+            dev.gemm(Gemm::nn(rows, k * c, o), dcols, dy, self.w_taps);
             dev.col2im(dcols, dx, s);
         }
     }
@@ -107,42 +129,45 @@ impl Conv1d {
 
 // ---- CPU kernels (one sample per call) --------------------------------------------------------
 
-/// `cols[t, c·K + k] = x[t·stride − padding + k, c]`, zero outside the input.
+/// `cols[t, k·C + c] = x[t·stride − padding + k, c]`, zero outside the input: per row one copy of
+/// the taps inside.
 #[multiversion(targets = "simd")]
 pub(crate) fn im2col_sample(x: &[f32], cols: &mut [f32], s: ConvShape) {
     let (c, k, len) = (s.channels, s.kernel, s.len_in);
     for (t, row) in cols.chunks_exact_mut(c * k).enumerate() {
         let start = (t * s.stride) as isize - s.padding as isize;
-        for kk in 0..k {
-            let pos = start + kk as isize;
-            if pos < 0 || pos >= len as isize {
-                for ch in 0..c {
-                    row[ch * k + kk] = 0.0;
-                }
-            } else {
-                let src = &x[pos as usize * c..pos as usize * c + c];
-                for (ch, &v) in src.iter().enumerate() {
-                    row[ch * k + kk] = v;
-                }
-            }
-        }
+        // Taps lo..hi read inside the input.
+        let lo = (-start).clamp(0, k as isize) as usize;
+        let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
+        row[..lo * c].fill(0.0);
+        row[hi * c..].fill(0.0);
+        let first = (start + lo as isize) as usize;
+        row[lo * c..hi * c].copy_from_slice(&x[first * c..(first + hi - lo) * c]);
     }
 }
 
-/// `dx = Σ` of `dcols` scattered back to the positions im2col read (`dx` written whole).
+/// `dx = Σ` of `dcols` added back to the positions im2col read (`dx` written whole).
 #[multiversion(targets = "simd")]
 pub(crate) fn col2im_sample(dcols: &[f32], dx: &mut [f32], s: ConvShape) {
     let (c, k, len) = (s.channels, s.kernel, s.len_in);
     dx.fill(0.0);
     for (t, row) in dcols.chunks_exact(c * k).enumerate() {
         let start = (t * s.stride) as isize - s.padding as isize;
-        for kk in 0..k {
-            let pos = start + kk as isize;
-            if pos >= 0 && pos < len as isize {
-                let dst = &mut dx[pos as usize * c..pos as usize * c + c];
-                for (ch, d) in dst.iter_mut().enumerate() {
-                    *d += row[ch * k + kk];
-                }
+        let lo = (-start).clamp(0, k as isize) as usize;
+        let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
+        let first = (start + lo as isize) as usize;
+        dx[first * c..(first + hi - lo) * c].iter_mut().zip(&row[lo * c..hi * c]).for_each(|(d, &g)| *d += g);
+    }
+}
+
+/// `dst[o, j, i] (+)= src[o, i, j]` for `src[outer, rows, cols]`.
+pub(crate) fn transpose_inner_cpu(src: &[f32], dst: &mut [f32], rows: usize, cols: usize, accumulate: bool) {
+    for (s, d) in src.chunks_exact(rows * cols).zip(dst.chunks_exact_mut(rows * cols)) {
+        for i in 0..rows {
+            for j in 0..cols {
+                let v = s[i * cols + j];
+                let o = &mut d[j * rows + i];
+                *o = if accumulate { *o + v } else { v };
             }
         }
     }

@@ -35,18 +35,19 @@ pub(crate) fn maxpool_forward_sample(x: &[f32], out: &mut [f32], argmax: &mut [f
     }
 }
 
-/// `dx[2t + argmax[t]] = dout[t]`, zero elsewhere (including a dropped last odd step).
+/// `dx[2t + argmax[t]] = dout[t]`, zero elsewhere (including a dropped last odd step); every
+/// element written once.
 #[multiversion(targets = "simd")]
 pub(crate) fn maxpool_backward_sample(dout: &[f32], argmax: &[f32], dx: &mut [f32], cols: usize) {
-    dx.fill(0.0);
-    for ((pair, d), a) in dx.chunks_exact_mut(2 * cols).zip(dout.chunks_exact(cols)).zip(argmax.chunks_exact(cols)) {
+    let pairs = dout.len() / cols;
+    let (paired, tail) = dx.split_at_mut(2 * pairs * cols);
+    tail.fill(0.0);
+    for ((pair, d), a) in paired.chunks_exact_mut(2 * cols).zip(dout.chunks_exact(cols)).zip(argmax.chunks_exact(cols)) {
         let (first, second) = pair.split_at_mut(cols);
         for (((f, s), &g), &w) in first.iter_mut().zip(second.iter_mut()).zip(d).zip(a) {
-            if w > 0.5 {
-                *s = g;
-            } else {
-                *f = g;
-            }
+            let take_second = w > 0.5;
+            *f = if take_second { 0.0 } else { g };
+            *s = if take_second { g } else { 0.0 };
         }
     }
 }
