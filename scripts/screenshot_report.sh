@@ -10,7 +10,7 @@ html=$(realpath "$dir/reports/performance_report.html")
 profile=$(mktemp -d)
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$profile" --hide-scrollbars --window-size=1280,3000 \
+  --user-data-dir="$profile" --hide-scrollbars --window-size=${WIDTH:-1280},${HEIGHT:-3000} \
   --screenshot="$out" "file://$html" >/dev/null 2>&1
 rm -rf "$profile"
 echo "screenshot: $out"

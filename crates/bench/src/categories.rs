@@ -305,10 +305,10 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             let ecfg = EncoderConfig::new(s.encoder, w, 1);
             let est = estimated_step_mb(&ecfg, b)?;
             if est > mem_limit {
-                cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, memory_mb: Some(est), note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)") });
+                cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb: Some(est), note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)") });
                 break;
             }
-            let point = pool.install(|| -> Result<(f64, Option<f64>)> {
+            let point = pool.install(|| -> Result<(crate::stats::Summary, Option<f64>)> {
                 let (a, p) = (noise(b * w, 5), noise(b * w, 6));
                 let mut st = step_for(&ecfg, b)?;
                 for _ in 0..warmup {
@@ -317,18 +317,19 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                 let t = time_ms(0, n, || {
                     let _ = st.train_step(Pairs::new(&a, &p));
                 });
-                Ok((crate::stats::median(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
+                Ok((crate::stats::summarize(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
             });
             match point {
-                Ok((ms, mem)) => {
-                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: true, step_ms: Some(ms), memory_mb: mem, note: String::new() });
+                Ok((summary, mem)) => {
+                    let ms = summary.median;
+                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: true, step_ms: Some(ms), step_ms_ci: Some([summary.ci_low, summary.ci_high]), samples: summary.n, memory_mb: mem, note: String::new() });
                     if ms > time_limit_ms {
                         cat.notes.push(format!("{axis} sweep stopped after {x}: a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)"));
                         break;
                     }
                 }
                 Err(e) => {
-                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, memory_mb: None, note: e.to_string() });
+                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb: None, note: e.to_string() });
                     break;
                 }
             }

@@ -11,6 +11,7 @@
 //! ```
 
 pub mod categories;
+pub mod chart;
 pub mod error;
 pub mod fingerprint;
 pub mod measure;
@@ -20,6 +21,7 @@ pub mod registry;
 pub mod report;
 pub mod results;
 pub mod stats;
+pub mod svg;
 pub mod targets;
 
 use std::io::Write;

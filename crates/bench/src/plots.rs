@@ -1,10 +1,12 @@
 //! The three PNG charts of the seed (plotters, labelled axes, an embedded font so they render the
-//! same everywhere).
+//! same everywhere), with 95 % CI whiskers on every bar and point and PyTorch's bars beside ours
+//! where a reference was given. The data comes from [`crate::chart`], as for the SVG charts.
 
 use std::path::Path;
 
 use plotters::prelude::*;
 
+use crate::chart::{self, axis_label, tick_label, Bar};
 use crate::error::{BenchError, Result};
 use crate::registry::{CategoryKind, MetricName};
 use crate::results::Results;
@@ -24,12 +26,17 @@ fn err<E: std::fmt::Display>(e: E) -> BenchError {
     BenchError::Report(format!("plot: {e}"))
 }
 
-/// A bar chart of (label, value) with a y-axis title, into `path`.
-fn bars(path: &Path, title: &str, y_label: &str, data: &[(String, f64)], reference: &[(String, f64)]) -> Result<()> {
+/// A vertical whisker from `lo` to `hi` at `x`, with caps `cap` wide.
+fn whisker(x: f64, lo: f64, hi: f64, cap: f64) -> PathElement<(f64, f64)> {
+    PathElement::new(vec![(x - cap, lo), (x + cap, lo), (x, lo), (x, hi), (x - cap, hi), (x + cap, hi)], BLACK.stroke_width(2))
+}
+
+/// A bar chart of `data` with a y-axis title, CI whiskers and PyTorch's bars, into `path`.
+fn bar_chart(path: &Path, title: &str, y_label: &str, data: &[Bar]) -> Result<()> {
     register_font();
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
-    let ymax = data.iter().chain(reference).map(|d| d.1).fold(0.0f64, f64::max).max(1e-9) * 1.3;
+    let ymax = data.iter().map(|d| d.ci.map_or(d.value, |c| c.1.max(d.value)).max(d.reference.unwrap_or(0.0))).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9) * 1.3;
     let n = data.len().max(1);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 24))
@@ -38,7 +45,7 @@ fn bars(path: &Path, title: &str, y_label: &str, data: &[(String, f64)], referen
         .y_label_area_size(80)
         .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
         .map_err(err)?;
-    let labels: Vec<String> = data.iter().map(|d| d.0.clone()).collect();
+    let labels: Vec<String> = data.iter().map(|d| d.label.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -48,27 +55,23 @@ fn bars(path: &Path, title: &str, y_label: &str, data: &[(String, f64)], referen
             if (x - i as f64 - 0.5).abs() < 0.26 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
         })
         .y_desc(y_label)
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| axis_label(*v))
         .x_desc("configuration")
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(err)?;
-    let with_ref = !reference.is_empty();
+    let with_ref = data.iter().any(|d| d.reference.is_some());
     let width = if with_ref { 0.35 } else { 0.6 };
+    let left = |i: usize| i as f64 + 0.5 - if with_ref { width } else { width / 2.0 };
     chart
-        .draw_series(data.iter().enumerate().map(|(i, d)| {
-            let x0 = i as f64 + 0.5 - if with_ref { width } else { width / 2.0 };
-            Rectangle::new([(x0, 0.0), (x0 + width, d.1)], BLUE.mix(0.7).filled())
-        }))
+        .draw_series(data.iter().enumerate().map(|(i, d)| Rectangle::new([(left(i), 0.0), (left(i) + width, d.value)], BLUE.mix(0.7).filled())))
         .map_err(err)?
-        .label("contrastive-id")
+        .label("contrastive-id (whiskers: 95% CI)")
         .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], BLUE.mix(0.7).filled()));
+    chart.draw_series(data.iter().enumerate().filter_map(|(i, d)| d.ci.map(|(lo, hi)| whisker(left(i) + width / 2.0, lo, hi, width / 6.0)))).map_err(err)?;
     if with_ref {
         chart
-            .draw_series(reference.iter().filter_map(|r| labels.iter().position(|l| *l == r.0).map(|i| (i, r.1))).map(|(i, v)| {
-                let x0 = i as f64 + 0.5;
-                Rectangle::new([(x0, 0.0), (x0 + width, v)], RED.mix(0.6).filled())
-            }))
+            .draw_series(data.iter().enumerate().filter_map(|(i, d)| d.reference.map(|v| Rectangle::new([(i as f64 + 0.5, 0.0), (i as f64 + 0.5 + width, v)], RED.mix(0.6).filled()))))
             .map_err(err)?
             .label("PyTorch reference")
             .legend(|(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], RED.mix(0.6).filled()));
@@ -80,16 +83,13 @@ fn bars(path: &Path, title: &str, y_label: &str, data: &[(String, f64)], referen
 
 /// `training_performance.png`: samples/s per training configuration (PyTorch beside, if given).
 pub fn training(r: &Results, path: &Path) -> Result<()> {
-    let pick = |name: MetricName| -> Vec<(String, f64)> { r.metrics().filter(|m| m.category == CategoryKind::Training && m.name == name).map(|m| (m.config.clone(), m.value)).collect() };
-    let data = pick(MetricName::SamplesPerS);
-    let reference: Vec<(String, f64)> = r.metrics().filter(|m| m.category == CategoryKind::Training && m.name == MetricName::SamplesPerS).filter_map(|m| m.reference.as_ref().map(|x| (m.config.clone(), x.value))).collect();
-    bars(path, "Training throughput (full step, mlp-medium)", "samples / s", &data, &reference)
+    bar_chart(path, "Training throughput (full step)", "samples / s", &chart::bars(r, CategoryKind::Training, MetricName::SamplesPerS))
 }
 
 /// `hardware_optimization.png`: CPU step time per thread count (GPU: not available).
 pub fn hardware(r: &Results, path: &Path) -> Result<()> {
-    let data: Vec<(String, f64)> = r.metrics().filter(|m| m.category == CategoryKind::Hardware && m.name == MetricName::StepMs).map(|m| (m.config.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), m.value)).collect();
-    bars(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data, &[])
+    let data: Vec<Bar> = chart::bars(r, CategoryKind::Hardware, MetricName::StepMs).into_iter().map(|b| Bar { label: b.label.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), ..b }).collect();
+    bar_chart(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data)
 }
 
 /// `scalability_analysis.png`: step time over batch size and over window size (log-log).
@@ -98,13 +98,13 @@ pub fn scalability(r: &Results, path: &Path) -> Result<()> {
     let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let halves = root.split_evenly((1, 2));
-    let sweep = r.category(CategoryKind::Scalability).map(|c| c.sweep.clone()).unwrap_or_default();
     for (area, axis, xlabel) in [(&halves[0], "batch", "batch size (W = 1024)"), (&halves[1], "window", "window size (B = 32)")] {
-        let pts: Vec<(f64, f64)> = sweep.iter().filter(|p| p.axis == axis && p.ok).filter_map(|p| p.step_ms.map(|t| ((if axis == "batch" { p.batch } else { p.window }) as f64, t))).collect();
+        let sweep = chart::sweep(r, axis);
+        let pts: Vec<(f64, f64)> = sweep.iter().map(|p| (p.x, p.y)).collect();
         let xmax = pts.iter().map(|p| p.0).fold(2.0f64, f64::max) * 1.5;
         let xmin = pts.iter().map(|p| p.0).fold(f64::INFINITY, f64::min).min(xmax / 3.0) / 1.5;
-        let ymax = pts.iter().map(|p| p.1).fold(1e-3f64, f64::max) * 2.0;
-        let ymin = pts.iter().map(|p| p.1).fold(f64::INFINITY, f64::min).min(ymax / 4.0) / 2.0;
+        let ymax = sweep.iter().map(|p| p.ci.map_or(p.y, |c| c.1.max(p.y))).fold(1e-3f64, f64::max) * 2.0;
+        let ymin = sweep.iter().map(|p| p.ci.map_or(p.y, |c| c.0.min(p.y))).fold(f64::INFINITY, f64::min).min(ymax / 4.0) / 2.0;
         let mut chart = ChartBuilder::on(area)
             .caption(format!("step time vs {axis}"), ("sans-serif", 20))
             .margin(12)
@@ -117,8 +117,8 @@ pub fn scalability(r: &Results, path: &Path) -> Result<()> {
             .light_line_style(WHITE)
             .x_labels(6)
             .y_labels(6)
-            .x_label_formatter(&|v| format!("{v:.0}"))
-            .y_label_formatter(&|v| if *v >= 10.0 { format!("{v:.0}") } else { format!("{v:.1}") })
+            .x_label_formatter(&|v| tick_label(*v))
+            .y_label_formatter(&|v| axis_label(*v))
             .x_desc(xlabel)
             .y_desc("ms per step")
             .label_style(("sans-serif", 13))
@@ -126,6 +126,7 @@ pub fn scalability(r: &Results, path: &Path) -> Result<()> {
             .map_err(err)?;
         chart.draw_series(LineSeries::new(pts.clone(), BLUE.stroke_width(2))).map_err(err)?;
         chart.draw_series(pts.iter().map(|p| Circle::new(*p, 4, BLUE.filled()))).map_err(err)?;
+        chart.draw_series(sweep.iter().filter_map(|p| p.ci.map(|(lo, hi)| PathElement::new(vec![(p.x, lo), (p.x, hi)], BLACK.stroke_width(2))))).map_err(err)?;
     }
     root.present().map_err(err)?;
     Ok(())

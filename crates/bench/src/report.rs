@@ -1,21 +1,22 @@
 //! One `Report` trait fanned out to the formats: JSON (the source of truth), Markdown and a
-//! self-contained HTML page (charts inlined as data URIs, no external resource). Every file is
-//! written atomically.
+//! self-contained HTML page (inline SVG charts with hover tooltips, tables sortable by column, no
+//! external resource). Every file is written atomically.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
-
+use crate::chart;
 use crate::error::{BenchError, Result};
-use crate::results::{Metric, Results, Status};
+use crate::registry::{CategoryKind, MetricName};
+use crate::results::{Category, Metric, Results, Status};
+use crate::svg::{self, esc};
 use crate::stats::Verdict;
 
 /// A rendering of the results into one file under the save directory.
 pub trait Report {
     /// Path relative to the save directory.
     fn file(&self) -> PathBuf;
-    fn render(&self, r: &Results, save_dir: &Path) -> Result<Vec<u8>>;
+    fn render(&self, r: &Results) -> Result<Vec<u8>>;
 }
 
 pub struct JsonReport;
@@ -26,7 +27,7 @@ impl Report for JsonReport {
     fn file(&self) -> PathBuf {
         "comprehensive_benchmark_results.json".into()
     }
-    fn render(&self, r: &Results, _: &Path) -> Result<Vec<u8>> {
+    fn render(&self, r: &Results) -> Result<Vec<u8>> {
         serde_json::to_vec_pretty(r).map_err(|e| BenchError::Report(e.to_string()))
     }
 }
@@ -68,13 +69,13 @@ fn reference_text(m: &Metric) -> String {
     m.reference.as_ref().map(|x| format!("{} ({:.1}×)", fmt_value(x.value), x.speedup)).unwrap_or_default()
 }
 
+fn row(m: &Metric) -> [String; 9] {
+    let (t, p) = target_text(m);
+    [m.category.to_string(), m.config.clone(), m.name.to_string(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
+}
+
 fn rows(r: &Results) -> Vec<[String; 9]> {
-    r.metrics()
-        .map(|m| {
-            let (t, p) = target_text(m);
-            [m.category.to_string(), m.config.clone(), m.name.to_string(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
-        })
-        .collect()
+    r.metrics().map(row).collect()
 }
 
 const HEADER: [&str; 9] = ["category", "config", "metric", "value", "unit", "95% CI (median)", "target", "result", "PyTorch ref / baseline"];
@@ -83,7 +84,7 @@ impl Report for MarkdownReport {
     fn file(&self) -> PathBuf {
         "reports/performance_summary.md".into()
     }
-    fn render(&self, r: &Results, _: &Path) -> Result<Vec<u8>> {
+    fn render(&self, r: &Results) -> Result<Vec<u8>> {
         let mut s = String::new();
         let (p, t) = r.pass_rate();
         let _ = writeln!(s, "# Performance summary\n");
@@ -129,21 +130,51 @@ impl Report for MarkdownReport {
     }
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+/// Sorts a `table.sortable` by the clicked column (numbers by their `data-v`), inline so the page
+/// stays self-contained.
+const SORT_SCRIPT: &str = "document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListener('click',()=>{const t=th.closest('table'),b=t.tBodies[0],asc=th.dataset.dir!=='asc';t.querySelectorAll('th').forEach(h=>delete h.dataset.dir);th.dataset.dir=asc?'asc':'desc';const key=r=>{const c=r.cells[i],v=c.dataset.v!==undefined?parseFloat(c.dataset.v):NaN;return isNaN(v)?c.textContent.toLowerCase():v};const rows=[...b.rows];rows.sort((x,y)=>{const p=key(x),q=key(y);const d=(typeof p===typeof q)?(p<q?-1:p>q?1:0):(typeof p==='number'?-1:1);return asc?d:-d});rows.forEach(r=>b.appendChild(r))}));";
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em;color:#222;max-width:1280px}table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}th{background:#eef}table.sortable th{cursor:pointer}table.sortable th[data-dir=asc]::after{content:' ▲'}table.sortable th[data-dir=desc]::after{content:' ▼'}td.num{text-align:right}.PASS{color:#070;font-weight:bold}.FAIL{color:#b00;font-weight:bold}.reg{background:#fdd}.charts{display:flex;flex-wrap:wrap;gap:12px}.charts svg{border:1px solid #ddd;background:#fff}.charts svg g:hover rect,.charts svg g:hover circle{opacity:.75}";
+
+/// The charts of one category: a bar chart per metric name measured for several configurations
+/// (or with a CI or a PyTorch reference), and the sweeps of the scalability category.
+fn category_charts(r: &Results, c: &Category) -> Vec<String> {
+    let mut names: Vec<MetricName> = Vec::new();
+    for m in &c.metrics {
+        if !names.contains(&m.name) {
+            names.push(m.name);
+        }
+    }
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter_map(|name| {
+            let bars = chart::bars(r, c.kind, name);
+            let worth = bars.len() >= 2 || bars.iter().any(|b| b.ci.is_some() || b.reference.is_some());
+            worth.then(|| svg::bar_chart(&format!("{} {}", c.kind, name), name.unit(), &bars))
+        })
+        .collect();
+    if c.kind == CategoryKind::Scalability {
+        for (axis, label) in [("batch", "batch size"), ("window", "window size")] {
+            out.push(svg::sweep_chart(&format!("step time vs {label}"), label, "ms per step", &chart::sweep(r, axis)));
+        }
+    }
+    out
 }
 
 impl Report for HtmlReport {
     fn file(&self) -> PathBuf {
         "reports/performance_report.html".into()
     }
-    fn render(&self, r: &Results, save_dir: &Path) -> Result<Vec<u8>> {
+    fn render(&self, r: &Results) -> Result<Vec<u8>> {
         let (p, t) = r.pass_rate();
         let mut h = String::new();
-        let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>body{{font-family:sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}th{{background:#eef}}.PASS{{color:#070;font-weight:bold}}.FAIL{{color:#b00;font-weight:bold}}.reg{{background:#fdd}}img{{max-width:100%;border:1px solid #ddd;margin:.5em 0}}</style></head><body>\n");
+        let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>{STYLE}</style></head><body>\n");
         let _ = write!(h, "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>", esc(&r.device), if r.quick { "quick" } else { "full" }, r.seconds);
         let f = &r.fingerprint;
         let _ = write!(h, "<p>Machine: {} ({} logical CPUs, {} threads, CPU GEMM {}), GPU: {}, {} build, commit {}.</p>", esc(&f.cpu_model), f.logical_cpus, f.threads, esc(&f.cpu_gemm), esc(&f.gpu), esc(&f.build_profile), esc(&f.git_commit));
+        if let Some(reference) = &r.reference {
+            let _ = write!(h, "<p>PyTorch reference: <code>{}</code> (red bars beside ours).</p>", esc(reference));
+        }
         if let Some(b) = &r.baseline {
             let _ = write!(h, "<p>Baseline <code>{}</code>: {} regression(s).</p>", esc(b), r.regressions().len());
             for w in &r.baseline_warnings {
@@ -153,45 +184,61 @@ impl Report for HtmlReport {
         let _ = write!(h, "<table><tr><th>category</th><th>status</th><th>targets passed</th><th>notes</th></tr>");
         for c in &r.categories {
             let (cp, ct) = c.pass_count();
-            let _ = write!(h, "<tr><td>{}</td><td>{}</td><td>{cp}/{ct}</td><td>{}</td></tr>", esc(c.kind.as_str()), if c.status == Status::Ok { "ok" } else if c.status == Status::NotAvailable { "not available" } else { "error" }, esc(&c.notes.join("; ")));
+            let _ = write!(h, "<tr><td><a href=\"#cat-{0}\">{0}</a></td><td>{1}</td><td>{cp}/{ct}</td><td>{2}</td></tr>", esc(c.kind.as_str()), status_text(&c.status), esc(&c.notes.join("; ")));
         }
-        let _ = write!(h, "</table></section>\n<section id=\"charts\"><h2>Charts</h2>");
-        for (file, alt) in [("plots/training_performance.png", "training performance"), ("plots/scalability_analysis.png", "scalability analysis"), ("plots/hardware_optimization.png", "hardware optimization")] {
-            match std::fs::read(save_dir.join(file)) {
-                Ok(bytes) => {
-                    let _ = write!(h, "<figure><img alt=\"{alt}\" src=\"data:image/png;base64,{}\"><figcaption>{alt}</figcaption></figure>", base64::engine::general_purpose::STANDARD.encode(bytes));
-                }
-                Err(_) => {
-                    let _ = write!(h, "<p>{alt}: chart not available</p>");
-                }
-            }
-        }
-        let _ = write!(h, "</section>\n<section id=\"recommendations\"><h2>Recommendations</h2><ul>");
+        let _ = write!(h, "</table><p>Hover a bar or a point for its value, 95 % CI and sample count; click a column header to sort. The seed's PNG charts: <a href=\"../plots/training_performance.png\">training</a>, <a href=\"../plots/scalability_analysis.png\">scalability</a>, <a href=\"../plots/hardware_optimization.png\">hardware</a>.</p></section>\n");
+        let _ = write!(h, "<section id=\"recommendations\"><h2>Recommendations</h2><ul>");
         for rec in &r.recommendations {
             let _ = write!(h, "<li><b>{}</b>: {} <i>(evidence: {})</i></li>", esc(&rec.topic), esc(&rec.text), esc(&rec.evidence));
         }
         if r.recommendations.is_empty() {
             let _ = write!(h, "<li>None: every measured number is within its target.</li>");
         }
-        let _ = write!(h, "</ul></section>\n<section id=\"details\"><h2>Details</h2><table><tr>");
-        for c in HEADER {
-            let _ = write!(h, "<th>{c}</th>");
-        }
-        let _ = write!(h, "</tr>");
-        for (row, m) in rows(r).into_iter().zip(r.metrics()) {
-            let reg = m.baseline.as_ref().is_some_and(|b| b.verdict == Verdict::Regression);
-            let _ = write!(h, "<tr{}>", if reg { " class=\"reg\"" } else { "" });
-            for (i, cell) in row.iter().enumerate() {
-                if i == 7 && !cell.is_empty() {
-                    let _ = write!(h, "<td class=\"{cell}\">{cell}</td>");
-                } else {
-                    let _ = write!(h, "<td>{}</td>", esc(cell));
-                }
+        let _ = write!(h, "</ul></section>\n");
+        for c in &r.categories {
+            let _ = write!(h, "<section id=\"cat-{0}\" class=\"category\"><h2>{0} <small>({1}, {2:.1} s)</small></h2>", esc(c.kind.as_str()), status_text(&c.status), c.seconds);
+            for note in &c.notes {
+                let _ = write!(h, "<p>{}</p>", esc(note));
             }
-            let _ = write!(h, "</tr>");
+            let charts = category_charts(r, c);
+            if !charts.is_empty() {
+                let _ = write!(h, "<div class=\"charts\">{}</div>", charts.concat());
+            }
+            let _ = write!(h, "<table class=\"sortable\"><thead><tr>");
+            for col in &HEADER[1..] {
+                let _ = write!(h, "<th>{col}</th>");
+            }
+            let _ = write!(h, "</tr></thead><tbody>");
+            for m in &c.metrics {
+                let reg = m.baseline.as_ref().is_some_and(|b| b.verdict == Verdict::Regression);
+                let _ = write!(h, "<tr{}>", if reg { " class=\"reg\"" } else { "" });
+                for (i, cell) in row(m).iter().enumerate().skip(1) {
+                    match i {
+                        3 => {
+                            let _ = write!(h, "<td class=\"num\" data-v=\"{}\">{}</td>", m.value, esc(cell));
+                        }
+                        7 if !cell.is_empty() => {
+                            let _ = write!(h, "<td class=\"{cell}\">{cell}</td>");
+                        }
+                        _ => {
+                            let _ = write!(h, "<td>{}</td>", esc(cell));
+                        }
+                    }
+                }
+                let _ = write!(h, "</tr>");
+            }
+            let _ = write!(h, "</tbody></table></section>\n");
         }
-        let _ = write!(h, "</table></section>\n</body></html>\n");
+        let _ = write!(h, "<script>{SORT_SCRIPT}</script>\n</body></html>\n");
         Ok(h.into_bytes())
+    }
+}
+
+fn status_text(s: &Status) -> &'static str {
+    match s {
+        Status::Ok => "ok",
+        Status::NotAvailable => "not available",
+        Status::Error => "error",
     }
 }
 
@@ -204,7 +251,7 @@ pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BenchError::io(parent, e))?;
         }
-        files::write_atomic(&path, &rep.render(r, save_dir)?).map_err(|e| BenchError::io(&path, e))?;
+        files::write_atomic(&path, &rep.render(r)?).map_err(|e| BenchError::io(&path, e))?;
         out.push(path);
     }
     Ok(out)

@@ -73,7 +73,13 @@ pub struct SweepPoint {
     pub batch: usize,
     pub window: usize,
     pub ok: bool,
+    /// Median step time of the point's samples.
     pub step_ms: Option<f64>,
+    /// 95 % CI of that median (bootstrap), and how many samples it rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_ms_ci: Option<[f64; 2]>,
+    #[serde(default)]
+    pub samples: usize,
     pub memory_mb: Option<f64>,
     pub note: String,
 }

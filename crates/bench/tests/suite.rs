@@ -106,17 +106,29 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert!(!r.recommendations.is_empty() && r.recommendations.iter().all(|x| !x.evidence.is_empty()));
     assert_eq!(r.fingerprint.build_profile, if cfg!(debug_assertions) { "debug" } else { "release" });
 
-    // HTML: parses, has every section and the three charts inline, and loads nothing external.
+    // HTML: parses; a section per category with inline SVG charts whose every bar and point has a
+    // hover title (value, CI, n) and a sortable table; nothing loaded from outside the page.
     let html = std::fs::read_to_string(save.join("reports/performance_report.html")).unwrap();
     let dom = tl::parse(&html, tl::ParserOptions::default()).unwrap();
-    for id in ["summary", "charts", "recommendations", "details"] {
+    for id in ["summary", "recommendations", "cat-training", "cat-scalability", "cat-hardware"] {
         assert!(dom.get_element_by_id(id).is_some(), "section #{id} missing");
     }
-    let imgs: Vec<String> = dom.query_selector("img").unwrap().filter_map(|h| h.get(dom.parser())).filter_map(|n| n.as_tag()).filter_map(|t| t.attributes().get("src").flatten().map(|s| s.as_utf8_str().to_string())).collect();
-    assert_eq!(imgs.len(), 3);
-    assert!(imgs.iter().all(|s| s.starts_with("data:image/png;base64,")));
-    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<script") && !html.contains("<link"), "no external resource");
-    assert!(dom.query_selector("td").unwrap().count() > 50, "details table filled");
+    let svgs = dom.query_selector("svg").unwrap().count();
+    assert!(svgs >= 4, "charts inline: {svgs}");
+    let groups: Vec<&str> = html.split("<g>").skip(1).map(|g| g.split("</g>").next().unwrap_or("")).collect();
+    assert!(groups.len() >= 10, "bars and points drawn: {}", groups.len());
+    for g in &groups {
+        assert!(g.starts_with("<title>") && (g.contains("<rect") || g.contains("<circle")), "every bar and point carries its title: {g}");
+    }
+    assert!(html.contains("95% CI [") && html.contains(", n = "), "tooltips give the CI and the sample count");
+    assert_eq!(dom.query_selector("table.sortable").unwrap().count(), 3, "a sortable table per category");
+    let scripts: Vec<&tl::HTMLTag> = dom.query_selector("script").unwrap().filter_map(|h| h.get(dom.parser())).filter_map(|n| n.as_tag()).collect();
+    assert_eq!(scripts.len(), 1);
+    assert!(scripts.iter().all(|t| t.attributes().get("src").is_none()), "inline script only");
+    assert!(!html.contains("http://") && !html.contains("https://") && !html.contains("<link") && !html.contains("<img"), "no external resource");
+    assert!(dom.query_selector("td").unwrap().count() > 50, "tables filled");
+    let page = html.split("<script>").next().unwrap_or("");
+    assert!(!page.contains("NaN") && !page.contains("inf\""), "no NaN or infinity drawn");
 
     // Markdown: headline sections.
     let md = std::fs::read_to_string(save.join("reports/performance_summary.md")).unwrap();
