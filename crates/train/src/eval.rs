@@ -86,6 +86,8 @@ pub struct EvalReport {
     pub encoder: String,
     pub input: InputKind,
     pub split: Split,
+    /// Seed of the bearing draw and of the random-init encoder.
+    pub seed: u64,
     pub label: String,
     pub windows_per_region: usize,
     pub classes: Vec<String>,
@@ -241,6 +243,7 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
         encoder: arch_string(&arch),
         input: cfg.data.input,
         split: opts.split,
+        seed: opts.seed,
         label: opts.label.clone(),
         windows_per_region: opts.windows,
         fit_windows: set.fit.y.len(),

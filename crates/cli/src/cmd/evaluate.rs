@@ -23,6 +23,10 @@ pub struct Args {
     /// Evenly spaced windows per Id and region.
     #[arg(long, default_value_t = 32)]
     pub windows: usize,
+    /// Seed of the bearing split's draw and of the random-init encoder: other seeds hold out other
+    /// bearings, which shows how much a bearing-split number depends on the draw.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
     /// The run's YAML config, for a checkpoint without the product's metadata (a PyTorch state
     /// dict saved as safetensors): its model and data sections name the architecture and window.
     #[arg(long)]
@@ -41,7 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         eprintln!("warning: {w}");
     }
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
-    let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, config, ..Default::default() };
+    let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
     let r = evaluate(&a.checkpoint, &ds, &opts)?;
     for id in &r.skipped_ids {
         eprintln!("warning: Id {id} is too short for the evaluation windows or unusable; skipped");
@@ -52,7 +56,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     println!("checkpoint   {}", r.checkpoint);
     println!("encoder      {} on the {:?} input", r.encoder, r.input);
-    println!("split        {:?}, label `{}` ({} classes), {} windows per Id and region", r.split, r.label, r.classes.len(), r.windows_per_region);
+    println!("split        {:?} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
     println!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
     for h in &r.held_out {
         println!("held out     bearing {} (Label|Fault_Size|Fault_Location): Ids {:?}, {} test windows", h.bearing, h.ids, h.test_windows);
