@@ -74,4 +74,19 @@ with open(os.path.join(OUT, "not_hdf5.h5"), "wb") as f:
 data = open(os.path.join(OUT, "default_f32.h5"), "rb").read()
 with open(os.path.join(OUT, "truncated.h5"), "wb") as f:
     f.write(data[: len(data) // 3])
+# Declared-size lies (issue 13): datasets that declare 10^11 x 2 float32 (800 GB) and are never
+# written, contiguous and chunked, each beside one honest sample; an XLSX table with a cell at
+# XFD1048576 (a dense range of that sheet would be 1.7e10 cells).
+for name, kw in [("liar_contiguous.h5", {}), ("liar_chunked.h5", {"chunks": (65536, 2)})]:
+    with h5py.File(os.path.join(OUT, name), "w") as f:
+        f.create_dataset("1", shape=(10**11, 2), dtype="f4", **kw)
+        f.create_dataset("2", data=np.linspace(-1, 1, 4096 * 2, dtype="f4").reshape(4096, 2))
+try:
+    import openpyxl
+    wb = openpyxl.Workbook(); ws = wb.active
+    ws.append(["Id", "Label"]); ws.append([1, 0]); ws.append([2, 1])
+    ws["XFD1048576"] = "far"
+    wb.save(os.path.join(OUT, "meta_far_cell.xlsx"))
+except ImportError:
+    print("openpyxl missing: meta_far_cell.xlsx not written")
 print("fixtures written to", os.path.abspath(OUT))

@@ -217,7 +217,7 @@ impl Benchmark {
     /// Compares with a baseline (a name under `<save_dir>/baselines/` or a file).
     pub fn compare_baseline(&mut self, name_or_file: &str, noise: f64) -> Result<()> {
         let path = baseline_path(&self.save_dir, name_or_file);
-        let text = std::fs::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+        let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
         let base: Results = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
         if base.schema_version != results::SCHEMA_VERSION {
             return Err(BenchError::Input(format!("{}: schema version {} (this build reads {})", path.display(), base.schema_version, results::SCHEMA_VERSION)));

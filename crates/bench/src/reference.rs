@@ -32,7 +32,7 @@ fn pairs(j: &serde_json::Value) -> Vec<(MetricId, f64)> {
 }
 
 pub fn attach(r: &mut Results, path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a torch_ref.py JSON: {e}", path.display())))?;
     let found = pairs(&j);
     if found.is_empty() {

@@ -27,7 +27,7 @@ pub fn default_targets() -> Targets {
 
 /// Reads a targets file (JSON or YAML), filling unspecified targets from the default table.
 pub fn load_targets(path: &Path) -> Result<Targets> {
-    let text = std::fs::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+    let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     let user: Targets = serde_norway::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
     let mut t = default_targets();
     for (section, keys) in user {

@@ -4,12 +4,18 @@
 mod args;
 mod cmd;
 mod progress;
+mod sigbus;
 
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "contrastive-id", version, about = "Contrastive ID pretraining on long vibration signals, with a benchmark suite")]
 struct Cli {
+    /// The most memory one request sized from outside may take (a declared HDF5 shape, a config
+    /// number, a count on the command line): 512M, 8G, … Past it, a run stops with an error
+    /// naming the value. Default: 90 % of the memory available at start.
+    #[arg(long, global = true, value_name = "SIZE", env = limits::ENV, value_parser = limits::parse_size)]
+    memory_budget: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +36,10 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
+    if let Some(bytes) = cli.memory_budget {
+        limits::set_budget(bytes, format!("--memory-budget {}", limits::human(bytes as u128)));
+    }
+    sigbus::install();
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),

@@ -86,14 +86,16 @@ pub struct Tensors {
 
 impl Tensors {
     fn push(&mut self, name: &str, shape: &[usize], kind: TensorKind, init: Init) -> Slot {
-        let len: usize = shape.iter().product();
+        // Shapes come from configurations and checkpoints: products and offsets saturate, and a
+        // saturated arena fails [`Tensors::allocate`] instead of wrapping into a small one.
+        let len = shape.iter().fold(1usize, |a, &d| a.saturating_mul(d));
         let (end, step) = match kind {
             TensorKind::Param => (&mut self.param_len, len),
             TensorKind::Buffer => (&mut self.buffer_len, len),
             TensorKind::Counter => (&mut self.counters, 1),
         };
         let offset = *end;
-        *end += step;
+        *end = end.saturating_add(step);
         self.specs.push(TensorSpec { name: name.to_string(), shape: shape.to_vec(), kind, offset, init });
         Slot { kind, offset, len }
     }
@@ -126,6 +128,8 @@ impl Tensors {
     /// (each tensor from its own stream, so adding a tensor does not change the others).
     pub fn allocate<D: Device>(self, dev: &mut D, seed: u64) -> Result<Arenas> {
         let n = self.param_len;
+        // Four arenas of the parameters (values, gradients, two moments) and the buffers.
+        limits::check(|| format!("an encoder of {n} parameters and {} buffer values", self.buffer_len), limits::bytes(&[n, 4], 4).saturating_add(limits::bytes(&[self.buffer_len], 4)))?;
         let (params, grads, adam_m, adam_v) = (dev.alloc(n)?, dev.alloc(n)?, dev.alloc(n)?, dev.alloc(n)?);
         let buffers = dev.alloc(self.buffer_len)?;
         let mut pv = vec![0.0f32; n];

@@ -70,6 +70,9 @@ pub enum EngineError {
     Device(String),
     #[error("out of memory: {bytes} bytes could not be had ({reason})")]
     OutOfMemory { bytes: u128, reason: String },
+    /// A size set from outside that does not fit in the process's memory budget.
+    #[error(transparent)]
+    OverBudget(#[from] limits::OverBudget),
 }
 
 impl EngineError {

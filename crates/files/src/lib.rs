@@ -96,6 +96,7 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     let len = f.metadata()?.len();
     let mut buf = Vec::new();
     let n = usize::try_from(len).map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes do not fit in memory")))?;
+    limits::check(|| format!("{}: reading the whole file", path.display()), len as u128).map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()))?;
     buf.try_reserve_exact(n).map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes could not be had: {e}")))?;
     f.read_to_end(&mut buf)?;
     Ok(buf)

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use crate::error::{Result, SignalError};
-use crate::preprocess::{channel_affine, ChannelAffine, PreprocessConfig};
+use crate::error::{Result, Setting, SignalError};
+use crate::preprocess::{ChannelAffine, ChannelStats, PreprocessConfig};
 use crate::rng::{mix_seed, Rng};
 use crate::store::SignalStore;
 use crate::window::WindowConfig;
@@ -89,6 +89,10 @@ impl SkipLog {
 /// What is known of one Id once checked: its normalization map or why it is skipped.
 type Checked = std::result::Result<ChannelAffine, SkipReason>;
 
+/// Values per block of the statistics pass (4 MiB of f32): the pass holds one block per worker,
+/// whatever the signal's length.
+const STATS_BLOCK_VALUES: usize = 1 << 20;
+
 /// Builds contrastive batches from a store.
 pub struct BatchBuilder {
     store: Arc<dyn SignalStore>,
@@ -122,7 +126,7 @@ impl BatchBuilder {
     /// Restricts training windows to the first `fraction` of each signal (0 < fraction ≤ 1).
     pub fn with_time_split(mut self, fraction: f64) -> Result<Self> {
         if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(SignalError::config("data.time_split", "must be in (0, 1]"));
+            return Err(SignalError::invalid(Setting::TimeSplit, "must be in (0, 1]"));
         }
         self.time_split = fraction;
         Ok(self)
@@ -154,7 +158,7 @@ impl BatchBuilder {
         &self.skips
     }
 
-    /// Checks an Id: reads the whole (truncated) signal once, looks for NaN/Inf and derives the
+    /// Checks an Id: reads the (truncated) signal once, a block at a time, looks for NaN/Inf and derives the
     /// normalization map. Cached.
     pub fn check(&self, id: u64) -> Result<&Checked> {
         let idx = self.store.index_of(id)?;
@@ -166,15 +170,35 @@ impl BatchBuilder {
         let checked = if !self.pair_possible(self.window_region(len)) {
             Err(SkipReason::TooShort { length: len, window: self.window.window_size })
         } else {
-            let mut values = vec![0.0f32; len * info.channels];
-            self.store.read_rows_into(id, 0, len, &mut values)?;
-            channel_affine(&values, info.channels, self.preprocess.normalization)
-                .map_err(|index| SkipReason::NonFinite { index })
+            self.stream_stats(id, len, info.channels)?.map(|s| s.affine(self.preprocess.normalization)).map_err(|index| SkipReason::NonFinite { index })
         };
         if let Err(reason) = &checked {
             self.skips.record(id, reason.clone());
         }
         Ok(self.checked[idx].get_or_init(|| checked))
+    }
+
+    /// The statistics of the first `len` rows of `id`, read a block of rows at a time so a
+    /// signal longer than memory needs one block of it (`Err(index)` at a non-finite value).
+    fn stream_stats(&self, id: u64, len: usize, channels: usize) -> Result<std::result::Result<ChannelStats, usize>> {
+        let block_rows = (STATS_BLOCK_VALUES / channels.max(1)).clamp(1, len.max(1));
+        limits::check(
+            || format!("{}: the statistics of Id {id} ({channels} channels, a block of {block_rows} rows)", self.store.path().display()),
+            limits::bytes(&[block_rows, channels], 4).saturating_add(limits::bytes(&[channels], 40)),
+        )?;
+        let mut block = vec![0.0f32; block_rows * channels];
+        let mut stats = ChannelStats::new(channels);
+        let mut start = 0;
+        while start < len {
+            let rows = block_rows.min(len - start);
+            let values = &mut block[..rows * channels];
+            self.store.read_rows_into(id, start, rows, values)?;
+            if let Err(index) = stats.add(values) {
+                return Ok(Err(index));
+            }
+            start += rows;
+        }
+        Ok(Ok(stats))
     }
 
     /// Whether `id` gives a contrastive pair (checking it if needed).

@@ -53,7 +53,11 @@ impl Dataset {
         let path = self.store.path().display();
         let mut out = Vec::new();
         for id in &self.missing_in_store {
-            out.push(format!("Id {id} is in {} but not in {path}; skipped", self.meta.path.display()));
+            // A dataset of that name the store could not use says why.
+            match self.store.ignored().iter().find(|d| crate::store::parse_id(&d.name) == Some(*id)) {
+                Some(d) => out.push(format!("Id {id}: {path}: dataset \"{}\" unusable: {}; skipped", d.name, d.reason)),
+                None => out.push(format!("Id {id} is in {} but not in {path}; skipped", self.meta.path.display())),
+            }
         }
         for id in &self.missing_in_table {
             out.push(format!("Id {id} is in {path} but not in {}; skipped", self.meta.path.display()));

@@ -1,4 +1,6 @@
-//! The one error type of the signal crate: every variant names the file, Id or key at fault.
+//! The one error type of the signal crate: every variant names the file, Id or setting at fault.
+//! A bad setting names the crate's own field ([`Setting`]); the crates above map it to their
+//! vocabulary (the train crate to its YAML key, the CLI to its flag).
 
 use std::path::PathBuf;
 
@@ -24,14 +26,60 @@ pub enum SignalError {
     UnknownId { path: PathBuf, id: u64 },
     #[error("{path}: metadata table: {reason}")]
     BadTable { path: PathBuf, reason: String },
-    #[error("invalid value for `{key}`: {reason}")]
-    InvalidConfig { key: String, reason: String },
+    #[error("invalid {setting}: {reason}")]
+    Invalid { setting: Setting, reason: String },
+    #[error(transparent)]
+    OverBudget(#[from] limits::OverBudget),
     #[error("{path}: cannot write: {reason}")]
     Write { path: PathBuf, reason: String },
 }
 
+/// A setting of the data pipeline or the generator that a caller can get wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Setting {
+    WindowSize,
+    Stride,
+    NumWindow,
+    WindowStrategy,
+    Normalization,
+    TruncateLength,
+    TimeSplit,
+    BatchSize,
+    Prefetch,
+    /// Signals to generate.
+    Count,
+    /// Time steps per generated signal.
+    Length,
+    /// Channels per generated signal.
+    Channels,
+    /// Label classes of generated signals.
+    Classes,
+    Complexity,
+}
+
+impl std::fmt::Display for Setting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Setting::WindowSize => "window size",
+            Setting::Stride => "window stride",
+            Setting::NumWindow => "windows per sample",
+            Setting::WindowStrategy => "window sampling strategy",
+            Setting::Normalization => "normalization",
+            Setting::TruncateLength => "truncate length",
+            Setting::TimeSplit => "time split",
+            Setting::BatchSize => "batch size",
+            Setting::Prefetch => "prefetch depth",
+            Setting::Count => "signal count",
+            Setting::Length => "signal length",
+            Setting::Channels => "channel count",
+            Setting::Classes => "class count",
+            Setting::Complexity => "complexity",
+        })
+    }
+}
+
 impl SignalError {
-    pub(crate) fn config(key: &str, reason: impl Into<String>) -> Self {
-        SignalError::InvalidConfig { key: key.to_string(), reason: reason.into() }
+    pub(crate) fn invalid(setting: Setting, reason: impl Into<String>) -> Self {
+        SignalError::Invalid { setting, reason: reason.into() }
     }
 }

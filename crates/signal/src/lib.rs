@@ -16,7 +16,7 @@ pub mod window;
 
 pub use batch::{BatchBuilder, ContrastiveBatch, SkipReason};
 pub use dataset::Dataset;
-pub use error::{Result, SignalError};
+pub use error::{Result, Setting, SignalError};
 pub use meta::{MetaRow, Metadata};
 pub use preprocess::{Normalization, PreprocessConfig};
 pub use sampler::{BatchPos, BatchSampler, SamplerConfig};

@@ -66,8 +66,9 @@ impl Metadata {
         Self::from_records(path, header, records)
     }
 
-    /// Builds the table from a header and string records (the common path of CSV and XLSX).
-    pub fn from_records(path: &Path, header: Vec<String>, records: Vec<Vec<String>>) -> Result<Self> {
+    /// Builds the table from a header and string records, each with its 1-based line in the file
+    /// (the common path of CSV and XLSX).
+    pub fn from_records(path: &Path, header: Vec<String>, records: Vec<(usize, Vec<String>)>) -> Result<Self> {
         let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
         let header: Vec<String> = header.into_iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_string()).collect();
         let col = |name: &str| header.iter().position(|h| h == name);
@@ -79,8 +80,7 @@ impl Metadata {
         ];
         let mut rows = Vec::with_capacity(records.len());
         let mut seen = std::collections::HashSet::new();
-        for (n, rec) in records.iter().enumerate() {
-            let line = n + 2; // 1-based, after the header
+        for (line, rec) in &records {
             let get = |c: Option<usize>| c.and_then(|c| rec.get(c)).map(|s| s.trim()).filter(|s| !s.is_empty());
             if rec.iter().all(|v| v.trim().is_empty()) {
                 continue;
@@ -165,35 +165,79 @@ fn parse_integer(t: &str) -> Option<i64> {
     (f.fract() == 0.0 && f.is_finite() && f.abs() < 9.0e15).then_some(f as i64)
 }
 
-type Records = (Vec<String>, Vec<Vec<String>>);
+/// A header and the records after it, each with its 1-based line (row) in the file.
+type Records = (Vec<String>, Vec<(usize, Vec<String>)>);
 
 fn read_csv(path: &Path) -> Result<Records> {
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
     let mut r = csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(e.to_string()))?;
     let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
     let mut records = Vec::new();
-    for rec in r.records() {
+    for (n, rec) in r.records().enumerate() {
         let rec = rec.map_err(|e| bad(e.to_string()))?;
-        records.push(rec.iter().map(str::to_string).collect());
+        records.push((n + 2, rec.iter().map(str::to_string).collect()));
     }
     Ok((header, records))
 }
 
 fn read_sheet(path: &Path) -> Result<Records> {
-    use calamine::{open_workbook_auto, Data, Reader};
+    use calamine::{open_workbook_auto, Data, DataRef, Reader, Sheets};
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
     let mut wb = std::panic::catch_unwind(|| open_workbook_auto(path))
         .map_err(|_| bad("corrupt workbook".into()))?
         .map_err(|e| bad(e.to_string()))?;
     let first = wb.sheet_names().first().cloned().ok_or_else(|| bad("workbook has no sheet".into()))?;
-    let range = wb.worksheet_range(&first).map_err(|e| bad(e.to_string()))?;
-    let cell = |d: &Data| match d {
+    let cell = |d: Data| match d {
         Data::Empty => String::new(),
-        Data::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", *f as i64),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => format!("{}", f as i64),
         other => other.to_string(),
     };
-    let mut rows = range.rows();
-    let header = rows.next().ok_or_else(|| bad("sheet is empty".into()))?.iter().map(cell).collect();
-    let records = rows.map(|r| r.iter().map(cell).collect()).collect();
-    Ok((header, records))
+    // The cells that exist, as (row, column, text). A sheet's declared dimensions are not read:
+    // two cells at A1 and XFD1048576 would make a dense range of 1.7·10¹⁰ cells.
+    let mut cells: Vec<(u32, u32, String)> = Vec::new();
+    let mut keep = |(r, c): (u32, u32), v: DataRef<'_>| cells.push((r, c, cell(Data::from(v))));
+    match &mut wb {
+        Sheets::Xlsx(x) => {
+            let mut reader = x.worksheet_cells_reader(&first).map_err(|e| bad(e.to_string()))?;
+            while let Some(c) = reader.next_cell().map_err(|e| bad(e.to_string()))? {
+                keep(c.get_position(), c.get_value().clone());
+            }
+        }
+        Sheets::Xlsb(x) => {
+            let mut reader = x.worksheet_cells_reader(&first).map_err(|e| bad(e.to_string()))?;
+            while let Some(c) = reader.next_cell().map_err(|e| bad(e.to_string()))? {
+                keep(c.get_position(), c.get_value().clone());
+            }
+        }
+        other => {
+            let range = other.worksheet_range(&first).map_err(|e| bad(e.to_string()))?;
+            for (r, c, v) in range.used_cells() {
+                cells.push((r as u32, c as u32, cell(v.clone())));
+            }
+        }
+    }
+    cells.retain(|c| !c.2.is_empty());
+    cells.sort_by_key(|c| (c.0, c.1));
+    // Columns counted from the first used one, as calamine's ranges do.
+    let first_col = cells.iter().map(|c| c.1).min().unwrap_or(0);
+    // Rows that have a cell, each as wide as its last cell (empty rows carry no Id), with their
+    // sheet row number for messages.
+    let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut current: Option<u32> = None;
+    for (r, c, text) in cells {
+        if current != Some(r) {
+            rows.push((r as usize + 1, Vec::new()));
+            current = Some(r);
+        }
+        if let Some((_, row)) = rows.last_mut() {
+            let c = (c - first_col) as usize;
+            if row.len() <= c {
+                row.resize(c + 1, String::new());
+            }
+            row[c] = text;
+        }
+    }
+    let mut rows = rows.into_iter();
+    let (_, header) = rows.next().ok_or_else(|| bad("sheet is empty".into()))?;
+    Ok((header, rows.collect()))
 }

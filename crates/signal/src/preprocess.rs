@@ -6,7 +6,7 @@
 
 use std::str::FromStr;
 
-use crate::error::{Result, SignalError};
+use crate::error::{Result, Setting, SignalError};
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Normalization {
@@ -25,8 +25,8 @@ impl FromStr for Normalization {
             "none" | "false" | "no" => Ok(Normalization::None),
             "standardization" | "standardize" | "zscore" | "true" | "yes" => Ok(Normalization::Standardization),
             "minmax" | "min_max" | "min-max" => Ok(Normalization::MinMax),
-            other => Err(SignalError::config(
-                "data.normalization",
+            other => Err(SignalError::invalid(
+                Setting::Normalization,
                 format!("unknown normalization {other:?}; expected none, standardization or minmax"),
             )),
         }
@@ -54,7 +54,7 @@ pub struct PreprocessConfig {
 impl PreprocessConfig {
     pub fn validate(&self) -> Result<()> {
         if self.truncate_length == Some(0) {
-            return Err(SignalError::config("data.truncate_length", "must be > 0"));
+            return Err(SignalError::invalid(Setting::TruncateLength, "must be > 0"));
         }
         Ok(())
     }
@@ -96,56 +96,101 @@ impl ChannelAffine {
     }
 }
 
-/// Checks a `(L, C)` signal for NaN/Inf and derives its normalization map.
+/// Per-channel statistics of a signal read block by block, so a signal longer than memory is
+/// checked with one block in memory: count, mean and sum of squared deviations (each block
+/// two-pass, blocks merged as Chan et al.), minimum and maximum, and the first non-finite value.
+#[derive(Clone, Debug)]
+pub struct ChannelStats {
+    rows: u64,
+    mean: Vec<f64>,
+    m2: Vec<f64>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    /// Values added so far (for the index of a non-finite one).
+    seen: usize,
+}
+
+impl ChannelStats {
+    pub fn new(channels: usize) -> Self {
+        ChannelStats { rows: 0, mean: vec![0.0; channels], m2: vec![0.0; channels], lo: vec![f32::INFINITY; channels], hi: vec![f32::NEG_INFINITY; channels], seen: 0 }
+    }
+
+    /// Adds `(rows, C)` row-major values. On a NaN or infinity, returns its index counted from
+    /// the first value ever added.
+    pub fn add(&mut self, block: &[f32]) -> std::result::Result<(), usize> {
+        let channels = self.mean.len();
+        if let Some(i) = block.iter().position(|x| !x.is_finite()) {
+            return Err(self.seen + i);
+        }
+        self.seen += block.len();
+        let rows = block.len() / channels.max(1);
+        if rows == 0 {
+            return Ok(());
+        }
+        let mut sum = vec![0.0f64; channels];
+        for row in block.chunks_exact(channels) {
+            for (c, &x) in row.iter().enumerate() {
+                sum[c] += x as f64;
+                self.lo[c] = self.lo[c].min(x);
+                self.hi[c] = self.hi[c].max(x);
+            }
+        }
+        let nb = rows as f64;
+        let block_mean: Vec<f64> = sum.iter().map(|s| s / nb).collect();
+        let mut block_m2 = vec![0.0f64; channels];
+        for row in block.chunks_exact(channels) {
+            for (c, &x) in row.iter().enumerate() {
+                let d = x as f64 - block_mean[c];
+                block_m2[c] += d * d;
+            }
+        }
+        if self.rows == 0 {
+            self.mean = block_mean;
+            self.m2 = block_m2;
+        } else {
+            let na = self.rows as f64;
+            let n = na + nb;
+            for c in 0..channels {
+                let delta = block_mean[c] - self.mean[c];
+                self.mean[c] += delta * nb / n;
+                self.m2[c] += block_m2[c] + delta * delta * na * nb / n;
+            }
+        }
+        self.rows += rows as u64;
+        Ok(())
+    }
+
+    /// The normalization map of everything added.
+    pub fn affine(&self, norm: Normalization) -> ChannelAffine {
+        let n = self.rows.max(1) as f64;
+        match norm {
+            Normalization::None => ChannelAffine::identity(self.mean.len()),
+            Normalization::Standardization => ChannelAffine {
+                offset: self.mean.iter().map(|&m| m as f32).collect(),
+                factor: self.m2.iter().map(|&d| (1.0 / ((d / n).sqrt() + 1e-8)) as f32).collect(),
+            },
+            Normalization::MinMax => ChannelAffine {
+                offset: self.lo.clone(),
+                factor: self
+                    .lo
+                    .iter()
+                    .zip(&self.hi)
+                    .map(|(&l, &h)| {
+                        let r = (h as f64) - (l as f64);
+                        if r == 0.0 { 1.0 } else { (1.0 / r) as f32 }
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// Checks a `(L, C)` signal held in memory for NaN/Inf and derives its normalization map.
 /// Returns the index of the first non-finite value on failure.
 pub fn channel_affine(values: &[f32], channels: usize, norm: Normalization) -> std::result::Result<ChannelAffine, usize> {
-    // One pass in f64: sum, sum of squares, min, max per channel; finiteness for free.
-    let mut sum = vec![0.0f64; channels];
-    let mut lo = vec![f32::INFINITY; channels];
-    let mut hi = vec![f32::NEG_INFINITY; channels];
-    let mut finite = true;
-    for row in values.chunks_exact(channels) {
-        for (c, &x) in row.iter().enumerate() {
-            finite &= x.is_finite();
-            let xd = x as f64;
-            sum[c] += xd;
-            lo[c] = lo[c].min(x);
-            hi[c] = hi[c].max(x);
-        }
-    }
-    if !finite {
-        return Err(values.iter().position(|x| !x.is_finite()).unwrap_or(0));
-    }
-    let n = (values.len() / channels).max(1) as f64;
-    Ok(match norm {
-        Normalization::None => ChannelAffine::identity(channels),
-        Normalization::Standardization => {
-            // Two-pass variance for accuracy: mean first, then squared deviations.
-            let mean: Vec<f64> = sum.iter().map(|s| s / n).collect();
-            let mut dev = vec![0.0f64; channels];
-            for row in values.chunks_exact(channels) {
-                for (c, &x) in row.iter().enumerate() {
-                    let d = x as f64 - mean[c];
-                    dev[c] += d * d;
-                }
-            }
-            ChannelAffine {
-                offset: mean.iter().map(|&m| m as f32).collect(),
-                factor: dev.iter().map(|&d| (1.0 / ((d / n).sqrt() + 1e-8)) as f32).collect(),
-            }
-        }
-        Normalization::MinMax => ChannelAffine {
-            offset: lo.clone(),
-            factor: lo
-                .iter()
-                .zip(&hi)
-                .map(|(&l, &h)| {
-                    let r = (h as f64) - (l as f64);
-                    if r == 0.0 { 1.0 } else { (1.0 / r) as f32 }
-                })
-                .collect(),
-        },
-    })
+    let mut stats = ChannelStats::new(channels);
+    stats.add(values)?;
+    Ok(stats.affine(norm))
 }
 
 #[cfg(test)]
@@ -176,16 +221,37 @@ mod tests {
     }
 
     #[test]
+    fn statistics_merged_block_by_block_match_the_whole_signal() {
+        let v: Vec<f32> = (0..30_001 * 3).map(|i| ((i as f32) * 0.37).sin() * 5.0 + (i % 3) as f32 * 100.0 + 1e4).collect();
+        for norm in [Normalization::Standardization, Normalization::MinMax] {
+            let whole = channel_affine(&v, 3, norm).unwrap();
+            for block_rows in [1usize, 7, 4096, 30_001] {
+                let mut s = ChannelStats::new(3);
+                for b in v.chunks(block_rows * 3) {
+                    s.add(b).unwrap();
+                }
+                let a = s.affine(norm);
+                for c in 0..3 {
+                    assert!((a.offset[c] - whole.offset[c]).abs() <= 1e-3 && ((a.factor[c] - whole.factor[c]) / whole.factor[c]).abs() < 1e-6, "{norm} blocks of {block_rows}: {a:?} vs {whole:?}");
+                }
+            }
+        }
+        let mut s = ChannelStats::new(2);
+        s.add(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(s.add(&[5.0, f32::NAN]), Err(5), "index counted from the first value added");
+    }
+
+    #[test]
     fn non_finite_values_are_found() {
         assert_eq!(channel_affine(&[1.0, f32::NAN, 2.0], 1, Normalization::None), Err(1));
         assert_eq!(channel_affine(&[1.0, 2.0, f32::INFINITY, 0.0], 2, Normalization::MinMax), Err(2));
     }
 
     #[test]
-    fn names_parse_and_unknown_is_an_error_naming_the_key() {
+    fn names_parse_and_unknown_is_an_error_naming_the_setting() {
         assert_eq!("true".parse::<Normalization>().unwrap(), Normalization::Standardization);
         assert_eq!("minmax".parse::<Normalization>().unwrap(), Normalization::MinMax);
-        let e = "zlog".parse::<Normalization>().unwrap_err().to_string();
-        assert!(e.contains("data.normalization") && e.contains("zlog"), "{e}");
+        let e = "zlog".parse::<Normalization>().unwrap_err();
+        assert!(matches!(&e, SignalError::Invalid { setting: Setting::Normalization, reason } if reason.contains("zlog")), "{e}");
     }
 }

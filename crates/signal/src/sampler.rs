@@ -9,7 +9,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::batch::{BatchBuilder, ContrastiveBatch};
-use crate::error::{Result, SignalError};
+use crate::error::{Result, Setting, SignalError};
 use crate::rng::{mix_seed, Rng};
 
 /// Sampler settings.
@@ -57,6 +57,9 @@ pub fn batches_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize 
 }
 
 /// A prefetching iterator of `(position, batch)`.
+/// The deepest prefetch the sampler accepts: batches beyond a few ahead only cost memory.
+pub const MAX_PREFETCH: usize = 1024;
+
 pub struct BatchSampler {
     rx: Option<Receiver<Result<(BatchPos, ContrastiveBatch)>>>,
     recycle: Sender<ContrastiveBatch>,
@@ -76,16 +79,25 @@ impl BatchSampler {
     /// compute device) where given.
     pub fn in_pool(pool: Option<Arc<rayon::ThreadPool>>, builder: Arc<BatchBuilder>, ids: &[u64], cfg: SamplerConfig, start: BatchPos) -> Result<Self> {
         if cfg.batch_size == 0 {
-            return Err(SignalError::config("data.batch_size", "must be > 0"));
+            return Err(SignalError::invalid(Setting::BatchSize, "must be > 0"));
         }
+        if cfg.prefetch > MAX_PREFETCH {
+            return Err(SignalError::invalid(Setting::Prefetch, format!("{} batches ahead is more than the {MAX_PREFETCH} the sampler keeps", cfg.prefetch)));
+        }
+        // Batches in flight: the prefetched ones, the one being built and those recycled.
+        let (window, channels) = (builder.window().window_size, builder.channels());
+        limits::check(
+            || format!("{} prefetched batches of 2 × {} windows of {window} × {channels}", cfg.prefetch + 3, cfg.batch_size),
+            limits::bytes(&[cfg.prefetch + 3, 2, cfg.batch_size, window, channels], 4),
+        )?;
         let usable = match &pool {
             Some(p) => p.install(|| builder.usable_ids(ids))?,
             None => builder.usable_ids(ids)?,
         };
         let per_epoch = batches_per_epoch(usable.len(), cfg.batch_size, cfg.drop_last);
         if per_epoch == 0 {
-            return Err(SignalError::config(
-                "data.batch_size",
+            return Err(SignalError::invalid(
+                Setting::BatchSize,
                 format!("{} usable Ids cannot fill one batch of {}", usable.len(), cfg.batch_size),
             ));
         }

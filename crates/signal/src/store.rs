@@ -70,6 +70,7 @@ pub trait SignalStore: Send + Sync {
     /// Reads a whole sample, `(L, C)` row-major.
     fn read(&self, id: u64) -> Result<Vec<f32>> {
         let info = self.info(id)?;
+        limits::check(|| format!("{}: reading Id {id} whole ({} × {} float32)", self.path().display(), info.length, info.channels), limits::bytes(&[info.length, info.channels], 4))?;
         let mut out = vec![0.0; info.length * info.channels];
         self.read_rows_into(id, 0, info.length, &mut out)?;
         Ok(out)
@@ -140,6 +141,7 @@ impl Hdf5Store {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = open_h5(&path)?;
+        let file_bytes = std::fs::metadata(&path).map_err(|e| SignalError::Io { path: path.clone(), source: e })?.len();
         let mut samples = Vec::new();
         let mut ignored = Vec::new();
         let mut names = file.dataset_names();
@@ -149,7 +151,7 @@ impl Hdf5Store {
                 ignored.push(IgnoredDataset { name, reason: "name is not a decimal Id".into() });
                 continue;
             };
-            match describe(&file, &name, id) {
+            match describe(&file, &name, id, file_bytes) {
                 Ok(info) => samples.push(info),
                 Err(reason) => ignored.push(IgnoredDataset { name, reason }),
             }
@@ -188,7 +190,9 @@ impl Hdf5Store {
     }
 }
 
-fn describe(file: &H5File, name: &str, id: u64) -> std::result::Result<SampleInfo, String> {
+/// What a dataset declares, checked against what the file can hold: a declared shape is a
+/// claim, and a corrupt or hostile file can claim exabytes. Nothing is allocated from it here.
+fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result::Result<SampleInfo, String> {
     let ds = file.dataset(name).map_err(|e| e.to_string())?;
     let shape = ds.shape();
     let (length, channels) = match shape.as_slice() {
@@ -200,17 +204,37 @@ fn describe(file: &H5File, name: &str, id: u64) -> std::result::Result<SampleInf
         return Err("zero channels".into());
     }
     let dtype = sample_type(&ds.datatype().map_err(|e| e.to_string())?)?;
-    let chunked = matches!(ds.storage_layout(), Ok(StorageLayout::Chunked));
-    if chunked {
-        // A corrupt layout can declare chunks of exabytes; the reader would try to allocate one
-        // (an abort, not an error). Refuse chunks larger than the whole dataset and 64 MiB.
-        let elem = if dtype == SampleType::F32 { 4u128 } else { 8 };
-        let chunk_bytes = ds.chunk_dims().unwrap_or_default().iter().fold(elem, |a, &d| a.saturating_mul(d as u128));
-        let total = (length as u128).saturating_mul(channels as u128).saturating_mul(elem);
-        if chunk_bytes > (64u128 << 20).max(total) {
-            return Err(format!("chunk of {chunk_bytes} bytes for a dataset of {total} bytes: corrupt layout"));
-        }
+    let elem = if dtype == SampleType::F32 { 4 } else { 8 };
+    let total = limits::bytes(&[length, channels], elem);
+    if total > isize::MAX as u128 {
+        return Err(format!("shape ({length}, {channels}) is larger than any address space"));
     }
+    match ds.storage_layout() {
+        Ok(StorageLayout::Chunked) => {
+            // A corrupt layout can declare chunks of exabytes, and the reader allocates a whole
+            // chunk to read any part of it. HDF5 itself caps chunks below 4 GiB.
+            let dims = ds.chunk_dims().unwrap_or_default();
+            let chunk_bytes = limits::bytes(&dims, elem);
+            if chunk_bytes > (64u128 << 20).max(total).min(4 << 30) {
+                return Err(format!("chunk of {} for a dataset of {}: corrupt layout", limits::human(chunk_bytes), limits::human(total)));
+            }
+            limits::budget().check(|| format!("a chunk of {}", limits::human(chunk_bytes)), chunk_bytes).map_err(|e| e.to_string())?;
+            // Chunks never written read as the fill value, so a chunked dataset can declare any
+            // size in a small file. The values must be in the file: at most as compressed as
+            // deflate can (1032:1), and not at all without a filter.
+            let ratio = if ds.filters().is_ok_and(|f| f.is_empty()) { 1 } else { 1032 };
+            if total > (file_bytes as u128).saturating_mul(ratio) {
+                return Err(format!("shape ({length}, {channels}) needs {} of data, more than the file's {} can hold{}: never written, truncated or corrupt", limits::human(total), limits::human(file_bytes as u128), if ratio > 1 { " compressed" } else { "" }));
+            }
+        }
+        // Contiguous values lie in the file itself (unless it names external files): a shape
+        // that needs more bytes than the file has is a lie, a file cut short, or never written.
+        Ok(StorageLayout::Contiguous) if total > file_bytes as u128 && ds.external_files().is_ok_and(|f| f.is_empty()) => {
+            return Err(format!("shape ({length}, {channels}) needs {} of contiguous data, but the file holds {}: truncated or corrupt", limits::human(total), limits::human(file_bytes as u128)));
+        }
+        _ => {}
+    }
+    let chunked = matches!(ds.storage_layout(), Ok(StorageLayout::Chunked));
     Ok(SampleInfo { id, length, channels, dtype, chunked, rank: shape.len() })
 }
 

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use rayon::prelude::*;
 
-use crate::error::{Result, SignalError};
+use crate::error::{Result, Setting, SignalError};
 use crate::meta::{MetaRow, Metadata};
 use crate::rng::{mix_seed, Rng};
 use crate::store::{write_store, Layout, SampleData};
@@ -30,7 +30,7 @@ impl FromStr for Complexity {
             "simple" => Ok(Complexity::Simple),
             "medium" => Ok(Complexity::Medium),
             "complex" => Ok(Complexity::Complex),
-            other => Err(SignalError::config("complexity", format!("unknown {other:?}; expected simple, medium or complex"))),
+            other => Err(SignalError::invalid(Setting::Complexity, format!("unknown {other:?}; expected simple, medium or complex"))),
         }
     }
 }
@@ -67,12 +67,16 @@ impl Default for SynthConfig {
 }
 
 impl SynthConfig {
+    /// Sizes above zero, and the signals fit in the memory budget: generation holds every signal
+    /// until the store is written whole.
     pub fn validate(&self) -> Result<()> {
-        for (k, v) in [("count", self.count), ("length", self.length), ("channels", self.channels), ("classes", self.classes)] {
+        for (setting, v) in [(Setting::Count, self.count), (Setting::Length, self.length), (Setting::Channels, self.channels), (Setting::Classes, self.classes)] {
             if v == 0 {
-                return Err(SignalError::config(k, "must be > 0"));
+                return Err(SignalError::invalid(setting, "must be > 0"));
             }
         }
+        limits::check(|| format!("one generated signal of {} × {} float32", self.length, self.channels), limits::bytes(&[self.length, self.channels], 4))?;
+        limits::check(|| format!("{} generated signals of {} × {} float32", self.count, self.length, self.channels), limits::bytes(&[self.count, self.length, self.channels], 4))?;
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use crate::error::{Result, SignalError};
+use crate::error::{Result, Setting, SignalError};
 use crate::rng::Rng;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,8 +23,8 @@ impl FromStr for WindowStrategy {
             "sequential" => Ok(WindowStrategy::Sequential),
             "random" => Ok(WindowStrategy::Random),
             "evenly_spaced" | "evenly-spaced" | "even" => Ok(WindowStrategy::EvenlySpaced),
-            other => Err(SignalError::config(
-                "data.window_sampling_strategy",
+            other => Err(SignalError::invalid(
+                Setting::WindowStrategy,
                 format!("unknown strategy {other:?}; expected sequential, random or evenly_spaced"),
             )),
         }
@@ -61,9 +61,9 @@ impl Default for WindowConfig {
 
 impl WindowConfig {
     pub fn validate(&self) -> Result<()> {
-        for (key, v) in [("data.window_size", self.window_size), ("data.stride", self.stride), ("data.num_window", self.num_window)] {
+        for (setting, v) in [(Setting::WindowSize, self.window_size), (Setting::Stride, self.stride), (Setting::NumWindow, self.num_window)] {
             if v == 0 {
-                return Err(SignalError::config(key, "must be > 0"));
+                return Err(SignalError::invalid(setting, "must be > 0"));
             }
         }
         Ok(())
@@ -214,16 +214,16 @@ mod tests {
     }
 
     #[test]
-    fn zero_sizes_and_unknown_strategy_are_errors_naming_the_key() {
-        for (c, key) in [
-            (cfg(0, 1, 2, WindowStrategy::Random), "data.window_size"),
-            (cfg(8, 0, 2, WindowStrategy::Random), "data.stride"),
-            (cfg(8, 1, 0, WindowStrategy::Random), "data.num_window"),
+    fn zero_sizes_and_unknown_strategy_are_errors_naming_the_setting() {
+        for (c, setting) in [
+            (cfg(0, 1, 2, WindowStrategy::Random), Setting::WindowSize),
+            (cfg(8, 0, 2, WindowStrategy::Random), Setting::Stride),
+            (cfg(8, 1, 0, WindowStrategy::Random), Setting::NumWindow),
         ] {
-            let e = c.validate().unwrap_err().to_string();
-            assert!(e.contains(key), "{e}");
+            let e = c.validate().unwrap_err();
+            assert!(matches!(e, SignalError::Invalid { setting: s, .. } if s == setting), "{e}");
         }
-        let e = "spiral".parse::<WindowStrategy>().unwrap_err().to_string();
-        assert!(e.contains("window_sampling_strategy") && e.contains("spiral"), "{e}");
+        let e = "spiral".parse::<WindowStrategy>().unwrap_err();
+        assert!(matches!(&e, SignalError::Invalid { setting: Setting::WindowStrategy, reason } if reason.contains("spiral")), "{e}");
     }
 }

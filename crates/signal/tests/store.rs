@@ -244,19 +244,16 @@ fn sampler_is_deterministic_covers_each_epoch_and_resumes() {
 }
 
 #[test]
-fn zero_batch_size_and_zero_window_are_errors_naming_the_key() {
+fn zero_batch_size_zero_window_and_absurd_prefetch_are_errors_naming_the_setting() {
     let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture("default_f32.h5")).unwrap());
-    let e = BatchBuilder::new(store.clone(), PreprocessConfig::default(), WindowConfig { window_size: 0, ..Default::default() })
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("window_size"), "{e}");
+    let e = BatchBuilder::new(store.clone(), PreprocessConfig::default(), WindowConfig { window_size: 0, ..Default::default() }).err().unwrap();
+    assert!(matches!(e, SignalError::Invalid { setting: Setting::WindowSize, .. }), "{e}");
     let b = Arc::new(BatchBuilder::new(store, PreprocessConfig::default(), WindowConfig { window_size: 16, ..Default::default() }).unwrap());
-    let e = BatchSampler::new(b, &[1, 2], SamplerConfig { batch_size: 0, ..Default::default() }, BatchPos::default())
-        .err()
-        .unwrap()
-        .to_string();
-    assert!(e.contains("batch_size"), "{e}");
+    let e = BatchSampler::new(b.clone(), &[1, 2], SamplerConfig { batch_size: 0, ..Default::default() }, BatchPos::default()).err().unwrap();
+    assert!(matches!(e, SignalError::Invalid { setting: Setting::BatchSize, .. }), "{e}");
+    // A prefetch depth a user typed (`data.prefetch=1e12`) is an error, not a channel of 10¹² slots.
+    let e = BatchSampler::new(b, &[1, 2], SamplerConfig { batch_size: 1, prefetch: 1_000_000_000_000, ..Default::default() }, BatchPos::default()).err().unwrap();
+    assert!(matches!(&e, SignalError::Invalid { setting: Setting::Prefetch, reason } if reason.contains("1000000000000")), "{e}");
 }
 
 #[test]
@@ -299,4 +296,25 @@ fn fuzz_found_huge_chunk_layout_is_refused_not_allocated() {
     for s in store.samples() {
         assert_eq!(store.read(s.id).unwrap().len(), s.length * s.channels);
     }
+}
+
+#[test]
+fn declared_shapes_that_the_file_cannot_hold_are_reported_not_allocated() {
+    // h5py datasets that declare 10¹¹ × 2 float32 (800 GB) and were never written, in a 34 kB
+    // file: neither becomes a sample whose statistics pass would read 800 GB of fill values.
+    for (file, reason) in [("liar_contiguous.h5", "truncated or corrupt"), ("liar_chunked.h5", "never written")] {
+        let store = Hdf5Store::open(fixture(file)).unwrap();
+        assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![2], "{file}");
+        let ignored = &store.ignored()[0];
+        assert_eq!(ignored.name, "1");
+        assert!(ignored.reason.contains("800.0 GB") && ignored.reason.contains(reason), "{file}: {}", ignored.reason);
+    }
+}
+
+#[test]
+fn a_sheet_with_a_far_away_cell_is_read_by_its_cells_not_as_a_dense_range() {
+    // Cells at A1..B3 and XFD1048576: a dense range would be 1.7·10¹⁰ cells. Read cell by cell,
+    // the far cell is a row without an Id, named by its row in the sheet.
+    let e = Metadata::load(fixture("meta_far_cell.xlsx")).unwrap_err().to_string();
+    assert!(e.contains("meta_far_cell.xlsx") && e.contains("row 1048576: empty Id"), "{e}");
 }

@@ -397,7 +397,7 @@ const ISFM_KEYS: &[&str] = &["num_patches", "patch_size_L", "patch_size_C", "d_m
 impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`), validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
+        let text = files::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
         Self::from_yaml(&text, overrides).map_err(|e| match e {
             TrainError::Yaml(reason) => TrainError::Yaml(format!("{}: {reason}", path.display())),
             other => other,
@@ -471,6 +471,22 @@ impl Config {
         }
         if t.max_steps == Some(0) {
             return bad("trainer.max_steps", "must be > 0".into());
+        }
+        // Upper bounds where a number sizes something: beyond them no run makes sense, and the
+        // memory they would take is checked against the budget when the run is built.
+        let caps = [
+            ("data.prefetch", d.prefetch, signal::sampler::MAX_PREFETCH),
+            ("data.batch_size", d.batch_size, engine::encoders::MAX_ROWS / 2),
+            ("data.num_window", d.num_window, 1 << 20),
+            ("model.embedding_dim", m.embedding_dim, engine::encoders::MAX_WIDTH),
+            ("model.projection_dim", m.projection_dim.unwrap_or(1), engine::encoders::MAX_WIDTH),
+            ("trainer.save_top_k", t.save_top_k, 1 << 16),
+            ("trainer.accumulate_grad_batches", t.accumulate_grad_batches, 1 << 20),
+        ];
+        for (key, v, max) in caps {
+            if v > max {
+                return bad(key, format!("{v} is more than {max}"));
+            }
         }
         if !(0.0..1.0).contains(&d.val_fraction) {
             return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
@@ -614,6 +630,23 @@ pub fn setting_key(s: engine::Setting) -> &'static str {
         FeedForward => "model.d_ff",
         Dropout => "model.dropout",
         Activation => "model.activation",
+    }
+}
+
+/// The YAML key of a data-pipeline setting.
+pub fn signal_setting_key(s: signal::Setting) -> &'static str {
+    use signal::Setting::*;
+    match s {
+        WindowSize => "data.window_size",
+        Stride => "data.stride",
+        NumWindow => "data.num_window",
+        WindowStrategy => "data.window_sampling_strategy",
+        Normalization => "data.normalization",
+        TruncateLength => "data.truncate_length",
+        TimeSplit => "data.time_split",
+        BatchSize => "data.batch_size",
+        Prefetch => "data.prefetch",
+        Count | Length | Channels | Classes | Complexity => "data (a generator setting)",
     }
 }
 

@@ -16,16 +16,31 @@ pub enum TrainError {
         #[source]
         source: std::io::Error,
     },
+    /// A data-pipeline error other than a bad setting (those become [`TrainError::Config`]).
     #[error(transparent)]
-    Signal(#[from] signal::SignalError),
+    Signal(signal::SignalError),
     #[error(transparent)]
     Engine(#[from] engine::EngineError),
+    /// A size from a file, a key or a flag that does not fit in the memory budget.
+    #[error(transparent)]
+    OverBudget(#[from] limits::OverBudget),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
     #[error("non-finite loss ({loss}) at step {step} (epoch {epoch}); training stopped, the last good checkpoint is intact")]
     NonFinite { step: u64, epoch: usize, loss: f32 },
     #[error("{0}")]
     Data(String),
+}
+
+impl From<signal::SignalError> for TrainError {
+    /// A setting of the data pipeline is named by its YAML key.
+    fn from(e: signal::SignalError) -> Self {
+        match e {
+            signal::SignalError::Invalid { setting, reason } => TrainError::Config { key: crate::config::signal_setting_key(setting).into(), reason },
+            signal::SignalError::OverBudget(e) => TrainError::OverBudget(e),
+            other => TrainError::Signal(other),
+        }
+    }
 }
 
 impl TrainError {

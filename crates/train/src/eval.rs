@@ -223,6 +223,12 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
         return Err(TrainError::Checkpoint { path: file, reason: format!("its encoder takes windows of {}, its configuration cuts {} ({:?} input)", arch.window, w, cfg.data.input) });
     }
     let builder = BatchBuilder::new(ds.store.clone(), cfg.preprocess(), WindowConfig { window_size: w, ..WindowConfig::default() })?;
+    // Every probe window is held at once: its values (4 bytes each), its spectrum (half as many)
+    // and the probe's f64 copies of the spectrum features (fit and test standardized).
+    limits::check(
+        || format!("`--windows {}`: {} Ids × 2 regions × {} windows of {w} × {channels} (with their spectra and probe features)", opts.windows, ds.ids.len(), opts.windows),
+        limits::bytes(&[ds.ids.len(), 2, opts.windows, w, channels], 14),
+    )?;
     let set = probe_windows(ds, &builder, w, opts.windows, opts.split, &opts.label, opts.time_fraction, opts.seed)?;
     let rates = sample_rates(ds);
     let inputs = Inputs::with_rates(cfg.data.input, w, channels, rates.clone())?;

@@ -207,8 +207,13 @@ struct TopEntry {
 }
 
 impl TopK {
+    /// The index beside the checkpoints. Its names are deleted when they leave the top k, so an
+    /// entry that is not a plain `best-…` directory name (an edited or foreign index: `..`, a
+    /// path) is dropped rather than trusted.
     fn load(path: &Path) -> Self {
-        std::fs::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+        let mut top: TopK = files::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        top.entries.retain(|e| e.name.starts_with("best-") && !e.name.contains(['/', '\\']) && !e.name.contains(".."));
+        top
     }
 
     fn sort(&mut self, mode: Mode) {
@@ -279,10 +284,16 @@ impl<'a, D: Device> Trainer<'a, D> {
         let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
         let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
 
-        let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(engine_error)?;
-        let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(engine_error)?;
+        // What the model's sizes ask of memory is named by the keys that set them.
+        let sized_by = || format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed);
+        let in_context = |e: engine::EngineError| match e {
+            engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),
+            other => engine_error(other),
+        };
+        let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
+        let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(in_context)?;
         if let Some(dim) = cfg.model.projection_dim {
-            step = step.with_projection(dim).map_err(engine_error)?;
+            step = step.with_projection(dim).map_err(in_context)?;
         }
         let mut state = TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
         if let Some(dir) = resume {
@@ -362,7 +373,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         let rates = self.inputs.rates(&batch.ids);
         let out = self.step.forward_backward(Pairs::new(&a, &p).with_rates(&rates), micro > 0, 1.0 / accum as f32).map_err(engine_error)?;
         if !out.loss.is_finite() {
-            return Err(TrainError::NonFinite { step: self.state.step + 1, epoch: pos.epoch, loss: out.loss });
+            return Err(TrainError::NonFinite { step: self.state.step.saturating_add(1), epoch: pos.epoch, loss: out.loss });
         }
         self.samples += batch.len();
         self.epoch_stats.loss += out.loss as f64;
@@ -387,10 +398,10 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     /// The optimizer step and its log line; `Break` when the observer asks to stop.
     fn optimizer_step(&mut self, pos: BatchPos, loss: f32, accuracy: f32) -> Result<ControlFlow<()>> {
-        let lr = learning_rate(self.cfg, self.step.step + 1, self.total_steps);
+        let lr = learning_rate(self.cfg, self.step.step.saturating_add(1), self.total_steps);
         let (grad_norm, skipped) = self.step.optimizer_step(lr);
         if skipped {
-            return Err(TrainError::NonFinite { step: self.step.step + 1, epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
+            return Err(TrainError::NonFinite { step: self.step.step.saturating_add(1), epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
         }
         self.state.step = self.step.step;
         let sl = StepLog {

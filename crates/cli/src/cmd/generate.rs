@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use signal::synth::{generate, SynthConfig};
-use signal::{Complexity, Layout};
+use signal::{Complexity, Layout, Setting, SignalError};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,11 +34,11 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let cfg = SynthConfig { complexity: a.complexity, count: a.count, length: a.length, channels: a.channels, seed: a.seed, ..Default::default() };
-    cfg.validate()?;
+    cfg.validate().map_err(named_by_flag)?;
     let pb = crate::progress::bar(a.count as u64, "generate");
     let layout = if a.chunked { Layout::Chunked { rows: 4096, gzip: 4 } } else { Layout::Contiguous };
     let t0 = std::time::Instant::now();
-    let g = generate(&cfg, &a.out, &a.name, layout, &|n| pb.set_position(n as u64))?;
+    let g = generate(&cfg, &a.out, &a.name, layout, &|n| pb.set_position(n as u64)).map_err(named_by_flag)?;
     pb.finish_and_clear();
     println!(
         "wrote {} Ids x {} x {} ({}) in {:.2} s\n  {}\n  {}",
@@ -51,4 +51,21 @@ pub fn run(a: Args) -> Result<()> {
         g.meta.display()
     );
     Ok(())
+}
+
+/// A generator setting's error, named by this command's flag.
+fn named_by_flag(e: SignalError) -> anyhow::Error {
+    match e {
+        SignalError::Invalid { setting, reason } => {
+            let flag = match setting {
+                Setting::Count => "--count",
+                Setting::Length => "--length",
+                Setting::Channels => "--channels",
+                Setting::Complexity => "--complexity",
+                _ => "setting",
+            };
+            anyhow::anyhow!("invalid {flag}: {reason}")
+        }
+        other => other.into(),
+    }
 }

@@ -415,6 +415,10 @@ impl Device for CpuDevice {
         let Some(need) = need else {
             return Err(EngineError::OutOfMemory { bytes: (self.mem.len() as u128 + len as u128) * 4, reason: "more than the address space".into() });
         };
+        // Everything the device holds lives in this one arena, so its size after the growth is
+        // what the budget must allow (under overcommit a failed reservation would surface only
+        // as the OOM killer when the pages are touched).
+        limits::check(|| format!("the CPU device's buffers ({} floats, {} more)", need, len), need as u128 * 4)?;
         let v = View::new(self.id, self.mem.len(), len);
         if need > self.mem.capacity() {
             // Grow into a fresh region advised for huge pages before any page of it is touched.

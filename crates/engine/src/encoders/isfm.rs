@@ -90,10 +90,14 @@ impl IsfmConfig {
         if !matches!(self.activation, Activation::Relu | Activation::Gelu) {
             return Err(EngineError::invalid(Setting::Activation, format!("{} is not relu or gelu", self.activation)));
         }
-        for (setting, v) in [(Setting::DModel, self.d_model), (Setting::FeedForward, self.d_ff), (Setting::PatchLen, 2 * self.patch_size_l * self.patch_size_c)] {
-            if v > 1 << 20 {
-                return Err(EngineError::invalid(setting, format!("{v} is larger than 2^20")));
+        let patch_values = self.patch_size_l.saturating_mul(self.patch_size_c).saturating_mul(2);
+        for (setting, v) in [(Setting::DModel, self.d_model), (Setting::FeedForward, self.d_ff), (Setting::PatchLen, patch_values)] {
+            if v > super::MAX_WIDTH {
+                return Err(EngineError::invalid(setting, format!("{v} is larger than {}", super::MAX_WIDTH)));
             }
+        }
+        if self.e_layers > super::MAX_LAYERS {
+            return Err(EngineError::invalid(Setting::Layers, format!("{} is more than {}", self.e_layers, super::MAX_LAYERS)));
         }
         Ok(())
     }

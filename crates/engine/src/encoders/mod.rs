@@ -151,6 +151,9 @@ impl EncoderConfig {
         if self.window.checked_mul(self.channels).is_none_or(|n| n > u32::MAX as usize) {
             return Err(EngineError::invalid(Setting::Window, format!("a window of {} × {} values is too large", self.window, self.channels)));
         }
+        if self.embed > MAX_WIDTH {
+            return Err(EngineError::invalid(Setting::Embedding, format!("{} is larger than {MAX_WIDTH}", self.embed)));
+        }
         match &self.arch {
             Arch::Cnn(c) => c.validate(self.window),
             Arch::Isfm(c) => c.validate(self.window, self.channels),
@@ -213,6 +216,11 @@ impl EncoderConfig {
         if max_rows == 0 {
             return Err(EngineError::invalid(Setting::Batch, "must be > 0"));
         }
+        // With rows, widths and patch counts capped, no buffer size below can overflow usize;
+        // the device checks each against the memory budget.
+        if max_rows > MAX_ROWS {
+            return Err(EngineError::invalid(Setting::Batch, format!("{max_rows} windows per forward is more than {MAX_ROWS}")));
+        }
         let tensors = self.tensors()?;
         let arenas = tensors.allocate(&mut device, seed)?;
         let net = match &self.arch {
@@ -227,6 +235,13 @@ impl EncoderConfig {
         Ok(Encoder { device, cfg: self.clone(), arenas, net, x, rates, dz, max_rows, last_forward: None })
     }
 }
+
+/// The widest layer (d_model, d_ff, channels of a block, embedding) an encoder accepts.
+pub const MAX_WIDTH: usize = 1 << 20;
+/// The most windows one forward takes (both views of a batch).
+pub const MAX_ROWS: usize = 1 << 24;
+/// The most layers (Transformer layers, CNN blocks) an encoder accepts.
+pub const MAX_LAYERS: usize = 1024;
 
 /// Derives a per-use key from a seed: `(seed, a, b)` → 64 random bits.
 pub fn mix_key(seed: u64, a: u64, b: u64) -> u64 {

@@ -1,0 +1,171 @@
+//! Hostile inputs across every command, each run under an address-space limit (`ulimit -v`): the
+//! process must end with exit code 1 and a message naming the culprit (file, Id, key or flag),
+//! never a panic, an allocation failure or a signal. Sizes a user can type, sizes a file can
+//! declare, and checkpoints cut short or from elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The address-space limit of every case, in KiB (4 GiB: far below what the absurd sizes ask).
+const ULIMIT_KB: u64 = 4 << 20;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn fixture(name: &str) -> String {
+    root().join("tests/fixtures").join(name).display().to_string()
+}
+
+/// Runs the binary with `args` under the address-space limit.
+fn run_limited(args: &[String]) -> Output {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_contrastive-id"))
+        .args(args)
+        .env_remove("CID_MEMORY_BUDGET")
+        .output()
+        .expect("sh runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A small store and table, and a short run's checkpoint on them (the cnn, windows of 256).
+struct Setup {
+    _dir: tempfile::TempDir,
+    dir: PathBuf,
+    data: String,
+    meta: String,
+    ckpt: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let ok = |o: Output| assert!(o.status.success(), "{}", text(&o));
+    ok(Command::new(env!("CARGO_BIN_EXE_contrastive-id")).args(["generate", "--count", "8", "--length", "4096", "--channels", "2", "--out"]).arg(&dir).output().unwrap());
+    let (data, meta) = (dir.join("synthetic.h5").display().to_string(), dir.join("synthetic.csv").display().to_string());
+    let save = dir.join("save").display().to_string();
+    let mut train = Command::new(env!("CARGO_BIN_EXE_contrastive-id"));
+    train.args(["train", "--config"]).arg(root().join("configs/debug.yaml")).args(["--data", &data, "--meta", &meta]);
+    for o in ["model.name=cnn", "data.window_size=256", "data.batch_size=4", "trainer.max_steps=2", &format!("environment.save_dir={save}"), "environment.experiment_name=r"] {
+        train.args(["--override", o]);
+    }
+    ok(train.output().unwrap());
+    let ckpt = dir.join("save/r/checkpoints/last");
+    Setup { _dir: tmp, dir, data, meta, ckpt }
+}
+
+/// `train` on the setup's data with debug.yaml and these overrides.
+fn train_with(s: &Setup, overrides: &[&str]) -> Vec<String> {
+    let mut a = strings(&["train", "--config"]);
+    a.push(root().join("configs/debug.yaml").display().to_string());
+    a.extend(strings(&["--data", &s.data, "--meta", &s.meta, "--override", &format!("environment.save_dir={}", s.dir.join("hostile").display())]));
+    for o in overrides {
+        a.push("--override".into());
+        a.push(o.to_string());
+    }
+    a
+}
+
+fn evaluate_with(s: &Setup, ckpt: &Path, extra: &[&str]) -> Vec<String> {
+    let mut a = strings(&["evaluate", "--checkpoint", &ckpt.display().to_string(), "--data", &s.data, "--meta", &s.meta]);
+    a.extend(strings(extra));
+    a
+}
+
+#[test]
+fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
+    let s = setup();
+    // Checkpoints: cut short, and foreign bytes under the right name.
+    let cut = s.dir.join("cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    let model = std::fs::read(s.ckpt.join("model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &model[..model.len() / 2]).unwrap();
+    let foreign = s.dir.join("foreign");
+    std::fs::create_dir_all(&foreign).unwrap();
+    let mut header = br#"{"x":{"dtype":"F32","shape":[1000000000000,1000000000000],"data_offsets":[0,4]}}"#.to_vec();
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.append(&mut header);
+    bytes.extend_from_slice(&[0u8; 4]);
+    std::fs::write(foreign.join("model.safetensors"), &bytes).unwrap();
+    let state_cut = s.dir.join("state_cut");
+    std::fs::create_dir_all(&state_cut).unwrap();
+    std::fs::copy(s.ckpt.join("model.safetensors"), state_cut.join("model.safetensors")).unwrap();
+    let state = std::fs::read(s.ckpt.join("training_state.safetensors")).unwrap();
+    std::fs::write(state_cut.join("training_state.safetensors"), &state[..state.len() / 3]).unwrap();
+    let tables = |h5: &str| -> Vec<String> {
+        let csv = s.dir.join("liar.csv");
+        std::fs::write(&csv, "Id,Label\n1,0\n2,1\n").unwrap();
+        let mut a = strings(&["train", "--config"]);
+        a.push(root().join("configs/debug.yaml").display().to_string());
+        a.extend(strings(&["--data", &fixture(h5), "--meta", &csv.display().to_string(), "--override", "data.window_size=256", "--override", "model.name=cnn", "--override", &format!("environment.save_dir={}", s.dir.join("h").display())]));
+        a
+    };
+    let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
+    resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // Sizes a file declares.
+        (tables("liar_contiguous.h5"), "800.0 GB"),
+        (tables("liar_chunked.h5"), "800.0 GB"),
+        (strings(&["inspect", "--data", &s.data, "--meta", &fixture("meta_far_cell.xlsx")]), "row 1048576"),
+        // Config numbers.
+        (train_with(&s, &["data.prefetch=1e12"]), "data.prefetch"),
+        (train_with(&s, &["data.batch_size=1000000000"]), "data.batch_size"),
+        (train_with(&s, &["data.batch_size=0"]), "data.batch_size"),
+        (train_with(&s, &["data.batch_size=-3"]), "data.batch_size"),
+        (train_with(&s, &["data.window_size=4000000000"]), "data.window_size"),
+        (train_with(&s, &["data.num_window=1e15"]), "data.num_window"),
+        (train_with(&s, &["data.num_workers=100000000"]), "data.num_workers"),
+        (train_with(&s, &["model.d_model=1000000000"]), "model.d_model"),
+        (train_with(&s, &["model.d_ff=1e12"]), "model.d_ff"),
+        (train_with(&s, &["model.e_layers=1000000000"]), "model.e_layers"),
+        (train_with(&s, &["model.num_patches=1000000000"]), "model.num_patches"),
+        (train_with(&s, &["model.patch_size_L=1e12"]), "model.patch_size_L"),
+        (train_with(&s, &["model.embedding_dim=1e12"]), "model.embedding_dim"),
+        (train_with(&s, &["model.projection_dim=1000000000"]), "model.projection_dim"),
+        (train_with(&s, &["trainer.max_steps=-1"]), "trainer.max_steps"),
+        (train_with(&s, &["trainer.accumulate_grad_batches=1e15"]), "trainer.accumulate_grad_batches"),
+        (train_with(&s, &["trainer.save_top_k=1e12"]), "trainer.save_top_k"),
+        // Sizes under every cap whose product is past the memory limit: named by the keys.
+        (train_with(&s, &["model.name=mlp-complex", "data.window_size=256", "data.batch_size=4", "model.embedding_dim=1000000"]), "model.embedding_dim = 1000000"),
+        // CLI counts.
+        (evaluate_with(&s, &s.ckpt, &["--windows", "100000000"]), "--windows 100000000"),
+        (evaluate_with(&s, &s.ckpt, &["--windows", "0"]), "--windows"),
+        (strings(&["generate", "--length", "99999999999999", "--channels", "99999", "--out", &s.dir.join("g").display().to_string()]), "99999999999999"),
+        (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 generated signals"),
+        (strings(&["bench", "--threads", "100000000", "--test", "hardware", "--save-dir", &s.dir.join("b").display().to_string()]), "--threads"),
+        // Checkpoints cut short or from elsewhere.
+        (evaluate_with(&s, &cut, &[]), "model.safetensors"),
+        (evaluate_with(&s, &foreign, &[]), "model.safetensors"),
+        (resume, "training_state.safetensors"),
+    ];
+    for (args, needle) in &cases {
+        let o = run_limited(args);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?} should exit 1:\n{t}");
+        assert!(t.contains(needle), "{args:?}: the message should name `{needle}`:\n{t}");
+        for bad in ["panicked", "memory allocation", "capacity overflow", "RUST_BACKTRACE"] {
+            assert!(!t.contains(bad), "{args:?}: {bad}:\n{t}");
+        }
+    }
+}
+
+#[test]
+fn a_memory_budget_past_a_value_names_it_and_the_limit() {
+    let s = setup();
+    let mut a = strings(&["--memory-budget", "64M"]);
+    a.extend(evaluate_with(&s, &s.ckpt, &["--windows", "100000"]));
+    let o = run_limited(&a);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("--windows 100000") && t.contains("--memory-budget 67.1 MB"), "{t}");
+}

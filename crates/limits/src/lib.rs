@@ -1,0 +1,191 @@
+//! How much memory one request may take when its size comes from outside the program — a
+//! declared HDF5 shape, a config number, a CLI count, a checkpoint's architecture — and size
+//! arithmetic that cannot overflow.
+//!
+//! Every such size is turned into bytes with [`bytes`] (a saturating `u128` product: no size a
+//! user can type wraps around) and passed to [`check`] before anything is allocated. Past the
+//! budget, the caller gets an [`OverBudget`] error that names the value, how much it needs and
+//! the limit — never an allocation failure, which aborts the process.
+//!
+//! The budget is per request, not a running total: each buffer a user-controlled number sizes
+//! must fit in it on its own. Its default is 90 % of the memory the kernel reports available
+//! when first asked (`MemAvailable`), or 4 GiB where that cannot be read; the environment
+//! variable `CID_MEMORY_BUDGET` (e.g. `512M`, `8G`) or [`set_budget`] (the CLI's
+//! `--memory-budget`) replaces it.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// The environment variable that sets the budget.
+pub const ENV: &str = "CID_MEMORY_BUDGET";
+
+/// The largest single request this process will make, and where that number came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub bytes: u64,
+    /// Where the limit came from, for messages (`CID_MEMORY_BUDGET=512M`, `90 % of MemAvailable`).
+    pub source: String,
+}
+
+static BUDGET: OnceLock<Budget> = OnceLock::new();
+
+/// Fixes the budget for the rest of the process (the CLI calls this before any work). Returns
+/// false if the budget was already in use, in which case it is left as it was.
+pub fn set_budget(bytes: u64, source: impl Into<String>) -> bool {
+    BUDGET.set(Budget { bytes, source: source.into() }).is_ok()
+}
+
+/// The budget in force: the one set, else `CID_MEMORY_BUDGET`, else 90 % of available memory.
+pub fn budget() -> &'static Budget {
+    BUDGET.get_or_init(|| {
+        if let Ok(v) = std::env::var(ENV) {
+            if let Ok(bytes) = parse_size(&v) {
+                return Budget { bytes, source: format!("{ENV}={v}") };
+            }
+        }
+        match available_memory() {
+            Some((avail, from)) => Budget { bytes: avail / 10 * 9, source: format!("90 % of the {} {from}", human(avail as u128)) },
+            None => Budget { bytes: 4 << 30, source: "a default of 4 GiB (available memory unknown)".into() },
+        }
+    })
+}
+
+/// The memory this process can have, in bytes, and which limit that is: the least of the
+/// kernel's `MemAvailable`, the address-space limit (`ulimit -v`) and the cgroup's room
+/// (`memory.max` less `memory.current`, where a container sets one).
+fn available_memory() -> Option<(u64, &'static str)> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let meminfo = read("/proc/meminfo").and_then(|t| {
+        let kb: u64 = t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        kb.checked_mul(1024)
+    });
+    let address_space = read("/proc/self/limits").and_then(|t| t.lines().find(|l| l.starts_with("Max address space"))?.split_whitespace().nth(3)?.parse::<u64>().ok());
+    let cgroup = read("/sys/fs/cgroup/memory.max").and_then(|max| {
+        let max: u64 = max.trim().parse().ok()?;
+        let used: u64 = read("/sys/fs/cgroup/memory.current").and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+        Some(max.saturating_sub(used))
+    });
+    [(meminfo, "available at start"), (address_space, "of the address-space limit (ulimit -v)"), (cgroup, "left under the cgroup's memory.max")]
+        .into_iter()
+        .filter_map(|(v, from)| v.map(|v| (v, from)))
+        .min_by_key(|(v, _)| *v)
+}
+
+/// Parses a size: a number of bytes, optionally with a unit K, M, G, T (powers of 1024; `KB`,
+/// `MiB`, … are read the same) — `512M`, `1.5G`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.trim().is_empty() {
+        return Err(format!("`{s}` is not a size (examples: 512M, 8G, 1048576)"));
+    }
+    let scale: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        other => return Err(format!("unknown unit `{other}` in size `{s}`; use K, M, G or T")),
+    };
+    let n: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size (examples: 512M, 8G, 1048576)"))?;
+    let b = n * scale as f64;
+    if !(b.is_finite() && b >= 1.0 && b < u64::MAX as f64) {
+        return Err(format!("size `{s}` is out of range"));
+    }
+    Ok(b as u64)
+}
+
+/// The bytes of `dims` elements of `elem` bytes each: a saturating `u128` product, so a size
+/// from outside never wraps into a small number.
+pub fn bytes(dims: &[usize], elem: usize) -> u128 {
+    dims.iter().fold(elem as u128, |acc, &d| acc.saturating_mul(d as u128))
+}
+
+/// `bytes` as a readable amount: `800.0 GB`, `12.5 MB`, `512 B` (powers of 1000).
+pub fn human(bytes: u128) -> String {
+    const UNITS: [&str; 6] = ["kB", "MB", "GB", "TB", "PB", "EB"];
+    if bytes < 1000 {
+        return format!("{bytes} B");
+    }
+    let mut v = bytes as f64 / 1000.0;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// A request larger than the budget.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverBudget {
+    /// What asked, naming the value and where it came from (a file and Id, a key, a flag).
+    pub what: String,
+    pub bytes: u128,
+    pub limit: u64,
+    pub source: String,
+}
+
+impl fmt::Display for OverBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} needs {}, more than the memory budget of {} ({}); raise it with --memory-budget or {ENV} if the machine has the memory", self.what, human(self.bytes), human(self.limit as u128), self.source)
+    }
+}
+
+impl std::error::Error for OverBudget {}
+
+impl Budget {
+    /// Whether a request of `bytes` fits; `what` is only built when it does not.
+    pub fn check(&self, what: impl FnOnce() -> String, bytes: u128) -> Result<(), OverBudget> {
+        if bytes <= self.bytes as u128 {
+            Ok(())
+        } else {
+            Err(OverBudget { what: what(), bytes, limit: self.bytes, source: self.source.clone() })
+        }
+    }
+}
+
+/// [`Budget::check`] against the process's budget.
+pub fn check(what: impl FnOnce() -> String, bytes: u128) -> Result<(), OverBudget> {
+    budget().check(what, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units_and_bad_ones_say_why() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size(" 8 GiB "), Ok(8 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("lots").unwrap_err().contains("not a size"));
+        assert!(parse_size("0").is_err() && parse_size("-1G").is_err() && parse_size("1e30T").is_err());
+    }
+
+    #[test]
+    fn byte_products_saturate_instead_of_wrapping() {
+        assert_eq!(bytes(&[100_000_000_000, 2], 4), 800_000_000_000);
+        assert_eq!(bytes(&[usize::MAX, usize::MAX, usize::MAX], 8), u128::MAX);
+        assert_eq!(bytes(&[], 4), 4);
+    }
+
+    #[test]
+    fn over_budget_names_the_value_the_amount_and_the_limit() {
+        let b = Budget { bytes: 1 << 30, source: "CID_MEMORY_BUDGET=1G".into() };
+        assert!(b.check(|| unreachable!("built only on failure"), 1 << 30).is_ok());
+        let e = b.check(|| "`evaluate --windows 100000000`".into(), 819_200_000_000).unwrap_err().to_string();
+        assert!(e.contains("--windows 100000000") && e.contains("819.2 GB") && e.contains("1.1 GB") && e.contains("CID_MEMORY_BUDGET=1G"), "{e}");
+        assert_eq!(human(999), "999 B");
+        assert_eq!(human(160_000), "160.0 kB");
+    }
+
+    #[test]
+    fn the_default_budget_is_positive_and_says_where_it_came_from() {
+        let b = budget();
+        assert!(b.bytes > 0 && !b.source.is_empty());
+    }
+}
