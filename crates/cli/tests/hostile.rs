@@ -6,12 +6,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+use common::{bin, root, text};
+
 /// The address-space limit of every case, in KiB (4 GiB: far below what the absurd sizes ask).
 const ULIMIT_KB: u64 = 4 << 20;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn fixture(name: &str) -> String {
     root().join("tests/fixtures").join(name).display().to_string()
@@ -27,10 +26,6 @@ fn run_limited(args: &[String]) -> Output {
         .env_remove("CID_MEMORY_BUDGET")
         .output()
         .expect("sh runs")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -50,10 +45,10 @@ fn setup() -> Setup {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_path_buf();
     let ok = |o: Output| assert!(o.status.success(), "{}", text(&o));
-    ok(Command::new(env!("CARGO_BIN_EXE_contrastive-id")).args(["generate", "--count", "8", "--length", "4096", "--channels", "2", "--out"]).arg(&dir).output().unwrap());
+    ok(bin().args(["generate", "--count", "8", "--length", "4096", "--channels", "2", "--out"]).arg(&dir).output().unwrap());
     let (data, meta) = (dir.join("synthetic.h5").display().to_string(), dir.join("synthetic.csv").display().to_string());
     let save = dir.join("save").display().to_string();
-    let mut train = Command::new(env!("CARGO_BIN_EXE_contrastive-id"));
+    let mut train = bin();
     train.args(["train", "--config"]).arg(root().join("configs/debug.yaml")).args(["--data", &data, "--meta", &meta]);
     for o in ["model.name=cnn", "data.window_size=256", "data.batch_size=4", "trainer.max_steps=2", &format!("environment.save_dir={save}"), "environment.experiment_name=r"] {
         train.args(["--override", o]);

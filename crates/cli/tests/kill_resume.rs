@@ -7,13 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_contrastive-id"))
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{bin, text};
 
 /// A small MLP run: 18 training Ids in batches of 6 (3 steps an epoch), validation and a
 /// checkpoint (`last` and the top 2) every epoch, dropout and a cosine schedule on.

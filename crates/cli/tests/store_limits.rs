@@ -1,21 +1,12 @@
 //! Signals larger than the memory budget train (the statistics pass streams, windows are read as
 //! row ranges), and a store truncated underneath a run ends it with exit code 1 and a message.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_contrastive-id"))
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
+mod common;
+use common::{bin, root, text};
 
 /// Writes `count` signals of `length` × 2 (contiguous float32) under `dir`.
 fn generate(dir: &Path, count: usize, length: usize) -> (String, String) {

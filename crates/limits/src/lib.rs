@@ -8,8 +8,9 @@
 //! the limit — never an allocation failure, which aborts the process.
 //!
 //! The budget is per request, not a running total: each buffer a user-controlled number sizes
-//! must fit in it on its own. Its default is 90 % of the memory the kernel reports available
-//! when first asked (`MemAvailable`), or 4 GiB where that cannot be read; the environment
+//! must fit in it on its own. Its default is 90 % of the least of the kernel's `MemAvailable`,
+//! the address-space limit (`ulimit -v`) and the cgroup's room, when first asked, or 4 GiB where
+//! none can be read; the environment
 //! variable `CID_MEMORY_BUDGET` (e.g. `512M`, `8G`) or [`set_budget`] (the CLI's
 //! `--memory-budget`) replaces it.
 

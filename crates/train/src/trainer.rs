@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use engine::{ContrastiveStep, CpuDevice, CudaDevice, Device, Pairs};
+use engine::{ContrastiveStep, CpuDevice, CudaDevice, Device, EncoderKind, Pairs};
 use signal::sampler::{batches_per_epoch, BatchPos};
 use signal::{BatchBuilder, BatchSampler, ContrastiveBatch, Dataset, Hdf5Store, Metadata, SamplerConfig, SignalStore};
 
@@ -285,7 +285,14 @@ impl<'a, D: Device> Trainer<'a, D> {
         let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
 
         // What the model's sizes ask of memory is named by the keys that set them.
-        let sized_by = || format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed);
+        let sized_by = || {
+            let m = &cfg.model;
+            let transformer = match m.name {
+                EncoderKind::Isfm => format!(", model.d_model = {}, model.num_patches = {}, model.e_layers = {}", m.output_dim.unwrap_or(m.d_model), m.num_patches, m.e_layers),
+                _ => String::new(),
+            };
+            format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}{transformer}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed)
+        };
         let in_context = |e: engine::EngineError| match e {
             engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),
             other => engine_error(other),
