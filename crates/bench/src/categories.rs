@@ -280,8 +280,8 @@ fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
     let held = |rows: usize| -> Result<f64> { Ok(cfg.init(CpuDevice::new(), rows, 0)?.device.allocated_bytes() as f64) };
     let (one, two) = (held(2)?, held(4)?);
     let per_pair = two - one;
-    let (bf, d) = (b as f64, cfg.embed as f64);
-    Ok((one + per_pair * (bf - 1.0) + 4.0 * (bf * bf + 4.0 * bf * d)) / 1e6)
+    let loss = 4.0 * engine::loss::infonce_scratch_floats(b, cfg.embed) as f64;
+    Ok((one + per_pair * (b as f64 - 1.0) + loss) / 1e6)
 }
 
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then

@@ -65,10 +65,10 @@ impl<D: Device> ContrastiveStep<D> {
         if batch == 0 {
             return Err(EngineError::invalid(Setting::Batch, "must be > 0"));
         }
-        // The loss's scratch: normalized rows and their gradient (2 × 2B·D), the B × B
-        // similarities, norms and log-sum-exps.
-        let (b, d) = (batch as u128, encoder.cfg.embed as u128);
-        limits::check(|| format!("InfoNCE over {batch} pairs of {d} dimensions ({batch}² similarities)"), (4 * b * d + b * b + 3 * b) * 4)?;
+        // The loss's scratch: normalized rows and their gradient, a tile of similarities, norms
+        // and log-sum-exps.
+        let d = encoder.cfg.embed;
+        limits::check(|| format!("InfoNCE over {batch} pairs of {d} dimensions"), limits::bytes(&[crate::loss::infonce_scratch_floats(batch, d)], 4))?;
         if encoder.max_rows() / 2 < batch {
             return Err(EngineError::Shape(format!("encoder buffers hold {} rows, a step needs 2 × {batch}", encoder.max_rows())));
         }

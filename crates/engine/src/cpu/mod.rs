@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
 use crate::error::{EngineError, Result};
+use crate::loss::{infonce_scratch_floats, LOSS_TILE};
 use crate::ops::act::{self, Activation};
 use crate::ops::attention::{self, AttentionScratch, AttentionShape};
 use crate::ops::conv1d::{self, ConvShape};
@@ -852,17 +853,21 @@ impl Device for CpuDevice {
             self.check(dz);
             assert!(dz.len() == z.len() && dz.disjoint(&z));
         }
-        // scratch: zn [2b·d] | s [b·b] | dzn [2b·d] | norms [2b] | col lse [b]
-        let need = 4 * b * d + b * b + 3 * b;
+        // The similarities are taken LOSS_TILE rows at a time, so memory grows as B, not B².
+        // scratch: zn [2b·d] | s tile [t·b] | dzn [2b·d] | norms [2b] | col lse [b] | diag [b]
+        let tile = b.min(LOSS_TILE);
+        let need = infonce_scratch_floats(b, d);
         if self.scratch.len() < need {
             self.scratch.resize(need, 0.0);
         }
         let mut scratch = std::mem::take(&mut self.scratch);
+        let mut col_sum = self.take_reduce(if symmetric { b } else { 0 });
         let (zn, rest) = scratch.split_at_mut(2 * b * d);
-        let (s, rest) = rest.split_at_mut(b * b);
+        let (s, rest) = rest.split_at_mut(tile * b);
         let (dzn, rest) = rest.split_at_mut(2 * b * d);
         let (norms, rest) = rest.split_at_mut(2 * b);
-        let col_lse = &mut rest[..b];
+        let (col_lse, rest) = rest.split_at_mut(b);
+        let diag = &mut rest[..b];
         let zs = self.slice(z);
         // Normalize rows: zn = z / max(‖z‖, 1e-12), as F.normalize.
         for r in 0..2 * b {
@@ -876,63 +881,73 @@ impl Device for CpuDevice {
         }
         let (za, zp) = zn.split_at(b * d);
         let inv_tau = 1.0 / tau;
-        gemm_slices(self.gemm, Gemm::nt(b, b, d), s, za, zp, inv_tau, &mut self.packs[0]);
-        // Row log-sum-exp (max-subtracted), loss and accuracy; then s becomes the row softmax.
-        let mut loss_rows = 0.0f64;
-        let mut correct = 0usize;
-        // Column log-sum-exp first (needs the raw similarities) for the symmetric form.
-        if symmetric {
-            for j in 0..b {
-                let mut mx = f32::NEG_INFINITY;
-                for i in 0..b {
-                    mx = mx.max(s[i * b + j]);
-                }
-                let sum: f64 = (0..b).map(|i| math::exp(s[i * b + j] - mx) as f64).sum();
-                col_lse[j] = mx + sum.ln() as f32;
-            }
-        }
+        let tiles = (0..b).step_by(tile).map(|r0| r0..(r0 + tile).min(b));
+        // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
+        // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
         let mut loss_cols = 0.0f64;
         if symmetric {
+            col_lse.fill(f32::NEG_INFINITY); // the running column maxima, until the end of the pass
+            for rows in tiles.clone() {
+                let st = &mut s[..rows.len() * b];
+                gemm_slices(self.gemm, Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp, inv_tau, &mut self.packs[0]);
+                for (i, row) in rows.clone().zip(st.chunks_exact(b)) {
+                    diag[i] = row[i];
+                }
+                for j in 0..b {
+                    let mx = st.chunks_exact(b).fold(col_lse[j], |m, row| m.max(row[j]));
+                    let rescale = if col_lse[j] == f32::NEG_INFINITY { 0.0 } else { math::exp(col_lse[j] - mx) as f64 };
+                    col_sum[j] = col_sum[j] * rescale + st.chunks_exact(b).map(|row| math::exp(row[j] - mx) as f64).sum::<f64>();
+                    col_lse[j] = mx;
+                }
+            }
             for j in 0..b {
-                loss_cols += (col_lse[j] - s[j * b + j]) as f64;
+                col_lse[j] += col_sum[j].ln() as f32;
+                loss_cols += (col_lse[j] - diag[j]) as f64;
             }
         }
         let row_w = if symmetric { 0.5 } else { 1.0 } * grad_scale / b as f32;
-        let want_grad = dz.is_some();
-        // s becomes dL/dS in place: row softmax − I (and column softmax − I for the symmetric form).
-        for i in 0..b {
-            let row = &mut s[i * b..(i + 1) * b];
-            let mut mx = f32::NEG_INFINITY;
-            let mut arg = 0;
-            for (j, &x) in row.iter().enumerate() {
-                if x > mx {
-                    mx = x;
-                    arg = j;
+        let (dza, dzp) = dzn.split_at_mut(b * d);
+        let mut loss_rows = 0.0f64;
+        let mut correct = 0usize;
+        for rows in tiles {
+            let st = &mut s[..rows.len() * b];
+            gemm_slices(self.gemm, Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp, inv_tau, &mut self.packs[0]);
+            // Row log-sum-exp (max-subtracted), loss and accuracy; then the tile becomes dL/dS:
+            // row softmax − I (and column softmax − I for the symmetric form).
+            for (i, row) in rows.clone().zip(st.chunks_exact_mut(b)) {
+                let mut mx = f32::NEG_INFINITY;
+                let mut arg = 0;
+                for (j, &x) in row.iter().enumerate() {
+                    if x > mx {
+                        mx = x;
+                        arg = j;
+                    }
+                }
+                correct += (arg == i) as usize;
+                let sum: f64 = row.iter().map(|&x| math::exp(x - mx) as f64).sum();
+                let lse = mx + sum.ln() as f32;
+                loss_rows += (lse - row[i]) as f64;
+                if dz.is_some() {
+                    for (j, x) in row.iter_mut().enumerate() {
+                        let p_row = math::exp(*x - lse);
+                        let mut gsum = p_row - (i == j) as u32 as f32;
+                        if symmetric {
+                            let p_col = math::exp(*x - col_lse[j]);
+                            gsum += p_col - (i == j) as u32 as f32;
+                        }
+                        *x = gsum * row_w;
+                    }
                 }
             }
-            correct += (arg == i) as usize;
-            let sum: f64 = row.iter().map(|&x| math::exp(x - mx) as f64).sum();
-            let lse = mx + sum.ln() as f32;
-            loss_rows += (lse - row[i]) as f64;
-            if want_grad {
-                for (j, x) in row.iter_mut().enumerate() {
-                    let p_row = math::exp(*x - lse);
-                    let mut gsum = p_row - (i == j) as u32 as f32;
-                    if symmetric {
-                        let p_col = math::exp(*x - col_lse[j]);
-                        gsum += p_col - (i == j) as u32 as f32;
-                    }
-                    *x = gsum * row_w;
-                }
+            if dz.is_some() {
+                // dza_n = dS · zp_n / τ for these rows; dzp_n += dS_tileᵀ · za_n / τ over the tiles.
+                gemm_slices(self.gemm, Gemm::nn(rows.len(), d, b), &mut dza[rows.start * d..rows.end * d], st, zp, inv_tau, &mut self.packs[0]);
+                gemm_slices(self.gemm, Gemm::tn(b, d, rows.len()).accumulate(rows.start > 0), dzp, st, &za[rows.start * d..rows.end * d], inv_tau, &mut self.packs[0]);
             }
         }
         let loss = if symmetric { 0.5 * (loss_rows + loss_cols) / b as f64 } else { loss_rows / b as f64 };
         let out = InfoNceOut { loss: loss as f32, accuracy: correct as f32 / b as f32 };
         if let Some(dz) = dz {
-            // s now holds dL/dS. dza_n = dS · zp_n / τ ; dzp_n = dSᵀ · za_n / τ.
-            let (dza, dzp) = dzn.split_at_mut(b * d);
-            gemm_slices(self.gemm, Gemm::nn(b, d, b), dza, s, zp, inv_tau, &mut self.packs[0]);
-            gemm_slices(self.gemm, Gemm::tn(b, d, b), dzp, s, za, inv_tau, &mut self.packs[0]);
             // Through the normalization: dz = (dzn − zn·(zn·dzn)) / ‖z‖.
             let dzs = self.slice_mut(dz);
             for r in 0..2 * b {
@@ -946,6 +961,7 @@ impl Device for CpuDevice {
             }
         }
         self.scratch = scratch;
+        self.reduce = col_sum;
         out
     }
 
