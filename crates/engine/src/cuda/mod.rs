@@ -323,17 +323,15 @@ impl Device for CudaDevice {
 
     fn im2col(&mut self, x: View, cols: View, s: ConvShape) {
         Self::disjoint(&[cols], &[x]);
-        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
         let (xp, cp) = (self.ptr(x), self.ptr(cols));
-        let (sa, li, ch, k, st, pd, lo) = (s.samples as i32, s.len_in as i32, s.channels as i32, s.kernel as i32, s.stride as i32, s.padding as i32, len_out as i32);
+        let (sa, li, ch, k, st, pd, lo) = conv_args(s);
         launch!(self, im2col, grid(cols.len(), 256); xp, cp, sa, li, ch, k, st, pd, lo);
     }
 
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape) {
         Self::disjoint(&[dx], &[dcols]);
-        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
         let (cp, xp) = (self.ptr(dcols), self.ptr(dx));
-        let (sa, li, ch, k, st, pd, lo) = (s.samples as i32, s.len_in as i32, s.channels as i32, s.kernel as i32, s.stride as i32, s.padding as i32, len_out as i32);
+        let (sa, li, ch, k, st, pd, lo) = conv_args(s);
         launch!(self, col2im, grid(dx.len(), 256); cp, xp, sa, li, ch, k, st, pd, lo);
     }
 
@@ -458,4 +456,11 @@ impl Device for CudaDevice {
         let (b1, b2, eps) = (h.beta1, h.beta2, h.eps);
         launch!(self, adam, grid(param.len(), 256); pp, gp, mp, vp, n, grad_scale, l2, decay, b1, b2, step_size, bc2_sqrt, eps);
     }
+}
+
+/// A convolution's shape as the `int` arguments of the im2col / col2im kernels: samples, input
+/// length, channels, kernel, stride, padding, output length.
+fn conv_args(s: ConvShape) -> (i32, i32, i32, i32, i32, i32, i32) {
+    let len_out = s.len_out().expect("a convolution's input is at least its kernel");
+    (s.samples as i32, s.len_in as i32, s.channels as i32, s.kernel as i32, s.stride as i32, s.padding as i32, len_out as i32)
 }
