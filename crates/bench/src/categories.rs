@@ -265,6 +265,10 @@ pub fn model(s: &Settings) -> Result<Category> {
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::BackwardMs, bwd, 2));
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::InfonceMs, nce, 3));
                 cat.metrics.push(value(CategoryKind::Model, &c, MetricName::MemoryMb, enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
+                let plan = enc.device.kernel_plan();
+                if b == 32 && !plan.is_empty() {
+                    cat.notes.push(format!("{c}: the GEMM shapes of forward and backward measured fastest on: {}", engine::cpu::plan::summary(&plan)));
+                }
                 Ok(())
             })?;
         }

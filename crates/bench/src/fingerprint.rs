@@ -42,7 +42,7 @@ impl Fingerprint {
                 Ok(_) => "CUDA device 0".into(),
                 Err(e) => format!("none ({e})"),
             },
-            cpu_gemm: format!("{:?}", engine::CpuGemm::detect()),
+            cpu_gemm: engine::cpu::plan::GemmPolicy::from_env().describe(),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
             crate_version: env!("CARGO_PKG_VERSION").into(),
             git_commit,

@@ -33,6 +33,9 @@ trainer:
 
 fn train(dir: &Path, save: &Path, resume: Option<&Path>) -> Command {
     let mut c = bin();
+    // One GEMM kernel for every process: the uninterrupted run and the first killed one would
+    // otherwise each measure their own (a resumed run pins its checkpoint's, tested in train).
+    c.env("CID_CPU_GEMM", "packed");
     c.args(["train", "--config"]).arg(dir.join("run.yaml")).arg("--data").arg(dir.join("synthetic.h5")).arg("--meta").arg(dir.join("synthetic.csv"));
     c.args(["--override", &format!("environment.save_dir={}", save.display()), "--override", "environment.experiment_name=run", "--json"]);
     if let Some(r) = resume {

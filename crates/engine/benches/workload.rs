@@ -80,7 +80,7 @@ fn main() {
         let faer = sgemm_gflops(CpuGemm::Faer);
         let ours = if engine::cpu::sgemm::supported() { sgemm_gflops(CpuGemm::Packed) } else { 0.0 };
         let peak = faer.max(ours);
-        println!("machine SGEMM (512x512x8192, {threads} threads): faer {faer:.1} GFLOP/s, packed AVX2 {ours:.1} GFLOP/s; the step runs {:?}", CpuGemm::detect());
+        println!("machine SGEMM (512x512x8192, {threads} threads): faer {faer:.1} GFLOP/s, packed AVX2 {ours:.1} GFLOP/s; step GEMMs: {}", engine::cpu::plan::GemmPolicy::from_env().describe());
         println!("{:<14} {:>4} {:>5} {:>2} {:>11} {:>10} {:>12} {:>9} {:>7}", "config", "B", "W", "C", "encoder", "median ms", "samples/s", "GFLOP/s", "% SGEMM");
         // (min ms, printed last: on a shared machine the fastest step shows what the code can do
         // when nothing else runs; the median is the number compared with PyTorch.)
@@ -104,15 +104,18 @@ fn main() {
                 t.push(t0.elapsed().as_secs_f64());
             }
             let med = median(&t);
+            // How many of the step's product shapes each kernel won (under the measuring policy).
+            let plan = step.encoder.device.kernel_plan();
+            let kernels = if plan.is_empty() { step.encoder.device.gemm_policy().describe() } else { engine::cpu::plan::summary(&plan) };
             let gflops = cfg.step_flops(2 * b) / med / 1e9;
             let kind = cfg.kind();
             println!(
-                "{:<14} {:>4} {:>5} {:>2} {:>11} {:>10.3} {:>12.0} {:>9.1} {:>6.0}%   min {:.3} ms",
+                "{:<14} {:>4} {:>5} {:>2} {:>11} {:>10.3} {:>12.0} {:>9.1} {:>6.0}%   min {:.3} ms   shapes on {kernels}",
                 name, b, cfg.window, cfg.channels, kind.to_string(), med * 1e3, b as f64 / med, gflops, 100.0 * gflops / peak, t.iter().copied().fold(f64::INFINITY, f64::min) * 1e3
             );
             assert!(last.is_finite());
             rows.push(format!(
-                r#"{{"config":"{name}","B":{b},"W":{},"C":{},"encoder":"{kind}","params":{},"precision":"fp32","median_ms":{:.4},"samples_per_s":{:.1},"gflops":{:.2},"sgemm_gflops":{peak:.2},"steps":{steps},"threads":{threads}}}"#,
+                r#"{{"config":"{name}","B":{b},"W":{},"C":{},"encoder":"{kind}","params":{},"precision":"fp32","median_ms":{:.4},"samples_per_s":{:.1},"gflops":{:.2},"sgemm_gflops":{peak:.2},"steps":{steps},"threads":{threads},"gemm_kernels":"{kernels}"}}"#,
                 cfg.window,
                 cfg.channels,
                 cfg.param_count(),

@@ -240,6 +240,18 @@ pub trait Device: Send {
     fn alloc(&mut self, len: usize) -> Result<View>;
     /// Bytes of device memory held (the peak: memory is only ever added while building).
     fn allocated_bytes(&self) -> usize;
+    /// The kernel chosen for each product shape so far where the device chooses by measurement
+    /// (the CPU's GEMM plan), as text [`Device::pin_kernel_plan`] takes back; empty elsewhere.
+    fn kernel_plan(&self) -> String {
+        String::new()
+    }
+    /// Runs the shapes `plan` names on the kernels it names, so that a resumed run continues on
+    /// the kernels it started with (its results bit-identical). An error names an entry it
+    /// cannot read.
+    fn pin_kernel_plan(&mut self, plan: &str) -> std::result::Result<(), String> {
+        let _ = plan;
+        Ok(())
+    }
     fn upload(&mut self, dst: View, src: &[f32]);
     fn download(&self, src: View, dst: &mut [f32]);
     fn fill(&mut self, dst: View, value: f32);

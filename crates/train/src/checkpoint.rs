@@ -8,8 +8,9 @@
 //! - `training_state.safetensors` (not with `save_weights_only`): Adam's two moments
 //!   (`exp_avg.<name>`, `exp_avg_sq.<name>`), the projection head where the run has one
 //!   (`projection.*`, with its moments: it is discarded after pretraining, so it is not part of
-//!   the encoder's `state_dict`), and, in its metadata, the step counters, epoch position, seed
-//!   and early-stopping state.
+//!   the encoder's `state_dict`), and, in its metadata, the step counters, epoch position, seed,
+//!   early-stopping state and the GEMM kernel the CPU device measured fastest for each product
+//!   shape (`kernel_plan`: a resumed run pins it and stays bit-identical).
 //!
 //! A named checkpoint (`last`, `best-…`) is a symbolic link to a directory of that name and its
 //! step (`last@s120`): a save writes and syncs a fresh directory, then atomically renames a new
@@ -175,6 +176,8 @@ pub fn save<D: Device>(dir: &Path, step: &ContrastiveStep<D>, state: &TrainingSt
         }
         let mut meta = HashMap::from([("encoder_config".to_string(), arch_json)]);
         meta.insert("training_state".into(), serde_json::to_string(state).map_err(|e| TrainError::Data(e.to_string()))?);
+        // The kernels the run measured fastest: a resumed run runs the same ones (bit-identical).
+        meta.insert("kernel_plan".into(), enc.device.kernel_plan());
         files.push(("training_state.safetensors", serialize(tensors, meta)?));
     }
     write_atomic_dir(dir, &format!("s{}", state.step), &files)
@@ -257,5 +260,9 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
     }
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
     let json = meta.metadata().as_ref().and_then(|m| m.get("training_state")).ok_or_else(|| ckpt_err(&file, "no training state"))?;
-    serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))
+    let state = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
+    if let Some(plan) = meta.metadata().as_ref().and_then(|m| m.get("kernel_plan")) {
+        step.encoder.device.pin_kernel_plan(plan).map_err(|e| ckpt_err(&file, e))?;
+    }
+    Ok(state)
 }

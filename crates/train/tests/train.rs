@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::{Arch, ContrastiveStep, CpuDevice, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig, Pairs};
+use engine::{Arch, ContrastiveStep, CpuDevice, Device, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig, Pairs};
 use signal::synth::{generate, SynthConfig};
 use signal::{Complexity, Layout};
 use train::config::{Config, Mode, Monitor, Precision, Scheduler};
@@ -161,6 +161,15 @@ fn checkpoint_round_trip_and_pytorch_layout() {
     // Weights and optimizer state load back exactly.
     let mut step = ContrastiveStep::new(arch.init(CpuDevice::new(), 4, 99).unwrap(), 2, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
     let state = train::checkpoint::load_full(&last, &mut step).unwrap();
+    // The GEMM kernels the run measured fastest are saved, and pinned by the load (this device
+    // has run no product: every entry it knows came from the checkpoint).
+    let ts = std::fs::read(last.join("training_state.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&ts).unwrap();
+    let saved_plan = meta.metadata().as_ref().and_then(|m| m.get("kernel_plan").cloned()).expect("a kernel_plan entry");
+    if step.encoder.device.gemm_policy() == engine::cpu::plan::GemmPolicy::Measure {
+        assert!(saved_plan.contains("=packed") || saved_plan.contains("=faer"), "{saved_plan}");
+        assert_eq!(step.encoder.device.kernel_plan(), saved_plan);
+    }
     let enc = &step.encoder;
     assert_eq!(state.step, 3);
     assert_eq!(Config::from_yaml(&state.config_yaml, &[]).unwrap(), cfg);

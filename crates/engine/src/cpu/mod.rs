@@ -1,5 +1,5 @@
-//! The CPU device: GEMMs on our packed AVX2 kernel ([`sgemm`]) or on faer where the CPU lacks
-//! AVX2/FMA, the products marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
+//! The CPU device: GEMMs on our packed AVX2 kernel ([`sgemm`]) or on faer, whichever measured
+//! faster on each shape ([`plan`]; faer alone where the CPU lacks AVX2/FMA), the products marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
 //! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
 //! kernels of [`crate::ops`] (compiled for the CPU's vector extensions with `multiversion`),
 //! parallel with rayon where the work is large enough to pay for it.
@@ -10,8 +10,12 @@
 //! results do not depend on thread timing (a resumed run is bit-identical).
 
 pub mod math;
+pub mod plan;
 pub mod sgemm;
 pub mod sparse;
+
+use std::collections::HashMap;
+use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -26,6 +30,7 @@ use crate::ops::conv1d::{self, ConvShape};
 use crate::ops::norm::{self, BatchNormArgs};
 use crate::ops::patch::{self, PatchShape};
 use crate::ops::pool::{self, PoolShape};
+use plan::{GemmKey, GemmPolicy};
 use sgemm::{Operand, PackBuffers};
 use sparse::{SparseLhs, StripBuffer};
 
@@ -53,14 +58,19 @@ pub enum CpuGemm {
 }
 
 impl CpuGemm {
-    /// The packed kernel where the CPU supports it, unless the environment asks for faer with
-    /// `CID_CPU_GEMM=faer` (to compare the two on one machine).
+    /// The kernel of the products no plan covers (each attention head's, the loss's): the packed
+    /// one where the CPU supports it, unless `CID_CPU_GEMM=faer`.
     pub fn detect() -> Self {
-        let forced_faer = std::env::var("CID_CPU_GEMM").is_ok_and(|v| v.eq_ignore_ascii_case("faer"));
-        if sgemm::supported() && !forced_faer {
-            CpuGemm::Packed
-        } else {
-            CpuGemm::Faer
+        match GemmPolicy::from_env() {
+            GemmPolicy::Fixed(k) => k,
+            GemmPolicy::Measure => CpuGemm::Packed,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuGemm::Packed => "packed",
+            CpuGemm::Faer => "faer",
         }
     }
 }
@@ -80,7 +90,14 @@ pub struct CpuDevice {
     sparse: SparseLhs,
     strips: Vec<StripBuffer>,
     attention: Vec<AttentionScratch>,
+    /// The kernel of products outside the plan, and of all products under a fixed policy.
     gemm: CpuGemm,
+    policy: GemmPolicy,
+    /// The kernel of each product shape this device has run (a copy of the process's choices:
+    /// a lookup here takes no lock).
+    plan: HashMap<GemmKey, CpuGemm>,
+    /// Where a measurement keeps C to restore it between trials (an accumulating product reads it).
+    measure_scratch: Vec<f32>,
     threads: usize,
 }
 
@@ -91,17 +108,29 @@ impl Default for CpuDevice {
 }
 
 impl CpuDevice {
-    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`) and the GEMM kernel
-    /// of [`CpuGemm::detect`].
+    /// Uses the current rayon pool (size it with `rayon::ThreadPoolBuilder`) and the GEMM policy
+    /// of `CID_CPU_GEMM` ([`GemmPolicy::from_env`]: by default each shape's kernel is measured).
     pub fn new() -> Self {
-        Self::with_gemm(CpuGemm::detect())
+        Self::with_policy(GemmPolicy::from_env())
     }
 
-    /// A device running the given GEMM kernel.
+    /// A device running every product on the given GEMM kernel.
     ///
     /// # Panics
     /// [`CpuGemm::Packed`] on a CPU without AVX2 and FMA.
     pub fn with_gemm(gemm: CpuGemm) -> Self {
+        Self::with_policy(GemmPolicy::Fixed(gemm))
+    }
+
+    /// A device choosing its GEMM kernels by `policy`.
+    ///
+    /// # Panics
+    /// A policy that needs the packed kernel on a CPU without AVX2 and FMA.
+    pub fn with_policy(policy: GemmPolicy) -> Self {
+        let gemm = match policy {
+            GemmPolicy::Fixed(k) => k,
+            GemmPolicy::Measure => CpuGemm::Packed,
+        };
         assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
         let threads = rayon::current_num_threads();
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
@@ -116,12 +145,29 @@ impl CpuDevice {
             strips: per_worker(),
             attention: (0..threads).map(|_| AttentionScratch::default()).collect(),
             gemm,
+            policy,
+            plan: HashMap::new(),
+            measure_scratch: Vec::new(),
             threads,
         }
     }
 
+    /// The kernel of products outside the plan (attention heads, the loss), and of every product
+    /// under a fixed policy.
     pub fn gemm_kernel(&self) -> CpuGemm {
         self.gemm
+    }
+
+    pub fn gemm_policy(&self) -> GemmPolicy {
+        self.policy
+    }
+
+    /// The kernel a product of this shape split over `parts` workers runs on here, if chosen.
+    pub fn planned_kernel(&self, g: Gemm, parts: usize) -> Option<CpuGemm> {
+        match self.policy {
+            GemmPolicy::Fixed(k) => Some(k),
+            GemmPolicy::Measure => self.plan.get(&GemmKey::of(g, parts)).copied().or_else(|| plan::chosen(GemmKey::of(g, parts))),
+        }
     }
 
     /// Checks a view belongs to this device and lies in its memory.
@@ -359,6 +405,79 @@ fn gemm_slices(kernel: CpuGemm, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], al
 }
 
 impl CpuDevice {
+    /// Runs a product on `kernel`, split over `parts` workers.
+    fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
+        let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        let mut packs = std::mem::take(&mut self.packs);
+        if g.trans_a && large && kernel == CpuGemm::Faer {
+            // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
+            // their plain-A speed; transposing A first costs m·k copies against m·n·k
+            // multiply-adds. (The packed kernel reads any strides at full speed.)
+            let mut at = std::mem::take(&mut self.transpose_scratch);
+            if at.len() < g.m * g.k {
+                at.resize(g.m * g.k, 0.0);
+            }
+            transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
+            let (cs, [bs]) = self.split(c, [b]);
+            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs);
+            self.transpose_scratch = at;
+        } else {
+            let (cs, [as_, bs]) = self.split(c, [a, b]);
+            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs);
+        }
+        self.packs = packs;
+    }
+
+    /// The kernel of this product: the policy's, the one this process chose for its shape, or
+    /// the faster of the two measured now on these operands.
+    fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
+        if let GemmPolicy::Fixed(k) = self.policy {
+            return k;
+        }
+        let key = GemmKey::of(g, parts);
+        if let Some(&k) = self.plan.get(&key) {
+            return k;
+        }
+        let k = match plan::chosen(key) {
+            Some(k) => k,
+            None => {
+                let measured = self.measure(g, parts, c, a, b);
+                plan::record(key, measured)
+            }
+        };
+        self.plan.insert(key, k);
+        k
+    }
+
+    /// Times both kernels on this product, interleaved, best of up to 32 runs each (about 4 ms of
+    /// each kernel at most, at least two runs), and returns the faster ([`plan::decide`]). C is restored before
+    /// each run and at the end, so an accumulating product still accumulates once.
+    fn measure(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
+        /// Time each kernel is given, in seconds; and the most runs of each.
+        const BUDGET_S: f64 = 4e-3;
+        const MAX_RUNS: usize = 32;
+        let mut saved = std::mem::take(&mut self.measure_scratch);
+        saved.clear();
+        saved.extend_from_slice(&self.slice(c)[..g.m * g.n]);
+        let kernels = [CpuGemm::Packed, CpuGemm::Faer];
+        let (mut best, mut spent) = ([f64::INFINITY; 2], 0.0);
+        let mut runs = 0;
+        while runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S) {
+            for (i, &k) in kernels.iter().enumerate() {
+                self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
+                let t = Instant::now();
+                self.gemm_on(k, g, parts, c, a, b);
+                let s = t.elapsed().as_secs_f64();
+                best[i] = best[i].min(s);
+                spent += s / 2.0;
+            }
+            runs += 1;
+        }
+        self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
+        self.measure_scratch = saved;
+        plan::decide(best[0], best[1])
+    }
+
     /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
     /// Returns false, having written nothing, where A has too many non-zeros for it to pay.
     fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
@@ -444,6 +563,19 @@ impl Device for CpuDevice {
             + self.attention.iter().map(AttentionScratch::allocated_bytes).sum::<usize>()
     }
 
+    fn kernel_plan(&self) -> String {
+        plan::to_text(&self.plan)
+    }
+
+    fn pin_kernel_plan(&mut self, text: &str) -> std::result::Result<(), String> {
+        let entries = plan::parse(text)?;
+        if self.policy == GemmPolicy::Measure {
+            plan::pin(&entries);
+            self.plan.extend(entries);
+        }
+        Ok(())
+    }
+
     fn upload(&mut self, dst: View, src: &[f32]) {
         assert_eq!(dst.len(), src.len(), "upload of {} values into a view of {}", src.len(), dst.len());
         let parallel = src.len() >= PAR_ELEMENTS && self.threads > 1;
@@ -472,25 +604,8 @@ impl Device for CpuDevice {
             return;
         }
         let parts = if large { self.threads } else { 1 };
-        let mut packs = std::mem::take(&mut self.packs);
-        let kernel = self.gemm;
-        if g.trans_a && large && kernel == CpuGemm::Faer {
-            // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
-            // their plain-A speed; transposing A first costs m·k copies against m·n·k
-            // multiply-adds. (The packed kernel reads any strides at full speed.)
-            let mut at = std::mem::take(&mut self.transpose_scratch);
-            if at.len() < g.m * g.k {
-                at.resize(g.m * g.k, 0.0);
-            }
-            transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
-            let (cs, [bs]) = self.split(c, [b]);
-            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs);
-            self.transpose_scratch = at;
-        } else {
-            let (cs, [as_, bs]) = self.split(c, [a, b]);
-            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs);
-        }
-        self.packs = packs;
+        let kernel = self.kernel_for(g, parts, c, a, b);
+        self.gemm_on(kernel, g, parts, c, a, b);
     }
 
     fn bias_act_forward(&mut self, y: View, bias: View, cols: usize, relu: bool, dropout: Option<Dropout>) {
@@ -1050,6 +1165,69 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn measuring_gives_the_product_once_and_keeps_its_choice() {
+        if !sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; only faer runs, nothing is measured");
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut seed = 11u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            };
+            // Shapes no other test runs, so they are measured here: one on one worker, one split
+            // over two; accumulating, so C restored between the trials is seen in the result.
+            for (m, n, k, trans_a) in [(37, 53, 29, false), (203, 41, 43, true)] {
+                let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
+                let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+                let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..k * n).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
+                dev.upload(a, &av);
+                dev.upload(b, &bv);
+                dev.upload(c, &c0);
+                let g = Gemm { m, n, k, trans_a, trans_b: false, accumulate: true, sparse_a: false };
+                let parts = if m * n * k >= PAR_GEMM_WORK { 2 } else { 1 };
+                assert_eq!(dev.planned_kernel(g, parts), None, "{m}x{n}x{k} was measured before this test");
+                dev.gemm(g, c, a, b);
+                let got = dev.slice(c).to_vec();
+                for i in 0..m {
+                    for j in 0..n {
+                        let at = |p: usize| if trans_a { av[p * m + i] } else { av[i * k + p] };
+                        let dot: f64 = (0..k).map(|p| at(p) as f64 * bv[p * n + j] as f64).sum();
+                        let want = c0[i * n + j] as f64 + dot;
+                        assert!((got[i * n + j] as f64 - want).abs() < 1e-4, "{m}x{n}x{k}: C[{i},{j}] = {}, want {want}", got[i * n + j]);
+                    }
+                }
+                let chosen = dev.planned_kernel(g, parts).expect("measured");
+                let entry = format!("{m}x{n}x{k}/{}n/p{parts}={}", if trans_a { 't' } else { 'n' }, chosen.name());
+                assert!(dev.kernel_plan().contains(&entry), "{} lacks {entry}", dev.kernel_plan());
+                // Every later device of the process runs the shape on the same kernel.
+                assert_eq!(CpuDevice::with_policy(GemmPolicy::Measure).planned_kernel(g, parts), Some(chosen));
+            }
+        });
+    }
+
+    #[test]
+    fn a_pinned_plan_is_in_force_and_a_bad_one_is_named() {
+        if !sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; only faer runs, nothing is measured");
+            return;
+        }
+        let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
+        dev.pin_kernel_plan("41x43x47/nt/p1=faer;7x9x11/tn/p1=packed").unwrap();
+        assert_eq!(dev.planned_kernel(Gemm::nt(41, 43, 47), 1), Some(CpuGemm::Faer));
+        assert_eq!(CpuDevice::with_policy(GemmPolicy::Measure).planned_kernel(Gemm::tn(7, 9, 11), 1), Some(CpuGemm::Packed), "pinned for the whole process");
+        assert!(dev.kernel_plan().contains("41x43x47/nt/p1=faer"));
+        let e = dev.pin_kernel_plan("41x43/nt/p1=faer").unwrap_err();
+        assert!(e.contains("41x43/nt/p1=faer"), "{e}");
+        // A fixed policy keeps its kernel whatever a plan says.
+        let mut fixed = CpuDevice::with_gemm(CpuGemm::Packed);
+        fixed.pin_kernel_plan("41x43x47/nt/p1=faer").unwrap();
+        assert_eq!(fixed.planned_kernel(Gemm::nt(41, 43, 47), 1), Some(CpuGemm::Packed));
     }
 
     #[test]

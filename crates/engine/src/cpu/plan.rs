@@ -1,0 +1,171 @@
+//! Which GEMM kernel runs each product shape, chosen by measurement on the machine at hand.
+//!
+//! Neither kernel wins everywhere: on an AMD Zen 3 our packed AVX2 kernel beats faer on every
+//! step shape although faer wins a large square probe; on an Intel Xeon with AVX-512 faer's
+//! kernels run at nearly twice ours. So the first time a device meets a shape (m, n, k, the
+//! transpositions and how many workers split it), it times both kernels on the real operands,
+//! interleaved, a few milliseconds at most, and keeps the faster one for the rest of the process.
+//! Faer must win by [`MARGIN`] (a third faster) to be chosen, so that a close call does not flip
+//! from one run to the next: on this project's AMD Zen 3 machine, with a 10 % margin, the four
+//! smallest shapes of the `small` workload went to one kernel or the other from run to run.
+//!
+//! The choices are process-wide (every device of a process runs a shape on the same kernel) and
+//! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
+//! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
+//! bit-identical. `CID_CPU_GEMM=packed|faer` fixes the kernel instead (`measure` is the default).
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{sgemm, CpuGemm};
+use crate::device::Gemm;
+
+/// Faer is chosen only where its time is at most this fraction of the packed kernel's: a clear
+/// win (as on AVX-512 CPUs, where faer runs large products at nearly twice our speed), not a
+/// close call a noisy machine could decide either way from one run to the next.
+pub const MARGIN: f64 = 0.75;
+
+/// The environment variable that fixes the kernel: `packed`, `faer`, or `measure` (default).
+pub const ENV: &str = "CID_CPU_GEMM";
+
+/// How a device picks the kernel of a product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPolicy {
+    /// Every product on this kernel.
+    Fixed(CpuGemm),
+    /// Each shape on the kernel that measured faster (CPUs with AVX2 and FMA; elsewhere only
+    /// faer runs).
+    Measure,
+}
+
+impl GemmPolicy {
+    /// `CID_CPU_GEMM`, else measuring where the packed kernel can run, else faer.
+    pub fn from_env() -> Self {
+        let asked = std::env::var(ENV).unwrap_or_default().to_ascii_lowercase();
+        match asked.as_str() {
+            _ if !sgemm::supported() => GemmPolicy::Fixed(CpuGemm::Faer),
+            "faer" => GemmPolicy::Fixed(CpuGemm::Faer),
+            "packed" => GemmPolicy::Fixed(CpuGemm::Packed),
+            _ => GemmPolicy::Measure,
+        }
+    }
+
+    /// For fingerprints and reports: `measured per shape (packed, faer)`, `packed`, `faer`.
+    pub fn describe(self) -> String {
+        match self {
+            GemmPolicy::Fixed(k) => k.name().to_string(),
+            GemmPolicy::Measure => "measured per shape (packed, faer)".to_string(),
+        }
+    }
+}
+
+/// A product's shape as far as kernel speed goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GemmKey {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    /// Workers the product is split over.
+    pub parts: usize,
+}
+
+impl GemmKey {
+    pub fn of(g: Gemm, parts: usize) -> Self {
+        GemmKey { m: g.m, n: g.n, k: g.k, trans_a: g.trans_a, trans_b: g.trans_b, parts }
+    }
+}
+
+/// The process's choices so far.
+static CHOSEN: Mutex<BTreeMap<GemmKey, CpuGemm>> = Mutex::new(BTreeMap::new());
+
+fn chosen_map() -> std::sync::MutexGuard<'static, BTreeMap<GemmKey, CpuGemm>> {
+    // A poisoned lock only means a panic elsewhere while it was held; the map is still whole.
+    CHOSEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The kernel this process runs `key` on, if it has chosen one.
+pub fn chosen(key: GemmKey) -> Option<CpuGemm> {
+    chosen_map().get(&key).copied()
+}
+
+/// Records a measured choice unless another device chose first; returns the one in force.
+pub fn record(key: GemmKey, kernel: CpuGemm) -> CpuGemm {
+    *chosen_map().entry(key).or_insert(kernel)
+}
+
+/// Makes these choices the process's, replacing any made (a resumed run's kernels).
+pub fn pin(entries: &[(GemmKey, CpuGemm)]) {
+    chosen_map().extend(entries.iter().copied());
+}
+
+/// The faster kernel from each one's best time: faer only by [`MARGIN`].
+pub fn decide(packed_s: f64, faer_s: f64) -> CpuGemm {
+    if faer_s <= MARGIN * packed_s { CpuGemm::Faer } else { CpuGemm::Packed }
+}
+
+/// Choices as text: `m×n×k/nt/p2=packed` entries separated by `;`, in shape order.
+pub fn to_text<'a>(entries: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>) -> String {
+    let mut sorted: Vec<_> = entries.into_iter().collect();
+    sorted.sort_by_key(|(k, _)| **k);
+    let t = |b: bool| if b { 't' } else { 'n' };
+    sorted.iter().map(|(k, g)| format!("{}x{}x{}/{}{}/p{}={}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts, g.name())).collect::<Vec<_>>().join(";")
+}
+
+/// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`.
+pub fn summary(text: &str) -> String {
+    let won = |k: &str| text.split(';').filter(|e| e.ends_with(k)).count();
+    format!("packed {}, faer {}", won("=packed"), won("=faer"))
+}
+
+/// Reads [`to_text`]'s form back; an error names the entry it cannot read.
+pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
+    let entry = |e: &str| -> Option<(GemmKey, CpuGemm)> {
+        let (shape, kernel) = e.split_once('=')?;
+        let mut parts = shape.split('/');
+        let dims: Vec<usize> = parts.next()?.split('x').map(|d| d.parse().ok()).collect::<Option<_>>()?;
+        let trans = parts.next()?.as_bytes();
+        let workers = parts.next()?.strip_prefix('p')?.parse().ok()?;
+        let flag = |c: u8| match c {
+            b'n' => Some(false),
+            b't' => Some(true),
+            _ => None,
+        };
+        let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
+        let kernel = match kernel {
+            "packed" if sgemm::supported() => CpuGemm::Packed,
+            "packed" | "faer" => CpuGemm::Faer,
+            _ => return None,
+        };
+        Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers }, kernel))
+    };
+    text.split(';').filter(|e| !e.is_empty()).map(|e| entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{e}` (expected m x n x k/nt/pN=packed|faer)"))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips_and_bad_entries_are_named() {
+        let k = GemmKey { m: 64, n: 128, k: 1024, trans_a: true, trans_b: false, parts: 2 };
+        let faer = CpuGemm::Faer;
+        let text = to_text([(&k, &faer)]);
+        assert_eq!(text, "64x128x1024/tn/p2=faer");
+        assert_eq!(summary(&text), "packed 0, faer 1");
+        assert_eq!(parse(&text).unwrap(), vec![(k, faer)]);
+        assert_eq!(parse("").unwrap(), vec![]);
+        for bad in ["64x128/nn/p1=faer", "1x2x3/nx/p1=faer", "1x2x3/nn/p1=blas", "1x2x3/nn=faer", "1x2x3/nn/p1/x=faer", "99999999999999999999x1x1/nn/p1=faer"] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn faer_must_win_by_the_margin() {
+        assert_eq!(decide(1.0, 0.85), CpuGemm::Packed);
+        assert_eq!(decide(1.0, 0.7), CpuGemm::Faer);
+        assert_eq!(decide(1.0, 1.5), CpuGemm::Packed);
+    }
+}
