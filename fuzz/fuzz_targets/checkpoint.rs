@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else { return };
     let dir = std::env::temp_dir().join(format!("cid-fuzz-ckpt-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
-    let seed_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds/checkpoint/valid");
+    let seed_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("base_checkpoint");
     for f in ["model.safetensors", "training_state.safetensors"] {
         let _ = std::fs::copy(seed_dir.join(f), dir.join(f));
     }

@@ -325,15 +325,24 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         let t = m.target.as_ref().expect("filtered");
         let text = match (m.category, m.name) {
             (CategoryKind::Data, _) => "Data preparation misses its target: keep the store contiguous float32 (zero-copy reads), on local SSD, and raise prefetch.".to_string(),
-            (CategoryKind::Scalability, MetricName::MemoryScalingFactor) => "Memory grows faster than the batch at the largest sizes: InfoNCE's B×B similarity matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
+            (CategoryKind::Scalability, MetricName::MemoryScalingFactor) => "Memory grows faster than the batch at the largest sizes. The CPU's InfoNCE holds its similarities in tiles of 256 rows (linear in the batch); on CUDA its B×B matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
             (CategoryKind::Scalability, _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
+            (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) => "bf16 is not the faster precision on this machine: see the Mixed precision recommendation.".to_string(),
             (CategoryKind::Training | CategoryKind::Model, _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),
         };
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
+    if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
+        let text = if m.value >= 1.2 {
+            format!("bf16 products run {:.2}× faster than fp32 here: set trainer.precision: bf16 (the CWRU probe stays within a point of fp32).", m.value)
+        } else {
+            format!("bf16 products run at {:.2}× fp32's speed here (this CPU, or this build, has no bf16 kernel: operands are only rounded): keep trainer.precision: 32.", m.value)
+        };
+        rec("Mixed precision", text, format!("{} = {:.2}", m.id, m.value));
+    }
     if r.category(CategoryKind::Hardware).is_some() {
-        rec("Mixed precision / GPU", "Not measured yet: the suite benchmarks the CPU device only, and fp16/bf16 compute is not implemented.".into(), "hardware category notes".into());
+        rec("GPU", "Not measured yet: the suite benchmarks the CPU device only (the CUDA device has not run on a GPU).".into(), "hardware category notes".into());
     }
     for m in r.regressions() {
         if let Some(b) = &m.baseline {

@@ -84,6 +84,7 @@ names! {
         MemoryScalingFactor => "memory_scaling_factor";
         StepMs => "step_ms";
         ThreadSpeedup => "thread_speedup";
+        MixedPrecisionSpeedup => "mixed_precision_speedup";
         GpuMemoryPerSampleMb => "gpu_memory_per_sample_mb";
         RandomInitProbeAcc => "random_init_probe_acc";
         FinalProbeAcc => "final_probe_acc";
@@ -108,7 +109,7 @@ impl MetricName {
             MaxBatchSize => "samples",
             MaxWindowSize => "samples/window",
             MemoryScalingFactor => "ratio",
-            ThreadSpeedup => "x",
+            ThreadSpeedup | MixedPrecisionSpeedup => "x",
             RandomInitProbeAcc | FinalProbeAcc => "fraction",
             StepsToTarget => "steps",
             SecondsToTarget => "s",

@@ -22,6 +22,8 @@ pub fn default_targets() -> Targets {
     put("model_performance", &[("forward_pass_ms", 50.0), ("backward_pass_ms", 100.0), ("infonce_computation_ms", 10.0)]);
     put("scalability", &[("max_batch_size", 128.0), ("max_window_size", 4096.0), ("memory_scaling_factor", 1.2)]);
     put("data_processing", &[("h5_loading_mb_per_sec", 100.0), ("window_generation_per_sec", 1000.0), ("batch_preparation_ms", 50.0)]);
+    // The seed's prose, not its table: "Mixed precision: ≥1.2x speedup with memory savings".
+    put("hardware_optimization", &[("mixed_precision_speedup", 1.2)]);
     t
 }
 
@@ -59,6 +61,7 @@ fn rule(m: &Metric) -> Option<(&'static str, &'static str, bool)> {
         (C::Data, M::WindowsPerS) => ("data_processing", "window_generation_per_sec", false),
         (C::Data, M::BatchPrepMs) => ("data_processing", "batch_preparation_ms", true),
         (C::Hardware, M::GpuMemoryPerSampleMb) => ("memory_efficiency", "gpu_memory_per_sample_mb", true),
+        (C::Hardware, M::MixedPrecisionSpeedup) => ("hardware_optimization", "mixed_precision_speedup", false),
         _ => return None,
     })
 }

@@ -1,4 +1,4 @@
-//! A training process killed with SIGKILL at 30+ moments never leaves a checkpoint that does not
+//! A training process killed with SIGKILL at 32 moments never leaves a checkpoint that does not
 //! load, and resuming after every kill ends at the same final loss as a run never interrupted.
 
 #![cfg(unix)]

@@ -12,7 +12,7 @@
 //! the CPU device skips the zeros of gradients behind ReLU + dropout, so it can go past the SGEMM
 //! rate.
 //!
-//! `cargo bench -p cid-engine --bench workload [-- --threads 2 --steps 50 --configs small,isfm-small --json out.json]`
+//! `cargo bench -p cid-engine --bench workload [-- --threads 2 --steps 50 --configs small,isfm-small --precision fp32|bf16 --json out.json]`
 
 use std::time::Instant;
 
@@ -67,6 +67,15 @@ fn main() {
     let threads: usize = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(2);
     let steps: usize = arg("--steps").and_then(|v| v.parse().ok()).unwrap_or(50);
     let configs = arg("--configs").unwrap_or_else(|| "small,medium,large,complex,xl".into());
+    let precision = match arg("--precision").as_deref() {
+        None | Some("fp32") => Precision::Fp32,
+        Some("bf16") => Precision::Bf16,
+        Some(other) => {
+            eprintln!("unknown precision {other:?}; expected fp32 or bf16");
+            std::process::exit(2);
+        }
+    };
+    let precision_name = if precision == Precision::Bf16 { "bf16" } else { "fp32" };
     for name in configs.split(',') {
         if workloads::named(name).is_none() {
             let known: Vec<&str> = workloads::all().iter().map(|w| w.name).collect();
@@ -87,7 +96,11 @@ fn main() {
         for name in configs.split(',') {
             let w = workloads::named(name).expect("checked above");
             let (b, cfg) = (w.batch, w.encoder.clone());
-            let enc = cfg.init(CpuDevice::new(), 2 * b, 0).expect("init");
+            let mut enc = cfg.init(CpuDevice::new(), 2 * b, 0).expect("init");
+            if let Err(e) = enc.device.set_precision(precision) {
+                eprintln!("--precision {precision_name}: {e}");
+                std::process::exit(2);
+            }
             let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).expect("step");
             let mut seed = 1u64;
             let (a, p) = (data(b * cfg.input(), &mut seed), data(b * cfg.input(), &mut seed));
@@ -106,7 +119,11 @@ fn main() {
             let med = median(&t);
             // How many of the step's product shapes each kernel won (under the measuring policy).
             let plan = step.encoder.device.kernel_plan();
-            let kernels = if plan.is_empty() { step.encoder.device.gemm_policy().describe() } else { engine::cpu::plan::summary(&plan) };
+            let kernels = match (precision, plan.is_empty()) {
+                (Precision::Bf16, _) => "packed (bf16 operands)".to_string(),
+                (_, true) => step.encoder.device.gemm_policy().describe(),
+                (_, false) => engine::cpu::plan::summary(&plan),
+            };
             let gflops = cfg.step_flops(2 * b) / med / 1e9;
             let kind = cfg.kind();
             println!(
@@ -115,7 +132,7 @@ fn main() {
             );
             assert!(last.is_finite());
             rows.push(format!(
-                r#"{{"config":"{name}","B":{b},"W":{},"C":{},"encoder":"{kind}","params":{},"precision":"fp32","median_ms":{:.4},"samples_per_s":{:.1},"gflops":{:.2},"sgemm_gflops":{peak:.2},"steps":{steps},"threads":{threads},"gemm_kernels":"{kernels}"}}"#,
+                r#"{{"config":"{name}","B":{b},"W":{},"C":{},"encoder":"{kind}","params":{},"precision":"{precision_name}","median_ms":{:.4},"samples_per_s":{:.1},"gflops":{:.2},"sgemm_gflops":{peak:.2},"steps":{steps},"threads":{threads},"gemm_kernels":"{kernels}"}}"#,
                 cfg.window,
                 cfg.channels,
                 cfg.param_count(),

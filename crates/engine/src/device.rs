@@ -11,7 +11,7 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::error::Result;
+use crate::error::{EngineError, Result};
 use crate::ops::{act::Activation, attention::AttentionShape, conv1d::ConvShape, norm::BatchNormArgs, patch::PatchShape, pool::PoolShape};
 
 /// A region of one device's memory: `len` f32 values from `offset`. Views come from
@@ -221,6 +221,18 @@ impl AdamHyper {
     }
 }
 
+/// The precision of a device's matrix products.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in fp32 (default).
+    #[default]
+    Fp32,
+    /// Every product's operands rounded to bf16, accumulated in fp32 (PyTorch's CPU autocast
+    /// policy): linear layers, convolutions, attention. The loss, normalisations, softmax and the
+    /// optimizer stay fp32, as do the master weights and Adam's moments.
+    Bf16,
+}
+
 /// Result of the fused InfoNCE kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceOut {
@@ -240,6 +252,16 @@ pub trait Device: Send {
     fn alloc(&mut self, len: usize) -> Result<View>;
     /// Bytes of device memory held (the peak: memory is only ever added while building).
     fn allocated_bytes(&self) -> usize;
+    /// Sets the precision of the products from now on. An error where the device cannot run it.
+    fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        match precision {
+            Precision::Fp32 => Ok(()),
+            Precision::Bf16 => Err(EngineError::Device("bf16 products are not implemented on this device yet".into())),
+        }
+    }
+    fn precision(&self) -> Precision {
+        Precision::Fp32
+    }
     /// The kernel chosen for each product shape so far where the device chooses by measurement
     /// (the CPU's GEMM plan), as text [`Device::pin_kernel_plan`] takes back; empty elsewhere.
     fn kernel_plan(&self) -> String {

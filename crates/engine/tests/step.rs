@@ -164,30 +164,47 @@ impl Toy {
 
 #[test]
 fn learns_the_sinusoid_toy_in_200_steps() {
-    learns_the_toy(EncoderConfig::new(EncoderKind::MlpMedium, 512, 1), 200, 0.5, 0.9);
+    learns_the_toy(EncoderConfig::new(EncoderKind::MlpMedium, 512, 1), Precision::Fp32, 200, 0.5, 0.9);
 }
 
 #[test]
 fn cnn_learns_the_sinusoid_toy_in_200_steps() {
-    learns_the_toy(EncoderConfig::new(EncoderKind::Cnn, 512, 1), 200, 0.5, 0.9);
+    learns_the_toy(EncoderConfig::new(EncoderKind::Cnn, 512, 1), Precision::Fp32, 200, 0.5, 0.9);
 }
 
 #[test]
 fn isfm_learns_the_sinusoid_toy_in_300_steps() {
-    let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 32, num_heads: 4, e_layers: 1, d_ff: 64, ..IsfmConfig::default() };
     // (PyTorch's ISFM on the same toy: 4.96 → 0.57 in 300 steps; it learns slower than the CNN.)
-    learns_the_toy(EncoderConfig { arch: Arch::Isfm(isfm), window: 512, channels: 1, embed: 128 }, 300, 1.0, 0.8);
+    learns_the_toy(toy_isfm(), Precision::Fp32, 300, 1.0, 0.8);
+}
+
+fn toy_isfm() -> EncoderConfig {
+    let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 32, num_heads: 4, e_layers: 1, d_ff: 64, ..IsfmConfig::default() };
+    EncoderConfig { arch: Arch::Isfm(isfm), window: 512, channels: 1, embed: 128 }
+}
+
+/// bf16 products (operands rounded, fp32 accumulation) learn the toy as fp32 does, every encoder.
+#[test]
+fn every_encoder_learns_the_toy_with_bf16_products() {
+    if CpuDevice::new().set_precision(Precision::Bf16).is_err() {
+        eprintln!("SKIPPED: bf16 products need the packed GEMM kernel (AVX2 + FMA, CID_CPU_GEMM not faer)");
+        return;
+    }
+    learns_the_toy(EncoderConfig::new(EncoderKind::MlpMedium, 512, 1), Precision::Bf16, 200, 0.5, 0.9);
+    learns_the_toy(EncoderConfig::new(EncoderKind::Cnn, 512, 1), Precision::Bf16, 200, 0.5, 0.9);
+    learns_the_toy(toy_isfm(), Precision::Bf16, 300, 1.0, 0.8);
 }
 
 /// Trains `cfg` on the toy for `steps` steps at lr 1e-3: the loss falls below `final_loss`, and
 /// windows from the held-out last 30 % of each signal are matched to their Id at least
 /// `min_accuracy` of the time.
-fn learns_the_toy(cfg: EncoderConfig, steps: u64, final_loss: f32, min_accuracy: f32) {
+fn learns_the_toy(cfg: EncoderConfig, precision: Precision, steps: u64, final_loss: f32, min_accuracy: f32) {
     let (b, n_ids, len) = (32, 64, 8192);
     let w = cfg.window;
     let toy = Toy::new(n_ids, len, 0);
     let split = len * 7 / 10;
-    let enc = cfg.init(CpuDevice::new(), 2 * b, 0).unwrap();
+    let mut enc = cfg.init(CpuDevice::new(), 2 * b, 0).unwrap();
+    enc.device.set_precision(precision).unwrap();
     let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
     let mut losses = Vec::new();
     // The ISFM's time channel is `t / rate`: a realistic 12 kHz keeps it small beside the values
@@ -201,7 +218,7 @@ fn learns_the_toy(cfg: EncoderConfig, steps: u64, final_loss: f32, min_accuracy:
     }
     let first = losses[0];
     let last = losses[losses.len() - 10..].iter().sum::<f32>() / 10.0;
-    let kind = cfg.kind();
+    let kind = format!("{} ({precision:?})", cfg.kind());
     eprintln!("{kind}: loss first {first:.3} (ln B = {:.3}), last-10 mean {last:.3}", (b as f32).ln());
     // Untrained, the pairs are not yet told apart (a random CNN already separates frequencies
     // somewhat, and a random ISFM's embeddings spread wider than a random MLP's, so only "far

@@ -258,7 +258,9 @@ pub struct TrainerSection {
     /// `1`, or `[N]` for GPU N (PyTorch Lightning's forms; default 1, GPU 0).
     #[serde(with = "devices")]
     pub devices: Devices,
-    /// 32 (default), 16 or bf16 (`16-mixed`, `bf16-mixed` too).
+    /// 32 (default) or bf16 (`bf16-mixed` too: every product's operands in bf16, fp32
+    /// accumulation, loss and normalisations; on the CPU device). 16 (`16-mixed`) is read and
+    /// refused with a pointer to bf16.
     #[default(Precision::F32)]
     #[serde(with = "precision")]
     pub precision: Precision,
@@ -510,11 +512,8 @@ impl Config {
                 return bad(key, format!("{value:?} is not supported; supported: {supported}"));
             }
         }
-        match t.precision {
-            Precision::F32 => {}
-            Precision::Bf16 | Precision::F16 => {
-                return bad("trainer.precision", format!("{} is not implemented yet on any device (the cpu and cuda devices compute in fp32); use 32", if t.precision == Precision::Bf16 { "bf16" } else { "16" }));
-            }
+        if t.precision == Precision::F16 {
+            return bad("trainer.precision", "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (products in bf16, fp32 accumulation, no loss scaling needed) or 32".into());
         }
         self.loss().validate().map_err(|e| engine_error(e))?;
         self.optimizer().validate().map_err(|e| engine_error(e))?;
@@ -557,6 +556,14 @@ impl Config {
 
     pub fn preprocess(&self) -> PreprocessConfig {
         PreprocessConfig { normalization: self.data.normalization, truncate_length: self.data.truncate_length }
+    }
+
+    /// The engine precision of `trainer.precision` (16 is refused by `validate`).
+    pub fn precision(&self) -> engine::Precision {
+        match self.trainer.precision {
+            Precision::Bf16 => engine::Precision::Bf16,
+            Precision::F32 | Precision::F16 => engine::Precision::Fp32,
+        }
     }
 
     pub fn loss(&self) -> InfoNceConfig {

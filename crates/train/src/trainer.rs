@@ -288,7 +288,13 @@ impl<'a, D: Device> Trainer<'a, D> {
         let sized_by = || {
             let m = &cfg.model;
             let transformer = match m.name {
-                EncoderKind::Isfm => format!(", model.d_model = {}, model.num_patches = {}, model.e_layers = {}", m.output_dim.unwrap_or(m.d_model), m.num_patches, m.e_layers),
+                EncoderKind::Isfm => {
+                    let width = match m.output_dim {
+                        Some(w) => format!("model.output_dim = {w}"),
+                        None => format!("model.d_model = {}", m.d_model),
+                    };
+                    format!(", {width}, model.num_patches = {}, model.e_layers = {}", m.num_patches, m.e_layers)
+                }
                 _ => String::new(),
             };
             format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}{transformer}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed)
@@ -297,7 +303,8 @@ impl<'a, D: Device> Trainer<'a, D> {
             engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),
             other => engine_error(other),
         };
-        let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
+        let mut enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
+        enc.device.set_precision(cfg.precision()).map_err(|e| TrainError::Config { key: "trainer.precision".into(), reason: e.to_string() })?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(in_context)?;
         if let Some(dim) = cfg.model.projection_dim {
             step = step.with_projection(dim).map_err(in_context)?;

@@ -1,5 +1,6 @@
 //! The CPU device: GEMMs on our packed AVX2 kernel ([`sgemm`]) or on faer, whichever measured
-//! faster on each shape ([`plan`]; faer alone where the CPU lacks AVX2/FMA), the products marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
+//! faster on each shape ([`plan`]; faer alone where the CPU lacks AVX2/FMA), the products
+//! marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
 //! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
 //! kernels of [`crate::ops`] (compiled for the CPU's vector extensions with `multiversion`),
 //! parallel with rayon where the work is large enough to pay for it.
@@ -21,7 +22,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
-use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, View};
+use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, Precision, View};
 use crate::error::{EngineError, Result};
 use crate::loss::{infonce_scratch_floats, LOSS_TILE};
 use crate::ops::act::{self, Activation};
@@ -58,15 +59,7 @@ pub enum CpuGemm {
 }
 
 impl CpuGemm {
-    /// The kernel of the products no plan covers (each attention head's, the loss's): the packed
-    /// one where the CPU supports it, unless `CID_CPU_GEMM=faer`.
-    pub fn detect() -> Self {
-        match GemmPolicy::from_env() {
-            GemmPolicy::Fixed(k) => k,
-            GemmPolicy::Measure => CpuGemm::Packed,
-        }
-    }
-
+    /// `packed` or `faer`, as plans and reports write it.
     pub fn name(self) -> &'static str {
         match self {
             CpuGemm::Packed => "packed",
@@ -96,8 +89,8 @@ pub struct CpuDevice {
     /// The kernel of each product shape this device has run (a copy of the process's choices:
     /// a lookup here takes no lock).
     plan: HashMap<GemmKey, CpuGemm>,
-    /// Where a measurement keeps C to restore it between trials (an accumulating product reads it).
-    measure_scratch: Vec<f32>,
+    /// bf16 products: every pack buffer rounds the operands it packs (the loss's products excepted).
+    precision: Precision,
     threads: usize,
 }
 
@@ -127,10 +120,7 @@ impl CpuDevice {
     /// # Panics
     /// A policy that needs the packed kernel on a CPU without AVX2 and FMA.
     pub fn with_policy(policy: GemmPolicy) -> Self {
-        let gemm = match policy {
-            GemmPolicy::Fixed(k) => k,
-            GemmPolicy::Measure => CpuGemm::Packed,
-        };
+        let gemm = policy.default_kernel();
         assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
         let threads = rayon::current_num_threads();
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
@@ -147,7 +137,7 @@ impl CpuDevice {
             gemm,
             policy,
             plan: HashMap::new(),
-            measure_scratch: Vec::new(),
+            precision: Precision::Fp32,
             threads,
         }
     }
@@ -158,15 +148,17 @@ impl CpuDevice {
         self.gemm
     }
 
+    /// How this device picks the kernel of each product.
     pub fn gemm_policy(&self) -> GemmPolicy {
         self.policy
     }
 
     /// The kernel a product of this shape split over `parts` workers runs on here, if chosen.
     pub fn planned_kernel(&self, g: Gemm, parts: usize) -> Option<CpuGemm> {
+        let key = GemmKey::of(g, parts);
         match self.policy {
             GemmPolicy::Fixed(k) => Some(k),
-            GemmPolicy::Measure => self.plan.get(&GemmKey::of(g, parts)).copied().or_else(|| plan::chosen(GemmKey::of(g, parts))),
+            GemmPolicy::Measure => self.plan.get(&key).copied().or_else(|| plan::chosen(key)),
         }
     }
 
@@ -431,11 +423,14 @@ impl CpuDevice {
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
     /// the faster of the two measured now on these operands.
     fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
-        if let GemmPolicy::Fixed(k) = self.policy {
-            return k;
-        }
         let key = GemmKey::of(g, parts);
         if let Some(&k) = self.plan.get(&key) {
+            return k;
+        }
+        // Recorded under a fixed policy too: a run resumed without the same CID_CPU_GEMM then
+        // pins the kernels it ran on.
+        if let GemmPolicy::Fixed(k) = self.policy {
+            self.plan.insert(key, k);
             return k;
         }
         let k = match plan::chosen(key) {
@@ -449,16 +444,17 @@ impl CpuDevice {
         k
     }
 
-    /// Times both kernels on this product, interleaved, best of up to 32 runs each (about 4 ms of
-    /// each kernel at most, at least two runs), and returns the faster ([`plan::decide`]). C is restored before
+    /// Times both kernels on this product, interleaved, best of two runs each or more (up to 32
+    /// while the runs so far took under ≈ 4 ms), and returns the faster ([`plan::decide`]). C is restored before
     /// each run and at the end, so an accumulating product still accumulates once.
     fn measure(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
-        /// Time each kernel is given, in seconds; and the most runs of each.
+        /// Runs of each kernel go on while both together took less than this, in seconds ...
         const BUDGET_S: f64 = 4e-3;
+        /// ... up to this many (and at least two, however long a product takes).
         const MAX_RUNS: usize = 32;
-        let mut saved = std::mem::take(&mut self.measure_scratch);
-        saved.clear();
-        saved.extend_from_slice(&self.slice(c)[..g.m * g.n]);
+        // A copy of C for the trials, freed after them (measuring happens once per shape, in the
+        // first steps, which may allocate).
+        let saved = self.slice(c)[..g.m * g.n].to_vec();
         let kernels = [CpuGemm::Packed, CpuGemm::Faer];
         let (mut best, mut spent) = ([f64::INFINITY; 2], 0.0);
         let mut runs = 0;
@@ -474,7 +470,6 @@ impl CpuDevice {
             runs += 1;
         }
         self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-        self.measure_scratch = saved;
         plan::decide(best[0], best[1])
     }
 
@@ -563,6 +558,25 @@ impl Device for CpuDevice {
             + self.attention.iter().map(AttentionScratch::allocated_bytes).sum::<usize>()
     }
 
+    fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision == Precision::Bf16 && self.gemm != CpuGemm::Packed {
+            return Err(EngineError::Device(if sgemm::supported() {
+                "bf16 products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it".into()
+            } else {
+                "bf16 products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them".into()
+            }));
+        }
+        self.precision = precision;
+        for p in &mut self.packs {
+            p.round_bf16 = precision == Precision::Bf16;
+        }
+        Ok(())
+    }
+
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn kernel_plan(&self) -> String {
         plan::to_text(&self.plan)
     }
@@ -600,11 +614,14 @@ impl Device for CpuDevice {
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
         let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
-        if g.sparse_a && large && self.gemm == CpuGemm::Packed && sparse_fits && self.gemm_sparse(g, c, a, b) {
+        // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
+        let fp32 = self.precision == Precision::Fp32;
+        if g.sparse_a && large && fp32 && self.gemm == CpuGemm::Packed && sparse_fits && self.gemm_sparse(g, c, a, b) {
             return;
         }
         let parts = if large { self.threads } else { 1 };
-        let kernel = self.kernel_for(g, parts, c, a, b);
+        // bf16 rounds operands as the packed kernel packs them: faer cannot run those products.
+        let kernel = if fp32 { self.kernel_for(g, parts, c, a, b) } else { CpuGemm::Packed };
         self.gemm_on(kernel, g, parts, c, a, b);
     }
 
@@ -962,6 +979,7 @@ impl Device for CpuDevice {
 
     fn infonce(&mut self, z: View, dz: Option<View>, b: usize, d: usize, tau: f32, symmetric: bool, grad_scale: f32) -> InfoNceOut {
         assert!(tau > 0.0, "temperature must be > 0");
+        assert!(b > 0, "InfoNCE over no pairs");
         assert_eq!(z.len(), 2 * b * d);
         self.check(z);
         if let Some(dz) = dz {
@@ -997,6 +1015,8 @@ impl Device for CpuDevice {
         let (za, zp) = zn.split_at(b * d);
         let inv_tau = 1.0 / tau;
         let tiles = (0..b).step_by(tile).map(|r0| r0..(r0 + tile).min(b));
+        // The loss's products stay fp32 in every precision (as under PyTorch's autocast).
+        self.packs[0].round_bf16 = false;
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
         // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
         let mut loss_cols = 0.0f64;
@@ -1077,6 +1097,7 @@ impl Device for CpuDevice {
         }
         self.scratch = scratch;
         self.reduce = col_sum;
+        self.packs[0].round_bf16 = self.precision == Precision::Bf16;
         out
     }
 
@@ -1209,6 +1230,57 @@ mod tests {
                 assert_eq!(CpuDevice::with_policy(GemmPolicy::Measure).planned_kernel(g, parts), Some(chosen));
             }
         });
+    }
+
+    #[test]
+    fn bf16_products_round_both_operands_and_accumulate_in_fp32() {
+        let mut dev = CpuDevice::new();
+        if dev.set_precision(Precision::Bf16).is_err() {
+            eprintln!("SKIPPED: bf16 products need the packed GEMM kernel (AVX2 + FMA, CID_CPU_GEMM not faer)");
+            return;
+        }
+        let bf16 = |x: f32| {
+            let mut v = [x];
+            sgemm::round_bf16(&mut v);
+            v[0]
+        };
+        assert_eq!(bf16(1.0 + 1.0 / 256.0), 1.0, "a tie goes to the even mantissa");
+        assert_eq!(bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "a tie goes to the even mantissa");
+        assert_eq!(bf16(1.0 + 1.5 / 256.0), 1.0 + 2.0 / 256.0);
+        let mut seed = 5u64;
+        let mut rand = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        // Past the depth of one packed slice, with a transposed operand, accumulating.
+        let (m, n, k) = (13, 37, 300);
+        let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(n * k).unwrap(), dev.alloc(m * n).unwrap());
+        let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..n * k).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
+        dev.upload(a, &av);
+        dev.upload(b, &bv);
+        dev.upload(c, &c0);
+        dev.gemm(Gemm::nt(m, n, k).accumulate(true), c, a, b);
+        let got = dev.slice(c).to_vec();
+        let mut off_fp32 = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let rounded: f64 = (0..k).map(|p| bf16(av[i * k + p]) as f64 * bf16(bv[j * k + p]) as f64).sum();
+                let exact: f64 = (0..k).map(|p| av[i * k + p] as f64 * bv[j * k + p] as f64).sum();
+                let g = got[i * n + j] as f64 - c0[i * n + j] as f64;
+                assert!((g - rounded).abs() < 1e-4, "C[{i},{j}] adds {g}, the bf16 product is {rounded}");
+                off_fp32 = off_fp32.max((g - exact).abs());
+            }
+        }
+        assert!(off_fp32 > 1e-3, "the result is the fp32 product: the operands were not rounded");
+        // The loss's products stay fp32: the same InfoNCE loss in either precision.
+        let z: Vec<f32> = (0..2 * 8 * 16).map(|_| rand()).collect();
+        let loss = |dev: &mut CpuDevice| {
+            let (zv, dzv) = (dev.alloc(z.len()).unwrap(), dev.alloc(z.len()).unwrap());
+            dev.upload(zv, &z);
+            dev.infonce(zv, Some(dzv), 8, 16, 0.1, true, 1.0).loss
+        };
+        assert_eq!(loss(&mut dev), loss(&mut CpuDevice::new()));
+        assert!(dev.packs[0].round_bf16, "products after the loss are bf16 again");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! step shape although faer wins a large square probe; on an Intel Xeon with AVX-512 faer's
 //! kernels run at nearly twice ours. So the first time a device meets a shape (m, n, k, the
 //! transpositions and how many workers split it), it times both kernels on the real operands,
-//! interleaved, a few milliseconds at most, and keeps the faster one for the rest of the process.
+//! interleaved (two runs of each, more while they take under ≈ 4 ms), and keeps the faster one
+//! for the rest of the process.
 //! Faer must win by [`MARGIN`] (a third faster) to be chosen, so that a close call does not flip
 //! from one run to the next: on this project's AMD Zen 3 machine, with a 10 % margin, the four
 //! smallest shapes of the `small` workload went to one kernel or the other from run to run.
@@ -47,6 +48,15 @@ impl GemmPolicy {
             "faer" => GemmPolicy::Fixed(CpuGemm::Faer),
             "packed" => GemmPolicy::Fixed(CpuGemm::Packed),
             _ => GemmPolicy::Measure,
+        }
+    }
+
+    /// The kernel of products no plan covers (each attention head's, the loss's): the fixed one,
+    /// or the packed one where measuring.
+    pub fn default_kernel(self) -> CpuGemm {
+        match self {
+            GemmPolicy::Fixed(k) => k,
+            GemmPolicy::Measure => CpuGemm::Packed,
         }
     }
 
@@ -115,9 +125,18 @@ pub fn to_text<'a>(entries: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>
 
 /// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`.
 pub fn summary(text: &str) -> String {
-    let won = |k: &str| text.split(';').filter(|e| e.ends_with(k)).count();
-    format!("packed {}, faer {}", won("=packed"), won("=faer"))
+    match parse(text) {
+        Ok(entries) => {
+            let faer = entries.iter().filter(|(_, k)| *k == CpuGemm::Faer).count();
+            format!("packed {}, faer {faer}", entries.len() - faer)
+        }
+        Err(e) => e,
+    }
 }
+
+/// The most entries a plan may have: a model runs a few dozen product shapes, so a plan past
+/// this comes from a damaged or hostile file, not from a run.
+pub const MAX_ENTRIES: usize = 4096;
 
 /// Reads [`to_text`]'s form back; an error names the entry it cannot read.
 pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
@@ -140,7 +159,16 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
         };
         Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers }, kernel))
     };
-    text.split(';').filter(|e| !e.is_empty()).map(|e| entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{e}` (expected m x n x k/nt/pN=packed|faer)"))).collect()
+    let entries = text.split(';').filter(|e| !e.is_empty());
+    if entries.clone().nth(MAX_ENTRIES).is_some() {
+        return Err(format!("a GEMM plan of more than {MAX_ENTRIES} entries"));
+    }
+    entries
+        .map(|e| {
+            let shown: String = e.chars().take(64).collect();
+            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN=packed|faer)"))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -160,6 +188,11 @@ mod tests {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
+        let long = "1x1x1/nn/p1=faer;".repeat(MAX_ENTRIES + 1);
+        assert!(parse(&long).unwrap_err().contains("more than 4096"));
+        assert_eq!(parse(&long[..long.len() - 17]).unwrap().len(), MAX_ENTRIES);
+        let e = parse(&"9".repeat(10_000)).unwrap_err();
+        assert!(e.len() < 200, "a bad entry is cut short in the message: {} bytes", e.len());
     }
 
     #[test]

@@ -60,6 +60,9 @@ impl Operand {
 pub struct PackBuffers {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// Round both operands to bf16 as they are packed (fp32 accumulation): the numerics of a
+    /// bf16 product on AMX / AVX512-BF16, on any CPU this kernel runs on.
+    pub round_bf16: bool,
 }
 
 impl PackBuffers {
@@ -142,6 +145,7 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
             return;
         }
         buf.reserve(m, n, k);
+        let buf_round = buf.round_bf16;
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
         let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
@@ -150,10 +154,10 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
                 let kd = KK.min(k - kk);
-                pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf);
+                pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    pack_block::<MR>(kd, mc, a.at(kk, ic), abuf);
+                    pack_block::<MR>(kd, mc, a.at(kk, ic), abuf, buf_round);
                     for pc in (0..kd).step_by(KC) {
                         let kc = KC.min(kd - pc);
                         // The first slice of k writes C (or adds to it when accumulating); later ones add.
@@ -178,7 +182,7 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
 /// slice, one `kc × W` micro-panel per `W` lanes (`out[p·W + q]`), the last one zero-padded.
 /// Panel by panel, so each source row is read in one long run. A block of `op(A)` has its rows as
 /// lanes (`W` = [`MR`]), a block of `op(B)` its columns (`W` = [`NR`]).
-unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
     // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
     unsafe {
         let width = lanes.next_multiple_of(W);
@@ -190,6 +194,20 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
                 pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), dst);
             }
         }
+        if round {
+            // The block is in cache now: one more pass costs little beside the products it feeds.
+            round_bf16(&mut out[..width * kd]);
+        }
+    }
+}
+
+/// Rounds each value to the nearest bf16 (ties to even), kept as f32: the upper 16 bits of the
+/// f32 after adding half of the dropped part. (A NaN stays a NaN or becomes ±inf: either is a
+/// non-finite step, which never touches the weights.)
+pub fn round_bf16(v: &mut [f32]) {
+    for x in v {
+        let b = x.to_bits();
+        *x = f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000);
     }
 }
 
