@@ -334,11 +334,7 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
-        let text = if m.value >= 1.2 {
-            format!("bf16 products run {:.2}× faster than fp32 here: set trainer.precision: bf16 (the CWRU probe stays within a point of fp32).", m.value)
-        } else {
-            format!("bf16 products run at {:.2}× fp32's speed here (this CPU, or this build, has no bf16 kernel: operands are only rounded): keep trainer.precision: 32.", m.value)
-        };
+        let text = format!("bf16 products run at {:.2}× fp32's speed here: this build has no AMX / AVX512-BF16 kernel yet (bf16 only rounds the operands), so keep trainer.precision: 32 for speed.", m.value);
         rec("Mixed precision", text, format!("{} = {:.2}", m.id, m.value));
     }
     if r.category(CategoryKind::Hardware).is_some() {

@@ -227,9 +227,11 @@ pub enum Precision {
     /// Everything in fp32 (default).
     #[default]
     Fp32,
-    /// Every product's operands rounded to bf16, accumulated in fp32 (PyTorch's CPU autocast
-    /// policy): linear layers, convolutions, attention. The loss, normalisations, softmax and the
-    /// optimizer stay fp32, as do the master weights and Adam's moments.
+    /// Every product's operands rounded to bf16 (to nearest even), accumulated in fp32: linear
+    /// layers, convolutions, attention. The loss (its products too), normalisations, softmax and
+    /// the optimizer stay fp32, as do the master weights, Adam's moments and every stored
+    /// activation. (PyTorch's CPU autocast also stores products' outputs in bf16 and runs the
+    /// loss's products in bf16.)
     Bf16,
 }
 

@@ -259,7 +259,7 @@ pub struct TrainerSection {
     #[serde(with = "devices")]
     pub devices: Devices,
     /// 32 (default) or bf16 (`bf16-mixed` too: every product's operands in bf16, fp32
-    /// accumulation, loss and normalisations; on the CPU device). 16 (`16-mixed`) is read and
+    /// accumulation, loss and normalisations; the CPU device only). 16 (`16-mixed`) is read and
     /// refused with a pointer to bf16.
     #[default(Precision::F32)]
     #[serde(with = "precision")]
@@ -513,7 +513,10 @@ impl Config {
             }
         }
         if t.precision == Precision::F16 {
-            return bad("trainer.precision", "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (products in bf16, fp32 accumulation, no loss scaling needed) or 32".into());
+            return bad("trainer.precision", "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (on the CPU device: products in bf16, fp32 accumulation, no loss scaling needed) or 32".into());
+        }
+        if t.precision == Precision::Bf16 && t.accelerator == Accelerator::Gpu {
+            return bad("trainer.precision", "bf16 runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu, or precision 32".into());
         }
         self.loss().validate().map_err(|e| engine_error(e))?;
         self.optimizer().validate().map_err(|e| engine_error(e))?;
@@ -525,12 +528,13 @@ impl Config {
         Ok(())
     }
 
-    /// Whether training runs on the CUDA device (`auto`: where one is present).
+    /// Whether training runs on the CUDA device (`auto`: where one is present, unless the
+    /// precision is bf16, which only the CPU device runs).
     pub fn on_gpu(&self) -> bool {
         match self.trainer.accelerator {
             Accelerator::Cpu => false,
             Accelerator::Gpu => true,
-            Accelerator::Auto => engine::CudaDevice::probe(self.trainer.devices.index).is_ok(),
+            Accelerator::Auto => self.trainer.precision != Precision::Bf16 && engine::CudaDevice::probe(self.trainer.devices.index).is_ok(),
         }
     }
 

@@ -315,6 +315,11 @@ impl<'a, D: Device> Trainer<'a, D> {
             if state.seed != cfg.trainer.seed {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
+            if let Ok(saved) = Config::from_yaml(&state.config_yaml, &[]) {
+                if saved.precision() != cfg.precision() {
+                    obs.message(&format!("note: the checkpoint was trained with {:?} products, this run continues with {:?}: the losses will not match an uninterrupted run", saved.precision(), cfg.precision()));
+                }
+            }
             step.step = state.step;
             step.micro_step = state.micro_step;
             step.seed = state.seed;

@@ -60,6 +60,7 @@ fn bad_keys_and_values_name_the_key() {
         ("task:\n  lr: fast\n", "task.lr", ""),
         ("trainer:\n  precision: 8\n", "trainer.precision", ""),
         ("trainer:\n  precision: 16\n", "trainer.precision", "use bf16"),
+        ("trainer:\n  precision: bf16\n  accelerator: gpu\n", "trainer.precision", "CPU device only"),
         ("trainer:\n  monitor: f1\n", "trainer.monitor", ""),
         ("model:\n  name: patchtst\n", "model.name", "isfm"),
         ("model:\n  name: isfm\n  backbone: B_04_Dlinear\n", "model.backbone", "B_08_PatchTST"),

@@ -1015,7 +1015,8 @@ impl Device for CpuDevice {
         let (za, zp) = zn.split_at(b * d);
         let inv_tau = 1.0 / tau;
         let tiles = (0..b).step_by(tile).map(|r0| r0..(r0 + tile).min(b));
-        // The loss's products stay fp32 in every precision (as under PyTorch's autocast).
+        // The loss's products stay fp32 in every precision: the loss is where rounding would
+        // cost most (similarities divided by a small temperature).
         self.packs[0].round_bf16 = false;
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
         // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
@@ -1233,12 +1234,7 @@ mod tests {
     }
 
     #[test]
-    fn bf16_products_round_both_operands_and_accumulate_in_fp32() {
-        let mut dev = CpuDevice::new();
-        if dev.set_precision(Precision::Bf16).is_err() {
-            eprintln!("SKIPPED: bf16 products need the packed GEMM kernel (AVX2 + FMA, CID_CPU_GEMM not faer)");
-            return;
-        }
+    fn bf16_rounding_is_to_nearest_even_and_keeps_infinities_and_nans() {
         let bf16 = |x: f32| {
             let mut v = [x];
             sgemm::round_bf16(&mut v);
@@ -1247,40 +1243,68 @@ mod tests {
         assert_eq!(bf16(1.0 + 1.0 / 256.0), 1.0, "a tie goes to the even mantissa");
         assert_eq!(bf16(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0, "a tie goes to the even mantissa");
         assert_eq!(bf16(1.0 + 1.5 / 256.0), 1.0 + 2.0 / 256.0);
-        let mut seed = 5u64;
-        let mut rand = move || {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        // Past the depth of one packed slice, with a transposed operand, accumulating.
-        let (m, n, k) = (13, 37, 300);
-        let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(n * k).unwrap(), dev.alloc(m * n).unwrap());
-        let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..n * k).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
-        dev.upload(a, &av);
-        dev.upload(b, &bv);
-        dev.upload(c, &c0);
-        dev.gemm(Gemm::nt(m, n, k).accumulate(true), c, a, b);
-        let got = dev.slice(c).to_vec();
-        let mut off_fp32 = 0.0f64;
-        for i in 0..m {
-            for j in 0..n {
-                let rounded: f64 = (0..k).map(|p| bf16(av[i * k + p]) as f64 * bf16(bv[j * k + p]) as f64).sum();
-                let exact: f64 = (0..k).map(|p| av[i * k + p] as f64 * bv[j * k + p] as f64).sum();
-                let g = got[i * n + j] as f64 - c0[i * n + j] as f64;
-                assert!((g - rounded).abs() < 1e-4, "C[{i},{j}] adds {g}, the bf16 product is {rounded}");
-                off_fp32 = off_fp32.max((g - exact).abs());
-            }
+        assert_eq!(bf16(-(1.0 + 3.0 / 256.0)), -(1.0 + 4.0 / 256.0), "the sign is kept");
+        assert_eq!(bf16(f32::MAX), f32::INFINITY, "past bf16's largest value");
+        assert_eq!(bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
+        assert_eq!(bf16(1e-40), f32::from_bits(1e-40f32.to_bits() & 0xFFFF_0000), "a subnormal rounds like any value");
+        for nan in [f32::NAN, f32::from_bits(0x7F80_0001), f32::from_bits(0x7FFF_FFFF), f32::from_bits(0xFFFF_FFFF)] {
+            assert!(bf16(nan).is_nan(), "{:#x} must stay a NaN", nan.to_bits());
         }
-        assert!(off_fp32 > 1e-3, "the result is the fp32 product: the operands were not rounded");
-        // The loss's products stay fp32: the same InfoNCE loss in either precision.
-        let z: Vec<f32> = (0..2 * 8 * 16).map(|_| rand()).collect();
-        let loss = |dev: &mut CpuDevice| {
-            let (zv, dzv) = (dev.alloc(z.len()).unwrap(), dev.alloc(z.len()).unwrap());
-            dev.upload(zv, &z);
-            dev.infonce(zv, Some(dzv), 8, 16, 0.1, true, 1.0).loss
-        };
-        assert_eq!(loss(&mut dev), loss(&mut CpuDevice::new()));
-        assert!(dev.packs[0].round_bf16, "products after the loss are bf16 again");
+    }
+
+    #[test]
+    fn bf16_products_round_both_operands_and_accumulate_in_fp32() {
+        // Two workers, so the larger product below is split and each worker's pack buffers round.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            let mut dev = CpuDevice::new();
+            if dev.set_precision(Precision::Bf16).is_err() {
+                eprintln!("SKIPPED: bf16 products need the packed GEMM kernel (AVX2 + FMA, CID_CPU_GEMM not faer)");
+                return;
+            }
+            let bf16 = |x: f32| {
+                let mut v = [x];
+                sgemm::round_bf16(&mut v);
+                v[0]
+            };
+            let mut seed = 5u64;
+            let mut rand = move || {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            };
+            // Past the depth of one packed slice, with a transposed operand, accumulating; then
+            // one past PAR_GEMM_WORK, split over the two workers.
+            for (m, n, k) in [(13, 37, 300), (96, 100, 64)] {
+                let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(n * k).unwrap(), dev.alloc(m * n).unwrap());
+                let (av, bv, c0): (Vec<f32>, Vec<f32>, Vec<f32>) = ((0..m * k).map(|_| rand()).collect(), (0..n * k).map(|_| rand()).collect(), (0..m * n).map(|_| rand()).collect());
+                dev.upload(a, &av);
+                dev.upload(b, &bv);
+                dev.upload(c, &c0);
+                dev.gemm(Gemm::nt(m, n, k).accumulate(true), c, a, b);
+                let got = dev.slice(c).to_vec();
+                let mut off_fp32 = 0.0f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let rounded: f64 = (0..k).map(|p| bf16(av[i * k + p]) as f64 * bf16(bv[j * k + p]) as f64).sum();
+                        let exact: f64 = (0..k).map(|p| av[i * k + p] as f64 * bv[j * k + p] as f64).sum();
+                        let g = got[i * n + j] as f64 - c0[i * n + j] as f64;
+                        assert!((g - rounded).abs() < 1e-4, "{m}x{n}x{k}: C[{i},{j}] adds {g}, the bf16 product is {rounded}");
+                        off_fp32 = off_fp32.max((g - exact).abs());
+                    }
+                }
+                assert!(off_fp32 > 1e-3, "{m}x{n}x{k}: the result is the fp32 product: the operands were not rounded");
+            }
+            assert!(96 * 100 * 64 >= PAR_GEMM_WORK && dev.threads == 2, "the second product is split");
+            // The loss's products stay fp32: the same InfoNCE loss in either precision.
+            let z: Vec<f32> = (0..2 * 8 * 16).map(|_| rand()).collect();
+            let loss = |dev: &mut CpuDevice| {
+                let (zv, dzv) = (dev.alloc(z.len()).unwrap(), dev.alloc(z.len()).unwrap());
+                dev.upload(zv, &z);
+                dev.infonce(zv, Some(dzv), 8, 16, 0.1, true, 1.0).loss
+            };
+            assert_eq!(loss(&mut dev), loss(&mut CpuDevice::new()));
+            assert!(dev.packs[0].round_bf16, "products after the loss are bf16 again");
+        });
     }
 
     #[test]

@@ -202,12 +202,13 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
 }
 
 /// Rounds each value to the nearest bf16 (ties to even), kept as f32: the upper 16 bits of the
-/// f32 after adding half of the dropped part. (A NaN stays a NaN or becomes ±inf: either is a
-/// non-finite step, which never touches the weights.)
+/// f32 after adding half of the dropped part; past bf16's largest value, ±inf. A NaN stays a
+/// (quiet) NaN: the carry of the rounding could otherwise turn it into an infinity or a zero.
 pub fn round_bf16(v: &mut [f32]) {
     for x in v {
         let b = x.to_bits();
-        *x = f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000);
+        let rounded = if x.is_nan() { b | 0x0040_0000 } else { b.wrapping_add(0x7FFF + ((b >> 16) & 1)) };
+        *x = f32::from_bits(rounded & 0xFFFF_0000);
     }
 }
 
