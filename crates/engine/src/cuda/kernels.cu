@@ -381,33 +381,54 @@ __device__ __forceinline__ float dotp(const float* a, const float* b, int n) {
     return s;
 }
 
+// One thread of an attention kernel: the (pair, row) of its flat index — pair = sample × heads +
+// head, row the query (forward, dQ) or key (dK, dV) it owns —, its head's base in qkv, the softmax
+// scale 1/√dh and the pair's dropout seed.
+struct AttentionThread {
+    unsigned long long idx;
+    int row, pair, s, h, d;
+    const float* base;
+    float scale;
+    unsigned int seed;
+};
+
+// Fills `t` for this thread; false for the threads past the last (pair, row).
+__device__ __forceinline__ bool attention_thread(AttentionThread* t, const float* qkv, int samples, int seq, int heads, int dh,
+                                                 int has, unsigned long long key) {
+    t->idx = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (t->idx >= (unsigned long long)samples * heads * seq) return false;
+    t->row = (int)(t->idx % seq);
+    t->pair = (int)(t->idx / seq);
+    t->s = t->pair / heads;
+    t->h = t->pair % heads;
+    t->d = heads * dh;
+    t->base = qkv + (unsigned long long)t->s * seq * 3 * t->d + t->h * dh;
+    t->scale = 1.0f / sqrtf((float)dh);
+    t->seed = has ? key_seed(mix_key(key, 0xA7, t->pair)) : 0u;
+    return true;
+}
+
 // Per (pair, i): lse_i, out_i = Σ_j softmax_ij · mask_ij · V_j.
 extern "C" __global__ void attention_forward(const float* qkv, float* out, float* lse, int samples, int seq, int heads, int dh,
                                              int has, unsigned long long key, unsigned int threshold, float scale_drop) {
-    unsigned long long idx = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (idx >= (unsigned long long)samples * heads * seq) return;
-    int i = (int)(idx % seq);
-    int pair = (int)(idx / seq);
-    int s = pair / heads, h = pair % heads;
-    int d = heads * dh;
-    const float* base = qkv + (unsigned long long)s * seq * 3 * d + h * dh;
-    const float* q = base + (unsigned long long)i * 3 * d;
-    float scale = 1.0f / sqrtf((float)dh);
+    AttentionThread t;
+    if (!attention_thread(&t, qkv, samples, seq, heads, dh, has, key)) return;
+    int i = t.row, d = t.d;
+    const float* q = t.base + (unsigned long long)i * 3 * d;
     float m = -INFINITY, l = 0.0f;
     for (int j = 0; j < seq; ++j) {
-        float sc = dotp(q, base + (unsigned long long)j * 3 * d + d, dh) * scale;
+        float sc = dotp(q, t.base + (unsigned long long)j * 3 * d + d, dh) * t.scale;
         float mn = fmaxf(m, sc);
         l = l * expf(m - mn) + expf(sc - mn);
         m = mn;
     }
     float li = m + logf(l);
-    lse[idx] = li;
-    unsigned int seed = has ? key_seed(mix_key(key, 0xA7, pair)) : 0u;
-    float* o = out + ((unsigned long long)s * seq + i) * d + h * dh;
+    lse[t.idx] = li;
+    float* o = out + ((unsigned long long)t.s * seq + i) * d + t.h * dh;
     for (int p = 0; p < dh; ++p) o[p] = 0.0f;
     for (int j = 0; j < seq; ++j) {
-        const float* kr = base + (unsigned long long)j * 3 * d;
-        float w = expf(dotp(q, kr + d, dh) * scale - li) * drop_factor(has, seed, threshold, scale_drop, (unsigned int)(i * seq + j));
+        const float* kr = t.base + (unsigned long long)j * 3 * d;
+        float w = expf(dotp(q, kr + d, dh) * t.scale - li) * drop_factor(has, t.seed, threshold, scale_drop, (unsigned int)(i * seq + j));
         for (int p = 0; p < dh; ++p) o[p] += w * kr[2 * d + p];
     }
 }
@@ -416,26 +437,20 @@ extern "C" __global__ void attention_forward(const float* qkv, float* out, float
 extern "C" __global__ void attention_backward_q(const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv,
                                                 int samples, int seq, int heads, int dh,
                                                 int has, unsigned long long key, unsigned int threshold, float scale_drop) {
-    unsigned long long idx = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (idx >= (unsigned long long)samples * heads * seq) return;
-    int i = (int)(idx % seq);
-    int pair = (int)(idx / seq);
-    int s = pair / heads, h = pair % heads;
-    int d = heads * dh;
-    const float* base = qkv + (unsigned long long)s * seq * 3 * d + h * dh;
-    const float* q = base + (unsigned long long)i * 3 * d;
-    unsigned long long orow = ((unsigned long long)s * seq + i) * d + h * dh;
+    AttentionThread t;
+    if (!attention_thread(&t, qkv, samples, seq, heads, dh, has, key)) return;
+    int i = t.row, d = t.d;
+    const float* q = t.base + (unsigned long long)i * 3 * d;
+    unsigned long long orow = ((unsigned long long)t.s * seq + i) * d + t.h * dh;
     float di = dotp(dout + orow, out + orow, dh);
-    float scale = 1.0f / sqrtf((float)dh);
-    unsigned int seed = has ? key_seed(mix_key(key, 0xA7, pair)) : 0u;
-    float* dq = dqkv + (unsigned long long)s * seq * 3 * d + h * dh + (unsigned long long)i * 3 * d;
+    float* dq = dqkv + (q - qkv);
     for (int p = 0; p < dh; ++p) dq[p] = 0.0f;
     for (int j = 0; j < seq; ++j) {
-        const float* kr = base + (unsigned long long)j * 3 * d;
-        float pr = expf(dotp(q, kr + d, dh) * scale - lse[idx]);
+        const float* kr = t.base + (unsigned long long)j * 3 * d;
+        float pr = expf(dotp(q, kr + d, dh) * t.scale - lse[t.idx]);
         float da = dotp(dout + orow, kr + 2 * d, dh);
-        float ds = pr * (da * drop_factor(has, seed, threshold, scale_drop, (unsigned int)(i * seq + j)) - di);
-        for (int p = 0; p < dh; ++p) dq[p] += ds * scale * kr[d + p];
+        float ds = pr * (da * drop_factor(has, t.seed, threshold, scale_drop, (unsigned int)(i * seq + j)) - di);
+        for (int p = 0; p < dh; ++p) dq[p] += ds * t.scale * kr[d + p];
     }
 }
 
@@ -443,27 +458,21 @@ extern "C" __global__ void attention_backward_q(const float* qkv, const float* o
 extern "C" __global__ void attention_backward_kv(const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv,
                                                  int samples, int seq, int heads, int dh,
                                                  int has, unsigned long long key, unsigned int threshold, float scale_drop) {
-    unsigned long long idx = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
-    if (idx >= (unsigned long long)samples * heads * seq) return;
-    int j = (int)(idx % seq);
-    int pair = (int)(idx / seq);
-    int s = pair / heads, h = pair % heads;
-    int d = heads * dh;
-    const float* base = qkv + (unsigned long long)s * seq * 3 * d + h * dh;
-    const float* kr = base + (unsigned long long)j * 3 * d;
-    float scale = 1.0f / sqrtf((float)dh);
-    unsigned int seed = has ? key_seed(mix_key(key, 0xA7, pair)) : 0u;
-    float* g = dqkv + (unsigned long long)s * seq * 3 * d + h * dh + (unsigned long long)j * 3 * d;
+    AttentionThread t;
+    if (!attention_thread(&t, qkv, samples, seq, heads, dh, has, key)) return;
+    int j = t.row, d = t.d;
+    const float* kr = t.base + (unsigned long long)j * 3 * d;
+    float* g = dqkv + (kr - qkv);
     for (int p = 0; p < dh; ++p) { g[d + p] = 0.0f; g[2 * d + p] = 0.0f; }
     for (int i = 0; i < seq; ++i) {
-        const float* q = base + (unsigned long long)i * 3 * d;
-        unsigned long long orow = ((unsigned long long)s * seq + i) * d + h * dh;
-        float pr = expf(dotp(q, kr + d, dh) * scale - lse[(unsigned long long)pair * seq + i]);
-        float mk = drop_factor(has, seed, threshold, scale_drop, (unsigned int)(i * seq + j));
+        const float* q = t.base + (unsigned long long)i * 3 * d;
+        unsigned long long orow = ((unsigned long long)t.s * seq + i) * d + t.h * dh;
+        float pr = expf(dotp(q, kr + d, dh) * t.scale - lse[(unsigned long long)t.pair * seq + i]);
+        float mk = drop_factor(has, t.seed, threshold, scale_drop, (unsigned int)(i * seq + j));
         float di = dotp(dout + orow, out + orow, dh);
         float ds = pr * (dotp(dout + orow, kr + 2 * d, dh) * mk - di);
         for (int p = 0; p < dh; ++p) {
-            g[d + p] += ds * scale * q[p];
+            g[d + p] += ds * t.scale * q[p];
             g[2 * d + p] += pr * mk * dout[orow + p];
         }
     }
