@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
+use multiversion::multiversion;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
@@ -372,7 +373,38 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
 /// A GEMM split over one worker per packing buffer along the larger of C's dimensions, at
 /// micro-tile boundaries. Each block runs the sequential kernel at full per-core speed; the split
 /// is static, so it allocates nothing (faer's own parallel path allocates on every call).
-fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]) {
+/// A row of similarities: the index of its first maximum (the row's prediction) and its
+/// log-sum-exp, max-subtracted. The exponentials are summed in eight f64 lanes (vectorizable,
+/// and as exact as one running f64 sum for any batch).
+#[multiversion(targets = "simd")]
+fn row_max_lse(row: &[f32]) -> (usize, f32) {
+    let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let arg = row.iter().position(|&x| x == mx).unwrap_or(0);
+    let mut lanes = [0.0f64; 8];
+    let chunks = row.chunks_exact(8);
+    let tail: f64 = chunks.remainder().iter().map(|&x| math::exp(x - mx) as f64).sum();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += math::exp(x - mx) as f64;
+        }
+    }
+    (arg, mx + (lanes.iter().sum::<f64>() + tail).ln() as f32)
+}
+
+/// In place, a row of similarities becomes `w · softmax` of the row (plus `w · softmax` of each
+/// column where the column log-sum-exps are given): dL/dS before the −w (or −2w) on the diagonal.
+#[multiversion(targets = "simd")]
+fn row_softmax_grad(row: &mut [f32], lse: f32, col_lse: Option<&[f32]>, w: f32) {
+    match col_lse {
+        None => row.iter_mut().for_each(|x| *x = math::exp(*x - lse) * w),
+        Some(cl) => row.iter_mut().zip(cl).for_each(|(x, &c)| *x = (math::exp(*x - lse) + math::exp(*x - c)) * w),
+    }
+}
+
+/// `C (+)= alpha · op(A) · op(B)` on slices, its rows or columns split over one worker per pack
+/// buffer. Each element of C is computed whole by one worker, so the result does not depend on
+/// how many there are.
+fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
     let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
     let (parts, bound) = partition(packs.len(), dim, unit);
@@ -380,20 +412,13 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f
     let run = |(t, pack): (usize, &mut PackBuffers)| {
         let (cp, ap, bp) = (cp, ap, bp);
         // SAFETY: whole matrices (asserted above); blocks of different t are disjoint.
-        unsafe { gemm_block(kernel, g, cp.0, ap.0, bp.0, 1.0, split, bound(t), bound(t + 1), pack) }
+        unsafe { gemm_block(kernel, g, cp.0, ap.0, bp.0, alpha, split, bound(t), bound(t + 1), pack) }
     };
     if parts == 1 {
         run((0, &mut packs[0]));
     } else {
         packs[..parts].par_iter_mut().enumerate().for_each(run);
     }
-}
-
-/// Row-major GEMM on slices, on the calling thread (the loss kernel's).
-fn gemm_slices(kernel: CpuGemm, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32, pack: &mut PackBuffers) {
-    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
-    // SAFETY: the slices cover the whole matrices (asserted) and `c` is exclusively borrowed.
-    unsafe { gemm_block(kernel, g, c.as_mut_ptr(), a.as_ptr(), b.as_ptr(), alpha, Split::Rows, 0, g.m, pack) }
 }
 
 impl CpuDevice {
@@ -411,11 +436,11 @@ impl CpuDevice {
             }
             transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
             let (cs, [bs]) = self.split(c, [b]);
-            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs);
+            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
             self.transpose_scratch = at;
         } else {
             let (cs, [as_, bs]) = self.split(c, [a, b]);
-            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs);
+            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs, 1.0);
         }
         self.packs = packs;
     }
@@ -1016,8 +1041,17 @@ impl Device for CpuDevice {
         let inv_tau = 1.0 / tau;
         let tiles = (0..b).step_by(tile).map(|r0| r0..(r0 + tile).min(b));
         // The loss's products stay fp32 in every precision: the loss is where rounding would
-        // cost most (similarities divided by a small temperature).
-        self.packs[0].round_bf16 = false;
+        // cost most (similarities divided by a small temperature). Large ones are split over the
+        // workers (a batch of thousands of pairs spends most of its step here).
+        let mut packs = std::mem::take(&mut self.packs);
+        for p in &mut packs {
+            p.round_bf16 = false;
+        }
+        let (kernel, threads) = (self.gemm, self.threads);
+        let mut gemm = |g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]| {
+            let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { threads } else { 1 };
+            gemm_parallel(kernel, &mut packs[..parts], g, c, a, b, inv_tau);
+        };
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
         // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
         let mut loss_cols = 0.0f64;
@@ -1025,7 +1059,7 @@ impl Device for CpuDevice {
             col_lse.fill(f32::NEG_INFINITY); // the running column maxima, until the end of the pass
             for rows in tiles.clone() {
                 let st = &mut s[..rows.len() * b];
-                gemm_slices(self.gemm, Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp, inv_tau, &mut self.packs[0]);
+                gemm(Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp);
                 for (i, row) in rows.clone().zip(st.chunks_exact(b)) {
                     diag[i] = row[i];
                 }
@@ -1047,38 +1081,22 @@ impl Device for CpuDevice {
         let mut correct = 0usize;
         for rows in tiles {
             let st = &mut s[..rows.len() * b];
-            gemm_slices(self.gemm, Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp, inv_tau, &mut self.packs[0]);
+            gemm(Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp);
             // Row log-sum-exp (max-subtracted), loss and accuracy; then the tile becomes dL/dS:
             // row softmax − I (and column softmax − I for the symmetric form).
             for (i, row) in rows.clone().zip(st.chunks_exact_mut(b)) {
-                let mut mx = f32::NEG_INFINITY;
-                let mut arg = 0;
-                for (j, &x) in row.iter().enumerate() {
-                    if x > mx {
-                        mx = x;
-                        arg = j;
-                    }
-                }
+                let (arg, lse) = row_max_lse(row);
                 correct += (arg == i) as usize;
-                let sum: f64 = row.iter().map(|&x| math::exp(x - mx) as f64).sum();
-                let lse = mx + sum.ln() as f32;
                 loss_rows += (lse - row[i]) as f64;
                 if dz.is_some() {
-                    for (j, x) in row.iter_mut().enumerate() {
-                        let p_row = math::exp(*x - lse);
-                        let mut gsum = p_row - (i == j) as u32 as f32;
-                        if symmetric {
-                            let p_col = math::exp(*x - col_lse[j]);
-                            gsum += p_col - (i == j) as u32 as f32;
-                        }
-                        *x = gsum * row_w;
-                    }
+                    row_softmax_grad(row, lse, symmetric.then_some(&*col_lse), row_w);
+                    row[i] -= if symmetric { 2.0 } else { 1.0 } * row_w;
                 }
             }
             if dz.is_some() {
                 // dza_n = dS · zp_n / τ for these rows; dzp_n += dS_tileᵀ · za_n / τ over the tiles.
-                gemm_slices(self.gemm, Gemm::nn(rows.len(), d, b), &mut dza[rows.start * d..rows.end * d], st, zp, inv_tau, &mut self.packs[0]);
-                gemm_slices(self.gemm, Gemm::tn(b, d, rows.len()).accumulate(rows.start > 0), dzp, st, &za[rows.start * d..rows.end * d], inv_tau, &mut self.packs[0]);
+                gemm(Gemm::nn(rows.len(), d, b), &mut dza[rows.start * d..rows.end * d], st, zp);
+                gemm(Gemm::tn(b, d, rows.len()).accumulate(rows.start > 0), dzp, st, &za[rows.start * d..rows.end * d]);
             }
         }
         let loss = if symmetric { 0.5 * (loss_rows + loss_cols) / b as f64 } else { loss_rows / b as f64 };
@@ -1098,7 +1116,10 @@ impl Device for CpuDevice {
         }
         self.scratch = scratch;
         self.reduce = col_sum;
-        self.packs[0].round_bf16 = self.precision == Precision::Bf16;
+        for p in &mut packs {
+            p.round_bf16 = self.precision == Precision::Bf16;
+        }
+        self.packs = packs;
         out
     }
 
