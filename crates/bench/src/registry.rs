@@ -153,6 +153,32 @@ impl Selection {
     }
 }
 
+/// Every selection, `all` last: the categories in run order come from [`CategoryKind::ALL`].
+const SELECTIONS: [Selection; CategoryKind::ALL.len() + 1] = {
+    let mut all = [Selection::All; CategoryKind::ALL.len() + 1];
+    let mut i = 0;
+    while i < CategoryKind::ALL.len() {
+        all[i] = Selection::Only(CategoryKind::ALL[i]);
+        i += 1;
+    }
+    all
+};
+
+/// `--test`'s possible values, from the registry (`clap` feature).
+#[cfg(feature = "clap")]
+impl clap::ValueEnum for Selection {
+    fn value_variants<'a>() -> &'a [Self] {
+        &SELECTIONS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Selection::All => "all",
+            Selection::Only(c) => c.as_str(),
+        }))
+    }
+}
+
 impl std::str::FromStr for Selection {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {

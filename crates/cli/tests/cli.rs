@@ -39,6 +39,9 @@ fn bad_inputs_fail_with_a_message_naming_the_culprit() {
         (vec!["inspect".into(), "--data".into(), f.join("default_f32.h5").display().to_string(), "--meta".into(), f.join("meta_no_label.csv").display().to_string()], "Label"),
         (vec!["generate".into(), "--count".into(), "0".into(), "--out".into(), "/tmp/x".into()], "count"),
         (vec!["generate".into(), "--complexity".into(), "fancy".into(), "--out".into(), "/tmp/x".into()], "fancy"),
+        // The categories come from the registry: clap lists them and suggests the near one.
+        (vec!["bench".into(), "--test".into(), "trainin".into()], "a similar value exists: 'training'"),
+        (vec!["bench".into(), "--device".into(), "tpu".into()], "cuda:N"),
     ];
     for (args, needle) in cases {
         let o = bin().args(&args).output().unwrap();

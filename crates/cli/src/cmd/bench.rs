@@ -7,8 +7,8 @@ use bench::{Benchmark, DeviceSel, Selection};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// training | data | model | scalability | hardware | quality | all
-    #[arg(long = "test", default_value = "all")]
+    /// The categories to run: one, or all in run order.
+    #[arg(long = "test", value_enum, default_value_t = Selection::All)]
     pub test: Selection,
     /// Smaller sizes and fewer samples (under a minute on 2 cores).
     #[arg(long)]
