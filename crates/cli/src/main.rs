@@ -40,6 +40,10 @@ fn main() {
         limits::set_budget(bytes, format!("--memory-budget {}", limits::human(bytes as u128)));
     }
     sigbus::install();
+    if let Err(e) = engine::cpu::plan::check_env() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),

@@ -221,7 +221,9 @@ fn read_sheet(path: &Path) -> Result<Records> {
     // Columns counted from the first used one, as calamine's ranges do.
     let first_col = cells.iter().map(|c| c.1).min().unwrap_or(0);
     // Rows that have a cell, each as wide as its last cell (empty rows carry no Id), with their
-    // sheet row number for messages.
+    // sheet row number for messages. Past the header row, a row is at most one cell wider than
+    // the header: no column reads cells beyond it, and a far cell on every row would otherwise
+    // make each row thousands of empty strings wide (the row itself still needs its Id).
     let mut rows: Vec<(usize, Vec<String>)> = Vec::new();
     let mut current: Option<u32> = None;
     for (r, c, text) in cells {
@@ -229,8 +231,10 @@ fn read_sheet(path: &Path) -> Result<Records> {
             rows.push((r as usize + 1, Vec::new()));
             current = Some(r);
         }
+        let width = if rows.len() > 1 { rows[0].1.len() } else { usize::MAX };
         if let Some((_, row)) = rows.last_mut() {
-            let c = (c - first_col) as usize;
+            // Every cell past the header's width lands in the one slot after it.
+            let c = ((c - first_col) as usize).min(width);
             if row.len() <= c {
                 row.resize(c + 1, String::new());
             }

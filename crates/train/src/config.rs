@@ -479,6 +479,7 @@ impl Config {
         let caps = [
             ("data.prefetch", d.prefetch, signal::sampler::MAX_PREFETCH),
             ("data.batch_size", d.batch_size, engine::encoders::MAX_ROWS / 2),
+            ("data.window_size", d.window_size, engine::encoders::MAX_ROWS),
             ("data.num_window", d.num_window, 1 << 20),
             ("model.embedding_dim", m.embedding_dim, engine::encoders::MAX_WIDTH),
             ("model.projection_dim", m.projection_dim.unwrap_or(1), engine::encoders::MAX_WIDTH),

@@ -94,7 +94,11 @@ impl Inputs {
         let fft = match kind {
             InputKind::Time => None,
             InputKind::Spectrum if window < 2 => return Err(TrainError::Config { key: "data.input".into(), reason: format!("a spectrum needs windows of at least 2 samples, not {window}") }),
-            InputKind::Spectrum => Some(RealFftPlanner::<f32>::new().plan_fft_forward(window)),
+            InputKind::Spectrum => {
+                // The plan holds twiddles and scratch of about the window's length in complex values.
+                limits::check(|| format!("the spectrum of windows of {window} samples (data.input = spectrum)"), limits::bytes(&[window], 16)).map_err(TrainError::OverBudget)?;
+                Some(RealFftPlanner::<f32>::new().plan_fft_forward(window))
+            }
         };
         Ok(Inputs { kind, window, channels, fft, rates })
     }
@@ -149,6 +153,10 @@ impl Inputs {
             x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, w)| aug.apply(w, self.channels, &mut Rng::new(mix_seed(&[seed, v as u64, r as u64]))));
         }
         let [a, p] = views;
+        if self.fft.is_none() {
+            // Time input: the augmented copies are the model's input already.
+            return Ok((a, p));
+        }
         Ok((self.of(&a)?.into_owned(), self.of(&p)?.into_owned()))
     }
 

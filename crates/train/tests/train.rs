@@ -55,6 +55,7 @@ fn bad_keys_and_values_name_the_key() {
         ("data:\n  batch_sise: 4\n", "data.batch_sise", "data.batch_size"),
         ("data:\n  window_size: 0\n", "data.window_size", ""),
         ("data:\n  window_size: -3\n", "data.window_size", ""),
+        ("data:\n  window_size: 1e12\n", "data.window_size", ""),
         ("data:\n  window_sampling_strategy: spiral\n", "data.window_sampling_strategy", "spiral"),
         ("task:\n  temperature: 0\n", "task.temperature", ""),
         ("task:\n  lr: fast\n", "task.lr", ""),

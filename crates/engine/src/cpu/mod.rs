@@ -874,11 +874,10 @@ impl Device for CpuDevice {
     }
 
     fn im2col(&mut self, x: View, cols: View, s: ConvShape) {
-        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
+        let (_, xi, co) = s.sample_lens();
         let parts = self.parts(cols.len());
         let (cs, [xs]) = self.split(cols, [x]);
-        assert!(xs.len() == s.samples * s.len_in * s.channels && cs.len() == s.samples * len_out * s.patch());
-        let (xi, co) = (s.len_in * s.channels, len_out * s.patch());
+        assert!(xs.len() == s.samples * xi && cs.len() == s.samples * co);
         if parts <= 1 {
             cs.chunks_exact_mut(co).zip(xs.chunks_exact(xi)).for_each(|(c, x)| conv1d::im2col_sample(x, c, s));
         } else {
@@ -887,11 +886,10 @@ impl Device for CpuDevice {
     }
 
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape) {
-        let len_out = s.len_out().expect("a convolution's input is at least its kernel");
+        let (_, xi, co) = s.sample_lens();
         let parts = self.parts(dcols.len());
         let (dxs, [cs]) = self.split(dx, [dcols]);
-        assert!(dxs.len() == s.samples * s.len_in * s.channels && cs.len() == s.samples * len_out * s.patch());
-        let (xi, co) = (s.len_in * s.channels, len_out * s.patch());
+        assert!(dxs.len() == s.samples * xi && cs.len() == s.samples * co);
         if parts <= 1 {
             dxs.chunks_exact_mut(xi).zip(cs.chunks_exact(co)).for_each(|(d, c)| conv1d::col2im_sample(c, d, s));
         } else {
@@ -1079,9 +1077,13 @@ impl Device for CpuDevice {
         let (dza, dzp) = dzn.split_at_mut(b * d);
         let mut loss_rows = 0.0f64;
         let mut correct = 0usize;
+        // One tile of a symmetric loss is still in `s` from the column pass.
+        let single_tile_done = symmetric && tile == b;
         for rows in tiles {
             let st = &mut s[..rows.len() * b];
-            gemm(Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp);
+            if !single_tile_done {
+                gemm(Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp);
+            }
             // Row log-sum-exp (max-subtracted), loss and accuracy; then the tile becomes dL/dS:
             // row softmax − I (and column softmax − I for the symmetric form).
             for (i, row) in rows.clone().zip(st.chunks_exact_mut(b)) {

@@ -40,7 +40,8 @@ pub enum GemmPolicy {
 }
 
 impl GemmPolicy {
-    /// `CID_CPU_GEMM`, else measuring where the packed kernel can run, else faer.
+    /// `CID_CPU_GEMM`, else measuring where the packed kernel can run, else faer. A value
+    /// [`check_env`] refuses counts as unset here (the binary checks it first).
     pub fn from_env() -> Self {
         let asked = std::env::var(ENV).unwrap_or_default().to_ascii_lowercase();
         match asked.as_str() {
@@ -66,6 +67,15 @@ impl GemmPolicy {
             GemmPolicy::Fixed(k) => k.name().to_string(),
             GemmPolicy::Measure => "measured per shape (packed, faer)".to_string(),
         }
+    }
+}
+
+/// An error naming `CID_CPU_GEMM` where it is set to something other than packed, faer or
+/// measure (any case).
+pub fn check_env() -> Result<(), String> {
+    match std::env::var(ENV) {
+        Ok(v) if !["packed", "faer", "measure", ""].contains(&v.to_ascii_lowercase().as_str()) => Err(format!("{ENV}={v}: expected packed, faer or measure")),
+        _ => Ok(()),
     }
 }
 

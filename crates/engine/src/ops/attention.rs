@@ -239,15 +239,12 @@ pub(crate) unsafe fn forward_head(kernel: CpuGemm, qkv: *const f32, out: *mut f3
     }
 }
 
-/// `row = exp(row − m)`, returning the sum.
+/// `row = exp(row − m)`, returning the sum. Two passes: a running sum in the first would be one
+/// serial chain and keep the exponentials from vectorizing.
 #[inline(always)]
 fn exp_row(row: &mut [f32], m: f32) -> f32 {
-    let mut sum = 0.0f32;
-    for x in row.iter_mut() {
-        *x = math::exp(*x - m);
-        sum += *x;
-    }
-    sum
+    row.iter_mut().for_each(|x| *x = math::exp(*x - m));
+    math::sum(row)
 }
 
 /// Applies the dropout mask (elements numbered from `base`) to a row in place.

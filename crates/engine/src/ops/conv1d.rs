@@ -46,6 +46,13 @@ impl ConvShape {
     pub fn patch(&self) -> usize {
         self.channels * self.kernel
     }
+
+    /// Per sample: output steps, values of the input (`L·C`) and of its im2col rows
+    /// (`L_out·K·C`). For built layers, whose shapes the encoder checked (`len_out` is `Some`).
+    pub fn sample_lens(&self) -> (usize, usize, usize) {
+        let len_out = self.len_out().expect("a built convolution's input is at least its kernel");
+        (len_out, self.len_in * self.channels, len_out * self.patch())
+    }
 }
 
 /// A 1-D convolution: its shape (per sample), PyTorch's parameters, and the tap-major copies
