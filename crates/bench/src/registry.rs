@@ -214,6 +214,50 @@ impl std::str::FromStr for DeviceSel {
     }
 }
 
+/// `--device`'s parser: typed like a `ValueEnum` (help lists the values, a wrong one is a usage
+/// error that lists them) but open-ended in `cuda:N`, which no enum can list (`clap` feature).
+#[cfg(feature = "clap")]
+impl clap::builder::ValueParserFactory for DeviceSel {
+    type Parser = DeviceParser;
+    fn value_parser() -> DeviceParser {
+        DeviceParser
+    }
+}
+
+/// See [`DeviceSel`]'s `ValueParserFactory`.
+#[cfg(feature = "clap")]
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceParser;
+
+#[cfg(feature = "clap")]
+impl clap::builder::TypedValueParser for DeviceParser {
+    type Value = DeviceSel;
+
+    fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> std::result::Result<DeviceSel, clap::Error> {
+        let text = value.to_str().unwrap_or("\u{fffd}");
+        text.parse().map_err(|_| {
+            let mut e = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
+            use clap::error::{ContextKind, ContextValue};
+            if let Some(arg) = arg {
+                e.insert(ContextKind::InvalidArg, ContextValue::String(arg.to_string()));
+            }
+            e.insert(ContextKind::InvalidValue, ContextValue::String(text.to_owned()));
+            e.insert(ContextKind::ValidValue, ContextValue::Strings(Self::VALUES.iter().map(|v| v.to_string()).collect()));
+            e
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(Self::VALUES.iter().map(|v| clap::builder::PossibleValue::new(*v))))
+    }
+}
+
+#[cfg(feature = "clap")]
+impl DeviceParser {
+    /// What help and errors list; `cuda:N` stands for every GPU index.
+    const VALUES: [&'static str; 4] = ["cpu", "cuda", "cuda:N", "auto"];
+}
+
 impl std::fmt::Display for DeviceSel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

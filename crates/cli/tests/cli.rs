@@ -41,7 +41,9 @@ fn bad_inputs_fail_with_a_message_naming_the_culprit() {
         (vec!["generate".into(), "--complexity".into(), "fancy".into(), "--out".into(), "/tmp/x".into()], "fancy"),
         // The categories come from the registry: clap lists them and suggests the near one.
         (vec!["bench".into(), "--test".into(), "trainin".into()], "a similar value exists: 'training'"),
-        (vec!["bench".into(), "--device".into(), "tpu".into()], "cuda:N"),
+        // `--device` is typed too: a wrong value is a usage error listing the values.
+        (vec!["bench".into(), "--device".into(), "tpu".into()], "[possible values: cpu, cuda, cuda:N, auto]"),
+        (vec!["bench".into(), "--device".into(), "cuda:x".into()], "invalid value 'cuda:x' for '--device <DEVICE>'"),
     ];
     for (args, needle) in cases {
         let o = bin().args(&args).output().unwrap();

@@ -13,7 +13,7 @@ pub struct Args {
     /// Smaller sizes and fewer samples (under a minute on 2 cores).
     #[arg(long)]
     pub quick: bool,
-    /// cpu, cuda, cuda:N or auto (GPU benchmarking is reported as not available yet).
+    /// Where the suite runs (GPU benchmarking is reported as not available yet).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSel,
     /// Where results, reports, plots and baselines go.
