@@ -433,10 +433,12 @@ extern "C" __global__ void attention_forward(const float* qkv, float* out, float
     }
 }
 
+// The two attention backward kernels take the same arguments (the launcher passes one tuple to both).
+#define ATTENTION_BACKWARD_PARAMS const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv, \
+    int samples, int seq, int heads, int dh, int has, unsigned long long key, unsigned int threshold, float scale_drop
+
 // Per (pair, i): dQ_i = Σ_j dS_ij K_j / √dh, dS = P·(dA·mask − D_i), D_i = dO_i·O_i.
-extern "C" __global__ void attention_backward_q(const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv,
-                                                int samples, int seq, int heads, int dh,
-                                                int has, unsigned long long key, unsigned int threshold, float scale_drop) {
+extern "C" __global__ void attention_backward_q(ATTENTION_BACKWARD_PARAMS) {
     AttentionThread t;
     if (!attention_thread(&t, qkv, samples, seq, heads, dh, has, key)) return;
     int i = t.row, d = t.d;
@@ -455,9 +457,7 @@ extern "C" __global__ void attention_backward_q(const float* qkv, const float* o
 }
 
 // Per (pair, j): dK_j = Σ_i dS_ij Q_i / √dh, dV_j = Σ_i A_ij dO_i.
-extern "C" __global__ void attention_backward_kv(const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv,
-                                                 int samples, int seq, int heads, int dh,
-                                                 int has, unsigned long long key, unsigned int threshold, float scale_drop) {
+extern "C" __global__ void attention_backward_kv(ATTENTION_BACKWARD_PARAMS) {
     AttentionThread t;
     if (!attention_thread(&t, qkv, samples, seq, heads, dh, has, key)) return;
     int j = t.row, d = t.d;
