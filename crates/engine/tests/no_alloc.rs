@@ -44,7 +44,9 @@ fn steps_allocate_nothing() {
         (EncoderConfig::new(EncoderKind::MlpComplex, 512, 1), 16),
         (EncoderConfig::new(EncoderKind::MlpSimple, 64, 1), 4),
         (EncoderConfig::new(EncoderKind::Cnn, 1024, 2), 32),
-        (EncoderConfig { arch: Arch::Isfm(isfm), window: 1024, channels: 2, embed: 128 }, 16),
+        (EncoderConfig { arch: Arch::Isfm(isfm.clone()), window: 1024, channels: 2, embed: 128 }, 16),
+        // A BatchNorm wider than one strip of the CPU's column sums (256 columns).
+        (EncoderConfig { arch: Arch::Isfm(IsfmConfig { d_model: 288, d_ff: 64, ..isfm }), window: 1024, channels: 2, embed: 128 }, 8),
     ];
     for (cfg, b) in cases {
         let w = cfg.input();

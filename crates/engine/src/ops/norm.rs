@@ -222,48 +222,45 @@ pub(crate) fn layernorm_backward_rows(dout: &[f32], sum: &[f32], mean: &[f32], r
 /// f32 rounding is ~1e-6 relative; the blocks add in f64).
 const BLOCK_ROWS: usize = 128;
 
+/// Columns per strip of the column sums: a strip's f32 partial sums live on the stack, so any
+/// width runs without allocating (BatchNorm widths are channels or d_model, up to a few hundred).
+const STRIP_COLS: usize = 256;
+
+/// `acc[c] = Σ_rows term(row[c0 + c], center[c])` over the columns `c0..c0 + acc.len()` of the
+/// rows of `x`: rows in blocks of [`BLOCK_ROWS`] summed in f32 (`part`), the blocks in f64.
+/// `term` is generic, so each caller's loop is inlined and vectorized across the strip.
+#[inline(always)]
+fn strip_sums(x: &[f32], cols: usize, c0: usize, center: &[f32], acc: &mut [f64], part: &mut [f32], term: impl Fn(f32, f32) -> f32) {
+    let width = acc.len();
+    acc.fill(0.0);
+    for block in x.chunks(BLOCK_ROWS * cols) {
+        part.fill(0.0);
+        for r in block.chunks_exact(cols) {
+            part.iter_mut().zip(&r[c0..c0 + width]).zip(center).for_each(|((a, &v), &m)| *a += term(v, m));
+        }
+        acc.iter_mut().zip(part.iter()).for_each(|(a, &v)| *a += v as f64);
+    }
+}
+
 /// Per-column mean and (biased) variance of the rows of `x`, two passes (mean, then squared
 /// deviations): the column count is small and the row count large, so the sums run down the
-/// rows, vectorized across columns.
+/// rows, vectorized across a strip of columns.
 #[multiversion(targets = "simd")]
 pub(crate) fn column_moments(x: &[f32], cols: usize, acc: &mut [f64], mean: &mut [f32], var: &mut [f32]) {
     let rows = x.len() / cols;
-    let acc = &mut acc[..cols];
-    let mut part = [0.0f32; 256];
-    let blocked = |acc: &mut [f64], part: &mut [f32], f: &dyn Fn(&mut [f32], &[f32])| {
-        acc.fill(0.0);
-        for block in x.chunks(BLOCK_ROWS * cols) {
-            let p = &mut part[..cols];
-            p.fill(0.0);
-            for r in block.chunks_exact(cols) {
-                f(p, r);
-            }
-            acc.iter_mut().zip(p.iter()).for_each(|(a, &v)| *a += v as f64);
+    let mut part = [0.0f32; STRIP_COLS];
+    for c0 in (0..cols).step_by(STRIP_COLS) {
+        let width = STRIP_COLS.min(cols - c0);
+        let (acc, part) = (&mut acc[c0..c0 + width], &mut part[..width]);
+        let (mean, var) = (&mut mean[c0..c0 + width], &mut var[c0..c0 + width]);
+        strip_sums(x, cols, c0, mean, acc, part, |v, _| v);
+        for (m, a) in mean.iter_mut().zip(acc.iter()) {
+            *m = (*a / rows as f64) as f32;
         }
-    };
-    if cols > part.len() {
-        // Wide rows: plain f64 (rare: BatchNorm widths are channels).
-        acc.fill(0.0);
-        x.chunks_exact(cols).for_each(|r| acc.iter_mut().zip(r).for_each(|(a, &v)| *a += v as f64));
-        mean.iter_mut().zip(acc.iter()).for_each(|(m, a)| *m = (a / rows as f64) as f32);
-        acc.fill(0.0);
-        x.chunks_exact(cols).for_each(|r| acc.iter_mut().zip(r).zip(mean.iter()).for_each(|((a, &v), &m)| *a += ((v - m) as f64).powi(2)));
-        var.iter_mut().zip(acc.iter()).for_each(|(v, a)| *v = (a / rows as f64) as f32);
-        return;
-    }
-    blocked(acc, &mut part, &|p, r| p.iter_mut().zip(r).for_each(|(a, &v)| *a += v));
-    for (m, a) in mean.iter_mut().zip(acc.iter()) {
-        *m = (*a / rows as f64) as f32;
-    }
-    let m = &*mean;
-    blocked(acc, &mut part, &|p, r| {
-        p.iter_mut().zip(r).zip(m).for_each(|((a, &v), &mu)| {
-            let d = v - mu;
-            *a += d * d
-        })
-    });
-    for (v, a) in var.iter_mut().zip(acc.iter()) {
-        *v = (*a / rows as f64) as f32;
+        strip_sums(x, cols, c0, mean, acc, part, |v, m| (v - m) * (v - m));
+        for (v, a) in var.iter_mut().zip(acc.iter()) {
+            *v = (*a / rows as f64) as f32;
+        }
     }
 }
 
@@ -280,35 +277,36 @@ pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32],
 }
 
 /// The per-column sums of BatchNorm's backward over one group: `Σ dy` and `Σ dy·x̂`, after the
-/// ReLU mask is applied to `dy` in place (blocks of rows in f32, the blocks in f64).
+/// ReLU mask is applied to `dy` in place (blocks of rows in f32, the blocks in f64; strips of
+/// columns, so no width allocates).
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn batchnorm_backward_sums(dy: &mut [f32], out: &[f32], x: &[f32], mean: &[f32], rstd: &[f32], relu: bool, sum_dy: &mut [f64], sum_dy_xhat: &mut [f64]) {
     let cols = mean.len();
-    sum_dy.fill(0.0);
-    sum_dy_xhat.fill(0.0);
-    let (mut pa, mut pb) = (vec![0.0f32; 0], vec![0.0f32; 0]);
-    let mut fixed = ([0.0f32; 256], [0.0f32; 256]);
-    let (pa, pb): (&mut [f32], &mut [f32]) = if cols <= 256 {
-        (&mut fixed.0[..cols], &mut fixed.1[..cols])
-    } else {
-        pa.resize(cols, 0.0);
-        pb.resize(cols, 0.0);
-        (&mut pa[..], &mut pb[..])
-    };
     let span = BLOCK_ROWS * cols;
-    for ((db, ob), xb) in dy.chunks_mut(span).zip(out.chunks(span)).zip(x.chunks(span)) {
-        pa.fill(0.0);
-        pb.fill(0.0);
-        for ((dr, or), xr) in db.chunks_exact_mut(cols).zip(ob.chunks_exact(cols)).zip(xb.chunks_exact(cols)) {
-            if relu {
-                dr.iter_mut().zip(or).for_each(|(d, &o)| *d = if o > 0.0 { *d } else { 0.0 });
+    let (mut pa, mut pb) = ([0.0f32; STRIP_COLS], [0.0f32; STRIP_COLS]);
+    // One pass per strip of columns: mask, then both sums, row by row (as `strip_sums`, fused).
+    for c0 in (0..cols).step_by(STRIP_COLS) {
+        let c1 = (c0 + STRIP_COLS).min(cols);
+        let (pa, pb) = (&mut pa[..c1 - c0], &mut pb[..c1 - c0]);
+        let (mean, rstd) = (&mean[c0..c1], &rstd[c0..c1]);
+        let (sum_dy, sum_dy_xhat) = (&mut sum_dy[c0..c1], &mut sum_dy_xhat[c0..c1]);
+        sum_dy.fill(0.0);
+        sum_dy_xhat.fill(0.0);
+        for ((db, ob), xb) in dy.chunks_mut(span).zip(out.chunks(span)).zip(x.chunks(span)) {
+            pa.fill(0.0);
+            pb.fill(0.0);
+            for ((dr, or), xr) in db.chunks_exact_mut(cols).zip(ob.chunks_exact(cols)).zip(xb.chunks_exact(cols)) {
+                let (dr, or, xr) = (&mut dr[c0..c1], &or[c0..c1], &xr[c0..c1]);
+                if relu {
+                    dr.iter_mut().zip(or).for_each(|(d, &o)| *d = if o > 0.0 { *d } else { 0.0 });
+                }
+                pa.iter_mut().zip(dr.iter()).for_each(|(a, &d)| *a += d);
+                pb.iter_mut().zip(dr.iter().zip(xr)).zip(mean.iter().zip(rstd)).for_each(|((b, (&d, &v)), (&m, &s))| *b += d * (v - m) * s);
             }
-            pa.iter_mut().zip(dr.iter()).for_each(|(a, &d)| *a += d);
-            pb.iter_mut().zip(dr.iter().zip(xr)).zip(mean.iter().zip(rstd)).for_each(|((b, (&d, &v)), (&m, &s))| *b += d * (v - m) * s);
+            sum_dy.iter_mut().zip(pa.iter()).for_each(|(a, &v)| *a += v as f64);
+            sum_dy_xhat.iter_mut().zip(pb.iter()).for_each(|(a, &v)| *a += v as f64);
         }
-        sum_dy.iter_mut().zip(pa.iter()).for_each(|(a, &v)| *a += v as f64);
-        sum_dy_xhat.iter_mut().zip(pb.iter()).for_each(|(a, &v)| *a += v as f64);
     }
 }
 
