@@ -13,8 +13,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     /// The most memory one request sized from outside may take (a declared HDF5 shape, a config
     /// number, a count on the command line): 512M, 8G, … Past it, a run stops with an error
-    /// naming the value. Default: 90 % of the memory available at start.
-    #[arg(long, global = true, value_name = "SIZE", env = limits::ENV, value_parser = limits::parse_size)]
+    /// naming the value. Default: CID_MEMORY_BUDGET, else 90 % of the memory available at start.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = limits::parse_size)]
     memory_budget: Option<u64>,
     #[command(subcommand)]
     command: Command,
@@ -36,11 +36,9 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(bytes) = cli.memory_budget {
-        limits::set_budget(bytes, format!("--memory-budget {}", limits::human(bytes as u128)));
-    }
     sigbus::install();
-    if let Err(e) = engine::cpu::plan::check_env() {
+    // The environment's settings, read once before any work: a bad value is a named error.
+    if let Err(e) = limits::init(cli.memory_budget).map(|_| ()).and_then(|()| engine::cpu::plan::check_env()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -123,4 +123,11 @@ fn a_bad_environment_variable_is_named() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(needle) && !t.contains("panicked"), "{var}={value}: {t}");
     }
+    // A budget from the environment is named as such in the error it causes; the flag wins over it.
+    let out = tempfile::tempdir().unwrap();
+    let generate = |flag: &[&str]| bin().env("CID_MEMORY_BUDGET", "1M").args(flag).args(["generate", "--count", "100000", "--length", "100000", "--out"]).arg(out.path()).output().unwrap();
+    let t = text(&generate(&[]));
+    assert!(t.contains("memory budget of 1.0 MB (CID_MEMORY_BUDGET=1M)"), "{t}");
+    let t = text(&generate(&["--memory-budget", "2M"]));
+    assert!(t.contains("memory budget of 2.1 MB (--memory-budget 2.1 MB)"), "{t}");
 }

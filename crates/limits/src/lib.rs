@@ -10,9 +10,8 @@
 //! The budget is per request, not a running total: each buffer a user-controlled number sizes
 //! must fit in it on its own. Its default is 90 % of the least of the kernel's `MemAvailable`,
 //! the address-space limit (`ulimit -v`) and the cgroup's room, when first asked, or 4 GiB where
-//! none can be read; the environment
-//! variable `CID_MEMORY_BUDGET` (e.g. `512M`, `8G`) or [`set_budget`] (the CLI's
-//! `--memory-budget`) replaces it.
+//! none can be read; the CLI's `--memory-budget`, else the environment variable
+//! `CID_MEMORY_BUDGET` (e.g. `512M`, `8G`), replaces it ([`init`]).
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -30,25 +29,37 @@ pub struct Budget {
 
 static BUDGET: OnceLock<Budget> = OnceLock::new();
 
-/// Fixes the budget for the rest of the process (the CLI calls this before any work). Returns
-/// false if the budget was already in use, in which case it is left as it was.
-pub fn set_budget(bytes: u64, source: impl Into<String>) -> bool {
-    BUDGET.set(Budget { bytes, source: source.into() }).is_ok()
+/// Fixes the budget for the rest of the process from the CLI's `--memory-budget` (`flag`), else
+/// [`ENV`], else 90 % of the memory available: the one place each source is read. A value of
+/// [`ENV`] that is not a size is an error naming the variable. The CLI calls this before any
+/// work; code that never calls it (tests, benches) gets the same resolution from [`budget`].
+pub fn init(flag: Option<u64>) -> Result<&'static Budget, String> {
+    let resolved = resolve(flag)?;
+    // Already fixed (a second call in one process): the first stays, as `budget` promised it.
+    Ok(BUDGET.get_or_init(|| resolved))
 }
 
-/// The budget in force: the one set, else `CID_MEMORY_BUDGET`, else 90 % of available memory.
+/// The budget in force: [`init`]'s, or resolved on first use (a bad [`ENV`] value then falls
+/// back to the default; only `init` can report it).
 pub fn budget() -> &'static Budget {
-    BUDGET.get_or_init(|| {
-        if let Ok(v) = std::env::var(ENV) {
-            if let Ok(bytes) = parse_size(&v) {
-                return Budget { bytes, source: format!("{ENV}={v}") };
-            }
-        }
-        match available_memory() {
-            Some((avail, from)) => Budget { bytes: avail / 10 * 9, source: format!("90 % of the {} {from}", human(avail as u128)) },
-            None => Budget { bytes: 4 << 30, source: "a default of 4 GiB (available memory unknown)".into() },
-        }
-    })
+    BUDGET.get_or_init(|| resolve(None).unwrap_or_else(|_| default_budget()))
+}
+
+fn resolve(flag: Option<u64>) -> Result<Budget, String> {
+    if let Some(bytes) = flag {
+        return Ok(Budget { bytes, source: format!("--memory-budget {}", human(bytes as u128)) });
+    }
+    match std::env::var(ENV) {
+        Ok(v) => parse_size(&v).map(|bytes| Budget { bytes, source: format!("{ENV}={v}") }).map_err(|e| format!("{ENV}={v}: {e}")),
+        Err(_) => Ok(default_budget()),
+    }
+}
+
+fn default_budget() -> Budget {
+    match available_memory() {
+        Some((avail, from)) => Budget { bytes: avail / 10 * 9, source: format!("90 % of the {} {from}", human(avail as u128)) },
+        None => Budget { bytes: 4 << 30, source: "a default of 4 GiB (available memory unknown)".into() },
+    }
 }
 
 /// The memory this process can have, in bytes, and which limit that is: the least of the
