@@ -37,7 +37,7 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// The directory a path lives in (`.` for a bare file name).
-fn parent_of(path: &Path) -> &Path {
+pub fn parent_of(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 

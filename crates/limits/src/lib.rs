@@ -83,6 +83,14 @@ fn available_memory() -> Option<(u64, &'static str)> {
         .min_by_key(|(v, _)| *v)
 }
 
+/// The most compute threads a run may ask for (`data.num_workers`, `bench --threads`): four per
+/// core, and at least 256, so oversubscribing on purpose works but a typo like `1000000` is an
+/// error instead of a million OS threads. Returns `(cap, cores)`.
+pub fn thread_cap() -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (4 * cores.max(64), cores)
+}
+
 /// Parses a size: a number of bytes, optionally with a unit K, M, G, T (powers of 1024; `KB`,
 /// `MiB`, … are read the same) — `512M`, `1.5G`, `1048576`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

@@ -209,7 +209,8 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
     if total > isize::MAX as u128 {
         return Err(format!("shape ({length}, {channels}) is larger than any address space"));
     }
-    match ds.storage_layout() {
+    let layout = ds.storage_layout();
+    match layout {
         Ok(StorageLayout::Chunked) => {
             // A corrupt layout can declare chunks of exabytes, and the reader allocates a whole
             // chunk to read any part of it. HDF5 itself caps chunks below 4 GiB.
@@ -234,7 +235,7 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
         }
         _ => {}
     }
-    let chunked = matches!(ds.storage_layout(), Ok(StorageLayout::Chunked));
+    let chunked = matches!(layout, Ok(StorageLayout::Chunked));
     Ok(SampleInfo { id, length, channels, dtype, chunked, rank: shape.len() })
 }
 

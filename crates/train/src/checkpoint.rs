@@ -115,7 +115,7 @@ pub fn read_metadata(path: &Path) -> Result<(Option<EncoderConfig>, Option<Strin
 /// Writes `dir` as a symbolic link to a fresh directory holding `files`, atomically (see the
 /// module doc). A plain directory of that name (older checkpoints) is replaced the same way.
 pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Result<()> {
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = files::parent_of(dir);
     let name = dir.file_name().map(|n| n.to_string_lossy().to_string()).ok_or_else(|| ckpt_err(dir, "a checkpoint needs a directory name"))?;
     // A fresh directory name, never the one the link points to now (the same step saved twice
     // gets a suffix): the live checkpoint is untouched until the link has moved.

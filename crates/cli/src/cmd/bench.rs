@@ -68,9 +68,9 @@ pub fn run(a: Args) -> Result<()> {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        if t == 0 || t > 4 * cores.max(64) {
-            bail!("--threads {t}: expected 1 to {} on a machine of {cores} cores", 4 * cores.max(64));
+        let (cap, cores) = limits::thread_cap();
+        if t == 0 || t > cap {
+            bail!("--threads {t}: expected 1 to {cap} on a machine of {cores} cores");
         }
         b = b.threads(t);
     }

@@ -662,12 +662,8 @@ impl Device for CpuDevice {
         let parts = self.parts(dy.len());
         let (ds, [hs]) = self.split(dy, [h]);
         assert_eq!(ds.len(), hs.len());
-        let per = ds.len().div_ceil(parts);
-        if parts <= 1 {
-            act::relu_backward_rows(ds, hs, scale);
-        } else {
-            ds.par_chunks_mut(per).zip(hs.par_chunks(per)).for_each(|(d, h)| act::relu_backward_rows(d, h, scale));
-        }
+        // Element-wise: blocks of one-value "rows".
+        for_row_blocks(parts, ds, 1, |i0, d| act::relu_backward_rows(d, &hs[i0..i0 + d.len()], scale));
     }
 
     fn bias_grad(&mut self, db: View, dy: View, cols: usize, accumulate: bool) {
@@ -691,12 +687,7 @@ impl Device for CpuDevice {
         let (ds, [ps]) = self.split(d, [pre]);
         assert!(ds.len() == ps.len() && ds.len() % cols == 0);
         let drop = Dropout::parts(dropout);
-        let per = rows_per_part(ds.len() / cols, parts);
-        if parts <= 1 {
-            act::act_backward_rows(ds, ps, cols, 0, act, drop);
-        } else {
-            ds.par_chunks_mut(per * cols).zip(ps.par_chunks(per * cols)).enumerate().for_each(|(i, (d, p))| act::act_backward_rows(d, p, cols, i * per, act, drop));
-        }
+        for_row_blocks(parts, ds, cols, |row0, d| act::act_backward_rows(d, &ps[row0 * cols..row0 * cols + d.len()], cols, row0, act, drop));
     }
 
     fn add_layernorm_forward(&mut self, a: View, b: View, dropout: Option<Dropout>, sum: View, out: View, stats: View, gamma: View, beta: View, cols: usize, eps: f32) {
@@ -789,11 +780,10 @@ impl Device for CpuDevice {
             }
         }
         let (means, rstds) = (&*means, &*rstds);
-        let per = rows_per_part(rows, parts);
-        let run = |(i, (o, x)): (usize, (&mut [f32], &[f32]))| {
+        for_row_blocks(parts, os, cols, |r0, o| {
             // A block may straddle the groups' boundary: normalise row ranges by their group.
-            let r0 = i * per;
-            let n = x.len() / cols;
+            let n = o.len() / cols;
+            let x = &xs[r0 * cols..(r0 + n) * cols];
             let mut r = 0;
             while r < n {
                 let g = (r0 + r) / group_rows;
@@ -802,12 +792,7 @@ impl Device for CpuDevice {
                 norm::batchnorm_normalize_rows(&x[r * cols..end * cols], &mut o[r * cols..end * cols], m, s, gs, bs, bn.relu);
                 r = end;
             }
-        };
-        if parts <= 1 {
-            run((0, (os, xs)));
-        } else {
-            os.par_chunks_mut(per * cols).zip(xs.par_chunks(per * cols)).enumerate().for_each(run);
-        }
+        });
         self.reduce = acc;
     }
 
@@ -850,9 +835,7 @@ impl Device for CpuDevice {
         }
         let (mean_dy, mean_dyx) = (&*mean_dy, &*mean_dyx);
         let ds = &*ds;
-        let per = rows_per_part(rows, parts);
-        let run = |(i, dxb): (usize, &mut [f32])| {
-            let r0 = i * per;
+        for_row_blocks(parts, dxs, cols, |r0, dxb| {
             let n = dxb.len() / cols;
             let mut r = 0;
             while r < n {
@@ -863,12 +846,7 @@ impl Device for CpuDevice {
                 norm::batchnorm_backward_rows(&ds[span.clone()], &xs[span], &mut dxb[r * cols..end * cols], &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
                 r = end;
             }
-        };
-        if parts <= 1 {
-            run((0, dxs));
-        } else {
-            dxs.par_chunks_mut(per * cols).enumerate().for_each(run);
-        }
+        });
         self.reduce = acc;
         self.scratch = means32;
     }
