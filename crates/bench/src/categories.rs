@@ -461,7 +461,8 @@ pub fn quality(s: &Settings) -> Result<Category> {
     let pool = pool(s.threads)?;
     let result = pool.install(|| -> Result<(Option<(u64, f64)>, f64, f64, u64)> {
         let mut st = step_for(&encoder, b)?;
-        let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &set, &inputs, 5)?.linear_probe_acc) };
+        let fed = train::eval::ProbeInputs::new(&set, &inputs)?;
+        let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &fed, 5)?.linear_probe_acc) };
         let random_acc = probe(&mut st.encoder)?;
         let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
         let mut train_time = 0.0;

@@ -102,14 +102,72 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
 /// The architecture and configuration recorded in a `model.safetensors` (`None` where the file
 /// has no such metadata: a state dict saved by PyTorch).
 pub fn read_metadata(path: &Path) -> Result<(Option<EncoderConfig>, Option<String>)> {
-    let bytes = files::read(path).map_err(|e| TrainError::io(path, e))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(path, format!("not a safetensors file: {e}")))?;
-    let m = meta.metadata().clone().unwrap_or_default();
-    let arch = match m.get("encoder_config") {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| ckpt_err(path, format!("bad encoder_config metadata: {e}")))?),
-        None => None,
-    };
-    Ok((arch, m.get("config_yaml").cloned()))
+    ModelFile::read(path).map(|m| (m.arch, m.config_yaml))
+}
+
+/// A `model.safetensors` read once: its bytes and the metadata it records, so a caller that
+/// needs both (evaluate) does not read the file again.
+pub struct ModelFile {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    /// The encoder's architecture (`None` for a state dict saved by PyTorch).
+    pub arch: Option<EncoderConfig>,
+    /// The training configuration as YAML, where the product wrote the file.
+    pub config_yaml: Option<String>,
+}
+
+impl ModelFile {
+    /// Reads a checkpoint directory's `model.safetensors`, or that file itself.
+    pub fn read(path: &Path) -> Result<Self> {
+        let path = model_file(path);
+        if !path.exists() {
+            return Err(ckpt_err(&path, "not found"));
+        }
+        let bytes = files::read(&path).map_err(|e| TrainError::io(&path, e))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&path, format!("not a safetensors file: {e}")))?;
+        let m = meta.metadata().clone().unwrap_or_default();
+        let arch = match m.get("encoder_config") {
+            Some(json) => Some(serde_json::from_str(json).map_err(|e| ckpt_err(&path, format!("bad encoder_config metadata: {e}")))?),
+            None => None,
+        };
+        Ok(ModelFile { arch, config_yaml: m.get("config_yaml").cloned(), path, bytes })
+    }
+
+    /// Loads weights, running statistics and counters into `enc` by name. The architecture
+    /// must match the file's metadata where it has some; a PyTorch state dict without it loads
+    /// where every name and shape matches.
+    pub fn load_into<D: Device>(&self, enc: &mut Encoder<D>) -> Result<()> {
+        let file = &self.path;
+        if let Some(arch) = &self.arch {
+            if *arch != enc.cfg {
+                return Err(ckpt_err(file, format!("holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})", arch.kind(), arch.window, arch.channels, arch.embed, enc.cfg.kind(), enc.cfg.window, enc.cfg.channels, enc.cfg.embed)));
+            }
+        }
+        let st = SafeTensors::deserialize(&self.bytes).map_err(|e| ckpt_err(file, e.to_string()))?;
+        let specs = enc.tensors().to_vec();
+        let expected: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+        if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(&n[..])) {
+            return Err(ckpt_err(file, format!("tensor `{extra}` is not part of the {} encoder: another architecture", enc.cfg.kind())));
+        }
+        let mut params = vec![0.0; enc.params().len()];
+        let mut buffers = enc.buffers_to_vec();
+        let mut counters = enc.counters().to_vec();
+        for s in &specs {
+            let v = read_tensor(file, &st, &s.name, &s.shape)?;
+            if v.iter().any(|x| !x.is_finite()) {
+                return Err(ckpt_err(file, format!("tensor `{}` holds NaN or infinite values", s.name)));
+            }
+            match s.kind {
+                TensorKind::Param => params[s.offset..s.offset + s.len()].copy_from_slice(&v),
+                TensorKind::Buffer => buffers[s.offset..s.offset + s.len()].copy_from_slice(&v),
+                TensorKind::Counter => counters[s.offset] = v.first().copied().unwrap_or(0.0).max(0.0) as u64,
+            }
+        }
+        enc.set_params(&params)?;
+        enc.set_buffers(&buffers)?;
+        enc.set_counters(&counters)?;
+        Ok(())
+    }
 }
 
 /// Writes `dir` as a symbolic link to a fresh directory holding `files`, atomically (see the
@@ -188,44 +246,9 @@ pub fn model_file(path: &Path) -> PathBuf {
     if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() }
 }
 
-/// Loads weights, running statistics and counters into `enc` by name. The architecture must
-/// match the file's metadata where it has some; a PyTorch state dict without it loads where
-/// every name and shape matches.
+/// Loads the weights of checkpoint `path` into `enc` ([`ModelFile::load_into`]).
 pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> {
-    let file = model_file(path);
-    if !file.exists() {
-        return Err(ckpt_err(&file, "not found"));
-    }
-    if let (Some(arch), _) = read_metadata(&file)? {
-        if arch != enc.cfg {
-            return Err(ckpt_err(&file, format!("holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})", arch.kind(), arch.window, arch.channels, arch.embed, enc.cfg.kind(), enc.cfg.window, enc.cfg.channels, enc.cfg.embed)));
-        }
-    }
-    let bytes = files::read(&file).map_err(|e| TrainError::io(&file, e))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
-    let specs = enc.tensors().to_vec();
-    let expected: std::collections::BTreeSet<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-    if let Some(extra) = st.names().into_iter().find(|n| !expected.contains(&n[..])) {
-        return Err(ckpt_err(&file, format!("tensor `{extra}` is not part of the {} encoder: another architecture", enc.cfg.kind())));
-    }
-    let mut params = vec![0.0; enc.params().len()];
-    let mut buffers = enc.buffers_to_vec();
-    let mut counters = enc.counters().to_vec();
-    for s in &specs {
-        let v = read_tensor(&file, &st, &s.name, &s.shape)?;
-        if v.iter().any(|x| !x.is_finite()) {
-            return Err(ckpt_err(&file, format!("tensor `{}` holds NaN or infinite values", s.name)));
-        }
-        match s.kind {
-            TensorKind::Param => params[s.offset..s.offset + s.len()].copy_from_slice(&v),
-            TensorKind::Buffer => buffers[s.offset..s.offset + s.len()].copy_from_slice(&v),
-            TensorKind::Counter => counters[s.offset] = v.first().copied().unwrap_or(0.0).max(0.0) as u64,
-        }
-    }
-    enc.set_params(&params)?;
-    enc.set_buffers(&buffers)?;
-    enc.set_counters(&counters)?;
-    Ok(())
+    ModelFile::read(path)?.load_into(enc)
 }
 
 /// Loads weights, both Adam moments, the projection head and the training state into `step`.

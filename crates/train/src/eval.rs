@@ -9,6 +9,7 @@
 //! `Fault_Size` and `Fault_Location`), about 30 % of the bearings of each label. The report
 //! names the held-out bearings and Ids and the window counts on each side.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -185,15 +186,35 @@ fn dedup_ids(ids: &[u64]) -> Vec<u64> {
     v
 }
 
-/// Probe scores of `enc`'s embeddings of the probe set's windows, fed as `inputs` makes them.
-pub fn score(enc: &mut Encoder<CpuDevice>, set: &ProbeSet, inputs: &Inputs, knn_k: usize) -> Result<ProbeScores> {
-    let embed = |enc: &mut Encoder<CpuDevice>, w: &Windows| -> Result<Vec<f32>> {
-        let rates = inputs.rates(&w.ids);
-        engine::embed(enc, &inputs.of(&w.x)?, Some(&rates)).map_err(engine_error)
-    };
-    let zf = embed(enc, &set.fit)?;
-    let zt = embed(enc, &set.test)?;
-    Ok(probe(&zf, &set.fit.y, &zt, &set.test.y, enc.cfg.embed, set.classes.len(), knn_k))
+/// A probe set's windows as an encoder takes them (`inputs` applied once, whoever is scored on
+/// them), with each window's sampling rate.
+pub struct ProbeInputs<'a> {
+    set: &'a ProbeSet,
+    row_len: usize,
+    fit: Cow<'a, [f32]>,
+    test: Cow<'a, [f32]>,
+    fit_rates: Vec<f32>,
+    test_rates: Vec<f32>,
+}
+
+impl<'a> ProbeInputs<'a> {
+    pub fn new(set: &'a ProbeSet, inputs: &Inputs) -> Result<Self> {
+        Ok(ProbeInputs { set, row_len: inputs.row_len(), fit: inputs.of(&set.fit.x)?, test: inputs.of(&set.test.x)?, fit_rates: inputs.rates(&set.fit.ids), test_rates: inputs.rates(&set.test.ids) })
+    }
+
+    /// Probe scores of the inputs themselves as features (no encoder).
+    pub fn score_raw(&self, knn_k: usize) -> ProbeScores {
+        let s = self.set;
+        probe(&self.fit, &s.fit.y, &self.test, &s.test.y, self.row_len, s.classes.len(), knn_k)
+    }
+}
+
+/// Probe scores of `enc`'s embeddings of the probe set's windows.
+pub fn score(enc: &mut Encoder<CpuDevice>, p: &ProbeInputs, knn_k: usize) -> Result<ProbeScores> {
+    let zf = engine::embed(enc, &p.fit, Some(&p.fit_rates)).map_err(engine_error)?;
+    let zt = engine::embed(enc, &p.test, Some(&p.test_rates)).map_err(engine_error)?;
+    let s = p.set;
+    Ok(probe(&zf, &s.fit.y, &zt, &s.test.y, enc.cfg.embed, s.classes.len(), knn_k))
 }
 
 /// Evaluates the encoder of `ckpt` on the store + table.
@@ -202,18 +223,15 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     if opts.windows == 0 {
         return Err(TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() });
     }
-    let file = checkpoint::model_file(ckpt);
-    if !file.exists() {
-        return Err(TrainError::Checkpoint { path: file, reason: "not found".into() });
-    }
+    let model = checkpoint::ModelFile::read(ckpt)?;
+    let file = model.path.clone();
     let channels = ds.store.samples().first().map_or(1, |s| s.channels);
-    let (arch, config_yaml) = checkpoint::read_metadata(&file)?;
-    let cfg = match (config_yaml, &opts.config) {
+    let cfg = match (model.config_yaml.clone(), &opts.config) {
         (Some(y), _) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
         (None, Some(c)) => c.clone(),
         (None, None) => return Err(TrainError::Checkpoint { path: file.clone(), reason: "carries no training configuration (a state dict saved outside the product?): give the run's config with --config".into() }),
     };
-    let arch: EncoderConfig = arch.unwrap_or_else(|| cfg.encoder(channels));
+    let arch: EncoderConfig = model.arch.clone().unwrap_or_else(|| cfg.encoder(channels));
     if arch.channels != channels {
         return Err(TrainError::Checkpoint { path: file, reason: format!("was trained on {} channels; {} has {channels}", arch.channels, ds.store.path().display()) });
     }
@@ -236,12 +254,13 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     let pool = rayon::ThreadPoolBuilder::new().build().map_err(|e| TrainError::Data(e.to_string()))?;
     let (pretrained, random_init, spectrum_baseline) = pool.install(|| -> Result<_> {
         let mut enc = arch.init(CpuDevice::new(), 256, opts.seed).map_err(engine_error)?;
-        checkpoint::load_weights(ckpt, &mut enc)?;
-        let pre = score(&mut enc, &set, &inputs, opts.knn_k)?;
+        model.load_into(&mut enc)?;
+        let fed = ProbeInputs::new(&set, &inputs)?;
+        let pre = score(&mut enc, &fed, opts.knn_k)?;
         let mut rand = arch.init(CpuDevice::new(), 256, opts.seed ^ 0x5EED_0F_1A17).map_err(engine_error)?;
-        let rnd = score(&mut rand, &set, &inputs, opts.knn_k)?;
-        let (sf, st) = (spectrum.of(&set.fit.x)?, spectrum.of(&set.test.x)?);
-        let spec = probe(&sf, &set.fit.y, &st, &set.test.y, spectrum.row_len(), set.classes.len(), opts.knn_k);
+        let rnd = score(&mut rand, &fed, opts.knn_k)?;
+        // The baseline's features: the encoders' own inputs where those are already the spectrum.
+        let spec = if cfg.data.input == InputKind::Spectrum { fed.score_raw(opts.knn_k) } else { ProbeInputs::new(&set, &spectrum)?.score_raw(opts.knn_k) };
         Ok((pre, rnd, spec))
     })?;
     Ok(EvalReport {

@@ -241,7 +241,7 @@ pub struct Trainer<'a, D: Device> {
     augment: Augment,
     usable_train: Vec<u64>,
     usable_val: Vec<u64>,
-    val_batches: Vec<ContrastiveBatch>,
+    val_batches: Vec<ValidationBatch>,
     run_dir: PathBuf,
     ckpt_dir: PathBuf,
     metrics: std::fs::File,
@@ -332,7 +332,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
         let metrics_path = run_dir.join("metrics.jsonl");
         let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
-        let val_batches = validation_batches(&builder, &usable_val, b, state.seed)?;
+        let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
         let top_k = TopK::load(&ckpt_dir.join("top_k.json"));
         Ok(Trainer {
@@ -506,11 +506,9 @@ impl<'a, D: Device> Trainer<'a, D> {
             return Ok((None, None));
         }
         let (mut l, mut a, mut n) = (0.0, 0.0, 0.0);
-        for i in 0..self.val_batches.len() {
-            let (x, p) = self.inputs.pair(&self.val_batches[i])?;
-            let rates = self.inputs.rates(&self.val_batches[i].ids);
-            let out = self.step.evaluate(Pairs::new(&x, &p).with_rates(&rates)).map_err(engine_error)?;
-            let w = self.val_batches[i].len() as f64;
+        for v in &self.val_batches {
+            let out = self.step.evaluate(Pairs::new(&v.anchor, &v.positive).with_rates(&v.rates)).map_err(engine_error)?;
+            let w = v.rates.len() as f64;
             l += out.loss as f64 * w;
             a += out.accuracy as f64 * w;
             n += w;
@@ -583,14 +581,24 @@ impl<'a, D: Device> Trainer<'a, D> {
     }
 }
 
+/// A validation batch as the encoder takes it (the input transform applied once, at the start).
+struct ValidationBatch {
+    anchor: Vec<f32>,
+    positive: Vec<f32>,
+    /// One sampling rate per pair.
+    rates: Vec<f32>,
+}
+
 /// Fixed validation batches: the same windows at every check, so checks compare.
-fn validation_batches(builder: &BatchBuilder, val: &[u64], b: usize, seed: u64) -> Result<Vec<ContrastiveBatch>> {
+fn validation_batches(builder: &BatchBuilder, inputs: &Inputs, val: &[u64], b: usize, seed: u64) -> Result<Vec<ValidationBatch>> {
     let mut out = Vec::new();
     for (i, chunk) in val.chunks(b).enumerate() {
         if chunk.len() < 2 {
             continue;
         }
-        out.push(builder.build(chunk, signal::rng::mix_seed(&[seed, 0x7A1, i as u64]))?);
+        let batch = builder.build(chunk, signal::rng::mix_seed(&[seed, 0x7A1, i as u64]))?;
+        let (anchor, positive) = inputs.pair(&batch)?;
+        out.push(ValidationBatch { anchor: anchor.into_owned(), positive: positive.into_owned(), rates: inputs.rates(&batch.ids) });
     }
     Ok(out)
 }
