@@ -11,10 +11,11 @@ pub const LOSS_TILE: usize = 256;
 
 /// The f32 scratch the CPU kernel needs for `b` pairs of `d` dimensions: normalized rows and their
 /// gradients (2 × 2b·d), one tile of similarities, the norms (2b), column log-sum-exps and the
-/// diagonal (b each). Saturating, for budget checks on sizes from outside.
+/// diagonal (b each), and a tile's per-row loss and hit (2 per row). Saturating, for budget
+/// checks on sizes from outside.
 pub fn infonce_scratch_floats(b: usize, d: usize) -> usize {
     let (bd, tile) = (b.saturating_mul(d), b.min(LOSS_TILE));
-    bd.saturating_mul(4).saturating_add(tile.saturating_mul(b)).saturating_add(b.saturating_mul(4))
+    bd.saturating_mul(4).saturating_add(tile.saturating_mul(b)).saturating_add(b.saturating_mul(4)).saturating_add(tile.saturating_mul(2))
 }
 
 /// InfoNCE settings.

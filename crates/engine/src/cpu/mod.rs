@@ -370,9 +370,6 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
     (parts, move |t: usize| (units * t / parts * unit).min(dim))
 }
 
-/// A GEMM split over one worker per packing buffer along the larger of C's dimensions, at
-/// micro-tile boundaries. Each block runs the sequential kernel at full per-core speed; the split
-/// is static, so it allocates nothing (faer's own parallel path allocates on every call).
 /// A row of similarities: the index of its first maximum (the row's prediction) and its
 /// log-sum-exp, max-subtracted. The exponentials are summed in eight f64 lanes (vectorizable,
 /// and as exact as one running f64 sum for any batch).
@@ -401,9 +398,49 @@ fn row_softmax_grad(row: &mut [f32], lse: f32, col_lse: Option<&[f32]>, w: f32) 
     }
 }
 
+/// Folds a tile of similarity rows (`b` columns each) into the running column log-sum-exps of
+/// the symmetric InfoNCE: per column the running max `mx` and `Σ exp(s − mx)` (`sum`, rescaled
+/// as the max grows). The columns are split over `parts` workers; each walks the tile row by row
+/// (contiguous, vectorized across its columns), and each column is one worker's whole, so the
+/// result does not depend on the split.
+fn column_lse_update(tile: &[f32], b: usize, mx: &mut [f32], sum: &mut [f64], parts: usize) {
+    let per = b.div_ceil(parts.max(1)).next_multiple_of(8);
+    let run = |(i, (m, s)): (usize, (&mut [f32], &mut [f64]))| column_lse_strip(tile, b, i * per, m, s);
+    if parts <= 1 {
+        run((0, (mx, sum)));
+    } else {
+        mx.par_chunks_mut(per).zip(sum.par_chunks_mut(per)).enumerate().for_each(run);
+    }
+}
+
+/// [`column_lse_update`] for the columns `c0..c0 + mx.len()`, in strips whose new maxima fit on
+/// the stack.
+#[multiversion(targets = "simd")]
+fn column_lse_strip(tile: &[f32], b: usize, c0: usize, mx: &mut [f32], sum: &mut [f64]) {
+    const STRIP: usize = 256;
+    let mut new_max = [0.0f32; STRIP];
+    for s0 in (0..mx.len()).step_by(STRIP) {
+        let w = STRIP.min(mx.len() - s0);
+        let (m, s, nm) = (&mut mx[s0..s0 + w], &mut sum[s0..s0 + w], &mut new_max[..w]);
+        let cols = c0 + s0..c0 + s0 + w;
+        nm.copy_from_slice(m);
+        for row in tile.chunks_exact(b) {
+            nm.iter_mut().zip(&row[cols.clone()]).for_each(|(a, &x)| *a = a.max(x));
+        }
+        // The sums so far, rescaled to the new maxima (a column not seen yet has no sum).
+        s.iter_mut().zip(m.iter().zip(nm.iter())).for_each(|(s, (&old, &new))| *s = if old == f32::NEG_INFINITY { 0.0 } else { *s * math::exp(old - new) as f64 });
+        for row in tile.chunks_exact(b) {
+            s.iter_mut().zip(&row[cols.clone()]).zip(nm.iter()).for_each(|((s, &x), &mx)| *s += math::exp(x - mx) as f64);
+        }
+        m.copy_from_slice(nm);
+    }
+}
+
 /// `C (+)= alpha · op(A) · op(B)` on slices, its rows or columns split over one worker per pack
 /// buffer. Each element of C is computed whole by one worker, so the result does not depend on
-/// how many there are.
+/// how many there are. The split is along the larger of C's dimensions, at micro-tile
+/// boundaries: each block runs the sequential kernel at full per-core speed, and the split is
+/// static, so it allocates nothing (faer's own parallel path allocates on every call).
 fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
     let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
@@ -988,7 +1025,8 @@ impl Device for CpuDevice {
             assert!(dz.len() == z.len() && dz.disjoint(&z));
         }
         // The similarities are taken LOSS_TILE rows at a time, so memory grows as B, not B².
-        // scratch: zn [2b·d] | s tile [t·b] | dzn [2b·d] | norms [2b] | col lse [b] | diag [b]
+        // scratch: zn [2b·d] | s tile [t·b] | dzn [2b·d] | norms [2b] | col lse [b] | diag [b] |
+        // per-row (loss, hit) of a tile [2t]
         let tile = b.min(LOSS_TILE);
         let need = infonce_scratch_floats(b, d);
         if self.scratch.len() < need {
@@ -1001,7 +1039,10 @@ impl Device for CpuDevice {
         let (dzn, rest) = rest.split_at_mut(2 * b * d);
         let (norms, rest) = rest.split_at_mut(2 * b);
         let (col_lse, rest) = rest.split_at_mut(b);
-        let diag = &mut rest[..b];
+        let (diag, rest) = rest.split_at_mut(b);
+        let row_out = &mut rest[..2 * tile];
+        // The element-wise passes over a tile are split over the workers where it is large.
+        let parts = self.parts(tile * b);
         let zs = self.slice(z);
         // Normalize rows: zn = z / max(‖z‖, 1e-12), as F.normalize.
         for r in 0..2 * b {
@@ -1039,12 +1080,7 @@ impl Device for CpuDevice {
                 for (i, row) in rows.clone().zip(st.chunks_exact(b)) {
                     diag[i] = row[i];
                 }
-                for j in 0..b {
-                    let mx = st.chunks_exact(b).fold(col_lse[j], |m, row| m.max(row[j]));
-                    let rescale = if col_lse[j] == f32::NEG_INFINITY { 0.0 } else { math::exp(col_lse[j] - mx) as f64 };
-                    col_sum[j] = col_sum[j] * rescale + st.chunks_exact(b).map(|row| math::exp(row[j] - mx) as f64).sum::<f64>();
-                    col_lse[j] = mx;
-                }
+                column_lse_update(st, b, col_lse, &mut col_sum[..b], parts);
             }
             for j in 0..b {
                 col_lse[j] += col_sum[j].ln() as f32;
@@ -1063,15 +1099,26 @@ impl Device for CpuDevice {
                 gemm(Gemm::nt(rows.len(), b, d), st, &za[rows.start * d..rows.end * d], zp);
             }
             // Row log-sum-exp (max-subtracted), loss and accuracy; then the tile becomes dL/dS:
-            // row softmax − I (and column softmax − I for the symmetric form).
-            for (i, row) in rows.clone().zip(st.chunks_exact_mut(b)) {
-                let (arg, lse) = row_max_lse(row);
-                correct += (arg == i) as usize;
-                loss_rows += (lse - row[i]) as f64;
-                if dz.is_some() {
-                    row_softmax_grad(row, lse, symmetric.then_some(&*col_lse), row_w);
-                    row[i] -= if symmetric { 2.0 } else { 1.0 } * row_w;
+            // row softmax − I (and column softmax − I for the symmetric form). Rows in parallel;
+            // their losses are summed after, in row order, so the sum does not depend on the split.
+            let (r0, grad, cols_lse) = (rows.start, dz.is_some(), symmetric.then_some(&*col_lse));
+            let diag_w = if symmetric { 2.0 } else { 1.0 } * row_w;
+            let out = &mut row_out[..2 * rows.len()];
+            for_row_blocks2(parts, st, b, out, 2, |first, block, out| {
+                for (k, (row, o)) in block.chunks_exact_mut(b).zip(out.chunks_exact_mut(2)).enumerate() {
+                    let i = r0 + first + k;
+                    let (arg, lse) = row_max_lse(row);
+                    o[0] = lse - row[i];
+                    o[1] = if arg == i { 1.0 } else { 0.0 };
+                    if grad {
+                        row_softmax_grad(row, lse, cols_lse, row_w);
+                        row[i] -= diag_w;
+                    }
                 }
+            });
+            for o in out.chunks_exact(2) {
+                loss_rows += o[0] as f64;
+                correct += (o[1] > 0.0) as usize;
             }
             if dz.is_some() {
                 // dza_n = dS · zp_n / τ for these rows; dzp_n += dS_tileᵀ · za_n / τ over the tiles.
