@@ -206,8 +206,9 @@ impl std::str::FromStr for DeviceSel {
             "cpu" => Ok(DeviceSel::Cpu),
             "cuda" | "gpu" => Ok(DeviceSel::Cuda(0)),
             "auto" => Ok(DeviceSel::Auto),
-            _ => match s.strip_prefix("cuda:").map(str::parse) {
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
                 Some(Ok(n)) if n < 1024 => Ok(DeviceSel::Cuda(n)),
+                Some(Ok(n)) => Err(format!("GPU index {n} is out of range (below 1024)")),
                 _ => Err(format!("unknown device `{s}`; expected cpu, cuda, cuda:N or auto")),
             },
         }
@@ -215,7 +216,7 @@ impl std::str::FromStr for DeviceSel {
 }
 
 /// `--device`'s parser: typed like a `ValueEnum` (help lists the values, a wrong one is a usage
-/// error that lists them) but open-ended in `cuda:N`, which no enum can list (`clap` feature).
+/// error saying why) but open-ended in `cuda:N`, which no enum can list (`clap` feature).
 #[cfg(feature = "clap")]
 impl clap::builder::ValueParserFactory for DeviceSel {
     type Parser = DeviceParser;
@@ -234,28 +235,22 @@ impl clap::builder::TypedValueParser for DeviceParser {
     type Value = DeviceSel;
 
     fn parse_ref(&self, cmd: &clap::Command, arg: Option<&clap::Arg>, value: &std::ffi::OsStr) -> std::result::Result<DeviceSel, clap::Error> {
-        let text = value.to_str().unwrap_or("\u{fffd}");
-        text.parse().map_err(|_| {
-            let mut e = clap::Error::new(clap::error::ErrorKind::InvalidValue).with_cmd(cmd);
-            use clap::error::{ContextKind, ContextValue};
-            if let Some(arg) = arg {
-                e.insert(ContextKind::InvalidArg, ContextValue::String(arg.to_string()));
-            }
-            e.insert(ContextKind::InvalidValue, ContextValue::String(text.to_owned()));
-            e.insert(ContextKind::ValidValue, ContextValue::Strings(Self::VALUES.iter().map(|v| v.to_string()).collect()));
-            e
-        })
+        // A function parser renders clap's "invalid value 'X' for '--device <DEVICE>': <reason>".
+        let parse = |text: &str| text.parse::<DeviceSel>();
+        parse.parse_ref(cmd, arg, value)
     }
 
     fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
-        Some(Box::new(Self::VALUES.iter().map(|v| clap::builder::PossibleValue::new(*v))))
+        use clap::builder::PossibleValue;
+        // `cuda:N` stands for every GPU index.
+        let values = [
+            PossibleValue::new("cpu"),
+            PossibleValue::new("cuda").alias("gpu").help("GPU 0"),
+            PossibleValue::new("cuda:N").help("GPU N (N < 1024)"),
+            PossibleValue::new("auto").help("the GPU where one is present, else the CPU"),
+        ];
+        Some(Box::new(values.into_iter()))
     }
-}
-
-#[cfg(feature = "clap")]
-impl DeviceParser {
-    /// What help and errors list; `cuda:N` stands for every GPU index.
-    const VALUES: [&'static str; 4] = ["cpu", "cuda", "cuda:N", "auto"];
 }
 
 impl std::fmt::Display for DeviceSel {

@@ -39,6 +39,13 @@ pub fn init(flag: Option<u64>) -> Result<&'static Budget, String> {
     Ok(BUDGET.get_or_init(|| resolved))
 }
 
+/// Fixes the budget at `bytes` for the rest of the process, `source` naming where it came from in
+/// messages: for callers other than the CLI (the fuzz targets). Returns false if a budget was
+/// already in force, which then stays.
+pub fn set_budget(bytes: u64, source: impl Into<String>) -> bool {
+    BUDGET.set(Budget { bytes, source: source.into() }).is_ok()
+}
+
 /// The budget in force: [`init`]'s, or resolved on first use (a bad [`ENV`] value then falls
 /// back to the default; only `init` can report it).
 pub fn budget() -> &'static Budget {
@@ -50,8 +57,11 @@ fn resolve(flag: Option<u64>) -> Result<Budget, String> {
         return Ok(Budget { bytes, source: format!("--memory-budget {}", human(bytes as u128)) });
     }
     match std::env::var(ENV) {
+        // Set but empty reads as unset (as `CID_CPU_GEMM=`).
+        Ok(v) if v.trim().is_empty() => Ok(default_budget()),
         Ok(v) => parse_size(&v).map(|bytes| Budget { bytes, source: format!("{ENV}={v}") }).map_err(|e| format!("{ENV}={v}: {e}")),
-        Err(_) => Ok(default_budget()),
+        Err(std::env::VarError::NotPresent) => Ok(default_budget()),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!("{ENV}={}: not a size (not even text)", v.to_string_lossy())),
     }
 }
 
@@ -83,12 +93,20 @@ fn available_memory() -> Option<(u64, &'static str)> {
         .min_by_key(|(v, _)| *v)
 }
 
-/// The most compute threads a run may ask for (`data.num_workers`, `bench --threads`): four per
-/// core, and at least 256, so oversubscribing on purpose works but a typo like `1000000` is an
-/// error instead of a million OS threads. Returns `(cap, cores)`.
-pub fn thread_cap() -> (usize, usize) {
+/// The most compute threads a run may ask for (`data.num_workers`, `bench --threads`), and the
+/// cores it was derived from.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadCap {
+    /// Four per core, and at least 256: oversubscribing on purpose works, but a typo like
+    /// `1000000` is an error instead of a million OS threads.
+    pub max: usize,
+    pub cores: usize,
+}
+
+/// This machine's [`ThreadCap`].
+pub fn thread_cap() -> ThreadCap {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (4 * cores.max(64), cores)
+    ThreadCap { max: 4 * cores.max(64), cores }
 }
 
 /// Parses a size: a number of bytes, optionally with a unit K, M, G, T (powers of 1024; `KB`,

@@ -100,7 +100,8 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
 }
 
 /// The architecture and configuration recorded in a `model.safetensors` (`None` where the file
-/// has no such metadata: a state dict saved by PyTorch).
+/// has no such metadata: a state dict saved by PyTorch). `path` is the file or its checkpoint
+/// directory; a missing file is a checkpoint error naming it ([`ModelFile::read`]).
 pub fn read_metadata(path: &Path) -> Result<(Option<EncoderConfig>, Option<String>)> {
     ModelFile::read(path).map(|m| (m.arch, m.config_yaml))
 }
@@ -136,7 +137,8 @@ impl ModelFile {
     /// Loads weights, running statistics and counters into `enc` by name. The architecture
     /// must match the file's metadata where it has some; a PyTorch state dict without it loads
     /// where every name and shape matches.
-    pub fn load_into<D: Device>(&self, enc: &mut Encoder<D>) -> Result<()> {
+    /// Consumes the file: its bytes are freed once the values are in the encoder.
+    pub fn load_into<D: Device>(self, enc: &mut Encoder<D>) -> Result<()> {
         let file = &self.path;
         if let Some(arch) = &self.arch {
             if *arch != enc.cfg {

@@ -223,10 +223,10 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     if opts.windows == 0 {
         return Err(TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() });
     }
-    let model = checkpoint::ModelFile::read(ckpt)?;
+    let mut model = checkpoint::ModelFile::read(ckpt)?;
     let file = model.path.clone();
     let channels = ds.store.samples().first().map_or(1, |s| s.channels);
-    let cfg = match (model.config_yaml.clone(), &opts.config) {
+    let cfg = match (model.config_yaml.take(), &opts.config) {
         (Some(y), _) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
         (None, Some(c)) => c.clone(),
         (None, None) => return Err(TrainError::Checkpoint { path: file.clone(), reason: "carries no training configuration (a state dict saved outside the product?): give the run's config with --config".into() }),

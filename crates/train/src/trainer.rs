@@ -145,9 +145,9 @@ fn better(mode: Mode, new: f64, best: f64, min_delta: f64) -> bool {
 
 /// The run's one thread pool (`data.num_workers`, 0 = all cores).
 pub fn thread_pool(cfg: &Config) -> Result<Arc<rayon::ThreadPool>> {
-    let (cap, cores) = limits::thread_cap();
-    let threads = if cfg.data.num_workers == 0 { cores } else { cfg.data.num_workers };
-    if threads > cap {
+    let cap = limits::thread_cap();
+    let (threads, cores) = (if cfg.data.num_workers == 0 { cap.cores } else { cfg.data.num_workers }, cap.cores);
+    if threads > cap.max {
         return Err(TrainError::Config { key: "data.num_workers".into(), reason: format!("{threads} threads on a machine of {cores} cores") });
     }
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("worker-{i}")).build().map_err(|e| TrainError::Config { key: "data.num_workers".into(), reason: e.to_string() })?;

@@ -68,9 +68,9 @@ pub fn run(a: Args) -> Result<()> {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {
-        let (cap, cores) = limits::thread_cap();
-        if t == 0 || t > cap {
-            bail!("--threads {t}: expected 1 to {cap} on a machine of {cores} cores");
+        let cap = limits::thread_cap();
+        if t == 0 || t > cap.max {
+            bail!("--threads {t}: expected 1 to {} on a machine of {} cores", cap.max, cap.cores);
         }
         b = b.threads(t);
     }

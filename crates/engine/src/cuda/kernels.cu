@@ -433,7 +433,7 @@ extern "C" __global__ void attention_forward(const float* qkv, float* out, float
     }
 }
 
-// The two attention backward kernels take the same arguments (the launcher passes one tuple to both).
+// The two attention backward kernels take the same argument list (the launcher passes both the same values).
 #define ATTENTION_BACKWARD_PARAMS const float* qkv, const float* out, const float* lse, const float* dout, float* dqkv, \
     int samples, int seq, int heads, int dh, int has, unsigned long long key, unsigned int threshold, float scale_drop
 
@@ -477,6 +477,7 @@ extern "C" __global__ void attention_backward_kv(ATTENTION_BACKWARD_PARAMS) {
         }
     }
 }
+#undef ATTENTION_BACKWARD_PARAMS
 
 // ---- patch embedding (src/ops/patch.rs) -----------------------------------------------------
 
