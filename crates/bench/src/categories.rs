@@ -10,8 +10,8 @@ use signal::synth::{generate, SynthConfig};
 use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
 
 use crate::error::{BenchError, Result};
-use crate::registry::{CategoryKind, DeviceSel, MetricId, MetricName};
 use crate::measure::{method, peak_rss_delta, time_ms, total_memory_mb};
+use crate::registry::{CategoryKind, DeviceSel, MetricId, MetricName};
 use crate::results::{Category, Metric, Status, SweepPoint};
 use crate::stats::summarize;
 
@@ -36,7 +36,11 @@ pub struct Settings {
 
 impl Settings {
     fn reps(&self) -> (usize, usize) {
-        if self.quick { (3, 10) } else { (10, 50) }
+        if self.quick {
+            (3, 10)
+        } else {
+            (10, 50)
+        }
     }
 }
 
@@ -278,7 +282,14 @@ pub fn model(s: &Settings) -> Result<Category> {
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::ForwardMs, fwd, 3));
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::BackwardMs, bwd, 2));
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::InfonceMs, nce, 3));
-                cat.metrics.push(value(CategoryKind::Model, &c, MetricName::MemoryMb, enc.device.allocated_bytes() as f64 / 1e6, true, "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)"));
+                cat.metrics.push(value(
+                    CategoryKind::Model,
+                    &c,
+                    MetricName::MemoryMb,
+                    enc.device.allocated_bytes() as f64 / 1e6,
+                    true,
+                    "engine memory held: weights, gradients, Adam state, activation buffers for 2B rows (exact)",
+                ));
                 let plan = enc.device.kernel_plan();
                 if b == 32 && !plan.is_empty() {
                     cat.notes.push(format!("{c}: the GEMM shapes of forward and backward measured fastest on: {}", engine::cpu::plan::summary(&plan)));
@@ -311,10 +322,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
     let mem_limit = total_memory_mb().unwrap_or(8192.0) * 0.5;
     let time_limit_ms = if s.quick { 1500.0 } else { 5000.0 };
     let (warmup, n) = if s.quick { (1, 2) } else { (2, 5) };
-    let axes: [(&str, Vec<usize>, usize, usize); 2] = [
-        ("batch", vec![4, 8, 16, 32, 64, 128, 256], 1 << 16, 1024),
-        ("window", vec![256, 512, 1024, 2048, 4096, 8192], 1 << 20, 32),
-    ];
+    let axes: [(&str, Vec<usize>, usize, usize); 2] = [("batch", vec![4, 8, 16, 32, 64, 128, 256], 1 << 16, 1024), ("window", vec![256, 512, 1024, 2048, 4096, 8192], 1 << 20, 32)];
     for (axis, seed_list, cap, fixed) in axes {
         let mut x = seed_list[0];
         let last_seed = *seed_list.last().unwrap_or(&x);
@@ -323,7 +331,17 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             let ecfg = EncoderConfig::new(s.encoder, w, 1);
             let est = estimated_step_mb(&ecfg, b)?;
             if est > mem_limit {
-                cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb: Some(est), note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)") });
+                cat.sweep.push(SweepPoint {
+                    axis: axis.into(),
+                    batch: b,
+                    window: w,
+                    ok: false,
+                    step_ms: None,
+                    step_ms_ci: None,
+                    samples: 0,
+                    memory_mb: Some(est),
+                    note: format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)"),
+                });
                 break;
             }
             let point = pool.install(|| -> Result<(crate::stats::Summary, Option<f64>)> {
@@ -340,7 +358,17 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             match point {
                 Ok((summary, mem)) => {
                     let ms = summary.median;
-                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: true, step_ms: Some(ms), step_ms_ci: Some([summary.ci_low, summary.ci_high]), samples: summary.n, memory_mb: mem, note: String::new() });
+                    cat.sweep.push(SweepPoint {
+                        axis: axis.into(),
+                        batch: b,
+                        window: w,
+                        ok: true,
+                        step_ms: Some(ms),
+                        step_ms_ci: Some([summary.ci_low, summary.ci_high]),
+                        samples: summary.n,
+                        memory_mb: mem,
+                        note: String::new(),
+                    });
                     if ms > time_limit_ms {
                         cat.notes.push(format!("{axis} sweep stopped after {x}: a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)"));
                         break;
@@ -370,7 +398,14 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             if mems.len() >= 2 {
                 let (b1, m1) = mems[mems.len() - 2];
                 let (b2, m2) = mems[mems.len() - 1];
-                cat.metrics.push(value(CategoryKind::Scalability, "batch", MetricName::MemoryScalingFactor, (m2 / m1) / (b2 as f64 / b1 as f64), true, "(memory ratio) / (batch ratio) of the two largest working batch sizes"));
+                cat.metrics.push(value(
+                    CategoryKind::Scalability,
+                    "batch",
+                    MetricName::MemoryScalingFactor,
+                    (m2 / m1) / (b2 as f64 / b1 as f64),
+                    true,
+                    "(memory ratio) / (batch ratio) of the two largest working batch sizes",
+                ));
             }
         }
     }
@@ -416,7 +451,14 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     if !bf16.is_empty() {
         let ratio = crate::stats::median(&fp32) / crate::stats::median(&bf16);
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.bf16.threads{}", s.threads), MetricName::StepMs, bf16, warmup));
-        cat.metrics.push(value(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup, ratio, false, &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder)));
+        cat.metrics.push(value(
+            CategoryKind::Hardware,
+            "cpu.bf16",
+            MetricName::MixedPrecisionSpeedup,
+            ratio,
+            false,
+            &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder),
+        ));
         cat.notes.push(format!("bf16 products: operands rounded to bf16 as the packed AVX2 kernel packs them, fp32 FMA — the numerics of AMX / AVX512-BF16 without their speed (this build has no AMX or AVX512-BF16 kernel yet); memory is the same (activations and weights stay fp32); contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}", warmup + n, acc[0], acc[1]));
     }
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {

@@ -30,7 +30,13 @@ pub struct Point {
 pub fn bars(r: &Results, category: CategoryKind, name: MetricName) -> Vec<Bar> {
     r.metrics()
         .filter(|m| m.category == category && m.name == name)
-        .map(|m| Bar { label: m.config.clone(), value: m.value, ci: m.summary.as_ref().map(|s| (s.ci_low, s.ci_high)), n: m.summary.as_ref().map_or(0, |s| s.n), reference: m.reference.as_ref().map(|x| x.value) })
+        .map(|m| Bar {
+            label: m.config.clone(),
+            value: m.value,
+            ci: m.summary.as_ref().map(|s| (s.ci_low, s.ci_high)),
+            n: m.summary.as_ref().map_or(0, |s| s.n),
+            reference: m.reference.as_ref().map(|x| x.value),
+        })
         .collect()
 }
 
@@ -79,7 +85,11 @@ pub fn tick_label(v: f64) -> String {
     let digits = if v == 0.0 { 0 } else { (3 - v.abs().log10().floor() as i32).clamp(0, 6) as usize };
     let s = format!("{v:.digits$}");
     let s = if s.contains('.') { s.trim_end_matches('0').trim_end_matches('.').to_string() } else { s };
-    if s == "-0" { "0".into() } else { s }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s
+    }
 }
 
 /// An axis tick: as [`tick_label`], with large values shortened (2.5M, 150k) to fit the margin.

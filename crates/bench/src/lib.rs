@@ -57,7 +57,15 @@ impl Benchmark {
         let save_dir = save_dir.into();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, quality_target: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
+        let settings = Settings {
+            quick: false,
+            threads,
+            work_dir: save_dir.join(".work"),
+            quality_data: None,
+            quality_target: None,
+            encoder: engine::EncoderKind::MlpMedium,
+            quality_encoder: engine::EncoderKind::Cnn,
+        };
         Benchmark {
             results: Results {
                 schema_version: results::SCHEMA_VERSION,
@@ -173,7 +181,13 @@ impl Benchmark {
         cat.seconds = t.elapsed().as_secs_f64();
         targets::evaluate(&mut cat.metrics, &self.targets);
         let (p, n) = cat.pass_count();
-        let line = format!("[{kind}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}", cat.status, cat.metrics.len(), cat.seconds, if cat.notes.is_empty() { String::new() } else { format!(" ({})", cat.notes.join("; ")) });
+        let line = format!(
+            "[{kind}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}",
+            cat.status,
+            cat.metrics.len(),
+            cat.seconds,
+            if cat.notes.is_empty() { String::new() } else { format!(" ({})", cat.notes.join("; ")) }
+        );
         self.log(line);
         self.results.categories.retain(|c| c.kind != kind);
         self.results.categories.push(cat);
@@ -222,7 +236,8 @@ impl Benchmark {
         if base.schema_version != results::SCHEMA_VERSION {
             return Err(BenchError::Input(format!("{}: schema version {} (this build reads {})", path.display(), base.schema_version, results::SCHEMA_VERSION)));
         }
-        self.results.baseline_warnings = self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
+        self.results.baseline_warnings =
+            self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
         for w in self.results.baseline_warnings.clone() {
             self.log(format!("warning: {w}"));
         }
@@ -297,7 +312,11 @@ impl Benchmark {
 /// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.
 pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
     let p = PathBuf::from(name_or_file);
-    if p.exists() || name_or_file.ends_with(".json") { p } else { save_dir.join("baselines").join(format!("{name_or_file}.json")) }
+    if p.exists() || name_or_file.ends_with(".json") {
+        p
+    } else {
+        save_dir.join("baselines").join(format!("{name_or_file}.json"))
+    }
 }
 
 /// Recommendations derived from the results, each citing the number behind it.
@@ -319,7 +338,19 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.fp32", MetricName::ThreadSpeedup) {
         let threads = r.fingerprint.threads;
         let eff = m.value / threads as f64;
-        rec("CPU threads", if eff < 0.6 { format!("{threads} threads give only {:.2}× over one ({:.0} % efficiency): the step is memory- or overhead-bound at this size; larger batches use the cores better.", m.value, 100.0 * eff) } else { format!("{threads} threads give {:.2}× over one ({:.0} % efficiency): keep num_workers at the core count.", m.value, 100.0 * eff) }, format!("{} = {:.2}", m.id, m.value));
+        rec(
+            "CPU threads",
+            if eff < 0.6 {
+                format!(
+                    "{threads} threads give only {:.2}× over one ({:.0} % efficiency): the step is memory- or overhead-bound at this size; larger batches use the cores better.",
+                    m.value,
+                    100.0 * eff
+                )
+            } else {
+                format!("{threads} threads give {:.2}× over one ({:.0} % efficiency): keep num_workers at the core count.", m.value, 100.0 * eff)
+            },
+            format!("{} = {:.2}", m.id, m.value),
+        );
     }
     for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
         let t = m.target.as_ref().expect("filtered");
@@ -334,7 +365,8 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
-        let text = format!("bf16 products run at {:.2}× fp32's speed here: this build has no AMX / AVX512-BF16 kernel yet (bf16 only rounds the operands), so keep trainer.precision: 32 for speed.", m.value);
+        let text =
+            format!("bf16 products run at {:.2}× fp32's speed here: this build has no AMX / AVX512-BF16 kernel yet (bf16 only rounds the operands), so keep trainer.precision: 32 for speed.", m.value);
         rec("Mixed precision", text, format!("{} = {:.2}", m.id, m.value));
     }
     if r.category(CategoryKind::Hardware).is_some() {
@@ -342,7 +374,11 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     }
     for m in r.regressions() {
         if let Some(b) = &m.baseline {
-            rec("Regression", format!("{} got worse by {:+.1} % (CI {:+.1} … {:+.1} %) against the baseline.", m.id, 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high), format!("{} = {} {}", m.id, m.value, m.unit));
+            rec(
+                "Regression",
+                format!("{} got worse by {:+.1} % (CI {:+.1} … {:+.1} %) against the baseline.", m.id, 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high),
+                format!("{} = {} {}", m.id, m.value, m.unit),
+            );
         }
     }
     out

@@ -38,13 +38,7 @@ fn bar_chart(path: &Path, title: &str, y_label: &str, data: &[Bar]) -> Result<()
     root.fill(&WHITE).map_err(err)?;
     let ymax = data.iter().map(|d| d.ci.map_or(d.value, |c| c.1.max(d.value)).max(d.reference.unwrap_or(0.0))).filter(|v| v.is_finite()).fold(0.0f64, f64::max).max(1e-9) * 1.3;
     let n = data.len().max(1);
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(80)
-        .build_cartesian_2d(0f64..n as f64, 0f64..ymax)
-        .map_err(err)?;
+    let mut chart = ChartBuilder::on(&root).caption(title, ("sans-serif", 24)).margin(16).x_label_area_size(48).y_label_area_size(80).build_cartesian_2d(0f64..n as f64, 0f64..ymax).map_err(err)?;
     let labels: Vec<String> = data.iter().map(|d| d.label.clone()).collect();
     chart
         .configure_mesh()
@@ -52,7 +46,11 @@ fn bar_chart(path: &Path, title: &str, y_label: &str, data: &[Bar]) -> Result<()
         .x_labels(n * 2 + 1)
         .x_label_formatter(&|x| {
             let i = x.floor() as usize;
-            if (x - i as f64 - 0.5).abs() < 0.26 { labels.get(i).cloned().unwrap_or_default() } else { String::new() }
+            if (x - i as f64 - 0.5).abs() < 0.26 {
+                labels.get(i).cloned().unwrap_or_default()
+            } else {
+                String::new()
+            }
         })
         .y_desc(y_label)
         .y_label_formatter(&|v| axis_label(*v))
@@ -88,7 +86,8 @@ pub fn training(r: &Results, path: &Path) -> Result<()> {
 
 /// `hardware_optimization.png`: CPU step time per thread count (GPU: not available).
 pub fn hardware(r: &Results, path: &Path) -> Result<()> {
-    let data: Vec<Bar> = chart::bars(r, CategoryKind::Hardware, MetricName::StepMs).into_iter().map(|b| Bar { label: b.label.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), ..b }).collect();
+    let data: Vec<Bar> =
+        chart::bars(r, CategoryKind::Hardware, MetricName::StepMs).into_iter().map(|b| Bar { label: b.label.replace("cpu.fp32.", "CPU fp32 ").replace("threads", "threads "), ..b }).collect();
     bar_chart(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data)
 }
 

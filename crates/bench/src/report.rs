@@ -9,8 +9,8 @@ use crate::chart;
 use crate::error::{BenchError, Result};
 use crate::registry::{CategoryKind, MetricName};
 use crate::results::{Category, Metric, Results, Status};
-use crate::svg::{self, esc};
 use crate::stats::Verdict;
+use crate::svg::{self, esc};
 
 /// A rendering of the results into one file under the save directory.
 pub trait Report {
@@ -37,7 +37,15 @@ fn fmt_value(v: f64) -> String {
         return "n/a".into();
     }
     let a = v.abs();
-    if a >= 1e5 { format!("{v:.0}") } else if a >= 100.0 { format!("{v:.1}") } else if a >= 1.0 { format!("{v:.3}") } else { format!("{v:.4}") }
+    if a >= 1e5 {
+        format!("{v:.0}")
+    } else if a >= 100.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 fn target_text(m: &Metric) -> (String, String) {
@@ -71,7 +79,17 @@ fn reference_text(m: &Metric) -> String {
 
 fn row(m: &Metric) -> [String; 9] {
     let (t, p) = target_text(m);
-    [m.category.to_string(), m.config.clone(), m.name.to_string(), fmt_value(m.value), m.unit.clone(), ci_text(m), t, p, [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; ")]
+    [
+        m.category.to_string(),
+        m.config.clone(),
+        m.name.to_string(),
+        fmt_value(m.value),
+        m.unit.clone(),
+        ci_text(m),
+        t,
+        p,
+        [reference_text(m), baseline_text(m)].iter().filter(|s| !s.is_empty()).cloned().collect::<Vec<_>>().join("; "),
+    ]
 }
 
 fn rows(r: &Results) -> Vec<[String; 9]> {
@@ -88,9 +106,20 @@ impl Report for MarkdownReport {
         let mut s = String::new();
         let (p, t) = r.pass_rate();
         let _ = writeln!(s, "# Performance summary\n");
-        let _ = writeln!(s, "Pass rate: **{p}/{t}** targets ({:.0} %). Device `{}`, {} mode, {:.1} s.\n", if t > 0 { 100.0 * p as f64 / t as f64 } else { 0.0 }, r.device, if r.quick { "quick" } else { "full" }, r.seconds);
+        let _ = writeln!(
+            s,
+            "Pass rate: **{p}/{t}** targets ({:.0} %). Device `{}`, {} mode, {:.1} s.\n",
+            if t > 0 { 100.0 * p as f64 / t as f64 } else { 0.0 },
+            r.device,
+            if r.quick { "quick" } else { "full" },
+            r.seconds
+        );
         let f = &r.fingerprint;
-        let _ = writeln!(s, "Machine: {} ({} logical CPUs, {} threads used, CPU GEMM {}), GPU: {}, {} build, commit {}, contrastive-id {}.\n", f.cpu_model, f.logical_cpus, f.threads, f.cpu_gemm, f.gpu, f.build_profile, f.git_commit, f.crate_version);
+        let _ = writeln!(
+            s,
+            "Machine: {} ({} logical CPUs, {} threads used, CPU GEMM {}), GPU: {}, {} build, commit {}, contrastive-id {}.\n",
+            f.cpu_model, f.logical_cpus, f.threads, f.cpu_gemm, f.gpu, f.build_profile, f.git_commit, f.crate_version
+        );
         if let Some(b) = &r.baseline {
             let reg = r.regressions();
             let _ = writeln!(s, "Baseline `{b}`: {} regression(s).", reg.len());
@@ -123,7 +152,17 @@ impl Report for MarkdownReport {
         if let Some(sc) = r.category(crate::registry::CategoryKind::Scalability) {
             let _ = writeln!(s, "\n## Scalability sweep\n\n| axis | B | W | ok | ms/step | memory MB | note |\n| --- | --- | --- | --- | --- | --- | --- |");
             for p in &sc.sweep {
-                let _ = writeln!(s, "| {} | {} | {} | {} | {} | {} | {} |", p.axis, p.batch, p.window, p.ok, p.step_ms.map(fmt_value).unwrap_or_default(), p.memory_mb.map(fmt_value).unwrap_or_default(), p.note);
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    p.axis,
+                    p.batch,
+                    p.window,
+                    p.ok,
+                    p.step_ms.map(fmt_value).unwrap_or_default(),
+                    p.memory_mb.map(fmt_value).unwrap_or_default(),
+                    p.note
+                );
             }
         }
         Ok(s.into_bytes())
@@ -169,9 +208,25 @@ impl Report for HtmlReport {
         let (p, t) = r.pass_rate();
         let mut h = String::new();
         let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>{STYLE}</style></head><body>\n");
-        let _ = write!(h, "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>", esc(&r.device), if r.quick { "quick" } else { "full" }, r.seconds);
+        let _ = write!(
+            h,
+            "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>",
+            esc(&r.device),
+            if r.quick { "quick" } else { "full" },
+            r.seconds
+        );
         let f = &r.fingerprint;
-        let _ = write!(h, "<p>Machine: {} ({} logical CPUs, {} threads, CPU GEMM {}), GPU: {}, {} build, commit {}.</p>", esc(&f.cpu_model), f.logical_cpus, f.threads, esc(&f.cpu_gemm), esc(&f.gpu), esc(&f.build_profile), esc(&f.git_commit));
+        let _ = write!(
+            h,
+            "<p>Machine: {} ({} logical CPUs, {} threads, CPU GEMM {}), GPU: {}, {} build, commit {}.</p>",
+            esc(&f.cpu_model),
+            f.logical_cpus,
+            f.threads,
+            esc(&f.cpu_gemm),
+            esc(&f.gpu),
+            esc(&f.build_profile),
+            esc(&f.git_commit)
+        );
         if let Some(reference) = &r.reference {
             let _ = write!(h, "<p>PyTorch reference: <code>{}</code> (red bars beside ours).</p>", esc(reference));
         }

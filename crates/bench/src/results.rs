@@ -87,7 +87,21 @@ pub struct SweepPoint {
 impl Metric {
     /// A metric of `id` with its unit, value and how it was measured; no samples.
     pub fn new(id: MetricId, value: f64, lower_is_better: bool, method: impl Into<String>) -> Self {
-        Metric { id: id.to_string(), category: id.category, config: id.config, name: id.name, unit: id.name.unit().into(), value, lower_is_better, samples: Vec::new(), summary: None, method: method.into(), target: None, reference: None, baseline: None }
+        Metric {
+            id: id.to_string(),
+            category: id.category,
+            config: id.config,
+            name: id.name,
+            unit: id.name.unit().into(),
+            value,
+            lower_is_better,
+            samples: Vec::new(),
+            summary: None,
+            method: method.into(),
+            target: None,
+            reference: None,
+            baseline: None,
+        }
     }
 
     pub fn metric_id(&self) -> MetricId {

@@ -44,10 +44,24 @@ fn whisker(s: &mut String, x: f64, y_lo: f64, y_hi: f64) {
 fn y_axis(s: &mut String, ticks: &[f64], y_of: &dyn Fn(f64) -> f64, unit: &str, bottom: f64) {
     for &t in ticks {
         let y = y_of(t);
-        let _ = write!(s, "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>", W - RIGHT, LEFT - 6.0, y + 4.0, axis_label(t));
+        let _ = write!(
+            s,
+            "<line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{y:.1}\" y2=\"{y:.1}\" stroke=\"#e4e4e4\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{}</text>",
+            W - RIGHT,
+            LEFT - 6.0,
+            y + 4.0,
+            axis_label(t)
+        );
     }
     let _ = write!(s, "<text transform=\"translate(16,{:.1}) rotate(-90)\" text-anchor=\"middle\">{}</text>", TOP + (H - TOP - bottom) / 2.0, esc(unit));
-    let _ = write!(s, "<line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"#444\"/><line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#444\"/>", H - bottom, W - RIGHT, H - bottom, H - bottom);
+    let _ = write!(
+        s,
+        "<line x1=\"{LEFT}\" x2=\"{LEFT}\" y1=\"{TOP}\" y2=\"{:.1}\" stroke=\"#444\"/><line x1=\"{LEFT}\" x2=\"{:.1}\" y1=\"{:.1}\" y2=\"{:.1}\" stroke=\"#444\"/>",
+        H - bottom,
+        W - RIGHT,
+        H - bottom,
+        H - bottom
+    );
 }
 
 fn legend(s: &mut String, with_reference: bool) {
@@ -83,7 +97,13 @@ pub fn bar_chart(title: &str, unit: &str, bars: &[Bar]) -> String {
         }
         s.push_str("</g>");
         if let Some(r) = b.reference {
-            let _ = write!(s, "<g><title>{}</title><rect x=\"{center:.1}\" y=\"{:.1}\" width=\"{bar_w:.1}\" height=\"{:.1}\" fill=\"{TORCH}\"/></g>", esc(&format!("{} (PyTorch): {} {unit}", b.label, tick_label(r))), y_of(r), y_of(0.0) - y_of(r));
+            let _ = write!(
+                s,
+                "<g><title>{}</title><rect x=\"{center:.1}\" y=\"{:.1}\" width=\"{bar_w:.1}\" height=\"{:.1}\" fill=\"{TORCH}\"/></g>",
+                esc(&format!("{} (PyTorch): {} {unit}", b.label, tick_label(r))),
+                y_of(r),
+                y_of(0.0) - y_of(r)
+            );
         }
         let ly = H - bottom + 14.0;
         if turned {
@@ -141,10 +161,7 @@ mod tests {
 
     #[test]
     fn bars_carry_tooltips_whiskers_and_the_reference() {
-        let bars = [
-            Bar { label: "small".into(), value: 0.5, ci: Some((0.4, 0.6)), n: 20, reference: Some(1.5) },
-            Bar { label: "x<y".into(), value: 2.0, ci: None, n: 0, reference: None },
-        ];
+        let bars = [Bar { label: "small".into(), value: 0.5, ci: Some((0.4, 0.6)), n: 20, reference: Some(1.5) }, Bar { label: "x<y".into(), value: 2.0, ci: None, n: 0, reference: None }];
         let svg = bar_chart("step time", "ms", &bars);
         assert!(svg.contains("<title>small: 0.5 ms, 95% CI [0.4, 0.6], n = 20</title>"), "{svg}");
         assert!(svg.contains("<title>small (PyTorch): 1.5 ms</title>"), "{svg}");

@@ -29,10 +29,12 @@ fn summary_statistics_of_a_known_sample() {
 fn bootstrap_ci_covers_the_true_median_at_about_the_nominal_rate() {
     // 200 samples of 40 draws from N(10, 2): the true median is 10.
     let trials = 200;
-    let covered = (0..trials).filter(|&t| {
-        let s = summarize(&normal_sample(40, 10.0, 2.0, 1000 + t));
-        s.ci_low <= 10.0 && 10.0 <= s.ci_high
-    }).count();
+    let covered = (0..trials)
+        .filter(|&t| {
+            let s = summarize(&normal_sample(40, 10.0, 2.0, 1000 + t));
+            s.ci_low <= 10.0 && 10.0 <= s.ci_high
+        })
+        .count();
     let rate = covered as f64 / trials as f64;
     // Percentile bootstrap of a median is roughly nominal; allow for its known small-sample bias.
     assert!((0.88..=0.99).contains(&rate), "coverage {rate}");
@@ -88,7 +90,15 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     b.hardware().unwrap();
     // A target nothing can meet fails and shows up as failed.
     let files = b.report().unwrap();
-    for f in ["comprehensive_benchmark_results.json", "reports/performance_report.html", "reports/performance_summary.md", "plots/training_performance.png", "plots/scalability_analysis.png", "plots/hardware_optimization.png", "benchmark.log"] {
+    for f in [
+        "comprehensive_benchmark_results.json",
+        "reports/performance_report.html",
+        "reports/performance_summary.md",
+        "plots/training_performance.png",
+        "plots/scalability_analysis.png",
+        "plots/hardware_optimization.png",
+        "benchmark.log",
+    ] {
         assert!(files.contains(&save.join(f)), "{f} not reported as written");
         assert!(std::fs::metadata(save.join(f)).unwrap().len() > 0, "{f} is empty");
     }

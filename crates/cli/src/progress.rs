@@ -11,9 +11,7 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     } else {
         pb.set_draw_target(ProgressDrawTarget::hidden());
     }
-    let style = ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta} {prefix}")
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+    let style = ProgressStyle::with_template("{msg:12} [{bar:40}] {pos}/{len} {per_sec} eta {eta} {prefix}").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ");
     pb.set_style(style);
     pb.set_message(what.to_string());
     pb

@@ -57,11 +57,7 @@ fn bad_inputs_fail_with_a_message_naming_the_culprit() {
 #[test]
 fn generate_then_inspect() {
     let dir = tempfile::tempdir().unwrap();
-    let o = bin()
-        .args(["generate", "--complexity", "complex", "--count", "30", "--length", "2048", "--channels", "2", "--name", "s", "--out"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let o = bin().args(["generate", "--complexity", "complex", "--count", "30", "--length", "2048", "--channels", "2", "--name", "s", "--out"]).arg(dir.path()).output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let o = bin().arg("inspect").arg("--data").arg(dir.path().join("s.h5")).arg("--meta").arg(dir.path().join("s.csv")).output().unwrap();
     let t = text(&o);
@@ -77,7 +73,12 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let (h5, csv) = (d.join("s.h5"), d.join("s.csv"));
     let cfg = root().join("configs/debug.yaml");
     let o = bin()
-        .args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv)
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(&h5)
+        .arg("--meta")
+        .arg(&csv)
         .args(["--override", "trainer.epochs=2", "--override", "data.truncate_length=null", "--override"])
         .arg(format!("environment.save_dir={}", d.join("runs").display()))
         .output()
@@ -99,7 +100,16 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     std::fs::write(&bad, "data:\n  windw_size: 128\n").unwrap();
     let o = bin().args(["train", "--config"]).arg(&bad).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("data.windw_size") && text(&o).contains("data.window_size"), "{}", text(&o));
-    let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(d.join("absent.h5")).arg("--meta").arg(&csv).args(["--override", &format!("environment.save_dir={}", d.join("failed").display())]).output().unwrap();
+    let o = bin()
+        .args(["train", "--config"])
+        .arg(&cfg)
+        .arg("--data")
+        .arg(d.join("absent.h5"))
+        .arg("--meta")
+        .arg(&csv)
+        .args(["--override", &format!("environment.save_dir={}", d.join("failed").display())])
+        .output()
+        .unwrap();
     assert!(!o.status.success() && text(&o).contains("absent.h5"), "{}", text(&o));
     let other = d.join("other");
     std::fs::create_dir_all(&other).unwrap();

@@ -101,7 +101,18 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         std::fs::write(&csv, "Id,Label\n1,0\n2,1\n").unwrap();
         let mut a = strings(&["train", "--config"]);
         a.push(root().join("configs/debug.yaml").display().to_string());
-        a.extend(strings(&["--data", &fixture(h5), "--meta", &csv.display().to_string(), "--override", "data.window_size=256", "--override", "model.name=cnn", "--override", &format!("environment.save_dir={}", s.dir.join("h").display())]));
+        a.extend(strings(&[
+            "--data",
+            &fixture(h5),
+            "--meta",
+            &csv.display().to_string(),
+            "--override",
+            "data.window_size=256",
+            "--override",
+            "model.name=cnn",
+            "--override",
+            &format!("environment.save_dir={}", s.dir.join("h").display()),
+        ]));
         a
     };
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);

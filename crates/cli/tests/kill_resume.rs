@@ -96,7 +96,17 @@ fn sigkill_at_thirty_moments_leaves_a_loadable_last_and_resume_ends_where_the_un
         kills += 1;
         if last.exists() {
             // `last` always loads: a symlink to a complete directory, swapped atomically.
-            let o = bin().arg("evaluate").arg("--checkpoint").arg(&last).arg("--data").arg(dir.join("synthetic.h5")).arg("--meta").arg(dir.join("synthetic.csv")).args(["--windows", "2"]).output().unwrap();
+            let o = bin()
+                .arg("evaluate")
+                .arg("--checkpoint")
+                .arg(&last)
+                .arg("--data")
+                .arg(dir.join("synthetic.h5"))
+                .arg("--meta")
+                .arg(dir.join("synthetic.csv"))
+                .args(["--windows", "2"])
+                .output()
+                .unwrap();
             assert!(o.status.success(), "after kill {kills} at {at:?}: `last` does not load:\n{}", text(&o));
             loaded += 1;
         }

@@ -46,7 +46,11 @@ fn signals_larger_than_the_memory_budget_train() {
 fn a_store_truncated_underneath_a_run_ends_it_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let (data, meta) = generate(dir.path(), 8, 1 << 18);
-    let mut child = train(&data, &meta, &dir.path().join("save"), &["trainer.max_steps=100000000", "trainer.epochs=100000000", "trainer.save_last=false", "trainer.save_top_k=0"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = train(&data, &meta, &dir.path().join("save"), &["trainer.max_steps=100000000", "trainer.epochs=100000000", "trainer.save_last=false", "trainer.save_top_k=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     // Let it pass the statistics pass and start drawing windows through the map, then cut the
     // file in place as a lock-ignoring writer would (`truncate -s`).
     std::thread::sleep(Duration::from_millis(1500));

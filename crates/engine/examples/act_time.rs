@@ -25,7 +25,13 @@ fn main() {
                     dev.act_backward_pre(d, pre, cols, act, drop);
                     b += t.elapsed().as_secs_f64();
                 }
-                println!("{act:?} dropout {p}: forward {:.3} ms, backward {:.3} ms ({:.2} / {:.2} ns per element)", f * 1e3 / reps as f64, b * 1e3 / reps as f64, f * 1e9 / (reps * n) as f64, b * 1e9 / (reps * n) as f64);
+                println!(
+                    "{act:?} dropout {p}: forward {:.3} ms, backward {:.3} ms ({:.2} / {:.2} ns per element)",
+                    f * 1e3 / reps as f64,
+                    b * 1e3 / reps as f64,
+                    f * 1e9 / (reps * n) as f64,
+                    b * 1e9 / (reps * n) as f64
+                );
             }
         }
     });

@@ -1,13 +1,15 @@
 //! Times the packed AVX2 GEMM against faer on one thread for given shapes.
 //! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]`
-use std::time::Instant;
 use engine::cpu::sgemm::{self, Operand, PackBuffers};
+use std::time::Instant;
 
 fn main() {
     let a: Vec<usize> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();
     let (m, n, k) = (a[0], a[1], a[2]);
     let (ta, tb) = (a.get(3).copied().unwrap_or(0) == 1, a.get(4).copied().unwrap_or(0) == 1);
-    extern "C" { fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32; }
+    extern "C" {
+        fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+    }
     let huge = std::env::var("HUGE").is_ok();
     let alloc = |len: usize, v: f32| -> Vec<f32> {
         let mut x: Vec<f32> = Vec::with_capacity(len + 1024 * 1024);

@@ -2,9 +2,9 @@
 //! with a fraction `zeros` of A exactly zero (as a gradient behind ReLU + dropout).
 //! `cargo run --release -p cid-engine --example sparse_time -- M N K TA ZEROS`
 //! (xl's weight gradient: `512 8192 512 1 0.6`; complex's second input gradient: `128 1024 512 0 0.65`).
-use std::time::Instant;
 use engine::cpu::sgemm::{self, Operand, PackBuffers};
 use engine::cpu::sparse::{SparseLhs, StripBuffer};
+use std::time::Instant;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -28,7 +28,10 @@ fn main() {
         x
     };
     let (mut av, mut bv, mut c) = (huge(m * k), huge(k * n), huge(m * n));
-    av.iter_mut().for_each(|x| { let u = rand(); *x = if u < zeros { 0.0 } else { u as f32 } });
+    av.iter_mut().for_each(|x| {
+        let u = rand();
+        *x = if u < zeros { 0.0 } else { u as f32 }
+    });
     bv.iter_mut().for_each(|x| *x = rand() as f32);
     let ao = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
     let bo = Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 };

@@ -154,7 +154,11 @@ impl Dropout {
 
     /// The scale of kept elements, `1 / (1 - p)`.
     pub fn scale(p: f32) -> f32 {
-        if p > 0.0 { 1.0 / (1.0 - p) } else { 1.0 }
+        if p > 0.0 {
+            1.0 / (1.0 - p)
+        } else {
+            1.0
+        }
     }
 
     /// `(seed, threshold, scale)` of an optional dropout; `None` and `p = 0` keep everything.

@@ -5,8 +5,8 @@
 
 use crate::device::{Device, InfoNceOut, View};
 use crate::encoders::{mix_key, Encoder, Mode};
-use crate::head::ProjectionHead;
 use crate::error::{EngineError, Result, Setting};
+use crate::head::ProjectionHead;
 use crate::loss::InfoNceConfig;
 use crate::optim::OptimizerConfig;
 

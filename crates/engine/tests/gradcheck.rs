@@ -147,7 +147,8 @@ fn batchnorm_backward_matches_finite_differences_per_group() {
         let r = randn(key ^ 33, rows * cols, 1.0);
         let mut dev = CpuDevice::new();
         let (xv, gv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &gamma), put(&mut dev, &beta), put(&mut dev, &r));
-        let (out, stats, running, dx, dg, db) = (zeros(&mut dev, x.len()), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols), zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
+        let (out, stats, running, dx, dg, db) =
+            (zeros(&mut dev, x.len()), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols), zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
         let args = BatchNormArgs { cols, groups, eps: 1e-5, momentum: 0.1, train: true, relu };
         dev.batchnorm_forward(xv, out, stats, gv, bv, running, args);
         let want = batchnorm64(&x, &gamma, &beta, groups, relu);
@@ -249,7 +250,7 @@ fn conv1d_backward_matches_finite_differences() {
 fn pooling_backward_matches_finite_differences() {
     let key = seed();
     let (samples, len, c) = (3, 7, 4); // odd length: the last step is dropped by MaxPool1d(2)
-    // Pairs far apart so ±h never swaps a maximum.
+                                       // Pairs far apart so ±h never swaps a maximum.
     let x: Vec<f64> = randn(key ^ 51, samples * len * c, 1.0).iter().enumerate().map(|(i, v)| v + ((i / c) % 2) as f64 * 3.0 * if (i / c / 2) % 2 == 0 { 1.0 } else { -1.0 }).collect();
     let mut dev = CpuDevice::new();
     let xv = put(&mut dev, &x);

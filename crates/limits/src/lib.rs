@@ -167,7 +167,14 @@ pub struct OverBudget {
 
 impl fmt::Display for OverBudget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} needs {}, more than the memory budget of {} ({}); raise it with --memory-budget or {ENV} if the machine has the memory", self.what, human(self.bytes), human(self.limit as u128), self.source)
+        write!(
+            f,
+            "{} needs {}, more than the memory budget of {} ({}); raise it with --memory-budget or {ENV} if the machine has the memory",
+            self.what,
+            human(self.bytes),
+            human(self.limit as u128),
+            self.source
+        )
     }
 }
 

@@ -34,12 +34,7 @@ fn main() {
     println!("generated {n} x {len} store on disk in {:.2} s: {}", t0.elapsed().as_secs_f64(), g.store.display());
     let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store).expect("open"));
     let builder = Arc::new(
-        BatchBuilder::new(
-            store,
-            PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None },
-            WindowConfig { window_size: w, ..Default::default() },
-        )
-        .expect("builder"),
+        BatchBuilder::new(store, PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None }, WindowConfig { window_size: w, ..Default::default() }).expect("builder"),
     );
     let ids: Vec<u64> = (1..=n as u64).collect();
 
@@ -70,21 +65,10 @@ fn main() {
     }
     let med = median(&mut per_batch);
     println!("first epoch (statistics from whole-signal reads): {:.0} windows/s", 2.0 * n as f64 / first_epoch_s);
-    println!(
-        "steady epochs, direct: median {:.4} ms/batch, {:.0} windows/s ({} batches, {threads} threads)",
-        med,
-        steady_windows as f64 / steady_s,
-        per_batch.len()
-    );
+    println!("steady epochs, direct: median {:.4} ms/batch, {:.0} windows/s ({} batches, {threads} threads)", med, steady_windows as f64 / steady_s, per_batch.len());
 
     // Through the prefetching sampler, consumer takes batches as fast as they come.
-    let sampler = BatchSampler::new(
-        builder.clone(),
-        &ids,
-        SamplerConfig { batch_size: b, epochs: Some(epochs), ..Default::default() },
-        BatchPos { epoch: 1, batch: 0 },
-    )
-    .expect("sampler");
+    let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, epochs: Some(epochs), ..Default::default() }, BatchPos { epoch: 1, batch: 0 }).expect("sampler");
     let t = Instant::now();
     let mut windows = 0usize;
     for r in sampler {

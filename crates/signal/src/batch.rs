@@ -113,11 +113,7 @@ impl BatchBuilder {
         window.validate()?;
         let channels = store.samples().first().map_or(1, |s| s.channels);
         if let Some(s) = store.samples().iter().find(|s| s.channels != channels) {
-            return Err(SignalError::BadSample {
-                path: store.path().to_path_buf(),
-                id: s.id,
-                reason: format!("has {} channels, the store's first sample has {channels}", s.channels),
-            });
+            return Err(SignalError::BadSample { path: store.path().to_path_buf(), id: s.id, reason: format!("has {} channels, the store's first sample has {channels}", s.channels) });
         }
         let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
         Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default(), time_split: 1.0 })
@@ -134,7 +130,11 @@ impl BatchBuilder {
 
     /// Rows of a signal of (truncated) length `len` that training windows may come from.
     fn window_region(&self, len: usize) -> usize {
-        if self.time_split >= 1.0 { len } else { (len as f64 * self.time_split).floor() as usize }
+        if self.time_split >= 1.0 {
+            len
+        } else {
+            (len as f64 * self.time_split).floor() as usize
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn SignalStore> {
@@ -241,25 +241,21 @@ impl BatchBuilder {
         out.positive.resize(n * row, 0.0);
         let w = self.window.window_size;
         let ids = &out.ids;
-        out.anchor
-            .par_chunks_mut(row.max(1))
-            .zip(out.positive.par_chunks_mut(row.max(1)))
-            .zip(ids.par_iter())
-            .try_for_each_init(Vec::new, |starts, ((a, p), &id)| -> Result<()> {
-                let idx = self.store.index_of(id)?;
-                let len = self.window_region(self.preprocess.effective_length(self.store.samples()[idx].length));
-                let mut rng = Rng::new(mix_seed(&[seed, id]));
-                let mut two = self.window;
-                two.num_window = 2;
-                two.starts(len, &mut rng, starts);
-                self.store.read_rows_into(id, starts[0], w, a)?;
-                self.store.read_rows_into(id, starts[1], w, p)?;
-                if let Ok(affine) = self.check(id)? {
-                    affine.apply(a);
-                    affine.apply(p);
-                }
-                Ok(())
-            })
+        out.anchor.par_chunks_mut(row.max(1)).zip(out.positive.par_chunks_mut(row.max(1))).zip(ids.par_iter()).try_for_each_init(Vec::new, |starts, ((a, p), &id)| -> Result<()> {
+            let idx = self.store.index_of(id)?;
+            let len = self.window_region(self.preprocess.effective_length(self.store.samples()[idx].length));
+            let mut rng = Rng::new(mix_seed(&[seed, id]));
+            let mut two = self.window;
+            two.num_window = 2;
+            two.starts(len, &mut rng, starts);
+            self.store.read_rows_into(id, starts[0], w, a)?;
+            self.store.read_rows_into(id, starts[1], w, p)?;
+            if let Ok(affine) = self.check(id)? {
+                affine.apply(a);
+                affine.apply(p);
+            }
+            Ok(())
+        })
     }
 
     pub fn build(&self, ids: &[u64], seed: u64) -> Result<ContrastiveBatch> {
@@ -273,13 +269,7 @@ impl BatchBuilder {
     pub fn windows_of(&self, id: u64, region: (usize, usize), window: &WindowConfig, seed: u64) -> Result<Vec<f32>> {
         let affine = match self.check(id)? {
             Ok(a) => a.clone(),
-            Err(reason) => {
-                return Err(SignalError::BadSample {
-                    path: self.store.path().to_path_buf(),
-                    id,
-                    reason: reason.to_string(),
-                })
-            }
+            Err(reason) => return Err(SignalError::BadSample { path: self.store.path().to_path_buf(), id, reason: reason.to_string() }),
         };
         let (lo, hi) = region;
         let mut starts = Vec::new();

@@ -74,10 +74,7 @@ impl Metadata {
         let col = |name: &str| header.iter().position(|h| h == name);
         let id_col = col("Id").ok_or_else(|| bad("no `Id` column".into()))?;
         let label_col = col("Label").ok_or_else(|| bad("no `Label` column".into()))?;
-        let known = [
-            "Id", "Label", "Dataset_id", "Name", "Domain_id", "Sample_Rate", "Length", "Channels", "Fault_Size",
-            "Fault_Location",
-        ];
+        let known = ["Id", "Label", "Dataset_id", "Name", "Domain_id", "Sample_Rate", "Length", "Channels", "Fault_Size", "Fault_Location"];
         let mut rows = Vec::with_capacity(records.len());
         let mut seen = std::collections::HashSet::new();
         for (line, rec) in &records {
@@ -86,16 +83,12 @@ impl Metadata {
                 continue;
             }
             let id_text = get(Some(id_col)).ok_or_else(|| bad(format!("row {line}: empty Id")))?;
-            let id = parse_integer(id_text)
-                .filter(|&v| v >= 0)
-                .map(|v| v as u64)
-                .ok_or_else(|| bad(format!("row {line}: Id {id_text:?} is not a non-negative integer")))?;
+            let id = parse_integer(id_text).filter(|&v| v >= 0).map(|v| v as u64).ok_or_else(|| bad(format!("row {line}: Id {id_text:?} is not a non-negative integer")))?;
             if !seen.insert(id) {
                 return Err(bad(format!("row {line}: Id {id} appears twice")));
             }
             let label_text = get(Some(label_col)).ok_or_else(|| bad(format!("row {line} (Id {id}): empty Label")))?;
-            let label = parse_integer(label_text)
-                .ok_or_else(|| bad(format!("row {line} (Id {id}): Label {label_text:?} is not an integer")))?;
+            let label = parse_integer(label_text).ok_or_else(|| bad(format!("row {line} (Id {id}): Label {label_text:?} is not an integer")))?;
             let typed_f = |name: &str| -> Result<Option<f64>> {
                 match get(col(name)) {
                     None => Ok(None),
@@ -183,9 +176,7 @@ fn read_csv(path: &Path) -> Result<Records> {
 fn read_sheet(path: &Path) -> Result<Records> {
     use calamine::{open_workbook_auto, Data, DataRef, Reader, Sheets};
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
-    let mut wb = std::panic::catch_unwind(|| open_workbook_auto(path))
-        .map_err(|_| bad("corrupt workbook".into()))?
-        .map_err(|e| bad(e.to_string()))?;
+    let mut wb = std::panic::catch_unwind(|| open_workbook_auto(path)).map_err(|_| bad("corrupt workbook".into()))?.map_err(|e| bad(e.to_string()))?;
     let first = wb.sheet_names().first().cloned().ok_or_else(|| bad("workbook has no sheet".into()))?;
     let cell = |d: Data| match d {
         Data::Empty => String::new(),

@@ -25,10 +25,7 @@ impl FromStr for Normalization {
             "none" | "false" | "no" => Ok(Normalization::None),
             "standardization" | "standardize" | "zscore" | "true" | "yes" => Ok(Normalization::Standardization),
             "minmax" | "min_max" | "min-max" => Ok(Normalization::MinMax),
-            other => Err(SignalError::invalid(
-                Setting::Normalization,
-                format!("unknown normalization {other:?}; expected none, standardization or minmax"),
-            )),
+            other => Err(SignalError::invalid(Setting::Normalization, format!("unknown normalization {other:?}; expected none, standardization or minmax"))),
         }
     }
 }
@@ -165,10 +162,9 @@ impl ChannelStats {
         let n = self.rows.max(1) as f64;
         match norm {
             Normalization::None => ChannelAffine::identity(self.mean.len()),
-            Normalization::Standardization => ChannelAffine {
-                offset: self.mean.iter().map(|&m| m as f32).collect(),
-                factor: self.m2.iter().map(|&d| (1.0 / ((d / n).sqrt() + 1e-8)) as f32).collect(),
-            },
+            Normalization::Standardization => {
+                ChannelAffine { offset: self.mean.iter().map(|&m| m as f32).collect(), factor: self.m2.iter().map(|&d| (1.0 / ((d / n).sqrt() + 1e-8)) as f32).collect() }
+            }
             Normalization::MinMax => ChannelAffine {
                 offset: self.lo.clone(),
                 factor: self
@@ -177,7 +173,11 @@ impl ChannelStats {
                     .zip(&self.hi)
                     .map(|(&l, &h)| {
                         let r = (h as f64) - (l as f64);
-                        if r == 0.0 { 1.0 } else { (1.0 / r) as f32 }
+                        if r == 0.0 {
+                            1.0
+                        } else {
+                            (1.0 / r) as f32
+                        }
                     })
                     .collect(),
             },

@@ -53,7 +53,11 @@ pub fn epoch_order(ids: &[u64], seed: u64, epoch: usize, shuffle: bool) -> Vec<u
 
 /// Number of batches per epoch for `n` usable Ids.
 pub fn batches_per_epoch(n: usize, batch_size: usize, drop_last: bool) -> usize {
-    if drop_last { n / batch_size } else { n.div_ceil(batch_size) }
+    if drop_last {
+        n / batch_size
+    } else {
+        n.div_ceil(batch_size)
+    }
 }
 
 /// A prefetching iterator of `(position, batch)`.
@@ -96,10 +100,7 @@ impl BatchSampler {
         };
         let per_epoch = batches_per_epoch(usable.len(), cfg.batch_size, cfg.drop_last);
         if per_epoch == 0 {
-            return Err(SignalError::invalid(
-                Setting::BatchSize,
-                format!("{} usable Ids cannot fill one batch of {}", usable.len(), cfg.batch_size),
-            ));
+            return Err(SignalError::invalid(Setting::BatchSize, format!("{} usable Ids cannot fill one batch of {}", usable.len(), cfg.batch_size)));
         }
         let (tx, rx) = bounded(cfg.prefetch.max(1));
         let (recycle_tx, recycle_rx) = bounded::<ContrastiveBatch>(cfg.prefetch.max(1) + 2);

@@ -57,9 +57,7 @@ pub trait SignalStore: Send + Sync {
 
     /// The sample's position in [`samples`](Self::samples).
     fn index_of(&self, id: u64) -> Result<usize> {
-        self.samples()
-            .binary_search_by_key(&id, |s| s.id)
-            .map_err(|_| SignalError::UnknownId { path: self.path().to_path_buf(), id })
+        self.samples().binary_search_by_key(&id, |s| s.id).map_err(|_| SignalError::UnknownId { path: self.path().to_path_buf(), id })
     }
 
     fn info(&self, id: u64) -> Result<&SampleInfo> {
@@ -112,10 +110,7 @@ fn open_h5(path: &Path) -> Result<H5File> {
     match opened {
         Ok(Ok(f)) => Ok(f),
         Ok(Err(e)) => Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: e.to_string() }),
-        Err(_) => Err(SignalError::NotHdf5 {
-            path: path.to_path_buf(),
-            reason: "the HDF5 parser failed on corrupt structures".into(),
-        }),
+        Err(_) => Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: "the HDF5 parser failed on corrupt structures".into() }),
     }
 }
 
@@ -225,7 +220,12 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
             // deflate can (1032:1), and not at all without a filter.
             let ratio = if ds.filters().is_ok_and(|f| f.is_empty()) { 1 } else { 1032 };
             if total > (file_bytes as u128).saturating_mul(ratio) {
-                return Err(format!("shape ({length}, {channels}) needs {} of data, more than the file's {} can hold{}: never written, truncated or corrupt", limits::human(total), limits::human(file_bytes as u128), if ratio > 1 { " compressed" } else { "" }));
+                return Err(format!(
+                    "shape ({length}, {channels}) needs {} of data, more than the file's {} can hold{}: never written, truncated or corrupt",
+                    limits::human(total),
+                    limits::human(file_bytes as u128),
+                    if ratio > 1 { " compressed" } else { "" }
+                ));
             }
         }
         // Contiguous values lie in the file itself (unless it names external files): a shape
@@ -275,11 +275,7 @@ impl SignalStore for Hdf5Store {
             out.copy_from_slice(&v[start * c..(start + rows) * c]);
             return Ok(());
         }
-        let (starts, counts): (Vec<usize>, Vec<usize>) = if info.rank == 1 {
-            (vec![start], vec![rows])
-        } else {
-            (vec![start, 0], vec![rows, info.channels])
-        };
+        let (starts, counts): (Vec<usize>, Vec<usize>) = if info.rank == 1 { (vec![start], vec![rows]) } else { (vec![start, 0], vec![rows, info.channels]) };
         let read = |ds: &H5Dataset| -> Result<()> {
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match info.dtype {
                 SampleType::F32 => ds.read_slice_into::<f32>(out, &starts, &counts),
@@ -304,7 +300,10 @@ impl SignalStore for Hdf5Store {
 pub enum Layout {
     Contiguous,
     /// Chunks of `rows` time steps, gzip level `gzip` (0 = no compression).
-    Chunked { rows: usize, gzip: u32 },
+    Chunked {
+        rows: usize,
+        gzip: u32,
+    },
 }
 
 /// One sample to write: Id, `(L, C)` row-major values, C.

@@ -100,9 +100,7 @@ impl SynthConfig {
                 let v = match self.complexity {
                     Complexity::Simple => rng.normal(),
                     Complexity::Medium => w.sin() + 0.1 * rng.normal(),
-                    Complexity::Complex => {
-                        w.sin() + 0.5 * (2.3 * w).sin() + 0.25 * (5.1 * w + 0.7).cos() + 0.5 * x + 0.1 * rng.normal()
-                    }
+                    Complexity::Complex => w.sin() + 0.5 * (2.3 * w).sin() + 0.25 * (5.1 * w + 0.7).cos() + 0.5 * x + 0.1 * rng.normal(),
                 };
                 out[t * c + ch] = v as f32;
             }

@@ -23,10 +23,7 @@ impl FromStr for WindowStrategy {
             "sequential" => Ok(WindowStrategy::Sequential),
             "random" => Ok(WindowStrategy::Random),
             "evenly_spaced" | "evenly-spaced" | "even" => Ok(WindowStrategy::EvenlySpaced),
-            other => Err(SignalError::invalid(
-                Setting::WindowStrategy,
-                format!("unknown strategy {other:?}; expected sequential, random or evenly_spaced"),
-            )),
+            other => Err(SignalError::invalid(Setting::WindowStrategy, format!("unknown strategy {other:?}; expected sequential, random or evenly_spaced"))),
         }
     }
 }
@@ -215,11 +212,9 @@ mod tests {
 
     #[test]
     fn zero_sizes_and_unknown_strategy_are_errors_naming_the_setting() {
-        for (c, setting) in [
-            (cfg(0, 1, 2, WindowStrategy::Random), Setting::WindowSize),
-            (cfg(8, 0, 2, WindowStrategy::Random), Setting::Stride),
-            (cfg(8, 1, 0, WindowStrategy::Random), Setting::NumWindow),
-        ] {
+        for (c, setting) in
+            [(cfg(0, 1, 2, WindowStrategy::Random), Setting::WindowSize), (cfg(8, 0, 2, WindowStrategy::Random), Setting::Stride), (cfg(8, 1, 0, WindowStrategy::Random), Setting::NumWindow)]
+        {
             let e = c.validate().unwrap_err();
             assert!(matches!(e, SignalError::Invalid { setting: s, .. } if s == setting), "{e}");
         }

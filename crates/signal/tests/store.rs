@@ -24,13 +24,7 @@ fn expected(i: u64, l: usize, c: usize) -> Vec<f64> {
 
 #[test]
 fn reads_every_h5py_layout() {
-    for (name, channels) in [
-        ("default_f32.h5", 2),
-        ("latest_f32.h5", 2),
-        ("chunked_gzip_f32.h5", 2),
-        ("latest_chunked_gzip_f64.h5", 2),
-        ("one_d_f64.h5", 1),
-    ] {
+    for (name, channels) in [("default_f32.h5", 2), ("latest_f32.h5", 2), ("chunked_gzip_f32.h5", 2), ("latest_chunked_gzip_f64.h5", 2), ("one_d_f64.h5", 1)] {
         let store = Hdf5Store::open(fixture(name)).unwrap();
         assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2, 3, 4, 5], "{name}");
         assert_eq!(store.ignored().len(), 1, "{name}: the `notes` dataset is reported");
@@ -79,12 +73,7 @@ fn written_store_reads_back_in_both_layouts() {
     let b: Vec<f32> = (0..90).map(|i| -(i as f32)).collect();
     for layout in [Layout::Contiguous, Layout::Chunked { rows: 64, gzip: 4 }] {
         let path = dir.path().join("w.h5");
-        write_store(
-            &path,
-            [SampleData { id: 7, values: &a, channels: 3 }, SampleData { id: 12, values: &b, channels: 1 }],
-            layout,
-        )
-        .unwrap();
+        write_store(&path, [SampleData { id: 7, values: &a, channels: 3 }, SampleData { id: 12, values: &b, channels: 1 }], layout).unwrap();
         let store = Hdf5Store::open(&path).unwrap();
         assert_eq!(store.info(7).unwrap().length, 200);
         assert_eq!(store.info(7).unwrap().channels, 3);
@@ -163,12 +152,7 @@ fn mismatches_between_store_and_table_are_reported_by_id() {
 
 fn builder(file: &str, w: usize, norm: Normalization) -> BatchBuilder {
     let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture(file)).unwrap());
-    BatchBuilder::new(
-        store,
-        PreprocessConfig { normalization: norm, truncate_length: None },
-        WindowConfig { window_size: w, ..Default::default() },
-    )
-    .unwrap()
+    BatchBuilder::new(store, PreprocessConfig { normalization: norm, truncate_length: None }, WindowConfig { window_size: w, ..Default::default() }).unwrap()
 }
 
 #[test]
@@ -220,10 +204,7 @@ fn batch_windows_are_normalized_slices_of_the_signal() {
 fn sampler_is_deterministic_covers_each_epoch_and_resumes() {
     let b = Arc::new(builder("default_f32.h5", 32, Normalization::MinMax));
     let cfg = SamplerConfig { batch_size: 2, seed: 5, epochs: Some(3), ..Default::default() };
-    let all: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default())
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let all: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default()).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(all.len(), 3 * 2, "5 Ids, batch 2, drop_last: 2 batches per epoch");
     for e in 0..3 {
         let mut seen: Vec<u64> = all.iter().filter(|(p, _)| p.epoch == e).flat_map(|(_, b)| b.ids.clone()).collect();
@@ -231,15 +212,9 @@ fn sampler_is_deterministic_covers_each_epoch_and_resumes() {
         seen.dedup();
         assert_eq!(seen.len(), 4, "distinct Ids within an epoch");
     }
-    let again: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default())
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let again: Vec<_> = BatchSampler::new(b.clone(), &[1, 2, 3, 4, 5], cfg.clone(), BatchPos::default()).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(all, again);
-    let resumed: Vec<_> = BatchSampler::new(b, &[1, 2, 3, 4, 5], cfg, BatchPos { epoch: 1, batch: 1 })
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let resumed: Vec<_> = BatchSampler::new(b, &[1, 2, 3, 4, 5], cfg, BatchPos { epoch: 1, batch: 1 }).unwrap().map(|r| r.unwrap()).collect();
     assert_eq!(&all[3..], &resumed[..]);
 }
 
@@ -271,10 +246,7 @@ fn synthetic_sets_round_trip_through_store_and_table() {
         assert_eq!(ds.row(5).unwrap().label, 5);
     }
     // h5py reads the written store back, when it is installed.
-    let check = std::process::Command::new("python3")
-        .args(["-c", "import sys,h5py; f=h5py.File(sys.argv[1]); print(f['5'].shape, f['5'].dtype)"])
-        .arg(dir.path().join("medium.h5"))
-        .output();
+    let check = std::process::Command::new("python3").args(["-c", "import sys,h5py; f=h5py.File(sys.argv[1]); print(f['5'].shape, f['5'].dtype)"]).arg(dir.path().join("medium.h5")).output();
     if let Ok(out) = check {
         if out.status.success() {
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "(500, 2) float32");

@@ -142,7 +142,20 @@ impl ModelFile {
         let file = &self.path;
         if let Some(arch) = &self.arch {
             if *arch != enc.cfg {
-                return Err(ckpt_err(file, format!("holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})", arch.kind(), arch.window, arch.channels, arch.embed, enc.cfg.kind(), enc.cfg.window, enc.cfg.channels, enc.cfg.embed)));
+                return Err(ckpt_err(
+                    file,
+                    format!(
+                        "holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})",
+                        arch.kind(),
+                        arch.window,
+                        arch.channels,
+                        arch.embed,
+                        enc.cfg.kind(),
+                        enc.cfg.window,
+                        enc.cfg.channels,
+                        enc.cfg.embed
+                    ),
+                ));
             }
         }
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| ckpt_err(file, e.to_string()))?;
@@ -245,7 +258,11 @@ pub fn save<D: Device>(dir: &Path, step: &ContrastiveStep<D>, state: &TrainingSt
 
 /// Resolves a checkpoint argument: a checkpoint directory or its `model.safetensors`.
 pub fn model_file(path: &Path) -> PathBuf {
-    if path.is_dir() { path.join("model.safetensors") } else { path.to_path_buf() }
+    if path.is_dir() {
+        path.join("model.safetensors")
+    } else {
+        path.to_path_buf()
+    }
 }
 
 /// Loads the weights of checkpoint `path` into `enc` ([`ModelFile::load_into`]).
@@ -277,7 +294,8 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         let mut state = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
         for s in &hs {
             for (i, prefix) in ["", "exp_avg.", "exp_avg_sq."].iter().enumerate() {
-                let v = read_tensor(&file, &st, &format!("{prefix}{}", s.name), &s.shape).map_err(|_| ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{prefix}{}`", s.name)))?;
+                let v = read_tensor(&file, &st, &format!("{prefix}{}", s.name), &s.shape)
+                    .map_err(|_| ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{prefix}{}`", s.name)))?;
                 state[i][s.offset..s.offset + s.len()].copy_from_slice(&v);
             }
         }

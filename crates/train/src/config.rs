@@ -215,7 +215,11 @@ impl Monitor {
 
     /// The natural direction of the metric.
     pub fn default_mode(&self) -> Mode {
-        if *self == Monitor::ValAcc { Mode::Max } else { Mode::Min }
+        if *self == Monitor::ValAcc {
+            Mode::Max
+        } else {
+            Mode::Min
+        }
     }
 }
 
@@ -494,7 +498,9 @@ impl Config {
         if !(0.0..1.0).contains(&d.val_fraction) {
             return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
         }
-        for (key, v, hi) in [("data.augment_gain", d.augment_gain, 1.0), ("data.augment_shift", d.augment_shift, 1.0), ("data.augment_noise", d.augment_noise, 100.0), ("data.augment_mask", d.augment_mask, 1.0)] {
+        for (key, v, hi) in
+            [("data.augment_gain", d.augment_gain, 1.0), ("data.augment_shift", d.augment_shift, 1.0), ("data.augment_noise", d.augment_noise, 100.0), ("data.augment_mask", d.augment_mask, 1.0)]
+        {
             if !(0.0..=hi).contains(&v) {
                 return bad(key, format!("must be in [0, {hi}], got {v}"));
             }
@@ -514,7 +520,10 @@ impl Config {
             }
         }
         if t.precision == Precision::F16 {
-            return bad("trainer.precision", "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (on the CPU device: products in bf16, fp32 accumulation, no loss scaling needed) or 32".into());
+            return bad(
+                "trainer.precision",
+                "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (on the CPU device: products in bf16, fp32 accumulation, no loss scaling needed) or 32".into(),
+            );
         }
         if t.precision == Precision::Bf16 && t.accelerator == Accelerator::Gpu {
             return bad("trainer.precision", "bf16 runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu, or precision 32".into());
@@ -630,8 +639,9 @@ pub fn setting_key(s: engine::Setting) -> &'static str {
         Temperature => "task.temperature",
         LearningRate => "task.lr",
         WeightDecay => "task.weight_decay",
-        Betas => "task.betas",
-        Eps => "task.eps",
+        // Not keys: Adam's betas and eps are PyTorch's defaults, fixed.
+        Betas => "Adam's betas (fixed at 0.9, 0.999)",
+        Eps => "Adam's eps (fixed at 1e-8)",
         ClipNorm => "trainer.gradient_clip_val",
         NumPatches => "model.num_patches",
         PatchLen => "model.patch_size_L",
@@ -676,7 +686,13 @@ fn de_error(path: &str, message: &str) -> TrainError {
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let field = rest.split('`').next().unwrap_or_default();
         // serde_path_to_error's path already ends at the unknown key.
-        let key = if path.is_empty() || path == "." { field.to_string() } else if path == field || path.ends_with(&format!(".{field}")) { path.to_string() } else { format!("{path}.{field}") };
+        let key = if path.is_empty() || path == "." {
+            field.to_string()
+        } else if path == field || path.ends_with(&format!(".{field}")) {
+            path.to_string()
+        } else {
+            format!("{path}.{field}")
+        };
         let hint = known_keys().into_iter().min_by_key(|c| edit_distance(c, &key)).filter(|c| edit_distance(c, &key) <= 3);
         let reason = match hint {
             Some(h) => format!("unknown key; did you mean `{h}`?"),

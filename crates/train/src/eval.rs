@@ -229,7 +229,12 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     let cfg = match (model.config_yaml.take(), &opts.config) {
         (Some(y), _) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
         (None, Some(c)) => c.clone(),
-        (None, None) => return Err(TrainError::Checkpoint { path: file.clone(), reason: "carries no training configuration (a state dict saved outside the product?): give the run's config with --config".into() }),
+        (None, None) => {
+            return Err(TrainError::Checkpoint {
+                path: file.clone(),
+                reason: "carries no training configuration (a state dict saved outside the product?): give the run's config with --config".into(),
+            })
+        }
     };
     let arch: EncoderConfig = model.arch.clone().unwrap_or_else(|| cfg.encoder(channels));
     if arch.channels != channels {
@@ -333,12 +338,7 @@ pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, class
     let norm = |z: &[f32]| -> Vec<f64> { z.chunks(d).flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((&x, m), s)| (x as f64 - m) / s).collect::<Vec<_>>()).collect() };
     let (xf, xt) = (norm(zf), norm(zt));
     let (w, b) = fit_logistic(&xf, yf, d, classes);
-    let predict = |x: &[f64]| -> usize {
-        (0..classes)
-            .map(|c| (c, b[c] + (0..d).map(|j| w[c * d + j] * x[j]).sum::<f64>()))
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .map_or(0, |(c, _)| c)
-    };
+    let predict = |x: &[f64]| -> usize { (0..classes).map(|c| (c, b[c] + (0..d).map(|j| w[c * d + j] * x[j]).sum::<f64>())).max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(c, _)| c) };
     let lin = xt.chunks(d).zip(yt).filter(|(x, &y)| predict(x) == y).count() as f64 / yt.len() as f64;
     let knn = xt
         .chunks(d)

@@ -184,7 +184,14 @@ mod tests {
         let ratio = g[0] / x[0];
         assert!((0.5..=1.5).contains(&ratio) && g.iter().zip(&x).all(|(a, b)| (a / b - ratio).abs() < 1e-5), "one gain for the window");
         let s = run(Augment { shift: 0.1, ..Default::default() }, 2);
-        let by = (0..=20).map(|k| (k + w - 10) % w).find(|&r| { let mut y = x.clone(); y.rotate_right(r * c); y == s }).expect("a circular shift of at most 10 steps");
+        let by = (0..=20)
+            .map(|k| (k + w - 10) % w)
+            .find(|&r| {
+                let mut y = x.clone();
+                y.rotate_right(r * c);
+                y == s
+            })
+            .expect("a circular shift of at most 10 steps");
         assert!(by <= 10 || by >= w - 10);
         let m = run(Augment { mask: 0.3, ..Default::default() }, 3);
         let zeros = m.iter().filter(|v| **v == 0.0).count();

@@ -150,7 +150,11 @@ pub fn thread_pool(cfg: &Config) -> Result<Arc<rayon::ThreadPool>> {
     if threads > cap.max {
         return Err(TrainError::Config { key: "data.num_workers".into(), reason: format!("{threads} threads on a machine of {cores} cores") });
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("worker-{i}")).build().map_err(|e| TrainError::Config { key: "data.num_workers".into(), reason: e.to_string() })?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("worker-{i}"))
+        .build()
+        .map_err(|e| TrainError::Config { key: "data.num_workers".into(), reason: e.to_string() })?;
     Ok(Arc::new(pool))
 }
 
@@ -309,7 +313,8 @@ impl<'a, D: Device> Trainer<'a, D> {
         if let Some(dim) = cfg.model.projection_dim {
             step = step.with_projection(dim).map_err(in_context)?;
         }
-        let mut state = TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
+        let mut state =
+            TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
         if let Some(dir) = resume {
             state = checkpoint::load_full(dir, &mut step)?;
             if state.seed != cfg.trainer.seed {
@@ -317,7 +322,11 @@ impl<'a, D: Device> Trainer<'a, D> {
             }
             if let Ok(saved) = Config::from_yaml(&state.config_yaml, &[]) {
                 if saved.precision() != cfg.precision() {
-                    obs.message(&format!("note: the checkpoint was trained with {:?} products, this run continues with {:?}: the losses will not match an uninterrupted run", saved.precision(), cfg.precision()));
+                    obs.message(&format!(
+                        "note: the checkpoint was trained with {:?} products, this run continues with {:?}: the losses will not match an uninterrupted run",
+                        saved.precision(),
+                        cfg.precision()
+                    ));
                 }
             }
             step.step = state.step;

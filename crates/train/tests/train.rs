@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use engine::{Arch, ContrastiveStep, CpuDevice, Device, EncoderConfig, EncoderKind, InfoNceConfig, OptimizerConfig, Pairs};
 use signal::synth::{generate, SynthConfig};
 use signal::{Complexity, Layout};
-use train::config::{Config, Mode, Monitor, Precision, Scheduler};
 use std::ops::ControlFlow;
+use train::config::{Config, Mode, Monitor, Precision, Scheduler};
 use train::trainer::{train, Quiet};
 use train::{Observer, StepLog};
 
@@ -125,7 +125,11 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     struct StopAt(u64);
     impl Observer for StopAt {
         fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-            if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if log.step >= self.0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         }
     }
     let first = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5"]);
@@ -342,7 +346,23 @@ fn phm_vibench_config(name: &str) -> String {
         "debug" => (4, 1, 256, 128, 2048, 64, "1e-3", "1e-4", 0.07, 1, "cpu", "1", "32", 1.0, "  check_val_every_n_epoch: 1\n  log_every_n_steps: 1\n"),
         "pretrain" => (32, 4, 1024, 512, 16384, 256, "1e-3", "1e-4", 0.07, 50, "gpu", "1", "16", 1.0, "  check_val_every_n_epoch: 5\n  log_every_n_steps: 50\n"),
         "ablation" => (32, 4, 1024, 512, 16384, 256, "1e-3", "1e-4", 0.07, 1, "gpu", "1", "16", 1.0, "  check_val_every_n_epoch: 5\n  log_every_n_steps: 50\n"),
-        _ => (64, 8, 2048, 1024, 32768, 512, "5e-4", "1e-5", 0.05, 100, "gpu", "[0]", "16", 0.5, "  accumulate_grad_batches: 2\n  check_val_every_n_epoch: 10\n  log_every_n_steps: 100\n  patience: 15\n  monitor: \"val_contrastive_acc\"\n  save_top_k: 3\n  save_last: true\n"),
+        _ => (
+            64,
+            8,
+            2048,
+            1024,
+            32768,
+            512,
+            "5e-4",
+            "1e-5",
+            0.05,
+            100,
+            "gpu",
+            "[0]",
+            "16",
+            0.5,
+            "  accumulate_grad_batches: 2\n  check_val_every_n_epoch: 10\n  log_every_n_steps: 100\n  patience: 15\n  monitor: \"val_contrastive_acc\"\n  save_top_k: 3\n  save_last: true\n",
+        ),
     };
     format!(
         "data:\n  factory_name: \"id\"\n  dataset_name: \"ID_dataset\"\n  data_dir: \"data\"\n  metadata_file: \"metadata_6_1.xlsx\"\n  batch_size: {batch}\n  num_workers: {workers}\n  window_size: {window}\n  stride: {stride}\n  num_window: {}\n  window_sampling_strategy: \"random\"\n  normalization: true\n  truncate_length: {trunc}\n\
@@ -415,7 +435,11 @@ fn cnn_and_isfm_train_resume_and_evaluate() {
         struct StopAt(u64);
         impl Observer for StopAt {
             fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-                if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+                if log.step >= self.0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
             }
         }
         let part = small_config(&dir.path().join(format!("{name}-b")), &o);
@@ -440,7 +464,11 @@ fn a_projection_head_trains_resumes_and_stays_out_of_the_encoder_state_dict() {
     struct StopAt(u64);
     impl Observer for StopAt {
         fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-            if log.step >= self.0 { ControlFlow::Break(()) } else { ControlFlow::Continue(()) }
+            if log.step >= self.0 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
         }
     }
     let part = small_config(&dir.path().join("b"), &o);
@@ -485,7 +513,11 @@ fn cnn_and_isfm_checkpoints_load_in_pytorch_and_a_pytorch_state_dict_loads_here(
     let (h5, csv) = dataset(dir.path());
     for (name, extra, ctor) in [
         ("cnn", vec!["data.window_size=256"], "CNN(2)"),
-        ("isfm", vec!["model.num_patches=8", "model.patch_size_L=16", "model.d_model=32", "model.d_ff=64", "model.e_layers=1"], "ISFM(2, 128, num_patches=8, patch_size_L=16, d_model=32, num_heads=4, e_layers=1, d_ff=64)"),
+        (
+            "isfm",
+            vec!["model.num_patches=8", "model.patch_size_L=16", "model.d_model=32", "model.d_ff=64", "model.e_layers=1"],
+            "ISFM(2, 128, num_patches=8, patch_size_L=16, d_model=32, num_heads=4, e_layers=1, d_ff=64)",
+        ),
     ] {
         let mut o = vec![format!("model.name={name}"), "trainer.epochs=1".to_string()];
         o.extend(extra.iter().map(|s| s.to_string()));

@@ -40,16 +40,7 @@ pub fn run(a: Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let g = generate(&cfg, &a.out, &a.name, layout, &|n| pb.set_position(n as u64)).map_err(named_by_flag)?;
     pb.finish_and_clear();
-    println!(
-        "wrote {} Ids x {} x {} ({}) in {:.2} s\n  {}\n  {}",
-        a.count,
-        a.length,
-        a.channels,
-        a.complexity,
-        t0.elapsed().as_secs_f64(),
-        g.store.display(),
-        g.meta.display()
-    );
+    println!("wrote {} Ids x {} x {} ({}) in {:.2} s\n  {}\n  {}", a.count, a.length, a.channels, a.complexity, t0.elapsed().as_secs_f64(), g.store.display(), g.meta.display());
     Ok(())
 }
 

@@ -27,7 +27,11 @@ pub fn run(a: Args) -> Result<()> {
             return 0.0;
         }
         let n = v.len();
-        if n % 2 == 1 { v[n / 2] as f64 } else { (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0 }
+        if n % 2 == 1 {
+            v[n / 2] as f64
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) as f64 / 2.0
+        }
     };
     let mut channels: Vec<usize> = ds.ids.iter().filter_map(|&id| store.info(id).ok().map(|s| s.channels)).collect();
     channels.sort_unstable();
@@ -55,12 +59,7 @@ pub fn run(a: Args) -> Result<()> {
     println!("Ids       {} (in both)", ds.ids.len());
     let label_text: Vec<String> = labels.iter().map(|(l, n)| format!("{l}:{n}")).collect();
     println!("labels    {}", label_text.join(" "));
-    println!(
-        "length    min {}  median {}  max {}",
-        lengths.first().copied().unwrap_or(0),
-        median(&lengths),
-        lengths.last().copied().unwrap_or(0)
-    );
+    println!("length    min {}  median {}  max {}", lengths.first().copied().unwrap_or(0), median(&lengths), lengths.last().copied().unwrap_or(0));
     println!("channels  {}", channels.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
     println!("rates     {} Hz", if rates.is_empty() { "unknown".into() } else { rates.join(", ") });
     let mut problems = 0;

@@ -51,10 +51,7 @@ impl Observer for Bar {
             (Some(l), Some(a)) => format!("  val_contrastive_loss {l:.4}  val_contrastive_acc {a:.3}"),
             _ => String::new(),
         };
-        self.message(&format!(
-            "epoch {:>4}  step {:>6}  train_loss {:.4}  train_acc {:.3}{val}  ({:.2} s)",
-            e.epoch, e.step, e.train_contrastive_loss, e.train_contrastive_acc, e.seconds
-        ));
+        self.message(&format!("epoch {:>4}  step {:>6}  train_loss {:.4}  train_acc {:.3}{val}  ({:.2} s)", e.epoch, e.step, e.train_contrastive_loss, e.train_contrastive_acc, e.seconds));
     }
     fn message(&mut self, msg: &str) {
         // A hidden bar (not a terminal) drops what it is asked to print: use stderr directly.

@@ -52,7 +52,11 @@ fn erfc_pos(z: f32) -> f32 {
 #[inline(always)]
 pub fn normal_cdf(x: f32) -> f32 {
     let half_tail = 0.5 * erfc_pos(x.abs() * std::f32::consts::FRAC_1_SQRT_2);
-    if x < 0.0 { half_tail } else { 1.0 - half_tail }
+    if x < 0.0 {
+        half_tail
+    } else {
+        1.0 - half_tail
+    }
 }
 
 /// The exact (erf) GELU, PyTorch's default: `x·Φ(x)`.
@@ -154,7 +158,13 @@ mod tests {
         assert!(abs_gelu < 1e-6, "gelu absolute {abs_gelu:e}");
         let abs = |f: &dyn Fn(f32) -> f32, g: &dyn Fn(f64) -> f64| (-1200..1200).map(|i| i as f32 * 0.01).map(|x| (f(x) as f64 - g(x as f64)).abs()).fold(0.0, f64::max);
         assert!(abs(&gelu_grad, &gelu_grad64) < 1e-6, "gelu'");
-        assert!(abs(&silu_grad, &|x: f64| { let s = 1.0 / (1.0 + (-x).exp()); s * (1.0 + x * (1.0 - s)) }) < 1e-6, "silu'");
+        assert!(
+            abs(&silu_grad, &|x: f64| {
+                let s = 1.0 / (1.0 + (-x).exp());
+                s * (1.0 + x * (1.0 - s))
+            }) < 1e-6,
+            "silu'"
+        );
     }
 
     #[test]

@@ -19,8 +19,8 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
-use multiversion::multiversion;
 use faer::{Accum, MatMut, MatRef, Par};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, Precision, View};
@@ -202,12 +202,7 @@ impl CpuDevice {
         let base = self.mem.as_mut_ptr();
         // SAFETY: every range is in bounds (checked), every output is disjoint from every other
         // view (checked), so no mutable slice aliases another slice.
-        unsafe {
-            (
-                outs.map(|o| std::slice::from_raw_parts_mut(base.add(o.offset()), o.len())),
-                ins.map(|i| std::slice::from_raw_parts(base.add(i.offset()) as *const f32, i.len())),
-            )
-        }
+        unsafe { (outs.map(|o| std::slice::from_raw_parts_mut(base.add(o.offset()), o.len())), ins.map(|i| std::slice::from_raw_parts(base.add(i.offset()) as *const f32, i.len()))) }
     }
 
     /// One output view and `N` input views.
@@ -218,7 +213,11 @@ impl CpuDevice {
 
     /// Workers for an element-wise pass over `elements` values.
     fn parts(&self, elements: usize) -> usize {
-        if elements >= PAR_ELEMENTS && self.threads > 1 { self.threads } else { 1 }
+        if elements >= PAR_ELEMENTS && self.threads > 1 {
+            self.threads
+        } else {
+            1
+        }
     }
 
     /// A zeroed f64 scratch of `n` values (grown once).
@@ -600,7 +599,10 @@ impl Device for CpuDevice {
         if need > self.mem.capacity() {
             // Grow into a fresh region advised for huge pages before any page of it is touched.
             let mut grown = Vec::new();
-            grown.try_reserve_exact(need.max(2 * self.mem.capacity())).or_else(|_| grown.try_reserve_exact(need)).map_err(|e| EngineError::OutOfMemory { bytes: need as u128 * 4, reason: e.to_string() })?;
+            grown
+                .try_reserve_exact(need.max(2 * self.mem.capacity()))
+                .or_else(|_| grown.try_reserve_exact(need))
+                .map_err(|e| EngineError::OutOfMemory { bytes: need as u128 * 4, reason: e.to_string() })?;
             advise_huge_pages(&mut grown);
             grown.extend_from_slice(&self.mem);
             self.mem = grown;
@@ -755,7 +757,16 @@ impl Device for CpuDevice {
         }
         partial[..parts * 2 * cols].fill(0.0);
         let ([dss, dbs, dgs, dbts], [dos, ss, st, gs]) = self.views([dsum, db, dgamma, dbeta], [dout, sum, stats, gamma]);
-        assert!(dos.len() == rows * cols && ss.len() == dos.len() && dss.len() == dos.len() && dbs.len() == dos.len() && st.len() == 2 * rows && gs.len() == cols && dgs.len() == cols && dbts.len() == cols);
+        assert!(
+            dos.len() == rows * cols
+                && ss.len() == dos.len()
+                && dss.len() == dos.len()
+                && dbs.len() == dos.len()
+                && st.len() == 2 * rows
+                && gs.len() == cols
+                && dgs.len() == cols
+                && dbts.len() == cols
+        );
         let (mean, rstd) = st.split_at(rows);
         let drop = Dropout::parts(dropout);
         let per = rows_per_part(rows, parts);
@@ -851,7 +862,10 @@ impl Device for CpuDevice {
         let work = |((d, (o, x)), ((a, b), (m, s))): ((&mut [f32], (&[f32], &[f32])), ((&mut [f64], &mut [f64]), (&[f32], &[f32])))| norm::batchnorm_backward_sums(d, o, x, m, s, bn.relu, a, b);
         let gr = group_rows * cols;
         if parts > 1 && bn.groups > 1 {
-            ds.par_chunks_mut(gr).zip(os.par_chunks(gr).zip(xs.par_chunks(gr))).zip(sum_dy.par_chunks_mut(cols).zip(sum_dyx.par_chunks_mut(cols)).zip(means.par_chunks(cols).zip(rstds.par_chunks(cols)))).for_each(work);
+            ds.par_chunks_mut(gr)
+                .zip(os.par_chunks(gr).zip(xs.par_chunks(gr)))
+                .zip(sum_dy.par_chunks_mut(cols).zip(sum_dyx.par_chunks_mut(cols)).zip(means.par_chunks(cols).zip(rstds.par_chunks(cols))))
+                .for_each(work);
         } else {
             ds.chunks_mut(gr).zip(os.chunks(gr).zip(xs.chunks(gr))).zip(sum_dy.chunks_mut(cols).zip(sum_dyx.chunks_mut(cols)).zip(means.chunks(cols).zip(rstds.chunks(cols)))).for_each(work);
         }

@@ -122,7 +122,11 @@ pub fn pin(entries: &[(GemmKey, CpuGemm)]) {
 
 /// The faster kernel from each one's best time: faer only by [`MARGIN`].
 pub fn decide(packed_s: f64, faer_s: f64) -> CpuGemm {
-    if faer_s <= MARGIN * packed_s { CpuGemm::Faer } else { CpuGemm::Packed }
+    if faer_s <= MARGIN * packed_s {
+        CpuGemm::Faer
+    } else {
+        CpuGemm::Packed
+    }
 }
 
 /// Choices as text: `m×n×k/nt/p2=packed` entries separated by `;`, in shape order.

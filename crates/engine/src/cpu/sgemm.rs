@@ -49,9 +49,7 @@ impl Operand {
     #[cfg(test)]
     unsafe fn get(self, i: usize, j: usize) -> f32 {
         // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
-        unsafe {
-            *self.ptr.offset(i as isize * self.rs + j as isize * self.cs)
-    }
+        unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
     }
 }
 
@@ -227,9 +225,7 @@ impl Panel {
     /// `(p, q)` must lie inside the matrix.
     unsafe fn at(self, p: usize, q: usize) -> Panel {
         // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
-        unsafe {
-            Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self }
-    }
+        unsafe { Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self } }
     }
 }
 

@@ -185,7 +185,7 @@ impl SparseLhs {
             }
             #[cfg(target_arch = "x86_64")]
             std::arch::x86_64::_mm_sfence(); // the streaming stores of write_row are weakly ordered
-    }
+        }
     }
 }
 
@@ -204,7 +204,7 @@ impl SparseLhs {
                     row_strip(self.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
                 }
             }
-    }
+        }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -259,9 +259,7 @@ impl SharedOperand {
     /// `(i, p)` must lie inside the matrix.
     unsafe fn at(self, i: usize, p: usize) -> f32 {
         // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
-        unsafe {
-            *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs)
-    }
+        unsafe { *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs) }
     }
 }
 

@@ -46,12 +46,39 @@ macro_rules! kernels {
 }
 
 kernels!(
-    fill, bias_act_forward, act_backward, bias_grad, act_forward, act_backward_pre,
-    add_layernorm_forward, layernorm_backward_rows, layernorm_param_grads,
-    batchnorm_moments, batchnorm_finish_stats, batchnorm_normalize, batchnorm_backward_sums, batchnorm_param_grads, batchnorm_backward_dx,
-    im2col, col2im, transpose_inner, maxpool_forward, maxpool_backward, meanpool_forward, meanpool_backward,
-    attention_forward, attention_backward_q, attention_backward_kv, patch_starts, patch_gather,
-    sum_squares_partial, adam, normalize_rows, col_lse, row_softmax_grad, normalize_backward,
+    fill,
+    bias_act_forward,
+    act_backward,
+    bias_grad,
+    act_forward,
+    act_backward_pre,
+    add_layernorm_forward,
+    layernorm_backward_rows,
+    layernorm_param_grads,
+    batchnorm_moments,
+    batchnorm_finish_stats,
+    batchnorm_normalize,
+    batchnorm_backward_sums,
+    batchnorm_param_grads,
+    batchnorm_backward_dx,
+    im2col,
+    col2im,
+    transpose_inner,
+    maxpool_forward,
+    maxpool_backward,
+    meanpool_forward,
+    meanpool_backward,
+    attention_forward,
+    attention_backward_q,
+    attention_backward_kv,
+    patch_starts,
+    patch_gather,
+    sum_squares_partial,
+    adam,
+    normalize_rows,
+    col_lse,
+    row_softmax_grad,
+    normalize_backward,
 );
 
 /// Launches kernel `$f` of `$dev` with the given local variables as its arguments, in order.
@@ -192,7 +219,22 @@ impl CudaDevice {
         let beta = if g.accumulate { 1.0f32 } else { 0.0 };
         // SAFETY: the pointers address whole matrices of these shapes inside live allocations.
         let r = unsafe {
-            blas::sgemm(*self.blas.handle(), op_b, op_a, g.n as i32, g.m as i32, g.k as i32, &alpha, b as *const f32, ldb.max(1) as i32, a as *const f32, lda.max(1) as i32, &beta, c as *mut f32, g.n.max(1) as i32)
+            blas::sgemm(
+                *self.blas.handle(),
+                op_b,
+                op_a,
+                g.n as i32,
+                g.m as i32,
+                g.k as i32,
+                &alpha,
+                b as *const f32,
+                ldb.max(1) as i32,
+                a as *const f32,
+                lda.max(1) as i32,
+                &beta,
+                c as *mut f32,
+                g.n.max(1) as i32,
+            )
         };
         r.unwrap_or_else(|e| panic!("cuBLAS sgemm failed: {e:?}"));
     }
@@ -205,7 +247,8 @@ impl Device for CudaDevice {
         if need > self.mem.len() {
             // Building only: grow the arena and keep what was written (views are offsets).
             let cap = need.max(2 * self.mem.len());
-            let mut bigger = self.stream.alloc_zeros::<f32>(cap).or_else(|_| self.stream.alloc_zeros::<f32>(need)).map_err(|e| EngineError::OutOfMemory { bytes: need as u128 * 4, reason: format!("{e:?}") })?;
+            let mut bigger =
+                self.stream.alloc_zeros::<f32>(cap).or_else(|_| self.stream.alloc_zeros::<f32>(need)).map_err(|e| EngineError::OutOfMemory { bytes: need as u128 * 4, reason: format!("{e:?}") })?;
             if self.len > 0 {
                 self.stream.memcpy_dtod(&self.mem.slice(..self.len), &mut bigger.slice_mut(..self.len)).map_err(dev_err)?;
             }

@@ -60,7 +60,11 @@ impl BlockShape {
 
     /// Steps after the block (after its pool).
     fn len_next(&self) -> usize {
-        if self.pool { self.len_out / 2 } else { self.len_out }
+        if self.pool {
+            self.len_out / 2
+        } else {
+            self.len_out
+        }
     }
 }
 
@@ -76,7 +80,10 @@ impl CnnConfig {
             let s = ConvShape { samples: 1, len_in: len, channels: cin, kernel, stride, padding };
             let len_out = s.len_out().filter(|&l| l >= if pool { 2 } else { 1 });
             let Some(len_out) = len_out else {
-                return Err(EngineError::invalid(Setting::Window, format!("{window} samples are too few for the cnn encoder: block {i} gets {len} steps (the encoder needs a window of at least {} samples)", self.min_window())));
+                return Err(EngineError::invalid(
+                    Setting::Window,
+                    format!("{window} samples are too few for the cnn encoder: block {i} gets {len} steps (the encoder needs a window of at least {} samples)", self.min_window()),
+                ));
             };
             let b = BlockShape { cin, cout, kernel, stride, padding, len_in: len, len_out, pool };
             len = b.len_next();
@@ -118,7 +125,10 @@ impl CnnConfig {
             return Err(EngineError::invalid(Setting::Encoder, "the cnn's first kernel and stride must be > 0"));
         }
         if self.widths.len() > super::MAX_LAYERS || self.widths.iter().any(|&w| w > super::MAX_WIDTH) || self.first_kernel > window {
-            return Err(EngineError::invalid(Setting::Encoder, format!("the cnn's {} blocks (widths up to {:?}, first kernel {}) do not fit a window of {window}", self.widths.len(), self.widths.iter().max(), self.first_kernel)));
+            return Err(EngineError::invalid(
+                Setting::Encoder,
+                format!("the cnn's {} blocks (widths up to {:?}, first kernel {}) do not fit a window of {window}", self.widths.len(), self.widths.iter().max(), self.first_kernel),
+            ));
         }
         self.blocks(window, 1).map(drop)
     }

@@ -357,7 +357,20 @@ impl Isfm {
             // y → x = ∂L/∂sum1 (= ∂L/∂input through the residual), g_sub = ∂L/∂attn_out
             l.norm1.backward_residual(dev, y, l.sum1.prefix(n * d), l.stats1.prefix(2 * n), x, g_sub, self.dropout(mode, li, DropSite::Residual1), accumulate);
             // x += the attention branch's gradient: x = ∂L/∂input
-            l.attn.backward(dev, input, l.qkv.prefix(n * 3 * d), l.ctx.prefix(n * d), l.lse.prefix(a.lse_len()), g_sub, self.g_ctx.prefix(n * d), self.g_qkv.prefix(n * 3 * d), x, a, self.dropout(mode, li, DropSite::Attention), accumulate);
+            l.attn.backward(
+                dev,
+                input,
+                l.qkv.prefix(n * 3 * d),
+                l.ctx.prefix(n * d),
+                l.lse.prefix(a.lse_len()),
+                g_sub,
+                self.g_ctx.prefix(n * d),
+                self.g_qkv.prefix(n * 3 * d),
+                x,
+                a,
+                self.dropout(mode, li, DropSite::Attention),
+                accumulate,
+            );
         }
         // x = ∂L/∂x0 → y = ∂L/∂h1 → ∂L/∂pre1; the patches need no gradient.
         self.linear2.backward(dev, self.h1.prefix(n * d), x, Some(y), n, accumulate, false, false);

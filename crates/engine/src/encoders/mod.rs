@@ -113,7 +113,9 @@ pub struct EncoderConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
     /// `key` seeds every random choice of the forward (dropout masks, ISFM patch starts).
-    Train { key: u64 },
+    Train {
+        key: u64,
+    },
     Eval,
 }
 

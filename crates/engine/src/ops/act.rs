@@ -63,7 +63,11 @@ impl Activation {
 /// step from the non-finite check.
 #[inline(always)]
 pub(crate) fn relu(x: f32) -> f32 {
-    if x < 0.0 { 0.0 } else { x }
+    if x < 0.0 {
+        0.0
+    } else {
+        x
+    }
 }
 
 // ---- CPU kernels ----------------------------------------------------------------------------

@@ -109,7 +109,21 @@ impl SelfAttention {
 
     /// From `dy`: the parameter gradients and `dx` (added to what `dx` holds: the residual's).
     #[allow(clippy::too_many_arguments)]
-    pub fn backward<D: Device>(&self, dev: &mut D, x: View, qkv: View, ctx: View, lse: View, dy: View, dctx: View, dqkv: View, dx: View, a: AttentionShape, dropout: Option<Dropout>, accumulate: bool) {
+    pub fn backward<D: Device>(
+        &self,
+        dev: &mut D,
+        x: View,
+        qkv: View,
+        ctx: View,
+        lse: View,
+        dy: View,
+        dctx: View,
+        dqkv: View,
+        dx: View,
+        a: AttentionShape,
+        dropout: Option<Dropout>,
+        accumulate: bool,
+    ) {
         let rows = a.rows();
         self.out_proj.backward(dev, ctx, dy, Some(dctx), rows, accumulate, false, false);
         dev.attention_backward(qkv, ctx, lse, dctx, dqkv, a, dropout);
@@ -162,7 +176,7 @@ impl Head {
             let d = a.d_model();
             let base = qkv.add(sample * a.seq * 3 * d + head * a.head_dim);
             Head { q: base, k: base.add(d), v: base.add(2 * d), qkv_rs: 3 * d as isize, out_rs: d as isize }
-    }
+        }
     }
 
     fn rows(ptr: *const f32, rs: isize, first: usize) -> Operand {
@@ -187,7 +201,17 @@ fn head_dropout(dropout: Option<Dropout>, pair: usize) -> Option<(u32, u32, f32)
 /// (sample, head)'s columns of `out` or its `lse` rows.
 #[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn forward_head(kernel: CpuGemm, qkv: *const f32, out: *mut f32, lse: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
+pub(crate) unsafe fn forward_head(
+    kernel: CpuGemm,
+    qkv: *const f32,
+    out: *mut f32,
+    lse: *mut f32,
+    a: AttentionShape,
+    pair: usize,
+    dropout: Option<Dropout>,
+    pack: &mut PackBuffers,
+    sc: &mut AttentionScratch,
+) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
     unsafe {
         let (sample, head) = (pair / a.heads, pair % a.heads);
@@ -262,7 +286,19 @@ fn mask_row(row: &mut [f32], seed: u32, threshold: u32, scale: f32, base: u32) {
 /// As [`forward_head`]; no other thread may write this (sample, head)'s columns of `dqkv`.
 #[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn backward_head(kernel: CpuGemm, qkv: *const f32, out: *const f32, lse: *const f32, dout: *const f32, dqkv: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch) {
+pub(crate) unsafe fn backward_head(
+    kernel: CpuGemm,
+    qkv: *const f32,
+    out: *const f32,
+    lse: *const f32,
+    dout: *const f32,
+    dqkv: *mut f32,
+    a: AttentionShape,
+    pair: usize,
+    dropout: Option<Dropout>,
+    pack: &mut PackBuffers,
+    sc: &mut AttentionScratch,
+) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
     unsafe {
         let (sample, head) = (pair / a.heads, pair % a.heads);

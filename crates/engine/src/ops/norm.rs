@@ -158,9 +158,23 @@ impl BatchNorm {
 /// `mean`, `rstd` per row. Statistics in f64 within a row (rows are short).
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layernorm_forward_rows(a: &[f32], b: &[f32], sum: &mut [f32], out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], gamma: &[f32], beta: &[f32], row0: usize, eps: f32, dropout: Option<(u32, u32, f32)>) {
+pub(crate) fn layernorm_forward_rows(
+    a: &[f32],
+    b: &[f32],
+    sum: &mut [f32],
+    out: &mut [f32],
+    mean: &mut [f32],
+    rstd: &mut [f32],
+    gamma: &[f32],
+    beta: &[f32],
+    row0: usize,
+    eps: f32,
+    dropout: Option<(u32, u32, f32)>,
+) {
     let cols = gamma.len();
-    for (r, ((((ar, br), sr), or), (m, rs))) in a.chunks_exact(cols).zip(b.chunks_exact(cols)).zip(sum.chunks_exact_mut(cols)).zip(out.chunks_exact_mut(cols)).zip(mean.iter_mut().zip(rstd.iter_mut())).enumerate() {
+    for (r, ((((ar, br), sr), or), (m, rs))) in
+        a.chunks_exact(cols).zip(b.chunks_exact(cols)).zip(sum.chunks_exact_mut(cols)).zip(out.chunks_exact_mut(cols)).zip(mean.iter_mut().zip(rstd.iter_mut())).enumerate()
+    {
         match dropout {
             None => sr.iter_mut().zip(ar.iter().zip(br)).for_each(|(s, (&x, &y))| *s = x + y),
             Some((seed, threshold, scale)) => {
@@ -187,9 +201,23 @@ pub(crate) fn layernorm_forward_rows(a: &[f32], b: &[f32], sum: &mut [f32], out:
 /// (added to, the caller sums the blocks in a fixed order).
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layernorm_backward_rows(dout: &[f32], sum: &[f32], mean: &[f32], rstd: &[f32], gamma: &[f32], dsum: &mut [f32], db: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32], row0: usize, dropout: Option<(u32, u32, f32)>) {
+pub(crate) fn layernorm_backward_rows(
+    dout: &[f32],
+    sum: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    gamma: &[f32],
+    dsum: &mut [f32],
+    db: &mut [f32],
+    dgamma: &mut [f32],
+    dbeta: &mut [f32],
+    row0: usize,
+    dropout: Option<(u32, u32, f32)>,
+) {
     let cols = gamma.len();
-    for (r, ((((dor, sr), dsr), dbr), (&mu, &inv))) in dout.chunks_exact(cols).zip(sum.chunks_exact(cols)).zip(dsum.chunks_exact_mut(cols)).zip(db.chunks_exact_mut(cols)).zip(mean.iter().zip(rstd)).enumerate() {
+    for (r, ((((dor, sr), dsr), dbr), (&mu, &inv))) in
+        dout.chunks_exact(cols).zip(sum.chunks_exact(cols)).zip(dsum.chunks_exact_mut(cols)).zip(db.chunks_exact_mut(cols)).zip(mean.iter().zip(rstd)).enumerate()
+    {
         // dnorm = dout·γ; dsum = σ⁻¹·(dnorm − mean(dnorm) − x̂·mean(dnorm·x̂))
         let (mut s1, mut s2) = (0.0f32, 0.0f32);
         for (((&d, &s), &g), (dg, dbt)) in dor.iter().zip(sr).zip(gamma).zip(dgamma.iter_mut().zip(dbeta.iter_mut())) {
