@@ -322,3 +322,39 @@ fn packed_and_faer_gemm_kernels_train_alike() {
         assert!(packed_loss[4] < packed_loss[0], "the loss did not fall: {packed_loss:?}");
     });
 }
+
+#[test]
+fn training_does_not_depend_on_the_thread_count() {
+    if !engine::cpu::sgemm::supported() {
+        eprintln!("SKIPPED: this CPU lacks AVX2/FMA; faer's kernels split by thread count");
+        return;
+    }
+    // Sizes at which the element-wise kernels, the norms' reductions and the GEMMs take their
+    // parallel paths; every encoder, with dropout on (its masks are keyed by global index).
+    let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 64, num_heads: 4, e_layers: 1, d_ff: 128, ..IsfmConfig::default() };
+    let cases = [
+        (EncoderConfig::new(EncoderKind::MlpMedium, 1024, 1), 16),
+        (EncoderConfig::new(EncoderKind::Cnn, 1024, 2), 8),
+        (EncoderConfig { arch: Arch::Isfm(isfm), window: 1024, channels: 2, embed: 128 }, 16),
+    ];
+    for (cfg, b) in cases {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                let enc = cfg.init(CpuDevice::with_gemm(CpuGemm::Packed), 2 * b, 3).unwrap();
+                let opt = OptimizerConfig { clip_norm: Some(1.0), ..Default::default() };
+                let mut step = ContrastiveStep::new(enc, b, InfoNceConfig { temperature: 0.07, symmetric: true }, opt, 3).unwrap();
+                let w = cfg.input();
+                let anchor: Vec<f32> = (0..b * w).map(|i| (i * 37 % 101) as f32 / 50.0 - 1.0).collect();
+                let positive: Vec<f32> = (0..b * w).map(|i| (i * 53 % 97) as f32 / 48.0 - 1.0).collect();
+                let rates = vec![12_000.0f32; b];
+                let losses: Vec<u32> = (0..3).map(|_| step.train_step(Pairs::new(&anchor, &positive).with_rates(&rates)).unwrap().loss.to_bits()).collect();
+                (losses, step.encoder.params_to_vec().iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            })
+        };
+        let (one, three) = (run(1), run(3));
+        let kind = cfg.kind();
+        assert_eq!(one.0, three.0, "{kind}: losses differ between 1 and 3 threads");
+        assert!(one.1 == three.1, "{kind}: parameters differ between 1 and 3 threads");
+    }
+}

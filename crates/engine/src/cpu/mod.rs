@@ -7,8 +7,12 @@
 //!
 //! This is the reference implementation every other device is checked against, and it is
 //! itself checked against finite differences in f64 (tests/gradcheck.rs). Parallel work is split
-//! statically into one part per worker, and partial sums are combined in a fixed order, so
-//! results do not depend on thread timing (a resumed run is bit-identical).
+//! statically, and every sum runs in an order that depends on neither thread timing nor the
+//! thread count (reductions over a fixed number of blocks, each output of a GEMM or a row kernel
+//! computed whole by one worker): a resumed run is bit-identical, and so is a run on another
+//! number of threads (tests/step.rs), as long as the GEMMs run on the packed kernel. faer picks
+//! its inner kernel by block size, so its products can differ in the last bits between thread
+//! counts; the kernel plan is keyed by thread count for that reason.
 
 pub mod math;
 pub mod plan;
@@ -36,8 +40,9 @@ use plan::{GemmKey, GemmPolicy};
 use sgemm::{Operand, PackBuffers};
 use sparse::{SparseLhs, StripBuffer};
 
-/// Work (multiply-adds) below which a kernel runs on the calling thread: forking costs more.
+/// Work (multiply-adds) below which a GEMM runs on the calling thread: forking costs more.
 const PAR_GEMM_WORK: usize = 1 << 18;
+/// Elements below which an element-wise or reduction kernel runs on the calling thread.
 const PAR_ELEMENTS: usize = 1 << 15;
 /// The zero-skipping GEMM runs where at most this fraction of A is non-zero (it loads every
 /// element of B it uses, so it needs the work it skips: measured on xl's weight gradient, it
@@ -749,13 +754,16 @@ impl Device for CpuDevice {
     }
 
     fn layernorm_backward(&mut self, dout: View, sum: View, stats: View, gamma: View, dgamma: View, dbeta: View, dsum: View, db: View, dropout: Option<Dropout>, cols: usize, accumulate: bool) {
+        // dγ and dβ are summed per block of rows, then the blocks in order: a fixed number of
+        // blocks whatever the thread count, so the sums do not depend on it.
+        const BLOCKS: usize = 64;
         let rows = dout.len() / cols;
         let parts = self.parts(dout.len());
         let mut partial = std::mem::take(&mut self.scratch);
-        if partial.len() < parts * 2 * cols {
-            partial.resize(parts * 2 * cols, 0.0);
+        if partial.len() < BLOCKS * 2 * cols {
+            partial.resize(BLOCKS * 2 * cols, 0.0);
         }
-        partial[..parts * 2 * cols].fill(0.0);
+        partial[..BLOCKS * 2 * cols].fill(0.0);
         let ([dss, dbs, dgs, dbts], [dos, ss, st, gs]) = self.views([dsum, db, dgamma, dbeta], [dout, sum, stats, gamma]);
         assert!(
             dos.len() == rows * cols
@@ -769,7 +777,7 @@ impl Device for CpuDevice {
         );
         let (mean, rstd) = st.split_at(rows);
         let drop = Dropout::parts(dropout);
-        let per = rows_per_part(rows, parts);
+        let per = rows_per_part(rows, BLOCKS);
         let pc = per * cols;
         let run = |(i, ((p, (ds, d)), (x, s))): (usize, ((&mut [f32], (&mut [f32], &mut [f32])), (&[f32], &[f32])))| {
             let (pg, pb) = p.split_at_mut(cols);
@@ -777,9 +785,9 @@ impl Device for CpuDevice {
             let n = x.len() / cols;
             norm::layernorm_backward_rows(x, s, &mean[r0..r0 + n], &rstd[r0..r0 + n], gs, ds, d, pg, pb, r0, drop)
         };
-        let partial_s = &mut partial[..parts * 2 * cols];
+        let partial_s = &mut partial[..BLOCKS * 2 * cols];
         if parts <= 1 {
-            run((0, ((partial_s, (dss, dbs)), (dos, ss))));
+            partial_s.chunks_mut(2 * cols).zip(dss.chunks_mut(pc).zip(dbs.chunks_mut(pc))).zip(dos.chunks(pc).zip(ss.chunks(pc))).enumerate().for_each(run);
         } else {
             partial_s.par_chunks_mut(2 * cols).zip(dss.par_chunks_mut(pc).zip(dbs.par_chunks_mut(pc))).zip(dos.par_chunks(pc).zip(ss.par_chunks(pc))).enumerate().for_each(run);
         }
@@ -787,7 +795,8 @@ impl Device for CpuDevice {
             dgs.fill(0.0);
             dbts.fill(0.0);
         }
-        for p in partial[..parts * 2 * cols].chunks_exact(2 * cols) {
+        // (Blocks past the last row stay zero: adding them changes nothing.)
+        for p in partial[..BLOCKS * 2 * cols].chunks_exact(2 * cols) {
             dgs.iter_mut().zip(&p[..cols]).for_each(|(o, &v)| *o += v);
             dbts.iter_mut().zip(&p[cols..]).for_each(|(o, &v)| *o += v);
         }

@@ -48,7 +48,7 @@ impl Operand {
     /// `(i, j)` must lie inside the matrix.
     #[cfg(test)]
     unsafe fn get(self, i: usize, j: usize) -> f32 {
-        // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+        // SAFETY: `(i, j)` is inside the matrix (this function's contract), so the offset addresses one of its elements.
         unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
     }
 }
@@ -115,7 +115,7 @@ pub fn supported() -> bool {
 /// # Safety
 /// C must address a whole `m × n` matrix that nothing else touches meanwhile.
 pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: C is a whole `m × n` matrix of row stride `rsc` that only this call touches (the contract): each row slice lies inside it.
     unsafe {
         for i in 0..m {
             std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n).fill(0.0);
@@ -131,7 +131,7 @@ pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
 /// of those shapes, and no other thread may touch the part of C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: the operands are whole matrices of the shapes given (the contract); packing reads only `(p, q)` inside them, and the packed buffers were reserved for these block sizes; each micro-tile of C written lies inside the `m × n` C that only this call touches.
     unsafe {
         if m == 0 || n == 0 {
             return;
@@ -180,8 +180,11 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
 /// slice, one `kc × W` micro-panel per `W` lanes (`out[p·W + q]`), the last one zero-padded.
 /// Panel by panel, so each source row is read in one long run. A block of `op(A)` has its rows as
 /// lanes (`W` = [`MR`]), a block of `op(B)` its columns (`W` = [`NR`]).
+///
+/// # Safety
+/// `src` must address `kd × lanes` elements.
 unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: `src` addresses `kd × lanes` elements and `out` was reserved for `lanes` rounded up to `W` × `kd` (asserted), so every panel read and written lies inside them.
     unsafe {
         let width = lanes.next_multiple_of(W);
         assert!(out.len() >= width * kd);
@@ -224,7 +227,7 @@ impl Panel {
     /// # Safety
     /// `(p, q)` must lie inside the matrix.
     unsafe fn at(self, p: usize, q: usize) -> Panel {
-        // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+        // SAFETY: `(p, q)` is inside the matrix (the contract), so the shifted pointer addresses one of its elements.
         unsafe { Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self } }
     }
 }
@@ -235,7 +238,7 @@ impl Panel {
 /// # Safety
 /// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.
 pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: the source holds `kc × lanes` elements and `dst` room for `kc · W` (the contract): every read is at `p < kc`, `q < lanes`, every write below `kc · W`.
     unsafe {
         // Lanes strided, depth contiguous (a row-major A, a transposed B: both operands of a forward
         // X·Wᵀ): 8 × 8 register transposes up to the last whole group of 8, then the loop below.
@@ -270,10 +273,14 @@ pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: us
 /// `pack_panel` for depth-contiguous sources, `p < kc` (a multiple of 8), all `W` lanes present:
 /// 8 lanes × 8 depths are loaded as 8 vectors, transposed in registers and stored as 8 rows of
 /// the panel (`W` = 6 stores 6 of the 8 transposed lanes, `W` = 16 does two lane groups).
+///
+/// # Safety
+/// AVX2 must be present; the source must hold `kc` depths (contiguous) of `W` lanes, and `dst`
+/// room for `kc · W`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: the source is depth-contiguous with all `W` lanes present and `kc` depths (the contract): each 8-float load reads depths `p..p + 8 ≤ kc` of one lane; each store writes inside the `kc · W` panel.
     unsafe {
         use std::arch::x86_64::*;
         for q0 in (0..W).step_by(8) {
@@ -335,11 +342,15 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 
 /// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one packed `kc × MR` panel of A
 /// and one `kc × NR` panel of B, with the 6 × 16 tile held in 12 registers throughout.
+///
+/// # Safety
+/// AVX2 and FMA must be present; `a` and `b` must hold `kc · MR` and `kc · NR` floats, and `c`
+/// an `mr × nr` tile (row stride `rsc`) that no other thread touches.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): every pointer formed here addresses an element of the matrices or packing buffers it names, and no other thread touches what is written.
+    // SAFETY: `a` and `b` are packed panels of `kc · MR` and `kc · NR` floats (the loads stay inside them, the prefetch never faults), and C's `mr × nr` tile at row stride `rsc` lies inside the caller's C: full tiles are stored whole, edge tiles element by element.
     unsafe {
         use std::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];

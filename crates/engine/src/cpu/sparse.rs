@@ -139,7 +139,7 @@ impl SparseLhs {
     /// whole `m × n` one, `cols` lie inside `0..n`, and no other thread may touch those columns of C.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn multiply(&self, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
-        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        // SAFETY: as this function's contract (# Safety above): B and C are whole matrices, `cols` lies inside `0..n` and is this caller's alone; the strip and tile buffers are reserved below for depth `k` (64 floats per depth, then the tile), from a 64-byte boundary.
         unsafe {
             let (m, k) = (self.m, self.k);
             if k == 0 {
@@ -195,7 +195,7 @@ impl SparseLhs {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn multiply_block(&self, rows: std::ops::Range<usize>, strip: *const f32, tile: *mut f32) {
-        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        // SAFETY: `rows` lies inside A's rows, `strip` holds the 64-column strip of every depth the rows' lists name (packed by `multiply`), and `tile` has 64 floats per row of the block.
         unsafe {
             let (k, stride) = (self.k, self.chunks() + 1);
             for d in 0..stride - 1 {
@@ -218,7 +218,7 @@ impl SparseLhs {
 /// store would first read every line of C from memory only to overwrite it.
 #[inline(always)]
 unsafe fn write_row(tile: *const f32, c: *mut f32, width: usize) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    // SAFETY: `tile` holds `width` floats from a 64-byte boundary (`StripBuffer::reserve`), as the aligned loads need, and `c` has room for them in this caller's columns of C; the streaming stores run only where `c` is 32-byte aligned and the strip whole.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         if width == STRIP && (c as usize).is_multiple_of(32) {
@@ -236,7 +236,7 @@ unsafe fn write_row(tile: *const f32, c: *mut f32, width: usize) {
 /// prefetch never faults, and they are formed with wrapping arithmetic).
 #[inline(always)]
 unsafe fn prefetch(ptr: *const f32, len: usize) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    // SAFETY: a prefetch never faults, and the addresses are formed with wrapping arithmetic, so they may lie past the matrix.
     unsafe {
         #[cfg(target_arch = "x86_64")]
         for q in (0..len).step_by(16) {
@@ -258,7 +258,7 @@ impl SharedOperand {
     /// # Safety
     /// `(i, p)` must lie inside the matrix.
     unsafe fn at(self, i: usize, p: usize) -> f32 {
-        // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+        // SAFETY: `(i, p)` is inside the matrix (the contract).
         unsafe { *self.0.ptr.offset(i as isize * self.0.rs + p as isize * self.0.cs) }
     }
 }
@@ -269,7 +269,7 @@ impl SharedOperand {
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn row_strip(list: &[Entry], strip: *const f32, c: *mut f32) {
-    // SAFETY: the caller upholds this function's contract (# Safety above): the operands cover whole matrices, the strip and tile buffers hold what is read, and the columns written are this caller's alone.
+    // SAFETY: `strip` holds 64 floats for every depth named in `list` and is 64-byte aligned (`StripBuffer::reserve`), as the aligned loads need; `c` holds 64 floats.
     unsafe {
         use std::arch::x86_64::*;
         let mut acc = [_mm256_setzero_ps(); STRIP / 8];

@@ -31,7 +31,7 @@ impl std::str::FromStr for Activation {
             "gelu" => Ok(Activation::Gelu),
             "silu" | "swish" => Ok(Activation::Silu),
             "identity" | "linear" | "none" => Ok(Activation::Identity),
-            other => Err(format!("unknown activation {other:?}; expected relu or gelu")),
+            other => Err(format!("unknown activation {other:?}; expected relu, gelu, silu or identity")),
         }
     }
 }

@@ -155,7 +155,7 @@ impl BatchNorm {
 // ---- CPU kernels ----------------------------------------------------------------------------
 
 /// LayerNorm forward over a block of rows: `sum = a + dropout(b)`, `out = LN(sum)·γ + β`,
-/// `mean`, `rstd` per row. Statistics in f64 within a row (rows are short).
+/// `mean`, `rstd` per row. Statistics in f32, two passes with eight accumulators.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_forward_rows(
