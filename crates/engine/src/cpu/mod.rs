@@ -252,6 +252,15 @@ fn for_row_blocks(parts: usize, data: &mut [f32], cols: usize, f: impl Fn(usize,
     }
 }
 
+/// Runs `f(sample, out)` for each sample's `len` outputs of `data` (blocks of samples, one per
+/// part, in parallel where `parts > 1`); `f` reads its inputs by the sample index.
+fn for_each_sample(parts: usize, data: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    if len == 0 {
+        return;
+    }
+    for_row_blocks(parts, data, len, |s0, block| block.chunks_exact_mut(len).enumerate().for_each(|(k, out)| f(s0 + k, out)));
+}
+
 /// As [`for_row_blocks`] over two outputs of the same row count.
 fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_cols: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send) {
     let per = rows_per_part(a.len() / a_cols.max(1), parts);
@@ -916,11 +925,7 @@ impl Device for CpuDevice {
         let parts = self.parts(cols.len());
         let (cs, [xs]) = self.split(cols, [x]);
         assert!(xs.len() == s.samples * xi && cs.len() == s.samples * co);
-        if parts <= 1 {
-            cs.chunks_exact_mut(co).zip(xs.chunks_exact(xi)).for_each(|(c, x)| conv1d::im2col_sample(x, c, s));
-        } else {
-            cs.par_chunks_exact_mut(co).zip(xs.par_chunks_exact(xi)).for_each(|(c, x)| conv1d::im2col_sample(x, c, s));
-        }
+        for_each_sample(parts, cs, co, |i, c| conv1d::im2col_sample(&xs[i * xi..(i + 1) * xi], c, s));
     }
 
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape) {
@@ -928,11 +933,7 @@ impl Device for CpuDevice {
         let parts = self.parts(dcols.len());
         let (dxs, [cs]) = self.split(dx, [dcols]);
         assert!(dxs.len() == s.samples * xi && cs.len() == s.samples * co);
-        if parts <= 1 {
-            dxs.chunks_exact_mut(xi).zip(cs.chunks_exact(co)).for_each(|(d, c)| conv1d::col2im_sample(c, d, s));
-        } else {
-            dxs.par_chunks_exact_mut(xi).zip(cs.par_chunks_exact(co)).for_each(|(d, c)| conv1d::col2im_sample(c, d, s));
-        }
+        for_each_sample(parts, dxs, xi, |i, d| conv1d::col2im_sample(&cs[i * co..(i + 1) * co], d, s));
     }
 
     fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool) {
@@ -949,11 +950,12 @@ impl Device for CpuDevice {
         if lo == 0 {
             return;
         }
-        if parts <= 1 {
-            os.chunks_exact_mut(lo).zip(am.chunks_exact_mut(lo)).zip(xs.chunks_exact(li)).for_each(|((o, a), x)| pool::maxpool_forward_sample(x, o, a, s.cols));
-        } else {
-            os.par_chunks_exact_mut(lo).zip(am.par_chunks_exact_mut(lo)).zip(xs.par_chunks_exact(li)).for_each(|((o, a), x)| pool::maxpool_forward_sample(x, o, a, s.cols));
-        }
+        for_row_blocks2(parts, os, lo, am, lo, |s0, ob, ab| {
+            for (k, (o, a)) in ob.chunks_exact_mut(lo).zip(ab.chunks_exact_mut(lo)).enumerate() {
+                let i = s0 + k;
+                pool::maxpool_forward_sample(&xs[i * li..(i + 1) * li], o, a, s.cols);
+            }
+        });
     }
 
     fn maxpool_backward(&mut self, dout: View, argmax: View, dx: View, s: PoolShape) {
@@ -965,11 +967,7 @@ impl Device for CpuDevice {
             dxs.fill(0.0);
             return;
         }
-        if parts <= 1 {
-            dxs.chunks_exact_mut(li).zip(ds.chunks_exact(lo).zip(am.chunks_exact(lo))).for_each(|(x, (d, a))| pool::maxpool_backward_sample(d, a, x, s.cols));
-        } else {
-            dxs.par_chunks_exact_mut(li).zip(ds.par_chunks_exact(lo).zip(am.par_chunks_exact(lo))).for_each(|(x, (d, a))| pool::maxpool_backward_sample(d, a, x, s.cols));
-        }
+        for_each_sample(parts, dxs, li, |i, x| pool::maxpool_backward_sample(&ds[i * lo..(i + 1) * lo], &am[i * lo..(i + 1) * lo], x, s.cols));
     }
 
     fn meanpool_forward(&mut self, x: View, out: View, s: PoolShape) {
@@ -982,11 +980,7 @@ impl Device for CpuDevice {
         let parts = self.parts(dx.len());
         let (dxs, [ds]) = self.split(dx, [dout]);
         assert!(dxs.len() == s.samples * s.len * s.cols && ds.len() == s.samples * s.cols && s.len > 0);
-        if parts <= 1 {
-            dxs.chunks_exact_mut(s.len * s.cols).zip(ds.chunks_exact(s.cols)).for_each(|(x, d)| pool::meanpool_backward_sample(d, x));
-        } else {
-            dxs.par_chunks_exact_mut(s.len * s.cols).zip(ds.par_chunks_exact(s.cols)).for_each(|(x, d)| pool::meanpool_backward_sample(d, x));
-        }
+        for_each_sample(parts, dxs, s.len * s.cols, |i, x| pool::meanpool_backward_sample(&ds[i * s.cols..(i + 1) * s.cols], x));
     }
 
     fn attention_forward(&mut self, qkv: View, out: View, lse: View, a: AttentionShape, dropout: Option<Dropout>) {
@@ -1027,15 +1021,10 @@ impl Device for CpuDevice {
         assert!(xs.len() == p.samples * p.window * p.channels && rs.len() == p.samples && st.len() == 2 * n && os.len() == n * p.row_len());
         let (sl, sc) = st.split_at(n);
         let (xi, oi) = (p.window * p.channels, p.patches * p.row_len());
-        let run = |(i, o): (usize, &mut [f32])| {
+        for_each_sample(parts, os, oi, |i, o| {
             let ps = i * p.patches..(i + 1) * p.patches;
             patch::gather_sample(&xs[i * xi..(i + 1) * xi], rs[i], &sl[ps.clone()], &sc[ps], o, p)
-        };
-        if parts <= 1 {
-            os.chunks_exact_mut(oi).enumerate().for_each(run);
-        } else {
-            os.par_chunks_exact_mut(oi).enumerate().for_each(run);
-        }
+        });
     }
 
     fn infonce(&mut self, z: View, dz: Option<View>, b: usize, d: usize, tau: f32, symmetric: bool, grad_scale: f32) -> InfoNceOut {
