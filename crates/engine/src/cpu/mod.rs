@@ -24,12 +24,11 @@ use std::time::Instant;
 
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use crate::device::{next_device_id, AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, Precision, View};
 use crate::error::{EngineError, Result};
-use crate::loss::{infonce_scratch_floats, LOSS_TILE};
+use crate::loss::{self, infonce_scratch_floats, LOSS_TILE};
 use crate::ops::act::{self, Activation};
 use crate::ops::attention::{self, AttentionScratch, AttentionShape};
 use crate::ops::conv1d::{self, ConvShape};
@@ -381,72 +380,6 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
     let parts = workers.min(dim / (2 * unit)).max(1);
     let units = dim.div_ceil(unit);
     (parts, move |t: usize| (units * t / parts * unit).min(dim))
-}
-
-/// A row of similarities: the index of its first maximum (the row's prediction) and its
-/// log-sum-exp, max-subtracted. The exponentials are summed in eight f64 lanes (vectorizable,
-/// and as exact as one running f64 sum for any batch).
-#[multiversion(targets = "simd")]
-fn row_max_lse(row: &[f32]) -> (usize, f32) {
-    let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let arg = row.iter().position(|&x| x == mx).unwrap_or(0);
-    let mut lanes = [0.0f64; 8];
-    let chunks = row.chunks_exact(8);
-    let tail: f64 = chunks.remainder().iter().map(|&x| math::exp(x - mx) as f64).sum();
-    for c in chunks {
-        for (l, &x) in lanes.iter_mut().zip(c) {
-            *l += math::exp(x - mx) as f64;
-        }
-    }
-    (arg, mx + (lanes.iter().sum::<f64>() + tail).ln() as f32)
-}
-
-/// In place, a row of similarities becomes `w · softmax` of the row (plus `w · softmax` of each
-/// column where the column log-sum-exps are given): dL/dS before the −w (or −2w) on the diagonal.
-#[multiversion(targets = "simd")]
-fn row_softmax_grad(row: &mut [f32], lse: f32, col_lse: Option<&[f32]>, w: f32) {
-    match col_lse {
-        None => row.iter_mut().for_each(|x| *x = math::exp(*x - lse) * w),
-        Some(cl) => row.iter_mut().zip(cl).for_each(|(x, &c)| *x = (math::exp(*x - lse) + math::exp(*x - c)) * w),
-    }
-}
-
-/// Folds a tile of similarity rows (`b` columns each) into the running column log-sum-exps of
-/// the symmetric InfoNCE: per column the running max `mx` and `Σ exp(s − mx)` (`sum`, rescaled
-/// as the max grows). The columns are split over `parts` workers; each walks the tile row by row
-/// (contiguous, vectorized across its columns), and each column is one worker's whole, so the
-/// result does not depend on the split.
-fn column_lse_update(tile: &[f32], b: usize, mx: &mut [f32], sum: &mut [f64], parts: usize) {
-    let per = b.div_ceil(parts.max(1)).next_multiple_of(8);
-    let run = |(i, (m, s)): (usize, (&mut [f32], &mut [f64]))| column_lse_strip(tile, b, i * per, m, s);
-    if parts <= 1 {
-        run((0, (mx, sum)));
-    } else {
-        mx.par_chunks_mut(per).zip(sum.par_chunks_mut(per)).enumerate().for_each(run);
-    }
-}
-
-/// [`column_lse_update`] for the columns `c0..c0 + mx.len()`, in strips whose new maxima fit on
-/// the stack.
-#[multiversion(targets = "simd")]
-fn column_lse_strip(tile: &[f32], b: usize, c0: usize, mx: &mut [f32], sum: &mut [f64]) {
-    const STRIP: usize = 256;
-    let mut new_max = [0.0f32; STRIP];
-    for s0 in (0..mx.len()).step_by(STRIP) {
-        let w = STRIP.min(mx.len() - s0);
-        let (m, s, nm) = (&mut mx[s0..s0 + w], &mut sum[s0..s0 + w], &mut new_max[..w]);
-        let cols = c0 + s0..c0 + s0 + w;
-        nm.copy_from_slice(m);
-        for row in tile.chunks_exact(b) {
-            nm.iter_mut().zip(&row[cols.clone()]).for_each(|(a, &x)| *a = a.max(x));
-        }
-        // The sums so far, rescaled to the new maxima (a column not seen yet has no sum).
-        s.iter_mut().zip(m.iter().zip(nm.iter())).for_each(|(s, (&old, &new))| *s = if old == f32::NEG_INFINITY { 0.0 } else { *s * math::exp(old - new) as f64 });
-        for row in tile.chunks_exact(b) {
-            s.iter_mut().zip(&row[cols.clone()]).zip(nm.iter()).for_each(|((s, &x), &mx)| *s += math::exp(x - mx) as f64);
-        }
-        m.copy_from_slice(nm);
-    }
 }
 
 /// `C (+)= alpha · op(A) · op(B)` on slices, its rows or columns split over one worker per pack
@@ -1092,7 +1025,7 @@ impl Device for CpuDevice {
                 for (i, row) in rows.clone().zip(st.chunks_exact(b)) {
                     diag[i] = row[i];
                 }
-                column_lse_update(st, b, col_lse, &mut col_sum[..b], parts);
+                loss::column_lse_update(st, b, col_lse, &mut col_sum[..b], parts);
             }
             for j in 0..b {
                 col_lse[j] += col_sum[j].ln() as f32;
@@ -1119,11 +1052,11 @@ impl Device for CpuDevice {
             for_row_blocks2(parts, st, b, out, 2, |first, block, out| {
                 for (k, (row, o)) in block.chunks_exact_mut(b).zip(out.chunks_exact_mut(2)).enumerate() {
                     let i = r0 + first + k;
-                    let (arg, lse) = row_max_lse(row);
+                    let (arg, lse) = loss::row_max_lse(row);
                     o[0] = lse - row[i];
                     o[1] = if arg == i { 1.0 } else { 0.0 };
                     if grad {
-                        row_softmax_grad(row, lse, cols_lse, row_w);
+                        loss::row_softmax_grad(row, lse, cols_lse, row_w);
                         row[i] -= diag_w;
                     }
                 }
