@@ -637,6 +637,7 @@ impl Device for CpuDevice {
     }
 
     fn bias_act_forward(&mut self, y: View, bias: View, cols: usize, relu: bool, dropout: Option<Dropout>) {
+        assert!(cols > 0, "a row of no columns");
         let parts = self.parts(y.len());
         let (ys, [bs]) = self.split(y, [bias]);
         assert!(bs.len() == cols && ys.len() % cols == 0);
@@ -653,12 +654,14 @@ impl Device for CpuDevice {
     }
 
     fn bias_grad(&mut self, db: View, dy: View, cols: usize, accumulate: bool) {
+        assert!(cols > 0, "a row of no columns");
         let (dbs, [dys]) = self.split(db, [dy]);
         assert!(dbs.len() == cols && dys.len() % cols == 0);
         act::bias_grad_rows(dbs, dys, accumulate);
     }
 
     fn act_forward(&mut self, pre: View, out: View, bias: Option<View>, cols: usize, act: Activation, dropout: Option<Dropout>) {
+        assert!(cols > 0, "a row of no columns");
         let parts = self.parts(pre.len());
         let bias = bias.unwrap_or(pre.prefix(0));
         let ([ps, os], [bs]) = self.views([pre, out], [bias]);
@@ -669,6 +672,7 @@ impl Device for CpuDevice {
     }
 
     fn act_backward_pre(&mut self, d: View, pre: View, cols: usize, act: Activation, dropout: Option<Dropout>) {
+        assert!(cols > 0, "a row of no columns");
         let parts = self.parts(d.len());
         let (ds, [ps]) = self.split(d, [pre]);
         assert!(ds.len() == ps.len() && ds.len() % cols == 0);
@@ -677,6 +681,7 @@ impl Device for CpuDevice {
     }
 
     fn add_layernorm_forward(&mut self, a: View, b: View, dropout: Option<Dropout>, sum: View, out: View, stats: View, gamma: View, beta: View, cols: usize, eps: f32) {
+        assert!(cols > 0, "a row of no columns");
         let rows = a.len() / cols;
         let parts = self.parts(a.len());
         let ([ss, os, st], [as_, bs, gs, bts]) = self.views([sum, out, stats], [a, b, gamma, beta]);
@@ -696,6 +701,7 @@ impl Device for CpuDevice {
     }
 
     fn layernorm_backward(&mut self, dout: View, sum: View, stats: View, gamma: View, dgamma: View, dbeta: View, dsum: View, db: View, dropout: Option<Dropout>, cols: usize, accumulate: bool) {
+        assert!(cols > 0, "a row of no columns");
         // dγ and dβ are summed per block of rows, then the blocks in order: a fixed number of
         // blocks whatever the thread count, so the sums do not depend on it.
         const BLOCKS: usize = 64;
@@ -746,6 +752,7 @@ impl Device for CpuDevice {
     }
 
     fn batchnorm_forward(&mut self, x: View, out: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
+        assert!(bn.cols > 0 && bn.groups > 0, "BatchNorm over no columns or no groups");
         let cols = bn.cols;
         let mut acc = self.take_reduce(bn.groups * cols);
         let parts = self.parts(x.len());
@@ -796,6 +803,7 @@ impl Device for CpuDevice {
     }
 
     fn batchnorm_backward(&mut self, dout: View, out: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
+        assert!(bn.cols > 0 && bn.groups > 0, "BatchNorm over no columns or no groups");
         let cols = bn.cols;
         let mut acc = self.take_reduce(2 * bn.groups * cols);
         let mut means32 = std::mem::take(&mut self.scratch);
