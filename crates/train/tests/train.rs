@@ -103,6 +103,19 @@ fn small_config(save: &Path, extra: &[&str]) -> Config {
     Config::from_yaml("", &o).unwrap()
 }
 
+/// An interruption for the resume tests: stops a run once it has taken `.0` steps.
+struct StopAt(u64);
+
+impl Observer for StopAt {
+    fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
+        if log.step >= self.0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+}
+
 fn step_losses(run: &Path) -> Vec<(u64, f64)> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
         .unwrap()
@@ -122,16 +135,6 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
     assert_eq!(s_full.steps, 12);
     // The same run, interrupted after step 5 (mid-epoch), then resumed from its checkpoint.
-    struct StopAt(u64);
-    impl Observer for StopAt {
-        fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-            if log.step >= self.0 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-    }
     let first = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5"]);
     let s_first = train(&first, &h5, &csv, None, &mut StopAt(5)).unwrap();
     assert_eq!(s_first.steps, 5, "stopped mid-epoch");
@@ -432,16 +435,6 @@ fn cnn_and_isfm_train_resume_and_evaluate() {
         let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
         // Interrupted after step 5, resumed: the same losses step for step (dropout, patch draws
         // and BatchNorm's running statistics all restored).
-        struct StopAt(u64);
-        impl Observer for StopAt {
-            fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-                if log.step >= self.0 {
-                    ControlFlow::Break(())
-                } else {
-                    ControlFlow::Continue(())
-                }
-            }
-        }
         let part = small_config(&dir.path().join(format!("{name}-b")), &o);
         let s_part = train(&part, &h5, &csv, None, &mut StopAt(5)).unwrap();
         let s_rest = train(&part, &h5, &csv, s_part.last_checkpoint.as_deref(), &mut Quiet).unwrap();
@@ -461,16 +454,6 @@ fn a_projection_head_trains_resumes_and_stays_out_of_the_encoder_state_dict() {
     let o = ["model.projection_dim=16", "trainer.gradient_clip_val=1.0"];
     let full = small_config(&dir.path().join("a"), &o);
     let s_full = train(&full, &h5, &csv, None, &mut Quiet).unwrap();
-    struct StopAt(u64);
-    impl Observer for StopAt {
-        fn step(&mut self, log: &StepLog) -> ControlFlow<()> {
-            if log.step >= self.0 {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        }
-    }
     let part = small_config(&dir.path().join("b"), &o);
     let s_part = train(&part, &h5, &csv, None, &mut StopAt(4)).unwrap();
     let last = s_part.last_checkpoint.clone().unwrap();

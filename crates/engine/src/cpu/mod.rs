@@ -262,6 +262,7 @@ fn for_each_sample(parts: usize, data: &mut [f32], len: usize, f: impl Fn(usize,
 
 /// As [`for_row_blocks`] over two outputs of the same row count.
 fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_cols: usize, f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync + Send) {
+    assert!(a_cols > 0 && b_cols > 0 && a.len() / a_cols == b.len() / b_cols, "two outputs of different row counts");
     let per = rows_per_part(a.len() / a_cols.max(1), parts);
     if parts <= 1 {
         f(0, a, b);

@@ -110,19 +110,7 @@ impl SelfAttention {
     /// From `dy`: the parameter gradients and `dx` (added to what `dx` holds: the residual's).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<D: Device>(
-        &self,
-        dev: &mut D,
-        x: View,
-        qkv: View,
-        ctx: View,
-        lse: View,
-        dy: View,
-        dctx: View,
-        dqkv: View,
-        dx: View,
-        a: AttentionShape,
-        dropout: Option<Dropout>,
-        accumulate: bool,
+        &self, dev: &mut D, x: View, qkv: View, ctx: View, lse: View, dy: View, dctx: View, dqkv: View, dx: View, a: AttentionShape, dropout: Option<Dropout>, accumulate: bool,
     ) {
         let rows = a.rows();
         self.out_proj.backward(dev, ctx, dy, Some(dctx), rows, accumulate, false, false);
@@ -202,15 +190,7 @@ fn head_dropout(dropout: Option<Dropout>, pair: usize) -> Option<(u32, u32, f32)
 #[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_head(
-    kernel: CpuGemm,
-    qkv: *const f32,
-    out: *mut f32,
-    lse: *mut f32,
-    a: AttentionShape,
-    pair: usize,
-    dropout: Option<Dropout>,
-    pack: &mut PackBuffers,
-    sc: &mut AttentionScratch,
+    kernel: CpuGemm, qkv: *const f32, out: *mut f32, lse: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch,
 ) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.
     unsafe {
@@ -287,16 +267,7 @@ fn mask_row(row: &mut [f32], seed: u32, threshold: u32, scale: f32, base: u32) {
 #[multiversion::multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn backward_head(
-    kernel: CpuGemm,
-    qkv: *const f32,
-    out: *const f32,
-    lse: *const f32,
-    dout: *const f32,
-    dqkv: *mut f32,
-    a: AttentionShape,
-    pair: usize,
-    dropout: Option<Dropout>,
-    pack: &mut PackBuffers,
+    kernel: CpuGemm, qkv: *const f32, out: *const f32, lse: *const f32, dout: *const f32, dqkv: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers,
     sc: &mut AttentionScratch,
 ) {
     // SAFETY: the caller upholds this function's contract (# Safety above): qkv, out, lse and their gradients are whole matrices of the shape `a` gives, and this (sample, head)'s columns and rows are written by this call alone.

@@ -159,17 +159,7 @@ impl BatchNorm {
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_forward_rows(
-    a: &[f32],
-    b: &[f32],
-    sum: &mut [f32],
-    out: &mut [f32],
-    mean: &mut [f32],
-    rstd: &mut [f32],
-    gamma: &[f32],
-    beta: &[f32],
-    row0: usize,
-    eps: f32,
-    dropout: Option<(u32, u32, f32)>,
+    a: &[f32], b: &[f32], sum: &mut [f32], out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], gamma: &[f32], beta: &[f32], row0: usize, eps: f32, dropout: Option<(u32, u32, f32)>,
 ) {
     let cols = gamma.len();
     for (r, ((((ar, br), sr), or), (m, rs))) in
@@ -202,17 +192,7 @@ pub(crate) fn layernorm_forward_rows(
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_backward_rows(
-    dout: &[f32],
-    sum: &[f32],
-    mean: &[f32],
-    rstd: &[f32],
-    gamma: &[f32],
-    dsum: &mut [f32],
-    db: &mut [f32],
-    dgamma: &mut [f32],
-    dbeta: &mut [f32],
-    row0: usize,
-    dropout: Option<(u32, u32, f32)>,
+    dout: &[f32], sum: &[f32], mean: &[f32], rstd: &[f32], gamma: &[f32], dsum: &mut [f32], db: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32], row0: usize, dropout: Option<(u32, u32, f32)>,
 ) {
     let cols = gamma.len();
     for (r, ((((dor, sr), dsr), dbr), (&mu, &inv))) in
