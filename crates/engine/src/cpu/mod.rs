@@ -226,13 +226,21 @@ impl CpuDevice {
 
     /// A zeroed f64 scratch of `n` values (grown once).
     fn take_reduce(&mut self, n: usize) -> Vec<f64> {
-        let mut r = std::mem::take(&mut self.reduce);
-        if r.len() < n {
-            r.resize(n, 0.0);
-        }
+        let mut r = take_grown(&mut self.reduce, n);
         r[..n].fill(0.0);
         r
     }
+}
+
+/// Takes a scratch buffer out of the device (so it can be used beside borrows of the device's
+/// memory), grown to at least `n` values: it grows in the first steps and is then reused (the
+/// caller puts it back).
+fn take_grown<T: Copy + Default>(slot: &mut Vec<T>, n: usize) -> Vec<T> {
+    let mut v = std::mem::take(slot);
+    if v.len() < n {
+        v.resize(n, T::default());
+    }
+    v
 }
 
 /// Rows per part when `rows` rows are split into `parts` parts (the last may be shorter).
@@ -248,6 +256,19 @@ fn for_row_blocks(parts: usize, data: &mut [f32], cols: usize, f: impl Fn(usize,
         f(0, data);
     } else {
         data.par_chunks_mut(per * cols).enumerate().for_each(|(i, c)| f(i * per, c));
+    }
+}
+
+/// Splits the `n` rows of a block that starts at row `r0` at the boundaries of groups of
+/// `group_rows` rows (BatchNorm's per-view statistics: a block may straddle two views) and runs
+/// `f(group, rows)` on each piece, `rows` counted from the block's start.
+fn for_each_group_span(r0: usize, n: usize, group_rows: usize, mut f: impl FnMut(usize, std::ops::Range<usize>)) {
+    let mut r = 0;
+    while r < n {
+        let g = (r0 + r) / group_rows;
+        let end = ((g + 1) * group_rows - r0).min(n);
+        f(g, r..end);
+        r = end;
     }
 }
 
@@ -414,10 +435,7 @@ impl CpuDevice {
             // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
             // their plain-A speed; transposing A first costs m·k copies against m·n·k
             // multiply-adds. (The packed kernel reads any strides at full speed.)
-            let mut at = std::mem::take(&mut self.transpose_scratch);
-            if at.len() < g.m * g.k {
-                at.resize(g.m * g.k, 0.0);
-            }
+            let mut at = take_grown(&mut self.transpose_scratch, g.m * g.k);
             transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
             let (cs, [bs]) = self.split(c, [b]);
             gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
@@ -708,10 +726,7 @@ impl Device for CpuDevice {
         const BLOCKS: usize = 64;
         let rows = dout.len() / cols;
         let parts = self.parts(dout.len());
-        let mut partial = std::mem::take(&mut self.scratch);
-        if partial.len() < BLOCKS * 2 * cols {
-            partial.resize(BLOCKS * 2 * cols, 0.0);
-        }
+        let mut partial = take_grown(&mut self.scratch, BLOCKS * 2 * cols);
         partial[..BLOCKS * 2 * cols].fill(0.0);
         let ([dss, dbs, dgs, dbts], [dos, ss, st, gs]) = self.views([dsum, db, dgamma, dbeta], [dout, sum, stats, gamma]);
         assert!(
@@ -788,17 +803,11 @@ impl Device for CpuDevice {
         }
         let (means, rstds) = (&*means, &*rstds);
         for_row_blocks(parts, os, cols, |r0, o| {
-            // A block may straddle the groups' boundary: normalise row ranges by their group.
-            let n = o.len() / cols;
-            let x = &xs[r0 * cols..(r0 + n) * cols];
-            let mut r = 0;
-            while r < n {
-                let g = (r0 + r) / group_rows;
-                let end = ((g + 1) * group_rows - r0).min(n);
+            for_each_group_span(r0, o.len() / cols, group_rows, |g, rows| {
                 let (m, s) = (&means[g * cols..(g + 1) * cols], &rstds[g * cols..(g + 1) * cols]);
-                norm::batchnorm_normalize_rows(&x[r * cols..end * cols], &mut o[r * cols..end * cols], m, s, gs, bs, bn.relu);
-                r = end;
-            }
+                let x = &xs[(r0 + rows.start) * cols..(r0 + rows.end) * cols];
+                norm::batchnorm_normalize_rows(x, &mut o[rows.start * cols..rows.end * cols], m, s, gs, bs, bn.relu);
+            });
         });
         self.reduce = acc;
     }
@@ -807,10 +816,7 @@ impl Device for CpuDevice {
         assert!(bn.cols > 0 && bn.groups > 0, "BatchNorm over no columns or no groups");
         let cols = bn.cols;
         let mut acc = self.take_reduce(2 * bn.groups * cols);
-        let mut means32 = std::mem::take(&mut self.scratch);
-        if means32.len() < 2 * bn.groups * cols {
-            means32.resize(2 * bn.groups * cols, 0.0);
-        }
+        let mut means32 = take_grown(&mut self.scratch, 2 * bn.groups * cols);
         let parts = self.parts(x.len());
         let ([ds, dxs, dgs, dbs], [os, xs, st, gs]) = self.views([dout, dx, dgamma, dbeta], [out, x, stats, gamma]);
         let rows = xs.len() / cols;
@@ -847,16 +853,12 @@ impl Device for CpuDevice {
         let (mean_dy, mean_dyx) = (&*mean_dy, &*mean_dyx);
         let ds = &*ds;
         for_row_blocks(parts, dxs, cols, |r0, dxb| {
-            let n = dxb.len() / cols;
-            let mut r = 0;
-            while r < n {
-                let g = (r0 + r) / group_rows;
-                let end = ((g + 1) * group_rows - r0).min(n);
+            for_each_group_span(r0, dxb.len() / cols, group_rows, |g, rows| {
                 let cg = g * cols..(g + 1) * cols;
-                let span = (r0 + r) * cols..(r0 + end) * cols;
-                norm::batchnorm_backward_rows(&ds[span.clone()], &xs[span], &mut dxb[r * cols..end * cols], &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
-                r = end;
-            }
+                let span = (r0 + rows.start) * cols..(r0 + rows.end) * cols;
+                let dx = &mut dxb[rows.start * cols..rows.end * cols];
+                norm::batchnorm_backward_rows(&ds[span.clone()], &xs[span], dx, &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
+            });
         });
         self.reduce = acc;
         self.scratch = means32;
@@ -982,11 +984,7 @@ impl Device for CpuDevice {
         // scratch: zn [2b·d] | s tile [t·b] | dzn [2b·d] | norms [2b] | col lse [b] | diag [b] |
         // per-row (loss, hit) of a tile [2t]
         let tile = b.min(LOSS_TILE);
-        let need = infonce_scratch_floats(b, d);
-        if self.scratch.len() < need {
-            self.scratch.resize(need, 0.0);
-        }
-        let mut scratch = std::mem::take(&mut self.scratch);
+        let mut scratch = take_grown(&mut self.scratch, infonce_scratch_floats(b, d));
         let mut col_sum = self.take_reduce(if symmetric { b } else { 0 });
         let (zn, rest) = scratch.split_at_mut(2 * b * d);
         let (s, rest) = rest.split_at_mut(tile * b);
