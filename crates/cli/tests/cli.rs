@@ -141,3 +141,39 @@ fn a_bad_environment_variable_is_named() {
     let t = text(&generate(&["--memory-budget", "2M"]));
     assert!(t.contains("memory budget of 2.1 MB (--memory-budget 2.1 MB)"), "{t}");
 }
+
+#[test]
+fn the_thread_count_does_not_change_a_run() {
+    // PHM-Vibench's debug config (the ISFM, dropout on) on 1 and on 3 workers, with the GEMMs on
+    // the packed kernel (the measured plan is keyed by thread count and may pick faer for some
+    // shapes on one count and not the other: docs/checkpoints.md).
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let o = bin().args(["generate", "--count", "20", "--length", "4096", "--name", "s", "--out"]).arg(d).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let (h5, csv) = (d.join("s.h5"), d.join("s.csv"));
+    let losses = |workers: usize| -> Vec<String> {
+        let save = d.join(format!("w{workers}"));
+        let o = bin()
+            .env("CID_CPU_GEMM", "packed")
+            .args(["train", "--config"])
+            .arg(root().join("configs/debug.yaml"))
+            .arg("--data")
+            .arg(&h5)
+            .arg("--meta")
+            .arg(&csv)
+            // Batches large enough for the parallel paths (2 × 16 windows × 32 patches of d_model 64).
+            .args(["--override", "trainer.epochs=3", "--override", "data.truncate_length=null", "--override", "data.batch_size=16", "--override", "data.window_size=1024"])
+            .args(["--override", &format!("data.num_workers={workers}"), "--override"])
+            .arg(format!("environment.save_dir={}", save.display()))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        let metrics = std::fs::read_to_string(save.join("contrastive_debug/metrics.jsonl")).unwrap();
+        // Losses as written (shortest round-trip decimals: equal strings, equal bits).
+        metrics.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).filter_map(|v| v.get("train_contrastive_loss").filter(|x| x.is_number()).map(|x| x.to_string())).collect()
+    };
+    let (one, three) = (losses(1), losses(3));
+    assert!(!one.is_empty(), "no losses were written");
+    assert_eq!(one, three, "losses on 1 and on 3 workers");
+}
