@@ -12,6 +12,9 @@
 //! the address-space limit (`ulimit -v`) and the cgroup's room, when first asked, or 4 GiB where
 //! none can be read; the CLI's `--memory-budget`, else the environment variable
 //! `CID_MEMORY_BUDGET` (e.g. `512M`, `8G`), replaces it ([`init`]).
+//!
+//! The other resource a user's number sizes is threads: [`thread_cap`] bounds `data.num_workers`
+//! and `bench --threads`.
 
 use std::fmt;
 use std::sync::OnceLock;
