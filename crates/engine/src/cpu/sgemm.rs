@@ -280,7 +280,7 @@ pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: us
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
-    // SAFETY: the source is depth-contiguous with all `W` lanes present and `kc` depths (the contract): each 8-float load reads depths `p..p + 8 ≤ kc` of one lane; each store writes inside the `kc · W` panel.
+    // SAFETY: the source is depth-contiguous with all `W` lanes present and `kc` depths (the contract): each 8-float load reads depths `p..p + 8 ≤ kc` of one lane; each store writes inside the `kc · W` panel; the prefetch addresses are formed with wrapping arithmetic and a prefetch never faults, so they may lie past the matrix.
     unsafe {
         use std::arch::x86_64::*;
         for q0 in (0..W).step_by(8) {
@@ -288,7 +288,11 @@ unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) 
             for p in (0..kc).step_by(8) {
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (q, v) in r.iter_mut().enumerate().take(lanes) {
-                    *v = _mm256_loadu_ps(src.ptr.offset(p as isize + (q0 + q) as isize * src.sq));
+                    let row = src.ptr.offset(p as isize + (q0 + q) as isize * src.sq);
+                    // The same depths of the next panel's lanes: the block is packed panel by
+                    // panel, and its rows, `sq` apart, are streams the prefetchers miss.
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_offset(W as isize * src.sq) as *const i8);
+                    *v = _mm256_loadu_ps(row);
                 }
                 let t = transpose8(r);
                 for (i, v) in t.iter().enumerate() {
