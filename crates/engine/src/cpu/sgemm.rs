@@ -147,6 +147,11 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
         let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
+        // With one panel of B's columns (n ≤ NR: a convolution to 16 channels), each value of A
+        // is used once: packing it would only copy it. A depth-contiguous A is then read in
+        // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
+        // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
+        let direct_a = n <= NR && a.sp == 1 && !buf_round;
         let ncb = block_cols(n, KK.min(k));
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
@@ -155,18 +160,26 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
                 pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    pack_block::<MR>(kd, mc, a.at(kk, ic), abuf, buf_round);
+                    let whole = if direct_a { mc / MR * MR } else { 0 };
+                    if whole < mc {
+                        pack_block::<MR>(kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
+                    }
                     for pc in (0..kd).step_by(KC) {
                         let kc = KC.min(kd - pc);
                         // The first slice of k writes C (or adds to it when accumulating); later ones add.
                         let add = accumulate || kk + pc > 0;
                         // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                        let (ap, bp) = (abuf.as_ptr().add(pc * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
+                        let (ap, bp) = (abuf.as_ptr().add(pc * (mc - whole).next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
                         for jr in (0..nc).step_by(NR) {
                             let bj = bp.add(jr * kc);
                             for ir in (0..mc).step_by(MR) {
                                 let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
-                                kernel(kc, ap.add(ir * kc), bj, ct, rsc, MR.min(mc - ir), NR.min(nc - jr), alpha, add);
+                                let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
+                                if ir < whole {
+                                    kernel::<false>(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
+                                } else {
+                                    kernel::<true>(kc, ap.add((ir - whole) * kc), 1, bj, ct, rsc, mr, nr, alpha, add);
+                                }
                             }
                         }
                     }
@@ -369,35 +382,48 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
     ]
 }
 
-/// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one packed `kc × MR` panel of A
-/// and one `kc × NR` panel of B, with the 6 × 16 tile held in 12 registers throughout.
+/// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one `kc`-deep panel of MR rows of
+/// A and one packed `kc × NR` panel of B, with the 6 × 16 tile held in 12 registers throughout.
+/// A is packed (`PACKED_A`: depth `p`, row `i` at `a[p·MR + i]`) or read in place (row `i` at
+/// `a + i·rsa`, its depth contiguous; the next MR rows are prefetched as it goes).
 ///
 /// # Safety
-/// AVX2 and FMA must be present; `a` and `b` must hold `kc · MR` and `kc · NR` floats, and `c`
-/// an `mr × nr` tile (row stride `rsc`) that no other thread touches.
+/// AVX2 and FMA must be present; `b` must hold `kc · NR` floats, `a` `kc · MR` packed floats or
+/// MR rows of `kc` floats `rsa` apart, and `c` an `mr × nr` tile (row stride `rsc`) that no other
+/// thread touches.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    // SAFETY: `a` and `b` are packed panels of `kc · MR` and `kc · NR` floats (the loads stay inside them, the prefetch never faults), and C's `mr × nr` tile at row stride `rsc` lies inside the caller's C: full tiles are stored whole, edge tiles element by element.
+unsafe fn kernel<const PACKED_A: bool>(kc: usize, a: *const f32, rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+    // SAFETY: `a` holds the panel of A the contract describes and `b` a packed `kc · NR` panel, so the loads stay inside them; prefetch addresses are formed with wrapping arithmetic and never fault; C's `mr × nr` tile at row stride `rsc` lies inside the caller's C: full tiles are stored whole, edge tiles element by element.
     unsafe {
         use std::arch::x86_64::*;
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for i in 0..mr {
             _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
         }
+        // Where row i of A is: packed rows are adjacent, in-place rows `rsa` apart.
+        let (row_step, depth_step) = if PACKED_A { (1, MR) } else { (rsa, 1) };
         let (mut a, mut b) = (a, b);
-        for _ in 0..kc {
-            // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
-            _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
+        for p in 0..kc {
+            if PACKED_A {
+                // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
+                _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
+            } else if p % 16 == 0 {
+                // In place, A's rows are six short streams the prefetchers miss: fetch the
+                // line of the next six rows (the next call's) at this depth.
+                for i in 0..MR {
+                    _mm_prefetch::<_MM_HINT_T0>(a.wrapping_offset((MR + i) as isize * rsa) as *const i8);
+                }
+            }
             let b0 = _mm256_loadu_ps(b);
             let b1 = _mm256_loadu_ps(b.add(8));
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.add(i));
+                let ai = _mm256_broadcast_ss(&*a.offset(i as isize * row_step));
                 row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
                 row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
             }
-            a = a.add(MR);
+            a = a.add(depth_step);
             b = b.add(NR);
         }
         let va = _mm256_set1_ps(alpha);
@@ -432,7 +458,7 @@ unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isiz
 
 #[cfg(not(target_arch = "x86_64"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(_: usize, _: *const f32, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
+unsafe fn kernel<const PACKED_A: bool>(_: usize, _: *const f32, _: isize, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
     unreachable!("sgemm::supported() is false off x86-64")
 }
 
@@ -469,8 +495,9 @@ mod tests {
                 .collect()
         };
         // Shapes straddle every block edge: MR, NR, KC, MC, NC, KK and a packed block of B
-        // (512 columns at depth 512), plus the empty k.
-        let shapes = [(1, 1, 1), (6, 16, 256), (7, 17, 257), (5, 15, 3), (145, 33, 300), (13, 4100, 20), (40, 40, 0), (150, 530, 600)];
+        // (512 columns at depth 512), plus the empty k; n ≤ NR reads a depth-contiguous A in
+        // place (whole panels of MR rows, the partial one packed) across MC blocks and KC/KK.
+        let shapes = [(1, 1, 1), (6, 16, 256), (7, 17, 257), (5, 15, 3), (145, 33, 300), (13, 4100, 20), (40, 40, 0), (150, 530, 600), (151, 16, 600), (300, 9, 513)];
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
