@@ -1,7 +1,7 @@
 //! The binary end to end: real files in, exit codes and messages out.
 
 mod common;
-use common::{bin, root, text};
+use common::{bin, generate, root, text};
 
 #[test]
 fn inspect_cwru_reports_the_real_dataset() {
@@ -68,9 +68,7 @@ fn generate_then_inspect() {
 fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = bin().args(["generate", "--count", "20", "--length", "1024", "--name", "s", "--out"]).arg(d).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let (h5, csv) = (d.join("s.h5"), d.join("s.csv"));
+    let (h5, csv) = generate(d, "s", 20, 1024);
     let cfg = root().join("configs/debug.yaml");
     let o = bin()
         .args(["train", "--config"])
@@ -149,9 +147,7 @@ fn the_thread_count_does_not_change_a_run() {
     // shapes on one count and not the other: docs/checkpoints.md).
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let o = bin().args(["generate", "--count", "20", "--length", "4096", "--name", "s", "--out"]).arg(d).output().unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let (h5, csv) = (d.join("s.h5"), d.join("s.csv"));
+    let (h5, csv) = generate(d, "s", 20, 4096);
     let losses = |workers: usize| -> Vec<String> {
         let save = d.join(format!("w{workers}"));
         let o = bin()

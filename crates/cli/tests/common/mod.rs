@@ -18,3 +18,11 @@ pub fn root() -> PathBuf {
 pub fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
+
+/// `generate` a single-channel store `NAME.h5` + `NAME.csv` of `count` signals of `length` in
+/// `dir` (asserting it succeeds); returns the two paths.
+pub fn generate(dir: &std::path::Path, name: &str, count: usize, length: usize) -> (PathBuf, PathBuf) {
+    let o = bin().args(["generate", "--count", &count.to_string(), "--length", &length.to_string(), "--name", name, "--out"]).arg(dir).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    (dir.join(format!("{name}.h5")), dir.join(format!("{name}.csv")))
+}

@@ -213,14 +213,7 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
                 for p in 0..kc {
                     let row = src.ptr.offset((slice + p) as isize * src.sp);
                     for q0 in (0..lanes).step_by(W) {
-                        let (d, n) = (base.add(q0 * kc + p * W), W.min(lanes - q0));
-                        if n == W {
-                            // A constant length: inlined vector moves, not a call to memcpy.
-                            std::ptr::copy_nonoverlapping(row.add(q0), d, W);
-                        } else {
-                            std::ptr::copy_nonoverlapping(row.add(q0), d, n);
-                            std::slice::from_raw_parts_mut(d.add(n), W - n).fill(0.0);
-                        }
+                        copy_lanes::<W>(row.add(q0), base.add(q0 * kc + p * W), W.min(lanes - q0));
                     }
                 }
             }
@@ -291,19 +284,32 @@ pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: us
         let p0 = 0;
         for p in p0..kc {
             let d = dst.add(p * W);
-            if src.sq == 1 && lanes == W {
-                // A constant length: inlined vector moves, not a call to memcpy per row.
-                std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, W);
-            } else if src.sq == 1 {
-                std::ptr::copy_nonoverlapping(src.ptr.offset(p as isize * src.sp), d, lanes);
+            if src.sq == 1 {
+                copy_lanes::<W>(src.ptr.offset(p as isize * src.sp), d, lanes);
             } else {
                 for q in 0..lanes {
                     *d.add(q) = *src.ptr.offset(p as isize * src.sp + q as isize * src.sq);
                 }
+                std::slice::from_raw_parts_mut(d.add(lanes), W - lanes).fill(0.0);
             }
-            for q in lanes..W {
-                *d.add(q) = 0.0;
-            }
+        }
+    }
+}
+
+/// One depth of a panel from contiguous lanes: `dst[..n] = src[..n]`, `dst[n..W] = 0`.
+///
+/// # Safety
+/// `src` must hold `n ≤ W` floats and `dst` room for `W`.
+#[inline(always)]
+unsafe fn copy_lanes<const W: usize>(src: *const f32, dst: *mut f32, n: usize) {
+    // SAFETY: `src` holds `n` floats and `dst` room for `W ≥ n` (the contract).
+    unsafe {
+        if n == W {
+            // A constant length: inlined vector moves, not a call to memcpy.
+            std::ptr::copy_nonoverlapping(src, dst, W);
+        } else {
+            std::ptr::copy_nonoverlapping(src, dst, n);
+            std::slice::from_raw_parts_mut(dst.add(n), W - n).fill(0.0);
         }
     }
 }
