@@ -131,6 +131,13 @@ fn a_bad_environment_variable_is_named() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(needle) && !t.contains("panicked"), "{var}={value}: {t}");
     }
+    // A kernel this CPU cannot run is refused by name, not run (or silently replaced).
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        let o = bin().env("CID_CPU_GEMM", "packed-avx512").args(&inspect).output().unwrap();
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains("CID_CPU_GEMM=packed-avx512: this CPU lacks"), "{t}");
+    }
     // A budget from the environment is named as such in the error it causes; the flag wins over it.
     let out = tempfile::tempdir().unwrap();
     let generate = |flag: &[&str]| bin().env("CID_MEMORY_BUDGET", "1M").args(flag).args(["generate", "--count", "100000", "--length", "100000", "--out"]).arg(out.path()).output().unwrap();

@@ -1,6 +1,7 @@
 //! Where a training step's time goes: forward, loss, backward and optimizer of a reference
 //! workload ([`engine::workloads`]), each timed alone (median of 20 after 5 warm-up steps).
-//! `cargo run --release -p cid-engine --example kernel_times -- isfm-small [threads]`
+//! `cargo run --release -p cid-engine --example kernel_times -- isfm-small [threads] [steps]`
+//! (more steps than the default 20 give a profiler a steady state to sample).
 use std::time::Instant;
 
 use engine::*;
@@ -13,7 +14,18 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let name = args.first().map_or("xl", String::as_str);
-    let threads = args.get(1).and_then(|t| t.parse().ok()).unwrap_or(2);
+    // A count that is not a positive number is a usage error, not a silent default.
+    let count = |i: usize, default: usize, max: usize| -> usize {
+        match args.get(i).map(|t| t.parse::<usize>()) {
+            None => default,
+            Some(Ok(v)) if (1..=max).contains(&v) => v,
+            Some(_) => {
+                eprintln!("usage: kernel_times [workload] [threads 1..=1024] [steps 1..=100000]");
+                std::process::exit(2)
+            }
+        }
+    };
+    let (threads, steps) = (count(1, 2, 1024), count(2, 20, 100_000) as u64);
     let Some(w) = workloads::named(name) else {
         eprintln!("unknown workload {name}");
         std::process::exit(2);
@@ -27,7 +39,7 @@ fn main() {
         let x: Vec<f32> = (0..rows * cfg.input()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         st.encoder.set_input(0, &x).expect("input");
         let (mut fwd, mut nce, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);
-        for i in 0..25u64 {
+        for i in 0..steps + 5 {
             let t = Instant::now();
             let z = st.encoder.forward(rows, 2, Mode::Train { key: i });
             let t_f = t.elapsed().as_secs_f64() * 1e3;

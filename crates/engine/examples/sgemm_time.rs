@@ -1,6 +1,6 @@
-//! Times the packed AVX2 GEMM against faer on one thread for given shapes.
+//! Times our packed GEMM (on each micro-kernel this CPU runs) against faer on one thread.
 //! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]`
-use engine::cpu::sgemm::{self, Operand, PackBuffers};
+use engine::cpu::sgemm::{self, Isa, Operand, PackBuffers};
 use std::time::Instant;
 
 fn main() {
@@ -30,13 +30,17 @@ fn main() {
     let mut buf = PackBuffers::default();
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
-    let (mut tp, mut tf) = (vec![], vec![]);
+    // Our kernel on each instruction set this CPU has, then faer, interleaved round by round.
+    let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect();
+    let mut times: Vec<Vec<f64>> = vec![vec![]; isas.len() + 1];
     for _ in 0..15 {
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            unsafe { sgemm::sgemm(m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+        for (i, &isa) in isas.iter().enumerate() {
+            let t0 = Instant::now();
+            for _ in 0..reps {
+                unsafe { sgemm::sgemm(isa, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+            }
+            times[i].push(flops / t0.elapsed().as_secs_f64() / 1e9);
         }
-        tp.push(flops / t0.elapsed().as_secs_f64() / 1e9);
         let t0 = Instant::now();
         for _ in 0..reps {
             use faer::{Accum, MatMut, MatRef, Par};
@@ -47,10 +51,15 @@ fn main() {
                 faer::linalg::matmul::matmul(cm, Accum::Replace, am, bm, 1.0, Par::Seq);
             }
         }
-        tf.push(flops / t0.elapsed().as_secs_f64() / 1e9);
+        times[isas.len()].push(flops / t0.elapsed().as_secs_f64() / 1e9);
     }
-    for t in [&mut tp, &mut tf] {
-        t.sort_by(|a, b| b.total_cmp(a));
-    }
-    println!("{m}x{n}x{k} ta{} tb{}: packed {:.1} GFLOP/s (best {:.1}) | faer {:.1} (best {:.1})", ta as u8, tb as u8, tp[7], tp[0], tf[7], tf[0]);
+    let names = isas.iter().map(|i| if *i == Isa::Avx2 { "packed" } else { "packed-avx512" }).chain(["faer"]);
+    let cols: Vec<String> = names
+        .zip(&mut times)
+        .map(|(name, t)| {
+            t.sort_by(|a, b| b.total_cmp(a));
+            format!("{name} {:.1} GFLOP/s (best {:.1})", t[7], t[0])
+        })
+        .collect();
+    println!("{m}x{n}x{k} ta{} tb{}: {}", ta as u8, tb as u8, cols.join(" | "));
 }

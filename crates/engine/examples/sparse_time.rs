@@ -40,7 +40,7 @@ fn main() {
     let (mut td, mut tc, mut ts) = (vec![], vec![], vec![]);
     for _ in 0..15 {
         let t0 = Instant::now();
-        unsafe { sgemm::sgemm(m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+        unsafe { sgemm::sgemm(sgemm::Isa::Avx2, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
         td.push(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
         unsafe { sparse.compress(m, k, ao) };

@@ -57,19 +57,55 @@ const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
 /// The GEMM kernel a [`CpuDevice`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuGemm {
-    /// Our packed AVX2 + FMA kernel ([`sgemm`]).
+    /// Our packed kernel ([`sgemm`]) on its AVX2 + FMA micro-kernel.
     Packed,
+    /// Our packed kernel on its AVX-512F micro-kernel.
+    PackedAvx512,
     /// faer's sequential kernels (any CPU).
     Faer,
 }
 
 impl CpuGemm {
-    /// `packed` or `faer`, as plans and reports write it.
+    /// Every kernel, in the order plans and reports list them.
+    pub const ALL: [CpuGemm; 3] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Faer];
+
+    /// `packed`, `packed-avx512` or `faer`, as plans, reports and `CID_CPU_GEMM` write it.
     pub fn name(self) -> &'static str {
         match self {
             CpuGemm::Packed => "packed",
+            CpuGemm::PackedAvx512 => "packed-avx512",
             CpuGemm::Faer => "faer",
         }
+    }
+
+    /// The kernel of that name.
+    pub fn from_name(name: &str) -> Option<CpuGemm> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Our micro-kernel's instruction set, or `None` for faer.
+    pub fn isa(self) -> Option<sgemm::Isa> {
+        match self {
+            CpuGemm::Packed => Some(sgemm::Isa::Avx2),
+            CpuGemm::PackedAvx512 => Some(sgemm::Isa::Avx512),
+            CpuGemm::Faer => None,
+        }
+    }
+
+    /// Whether this CPU can run it.
+    pub fn supported(self) -> bool {
+        self.isa().is_none_or(sgemm::Isa::supported)
+    }
+
+    /// The kernels this CPU can run.
+    pub fn available() -> Vec<CpuGemm> {
+        Self::ALL.into_iter().filter(|k| k.supported()).collect()
+    }
+
+    /// Our widest kernel this CPU runs (bf16 products and the default where measuring), or faer
+    /// on a CPU with neither.
+    pub fn best_packed() -> CpuGemm {
+        [CpuGemm::PackedAvx512, CpuGemm::Packed].into_iter().find(|k| k.supported()).unwrap_or(CpuGemm::Faer)
     }
 }
 
@@ -115,7 +151,7 @@ impl CpuDevice {
     /// A device running every product on the given GEMM kernel.
     ///
     /// # Panics
-    /// [`CpuGemm::Packed`] on a CPU without AVX2 and FMA.
+    /// A kernel this CPU cannot run ([`CpuGemm::supported`]).
     pub fn with_gemm(gemm: CpuGemm) -> Self {
         Self::with_policy(GemmPolicy::Fixed(gemm))
     }
@@ -123,10 +159,10 @@ impl CpuDevice {
     /// A device choosing its GEMM kernels by `policy`.
     ///
     /// # Panics
-    /// A policy that needs the packed kernel on a CPU without AVX2 and FMA.
+    /// A policy that needs a kernel this CPU cannot run.
     pub fn with_policy(policy: GemmPolicy) -> Self {
         let gemm = policy.default_kernel();
-        assert!(gemm == CpuGemm::Faer || sgemm::supported(), "the packed GEMM needs AVX2 and FMA");
+        assert!(gemm.supported(), "the {} GEMM kernel needs instructions this CPU lacks", gemm.name());
         let threads = rayon::current_num_threads();
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
         CpuDevice {
@@ -300,9 +336,9 @@ fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_
 /// written here.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
-    if kernel == CpuGemm::Packed {
-        // SAFETY: as this function's contract; the kernel is only chosen where supported.
-        unsafe { sgemm::sgemm(m, n, k, alpha, a, b, c, rsc, accumulate, pack) };
+    if let Some(isa) = kernel.isa() {
+        // SAFETY: as this function's contract; a kernel is only chosen where supported.
+        unsafe { sgemm::sgemm(isa, m, n, k, alpha, a, b, c, rsc, accumulate, pack) };
         return;
     }
     if m == 0 || n == 0 {
@@ -411,7 +447,9 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
 /// static, so it allocates nothing (faer's own parallel path allocates on every call).
 fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
-    let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, sgemm::NR) } else { (Split::Rows, g.m, sgemm::MR) };
+    // Whole micro-panels per worker: the kernel's tile width across columns (faer's too).
+    let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
+    let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, nr) } else { (Split::Rows, g.m, sgemm::MR) };
     let (parts, bound) = partition(packs.len(), dim, unit);
     let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
     let run = |(t, pack): (usize, &mut PackBuffers)| {
@@ -471,33 +509,33 @@ impl CpuDevice {
         k
     }
 
-    /// Times both kernels on this product, interleaved, best of two runs each or more (up to 32
-    /// while the runs so far took under ≈ 4 ms), and returns the faster ([`plan::decide`]). C is restored before
-    /// each run and at the end, so an accumulating product still accumulates once.
+    /// Times every kernel this CPU runs on this product, interleaved, best of two runs each or
+    /// more (up to 32 while the runs so far took under ≈ 4 ms), and returns the fastest
+    /// ([`plan::decide`]). C is restored before each run and at the end, so an accumulating
+    /// product still accumulates once.
     fn measure(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
-        /// Runs of each kernel go on while both together took less than this, in seconds ...
+        /// Runs of each kernel go on while all together took less than this, in seconds ...
         const BUDGET_S: f64 = 4e-3;
         /// ... up to this many (and at least two, however long a product takes).
         const MAX_RUNS: usize = 32;
         // A copy of C for the trials, freed after them (measuring happens once per shape, in the
         // first steps, which may allocate).
         let saved = self.slice(c)[..g.m * g.n].to_vec();
-        let kernels = [CpuGemm::Packed, CpuGemm::Faer];
-        let (mut best, mut spent) = ([f64::INFINITY; 2], 0.0);
-        let mut runs = 0;
+        let mut best: Vec<(CpuGemm, f64)> = CpuGemm::available().into_iter().map(|k| (k, f64::INFINITY)).collect();
+        let (mut spent, mut runs) = (0.0, 0);
         while runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S) {
-            for (i, &k) in kernels.iter().enumerate() {
+            for (k, t_best) in best.iter_mut() {
                 self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
                 let t = Instant::now();
-                self.gemm_on(k, g, parts, c, a, b);
+                self.gemm_on(*k, g, parts, c, a, b);
                 let s = t.elapsed().as_secs_f64();
-                best[i] = best[i].min(s);
+                *t_best = t_best.min(s);
                 spent += s / 2.0;
             }
             runs += 1;
         }
         self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-        plan::decide(best[0], best[1])
+        plan::decide(&best)
     }
 
     /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
@@ -589,7 +627,7 @@ impl Device for CpuDevice {
     }
 
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Bf16 && self.gemm != CpuGemm::Packed {
+        if precision == Precision::Bf16 && self.gemm.isa().is_none() {
             return Err(EngineError::Device(if sgemm::supported() {
                 "bf16 products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it".into()
             } else {
@@ -646,12 +684,14 @@ impl Device for CpuDevice {
         let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
         // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
         let fp32 = self.precision == Precision::Fp32;
-        if g.sparse_a && large && fp32 && self.gemm == CpuGemm::Packed && sparse_fits && self.gemm_sparse(g, c, a, b) {
+        // (Its kernel is AVX2's; it runs wherever ours do, faer alone excluding it.)
+        if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.gemm_sparse(g, c, a, b) {
             return;
         }
         let parts = if large { self.threads } else { 1 };
-        // bf16 rounds operands as the packed kernel packs them: faer cannot run those products.
-        let kernel = if fp32 { self.kernel_for(g, parts, c, a, b) } else { CpuGemm::Packed };
+        // bf16 rounds operands as our kernels pack them: faer cannot run those products (and
+        // `set_precision` made sure the device's own kernel is one of ours).
+        let kernel = if fp32 { self.kernel_for(g, parts, c, a, b) } else { self.gemm };
         self.gemm_on(kernel, g, parts, c, a, b);
     }
 
@@ -1158,7 +1198,7 @@ mod tests {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
             };
-            let kernels = if sgemm::supported() { vec![CpuGemm::Packed, CpuGemm::Faer] } else { vec![CpuGemm::Faer] };
+            let kernels = CpuGemm::available();
             for kernel in kernels {
                 let mut dev = CpuDevice::with_gemm(kernel);
                 // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK.

@@ -13,7 +13,9 @@
 //! The choices are process-wide (every device of a process runs a shape on the same kernel) and
 //! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
 //! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
-//! bit-identical. `CID_CPU_GEMM=packed|faer` fixes the kernel instead (`measure` is the default).
+//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|faer` fixes the kernel instead (`measure` is
+//! the default). Where the CPU has AVX-512F our packed kernel runs on either micro-kernel, and the
+//! measurement takes all three.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -26,7 +28,8 @@ use crate::device::Gemm;
 /// close call a noisy machine could decide either way from one run to the next.
 pub const MARGIN: f64 = 0.75;
 
-/// The environment variable that fixes the kernel: `packed`, `faer`, or `measure` (default).
+/// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `faer`, or
+/// `measure` (default).
 pub const ENV: &str = "CID_CPU_GEMM";
 
 /// How a device picks the kernel of a product.
@@ -34,49 +37,58 @@ pub const ENV: &str = "CID_CPU_GEMM";
 pub enum GemmPolicy {
     /// Every product on this kernel.
     Fixed(CpuGemm),
-    /// Each shape on the kernel that measured faster (CPUs with AVX2 and FMA; elsewhere only
+    /// Each shape on the kernel that measured fastest (CPUs with AVX2 and FMA; elsewhere only
     /// faer runs).
     Measure,
 }
 
 impl GemmPolicy {
-    /// `CID_CPU_GEMM`, else measuring where the packed kernel can run, else faer. A value
+    /// `CID_CPU_GEMM`, else measuring where a packed kernel can run, else faer. A value
     /// [`check_env`] refuses counts as unset here (the binary checks it first).
     pub fn from_env() -> Self {
         let asked = std::env::var(ENV).unwrap_or_default().to_ascii_lowercase();
-        match asked.as_str() {
+        match CpuGemm::from_name(&asked) {
             _ if !sgemm::supported() => GemmPolicy::Fixed(CpuGemm::Faer),
-            "faer" => GemmPolicy::Fixed(CpuGemm::Faer),
-            "packed" => GemmPolicy::Fixed(CpuGemm::Packed),
+            Some(k) if k.supported() => GemmPolicy::Fixed(k),
             _ => GemmPolicy::Measure,
         }
     }
 
-    /// The kernel of products no plan covers (each attention head's, the loss's): the fixed one,
-    /// or the packed one where measuring.
+    /// The kernel of products no plan covers (each attention head's, the loss's, bf16's): the
+    /// fixed one, or our widest where measuring.
     pub fn default_kernel(self) -> CpuGemm {
         match self {
             GemmPolicy::Fixed(k) => k,
-            GemmPolicy::Measure => CpuGemm::Packed,
+            GemmPolicy::Measure => CpuGemm::best_packed(),
         }
     }
 
-    /// For fingerprints and reports: `measured per shape (packed, faer)`, `packed`, `faer`.
+    /// For fingerprints and reports: `measured per shape (packed, faer)` (each kernel this CPU
+    /// runs), or the fixed kernel's name.
     pub fn describe(self) -> String {
         match self {
             GemmPolicy::Fixed(k) => k.name().to_string(),
-            GemmPolicy::Measure => "measured per shape (packed, faer)".to_string(),
+            GemmPolicy::Measure => format!("measured per shape ({})", CpuGemm::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")),
         }
     }
 }
 
-/// An error naming `CID_CPU_GEMM` where it is set to something other than packed, faer or
-/// measure (any case).
+/// An error naming `CID_CPU_GEMM` where it is set to something other than a kernel's name or
+/// measure (any case), or to a kernel this CPU cannot run.
 pub fn check_env() -> Result<(), String> {
-    match std::env::var(ENV) {
-        Ok(v) if !["packed", "faer", "measure", ""].contains(&v.to_ascii_lowercase().as_str()) => Err(format!("{ENV}={v}: expected packed, faer or measure")),
-        _ => Ok(()),
+    let Ok(v) = std::env::var(ENV) else { return Ok(()) };
+    let asked = v.to_ascii_lowercase();
+    match CpuGemm::from_name(&asked) {
+        _ if asked.is_empty() || asked == "measure" => Ok(()),
+        Some(k) if k.supported() => Ok(()),
+        Some(k) => Err(format!("{ENV}={v}: this CPU lacks the instructions of the {} kernel (available: {})", k.name(), names(&CpuGemm::available()))),
+        None => Err(format!("{ENV}={v}: expected {} or measure", names(&CpuGemm::ALL))),
     }
+}
+
+/// `packed, packed-avx512, faer`.
+fn names(kernels: &[CpuGemm]) -> String {
+    kernels.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// A product's shape as far as kernel speed goes.
@@ -120,12 +132,14 @@ pub fn pin(entries: &[(GemmKey, CpuGemm)]) {
     chosen_map().extend(entries.iter().copied());
 }
 
-/// The faster kernel from each one's best time: faer only by [`MARGIN`].
-pub fn decide(packed_s: f64, faer_s: f64) -> CpuGemm {
-    if faer_s <= MARGIN * packed_s {
-        CpuGemm::Faer
-    } else {
-        CpuGemm::Packed
+/// The fastest kernel from each one's best time (in seconds): the faster of ours, unless faer
+/// beats it by [`MARGIN`]. Faer where none of ours was timed.
+pub fn decide(best: &[(CpuGemm, f64)]) -> CpuGemm {
+    let faer = best.iter().find(|(k, _)| *k == CpuGemm::Faer).map_or(f64::INFINITY, |&(_, t)| t);
+    let ours = best.iter().filter(|(k, _)| k.isa().is_some()).min_by(|a, b| a.1.total_cmp(&b.1));
+    match ours {
+        Some(&(k, t)) if faer > MARGIN * t => k,
+        _ => CpuGemm::Faer,
     }
 }
 
@@ -137,13 +151,17 @@ pub fn to_text<'a>(entries: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>
     sorted.iter().map(|(k, g)| format!("{}x{}x{}/{}{}/p{}={}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts, g.name())).collect::<Vec<_>>().join(";")
 }
 
-/// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`.
+/// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`
+/// (`packed-avx512` only where it ran any).
 pub fn summary(text: &str) -> String {
     match parse(text) {
-        Ok(entries) => {
-            let faer = entries.iter().filter(|(_, k)| *k == CpuGemm::Faer).count();
-            format!("packed {}, faer {faer}", entries.len() - faer)
-        }
+        Ok(entries) => CpuGemm::ALL
+            .into_iter()
+            .map(|k| (k, entries.iter().filter(|(_, e)| *e == k).count()))
+            .filter(|&(k, n)| n > 0 || k != CpuGemm::PackedAvx512)
+            .map(|(k, n)| format!("{} {n}", k.name()))
+            .collect::<Vec<_>>()
+            .join(", "),
         Err(e) => e,
     }
 }
@@ -166,10 +184,12 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
             _ => None,
         };
         let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
-        let kernel = match kernel {
-            "packed" if sgemm::supported() => CpuGemm::Packed,
-            "packed" | "faer" => CpuGemm::Faer,
-            _ => return None,
+        // A kernel this CPU lacks (a plan saved on another machine) runs on the nearest it has:
+        // AVX-512's on AVX2's, ours on faer.
+        let kernel = match CpuGemm::from_name(kernel)? {
+            k if k.supported() => k,
+            CpuGemm::PackedAvx512 if CpuGemm::Packed.supported() => CpuGemm::Packed,
+            _ => CpuGemm::Faer,
         };
         Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers }, kernel))
     };
@@ -180,7 +200,7 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
     entries
         .map(|e| {
             let shown: String = e.chars().take(64).collect();
-            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN=packed|faer)"))
+            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN=packed|packed-avx512|faer)"))
         })
         .collect()
 }
@@ -211,8 +231,31 @@ mod tests {
 
     #[test]
     fn faer_must_win_by_the_margin() {
-        assert_eq!(decide(1.0, 0.85), CpuGemm::Packed);
-        assert_eq!(decide(1.0, 0.7), CpuGemm::Faer);
-        assert_eq!(decide(1.0, 1.5), CpuGemm::Packed);
+        let (p, w, f) = (CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Faer);
+        assert_eq!(decide(&[(p, 1.0), (f, 0.85)]), p);
+        assert_eq!(decide(&[(p, 1.0), (f, 0.7)]), f);
+        assert_eq!(decide(&[(p, 1.0), (f, 1.5)]), p);
+        // Our two kernels: the faster, with no margin between them; faer against the faster.
+        assert_eq!(decide(&[(p, 1.0), (w, 0.95), (f, 0.8)]), w);
+        assert_eq!(decide(&[(p, 0.9), (w, 1.0), (f, 0.8)]), p);
+        assert_eq!(decide(&[(p, 1.0), (w, 0.9), (f, 0.6)]), f);
+        assert_eq!(decide(&[(f, 2.0)]), f, "faer where none of ours ran");
+    }
+
+    #[test]
+    fn a_plan_from_another_cpu_runs_on_the_nearest_kernel_here() {
+        let parsed = parse("8x8x8/nn/p1=packed-avx512;8x8x9/nn/p1=packed").unwrap();
+        let expect = |k: CpuGemm| {
+            if k.supported() {
+                k
+            } else if k == CpuGemm::PackedAvx512 && CpuGemm::Packed.supported() {
+                CpuGemm::Packed
+            } else {
+                CpuGemm::Faer
+            }
+        };
+        assert_eq!(parsed[0].1, expect(CpuGemm::PackedAvx512));
+        assert_eq!(parsed[1].1, expect(CpuGemm::Packed));
+        assert_eq!(summary("8x8x8/nn/p1=faer"), "packed 0, faer 1");
     }
 }

@@ -1,5 +1,5 @@
-//! A packed single-precision GEMM for x86-64 with AVX2 + FMA: BLIS's loops around a 6×16
-//! register-blocked micro-kernel.
+//! A packed single-precision GEMM for x86-64: BLIS's loops around a register-blocked
+//! micro-kernel, 6 × 16 with AVX2 + FMA or 6 × 32 with AVX-512F ([`Isa`]).
 //!
 //! Why our own: the first layer's two GEMMs are ~85 % of an xl step. faer's sequential kernels
 //! run a transposed A (the `dYᵀ·X` of every weight gradient) at ~70 % of their plain speed, so
@@ -19,12 +19,20 @@
 //! a 512-deep product (every weight gradient of a 256-pair batch): C is written to memory once.
 //! Operands whose depth is contiguous (both of the forward `X·Wᵀ`) are packed with 8 × 8 register
 //! transposes; scalar packing cost a quarter of the GEMM's time on xl's shapes.
+//!
+//! The two instruction sets share everything but the micro-kernel, and that is written once
+//! ([`micro_kernel!`]) for a vector type: the loops are generic over the tile's width `NR`, so the
+//! AVX-512 driver (`NR` = 32) is exercised on any AVX2 machine by the AVX2 kernel at that width
+//! (the tests do), and only the AVX-512 instructions themselves need an AVX-512 CPU.
 
 /// Rows of the micro-tile: 6 rows × 2 vectors = 12 accumulators, 2 registers for B, 1 broadcast.
 pub const MR: usize = 6;
-/// Columns of the micro-tile (two 8-lane vectors).
+/// Columns of the AVX2 micro-tile (two 8-lane vectors); [`Isa::nr`] gives each kernel's.
 pub const NR: usize = 16;
-/// Depth of a slice: a 16 × 256 micro-panel of B is 16 KiB, half of L1.
+/// The widest micro-tile (AVX-512: two 16-lane vectors).
+const NR_MAX: usize = 32;
+/// Depth of a slice: a 16 × 256 micro-panel of B is 16 KiB, half of a 32 KiB L1 (AVX-512's
+/// 32-wide panel, 32 KiB, fits the 48 KiB L1 of the Intel cores that have it).
 pub const KC: usize = 256;
 /// Rows of a packed block of A: a 144 × 256 slice is 144 KiB, well inside a 512 KiB L2.
 pub const MC: usize = 144;
@@ -68,12 +76,12 @@ impl PackBuffers {
         4 * (self.a.len() + self.b.len())
     }
 
-    fn reserve(&mut self, m: usize, n: usize, k: usize) {
+    fn reserve(&mut self, m: usize, n: usize, k: usize, nr: usize) {
         let kk = KK.min(k);
         // Room to start each buffer on a cache line (the allocator aligns to 16 bytes only):
         // misaligned, every other 32-byte load of a B panel would straddle two lines.
         let a = MC.min(m).next_multiple_of(MR) * kk + ALIGN;
-        let b = block_cols(n, kk).next_multiple_of(NR) * kk + ALIGN;
+        let b = block_cols(n, kk, nr).next_multiple_of(nr) * kk + ALIGN;
         if self.a.len() < a {
             self.a.resize(a, 0.0);
         }
@@ -93,21 +101,52 @@ impl PackBuffers {
 /// A cache line, in floats.
 const ALIGN: usize = 16;
 
-/// Columns of C per packed block of B for a super-block of depth `kk`.
-fn block_cols(n: usize, kk: usize) -> usize {
-    (B_PACK / kk / NR * NR).clamp(NR, NC).min(n)
+/// Columns of C per packed block of B for a super-block of depth `kk`, in panels `nr` wide.
+fn block_cols(n: usize, kk: usize, nr: usize) -> usize {
+    (B_PACK / kk / nr * nr).clamp(nr, NC).min(n)
 }
 
-/// Whether this CPU can run the packed kernel (AVX2 and FMA, detected at run time).
+/// The instruction set of a micro-kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// AVX2 + FMA: a 6 × 16 tile in twelve 8-lane registers (of 16).
+    Avx2,
+    /// AVX-512F: a 6 × 32 tile in twelve 16-lane registers (of 32); per depth two loads of B and
+    /// six broadcasts feed twelve FMAs, within the two loads a cycle of the cores that have it.
+    Avx512,
+}
+
+impl Isa {
+    /// Whether this CPU can run the kernel (detected at run time).
+    pub fn supported(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Isa::Avx2 => has!("avx2") && has!("fma"),
+                // The shared packing routines use AVX2 too.
+                Isa::Avx512 => has!("avx512f") && has!("avx2") && has!("fma"),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            false
+        }
+    }
+
+    /// Columns of the micro-tile: B is packed in panels this wide.
+    pub fn nr(self) -> usize {
+        match self {
+            Isa::Avx2 => NR,
+            Isa::Avx512 => NR_MAX,
+        }
+    }
+}
+
+/// Whether this CPU can run the AVX2 packed kernel.
 pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::Avx2.supported()
 }
 
 /// `C[0..m, 0..n] = 0` (the product of an empty depth), C with row stride `rsc`.
@@ -123,14 +162,32 @@ pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
     }
 }
 
-/// `C[m, n] = alpha · op(A) · op(B)` (or `+=` with `accumulate`); C has column stride 1 and row
-/// stride `rsc`.
+/// `C[m, n] = alpha · op(A) · op(B)` (or `+=` with `accumulate`) on the micro-kernel of `isa`;
+/// C has column stride 1 and row stride `rsc`.
 ///
 /// # Safety
-/// [`supported`] must be true; `a` (`m × k`), `b` (`k × n`) and `c` must address whole matrices
-/// of those shapes, and no other thread may touch the part of C written here.
+/// `isa` must be [`Isa::supported`]; `a` (`m × k`), `b` (`k × n`) and `c` must address whole
+/// matrices of those shapes, and no other thread may touch the part of C written here.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa`.
+    unsafe {
+        match isa {
+            Isa::Avx2 => tiles::<NR>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx2::<true, 2>, kernel_avx2::<false, 2>]),
+            Isa::Avx512 => tiles::<NR_MAX>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512::<true, 2>, kernel_avx512::<false, 2>]),
+        }
+    }
+}
+
+/// A micro-kernel (see [`micro_kernel!`]): `(kc, a, rsa, b, c, rsc, mr, nr, alpha, add)`.
+type Kernel = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, usize, usize, f32, bool);
+
+/// The loop nest around a micro-kernel `NR` columns wide: `kernels` = [packed A, A in place].
+///
+/// # Safety
+/// As [`sgemm`], with kernels this CPU can run whose tile is `MR × NR`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tiles<const NR: usize>(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, kernels: [Kernel; 2]) {
     // SAFETY: the operands are whole matrices of the shapes given (the contract); packing reads only `(p, q)` inside them, and the packed buffers were reserved for these block sizes; each micro-tile of C written lies inside the `m × n` C that only this call touches.
     unsafe {
         if m == 0 || n == 0 {
@@ -142,7 +199,7 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
             }
             return;
         }
-        buf.reserve(m, n, k);
+        buf.reserve(m, n, k, NR);
         let buf_round = buf.round_bf16;
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
@@ -152,7 +209,8 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
         let direct_a = n <= NR && a.sp == 1 && !buf_round;
-        let ncb = block_cols(n, KK.min(k));
+        let [packed_kernel, in_place_kernel] = kernels;
+        let ncb = block_cols(n, KK.min(k), NR);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
@@ -176,9 +234,9 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
                                 let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                                 let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
                                 if ir < whole {
-                                    kernel::<false>(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
+                                    in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
                                 } else {
-                                    kernel::<true>(kc, ap.add((ir - whole) * kc), 1, bj, ct, rsc, mr, nr, alpha, add);
+                                    packed_kernel(kc, ap.add((ir - whole) * kc), 1, bj, ct, rsc, mr, nr, alpha, add);
                                 }
                             }
                         }
@@ -194,7 +252,7 @@ pub unsafe fn sgemm(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Ope
 /// The source is read in its own order, in long runs: where the lanes are contiguous (a
 /// row-major X or W as `op(B)`, `dYᵀ` as `op(A)`), depth by depth across every panel; where the
 /// depth is, panel by panel. A block of `op(A)` has its rows as lanes (`W` = [`MR`]), a block of
-/// `op(B)` its columns (`W` = [`NR`]).
+/// `op(B)` its columns (`W` = the kernel's [`Isa::nr`]).
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
@@ -388,85 +446,100 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
     ]
 }
 
-/// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one `kc`-deep panel of MR rows of
-/// A and one packed `kc × NR` panel of B, with the 6 × 16 tile held in 12 registers throughout.
+/// Defines a micro-kernel `$name::<PACKED_A, V>` for one instruction set: `C[0..mr, 0..nr] (+)=
+/// alpha · Ã · B̃` for one `kc`-deep panel of MR rows of A and one packed `kc × NR` panel of B
+/// (`NR` = `V` vectors of `$lanes`), the MR × NR tile held in `MR · V` registers throughout.
 /// A is packed (`PACKED_A`: depth `p`, row `i` at `a[p·MR + i]`) or read in place (row `i` at
 /// `a + i·rsa`, its depth contiguous; the next MR rows are prefetched as it goes).
 ///
-/// # Safety
-/// AVX2 and FMA must be present; `b` must hold `kc · NR` floats, `a` `kc · MR` packed floats or
-/// MR rows of `kc` floats `rsa` apart, and `c` an `mr × nr` tile (row stride `rsc`) that no other
-/// thread touches.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const PACKED_A: bool>(kc: usize, a: *const f32, rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    // SAFETY: `a` holds the panel of A the contract describes and `b` a packed `kc · NR` panel, so the loads stay inside them; prefetch addresses are formed with wrapping arithmetic and never fault; C's `mr × nr` tile at row stride `rsc` lies inside the caller's C: full tiles are stored whole, edge tiles element by element.
-    unsafe {
-        use std::arch::x86_64::*;
-        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        for i in 0..mr {
-            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
-        }
-        // Where row i of A is: packed rows are adjacent, in-place rows `rsa` apart.
-        let (row_step, depth_step) = if PACKED_A { (1, MR) } else { (rsa, 1) };
-        let (mut a, mut b) = (a, b);
-        for p in 0..kc {
-            if PACKED_A {
-                // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
-                _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
-            } else if p % 16 == 0 {
-                // In place, A's rows are six short streams the prefetchers miss: fetch the
-                // line of the next six rows (the next call's) at this depth.
-                for i in 0..MR {
-                    _mm_prefetch::<_MM_HINT_T0>(a.wrapping_offset((MR + i) as isize * rsa) as *const i8);
+/// Written once for both vector types so the AVX-512 kernel is the AVX2 one, tested here, with
+/// wider registers: the macro's arguments are the only per-ISA code.
+macro_rules! micro_kernel {
+    ($name:ident, $feature:literal, $vec:ident, $lanes:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $mul:ident, $add:ident, $store:ident) => {
+        /// # Safety
+        /// The CPU must have the instruction set; `b` must hold `kc · NR` floats, `a` `kc · MR`
+        /// packed floats or MR rows of `kc` floats `rsa` apart, and `c` an `mr × nr` tile (row
+        /// stride `rsc`) that no other thread touches.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const PACKED_A: bool, const V: usize>(kc: usize, a: *const f32, rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+            // SAFETY: `a` holds the panel of A the contract describes and `b` a packed `kc · NR` panel, so the loads stay inside them; prefetch addresses are formed with wrapping arithmetic and never fault; C's `mr × nr` tile at row stride `rsc` lies inside the caller's C: full tiles are stored whole, edge tiles through a local tile, element by element.
+            unsafe {
+                use std::arch::x86_64::*;
+                let nr_full = V * $lanes;
+                debug_assert!(nr_full <= NR_MAX);
+                let mut acc = [[$zero(); V]; MR];
+                for i in 0..mr {
+                    _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
                 }
-            }
-            let b0 = _mm256_loadu_ps(b);
-            let b1 = _mm256_loadu_ps(b.add(8));
-            for (i, row) in acc.iter_mut().enumerate() {
-                let ai = _mm256_broadcast_ss(&*a.offset(i as isize * row_step));
-                row[0] = _mm256_fmadd_ps(ai, b0, row[0]);
-                row[1] = _mm256_fmadd_ps(ai, b1, row[1]);
-            }
-            a = a.add(depth_step);
-            b = b.add(NR);
-        }
-        let va = _mm256_set1_ps(alpha);
-        if mr == MR && nr == NR {
-            for (i, row) in acc.iter().enumerate() {
-                let cr = c.offset(i as isize * rsc);
-                for (h, &v) in row.iter().enumerate() {
-                    let mut v = _mm256_mul_ps(v, va);
-                    if add {
-                        v = _mm256_add_ps(v, _mm256_loadu_ps(cr.add(8 * h)));
+                // Where row i of A is: packed rows are adjacent, in-place rows `rsa` apart.
+                let (row_step, depth_step) = if PACKED_A { (1, MR) } else { (rsa, 1) };
+                let (mut a, mut b) = (a, b);
+                for p in 0..kc {
+                    if PACKED_A {
+                        // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
+                        _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
+                    } else if p % 16 == 0 {
+                        // In place, A's rows are six short streams the prefetchers miss: fetch the
+                        // line of the next six rows (the next call's) at this depth.
+                        for i in 0..MR {
+                            _mm_prefetch::<_MM_HINT_T0>(a.wrapping_offset((MR + i) as isize * rsa) as *const i8);
+                        }
                     }
-                    _mm256_storeu_ps(cr.add(8 * h), v);
+                    let mut bv = [$zero(); V];
+                    for (h, v) in bv.iter_mut().enumerate() {
+                        *v = $load(b.add(h * $lanes));
+                    }
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let ai = $splat(*a.offset(i as isize * row_step));
+                        for (r, &bh) in row.iter_mut().zip(&bv) {
+                            *r = $fmadd(ai, bh, *r);
+                        }
+                    }
+                    a = a.add(depth_step);
+                    b = b.add(nr_full);
                 }
-            }
-        } else {
-            let mut tile = [0.0f32; MR * NR];
-            for (i, row) in acc.iter().enumerate() {
-                for (h, &v) in row.iter().enumerate() {
-                    _mm256_storeu_ps(tile.as_mut_ptr().add(i * NR + 8 * h), _mm256_mul_ps(v, va));
-                }
-            }
-            for i in 0..mr {
-                let cr = c.offset(i as isize * rsc);
-                for j in 0..nr {
-                    let v = tile[i * NR + j];
-                    *cr.add(j) = if add { *cr.add(j) + v } else { v };
+                let va = $splat(alpha);
+                if mr == MR && nr == nr_full {
+                    for (i, row) in acc.iter().enumerate() {
+                        let cr = c.offset(i as isize * rsc);
+                        for (h, &v) in row.iter().enumerate() {
+                            let mut v = $mul(v, va);
+                            if add {
+                                v = $add(v, $load(cr.add($lanes * h)));
+                            }
+                            $store(cr.add($lanes * h), v);
+                        }
+                    }
+                } else {
+                    let mut tile = [0.0f32; MR * NR_MAX];
+                    for (i, row) in acc.iter().enumerate() {
+                        for (h, &v) in row.iter().enumerate() {
+                            $store(tile.as_mut_ptr().add(i * nr_full + $lanes * h), $mul(v, va));
+                        }
+                    }
+                    for i in 0..mr {
+                        let cr = c.offset(i as isize * rsc);
+                        for j in 0..nr {
+                            let v = tile[i * nr_full + j];
+                            *cr.add(j) = if add { *cr.add(j) + v } else { v };
+                        }
+                    }
                 }
             }
         }
-    }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const PACKED_A: bool, const V: usize>(_: usize, _: *const f32, _: isize, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
+            unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+        }
+    };
 }
 
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<const PACKED_A: bool>(_: usize, _: *const f32, _: isize, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
-    unreachable!("sgemm::supported() is false off x86-64")
-}
+micro_kernel!(kernel_avx2, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps);
+micro_kernel!(kernel_avx512, "avx512f", __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps);
 
 #[cfg(test)]
 mod tests {
@@ -484,12 +557,11 @@ mod tests {
         }
     }
 
-    #[test]
-    fn matches_the_naive_product_for_every_layout_and_edge() {
-        if !supported() {
-            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the faer path is tested instead");
-            return;
-        }
+    /// Every layout (both transpositions), accumulate or not, and shapes that straddle every
+    /// block edge: MR, NR (16 and 32), KC, MC, NC, KK and a packed block of B (512 columns at
+    /// depth 512), plus the empty k; n ≤ NR reads a depth-contiguous A in place (whole panels of
+    /// MR rows, the partial one packed) across MC blocks and KC/KK.
+    fn check_against_naive(what: &str, gemm: impl Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
         let mut buf = PackBuffers::default();
         let mut seed = 7u64;
         let mut rand = |len: usize| -> Vec<f32> {
@@ -500,10 +572,22 @@ mod tests {
                 })
                 .collect()
         };
-        // Shapes straddle every block edge: MR, NR, KC, MC, NC, KK and a packed block of B
-        // (512 columns at depth 512), plus the empty k; n ≤ NR reads a depth-contiguous A in
-        // place (whole panels of MR rows, the partial one packed) across MC blocks and KC/KK.
-        let shapes = [(1, 1, 1), (6, 16, 256), (7, 17, 257), (5, 15, 3), (145, 33, 300), (13, 4100, 20), (40, 40, 0), (150, 530, 600), (151, 16, 600), (300, 9, 513)];
+        let shapes = [
+            (1, 1, 1),
+            (6, 16, 256),
+            (7, 17, 257),
+            (5, 15, 3),
+            (145, 33, 300),
+            (13, 4100, 20),
+            (40, 40, 0),
+            (150, 530, 600),
+            (151, 16, 600),
+            (300, 9, 513),
+            (8, 32, 40),
+            (9, 31, 9),
+            (151, 33, 70),
+            (20, 65, 300),
+        ];
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
@@ -512,14 +596,46 @@ mod tests {
                     let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
                     let c0 = rand(m * n);
                     let (mut got, mut want) = (c0.clone(), c0);
-                    unsafe { sgemm(m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf) };
+                    gemm(m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf);
                     reference(m, n, k, 0.75, a, b, &mut want, accumulate);
                     for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0;
-                        assert!((g - w).abs() <= tol, "m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate}: C[{idx}] = {g}, want {w}");
+                        assert!((g - w).abs() <= tol, "{what}: m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate}: C[{idx}] = {g}, want {w}");
                     }
                 }
             }
         }
+    }
+
+    #[test]
+    fn avx2_matches_the_naive_product_for_every_layout_and_edge() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA): the faer path is tested instead");
+            return;
+        }
+        check_against_naive("avx2", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    /// The loops at AVX-512's tile width (32 columns), driven by the AVX2 micro-kernel at that
+    /// width (four vectors a row): everything of the AVX-512 path but its instructions, on any
+    /// AVX2 CPU.
+    #[test]
+    fn the_32_wide_driver_matches_the_naive_product() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA)");
+            return;
+        }
+        check_against_naive("32-wide on avx2", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+            tiles::<NR_MAX>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2::<true, 4>, kernel_avx2::<false, 4>])
+        });
+    }
+
+    #[test]
+    fn avx512_matches_the_naive_product_for_every_layout_and_edge() {
+        if !Isa::Avx512.supported() {
+            eprintln!("SKIPPED (no AVX-512F): the AVX-512 micro-kernel was not run; its loops were (the_32_wide_driver_matches_the_naive_product)");
+            return;
+        }
+        check_against_naive("avx512", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 }
