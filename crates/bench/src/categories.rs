@@ -459,7 +459,13 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             false,
             &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder),
         ));
-        cat.notes.push(format!("bf16 products: operands rounded to bf16 as the packed AVX2 kernel packs them, fp32 FMA — the numerics of AMX / AVX512-BF16 without their speed (this build has no AMX or AVX512-BF16 kernel yet); memory is the same (activations and weights stay fp32); contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}", warmup + n, acc[0], acc[1]));
+        cat.notes.push(format!(
+            "bf16 products: {} (no AMX kernel in this build); memory is the same (activations and weights stay fp32); contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
+            engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products(),
+            warmup + n,
+            acc[0],
+            acc[1]
+        ));
     }
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {
         cat.metrics.push(value(CategoryKind::Hardware, "cpu.fp32", MetricName::ThreadSpeedup, one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, {})", s.encoder)));

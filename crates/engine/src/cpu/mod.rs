@@ -102,6 +102,15 @@ impl CpuGemm {
         Self::ALL.into_iter().filter(|k| k.supported()).collect()
     }
 
+    /// How this kernel runs bf16 products, for reports.
+    pub fn bf16_products(self) -> &'static str {
+        match self {
+            CpuGemm::PackedAvx512 if sgemm::bf16_dot_products() => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
+            CpuGemm::Faer => "not run (faer has no bf16 products)",
+            _ => "operands rounded to bf16 as they are packed, fp32 FMA (this CPU has no AVX512-BF16): the numerics of bf16 products without their speed",
+        }
+    }
+
     /// Our widest kernel this CPU runs (bf16 products and the default where measuring), or faer
     /// on a CPU with neither.
     pub fn best_packed() -> CpuGemm {

@@ -170,12 +170,28 @@ pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
 /// matrices of those shapes, and no other thread may touch the part of C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa`.
+    // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa` (AVX512-BF16's only where `bf16_dot_products` says the CPU has it).
     unsafe {
         match isa {
-            Isa::Avx2 => tiles::<NR>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx2::<true, 2>, kernel_avx2::<false, 2>]),
-            Isa::Avx512 => tiles::<NR_MAX>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512::<true, 2>, kernel_avx512::<false, 2>]),
+            Isa::Avx512 if buf.round_bf16 && bf16_dot_products() => tiles::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512_bf16::<true, 2>; 2]),
+            Isa::Avx2 => tiles::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx2::<true, 2>, kernel_avx2::<false, 2>]),
+            Isa::Avx512 => tiles::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512::<true, 2>, kernel_avx512::<false, 2>]),
         }
+    }
+}
+
+/// Whether bf16 products ([`PackBuffers::round_bf16`]) run as bf16 dot products here: AVX-512F
+/// with AVX512-BF16 (`vdpbf16ps`: two depths per instruction, fp32 accumulation). Elsewhere the
+/// operands are rounded to bf16 as they are packed and multiplied by the fp32 kernel: the same
+/// numbers up to the order of the sums, without the speed.
+pub fn bf16_dot_products() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        Isa::Avx512.supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 
@@ -183,11 +199,16 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
 type Kernel = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, usize, usize, f32, bool);
 
 /// The loop nest around a micro-kernel `NR` columns wide: `kernels` = [packed A, A in place].
+/// `D` is the depths per packed slot: 1 (fp32 values), or 2 (pairs of bf16 in each 32-bit slot,
+/// for a bf16 dot-product kernel; A is then always packed).
 ///
 /// # Safety
-/// As [`sgemm`], with kernels this CPU can run whose tile is `MR × NR`.
+/// As [`sgemm`], with kernels this CPU can run whose tile is `MR × NR` and whose operands are
+/// packed `D` depths a slot.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tiles<const NR: usize>(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, kernels: [Kernel; 2]) {
+unsafe fn tiles<const NR: usize, const D: usize>(
+    m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, kernels: [Kernel; 2],
+) {
     // SAFETY: the operands are whole matrices of the shapes given (the contract); packing reads only `(p, q)` inside them, and the packed buffers were reserved for these block sizes; each micro-tile of C written lies inside the `m × n` C that only this call touches.
     unsafe {
         if m == 0 || n == 0 {
@@ -208,39 +229,91 @@ unsafe fn tiles<const NR: usize>(m: usize, n: usize, k: usize, alpha: f32, a: Op
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
-        let direct_a = n <= NR && a.sp == 1 && !buf_round;
+        let direct_a = n <= NR && a.sp == 1 && !buf_round && D == 1;
         let [packed_kernel, in_place_kernel] = kernels;
         let ncb = block_cols(n, KK.min(k), NR);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
                 let kd = KK.min(k - kk);
-                pack_block::<NR>(kd, nc, b.at(kk, jc), bbuf, buf_round);
+                pack::<NR, D>(kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     let whole = if direct_a { mc / MR * MR } else { 0 };
                     if whole < mc {
-                        pack_block::<MR>(kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
+                        pack::<MR, D>(kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
                     }
                     for pc in (0..kd).step_by(KC) {
                         let kc = KC.min(kd - pc);
                         // The first slice of k writes C (or adds to it when accumulating); later ones add.
                         let add = accumulate || kk + pc > 0;
-                        // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                        let (ap, bp) = (abuf.as_ptr().add(pc * (mc - whole).next_multiple_of(MR)), bbuf.as_ptr().add(pc * nc.next_multiple_of(NR)));
+                        // Slice `pc` of a packed block starts after `pc` full slices of every panel
+                        // (`pc / D` slots deep: KC is even); a panel is `kc / D` slots deep.
+                        let (ap, bp) = (abuf.as_ptr().add(pc / D * (mc - whole).next_multiple_of(MR)), bbuf.as_ptr().add(pc / D * nc.next_multiple_of(NR)));
+                        let slots = kc.div_ceil(D);
                         for jr in (0..nc).step_by(NR) {
-                            let bj = bp.add(jr * kc);
+                            let bj = bp.add(jr * slots);
                             for ir in (0..mc).step_by(MR) {
                                 let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                                 let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
                                 if ir < whole {
                                     in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
                                 } else {
-                                    packed_kernel(kc, ap.add((ir - whole) * kc), 1, bj, ct, rsc, mr, nr, alpha, add);
+                                    packed_kernel(kc, ap.add((ir - whole) * slots), 1, bj, ct, rsc, mr, nr, alpha, add);
                                 }
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+/// Packs a block for a kernel taking `D` depths a slot: [`pack_block`] (D = 1) or
+/// [`pack_block_pairs`] (D = 2, rounding to bf16 as it goes).
+///
+/// # Safety
+/// `src` must address `kd × lanes` elements.
+unsafe fn pack<const W: usize, const D: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if D == 2 {
+            pack_block_pairs::<W>(kd, lanes, src, out)
+        } else {
+            pack_block::<W>(kd, lanes, src, out, round)
+        }
+    }
+}
+
+/// Packs a block as pairs of bf16 for a dot-product kernel: for each `KC`-deep slice, one panel
+/// of `⌈kc/2⌉ × W` 32-bit slots per `W` lanes, slot `(p2, q)` holding lane `q` at depths `2·p2`
+/// (low half) and `2·p2 + 1` (high half), each rounded to bf16 — `vdpbf16ps`'s operand layout
+/// (a broadcast slot of A against a vector of B's slots). An odd last depth and the padding
+/// lanes are zeros.
+///
+/// # Safety
+/// `src` must address `kd × lanes` elements.
+unsafe fn pack_block_pairs<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+    // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes`; `out` holds the whole block (asserted), and every write is below that.
+    unsafe {
+        let width = lanes.next_multiple_of(W);
+        assert!(out.len() >= width * kd.div_ceil(2));
+        let value = |p: usize, q: usize| if p < kd && q < lanes { bf16_bits(*src.ptr.offset(p as isize * src.sp + q as isize * src.sq)) } else { 0 };
+        for slice in (0..kd).step_by(KC) {
+            let slots = KC.min(kd - slice).div_ceil(2);
+            let base = slice / 2 * width;
+            for q0 in (0..width).step_by(W) {
+                let panel = base + q0 * slots;
+                // The source's contiguous direction innermost.
+                let mut put = |p2: usize, q: usize| {
+                    let (p, lane) = (slice + 2 * p2, q0 + q);
+                    out[panel + p2 * W + q] = f32::from_bits(value(p, lane) >> 16 | (value(p + 1, lane) & 0xFFFF_0000));
+                };
+                if src.sp == 1 {
+                    (0..W).for_each(|q| (0..slots).for_each(|p2| put(p2, q)));
+                } else {
+                    (0..slots).for_each(|p2| (0..W).for_each(|q| put(p2, q)));
                 }
             }
         }
@@ -296,10 +369,16 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
 /// (quiet) NaN: the carry of the rounding could otherwise turn it into an infinity or a zero.
 pub fn round_bf16(v: &mut [f32]) {
     for x in v {
-        let b = x.to_bits();
-        let rounded = if x.is_nan() { b | 0x0040_0000 } else { b.wrapping_add(0x7FFF + ((b >> 16) & 1)) };
-        *x = f32::from_bits(rounded & 0xFFFF_0000);
+        *x = f32::from_bits(bf16_bits(*x));
     }
+}
+
+/// `x` rounded to bf16 as [`round_bf16`] does, as f32 bits (the low 16 are zero).
+#[inline]
+fn bf16_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let rounded = if x.is_nan() { b | 0x0040_0000 } else { b.wrapping_add(0x7FFF + ((b >> 16) & 1)) };
+    rounded & 0xFFFF_0000
 }
 
 /// The source of one micro-panel: element `(p, q)` (depth `p`, lane `q`) at `ptr + p·sp + q·sq`.
@@ -456,6 +535,11 @@ unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::_
 /// wider registers: the macro's arguments are the only per-ISA code.
 macro_rules! micro_kernel {
     ($name:ident, $feature:literal, $vec:ident, $lanes:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $mul:ident, $add:ident, $store:ident) => {
+        micro_kernel!($name, $feature, $vec, $lanes, $zero, $load, $splat, $fmadd, $mul, $add, $store, depths_per_slot: 1);
+    };
+    // `$fmadd(a, b, acc)` takes one slot of A (broadcast) and of B per step: a product of one
+    // depth, or of two (bf16 pairs, `depths_per_slot: 2`, A packed).
+    ($name:ident, $feature:literal, $vec:ident, $lanes:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $mul:ident, $add:ident, $store:ident, depths_per_slot: $depths:literal) => {
         /// # Safety
         /// The CPU must have the instruction set; `b` must hold `kc · NR` floats, `a` `kc · MR`
         /// packed floats or MR rows of `kc` floats `rsa` apart, and `c` an `mr × nr` tile (row
@@ -468,7 +552,7 @@ macro_rules! micro_kernel {
             unsafe {
                 use std::arch::x86_64::*;
                 let nr_full = V * $lanes;
-                debug_assert!(nr_full <= NR_MAX);
+                debug_assert!(nr_full <= NR_MAX && (PACKED_A || $depths == 1));
                 let mut acc = [[$zero(); V]; MR];
                 for i in 0..mr {
                     _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
@@ -476,7 +560,7 @@ macro_rules! micro_kernel {
                 // Where row i of A is: packed rows are adjacent, in-place rows `rsa` apart.
                 let (row_step, depth_step) = if PACKED_A { (1, MR) } else { (rsa, 1) };
                 let (mut a, mut b) = (a, b);
-                for p in 0..kc {
+                for p in 0..kc.div_ceil($depths) {
                     if PACKED_A {
                         // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
                         _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
@@ -540,6 +624,18 @@ macro_rules! micro_kernel {
 
 micro_kernel!(kernel_avx2, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps);
 micro_kernel!(kernel_avx512, "avx512f", __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps);
+micro_kernel!(kernel_avx512_bf16, "avx512f,avx512bf16", __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, dpbf16, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps, depths_per_slot: 2);
+
+/// `acc + a·b` over bf16 pairs: per 32-bit lane, `acc + a_hi·b_hi + a_lo·b_lo` in fp32
+/// (`vdpbf16ps`; its operands arrive as f32 vectors of packed pairs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn dpbf16(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512, acc: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    // SAFETY: a reinterpretation of 512 bits as 512 bits.
+    unsafe { _mm512_dpbf16_ps(acc, std::mem::transmute::<__m512, __m512bh>(a), std::mem::transmute::<__m512, __m512bh>(b)) }
+}
 
 #[cfg(test)]
 mod tests {
@@ -561,8 +657,10 @@ mod tests {
     /// block edge: MR, NR (16 and 32), KC, MC, NC, KK and a packed block of B (512 columns at
     /// depth 512), plus the empty k; n ≤ NR reads a depth-contiguous A in place (whole panels of
     /// MR rows, the partial one packed) across MC blocks and KC/KK.
-    fn check_against_naive(what: &str, gemm: impl Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
-        let mut buf = PackBuffers::default();
+    /// With `bf16`, the product is of the operands rounded to bf16 (the pack buffers are told to
+    /// round) and is compared with the naive product of the rounded operands.
+    fn check_against_naive(what: &str, bf16: bool, gemm: impl Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
+        let mut buf = PackBuffers { round_bf16: bf16, ..Default::default() };
         let mut seed = 7u64;
         let mut rand = |len: usize| -> Vec<f32> {
             (0..len)
@@ -597,6 +695,12 @@ mod tests {
                     let c0 = rand(m * n);
                     let (mut got, mut want) = (c0.clone(), c0);
                     gemm(m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf);
+                    let (mut ar, mut br) = (av.clone(), bv.clone());
+                    if bf16 {
+                        round_bf16(&mut ar);
+                        round_bf16(&mut br);
+                    }
+                    let (a, b) = (Operand { ptr: ar.as_ptr(), ..a }, Operand { ptr: br.as_ptr(), ..b });
                     reference(m, n, k, 0.75, a, b, &mut want, accumulate);
                     for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
                         let tol = 1e-5 * (k as f32).sqrt().max(1.0) * 4.0;
@@ -613,7 +717,7 @@ mod tests {
             eprintln!("SKIPPED (no AVX2/FMA): the faer path is tested instead");
             return;
         }
-        check_against_naive("avx2", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx2", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     /// The loops at AVX-512's tile width (32 columns), driven by the AVX2 micro-kernel at that
@@ -625,8 +729,8 @@ mod tests {
             eprintln!("SKIPPED (no AVX2/FMA)");
             return;
         }
-        check_against_naive("32-wide on avx2", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
-            tiles::<NR_MAX>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2::<true, 4>, kernel_avx2::<false, 4>])
+        check_against_naive("32-wide on avx2", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+            tiles::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2::<true, 4>, kernel_avx2::<false, 4>])
         });
     }
 
@@ -636,6 +740,46 @@ mod tests {
             eprintln!("SKIPPED (no AVX-512F): the AVX-512 micro-kernel was not run; its loops were (the_32_wide_driver_matches_the_naive_product)");
             return;
         }
-        check_against_naive("avx512", |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx512", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    // `vdpbf16ps` on AVX2, for the tests: per lane `acc + a_hi·b_hi + a_lo·b_lo` (a product of two
+    // bf16 is exact in fp32, so a fused multiply-add rounds where the instruction's add does).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn dpbf16_emulated(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256, acc: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        let hi = |x: __m256| _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0xFFFF_0000u32 as i32)));
+        let lo = |x: __m256| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_castps_si256(x)));
+        _mm256_fmadd_ps(lo(a), lo(b), _mm256_fmadd_ps(hi(a), hi(b), acc))
+    }
+    micro_kernel!(kernel_avx2_bf16_emulated, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, dpbf16_emulated, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps, depths_per_slot: 2);
+
+    /// The bf16 pair packing and the loop nest at two depths a slot, at both tile widths, through
+    /// an AVX2 emulation of `vdpbf16ps`: everything of the AVX512-BF16 path but the instruction.
+    #[test]
+    fn bf16_pairs_match_the_naive_product_of_rounded_operands() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA)");
+            return;
+        }
+        check_against_naive("bf16 pairs, 16 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+            tiles::<NR, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2_bf16_emulated::<true, 2>; 2])
+        });
+        check_against_naive("bf16 pairs, 32 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+            tiles::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2_bf16_emulated::<true, 4>; 2])
+        });
+        // And the path bf16 takes on this CPU (rounded in packing, fp32 kernel).
+        check_against_naive("bf16 rounded in packing", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    #[test]
+    fn avx512_bf16_matches_the_naive_product_of_rounded_operands() {
+        if !bf16_dot_products() {
+            eprintln!("SKIPPED (no AVX512-BF16): vdpbf16ps was not run; its packing and loops were (bf16_pairs_match_the_naive_product_of_rounded_operands)");
+            return;
+        }
+        check_against_naive("avx512-bf16", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 }
