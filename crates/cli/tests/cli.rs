@@ -93,6 +93,46 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
     assert!(v["pretrained"]["linear_probe_acc"].as_f64().is_some() && v["random_init"]["knn_acc"].as_f64().is_some(), "{v}");
 
+    // The bearing split over several draws: give each label two bearings (Fault_Size by Id), so
+    // every draw holds one out per label.
+    let table = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = table.lines();
+    let mut bearings = format!("{},Fault_Size\n", lines.next().unwrap());
+    for l in lines {
+        let id: u64 = l.split(',').next().unwrap().parse().unwrap();
+        bearings += &format!("{l},{}\n", if (id / 4) % 2 == 0 { "0.007" } else { "0.014" });
+    }
+    let bearing_csv = d.join("bearings.csv");
+    std::fs::write(&bearing_csv, bearings).unwrap();
+    let eval = |extra: &[&str]| bin().args(["evaluate", "--windows", "4", "--checkpoint"]).arg(&ckpt).arg("--data").arg(&h5).arg("--meta").arg(&bearing_csv).args(extra).output().unwrap();
+    let o = eval(&["--split", "bearing", "--draws", "3", "--seed", "5", "--json"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&o.stdout)).unwrap();
+    let draws = v["draws"].as_array().unwrap();
+    assert_eq!(draws.iter().map(|r| r["seed"].as_u64().unwrap()).collect::<Vec<_>>(), [5, 6, 7]);
+    assert!(draws.iter().all(|r| !r["held_out"].as_array().unwrap().is_empty()), "every draw holds bearings out: {v}");
+    // The summary is the draws' own numbers: the mean of each row, the margin over the better baseline.
+    let acc = |r: &serde_json::Value, row: &str| r[row]["linear_probe_acc"].as_f64().unwrap();
+    let mean = |f: &dyn Fn(&serde_json::Value) -> f64| draws.iter().map(f).sum::<f64>() / 3.0;
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+    assert!(close(v["pretrained"]["linear_probe_acc"]["mean"].as_f64().unwrap(), mean(&|r| acc(r, "pretrained"))), "{v}");
+    let margin = mean(&|r| acc(r, "pretrained") - acc(r, "random_init").max(acc(r, "spectrum_baseline")));
+    assert!(close(v["margin_over_best_baseline"]["linear_probe_acc"]["mean"].as_f64().unwrap(), margin), "{v}");
+    let t = text(&eval(&["--split", "bearing", "--draws", "2"]));
+    assert!(t.contains("over 2 draws (seeds 0..=1)") && t.contains("pretrained − best baseline"), "{t}");
+    // Draws that cannot be: named, no panic.
+    for (extra, needle) in [
+        (&["--split", "bearing", "--draws", "0"][..], "--draws"),
+        (&["--split", "bearing", "--draws", "1001"], "--draws"),
+        (&["--draws", "2"], "--split bearing"),
+        (&["--split", "bearing", "--draws=-1"], "--draws"),
+        (&["--split", "bearing", "--draws", "2", "--seed", "18446744073709551615"], "--seed"),
+    ] {
+        let o = eval(extra);
+        let t = text(&o);
+        assert!(!o.status.success() && t.contains(needle) && !t.contains("panicked"), "{extra:?}: {t}");
+    }
+
     // A bad config, a missing file, a checkpoint of another architecture: clear errors, exit != 0.
     let bad = d.join("bad.yaml");
     std::fs::write(&bad, "data:\n  windw_size: 128\n").unwrap();

@@ -66,7 +66,7 @@ impl Default for EvalOptions {
     }
 }
 
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct ProbeScores {
     pub linear_probe_acc: f64,
     pub knn_acc: f64,
@@ -290,6 +290,86 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     })
 }
 
+/// The most draws `evaluate_draws` takes: each is a whole evaluation (seconds to minutes).
+pub const MAX_DRAWS: usize = 1000;
+
+/// The spread of one accuracy over several draws: mean, sample standard deviation (0 for one
+/// draw), smallest and largest.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub mean: f64,
+    pub std: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `v` (not empty).
+    pub fn of(v: &[f64]) -> Spread {
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let var = if v.len() > 1 { v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+        Spread { mean, std: var.sqrt(), min: v.iter().copied().fold(f64::INFINITY, f64::min), max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max) }
+    }
+}
+
+/// A row of the report (or a margin) over several draws.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct ScoreSpread {
+    pub linear_probe_acc: Spread,
+    pub knn_acc: Spread,
+}
+
+impl ScoreSpread {
+    fn of(scores: impl Iterator<Item = ProbeScores> + Clone) -> ScoreSpread {
+        let linear: Vec<f64> = scores.clone().map(|s| s.linear_probe_acc).collect();
+        let knn: Vec<f64> = scores.map(|s| s.knn_acc).collect();
+        ScoreSpread { linear_probe_acc: Spread::of(&linear), knn_acc: Spread::of(&knn) }
+    }
+}
+
+/// Several draws of the bearing split (seeds `seed, seed + 1, …`) and how each row spreads over
+/// them: one draw holds out a handful of bearings, so its number depends on which (by up to 40
+/// points on CWRU, docs/quality.md).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DrawsReport {
+    pub draws: Vec<EvalReport>,
+    pub pretrained: ScoreSpread,
+    pub random_init: ScoreSpread,
+    pub spectrum_baseline: ScoreSpread,
+    /// Per draw, pretrained minus the better of random init and the spectrum baseline (each of
+    /// linear probe and k-NN on its own): what pretraining adds over both baselines, the measure
+    /// of issue 12's moonshot (≥ +0.10).
+    pub margin_over_best_baseline: ScoreSpread,
+}
+
+/// `evaluate` on `draws` draws of the bearing split, seeds `opts.seed` upwards.
+pub fn evaluate_draws(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, draws: usize) -> Result<DrawsReport> {
+    if draws == 0 || draws > MAX_DRAWS {
+        return Err(TrainError::Config { key: "--draws".into(), reason: format!("{draws}: expected 1 to {MAX_DRAWS}") });
+    }
+    if draws > 1 && opts.split != Split::Bearing {
+        return Err(TrainError::Config { key: "--draws".into(), reason: "the time split has a single draw; several draws need --split bearing".into() });
+    }
+    let reports = (0..draws as u64)
+        .map(|i| {
+            let seed = opts.seed.checked_add(i).ok_or_else(|| TrainError::Config { key: "--seed".into(), reason: format!("{} + {draws} draws passes the largest seed", opts.seed) })?;
+            evaluate(ckpt, ds, &EvalOptions { seed, ..opts.clone() })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let margin = reports.iter().map(|r| ProbeScores {
+        linear_probe_acc: r.pretrained.linear_probe_acc - r.random_init.linear_probe_acc.max(r.spectrum_baseline.linear_probe_acc),
+        knn_acc: r.pretrained.knn_acc - r.random_init.knn_acc.max(r.spectrum_baseline.knn_acc),
+    });
+    Ok(DrawsReport {
+        pretrained: ScoreSpread::of(reports.iter().map(|r| r.pretrained)),
+        random_init: ScoreSpread::of(reports.iter().map(|r| r.random_init)),
+        spectrum_baseline: ScoreSpread::of(reports.iter().map(|r| r.spectrum_baseline)),
+        margin_over_best_baseline: ScoreSpread::of(margin.collect::<Vec<_>>().into_iter()),
+        draws: reports,
+    })
+}
+
 fn arch_string(a: &EncoderConfig) -> String {
     format!("{} (windows {} × {}, embedding {}, {} parameters)", a.kind(), a.window, a.channels, a.embed, a.param_count())
 }
@@ -399,4 +479,17 @@ fn fit_logistic(x: &[f64], y: &[usize], d: usize, classes: usize) -> (Vec<f64>, 
     }
     let b = p.split_off(classes * d);
     (p, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spread_is_the_mean_sample_std_and_range() {
+        let s = Spread::of(&[0.2, 0.4, 0.9]);
+        assert!((s.mean - 0.5).abs() < 1e-12 && (s.std - 0.360_555_127_546_398_9).abs() < 1e-12, "{s:?}");
+        assert_eq!((s.min, s.max), (0.2, 0.9));
+        assert_eq!(Spread::of(&[0.3]), Spread { mean: 0.3, std: 0.0, min: 0.3, max: 0.3 }, "one draw has no spread");
+    }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use train::eval::{evaluate, EvalOptions, Split};
+use train::eval::{evaluate_draws, EvalOptions, EvalReport, ScoreSpread, Split};
 
 use crate::args::DataArgs;
 
@@ -27,6 +27,11 @@ pub struct Args {
     /// bearings, which shows how much a bearing-split number depends on the draw.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Bearing split: evaluate this many draws (seeds --seed, --seed + 1, …) and report each row's
+    /// mean, standard deviation and range over them, and the margin of pretrained over the better
+    /// baseline per draw.
+    #[arg(long, default_value_t = 1)]
+    pub draws: usize,
     /// The run's YAML config, for a checkpoint without the product's metadata (a PyTorch state
     /// dict saved as safetensors): its model and data sections name the architecture and window.
     #[arg(long)]
@@ -46,16 +51,39 @@ pub fn run(a: Args) -> Result<()> {
     }
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
-    let r = evaluate(&a.checkpoint, &ds, &opts)?;
-    for id in &r.skipped_ids {
+    let mut report = evaluate_draws(&a.checkpoint, &ds, &opts, a.draws)?;
+    for id in &report.draws[0].skipped_ids {
         eprintln!("warning: Id {id} is too short for the evaluation windows or unusable; skipped");
     }
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&r)?);
+        // One draw: the report itself, as before draws existed.
+        let json = if a.draws == 1 { serde_json::to_string_pretty(&report.draws.swap_remove(0))? } else { serde_json::to_string_pretty(&report)? };
+        println!("{json}");
         return Ok(());
     }
-    println!("checkpoint   {}", r.checkpoint);
-    println!("encoder      {} on the {:?} input", r.encoder, r.input);
+    let first = &report.draws[0];
+    println!("checkpoint   {}", first.checkpoint);
+    println!("encoder      {} on the {:?} input", first.encoder, first.input);
+    for r in &report.draws {
+        print_draw(r);
+    }
+    if report.draws.len() > 1 {
+        println!("over {} draws (seeds {}..={}), %: mean ± std [min, max]", report.draws.len(), a.seed, report.draws.last().map_or(a.seed, |r| r.seed));
+        println!("{:<28} {:^30}  {:^30}", "", "linear probe", "k-NN");
+        for (name, s) in [
+            ("pretrained", &report.pretrained),
+            ("random init", &report.random_init),
+            ("spectrum, no encoder", &report.spectrum_baseline),
+            ("pretrained − best baseline", &report.margin_over_best_baseline),
+        ] {
+            println!("{name:<28} {}  {}", spread(s, true), spread(s, false));
+        }
+    }
+    Ok(())
+}
+
+/// One draw: its split, held-out bearings, windows and the three rows.
+fn print_draw(r: &EvalReport) {
     println!("split        {:?} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
     println!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
     for h in &r.held_out {
@@ -65,5 +93,10 @@ pub fn run(a: Args) -> Result<()> {
     for (name, s) in [("pretrained", &r.pretrained), ("random init", &r.random_init), ("spectrum, no encoder", &r.spectrum_baseline)] {
         println!("{name:<20} {:>9.1} %  {:>5.1} %", 100.0 * s.linear_probe_acc, 100.0 * s.knn_acc);
     }
-    Ok(())
+}
+
+/// `46.4 ± 5.1 [36.3, 56.1]`, in points.
+fn spread(s: &ScoreSpread, linear: bool) -> String {
+    let v = if linear { s.linear_probe_acc } else { s.knn_acc };
+    format!("{:>6.1} ± {:>4.1} [{:>6.1}, {:>6.1}]", 100.0 * v.mean, 100.0 * v.std, 100.0 * v.min, 100.0 * v.max)
 }
