@@ -127,6 +127,8 @@ pub struct CpuDevice {
     scratch: Vec<f32>,
     reduce: Vec<f64>,
     transpose_scratch: Vec<f32>,
+    /// The partial products of a GEMM split along its depth.
+    depth_partials: Vec<f32>,
     /// Packing buffers of the AVX2 GEMM, one per worker of a parallel GEMM.
     packs: Vec<PackBuffers>,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
@@ -180,6 +182,7 @@ impl CpuDevice {
             scratch: Vec::new(),
             reduce: Vec::new(),
             transpose_scratch: Vec::new(),
+            depth_partials: Vec::new(),
             packs: (0..threads).map(|_| PackBuffers::default()).collect(),
             sparse: SparseLhs::default(),
             strips: per_worker(),
@@ -449,13 +452,24 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
     (parts, move |t: usize| (units * t / parts * unit).min(dim))
 }
 
+/// A product whose C has at most this many values ...
+const NARROW_C: usize = 1 << 15;
+/// ... and whose depth is at least two of these is split along its depth, in parts this deep.
+const DEPTH_PART: usize = 2048;
+
 /// `C (+)= alpha · op(A) · op(B)` on slices, its rows or columns split over one worker per pack
 /// buffer. Each element of C is computed whole by one worker, so the result does not depend on
 /// how many there are. The split is along the larger of C's dimensions, at micro-tile
 /// boundaries: each block runs the sequential kernel at full per-core speed, and the split is
 /// static, so it allocates nothing (faer's own parallel path allocates on every call).
-fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+/// Deep, narrow products are split along their depth instead ([`gemm_depth_parts`], with
+/// `partials` as scratch).
+#[allow(clippy::too_many_arguments)]
+fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+    if g.m * g.n <= NARROW_C && g.k >= 2 * DEPTH_PART {
+        return gemm_depth_parts(kernel, packs, partials, g, c, a, b, alpha);
+    }
     // Whole micro-panels per worker: the kernel's tile width across columns (faer's too).
     let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
     let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, nr) } else { (Split::Rows, g.m, sgemm::MR) };
@@ -473,11 +487,51 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], g: Gemm, c: &mut [f
     }
 }
 
+/// A deep, narrow product — a convolution's weight gradient, `16 × 128` values of C summed over
+/// 16 384 rows — in parts of [`DEPTH_PART`] depths, each written to its own partial C in
+/// `partials` by one worker, then the partials summed in order. Split by rows or columns, every
+/// worker would pack the whole of the operand the parts share, as much work as the products
+/// themselves at this shape. The parts are fixed by the depth alone (as is the order of the
+/// sum), so the result does not depend on the number of workers either.
+#[allow(clippy::too_many_arguments)]
+fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+    let (m, n, k) = (g.m, g.n, g.k);
+    let (mn, chunks) = (m * n, k.div_ceil(DEPTH_PART));
+    if partials.len() < chunks * mn {
+        // Grows in the first steps, then reused.
+        partials.resize(chunks * mn, 0.0);
+    }
+    let (ao, bo) = operands(g, a.as_ptr(), b.as_ptr());
+    let (pp, ap, bp) = (SendPtr(partials.as_mut_ptr()), SendPtr(ao.ptr as *mut f32), SendPtr(bo.ptr as *mut f32));
+    let workers = packs.len().min(chunks);
+    let run = |(t, pack): (usize, &mut PackBuffers)| {
+        let (pp, ap, bp) = (pp, ap, bp);
+        for j in (t..chunks).step_by(workers) {
+            let k0 = j * DEPTH_PART;
+            // Depths k0.. of op(A) (its columns) and of op(B) (its rows).
+            let a = Operand { ptr: ap.0.wrapping_offset(k0 as isize * ao.cs), ..ao };
+            let b = Operand { ptr: bp.0.wrapping_offset(k0 as isize * bo.rs), ..bo };
+            // SAFETY: the operands are whole matrices (asserted by the caller) and depths k0..k0 + kd lie inside them; partial j is this worker's alone (chunks are dealt out by index) and lies inside `partials`, grown above to `chunks · m · n`.
+            unsafe { gemm_strided(kernel, m, n, DEPTH_PART.min(k - k0), alpha, a, b, pp.0.add(j * mn), n as isize, false, pack) }
+        }
+    };
+    if workers == 1 {
+        run((0, &mut packs[0]));
+    } else {
+        packs[..workers].par_iter_mut().enumerate().for_each(run);
+    }
+    let parts = &partials[..chunks * mn];
+    for (i, ci) in c[..mn].iter_mut().enumerate() {
+        let sum = (0..chunks).fold(0.0f32, |s, j| s + parts[j * mn + i]);
+        *ci = if g.accumulate { *ci + sum } else { sum };
+    }
+}
+
 impl CpuDevice {
     /// Runs a product on `kernel`, split over `parts` workers.
     fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
-        let mut packs = std::mem::take(&mut self.packs);
+        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
         if g.trans_a && large && kernel == CpuGemm::Faer {
             // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
             // their plain-A speed; transposing A first costs m·k copies against m·n·k
@@ -485,13 +539,14 @@ impl CpuDevice {
             let mut at = take_grown(&mut self.transpose_scratch, g.m * g.k);
             transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
             let (cs, [bs]) = self.split(c, [b]);
-            gemm_parallel(kernel, &mut packs[..parts], Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
+            gemm_parallel(kernel, &mut packs[..parts], &mut partials, Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
             self.transpose_scratch = at;
         } else {
             let (cs, [as_, bs]) = self.split(c, [a, b]);
-            gemm_parallel(kernel, &mut packs[..parts], g, cs, as_, bs, 1.0);
+            gemm_parallel(kernel, &mut packs[..parts], &mut partials, g, cs, as_, bs, 1.0);
         }
         self.packs = packs;
+        self.depth_partials = partials;
     }
 
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
@@ -627,7 +682,7 @@ impl Device for CpuDevice {
     fn allocated_bytes(&self) -> usize {
         // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
         // touched, so it is not resident memory.
-        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len())
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len() + self.depth_partials.len())
             + 8 * self.reduce.len()
             + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
             + self.sparse.allocated_bytes()
@@ -1066,9 +1121,10 @@ impl Device for CpuDevice {
             p.round_bf16 = false;
         }
         let (kernel, threads) = (self.gemm, self.threads);
+        let mut partials = std::mem::take(&mut self.depth_partials);
         let mut gemm = |g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]| {
             let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { threads } else { 1 };
-            gemm_parallel(kernel, &mut packs[..parts], g, c, a, b, inv_tau);
+            gemm_parallel(kernel, &mut packs[..parts], &mut partials, g, c, a, b, inv_tau);
         };
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
         // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
@@ -1148,6 +1204,7 @@ impl Device for CpuDevice {
             p.round_bf16 = self.precision == Precision::Bf16;
         }
         self.packs = packs;
+        self.depth_partials = partials;
         out
     }
 
@@ -1210,8 +1267,9 @@ mod tests {
             let kernels = CpuGemm::available();
             for kernel in kernels {
                 let mut dev = CpuDevice::with_gemm(kernel);
-                // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK.
-                for (m, n, k) in [(200, 40, 40), (40, 200, 40)] {
+                // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK, and deep and
+                // narrow ones along their depth (three parts, the last short; and two).
+                for (m, n, k) in [(200, 40, 40), (40, 200, 40), (7, 19, 2 * DEPTH_PART + 333), (16, 24, 2 * DEPTH_PART)] {
                     let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
                     for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
                         for accumulate in [false, true] {
@@ -1228,7 +1286,7 @@ mod tests {
                                     let dot: f64 = (0..k).map(|p| at(p) as f64 * bt(p) as f64).sum();
                                     let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
                                     let g = got[i * n + j] as f64;
-                                    assert!((g - want).abs() < 1e-4, "{kernel:?} {m}x{n}x{k} ta{trans_a} tb{trans_b} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                                    assert!((g - want).abs() < 1e-4 * (k as f64 / 40.0).sqrt(), "{kernel:?} {m}x{n}x{k} ta{trans_a} tb{trans_b} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
                                 }
                             }
                         }
