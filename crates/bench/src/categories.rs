@@ -81,9 +81,18 @@ fn step_for(cfg: &EncoderConfig, b: usize) -> Result<ContrastiveStep<CpuDevice>>
     Ok(ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0)?)
 }
 
-/// Trains `cfg` on the CPU in `precision` for `warmup + n` steps on one pair of batches; the
-/// step times after warm-up and the contrastive accuracy of the last step.
-fn timed_steps(cfg: &EncoderConfig, b: usize, precision: Precision, (a, p): (&[f32], &[f32]), warmup: usize, n: usize) -> Result<(Vec<f64>, f32)> {
+/// What [`timed_steps`] measured.
+struct TimedSteps {
+    /// Step times after warm-up, ms.
+    times: Vec<f64>,
+    /// Contrastive accuracy of the last step.
+    accuracy: f32,
+    /// The device's memory after the steps (parameters, optimizer state, activations, scratch).
+    device_bytes: usize,
+}
+
+/// Trains `cfg` on the CPU in `precision` for `warmup + n` steps on one pair of batches.
+fn timed_steps(cfg: &EncoderConfig, b: usize, precision: Precision, (a, p): (&[f32], &[f32]), warmup: usize, n: usize) -> Result<TimedSteps> {
     let mut st = step_for(cfg, b)?;
     st.encoder.device.set_precision(precision)?;
     let mut accuracy = 0.0;
@@ -92,7 +101,7 @@ fn timed_steps(cfg: &EncoderConfig, b: usize, precision: Precision, (a, p): (&[f
             accuracy = out.accuracy;
         }
     });
-    Ok((times, accuracy))
+    Ok(TimedSteps { times, accuracy, device_bytes: st.encoder.device.allocated_bytes() })
 }
 
 /// The pieces of one step, each timed alone: forward of 2B rows, backward, InfoNCE, optimizer.
@@ -426,21 +435,22 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     }
     let cfg = EncoderConfig::new(s.encoder, w, 1);
     for &t in &counts {
-        let (times, _) = pool(t)?.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
+        let times = pool(t)?.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?.times;
         per_threads.push((t, crate::stats::median(&times)));
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.threads{t}"), MetricName::StepMs, times, warmup));
     }
     // fp32 against bf16 products at the full thread count, interleaved in rounds so that a
     // noisy neighbour hits both alike; and the contrastive accuracy each reaches on the batch.
     let pool_all = pool(s.threads)?;
-    let (mut fp32, mut bf16, mut acc) = (Vec::new(), Vec::new(), [0.0f32; 2]);
+    let (mut fp32, mut bf16, mut acc, mut bytes) = (Vec::new(), Vec::new(), [0.0f32; 2], [0usize; 2]);
     for _ in 0..3 {
-        let (t32, a32) = pool_all.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
+        let r32 = pool_all.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
         match pool_all.install(|| timed_steps(&cfg, b, Precision::Bf16, (&a, &p), warmup, n)) {
-            Ok((t16, a16)) => {
-                fp32.extend(t32);
-                bf16.extend(t16);
-                acc = [a32, a16];
+            Ok(r16) => {
+                fp32.extend(r32.times);
+                bf16.extend(r16.times);
+                acc = [r32.accuracy, r16.accuracy];
+                bytes = [r32.device_bytes, r16.device_bytes];
             }
             Err(e) => {
                 cat.notes.push(format!("bf16 products: not available here ({e})"));
@@ -459,13 +469,32 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             false,
             &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder),
         ));
+        for (name, b) in ["fp32", "bf16"].iter().zip(bytes) {
+            cat.metrics.push(value(
+                CategoryKind::Hardware,
+                &format!("cpu.{name}"),
+                MetricName::MemoryMb,
+                b as f64 / 1e6,
+                true,
+                "the CPU device's memory after the timed steps (parameters, optimizer state, activations, scratch)",
+            ));
+        }
         cat.notes.push(format!(
-            "bf16 products: {} (no AMX kernel in this build); memory is the same (activations and weights stay fp32); contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
+            "bf16 products: {} (no AMX kernel in this build); activations and weights stay fp32, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
             engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products(),
             warmup + n,
             acc[0],
             acc[1]
         ));
+        // The accuracy kept: the quality protocol's linear probe after the same number of steps
+        // in each precision, from the same initialisation and batches.
+        let run = ProbeRun::prepare(s)?;
+        let steps = if s.quick { 100 } else { 400 };
+        let probes = [Precision::Fp32, Precision::Bf16].map(|precision| pool_all.install(|| run.train(precision, steps, steps, None)));
+        for (name, r) in ["fp32", "bf16"].iter().zip(probes) {
+            let r = r?;
+            cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({})", run.describe())));
+        }
     }
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {
         cat.metrics.push(value(CategoryKind::Hardware, "cpu.fp32", MetricName::ThreadSpeedup, one / many, false, &format!("step time with 1 thread / with {t} threads (B=32, W=1024, {})", s.encoder)));
@@ -483,48 +512,77 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     Ok(cat)
 }
 
-/// Quality: optimizer steps and seconds until a frozen-encoder linear probe reaches a target
-/// accuracy (time split: windows of the first 70 % train, the probe tests on the last 30 %).
-pub fn quality(s: &Settings) -> Result<Category> {
-    let mut cat = Category::new(CategoryKind::Quality);
-    let (store_path, meta_path, target, w, b) = match &s.quality_data {
-        Some((d, m)) => (d.clone(), m.clone(), s.quality_target.unwrap_or(0.75), 1024, 32),
-        None => {
-            let cfg = SynthConfig { complexity: Complexity::Medium, count: 48, length: 8192, channels: 1, seed: 1, classes: 6, ..Default::default() };
-            let g = generate(&cfg, &s.work_dir.join("quality"), "quality", Layout::Contiguous, &|_| {})?;
-            (g.store, g.meta, s.quality_target.unwrap_or(0.9), 512, 16)
-        }
-    };
-    let ds = train::trainer::open_dataset(&store_path, &meta_path)?;
-    let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
-    let builder = Arc::new(BatchBuilder::new(ds.store.clone(), pre, WindowConfig { window_size: w, ..Default::default() })?.with_time_split(0.7)?);
-    let ids = builder.usable_ids(&ds.ids)?;
-    let b = b.min(ids.len());
-    let channels = builder.channels();
-    // Probe windows: 8 evenly spaced per Id from each region of the time split (eval's own).
-    let set = train::eval::probe_windows(&ds, &builder, w, 8, train::eval::Split::Time, "Label", 0.7, 0)?;
-    let inputs = train::input::Inputs::with_rates(train::config::InputKind::Time, w, channels, train::trainer::sample_rates(&ds))?;
-    let encoder = EncoderConfig::new(s.quality_encoder, w, channels);
-    let (eval_every, max_steps) = if s.quick { (25u64, 300u64) } else { (100, 4000) };
-    let pool = pool(s.threads)?;
-    let result = pool.install(|| -> Result<(Option<(u64, f64)>, f64, f64, u64)> {
-        let mut st = step_for(&encoder, b)?;
-        let fed = train::eval::ProbeInputs::new(&set, &inputs)?;
+/// The quality protocol's data, probe windows and encoder: the real data given with
+/// `--quality-data`, else a generated store.
+struct ProbeRun {
+    builder: Arc<BatchBuilder>,
+    ids: Vec<u64>,
+    set: train::eval::ProbeSet,
+    inputs: train::input::Inputs,
+    encoder: EncoderConfig,
+    window: usize,
+    batch: usize,
+    target: f64,
+    data_name: String,
+}
+
+/// What [`ProbeRun::train`] reached.
+struct ProbeOutcome {
+    random_acc: f64,
+    last_acc: f64,
+    steps: u64,
+    /// The step and training seconds at which the probe first reached the target, if asked.
+    reached: Option<(u64, f64)>,
+}
+
+impl ProbeRun {
+    fn prepare(s: &Settings) -> Result<Self> {
+        let (store_path, meta_path, target, w, b) = match &s.quality_data {
+            Some((d, m)) => (d.clone(), m.clone(), s.quality_target.unwrap_or(0.75), 1024, 32),
+            None => {
+                let cfg = SynthConfig { complexity: Complexity::Medium, count: 48, length: 8192, channels: 1, seed: 1, classes: 6, ..Default::default() };
+                let g = generate(&cfg, &s.work_dir.join("quality"), "quality", Layout::Contiguous, &|_| {})?;
+                (g.store, g.meta, s.quality_target.unwrap_or(0.9), 512, 16)
+            }
+        };
+        let ds = train::trainer::open_dataset(&store_path, &meta_path)?;
+        let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
+        let builder = Arc::new(BatchBuilder::new(ds.store.clone(), pre, WindowConfig { window_size: w, ..Default::default() })?.with_time_split(0.7)?);
+        let ids = builder.usable_ids(&ds.ids)?;
+        let b = b.min(ids.len());
+        let channels = builder.channels();
+        // Probe windows: 8 evenly spaced per Id from each region of the time split (eval's own).
+        let set = train::eval::probe_windows(&ds, &builder, w, 8, train::eval::Split::Time, "Label", 0.7, 0)?;
+        let inputs = train::input::Inputs::with_rates(train::config::InputKind::Time, w, channels, train::trainer::sample_rates(&ds))?;
+        let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
+        Ok(ProbeRun { builder, ids, set, inputs, encoder: EncoderConfig::new(s.quality_encoder, w, channels), window: w, batch: b, target, data_name })
+    }
+
+    /// `dataset, W, B, encoder` for notes.
+    fn describe(&self) -> String {
+        format!("dataset: {}; W = {}, B = {}, {}", self.data_name, self.window, self.batch, self.encoder.kind())
+    }
+
+    /// Trains a fresh encoder (seed 0, the same batches every call) in `precision` for at most
+    /// `max_steps`, probing every `every` steps and at the end; with a `target`, stops when the
+    /// probe reaches it. Runs in the calling rayon pool.
+    fn train(&self, precision: Precision, every: u64, max_steps: u64, target: Option<f64>) -> Result<ProbeOutcome> {
+        let mut st = step_for(&self.encoder, self.batch)?;
+        st.encoder.device.set_precision(precision)?;
+        let fed = train::eval::ProbeInputs::new(&self.set, &self.inputs)?;
         let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &fed, 5)?.linear_probe_acc) };
         let random_acc = probe(&mut st.encoder)?;
-        let sampler = BatchSampler::new(builder.clone(), &ids, SamplerConfig { batch_size: b, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
-        let mut train_time = 0.0;
-        let mut reached = None;
-        let mut last_acc = random_acc;
+        let sampler = BatchSampler::new(self.builder.clone(), &self.ids, SamplerConfig { batch_size: self.batch, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
+        let (mut train_time, mut reached, mut last_acc) = (0.0, None, random_acc);
         for item in sampler {
             let (_, batch) = item?;
-            let rates = inputs.rates(&batch.ids);
+            let rates = self.inputs.rates(&batch.ids);
             let t = Instant::now();
             st.train_step(Pairs::new(&batch.anchor, &batch.positive).with_rates(&rates))?;
             train_time += t.elapsed().as_secs_f64();
-            if st.step % eval_every == 0 {
+            if st.step % every == 0 || st.step >= max_steps {
                 last_acc = probe(&mut st.encoder)?;
-                if last_acc >= target {
+                if target.is_some_and(|t| last_acc >= t) {
                     reached = Some((st.step, train_time));
                     break;
                 }
@@ -533,19 +591,27 @@ pub fn quality(s: &Settings) -> Result<Category> {
                 break;
             }
         }
-        Ok((reached, random_acc, last_acc, st.step))
-    })?;
-    let (reached, random_acc, last_acc, steps) = result;
-    let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
-    cat.notes.push(format!("dataset: {data_name}; W = {w}, B = {b}, {}, probe every {eval_every} steps, target {target:.2}", s.quality_encoder));
-    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, random_acc, false, "linear probe on a random-init encoder"));
-    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, last_acc, false, "linear probe at the last check"));
-    match reached {
+        Ok(ProbeOutcome { random_acc, last_acc, steps: st.step, reached })
+    }
+}
+
+/// Quality: optimizer steps and seconds until a frozen-encoder linear probe reaches a target
+/// accuracy (time split: windows of the first 70 % train, the probe tests on the last 30 %).
+pub fn quality(s: &Settings) -> Result<Category> {
+    let mut cat = Category::new(CategoryKind::Quality);
+    let run = ProbeRun::prepare(s)?;
+    let (eval_every, max_steps) = if s.quick { (25u64, 300u64) } else { (100, 4000) };
+    let target = run.target;
+    let r = pool(s.threads)?.install(|| run.train(Precision::Fp32, eval_every, max_steps, Some(target)))?;
+    cat.notes.push(format!("{}, probe every {eval_every} steps, target {target:.2}", run.describe()));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
+    match r.reached {
         Some((st, secs)) => {
             cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
             cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::SecondsToTarget, secs, true, "training time (probes excluded) until the probe reached the target"));
         }
-        None => cat.notes.push(format!("the probe did not reach {target:.2} within {steps} steps (last {last_acc:.3})")),
+        None => cat.notes.push(format!("the probe did not reach {target:.2} within {} steps (last {:.3})", r.steps, r.last_acc)),
     }
     Ok(cat)
 }

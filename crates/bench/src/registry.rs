@@ -154,6 +154,7 @@ impl Selection {
 }
 
 /// Every selection, `all` last: the categories in run order come from [`CategoryKind::ALL`].
+#[cfg(feature = "clap")]
 const SELECTIONS: [Selection; CategoryKind::ALL.len() + 1] = {
     let mut all = [Selection::All; CategoryKind::ALL.len() + 1];
     let mut i = 0;
