@@ -46,7 +46,7 @@ fn main() {
         unsafe { sparse.compress(m, k, ao) };
         tc.push(t0.elapsed().as_secs_f64() * 1e3);
         let t0 = Instant::now();
-        unsafe { sparse.multiply(bo, c.as_mut_ptr(), n, 0..n, false, &mut strip) };
+        unsafe { sparse.multiply(sgemm::Isa::Avx2, bo, c.as_mut_ptr(), n, 0..n, false, &mut strip) };
         ts.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     for t in [&mut td, &mut tc, &mut ts] {

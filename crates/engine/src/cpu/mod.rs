@@ -621,11 +621,13 @@ impl CpuDevice {
             let (parts, bound) = partition(strips.len(), g.n, sparse::STRIP);
             let (cp, bp) = (SendPtr(cs.as_mut_ptr()), SendPtr(b_op.ptr as *mut f32));
             let lhs = &lhs;
+            // The device's own kernel's vectors (the caller runs this only where it is one of ours).
+            let isa = self.gemm.isa().unwrap_or(sgemm::Isa::Avx2);
             let run = |(t, strip): (usize, &mut StripBuffer)| {
                 let (cp, bp) = (cp, bp);
                 let b = Operand { ptr: bp.0, ..b_op };
-                // SAFETY: whole matrices (asserted); the column ranges of different t are disjoint.
-                unsafe { lhs.multiply(b, cp.0, g.n, bound(t)..bound(t + 1), g.accumulate, strip) }
+                // SAFETY: whole matrices (asserted); the column ranges of different t are disjoint; `isa` is the device's kernel's, which this CPU runs.
+                unsafe { lhs.multiply(isa, b, cp.0, g.n, bound(t)..bound(t + 1), g.accumulate, strip) }
             };
             strips[..parts].par_iter_mut().enumerate().for_each(run);
         }
@@ -748,7 +750,7 @@ impl Device for CpuDevice {
         let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
         // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
         let fp32 = self.precision == Precision::Fp32;
-        // (Its kernel is AVX2's; it runs wherever ours do, faer alone excluding it.)
+        // (It runs on the vectors of the device's own kernel; faer alone excludes it.)
         if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.gemm_sparse(g, c, a, b) {
             return;
         }

@@ -18,9 +18,9 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::sgemm::{pack_panel, Operand, Panel};
+use crate::cpu::sgemm::{pack_panel, Isa, Operand, Panel};
 
-/// Columns of C per register strip: 8 vectors of 8 lanes.
+/// Columns of C per register strip: 8 vectors of 8 lanes (AVX2), or 4 of 16 (AVX-512).
 pub const STRIP: usize = 64;
 
 /// One non-zero of A: its depth index `p` (the row of B it multiplies) and its value.
@@ -134,11 +134,13 @@ impl SparseLhs {
     /// Loops: strips of 64 columns (packed), chunks of [`DEPTH`] (in L1), rows of C; each row of C
     /// keeps its 64 columns in 8 registers over its non-zeros of the chunk.
     ///
+    /// The inner loop runs on `isa`'s vectors.
+    ///
     /// # Safety
-    /// [`crate::cpu::sgemm::supported`] must be true; `b` must address a whole `k × n` matrix, `c` a
+    /// `isa` must be supported ([`Isa::supported`]); `b` must address a whole `k × n` matrix, `c` a
     /// whole `m × n` one, `cols` lie inside `0..n`, and no other thread may touch those columns of C.
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn multiply(&self, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
+    pub unsafe fn multiply(&self, isa: Isa, b: Operand, c: *mut f32, rsc: usize, cols: std::ops::Range<usize>, accumulate: bool, strip: &mut StripBuffer) {
         // SAFETY: as this function's contract (# Safety above): B and C are whole matrices, `cols` lies inside `0..n` and is this caller's alone; the strip and tile buffers are reserved below for depth `k` (64 floats per depth, then the tile), from a 64-byte boundary.
         unsafe {
             let (m, k) = (self.m, self.k);
@@ -177,7 +179,10 @@ impl SparseLhs {
                             std::ptr::copy_nonoverlapping(c.add(i * rsc + j), t, width);
                         }
                     }
-                    self.multiply_block(rows.clone(), packed, tile);
+                    match isa {
+                        Isa::Avx2 => multiply_block_avx2(self, rows.clone(), packed, tile),
+                        Isa::Avx512 => multiply_block_avx512(self, rows.clone(), packed, tile),
+                    }
                     for i in rows {
                         write_row(tile.add((i - i0) * STRIP), c.add(i * rsc + j), width);
                     }
@@ -189,29 +194,69 @@ impl SparseLhs {
     }
 }
 
-impl SparseLhs {
-    /// `tile[i - rows.start] += row i of A · strip` for each row of the block, a depth chunk at a
-    /// time so that chunk stays in L1 across the block's rows.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn multiply_block(&self, rows: std::ops::Range<usize>, strip: *const f32, tile: *mut f32) {
-        // SAFETY: `rows` lies inside A's rows, `strip` holds the 64-column strip of every depth the rows' lists name (packed by `multiply`), and `tile` has 64 floats per row of the block.
-        unsafe {
-            let (k, stride) = (self.k, self.chunks() + 1);
-            for d in 0..stride - 1 {
-                for i in rows.clone() {
-                    let (lo, hi) = (self.starts[i * stride + d] as usize, self.starts[i * stride + d + 1] as usize);
-                    row_strip(self.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
+/// Defines `$block(lhs, rows, strip, tile)`: `tile[i - rows.start] += row i of A · strip` for
+/// each row of the block, a depth chunk at a time so that chunk stays in L1 across the block's
+/// rows; and its inner `$row`: `c[0..64] += Σ_list value · strip[p·64 .. p·64 + 64]`, the 64
+/// columns held in `64 / $lanes` accumulators, one broadcast per non-zero. Written once for both
+/// vector widths (the AVX2 one is tested on any AVX2 CPU; the AVX-512 one differs only in the
+/// intrinsics named here).
+macro_rules! strip_kernels {
+    ($block:ident, $row:ident, $feature:literal, $lanes:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $store:ident) => {
+        /// # Safety
+        /// The CPU must have the instruction set; `rows` must lie inside A's rows, `strip` hold
+        /// the 64-column strip of every depth the rows' lists name (packed by `multiply`, 64-byte
+        /// aligned), and `tile` 64 floats per row of the block.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        unsafe fn $block(lhs: &SparseLhs, rows: std::ops::Range<usize>, strip: *const f32, tile: *mut f32) {
+            // SAFETY: the contract above; each list names depths of the strip.
+            unsafe {
+                let (k, stride) = (lhs.k, lhs.chunks() + 1);
+                for d in 0..stride - 1 {
+                    for i in rows.clone() {
+                        let (lo, hi) = (lhs.starts[i * stride + d] as usize, lhs.starts[i * stride + d + 1] as usize);
+                        $row(lhs.entries.get_unchecked(i * k + lo..i * k + hi), strip, tile.add((i - rows.start) * STRIP));
+                    }
                 }
             }
         }
-    }
 
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn multiply_block(&self, _: std::ops::Range<usize>, _: *const f32, _: *mut f32) {
-        unreachable!("sgemm::supported() is false off x86-64")
-    }
+        /// # Safety
+        /// As the block's: `strip` holds 64 floats for every depth named in `list`, 64-byte
+        /// aligned (`StripBuffer::reserve`), as the aligned loads need; `c` holds 64 floats, as aligned.
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feature)]
+        #[inline]
+        unsafe fn $row(list: &[Entry], strip: *const f32, c: *mut f32) {
+            // SAFETY: the contract above.
+            unsafe {
+                use std::arch::x86_64::*;
+                let mut acc = [$zero(); STRIP / $lanes];
+                for (q, a) in acc.iter_mut().enumerate() {
+                    *a = $load(c.add($lanes * q));
+                }
+                for e in list {
+                    let row = strip.add(e.p as usize * STRIP);
+                    let v = $splat(e.value);
+                    for (q, a) in acc.iter_mut().enumerate() {
+                        *a = $fmadd(v, $load(row.add($lanes * q)), *a);
+                    }
+                }
+                for (q, a) in acc.iter().enumerate() {
+                    $store(c.add($lanes * q), *a);
+                }
+            }
+        }
+
+        #[cfg(not(target_arch = "x86_64"))]
+        unsafe fn $block(_: &SparseLhs, _: std::ops::Range<usize>, _: *const f32, _: *mut f32) {
+            unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+        }
+    };
 }
+
+strip_kernels!(multiply_block_avx2, row_strip_avx2, "avx2,fma", 8, _mm256_setzero_ps, _mm256_load_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_store_ps);
+strip_kernels!(multiply_block_avx512, row_strip_avx512, "avx512f", 16, _mm512_setzero_ps, _mm512_load_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_store_ps);
 
 /// Copies `width` floats of a finished tile row to C. A whole aligned strip goes with streaming
 /// stores: C's rows are far apart (32 KiB in xl's `dW`) and are not read again here, so a normal
@@ -263,47 +308,29 @@ impl SharedOperand {
     }
 }
 
-/// `c[0..64] += Σ_list value · strip[p·64 .. p·64 + 64]`: 8 accumulators across the strip,
-/// one broadcast per non-zero.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn row_strip(list: &[Entry], strip: *const f32, c: *mut f32) {
-    // SAFETY: `strip` holds 64 floats for every depth named in `list` and is 64-byte aligned (`StripBuffer::reserve`), as the aligned loads need; `c` holds 64 floats.
-    unsafe {
-        use std::arch::x86_64::*;
-        let mut acc = [_mm256_setzero_ps(); STRIP / 8];
-        for (q, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_load_ps(c.add(8 * q));
-        }
-        for e in list {
-            let row = strip.add(e.p as usize * STRIP);
-            let v = _mm256_set1_ps(e.value);
-            for (q, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(v, _mm256_load_ps(row.add(8 * q)), *a);
-            }
-        }
-        for (q, a) in acc.iter().enumerate() {
-            _mm256_store_ps(c.add(8 * q), *a);
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn row_strip(_: &[Entry], _: *const f32, _: *mut f32) {
-    unreachable!("sgemm::supported() is false off x86-64")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn matches_the_naive_product_with_zeros_strides_and_edges() {
-        if !crate::cpu::sgemm::supported() {
+        if !Isa::Avx2.supported() {
             eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the sparse GEMM runs only where it has them");
             return;
         }
+        check_against_naive(Isa::Avx2);
+    }
+
+    #[test]
+    fn avx512_matches_the_naive_product() {
+        if !Isa::Avx512.supported() {
+            eprintln!("SKIPPED (no AVX-512F): the AVX-512 strip kernel was not run; its AVX2 twin from the same macro was");
+            return;
+        }
+        check_against_naive(Isa::Avx512);
+    }
+
+    fn check_against_naive(isa: Isa) {
         let mut seed = 11u64;
         let mut rand = move || {
             seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -327,15 +354,15 @@ mod tests {
                     let mid = (n / 2).next_multiple_of(8).min(n);
                     let b = Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 };
                     unsafe {
-                        sparse.multiply(b, got.as_mut_ptr(), n, 0..mid, accumulate, &mut strip);
-                        sparse.multiply(b, got.as_mut_ptr(), n, mid..n, accumulate, &mut strip);
+                        sparse.multiply(isa, b, got.as_mut_ptr(), n, 0..mid, accumulate, &mut strip);
+                        sparse.multiply(isa, b, got.as_mut_ptr(), n, mid..n, accumulate, &mut strip);
                     }
                     for i in 0..m {
                         for j in 0..n {
                             let dot: f64 = (0..k).map(|p| a_at(i, p) as f64 * bv[p * n + j] as f64).sum();
                             let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
                             let g = got[i * n + j] as f64;
-                            assert!((g - want).abs() <= 1e-5 * (k as f64).sqrt().max(1.0) * 4.0, "m{m} n{n} k{k} ta{trans_a} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                            assert!((g - want).abs() <= 1e-5 * (k as f64).sqrt().max(1.0) * 4.0, "{isa:?} m{m} n{n} k{k} ta{trans_a} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
                         }
                     }
                 }
