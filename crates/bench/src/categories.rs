@@ -480,7 +480,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             ));
         }
         cat.notes.push(format!(
-            "bf16 products: {} (no AMX kernel in this build); activations and weights stay fp32, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
+            "bf16 products: {}; activations and weights stay fp32, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
             engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products(),
             warmup + n,
             acc[0],

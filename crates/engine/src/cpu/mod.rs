@@ -14,6 +14,7 @@
 //! its inner kernel by block size, so its products can differ in the last bits between thread
 //! counts; the kernel plan is keyed by thread count for that reason.
 
+pub mod amx;
 pub mod math;
 pub mod plan;
 pub mod sgemm;
@@ -105,6 +106,7 @@ impl CpuGemm {
     /// How this kernel runs bf16 products, for reports.
     pub fn bf16_products(self) -> &'static str {
         match self {
+            CpuGemm::PackedAvx512 if amx::enabled() => "AMX tiles (TDPBF16PS, CID_CPU_AMX=on) on operands packed as bf16 pairs, fp32 accumulation",
             CpuGemm::PackedAvx512 if sgemm::bf16_dot_products() => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
             CpuGemm::Faer => "not run (faer has no bf16 products)",
             _ => "operands rounded to bf16 as they are packed, fp32 FMA (this CPU has no AVX512-BF16): the numerics of bf16 products without their speed",

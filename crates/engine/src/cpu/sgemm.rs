@@ -29,8 +29,8 @@
 pub const MR: usize = 6;
 /// Columns of the AVX2 micro-tile (two 8-lane vectors); [`Isa::nr`] gives each kernel's.
 pub const NR: usize = 16;
-/// The widest micro-tile (AVX-512: two 16-lane vectors).
-const NR_MAX: usize = 32;
+/// The widest micro-tile (AVX-512: two 16-lane vectors; AMX: two 16-column tiles).
+pub(crate) const NR_MAX: usize = 32;
 /// Depth of a slice: a 16 × 256 micro-panel of B is 16 KiB, half of a 32 KiB L1 (AVX-512's
 /// 32-wide panel, 32 KiB, fits the 48 KiB L1 of the Intel cores that have it).
 pub const KC: usize = 256;
@@ -90,8 +90,18 @@ impl PackBuffers {
         }
     }
 
+    /// Room for `a` and `b` floats (each from a cache line), for a kernel with its own blocking.
+    pub(crate) fn reserve_floats(&mut self, a: usize, b: usize) {
+        if self.a.len() < a + ALIGN {
+            self.a.resize(a + ALIGN, 0.0);
+        }
+        if self.b.len() < b + ALIGN {
+            self.b.resize(b + ALIGN, 0.0);
+        }
+    }
+
     /// The two buffers, each from its first cache-line boundary.
-    fn aligned(&mut self) -> (&mut [f32], &mut [f32]) {
+    pub(crate) fn aligned(&mut self) -> (&mut [f32], &mut [f32]) {
         let a = self.a.as_ptr().align_offset(4 * ALIGN);
         let b = self.b.as_ptr().align_offset(4 * ALIGN);
         (&mut self.a[a..], &mut self.b[b..])
@@ -102,7 +112,7 @@ impl PackBuffers {
 const ALIGN: usize = 16;
 
 /// Columns of C per packed block of B for a super-block of depth `kk`, in panels `nr` wide.
-fn block_cols(n: usize, kk: usize, nr: usize) -> usize {
+pub(crate) fn block_cols(n: usize, kk: usize, nr: usize) -> usize {
     (B_PACK / kk / nr * nr).clamp(nr, NC).min(n)
 }
 
@@ -173,6 +183,7 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
     // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa` (AVX512-BF16's only where `bf16_dot_products` says the CPU has it).
     unsafe {
         match isa {
+            Isa::Avx512 if buf.round_bf16 && super::amx::enabled() => super::amx::sgemm_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
             Isa::Avx512 if buf.round_bf16 && bf16_dot_products() => tiles::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512_bf16::<true, 2>; 2]),
             Isa::Avx2 => tiles::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx2::<true, 2>, kernel_avx2::<false, 2>]),
             Isa::Avx512 => tiles::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512::<true, 2>, kernel_avx512::<false, 2>]),
@@ -279,7 +290,7 @@ unsafe fn pack<const W: usize, const D: usize>(kd: usize, lanes: usize, src: Pan
     // SAFETY: forwarded contract.
     unsafe {
         if D == 2 {
-            pack_block_pairs::<W>(kd, lanes, src, out)
+            pack_block_pairs::<W, 1>(kd, lanes, src, out)
         } else {
             pack_block::<W>(kd, lanes, src, out, round)
         }
@@ -287,21 +298,22 @@ unsafe fn pack<const W: usize, const D: usize>(kd: usize, lanes: usize, src: Pan
 }
 
 /// Packs a block as pairs of bf16 for a dot-product kernel: for each `KC`-deep slice, one panel
-/// of `⌈kc/2⌉ × W` 32-bit slots per `W` lanes, slot `(p2, q)` holding lane `q` at depths `2·p2`
+/// of `slots × W` 32-bit slots per `W` lanes, slot `(p2, q)` holding lane `q` at depths `2·p2`
 /// (low half) and `2·p2 + 1` (high half), each rounded to bf16 — `vdpbf16ps`'s operand layout
-/// (a broadcast slot of A against a vector of B's slots). An odd last depth and the padding
-/// lanes are zeros.
+/// (a broadcast slot of A against a vector of B's slots) and AMX's for B. `slots` is `⌈kc/2⌉`
+/// rounded up to a multiple of `ALIGN` (AMX multiplies 16 slots at a time). An odd last depth,
+/// the padding slots and the padding lanes are zeros.
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-unsafe fn pack_block_pairs<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+pub(crate) unsafe fn pack_block_pairs<const W: usize, const ALIGN: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes`; `out` holds the whole block (asserted), and every write is below that.
     unsafe {
         let width = lanes.next_multiple_of(W);
-        assert!(out.len() >= width * kd.div_ceil(2));
+        assert!(out.len() >= width * pair_slots::<ALIGN>(kd));
         let value = |p: usize, q: usize| if p < kd && q < lanes { bf16_bits(*src.ptr.offset(p as isize * src.sp + q as isize * src.sq)) } else { 0 };
         for slice in (0..kd).step_by(KC) {
-            let slots = KC.min(kd - slice).div_ceil(2);
+            let slots = pair_slots::<ALIGN>(KC.min(kd - slice));
             let base = slice / 2 * width;
             for q0 in (0..width).step_by(W) {
                 let panel = base + q0 * slots;
@@ -364,6 +376,14 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
     }
 }
 
+/// Slots of a `kd`-deep block packed as bf16 pairs, slice by slice, each slice's `⌈kc/2⌉` rounded
+/// up to a multiple of `ALIGN` (a full `KC` slice is 128 slots, already a multiple of 16).
+pub(crate) fn pair_slots<const ALIGN: usize>(kd: usize) -> usize {
+    let full = kd / KC * (KC / 2);
+    let last = (kd % KC).div_ceil(2).next_multiple_of(ALIGN);
+    full + last
+}
+
 /// Rounds each value to the nearest bf16 (ties to even), kept as f32: the upper 16 bits of the
 /// f32 after adding half of the dropped part; past bf16's largest value, ±inf. A NaN stays a
 /// (quiet) NaN: the carry of the rounding could otherwise turn it into an infinity or a zero.
@@ -375,7 +395,7 @@ pub fn round_bf16(v: &mut [f32]) {
 
 /// `x` rounded to bf16 as [`round_bf16`] does, as f32 bits (the low 16 are zero).
 #[inline]
-fn bf16_bits(x: f32) -> u32 {
+pub(crate) fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
     let rounded = if x.is_nan() { b | 0x0040_0000 } else { b.wrapping_add(0x7FFF + ((b >> 16) & 1)) };
     rounded & 0xFFFF_0000
@@ -394,7 +414,7 @@ impl Panel {
     ///
     /// # Safety
     /// `(p, q)` must lie inside the matrix.
-    unsafe fn at(self, p: usize, q: usize) -> Panel {
+    pub(crate) unsafe fn at(self, p: usize, q: usize) -> Panel {
         // SAFETY: `(p, q)` is inside the matrix (the contract), so the shifted pointer addresses one of its elements.
         unsafe { Panel { ptr: self.ptr.offset(p as isize * self.sp + q as isize * self.sq), ..self } }
     }

@@ -1,0 +1,498 @@
+//! bf16 products on Intel AMX tiles (`TDPBF16PS`): the bf16 path of the packed GEMM on CPUs with
+//! AMX-BF16 (Sapphire Rapids and later), where PyTorch's bf16 autocast runs its products.
+//!
+//! A 32 × 32 block of C is held in four 16 × 16 fp32 tiles (`tmm0`–`tmm3`); each step loads two
+//! 16-row tiles of A (`tmm4`, `tmm5`: 16 rows × 32 depths) and two 16-column tiles of B (`tmm6`,
+//! `tmm7`: 32 depths × 16 columns) and issues four tile dot products. B is packed as the dot-product
+//! kernel packs it (pairs of bf16 in 32-bit slots, depth-pair rows of 32 lanes,
+//! [`sgemm::pack_block_pairs`]), which is AMX's layout for B; A is packed row by row
+//! ([`pack_row_pairs`]): each row's 16 slots of a step side by side, as a tile row.
+//!
+//! The kernel is written against [`TileOps`], the five tile instructions it uses: [`Amx`] issues
+//! them (inline assembly: Rust has no stable AMX intrinsics), [`TileEmulator`] computes them in
+//! plain Rust with `TDPBF16PS`'s order of operations. The tests run the packing, the loop nest
+//! and the kernel through the emulator on any CPU; only the five instructions need an AMX CPU,
+//! and their own test runs where there is one.
+//!
+//! Not yet run on an AMX CPU (none was available while it was written): the product uses it only
+//! where `CID_CPU_AMX=on` asks for it and the CPU, the kernel and a check of it at first use all
+//! agree ([`enabled`]).
+
+use std::sync::OnceLock;
+
+use super::sgemm::{self, block_cols, pack_block_pairs, pair_slots, Operand, PackBuffers, Panel, KC, KK, NR_MAX};
+
+/// Rows of a block of C: two 16-row tiles.
+pub const MR: usize = 32;
+/// Rows of a packed block of A (four blocks of C).
+const MC: usize = 128;
+/// Slots (bf16 pairs) a tile row holds: 64 bytes.
+const STEP: usize = 16;
+
+/// The tile instructions the kernel uses, tiles named by number: C in 0–3, A in 4–5, B in 6–7,
+/// each 16 rows of 64 bytes.
+pub trait TileOps {
+    /// `tilezero tmmT`.
+    ///
+    /// # Safety
+    /// Tiles must be configured.
+    unsafe fn zero<const T: u8>(&mut self);
+    /// `tileloadd tmmT, [ptr + stride·r]`: 16 rows of 64 bytes.
+    ///
+    /// # Safety
+    /// `ptr` must address 16 rows of 64 bytes `stride` apart.
+    unsafe fn load<const T: u8>(&mut self, ptr: *const u8, stride: usize);
+    /// `tdpbf16ps tmmC, tmmA, tmmB`: `C[m][n] += Σ_k A[m][2k]·B[k][2n] + A[m][2k+1]·B[k][2n+1]`.
+    ///
+    /// # Safety
+    /// Tiles must be configured.
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self);
+    /// `tilestored [ptr + stride·r], tmmT`.
+    ///
+    /// # Safety
+    /// `ptr` must address 16 rows of 64 bytes `stride` apart that nothing else touches.
+    unsafe fn store<const T: u8>(&mut self, ptr: *mut u8, stride: usize);
+}
+
+/// The AMX unit of this core, configured for eight 16 × 64-byte tiles while it lives.
+pub struct Amx(());
+
+/// `LDTILECFG`'s 64-byte operand: palette 1, every tile 16 rows of 64 bytes.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    const ALL_16_BY_64: TileConfig = {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = 64; // bytes per row (u16, little-endian)
+            c[48 + t] = 16; // rows
+            t += 1;
+        }
+        TileConfig(c)
+    };
+}
+
+impl Amx {
+    /// Configures the tiles of the calling thread.
+    ///
+    /// # Safety
+    /// [`available`] must be true (AMX present and permitted for this process).
+    pub unsafe fn configure() -> Amx {
+        let cfg = TileConfig::ALL_16_BY_64;
+        // SAFETY: `cfg` is a valid palette-1 configuration, 64-byte aligned; AMX is usable (the contract).
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly))
+        };
+        Amx(())
+    }
+}
+
+impl Drop for Amx {
+    fn drop(&mut self) {
+        // SAFETY: an `Amx` exists only where tiles were configured; releasing returns them to the init state.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            std::arch::asm!("tilerelease", options(nostack, nomem))
+        };
+    }
+}
+
+// One arm per tile register: the register is part of the instruction.
+#[cfg(target_arch = "x86_64")]
+impl TileOps for Amx {
+    #[inline(always)]
+    unsafe fn zero<const T: u8>(&mut self) {
+        use std::arch::asm;
+        // SAFETY: tiles configured (the contract of `configure`).
+        unsafe {
+            match T {
+                0 => asm!("tilezero tmm0", options(nostack, nomem)),
+                1 => asm!("tilezero tmm1", options(nostack, nomem)),
+                2 => asm!("tilezero tmm2", options(nostack, nomem)),
+                3 => asm!("tilezero tmm3", options(nostack, nomem)),
+                _ => unreachable!("C tiles are 0–3"),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn load<const T: u8>(&mut self, ptr: *const u8, stride: usize) {
+        use std::arch::asm;
+        // SAFETY: `ptr` addresses 16 rows of 64 bytes `stride` apart (the contract).
+        unsafe {
+            match T {
+                4 => asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                5 => asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                6 => asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                7 => asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                _ => unreachable!("A and B tiles are 4–7"),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self) {
+        use std::arch::asm;
+        // SAFETY: tiles configured; the four products the kernel issues.
+        unsafe {
+            match (C, A, B) {
+                (0, 4, 6) => asm!("tdpbf16ps tmm0, tmm4, tmm6", options(nostack, nomem)),
+                (1, 4, 7) => asm!("tdpbf16ps tmm1, tmm4, tmm7", options(nostack, nomem)),
+                (2, 5, 6) => asm!("tdpbf16ps tmm2, tmm5, tmm6", options(nostack, nomem)),
+                (3, 5, 7) => asm!("tdpbf16ps tmm3, tmm5, tmm7", options(nostack, nomem)),
+                _ => unreachable!("the kernel multiplies tiles (0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7) only"),
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn store<const T: u8>(&mut self, ptr: *mut u8, stride: usize) {
+        use std::arch::asm;
+        // SAFETY: `ptr` addresses 16 rows of 64 bytes `stride` apart that only this call writes (the contract).
+        unsafe {
+            match T {
+                0 => asm!("tilestored [{p} + {s}*1], tmm0", p = in(reg) ptr, s = in(reg) stride, options(nostack)),
+                1 => asm!("tilestored [{p} + {s}*1], tmm1", p = in(reg) ptr, s = in(reg) stride, options(nostack)),
+                2 => asm!("tilestored [{p} + {s}*1], tmm2", p = in(reg) ptr, s = in(reg) stride, options(nostack)),
+                3 => asm!("tilestored [{p} + {s}*1], tmm3", p = in(reg) ptr, s = in(reg) stride, options(nostack)),
+                _ => unreachable!("C tiles are 0–3"),
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl TileOps for Amx {
+    unsafe fn zero<const T: u8>(&mut self) {
+        unreachable!("no AMX off x86-64")
+    }
+    unsafe fn load<const T: u8>(&mut self, _: *const u8, _: usize) {
+        unreachable!("no AMX off x86-64")
+    }
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self) {
+        unreachable!("no AMX off x86-64")
+    }
+    unsafe fn store<const T: u8>(&mut self, _: *mut u8, _: usize) {
+        unreachable!("no AMX off x86-64")
+    }
+}
+
+/// The tile instructions computed in Rust, in `TDPBF16PS`'s order: per element of C, for each
+/// pair, the even product is added, then the odd one (each product of two bf16 is exact in
+/// fp32, so only the adds round). Denormals are kept (the hardware flushes them): the tests'
+/// values are normal.
+pub struct TileEmulator {
+    tiles: [[[u32; STEP]; 16]; 8],
+}
+
+impl Default for TileEmulator {
+    fn default() -> Self {
+        TileEmulator { tiles: [[[0; STEP]; 16]; 8] }
+    }
+}
+
+impl TileOps for TileEmulator {
+    unsafe fn zero<const T: u8>(&mut self) {
+        self.tiles[T as usize] = [[0; STEP]; 16];
+    }
+
+    unsafe fn load<const T: u8>(&mut self, ptr: *const u8, stride: usize) {
+        for (r, row) in self.tiles[T as usize].iter_mut().enumerate() {
+            for (j, v) in row.iter_mut().enumerate() {
+                // SAFETY: `ptr` addresses 16 rows of 64 bytes `stride` apart (the contract).
+                *v = unsafe { (ptr.add(r * stride + 4 * j) as *const u32).read_unaligned() };
+            }
+        }
+    }
+
+    unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self) {
+        let (a, b) = (self.tiles[A as usize], self.tiles[B as usize]);
+        let half = |slot: u32, odd: bool| f32::from_bits(if odd { slot & 0xFFFF_0000 } else { slot << 16 });
+        for m in 0..16 {
+            for n in 0..STEP {
+                let mut acc = f32::from_bits(self.tiles[C as usize][m][n]);
+                for k in 0..STEP {
+                    acc += half(a[m][k], false) * half(b[k][n], false);
+                    acc += half(a[m][k], true) * half(b[k][n], true);
+                }
+                self.tiles[C as usize][m][n] = acc.to_bits();
+            }
+        }
+    }
+
+    unsafe fn store<const T: u8>(&mut self, ptr: *mut u8, stride: usize) {
+        for (r, row) in self.tiles[T as usize].iter().enumerate() {
+            for (j, v) in row.iter().enumerate() {
+                // SAFETY: `ptr` addresses 16 rows of 64 bytes `stride` apart (the contract).
+                unsafe { (ptr.add(r * stride + 4 * j) as *mut u32).write_unaligned(*v) };
+            }
+        }
+    }
+}
+
+/// Packs a block of A (`kd` depths × `rows` rows, element `(p, q)` of `src`) for the tiles: per
+/// `KC`-deep slice, per panel of [`MR`] rows, per step of 16 slots, each row's 16 slots (bf16
+/// pairs, even depth in the low half) side by side — 32 tile rows of 64 bytes. Padding rows,
+/// slots and an odd last depth are zeros.
+///
+/// # Safety
+/// `src` must address `kd × rows` elements.
+unsafe fn pack_row_pairs(kd: usize, rows: usize, src: Panel, out: &mut [f32]) {
+    // SAFETY: every read is at `p < kd`, `q < rows` (checked in `value`); `out` holds the whole block (asserted).
+    unsafe {
+        let height = rows.next_multiple_of(MR);
+        assert!(out.len() >= height * pair_slots::<STEP>(kd));
+        let value = |p: usize, q: usize| if p < kd && q < rows { sgemm::bf16_bits(*src.ptr.offset(p as isize * src.sp + q as isize * src.sq)) } else { 0 };
+        for slice in (0..kd).step_by(KC) {
+            let slots = pair_slots::<STEP>(KC.min(kd - slice));
+            let base = slice / 2 * height;
+            for q0 in (0..height).step_by(MR) {
+                let panel = base + q0 * slots;
+                for step in 0..slots / STEP {
+                    for i in 0..MR {
+                        for s in 0..STEP {
+                            let (p, q) = (slice + 2 * (step * STEP + s), q0 + i);
+                            out[panel + (step * MR + i) * STEP + s] = f32::from_bits(value(p, q) >> 16 | (value(p + 1, q) & 0xFFFF_0000));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One 32 × 32 block of C: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` over `slots` bf16 pairs of a
+/// packed A panel ([`pack_row_pairs`]) and B panel ([`pack_block_pairs`], 32 lanes).
+///
+/// # Safety
+/// Tiles configured; `a` and `b` must hold those panels, `c` an `mr × nr` block (row stride `rsc`)
+/// that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<O: TileOps>(ops: &mut O, slots: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+    // SAFETY: each step reads 32 rows × 16 slots of A and 16 rows × 32 slots of B inside their panels (`slots` is a multiple of 16); the tile stores write the local block; C is written inside its `mr × nr` block.
+    unsafe {
+        ops.zero::<0>();
+        ops.zero::<1>();
+        ops.zero::<2>();
+        ops.zero::<3>();
+        for step in 0..slots / STEP {
+            let a_step = a.add(step * MR * STEP) as *const u8;
+            ops.load::<4>(a_step, 4 * STEP);
+            ops.load::<5>(a_step.add(16 * 4 * STEP), 4 * STEP);
+            let b_step = b.add(step * STEP * NR_MAX) as *const u8;
+            ops.load::<6>(b_step, 4 * NR_MAX);
+            ops.load::<7>(b_step.add(4 * 16), 4 * NR_MAX);
+            ops.dot::<0, 4, 6>();
+            ops.dot::<1, 4, 7>();
+            ops.dot::<2, 5, 6>();
+            ops.dot::<3, 5, 7>();
+        }
+        let mut block = [0.0f32; MR * NR_MAX];
+        let out = block.as_mut_ptr() as *mut u8;
+        let row = 4 * NR_MAX;
+        ops.store::<0>(out, row);
+        ops.store::<1>(out.add(64), row);
+        ops.store::<2>(out.add(16 * row), row);
+        ops.store::<3>(out.add(16 * row + 64), row);
+        for i in 0..mr {
+            let cr = c.offset(i as isize * rsc);
+            for j in 0..nr {
+                let v = alpha * block[i * NR_MAX + j];
+                *cr.add(j) = if add { *cr.add(j) + v } else { v };
+            }
+        }
+    }
+}
+
+/// `C[m, n] (+)= alpha · op(A) · op(B)` with both operands rounded to bf16, on tiles: the loop
+/// nest of [`sgemm`](sgemm::sgemm) (blocks of B's columns, super-blocks of depth, blocks of A's
+/// rows, `KC`-deep slices) around [`kernel`].
+///
+/// # Safety
+/// As [`sgemm::sgemm`]; `ops` must be able to run (an [`Amx`] from [`Amx::configure`], or the
+/// emulator).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: the operands are whole matrices (the contract); packing reads inside them into buffers reserved for these blocks; each block of C written lies inside C.
+    unsafe {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            if !accumulate {
+                sgemm::clear(m, n, c, rsc);
+            }
+            return;
+        }
+        let kk = KK.min(k);
+        let ncb = block_cols(n, kk, NR_MAX);
+        buf.reserve_floats(MC.min(m).next_multiple_of(MR) * pair_slots::<STEP>(kk), ncb.next_multiple_of(NR_MAX) * pair_slots::<STEP>(kk));
+        let (abuf, bbuf) = buf.aligned();
+        let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
+        for jc in (0..n).step_by(ncb) {
+            let nc = ncb.min(n - jc);
+            for kk in (0..k).step_by(KK) {
+                let kd = KK.min(k - kk);
+                pack_block_pairs::<NR_MAX, STEP>(kd, nc, b.at(kk, jc), bbuf);
+                for ic in (0..m).step_by(MC) {
+                    let mc = MC.min(m - ic);
+                    pack_row_pairs(kd, mc, a.at(kk, ic), abuf);
+                    for pc in (0..kd).step_by(KC) {
+                        let slots = pair_slots::<STEP>(KC.min(kd - pc));
+                        let add = accumulate || kk + pc > 0;
+                        // Slice `pc` starts after `pc / 2` slots of every panel (full slices are
+                        // 128 slots, a multiple of the step).
+                        let (ap, bp) = (abuf.as_ptr().add(pc / 2 * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc / 2 * nc.next_multiple_of(NR_MAX)));
+                        for jr in (0..nc).step_by(NR_MAX) {
+                            for ir in (0..mc).step_by(MR) {
+                                let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
+                                kernel(ops, slots, ap.add(ir * slots), bp.add(jr * slots), ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The environment variable that lets bf16 products run on AMX: `on`, or `off` (default) until
+/// the kernel has run on an AMX CPU.
+pub const ENV: &str = "CID_CPU_AMX";
+
+/// An error naming [`ENV`] where it is set to something other than `on` or `off`.
+pub fn check_env() -> Result<(), String> {
+    match std::env::var(ENV) {
+        Ok(v) if !["on", "off", ""].contains(&v.to_ascii_lowercase().as_str()) => Err(format!("{ENV}={v}: expected on or off")),
+        _ => Ok(()),
+    }
+}
+
+/// Whether this CPU has AMX-BF16 and Linux lets this process use its tiles (asked once: the
+/// tile data is a large register state the kernel hands out on request).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            // CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
+            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            let has = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
+            const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
+            const XFEATURE_XTILEDATA: libc::c_ulong = 18;
+            // SAFETY: a request for the tile state; it changes nothing else and fails harmlessly where unsupported.
+            has && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        {
+            false
+        }
+    })
+}
+
+/// Whether bf16 products run on AMX: asked for (`CID_CPU_AMX=on`), [`available`], and checked
+/// once against the emulator on a product that crosses every block edge of a step. A kernel that
+/// disagrees is not used, and a warning says so.
+pub fn enabled() -> bool {
+    static ENABLED: OnceLock<bool> = OnceLock::new();
+    *ENABLED.get_or_init(|| {
+        let asked = std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("on"));
+        if !asked || !available() {
+            return false;
+        }
+        let agrees = self_check();
+        if !agrees {
+            eprintln!("warning: {ENV}=on, but the AMX kernel disagrees with its emulation on this CPU; bf16 products run on the other kernels");
+        }
+        agrees
+    })
+}
+
+/// The AMX kernel and the emulator on the same product (`45 × 70 × 300`, accumulating): equal
+/// up to the order of sums within an instruction.
+fn self_check() -> bool {
+    let (m, n, k) = (45, 70, 300);
+    let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+    let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
+    let (a, b) = (Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 }, Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 });
+    let run = |amx: bool| {
+        let mut c: Vec<f32> = (0..m * n).map(value).collect();
+        let mut buf = PackBuffers::default();
+        // SAFETY: whole matrices of these shapes; AMX available (checked by the caller).
+        unsafe {
+            if amx {
+                sgemm_tiles(&mut Amx::configure(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
+            } else {
+                sgemm_tiles(&mut TileEmulator::default(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
+            }
+        }
+        c
+    };
+    let (hw, emulated) = (run(true), run(false));
+    hw.iter().zip(&emulated).all(|(h, e)| (h - e).abs() <= 1e-4 * e.abs().max(1.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packing, loop nest and kernel on the emulator, against the naive product of the
+    /// bf16-rounded operands: every transposition, accumulate or not, shapes that cross a tile,
+    /// a block of C, `MC`, `KC` (and an odd depth), `KK` and the 32-lane panels of B.
+    fn check<O: TileOps>(what: &str, ops: &mut O) {
+        let mut seed = 5u64;
+        let mut rand = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let mut buf = PackBuffers::default();
+        for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 31, 33), (150, 70, 600), (130, 33, 257), (7, 40, 0), (32, 96, 1100)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for accumulate in [false, true] {
+                    let (av, bv, c0) = (rand(m * k), rand(k * n), rand(m * n));
+                    let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+                    let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                    let mut got = c0.clone();
+                    unsafe { sgemm_tiles(ops, m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf) };
+                    let (mut ar, mut br) = (av.clone(), bv.clone());
+                    sgemm::round_bf16(&mut ar);
+                    sgemm::round_bf16(&mut br);
+                    let at = |i: usize, p: usize| if ta { ar[p * m + i] } else { ar[i * k + p] } as f64;
+                    let bt = |p: usize, j: usize| if tb { br[j * k + p] } else { br[p * n + j] } as f64;
+                    for i in 0..m {
+                        for j in 0..n {
+                            let dot: f64 = 0.75 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>();
+                            let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
+                            let g = got[i * n + j] as f64;
+                            assert!((g - want).abs() <= 4e-5 * (k as f64).sqrt().max(1.0), "{what}: m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_tile_kernel_matches_the_naive_product_on_the_emulator() {
+        check("emulated tiles", &mut TileEmulator::default());
+    }
+
+    #[test]
+    fn amx_matches_the_naive_product() {
+        if !available() {
+            eprintln!("SKIPPED (no AMX-BF16, or Linux refused the tile state): the AMX instructions were not run; the kernel around them was, on the emulator");
+            return;
+        }
+        // SAFETY: AMX available (checked above).
+        check("amx", &mut unsafe { Amx::configure() });
+        assert!(self_check(), "the AMX kernel and its emulation disagree");
+    }
+}
