@@ -1,6 +1,7 @@
 //! Times our packed GEMM (on each micro-kernel this CPU runs) against faer on one thread.
 //! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]`
 use engine::cpu::sgemm::{self, Isa, Operand, PackBuffers};
+use engine::cpu::CpuGemm;
 use std::time::Instant;
 
 fn main() {
@@ -31,7 +32,8 @@ fn main() {
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
     // Our kernel on each instruction set this CPU has, then faer, interleaved round by round.
-    let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|i| i.supported()).collect();
+    let ours: Vec<(&str, Isa)> = CpuGemm::available().into_iter().filter_map(|k| Some((k.name(), k.isa()?))).collect();
+    let isas: Vec<Isa> = ours.iter().map(|&(_, isa)| isa).collect();
     let mut times: Vec<Vec<f64>> = vec![vec![]; isas.len() + 1];
     for _ in 0..15 {
         for (i, &isa) in isas.iter().enumerate() {
@@ -53,7 +55,7 @@ fn main() {
         }
         times[isas.len()].push(flops / t0.elapsed().as_secs_f64() / 1e9);
     }
-    let names = isas.iter().map(|i| if *i == Isa::Avx2 { "packed" } else { "packed-avx512" }).chain(["faer"]);
+    let names = ours.iter().map(|&(name, _)| name).chain(["faer"]);
     let cols: Vec<String> = names
         .zip(&mut times)
         .map(|(name, t)| {

@@ -8,7 +8,7 @@
 //!   one); [`arena`]: where their tensors live, under PyTorch's names;
 //! - [`loss`], [`optim`], [`step`]: InfoNCE, Adam/AdamW + clipping, the allocation-free training step;
 //! - [`workloads`]: the reference's benchmark shapes by name;
-//! - [`cpu`]: the CPU device (packed AVX2 GEMM or faer, + rayon), the reference every other device
+//! - [`cpu`]: the CPU device (our packed GEMM, AVX2 or AVX-512, or faer, + rayon), the reference every other device
 //!   is checked against; [`cuda`]: the CUDA device (cuBLAS + NVRTC kernels, loaded at run time).
 
 #![deny(unsafe_op_in_unsafe_fn)]

@@ -29,7 +29,8 @@ pub struct Args {
     pub seed: u64,
     /// Bearing split: evaluate this many draws (seeds --seed, --seed + 1, …) and report each row's
     /// mean, standard deviation and range over them, and the margin of pretrained over the better
-    /// baseline per draw.
+    /// baseline per draw (the random-init encoder is drawn anew with each seed, so its spread
+    /// includes its initialisation).
     #[arg(long, default_value_t = 1)]
     pub draws: usize,
     /// The run's YAML config, for a checkpoint without the product's metadata (a PyTorch state

@@ -9,10 +9,11 @@
 //! ([`pack_row_pairs`]): each row's 16 slots of a step side by side, as a tile row.
 //!
 //! The kernel is written against [`TileOps`], the five tile instructions it uses: [`Amx`] issues
-//! them (inline assembly: Rust has no stable AMX intrinsics), [`TileEmulator`] computes them in
-//! plain Rust with `TDPBF16PS`'s order of operations. The tests run the packing, the loop nest
-//! and the kernel through the emulator on any CPU; only the five instructions need an AMX CPU,
-//! and their own test runs where there is one.
+//! them (inline assembly: Rust has no stable AMX intrinsics), [`TileEmulator`] computes the same
+//! products in plain Rust (its order of additions and its denormals may differ from the
+//! hardware's in the last bits). The tests run the packing, the loop nest and the kernel through
+//! the emulator on any CPU; only the five instructions need an AMX CPU, and their own test runs
+//! where there is one.
 //!
 //! Not yet run on an AMX CPU (none was available while it was written): the product uses it only
 //! where `CID_CPU_AMX=on` asks for it and the CPU, the kernel and a check of it at first use all
@@ -54,8 +55,9 @@ pub trait TileOps {
     unsafe fn store<const T: u8>(&mut self, ptr: *mut u8, stride: usize);
 }
 
-/// The AMX unit of this core, configured for eight 16 × 64-byte tiles while it lives.
-pub struct Amx(());
+/// The AMX unit of this core, configured for eight 16 × 64-byte tiles while it lives (the
+/// configuration is the thread's: an `Amx` is neither `Send` nor `Sync`).
+pub struct Amx(std::marker::PhantomData<*const ()>);
 
 /// `LDTILECFG`'s 64-byte operand: palette 1, every tile 16 rows of 64 bytes.
 #[repr(C, align(64))]
@@ -87,7 +89,7 @@ impl Amx {
         unsafe {
             std::arch::asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly))
         };
-        Amx(())
+        Amx(std::marker::PhantomData)
     }
 }
 
@@ -181,10 +183,11 @@ impl TileOps for Amx {
     }
 }
 
-/// The tile instructions computed in Rust, in `TDPBF16PS`'s order: per element of C, for each
-/// pair, the even product is added, then the odd one (each product of two bf16 is exact in
-/// fp32, so only the adds round). Denormals are kept (the hardware flushes them): the tests'
-/// values are normal.
+/// The tile instructions computed in Rust: per element of C, for each pair, the even product is
+/// added, then the odd one (the order of the Intrinsics Guide's description; each product of two
+/// bf16 is exact in fp32, so only the adds round). The hardware may group its additions
+/// otherwise and flushes denormals, so it agrees to rounding, not bit for bit: the first-use
+/// check and the tests allow for that.
 pub struct TileEmulator {
     tiles: [[[u32; STEP]; 16]; 8],
 }
@@ -242,11 +245,10 @@ impl TileOps for TileEmulator {
 /// # Safety
 /// `src` must address `kd × rows` elements.
 unsafe fn pack_row_pairs(kd: usize, rows: usize, src: Panel, out: &mut [f32]) {
-    // SAFETY: every read is at `p < kd`, `q < rows` (checked in `value`); `out` holds the whole block (asserted).
+    // SAFETY: `pair_bits` reads only inside the `kd × rows` source; `out` holds the whole block (asserted).
     unsafe {
         let height = rows.next_multiple_of(MR);
         assert!(out.len() >= height * pair_slots::<STEP>(kd));
-        let value = |p: usize, q: usize| if p < kd && q < rows { sgemm::bf16_bits(*src.ptr.offset(p as isize * src.sp + q as isize * src.sq)) } else { 0 };
         for slice in (0..kd).step_by(KC) {
             let slots = pair_slots::<STEP>(KC.min(kd - slice));
             let base = slice / 2 * height;
@@ -256,7 +258,7 @@ unsafe fn pack_row_pairs(kd: usize, rows: usize, src: Panel, out: &mut [f32]) {
                     for i in 0..MR {
                         for s in 0..STEP {
                             let (p, q) = (slice + 2 * (step * STEP + s), q0 + i);
-                            out[panel + (step * MR + i) * STEP + s] = f32::from_bits(value(p, q) >> 16 | (value(p + 1, q) & 0xFFFF_0000));
+                            out[panel + (step * MR + i) * STEP + s] = sgemm::pair_bits(src, kd, rows, p, q);
                         }
                     }
                 }
@@ -316,7 +318,7 @@ unsafe fn kernel<O: TileOps>(ops: &mut O, slots: usize, a: *const f32, b: *const
 /// As [`sgemm::sgemm`]; `ops` must be able to run (an [`Amx`] from [`Amx::configure`], or the
 /// emulator).
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn sgemm_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
     // SAFETY: the operands are whole matrices (the contract); packing reads inside them into buffers reserved for these blocks; each block of C written lies inside C.
     unsafe {
         if m == 0 || n == 0 {
@@ -380,7 +382,10 @@ pub fn available() -> bool {
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
             // CPUID.(EAX=7, ECX=0):EDX bit 22 AMX-BF16, bit 24 AMX-TILE.
-            let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+            // (`unsafe` on the oldest Rust this crate builds with, 1.89; safe since.)
+            #[allow(unused_unsafe)]
+            // SAFETY: CPUID leaf 7 exists on every x86-64 CPU this runs on (older ones read 0 bits).
+            let edx = unsafe { std::arch::x86_64::__cpuid_count(7, 0) }.edx;
             let has = edx & (1 << 22) != 0 && edx & (1 << 24) != 0;
             const ARCH_REQ_XCOMP_PERM: libc::c_ulong = 0x1023;
             const XFEATURE_XTILEDATA: libc::c_ulong = 18;
@@ -425,9 +430,9 @@ fn self_check() -> bool {
         // SAFETY: whole matrices of these shapes; AMX available (checked by the caller).
         unsafe {
             if amx {
-                sgemm_tiles(&mut Amx::configure(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
+                sgemm_on_tiles(&mut Amx::configure(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
             } else {
-                sgemm_tiles(&mut TileEmulator::default(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
+                sgemm_on_tiles(&mut TileEmulator::default(), m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, true, &mut buf);
             }
         }
         c
@@ -440,44 +445,11 @@ fn self_check() -> bool {
 mod tests {
     use super::*;
 
-    /// The packing, loop nest and kernel on the emulator, against the naive product of the
-    /// bf16-rounded operands: every transposition, accumulate or not, shapes that cross a tile,
-    /// a block of C, `MC`, `KC` (and an odd depth), `KK` and the 32-lane panels of B.
+    /// The packing, loop nest and kernel on `ops`, against the naive product of the bf16-rounded
+    /// operands, over sgemm's shapes (every transposition, accumulate or not; shapes that cross a
+    /// tile, a block of C, `MC`, `KC` (and odd depths), `KK` and the 32-lane panels of B).
     fn check<O: TileOps>(what: &str, ops: &mut O) {
-        let mut seed = 5u64;
-        let mut rand = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
-        let mut buf = PackBuffers::default();
-        for &(m, n, k) in &[(1, 1, 1), (16, 16, 32), (33, 31, 33), (150, 70, 600), (130, 33, 257), (7, 40, 0), (32, 96, 1100)] {
-            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                for accumulate in [false, true] {
-                    let (av, bv, c0) = (rand(m * k), rand(k * n), rand(m * n));
-                    let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
-                    let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
-                    let mut got = c0.clone();
-                    unsafe { sgemm_tiles(ops, m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf) };
-                    let (mut ar, mut br) = (av.clone(), bv.clone());
-                    sgemm::round_bf16(&mut ar);
-                    sgemm::round_bf16(&mut br);
-                    let at = |i: usize, p: usize| if ta { ar[p * m + i] } else { ar[i * k + p] } as f64;
-                    let bt = |p: usize, j: usize| if tb { br[j * k + p] } else { br[p * n + j] } as f64;
-                    for i in 0..m {
-                        for j in 0..n {
-                            let dot: f64 = 0.75 * (0..k).map(|p| at(i, p) * bt(p, j)).sum::<f64>();
-                            let want = if accumulate { c0[i * n + j] as f64 + dot } else { dot };
-                            let g = got[i * n + j] as f64;
-                            assert!((g - want).abs() <= 4e-5 * (k as f64).sqrt().max(1.0), "{what}: m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate}: C[{i},{j}] = {g}, want {want}");
-                        }
-                    }
-                }
-            }
-        }
+        sgemm::tests::check_against_naive(what, true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_on_tiles(ops, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     #[test]

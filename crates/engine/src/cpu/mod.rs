@@ -1,5 +1,6 @@
-//! The CPU device: GEMMs on our packed AVX2 kernel ([`sgemm`]) or on faer, whichever measured
-//! faster on each shape ([`plan`]; faer alone where the CPU lacks AVX2/FMA), the products
+//! The CPU device: GEMMs on our packed kernel ([`sgemm`], AVX2 or AVX-512; bf16 products also on
+//! AVX512-BF16 or AMX, [`amx`]) or on faer, whichever measured fastest on each shape ([`plan`];
+//! faer alone where the CPU lacks AVX2/FMA), the products
 //! marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
 //! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
 //! kernels of [`crate::ops`] (compiled for the CPU's vector extensions with `multiversion`),
@@ -8,8 +9,9 @@
 //! This is the reference implementation every other device is checked against, and it is
 //! itself checked against finite differences in f64 (tests/gradcheck.rs). Parallel work is split
 //! statically, and every sum runs in an order that depends on neither thread timing nor the
-//! thread count (reductions over a fixed number of blocks, each output of a GEMM or a row kernel
-//! computed whole by one worker): a resumed run is bit-identical, and so is a run on another
+//! thread count (reductions over a fixed number of blocks; each output of a GEMM or a row kernel
+//! computed whole by one worker, or, for deep narrow GEMMs, as fixed depth parts summed in
+//! order): a resumed run is bit-identical, and so is a run on another
 //! number of threads (tests/step.rs), as long as the GEMMs run on the packed kernel. faer picks
 //! its inner kernel by block size, so its products can differ in the last bits between thread
 //! counts; the kernel plan is keyed by thread count for that reason.
@@ -109,7 +111,8 @@ impl CpuGemm {
             CpuGemm::PackedAvx512 if amx::enabled() => "AMX tiles (TDPBF16PS, CID_CPU_AMX=on) on operands packed as bf16 pairs, fp32 accumulation",
             CpuGemm::PackedAvx512 if sgemm::bf16_dot_products() => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
             CpuGemm::Faer => "not run (faer has no bf16 products)",
-            _ => "operands rounded to bf16 as they are packed, fp32 FMA (this CPU has no AVX512-BF16): the numerics of bf16 products without their speed",
+            CpuGemm::Packed => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX2 kernel: the numerics of bf16 products without their speed",
+            CpuGemm::PackedAvx512 => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX-512 kernel (this CPU has no AVX512-BF16): the numerics of bf16 products without their speed",
         }
     }
 
@@ -131,7 +134,7 @@ pub struct CpuDevice {
     transpose_scratch: Vec<f32>,
     /// The partial products of a GEMM split along its depth.
     depth_partials: Vec<f32>,
-    /// Packing buffers of the AVX2 GEMM, one per worker of a parallel GEMM.
+    /// Packing buffers of our GEMM kernels, one per worker of a parallel GEMM.
     packs: Vec<PackBuffers>,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
     sparse: SparseLhs,
@@ -491,10 +494,13 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<
 
 /// A deep, narrow product — a convolution's weight gradient, `16 × 128` values of C summed over
 /// 16 384 rows — in parts of [`DEPTH_PART`] depths, each written to its own partial C in
-/// `partials` by one worker, then the partials summed in order. Split by rows or columns, every
-/// worker would pack the whole of the operand the parts share, as much work as the products
-/// themselves at this shape. The parts are fixed by the depth alone (as is the order of the
-/// sum), so the result does not depend on the number of workers either.
+/// `partials`, then the partials summed in order. Split by rows or columns, every worker would
+/// pack the whole of the operand the parts share, as much work as the products themselves at
+/// this shape. Where there are more workers than depth parts, each part's columns are split
+/// among them too (at micro-panel boundaries: a column split changes no sum). The parts depend
+/// on the depth alone, as does the order of the sum, so the result does not depend on the
+/// number of workers. (`partials` holds `⌈k / 2048⌉ · m · n ≤ 16·k + 32 768` values: no more than
+/// the operands of any product with n ≥ 16.)
 #[allow(clippy::too_many_arguments)]
 fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     let (m, n, k) = (g.m, g.n, g.k);
@@ -504,17 +510,22 @@ fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut V
         partials.resize(chunks * mn, 0.0);
     }
     let (ao, bo) = operands(g, a.as_ptr(), b.as_ptr());
+    // Column blocks per depth part, for the workers the parts leave idle.
+    let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
+    let (col_parts, col_bound) = partition(packs.len().div_ceil(chunks), n, nr);
+    let tasks = chunks * col_parts;
+    let workers = packs.len().min(tasks);
     let (pp, ap, bp) = (SendPtr(partials.as_mut_ptr()), SendPtr(ao.ptr as *mut f32), SendPtr(bo.ptr as *mut f32));
-    let workers = packs.len().min(chunks);
-    let run = |(t, pack): (usize, &mut PackBuffers)| {
+    let run = |(w, pack): (usize, &mut PackBuffers)| {
         let (pp, ap, bp) = (pp, ap, bp);
-        for j in (t..chunks).step_by(workers) {
+        for task in (w..tasks).step_by(workers) {
+            let (j, (lo, hi)) = (task / col_parts, (col_bound(task % col_parts), col_bound(task % col_parts + 1)));
             let k0 = j * DEPTH_PART;
-            // Depths k0.. of op(A) (its columns) and of op(B) (its rows).
+            // Depths k0.. of op(A) (its columns) and of op(B) (its rows), columns lo..hi of op(B).
             let a = Operand { ptr: ap.0.wrapping_offset(k0 as isize * ao.cs), ..ao };
-            let b = Operand { ptr: bp.0.wrapping_offset(k0 as isize * bo.rs), ..bo };
-            // SAFETY: the operands are whole matrices (asserted by the caller) and depths k0..k0 + kd lie inside them; partial j is this worker's alone (chunks are dealt out by index) and lies inside `partials`, grown above to `chunks · m · n`.
-            unsafe { gemm_strided(kernel, m, n, DEPTH_PART.min(k - k0), alpha, a, b, pp.0.add(j * mn), n as isize, false, pack) }
+            let b = Operand { ptr: bp.0.wrapping_offset(k0 as isize * bo.rs + lo as isize * bo.cs), ..bo };
+            // SAFETY: the operands are whole matrices (asserted by the caller) and depths k0..k0 + kd, columns lo..hi lie inside them; columns lo..hi of partial j are this task's alone and lie inside `partials`, grown above to `chunks · m · n`.
+            unsafe { gemm_strided(kernel, m, hi - lo, DEPTH_PART.min(k - k0), alpha, a, b, pp.0.add(j * mn + lo), n as isize, false, pack) }
         }
     };
     if workers == 1 {
@@ -522,9 +533,9 @@ fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut V
     } else {
         packs[..workers].par_iter_mut().enumerate().for_each(run);
     }
-    let parts = &partials[..chunks * mn];
+    let partial_sums = &partials[..chunks * mn];
     for (i, ci) in c[..mn].iter_mut().enumerate() {
-        let sum = (0..chunks).fold(0.0f32, |s, j| s + parts[j * mn + i]);
+        let sum = (0..chunks).fold(0.0f32, |s, j| s + partial_sums[j * mn + i]);
         *ci = if g.accumulate { *ci + sum } else { sum };
     }
 }
@@ -580,7 +591,7 @@ impl CpuDevice {
     /// ([`plan::decide`]). C is restored before each run and at the end, so an accumulating
     /// product still accumulates once.
     fn measure(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
-        /// Runs of each kernel go on while all together took less than this, in seconds ...
+        /// Runs go on while one kernel's runs took less than this on average, in seconds ...
         const BUDGET_S: f64 = 4e-3;
         /// ... up to this many (and at least two, however long a product takes).
         const MAX_RUNS: usize = 32;
@@ -588,7 +599,7 @@ impl CpuDevice {
         // first steps, which may allocate).
         let saved = self.slice(c)[..g.m * g.n].to_vec();
         let mut best: Vec<(CpuGemm, f64)> = CpuGemm::available().into_iter().map(|k| (k, f64::INFINITY)).collect();
-        let (mut spent, mut runs) = (0.0, 0);
+        let (kernels, mut spent, mut runs) = (best.len(), 0.0, 0);
         while runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S) {
             for (k, t_best) in best.iter_mut() {
                 self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
@@ -596,7 +607,7 @@ impl CpuDevice {
                 self.gemm_on(*k, g, parts, c, a, b);
                 let s = t.elapsed().as_secs_f64();
                 *t_best = t_best.min(s);
-                spent += s / 2.0;
+                spent += s / kernels as f64;
             }
             runs += 1;
         }
@@ -1298,6 +1309,37 @@ mod tests {
                 }
             }
         });
+    }
+
+    /// A deep, narrow product on 1, 2 and 8 workers (8: more workers than depth parts, so each
+    /// part's columns are split too): the same bits every time, and the naive product.
+    #[test]
+    fn depth_parts_give_the_same_bits_on_any_worker_count() {
+        let (m, n, k) = (24, 100, 2 * DEPTH_PART + 77);
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let (av, bv): (Vec<f32>, Vec<f32>) = ((0..k * m).map(value).collect(), (0..k * n).map(|i| value(i + 3)).collect());
+        let run = |threads: usize, kernel: CpuGemm| {
+            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                let mut dev = CpuDevice::with_gemm(kernel);
+                let (a, b, c) = (dev.alloc(k * m).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+                dev.upload(a, &av);
+                dev.upload(b, &bv);
+                dev.gemm(Gemm::tn(m, n, k), c, a, b);
+                dev.slice(c).to_vec()
+            })
+        };
+        for kernel in CpuGemm::available() {
+            let one = run(1, kernel);
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f64 = (0..k).map(|p| av[p * m + i] as f64 * bv[p * n + j] as f64).sum();
+                    assert!((one[i * n + j] as f64 - want).abs() < 1e-3, "{kernel:?}: C[{i},{j}] = {}, want {want}", one[i * n + j]);
+                }
+            }
+            for threads in [2, 8] {
+                assert!(run(threads, kernel).iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} on {threads} workers differs from 1");
+            }
+        }
     }
 
     #[test]

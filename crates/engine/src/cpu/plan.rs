@@ -3,9 +3,9 @@
 //! Neither kernel wins everywhere: on an AMD Zen 3 our packed AVX2 kernel beats faer on every
 //! step shape although faer wins a large square probe; on an Intel Xeon with AVX-512 faer's
 //! kernels run at nearly twice ours. So the first time a device meets a shape (m, n, k, the
-//! transpositions and how many workers split it), it times both kernels on the real operands,
-//! interleaved (two runs of each, more while they take under ≈ 4 ms), and keeps the faster one
-//! for the rest of the process.
+//! transpositions and how many workers split it), it times every kernel the CPU runs on the real
+//! operands, interleaved (two runs of each, more while they take under ≈ 4 ms), and keeps the
+//! fastest for the rest of the process.
 //! Faer must win by [`MARGIN`] (a third faster) to be chosen, so that a close call does not flip
 //! from one run to the next: on this project's AMD Zen 3 machine, with a 10 % margin, the four
 //! smallest shapes of the `small` workload went to one kernel or the other from run to run.
@@ -68,7 +68,7 @@ impl GemmPolicy {
     pub fn describe(self) -> String {
         match self {
             GemmPolicy::Fixed(k) => k.name().to_string(),
-            GemmPolicy::Measure => format!("measured per shape ({})", CpuGemm::available().iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")),
+            GemmPolicy::Measure => format!("measured per shape ({})", names(&CpuGemm::available())),
         }
     }
 }

@@ -14,7 +14,7 @@
 //! whose packed `op(B)` block holds at most [`B_PACK`] floats (L2/L3), `kk` over k in
 //! super-blocks of [`KK`] with one packed copy of `op(B)[kk, jc]`; `ic` over rows in blocks of
 //! [`MC`] with a packed copy of `op(A)[ic, kk]`; then `pc` over [`KC`]-deep slices, `jr` over
-//! 16-column micro-panels of B (16 KiB, held in L1) and `ir` over 6-row micro-panels of A
+//! `NR`-column micro-panels of B (16 KiB for AVX2's 16 columns, held in L1) and `ir` over 6-row micro-panels of A
 //! (streamed from L2). A super-block of two slices keeps the `MC × nc` block of C in cache across
 //! a 512-deep product (every weight gradient of a 256-pair batch): C is written to memory once.
 //! Operands whose depth is contiguous (both of the forward `X·Wᵀ`) are packed with 8 × 8 register
@@ -31,8 +31,9 @@ pub const MR: usize = 6;
 pub const NR: usize = 16;
 /// The widest micro-tile (AVX-512: two 16-lane vectors; AMX: two 16-column tiles).
 pub(crate) const NR_MAX: usize = 32;
-/// Depth of a slice: a 16 × 256 micro-panel of B is 16 KiB, half of a 32 KiB L1 (AVX-512's
-/// 32-wide panel, 32 KiB, fits the 48 KiB L1 of the Intel cores that have it).
+/// Depth of a slice: a 16 × 256 micro-panel of B is 16 KiB, half of a 32 KiB L1. (AVX-512's
+/// 32-wide panel is 32 KiB: a third of the 48 KiB L1 of Ice Lake and later Xeons, but all of
+/// Skylake-SP's and Zen 4's 32 KiB; a shallower slice for that kernel is to be measured there.)
 pub const KC: usize = 256;
 /// Rows of a packed block of A: a 144 × 256 slice is 144 KiB, well inside a 512 KiB L2.
 pub const MC: usize = 144;
@@ -66,8 +67,9 @@ impl Operand {
 pub struct PackBuffers {
     a: Vec<f32>,
     b: Vec<f32>,
-    /// Round both operands to bf16 as they are packed (fp32 accumulation): the numerics of a
-    /// bf16 product on AMX / AVX512-BF16, on any CPU this kernel runs on.
+    /// Round both operands to bf16 as they are packed (fp32 accumulation): the operands of a bf16
+    /// product on AMX / AVX512-BF16 (their sums may be grouped otherwise), on any CPU this kernel
+    /// runs on.
     pub round_bf16: bool,
 }
 
@@ -134,8 +136,9 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             match self {
                 Isa::Avx2 => has!("avx2") && has!("fma"),
-                // The shared packing routines use AVX2 too.
-                Isa::Avx512 => has!("avx512f") && has!("avx2") && has!("fma"),
+                // The shared packing routines use AVX2 too. A kernel that has never run on such a
+                // CPU is not trusted blind: it must first match the AVX2 kernel.
+                Isa::Avx512 => has!("avx512f") && has!("avx2") && has!("fma") && avx512_agrees(),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -183,10 +186,10 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
     // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa` (AVX512-BF16's only where `bf16_dot_products` says the CPU has it).
     unsafe {
         match isa {
-            Isa::Avx512 if buf.round_bf16 && super::amx::enabled() => super::amx::sgemm_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
-            Isa::Avx512 if buf.round_bf16 && bf16_dot_products() => tiles::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512_bf16::<true, 2>; 2]),
-            Isa::Avx2 => tiles::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx2::<true, 2>, kernel_avx2::<false, 2>]),
-            Isa::Avx512 => tiles::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, [kernel_avx512::<true, 2>, kernel_avx512::<false, 2>]),
+            Isa::Avx512 if buf.round_bf16 && super::amx::enabled() => super::amx::sgemm_on_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
+            Isa::Avx512 if buf.round_bf16 && bf16_dot_products() => loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 2>, None),
+            Isa::Avx2 => loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)),
+            Isa::Avx512 => loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>)),
         }
     }
 }
@@ -198,7 +201,7 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
 pub fn bf16_dot_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        Isa::Avx512.supported() && std::arch::is_x86_feature_detected!("avx512bf16")
+        Isa::Avx512.supported() && std::arch::is_x86_feature_detected!("avx512bf16") && bf16_dot_products_agree()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -206,19 +209,82 @@ pub fn bf16_dot_products() -> bool {
     }
 }
 
+/// Whether the AVX-512 kernel gives the AVX2 kernel's products bit for bit (the same FMAs in the
+/// same order per element) on products that cross every block edge, in place and packed: checked
+/// once per process, with a warning where it does not (and AVX2's kernel runs instead).
+#[cfg(target_arch = "x86_64")]
+fn avx512_agrees() -> bool {
+    static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AGREES.get_or_init(|| {
+        // SAFETY: AVX-512F, AVX2 and FMA are present (checked by the caller); whole matrices.
+        let agrees = first_use_check(
+            0.0,
+            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>)) },
+            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)) },
+        );
+        if !agrees {
+            eprintln!("warning: the AVX-512 GEMM kernel disagrees with the AVX2 kernel on this CPU; the AVX2 kernel runs instead");
+        }
+        agrees
+    })
+}
+
+/// Whether `vdpbf16ps` gives its AVX2 emulation's products (to the order of its two adds) on
+/// products that cross every block edge: checked once, as [`avx512_agrees`].
+#[cfg(target_arch = "x86_64")]
+fn bf16_dot_products_agree() -> bool {
+    static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AGREES.get_or_init(|| {
+        // SAFETY: AVX-512F, AVX512-BF16, AVX2 and FMA are present (checked by the caller); whole matrices.
+        let agrees = first_use_check(
+            1e-5,
+            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx512_bf16::<true, 2>, None) },
+            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None) },
+        );
+        if !agrees {
+            eprintln!("warning: the AVX512-BF16 kernel disagrees with its emulation on this CPU; bf16 products are rounded in packing and run on the fp32 kernel instead");
+        }
+        agrees
+    })
+}
+
+/// A product `C (+)= A·B` of `m × k` and `k × n` row-major operands into `c` (row stride `n`).
+#[cfg(target_arch = "x86_64")]
+type CheckedProduct = dyn Fn(usize, usize, usize, Operand, Operand, *mut f32, &mut PackBuffers);
+
+/// Whether `new` and `reference` agree (within `rel` relative; 0 for bit for bit) on two
+/// accumulating products: `45 × 70 × 300` (packed A, partial tiles, two slices) and
+/// `151 × 20 × 600` (A in place where the kernel has that path, two MC blocks, a KK super-block).
+#[cfg(target_arch = "x86_64")]
+fn first_use_check(rel: f32, new: &CheckedProduct, reference: &CheckedProduct) -> bool {
+    [(45, 70, 300), (151, 20, 600)].into_iter().all(|(m, n, k)| {
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
+        let (a, b) = (Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 }, Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 });
+        let run = |f: &CheckedProduct| {
+            let mut c: Vec<f32> = (0..m * n).map(|i| value(i + 5)).collect();
+            f(m, n, k, a, b, c.as_mut_ptr(), &mut PackBuffers::default());
+            c
+        };
+        let (got, want) = (run(new), run(reference));
+        got.iter().zip(&want).all(|(g, w)| if rel == 0.0 { g.to_bits() == w.to_bits() } else { (g - w).abs() <= rel * w.abs().max(1.0) })
+    })
+}
+
 /// A micro-kernel (see [`micro_kernel!`]): `(kc, a, rsa, b, c, rsc, mr, nr, alpha, add)`.
 type Kernel = unsafe fn(usize, *const f32, isize, *const f32, *mut f32, isize, usize, usize, f32, bool);
 
-/// The loop nest around a micro-kernel `NR` columns wide: `kernels` = [packed A, A in place].
-/// `D` is the depths per packed slot: 1 (fp32 values), or 2 (pairs of bf16 in each 32-bit slot,
-/// for a bf16 dot-product kernel; A is then always packed).
+/// The loop nest around a micro-kernel `NR` columns wide: `packed_kernel` for a packed A, and
+/// `in_place_kernel` (where given) for a depth-contiguous A read in place. `SLOT_DEPTHS` is the
+/// depths per packed slot: 1 (fp32 values), or 2 (pairs of bf16 in each 32-bit slot, for a bf16
+/// dot-product kernel, which has no in-place form).
 ///
 /// # Safety
 /// As [`sgemm`], with kernels this CPU can run whose tile is `MR × NR` and whose operands are
-/// packed `D` depths a slot.
+/// packed `SLOT_DEPTHS` depths a slot.
 #[allow(clippy::too_many_arguments)]
-unsafe fn tiles<const NR: usize, const D: usize>(
-    m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, kernels: [Kernel; 2],
+unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
+    m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, packed_kernel: Kernel, in_place_kernel: Option<Kernel>,
 ) {
     // SAFETY: the operands are whole matrices of the shapes given (the contract); packing reads only `(p, q)` inside them, and the packed buffers were reserved for these block sizes; each micro-tile of C written lies inside the `m × n` C that only this call touches.
     unsafe {
@@ -240,34 +306,34 @@ unsafe fn tiles<const NR: usize, const D: usize>(
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
-        let direct_a = n <= NR && a.sp == 1 && !buf_round && D == 1;
-        let [packed_kernel, in_place_kernel] = kernels;
+        let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && !buf_round && SLOT_DEPTHS == 1);
         let ncb = block_cols(n, KK.min(k), NR);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
                 let kd = KK.min(k - kk);
-                pack::<NR, D>(kd, nc, b.at(kk, jc), bbuf, buf_round);
+                pack::<NR, SLOT_DEPTHS>(kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    let whole = if direct_a { mc / MR * MR } else { 0 };
+                    let whole = if in_place.is_some() { mc / MR * MR } else { 0 };
                     if whole < mc {
-                        pack::<MR, D>(kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
+                        pack::<MR, SLOT_DEPTHS>(kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
                     }
                     for pc in (0..kd).step_by(KC) {
                         let kc = KC.min(kd - pc);
                         // The first slice of k writes C (or adds to it when accumulating); later ones add.
                         let add = accumulate || kk + pc > 0;
                         // Slice `pc` of a packed block starts after `pc` full slices of every panel
-                        // (`pc / D` slots deep: KC is even); a panel is `kc / D` slots deep.
-                        let (ap, bp) = (abuf.as_ptr().add(pc / D * (mc - whole).next_multiple_of(MR)), bbuf.as_ptr().add(pc / D * nc.next_multiple_of(NR)));
-                        let slots = kc.div_ceil(D);
+                        // (`pc / SLOT_DEPTHS` slots deep: KC is even); a panel is
+                        // `⌈kc / SLOT_DEPTHS⌉` slots deep.
+                        let (ap, bp) = (abuf.as_ptr().add(pc / SLOT_DEPTHS * (mc - whole).next_multiple_of(MR)), bbuf.as_ptr().add(pc / SLOT_DEPTHS * nc.next_multiple_of(NR)));
+                        let slots = kc.div_ceil(SLOT_DEPTHS);
                         for jr in (0..nc).step_by(NR) {
                             let bj = bp.add(jr * slots);
                             for ir in (0..mc).step_by(MR) {
                                 let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                                 let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
-                                if ir < whole {
+                                if let Some(in_place_kernel) = in_place.filter(|_| ir < whole) {
                                     in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
                                 } else {
                                     packed_kernel(kc, ap.add((ir - whole) * slots), 1, bj, ct, rsc, mr, nr, alpha, add);
@@ -281,15 +347,15 @@ unsafe fn tiles<const NR: usize, const D: usize>(
     }
 }
 
-/// Packs a block for a kernel taking `D` depths a slot: [`pack_block`] (D = 1) or
-/// [`pack_block_pairs`] (D = 2, rounding to bf16 as it goes).
+/// Packs a block for a kernel taking `SLOT_DEPTHS` depths a slot: [`pack_block`] (1) or
+/// [`pack_block_pairs`] (2, rounding to bf16 as it goes).
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-unsafe fn pack<const W: usize, const D: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
+unsafe fn pack<const W: usize, const SLOT_DEPTHS: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
     // SAFETY: forwarded contract.
     unsafe {
-        if D == 2 {
+        if SLOT_DEPTHS == 2 {
             pack_block_pairs::<W, 1>(kd, lanes, src, out)
         } else {
             pack_block::<W>(kd, lanes, src, out, round)
@@ -301,26 +367,25 @@ unsafe fn pack<const W: usize, const D: usize>(kd: usize, lanes: usize, src: Pan
 /// of `slots × W` 32-bit slots per `W` lanes, slot `(p2, q)` holding lane `q` at depths `2·p2`
 /// (low half) and `2·p2 + 1` (high half), each rounded to bf16 — `vdpbf16ps`'s operand layout
 /// (a broadcast slot of A against a vector of B's slots) and AMX's for B. `slots` is `⌈kc/2⌉`
-/// rounded up to a multiple of `ALIGN` (AMX multiplies 16 slots at a time). An odd last depth,
+/// rounded up to a multiple of `SLOT_MULTIPLE` (AMX multiplies 16 slots at a time). An odd last depth,
 /// the padding slots and the padding lanes are zeros.
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-pub(crate) unsafe fn pack_block_pairs<const W: usize, const ALIGN: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes`; `out` holds the whole block (asserted), and every write is below that.
     unsafe {
         let width = lanes.next_multiple_of(W);
-        assert!(out.len() >= width * pair_slots::<ALIGN>(kd));
-        let value = |p: usize, q: usize| if p < kd && q < lanes { bf16_bits(*src.ptr.offset(p as isize * src.sp + q as isize * src.sq)) } else { 0 };
+        assert!(out.len() >= width * pair_slots::<SLOT_MULTIPLE>(kd));
         for slice in (0..kd).step_by(KC) {
-            let slots = pair_slots::<ALIGN>(KC.min(kd - slice));
+            let slots = pair_slots::<SLOT_MULTIPLE>(KC.min(kd - slice));
             let base = slice / 2 * width;
             for q0 in (0..width).step_by(W) {
                 let panel = base + q0 * slots;
                 // The source's contiguous direction innermost.
                 let mut put = |p2: usize, q: usize| {
                     let (p, lane) = (slice + 2 * p2, q0 + q);
-                    out[panel + p2 * W + q] = f32::from_bits(value(p, lane) >> 16 | (value(p + 1, lane) & 0xFFFF_0000));
+                    out[panel + p2 * W + q] = pair_bits(src, kd, lanes, p, lane);
                 };
                 if src.sp == 1 {
                     (0..W).for_each(|q| (0..slots).for_each(|p2| put(p2, q)));
@@ -376,11 +441,23 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
     }
 }
 
+/// The slot of lane `q` at depths `p` (low half) and `p + 1` (high half), each rounded to bf16;
+/// zero past the `kd × lanes` source.
+///
+/// # Safety
+/// `src` must address `kd × lanes` elements.
+#[inline]
+pub(crate) unsafe fn pair_bits(src: Panel, kd: usize, lanes: usize, p: usize, q: usize) -> f32 {
+    // SAFETY: read only at `p < kd`, `q < lanes`, inside the source (the contract).
+    let value = |p: usize| if p < kd && q < lanes { bf16_bits(unsafe { *src.ptr.offset(p as isize * src.sp + q as isize * src.sq) }) } else { 0 };
+    f32::from_bits(value(p) >> 16 | value(p + 1))
+}
+
 /// Slots of a `kd`-deep block packed as bf16 pairs, slice by slice, each slice's `⌈kc/2⌉` rounded
-/// up to a multiple of `ALIGN` (a full `KC` slice is 128 slots, already a multiple of 16).
-pub(crate) fn pair_slots<const ALIGN: usize>(kd: usize) -> usize {
+/// up to a multiple of `SLOT_MULTIPLE` (a full `KC` slice is 128 slots, already a multiple of 16).
+pub(crate) fn pair_slots<const SLOT_MULTIPLE: usize>(kd: usize) -> usize {
     let full = kd / KC * (KC / 2);
-    let last = (kd % KC).div_ceil(2).next_multiple_of(ALIGN);
+    let last = (kd % KC).div_ceil(2).next_multiple_of(SLOT_MULTIPLE);
     full + last
 }
 
@@ -561,8 +638,8 @@ macro_rules! micro_kernel {
     // depth, or of two (bf16 pairs, `depths_per_slot: 2`, A packed).
     ($name:ident, $feature:literal, $vec:ident, $lanes:literal, $zero:ident, $load:ident, $splat:ident, $fmadd:ident, $mul:ident, $add:ident, $store:ident, depths_per_slot: $depths:literal) => {
         /// # Safety
-        /// The CPU must have the instruction set; `b` must hold `kc · NR` floats, `a` `kc · MR`
-        /// packed floats or MR rows of `kc` floats `rsa` apart, and `c` an `mr × nr` tile (row
+        /// The CPU must have the instruction set; `b` must hold `⌈kc / depths⌉ · NR` packed slots,
+        /// `a` as many times MR, or MR rows of `kc` floats `rsa` apart (in place), and `c` an `mr × nr` tile (row
         /// stride `rsc`) that no other thread touches.
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = $feature)]
@@ -583,7 +660,7 @@ macro_rules! micro_kernel {
                 for p in 0..kc.div_ceil($depths) {
                     if PACKED_A {
                         // A streams from L2 (B's panel stays in L1): fetch it 16 steps ahead.
-                        _mm_prefetch::<_MM_HINT_T0>(a.add(16 * MR) as *const i8);
+                        _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR) as *const i8);
                     } else if p % 16 == 0 {
                         // In place, A's rows are six short streams the prefetchers miss: fetch the
                         // line of the next six rows (the next call's) at this depth.
@@ -646,6 +723,20 @@ micro_kernel!(kernel_avx2, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_load
 micro_kernel!(kernel_avx512, "avx512f", __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps);
 micro_kernel!(kernel_avx512_bf16, "avx512f,avx512bf16", __m512, 16, _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, dpbf16, _mm512_mul_ps, _mm512_add_ps, _mm512_storeu_ps, depths_per_slot: 2);
 
+/// `vdpbf16ps` on AVX2 (the reference of the AVX512-BF16 kernel's first-use check and of the
+/// tests): per lane `acc + a_hi·b_hi + a_lo·b_lo`, the instruction's order (a product of two bf16
+/// is exact in fp32, so a fused multiply-add rounds where the instruction's add does).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dpbf16_emulated(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256, acc: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let hi = |x: __m256| _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0xFFFF_0000u32 as i32)));
+    let lo = |x: __m256| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_castps_si256(x)));
+    _mm256_fmadd_ps(lo(a), lo(b), _mm256_fmadd_ps(hi(a), hi(b), acc))
+}
+micro_kernel!(kernel_avx2_bf16_emulated, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, dpbf16_emulated, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps, depths_per_slot: 2);
+
 /// `acc + a·b` over bf16 pairs: per 32-bit lane, `acc + a_hi·b_hi + a_lo·b_lo` in fp32
 /// (`vdpbf16ps`; its operands arrive as f32 vectors of packed pairs).
 #[cfg(target_arch = "x86_64")]
@@ -658,7 +749,7 @@ unsafe fn dpbf16(a: std::arch::x86_64::__m512, b: std::arch::x86_64::__m512, acc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Naive triple loop in f64 over the same strided operands.
@@ -679,7 +770,7 @@ mod tests {
     /// MR rows, the partial one packed) across MC blocks and KC/KK.
     /// With `bf16`, the product is of the operands rounded to bf16 (the pack buffers are told to
     /// round) and is compared with the naive product of the rounded operands.
-    fn check_against_naive(what: &str, bf16: bool, gemm: impl Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
+    pub(crate) fn check_against_naive(what: &str, bf16: bool, mut gemm: impl FnMut(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
         let mut buf = PackBuffers { round_bf16: bf16, ..Default::default() };
         let mut seed = 7u64;
         let mut rand = |len: usize| -> Vec<f32> {
@@ -750,8 +841,30 @@ mod tests {
             return;
         }
         check_against_naive("32-wide on avx2", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
-            tiles::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2::<true, 4>, kernel_avx2::<false, 4>])
+            loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2::<true, 4>, Some(kernel_avx2::<false, 4>))
         });
+    }
+
+    /// The first-use check's premise, on AVX2: the loop nest gives the same bits at both tile
+    /// widths (the AVX-512 kernel is held to that against AVX2's), and a kernel that is off by a
+    /// little is caught.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_first_use_check_wants_the_same_bits_at_both_widths() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA)");
+            return;
+        }
+        let narrow = |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)) };
+        let wide = |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR_MAX, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2::<true, 4>, Some(kernel_avx2::<false, 4>)) };
+        let off =
+            |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR_MAX, 1>(m, n, k, 1.0 + 1e-6, a, b, c, n as isize, true, buf, kernel_avx2::<true, 4>, Some(kernel_avx2::<false, 4>)) };
+        assert!(first_use_check(0.0, &wide, &narrow));
+        assert!(!first_use_check(0.0, &off, &narrow));
+        let pairs = |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 2>, None) };
+        let wide_pairs = |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None) };
+        assert!(first_use_check(1e-5, &wide_pairs, &pairs));
+        assert!(!first_use_check(1e-5, &narrow, &pairs), "fp32 products are not bf16 ones");
     }
 
     #[test]
@@ -763,19 +876,6 @@ mod tests {
         check_against_naive("avx512", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
-    // `vdpbf16ps` on AVX2, for the tests: per lane `acc + a_hi·b_hi + a_lo·b_lo` (a product of two
-    // bf16 is exact in fp32, so a fused multiply-add rounds where the instruction's add does).
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn dpbf16_emulated(a: std::arch::x86_64::__m256, b: std::arch::x86_64::__m256, acc: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
-        use std::arch::x86_64::*;
-        let hi = |x: __m256| _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(0xFFFF_0000u32 as i32)));
-        let lo = |x: __m256| _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_castps_si256(x)));
-        _mm256_fmadd_ps(lo(a), lo(b), _mm256_fmadd_ps(hi(a), hi(b), acc))
-    }
-    micro_kernel!(kernel_avx2_bf16_emulated, "avx2,fma", __m256, 8, _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, dpbf16_emulated, _mm256_mul_ps, _mm256_add_ps, _mm256_storeu_ps, depths_per_slot: 2);
-
     /// The bf16 pair packing and the loop nest at two depths a slot, at both tile widths, through
     /// an AVX2 emulation of `vdpbf16ps`: everything of the AVX512-BF16 path but the instruction.
     #[test]
@@ -785,10 +885,10 @@ mod tests {
             return;
         }
         check_against_naive("bf16 pairs, 16 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
-            tiles::<NR, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2_bf16_emulated::<true, 2>; 2])
+            loop_nest::<NR, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2_bf16_emulated::<true, 2>, None)
         });
         check_against_naive("bf16 pairs, 32 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
-            tiles::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, [kernel_avx2_bf16_emulated::<true, 4>; 2])
+            loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2_bf16_emulated::<true, 4>, None)
         });
         // And the path bf16 takes on this CPU (rounded in packing, fp32 kernel).
         check_against_naive("bf16 rounded in packing", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });

@@ -132,7 +132,7 @@ impl SparseLhs {
     /// column stride 1 and row stride `rsc`.
     ///
     /// Loops: strips of 64 columns (packed), chunks of [`DEPTH`] (in L1), rows of C; each row of C
-    /// keeps its 64 columns in 8 registers over its non-zeros of the chunk.
+    /// keeps its 64 columns in 8 registers (4 on AVX-512) over its non-zeros of the chunk.
     ///
     /// The inner loop runs on `isa`'s vectors.
     ///
