@@ -339,6 +339,23 @@ pub trait Device: Send {
     /// The adjoint of [`im2col`](Self::im2col): `dx` = the sum of `dcols` scattered back.
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape);
 
+    /// A convolution's product `y[S·Lout, out] = im2col(x) · w̃ᵀ` (`w̃[out, K·C]`, tap-major).
+    /// By default through the im2col matrix in `cols`; a device may read `x` in place instead (and
+    /// leave `cols` unwritten): [`conv_weight_product`](Self::conv_weight_product) is its pair.
+    fn conv_forward_product(&mut self, x: View, w_taps: View, cols: View, y: View, s: ConvShape, out: usize) {
+        let rows = s.samples * s.len_out().unwrap_or(0);
+        self.im2col(x, cols, s);
+        self.gemm(Gemm::nt(rows, out, s.patch()), y, cols, w_taps);
+    }
+
+    /// A convolution's weight gradient `dw̃[out, K·C] = dyᵀ · im2col(x)`, after
+    /// [`conv_forward_product`](Self::conv_forward_product) on the same `x` and `cols`.
+    fn conv_weight_product(&mut self, x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
+        let _ = x;
+        let rows = s.samples * s.len_out().unwrap_or(0);
+        self.gemm(Gemm::tn(out, s.patch(), rows), dw_taps, dy, cols);
+    }
+
     /// `dst[o, j, i] (+)= src[o, i, j]` for `src[outer, rows, cols]`: a convolution weight between
     /// PyTorch's channel-major `[out, C, K]` and the tap-major `[out, K, C]` of the im2col GEMMs.
     fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool);

@@ -381,23 +381,48 @@ enum Split {
     Cols,
 }
 
-/// `C[lo..hi, :]` (or `C[:, lo..hi]`) of a row-major GEMM on the calling thread.
-///
-/// # Safety
-/// The pointers must address whole row-major matrices of the shapes `g` gives, and no other
-/// thread may write the block of C this call writes.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_block(kernel: CpuGemm, g: Gemm, c: *mut f32, a: *const f32, b: *const f32, alpha: f32, split: Split, lo: usize, hi: usize, pack: &mut PackBuffers) {
-    let (m, n, k) = (g.m, g.n, g.k);
-    let crs = n as isize;
-    let (a, b) = operands(g, a, b);
-    // Offsets of a block inside whole matrices (wrapping: a pointer one past an empty block).
-    let (c, a, b, mb, nb) = match split {
-        Split::Rows => (c.wrapping_offset(lo as isize * crs), Operand { ptr: a.ptr.wrapping_offset(lo as isize * a.rs), ..a }, b, hi - lo, n),
-        Split::Cols => (c.wrapping_add(lo), a, Operand { ptr: b.ptr.wrapping_offset(lo as isize * b.cs), ..b }, m, hi - lo),
-    };
-    // SAFETY: the block lies inside the whole matrices (contract).
-    unsafe { gemm_strided(kernel, mb, nb, k, alpha, a, b, c, crs, g.accumulate, pack) }
+/// A product on strided operands: `C[m, n] (+)= alpha · op(A) · op(B)`, `op(A)` `m × k` and
+/// `op(B)` `k × n` as [`Operand`]s, C with column stride 1 and row stride `rsc`.
+#[derive(Clone, Copy)]
+struct StridedGemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    a: Operand,
+    b: Operand,
+    c: *mut f32,
+    rsc: isize,
+    alpha: f32,
+    accumulate: bool,
+}
+// SAFETY: handed to the workers of one parallel product, which read the operands and write
+// disjoint blocks of C.
+unsafe impl Send for StridedGemm {}
+unsafe impl Sync for StridedGemm {}
+
+impl StridedGemm {
+    /// A row-major GEMM of slices as strided operands.
+    fn of(g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) -> Self {
+        assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+        let (a, b) = operands(g, a.as_ptr(), b.as_ptr());
+        StridedGemm { m: g.m, n: g.n, k: g.k, a, b, c: c.as_mut_ptr(), rsc: g.n as isize, alpha, accumulate: g.accumulate }
+    }
+
+    /// `C[lo..hi, :]` (or `C[:, lo..hi]`) on the calling thread.
+    ///
+    /// # Safety
+    /// The operands must address whole matrices of their shapes, and no other thread may write
+    /// the block of C this call writes.
+    unsafe fn block(self, kernel: CpuGemm, split: Split, lo: usize, hi: usize, pack: &mut PackBuffers) {
+        let StridedGemm { m, n, k, a, b, c, rsc, alpha, accumulate } = self;
+        // Offsets of a block inside whole matrices (wrapping: a pointer one past an empty block).
+        let (c, a, b, mb, nb) = match split {
+            Split::Rows => (c.wrapping_offset(lo as isize * rsc), Operand { ptr: a.ptr.wrapping_offset(lo as isize * a.rs), ..a }, b, hi - lo, n),
+            Split::Cols => (c.wrapping_add(lo), a, Operand { ptr: b.ptr.wrapping_offset(lo as isize * b.cs), ..b }, m, hi - lo),
+        };
+        // SAFETY: the block lies inside the whole matrices (contract).
+        unsafe { gemm_strided(kernel, mb, nb, k, alpha, a, b, c, rsc, accumulate, pack) }
+    }
 }
 
 /// `op(A)` and `op(B)` of a row-major GEMM as strided operands.
@@ -471,20 +496,25 @@ const DEPTH_PART: usize = 2048;
 /// `partials` as scratch).
 #[allow(clippy::too_many_arguments)]
 fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
-    assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
-    if g.m * g.n <= NARROW_C && g.k >= 2 * DEPTH_PART {
-        return gemm_depth_parts(kernel, packs, partials, g, c, a, b, alpha);
+    // SAFETY: whole matrices of the shapes `g` gives (asserted by `StridedGemm::of`).
+    unsafe { gemm_parallel_strided(kernel, packs, partials, StridedGemm::of(g, c, a, b, alpha)) }
+}
+
+/// [`gemm_parallel`] on strided operands.
+///
+/// # Safety
+/// The operands must address whole matrices of their shapes, and nothing else may touch C meanwhile.
+unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
+    if p.m * p.n <= NARROW_C && p.k >= 2 * DEPTH_PART {
+        // SAFETY: forwarded contract.
+        return unsafe { gemm_depth_parts(kernel, packs, partials, p) };
     }
     // Whole micro-panels per worker: the kernel's tile width across columns (faer's too).
     let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
-    let (split, dim, unit) = if g.n >= g.m { (Split::Cols, g.n, nr) } else { (Split::Rows, g.m, sgemm::MR) };
+    let (split, dim, unit) = if p.n >= p.m { (Split::Cols, p.n, nr) } else { (Split::Rows, p.m, sgemm::MR) };
     let (parts, bound) = partition(packs.len(), dim, unit);
-    let (cp, ap, bp) = (SendPtr(c.as_mut_ptr()), SendPtr(a.as_ptr() as *mut f32), SendPtr(b.as_ptr() as *mut f32));
-    let run = |(t, pack): (usize, &mut PackBuffers)| {
-        let (cp, ap, bp) = (cp, ap, bp);
-        // SAFETY: whole matrices (asserted above); blocks of different t are disjoint.
-        unsafe { gemm_block(kernel, g, cp.0, ap.0, bp.0, alpha, split, bound(t), bound(t + 1), pack) }
-    };
+    // SAFETY: whole matrices (the contract); blocks of different t are disjoint.
+    let run = |(t, pack): (usize, &mut PackBuffers)| unsafe { p.block(kernel, split, bound(t), bound(t + 1), pack) };
     if parts == 1 {
         run((0, &mut packs[0]));
     } else {
@@ -501,31 +531,43 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<
 /// on the depth alone, as does the order of the sum, so the result does not depend on the
 /// number of workers. (`partials` holds `⌈k / 2048⌉ · m · n ≤ 16·k + 32 768` values: no more than
 /// the operands of any product with n ≥ 16.)
-#[allow(clippy::too_many_arguments)]
-fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
-    let (m, n, k) = (g.m, g.n, g.k);
+///
+/// # Safety
+/// The operands must address whole matrices of their shapes, and nothing else may touch C meanwhile.
+unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
+    let StridedGemm { m, n, k, c, rsc, accumulate, .. } = p;
     let (mn, chunks) = (m * n, k.div_ceil(DEPTH_PART));
     if partials.len() < chunks * mn {
         // Grows in the first steps, then reused.
         partials.resize(chunks * mn, 0.0);
     }
-    let (ao, bo) = operands(g, a.as_ptr(), b.as_ptr());
     // Column blocks per depth part, for the workers the parts leave idle.
     let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
     let (col_parts, col_bound) = partition(packs.len().div_ceil(chunks), n, nr);
     let tasks = chunks * col_parts;
     let workers = packs.len().min(tasks);
-    let (pp, ap, bp) = (SendPtr(partials.as_mut_ptr()), SendPtr(ao.ptr as *mut f32), SendPtr(bo.ptr as *mut f32));
+    let pp = SendPtr(partials.as_mut_ptr());
     let run = |(w, pack): (usize, &mut PackBuffers)| {
-        let (pp, ap, bp) = (pp, ap, bp);
+        // (Whole values, not their pointer fields: those are what may cross to the workers.)
+        let (pp, p) = (pp, p);
+        let (ao, bo) = (p.a, p.b);
         for task in (w..tasks).step_by(workers) {
             let (j, (lo, hi)) = (task / col_parts, (col_bound(task % col_parts), col_bound(task % col_parts + 1)));
             let k0 = j * DEPTH_PART;
-            // Depths k0.. of op(A) (its columns) and of op(B) (its rows), columns lo..hi of op(B).
-            let a = Operand { ptr: ap.0.wrapping_offset(k0 as isize * ao.cs), ..ao };
-            let b = Operand { ptr: bp.0.wrapping_offset(k0 as isize * bo.rs + lo as isize * bo.cs), ..bo };
-            // SAFETY: the operands are whole matrices (asserted by the caller) and depths k0..k0 + kd, columns lo..hi lie inside them; columns lo..hi of partial j are this task's alone and lie inside `partials`, grown above to `chunks · m · n`.
-            unsafe { gemm_strided(kernel, m, hi - lo, DEPTH_PART.min(k - k0), alpha, a, b, pp.0.add(j * mn + lo), n as isize, false, pack) }
+            // Depths k0.. of op(A) (its columns) and of op(B) (its rows), columns lo..hi of op(B),
+            // into columns lo..hi of partial j.
+            let part = StridedGemm {
+                k: DEPTH_PART.min(k - k0),
+                a: Operand { ptr: ao.ptr.wrapping_offset(k0 as isize * ao.cs), ..ao },
+                b: Operand { ptr: bo.ptr.wrapping_offset(k0 as isize * bo.rs), ..bo },
+                // SAFETY: inside `partials`, grown above to `chunks · m · n`.
+                c: unsafe { pp.0.add(j * mn) },
+                rsc: n as isize,
+                accumulate: false,
+                ..p
+            };
+            // SAFETY: the operands are whole matrices (the contract) and depths k0..k0 + kd lie inside them; columns lo..hi of partial j are this task's alone.
+            unsafe { part.block(kernel, Split::Cols, lo, hi, pack) }
         }
     };
     if workers == 1 {
@@ -534,9 +576,13 @@ fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut V
         packs[..workers].par_iter_mut().enumerate().for_each(run);
     }
     let partial_sums = &partials[..chunks * mn];
-    for (i, ci) in c[..mn].iter_mut().enumerate() {
-        let sum = (0..chunks).fold(0.0f32, |s, j| s + partial_sums[j * mn + i]);
-        *ci = if g.accumulate { *ci + sum } else { sum };
+    for i in 0..m {
+        // SAFETY: row i of C (m rows of n values, row stride `rsc`), which only this call touches (the contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), n) };
+        for (j, ci) in row.iter_mut().enumerate() {
+            let sum = (0..chunks).fold(0.0f32, |s, part| s + partial_sums[part * mn + i * n + j]);
+            *ci = if accumulate { *ci + sum } else { sum };
+        }
     }
 }
 

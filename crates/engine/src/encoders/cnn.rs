@@ -251,6 +251,16 @@ impl Cnn {
         z
     }
 
+    /// The input block `i` read in the forward of `rows` windows: the windows, or the previous
+    /// block's (pooled) output.
+    fn block_input(&self, i: usize, windows: View, rows: usize) -> View {
+        match i.checked_sub(1).map(|p| &self.blocks[p]) {
+            None => windows,
+            Some(prev) if prev.shape.pool => prev.pooled.prefix(rows * prev.shape.len_next() * prev.shape.cout),
+            Some(prev) => prev.a.prefix(rows * prev.shape.len_out * prev.shape.cout),
+        }
+    }
+
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
         let (rows, groups) = (io.rows, io.groups);
         let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
@@ -276,7 +286,8 @@ impl Cnn {
             cur = 1 - cur;
             // The first block's input (the windows) needs no gradient.
             let dx = (i > 0).then(|| self.g_act[1 - cur].prefix(rows * s.len_in * s.cin));
-            b.conv.backward(dev, b.cols.prefix(n * s.cin * s.kernel), dy, self.g_cols.prefix(n * s.cin * s.kernel), dx, s.conv(rows), accumulate);
+            let x = self.block_input(i, io.x, rows);
+            b.conv.backward(dev, x, b.cols.prefix(n * s.cin * s.kernel), dy, self.g_cols.prefix(n * s.cin * s.kernel), dx, s.conv(rows), accumulate);
             if let Some(dx) = dx {
                 (d, cur) = (dx, 1 - cur);
             }

@@ -108,23 +108,22 @@ impl Conv1d {
         ConvShape { samples, len_in, channels: self.channels_in(), kernel: self.kernel, stride: self.stride, padding: self.padding }
     }
 
-    /// `y[S·Lout, out] = conv(x[S, L, C])`, through the im2col buffer `cols`.
+    /// `y[S·Lout, out] = conv(x[S, L, C])`, through the im2col buffer `cols` where the device
+    /// forms it.
     pub fn forward<D: Device>(&self, dev: &mut D, x: View, cols: View, y: View, s: ConvShape) {
-        let rows = s.samples * s.len_out().unwrap_or(0);
         let (o, c, k) = (self.channels_out(), self.channels_in(), self.kernel);
         dev.transpose_inner(self.map.w, self.w_taps, o, c, k, false);
-        dev.im2col(x, cols, s);
-        dev.gemm(Gemm::nt(rows, o, k * c), y, cols, self.w_taps);
+        dev.conv_forward_product(x, self.w_taps, cols, y, s, o);
         dev.bias_act_forward(y, self.map.b, o, false, None);
     }
 
     /// Parameter gradients from `dy` (written, or added with `accumulate`), and `dx` where asked
-    /// (through `dcols`).
+    /// (through `dcols`); `x` and `cols` as the forward left them.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward<D: Device>(&self, dev: &mut D, cols: View, dy: View, dcols: View, dx: Option<View>, s: ConvShape, accumulate: bool) {
+    pub fn backward<D: Device>(&self, dev: &mut D, x: View, cols: View, dy: View, dcols: View, dx: Option<View>, s: ConvShape, accumulate: bool) {
         let rows = s.samples * s.len_out().unwrap_or(0);
         let (o, c, k) = (self.channels_out(), self.channels_in(), self.kernel);
-        dev.gemm(Gemm::tn(o, k * c, rows), self.dw_taps, dy, cols);
+        dev.conv_weight_product(x, cols, dy, self.dw_taps, s, o);
         dev.transpose_inner(self.dw_taps, self.map.dw, o, k, c, accumulate);
         dev.bias_grad(self.map.db, dy, o, accumulate);
         if let Some(dx) = dx {
