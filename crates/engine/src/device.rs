@@ -343,17 +343,13 @@ pub trait Device: Send {
     /// By default through the im2col matrix in `cols`; a device may read `x` in place instead (and
     /// leave `cols` unwritten): [`conv_weight_product`](Self::conv_weight_product) is its pair.
     fn conv_forward_product(&mut self, x: View, w_taps: View, cols: View, y: View, s: ConvShape, out: usize) {
-        let rows = s.samples * s.len_out().unwrap_or(0);
-        self.im2col(x, cols, s);
-        self.gemm(Gemm::nt(rows, out, s.patch()), y, cols, w_taps);
+        crate::ops::conv1d::forward_product_via_cols(self, x, w_taps, cols, y, s, out)
     }
 
     /// A convolution's weight gradient `dw̃[out, K·C] = dyᵀ · im2col(x)`, after
     /// [`conv_forward_product`](Self::conv_forward_product) on the same `x` and `cols`.
     fn conv_weight_product(&mut self, x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
-        let _ = x;
-        let rows = s.samples * s.len_out().unwrap_or(0);
-        self.gemm(Gemm::tn(out, s.patch(), rows), dw_taps, dy, cols);
+        crate::ops::conv1d::weight_product_via_cols(self, x, cols, dy, dw_taps, s, out)
     }
 
     /// `dst[o, j, i] (+)= src[o, i, j]` for `src[outer, rows, cols]`: a convolution weight between

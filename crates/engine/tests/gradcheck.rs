@@ -209,8 +209,10 @@ fn batchnorm_running_statistics_follow_pytorch() {
 #[test]
 fn conv1d_backward_matches_finite_differences() {
     let key = seed();
-    // (samples, len, C, out, k, stride, pad): the encoder's wide first layer in small, and a k3 p1.
-    for (samples, len, c, o, k, stride, pad) in [(2, 40, 3, 4, 8, 4, 3), (3, 9, 2, 3, 3, 1, 1), (1, 17, 1, 2, 5, 2, 0)] {
+    // (samples, len, C, out, k, stride, pad): the encoder's wide first layer in small, a k3 p1, one
+    // whose rows are not evenly spaced (the im2col path), a k4 s2 p1, and one with no edge rows
+    // at all. All but the third read their rows in place.
+    for (samples, len, c, o, k, stride, pad) in [(2, 40, 3, 4, 8, 4, 3), (3, 9, 2, 3, 3, 1, 1), (1, 17, 1, 2, 5, 2, 0), (3, 12, 2, 3, 4, 2, 1), (2, 12, 2, 3, 2, 2, 0)] {
         let x = randn(key ^ len as u64, samples * len * c, 1.0);
         let w = randn(key ^ 41, o * c * k, 0.5);
         let b = randn(key ^ 42, o, 0.5);
@@ -221,18 +223,18 @@ fn conv1d_backward_matches_finite_differences() {
         let (xv, wv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &w), put(&mut dev, &b), put(&mut dev, &r));
         let (cols, y) = (zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, samples * lo * o));
         let (dw, db, dcols, dx) = (zeros(&mut dev, w.len()), zeros(&mut dev, o), zeros(&mut dev, samples * lo * c * k), zeros(&mut dev, x.len()));
-        // The op's sequence: the weight made tap-major, im2col (tap-major), GEMM, bias.
+        // The op's sequence: the weight made tap-major, the product (rows in place, or im2col and
+        // GEMM), bias.
         let (w_taps, dw_taps) = (zeros(&mut dev, w.len()), zeros(&mut dev, w.len()));
         dev.transpose_inner(wv, w_taps, o, c, k, false);
-        dev.im2col(xv, cols, s);
-        dev.gemm(Gemm::nt(samples * lo, o, c * k), y, cols, w_taps);
+        dev.conv_forward_product(xv, w_taps, cols, y, s, o);
         dev.bias_act_forward(y, bv, o, false, None);
         let (want, lo64) = conv1d64(&x, &w, &b, samples, len, c, k, stride, pad);
         assert_eq!(lo, lo64);
         for (a, e) in dev.slice(y).iter().zip(&want) {
             assert!((*a as f64 - e).abs() < 1e-5, "forward {a} vs {e}");
         }
-        dev.gemm(Gemm::tn(o, c * k, samples * lo), dw_taps, rv, cols);
+        dev.conv_weight_product(xv, cols, rv, dw_taps, s, o);
         dev.transpose_inner(dw_taps, dw, o, k, c, false);
         dev.bias_grad(db, rv, o, false);
         dev.gemm(Gemm::nn(samples * lo, c * k, o), dcols, rv, w_taps);

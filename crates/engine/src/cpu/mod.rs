@@ -381,6 +381,12 @@ enum Split {
     Cols,
 }
 
+/// The rows of a batch of `rows` convolution outputs that the in-place product covers: from the
+/// first sample's first clean row to the last sample's last.
+fn lead_to_trail(edges: conv1d::InPlaceRows, rows: usize) -> std::ops::Range<usize> {
+    edges.lead..rows - edges.trail
+}
+
 /// A product on strided operands: `C[m, n] (+)= alpha · op(A) · op(B)`, `op(A)` `m × k` and
 /// `op(B)` `k × n` as [`Operand`]s, C with column stride 1 and row stride `rsc`.
 #[derive(Clone, Copy)]
@@ -610,7 +616,8 @@ impl CpuDevice {
 
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
     /// the faster of the two measured now on these operands.
-    fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
+    /// `run` computes the product (into `c`) on a given kernel, for the measurement.
+    fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         let key = GemmKey::of(g, parts);
         if let Some(&k) = self.plan.get(&key) {
             return k;
@@ -624,7 +631,7 @@ impl CpuDevice {
         let k = match plan::chosen(key) {
             Some(k) => k,
             None => {
-                let measured = self.measure(g, parts, c, a, b);
+                let measured = self.measure(g, c, run);
                 plan::record(key, measured)
             }
         };
@@ -636,7 +643,7 @@ impl CpuDevice {
     /// more (up to 32 while the runs so far took under ≈ 4 ms), and returns the fastest
     /// ([`plan::decide`]). C is restored before each run and at the end, so an accumulating
     /// product still accumulates once.
-    fn measure(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> CpuGemm {
+    fn measure(&mut self, g: Gemm, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         /// Runs go on while one kernel's runs took less than this on average, in seconds ...
         const BUDGET_S: f64 = 4e-3;
         /// ... up to this many (and at least two, however long a product takes).
@@ -650,7 +657,7 @@ impl CpuDevice {
             for (k, t_best) in best.iter_mut() {
                 self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
                 let t = Instant::now();
-                self.gemm_on(*k, g, parts, c, a, b);
+                run(self, *k);
                 let s = t.elapsed().as_secs_f64();
                 *t_best = t_best.min(s);
                 spent += s / kernels as f64;
@@ -659,6 +666,122 @@ impl CpuDevice {
         }
         self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
         plan::decide(&best)
+    }
+
+    /// Workers of a product: all of them past [`PAR_GEMM_WORK`], else one.
+    fn gemm_parts(&self, g: Gemm) -> usize {
+        if g.m * g.n * g.k >= PAR_GEMM_WORK {
+            self.threads
+        } else {
+            1
+        }
+    }
+
+    /// The kernel of a convolution product computed by `run`: measured as any product's in fp32,
+    /// the device's own under bf16.
+    fn conv_kernel(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
+        if self.precision == Precision::Fp32 {
+            self.kernel_for(g, parts, c, run)
+        } else {
+            self.gemm
+        }
+    }
+
+    /// `y = im2col(x)·w̃ᵀ` with the im2col rows read in place ([`ConvShape::in_place_rows`]): one
+    /// product over every row from the first clean one to the last, then the edge rows recomputed
+    /// from their true im2col rows and written over. No im2col matrix is formed: for the CNN's
+    /// first layer that is 8 MB written and read again per step.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_forward_in_place(&mut self, kernel: CpuGemm, parts: usize, x: View, w_taps: View, y: View, s: ConvShape, out: usize, edges: conv1d::InPlaceRows) {
+        let (len_out, xi, _) = s.sample_lens();
+        let (patch, rows, per) = (s.patch(), s.samples * len_out, edges.per_sample());
+        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
+        let mut scratch = take_grown(&mut self.scratch, s.samples * per * (patch + out));
+        let (ys, [xs, ws]) = self.split(y, [x, w_taps]);
+        assert!(xs.len() == s.samples * xi && ws.len() == out * patch && ys.len() == rows * out);
+        let (stride, first) = ((s.stride * s.channels) as isize, (edges.lead * s.stride - s.padding) * s.channels);
+        // op(B) = w̃ᵀ: `patch × out`, element (p, j) at w̃[j·patch + p].
+        let w = Operand { ptr: ws.as_ptr(), rs: 1, cs: patch as isize };
+        let main = StridedGemm {
+            m: lead_to_trail(edges, rows).len(),
+            n: out,
+            k: patch,
+            a: Operand { ptr: xs[first..].as_ptr(), rs: stride, cs: 1 },
+            b: w,
+            c: ys[edges.lead * out..].as_mut_ptr(),
+            rsc: out as isize,
+            alpha: 1.0,
+            accumulate: false,
+        };
+        // SAFETY: rows lead..rows − trail of the batch start `first` values into x and end inside it (`in_place_rows`), one stride apart; they write rows of y that only this call touches.
+        unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, main) };
+        // The edge rows: their true im2col rows, one product, written over what the main
+        // product left there (or never reached).
+        if per > 0 {
+            let (gathered, products) = scratch.split_at_mut(s.samples * per * patch);
+            for (i, sample_rows) in gathered.chunks_exact_mut(per * patch).enumerate() {
+                for (t, row) in edges.edges(len_out).zip(sample_rows.chunks_exact_mut(patch)) {
+                    conv1d::im2col_row(&xs[i * xi..(i + 1) * xi], t, row, s);
+                }
+            }
+            let g = Operand { ptr: gathered.as_ptr(), rs: patch as isize, cs: 1 };
+            // SAFETY: `gathered` holds `samples · per` rows of `patch`, `products` as many of `out`.
+            unsafe { gemm_strided(kernel, s.samples * per, out, patch, 1.0, g, w, products.as_mut_ptr(), out as isize, false, &mut packs[0]) };
+            for (i, sample_products) in products[..s.samples * per * out].chunks_exact(per * out).enumerate() {
+                for (t, product) in edges.edges(len_out).zip(sample_products.chunks_exact(out)) {
+                    ys[(i * len_out + t) * out..][..out].copy_from_slice(product);
+                }
+            }
+        }
+        (self.packs, self.depth_partials, self.scratch) = (packs, partials, scratch);
+    }
+
+    /// `dw̃ = dyᵀ·im2col(x)` over the same in-place rows: one product over the main rows, then
+    /// `dw̃ += dy_eᵀ·(true − in-place)` over the edge rows (`true` alone for the rows the main
+    /// product did not reach).
+    #[allow(clippy::too_many_arguments)]
+    fn conv_weight_in_place(&mut self, kernel: CpuGemm, parts: usize, x: View, dy: View, dw_taps: View, s: ConvShape, out: usize, edges: conv1d::InPlaceRows) {
+        let (len_out, xi, _) = s.sample_lens();
+        let (patch, rows, per) = (s.patch(), s.samples * len_out, edges.per_sample());
+        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
+        let mut scratch = take_grown(&mut self.scratch, s.samples * per * (patch + out));
+        let (dws, [xs, dys]) = self.split(dw_taps, [x, dy]);
+        assert!(xs.len() == s.samples * xi && dys.len() == rows * out && dws.len() == out * patch);
+        let (stride, first) = (s.stride * s.channels, (edges.lead * s.stride - s.padding) * s.channels);
+        let main_rows = lead_to_trail(edges, rows);
+        let main = StridedGemm {
+            m: out,
+            n: patch,
+            k: main_rows.len(),
+            // op(A) = dyᵀ over the main rows; op(B) = their im2col rows, in place.
+            a: Operand { ptr: dys[main_rows.start * out..].as_ptr(), rs: 1, cs: out as isize },
+            b: Operand { ptr: xs[first..].as_ptr(), rs: stride as isize, cs: 1 },
+            c: dws.as_mut_ptr(),
+            rsc: patch as isize,
+            alpha: 1.0,
+            accumulate: false,
+        };
+        // SAFETY: as the forward's: the main rows lie inside x one stride apart; dw̃ is this call's alone.
+        unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, main) };
+        if per > 0 {
+            let (fixes, dy_edges) = scratch.split_at_mut(s.samples * per * patch);
+            for (i, (sample_fixes, sample_dy)) in fixes.chunks_exact_mut(per * patch).zip(dy_edges.chunks_exact_mut(per * out)).enumerate() {
+                for ((t, fix), d) in edges.edges(len_out).zip(sample_fixes.chunks_exact_mut(patch)).zip(sample_dy.chunks_exact_mut(out)) {
+                    let r = i * len_out + t;
+                    conv1d::im2col_row(&xs[i * xi..(i + 1) * xi], t, fix, s);
+                    if main_rows.contains(&r) {
+                        // What the main product took for this row: the input at its in-place place.
+                        let at = first + (r - main_rows.start) * stride;
+                        fix.iter_mut().zip(&xs[at..at + patch]).for_each(|(f, &v)| *f -= v);
+                    }
+                    d.copy_from_slice(&dys[r * out..(r + 1) * out]);
+                }
+            }
+            let (a, b) = (Operand { ptr: dy_edges.as_ptr(), rs: 1, cs: out as isize }, Operand { ptr: fixes.as_ptr(), rs: patch as isize, cs: 1 });
+            // SAFETY: `dy_edges` holds `samples · per` rows of `out`, `fixes` as many of `patch`; dw̃ is `out × patch`.
+            unsafe { gemm_strided(kernel, out, patch, s.samples * per, 1.0, a, b, dws.as_mut_ptr(), patch as isize, true, &mut packs[0]) };
+        }
+        (self.packs, self.depth_partials, self.scratch) = (packs, partials, scratch);
     }
 
     /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
@@ -813,10 +936,10 @@ impl Device for CpuDevice {
         if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.gemm_sparse(g, c, a, b) {
             return;
         }
-        let parts = if large { self.threads } else { 1 };
+        let parts = self.gemm_parts(g);
         // bf16 rounds operands as our kernels pack them: faer cannot run those products (and
         // `set_precision` made sure the device's own kernel is one of ours).
-        let kernel = if fp32 { self.kernel_for(g, parts, c, a, b) } else { self.gemm };
+        let kernel = if fp32 { self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b)) } else { self.gemm };
         self.gemm_on(kernel, g, parts, c, a, b);
     }
 
@@ -1043,6 +1166,25 @@ impl Device for CpuDevice {
         let (dxs, [cs]) = self.split(dx, [dcols]);
         assert!(dxs.len() == s.samples * xi && cs.len() == s.samples * co);
         for_each_sample(parts, dxs, xi, |i, d| conv1d::col2im_sample(&cs[i * co..(i + 1) * co], d, s));
+    }
+
+    /// Reads the im2col rows in place where they are evenly spaced ([`ConvShape::in_place_rows`],
+    /// [`CpuDevice::conv_forward_in_place`]); the kernel chosen by measurement as for any product.
+    fn conv_forward_product(&mut self, x: View, w_taps: View, cols: View, y: View, s: ConvShape, out: usize) {
+        let Some(edges) = s.in_place_rows() else { return conv1d::forward_product_via_cols(self, x, w_taps, cols, y, s, out) };
+        let g = Gemm::nt(s.samples * s.len_out().unwrap_or(0), out, s.patch());
+        let parts = self.gemm_parts(g);
+        let kernel = self.conv_kernel(g, parts, y, &mut |dev, k| dev.conv_forward_in_place(k, parts, x, w_taps, y, s, out, edges));
+        self.conv_forward_in_place(kernel, parts, x, w_taps, y, s, out, edges);
+    }
+
+    /// The weight gradient over the same in-place rows ([`CpuDevice::conv_weight_in_place`]).
+    fn conv_weight_product(&mut self, x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
+        let Some(edges) = s.in_place_rows() else { return conv1d::weight_product_via_cols(self, x, cols, dy, dw_taps, s, out) };
+        let g = Gemm::tn(out, s.patch(), s.samples * s.len_out().unwrap_or(0));
+        let parts = self.gemm_parts(g);
+        let kernel = self.conv_kernel(g, parts, dw_taps, &mut |dev, k| dev.conv_weight_in_place(k, parts, x, dy, dw_taps, s, out, edges));
+        self.conv_weight_in_place(kernel, parts, x, dy, dw_taps, s, out, edges);
     }
 
     fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool) {
@@ -1384,6 +1526,42 @@ mod tests {
             }
             for threads in [2, 8] {
                 assert!(run(threads, kernel).iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} on {threads} workers differs from 1");
+            }
+        }
+    }
+
+    /// The convolution products with rows read in place against im2col + GEMM, on batches whose
+    /// weight gradient is deep enough for depth parts, on 2 workers, for each kernel.
+    #[test]
+    fn in_place_convolution_rows_give_the_im2col_products() {
+        use crate::ops::conv1d::{self, ConvShape};
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        // (samples, len, C, out, K, stride, padding): the CNN's first layer, a k3 p1, no edges.
+        for (samples, len, c, out, k, stride, pad) in [(80, 256, 2, 16, 64, 16, 24), (70, 64, 16, 32, 3, 1, 1), (9, 40, 3, 5, 2, 2, 0)] {
+            let s = ConvShape { samples, len_in: len, channels: c, kernel: k, stride, padding: pad };
+            assert!(s.in_place_rows().is_some(), "{s:?}");
+            let rows = samples * s.len_out().unwrap();
+            for kernel in CpuGemm::available() {
+                pool.install(|| {
+                    let mut dev = CpuDevice::with_gemm(kernel);
+                    let (x, w, dy) = (dev.alloc(samples * len * c).unwrap(), dev.alloc(out * s.patch()).unwrap(), dev.alloc(rows * out).unwrap());
+                    let (cols, y, dw) = (dev.alloc(rows * s.patch()).unwrap(), dev.alloc(rows * out).unwrap(), dev.alloc(out * s.patch()).unwrap());
+                    for (v, salt) in [(x, 0), (w, 11), (dy, 23)] {
+                        let data: Vec<f32> = (0..v.len()).map(|i| value(i + salt)).collect();
+                        dev.upload(v, &data);
+                    }
+                    dev.conv_forward_product(x, w, cols, y, s, out);
+                    dev.conv_weight_product(x, cols, dy, dw, s, out);
+                    let (y_in_place, dw_in_place) = (dev.slice(y).to_vec(), dev.slice(dw).to_vec());
+                    conv1d::forward_product_via_cols(&mut dev, x, w, cols, y, s, out);
+                    conv1d::weight_product_via_cols(&mut dev, x, cols, dy, dw, s, out);
+                    for (what, got, want, tol) in [("y", &y_in_place, dev.slice(y), 1e-5), ("dw", &dw_in_place, dev.slice(dw), 1e-4 * (rows as f32).sqrt())] {
+                        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{kernel:?} {s:?} {what}[{i}] = {g}, im2col gives {w}");
+                        }
+                    }
+                });
             }
         }
     }

@@ -47,11 +47,50 @@ impl ConvShape {
         self.channels * self.kernel
     }
 
+    /// Where the im2col rows can be read in place, for a device that can: row `t` of sample `i`
+    /// is the input from `x[i·L + t·s − p]` on, `K·C` contiguous values, and where each sample's
+    /// input is exactly `L_out·s` steps long (every layer of the CNN) those rows lie one stride
+    /// (`s·C` values) apart across the whole batch. Only the rows whose taps leave their sample
+    /// differ — the first `lead` and the last `trail` of each sample (zero padding, or taps that
+    /// would run into the neighbouring sample) — and are fixed up apart. `None` where the rows
+    /// are not evenly spaced or no row is clean.
+    pub fn in_place_rows(&self) -> Option<InPlaceRows> {
+        let len_out = self.len_out()?;
+        if self.len_in != len_out * self.stride {
+            return None;
+        }
+        let lead = self.padding.div_ceil(self.stride);
+        // The last step whose taps end inside the sample: t·s − p + K ≤ L.
+        let last_clean = (self.len_in + self.padding).checked_sub(self.kernel)? / self.stride;
+        let trail = len_out - 1 - last_clean.min(len_out - 1);
+        (lead + trail < len_out).then_some(InPlaceRows { lead, trail })
+    }
+
     /// Per sample: output steps, values of the input (`L·C`) and of its im2col rows
     /// (`L_out·K·C`). For built layers, whose shapes the encoder checked (`len_out` is `Some`).
     pub fn sample_lens(&self) -> (usize, usize, usize) {
         let len_out = self.len_out().expect("a built convolution's input is at least its kernel");
         (len_out, self.len_in * self.channels, len_out * self.patch())
+    }
+}
+
+/// The edge rows of [`ConvShape::in_place_rows`]: per sample, the first `lead` and last `trail`
+/// output steps, whose taps leave the sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InPlaceRows {
+    pub lead: usize,
+    pub trail: usize,
+}
+
+impl InPlaceRows {
+    /// The edge steps of a sample of `len_out` steps, in order.
+    pub fn edges(self, len_out: usize) -> impl Iterator<Item = usize> + Clone {
+        (0..self.lead).chain(len_out - self.trail..len_out)
+    }
+
+    /// Edge steps per sample.
+    pub fn per_sample(self) -> usize {
+        self.lead + self.trail
     }
 }
 
@@ -133,23 +172,43 @@ impl Conv1d {
     }
 }
 
+/// [`Device::conv_forward_product`] through the im2col matrix in `cols`.
+pub fn forward_product_via_cols<D: Device + ?Sized>(dev: &mut D, x: View, w_taps: View, cols: View, y: View, s: ConvShape, out: usize) {
+    let rows = s.samples * s.len_out().unwrap_or(0);
+    dev.im2col(x, cols, s);
+    dev.gemm(Gemm::nt(rows, out, s.patch()), y, cols, w_taps);
+}
+
+/// [`Device::conv_weight_product`] from the im2col matrix `forward_product_via_cols` left in `cols`.
+pub fn weight_product_via_cols<D: Device + ?Sized>(dev: &mut D, x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
+    let _ = x;
+    let rows = s.samples * s.len_out().unwrap_or(0);
+    dev.gemm(Gemm::tn(out, s.patch(), rows), dw_taps, dy, cols);
+}
+
 // ---- CPU kernels (one sample per call) --------------------------------------------------------
 
 /// `cols[t, k·C + c] = x[t·stride − padding + k, c]`, zero outside the input: per row one copy of
 /// the taps inside.
 #[multiversion(targets = "simd")]
 pub(crate) fn im2col_sample(x: &[f32], cols: &mut [f32], s: ConvShape) {
-    let (c, k, len) = (s.channels, s.kernel, s.len_in);
-    for (t, row) in cols.chunks_exact_mut(c * k).enumerate() {
-        let start = (t * s.stride) as isize - s.padding as isize;
-        // Taps lo..hi read inside the input.
-        let lo = (-start).clamp(0, k as isize) as usize;
-        let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
-        row[..lo * c].fill(0.0);
-        row[hi * c..].fill(0.0);
-        let first = (start + lo as isize) as usize;
-        row[lo * c..hi * c].copy_from_slice(&x[first * c..(first + hi - lo) * c]);
+    for (t, row) in cols.chunks_exact_mut(s.patch()).enumerate() {
+        im2col_row(x, t, row, s);
     }
+}
+
+/// Row `t` of a sample's im2col matrix (`x` the sample's input).
+#[inline]
+pub(crate) fn im2col_row(x: &[f32], t: usize, row: &mut [f32], s: ConvShape) {
+    let (c, k, len) = (s.channels, s.kernel, s.len_in);
+    let start = (t * s.stride) as isize - s.padding as isize;
+    // Taps lo..hi read inside the input.
+    let lo = (-start).clamp(0, k as isize) as usize;
+    let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
+    row[..lo * c].fill(0.0);
+    row[hi * c..].fill(0.0);
+    let first = (start + lo as isize) as usize;
+    row[lo * c..hi * c].copy_from_slice(&x[first * c..(first + hi - lo) * c]);
 }
 
 /// `dx = Σ` of `dcols` added back to the positions im2col read (`dx` written whole).
