@@ -14,7 +14,10 @@
 //! Why im2col rather than a direct kernel: the encoders' convolutions are small (C·K ≤ 192,
 //! out ≤ 64) and the GEMM kernel runs them near its peak once the rows of all samples are one
 //! matrix; the copy costs `K/stride` times the input (4× for the wide first layer, 3× for k = 3).
-//! The direct alternative was measured on the same shapes (docs/encoders.md).
+//! The direct alternative was measured on the same shapes (docs/encoders.md). The CPU device
+//! skips the copy where it can: with the rows of a tap-major im2col evenly spaced in the input
+//! ([`ConvShape::in_place_rows`]), the forward and weight-gradient products read them in place
+//! (`Device::conv_forward_product`, `Device::conv_weight_product`).
 
 use multiversion::multiversion;
 
