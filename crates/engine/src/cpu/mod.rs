@@ -383,7 +383,7 @@ enum Split {
 
 /// The rows of a batch of `rows` convolution outputs that the in-place product covers: from the
 /// first sample's first clean row to the last sample's last.
-fn lead_to_trail(edges: conv1d::InPlaceRows, rows: usize) -> std::ops::Range<usize> {
+fn main_rows(edges: conv1d::InPlaceRows, rows: usize) -> std::ops::Range<usize> {
     edges.lead..rows - edges.trail
 }
 
@@ -509,7 +509,8 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<
 /// [`gemm_parallel`] on strided operands.
 ///
 /// # Safety
-/// The operands must address whole matrices of their shapes, and nothing else may touch C meanwhile.
+/// The operands must address whole matrices of their shapes, C must overlap neither, and nothing
+/// else may touch C meanwhile.
 unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
     if p.m * p.n <= NARROW_C && p.k >= 2 * DEPTH_PART {
         // SAFETY: forwarded contract.
@@ -539,7 +540,8 @@ unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], part
 /// the operands of any product with n ≥ 16.)
 ///
 /// # Safety
-/// The operands must address whole matrices of their shapes, and nothing else may touch C meanwhile.
+/// The operands must address whole matrices of their shapes, C must overlap neither, and nothing
+/// else may touch C meanwhile.
 unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
     let StridedGemm { m, n, k, c, rsc, accumulate, .. } = p;
     let (mn, chunks) = (m * n, k.div_ceil(DEPTH_PART));
@@ -554,7 +556,7 @@ unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials:
     let workers = packs.len().min(tasks);
     let pp = SendPtr(partials.as_mut_ptr());
     let run = |(w, pack): (usize, &mut PackBuffers)| {
-        // (Whole values, not their pointer fields: those are what may cross to the workers.)
+        // Capture the whole Send/Sync values, not their raw-pointer fields.
         let (pp, p) = (pp, p);
         let (ao, bo) = (p.a, p.b);
         for task in (w..tasks).step_by(workers) {
@@ -677,8 +679,9 @@ impl CpuDevice {
         }
     }
 
-    /// The kernel of a convolution product computed by `run`: measured as any product's in fp32,
-    /// the device's own under bf16.
+    /// The kernel of a convolution product computed by `run`: measured as any product's in fp32
+    /// (under the key of the GEMM it replaces: a plain product of the same shape, were there one,
+    /// would share the choice, which changes speed only), the device's own under bf16.
     fn conv_kernel(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         if self.precision == Precision::Fp32 {
             self.kernel_for(g, parts, c, run)
@@ -699,14 +702,14 @@ impl CpuDevice {
         let mut scratch = take_grown(&mut self.scratch, s.samples * per * (patch + out));
         let (ys, [xs, ws]) = self.split(y, [x, w_taps]);
         assert!(xs.len() == s.samples * xi && ws.len() == out * patch && ys.len() == rows * out);
-        let (stride, first) = ((s.stride * s.channels) as isize, (edges.lead * s.stride - s.padding) * s.channels);
+        let (stride, first) = (s.stride * s.channels, (edges.lead * s.stride - s.padding) * s.channels);
         // op(B) = w̃ᵀ: `patch × out`, element (p, j) at w̃[j·patch + p].
         let w = Operand { ptr: ws.as_ptr(), rs: 1, cs: patch as isize };
         let main = StridedGemm {
-            m: lead_to_trail(edges, rows).len(),
+            m: main_rows(edges, rows).len(),
             n: out,
             k: patch,
-            a: Operand { ptr: xs[first..].as_ptr(), rs: stride, cs: 1 },
+            a: Operand { ptr: xs[first..].as_ptr(), rs: stride as isize, cs: 1 },
             b: w,
             c: ys[edges.lead * out..].as_mut_ptr(),
             rsc: out as isize,
@@ -724,9 +727,19 @@ impl CpuDevice {
                     conv1d::im2col_row(&xs[i * xi..(i + 1) * xi], t, row, s);
                 }
             }
-            let g = Operand { ptr: gathered.as_ptr(), rs: patch as isize, cs: 1 };
-            // SAFETY: `gathered` holds `samples · per` rows of `patch`, `products` as many of `out`.
-            unsafe { gemm_strided(kernel, s.samples * per, out, patch, 1.0, g, w, products.as_mut_ptr(), out as isize, false, &mut packs[0]) };
+            let edge_product = StridedGemm {
+                m: s.samples * per,
+                n: out,
+                k: patch,
+                a: Operand { ptr: gathered.as_ptr(), rs: patch as isize, cs: 1 },
+                b: w,
+                c: products.as_mut_ptr(),
+                rsc: out as isize,
+                alpha: 1.0,
+                accumulate: false,
+            };
+            // SAFETY: `gathered` holds `samples · per` rows of `patch`, `products` as many of `out`, apart from each other.
+            unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, edge_product) };
             for (i, sample_products) in products[..s.samples * per * out].chunks_exact(per * out).enumerate() {
                 for (t, product) in edges.edges(len_out).zip(sample_products.chunks_exact(out)) {
                     ys[(i * len_out + t) * out..][..out].copy_from_slice(product);
@@ -748,7 +761,7 @@ impl CpuDevice {
         let (dws, [xs, dys]) = self.split(dw_taps, [x, dy]);
         assert!(xs.len() == s.samples * xi && dys.len() == rows * out && dws.len() == out * patch);
         let (stride, first) = (s.stride * s.channels, (edges.lead * s.stride - s.padding) * s.channels);
-        let main_rows = lead_to_trail(edges, rows);
+        let main_rows = main_rows(edges, rows);
         let main = StridedGemm {
             m: out,
             n: patch,
@@ -777,9 +790,19 @@ impl CpuDevice {
                     d.copy_from_slice(&dys[r * out..(r + 1) * out]);
                 }
             }
-            let (a, b) = (Operand { ptr: dy_edges.as_ptr(), rs: 1, cs: out as isize }, Operand { ptr: fixes.as_ptr(), rs: patch as isize, cs: 1 });
-            // SAFETY: `dy_edges` holds `samples · per` rows of `out`, `fixes` as many of `patch`; dw̃ is `out × patch`.
-            unsafe { gemm_strided(kernel, out, patch, s.samples * per, 1.0, a, b, dws.as_mut_ptr(), patch as isize, true, &mut packs[0]) };
+            let fix_up = StridedGemm {
+                m: out,
+                n: patch,
+                k: s.samples * per,
+                a: Operand { ptr: dy_edges.as_ptr(), rs: 1, cs: out as isize },
+                b: Operand { ptr: fixes.as_ptr(), rs: patch as isize, cs: 1 },
+                c: dws.as_mut_ptr(),
+                rsc: patch as isize,
+                alpha: 1.0,
+                accumulate: true,
+            };
+            // SAFETY: `dy_edges` holds `samples · per` rows of `out`, `fixes` as many of `patch`; dw̃ (`out × patch`) is neither.
+            unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, fix_up) };
         }
         (self.packs, self.depth_partials, self.scratch) = (packs, partials, scratch);
     }
@@ -1530,40 +1553,54 @@ mod tests {
         }
     }
 
-    /// The convolution products with rows read in place against im2col + GEMM, on batches whose
-    /// weight gradient is deep enough for depth parts, on 2 workers, for each kernel.
+    /// The convolution products with rows read in place against im2col + GEMM: batches whose
+    /// weight gradient is deep enough for depth parts (the first two shapes), for each fixed
+    /// kernel and under measurement, on 2 workers — and the same bits on 8 (more workers than
+    /// depth parts: their columns split too).
     #[test]
     fn in_place_convolution_rows_give_the_im2col_products() {
         use crate::ops::conv1d::{self, ConvShape};
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
         // (samples, len, C, out, K, stride, padding): the CNN's first layer, a k3 p1, no edges.
-        for (samples, len, c, out, k, stride, pad) in [(80, 256, 2, 16, 64, 16, 24), (70, 64, 16, 32, 3, 1, 1), (9, 40, 3, 5, 2, 2, 0)] {
+        for (samples, len, c, out, k, stride, pad) in [(257, 256, 2, 16, 64, 16, 24), (70, 64, 16, 32, 3, 1, 1), (9, 40, 3, 5, 2, 2, 0)] {
             let s = ConvShape { samples, len_in: len, channels: c, kernel: k, stride, padding: pad };
             assert!(s.in_place_rows().is_some(), "{s:?}");
             let rows = samples * s.len_out().unwrap();
-            for kernel in CpuGemm::available() {
-                pool.install(|| {
-                    let mut dev = CpuDevice::with_gemm(kernel);
-                    let (x, w, dy) = (dev.alloc(samples * len * c).unwrap(), dev.alloc(out * s.patch()).unwrap(), dev.alloc(rows * out).unwrap());
-                    let (cols, y, dw) = (dev.alloc(rows * s.patch()).unwrap(), dev.alloc(rows * out).unwrap(), dev.alloc(out * s.patch()).unwrap());
-                    for (v, salt) in [(x, 0), (w, 11), (dy, 23)] {
-                        let data: Vec<f32> = (0..v.len()).map(|i| value(i + salt)).collect();
-                        dev.upload(v, &data);
-                    }
-                    dev.conv_forward_product(x, w, cols, y, s, out);
-                    dev.conv_weight_product(x, cols, dy, dw, s, out);
-                    let (y_in_place, dw_in_place) = (dev.slice(y).to_vec(), dev.slice(dw).to_vec());
-                    conv1d::forward_product_via_cols(&mut dev, x, w, cols, y, s, out);
-                    conv1d::weight_product_via_cols(&mut dev, x, cols, dy, dw, s, out);
-                    for (what, got, want, tol) in [("y", &y_in_place, dev.slice(y), 1e-5), ("dw", &dw_in_place, dev.slice(dw), 1e-4 * (rows as f32).sqrt())] {
-                        for (i, (g, w)) in got.iter().zip(want).enumerate() {
-                            assert!((g - w).abs() <= tol * w.abs().max(1.0), "{kernel:?} {s:?} {what}[{i}] = {g}, im2col gives {w}");
+            let policies = CpuGemm::available().into_iter().map(GemmPolicy::Fixed).chain([GemmPolicy::Measure]);
+            for policy in policies {
+                let run = |threads: usize, in_place: bool| {
+                    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                        let mut dev = CpuDevice::with_policy(policy);
+                        let (x, w, dy) = (dev.alloc(samples * len * c).unwrap(), dev.alloc(out * s.patch()).unwrap(), dev.alloc(rows * out).unwrap());
+                        let (cols, y, dw) = (dev.alloc(rows * s.patch()).unwrap(), dev.alloc(rows * out).unwrap(), dev.alloc(out * s.patch()).unwrap());
+                        for (v, salt) in [(x, 0), (w, 11), (dy, 23)] {
+                            let data: Vec<f32> = (0..v.len()).map(|i| value(i + salt)).collect();
+                            dev.upload(v, &data);
                         }
+                        if in_place {
+                            dev.conv_forward_product(x, w, cols, y, s, out);
+                            dev.conv_weight_product(x, cols, dy, dw, s, out);
+                        } else {
+                            conv1d::forward_product_via_cols(&mut dev, x, w, cols, y, s, out);
+                            conv1d::weight_product_via_cols(&mut dev, x, cols, dy, dw, s, out);
+                        }
+                        (dev.slice(y).to_vec(), dev.slice(dw).to_vec())
+                    })
+                };
+                let ((y, dw), (y_cols, dw_cols)) = (run(2, true), run(2, false));
+                for (what, got, want, tol) in [("y", &y, &y_cols, 1e-5), ("dw", &dw, &dw_cols, 1e-4 * (rows as f32).sqrt())] {
+                    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                        assert!((g - w).abs() <= tol * w.abs().max(1.0), "{policy:?} {s:?} {what}[{i}] = {g}, im2col gives {w}");
                     }
-                });
+                }
+                if matches!(policy, GemmPolicy::Fixed(_)) {
+                    let (y8, dw8) = run(8, true);
+                    assert!(y8.iter().zip(&y).chain(dw8.iter().zip(&dw)).all(|(a, b)| a.to_bits() == b.to_bits()), "{policy:?} {s:?}: 8 workers differ from 2");
+                }
             }
         }
+        // No sample: nothing to read in place (and nothing to compute).
+        assert!(ConvShape { samples: 0, len_in: 256, channels: 2, kernel: 64, stride: 16, padding: 24 }.in_place_rows().is_none());
     }
 
     #[test]

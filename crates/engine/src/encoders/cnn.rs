@@ -8,7 +8,9 @@
 //! ```
 //!
 //! Activations are channels-last `[rows·L, channels]`; each convolution is an im2col GEMM
-//! ([`crate::ops::conv1d`]), BatchNorm + ReLU one fused kernel. PyTorch's names:
+//! ([`crate::ops::conv1d`]; the CPU reads the im2col rows in place where they are evenly spaced,
+//! which they are in every layer at the windows the configs use), BatchNorm + ReLU one fused
+//! kernel. PyTorch's names:
 //! `blocks.{i}.0` (Conv1d), `blocks.{i}.1` (BatchNorm1d), `head`.
 
 use crate::arena::{Arenas, Tensors};
@@ -149,7 +151,8 @@ struct Block {
     shape: BlockShape,
     conv: Conv1d,
     bn: BatchNorm,
-    /// im2col matrix, convolution output (BatchNorm's input), BatchNorm + ReLU output.
+    /// im2col matrix (unwritten where the device reads the rows in place), convolution output
+    /// (BatchNorm's input), BatchNorm + ReLU output.
     cols: View,
     y: View,
     a: View,
@@ -228,21 +231,19 @@ impl Cnn {
     pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
         let (rows, groups) = (io.rows, io.groups);
         let train = matches!(io.mode, Mode::Train { .. });
-        let mut x = io.x;
-        for b in &self.blocks {
+        for (i, b) in self.blocks.iter().enumerate() {
             let s = b.shape;
             let n = rows * s.len_out;
-            let (y, a) = (b.y.prefix(n * s.cout), b.a.prefix(n * s.cout));
+            let (x, y, a) = (self.block_input(i, io.x, rows), b.y.prefix(n * s.cout), b.a.prefix(n * s.cout));
             b.conv.forward(dev, x, b.cols.prefix(n * s.cin * s.kernel), y, s.conv(rows));
             b.bn.forward(dev, y, a, b.stats.prefix(2 * groups * s.cout), groups, train, io.counters);
-            x = a;
             if s.pool {
                 let p = PoolShape { samples: rows, len: s.len_out, cols: s.cout };
                 let m = rows * s.len_next() * s.cout;
                 dev.maxpool_forward(a, b.pooled.prefix(m), b.argmax.prefix(m), p);
-                x = b.pooled.prefix(m);
             }
         }
+        let x = self.block_input(self.blocks.len(), io.x, rows);
         let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
         let mean = self.mean.prefix(rows * last.cout);
         dev.meanpool_forward(x, mean, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
@@ -251,8 +252,9 @@ impl Cnn {
         z
     }
 
-    /// The input block `i` read in the forward of `rows` windows: the windows, or the previous
-    /// block's (pooled) output.
+    /// The input of block `i` for `rows` windows (of the head for `i` = the block count): the
+    /// windows, or the previous block's (pooled) output. The forward and the backward both take
+    /// it from here.
     fn block_input(&self, i: usize, windows: View, rows: usize) -> View {
         match i.checked_sub(1).map(|p| &self.blocks[p]) {
             None => windows,

@@ -52,14 +52,15 @@ impl ConvShape {
 
     /// Where the im2col rows can be read in place, for a device that can: row `t` of sample `i`
     /// is the input from `x[i·L + t·s − p]` on, `K·C` contiguous values, and where each sample's
-    /// input is exactly `L_out·s` steps long (every layer of the CNN) those rows lie one stride
-    /// (`s·C` values) apart across the whole batch. Only the rows whose taps leave their sample
-    /// differ — the first `lead` and the last `trail` of each sample (zero padding, or taps that
-    /// would run into the neighbouring sample) — and are fixed up apart. `None` where the rows
-    /// are not evenly spaced or no row is clean.
+    /// input is exactly `L_out·s` steps long (the CNN's k3 layers always; its first layer where the
+    /// window is a multiple of its stride, as in every config and workload) those rows lie one
+    /// stride (`s·C` values) apart across the whole batch. Only the rows whose taps leave their
+    /// sample differ — the first `lead` and the last `trail` of each sample (zero padding, or taps
+    /// that would run into the neighbouring sample) — and are fixed up apart. `None` where the
+    /// rows are not evenly spaced, no row is clean, or there is no sample.
     pub fn in_place_rows(&self) -> Option<InPlaceRows> {
         let len_out = self.len_out()?;
-        if self.len_in != len_out * self.stride {
+        if self.samples == 0 || self.len_in != len_out * self.stride {
             return None;
         }
         let lead = self.padding.div_ceil(self.stride);
@@ -183,8 +184,7 @@ pub fn forward_product_via_cols<D: Device + ?Sized>(dev: &mut D, x: View, w_taps
 }
 
 /// [`Device::conv_weight_product`] from the im2col matrix `forward_product_via_cols` left in `cols`.
-pub fn weight_product_via_cols<D: Device + ?Sized>(dev: &mut D, x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
-    let _ = x;
+pub fn weight_product_via_cols<D: Device + ?Sized>(dev: &mut D, _x: View, cols: View, dy: View, dw_taps: View, s: ConvShape, out: usize) {
     let rows = s.samples * s.len_out().unwrap_or(0);
     dev.gemm(Gemm::tn(out, s.patch(), rows), dw_taps, dy, cols);
 }
