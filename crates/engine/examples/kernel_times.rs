@@ -1,5 +1,6 @@
 //! Where a training step's time goes: forward, loss, backward and optimizer of a reference
-//! workload ([`engine::workloads`]), each timed alone (median of 20 after 5 warm-up steps).
+//! workload ([`engine::workloads`]), each timed alone (median of 20 after 5 warm-up steps), and
+//! the device's memory.
 //! `cargo run --release -p cid-engine --example kernel_times -- isfm-small [threads] [steps]`
 //! (more steps than the default 20 give a profiler a steady state to sample).
 use std::time::Instant;
@@ -61,6 +62,7 @@ fn main() {
             }
         }
         let (f, n, bw, o) = (median(fwd), median(nce), median(bwd), median(opt));
-        println!("{name} (B={b}, {threads} threads): forward {f:.3} ms, loss {n:.3} ms, backward {bw:.3} ms, optimizer {o:.3} ms; sum {:.3} ms", f + n + bw + o);
+        let mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
+        println!("{name} (B={b}, {threads} threads): forward {f:.3} ms, loss {n:.3} ms, backward {bw:.3} ms, optimizer {o:.3} ms; sum {:.3} ms; device memory {mb:.1} MB", f + n + bw + o);
     });
 }

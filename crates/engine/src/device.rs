@@ -339,6 +339,14 @@ pub trait Device: Send {
     /// The adjoint of [`im2col`](Self::im2col): `dx` = the sum of `dcols` scattered back.
     fn col2im(&mut self, dcols: View, dx: View, s: ConvShape);
 
+    /// Whether [`conv_forward_product`](Self::conv_forward_product) and
+    /// [`conv_weight_product`](Self::conv_weight_product) read the im2col rows of `s` in place, so
+    /// that their `cols` may be empty (the encoder then allocates none).
+    fn reads_conv_rows_in_place(&self, s: ConvShape) -> bool {
+        let _ = s;
+        false
+    }
+
     /// A convolution's product `y[S·Lout, out] = im2col(x) · w̃ᵀ` (`w̃[out, K·C]`, tap-major).
     /// By default through the im2col matrix in `cols`; a device may read `x` in place instead (and
     /// leave `cols` unwritten): [`conv_weight_product`](Self::conv_weight_product) is its pair.

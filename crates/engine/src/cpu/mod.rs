@@ -1191,6 +1191,10 @@ impl Device for CpuDevice {
         for_each_sample(parts, dxs, xi, |i, d| conv1d::col2im_sample(&cs[i * co..(i + 1) * co], d, s));
     }
 
+    fn reads_conv_rows_in_place(&self, s: ConvShape) -> bool {
+        s.in_place_rows().is_some()
+    }
+
     /// Reads the im2col rows in place where they are evenly spaced ([`ConvShape::in_place_rows`],
     /// [`CpuDevice::conv_forward_in_place`]); the kernel chosen by measurement as for any product.
     fn conv_forward_product(&mut self, x: View, w_taps: View, cols: View, y: View, s: ConvShape, out: usize) {

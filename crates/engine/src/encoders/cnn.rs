@@ -151,9 +151,10 @@ struct Block {
     shape: BlockShape,
     conv: Conv1d,
     bn: BatchNorm,
-    /// im2col matrix (unwritten where the device reads the rows in place), convolution output
-    /// (BatchNorm's input), BatchNorm + ReLU output.
+    /// im2col matrix (none where the device reads the rows in place: `cols_width` 0, else `K·C`
+    /// per output row), convolution output (BatchNorm's input), BatchNorm + ReLU output.
     cols: View,
+    cols_width: usize,
     y: View,
     a: View,
     /// BatchNorm's per-group statistics.
@@ -170,7 +171,8 @@ pub struct Cnn {
     /// Mean over time `[max_rows, channels]` and the embeddings `[max_rows, D]`.
     mean: View,
     z: View,
-    /// Gradient buffers sized for the largest activation and im2col matrix.
+    /// Gradient buffers sized for the largest activation and the largest im2col matrix whose
+    /// gradient is formed (the input gradients of every block but the first).
     g_act: [View; 2],
     g_cols: View,
 }
@@ -200,16 +202,22 @@ impl Cnn {
         let slots = Self::declare(c, cfg, &mut Tensors::default());
         let mut blocks = Vec::new();
         let (mut widest_act, mut widest_cols) = (max_rows * cfg.input(), 0);
-        for (shape, (conv, bn)) in shapes.into_iter().zip(slots.blocks) {
+        for (i, (shape, (conv, bn))) in shapes.into_iter().zip(slots.blocks).enumerate() {
             let rows = max_rows * shape.len_out;
             let pooled_rows = if shape.pool { max_rows * shape.len_next() } else { 0 };
             widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
-            widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
+            if i > 0 {
+                widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
+            }
+            // (Whether the rows can be read in place does not depend on the batch: a smaller
+            // batch reads them in place too, and an empty one needs no im2col matrix.)
+            let cols_width = if dev.reads_conv_rows_in_place(shape.conv(max_rows)) { 0 } else { shape.cin * shape.kernel };
             blocks.push(Block {
                 shape,
                 conv: conv.bind(arenas, dev)?,
                 bn: bn.bind(arenas),
-                cols: dev.alloc(rows * shape.cin * shape.kernel)?,
+                cols: dev.alloc(rows * cols_width)?,
+                cols_width,
                 y: dev.alloc(rows * shape.cout)?,
                 a: dev.alloc(rows * shape.cout)?,
                 stats: dev.alloc(2 * max_rows * shape.cout)?,
@@ -235,7 +243,7 @@ impl Cnn {
             let s = b.shape;
             let n = rows * s.len_out;
             let (x, y, a) = (self.block_input(i, io.x, rows), b.y.prefix(n * s.cout), b.a.prefix(n * s.cout));
-            b.conv.forward(dev, x, b.cols.prefix(n * s.cin * s.kernel), y, s.conv(rows));
+            b.conv.forward(dev, x, b.cols.prefix(n * b.cols_width), y, s.conv(rows));
             b.bn.forward(dev, y, a, b.stats.prefix(2 * groups * s.cout), groups, train, io.counters);
             if s.pool {
                 let p = PoolShape { samples: rows, len: s.len_out, cols: s.cout };
@@ -289,7 +297,8 @@ impl Cnn {
             // The first block's input (the windows) needs no gradient.
             let dx = (i > 0).then(|| self.g_act[1 - cur].prefix(rows * s.len_in * s.cin));
             let x = self.block_input(i, io.x, rows);
-            b.conv.backward(dev, x, b.cols.prefix(n * s.cin * s.kernel), dy, self.g_cols.prefix(n * s.cin * s.kernel), dx, s.conv(rows), accumulate);
+            let dcols = self.g_cols.prefix(if dx.is_some() { n * s.cin * s.kernel } else { 0 });
+            b.conv.backward(dev, x, b.cols.prefix(n * b.cols_width), dy, dcols, dx, s.conv(rows), accumulate);
             if let Some(dx) = dx {
                 (d, cur) = (dx, 1 - cur);
             }
