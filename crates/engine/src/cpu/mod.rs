@@ -132,10 +132,8 @@ pub struct CpuDevice {
     scratch: Vec<f32>,
     reduce: Vec<f64>,
     transpose_scratch: Vec<f32>,
-    /// The partial products of a GEMM split along its depth.
-    depth_partials: Vec<f32>,
-    /// Packing buffers of our GEMM kernels, one per worker of a parallel GEMM.
-    packs: Vec<PackBuffers>,
+    /// Packing buffers of our GEMM kernels (one per worker) and a depth split's partial products.
+    gemm_scratch: GemmScratch,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
     sparse: SparseLhs,
     strips: Vec<StripBuffer>,
@@ -187,8 +185,7 @@ impl CpuDevice {
             scratch: Vec::new(),
             reduce: Vec::new(),
             transpose_scratch: Vec::new(),
-            depth_partials: Vec::new(),
-            packs: (0..threads).map(|_| PackBuffers::default()).collect(),
+            gemm_scratch: GemmScratch { packs: (0..threads).map(|_| PackBuffers::default()).collect(), partials: Vec::new() },
             sparse: SparseLhs::default(),
             strips: per_worker(),
             attention: (0..threads).map(|_| AttentionScratch::default()).collect(),
@@ -594,11 +591,37 @@ unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials:
     }
 }
 
+/// The scratch of a parallel GEMM: one packing buffer per worker, and the partial products of a
+/// product split along its depth. Taken out of the device as one (so it can be used beside
+/// borrows of the device's memory) and put back after.
+#[derive(Default)]
+struct GemmScratch {
+    packs: Vec<PackBuffers>,
+    partials: Vec<f32>,
+}
+
+impl GemmScratch {
+    /// A row-major GEMM of slices on `parts` workers ([`gemm_parallel`]).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(&mut self, kernel: CpuGemm, parts: usize, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+        gemm_parallel(kernel, &mut self.packs[..parts], &mut self.partials, g, c, a, b, alpha)
+    }
+
+    /// A product on strided operands on `parts` workers ([`gemm_parallel_strided`]).
+    ///
+    /// # Safety
+    /// As [`gemm_parallel_strided`].
+    unsafe fn strided(&mut self, kernel: CpuGemm, parts: usize, p: StridedGemm) {
+        // SAFETY: forwarded contract.
+        unsafe { gemm_parallel_strided(kernel, &mut self.packs[..parts], &mut self.partials, p) }
+    }
+}
+
 impl CpuDevice {
     /// Runs a product on `kernel`, split over `parts` workers.
     fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
-        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
+        let mut scratch = std::mem::take(&mut self.gemm_scratch);
         if g.trans_a && large && kernel == CpuGemm::Faer {
             // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
             // their plain-A speed; transposing A first costs m·k copies against m·n·k
@@ -606,14 +629,13 @@ impl CpuDevice {
             let mut at = take_grown(&mut self.transpose_scratch, g.m * g.k);
             transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
             let (cs, [bs]) = self.split(c, [b]);
-            gemm_parallel(kernel, &mut packs[..parts], &mut partials, Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
+            scratch.gemm(kernel, parts, Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
             self.transpose_scratch = at;
         } else {
             let (cs, [as_, bs]) = self.split(c, [a, b]);
-            gemm_parallel(kernel, &mut packs[..parts], &mut partials, g, cs, as_, bs, 1.0);
+            scratch.gemm(kernel, parts, g, cs, as_, bs, 1.0);
         }
-        self.packs = packs;
-        self.depth_partials = partials;
+        self.gemm_scratch = scratch;
     }
 
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
@@ -698,7 +720,7 @@ impl CpuDevice {
     fn conv_forward_in_place(&mut self, kernel: CpuGemm, parts: usize, x: View, w_taps: View, y: View, s: ConvShape, out: usize, edges: conv1d::InPlaceRows) {
         let (len_out, xi, _) = s.sample_lens();
         let (patch, rows, per) = (s.patch(), s.samples * len_out, edges.per_sample());
-        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
+        let mut gemm = std::mem::take(&mut self.gemm_scratch);
         let mut scratch = take_grown(&mut self.scratch, s.samples * per * (patch + out));
         let (ys, [xs, ws]) = self.split(y, [x, w_taps]);
         assert!(xs.len() == s.samples * xi && ws.len() == out * patch && ys.len() == rows * out);
@@ -717,7 +739,7 @@ impl CpuDevice {
             accumulate: false,
         };
         // SAFETY: rows lead..rows − trail of the batch start `first` values into x and end inside it (`in_place_rows`), one stride apart; they write rows of y that only this call touches.
-        unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, main) };
+        unsafe { gemm.strided(kernel, parts, main) };
         // The edge rows: their true im2col rows, one product, written over what the main
         // product left there (or never reached).
         if per > 0 {
@@ -739,14 +761,14 @@ impl CpuDevice {
                 accumulate: false,
             };
             // SAFETY: `gathered` holds `samples · per` rows of `patch`, `products` as many of `out`, apart from each other.
-            unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, edge_product) };
+            unsafe { gemm.strided(kernel, parts, edge_product) };
             for (i, sample_products) in products[..s.samples * per * out].chunks_exact(per * out).enumerate() {
                 for (t, product) in edges.edges(len_out).zip(sample_products.chunks_exact(out)) {
                     ys[(i * len_out + t) * out..][..out].copy_from_slice(product);
                 }
             }
         }
-        (self.packs, self.depth_partials, self.scratch) = (packs, partials, scratch);
+        (self.gemm_scratch, self.scratch) = (gemm, scratch);
     }
 
     /// `dw̃ = dyᵀ·im2col(x)` over the same in-place rows: one product over the main rows, then
@@ -756,7 +778,7 @@ impl CpuDevice {
     fn conv_weight_in_place(&mut self, kernel: CpuGemm, parts: usize, x: View, dy: View, dw_taps: View, s: ConvShape, out: usize, edges: conv1d::InPlaceRows) {
         let (len_out, xi, _) = s.sample_lens();
         let (patch, rows, per) = (s.patch(), s.samples * len_out, edges.per_sample());
-        let (mut packs, mut partials) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.depth_partials));
+        let mut gemm = std::mem::take(&mut self.gemm_scratch);
         let mut scratch = take_grown(&mut self.scratch, s.samples * per * (patch + out));
         let (dws, [xs, dys]) = self.split(dw_taps, [x, dy]);
         assert!(xs.len() == s.samples * xi && dys.len() == rows * out && dws.len() == out * patch);
@@ -775,7 +797,7 @@ impl CpuDevice {
             accumulate: false,
         };
         // SAFETY: as the forward's: the main rows lie inside x one stride apart; dw̃ is this call's alone.
-        unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, main) };
+        unsafe { gemm.strided(kernel, parts, main) };
         if per > 0 {
             let (fixes, dy_edges) = scratch.split_at_mut(s.samples * per * patch);
             for (i, (sample_fixes, sample_dy)) in fixes.chunks_exact_mut(per * patch).zip(dy_edges.chunks_exact_mut(per * out)).enumerate() {
@@ -802,9 +824,9 @@ impl CpuDevice {
                 accumulate: true,
             };
             // SAFETY: `dy_edges` holds `samples · per` rows of `out`, `fixes` as many of `patch`; dw̃ (`out × patch`) is neither.
-            unsafe { gemm_parallel_strided(kernel, &mut packs[..parts], &mut partials, fix_up) };
+            unsafe { gemm.strided(kernel, parts, fix_up) };
         }
-        (self.packs, self.depth_partials, self.scratch) = (packs, partials, scratch);
+        (self.gemm_scratch, self.scratch) = (gemm, scratch);
     }
 
     /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
@@ -843,7 +865,7 @@ impl CpuDevice {
     /// Runs `f(pair, pack, scratch)` for every (sample, head) of an attention call, the pairs
     /// split statically over the workers.
     fn for_attention_pairs(&mut self, pairs: usize, f: impl Fn(usize, &mut PackBuffers, &mut AttentionScratch) + Sync + Send) {
-        let (mut packs, mut scratch) = (std::mem::take(&mut self.packs), std::mem::take(&mut self.attention));
+        let (mut packs, mut scratch) = (std::mem::take(&mut self.gemm_scratch.packs), std::mem::take(&mut self.attention));
         let parts = self.threads.min(pairs).max(1);
         let per = pairs.div_ceil(parts);
         let run = |(t, (pack, sc)): (usize, (&mut PackBuffers, &mut AttentionScratch))| {
@@ -856,7 +878,7 @@ impl CpuDevice {
         } else {
             packs[..parts].par_iter_mut().zip(scratch[..parts].par_iter_mut()).enumerate().for_each(run);
         }
-        (self.packs, self.attention) = (packs, scratch);
+        (self.gemm_scratch.packs, self.attention) = (packs, scratch);
     }
 }
 
@@ -889,9 +911,9 @@ impl Device for CpuDevice {
     fn allocated_bytes(&self) -> usize {
         // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
         // touched, so it is not resident memory.
-        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len() + self.depth_partials.len())
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len() + self.gemm_scratch.partials.len())
             + 8 * self.reduce.len()
-            + self.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
+            + self.gemm_scratch.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
             + self.sparse.allocated_bytes()
             + self.strips.iter().map(StripBuffer::allocated_bytes).sum::<usize>()
             + self.attention.iter().map(AttentionScratch::allocated_bytes).sum::<usize>()
@@ -906,7 +928,7 @@ impl Device for CpuDevice {
             }));
         }
         self.precision = precision;
-        for p in &mut self.packs {
+        for p in &mut self.gemm_scratch.packs {
             p.round_bf16 = precision == Precision::Bf16;
         }
         Ok(())
@@ -1346,15 +1368,14 @@ impl Device for CpuDevice {
         // The loss's products stay fp32 in every precision: the loss is where rounding would
         // cost most (similarities divided by a small temperature). Large ones are split over the
         // workers (a batch of thousands of pairs spends most of its step here).
-        let mut packs = std::mem::take(&mut self.packs);
-        for p in &mut packs {
+        let mut gemm_scratch = std::mem::take(&mut self.gemm_scratch);
+        for p in &mut gemm_scratch.packs {
             p.round_bf16 = false;
         }
         let (kernel, threads) = (self.gemm, self.threads);
-        let mut partials = std::mem::take(&mut self.depth_partials);
         let mut gemm = |g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]| {
             let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { threads } else { 1 };
-            gemm_parallel(kernel, &mut packs[..parts], &mut partials, g, c, a, b, inv_tau);
+            gemm_scratch.gemm(kernel, parts, g, c, a, b, inv_tau);
         };
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass
         // over the tiles keeps a running (max, Σ exp) per column, rescaled as the max grows.
@@ -1430,11 +1451,10 @@ impl Device for CpuDevice {
         }
         self.scratch = scratch;
         self.reduce = col_sum;
-        for p in &mut packs {
+        for p in &mut gemm_scratch.packs {
             p.round_bf16 = self.precision == Precision::Bf16;
         }
-        self.packs = packs;
-        self.depth_partials = partials;
+        self.gemm_scratch = gemm_scratch;
         out
     }
 
@@ -1721,7 +1741,7 @@ mod tests {
                 dev.infonce(zv, Some(dzv), 8, 16, 0.1, true, 1.0).loss
             };
             assert_eq!(loss(&mut dev), loss(&mut CpuDevice::new()));
-            assert!(dev.packs[0].round_bf16, "products after the loss are bf16 again");
+            assert!(dev.gemm_scratch.packs[0].round_bf16, "products after the loss are bf16 again");
         });
     }
 
