@@ -32,6 +32,10 @@ pub enum InputKind {
     Time,
     /// `log(1 + |rFFT|)` of each mean-removed window per channel, bins 1…W/2: `[W/2, C]`.
     Spectrum,
+    /// Each window per channel with its spectrum flattened (cepstral pre-whitening: every rFFT bin
+    /// but DC scaled to magnitude 1, phases kept, back to time), `[W, C]`: what is left is the
+    /// timing of the signal's events (a fault's impacts), not the coloring of the recording's path.
+    Whitened,
 }
 
 /// `data` section.
@@ -59,7 +63,7 @@ pub struct DataSection {
     /// Keep the first N samples of each signal (default: all).
     #[serde(with = "opt_whole")]
     pub truncate_length: Option<usize>,
-    /// `time` (default) or `spectrum`: what the encoder sees of a window.
+    /// `time` (default), `spectrum` or `whitened`: what the encoder sees of a window.
     pub input: InputKind,
     /// Training augmentation, each view on its own: scale by a factor uniform in `[1 − g, 1 + g]`
     /// (default 0: off).
@@ -591,7 +595,7 @@ impl Config {
     /// Samples per window the encoder sees (the spectrum has W/2 bins).
     pub fn encoder_window(&self) -> usize {
         match self.data.input {
-            InputKind::Time => self.data.window_size,
+            InputKind::Time | InputKind::Whitened => self.data.window_size,
             InputKind::Spectrum => self.data.window_size / 2,
         }
     }

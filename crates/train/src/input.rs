@@ -1,7 +1,8 @@
 //! What the encoder is fed for a batch of windows: the samples themselves (`data.input: time`) or
 //! their log-magnitude spectrum (`data.input: spectrum`: `log(1 + |rFFT|)` of each mean-removed
-//! window per channel, bins 1…W/2, as `quality_ref.py`'s `Spectrum`), and each window's sampling
-//! rate from the table (the ISFM's time channel).
+//! window per channel, bins 1…W/2, as `quality_ref.py`'s `Spectrum`), their pre-whitened form
+//! (`data.input: whitened`: the same rFFT with every bin scaled to magnitude 1, back to time), and
+//! each window's sampling rate from the table (the ISFM's time channel).
 //!
 //! Training windows can be augmented first, each view on its own, to make the pretext harder
 //! (telling recordings apart by their spectrum alone is easy): random gain, circular time shift,
@@ -13,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use realfft::{RealFftPlanner, RealToComplex};
+use realfft::num_complex::Complex;
+use realfft::{ComplexToReal, RealFftPlanner, RealToComplex};
 use signal::rng::{mix_seed, Rng};
 use signal::{ContrastiveBatch, Dataset};
 
@@ -80,8 +82,22 @@ pub struct Inputs {
     kind: InputKind,
     window: usize,
     channels: usize,
+    /// The forward rFFT (spectrum and whitened inputs) and the inverse (whitened).
     fft: Option<Arc<dyn RealToComplex<f32>>>,
+    ifft: Option<Arc<dyn ComplexToReal<f32>>>,
     rates: HashMap<u64, f32>,
+}
+
+/// Bins whose magnitude is below this fraction of the window's largest are zeroed by the
+/// whitening instead of raised to 1: they hold no signal, only rounding.
+const WHITEN_FLOOR: f32 = 1e-6;
+
+/// The FFT scratch of one worker.
+struct FftBuffers {
+    input: Vec<f32>,
+    spectrum: Vec<Complex<f32>>,
+    scratch: Vec<Complex<f32>>,
+    inverse_scratch: Vec<Complex<f32>>,
 }
 
 impl Inputs {
@@ -91,22 +107,23 @@ impl Inputs {
     }
 
     pub fn with_rates(kind: InputKind, window: usize, channels: usize, rates: HashMap<u64, f32>) -> Result<Self> {
-        let fft = match kind {
-            InputKind::Time => None,
-            InputKind::Spectrum if window < 2 => return Err(TrainError::Config { key: "data.input".into(), reason: format!("a spectrum needs windows of at least 2 samples, not {window}") }),
-            InputKind::Spectrum => {
-                // The plan holds twiddles and scratch of about the window's length in complex values.
-                limits::check(|| format!("the spectrum of windows of {window} samples (data.input = spectrum)"), limits::bytes(&[window], 16)).map_err(TrainError::OverBudget)?;
-                Some(RealFftPlanner::<f32>::new().plan_fft_forward(window))
+        if kind != InputKind::Time {
+            if window < 2 {
+                return Err(TrainError::Config { key: "data.input".into(), reason: format!("a {kind:?} input needs windows of at least 2 samples, not {window}").to_lowercase() });
             }
-        };
-        Ok(Inputs { kind, window, channels, fft, rates })
+            // A plan holds twiddles and scratch of about the window's length in complex values.
+            limits::check(|| format!("the FFT of windows of {window} samples (data.input = {kind:?})").to_lowercase(), limits::bytes(&[window], 32)).map_err(TrainError::OverBudget)?;
+        }
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fft = (kind != InputKind::Time).then(|| planner.plan_fft_forward(window));
+        let ifft = (kind == InputKind::Whitened).then(|| planner.plan_fft_inverse(window));
+        Ok(Inputs { kind, window, channels, fft, ifft, rates })
     }
 
     /// Values per encoder input row.
     pub fn row_len(&self) -> usize {
         match self.kind {
-            InputKind::Time => self.window * self.channels,
+            InputKind::Time | InputKind::Whitened => self.window * self.channels,
             InputKind::Spectrum => self.window / 2 * self.channels,
         }
     }
@@ -115,27 +132,41 @@ impl Inputs {
     pub fn of<'a>(&self, windows: &'a [f32]) -> Result<Cow<'a, [f32]>> {
         let Some(fft) = &self.fft else { return Ok(Cow::Borrowed(windows)) };
         let (w, c) = (self.window, self.channels);
-        let bins = w / 2;
+        let row = self.row_len();
         if windows.len() % (w * c) != 0 {
             return Err(TrainError::Data(format!("{} values are not whole windows of {w} × {c}", windows.len())));
         }
-        let mut out = vec![0.0f32; windows.len() / (w * c) * bins * c];
-        out.par_chunks_mut(bins * c).zip(windows.par_chunks(w * c)).try_for_each_init(
-            || (fft.make_input_vec(), fft.make_output_vec(), fft.make_scratch_vec()),
-            |(input, spectrum, scratch), (o, x)| -> Result<()> {
-                for ch in 0..c {
-                    let mean = (0..w).map(|t| x[t * c + ch] as f64).sum::<f64>() / w as f64;
-                    for (t, v) in input.iter_mut().enumerate() {
-                        *v = (x[t * c + ch] as f64 - mean) as f32;
+        let mut out = vec![0.0f32; windows.len() / (w * c) * row];
+        let buffers = || FftBuffers {
+            input: fft.make_input_vec(),
+            spectrum: fft.make_output_vec(),
+            scratch: fft.make_scratch_vec(),
+            inverse_scratch: self.ifft.as_ref().map_or_else(Vec::new, |i| i.make_scratch_vec()),
+        };
+        out.par_chunks_mut(row).zip(windows.par_chunks(w * c)).try_for_each_init(buffers, |b, (o, x)| -> Result<()> {
+            for ch in 0..c {
+                let mean = (0..w).map(|t| x[t * c + ch] as f64).sum::<f64>() / w as f64;
+                for (t, v) in b.input.iter_mut().enumerate() {
+                    *v = (x[t * c + ch] as f64 - mean) as f32;
+                }
+                fft.process_with_scratch(&mut b.input, &mut b.spectrum, &mut b.scratch).map_err(|e| TrainError::Data(format!("FFT: {e}")))?;
+                match &self.ifft {
+                    None => {
+                        for (k, s) in b.spectrum[1..=w / 2].iter().enumerate() {
+                            o[k * c + ch] = s.norm().ln_1p();
+                        }
                     }
-                    fft.process_with_scratch(input, spectrum, scratch).map_err(|e| TrainError::Data(format!("FFT: {e}")))?;
-                    for (k, s) in spectrum[1..=bins].iter().enumerate() {
-                        o[k * c + ch] = s.norm().ln_1p();
+                    Some(ifft) => {
+                        whiten(&mut b.spectrum, w);
+                        ifft.process_with_scratch(&mut b.spectrum, &mut b.input, &mut b.inverse_scratch).map_err(|e| TrainError::Data(format!("inverse FFT: {e}")))?;
+                        for (t, &v) in b.input.iter().enumerate() {
+                            o[t * c + ch] = v;
+                        }
                     }
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         Ok(Cow::Owned(out))
     }
 
@@ -163,6 +194,24 @@ impl Inputs {
     /// The sampling rate of each Id (1 Hz where the table has none).
     pub fn rates(&self, ids: &[u64]) -> Vec<f32> {
         ids.iter().map(|id| self.rates.get(id).copied().unwrap_or(1.0)).collect()
+    }
+}
+
+/// Scales the rFFT `spectrum` of a window of `w` samples so that every bin but DC has magnitude 1
+/// (phases kept; DC, the mean, zero; bins below [`WHITEN_FLOOR`] of the largest zero), and by
+/// `1/√w` so that the inverse transform (unnormalised) has about unit variance per sample.
+fn whiten(spectrum: &mut [Complex<f32>], w: usize) {
+    let largest = spectrum.iter().skip(1).map(|s| s.norm()).fold(0.0f32, f32::max);
+    let scale = 1.0 / (w as f32).sqrt();
+    spectrum[0] = Complex::new(0.0, 0.0);
+    for s in spectrum.iter_mut().skip(1) {
+        let m = s.norm();
+        *s = if m > WHITEN_FLOOR * largest { *s * (scale / m) } else { Complex::new(0.0, 0.0) };
+    }
+    if w % 2 == 0 {
+        // The Nyquist bin of an even window is real: keep it so (its sign is its phase).
+        let last = spectrum.len() - 1;
+        spectrum[last].im = 0.0;
     }
 }
 
@@ -216,5 +265,42 @@ mod tests {
             assert!(s[k * c + 1].abs() < 1e-6);
         }
         assert!(matches!(Inputs::with_rates(InputKind::Time, w, c, HashMap::new()).unwrap().of(&x).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn whitened_windows_have_a_flat_spectrum_and_keep_the_timing_of_impulses() {
+        // A decaying resonance struck at t = 40 and t = 117 (a fault's impacts through a colored
+        // path) plus an offset; the second channel is silent.
+        let (w, c) = (256, 2);
+        let ring = |t: usize| if t >= 40 { (-(t as f32 - 40.0) / 6.0).exp() * (0.9 * t as f32).sin() } else { 0.0 };
+        let x: Vec<f32> = (0..w).flat_map(|t| [2.0 + ring(t) + if t >= 117 { ring(t - 77) } else { 0.0 }, 0.0]).collect();
+        let inp = Inputs::with_rates(InputKind::Whitened, w, c, HashMap::new()).unwrap();
+        assert_eq!(inp.row_len(), w * c);
+        let y = inp.of(&x).unwrap();
+        assert_eq!(y.len(), w * c);
+        let ch0: Vec<f32> = (0..w).map(|t| y[t * c]).collect();
+        assert!((0..w).all(|t| y[t * c + 1] == 0.0), "a silent channel stays silent");
+        // Flat: every bin but DC has magnitude 1/√w (up to rounding), the mean is gone. (The
+        // Nyquist bin is a true zero of two impacts 77 steps apart in 256, and stays zero.)
+        let mut planner = RealFftPlanner::<f32>::new();
+        let fft = planner.plan_fft_forward(w);
+        let (mut input, mut spec) = (ch0.clone(), fft.make_output_vec());
+        fft.process(&mut input, &mut spec).unwrap();
+        let want = (w as f32).sqrt();
+        assert!(spec[0].norm() < 1e-3, "no mean left: {}", spec[0]);
+        for (k, s) in spec.iter().enumerate().take(w / 2).skip(1) {
+            assert!((s.norm() - want).abs() < 1e-3 * want, "bin {k}: |X| = {} (want {want})", s.norm());
+        }
+        assert!(spec[w / 2].norm() < 1e-3);
+        let variance = ch0.iter().map(|v| v * v).sum::<f32>() / w as f32;
+        assert!((variance - 1.0).abs() < 0.02, "about unit variance: {variance}");
+        // The two largest samples sit at the two impacts: whitening undoes the ringing.
+        let mut order: Vec<usize> = (0..w).collect();
+        order.sort_by(|&a, &b| ch0[b].abs().total_cmp(&ch0[a].abs()));
+        let mut top = [order[0], order[1]];
+        top.sort();
+        assert!(top[0].abs_diff(40) <= 1 && top[1].abs_diff(117) <= 1, "peaks at {top:?}");
+        let too_short = Inputs::with_rates(InputKind::Whitened, 1, 1, HashMap::new());
+        assert!(matches!(too_short, Err(TrainError::Config { ref key, .. }) if key == "data.input"));
     }
 }
