@@ -319,16 +319,21 @@ pub trait Device: Send {
     fn layernorm_backward(&mut self, dout: View, sum: View, stats: View, gamma: View, dgamma: View, dbeta: View, dsum: View, db: View, dropout: Option<Dropout>, cols: usize, accumulate: bool);
 
     /// BatchNorm over the rows of each of `groups` equal row groups (each group a separate
-    /// forward call in PyTorch), per column; ReLU after it when `relu`. Training mode normalises
-    /// by the group's statistics and updates `running = [mean; var]` with the momentum; evaluation
-    /// mode normalises by `running`. `stats` (2 × groups × cols) keeps mean and σ⁻¹ per group.
+    /// forward call in PyTorch), per column; ReLU after it when `bn.relu`, and a MaxPool1d(2)
+    /// after that when `bn.pool` (then `out` holds the pooled rows, [`BatchNormArgs::out_rows`],
+    /// and `argmax`, as long, the position of each maximum as
+    /// [`maxpool_forward`](Self::maxpool_forward); without a pool `argmax` is empty). Training
+    /// mode normalises by the group's statistics and updates `running = [mean; var]` with the
+    /// momentum; evaluation mode normalises by `running`. `stats` (2 × groups × cols) keeps mean
+    /// and σ⁻¹ per group.
     #[allow(clippy::too_many_arguments)]
-    fn batchnorm_forward(&mut self, x: View, out: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs);
+    fn batchnorm_forward(&mut self, x: View, out: View, argmax: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs);
 
     /// The backward of [`batchnorm_forward`](Self::batchnorm_forward) in training mode: from
-    /// `dout` (modified: masked by the ReLU read off `out`) to `dx`, `dγ`, `dβ`.
+    /// `dout` (the gradient of `out`; `out` and `argmax` are the forward's: the ReLU's mask and
+    /// the pool's routing) to `dx`, `dγ`, `dβ`.
     #[allow(clippy::too_many_arguments)]
-    fn batchnorm_backward(&mut self, dout: View, out: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool);
+    fn batchnorm_backward(&mut self, dout: View, out: View, argmax: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool);
 
     // ---- convolution and pooling ([`crate::ops::conv1d`], [`crate::ops::pool`]) ----------------
 

@@ -140,31 +140,94 @@ fn residual_layernorm_backward_matches_finite_differences() {
 #[test]
 fn batchnorm_backward_matches_finite_differences_per_group() {
     let key = seed();
-    // 300 columns: wider than one strip of the CPU kernels' column sums (256).
-    for (rows, groups, relu, cols) in [(12, 2, true, 5), (9, 1, false, 5), (16, 4, true, 5), (6, 2, true, 300)] {
-        let x = randn(key ^ rows as u64, rows * cols, 2.0);
-        let (gamma, beta) = (randn(key ^ 31, cols, 1.0), randn(key ^ 32, cols, 0.5));
-        let r = randn(key ^ 33, rows * cols, 1.0);
+    // 300 columns: wider than one strip of the CPU kernels' column sums (256). With a pool
+    // (`Some(len)`: MaxPool1d(2) over samples of `len` rows fused after the ReLU), odd lengths
+    // drop each sample's last row.
+    let cases = [(12, 2, true, 5, None), (9, 1, false, 5, None), (16, 4, true, 5, None), (6, 2, true, 300, None), (12, 2, true, 5, Some(3)), (16, 2, true, 3, Some(4)), (12, 1, false, 300, Some(6))];
+    for (rows, groups, relu, cols, pool) in cases {
+        let mut x = randn(key ^ rows as u64 ^ (cols as u64) << 8, rows * cols, 2.0);
+        if let Some(len) = pool {
+            // Each pooled pair's second row 3 apart from its first, up or down by pair, so that
+            // ±h never swaps a maximum (γ is kept off 0 for the same reason).
+            for (i, v) in x.iter_mut().enumerate() {
+                let step = i / cols % len;
+                *v += (step % 2) as f64 * if step / 2 % 2 == 0 { 3.0 } else { -3.0 };
+            }
+        }
+        let (gamma, beta) = (off_zero(randn(key ^ 31, cols, 1.0), 0.3), randn(key ^ 32, cols, 0.5));
+        let forward64 = |x: &[f64], g: &[f64], b: &[f64]| {
+            let y = batchnorm64(x, g, b, groups, relu);
+            pool.map_or(y.clone(), |len| maxpool64(&y, rows / len, len, cols))
+        };
+        let want = forward64(&x, &gamma, &beta);
+        let r = randn(key ^ 33, want.len(), 1.0);
         let mut dev = CpuDevice::new();
         let (xv, gv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &gamma), put(&mut dev, &beta), put(&mut dev, &r));
-        let (out, stats, running, dx, dg, db) =
-            (zeros(&mut dev, x.len()), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols), zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
-        let args = BatchNormArgs { cols, groups, eps: 1e-5, momentum: 0.1, train: true, relu };
-        dev.batchnorm_forward(xv, out, stats, gv, bv, running, args);
-        let want = batchnorm64(&x, &gamma, &beta, groups, relu);
+        let argmax_len = if pool.is_some() { want.len() } else { 0 };
+        let (out, argmax, stats, running) = (zeros(&mut dev, want.len()), zeros(&mut dev, argmax_len), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols));
+        let (dx, dg, db) = (zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
+        let args = BatchNormArgs { cols, groups, eps: 1e-5, momentum: 0.1, train: true, relu, pool };
+        dev.batchnorm_forward(xv, out, argmax, stats, gv, bv, running, args);
         for (a, b) in dev.slice(out).iter().zip(&want) {
             assert!((*a as f64 - b).abs() < 1e-5, "forward {a} vs {b}");
         }
-        // ReLU kinks: the check perturbs x, so keep outputs of this draw away from 0 (else the
-        // numeric gradient straddles the kink).
-        assert!(want.iter().all(|v| *v == 0.0 || v.abs() > 1e-4));
-        dev.batchnorm_backward(rv, out, xv, stats, gv, dg, db, dx, args, false);
-        let loss = |x: &[f64], g: &[f64], b: &[f64]| dot(&batchnorm64(x, g, b, groups, relu), &r);
+        // ReLU kinks: the check perturbs x, so keep the outputs of this draw away from 0 (else
+        // the numeric gradient straddles the kink).
+        assert!(batchnorm64(&x, &gamma, &beta, groups, relu).iter().all(|v| *v == 0.0 || v.abs() > 1e-4));
+        dev.batchnorm_backward(rv, out, argmax, xv, stats, gv, dg, db, dx, args, false);
+        let loss = |x: &[f64], g: &[f64], b: &[f64]| dot(&forward64(x, g, b), &r);
         let mut c = Check::default();
         c.numeric("dx", &x, 0..x.len(), dev.slice(dx), H, |v| loss(v, &gamma, &beta));
         c.numeric("dγ", &gamma, 0..cols, dev.slice(dg), H, |v| loss(&x, v, &beta));
         c.numeric("dβ", &beta, 0..cols, dev.slice(db), H, |v| loss(&x, &gamma, v));
-        c.assert(&format!("BatchNorm rows={rows} cols={cols} groups={groups} relu={relu}"));
+        c.assert(&format!("BatchNorm rows={rows} cols={cols} groups={groups} relu={relu} pool={pool:?}"));
+    }
+}
+
+#[test]
+fn fused_batchnorm_and_pool_give_the_bits_of_the_two_ops_in_turn() {
+    // The CNN's `BN → ReLU → MaxPool` as one op against BatchNorm then `maxpool_forward` /
+    // `maxpool_backward`: the same values in the same order, so the same bits, forward and
+    // backward, on one worker and on several. The last two shapes are large enough for the CPU
+    // to split them among workers (2^15 values), into blocks that start inside samples, between
+    // the two rows of a pair (rows 176 and 24 on 3 workers) and at an odd length's dropped row.
+    let key = seed();
+    for (samples, len, cols, groups, relu) in [(8, 7, 5, 2, true), (4, 32, 64, 2, true), (6, 10, 300, 3, false), (16, 33, 64, 2, true), (10, 7, 500, 2, true)] {
+        let rows = samples * len;
+        let x = randn(key ^ 61 ^ len as u64, rows * cols, 2.0);
+        let (gamma, beta) = (randn(key ^ 62, cols, 1.0), randn(key ^ 63, cols, 0.5));
+        let half = len / 2;
+        let r = randn(key ^ 64, samples * half * cols, 1.0);
+        let p = PoolShape { samples, len, cols };
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let run = |fused: bool| {
+                pool.install(|| {
+                    let mut dev = CpuDevice::new();
+                    let (xv, gv, bv, rv) = (put(&mut dev, &x), put(&mut dev, &gamma), put(&mut dev, &beta), put(&mut dev, &r));
+                    let (pooled, argmax, stats, running) = (zeros(&mut dev, r.len()), zeros(&mut dev, r.len()), zeros(&mut dev, 2 * groups * cols), zeros(&mut dev, 2 * cols));
+                    let (dx, dg, db) = (zeros(&mut dev, x.len()), zeros(&mut dev, cols), zeros(&mut dev, cols));
+                    let args = BatchNormArgs { cols, groups, eps: 1e-5, momentum: 0.1, train: true, relu, pool: None };
+                    if fused {
+                        let args = BatchNormArgs { pool: Some(len), ..args };
+                        dev.batchnorm_forward(xv, pooled, argmax, stats, gv, bv, running, args);
+                        dev.batchnorm_backward(rv, pooled, argmax, xv, stats, gv, dg, db, dx, args, false);
+                    } else {
+                        let (a, da) = (zeros(&mut dev, x.len()), zeros(&mut dev, x.len()));
+                        dev.batchnorm_forward(xv, a, a.prefix(0), stats, gv, bv, running, args);
+                        dev.maxpool_forward(a, pooled, argmax, p);
+                        dev.maxpool_backward(rv, argmax, da, p);
+                        dev.batchnorm_backward(da, a, a.prefix(0), xv, stats, gv, dg, db, dx, args, false);
+                    }
+                    [pooled, argmax, running, dx, dg, db].map(|v| dev.slice(v).to_vec())
+                })
+            };
+            let (fused, apart) = (run(true), run(false));
+            for (name, (f, a)) in ["pooled", "argmax", "running statistics", "dx", "dγ", "dβ"].iter().zip(fused.iter().zip(&apart)) {
+                assert!(f.iter().zip(a).all(|(f, a)| f.to_bits() == a.to_bits()), "{name} differs (samples {samples}, len {len}, cols {cols}, {threads} threads)");
+            }
+            assert!(fused[1].iter().any(|&a| a == 1.0) && fused[1].iter().any(|&a| a == 0.0), "both halves of the pairs win somewhere");
+        }
     }
 }
 
@@ -179,7 +242,7 @@ fn batchnorm_running_statistics_follow_pytorch() {
     let (gv, bv) = (put(&mut dev, &[1.0, 1.0]), zeros(&mut dev, cols));
     let running = put(&mut dev, &[0.0, 0.0, 1.0, 1.0]);
     let (out, stats) = (zeros(&mut dev, x.len()), zeros(&mut dev, 4 * cols));
-    dev.batchnorm_forward(xv, out, stats, gv, bv, running, BatchNormArgs { cols, groups: 2, eps: 1e-5, momentum: 0.1, train: true, relu: false });
+    dev.batchnorm_forward(xv, out, out.prefix(0), stats, gv, bv, running, BatchNormArgs { cols, groups: 2, eps: 1e-5, momentum: 0.1, train: true, relu: false, pool: None });
     let mut m = [0.0f64, 0.0];
     let mut v = [1.0f64, 1.0];
     for g in 0..2 {
@@ -195,7 +258,7 @@ fn batchnorm_running_statistics_follow_pytorch() {
     for (a, b) in got.iter().zip(m.iter().chain(&v)) {
         assert!((*a as f64 - b).abs() < 1e-5, "running {got:?} vs {m:?} {v:?}");
     }
-    dev.batchnorm_forward(xv, out, stats.prefix(2 * cols), gv, bv, running, BatchNormArgs { cols, groups: 1, eps: 1e-5, momentum: 0.1, train: false, relu: false });
+    dev.batchnorm_forward(xv, out, out.prefix(0), stats.prefix(2 * cols), gv, bv, running, BatchNormArgs { cols, groups: 1, eps: 1e-5, momentum: 0.1, train: false, relu: false, pool: None });
     let y = dev.slice(out).to_vec();
     for (i, &xi) in x.iter().enumerate() {
         let j = i % cols;

@@ -132,6 +132,9 @@ pub struct CpuDevice {
     scratch: Vec<f32>,
     reduce: Vec<f64>,
     transpose_scratch: Vec<f32>,
+    /// BatchNorm's upstream gradient in the backward (its input's size): `dout` masked by the
+    /// ReLU and routed through the pool.
+    upstream: Vec<f32>,
     /// Packing buffers of our GEMM kernels (one per worker) and a depth split's partial products.
     gemm_scratch: GemmScratch,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
@@ -185,6 +188,7 @@ impl CpuDevice {
             scratch: Vec::new(),
             reduce: Vec::new(),
             transpose_scratch: Vec::new(),
+            upstream: Vec::new(),
             gemm_scratch: GemmScratch { packs: (0..threads).map(|_| PackBuffers::default()).collect(), partials: Vec::new() },
             sparse: SparseLhs::default(),
             strips: per_worker(),
@@ -1100,14 +1104,16 @@ impl Device for CpuDevice {
         self.scratch = partial;
     }
 
-    fn batchnorm_forward(&mut self, x: View, out: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
+    fn batchnorm_forward(&mut self, x: View, out: View, argmax: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
         assert!(bn.cols > 0 && bn.groups > 0, "BatchNorm over no columns or no groups");
         let cols = bn.cols;
         let mut acc = self.take_reduce(bn.groups * cols);
         let parts = self.parts(x.len());
-        let ([os, st, rs], [xs, gs, bs]) = self.views([out, stats, running], [x, gamma, beta]);
+        let ([os, am, st, rs], [xs, gs, bs]) = self.views([out, argmax, stats, running], [x, gamma, beta]);
         let rows = xs.len() / cols;
-        assert!(rows % bn.groups == 0 && os.len() == xs.len() && st.len() == 2 * bn.groups * cols && rs.len() == 2 * cols && gs.len() == cols && bs.len() == cols);
+        let pooled = bn.pool.is_some();
+        assert!(rows % bn.groups == 0 && os.len() == bn.out_rows(rows) * cols && am.len() == if pooled { os.len() } else { 0 });
+        assert!(st.len() == 2 * bn.groups * cols && rs.len() == 2 * cols && gs.len() == cols && bs.len() == cols);
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at_mut(bn.groups * cols);
         let (rmean, rvar) = rs.split_at_mut(cols);
@@ -1135,38 +1141,68 @@ impl Device for CpuDevice {
             }
         }
         let (means, rstds) = (&*means, &*rstds);
-        for_row_blocks(parts, os, cols, |r0, o| {
-            for_each_group_span(r0, o.len() / cols, group_rows, |g, rows| {
-                let (m, s) = (&means[g * cols..(g + 1) * cols], &rstds[g * cols..(g + 1) * cols]);
-                let x = &xs[(r0 + rows.start) * cols..(r0 + rows.end) * cols];
-                norm::batchnorm_normalize_rows(x, &mut o[rows.start * cols..rows.end * cols], m, s, gs, bs, bn.relu);
-            });
-        });
+        let stats_of = |g: usize| (&means[g * cols..(g + 1) * cols], &rstds[g * cols..(g + 1) * cols]);
+        match bn.pool {
+            None => for_row_blocks(parts, os, cols, |r0, o| {
+                for_each_group_span(r0, o.len() / cols, group_rows, |g, rows| {
+                    let (m, s) = stats_of(g);
+                    let x = &xs[(r0 + rows.start) * cols..(r0 + rows.end) * cols];
+                    norm::batchnorm_normalize_rows(x, &mut o[rows.start * cols..rows.end * cols], m, s, gs, bs, bn.relu);
+                });
+            }),
+            Some(len) if os.is_empty() => assert!(len > 0 || rows == 0, "a pool over samples of no rows"),
+            Some(len) => {
+                // Output row t is pair t % half of sample t / half; a block of output rows is
+                // cut at sample ends, where the pairs stop being contiguous in x.
+                let half = len / 2;
+                let sample_rows = group_rows / len;
+                for_row_blocks2(parts, os, cols, am, cols, |t0, ob, ab| {
+                    let mut t = 0;
+                    while t < ob.len() / cols {
+                        let (sample, pair) = ((t0 + t) / half, (t0 + t) % half);
+                        let n = (half - pair).min(ob.len() / cols - t);
+                        let (m, s) = stats_of(sample / sample_rows);
+                        let first = sample * len + 2 * pair;
+                        let x = &xs[first * cols..(first + 2 * n) * cols];
+                        norm::batchnorm_normalize_pairs(x, &mut ob[t * cols..(t + n) * cols], &mut ab[t * cols..(t + n) * cols], m, s, gs, bs, bn.relu);
+                        t += n;
+                    }
+                });
+            }
+        }
         self.reduce = acc;
     }
 
-    fn batchnorm_backward(&mut self, dout: View, out: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
+    fn batchnorm_backward(&mut self, dout: View, out: View, argmax: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
         assert!(bn.cols > 0 && bn.groups > 0, "BatchNorm over no columns or no groups");
         let cols = bn.cols;
         let mut acc = self.take_reduce(2 * bn.groups * cols);
         let mut means32 = take_grown(&mut self.scratch, 2 * bn.groups * cols);
+        let mut upstream = take_grown(&mut self.upstream, x.len());
         let parts = self.parts(x.len());
-        let ([ds, dxs, dgs, dbs], [os, xs, st, gs]) = self.views([dout, dx, dgamma, dbeta], [out, x, stats, gamma]);
+        let ([dxs, dgs, dbs], [ds, os, am, xs, st, gs]) = self.views([dx, dgamma, dbeta], [dout, out, argmax, x, stats, gamma]);
         let rows = xs.len() / cols;
-        assert!(rows % bn.groups == 0 && ds.len() == xs.len() && dxs.len() == xs.len() && os.len() == xs.len() && st.len() == 2 * bn.groups * cols);
+        let pooled = bn.pool.is_some();
+        assert!(rows % bn.groups == 0 && dxs.len() == xs.len() && ds.len() == bn.out_rows(rows) * cols && os.len() == ds.len() && st.len() == 2 * bn.groups * cols);
+        assert!(am.len() == if pooled { ds.len() } else { 0 } && bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0));
+        let up = norm::Upstream { dout: ds, out: os, argmax: am, cols, relu: bn.relu, pool: bn.pool };
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at(bn.groups * cols);
-        // Per group: Σdy and Σdy·x̂ (dy masked by the ReLU in place).
+        // Per group: the gradient reaching BatchNorm's output (`dout`, masked by the ReLU and
+        // routed through the pool) formed into `upstream`, Σdy and Σdy·x̂.
         let (sum_dy, sum_dyx) = acc.split_at_mut(bn.groups * cols);
-        let work = |((d, (o, x)), ((a, b), (m, s))): ((&mut [f32], (&[f32], &[f32])), ((&mut [f64], &mut [f64]), (&[f32], &[f32])))| norm::batchnorm_backward_sums(d, o, x, m, s, bn.relu, a, b);
         let gr = group_rows * cols;
+        let dy = &mut upstream[..xs.len()];
+        let work =
+            |(g, ((d, x), ((a, b), (m, s)))): (usize, ((&mut [f32], &[f32]), ((&mut [f64], &mut [f64]), (&[f32], &[f32]))))| norm::batchnorm_backward_sums(&up, g * group_rows, d, x, m, s, a, b);
         if parts > 1 && bn.groups > 1 {
-            ds.par_chunks_mut(gr)
-                .zip(os.par_chunks(gr).zip(xs.par_chunks(gr)))
+            dy.par_chunks_mut(gr)
+                .zip(xs.par_chunks(gr))
                 .zip(sum_dy.par_chunks_mut(cols).zip(sum_dyx.par_chunks_mut(cols)).zip(means.par_chunks(cols).zip(rstds.par_chunks(cols))))
+                .enumerate()
                 .for_each(work);
         } else {
-            ds.chunks_mut(gr).zip(os.chunks(gr).zip(xs.chunks(gr))).zip(sum_dy.chunks_mut(cols).zip(sum_dyx.chunks_mut(cols)).zip(means.chunks(cols).zip(rstds.chunks(cols)))).for_each(work);
+            dy.chunks_mut(gr).zip(xs.chunks(gr)).zip(sum_dy.chunks_mut(cols).zip(sum_dyx.chunks_mut(cols)).zip(means.chunks(cols).zip(rstds.chunks(cols)))).enumerate().for_each(work);
         }
         if !accumulate {
             dgs.fill(0.0);
@@ -1183,18 +1219,18 @@ impl Device for CpuDevice {
                 mean_dyx[g * cols + j] = (b / n) as f32;
             }
         }
-        let (mean_dy, mean_dyx) = (&*mean_dy, &*mean_dyx);
-        let ds = &*ds;
+        let (mean_dy, mean_dyx, dy) = (&*mean_dy, &*mean_dyx, &*dy);
         for_row_blocks(parts, dxs, cols, |r0, dxb| {
             for_each_group_span(r0, dxb.len() / cols, group_rows, |g, rows| {
                 let cg = g * cols..(g + 1) * cols;
                 let span = (r0 + rows.start) * cols..(r0 + rows.end) * cols;
                 let dx = &mut dxb[rows.start * cols..rows.end * cols];
-                norm::batchnorm_backward_rows(&ds[span.clone()], &xs[span], dx, &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
+                norm::batchnorm_backward_rows(&dy[span.clone()], &xs[span], dx, &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
             });
         });
         self.reduce = acc;
         self.scratch = means32;
+        self.upstream = upstream;
     }
 
     fn im2col(&mut self, x: View, cols: View, s: ConvShape) {

@@ -237,20 +237,57 @@ extern "C" __global__ void batchnorm_normalize(const float* x, float* out, const
     out[i] = (relu && y < 0.0f) ? 0.0f : y;
 }
 
-// Per (group, column): the ReLU mask applied to dout in place, Σdy and Σdy·x̂ into sums [Σdy; Σdy·x̂].
-extern "C" __global__ void batchnorm_backward_sums(float* dy, const float* out, const float* x, const float* stats, float* sums,
-                                                   int group_rows, int groups, int cols, int relu) {
+// BatchNorm (+ ReLU) then MaxPool1d(2) over each sample's pool_len rows, one thread per pooled
+// element (n of them): the larger of rows 2t and 2t + 1 after the normalisation, argmax 1.0 where
+// it is the second (as maxpool_forward).
+extern "C" __global__ void batchnorm_normalize_pool(const float* x, float* out, float* argmax, const float* stats, const float* gamma,
+                                                    const float* beta, unsigned long long n, int group_rows, int groups, int cols,
+                                                    int relu, int pool_len) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    int half = pool_len / 2;
+    int c = (int)(i % cols);
+    unsigned long long t = i / cols;
+    unsigned long long s = t / half;
+    unsigned long long row = s * pool_len + 2 * (t % half);
+    int g = (int)(row / group_rows);
+    float mu = stats[g * cols + c], inv = stats[groups * cols + g * cols + c];
+    float u = (x[row * cols + c] - mu) * inv * gamma[c] + beta[c];
+    float v = (x[(row + 1) * cols + c] - mu) * inv * gamma[c] + beta[c];
+    if (relu) { u = u > 0.0f ? u : 0.0f; v = v > 0.0f ? v : 0.0f; }
+    int second = v > u || isnan(v);
+    out[i] = second ? v : u;
+    argmax[i] = second ? 1.0f : 0.0f;
+}
+
+// The gradient reaching BatchNorm's output at (row r, column c) of its input's shape: dout masked
+// by the ReLU (out > 0), routed back through the MaxPool where pool_len > 0 (as maxpool_backward).
+__device__ float batchnorm_upstream(const float* dout, const float* out, const float* argmax, unsigned long long r, int c, int cols,
+                                    int relu, int pool_len) {
+    unsigned long long k = r * cols + c;
+    if (pool_len > 0) {
+        int half = pool_len / 2;
+        int t = (int)(r % pool_len);
+        if (t / 2 >= half) return 0.0f;
+        k = ((r / pool_len) * half + t / 2) * cols + c;
+        if ((t % 2 == 1) != (argmax[k] > 0.5f)) return 0.0f;
+    }
+    return (relu && !(out[k] > 0.0f)) ? 0.0f : dout[k];
+}
+
+// Per (group, column): Σdy and Σdy·x̂ into sums [Σdy; Σdy·x̂], dy from batchnorm_upstream.
+extern "C" __global__ void batchnorm_backward_sums(const float* dout, const float* out, const float* argmax, const float* x, const float* stats,
+                                                   float* sums, int group_rows, int groups, int cols, int relu, int pool_len) {
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= groups * cols) return;
     int g = i / cols, c = i % cols;
     float mu = stats[i], inv = stats[groups * cols + i];
     double a = 0.0, b = 0.0;
     for (int r = 0; r < group_rows; ++r) {
-        unsigned long long k = ((unsigned long long)g * group_rows + r) * cols + c;
-        float d = dy[k];
-        if (relu && out[k] <= 0.0f) { d = 0.0f; dy[k] = 0.0f; }
+        unsigned long long row = (unsigned long long)g * group_rows + r;
+        float d = batchnorm_upstream(dout, out, argmax, row, c, cols, relu, pool_len);
         a += d;
-        b += d * (x[k] - mu) * inv;
+        b += d * (x[row * cols + c] - mu) * inv;
     }
     sums[i] = (float)a;
     sums[groups * cols + i] = (float)b;
@@ -265,17 +302,20 @@ extern "C" __global__ void batchnorm_param_grads(const float* sums, float* dgamm
     dbeta[c] = b;
 }
 
-extern "C" __global__ void batchnorm_backward_dx(const float* dy, const float* x, float* dx, const float* stats, const float* sums,
-                                                 const float* gamma, unsigned long long n, int group_rows, int groups, int cols) {
+extern "C" __global__ void batchnorm_backward_dx(const float* dout, const float* out, const float* argmax, const float* x, float* dx,
+                                                 const float* stats, const float* sums, const float* gamma, unsigned long long n,
+                                                 int group_rows, int groups, int cols, int relu, int pool_len) {
     unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
     if (i >= n) return;
     int c = (int)(i % cols);
-    int g = (int)(i / cols / group_rows);
+    unsigned long long row = i / cols;
+    int g = (int)(row / group_rows);
     int k = g * cols + c;
     float mu = stats[k], inv = stats[groups * cols + k];
     float mean_dy = sums[k] / group_rows, mean_dyx = sums[groups * cols + k] / group_rows;
     float xhat = (x[i] - mu) * inv;
-    dx[i] = gamma[c] * inv * (dy[i] - mean_dy - xhat * mean_dyx);
+    float d = batchnorm_upstream(dout, out, argmax, row, c, cols, relu, pool_len);
+    dx[i] = gamma[c] * inv * (d - mean_dy - xhat * mean_dyx);
 }
 
 // ---- convolution and pooling (src/ops/conv1d.rs, src/ops/pool.rs) ---------------------------

@@ -58,6 +58,7 @@ kernels!(
     batchnorm_moments,
     batchnorm_finish_stats,
     batchnorm_normalize,
+    batchnorm_normalize_pool,
     batchnorm_backward_sums,
     batchnorm_param_grads,
     batchnorm_backward_dx,
@@ -340,28 +341,39 @@ impl Device for CudaDevice {
         launch!(self, layernorm_param_grads, grid(cols, 128); dp, sp, stp, dgp, dbtp, r, c, acc);
     }
 
-    fn batchnorm_forward(&mut self, x: View, out: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
-        Self::disjoint(&[out, stats, running], &[x, gamma, beta]);
+    fn batchnorm_forward(&mut self, x: View, out: View, argmax: View, stats: View, gamma: View, beta: View, running: View, bn: BatchNormArgs) {
+        Self::disjoint(&[out, argmax, stats, running], &[x, gamma, beta]);
         let rows = x.len() / bn.cols;
+        assert!(out.len() == bn.out_rows(rows) * bn.cols && argmax.len() == if bn.pool.is_some() { out.len() } else { 0 });
         let (xp, op, stp, gp, bp, rp) = (self.ptr(x), self.ptr(out), self.ptr(stats), self.ptr(gamma), self.ptr(beta), self.ptr(running));
-        let (gr, g, c, n) = ((rows / bn.groups) as i32, bn.groups as i32, bn.cols as i32, x.len() as u64);
+        let (gr, g, c) = ((rows / bn.groups) as i32, bn.groups as i32, bn.cols as i32);
         if bn.train {
             launch!(self, batchnorm_moments, grid(bn.groups * bn.cols, 128); xp, stp, gr, g, c);
         }
         let (eps, momentum, train, relu) = (bn.eps, bn.momentum, bn.train as i32, bn.relu as i32);
         launch!(self, batchnorm_finish_stats, grid(bn.cols, 128); stp, rp, gr, g, c, eps, momentum, train);
-        launch!(self, batchnorm_normalize, grid(x.len(), 256); xp, op, stp, gp, bp, n, gr, g, c, relu);
+        let n = out.len() as u64;
+        match bn.pool {
+            None => launch!(self, batchnorm_normalize, grid(out.len(), 256); xp, op, stp, gp, bp, n, gr, g, c, relu),
+            Some(_) if out.is_empty() => {}
+            Some(len) => {
+                let (ap, pl) = (self.ptr(argmax), len as i32);
+                launch!(self, batchnorm_normalize_pool, grid(out.len(), 256); xp, op, ap, stp, gp, bp, n, gr, g, c, relu, pl);
+            }
+        }
     }
 
-    fn batchnorm_backward(&mut self, dout: View, out: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
-        Self::disjoint(&[dout, dx, dgamma, dbeta], &[out, x, stats, gamma]);
+    fn batchnorm_backward(&mut self, dout: View, out: View, argmax: View, x: View, stats: View, gamma: View, dgamma: View, dbeta: View, dx: View, bn: BatchNormArgs, accumulate: bool) {
+        Self::disjoint(&[dx, dgamma, dbeta], &[dout, out, argmax, x, stats, gamma]);
         let rows = x.len() / bn.cols;
         let sums = self.scratch_of(2 * bn.groups * bn.cols);
-        let (dp, op, xp, stp, gp, dgp, dbp, dxp) = (self.ptr(dout), self.ptr(out), self.ptr(x), self.ptr(stats), self.ptr(gamma), self.ptr(dgamma), self.ptr(dbeta), self.ptr(dx));
+        let (dp, op, ap, xp, stp, gp, dgp, dbp, dxp) =
+            (self.ptr(dout), self.ptr(out), self.ptr(argmax), self.ptr(x), self.ptr(stats), self.ptr(gamma), self.ptr(dgamma), self.ptr(dbeta), self.ptr(dx));
         let (gr, g, c, relu, acc, n) = ((rows / bn.groups) as i32, bn.groups as i32, bn.cols as i32, bn.relu as i32, accumulate as i32, x.len() as u64);
-        launch!(self, batchnorm_backward_sums, grid(bn.groups * bn.cols, 128); dp, op, xp, stp, sums, gr, g, c, relu);
+        let pl = bn.pool.unwrap_or(0) as i32;
+        launch!(self, batchnorm_backward_sums, grid(bn.groups * bn.cols, 128); dp, op, ap, xp, stp, sums, gr, g, c, relu, pl);
         launch!(self, batchnorm_param_grads, grid(bn.cols, 128); sums, dgp, dbp, g, c, acc);
-        launch!(self, batchnorm_backward_dx, grid(x.len(), 256); dp, xp, dxp, stp, sums, gp, n, gr, g, c);
+        launch!(self, batchnorm_backward_dx, grid(x.len(), 256); dp, op, ap, xp, dxp, stp, sums, gp, n, gr, g, c, relu, pl);
     }
 
     fn im2col(&mut self, x: View, cols: View, s: ConvShape) {
@@ -506,4 +518,72 @@ impl Device for CudaDevice {
 fn conv_args(s: ConvShape) -> (i32, i32, i32, i32, i32, i32, i32) {
     let (len_out, _, _) = s.sample_lens();
     (s.samples as i32, s.len_in as i32, s.channels as i32, s.kernel as i32, s.stride as i32, s.padding as i32, len_out as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    //! What can be checked of the CUDA side without a GPU: every kernel the device loads is
+    //! defined in `kernels.cu`, and every launch passes as many arguments as its kernel takes (a
+    //! missing or extra argument would read garbage on the GPU, silently).
+
+    use std::collections::HashMap;
+
+    /// The text between the parenthesis at `open` and its match.
+    fn inside(text: &str, open: usize) -> &str {
+        let mut depth = 0;
+        for (i, ch) in text[open..].char_indices() {
+            match ch {
+                '(' => depth += 1,
+                ')' if depth == 1 => return &text[open + 1..open + i],
+                ')' => depth -= 1,
+                _ => {}
+            }
+        }
+        panic!("unbalanced parenthesis at byte {open}")
+    }
+
+    /// The source's `#define NAME text` macros (continued lines joined).
+    fn defines() -> HashMap<String, String> {
+        let joined = super::SOURCE.replace("\\\n", " ");
+        joined.lines().filter_map(|l| l.strip_prefix("#define ")).filter_map(|d| d.split_once(' ')).map(|(n, t)| (n.to_string(), t.to_string())).collect()
+    }
+
+    /// Each `extern "C" __global__` kernel of the source, by name, with its parameter count (a
+    /// parameter list written as one macro is expanded).
+    fn kernel_params() -> HashMap<String, usize> {
+        let (marker, macros) = ("extern \"C\" __global__ void ", defines());
+        let mut out = HashMap::new();
+        for (at, _) in super::SOURCE.match_indices(marker) {
+            let name_at = at + marker.len();
+            let open = name_at + super::SOURCE[name_at..].find('(').expect("a kernel's parameter list");
+            let params = inside(super::SOURCE, open).trim();
+            let params = macros.get(params).map_or(params, String::as_str);
+            out.insert(super::SOURCE[name_at..open].trim().to_string(), params.split(',').count());
+        }
+        out
+    }
+
+    #[test]
+    fn every_kernel_is_defined_and_every_launch_passes_its_parameter_count() {
+        let kernels = kernel_params();
+        // (The device's code, not this test's, which names the patterns it looks for.)
+        let device = include_str!("mod.rs").split("#[cfg(test)]").next().expect("the device's code");
+        let list_at = device.find("kernels!(\n").expect("the kernel list");
+        let listed: Vec<&str> = inside(device, list_at + "kernels!".len()).split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+        assert!(listed.len() > 30, "the kernel list was read: {listed:?}");
+        for name in &listed {
+            assert!(kernels.contains_key(*name), "kernel {name} is loaded but kernels.cu does not define it");
+        }
+        let mut launches = 0;
+        for (at, _) in device.match_indices("launch!(self, ") {
+            let call = inside(device, at + "launch!".len());
+            let name = call.split(',').nth(1).expect("a kernel name").trim();
+            let (_, args) = call.split_once(';').expect("launch arguments after ';'");
+            let given = args.split(',').filter(|a| !a.trim().is_empty()).count();
+            let want = kernels.get(name).unwrap_or_else(|| panic!("launch of {name}, which kernels.cu does not define"));
+            assert_eq!(given, *want, "launch of {name} passes {given} arguments, the kernel takes {want}");
+            launches += 1;
+        }
+        assert!(launches > 30, "the launches were read ({launches})");
+    }
 }

@@ -9,8 +9,8 @@
 //!
 //! Activations are channels-last `[rows·L, channels]`; each convolution is an im2col GEMM
 //! ([`crate::ops::conv1d`]; the CPU reads the im2col rows in place where they are evenly spaced,
-//! which they are in every layer at the windows the configs use), BatchNorm + ReLU one fused
-//! kernel. PyTorch's names:
+//! which they are in every layer at the windows the configs use), BatchNorm + ReLU + MaxPool one
+//! fused op ([`crate::ops::norm`]). PyTorch's names:
 //! `blocks.{i}.0` (Conv1d), `blocks.{i}.1` (BatchNorm1d), `head`.
 
 use crate::arena::{Arenas, Tensors};
@@ -58,6 +58,12 @@ struct BlockShape {
 impl BlockShape {
     fn conv(&self, samples: usize) -> ConvShape {
         ConvShape { samples, len_in: self.len_in, channels: self.cin, kernel: self.kernel, stride: self.stride, padding: self.padding }
+    }
+
+    /// The pool's argument of the block's BatchNorm: each sample's `len_out` steps, where the
+    /// block has one.
+    fn pool(&self) -> Option<usize> {
+        self.pool.then_some(self.len_out)
     }
 
     /// Steps after the block (after its pool).
@@ -152,16 +158,15 @@ struct Block {
     conv: Conv1d,
     bn: BatchNorm,
     /// im2col matrix (none where the device reads the rows in place: `cols_width` 0, else `K·C`
-    /// per output row), convolution output (BatchNorm's input), BatchNorm + ReLU output.
+    /// per output row), convolution output (BatchNorm's input), the block's output (BatchNorm +
+    /// ReLU, pooled where the block has a pool) and the pool's argmax (empty without one).
     cols: View,
     cols_width: usize,
     y: View,
-    a: View,
+    out: View,
+    argmax: View,
     /// BatchNorm's per-group statistics.
     stats: View,
-    /// MaxPool output and its argmax (blocks with a pool).
-    pooled: View,
-    argmax: View,
 }
 
 /// A built CNN.
@@ -204,7 +209,7 @@ impl Cnn {
         let (mut widest_act, mut widest_cols) = (max_rows * cfg.input(), 0);
         for (i, (shape, (conv, bn))) in shapes.into_iter().zip(slots.blocks).enumerate() {
             let rows = max_rows * shape.len_out;
-            let pooled_rows = if shape.pool { max_rows * shape.len_next() } else { 0 };
+            let out_rows = max_rows * shape.len_next();
             widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
             if i > 0 {
                 widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
@@ -219,10 +224,9 @@ impl Cnn {
                 cols: dev.alloc(rows * cols_width)?,
                 cols_width,
                 y: dev.alloc(rows * shape.cout)?,
-                a: dev.alloc(rows * shape.cout)?,
+                out: dev.alloc(out_rows * shape.cout)?,
+                argmax: dev.alloc(if shape.pool { out_rows * shape.cout } else { 0 })?,
                 stats: dev.alloc(2 * max_rows * shape.cout)?,
-                pooled: dev.alloc(pooled_rows * shape.cout)?,
-                argmax: dev.alloc(pooled_rows * shape.cout)?,
             });
         }
         let channels = c.widths.last().copied().unwrap_or(1);
@@ -242,14 +246,10 @@ impl Cnn {
         for (i, b) in self.blocks.iter().enumerate() {
             let s = b.shape;
             let n = rows * s.len_out;
-            let (x, y, a) = (self.block_input(i, io.x, rows), b.y.prefix(n * s.cout), b.a.prefix(n * s.cout));
+            let (x, y) = (self.block_input(i, io.x, rows), b.y.prefix(n * s.cout));
             b.conv.forward(dev, x, b.cols.prefix(n * b.cols_width), y, s.conv(rows));
-            b.bn.forward(dev, y, a, b.stats.prefix(2 * groups * s.cout), groups, train, io.counters);
-            if s.pool {
-                let p = PoolShape { samples: rows, len: s.len_out, cols: s.cout };
-                let m = rows * s.len_next() * s.cout;
-                dev.maxpool_forward(a, b.pooled.prefix(m), b.argmax.prefix(m), p);
-            }
+            let (out, argmax) = b.output(rows);
+            b.bn.forward(dev, y, out, argmax, b.stats.prefix(2 * groups * s.cout), groups, s.pool(), train, io.counters);
         }
         let x = self.block_input(self.blocks.len(), io.x, rows);
         let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
@@ -266,42 +266,44 @@ impl Cnn {
     fn block_input(&self, i: usize, windows: View, rows: usize) -> View {
         match i.checked_sub(1).map(|p| &self.blocks[p]) {
             None => windows,
-            Some(prev) if prev.shape.pool => prev.pooled.prefix(rows * prev.shape.len_next() * prev.shape.cout),
-            Some(prev) => prev.a.prefix(rows * prev.shape.len_out * prev.shape.cout),
+            Some(prev) => prev.output(rows).0,
         }
     }
 
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
         let (rows, groups) = (io.rows, io.groups);
         let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
-        // Gradients alternate between the two activation buffers: each step reads one, writes
-        // the other.
-        let mut cur = 0;
-        let dmean = self.g_act[cur].prefix(rows * last.cout);
+        // `d`, the gradient of a block's output, lives in one activation buffer, the gradient of
+        // its convolution's output in the other: BatchNorm's backward reads the first and writes
+        // the second, the convolution's reads the second and writes the first.
+        let [g_conv, g_block] = self.g_act;
+        let dmean = g_conv.prefix(rows * last.cout);
         self.head.backward(dev, self.mean.prefix(rows * last.cout), dz, Some(dmean), rows, accumulate, false, false);
-        let mut d = self.g_act[1 - cur].prefix(rows * last.len_out * last.cout);
+        let mut d = g_block.prefix(rows * last.len_out * last.cout);
         dev.meanpool_backward(dmean, d, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
-        cur = 1 - cur;
         for (i, b) in self.blocks.iter().enumerate().rev() {
             let s = b.shape;
             let n = rows * s.len_out;
-            if s.pool {
-                let da = self.g_act[1 - cur].prefix(n * s.cout);
-                let m = rows * s.len_next() * s.cout;
-                dev.maxpool_backward(d, b.argmax.prefix(m), da, PoolShape { samples: rows, len: s.len_out, cols: s.cout });
-                (d, cur) = (da, 1 - cur);
-            }
-            let dy = self.g_act[1 - cur].prefix(n * s.cout);
-            b.bn.backward(dev, d, b.a.prefix(n * s.cout), b.y.prefix(n * s.cout), b.stats.prefix(2 * groups * s.cout), dy, groups, accumulate);
-            cur = 1 - cur;
+            let dy = g_conv.prefix(n * s.cout);
+            let (out, argmax) = b.output(rows);
+            b.bn.backward(dev, d, out, argmax, b.y.prefix(n * s.cout), b.stats.prefix(2 * groups * s.cout), dy, groups, s.pool(), accumulate);
             // The first block's input (the windows) needs no gradient.
-            let dx = (i > 0).then(|| self.g_act[1 - cur].prefix(rows * s.len_in * s.cin));
+            let dx = (i > 0).then(|| g_block.prefix(rows * s.len_in * s.cin));
             let x = self.block_input(i, io.x, rows);
             let dcols = self.g_cols.prefix(if dx.is_some() { n * s.cin * s.kernel } else { 0 });
             b.conv.backward(dev, x, b.cols.prefix(n * b.cols_width), dy, dcols, dx, s.conv(rows), accumulate);
             if let Some(dx) = dx {
-                (d, cur) = (dx, 1 - cur);
+                d = dx;
             }
         }
+    }
+}
+
+impl Block {
+    /// The block's output for `rows` windows and the pool's argmax beside it (empty without a
+    /// pool).
+    fn output(&self, rows: usize) -> (View, View) {
+        let out = rows * self.shape.len_next() * self.shape.cout;
+        (self.out.prefix(out), self.argmax.prefix(if self.shape.pool { out } else { 0 }))
     }
 }

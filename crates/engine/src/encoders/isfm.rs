@@ -322,7 +322,8 @@ impl Isfm {
             x = ln2;
         }
         let bn_out = self.bn_out.prefix(n * d);
-        self.norm.forward(dev, x, bn_out, self.bn_stats.prefix(2 * groups * d), groups, matches!(mode, Mode::Train { .. }), io.counters);
+        // (No pool after this BatchNorm: no argmax.)
+        self.norm.forward(dev, x, bn_out, bn_out.prefix(0), self.bn_stats.prefix(2 * groups * d), groups, None, matches!(mode, Mode::Train { .. }), io.counters);
         let pooled = self.pooled.prefix(rows * d);
         dev.meanpool_forward(bn_out, pooled, PoolShape { samples: rows, len: c.num_patches, cols: d });
         let z = self.z.prefix(rows * self.head.out_features);
@@ -340,7 +341,7 @@ impl Isfm {
         let (ga, gb) = (self.g[0].prefix(n * d), self.g[1].prefix(n * d));
         dev.meanpool_backward(g_pooled, ga, PoolShape { samples: rows, len: c.num_patches, cols: d });
         let last_out = self.layers.last().map_or(self.x0, |l| l.ln2).prefix(n * d);
-        self.norm.backward(dev, ga, self.bn_out.prefix(n * d), last_out, self.bn_stats.prefix(2 * groups * d), gb, groups, accumulate);
+        self.norm.backward(dev, ga, self.bn_out.prefix(n * d), self.bn_out.prefix(0), last_out, self.bn_stats.prefix(2 * groups * d), gb, groups, None, accumulate);
         // The residual stream's gradient stays in `x`; `y` holds the inner sum's.
         let (x, y) = (gb, ga);
         let (g_sub, g_ff) = (self.g_sub.prefix(n * d), self.g_ff.prefix(n * f));

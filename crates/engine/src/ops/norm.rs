@@ -1,6 +1,8 @@
 //! Normalisations, forward and backward side by side: LayerNorm (per row, with the post-norm
 //! residual add `LN(a + dropout(b))` of a Transformer layer fused in) and BatchNorm (per column
-//! over a group of rows, ReLU optionally fused after it).
+//! over a group of rows, ReLU and a MaxPool1d(2) optionally fused after it: the CNN's
+//! `BN → ReLU → MaxPool` reads its input once and writes only the pooled rows, and its backward
+//! reads the pooled gradient directly instead of a scattered copy).
 //!
 //! Activations are channels-last (`[rows, features]`), so BatchNorm1d over channels of a
 //! `[B, C, L]` tensor (PyTorch's layout) is, here, statistics per column over the `B·L` rows of a
@@ -78,6 +80,20 @@ pub struct BatchNormArgs {
     pub train: bool,
     /// ReLU after the affine map.
     pub relu: bool,
+    /// `Some(len)`: a MaxPool1d(2) follows (after the ReLU) over each sample's `len` rows, so
+    /// the output is `[samples·⌊len/2⌋, cols]` with the position of each maximum beside it.
+    pub pool: Option<usize>,
+}
+
+impl BatchNormArgs {
+    /// Output rows for `rows` input rows.
+    pub fn out_rows(&self, rows: usize) -> usize {
+        match self.pool {
+            Some(len) if len > 0 => rows / len * (len / 2),
+            Some(_) => 0,
+            None => rows,
+        }
+    }
 }
 
 /// `nn.BatchNorm1d(cols)`: γ, β, and the running mean and variance.
@@ -132,23 +148,24 @@ impl BatchNormSlots {
 }
 
 impl BatchNorm {
-    pub fn args(&self, groups: usize, train: bool) -> BatchNormArgs {
-        BatchNormArgs { cols: self.cols, groups, eps: EPS, momentum: MOMENTUM, train, relu: self.relu }
+    pub fn args(&self, groups: usize, train: bool, pool: Option<usize>) -> BatchNormArgs {
+        BatchNormArgs { cols: self.cols, groups, eps: EPS, momentum: MOMENTUM, train, relu: self.relu, pool }
     }
 
-    /// `out = relu?(BN(x))`; in training the running statistics are updated and the counter
-    /// advances by one per group (PyTorch counts forward calls).
+    /// `out = pool?(relu?(BN(x)))` (`pool`: see [`BatchNormArgs::pool`]; `argmax` empty without
+    /// one); in training the running statistics are updated and the counter advances by one per
+    /// group (PyTorch counts forward calls).
     #[allow(clippy::too_many_arguments)]
-    pub fn forward<D: Device>(&self, dev: &mut D, x: View, out: View, stats: View, groups: usize, train: bool, counters: &mut [u64]) {
-        dev.batchnorm_forward(x, out, stats, self.gamma, self.beta, self.running, self.args(groups, train));
+    pub fn forward<D: Device>(&self, dev: &mut D, x: View, out: View, argmax: View, stats: View, groups: usize, pool: Option<usize>, train: bool, counters: &mut [u64]) {
+        dev.batchnorm_forward(x, out, argmax, stats, self.gamma, self.beta, self.running, self.args(groups, train, pool));
         if train {
             counters[self.counter] += groups as u64;
         }
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub fn backward<D: Device>(&self, dev: &mut D, dout: View, out: View, x: View, stats: View, dx: View, groups: usize, accumulate: bool) {
-        dev.batchnorm_backward(dout, out, x, stats, self.gamma, self.dgamma, self.dbeta, dx, self.args(groups, true), accumulate);
+    pub fn backward<D: Device>(&self, dev: &mut D, dout: View, out: View, argmax: View, x: View, stats: View, dx: View, groups: usize, pool: Option<usize>, accumulate: bool) {
+        dev.batchnorm_backward(dout, out, argmax, x, stats, self.gamma, self.dgamma, self.dbeta, dx, self.args(groups, true, pool), accumulate);
     }
 }
 
@@ -284,36 +301,126 @@ pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32],
     }
 }
 
-/// The per-column sums of BatchNorm's backward over one group: `Σ dy` and `Σ dy·x̂`, after the
-/// ReLU mask is applied to `dy` in place (blocks of rows in f32, the blocks in f64; strips of
-/// columns, so no width allocates).
+/// As [`batchnorm_normalize_rows`], then a MaxPool1d(2) over consecutive pairs of rows: `out[t]`
+/// is the larger of rows `2t` and `2t + 1` after the normalisation, `argmax[t]` 1.0 where it is
+/// the second (the same comparison as `pool::maxpool_forward_sample`, so the same bits as the
+/// two ops in turn).
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn batchnorm_backward_sums(dy: &mut [f32], out: &[f32], x: &[f32], mean: &[f32], rstd: &[f32], relu: bool, sum_dy: &mut [f64], sum_dy_xhat: &mut [f64]) {
+pub(crate) fn batchnorm_normalize_pairs(x: &[f32], out: &mut [f32], argmax: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], relu: bool) {
+    let cols = gamma.len();
+    for ((pair, or), ar) in x.chunks_exact(2 * cols).zip(out.chunks_exact_mut(cols)).zip(argmax.chunks_exact_mut(cols)) {
+        let (first, second) = pair.split_at(cols);
+        for ((((((o, a), (&u, &v)), &m), &s), &g), &b) in or.iter_mut().zip(ar.iter_mut()).zip(first.iter().zip(second)).zip(mean).zip(rstd).zip(gamma).zip(beta) {
+            let (mut p, mut q) = ((u - m) * s * g + b, (v - m) * s * g + b);
+            if relu {
+                (p, q) = (crate::ops::act::relu(p), crate::ops::act::relu(q));
+            }
+            let take_second = q > p || q.is_nan();
+            *o = if take_second { q } else { p };
+            *a = take_second as u32 as f32;
+        }
+    }
+}
+
+/// What reaches BatchNorm's output in the backward: the gradient of `out`, masked by the ReLU
+/// (`out > 0`), and routed back through the MaxPool where one follows (`argmax`).
+#[derive(Clone, Copy)]
+pub(crate) struct Upstream<'a> {
+    pub dout: &'a [f32],
+    pub out: &'a [f32],
+    pub argmax: &'a [f32],
+    pub cols: usize,
+    pub relu: bool,
+    pub pool: Option<usize>,
+}
+
+/// Rows `r0..` (of the whole call, as many as `dy` holds) of BatchNorm's output gradient formed
+/// from `up` into `dy`: the ReLU's mask and, with a pool, each pooled gradient written to the
+/// row its maximum came from (0 to the other and to a sample's last odd row), as
+/// `pool::maxpool_backward_sample`.
+#[inline(always)]
+fn form_upstream(up: &Upstream, r0: usize, dy: &mut [f32]) {
+    let cols = up.cols;
+    let Some(len) = up.pool else {
+        let span = r0 * cols..r0 * cols + dy.len();
+        let (d, o) = (&up.dout[span.clone()], &up.out[span]);
+        if up.relu {
+            dy.iter_mut().zip(d.iter().zip(o)).for_each(|(g, (&d, &o))| *g = if o > 0.0 { d } else { 0.0 });
+        } else {
+            dy.copy_from_slice(d);
+        }
+        return;
+    };
+    let (half, relu) = (len / 2, up.relu);
+    let source = |t: usize| (&up.dout[t * cols..(t + 1) * cols], &up.out[t * cols..(t + 1) * cols], &up.argmax[t * cols..(t + 1) * cols]);
+    // One row of a pair on its own (where a block starts or ends between the two).
+    let one = |g: &mut [f32], t: usize, second: bool| {
+        let (d, o, a) = source(t);
+        g.iter_mut().zip(d.iter().zip(o)).zip(a).for_each(|((g, (&d, &o)), &a)| *g = if (a > 0.5) == second && (!relu || o > 0.0) { d } else { 0.0 });
+    };
+    // Span by span of one sample's rows: whole pairs both rows at once, as the pool's backward.
+    let rows = dy.len() / cols;
+    let mut k = 0;
+    while k < rows {
+        let (sample, mut step) = ((r0 + k) / len, (r0 + k) % len);
+        let end = (k + len - step).min(rows);
+        let pair = |step: usize| sample * half + step / 2;
+        if step % 2 == 1 && step < 2 * half {
+            one(&mut dy[k * cols..(k + 1) * cols], pair(step), true);
+            (k, step) = (k + 1, step + 1);
+        }
+        while k + 2 <= end && step + 2 <= 2 * half {
+            let (d, o, a) = source(pair(step));
+            let (first, second) = dy[k * cols..(k + 2) * cols].split_at_mut(cols);
+            for ((((f, s), &d), &o), &a) in first.iter_mut().zip(second.iter_mut()).zip(d).zip(o).zip(a) {
+                let d = if !relu || o > 0.0 { d } else { 0.0 };
+                let take_second = a > 0.5;
+                *f = if take_second { 0.0 } else { d };
+                *s = if take_second { d } else { 0.0 };
+            }
+            (k, step) = (k + 2, step + 2);
+        }
+        if k < end && step < 2 * half {
+            // The block ends between the two rows of a pair.
+            one(&mut dy[k * cols..(k + 1) * cols], pair(step), false);
+            k += 1;
+        } else if k < end {
+            // The last step of an odd length: dropped by the pool.
+            dy[k * cols..(k + 1) * cols].fill(0.0);
+            k += 1;
+        }
+    }
+}
+
+/// The per-column sums of BatchNorm's backward over one group (rows `r0..` of the call): `Σ dy`
+/// and `Σ dy·x̂`, with `dy` formed from `up` block by block as it is summed (and kept in `dy` for
+/// the input gradient's pass). Blocks of rows summed in f32, the blocks in f64; strips of
+/// columns, so no width allocates.
+#[multiversion(targets = "simd")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], x: &[f32], mean: &[f32], rstd: &[f32], sum_dy: &mut [f64], sum_dy_xhat: &mut [f64]) {
     let cols = mean.len();
     let span = BLOCK_ROWS * cols;
     let (mut pa, mut pb) = ([0.0f32; STRIP_COLS], [0.0f32; STRIP_COLS]);
-    // One pass per strip of columns: mask, then both sums, row by row (as `strip_sums`, fused).
-    for c0 in (0..cols).step_by(STRIP_COLS) {
-        let c1 = (c0 + STRIP_COLS).min(cols);
-        let (pa, pb) = (&mut pa[..c1 - c0], &mut pb[..c1 - c0]);
-        let (mean, rstd) = (&mean[c0..c1], &rstd[c0..c1]);
-        let (sum_dy, sum_dy_xhat) = (&mut sum_dy[c0..c1], &mut sum_dy_xhat[c0..c1]);
-        sum_dy.fill(0.0);
-        sum_dy_xhat.fill(0.0);
-        for ((db, ob), xb) in dy.chunks_mut(span).zip(out.chunks(span)).zip(x.chunks(span)) {
+    sum_dy.fill(0.0);
+    sum_dy_xhat.fill(0.0);
+    for (b, (db, xb)) in dy.chunks_mut(span).zip(x.chunks(span)).enumerate() {
+        // Formed here, the block is in L1 when it is summed.
+        form_upstream(up, r0 + b * BLOCK_ROWS, db);
+        for c0 in (0..cols).step_by(STRIP_COLS) {
+            let c1 = (c0 + STRIP_COLS).min(cols);
+            let (pa, pb) = (&mut pa[..c1 - c0], &mut pb[..c1 - c0]);
+            let (mean, rstd) = (&mean[c0..c1], &rstd[c0..c1]);
             pa.fill(0.0);
             pb.fill(0.0);
-            for ((dr, or), xr) in db.chunks_exact_mut(cols).zip(ob.chunks_exact(cols)).zip(xb.chunks_exact(cols)) {
-                let (dr, or, xr) = (&mut dr[c0..c1], &or[c0..c1], &xr[c0..c1]);
-                if relu {
-                    dr.iter_mut().zip(or).for_each(|(d, &o)| *d = if o > 0.0 { *d } else { 0.0 });
-                }
-                pa.iter_mut().zip(dr.iter()).for_each(|(a, &d)| *a += d);
+            for (dr, xr) in db.chunks_exact(cols).zip(xb.chunks_exact(cols)) {
+                let (dr, xr) = (&dr[c0..c1], &xr[c0..c1]);
+                pa.iter_mut().zip(dr).for_each(|(a, &d)| *a += d);
                 pb.iter_mut().zip(dr.iter().zip(xr)).zip(mean.iter().zip(rstd)).for_each(|((b, (&d, &v)), (&m, &s))| *b += d * (v - m) * s);
             }
-            sum_dy.iter_mut().zip(pa.iter()).for_each(|(a, &v)| *a += v as f64);
-            sum_dy_xhat.iter_mut().zip(pb.iter()).for_each(|(a, &v)| *a += v as f64);
+            sum_dy[c0..c1].iter_mut().zip(pa.iter()).for_each(|(a, &v)| *a += v as f64);
+            sum_dy_xhat[c0..c1].iter_mut().zip(pb.iter()).for_each(|(a, &v)| *a += v as f64);
         }
     }
 }
