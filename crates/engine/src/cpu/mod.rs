@@ -132,9 +132,6 @@ pub struct CpuDevice {
     scratch: Vec<f32>,
     reduce: Vec<f64>,
     transpose_scratch: Vec<f32>,
-    /// BatchNorm's upstream gradient in the backward (its input's size): `dout` masked by the
-    /// ReLU and routed through the pool.
-    upstream: Vec<f32>,
     /// Packing buffers of our GEMM kernels (one per worker) and a depth split's partial products.
     gemm_scratch: GemmScratch,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
@@ -188,7 +185,6 @@ impl CpuDevice {
             scratch: Vec::new(),
             reduce: Vec::new(),
             transpose_scratch: Vec::new(),
-            upstream: Vec::new(),
             gemm_scratch: GemmScratch { packs: (0..threads).map(|_| PackBuffers::default()).collect(), partials: Vec::new() },
             sparse: SparseLhs::default(),
             strips: per_worker(),
@@ -1178,7 +1174,6 @@ impl Device for CpuDevice {
         let cols = bn.cols;
         let mut acc = self.take_reduce(2 * bn.groups * cols);
         let mut means32 = take_grown(&mut self.scratch, 2 * bn.groups * cols);
-        let mut upstream = take_grown(&mut self.upstream, x.len());
         let parts = self.parts(x.len());
         let ([dxs, dgs, dbs], [ds, os, am, xs, st, gs]) = self.views([dx, dgamma, dbeta], [dout, out, argmax, x, stats, gamma]);
         let rows = xs.len() / cols;
@@ -1189,10 +1184,11 @@ impl Device for CpuDevice {
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at(bn.groups * cols);
         // Per group: the gradient reaching BatchNorm's output (`dout`, masked by the ReLU and
-        // routed through the pool) formed into `upstream`, Σdy and Σdy·x̂.
+        // routed through the pool) formed into `dx` (the input gradient's pass below turns it
+        // into dx in place, element by element), Σdy and Σdy·x̂.
         let (sum_dy, sum_dyx) = acc.split_at_mut(bn.groups * cols);
         let gr = group_rows * cols;
-        let dy = &mut upstream[..xs.len()];
+        let dy = &mut *dxs;
         let work =
             |(g, ((d, x), ((a, b), (m, s)))): (usize, ((&mut [f32], &[f32]), ((&mut [f64], &mut [f64]), (&[f32], &[f32]))))| norm::batchnorm_backward_sums(&up, g * group_rows, d, x, m, s, a, b);
         if parts > 1 && bn.groups > 1 {
@@ -1219,18 +1215,17 @@ impl Device for CpuDevice {
                 mean_dyx[g * cols + j] = (b / n) as f32;
             }
         }
-        let (mean_dy, mean_dyx, dy) = (&*mean_dy, &*mean_dyx, &*dy);
+        let (mean_dy, mean_dyx) = (&*mean_dy, &*mean_dyx);
         for_row_blocks(parts, dxs, cols, |r0, dxb| {
             for_each_group_span(r0, dxb.len() / cols, group_rows, |g, rows| {
                 let cg = g * cols..(g + 1) * cols;
-                let span = (r0 + rows.start) * cols..(r0 + rows.end) * cols;
+                let x = &xs[(r0 + rows.start) * cols..(r0 + rows.end) * cols];
                 let dx = &mut dxb[rows.start * cols..rows.end * cols];
-                norm::batchnorm_backward_rows(&dy[span.clone()], &xs[span], dx, &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
+                norm::batchnorm_backward_rows(x, dx, &means[cg.clone()], &rstds[cg.clone()], gs, &mean_dy[cg.clone()], &mean_dyx[cg]);
             });
         });
         self.reduce = acc;
         self.scratch = means32;
-        self.upstream = upstream;
     }
 
     fn im2col(&mut self, x: View, cols: View, s: ConvShape) {

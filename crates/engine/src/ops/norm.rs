@@ -394,8 +394,8 @@ fn form_upstream(up: &Upstream, r0: usize, dy: &mut [f32]) {
 }
 
 /// The per-column sums of BatchNorm's backward over one group (rows `r0..` of the call): `Σ dy`
-/// and `Σ dy·x̂`, with `dy` formed from `up` block by block as it is summed (and kept in `dy` for
-/// the input gradient's pass). Blocks of rows summed in f32, the blocks in f64; strips of
+/// and `Σ dy·x̂`, with `dy` formed from `up` block by block as it is summed (and kept in `dy`, the
+/// input gradient's buffer, for [`batchnorm_backward_rows`]). Blocks of rows summed in f32, the blocks in f64; strips of
 /// columns, so no width allocates.
 #[multiversion(targets = "simd")]
 #[allow(clippy::too_many_arguments)]
@@ -425,15 +425,15 @@ pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], 
     }
 }
 
-/// `dx = γ·rstd·(dy − Σdy/n − x̂·Σ(dy·x̂)/n)` on a block of rows of one group.
+/// `dx = γ·rstd·(dy − Σdy/n − x̂·Σ(dy·x̂)/n)` on a block of rows of one group, in place: `dx`
+/// holds `dy` on entry (each element depends on its own `dy` only).
 #[multiversion(targets = "simd")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn batchnorm_backward_rows(dy: &[f32], x: &[f32], dx: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], mean_dy: &[f32], mean_dy_xhat: &[f32]) {
+pub(crate) fn batchnorm_backward_rows(x: &[f32], dx: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], mean_dy: &[f32], mean_dy_xhat: &[f32]) {
     let cols = gamma.len();
-    for ((dr, xr), dxr) in dy.chunks_exact(cols).zip(x.chunks_exact(cols)).zip(dx.chunks_exact_mut(cols)) {
-        for ((((o, (&d, &v)), (&m, &s)), &g), (&md, &mx)) in dxr.iter_mut().zip(dr.iter().zip(xr)).zip(mean.iter().zip(rstd)).zip(gamma).zip(mean_dy.iter().zip(mean_dy_xhat)) {
+    for (xr, dxr) in x.chunks_exact(cols).zip(dx.chunks_exact_mut(cols)) {
+        for ((((o, &v), (&m, &s)), &g), (&md, &mx)) in dxr.iter_mut().zip(xr).zip(mean.iter().zip(rstd)).zip(gamma).zip(mean_dy.iter().zip(mean_dy_xhat)) {
             let xhat = (v - m) * s;
-            *o = g * s * (d - md - xhat * mx);
+            *o = g * s * (*o - md - xhat * mx);
         }
     }
 }
