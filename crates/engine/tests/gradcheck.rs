@@ -188,9 +188,11 @@ fn batchnorm_backward_matches_finite_differences_per_group() {
 fn fused_batchnorm_and_pool_give_the_bits_of_the_two_ops_in_turn() {
     // The CNN's `BN → ReLU → MaxPool` as one op against BatchNorm then `maxpool_forward` /
     // `maxpool_backward`: the same values in the same order, so the same bits, forward and
-    // backward, on one worker and on several. The last two shapes are large enough for the CPU
-    // to split them among workers (2^15 values), into blocks that start inside samples, between
-    // the two rows of a pair (rows 176 and 24 on 3 workers) and at an odd length's dropped row.
+    // backward, on one worker and on several. The backward forms the routed gradient in blocks of
+    // 128 rows, which in (16, 33, 64) start and end inside samples, between the two rows of a
+    // pair and at an odd length's dropped row; the last two shapes are also large enough (2^15
+    // values) for the CPU to split the forward's pooled rows and the input gradient's rows among
+    // workers.
     let key = seed();
     for (samples, len, cols, groups, relu) in [(8, 7, 5, 2, true), (4, 32, 64, 2, true), (6, 10, 300, 3, false), (16, 33, 64, 2, true), (10, 7, 500, 2, true)] {
         let rows = samples * len;

@@ -1109,6 +1109,7 @@ impl Device for CpuDevice {
         let rows = xs.len() / cols;
         let pooled = bn.pool.is_some();
         assert!(rows % bn.groups == 0 && os.len() == bn.out_rows(rows) * cols && am.len() == if pooled { os.len() } else { 0 });
+        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0), "a pool's samples must not straddle BatchNorm's groups");
         assert!(st.len() == 2 * bn.groups * cols && rs.len() == 2 * cols && gs.len() == cols && bs.len() == cols);
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at_mut(bn.groups * cols);
@@ -1146,7 +1147,7 @@ impl Device for CpuDevice {
                     norm::batchnorm_normalize_rows(x, &mut o[rows.start * cols..rows.end * cols], m, s, gs, bs, bn.relu);
                 });
             }),
-            Some(len) if os.is_empty() => assert!(len > 0 || rows == 0, "a pool over samples of no rows"),
+            Some(_) if os.is_empty() => {}
             Some(len) => {
                 // Output row t is pair t % half of sample t / half; a block of output rows is
                 // cut at sample ends, where the pairs stop being contiguous in x.

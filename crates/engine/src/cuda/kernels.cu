@@ -254,7 +254,8 @@ extern "C" __global__ void batchnorm_normalize_pool(const float* x, float* out, 
     float mu = stats[g * cols + c], inv = stats[groups * cols + g * cols + c];
     float u = (x[row * cols + c] - mu) * inv * gamma[c] + beta[c];
     float v = (x[(row + 1) * cols + c] - mu) * inv * gamma[c] + beta[c];
-    if (relu) { u = u > 0.0f ? u : 0.0f; v = v > 0.0f ? v : 0.0f; }
+    // As the CPU's relu: a NaN stays NaN (the step's non-finite check must see it).
+    if (relu) { u = u < 0.0f ? 0.0f : u; v = v < 0.0f ? 0.0f : v; }
     int second = v > u || isnan(v);
     out[i] = second ? v : u;
     argmax[i] = second ? 1.0f : 0.0f;

@@ -135,7 +135,7 @@ impl CnnConfig {
         if self.widths.len() > super::MAX_LAYERS || self.widths.iter().any(|&w| w > super::MAX_WIDTH) || self.first_kernel > window {
             return Err(EngineError::invalid(
                 Setting::Encoder,
-                format!("the cnn's {} blocks (widths up to {:?}, first kernel {}) do not fit a window of {window}", self.widths.len(), self.widths.iter().max(), self.first_kernel),
+                format!("the cnn's {} blocks (widths up to {}, first kernel {}) do not fit a window of {window}", self.widths.len(), self.widths.iter().max().copied().unwrap_or(0), self.first_kernel),
             ));
         }
         self.blocks(window, 1).map(drop)
