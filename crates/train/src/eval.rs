@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use engine::{CpuDevice, Encoder, EncoderConfig};
+use rayon::prelude::*;
 use signal::{BatchBuilder, Dataset, WindowConfig, WindowStrategy};
 
 use crate::checkpoint;
@@ -351,12 +352,15 @@ pub fn evaluate_draws(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, draws: usiz
     if draws > 1 && opts.split != Split::Bearing {
         return Err(TrainError::Config { key: "--draws".into(), reason: "the time split has a single draw; several draws need --split bearing".into() });
     }
-    let reports = (0..draws as u64)
-        .map(|i| {
-            let seed = opts.seed.checked_add(i).ok_or_else(|| TrainError::Config { key: "--seed".into(), reason: format!("{} + {draws} draws passes the largest seed", opts.seed) })?;
-            evaluate(ckpt, ds, &EvalOptions { seed, ..opts.clone() })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    if opts.seed.checked_add(draws as u64 - 1).is_none() {
+        return Err(TrainError::Config { key: "--seed".into(), reason: format!("{} + {draws} draws passes the largest seed", opts.seed) });
+    }
+    // Every draw reads the same checkpoint: a `last` link that training re-points meanwhile must
+    // not mix two models into one spread.
+    let ckpt = std::fs::canonicalize(ckpt).map_err(|e| TrainError::Checkpoint { path: ckpt.to_path_buf(), reason: e.to_string() })?;
+    // The draws are independent (each seconds of single-threaded probe fitting): in parallel, in
+    // order.
+    let reports = (0..draws as u64).into_par_iter().map(|i| evaluate(&ckpt, ds, &EvalOptions { seed: opts.seed + i, ..opts.clone() })).collect::<Result<Vec<_>>>()?;
     let margin = reports.iter().map(|r| ProbeScores {
         linear_probe_acc: r.pretrained.linear_probe_acc - r.random_init.linear_probe_acc.max(r.spectrum_baseline.linear_probe_acc),
         knn_acc: r.pretrained.knn_acc - r.random_init.knn_acc.max(r.spectrum_baseline.knn_acc),
@@ -418,13 +422,13 @@ pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, class
     let norm = |z: &[f32]| -> Vec<f64> { z.chunks(d).flat_map(|r| r.iter().zip(&mean).zip(&std).map(|((&x, m), s)| (x as f64 - m) / s).collect::<Vec<_>>()).collect() };
     let (xf, xt) = (norm(zf), norm(zt));
     let (w, b) = fit_logistic(&xf, yf, d, classes);
-    let predict = |x: &[f64]| -> usize { (0..classes).map(|c| (c, b[c] + (0..d).map(|j| w[c * d + j] * x[j]).sum::<f64>())).max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(c, _)| c) };
+    let predict = |x: &[f64]| -> usize { (0..classes).map(|c| (c, b[c] + dot(&w[c * d..(c + 1) * d], x))).max_by(|a, b| a.1.total_cmp(&b.1)).map_or(0, |(c, _)| c) };
     let lin = xt.chunks(d).zip(yt).filter(|(x, &y)| predict(x) == y).count() as f64 / yt.len() as f64;
     let knn = xt
         .chunks(d)
         .zip(yt)
         .filter(|(x, &y)| {
-            let mut dist: Vec<(f64, usize)> = xf.chunks(d).zip(yf).map(|(f, &c)| (f.iter().zip(x.iter()).map(|(a, b)| (a - b).powi(2)).sum(), c)).collect();
+            let mut dist: Vec<(f64, usize)> = xf.chunks(d).zip(yf).map(|(f, &c)| (squared_distance(f, x), c)).collect();
             let kk = k.min(dist.len()).max(1);
             dist.select_nth_unstable_by(kk - 1, |a, b| a.0.total_cmp(&b.0));
             let mut votes = vec![0usize; classes];
@@ -437,6 +441,33 @@ pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, class
         .count() as f64
         / yt.len() as f64;
     ProbeScores { linear_probe_acc: lin, knn_acc: knn }
+}
+
+/// `Σ a·b` in four interleaved sums (the probe's time is in these: one chain of dependent adds
+/// would wait on each add's latency).
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..4 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
+
+/// `Σ (a − b)²`, as [`dot`].
+fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
+    for (x, y) in ac.zip(bc) {
+        for k in 0..4 {
+            acc[k] += (x[k] - y[k]) * (x[k] - y[k]);
+        }
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
 /// Multinomial logistic regression with an L2 penalty `1e-3 · ‖W‖²` (as the PyTorch reference),
@@ -454,7 +485,7 @@ fn fit_logistic(x: &[f64], y: &[usize], d: usize, classes: usize) -> (Vec<f64>, 
         g.iter_mut().for_each(|x| *x = 0.0);
         for (row, &label) in x.chunks(d).zip(y) {
             for (c, l) in logits.iter_mut().enumerate() {
-                *l = p[classes * d + c] + (0..d).map(|j| p[c * d + j] * row[j]).sum::<f64>();
+                *l = p[classes * d + c] + dot(&p[c * d..(c + 1) * d], row);
             }
             let mx = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let z: f64 = logits.iter().map(|l| (l - mx).exp()).sum();
