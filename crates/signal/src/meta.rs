@@ -119,7 +119,12 @@ impl Metadata {
                 dataset_id: typed_i("Dataset_id")?,
                 name: get(col("Name")).map(str::to_string),
                 domain_id: typed_i("Domain_id")?,
-                sample_rate: typed_f("Sample_Rate")?,
+                sample_rate: match typed_f("Sample_Rate")? {
+                    // A rate is a time scale (the ISFM's time channel): none is "unknown", a
+                    // non-positive or infinite one is a broken table.
+                    Some(r) if !(r > 0.0 && (r as f32).is_finite()) => return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r} is not a positive, finite rate"))),
+                    rate => rate,
+                },
                 length: nonneg(typed_i("Length")?, "Length")?,
                 channels: nonneg(typed_i("Channels")?, "Channels")?,
                 fault_size: typed_f("Fault_Size")?,

@@ -66,6 +66,10 @@ impl Default for SynthConfig {
     }
 }
 
+/// What one generated signal costs beyond its samples while the store is built: its `Vec`, its
+/// metadata row and its line of the table (an upper estimate).
+const PER_SIGNAL_BYTES: usize = 320;
+
 impl SynthConfig {
     /// Sizes above zero, and the signals fit in the memory budget: generation holds every signal
     /// until the store is written whole.
@@ -76,7 +80,10 @@ impl SynthConfig {
             }
         }
         limits::check(|| format!("one generated signal of {} × {} float32", self.length, self.channels), limits::bytes(&[self.length, self.channels], 4))?;
-        limits::check(|| format!("{} generated signals of {} × {} float32", self.count, self.length, self.channels), limits::bytes(&[self.count, self.length, self.channels], 4))?;
+        // Besides its samples each signal costs its vector, its metadata row and its CSV line:
+        // a few hundred bytes, which decide the total for many short signals.
+        let total = limits::bytes(&[self.count, self.length, self.channels], 4).saturating_add(limits::bytes(&[self.count], PER_SIGNAL_BYTES));
+        limits::check(|| format!("{} generated signals of {} × {} float32 (with {PER_SIGNAL_BYTES} B of bookkeeping each)", self.count, self.length, self.channels), total)?;
         Ok(())
     }
 

@@ -139,6 +139,16 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
     assert!(e.contains("no_id.csv") && e.contains("`Id`"), "{e}");
     let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
     assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
+    // A rate that is there must be one: positive and finite (in f32, as the encoder takes it).
+    for rate in ["0", "-5", "nan", "inf", "1e39"] {
+        let bad_rate = dir.path().join("bad_rate.csv");
+        std::fs::write(&bad_rate, format!("Id,Label,Sample_Rate\n1,0,12000\n2,1,{rate}\n")).unwrap();
+        let e = Metadata::load(&bad_rate).unwrap_err().to_string();
+        assert!(e.contains("bad_rate.csv") && e.contains("Id 2") && e.contains("Sample_Rate"), "{rate}: {e}");
+    }
+    let no_rate = dir.path().join("no_rate.csv");
+    std::fs::write(&no_rate, "Id,Label,Sample_Rate\n1,0,\n").unwrap();
+    assert_eq!(Metadata::load(&no_rate).unwrap().rows[0].sample_rate, None, "an empty cell is no rate");
 }
 
 #[test]

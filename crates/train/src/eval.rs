@@ -248,10 +248,24 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     }
     let builder = BatchBuilder::new(ds.store.clone(), cfg.preprocess(), WindowConfig { window_size: w, ..WindowConfig::default() })?;
     // Every probe window is held at once: its values (4 bytes each), its spectrum (half as many)
-    // and the probe's f64 copies of the spectrum features (fit and test standardized).
+    // and the probe's f64 copies of the spectrum features (fit and test standardized); and its
+    // embedding by each encoder (f32, then the probe's standardized f64 copy).
+    let windows_bytes = limits::bytes(&[ds.ids.len(), 2, opts.windows, w, channels], 14);
+    let embedding_bytes = limits::bytes(&[ds.ids.len(), 2, opts.windows, arch.embed], 4 + 8);
+    // The linear probe's weights, gradient and Adam moments: classes (at most one per Id) × its
+    // widest features (the embedding or the spectrum), f64.
+    let probe_bytes = limits::bytes(&[ds.ids.len(), arch.embed.max(w / 2 * channels)], 4 * 8);
     limits::check(
-        || format!("`--windows {}`: {} Ids × 2 regions × {} windows of {w} × {channels} (with their spectra and probe features)", opts.windows, ds.ids.len(), opts.windows),
-        limits::bytes(&[ds.ids.len(), 2, opts.windows, w, channels], 14),
+        || {
+            format!(
+                "`--windows {}`: {} Ids × 2 regions × {} windows of {w} × {channels} (with their spectra, embeddings of {} and probe features)",
+                opts.windows,
+                ds.ids.len(),
+                opts.windows,
+                arch.embed
+            )
+        },
+        windows_bytes.saturating_add(embedding_bytes).saturating_add(probe_bytes),
     )?;
     let set = probe_windows(ds, &builder, w, opts.windows, opts.split, &opts.label, opts.time_fraction, opts.seed)?;
     let rates = sample_rates(ds);

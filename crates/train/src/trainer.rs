@@ -339,11 +339,22 @@ impl<'a, D: Device> Trainer<'a, D> {
         let ckpt_dir = run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
+        // A resumed run continues its metrics log and its top-k ranking; a fresh run in the same
+        // directory starts both anew (the previous run's values rank another model).
         let metrics_path = run_dir.join("metrics.jsonl");
-        let metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+        let fresh = resume.is_none();
+        let metrics = std::fs::OpenOptions::new().create(true).write(true).append(!fresh).truncate(fresh).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
-        let top_k = TopK::load(&ckpt_dir.join("top_k.json"));
+        let previous = TopK::load(&ckpt_dir.join("top_k.json"));
+        let top_k = if fresh { TopK::default() } else { previous.clone() };
+        if fresh && !previous.entries.is_empty() {
+            let names: Vec<&str> = previous.entries.iter().map(|e| e.name.as_str()).collect();
+            obs.message(&format!("a fresh run in {}: the previous run's best checkpoints ({}) stay on disk but are no longer ranked", run_dir.display(), names.join(", ")));
+            let index = ckpt_dir.join("top_k.json");
+            let json = serde_json::to_vec_pretty(&top_k).map_err(|e| TrainError::Data(e.to_string()))?;
+            files::write_atomic(&index, &json).map_err(|e| TrainError::io(&index, e))?;
+        }
         Ok(Trainer {
             cfg,
             obs,
@@ -600,6 +611,11 @@ struct ValidationBatch {
 
 /// Fixed validation batches: the same windows at every check, so checks compare.
 fn validation_batches(builder: &BatchBuilder, inputs: &Inputs, val: &[u64], b: usize, seed: u64) -> Result<Vec<ValidationBatch>> {
+    // Every validation pair is held for the whole run: two views of each Id, as the encoder
+    // takes them (plus the window they are formed from while a batch is built).
+    let (w, c) = (builder.window().window_size, builder.channels());
+    limits::check(|| format!("the validation set: {} Ids × 2 views of {w} × {c} float32 (data.val_fraction)", val.len()), limits::bytes(&[val.len(), 2, inputs.row_len().max(w * c)], 4))
+        .map_err(TrainError::OverBudget)?;
     let mut out = Vec::new();
     for (i, chunk) in val.chunks(b).enumerate() {
         if chunk.len() < 2 {

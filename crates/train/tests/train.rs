@@ -251,6 +251,30 @@ fn early_stopping_stops_after_patience_checks() {
 }
 
 #[test]
+fn a_fresh_run_in_a_used_directory_starts_its_log_and_ranking_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let run = |batch: &str| {
+        let cfg = small_config(&dir.path().join("run"), &["trainer.epochs=2", "trainer.save_top_k=2", batch]);
+        train(&cfg, &h5, &csv, None, &mut Quiet).unwrap()
+    };
+    let lines = |s: &train::trainer::Summary| std::fs::read_to_string(s.run_dir.join("metrics.jsonl")).unwrap().lines().count();
+    let ranked = |s: &train::trainer::Summary| -> Vec<String> {
+        let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(s.run_dir.join("checkpoints/top_k.json")).unwrap()).unwrap();
+        index["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_string()).collect()
+    };
+    // Two runs with other step counts per epoch (batch 6, then 4): their checkpoints have other
+    // names.
+    let first = run("data.batch_size=6");
+    let (first_lines, first_ranked) = (lines(&first), ranked(&first));
+    let second = run("data.batch_size=4");
+    assert!(!first_ranked.is_empty() && ranked(&second).iter().all(|n| !first_ranked.contains(n)), "the second run ranks only its own checkpoints: {:?} then {:?}", first_ranked, ranked(&second));
+    assert!(second.best_checkpoint.as_ref().is_some_and(|b| !first_ranked.iter().any(|n| b.ends_with(n))));
+    let again = run("data.batch_size=6");
+    assert_eq!(lines(&again), first_lines, "the log holds one run, not three");
+}
+
+#[test]
 fn accumulated_gradients_are_the_mean_of_the_micro_batches() {
     // mlp-simple has no dropout, so a micro-batch's gradient does not depend on the forward count.
     let (b, w) = (4, 32);
