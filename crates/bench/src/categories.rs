@@ -10,7 +10,7 @@ use signal::synth::{generate, SynthConfig};
 use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
 
 use crate::error::{BenchError, Result};
-use crate::measure::{method, peak_rss_delta, time_ms, total_memory_mb};
+use crate::measure::{method, peak_rss_delta, time_ms, time_steps, total_memory_mb};
 use crate::registry::{CategoryKind, DeviceSel, MetricId, MetricName};
 use crate::results::{Category, Metric, Status, SweepPoint};
 use crate::stats::summarize;
@@ -54,8 +54,14 @@ fn rate(category: CategoryKind, config: &str, name: MetricName, samples: Vec<f64
     Metric { samples, summary: Some(s.clone()), ..Metric::new(MetricId::new(category, config, name), s.median, false, how) }
 }
 
+/// A single measurement (one timing, one RSS reading): shown, not compared with a baseline.
 fn value(category: CategoryKind, config: &str, name: MetricName, v: f64, lower_is_better: bool, how: &str) -> Metric {
     Metric::new(MetricId::new(category, config, name), v, lower_is_better, how)
+}
+
+/// A counted or computed value, the same on every run (`Metric::exact`).
+fn exact(category: CategoryKind, config: &str, name: MetricName, v: f64, lower_is_better: bool, how: &str) -> Metric {
+    Metric { exact: true, ..value(category, config, name, v, lower_is_better, how) }
 }
 
 /// Deterministic uniform(-1, 1) data.
@@ -96,11 +102,11 @@ fn timed_steps(cfg: &EncoderConfig, b: usize, precision: Precision, (a, p): (&[f
     let mut st = step_for(cfg, b)?;
     st.encoder.device.set_precision(precision)?;
     let mut accuracy = 0.0;
-    let times = time_ms(warmup, n, || {
-        if let Ok(out) = st.train_step(Pairs::new(a, p)) {
-            accuracy = out.accuracy;
-        }
-    });
+    let times = time_steps(warmup, n, || {
+        let out = st.train_step(Pairs::new(a, p))?;
+        accuracy = out.accuracy;
+        Ok(out)
+    })?;
     Ok(TimedSteps { times, accuracy, device_bytes: st.encoder.device.allocated_bytes() })
 }
 
@@ -148,9 +154,7 @@ pub fn training(s: &Settings) -> Result<Category> {
                 Ok(st)
             });
             let mut st = st?;
-            let steps = time_ms(0, n, || {
-                let _ = st.train_step(Pairs::new(&a, &p));
-            });
+            let steps = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
             cat.metrics.push(rate(CategoryKind::Training, config, MetricName::SamplesPerS, steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BatchTimeMs, steps, warmup));
             let (fwd, bwd, nce, opt) = step_parts(&mut st, b, 2, n);
@@ -159,8 +163,8 @@ pub fn training(s: &Settings) -> Result<Category> {
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::InfonceMs, nce, 2));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::OptimizerMs, opt, 2));
             let dev_mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
-            cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryMb, dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
-            cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryPerSampleMb, dev_mb / b as f64, true, "engine memory held / B"));
+            cat.metrics.push(exact(CategoryKind::Training, config, MetricName::MemoryMb, dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
+            cat.metrics.push(exact(CategoryKind::Training, config, MetricName::MemoryPerSampleMb, dev_mb / b as f64, true, "engine memory held / B"));
             if let Some(m) = mem {
                 cat.metrics.push(value(CategoryKind::Training, config, MetricName::RssRiseMb, m, true, "peak RSS rise over building the step and the warm-up steps (allocator reuse can hide memory)"));
             }
@@ -259,9 +263,9 @@ pub fn model(s: &Settings) -> Result<Category> {
     for (config, ecfg) in model_configs() {
         let embed = ecfg.embed;
         let params = ecfg.param_count() as f64;
-        cat.metrics.push(value(CategoryKind::Model, config, MetricName::Parameters, params, true, &format!("Σ weights + biases ({})", ecfg.kind())));
-        cat.metrics.push(value(CategoryKind::Model, config, MetricName::SizeMb, params * 4.0 / 1e6, true, "f32 parameters"));
-        cat.metrics.push(value(CategoryKind::Model, config, MetricName::TrainingStateMb, params * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
+        cat.metrics.push(exact(CategoryKind::Model, config, MetricName::Parameters, params, true, &format!("Σ weights + biases ({})", ecfg.kind())));
+        cat.metrics.push(exact(CategoryKind::Model, config, MetricName::SizeMb, params * 4.0 / 1e6, true, "f32 parameters"));
+        cat.metrics.push(exact(CategoryKind::Model, config, MetricName::TrainingStateMb, params * 16.0 / 1e6, true, "parameters + gradients + two Adam moments, f32"));
         for b in [16, 32, 64] {
             pool.install(|| -> Result<()> {
                 let mut enc = ecfg.init(CpuDevice::new(), 2 * b, 0)?;
@@ -291,7 +295,7 @@ pub fn model(s: &Settings) -> Result<Category> {
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::ForwardMs, fwd, 3));
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::BackwardMs, bwd, 2));
                 cat.metrics.push(timed(CategoryKind::Model, &c, MetricName::InfonceMs, nce, 3));
-                cat.metrics.push(value(
+                cat.metrics.push(exact(
                     CategoryKind::Model,
                     &c,
                     MetricName::MemoryMb,
@@ -359,9 +363,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                 for _ in 0..warmup {
                     st.train_step(Pairs::new(&a, &p))?;
                 }
-                let t = time_ms(0, n, || {
-                    let _ = st.train_step(Pairs::new(&a, &p));
-                });
+                let t = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
                 Ok((crate::stats::summarize(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
             });
             match point {
@@ -373,7 +375,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                         window: w,
                         ok: true,
                         step_ms: Some(ms),
-                        step_ms_ci: Some([summary.ci_low, summary.ci_high]),
+                        step_ms_ci: summary.ci().map(|(lo, hi)| [lo, hi]),
                         samples: summary.n,
                         memory_mb: mem,
                         note: String::new(),
@@ -399,7 +401,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
         let max = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max().unwrap_or(0);
         let name = if axis == "batch" { MetricName::MaxBatchSize } else { MetricName::MaxWindowSize };
-        cat.metrics.push(value(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran"));
+        cat.metrics.push(exact(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran"));
         if axis == "batch" {
             // Memory growth against batch growth between the two largest working points
             // (1.0 = linear).
@@ -407,7 +409,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             if mems.len() >= 2 {
                 let (b1, m1) = mems[mems.len() - 2];
                 let (b2, m2) = mems[mems.len() - 1];
-                cat.metrics.push(value(
+                cat.metrics.push(exact(
                     CategoryKind::Scalability,
                     "batch",
                     MetricName::MemoryScalingFactor,
@@ -470,7 +472,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder),
         ));
         for (name, b) in ["fp32", "bf16"].iter().zip(bytes) {
-            cat.metrics.push(value(
+            cat.metrics.push(exact(
                 CategoryKind::Hardware,
                 &format!("cpu.{name}"),
                 MetricName::MemoryMb,
@@ -496,7 +498,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         match probes {
             Ok((described, p32, p16)) => {
                 for (name, r) in [("fp32", p32), ("bf16", p16)] {
-                    cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
+                    cat.metrics.push(exact(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
                 }
             }
             // The timings stand without it.
@@ -611,11 +613,11 @@ pub fn quality(s: &Settings) -> Result<Category> {
     let target = run.target;
     let r = pool(s.threads)?.install(|| run.train(Precision::Fp32, eval_every, max_steps, Some(target)))?;
     cat.notes.push(format!("{}, probe every {eval_every} steps, target {target:.2}", run.describe()));
-    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
-    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
+    cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
+    cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
     match r.reached {
         Some((st, secs)) => {
-            cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
+            cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
             cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::SecondsToTarget, secs, true, "training time (probes excluded) until the probe reached the target"));
         }
         None => cat.notes.push(format!("the probe did not reach {target:.2} within {} steps (last {:.3})", r.steps, r.last_acc)),

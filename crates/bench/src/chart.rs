@@ -33,7 +33,7 @@ pub fn bars(r: &Results, category: CategoryKind, name: MetricName) -> Vec<Bar> {
         .map(|m| Bar {
             label: m.config.clone(),
             value: m.value,
-            ci: m.summary.as_ref().map(|s| (s.ci_low, s.ci_high)),
+            ci: m.summary.as_ref().and_then(|s| s.ci()),
             n: m.summary.as_ref().map_or(0, |s| s.n),
             reference: m.reference.as_ref().map(|x| x.value),
         })

@@ -77,6 +77,7 @@ impl Benchmark {
                 recommendations: Vec::new(),
                 baseline: None,
                 baseline_warnings: Vec::new(),
+                unmeasured_targets: Vec::new(),
                 reference: None,
                 seconds: 0.0,
             },
@@ -103,9 +104,14 @@ impl Benchmark {
         self
     }
 
+    /// The device asked for. Every category measures the CPU device (GPU benchmarking is not
+    /// implemented yet), so the results name the CPU, and the request beside it.
     pub fn device(mut self, device: DeviceSel) -> Self {
         self.device = device;
-        self.results.device = device.to_string();
+        self.results.device = match device {
+            DeviceSel::Cpu => "cpu".into(),
+            other => format!("cpu ({other} requested: the GPU is not benchmarked yet)"),
+        };
         self
     }
 
@@ -233,8 +239,8 @@ impl Benchmark {
         let path = baseline_path(&self.save_dir, name_or_file);
         let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
         let base: Results = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
-        if base.schema_version != results::SCHEMA_VERSION {
-            return Err(BenchError::Input(format!("{}: schema version {} (this build reads {})", path.display(), base.schema_version, results::SCHEMA_VERSION)));
+        if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
+            return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
         }
         self.results.baseline_warnings =
             self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
@@ -246,10 +252,18 @@ impl Benchmark {
                 if let Some(b) = base.metric(&m.id) {
                     let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
                     if bs.iter().chain(&ns).all(|v| v.is_finite()) && crate::stats::median(&bs) != 0.0 {
-                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, noise));
+                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, m.exact, noise));
                     }
                 }
             }
+        }
+        // A metric the baseline has and this run lacks (a category that failed or was not run, a
+        // metric that disappeared) is said, not passed over.
+        let missing: Vec<&str> = base.metrics().filter(|b| self.results.metric(&b.id).is_none()).map(|b| b.id.as_str()).collect();
+        if !missing.is_empty() {
+            let w = format!("{} metric(s) of the baseline not measured in this run: {}", missing.len(), missing.join(", "));
+            self.log(format!("warning: {w}"));
+            self.results.baseline_warnings.push(w);
         }
         self.results.baseline = Some(name_or_file.to_string());
         Ok(())
@@ -259,6 +273,8 @@ impl Benchmark {
     /// files written.
     pub fn report(&mut self) -> Result<Vec<PathBuf>> {
         self.results.seconds = self.started.elapsed().as_secs_f64();
+        let answered: std::collections::BTreeSet<String> = self.results.metrics().filter_map(|m| m.target.as_ref().map(|t| t.target.clone())).collect();
+        self.results.unmeasured_targets = self.targets.iter().flat_map(|(section, keys)| keys.keys().map(move |k| format!("{section}.{k}"))).filter(|t| !answered.contains(t)).collect();
         self.results.recommendations = recommendations(&self.results);
         std::fs::create_dir_all(self.save_dir.join("plots")).map_err(|e| BenchError::io(&self.save_dir, e))?;
         let mut written = Vec::new();
@@ -269,8 +285,11 @@ impl Benchmark {
         ] {
             let path = self.save_dir.join(file);
             let tmp = path.with_file_name(format!(".{}.{}.png", path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot"), std::process::id()));
-            draw(&self.results, &tmp)?;
-            std::fs::rename(&tmp, &path).map_err(|e| BenchError::io(&path, e))?;
+            // A chart that fails to draw leaves no half-written file behind.
+            if let Err(e) = draw(&self.results, &tmp).and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| BenchError::io(&path, e))) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
             written.push(path);
         }
         written.extend(report::write_all(&self.results, &self.save_dir)?);
@@ -365,8 +384,12 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
-        let text =
-            format!("bf16 products run at {:.2}× fp32's speed here: this build has no AMX / AVX512-BF16 kernel yet (bf16 only rounds the operands), so keep trainer.precision: 32 for speed.", m.value);
+        let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products());
+        let text = if m.value >= 1.0 {
+            format!("bf16 steps run at {:.2}× fp32's speed on this machine ({path}): trainer.precision: bf16 is the faster choice where its accuracy is kept (the hardware category's probe).", m.value)
+        } else {
+            format!("bf16 steps run at {:.2}× fp32's speed on this machine ({path}): keep trainer.precision: 32 for speed.", m.value)
+        };
         rec("Mixed precision", text, format!("{} = {:.2}", m.id, m.value));
     }
     if r.category(CategoryKind::Hardware).is_some() {

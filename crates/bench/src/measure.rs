@@ -20,6 +20,27 @@ pub fn time_ms(warmup: usize, samples: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
+/// [`time_ms`] over training steps: a step that fails, or is skipped (a non-finite loss, no
+/// update), is no measurement of a step, so any such step fails the whole timing with the count
+/// and the first reason, instead of its time being counted.
+pub fn time_steps(warmup: usize, samples: usize, mut step: impl FnMut() -> engine::Result<engine::StepOutput>) -> crate::error::Result<Vec<f64>> {
+    let (mut failed, mut first) = (0usize, None::<String>);
+    let times = time_ms(warmup, samples, || match step() {
+        Ok(out) if !out.skipped => {}
+        outcome => {
+            failed += 1;
+            first.get_or_insert_with(|| match outcome {
+                Err(e) => e.to_string(),
+                Ok(out) => format!("the step was skipped (loss {})", out.loss),
+            });
+        }
+    });
+    match first {
+        None => Ok(times),
+        Some(why) => Err(crate::error::BenchError::Input(format!("{failed} of {} timed steps failed: {why}", warmup + samples))),
+    }
+}
+
 /// The description of `time_ms` stored with every timed metric.
 pub fn method(warmup: usize, samples: usize) -> String {
     format!("wall clock (Instant), {warmup} warm-up + {samples} timed calls, CPU work synchronous")
@@ -30,9 +51,15 @@ fn status_kb(key: &str) -> Option<f64> {
     s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok())
 }
 
+/// /proc's "kB" are KiB; every memory figure of the suite is in MB of 10⁶ bytes (the engine's
+/// byte counts / 1e6), so that they can be compared.
+fn kib_to_mb(kib: f64) -> f64 {
+    kib * 1024.0 / 1e6
+}
+
 /// Current resident set, MB.
 pub fn rss_mb() -> Option<f64> {
-    status_kb("VmRSS:").map(|kb| kb / 1024.0)
+    status_kb("VmRSS:").map(kib_to_mb)
 }
 
 /// Runs `f` and returns its result and the rise of peak RSS over the RSS before it, MB
@@ -41,7 +68,7 @@ pub fn peak_rss_delta<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
     let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
     let before = rss_mb();
     let r = f();
-    let peak = status_kb("VmHWM:").map(|kb| kb / 1024.0);
+    let peak = status_kb("VmHWM:").map(kib_to_mb);
     let delta = match (reset, before, peak) {
         (true, Some(b), Some(p)) => Some((p - b).max(0.0)),
         _ => None,
@@ -52,5 +79,5 @@ pub fn peak_rss_delta<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
 /// Total memory of the machine, MB.
 pub fn total_memory_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map(|kb| kb / 1024.0)
+    s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map(kib_to_mb)
 }

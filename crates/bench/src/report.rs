@@ -56,7 +56,13 @@ fn target_text(m: &Metric) -> (String, String) {
 }
 
 fn ci_text(m: &Metric) -> String {
-    m.summary.as_ref().map(|s| format!("[{}, {}]", fmt_value(s.ci_low), fmt_value(s.ci_high))).unwrap_or_default()
+    m.summary
+        .as_ref()
+        .map(|s| match s.ci() {
+            Some((lo, hi)) => format!("[{}, {}]", fmt_value(lo), fmt_value(hi)),
+            None => format!("n = {}: too few for a CI", s.n),
+        })
+        .unwrap_or_default()
 }
 
 fn baseline_text(m: &Metric) -> String {
@@ -67,6 +73,7 @@ fn baseline_text(m: &Metric) -> String {
                 Verdict::Regression => "REGRESSION",
                 Verdict::Improvement => "improvement",
                 Verdict::NoChange => "no change",
+                Verdict::NotCompared => "not compared (too few samples)",
             };
             format!("{word} {:+.1}% [{:+.1}, {:+.1}]", 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high)
         })
@@ -104,16 +111,11 @@ impl Report for MarkdownReport {
     }
     fn render(&self, r: &Results) -> Result<Vec<u8>> {
         let mut s = String::new();
-        let (p, t) = r.pass_rate();
         let _ = writeln!(s, "# Performance summary\n");
-        let _ = writeln!(
-            s,
-            "Pass rate: **{p}/{t}** targets ({:.0} %). Device `{}`, {} mode, {:.1} s.\n",
-            if t > 0 { 100.0 * p as f64 / t as f64 } else { 0.0 },
-            r.device,
-            if r.quick { "quick" } else { "full" },
-            r.seconds
-        );
+        let _ = writeln!(s, "Pass rate: **{}**. Device `{}`, {} mode, {:.1} s.\n", r.pass_rate_text(), r.device, if r.quick { "quick" } else { "full" }, r.seconds);
+        if !r.unmeasured_targets.is_empty() {
+            let _ = writeln!(s, "Targets not measured in this run: {}.\n", r.unmeasured_targets.join(", "));
+        }
         let f = &r.fingerprint;
         let _ = writeln!(
             s,
@@ -205,12 +207,12 @@ impl Report for HtmlReport {
         "reports/performance_report.html".into()
     }
     fn render(&self, r: &Results) -> Result<Vec<u8>> {
-        let (p, t) = r.pass_rate();
         let mut h = String::new();
         let _ = write!(h, "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>contrastive-id performance report</title>\n<style>{STYLE}</style></head><body>\n");
         let _ = write!(
             h,
-            "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{p}/{t}</b> targets. Device <code>{}</code>, {} mode, {:.1} s.</p>",
+            "<h1>contrastive-id performance report</h1>\n<section id=\"summary\"><h2>Summary</h2><p>Pass rate: <b>{}</b>. Device <code>{}</code>, {} mode, {:.1} s.</p>",
+            esc(&r.pass_rate_text()),
             esc(&r.device),
             if r.quick { "quick" } else { "full" },
             r.seconds
@@ -227,6 +229,9 @@ impl Report for HtmlReport {
             esc(&f.build_profile),
             esc(&f.git_commit)
         );
+        if !r.unmeasured_targets.is_empty() {
+            let _ = write!(h, "<p>Targets not measured in this run: {}.</p>", esc(&r.unmeasured_targets.join(", ")));
+        }
         if let Some(reference) = &r.reference {
             let _ = write!(h, "<p>PyTorch reference: <code>{}</code> (red bars beside ours).</p>", esc(reference));
         }

@@ -8,7 +8,14 @@ use crate::fingerprint::Fingerprint;
 use crate::registry::{CategoryKind, MetricId, MetricName};
 use crate::stats::{Change, Summary};
 
-pub const SCHEMA_VERSION: u32 = 1;
+/// 2: a summary of fewer than `stats::MIN_CI_SAMPLES` samples keeps its range in `ci_low` /
+/// `ci_high` (no CI); `exact`, the `not_compared` verdict and `unmeasured_targets` added.
+/// Version 1 files still load as baselines: what a comparison reads (samples, values) kept its
+/// meaning.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// The oldest schema a baseline may have.
+pub const OLDEST_READABLE_SCHEMA: u32 = 1;
 
 /// A target a metric is checked against.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -45,6 +52,11 @@ pub struct Metric {
     /// Raw samples, for timed metrics (what baselines compare).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<f64>,
+    /// Counted or computed, the same on every run of one build on one machine (parameters,
+    /// engine bytes, a seeded training's probe): one value is enough for a baseline comparison.
+    /// A single timing is not (`stats::compare`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exact: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
     /// How it was measured.
@@ -96,6 +108,7 @@ impl Metric {
             value,
             lower_is_better,
             samples: Vec::new(),
+            exact: false,
             summary: None,
             method: method.into(),
             target: None,
@@ -159,6 +172,10 @@ pub struct Results {
     pub baseline: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub baseline_warnings: Vec<String>,
+    /// Targets of the table that no metric of this run answered (`section.key`): a GPU target on
+    /// a CPU run, a category not run, a metric the suite does not measure yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmeasured_targets: Vec<String>,
     /// Where the PyTorch reference numbers came from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<String>,
@@ -169,6 +186,15 @@ impl Results {
     /// Passed / checked targets over all categories.
     pub fn pass_rate(&self) -> (usize, usize) {
         self.categories.iter().map(Category::pass_count).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// The pass rate in words: `12/14 targets (86 %)`, or that none was checked (a run of
+    /// categories without targets is not a run where every target failed).
+    pub fn pass_rate_text(&self) -> String {
+        match self.pass_rate() {
+            (_, 0) => "no targets checked".into(),
+            (p, t) => format!("{p}/{t} targets ({:.0} %)", 100.0 * p as f64 / t as f64),
+        }
     }
 
     pub fn metrics(&self) -> impl Iterator<Item = &Metric> {

@@ -1,5 +1,8 @@
-//! Statistics of repeated measurements: median, IQR, a bootstrap 95 % CI of the median, and the
-//! regression rule (a change is called only where its CI lies wholly beyond a noise band).
+//! Statistics of repeated measurements: median, IQR, a bootstrap 95 % CI of the median (from
+//! [`MIN_CI_SAMPLES`] samples on: below that a percentile bootstrap covers far less than it
+//! claims — with 3 samples its interval is the sample's range, which holds the median 75 % of the
+//! time), and the regression rule (a change is called only where its CI lies wholly beyond a
+//! noise band, or, for a value counted rather than timed, where the change itself does).
 
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +18,21 @@ pub struct Summary {
     pub q1: f64,
     pub q3: f64,
     pub iqr: f64,
-    /// Bootstrap 95 % confidence interval of the median (percentile method, 2000 resamples).
+    /// Bootstrap 95 % confidence interval of the median (percentile method, 2000 resamples);
+    /// with fewer than [`MIN_CI_SAMPLES`] samples the sample's range instead, which is no 95 %
+    /// interval: [`Summary::ci`] gives the interval only where it is one.
     pub ci_low: f64,
     pub ci_high: f64,
+}
+
+/// The fewest samples a 95 % CI of the median is given for.
+pub const MIN_CI_SAMPLES: usize = 8;
+
+impl Summary {
+    /// The 95 % CI of the median, where there are enough samples for one.
+    pub fn ci(&self) -> Option<(f64, f64)> {
+        (self.n >= MIN_CI_SAMPLES).then_some((self.ci_low, self.ci_high))
+    }
 }
 
 /// Linear-interpolated quantile of sorted data (type 7, as numpy's default).
@@ -78,9 +93,10 @@ pub fn summarize(samples: &[f64]) -> Summary {
     let n = s.len();
     let mean = s.iter().sum::<f64>() / n.max(1) as f64;
     let std = if n > 1 { (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
-    let (ci_low, ci_high) = if n > 1 { bootstrap(&s, 0xB007 ^ n as u64, median_in_place) } else { (s.first().copied().unwrap_or(f64::NAN), s.first().copied().unwrap_or(f64::NAN)) };
+    let (min, max) = (s.first().copied().unwrap_or(f64::NAN), s.last().copied().unwrap_or(f64::NAN));
+    let (ci_low, ci_high) = if n >= MIN_CI_SAMPLES { bootstrap(&s, 0xB007 ^ n as u64, median_in_place) } else { (min, max) };
     let (q1, q3) = (quantile(&s, 0.25), quantile(&s, 0.75));
-    Summary { n, median: quantile(&s, 0.5), mean, std, min: s.first().copied().unwrap_or(f64::NAN), max: s.last().copied().unwrap_or(f64::NAN), q1, q3, iqr: q3 - q1, ci_low, ci_high }
+    Summary { n, median: quantile(&s, 0.5), mean, std, min, max, q1, q3, iqr: q3 - q1, ci_low, ci_high }
 }
 
 /// What a comparison with a baseline concludes.
@@ -90,6 +106,9 @@ pub enum Verdict {
     Regression,
     Improvement,
     NoChange,
+    /// Too few samples on a side to tell a change from noise (a single timing, or fewer than
+    /// [`MIN_CI_SAMPLES`]): the change is shown, no verdict is called.
+    NotCompared,
 }
 
 /// A metric compared with its baseline: relative change of the median and its bootstrap CI.
@@ -102,13 +121,19 @@ pub struct Change {
     pub verdict: Verdict,
 }
 
-/// Compares samples (or single values) of a metric. The CI of the relative change of the median
+/// Compares samples of a metric, or the single values of an `exact` one (counted or computed,
+/// the same on every run: parameters, engine bytes). The CI of the relative change of the median
 /// comes from resampling both sides; a regression (improvement) is called only when the whole
-/// CI lies beyond `noise` in the worse (better) direction.
-pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, noise: f64) -> Change {
+/// CI lies beyond `noise` in the worse (better) direction. An exact value's CI is its change; a
+/// measured one with fewer than [`MIN_CI_SAMPLES`] samples on a side gets no verdict.
+pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, exact: bool, noise: f64) -> Change {
     let (mb, mn) = (median(base), median(new));
     let change = mn / mb - 1.0;
-    let (lo, hi) = if base.len() > 1 && new.len() > 1 {
+    let sampled = base.len() >= MIN_CI_SAMPLES && new.len() >= MIN_CI_SAMPLES;
+    if !sampled && !exact {
+        return Change { change, ci_low: change, ci_high: change, verdict: Verdict::NotCompared };
+    }
+    let (lo, hi) = if sampled {
         let mut rng = SplitMix(0xC0_FFEE);
         let (mut bb, mut nb) = (vec![0.0; base.len()], vec![0.0; new.len()]);
         let mut r: Vec<f64> = (0..BOOTSTRAP_RESAMPLES)

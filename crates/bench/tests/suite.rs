@@ -45,23 +45,39 @@ fn regression_rule_on_constructed_samples() {
     let base = normal_sample(50, 100.0, 2.0, 1);
     // 20 % slower: regression for a time, improvement-free.
     let slower: Vec<f64> = normal_sample(50, 120.0, 2.0, 2);
-    assert_eq!(compare(&base, &slower, true, 0.05).verdict, Verdict::Regression);
+    assert_eq!(compare(&base, &slower, true, false, 0.05).verdict, Verdict::Regression);
     // 20 % faster: improvement.
     let faster = normal_sample(50, 80.0, 2.0, 3);
-    assert_eq!(compare(&base, &faster, true, 0.05).verdict, Verdict::Improvement);
+    assert_eq!(compare(&base, &faster, true, false, 0.05).verdict, Verdict::Improvement);
     // 2 % slower, inside the 5 % band: no change.
     let same = normal_sample(50, 102.0, 2.0, 4);
-    assert_eq!(compare(&base, &same, true, 0.05).verdict, Verdict::NoChange);
+    assert_eq!(compare(&base, &same, true, false, 0.05).verdict, Verdict::NoChange);
     // Noisy 8 % slowdown whose CI reaches into the band: no change is called.
     let noisy_base = normal_sample(8, 100.0, 30.0, 5);
     let noisy = normal_sample(8, 108.0, 30.0, 6);
-    assert_eq!(compare(&noisy_base, &noisy, true, 0.05).verdict, Verdict::NoChange);
+    assert_eq!(compare(&noisy_base, &noisy, true, false, 0.05).verdict, Verdict::NoChange);
     // Higher-is-better metrics flip the direction.
-    assert_eq!(compare(&base, &slower, false, 0.05).verdict, Verdict::Improvement);
-    assert_eq!(compare(&base, &faster, false, 0.05).verdict, Verdict::Regression);
-    // Single values: exact ratio against the band.
-    assert_eq!(compare(&[128.0], &[64.0], false, 0.05).verdict, Verdict::Regression);
-    assert_eq!(compare(&[128.0], &[130.0], false, 0.05).verdict, Verdict::NoChange);
+    assert_eq!(compare(&base, &slower, false, false, 0.05).verdict, Verdict::Improvement);
+    assert_eq!(compare(&base, &faster, false, false, 0.05).verdict, Verdict::Regression);
+    // Exact single values (counted, not timed): their ratio against the band.
+    assert_eq!(compare(&[128.0], &[64.0], false, true, 0.05).verdict, Verdict::Regression);
+    assert_eq!(compare(&[128.0], &[130.0], false, true, 0.05).verdict, Verdict::NoChange);
+    // A single timing, or too few samples for a CI: the change is shown, no verdict called.
+    let c = compare(&[128.0], &[64.0], false, false, 0.05);
+    assert_eq!((c.verdict, c.change), (Verdict::NotCompared, -0.5));
+    assert_eq!(compare(&base[..3], &slower[..3], true, false, 0.05).verdict, Verdict::NotCompared);
+    assert_eq!(compare(&base[..8], &slower[..8], true, false, 0.05).verdict, Verdict::Regression);
+}
+
+#[test]
+fn too_few_samples_give_no_ci() {
+    // With 3 samples the percentile bootstrap's interval is the range, which holds the median only
+    // 75 % of the time: no "95 % CI" is given below MIN_CI_SAMPLES.
+    let s = summarize(&[1.0, 3.0, 2.0]);
+    assert_eq!(s.ci(), None);
+    assert_eq!((s.ci_low, s.ci_high), (1.0, 3.0), "the range is kept, not called a CI");
+    let s = summarize(&normal_sample(bench::stats::MIN_CI_SAMPLES, 10.0, 1.0, 7));
+    assert!(s.ci().is_some_and(|(lo, hi)| lo <= s.median && s.median <= hi));
 }
 
 #[test]
@@ -84,11 +100,13 @@ fn targets_table_loads_and_overrides() {
 fn suite_writes_every_report_well_formed_and_baselines_compare() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("out");
-    let mut b = Benchmark::new(&save).quick(true).threads(2);
+    // A target nothing can meet (a step in a microsecond) fails and shows up as failed.
+    let mut targets = bench::targets::default_targets();
+    targets.get_mut("training_performance").unwrap().insert("batch_time_ms".into(), 0.001);
+    let mut b = Benchmark::new(&save).quick(true).threads(2).targets(targets);
     b.training().unwrap();
     b.scalability().unwrap();
     b.hardware().unwrap();
-    // A target nothing can meet fails and shows up as failed.
     let files = b.report().unwrap();
     for f in [
         "comprehensive_benchmark_results.json",
@@ -102,7 +120,25 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         assert!(files.contains(&save.join(f)), "{f} not reported as written");
         assert!(std::fs::metadata(save.join(f)).unwrap().len() > 0, "{f} is empty");
     }
-    assert!(!std::fs::read_dir(&save).unwrap().flatten().any(|e| e.file_name().to_string_lossy().contains(".tmp")), "no temporary files left");
+    // No temporary file left anywhere below (reports and plots are written beside their final
+    // name, as a hidden or `.tmp` file, then renamed).
+    fn leftovers(dir: &std::path::Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .flat_map(|e| {
+                let name = e.file_name().to_string_lossy().to_string();
+                if e.path().is_dir() {
+                    leftovers(&e.path())
+                } else if name.starts_with('.') || name.contains(".tmp") {
+                    vec![e.path().display().to_string()]
+                } else {
+                    vec![]
+                }
+            })
+            .collect()
+    }
+    assert_eq!(leftovers(&save), Vec::<String>::new(), "no temporary files left");
 
     // JSON: the schema round-trips, and targets were checked.
     let text = std::fs::read_to_string(save.join("comprehensive_benchmark_results.json")).unwrap();
@@ -111,7 +147,9 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert_eq!(serde_json::to_string(&r).unwrap(), serde_json::to_string(&serde_json::from_str::<Results>(&serde_json::to_string(&r).unwrap()).unwrap()).unwrap());
     assert_eq!(r.categories.len(), 3);
     let m = r.metric("training.small.batch_time_ms").unwrap();
-    assert!(m.samples.len() >= 10 && m.summary.is_some() && m.target.as_ref().unwrap().passed);
+    assert!(m.samples.len() >= 10 && m.summary.is_some() && !m.target.as_ref().unwrap().passed, "the impossible target failed");
+    assert!(r.metric("training.small.samples_per_s").unwrap().target.as_ref().unwrap().passed);
+    assert!(r.unmeasured_targets.contains(&"training_performance.gpu_utilization".to_string()), "targets no metric answered are listed: {:?}", r.unmeasured_targets);
     assert!(r.metric("scalability.batch.max_batch_size").unwrap().value >= 256.0);
     assert!(!r.recommendations.is_empty() && r.recommendations.iter().all(|x| !x.evidence.is_empty()));
     assert_eq!(r.fingerprint.build_profile, if cfg!(debug_assertions) { "debug" } else { "release" });
@@ -160,7 +198,13 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     again.hardware().unwrap();
     again.compare_baseline("ref", 0.05).unwrap();
     assert!(again.results().metrics().all(|m| m.baseline.is_some()), "each metric compared");
-    assert!(again.results().baseline_warnings.is_empty(), "same machine, no warning");
+    // Same machine, so no fingerprint warning; but the training and scalability metrics of the
+    // baseline were not measured this time, and that is said.
+    let warnings = &again.results().baseline_warnings;
+    assert!(warnings.len() == 1 && warnings[0].contains("not measured in this run") && warnings[0].contains("training.small.batch_time_ms"), "{warnings:?}");
+    let verdict = |id: &str| again.results().metric(id).and_then(|m| m.baseline.as_ref()).map(|c| c.verdict);
+    assert_eq!(verdict("hardware.cpu.fp32.memory_mb"), Some(bench::stats::Verdict::NoChange), "an exact value is compared");
+    assert_eq!(verdict("hardware.cpu.fp32.thread_speedup"), Some(bench::stats::Verdict::NotCompared), "a single timing ratio is not");
     let mut doctored: Results = serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
     for c in doctored.categories.iter_mut() {
         for m in c.metrics.iter_mut() {

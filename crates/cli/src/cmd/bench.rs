@@ -100,13 +100,12 @@ pub fn run(a: Args) -> Result<()> {
         println!("baseline saved: {}", p.display());
     }
     let r = b.results();
-    let (p, t) = r.pass_rate();
-    println!("pass rate {p}/{t} targets; reports in {}", a.save_dir.display());
+    println!("pass rate {}; reports in {}", r.pass_rate_text(), a.save_dir.display());
     for f in &files {
         println!("  {}", f.display());
     }
     if r.baseline.is_some() {
-        let (mut reg, mut imp, mut same) = (0, 0, 0);
+        let (mut reg, mut imp, mut same, mut unsure) = (0, 0, 0, 0);
         for m in r.metrics() {
             if let Some(c) = &m.baseline {
                 match c.verdict {
@@ -119,10 +118,11 @@ pub fn run(a: Args) -> Result<()> {
                         println!("improvement {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
                     }
                     bench::stats::Verdict::NoChange => same += 1,
+                    bench::stats::Verdict::NotCompared => unsure += 1,
                 }
             }
         }
-        println!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change");
+        println!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change, {unsure} not compared (a single timing or too few samples)");
         if reg > 0 {
             std::process::exit(1);
         }
