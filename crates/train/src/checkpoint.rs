@@ -273,6 +273,9 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
 /// Loads weights, both Adam moments, the projection head and the training state into `step`.
 pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result<TrainingState> {
     let enc = &mut step.encoder;
+    if dir.is_file() {
+        return Err(ckpt_err(dir, "is a file: --resume takes the checkpoint's directory (e.g. RUN/checkpoints/last)"));
+    }
     load_weights(dir, enc)?;
     let file = dir.join("training_state.safetensors");
     if !file.exists() {
@@ -287,6 +290,11 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         m[s.offset..s.offset + s.len()].copy_from_slice(&read_tensor(&file, &st, &format!("exp_avg.{}", s.name), &s.shape)?);
         v[s.offset..s.offset + s.len()].copy_from_slice(&read_tensor(&file, &st, &format!("exp_avg_sq.{}", s.name), &s.shape)?);
     }
+    // Adam's moments as the weights are checked: finite, and the second moment never negative (a
+    // corrupt file named here, not as a NaN loss steps later).
+    if let Some(i) = m.iter().position(|x| !x.is_finite()).or_else(|| v.iter().position(|x| !x.is_finite() || *x < 0.0)) {
+        return Err(ckpt_err(&file, format!("its Adam state is corrupt (value {i}: not finite, or a negative second moment)")));
+    }
     enc.set_moments(&m, &v)?;
     if let Some(head) = step.head() {
         let hs = head.tensors().to_vec();
@@ -298,6 +306,9 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
                     .map_err(|_| ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{prefix}{}`", s.name)))?;
                 state[i][s.offset..s.offset + s.len()].copy_from_slice(&v);
             }
+        }
+        if state.iter().any(|t| t.iter().any(|x| !x.is_finite())) || state[2].iter().any(|x| *x < 0.0) {
+            return Err(ckpt_err(&file, "its projection head's weights or Adam state are corrupt (not finite, or a negative second moment)"));
         }
         step.set_head_state(&state)?;
     }

@@ -136,10 +136,7 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
         class_of.insert(id, v);
     }
     let mut classes: Vec<String> = class_of.values().cloned().collect();
-    classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
-        (Ok(x), Ok(y)) => x.total_cmp(&y),
-        _ => a.cmp(b),
-    });
+    sort_classes(&mut classes);
     classes.dedup();
     let class_index = |id: u64| classes.iter().position(|c| *c == class_of[&id]).unwrap_or(0);
     let bearings = if split == Split::Bearing { held_out_bearings(ds, seed) } else { BTreeMap::new() };
@@ -178,6 +175,18 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
     }
     let held_out = bearings.iter().map(|(b, ids)| HeldOut { bearing: b.clone(), ids: ids.clone(), test_windows: test_count.get(b).copied().unwrap_or(0) }).collect();
     Ok(ProbeSet { fit, test, classes, held_out, skipped })
+}
+
+/// Class names in numeric order where they are numbers, then the rest as text: one total order
+/// (comparing a number with a text as text but two numbers as numbers is none, and sorting by it
+/// may panic).
+fn sort_classes(classes: &mut [String]) {
+    classes.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => x.total_cmp(&y).then_with(|| a.cmp(b)),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    });
 }
 
 fn dedup_ids(ids: &[u64]) -> Vec<u64> {
@@ -228,7 +237,15 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     let file = model.path.clone();
     let channels = ds.store.samples().first().map_or(1, |s| s.channels);
     let cfg = match (model.config_yaml.take(), &opts.config) {
-        (Some(y), _) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
+        (Some(_), Some(_)) => {
+            // Two configurations would be one too many: the checkpoint's is the one its weights
+            // were trained with, and a --config beside it would be silently ignored.
+            return Err(TrainError::Config {
+                key: "--config".into(),
+                reason: format!("{} carries its training configuration; --config (and --override) are for checkpoints without one", file.display()),
+            });
+        }
+        (Some(y), None) => Config::from_yaml(&y, &[]).map_err(|e| TrainError::Checkpoint { path: file.clone(), reason: format!("its training configuration does not load: {e}") })?,
         (None, Some(c)) => c.clone(),
         (None, None) => {
             return Err(TrainError::Checkpoint {
@@ -529,6 +546,15 @@ fn fit_logistic(x: &[f64], y: &[usize], d: usize, classes: usize) -> (Vec<f64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn class_names_sort_numbers_first_then_text() {
+        // "97" < "105" as numbers, "105" < "12k_DE" < "97" as text: a mixed comparison is no order.
+        let mut v: Vec<String> = ["97", "12k_DE", "105", "a", "2", "1e1", "10"].iter().map(|s| s.to_string()).collect();
+        v.extend((0..40).map(|i| format!("x{i}")));
+        sort_classes(&mut v);
+        assert_eq!(&v[..7], ["2", "10", "1e1", "97", "105", "12k_DE", "a"]);
+    }
 
     #[test]
     fn a_spread_is_the_mean_sample_std_and_range() {

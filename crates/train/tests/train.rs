@@ -272,6 +272,28 @@ fn a_fresh_run_in_a_used_directory_starts_its_log_and_ranking_anew() {
     assert!(second.best_checkpoint.as_ref().is_some_and(|b| !first_ranked.iter().any(|n| b.ends_with(n))));
     let again = run("data.batch_size=6");
     assert_eq!(lines(&again), first_lines, "the log holds one run, not three");
+    // Its checkpoint carries its configuration: a second one on the command line is refused
+    // rather than ignored, and --resume names a file it cannot take.
+    let last = again.last_checkpoint.clone().unwrap();
+    let ds = train::trainer::open_dataset(&h5, &csv).unwrap();
+    let cfg = small_config(&dir.path().join("run"), &[]);
+    let opts = train::eval::EvalOptions { windows: 2, config: Some(cfg.clone()), ..Default::default() };
+    let e = train::eval::evaluate(&last, &ds, &opts).unwrap_err().to_string();
+    assert!(e.contains("--config") && e.contains("carries its training configuration"), "{e}");
+    let e = train(&cfg, &h5, &csv, Some(&last.join("model.safetensors")), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("directory"), "{e}");
+    // A negative second moment in the optimizer state (a corrupt file) is named at resume.
+    let state = last.join("training_state.safetensors");
+    let mut bytes = std::fs::read(&state).unwrap();
+    let at = {
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let (name, _) = st.tensors().into_iter().find(|(n, _)| n.starts_with("exp_avg_sq.")).unwrap();
+        st.tensor(&name).unwrap().data().as_ptr() as usize - bytes.as_ptr() as usize
+    };
+    bytes[at..at + 4].copy_from_slice(&(-1.0f32).to_le_bytes());
+    std::fs::write(&state, &bytes).unwrap();
+    let e = train(&cfg, &h5, &csv, Some(&last), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("training_state.safetensors") && e.contains("Adam state is corrupt"), "{e}");
 }
 
 #[test]
