@@ -10,7 +10,7 @@ use signal::synth::{generate, SynthConfig};
 use signal::{BatchBuilder, BatchPos, BatchSampler, Complexity, ContrastiveBatch, Hdf5Store, Layout, Normalization, PreprocessConfig, SamplerConfig, SignalStore, WindowConfig, WindowStrategy};
 
 use crate::error::{BenchError, Result};
-use crate::measure::{method, peak_rss_delta, time_ms, time_steps, total_memory_mb};
+use crate::measure::{method, peak_rss_delta, rss_mb, time_ms, time_steps, total_memory_mb};
 use crate::registry::{CategoryKind, DeviceSel, MetricId, MetricName};
 use crate::results::{Category, Metric, Status, SweepPoint};
 use crate::stats::summarize;
@@ -154,6 +154,7 @@ pub fn training(s: &Settings) -> Result<Category> {
                 Ok(st)
             });
             let mut st = st?;
+            let rss_before = rss_mb();
             let steps = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
             cat.metrics.push(rate(CategoryKind::Training, config, MetricName::SamplesPerS, steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BatchTimeMs, steps, warmup));
@@ -162,6 +163,12 @@ pub fn training(s: &Settings) -> Result<Category> {
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BackwardMs, bwd, 2));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::InfonceMs, nce, 2));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::OptimizerMs, opt, 2));
+            // A leak check: the process's resident memory after every timed step and part,
+            // against before them (the step allocates nothing after warm-up, so ~0).
+            if let (Some(before), Some(after)) = (rss_before, rss_mb()) {
+                let how = format!("(RSS after the {n} timed steps and the per-part timings − RSS before them) / RSS before: a leak shows here");
+                cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryGrowthRate, (after - before).max(0.0) / before, true, &how));
+            }
             let dev_mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
             cat.metrics.push(exact(CategoryKind::Training, config, MetricName::MemoryMb, dev_mb, true, "engine memory held: weights, gradients, Adam moments, activation buffers, scratch (exact)"));
             cat.metrics.push(exact(CategoryKind::Training, config, MetricName::MemoryPerSampleMb, dev_mb / b as f64, true, "engine memory held / B"));
@@ -497,9 +504,18 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         });
         match probes {
             Ok((described, p32, p16)) => {
+                let drop = p32.last_acc - p16.last_acc;
                 for (name, r) in [("fp32", p32), ("bf16", p16)] {
                     cat.metrics.push(exact(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
                 }
+                cat.metrics.push(exact(
+                    CategoryKind::Hardware,
+                    "cpu.bf16",
+                    MetricName::AccuracyDrop,
+                    drop,
+                    true,
+                    "fp32's linear probe − bf16's, same steps, initialisation and batches (the accuracy bf16 gives up)",
+                ));
             }
             // The timings stand without it.
             Err(e) => cat.notes.push(format!("the accuracy kept by bf16 (a linear probe after {steps} steps in each precision) was not measured: {e}")),

@@ -72,6 +72,7 @@ names! {
         MemoryMb => "memory_mb";
         MemoryPerSampleMb => "memory_per_sample_mb";
         RssRiseMb => "rss_rise_mb";
+        MemoryGrowthRate => "memory_growth_rate";
         GenerationSignalsPerS => "generation_signals_per_s";
         StoreReadMbPerS => "store_read_mb_per_s";
         WindowsPerS => "windows_per_s";
@@ -85,6 +86,7 @@ names! {
         StepMs => "step_ms";
         ThreadSpeedup => "thread_speedup";
         MixedPrecisionSpeedup => "mixed_precision_speedup";
+        AccuracyDrop => "accuracy_drop";
         GpuMemoryPerSampleMb => "gpu_memory_per_sample_mb";
         RandomInitProbeAcc => "random_init_probe_acc";
         FinalProbeAcc => "final_probe_acc";
@@ -109,8 +111,9 @@ impl MetricName {
             MaxBatchSize => "samples",
             MaxWindowSize => "samples/window",
             MemoryScalingFactor => "ratio",
+            MemoryGrowthRate => "fraction",
             ThreadSpeedup | MixedPrecisionSpeedup => "x",
-            RandomInitProbeAcc | FinalProbeAcc => "fraction",
+            RandomInitProbeAcc | FinalProbeAcc | AccuracyDrop => "fraction",
             StepsToTarget => "steps",
             SecondsToTarget => "s",
         }
