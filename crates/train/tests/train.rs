@@ -32,6 +32,15 @@ fn shipped_configs_load_with_their_values() {
     assert_eq!(p.trainer.lr_scheduler, Scheduler::Cosine);
     let q = Config::load(&root().join("configs/cwru_quality.yaml"), &[]).unwrap();
     assert_eq!((q.data.time_split, q.trainer.max_steps), (0.7, Some(4000)));
+    // The bearing-transfer config is the quality protocol stopped at 1000 steps, nothing else.
+    let t = Config::load(&root().join("configs/cwru_bearing.yaml"), &[]).unwrap();
+    assert_eq!(t.trainer.max_steps, Some(1000));
+    let shortened = Config::load(&root().join("configs/cwru_quality.yaml"), &["trainer.max_steps=1000".into(), "environment.experiment_name=cwru_bearing".into()]).unwrap();
+    assert_eq!(t, shortened);
+    // Every config shipped loads.
+    for f in std::fs::read_dir(root().join("configs")).unwrap().flatten().filter(|f| f.path().extension().is_some_and(|e| e == "yaml")) {
+        Config::load(&f.path(), &[]).unwrap_or_else(|e| panic!("{}: {e}", f.path().display()));
+    }
 }
 
 #[test]
