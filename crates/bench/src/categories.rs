@@ -156,6 +156,7 @@ pub fn training(s: &Settings) -> Result<Category> {
             let mut st = st?;
             let rss_before = rss_mb();
             let steps = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
+            let rss_after = rss_mb();
             cat.metrics.push(rate(CategoryKind::Training, config, MetricName::SamplesPerS, steps.iter().map(|t| b as f64 / t * 1e3).collect(), method(warmup, n)));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BatchTimeMs, steps, warmup));
             let (fwd, bwd, nce, opt) = step_parts(&mut st, b, 2, n);
@@ -163,10 +164,10 @@ pub fn training(s: &Settings) -> Result<Category> {
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::BackwardMs, bwd, 2));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::InfonceMs, nce, 2));
             cat.metrics.push(timed(CategoryKind::Training, config, MetricName::OptimizerMs, opt, 2));
-            // A leak check: the process's resident memory after every timed step and part,
-            // against before them (the step allocates nothing after warm-up, so ~0).
-            if let (Some(before), Some(after)) = (rss_before, rss_mb()) {
-                let how = format!("(RSS after the {n} timed steps and the per-part timings − RSS before them) / RSS before: a leak shows here");
+            // A leak check: the process's resident memory after the timed steps against before
+            // them (a step allocates nothing after warm-up, so ~0).
+            if let (Some(before), Some(after)) = (rss_before, rss_after) {
+                let how = format!("(RSS after the {n} timed steps − RSS before them) / RSS before: a leak shows here");
                 cat.metrics.push(value(CategoryKind::Training, config, MetricName::MemoryGrowthRate, (after - before).max(0.0) / before, true, &how));
             }
             let dev_mb = st.encoder.device.allocated_bytes() as f64 / 1e6;
@@ -408,7 +409,10 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
         let max = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max().unwrap_or(0);
         let name = if axis == "batch" { MetricName::MaxBatchSize } else { MetricName::MaxWindowSize };
-        cat.metrics.push(exact(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran"));
+        // Exact in quick mode (the seed's lists, every point runs or runs out of memory); a full
+        // run stops doubling on a step's time, which is not.
+        let found = Metric { exact: s.quick, ..value(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran") };
+        cat.metrics.push(found);
         if axis == "batch" {
             // Memory growth against batch growth between the two largest working points
             // (1.0 = linear).
@@ -506,9 +510,9 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             Ok((described, p32, p16)) => {
                 let drop = p32.last_acc - p16.last_acc;
                 for (name, r) in [("fp32", p32), ("bf16", p16)] {
-                    cat.metrics.push(exact(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
+                    cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
                 }
-                cat.metrics.push(exact(
+                cat.metrics.push(value(
                     CategoryKind::Hardware,
                     "cpu.bf16",
                     MetricName::AccuracyDrop,
@@ -629,11 +633,11 @@ pub fn quality(s: &Settings) -> Result<Category> {
     let target = run.target;
     let r = pool(s.threads)?.install(|| run.train(Precision::Fp32, eval_every, max_steps, Some(target)))?;
     cat.notes.push(format!("{}, probe every {eval_every} steps, target {target:.2}", run.describe()));
-    cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
-    cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
+    cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
     match r.reached {
         Some((st, secs)) => {
-            cat.metrics.push(exact(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
+            cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));
             cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::SecondsToTarget, secs, true, "training time (probes excluded) until the probe reached the target"));
         }
         None => cat.notes.push(format!("the probe did not reach {target:.2} within {} steps (last {:.3})", r.steps, r.last_acc)),

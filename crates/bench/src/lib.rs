@@ -293,8 +293,7 @@ impl Benchmark {
             written.push(path);
         }
         written.extend(report::write_all(&self.results, &self.save_dir)?);
-        let (p, t) = self.results.pass_rate();
-        self.log(format!("pass rate {p}/{t}; {} regression(s)", self.results.regressions().len()));
+        self.log(format!("pass rate {}; {} regression(s)", self.results.pass_rate_text(), self.results.regressions().len()));
         let log_path = self.save_dir.join("benchmark.log");
         let mut text = String::new();
         for l in &self.log {
@@ -385,8 +384,12 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
         let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products());
-        let text = if m.value >= 1.0 {
-            format!("bf16 steps run at {:.2}× fp32's speed on this machine ({path}): trainer.precision: bf16 is the faster choice where its accuracy is kept (the hardware category's probe).", m.value)
+        let drop = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::AccuracyDrop).map_or("not measured".to_string(), |d| format!("{:+.1} points", 100.0 * d.value));
+        let text = if m.value > 1.0 {
+            format!(
+                "bf16 steps run at {:.2}× fp32's speed on this machine ({path}): trainer.precision: bf16 is the faster choice where its accuracy is kept (the probe's drop from fp32 here: {drop}).",
+                m.value
+            )
         } else {
             format!("bf16 steps run at {:.2}× fp32's speed on this machine ({path}): keep trainer.precision: 32 for speed.", m.value)
         };

@@ -73,7 +73,8 @@ fn baseline_text(m: &Metric) -> String {
                 Verdict::Regression => "REGRESSION",
                 Verdict::Improvement => "improvement",
                 Verdict::NoChange => "no change",
-                Verdict::NotCompared => "not compared (too few samples)",
+                // No interval to show: one value, or too few for a CI.
+                Verdict::NotCompared => return format!("{:+.1}%, not compared (a single value or too few samples)", 100.0 * b.change),
             };
             format!("{word} {:+.1}% [{:+.1}, {:+.1}]", 100.0 * b.change, 100.0 * b.ci_low, 100.0 * b.ci_high)
         })

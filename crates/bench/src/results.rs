@@ -53,8 +53,9 @@ pub struct Metric {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<f64>,
     /// Counted or computed, the same on every run of one build on one machine (parameters,
-    /// engine bytes, a seeded training's probe): one value is enough for a baseline comparison.
-    /// A single timing is not (`stats::compare`).
+    /// engine bytes, a quick sweep's largest size): one value is enough for a baseline
+    /// comparison. A single timing is not, nor a trained probe's accuracy (a fresh run's GEMM
+    /// kernels are chosen by timing and round differently): `stats::compare`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exact: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

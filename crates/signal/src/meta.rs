@@ -122,7 +122,7 @@ impl Metadata {
                 sample_rate: match typed_f("Sample_Rate")? {
                     // A rate is a time scale (the ISFM's time channel): none is "unknown", a
                     // non-positive or infinite one is a broken table.
-                    Some(r) if !(r > 0.0 && (r as f32).is_finite()) => return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r} is not a positive, finite rate"))),
+                    Some(r) if !((r as f32) > 0.0 && (r as f32).is_finite()) => return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r} is not a positive, finite rate"))),
                     rate => rate,
                 },
                 length: nonneg(typed_i("Length")?, "Length")?,

@@ -229,6 +229,12 @@ pub fn score(enc: &mut Encoder<CpuDevice>, p: &ProbeInputs, knn_k: usize) -> Res
 
 /// Evaluates the encoder of `ckpt` on the store + table.
 pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalReport> {
+    evaluate_alongside(ckpt, ds, opts, 1)
+}
+
+/// [`evaluate`] as one of `running` evaluations at once: the memory budget is checked for all of
+/// them (each holds its own windows, embeddings and probe).
+fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: usize) -> Result<EvalReport> {
     let t0 = std::time::Instant::now();
     if opts.windows == 0 {
         return Err(TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() });
@@ -274,15 +280,16 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
     let probe_bytes = limits::bytes(&[ds.ids.len(), arch.embed.max(w / 2 * channels)], 4 * 8);
     limits::check(
         || {
+            let at_once = if running > 1 { format!(", for the {running} draws evaluated at once") } else { String::new() };
             format!(
-                "`--windows {}`: {} Ids × 2 regions × {} windows of {w} × {channels} (with their spectra, embeddings of {} and probe features)",
+                "`--windows {}`: {} Ids × 2 regions × {} windows of {w} × {channels} (with their spectra, embeddings of {} and probe features{at_once})",
                 opts.windows,
                 ds.ids.len(),
                 opts.windows,
                 arch.embed
             )
         },
-        windows_bytes.saturating_add(embedding_bytes).saturating_add(probe_bytes),
+        windows_bytes.saturating_add(embedding_bytes).saturating_add(probe_bytes).saturating_mul(running.max(1) as u128),
     )?;
     let set = probe_windows(ds, &builder, w, opts.windows, opts.split, &opts.label, opts.time_fraction, opts.seed)?;
     let rates = sample_rates(ds);
@@ -391,7 +398,8 @@ pub fn evaluate_draws(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, draws: usiz
     let ckpt = std::fs::canonicalize(ckpt).map_err(|e| TrainError::Checkpoint { path: ckpt.to_path_buf(), reason: e.to_string() })?;
     // The draws are independent (each seconds of single-threaded probe fitting): in parallel, in
     // order.
-    let reports = (0..draws as u64).into_par_iter().map(|i| evaluate(&ckpt, ds, &EvalOptions { seed: opts.seed + i, ..opts.clone() })).collect::<Result<Vec<_>>>()?;
+    let running = draws.min(rayon::current_num_threads());
+    let reports = (0..draws as u64).into_par_iter().map(|i| evaluate_alongside(&ckpt, ds, &EvalOptions { seed: opts.seed + i, ..opts.clone() }, running)).collect::<Result<Vec<_>>>()?;
     let margin = reports.iter().map(|r| ProbeScores {
         linear_probe_acc: r.pretrained.linear_probe_acc - r.random_init.linear_probe_acc.max(r.spectrum_baseline.linear_probe_acc),
         knn_acc: r.pretrained.knn_acc - r.random_init.knn_acc.max(r.spectrum_baseline.knn_acc),
