@@ -445,9 +445,13 @@ impl Config {
                 }
             }
         }
-        let mut cfg: Config = serde_path_to_error::deserialize(root).map_err(|e| {
+        let mut cfg: Config = serde_path_to_error::deserialize(root.clone()).map_err(|e| {
             let path = e.path().to_string();
-            de_error(&path, &e.into_inner().to_string())
+            let message = e.into_inner().to_string();
+            // A number where a name is expected: serde says only "expected a Value::Tagged
+            // enum"; asked again with the number's text as a name, it lists the names.
+            let message = if message.contains("Value::Tagged enum") { names_expected_at(&root, &path).unwrap_or(message) } else { message };
+            de_error(&path, &message)
         })?;
         cfg.unused_keys = notes;
         cfg.validate()?;
@@ -705,6 +709,19 @@ fn de_error(path: &str, message: &str) -> TrainError {
         return TrainError::Config { key, reason };
     }
     TrainError::Config { key: path.to_string(), reason: message.to_string() }
+}
+
+/// The error `root` gives with the scalar at `section.key` turned into a string: for a field that
+/// takes one of a set of names, serde's "unknown variant …, expected one of …".
+fn names_expected_at(root: &Value, path: &str) -> Option<String> {
+    let mut root = root.clone();
+    let (section, key) = path.split_once('.')?;
+    let slot = root.get_mut(section)?.get_mut(key)?;
+    *slot = Value::String(scalar_text(slot)?);
+    match serde_path_to_error::deserialize::<_, Config>(root) {
+        Err(e) if e.path().to_string() == path => Some(e.into_inner().to_string()),
+        _ => None,
+    }
 }
 
 /// Every `section.key` of the configuration, from the default config's serialisation.

@@ -482,31 +482,27 @@ pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, class
     ProbeScores { linear_probe_acc: lin, knn_acc: knn }
 }
 
-/// `Σ a·b` in four interleaved sums (the probe's time is in these: one chain of dependent adds
-/// would wait on each add's latency).
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+/// `Σ term(a, b)` over paired values in four interleaved sums (the probe's time is in these: one
+/// chain of dependent adds would wait on each add's latency).
+#[inline(always)]
+fn sum4(a: &[f64], b: &[f64], term: impl Fn(f64, f64) -> f64) -> f64 {
     let mut acc = [0.0f64; 4];
     let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(&x, &y)| term(x, y)).sum();
     for (x, y) in ac.zip(bc) {
         for k in 0..4 {
-            acc[k] += x[k] * y[k];
+            acc[k] += term(x[k], y[k]);
         }
     }
     (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
 }
 
-/// `Σ (a − b)²`, as [`dot`].
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    sum4(a, b, |x, y| x * y)
+}
+
 fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ac, bc) = (a.chunks_exact(4), b.chunks_exact(4));
-    let tail: f64 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| (x - y) * (x - y)).sum();
-    for (x, y) in ac.zip(bc) {
-        for k in 0..4 {
-            acc[k] += (x[k] - y[k]) * (x[k] - y[k]);
-        }
-    }
-    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+    sum4(a, b, |x, y| (x - y) * (x - y))
 }
 
 /// Multinomial logistic regression with an L2 penalty `1e-3 · ‖W‖²` (as the PyTorch reference),

@@ -211,11 +211,20 @@ struct TopEntry {
 }
 
 impl TopK {
+    const FILE: &str = "top_k.json";
+
+    /// Writes the index beside the checkpoints (atomically).
+    fn save(&self, ckpt_dir: &Path) -> Result<()> {
+        let index = ckpt_dir.join(Self::FILE);
+        let json = serde_json::to_vec_pretty(self).map_err(|e| TrainError::Data(e.to_string()))?;
+        files::write_atomic(&index, &json).map_err(|e| TrainError::io(&index, e))
+    }
+
     /// The index beside the checkpoints. Its names are deleted when they leave the top k, so an
     /// entry that is not a plain `best-…` directory name (an edited or foreign index: `..`, a
     /// path) is dropped rather than trusted.
-    fn load(path: &Path) -> Self {
-        let mut top: TopK = files::read_to_string(path).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    fn load(ckpt_dir: &Path) -> Self {
+        let mut top: TopK = files::read_to_string(&ckpt_dir.join(Self::FILE)).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
         top.entries.retain(|e| e.name.starts_with("best-") && !e.name.contains(['/', '\\']) && !e.name.contains(".."));
         top
     }
@@ -346,14 +355,12 @@ impl<'a, D: Device> Trainer<'a, D> {
         let metrics = std::fs::OpenOptions::new().create(true).write(true).append(!fresh).truncate(fresh).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
-        let previous = TopK::load(&ckpt_dir.join("top_k.json"));
+        let previous = TopK::load(&ckpt_dir);
         let top_k = if fresh { TopK::default() } else { previous.clone() };
         if fresh && !previous.entries.is_empty() {
             let names: Vec<&str> = previous.entries.iter().map(|e| e.name.as_str()).collect();
             obs.message(&format!("a fresh run in {}: the previous run's best checkpoints ({}) stay on disk but are no longer ranked", run_dir.display(), names.join(", ")));
-            let index = ckpt_dir.join("top_k.json");
-            let json = serde_json::to_vec_pretty(&top_k).map_err(|e| TrainError::Data(e.to_string()))?;
-            files::write_atomic(&index, &json).map_err(|e| TrainError::io(&index, e))?;
+            top_k.save(&ckpt_dir)?;
         }
         Ok(Trainer {
             cfg,
@@ -553,9 +560,7 @@ impl<'a, D: Device> Trainer<'a, D> {
                     for gone in self.top_k.entries.split_off(k.min(self.top_k.entries.len())) {
                         checkpoint::remove(&self.ckpt_dir.join(gone.name));
                     }
-                    let index = self.ckpt_dir.join("top_k.json");
-                    let json = serde_json::to_vec_pretty(&self.top_k).map_err(|e| TrainError::Data(e.to_string()))?;
-                    files::write_atomic(&index, &json).map_err(|e| TrainError::io(&index, e))?;
+                    self.top_k.save(&self.ckpt_dir)?;
                 }
             }
         }

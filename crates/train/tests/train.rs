@@ -66,6 +66,8 @@ fn bad_keys_and_values_name_the_key() {
         ("data:\n  window_size: -3\n", "data.window_size", ""),
         ("data:\n  window_size: 1e12\n", "data.window_size", ""),
         ("data:\n  window_sampling_strategy: spiral\n", "data.window_sampling_strategy", "spiral"),
+        ("data:\n  input: 0\n", "data.input", "expected one of `time`, `spectrum`, `whitened`"),
+        ("trainer:\n  monitor: -1\n", "trainer.monitor", "expected one of"),
         ("task:\n  temperature: 0\n", "task.temperature", ""),
         ("task:\n  lr: fast\n", "task.lr", ""),
         ("trainer:\n  precision: 8\n", "trainer.precision", ""),
