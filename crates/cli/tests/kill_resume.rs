@@ -112,7 +112,9 @@ fn sigkill_at_thirty_moments_leaves_a_loadable_last_and_resume_ends_where_the_un
         }
     }
     eprintln!("{kills} kills in {attempts} attempts, `last` loaded after {loaded}; the uninterrupted run took {run_ms} ms");
-    assert!(loaded >= kills / 2, "most kills should land after a first checkpoint ({loaded} of {kills})");
+    // Not a timing claim, a coverage one: enough kills must land after a first checkpoint for
+    // the loads above to have been exercised (on a loaded machine fewer do, never none).
+    assert!(loaded >= 4, "only {loaded} of {kills} kills landed after a first checkpoint: `last` was hardly exercised");
     let rest = train(dir, &save, last.exists().then_some(last.as_path())).output().unwrap();
     assert!(rest.status.success(), "{}", text(&rest));
     assert_eq!(final_loss(&rest), uninterrupted, "after {kills} kills, the resumed run ends at the uninterrupted run's loss");

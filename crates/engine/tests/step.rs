@@ -2,6 +2,8 @@
 
 use engine::*;
 
+mod common;
+
 fn infonce(z: &[f32], b: usize, d: usize, tau: f32, symmetric: bool) -> (InfoNceOut, Vec<f32>) {
     let mut dev = CpuDevice::new();
     let (zv, dzv) = (dev.alloc(z.len()).unwrap(), dev.alloc(z.len()).unwrap());
@@ -39,11 +41,17 @@ fn infonce_identical_rows_give_ln_b_and_no_gradient_direction() {
 #[test]
 fn infonce_is_stable_at_tiny_temperature() {
     let z = [1.0, 0.2, -0.3, 1.0, 0.9, 0.1, -0.2, 1.1];
-    for tau in [1e-2, 1e-3, 1e-4] {
+    let z64: Vec<f64> = z.iter().map(|&v| v as f64).collect();
+    for tau in [1.0, 1e-1, 1e-2, 1e-3, 1e-4] {
         let (out, dz) = infonce(&z, 2, 2, tau, true);
         assert!(out.loss.is_finite() && dz.iter().all(|g| g.is_finite()), "tau {tau}: {out:?}");
         assert_eq!(out.accuracy, 1.0);
+        // The value, against the f64 reference: exp of a similarity gap over τ is far below
+        // f32's range at the smallest τ, where the loss rounds to 0.
+        let want = common::infonce64(&z64, 2, 2, tau as f64, true);
+        assert!((out.loss as f64 - want).abs() <= 1e-6 + 1e-4 * want, "tau {tau}: {} vs {want}", out.loss);
     }
+    assert!(common::infonce64(&z64, 2, 2, 1.0, true) > 0.1, "the largest τ tests a loss far from zero");
 }
 
 #[test]
@@ -97,16 +105,41 @@ fn adam_and_adamw_reproduce_pytorch() {
 
 #[test]
 fn clipping_scales_the_update_to_the_max_norm() {
-    // With clip 1e-3 the first Adam step is unchanged in size (Adam normalizes), but the moments
-    // see the clipped gradient: check against a manual computation on one parameter.
-    let mut dev = CpuDevice::new();
-    let (p, g, m, v) = (dev.alloc(1).unwrap(), dev.alloc(1).unwrap(), dev.alloc(1).unwrap(), dev.alloc(1).unwrap());
-    dev.upload(p, &[1.0]);
-    dev.upload(g, &[4.0]);
-    let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, decoupled: false };
-    let scale = 0.5 / (4.0 + 1e-6);
-    dev.adam(p, g, m, v, h, 1, scale);
-    assert!((dev.slice(m)[0] - 0.1 * 0.5).abs() < 1e-6, "m = {}", dev.slice(m)[0]);
+    // Through the step's own optimizer pass: the norm it reports is the gradients' global norm,
+    // and Adam's first moment sees the gradient scaled by max / (norm + 1e-6) where the norm is
+    // above the max, unscaled where it is below; a non-finite norm skips the update.
+    let cfg = EncoderConfig::new(EncoderKind::MlpSimple, 64, 1);
+    for (max, clips) in [(0.5f32, true), (1e6, false)] {
+        let enc = cfg.init(CpuDevice::new(), 4, 0).unwrap();
+        let opt = OptimizerConfig { clip_norm: Some(max), ..Default::default() };
+        let mut st = ContrastiveStep::new(enc, 2, InfoNceConfig::default(), opt, 0).unwrap();
+        let n = st.encoder.grads().len();
+        let grads: Vec<f32> = (0..n).map(|i| ((i * 37) % 11) as f32 * 0.1 - 0.5).collect();
+        let want_norm = grads.iter().map(|&g| g as f64 * g as f64).sum::<f64>().sqrt();
+        let g = st.encoder.grads();
+        st.encoder.device.upload(g, &grads);
+        let (norm, skipped) = st.optimizer_step(1e-3);
+        let norm = norm.expect("clipping reports the norm") as f64;
+        assert!(!skipped && (norm - want_norm).abs() <= 1e-5 * want_norm, "norm {norm} vs {want_norm}");
+        let scale = if clips { max as f64 / (want_norm + 1e-6) } else { 1.0 };
+        assert_eq!(clips, scale < 1.0, "the test's own premise");
+        let (m, _) = st.encoder.moments_to_vec();
+        for (i, (&m, &g)) in m.iter().zip(&grads).enumerate() {
+            let want = 0.1 * g as f64 * scale;
+            assert!((m as f64 - want).abs() <= 1e-6 + 1e-5 * want.abs(), "max {max}, moment {i}: {m} vs {want}");
+        }
+    }
+    let enc = cfg.init(CpuDevice::new(), 4, 0).unwrap();
+    let opt = OptimizerConfig { clip_norm: Some(1.0), ..Default::default() };
+    let mut st = ContrastiveStep::new(enc, 2, InfoNceConfig::default(), opt, 0).unwrap();
+    let before = st.encoder.params_to_vec();
+    let mut grads = vec![0.1; st.encoder.grads().len()];
+    grads[3] = f32::NAN;
+    let g = st.encoder.grads();
+    st.encoder.device.upload(g, &grads);
+    let (norm, skipped) = st.optimizer_step(1e-3);
+    assert!(skipped && norm.is_some_and(f32::is_nan), "a NaN gradient skips the update: {norm:?}");
+    assert_eq!(st.encoder.params_to_vec(), before, "weights untouched");
 }
 
 /// Per-Id sinusoids of distinct frequency + noise (as torch_ref.py's sanity check): two random

@@ -232,8 +232,18 @@ mod tests {
     }
 
     #[test]
-    fn the_default_budget_is_positive_and_says_where_it_came_from() {
-        let b = budget();
-        assert!(b.bytes > 0 && !b.source.is_empty());
+    fn the_default_budget_is_nine_tenths_of_the_memory_available_and_says_so() {
+        let b = default_budget();
+        match available_memory() {
+            Some((avail, from)) => {
+                assert_eq!(b.bytes, avail / 10 * 9);
+                assert!(b.source.starts_with("90 % of the ") && b.source.ends_with(from), "{}", b.source);
+            }
+            None => assert_eq!((b.bytes, b.source.contains("4 GiB")), (4 << 30, true), "{}", b.source),
+        }
+        // Where Linux says how much memory there is, the budget is neither zero nor above it.
+        if let Some(total_kb) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| t.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()) {
+            assert!(b.bytes > 0 && b.bytes <= total_kb * 1024, "{} of {total_kb} kB", b.bytes);
+        }
     }
 }

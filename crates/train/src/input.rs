@@ -229,22 +229,44 @@ mod tests {
             y
         };
         assert_eq!(run(Augment::default(), 1), x, "off is the identity");
-        let g = run(Augment { gain: 0.5, ..Default::default() }, 1);
-        let ratio = g[0] / x[0];
-        assert!((0.5..=1.5).contains(&ratio) && g.iter().zip(&x).all(|(a, b)| (a / b - ratio).abs() < 1e-5), "one gain for the window");
-        let s = run(Augment { shift: 0.1, ..Default::default() }, 2);
-        let by = (0..=20)
-            .map(|k| (k + w - 10) % w)
-            .find(|&r| {
-                let mut y = x.clone();
-                y.rotate_right(r * c);
-                y == s
+        // Each augmentation over 20 seeds: within its bound on every draw, and not the identity
+        // on all of them.
+        let seeds = 1..=20u64;
+        let ratios: Vec<f32> = seeds
+            .clone()
+            .map(|seed| {
+                let g = run(Augment { gain: 0.5, ..Default::default() }, seed);
+                let ratio = g[0] / x[0];
+                assert!((0.5..=1.5).contains(&ratio) && g.iter().zip(&x).all(|(a, b)| (a / b - ratio).abs() < 1e-5), "one gain for the window");
+                ratio
             })
-            .expect("a circular shift of at most 10 steps");
-        assert!(by <= 10 || by >= w - 10);
-        let m = run(Augment { mask: 0.3, ..Default::default() }, 3);
-        let zeros = m.iter().filter(|v| **v == 0.0).count();
-        assert!(zeros <= 30 * c && zeros % c == 0);
+            .collect();
+        assert!(ratios.iter().any(|r| (r - 1.0).abs() > 0.05), "gains drawn: {ratios:?}");
+        let shifts: Vec<usize> = seeds
+            .clone()
+            .map(|seed| {
+                let s = run(Augment { shift: 0.1, ..Default::default() }, seed);
+                (0..=20)
+                    .map(|k| (k + w - 10) % w)
+                    .find(|&r| {
+                        let mut y = x.clone();
+                        y.rotate_right(r * c);
+                        y == s
+                    })
+                    .expect("a circular shift of at most 10 steps")
+            })
+            .collect();
+        assert!(shifts.iter().any(|&r| r != 0), "shifts drawn: {shifts:?}");
+        let masked: Vec<usize> = seeds
+            .map(|seed| {
+                let m = run(Augment { mask: 0.3, ..Default::default() }, seed);
+                let zeros: Vec<usize> = (0..m.len()).filter(|&i| m[i] == 0.0).collect();
+                assert!(zeros.len() <= 30 * c && zeros.len() % c == 0, "at most 30 whole steps");
+                assert!(zeros.windows(2).all(|p| p[1] == p[0] + 1), "one contiguous span");
+                zeros.len()
+            })
+            .collect();
+        assert!(masked.iter().any(|&z| z > 0), "spans drawn: {masked:?}");
         let n = run(Augment { noise: 0.1, ..Default::default() }, 4);
         assert!(n != x && n.iter().zip(&x).all(|(a, b)| (a - b).abs() < 3.0));
         assert_eq!(run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), "repeatable");

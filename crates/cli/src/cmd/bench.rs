@@ -55,11 +55,16 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if cfg!(debug_assertions) && !a.allow_debug {
-        bail!("this is a debug build: its timings mean nothing. Use `cargo run --release -- bench ...`, or pass --allow-debug");
-    }
+    // The arguments first: a bad one is named whatever the build.
     if !(a.noise >= 0.0 && a.noise < 1.0) {
         bail!("--noise must be in [0, 1), got {}", a.noise);
+    }
+    let cap = limits::thread_cap();
+    if let Some(t) = a.threads.filter(|&t| t == 0 || t > cap.max) {
+        bail!("--threads {t}: expected 1 to {} on a machine of {} cores", cap.max, cap.cores);
+    }
+    if cfg!(debug_assertions) && !a.allow_debug {
+        bail!("this is a debug build: its timings mean nothing. Use `cargo run --release -- bench ...`, or pass --allow-debug");
     }
     let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
@@ -68,10 +73,6 @@ pub fn run(a: Args) -> Result<()> {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {
-        let cap = limits::thread_cap();
-        if t == 0 || t > cap.max {
-            bail!("--threads {t}: expected 1 to {} on a machine of {} cores", cap.max, cap.cores);
-        }
         b = b.threads(t);
     }
     if let Some(t) = &a.targets {
