@@ -227,21 +227,21 @@ impl Benchmark {
         Ok(())
     }
 
-    /// Puts PyTorch's numbers beside ours (`torch_ref.py --json`).
-    pub fn with_reference(&mut self, path: &Path) -> Result<()> {
-        reference::attach(&mut self.results, path)?;
-        self.results.reference = Some(path.display().to_string());
-        Ok(())
+    /// Puts PyTorch's numbers beside ours ([`reference::Reference::load`]: `torch_ref.py --json`).
+    pub fn with_reference(&mut self, reference: &reference::Reference) {
+        reference::attach(&mut self.results, reference);
+        self.results.reference = Some(reference.path.display().to_string());
     }
 
     /// Compares with a baseline (a name under `<save_dir>/baselines/` or a file).
     pub fn compare_baseline(&mut self, name_or_file: &str, noise: f64) -> Result<()> {
-        let path = baseline_path(&self.save_dir, name_or_file);
-        let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-        let base: Results = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
-        if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
-            return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
-        }
+        let base = load_baseline(&self.save_dir, name_or_file)?;
+        self.compare_with(name_or_file, &base, noise);
+        Ok(())
+    }
+
+    /// Compares with a baseline already read ([`load_baseline`]), named `name` in the reports.
+    pub fn compare_with(&mut self, name: &str, base: &Results, noise: f64) {
         self.results.baseline_warnings =
             self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
         for w in self.results.baseline_warnings.clone() {
@@ -265,8 +265,7 @@ impl Benchmark {
             self.log(format!("warning: {w}"));
             self.results.baseline_warnings.push(w);
         }
-        self.results.baseline = Some(name_or_file.to_string());
-        Ok(())
+        self.results.baseline = Some(name.to_string());
     }
 
     /// Derives recommendations, writes every report, chart and the log (atomically). Returns the
@@ -308,9 +307,7 @@ impl Benchmark {
 
     /// Stores the current results as baseline `name` under `<save_dir>/baselines/`.
     pub fn save_baseline(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
-            return Err(BenchError::Input(format!("baseline name `{name}` must be a plain file name")));
-        }
+        check_baseline_name(name)?;
         let path = self.save_dir.join("baselines").join(format!("{name}.json"));
         if let Some(p) = path.parent() {
             std::fs::create_dir_all(p).map_err(|e| BenchError::io(p, e))?;
@@ -327,10 +324,30 @@ impl Benchmark {
     }
 }
 
+/// A name `--save-baseline` can save under: a plain file name.
+pub fn check_baseline_name(name: &str) -> Result<()> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(BenchError::Input(format!("baseline name `{name}` must be a plain file name")));
+    }
+    Ok(())
+}
+
+/// Reads a baseline (a name under `<save_dir>/baselines/` or a file) and checks its schema.
+pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
+    let path = baseline_path(save_dir, name_or_file);
+    let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
+    let base: Results = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
+    if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
+        return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
+    }
+    Ok(base)
+}
+
 /// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.
 pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
     let p = PathBuf::from(name_or_file);
-    if p.exists() || name_or_file.ends_with(".json") {
+    // A path (it has a separator) is a file as given; only a bare name is looked up.
+    if p.exists() || name_or_file.ends_with(".json") || name_or_file.contains(['/', '\\']) {
         p
     } else {
         save_dir.join("baselines").join(format!("{name_or_file}.json"))

@@ -31,13 +31,34 @@ fn pairs(j: &serde_json::Value) -> Vec<(MetricId, f64)> {
     out
 }
 
-pub fn attach(r: &mut Results, path: &Path) -> Result<()> {
-    let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
-    let j: serde_json::Value = serde_json::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a torch_ref.py JSON: {e}", path.display())))?;
-    let found = pairs(&j);
-    if found.is_empty() {
-        return Err(BenchError::Input(format!("{}: no train or data section in this torch_ref.py JSON", path.display())));
+/// PyTorch's numbers from one `torch_ref.py --json` file, checked: read before a suite runs, so
+/// that a bad file stops it at once instead of after every category.
+#[derive(Clone, Debug)]
+pub struct Reference {
+    pub path: std::path::PathBuf,
+    values: Vec<(MetricId, f64)>,
+}
+
+impl Reference {
+    /// Reads and checks the file: JSON with a train or data section whose times and rates are
+    /// finite numbers > 0 (a speed-up against 0, −5 or 1e308 means nothing).
+    pub fn load(path: &Path) -> Result<Reference> {
+        let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
+        let j: serde_json::Value = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a torch_ref.py JSON: {e}", path.display())))?;
+        let values = pairs(&j);
+        if values.is_empty() {
+            return Err(BenchError::Input(format!("{}: no train or data section in this torch_ref.py JSON", path.display())));
+        }
+        if let Some((id, v)) = values.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0 && *v < 1e300)) {
+            return Err(BenchError::Input(format!("{}: the value {v} for {id} is not a finite number > 0", path.display())));
+        }
+        Ok(Reference { path: path.to_path_buf(), values })
     }
+}
+
+/// Puts each reference value, and our speed-up over it, beside the metric it answers to.
+pub fn attach(r: &mut Results, reference: &Reference) {
+    let found = &reference.values;
     for c in r.categories.iter_mut() {
         for m in c.metrics.iter_mut() {
             if let Some((_, v)) = found.iter().find(|(id, _)| *id == m.metric_id()) {
@@ -46,5 +67,4 @@ pub fn attach(r: &mut Results, path: &Path) -> Result<()> {
             }
         }
     }
-    Ok(())
 }

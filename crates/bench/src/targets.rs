@@ -32,13 +32,16 @@ pub fn default_targets() -> Targets {
 /// Reads a targets file (JSON or YAML), filling unspecified targets from the default table.
 pub fn load_targets(path: &Path) -> Result<Targets> {
     let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
-    let user: Targets = serde_norway::from_str(&text).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    let user: Targets = serde_norway::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
     let mut t = default_targets();
     for (section, keys) in user {
         let known = t.get_mut(&section).ok_or_else(|| BenchError::Input(format!("{}: unknown targets section `{section}`", path.display())))?;
         for (k, v) in keys {
             if !known.contains_key(&k) {
                 return Err(BenchError::Input(format!("{}: unknown target `{section}.{k}`", path.display())));
+            }
+            if !v.is_finite() {
+                return Err(BenchError::Input(format!("{}: target `{section}.{k}` is {v}, not a finite number", path.display())));
             }
             known.insert(k, v);
         }

@@ -1,6 +1,16 @@
 //! `contrastive-id`: the one binary. Each sub-command lives in its own module under `cmd/`;
 //! flags shared by several commands are defined once in `args.rs`.
 
+/// `println!` for a command's output, without its panic on a failed write: see [`write_stdout`].
+macro_rules! outln {
+    () => {
+        $crate::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod args;
 mod cmd;
 mod progress;
@@ -32,6 +42,21 @@ enum Command {
     Evaluate(cmd::evaluate::Args),
     /// The benchmark suite: training, data, model, scalability, hardware, quality.
     Bench(cmd::bench::Args),
+}
+
+/// Writes a command's output. A reader that went away (`| head`) ends the process quietly with
+/// success, as it ends ripgrep; any other failure (a full disk behind `> file`) is an error that
+/// says so, exit 1. Whatever the command wrote before (checkpoints, reports) is whole: every
+/// file is written atomically.
+fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 fn main() {

@@ -115,6 +115,22 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         ]));
         a
     };
+    // Files whose content is wrong in shape rather than in size.
+    let file = |name: &str, content: &str| -> String {
+        let p = s.dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        p.display().to_string()
+    };
+    let config = |path: &str| -> Vec<String> { strings(&["train", "--config", path, "--data", &s.data, "--meta", &s.meta]) };
+    let inspect_meta = |path: &str| -> Vec<String> { strings(&["inspect", "--data", &s.data, "--meta", path]) };
+    let brackets = file("brackets.yaml", &format!("data: {}", "[".repeat(100_000)));
+    let not_a_mapping = file("list.yaml", "- data\n- model\n");
+    let empty = file("empty.yaml", "# nothing but a comment\n");
+    let dup_header = file("dup.csv", "Id,Label,Label\n1,0,1\n");
+    let tiny_rate = file("rate.csv", "Id,Label,Sample_Rate\n1,0,1e-20\n");
+    let nan_target = file("nan_targets.yaml", "data_processing:\n  batch_preparation_ms: .nan\n");
+    let negative_reference = file("reference.json", r#"{"data":{"vectorized":{"batch_prep_ms_median":-5}}}"#);
+    let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
     resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
 
@@ -149,6 +165,22 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (strings(&["generate", "--length", "99999999999999", "--channels", "99999", "--out", &s.dir.join("g").display().to_string()]), "99999999999999"),
         (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 generated signals"),
         (strings(&["bench", "--threads", "100000000", "--test", "hardware", "--save-dir", &s.dir.join("b").display().to_string()]), "--threads"),
+        // Files without an end (read up to the memory budget, then named), and of the wrong shape.
+        (config("/dev/zero"), "/dev/zero"),
+        (inspect_meta("/dev/zero"), "/dev/zero"),
+        (evaluate_with(&s, Path::new("/dev/zero"), &[]), "/dev/zero"),
+        (bench("--targets", "/dev/zero"), "/dev/zero"),
+        (config(&brackets), "nested 100000 deep"),
+        (config(&not_a_mapping), "the top level must be a mapping"),
+        (config(&empty), "holds no settings"),
+        (inspect_meta(&dup_header), "repeats the header \"Label\""),
+        (inspect_meta(&tiny_rate), "Sample_Rate 1e-20 Hz is outside"),
+        (train_with(&s, &["task.temperature=1e-45"]), "temperature"),
+        (train_with(&s, &["environment.seed=3", "trainer.seed=4"]), "environment.seed"),
+        (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),
+        (bench("--targets", &nan_target), "data_processing.batch_preparation_ms` is NaN"),
+        (bench("--reference", &negative_reference), "-5"),
+        (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),
         // Checkpoints cut short or from elsewhere.
         (evaluate_with(&s, &cut, &[]), "model.safetensors"),
         (evaluate_with(&s, &foreign, &[]), "model.safetensors"),
@@ -174,4 +206,28 @@ fn a_memory_budget_past_a_value_names_it_and_the_limit() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert!(t.contains("--windows 100000") && t.contains("--memory-budget 67.1 MB"), "{t}");
+}
+
+#[test]
+fn output_to_a_closed_pipe_or_a_full_disk_is_no_panic() {
+    let s = setup();
+    // A reader that stops early (`| head -1`): quiet success, as for any Unix filter.
+    let table = s.dir.join("long.csv");
+    let rows: String = (1..20_000).map(|i| format!("{i},0\n")).collect();
+    std::fs::write(&table, format!("Id,Label\n{rows}")).unwrap();
+    let mut child = bin().args(["inspect", "--data", &s.data, "--meta"]).arg(&table).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take()); // the reader goes away before the first line
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!text(&o).contains("panicked"), "{}", text(&o));
+    // A full disk behind stdout: an error that says so, exit 1.
+    if Path::new("/dev/full").exists() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = bin().args(["inspect", "--data", &s.data, "--meta", &s.meta]).stdout(full).output().unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{t}");
+        assert!(t.contains("writing to standard output") && !t.contains("panicked"), "{t}");
+    } else {
+        eprintln!("SKIPPED (no /dev/full): the full-disk case was not run");
+    }
 }

@@ -23,6 +23,9 @@ pub fn infonce_scratch_floats(b: usize, d: usize) -> usize {
     bd.saturating_mul(4).saturating_add(tile.saturating_mul(b)).saturating_add(b.saturating_mul(4)).saturating_add(tile.saturating_mul(2))
 }
 
+/// The smallest temperature: 1/τ must be a finite f32 (with room for the similarity's ±1).
+pub const MIN_TEMPERATURE: f32 = 1e-30;
+
 /// InfoNCE settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceConfig {
@@ -42,6 +45,11 @@ impl InfoNceConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(EngineError::invalid(Setting::Temperature, format!("must be a finite number > 0, got {}", self.temperature)));
+        }
+        // Similarities are scaled by 1/τ in f32: below this, 1/τ overflows to infinity and the
+        // first step's loss is NaN.
+        if self.temperature < MIN_TEMPERATURE {
+            return Err(EngineError::invalid(Setting::Temperature, format!("{:e} is below {MIN_TEMPERATURE:e}, where 1/τ overflows f32", self.temperature)));
         }
         Ok(())
     }

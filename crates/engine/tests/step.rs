@@ -63,11 +63,16 @@ fn infonce_single_pair_is_zero_loss() {
 }
 
 #[test]
-fn temperature_must_be_positive() {
-    for t in [0.0, -0.1, f32::NAN] {
+fn temperature_must_be_positive_and_its_inverse_finite() {
+    for t in [0.0, -0.1, f32::NAN, f32::INFINITY, 1e-45, 1e-31] {
         let e = InfoNceConfig { temperature: t, symmetric: false }.validate().unwrap_err().to_string();
-        assert!(e.contains("temperature"), "{e}");
+        assert!(e.contains("temperature"), "{t}: {e}");
     }
+    // The smallest accepted one trains: a finite loss on rows that are not all alike.
+    let z = [1.0, 0.2, -0.3, 1.0, 0.9, 0.1, -0.2, 1.1];
+    assert!(InfoNceConfig { temperature: engine::loss::MIN_TEMPERATURE, symmetric: true }.validate().is_ok());
+    let (out, dz) = infonce(&z, 2, 2, engine::loss::MIN_TEMPERATURE, true);
+    assert!(out.loss.is_finite() && dz.iter().all(|g| g.is_finite()), "{out:?}");
 }
 
 /// Three steps of f(p) = ½ Σ aᵢ pᵢ² from p = [1, −2, 3, 0.5], a = [1, 2, 3, 4], lr 0.1. Expected

@@ -92,13 +92,35 @@ pub fn replace_with_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
 /// `OutOfMemory` error naming its size, never an abort.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
+    let oom = |e: String| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e);
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     let mut buf = Vec::new();
-    let n = usize::try_from(len).map_err(|_| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes do not fit in memory")))?;
-    limits::check(|| format!("{}: reading the whole file", path.display()), len as u128).map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e.to_string()))?;
-    buf.try_reserve_exact(n).map_err(|e| std::io::Error::new(std::io::ErrorKind::OutOfMemory, format!("{len} bytes could not be had: {e}")))?;
-    f.read_to_end(&mut buf)?;
+    let n = usize::try_from(len).map_err(|_| oom(format!("{len} bytes do not fit in memory")))?;
+    limits::check(|| format!("{}: reading the whole file", path.display()), len as u128).map_err(|e| oom(e.to_string()))?;
+    buf.try_reserve_exact(n).map_err(|e| oom(format!("{len} bytes could not be had: {e}")))?;
+    // The declared length is a hint, not a bound: a pipe, a device (`/dev/zero`) or a file still
+    // growing says 0 or less than it gives. Read in chunks, each checked against the budget.
+    let mut chunk = vec![0u8; 1 << 16];
+    loop {
+        let k = match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(k) => k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let past = || format!("{}: reading on past the {len} bytes the file system declared (a device, a pipe, a file still growing?)", path.display());
+        limits::check(past, (buf.len() + k) as u128).map_err(|e| oom(e.to_string()))?;
+        // (The allocator's own words would say "memory allocation failed": the file is the news.)
+        buf.try_reserve(k).map_err(|_| {
+            oom(format!(
+                "{}: reading on past the {len} bytes the file system declared, {} bytes do not fit in this process's memory (a device, a pipe, a file still growing?)",
+                path.display(),
+                buf.len() + k
+            ))
+        })?;
+        buf.extend_from_slice(&chunk[..k]);
+    }
     Ok(buf)
 }
 

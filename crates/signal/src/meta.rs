@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, SignalError};
 
+/// The sampling rates a table may give (Hz): every real recording's lies far inside.
+pub const MIN_SAMPLE_RATE: f64 = 1e-6;
+pub const MAX_SAMPLE_RATE: f64 = 1e15;
+
 /// One row of the table.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetaRow {
@@ -71,6 +75,11 @@ impl Metadata {
     pub fn from_records(path: &Path, header: Vec<String>, records: Vec<(usize, Vec<String>)>) -> Result<Self> {
         let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
         let header: Vec<String> = header.into_iter().map(|h| h.trim().trim_start_matches('\u{feff}').to_string()).collect();
+        // pandas would read a second `Label` as `Label.1` and this table its first alone: which
+        // one the author meant is not ours to guess.
+        if let Some((i, h)) = header.iter().enumerate().find(|(i, h)| !h.is_empty() && header[..*i].contains(h)) {
+            return Err(bad(format!("column {} repeats the header {h:?} of an earlier column", i + 1)));
+        }
         let col = |name: &str| header.iter().position(|h| h == name);
         let id_col = col("Id").ok_or_else(|| bad("no `Id` column".into()))?;
         let label_col = col("Label").ok_or_else(|| bad("no `Label` column".into()))?;
@@ -123,6 +132,11 @@ impl Metadata {
                     // A rate is a time scale (the ISFM's time channel): none is "unknown", a
                     // non-positive or infinite one is a broken table.
                     Some(r) if !((r as f32) > 0.0 && (r as f32).is_finite()) => return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r} is not a positive, finite rate"))),
+                    // The ISFM's time channel is t / rate: a rate of 1e-20 Hz makes it ~1e25 and
+                    // the first step's LayerNorm overflows to NaN.
+                    Some(r) if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&r) => {
+                        return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r:e} Hz is outside {MIN_SAMPLE_RATE:e} to {MAX_SAMPLE_RATE:e} Hz")))
+                    }
                     rate => rate,
                 },
                 length: nonneg(typed_i("Length")?, "Length")?,
@@ -168,19 +182,46 @@ type Records = (Vec<String>, Vec<(usize, Vec<String>)>);
 
 fn read_csv(path: &Path) -> Result<Records> {
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
-    let mut r = csv::ReaderBuilder::new().flexible(true).from_path(path).map_err(|e| bad(e.to_string()))?;
+    // Read whole within the memory budget (a device or a pipe has no size to check first).
+    let bytes = files::read(path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })?;
+    let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..]);
     let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
     let mut records = Vec::new();
+    // The parsed table takes several times the file (a string per cell, a row per Id): counted
+    // as it grows, so a table of millions of rows stops at the budget with its name.
+    let mut held: u128 = 0;
     for (n, rec) in r.records().enumerate() {
         let rec = rec.map_err(|e| bad(e.to_string()))?;
+        held += (rec.as_slice().len() + 32 * rec.len() + std::mem::size_of::<MetaRow>() + 64) as u128;
+        limits::check(|| format!("{}: the table's rows", path.display()), held).map_err(|e| bad(e.to_string()))?;
         records.push((n + 2, rec.iter().map(str::to_string).collect()));
     }
     Ok((header, records))
 }
 
+/// A zipped workbook (xlsx, xlsm, ods) whose parts, unpacked, would not fit in the memory budget
+/// is refused before calamine unpacks them: a 400 kB file can hold a part of 400 MB.
+fn check_unpacked_size(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
+    let io = |e: std::io::Error| SignalError::Io { path: path.to_path_buf(), source: e };
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut magic = [0u8; 4];
+    if f.read(&mut magic).map_err(io)? < 4 || &magic != b"PK\x03\x04" {
+        return Ok(()); // not a zip (an xls): calamine's own checks apply
+    }
+    let mut zip = zip::ZipArchive::new(f).map_err(|e| bad(format!("corrupt workbook: {e}")))?;
+    let mut total: u128 = 0;
+    for i in 0..zip.len() {
+        total += zip.by_index_raw(i).map_err(|e| bad(format!("corrupt workbook: {e}")))?.size() as u128;
+    }
+    limits::check(|| format!("{}: the workbook's {} parts, unpacked", path.display(), zip.len()), total).map_err(|e| bad(e.to_string()))
+}
+
 fn read_sheet(path: &Path) -> Result<Records> {
     use calamine::{open_workbook_auto, Data, DataRef, Reader, Sheets};
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
+    check_unpacked_size(path)?;
     let mut wb = std::panic::catch_unwind(|| open_workbook_auto(path)).map_err(|_| bad("corrupt workbook".into()))?.map_err(|e| bad(e.to_string()))?;
     let first = wb.sheet_names().first().cloned().ok_or_else(|| bad("workbook has no sheet".into()))?;
     let cell = |d: Data| match d {

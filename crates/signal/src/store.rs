@@ -27,6 +27,8 @@ pub enum SampleType {
 #[derive(Clone, Debug, PartialEq)]
 pub struct SampleInfo {
     pub id: u64,
+    /// The dataset's name in the file (`"7"`, or `"007"` where a writer padded it).
+    pub name: String,
     /// Number of time steps L.
     pub length: usize,
     /// Number of channels C (1 for a `(L,)` dataset).
@@ -151,7 +153,16 @@ impl Hdf5Store {
                 Err(reason) => ignored.push(IgnoredDataset { name, reason }),
             }
         }
-        samples.sort_by_key(|s| s.id);
+        // `7` and `007` are one Id: the first name in sorted order is read, the other is named.
+        samples.sort_by(|a, b| (a.id, &a.name).cmp(&(b.id, &b.name)));
+        let mut kept: Vec<SampleInfo> = Vec::with_capacity(samples.len());
+        for s in samples {
+            match kept.last() {
+                Some(first) if first.id == s.id => ignored.push(IgnoredDataset { reason: format!("Id {} is also the dataset {:?}, which is read instead", s.id, first.name), name: s.name }),
+                _ => kept.push(s),
+            }
+        }
+        let samples = kept;
         let key = NEXT_STORE_KEY.fetch_add(1, Ordering::Relaxed);
         let views = samples.iter().map(|_| OnceLock::new()).collect();
         Ok(Hdf5Store { path, key, samples, ignored, views })
@@ -173,7 +184,8 @@ impl Hdf5Store {
             };
             let handle = &mut handles[pos];
             if !handle.datasets.contains_key(&id) {
-                let ds = handle.file.dataset(&id.to_string()).map_err(|e| self.bad(id, e.to_string()))?;
+                let name = self.samples.binary_search_by_key(&id, |s| s.id).map(|i| self.samples[i].name.as_str()).map_err(|_| self.bad(id, "no such dataset in the file"))?;
+                let ds = handle.file.dataset(name).map_err(|e| self.bad(id, e.to_string()))?;
                 handle.datasets.insert(id, ds);
             }
             f(&handle.datasets[&id])
@@ -204,6 +216,12 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
     if total > isize::MAX as u128 {
         return Err(format!("shape ({length}, {channels}) is larger than any address space"));
     }
+    // Values in other files (h5py's `external=`): a declared size there is checked against
+    // nothing this reader can see, and past a short file's end the reader gives zeros, so such a
+    // dataset is named and left out rather than read.
+    if ds.external_files().is_ok_and(|f| !f.is_empty()) {
+        return Err("stored in external files (HDF5 external storage), which this reader does not follow; copy the values into the file (`h5repack`)".into());
+    }
     let layout = ds.storage_layout();
     match layout {
         Ok(StorageLayout::Chunked) => {
@@ -228,15 +246,15 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
                 ));
             }
         }
-        // Contiguous values lie in the file itself (unless it names external files): a shape
+        // Contiguous values lie in the file itself (external files are refused above): a shape
         // that needs more bytes than the file has is a lie, a file cut short, or never written.
-        Ok(StorageLayout::Contiguous) if total > file_bytes as u128 && ds.external_files().is_ok_and(|f| f.is_empty()) => {
+        Ok(StorageLayout::Contiguous) if total > file_bytes as u128 => {
             return Err(format!("shape ({length}, {channels}) needs {} of contiguous data, but the file holds {}: truncated or corrupt", limits::human(total), limits::human(file_bytes as u128)));
         }
         _ => {}
     }
     let chunked = matches!(layout, Ok(StorageLayout::Chunked));
-    Ok(SampleInfo { id, length, channels, dtype, chunked, rank: shape.len() })
+    Ok(SampleInfo { id, name: name.to_string(), length, channels, dtype, chunked, rank: shape.len() })
 }
 
 impl SignalStore for Hdf5Store {

@@ -298,3 +298,23 @@ fn a_sheet_with_a_far_away_cell_is_read_by_its_cells_not_as_a_dense_range() {
     let e = Metadata::load(fixture("meta_far_cell.xlsx")).unwrap_err().to_string();
     assert!(e.contains("meta_far_cell.xlsx") && e.contains("row 1048576: empty Id"), "{e}");
 }
+
+#[test]
+fn zero_padded_names_are_their_ids_and_a_second_name_for_one_id_is_named() {
+    let store = Hdf5Store::open(fixture("padded_names.h5")).unwrap();
+    assert_eq!(store.samples().iter().map(|s| (s.id, s.name.as_str())).collect::<Vec<_>>(), vec![(3, "3"), (7, "0007")]);
+    // Read by the dataset's own name: "0007" holds its values scaled by 1 + len("0007") = 5.
+    let seven = store.read(7).unwrap();
+    assert!((seven[0] - -5.0).abs() < 1e-5, "{}", seven[0]);
+    let ignored: Vec<(&str, &str)> = store.ignored().iter().map(|d| (d.name.as_str(), d.reason.as_str())).collect();
+    assert!(ignored.len() == 1 && ignored[0].0 == "007" && ignored[0].1.contains("Id 7 is also the dataset \"0007\""), "{ignored:?}");
+}
+
+#[test]
+fn values_in_external_files_are_refused_by_name_not_read_as_zeros() {
+    let store = Hdf5Store::open(fixture("external_storage.h5")).unwrap();
+    assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![2], "the honest sample stays");
+    let ignored = &store.ignored()[0];
+    assert!(ignored.name == "1" && ignored.reason.contains("external files"), "{ignored:?}");
+    assert!(store.read(1).is_err());
+}

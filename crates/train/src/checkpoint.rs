@@ -128,7 +128,12 @@ impl ModelFile {
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&path, format!("not a safetensors file: {e}")))?;
         let m = meta.metadata().clone().unwrap_or_default();
         let arch = match m.get("encoder_config") {
-            Some(json) => Some(serde_json::from_str(json).map_err(|e| ckpt_err(&path, format!("bad encoder_config metadata: {e}")))?),
+            Some(json) => {
+                let arch: engine::EncoderConfig = serde_json::from_str(json).map_err(|e| ckpt_err(&path, format!("bad encoder_config metadata: {e}")))?;
+                // Checked here, where the file can be named, rather than as a config key later.
+                arch.validate().map_err(|e| ckpt_err(&path, format!("its encoder_config metadata is not a valid encoder: {e}")))?;
+                Some(arch)
+            }
             None => None,
         };
         Ok(ModelFile { arch, config_yaml: m.get("config_yaml").cloned(), path, bytes })

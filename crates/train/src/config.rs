@@ -408,6 +408,10 @@ impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`), validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = files::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
+        // An empty file is not a config of defaults: more likely the wrong file, or one cut short.
+        if flow_depth(&text) <= MAX_FLOW_DEPTH && serde_norway::from_str::<Value>(&text).is_ok_and(|v| v.is_null()) {
+            return Err(TrainError::Yaml(format!("{}: holds no settings (empty, or only comments)", path.display())));
+        }
         Self::from_yaml(&text, overrides).map_err(|e| match e {
             TrainError::Yaml(reason) => TrainError::Yaml(format!("{}: {reason}", path.display())),
             other => other,
@@ -415,9 +419,19 @@ impl Config {
     }
 
     pub fn from_yaml(text: &str, overrides: &[String]) -> Result<Self> {
+        // The YAML parser's time grows with the square of the nesting of `[` / `{` (a 200 kB file
+        // of brackets took 30 s to reach its recursion limit): a config nests two deep, so
+        // anything past MAX_FLOW_DEPTH is refused before parsing.
+        let depth = flow_depth(text);
+        if depth > MAX_FLOW_DEPTH {
+            return Err(TrainError::Yaml(format!("`[` / `{{` nested {depth} deep; a config needs at most {MAX_FLOW_DEPTH}")));
+        }
         let mut root: Value = serde_norway::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
         if root.is_null() {
             root = Value::Mapping(Mapping::new());
+        }
+        if !root.is_mapping() {
+            return Err(TrainError::Yaml("the top level must be a mapping of sections".into()));
         }
         for o in overrides {
             apply_override(&mut root, o)?;
@@ -432,11 +446,29 @@ impl Config {
                 notes.push(format!("{key} ({why})"));
             }
         }
+        // A moved key given in both places with two values is a question only the user can
+        // answer; given in its old place only, an error about it names the key as written.
+        let mut moved = Vec::new();
         for (from, to) in MOVED {
             if let Some(v) = take(sections, from) {
+                let (s, k) = to.split_once('.').unwrap_or((to, ""));
+                if let Some(there) = sections.get(s).and_then(|m| m.get(k)).filter(|there| **there != v) {
+                    return Err(TrainError::Config {
+                        key: (*from).into(),
+                        reason: format!("is {}, while {to} is {}: give one", scalar_text(&v).unwrap_or_default(), scalar_text(there).unwrap_or_default()),
+                    });
+                }
                 put(sections, to, v);
+                moved.push((*from, *to));
             }
         }
+        let named_as_written = |e: TrainError| match e {
+            TrainError::Config { key, reason } => match moved.iter().find(|(_, to)| *to == key) {
+                Some((from, to)) => TrainError::Config { key: format!("{from} (read as {to})"), reason },
+                None => TrainError::Config { key, reason },
+            },
+            other => other,
+        };
         let name_is_isfm = sections.get("model").and_then(|m| m.get("name")).and_then(scalar_text).and_then(|n| n.parse::<EncoderKind>().ok()) == Some(EncoderKind::Isfm);
         if !name_is_isfm {
             if let Some(Value::Mapping(m)) = sections.get("model") {
@@ -451,10 +483,10 @@ impl Config {
             // A number where a name is expected: serde says only "expected a Value::Tagged
             // enum"; asked again with the number's text as a name, it lists the names.
             let message = if message.contains("Value::Tagged enum") { names_expected_at(&root, &path).unwrap_or(message) } else { message };
-            de_error(&path, &message)
+            named_as_written(de_error(&path, &message))
         })?;
         cfg.unused_keys = notes;
-        cfg.validate()?;
+        cfg.validate().map_err(named_as_written)?;
         Ok(cfg)
     }
 
@@ -778,6 +810,26 @@ fn put(root: &mut Mapping, key: &str, v: Value) {
     }
 }
 
+/// How deep `[` / `{` may nest in a config ([`Config::from_yaml`]).
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// The deepest nesting of `[` and `{` in `text`, counted without regard to quotes or comments (a
+/// bracket in a string counts too: no real config comes near the limit either way).
+fn flow_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    for b in text.bytes() {
+        match b {
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 /// `section.key=value`: the value is parsed as YAML (so `1e-3`, `true`, `[0]` work).
 fn apply_override(root: &mut Value, text: &str) -> Result<()> {
     let (path, value) = text.split_once('=').ok_or_else(|| TrainError::Config { key: text.into(), reason: "an override is section.key=value".into() })?;
@@ -785,18 +837,16 @@ fn apply_override(root: &mut Value, text: &str) -> Result<()> {
     if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
         return Err(TrainError::Config { key: path.into(), reason: "an override names section.key".into() });
     }
+    if flow_depth(value) > MAX_FLOW_DEPTH {
+        return Err(TrainError::Config { key: path.into(), reason: format!("`[` / `{{` nested past {MAX_FLOW_DEPTH} deep") });
+    }
     let v: Value = serde_norway::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    if !root.is_mapping() {
-        *root = Value::Mapping(Mapping::new());
-    }
-    let Value::Mapping(m) = root else { return Ok(()) };
+    let Value::Mapping(m) = root else { return Err(TrainError::Yaml("the top level must be a mapping of sections".into())) };
     let section = m.entry(Value::String(parts[0].into())).or_insert_with(|| Value::Mapping(Mapping::new()));
-    if !section.is_mapping() {
-        *section = Value::Mapping(Mapping::new());
-    }
-    if let Value::Mapping(s) = section {
-        s.insert(Value::String(parts[1].into()), v);
-    }
+    let Value::Mapping(s) = section else {
+        return Err(TrainError::Config { key: parts[0].into(), reason: "is not a mapping of keys, so the override cannot set one in it".into() });
+    };
+    s.insert(Value::String(parts[1].into()), v);
     Ok(())
 }
 

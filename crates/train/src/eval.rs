@@ -101,6 +101,8 @@ pub struct EvalReport {
     /// The bearing split's held-out bearings (empty for the time split).
     pub held_out: Vec<HeldOut>,
     pub skipped_ids: Vec<u64>,
+    /// Why each of `skipped_ids` was skipped (`Id 3: non-finite value …`), in the same order.
+    pub skipped_reasons: Vec<String>,
     pub pretrained: ProbeScores,
     pub random_init: ProbeScores,
     /// The log-spectrum of the same windows, no encoder.
@@ -122,7 +124,8 @@ pub struct ProbeSet {
     pub test: Windows,
     pub classes: Vec<String>,
     pub held_out: Vec<HeldOut>,
-    pub skipped: Vec<u64>,
+    /// Ids left out, each with why.
+    pub skipped: Vec<(u64, String)>,
 }
 
 /// Cuts the probe windows of `split` from every Id of `ds`: `k` evenly spaced windows of `w`
@@ -132,7 +135,7 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
     let mut class_of = BTreeMap::new();
     for &id in &ds.ids {
         let row = ds.row(id).ok_or_else(|| TrainError::Data(format!("Id {id} has no metadata row")))?;
-        let v = row.field(label).ok_or_else(|| TrainError::Config { key: "--label".into(), reason: format!("column `{label}` is empty or missing for Id {id}") })?;
+        let v = row.field(label).filter(|v| !v.trim().is_empty()).ok_or_else(|| TrainError::Config { key: "--label".into(), reason: format!("column `{label}` is empty or missing for Id {id}") })?;
         class_of.insert(id, v);
     }
     let mut classes: Vec<String> = class_of.values().cloned().collect();
@@ -154,8 +157,12 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
             }
             Split::Bearing => vec![((0, len), bearing_of.contains_key(&id))],
         };
-        if regions.iter().any(|((lo, hi), _)| hi - lo < w) || !builder.usable(id)? {
-            skipped.push(id);
+        if let Some(((lo, hi), _)) = regions.iter().find(|((lo, hi), _)| hi - lo < w) {
+            skipped.push((id, format!("Id {id}: its {split:?} split region of {} samples is shorter than the window of {w}", hi - lo)));
+            continue;
+        }
+        if let Err(reason) = builder.check(id)? {
+            skipped.push((id, format!("Id {id}: {reason}")));
             continue;
         }
         for ((lo, hi), is_test) in regions {
@@ -171,7 +178,21 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
         }
     }
     if fit.y.is_empty() || test.y.is_empty() {
-        return Err(TrainError::Data(format!("the {split:?} split leaves an empty fit or test set")));
+        let why = if split == Split::Bearing && bearings.is_empty() {
+            format!("no label has two bearings to hold one out (bearings are told apart by the table's Label, Fault_Size and Fault_Location; {} Ids, {} labels)", ds.ids.len(), classes.len())
+        } else if skipped.is_empty() {
+            "no window was cut".to_string()
+        } else {
+            let first: Vec<&str> = skipped.iter().take(5).map(|(_, r)| r.as_str()).collect();
+            format!("{} of {} Ids skipped: {}{}", skipped.len(), ds.ids.len(), first.join("; "), if skipped.len() > 5 { "; …" } else { "" })
+        };
+        return Err(TrainError::Data(format!("{}: the {split:?} split leaves an empty fit or test set: {why}", ds.meta.path.display())));
+    }
+    // A probe tells classes apart: with one there is nothing to tell, and every row scores 100 %.
+    let present: std::collections::BTreeSet<usize> = fit.y.iter().chain(&test.y).copied().collect();
+    if present.len() < 2 {
+        let only = present.first().map_or("none", |&c| classes[c].as_str());
+        return Err(TrainError::Config { key: "--label".into(), reason: format!("column `{label}` has one class ({only:?}) among the Ids evaluated: a probe needs two or more") });
     }
     let held_out = bearings.iter().map(|(b, ids)| HeldOut { bearing: b.clone(), ids: ids.clone(), test_windows: test_count.get(b).copied().unwrap_or(0) }).collect();
     Ok(ProbeSet { fit, test, classes, held_out, skipped })
@@ -321,7 +342,8 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
         test_ids: dedup_ids(&set.test.ids),
         classes: set.classes,
         held_out: set.held_out,
-        skipped_ids: set.skipped,
+        skipped_ids: set.skipped.iter().map(|(id, _)| *id).collect(),
+        skipped_reasons: set.skipped.iter().map(|(_, why)| why.clone()).collect(),
         pretrained,
         random_init,
         spectrum_baseline,

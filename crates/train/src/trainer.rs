@@ -131,7 +131,13 @@ pub fn open_dataset(data: &Path, meta: &Path) -> Result<Dataset> {
     let meta = Metadata::load(meta)?;
     let ds = Dataset::join(store, meta);
     if ds.ids.is_empty() {
-        return Err(TrainError::Data(format!("no Id is in both {} and its table", data.display())));
+        // Say why: the warnings name each Id of the table the store could not give, and why.
+        let why = ds.mismatch_warnings();
+        let detail = match why.len() {
+            0 => String::new(),
+            n => format!(": {}{}", why.iter().take(5).cloned().collect::<Vec<_>>().join("; "), if n > 5 { format!("; and {} more", n - 5) } else { String::new() }),
+        };
+        return Err(TrainError::Data(format!("no Id is in both {} and its table {}{detail}", data.display(), ds.meta.path.display())));
     }
     Ok(ds)
 }
@@ -257,7 +263,14 @@ pub struct Trainer<'a, D: Device> {
     val_batches: Vec<ValidationBatch>,
     run_dir: PathBuf,
     ckpt_dir: PathBuf,
-    metrics: std::fs::File,
+    /// The metrics log, opened when the run's record begins ([`Trainer::begin_record`]).
+    metrics: Option<std::fs::File>,
+    /// A fresh run's record (config.yaml, metrics.jsonl, the top-k ranking) replaces a previous
+    /// run's in the same directory only once it has taken a step: a run that fails before
+    /// (a NaN at step 1, a bad rate) leaves the previous record whole.
+    record_pending: bool,
+    /// Not resumed: the record starts anew.
+    fresh: bool,
     per_epoch: usize,
     total_steps: u64,
     epoch_stats: EpochStats,
@@ -347,22 +360,11 @@ impl<'a, D: Device> Trainer<'a, D> {
         let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
         let ckpt_dir = run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
-        files::write_atomic(&run_dir.join("config.yaml"), cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(run_dir.join("config.yaml"), e))?;
-        // A resumed run continues its metrics log and its top-k ranking; a fresh run in the same
-        // directory starts both anew (the previous run's values rank another model).
-        let metrics_path = run_dir.join("metrics.jsonl");
         let fresh = resume.is_none();
-        let metrics = std::fs::OpenOptions::new().create(true).write(true).append(!fresh).truncate(fresh).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
-        let previous = TopK::load(&ckpt_dir);
-        let top_k = if fresh { TopK::default() } else { previous.clone() };
-        if fresh && !previous.entries.is_empty() {
-            let names: Vec<&str> = previous.entries.iter().map(|e| e.name.as_str()).collect();
-            obs.message(&format!("a fresh run in {}: the previous run's best checkpoints ({}) stay on disk but are no longer ranked", run_dir.display(), names.join(", ")));
-            top_k.save(&ckpt_dir)?;
-        }
-        Ok(Trainer {
+        let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };
+        let mut t = Trainer {
             cfg,
             obs,
             pool,
@@ -376,7 +378,9 @@ impl<'a, D: Device> Trainer<'a, D> {
             val_batches,
             run_dir,
             ckpt_dir,
-            metrics,
+            metrics: None,
+            record_pending: true,
+            fresh,
             per_epoch,
             total_steps,
             epoch_stats: EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() },
@@ -389,7 +393,11 @@ impl<'a, D: Device> Trainer<'a, D> {
             last_ckpt: None,
             last_saved_step: None,
             top_k,
-        })
+        };
+        if !fresh {
+            t.begin_record()?;
+        }
+        Ok(t)
     }
 
     /// The prefetching sampler, from where the run stands.
@@ -399,9 +407,41 @@ impl<'a, D: Device> Trainer<'a, D> {
         Ok(BatchSampler::in_pool(Some(self.pool.clone()), self.builder.clone(), &self.usable_train, sc, BatchPos { epoch: self.state.epoch, batch: self.state.batch })?)
     }
 
+    /// Starts the run's record in its directory: `config.yaml`, and the metrics log continued
+    /// (resumed) or started anew (fresh: the previous run's log, summary and top-k ranking
+    /// describe another model). Called before a resumed run's first batch, and after a fresh
+    /// run's first optimizer step.
+    fn begin_record(&mut self) -> Result<()> {
+        if !self.record_pending {
+            return Ok(());
+        }
+        let fresh = self.fresh;
+        let config = self.run_dir.join("config.yaml");
+        files::write_atomic(&config, self.cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(&config, e))?;
+        let metrics_path = self.run_dir.join("metrics.jsonl");
+        let metrics = std::fs::OpenOptions::new().create(true).write(true).append(!fresh).truncate(fresh).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+        if fresh {
+            let summary = self.run_dir.join("summary.json");
+            if summary.exists() {
+                std::fs::remove_file(&summary).map_err(|e| TrainError::io(&summary, e))?;
+            }
+            let previous = TopK::load(&self.ckpt_dir);
+            if !previous.entries.is_empty() {
+                let names: Vec<&str> = previous.entries.iter().map(|e| e.name.as_str()).collect();
+                self.obs.message(&format!("a fresh run in {}: the previous run's best checkpoints ({}) stay on disk but are no longer ranked", self.run_dir.display(), names.join(", ")));
+                self.top_k.save(&self.ckpt_dir)?;
+            }
+        }
+        self.metrics = Some(metrics);
+        self.record_pending = false;
+        Ok(())
+    }
+
     fn log(&mut self, v: serde_json::Value) -> Result<()> {
+        self.begin_record()?;
         let path = self.run_dir.join("metrics.jsonl");
-        writeln!(self.metrics, "{v}").map_err(|e| TrainError::io(path, e))
+        let metrics = self.metrics.as_mut().ok_or_else(|| TrainError::io(&path, std::io::Error::other("the metrics log is not open")))?;
+        writeln!(metrics, "{v}").map_err(|e| TrainError::io(path, e))
     }
 
     /// One micro-batch (forward + backward), then the optimizer step where a step is due, then
@@ -450,6 +490,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             return Err(TrainError::NonFinite { step: self.step.step.saturating_add(1), epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
         }
         self.state.step = self.step.step;
+        self.begin_record()?;
         let sl = StepLog {
             step: self.state.step,
             epoch: pos.epoch,
@@ -545,6 +586,7 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     /// The top-k checkpoint (where the monitored value qualifies) and `last`.
     pub fn checkpoint(&mut self, monitored: Option<f64>) -> Result<()> {
+        self.begin_record()?;
         let weights_only = self.cfg.trainer.save_weights_only;
         if let (Some(v), k) = (monitored, self.cfg.trainer.save_top_k) {
             if k > 0 {
@@ -580,6 +622,7 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     /// The last checkpoint (where the run moved on since the last one) and the summary.
     pub fn finish(mut self) -> Result<Summary> {
+        self.begin_record()?;
         if self.cfg.trainer.save_last && self.last_saved_step != Some(self.state.step) && self.state.step > 0 {
             self.save_last()?;
         }

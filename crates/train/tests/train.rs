@@ -596,3 +596,31 @@ fn cnn_and_isfm_checkpoints_load_in_pytorch_and_a_pytorch_state_dict_loads_here(
         assert!(e.contains("--config"), "{e}");
     }
 }
+
+#[test]
+fn a_fresh_run_that_fails_leaves_the_previous_record_of_its_directory_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let run = dir.path().join("run");
+    let good = small_config(&run, &[]);
+    let s = train(&good, &h5, &csv, None, &mut Quiet).unwrap();
+    let record = |name: &str| std::fs::read(s.run_dir.join(name)).unwrap();
+    let before: Vec<Vec<u8>> = ["config.yaml", "metrics.jsonl", "summary.json"].iter().map(|f| record(f)).collect();
+    // A fresh run whose first step fails: raw values near f32's limit (no normalization)
+    // overflow the first layer, and step 1's loss is NaN.
+    let huge = dir.path().join("huge.h5");
+    let values = vec![3.0e38f32; 2048 * 2];
+    let ids = train::trainer::open_dataset(&h5, &csv).unwrap().ids.clone();
+    signal::store::write_store(&huge, ids.iter().map(|&id| signal::store::SampleData { id, values: &values, channels: 2 }), Layout::Contiguous).unwrap();
+    let bad = small_config(&run, &["data.normalization=none"]);
+    let e = train(&bad, &huge, &csv, None, &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("non-finite loss") && e.contains("step 1"), "{e}");
+    let after: Vec<Vec<u8>> = ["config.yaml", "metrics.jsonl", "summary.json"].iter().map(|f| record(f)).collect();
+    assert!(before == after, "the failed run changed the previous record");
+    // A fresh run that trains replaces all of it: its own config and log, no stale summary until
+    // its own is written.
+    let other = small_config(&run, &["trainer.seed=9"]);
+    train(&other, &h5, &csv, None, &mut Quiet).unwrap();
+    assert!(String::from_utf8(record("config.yaml")).unwrap().contains("seed: 9"));
+    assert_ne!(record("metrics.jsonl"), before[1]);
+}

@@ -63,6 +63,18 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(t) = a.threads.filter(|&t| t == 0 || t > cap.max) {
         bail!("--threads {t}: expected 1 to {} on a machine of {} cores", cap.max, cap.cores);
     }
+    // Every file the run will read or name, checked before the suite runs rather than after it.
+    let reference = a.reference.as_deref().map(bench::reference::Reference::load).transpose()?;
+    let baseline = a.baseline.as_deref().map(|name| bench::load_baseline(&a.save_dir, name)).transpose()?;
+    if let Some(name) = &a.save_baseline {
+        bench::check_baseline_name(name)?;
+    }
+    let targets = a.targets.as_deref().map(bench::targets::load_targets).transpose()?;
+    for path in [&a.data, &a.meta].into_iter().flatten() {
+        if !path.exists() {
+            bail!("{}: no such file", path.display());
+        }
+    }
     if cfg!(debug_assertions) && !a.allow_debug {
         bail!("this is a debug build: its timings mean nothing. Use `cargo run --release -- bench ...`, or pass --allow-debug");
     }
@@ -75,8 +87,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(t) = a.threads {
         b = b.threads(t);
     }
-    if let Some(t) = &a.targets {
-        b = b.targets(bench::targets::load_targets(t)?);
+    if let Some(t) = targets {
+        b = b.targets(t);
     }
     if let (Some(d), Some(m)) = (&a.data, &a.meta) {
         b = b.quality_data(d.clone(), m.clone());
@@ -89,21 +101,21 @@ pub fn run(a: Args) -> Result<()> {
         pb.inc(1);
     }
     pb.finish_and_clear();
-    if let Some(r) = &a.reference {
-        b.with_reference(r)?;
+    if let Some(r) = &reference {
+        b.with_reference(r);
     }
-    if let Some(base) = &a.baseline {
-        b.compare_baseline(base, a.noise)?;
+    if let (Some(name), Some(base)) = (&a.baseline, &baseline) {
+        b.compare_with(name, base, a.noise);
     }
     let files = b.report()?;
     if let Some(name) = &a.save_baseline {
         let p = b.save_baseline(name)?;
-        println!("baseline saved: {}", p.display());
+        outln!("baseline saved: {}", p.display());
     }
     let r = b.results();
-    println!("pass rate {}; reports in {}", r.pass_rate_text(), a.save_dir.display());
+    outln!("pass rate {}; reports in {}", r.pass_rate_text(), a.save_dir.display());
     for f in &files {
-        println!("  {}", f.display());
+        outln!("  {}", f.display());
     }
     if r.baseline.is_some() {
         let (mut reg, mut imp, mut same, mut unsure) = (0, 0, 0, 0);
@@ -112,18 +124,18 @@ pub fn run(a: Args) -> Result<()> {
                 match c.verdict {
                     bench::stats::Verdict::Regression => {
                         reg += 1;
-                        println!("REGRESSION  {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
+                        outln!("REGRESSION  {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
                     }
                     bench::stats::Verdict::Improvement => {
                         imp += 1;
-                        println!("improvement {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
+                        outln!("improvement {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
                     }
                     bench::stats::Verdict::NoChange => same += 1,
                     bench::stats::Verdict::NotCompared => unsure += 1,
                 }
             }
         }
-        println!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change, {unsure} not compared (a single timing or too few samples)");
+        outln!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change, {unsure} not compared (a single timing or too few samples)");
         if reg > 0 {
             std::process::exit(1);
         }

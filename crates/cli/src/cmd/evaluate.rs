@@ -53,31 +53,31 @@ pub fn run(a: Args) -> Result<()> {
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
     let mut report = evaluate_draws(&a.checkpoint, &ds, &opts, a.draws)?;
-    for id in &report.draws[0].skipped_ids {
-        eprintln!("warning: Id {id} is too short for the evaluation windows or unusable; skipped");
+    for why in &report.draws[0].skipped_reasons {
+        eprintln!("warning: skipped {why}");
     }
     if a.json {
         // One draw: the report itself, as before draws existed.
         let json = if a.draws == 1 { serde_json::to_string_pretty(&report.draws.swap_remove(0))? } else { serde_json::to_string_pretty(&report)? };
-        println!("{json}");
+        outln!("{json}");
         return Ok(());
     }
     let first = &report.draws[0];
-    println!("checkpoint   {}", first.checkpoint);
-    println!("encoder      {} on the {:?} input", first.encoder, first.input);
+    outln!("checkpoint   {}", first.checkpoint);
+    outln!("encoder      {} on the {:?} input", first.encoder, first.input);
     for r in &report.draws {
         print_draw(r);
     }
     if report.draws.len() > 1 {
-        println!("over {} draws (seeds {}..={}), %: mean ± std [min, max]", report.draws.len(), a.seed, report.draws.last().map_or(a.seed, |r| r.seed));
-        println!("{:<28} {:^30}  {:^30}", "", "linear probe", "k-NN");
+        outln!("over {} draws (seeds {}..={}), %: mean ± std [min, max]", report.draws.len(), a.seed, report.draws.last().map_or(a.seed, |r| r.seed));
+        outln!("{:<28} {:^30}  {:^30}", "", "linear probe", "k-NN");
         for (name, s) in [
             ("pretrained", &report.pretrained),
             ("random init", &report.random_init),
             ("spectrum, no encoder", &report.spectrum_baseline),
             ("pretrained − best baseline", &report.margin_over_best_baseline),
         ] {
-            println!("{name:<28} {}  {}", spread(s, true), spread(s, false));
+            outln!("{name:<28} {}  {}", spread(s, true), spread(s, false));
         }
     }
     Ok(())
@@ -85,14 +85,14 @@ pub fn run(a: Args) -> Result<()> {
 
 /// One draw: its split, held-out bearings, windows and the three rows.
 fn print_draw(r: &EvalReport) {
-    println!("split        {:?} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
-    println!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
+    outln!("split        {:?} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
+    outln!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
     for h in &r.held_out {
-        println!("held out     bearing {} (Label|Fault_Size|Fault_Location): Ids {:?}, {} test windows", h.bearing, h.ids, h.test_windows);
+        outln!("held out     bearing {} (Label|Fault_Size|Fault_Location): Ids {:?}, {} test windows", h.bearing, h.ids, h.test_windows);
     }
-    println!("                    linear probe   k-NN");
+    outln!("                    linear probe   k-NN");
     for (name, s) in [("pretrained", &r.pretrained), ("random init", &r.random_init), ("spectrum, no encoder", &r.spectrum_baseline)] {
-        println!("{name:<20} {:>9.1} %  {:>5.1} %", 100.0 * s.linear_probe_acc, 100.0 * s.knn_acc);
+        outln!("{name:<20} {:>9.1} %  {:>5.1} %", 100.0 * s.linear_probe_acc, 100.0 * s.knn_acc);
     }
 }
 

@@ -35,12 +35,16 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let cfg = SynthConfig { complexity: a.complexity, count: a.count, length: a.length, channels: a.channels, seed: a.seed, ..Default::default() };
     cfg.validate().map_err(named_by_flag)?;
+    // The stem of two file names: neither hidden (`.h5`) nor a path of its own.
+    if a.name.is_empty() || a.name.starts_with('.') || a.name.contains(['/', '\\']) {
+        anyhow::bail!("--name {:?}: expected a plain file stem such as `synthetic`", a.name);
+    }
     let pb = crate::progress::bar(a.count as u64, "generate");
     let layout = if a.chunked { Layout::Chunked { rows: 4096, gzip: 4 } } else { Layout::Contiguous };
     let t0 = std::time::Instant::now();
     let g = generate(&cfg, &a.out, &a.name, layout, &|n| pb.set_position(n as u64)).map_err(named_by_flag)?;
     pb.finish_and_clear();
-    println!("wrote {} Ids x {} x {} ({}) in {:.2} s\n  {}\n  {}", a.count, a.length, a.channels, a.complexity, t0.elapsed().as_secs_f64(), g.store.display(), g.meta.display());
+    outln!("wrote {} Ids x {} x {} ({}) in {:.2} s\n  {}\n  {}", a.count, a.length, a.channels, a.complexity, t0.elapsed().as_secs_f64(), g.store.display(), g.meta.display());
     Ok(())
 }
 

@@ -51,35 +51,35 @@ pub fn run(a: Args) -> Result<()> {
             "disagreements": ds.disagreements.iter().map(|(id, w)| serde_json::json!({"id": id, "what": w})).collect::<Vec<_>>(),
             "ignored_datasets": store.ignored().iter().map(|i| serde_json::json!({"name": i.name, "reason": i.reason})).collect::<Vec<_>>(),
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    println!("store     {}", a.data.data.display());
-    println!("table     {}", a.data.meta.display());
-    println!("Ids       {} (in both)", ds.ids.len());
+    outln!("store     {}", a.data.data.display());
+    outln!("table     {}", a.data.meta.display());
+    outln!("Ids       {} (in both)", ds.ids.len());
     let label_text: Vec<String> = labels.iter().map(|(l, n)| format!("{l}:{n}")).collect();
-    println!("labels    {}", label_text.join(" "));
-    println!("length    min {}  median {}  max {}", lengths.first().copied().unwrap_or(0), median(&lengths), lengths.last().copied().unwrap_or(0));
-    println!("channels  {}", channels.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
-    println!("rates     {} Hz", if rates.is_empty() { "unknown".into() } else { rates.join(", ") });
+    outln!("labels    {}", label_text.join(" "));
+    outln!("length    min {}  median {}  max {}", lengths.first().copied().unwrap_or(0), median(&lengths), lengths.last().copied().unwrap_or(0));
+    outln!("channels  {}", channels.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", "));
+    outln!("rates     {} Hz", if rates.is_empty() { "unknown".into() } else { rates.join(", ") });
     let mut problems = 0;
     for id in &ds.missing_in_store {
-        println!("mismatch  Id {id}: in the table, not in the store");
+        outln!("mismatch  Id {id}: in the table, not in the store");
         problems += 1;
     }
     for id in &ds.missing_in_table {
-        println!("mismatch  Id {id}: in the store, not in the table");
+        outln!("mismatch  Id {id}: in the store, not in the table");
         problems += 1;
     }
     for (id, what) in &ds.disagreements {
-        println!("mismatch  Id {id}: {what}");
+        outln!("mismatch  Id {id}: {what}");
         problems += 1;
     }
     for i in store.ignored() {
-        println!("ignored   dataset {:?}: {}", i.name, i.reason);
+        outln!("ignored   dataset {:?}: {}", i.name, i.reason);
     }
     if problems == 0 {
-        println!("mismatch  none");
+        outln!("mismatch  none");
     }
     Ok(())
 }

@@ -70,24 +70,29 @@ pub fn run(a: Args) -> Result<()> {
     let summary = train::train(&cfg, &a.data.data, &a.data.meta, a.resume.as_deref(), &mut bar)?;
     bar.pb.finish_and_clear();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        outln!("{}", serde_json::to_string_pretty(&summary)?);
         return Ok(());
     }
-    println!("run        {}", summary.run_dir.display());
-    println!("steps      {} ({} epochs, {} train Ids, {} validation Ids)", summary.steps, summary.epochs_completed, summary.train_ids, summary.val_ids);
-    println!("last       loss {:.4}  accuracy {:.3}", summary.last_loss, summary.last_accuracy);
-    if let Some(b) = summary.best_monitor {
-        println!("best       {} {b:.5}", summary.monitor);
+    outln!("run        {}", summary.run_dir.display());
+    outln!("steps      {} ({} epochs, {} train Ids, {} validation Ids)", summary.steps, summary.epochs_completed, summary.train_ids, summary.val_ids);
+    if summary.last_loss.is_nan() {
+        // No batch ran (a resumed run already at its end): say so rather than print NaN.
+        outln!("last       no batch trained in this invocation: the run was already at its end");
+    } else {
+        outln!("last       loss {:.4}  accuracy {:.3}", summary.last_loss, summary.last_accuracy);
     }
-    println!("time       {:.1} s, {:.0} samples/s{}", summary.seconds, summary.samples_per_s, if summary.stopped_early { " (stopped early)" } else { "" });
+    if let Some(b) = summary.best_monitor {
+        outln!("best       {} {b:.5}", summary.monitor);
+    }
+    outln!("time       {:.1} s, {:.0} samples/s{}", summary.seconds, summary.samples_per_s, if summary.stopped_early { " (stopped early)" } else { "" });
     if !summary.skipped_ids.is_empty() {
-        println!("skipped    Ids {:?}", summary.skipped_ids);
+        outln!("skipped    Ids {:?}", summary.skipped_ids);
     }
     if let Some(p) = &summary.last_checkpoint {
-        println!("last ckpt  {}", p.display());
+        outln!("last ckpt  {}", p.display());
     }
     if let Some(p) = &summary.best_checkpoint {
-        println!("best ckpt  {}", p.display());
+        outln!("best ckpt  {}", p.display());
     }
     Ok(())
 }
