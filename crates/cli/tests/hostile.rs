@@ -130,6 +130,21 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     let tiny_rate = file("rate.csv", "Id,Label,Sample_Rate\n1,0,1e-20\n");
     let nan_target = file("nan_targets.yaml", "data_processing:\n  batch_preparation_ms: .nan\n");
     let negative_reference = file("reference.json", r#"{"data":{"vectorized":{"batch_prep_ms_median":-5}}}"#);
+    // A workbook whose one part unpacks to 100 MB (a few hundred kB on disk), under a 50 MB budget.
+    let workbook = s.dir.join("bomb.xlsx");
+    {
+        use std::io::Write;
+        let mut z = zip::ZipWriter::new(std::fs::File::create(&workbook).unwrap());
+        let deflated = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated).large_file(false);
+        z.start_file("xl/worksheets/sheet1.xml", deflated).unwrap();
+        let mb = vec![b' '; 1 << 20];
+        for _ in 0..100 {
+            z.write_all(&mb).unwrap();
+        }
+        z.finish().unwrap();
+    }
+    let mut bomb = strings(&["--memory-budget", "50M"]);
+    bomb.extend(inspect_meta(&workbook.display().to_string()));
     let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
     resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
@@ -174,6 +189,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (config(&not_a_mapping), "the top level must be a mapping"),
         (config(&empty), "holds no settings"),
         (inspect_meta(&dup_header), "repeats the header \"Label\""),
+        (bomb, "parts, unpacked"),
         (inspect_meta(&tiny_rate), "Sample_Rate 1e-20 Hz is outside"),
         (train_with(&s, &["task.temperature=1e-45"]), "temperature"),
         (train_with(&s, &["environment.seed=3", "trainer.seed=4"]), "environment.seed"),
