@@ -90,11 +90,11 @@ try:
 except ImportError:
     print("openpyxl missing: meta_far_cell.xlsx not written")
 # Names and storage a store meets in the wild (fifth session of 2026-12-01): zero-padded Ids
-# ("007" is Id 7, and "0007" the same Id again), and values kept in an external file (h5py's
+# ("007" and "0007" are Id 7, like "7", which is read), and values kept in an external file (h5py's
 # `external=`), which the reader refuses rather than follow: past the short file's end it would
 # read zeros for 2^24 declared rows.
 with h5py.File(os.path.join(OUT, "padded_names.h5"), "w") as f:
-    for name in ["3", "007", "0007"]:
+    for name in ["3", "007", "7", "0007"]:
         f.create_dataset(name, data=np.linspace(-1, 1, 512 * 2, dtype="f4").reshape(512, 2) * (1 + len(name)))
 with open(os.path.join(OUT, "external.bin"), "wb") as f:
     f.write(np.zeros(64, dtype="f4").tobytes())

@@ -326,7 +326,7 @@ impl Benchmark {
 
 /// A name `--save-baseline` can save under: a plain file name.
 pub fn check_baseline_name(name: &str) -> Result<()> {
-    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+    if !files::is_plain_name(name) {
         return Err(BenchError::Input(format!("baseline name `{name}` must be a plain file name")));
     }
     Ok(())

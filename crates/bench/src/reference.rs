@@ -50,7 +50,7 @@ impl Reference {
             return Err(BenchError::Input(format!("{}: no train or data section in this torch_ref.py JSON", path.display())));
         }
         if let Some((id, v)) = values.iter().find(|(_, v)| !(v.is_finite() && *v > 0.0 && *v < 1e300)) {
-            return Err(BenchError::Input(format!("{}: the value {v} for {id} is not a finite number > 0", path.display())));
+            return Err(BenchError::Input(format!("{}: the value {v} for {id} is not a number in (0, 1e300)", path.display())));
         }
         Ok(Reference { path: path.to_path_buf(), values })
     }

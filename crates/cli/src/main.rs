@@ -44,15 +44,23 @@ enum Command {
     Bench(cmd::bench::Args),
 }
 
-/// Writes a command's output. A reader that went away (`| head`) ends the process quietly with
-/// success, as it ends ripgrep; any other failure (a full disk behind `> file`) is an error that
-/// says so, exit 1. Whatever the command wrote before (checkpoints, reports) is whole: every
-/// file is written atomically.
+/// Set once the reader of standard output has gone away.
+static STDOUT_CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a command's output. A reader that went away (`| head`) only stops the output: the
+/// command runs on and ends with its own status (a `bench` that found a regression still exits
+/// 1). Any other failure (a full disk behind `> file`) is an error that says so, exit 1. Whatever
+/// the command wrote before (checkpoints, reports) is whole: every file is written atomically.
 fn write_stdout(args: std::fmt::Arguments) {
     use std::io::Write;
+    use std::sync::atomic::Ordering;
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
     if let Err(e) = std::io::stdout().lock().write_fmt(args) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            STDOUT_CLOSED.store(true, Ordering::Relaxed);
+            return;
         }
         eprintln!("error: writing to standard output: {e}");
         std::process::exit(1);

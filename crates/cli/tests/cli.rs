@@ -102,8 +102,10 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let json = bin().env("CID_CPU_GEMM", "faer").args(["evaluate", "--windows", "4", "--json", "--checkpoint"]).arg(&ckpt).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
     let v: serde_json::Value = serde_json::from_str(&String::from_utf8_lossy(&json.stdout)).unwrap();
     let o = bin().env("CID_CPU_GEMM", "faer").args(["evaluate", "--windows", "4", "--checkpoint"]).arg(&ckpt).arg("--data").arg(&h5).arg("--meta").arg(&csv).output().unwrap();
-    let pretrained = format!("{:.1}", 100.0 * v["pretrained"]["linear_probe_acc"].as_f64().unwrap_or(f64::NAN));
-    assert!(text(&o).contains(&pretrained), "{pretrained} % in the text report: {}", text(&o));
+    let pct = |probe: &str| format!("{:.1} %", 100.0 * v["pretrained"][probe].as_f64().unwrap_or(f64::NAN));
+    let line = String::from_utf8_lossy(&o.stdout).lines().find(|l| l.starts_with("pretrained")).map(str::to_string).unwrap_or_default();
+    let (linear, knn) = (pct("linear_probe_acc"), pct("knn_acc"));
+    assert!(line.contains(&linear) && line.contains(&knn), "the pretrained line should read {linear} and {knn}: {line:?}");
 
     // The bearing split over several draws: give each label two bearings (Fault_Size by Id), so
     // every draw holds one out per label.

@@ -123,6 +123,11 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     };
     let config = |path: &str| -> Vec<String> { strings(&["train", "--config", path, "--data", &s.data, "--meta", &s.meta]) };
     let inspect_meta = |path: &str| -> Vec<String> { strings(&["inspect", "--data", &s.data, "--meta", path]) };
+    // An endless file is read up to the budget: a small one, so the case takes 64 MB, not GBs.
+    let small_budget = |mut args: Vec<String>| -> Vec<String> {
+        args.splice(0..0, strings(&["--memory-budget", "64M"]));
+        args
+    };
     let brackets = file("brackets.yaml", &format!("data: {}", "[".repeat(100_000)));
     let not_a_mapping = file("list.yaml", "- data\n- model\n");
     let empty = file("empty.yaml", "# nothing but a comment\n");
@@ -143,6 +148,26 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         }
         z.finish().unwrap();
     }
+    // A checkpoint whose architecture metadata says embedding 0 (same length: the header stays
+    // well formed).
+    let bad_arch = s.dir.join("bad_arch");
+    std::fs::create_dir_all(&bad_arch).unwrap();
+    let model = std::fs::read(s.ckpt.join("model.safetensors")).unwrap();
+    let (from, to) = (br#"\"embed\":128"#, br#"\"embed\":0  "#);
+    let at = model.windows(from.len()).position(|w| w == from).expect("the checkpoint's encoder_config names its embedding");
+    let mut edited = model.clone();
+    edited[at..at + from.len()].copy_from_slice(to);
+    std::fs::write(bad_arch.join("model.safetensors"), edited).unwrap();
+    // A table with a label column empty for one Id, and one sharing no Id with the store.
+    let table = std::fs::read_to_string(&s.meta).unwrap();
+    let mut lines = table.lines();
+    let mut grouped = format!("{},Group\n", lines.next().unwrap());
+    for (i, l) in lines.enumerate() {
+        grouped.push_str(&format!("{l},{}\n", if i == 0 { "" } else { "g" }));
+    }
+    let grouped = file("grouped.csv", &grouped);
+    let elsewhere = file("elsewhere.csv", "Id,Label\n100,0\n101,1\n");
+    let scalar_section = file("scalar_section.yaml", "data: 5\nmodel:\n  name: cnn\n");
     let mut bomb = strings(&["--memory-budget", "50M"]);
     bomb.extend(inspect_meta(&workbook.display().to_string()));
     let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
@@ -181,10 +206,10 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 generated signals"),
         (strings(&["bench", "--threads", "100000000", "--test", "hardware", "--save-dir", &s.dir.join("b").display().to_string()]), "--threads"),
         // Files without an end (read up to the memory budget, then named), and of the wrong shape.
-        (config("/dev/zero"), "/dev/zero"),
-        (inspect_meta("/dev/zero"), "/dev/zero"),
-        (evaluate_with(&s, Path::new("/dev/zero"), &[]), "/dev/zero"),
-        (bench("--targets", "/dev/zero"), "/dev/zero"),
+        (small_budget(config("/dev/zero")), "/dev/zero"),
+        (small_budget(inspect_meta("/dev/zero")), "/dev/zero"),
+        (small_budget(evaluate_with(&s, Path::new("/dev/zero"), &[])), "/dev/zero"),
+        (small_budget(bench("--targets", "/dev/zero")), "/dev/zero"),
         (config(&brackets), "nested 100000 deep"),
         (config(&not_a_mapping), "the top level must be a mapping"),
         (config(&empty), "holds no settings"),
@@ -194,6 +219,20 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (train_with(&s, &["task.temperature=1e-45"]), "temperature"),
         (train_with(&s, &["environment.seed=3", "trainer.seed=4"]), "environment.seed"),
         (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),
+        (evaluate_with(&s, &s.ckpt, &["--split", "bearing"]), "no label has two bearings"),
+        (strings(&["evaluate", "--checkpoint", &s.ckpt.display().to_string(), "--data", &s.data, "--meta", &grouped, "--label", "Group"]), "column `Group` is empty or missing for Id"),
+        (evaluate_with(&s, &bad_arch, &[]), "encoder_config metadata is not a valid encoder"),
+        (strings(&["train", "--config", &root().join("configs/debug.yaml").display().to_string(), "--data", &s.data, "--meta", &elsewhere]), "Id 100 is in"),
+        (
+            {
+                let mut a = config(&scalar_section);
+                a.extend(strings(&["--override", "data.window_size=256"]));
+                a
+            },
+            "is not a mapping of keys",
+        ),
+        (strings(&["generate", "--name", "", "--count", "2", "--length", "100", "--out", &s.dir.join("named").display().to_string()]), "--name"),
+        (strings(&["generate", "--name", "../up", "--count", "2", "--length", "100", "--out", &s.dir.join("named").display().to_string()]), "--name"),
         (bench("--targets", &nan_target), "data_processing.batch_preparation_ms` is NaN"),
         (bench("--reference", &negative_reference), "-5"),
         (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),

@@ -23,7 +23,7 @@ pub fn infonce_scratch_floats(b: usize, d: usize) -> usize {
     bd.saturating_mul(4).saturating_add(tile.saturating_mul(b)).saturating_add(b.saturating_mul(4)).saturating_add(tile.saturating_mul(2))
 }
 
-/// The smallest temperature: 1/τ must be a finite f32 (with room for the similarity's ±1).
+/// The smallest temperature: 1/τ and the gradient it scales stay far from f32's limit.
 pub const MIN_TEMPERATURE: f32 = 1e-30;
 
 /// InfoNCE settings.
@@ -46,10 +46,11 @@ impl InfoNceConfig {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(EngineError::invalid(Setting::Temperature, format!("must be a finite number > 0, got {}", self.temperature)));
         }
-        // Similarities are scaled by 1/τ in f32: below this, 1/τ overflows to infinity and the
-        // first step's loss is NaN.
+        // Similarities are scaled by 1/τ in f32. 1/τ itself overflows below ~3e-39, and the
+        // loss's gradient, 1/τ times sums over the batch, some orders of magnitude before: the
+        // floor keeps eight orders of magnitude of room.
         if self.temperature < MIN_TEMPERATURE {
-            return Err(EngineError::invalid(Setting::Temperature, format!("{:e} is below {MIN_TEMPERATURE:e}, where 1/τ overflows f32", self.temperature)));
+            return Err(EngineError::invalid(Setting::Temperature, format!("{:e} is below {MIN_TEMPERATURE:e}: 1/τ and the gradient come near f32's limit", self.temperature)));
         }
         Ok(())
     }

@@ -68,11 +68,12 @@ fn temperature_must_be_positive_and_its_inverse_finite() {
         let e = InfoNceConfig { temperature: t, symmetric: false }.validate().unwrap_err().to_string();
         assert!(e.contains("temperature"), "{t}: {e}");
     }
-    // The smallest accepted one trains: a finite loss on rows that are not all alike.
-    let z = [1.0, 0.2, -0.3, 1.0, 0.9, 0.1, -0.2, 1.1];
+    // The smallest accepted one keeps the loss and its gradient finite, on pairs the wrong way
+    // round (anchors [1, 0], [0, 1]; positives swapped), where both are as large as they get.
+    let z = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0];
     assert!(InfoNceConfig { temperature: engine::loss::MIN_TEMPERATURE, symmetric: true }.validate().is_ok());
     let (out, dz) = infonce(&z, 2, 2, engine::loss::MIN_TEMPERATURE, true);
-    assert!(out.loss.is_finite() && dz.iter().all(|g| g.is_finite()), "{out:?}");
+    assert!(out.loss.is_finite() && out.loss > 1e29 && dz.iter().all(|g| g.is_finite()) && dz.iter().any(|g| g.abs() > 1e29), "{out:?} {dz:?}");
 }
 
 /// Three steps of f(p) = ½ Σ aᵢ pᵢ² from p = [1, −2, 3, 0.5], a = [1, 2, 3, 4], lr 0.1. Expected

@@ -36,6 +36,12 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Whether `name` can name a file of its own in a directory: not empty, not hidden (a leading
+/// `.`), no separator. (`--save-baseline` names, `generate --name` stems.)
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
+}
+
 /// The directory a path lives in (`.` for a bare file name).
 pub fn parent_of(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
@@ -111,14 +117,19 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
         };
         let past = || format!("{}: reading on past the {len} bytes the file system declared (a device, a pipe, a file still growing?)", path.display());
         limits::check(past, (buf.len() + k) as u128).map_err(|e| oom(e.to_string()))?;
-        // (The allocator's own words would say "memory allocation failed": the file is the news.)
-        buf.try_reserve(k).map_err(|_| {
-            oom(format!(
-                "{}: reading on past the {len} bytes the file system declared, {} bytes do not fit in this process's memory (a device, a pipe, a file still growing?)",
-                path.display(),
-                buf.len() + k
-            ))
-        })?;
+        // Grown at most to the budget (doubling would reserve up to twice it), exactly, so a read
+        // that fits the budget never asks the allocator for more. (The allocator's own words would
+        // say "memory allocation failed": the file is the news.)
+        if buf.capacity() - buf.len() < k {
+            let grown = (buf.capacity().saturating_mul(2)).min(limits::budget().bytes.try_into().unwrap_or(usize::MAX)).max(buf.len() + k);
+            buf.try_reserve_exact(grown - buf.len()).map_err(|_| {
+                oom(format!(
+                    "{}: reading on past the {len} bytes the file system declared, {} bytes do not fit in this process's memory (a device, a pipe, a file still growing?)",
+                    path.display(),
+                    buf.len() + k
+                ))
+            })?;
+        }
         buf.extend_from_slice(&chunk[..k]);
     }
     Ok(buf)

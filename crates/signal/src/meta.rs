@@ -188,8 +188,9 @@ fn read_csv(path: &Path) -> Result<Records> {
     let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
     let mut records = Vec::new();
     // The parsed table takes several times the file (a string per cell, a row per Id): counted
-    // as it grows, so a table of millions of rows stops at the budget with its name.
-    let mut held: u128 = 0;
+    // with the file's bytes as it grows, so a table of millions of rows stops at the budget with
+    // its name.
+    let mut held: u128 = bytes.len() as u128;
     for (n, rec) in r.records().enumerate() {
         let rec = rec.map_err(|e| bad(e.to_string()))?;
         held += (rec.as_slice().len() + 32 * rec.len() + std::mem::size_of::<MetaRow>() + 64) as u128;

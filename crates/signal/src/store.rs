@@ -153,8 +153,9 @@ impl Hdf5Store {
                 Err(reason) => ignored.push(IgnoredDataset { name, reason }),
             }
         }
-        // `7` and `007` are one Id: the first name in sorted order is read, the other is named.
-        samples.sort_by(|a, b| (a.id, &a.name).cmp(&(b.id, &b.name)));
+        // `7` and `007` are one Id: the shortest name is read (PHM-Vibench reads `f[str(id)]`),
+        // the others are named as ignored.
+        samples.sort_by(|a, b| (a.id, a.name.len(), &a.name).cmp(&(b.id, b.name.len(), &b.name)));
         let mut kept: Vec<SampleInfo> = Vec::with_capacity(samples.len());
         for s in samples {
             match kept.last() {

@@ -408,37 +408,31 @@ impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`), validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = files::read_to_string(path).map_err(|e| TrainError::Io { path: path.to_path_buf(), source: e })?;
-        // An empty file is not a config of defaults: more likely the wrong file, or one cut short.
-        if flow_depth(&text) <= MAX_FLOW_DEPTH && serde_norway::from_str::<Value>(&text).is_ok_and(|v| v.is_null()) {
-            return Err(TrainError::Yaml(format!("{}: holds no settings (empty, or only comments)", path.display())));
-        }
-        Self::from_yaml(&text, overrides).map_err(|e| match e {
+        let in_file = |e: TrainError| match e {
             TrainError::Yaml(reason) => TrainError::Yaml(format!("{}: {reason}", path.display())),
             other => other,
-        })
+        };
+        let root = parse_root(&text).map_err(in_file)?;
+        // An empty file is not a config of defaults: more likely the wrong file, or one cut short.
+        if root.is_null() {
+            return Err(in_file(TrainError::Yaml("holds no settings (empty, or only comments)".into())));
+        }
+        Self::from_root(root, overrides).map_err(in_file)
     }
 
+    /// A config from YAML text (empty text: every default), `overrides` applied, validated.
     pub fn from_yaml(text: &str, overrides: &[String]) -> Result<Self> {
-        // The YAML parser's time grows with the square of the nesting of `[` / `{` (a 200 kB file
-        // of brackets took 30 s to reach its recursion limit): a config nests two deep, so
-        // anything past MAX_FLOW_DEPTH is refused before parsing.
-        let depth = flow_depth(text);
-        if depth > MAX_FLOW_DEPTH {
-            return Err(TrainError::Yaml(format!("`[` / `{{` nested {depth} deep; a config needs at most {MAX_FLOW_DEPTH}")));
-        }
-        let mut root: Value = serde_norway::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
+        Self::from_root(parse_root(text)?, overrides)
+    }
+
+    fn from_root(mut root: Value, overrides: &[String]) -> Result<Self> {
         if root.is_null() {
             root = Value::Mapping(Mapping::new());
-        }
-        if !root.is_mapping() {
-            return Err(TrainError::Yaml("the top level must be a mapping of sections".into()));
         }
         for o in overrides {
             apply_override(&mut root, o)?;
         }
-        let Value::Mapping(sections) = &mut root else {
-            return Err(TrainError::Yaml("the top level must be a mapping of sections".into()));
-        };
+        let Value::Mapping(sections) = &mut root else { return Err(not_sections()) };
         // Accepted-but-unused keys out, moved keys to their place, before serde sees the rest.
         let mut notes = Vec::new();
         for (key, why) in ACCEPTED_UNUSED {
@@ -810,7 +804,27 @@ fn put(root: &mut Mapping, key: &str, v: Value) {
     }
 }
 
-/// How deep `[` / `{` may nest in a config ([`Config::from_yaml`]).
+/// Parses YAML text into its root value (null for empty text), refusing what no config is: `[` /
+/// `{` nested past [`MAX_FLOW_DEPTH`] (the parser's time grows with the square of that nesting: a
+/// 200 kB file of brackets took 30 s to reach its recursion limit; a config nests two deep), or a
+/// root that is not a mapping of sections.
+fn parse_root(text: &str) -> Result<Value> {
+    let depth = flow_depth(text);
+    if depth > MAX_FLOW_DEPTH {
+        return Err(TrainError::Yaml(format!("`[` / `{{` nested {depth} deep; a config needs at most {MAX_FLOW_DEPTH}")));
+    }
+    let root: Value = serde_norway::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
+    if !(root.is_null() || root.is_mapping()) {
+        return Err(not_sections());
+    }
+    Ok(root)
+}
+
+fn not_sections() -> TrainError {
+    TrainError::Yaml("the top level must be a mapping of sections".into())
+}
+
+/// How deep `[` / `{` may nest in a config ([`parse_root`]).
 const MAX_FLOW_DEPTH: usize = 64;
 
 /// The deepest nesting of `[` and `{` in `text`, counted without regard to quotes or comments (a
@@ -841,7 +855,7 @@ fn apply_override(root: &mut Value, text: &str) -> Result<()> {
         return Err(TrainError::Config { key: path.into(), reason: format!("`[` / `{{` nested past {MAX_FLOW_DEPTH} deep") });
     }
     let v: Value = serde_norway::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    let Value::Mapping(m) = root else { return Err(TrainError::Yaml("the top level must be a mapping of sections".into())) };
+    let Value::Mapping(m) = root else { return Err(not_sections()) };
     let section = m.entry(Value::String(parts[0].into())).or_insert_with(|| Value::Mapping(Mapping::new()));
     let Value::Mapping(s) = section else {
         return Err(TrainError::Config { key: parts[0].into(), reason: "is not a mapping of keys, so the override cannot set one in it".into() });

@@ -100,9 +100,8 @@ pub struct EvalReport {
     pub test_ids: Vec<u64>,
     /// The bearing split's held-out bearings (empty for the time split).
     pub held_out: Vec<HeldOut>,
-    pub skipped_ids: Vec<u64>,
-    /// Why each of `skipped_ids` was skipped (`Id 3: non-finite value …`), in the same order.
-    pub skipped_reasons: Vec<String>,
+    /// Ids left out, each with why.
+    pub skipped: Vec<Skipped>,
     pub pretrained: ProbeScores,
     pub random_init: ProbeScores,
     /// The log-spectrum of the same windows, no encoder.
@@ -125,7 +124,14 @@ pub struct ProbeSet {
     pub classes: Vec<String>,
     pub held_out: Vec<HeldOut>,
     /// Ids left out, each with why.
-    pub skipped: Vec<(u64, String)>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// An Id the evaluation left out, and why (`too short for …`, `non-finite value …`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Skipped {
+    pub id: u64,
+    pub reason: String,
 }
 
 /// Cuts the probe windows of `split` from every Id of `ds`: `k` evenly spaced windows of `w`
@@ -158,11 +164,11 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
             Split::Bearing => vec![((0, len), bearing_of.contains_key(&id))],
         };
         if let Some(((lo, hi), _)) = regions.iter().find(|((lo, hi), _)| hi - lo < w) {
-            skipped.push((id, format!("Id {id}: its {split:?} split region of {} samples is shorter than the window of {w}", hi - lo)));
+            skipped.push(Skipped { id, reason: format!("its {split:?} split region of {} samples is shorter than the window of {w}", hi - lo) });
             continue;
         }
         if let Err(reason) = builder.check(id)? {
-            skipped.push((id, format!("Id {id}: {reason}")));
+            skipped.push(Skipped { id, reason: reason.to_string() });
             continue;
         }
         for ((lo, hi), is_test) in regions {
@@ -183,8 +189,8 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
         } else if skipped.is_empty() {
             "no window was cut".to_string()
         } else {
-            let first: Vec<&str> = skipped.iter().take(5).map(|(_, r)| r.as_str()).collect();
-            format!("{} of {} Ids skipped: {}{}", skipped.len(), ds.ids.len(), first.join("; "), if skipped.len() > 5 { "; …" } else { "" })
+            let reasons: Vec<String> = skipped.iter().map(|s| format!("Id {}: {}", s.id, s.reason)).collect();
+            format!("{} of {} Ids skipped: {}", skipped.len(), ds.ids.len(), crate::first_few(&reasons))
         };
         return Err(TrainError::Data(format!("{}: the {split:?} split leaves an empty fit or test set: {why}", ds.meta.path.display())));
     }
@@ -342,8 +348,7 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
         test_ids: dedup_ids(&set.test.ids),
         classes: set.classes,
         held_out: set.held_out,
-        skipped_ids: set.skipped.iter().map(|(id, _)| *id).collect(),
-        skipped_reasons: set.skipped.iter().map(|(_, why)| why.clone()).collect(),
+        skipped: set.skipped,
         pretrained,
         random_init,
         spectrum_baseline,

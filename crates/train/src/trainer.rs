@@ -132,11 +132,8 @@ pub fn open_dataset(data: &Path, meta: &Path) -> Result<Dataset> {
     let ds = Dataset::join(store, meta);
     if ds.ids.is_empty() {
         // Say why: the warnings name each Id of the table the store could not give, and why.
-        let why = ds.mismatch_warnings();
-        let detail = match why.len() {
-            0 => String::new(),
-            n => format!(": {}{}", why.iter().take(5).cloned().collect::<Vec<_>>().join("; "), if n > 5 { format!("; and {} more", n - 5) } else { String::new() }),
-        };
+        let why: Vec<String> = ds.mismatch_warnings().iter().map(|w| w.trim_end_matches("; skipped").to_string()).collect();
+        let detail = if why.is_empty() { String::new() } else { format!(": {}", crate::first_few(&why)) };
         return Err(TrainError::Data(format!("no Id is in both {} and its table {}{detail}", data.display(), ds.meta.path.display())));
     }
     Ok(ds)
@@ -622,7 +619,11 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     /// The last checkpoint (where the run moved on since the last one) and the summary.
     pub fn finish(mut self) -> Result<Summary> {
-        self.begin_record()?;
+        // (A fresh run reaches here having stepped: every epoch ends in a step. Were one not to,
+        // the previous run's record would stay, as promised.)
+        if !self.fresh || self.state.step > 0 {
+            self.begin_record()?;
+        }
         if self.cfg.trainer.save_last && self.last_saved_step != Some(self.state.step) && self.state.step > 0 {
             self.save_last()?;
         }

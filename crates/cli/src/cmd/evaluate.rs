@@ -53,8 +53,8 @@ pub fn run(a: Args) -> Result<()> {
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
     let mut report = evaluate_draws(&a.checkpoint, &ds, &opts, a.draws)?;
-    for why in &report.draws[0].skipped_reasons {
-        eprintln!("warning: skipped {why}");
+    for s in &report.draws[0].skipped {
+        eprintln!("warning: Id {} skipped: {}", s.id, s.reason);
     }
     if a.json {
         // One draw: the report itself, as before draws existed.

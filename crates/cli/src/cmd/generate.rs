@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<()> {
     let cfg = SynthConfig { complexity: a.complexity, count: a.count, length: a.length, channels: a.channels, seed: a.seed, ..Default::default() };
     cfg.validate().map_err(named_by_flag)?;
     // The stem of two file names: neither hidden (`.h5`) nor a path of its own.
-    if a.name.is_empty() || a.name.starts_with('.') || a.name.contains(['/', '\\']) {
+    if !files::is_plain_name(&a.name) {
         anyhow::bail!("--name {:?}: expected a plain file stem such as `synthetic`", a.name);
     }
     let pb = crate::progress::bar(a.count as u64, "generate");
