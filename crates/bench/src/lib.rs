@@ -247,15 +247,27 @@ impl Benchmark {
         for w in self.results.baseline_warnings.clone() {
             self.log(format!("warning: {w}"));
         }
+        // A baseline metric with no usable value (0, or not finite: a change against it is no
+        // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline
+        // where none is usable would switch the regression gate off without a word: that is said.
+        let (mut unusable, mut compared) = (Vec::new(), 0usize);
         for c in self.results.categories.iter_mut() {
             for m in c.metrics.iter_mut() {
                 if let Some(b) = base.metric(&m.id) {
                     let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
                     if bs.iter().chain(&ns).all(|v| v.is_finite()) && crate::stats::median(&bs) != 0.0 {
                         m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, m.exact, noise));
+                        compared += 1;
+                    } else if !bs.iter().all(|v| v.is_finite()) || crate::stats::median(&bs) == 0.0 {
+                        unusable.push(m.id.clone());
                     }
                 }
             }
+        }
+        if compared == 0 && !unusable.is_empty() {
+            let w = format!("none of the {} metric(s) this run shares with the baseline holds a usable value there (0, or not finite): nothing was compared", unusable.len());
+            self.log(format!("warning: {w}"));
+            self.results.baseline_warnings.push(w);
         }
         // A metric the baseline has and this run lacks (a category that failed or was not run, a
         // metric that disappeared) is said, not passed over.

@@ -11,6 +11,14 @@ macro_rules! outln {
     };
 }
 
+/// `eprintln!` for messages and errors, without its panic where standard error cannot be
+/// written (`2>/dev/full`): the message is lost, the exit status still says what happened.
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod args;
 mod cmd;
 mod progress;
@@ -62,9 +70,14 @@ fn write_stdout(args: std::fmt::Arguments) {
             STDOUT_CLOSED.store(true, Ordering::Relaxed);
             return;
         }
-        eprintln!("error: writing to standard output: {e}");
+        errln!("error: writing to standard output: {e}");
         std::process::exit(1);
     }
+}
+
+fn write_stderr(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(args);
 }
 
 fn main() {
@@ -72,7 +85,7 @@ fn main() {
     sigbus::install();
     // The environment's settings, read once before any work: a bad value is a named error.
     if let Err(e) = limits::init(cli.memory_budget).and_then(|_| engine::cpu::plan::check_env()).and_then(|_| engine::cpu::amx::check_env()) {
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         std::process::exit(1);
     }
     let result = match cli.command {
@@ -84,7 +97,7 @@ fn main() {
     };
     if let Err(e) = result {
         // Our error types already name their cause in their message; `{:#}` would repeat it.
-        eprintln!("error: {e}");
+        errln!("error: {e}");
         std::process::exit(1);
     }
 }

@@ -135,6 +135,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     let tiny_rate = file("rate.csv", "Id,Label,Sample_Rate\n1,0,1e-20\n");
     let nan_target = file("nan_targets.yaml", "data_processing:\n  batch_preparation_ms: .nan\n");
     let negative_reference = file("reference.json", r#"{"data":{"vectorized":{"batch_prep_ms_median":-5}}}"#);
+    let tiny_reference = file("tiny_reference.json", r#"{"train":[{"config":"small","amp":"none","samples_per_s":1e-310}]}"#);
     // A workbook whose one part unpacks to 100 MB (a few hundred kB on disk), under a 50 MB budget.
     let workbook = s.dir.join("bomb.xlsx");
     {
@@ -200,7 +201,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         // Sizes under every cap whose product is past the memory limit: named by the keys.
         (train_with(&s, &["model.name=mlp-complex", "data.window_size=256", "data.batch_size=4", "model.embedding_dim=1000000"]), "model.embedding_dim = 1000000"),
         // CLI counts.
-        (evaluate_with(&s, &s.ckpt, &["--windows", "100000000"]), "--windows 100000000"),
+        (evaluate_with(&s, &s.ckpt, &["--windows", "100000000"]), "100000000 is more than 1024"),
         (evaluate_with(&s, &s.ckpt, &["--windows", "0"]), "--windows"),
         (strings(&["generate", "--length", "99999999999999", "--channels", "99999", "--out", &s.dir.join("g").display().to_string()]), "99999999999999"),
         (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 generated signals"),
@@ -218,6 +219,9 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (inspect_meta(&tiny_rate), "Sample_Rate 1e-20 Hz is outside"),
         (train_with(&s, &["task.temperature=1e-45"]), "temperature"),
         (train_with(&s, &["environment.seed=3", "trainer.seed=4"]), "environment.seed"),
+        (train_with(&s, &["task.lr=1e6", "trainer.max_steps=1"]), "validation loss is NaN after step 1"),
+        (train_with(&s, &["data.val_fraction=0.9"]), "data.val_fraction"),
+        (train_with(&s, &["data.batch_size=1"]), "at least 2"),
         (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),
         (evaluate_with(&s, &s.ckpt, &["--split", "bearing"]), "no label has two bearings"),
         (strings(&["evaluate", "--checkpoint", &s.ckpt.display().to_string(), "--data", &s.data, "--meta", &grouped, "--label", "Group"]), "column `Group` is empty or missing for Id"),
@@ -235,6 +239,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (strings(&["generate", "--name", "../up", "--count", "2", "--length", "100", "--out", &s.dir.join("named").display().to_string()]), "--name"),
         (bench("--targets", &nan_target), "data_processing.batch_preparation_ms` is NaN"),
         (bench("--reference", &negative_reference), "-5"),
+        (bench("--reference", &tiny_reference), "between 1e-9 and 1e12"),
         (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),
         // Checkpoints cut short or from elsewhere.
         (evaluate_with(&s, &cut, &[]), "model.safetensors"),
@@ -255,12 +260,13 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
 #[test]
 fn a_memory_budget_past_a_value_names_it_and_the_limit() {
     let s = setup();
-    let mut a = strings(&["--memory-budget", "64M"]);
-    a.extend(evaluate_with(&s, &s.ckpt, &["--windows", "100000"]));
+    // 8 Ids × 2 regions × 1024 windows of 256 × 2 values with their embeddings: ~120 MB.
+    let mut a = strings(&["--memory-budget", "4M"]);
+    a.extend(evaluate_with(&s, &s.ckpt, &["--windows", "1024"]));
     let o = run_limited(&a);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("--windows 100000") && t.contains("--memory-budget 67.1 MB"), "{t}");
+    assert!(t.contains("--windows 1024") && t.contains("--memory-budget 4.2 MB"), "{t}");
 }
 
 #[test]

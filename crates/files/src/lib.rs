@@ -42,6 +42,52 @@ pub fn is_plain_name(name: &str) -> bool {
     !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\'])
 }
 
+/// An exclusive, advisory lock on a directory (`flock` on its `.lock` file), held until dropped:
+/// two runs writing one run directory at once would interleave their logs and race on their
+/// checkpoints. The kernel releases it when the process ends, however it ends, so a killed run
+/// leaves no stale lock.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: std::fs::File,
+}
+
+impl DirLock {
+    /// Takes the lock, or `Ok(None)` where another process holds it.
+    pub fn try_acquire(dir: &Path) -> std::io::Result<Option<DirLock>> {
+        let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(".lock"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+                let e = std::io::Error::last_os_error();
+                return if e.kind() == std::io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+            }
+        }
+        Ok(Some(DirLock { _file: file }))
+    }
+}
+
+/// Removes the temporaries ([`tmp_path`]: `*.tmp`) a killed writer left in `dir`; call it only
+/// while holding the directory's [`DirLock`], so no live writer's temporary goes. Returns how
+/// many went.
+pub fn remove_stale_temporaries(dir: &Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().ends_with(".tmp") {
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// The directory a path lives in (`.` for a bare file name).
 pub fn parent_of(path: &Path) -> &Path {
     path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
@@ -170,6 +216,24 @@ mod tests {
         std::fs::create_dir(d.path().join("last")).unwrap();
         replace_with_symlink(&d.path().join("last"), Path::new("v1")).unwrap();
         assert_eq!(std::fs::read(d.path().join("last/f")).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn a_directory_lock_is_held_once_and_stale_temporaries_go() {
+        let d = tempfile::tempdir().unwrap();
+        let first = DirLock::try_acquire(d.path()).unwrap();
+        assert!(first.is_some());
+        // flock locks belong to the open file: a second open in this process is refused too.
+        assert!(DirLock::try_acquire(d.path()).unwrap().is_none(), "a held lock is held");
+        drop(first);
+        assert!(DirLock::try_acquire(d.path()).unwrap().is_some(), "released on drop");
+        std::fs::create_dir(d.path().join("last@s3.123.tmp")).unwrap();
+        std::fs::write(d.path().join("top_k.json.9.tmp"), b"x").unwrap();
+        std::fs::write(d.path().join("keep.json"), b"x").unwrap();
+        assert_eq!(remove_stale_temporaries(d.path()).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, vec![".lock".to_string(), "keep.json".to_string()], "the lock file stays; {left:?}");
     }
 
     #[test]

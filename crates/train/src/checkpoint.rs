@@ -276,6 +276,24 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
 }
 
 /// Loads weights, both Adam moments, the projection head and the training state into `step`.
+/// Whether a checkpoint directory's training state holds a projection head (its tensors'
+/// names, from the safetensors header alone). False where it cannot be read: the caller only
+/// says more about a checkpoint it has loaded.
+pub fn holds_projection_head(dir: &Path) -> bool {
+    use std::io::Read;
+    let header = || -> Option<serde_json::Value> {
+        let mut f = std::fs::File::open(dir.join("training_state.safetensors")).ok()?;
+        let mut len = [0u8; 8];
+        f.read_exact(&mut len).ok()?;
+        let n = u64::from_le_bytes(len);
+        limits::check(|| format!("{}: its header", dir.display()), n as u128).ok()?;
+        let mut text = vec![0u8; usize::try_from(n).ok()?];
+        f.read_exact(&mut text).ok()?;
+        serde_json::from_slice(&text).ok()
+    };
+    header().and_then(|h| h.as_object().map(|m| m.keys().any(|k| k.starts_with("projection.")))).unwrap_or(false)
+}
+
 pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result<TrainingState> {
     let enc = &mut step.encoder;
     if dir.is_file() {
@@ -307,8 +325,16 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         let mut state = [vec![0.0; n], vec![0.0; n], vec![0.0; n]];
         for s in &hs {
             for (i, prefix) in ["", "exp_avg.", "exp_avg_sq."].iter().enumerate() {
-                let v = read_tensor(&file, &st, &format!("{prefix}{}", s.name), &s.shape)
-                    .map_err(|_| ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{prefix}{}`", s.name)))?;
+                let name = format!("{prefix}{}", s.name);
+                // Missing: the checkpoint has no head. Present with another shape: read_tensor's
+                // own error names both shapes (a head of another projection_dim).
+                let v = read_tensor(&file, &st, &name, &s.shape).map_err(|e| {
+                    if st.tensor(&name).is_ok() {
+                        e
+                    } else {
+                        ckpt_err(&file, format!("the run has a projection head and the checkpoint holds no `{name}`"))
+                    }
+                })?;
                 state[i][s.offset..s.offset + s.len()].copy_from_slice(&v);
             }
         }

@@ -446,7 +446,10 @@ impl Config {
         for (from, to) in MOVED {
             if let Some(v) = take(sections, from) {
                 let (s, k) = to.split_once('.').unwrap_or((to, ""));
-                if let Some(there) = sections.get(s).and_then(|m| m.get(k)).filter(|there| **there != v) {
+                // `3`, `3.0` and `"3"` are one value.
+                let number = |x: &Value| scalar_text(x).and_then(|t| t.trim().parse::<f64>().ok());
+                let differs = |there: &Value| *there != v && (number(there).is_none() || number(there) != number(&v));
+                if let Some(there) = sections.get(s).and_then(|m| m.get(k)).filter(|there| differs(there)) {
                     return Err(TrainError::Config {
                         key: (*from).into(),
                         reason: format!("is {}, while {to} is {}: give one", scalar_text(&v).unwrap_or_default(), scalar_text(there).unwrap_or_default()),
@@ -511,6 +514,10 @@ impl Config {
         }
         if t.max_steps == Some(0) {
             return bad("trainer.max_steps", "must be > 0".into());
+        }
+        // One pair has no negatives: InfoNCE's loss and gradient are exactly 0, nothing trains.
+        if d.batch_size == 1 {
+            return bad("data.batch_size", "must be at least 2: InfoNCE contrasts each pair with the other pairs of its batch".into());
         }
         // Upper bounds where a number sizes something: beyond them no run makes sense, and the
         // memory they would take is checked against the budget when the run is built.

@@ -28,6 +28,10 @@ pub enum TrainError {
     Checkpoint { path: PathBuf, reason: String },
     #[error("non-finite loss ({loss}) at step {step} (epoch {epoch}); training stopped, the last good checkpoint is intact")]
     NonFinite { step: u64, epoch: usize, loss: f32 },
+    /// Finite training steps whose weights give a non-finite validation loss (diverged: a
+    /// learning rate far too high); found before the step's checkpoint is written.
+    #[error("validation {what} is {value} after step {step} (epoch {epoch}): the weights have diverged (a learning rate too high?); training stopped, this step was not checkpointed")]
+    NonFiniteValidation { what: &'static str, value: f64, step: u64, epoch: usize },
     #[error("{0}")]
     Data(String),
 }

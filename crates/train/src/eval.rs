@@ -109,6 +109,9 @@ pub struct EvalReport {
     pub seconds: f64,
 }
 
+/// The most evaluation windows per Id and region (`--windows`).
+pub const MAX_WINDOWS: usize = 1024;
+
 /// Labelled windows: `[n, W·C]` values, a class and an Id per window.
 #[derive(Default)]
 pub struct Windows {
@@ -265,6 +268,14 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
     let t0 = std::time::Instant::now();
     if opts.windows == 0 {
         return Err(TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() });
+    }
+    // The k-NN probe compares every test window with every fit window: its time grows with the
+    // square of the windows (1000 per Id and region took 44 s on 8 Ids, 2000 took 186 s).
+    if opts.windows > MAX_WINDOWS {
+        return Err(TrainError::Config {
+            key: "--windows".into(),
+            reason: format!("{} is more than {MAX_WINDOWS} per Id and region (the k-NN probe's time grows with the square of the windows)", opts.windows),
+        });
     }
     let mut model = checkpoint::ModelFile::read(ckpt)?;
     let file = model.path.clone();

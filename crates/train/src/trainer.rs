@@ -107,14 +107,24 @@ pub fn learning_rate(cfg: &Config, t: u64, total: u64) -> f32 {
     }
 }
 
-/// Splits Ids into train and validation by a seeded shuffle.
-pub fn split_ids(ids: &[u64], val_fraction: f64, seed: u64) -> (Vec<u64>, Vec<u64>) {
+/// Splits Ids into train and validation by a seeded shuffle. A fraction that itself leaves fewer
+/// than two Ids to train on is an error naming `data.val_fraction`; where only the minimum of two
+/// validation Ids would (a handful of Ids), validation is off.
+pub fn split_ids(ids: &[u64], val_fraction: f64, seed: u64) -> Result<(Vec<u64>, Vec<u64>)> {
     let mut order = ids.to_vec();
     signal::rng::Rng::new(signal::rng::mix_seed(&[seed, 0x5917])).shuffle(&mut order);
-    let mut n_val = (ids.len() as f64 * val_fraction).round() as usize;
-    if val_fraction > 0.0 {
-        n_val = n_val.max(2); // one pair cannot be contrasted
+    let asked = (ids.len() as f64 * val_fraction).round() as usize;
+    if asked + 2 > ids.len() && asked > 0 {
+        return Err(TrainError::Config {
+            key: "data.val_fraction".into(),
+            reason: format!(
+                "{val_fraction} of {} Ids holds {asked} out for validation and leaves {} to train on (at least 2 are needed; 0 turns validation off)",
+                ids.len(),
+                ids.len() - asked.min(ids.len())
+            ),
+        });
     }
+    let mut n_val = if val_fraction > 0.0 { asked.max(2) } else { 0 }; // one pair cannot be contrasted
     if n_val + 2 > ids.len() {
         n_val = 0;
     }
@@ -122,7 +132,7 @@ pub fn split_ids(ids: &[u64], val_fraction: f64, seed: u64) -> (Vec<u64>, Vec<u6
     let mut train = order[n_val..].to_vec();
     train.sort_unstable();
     val.sort_unstable();
-    (train, val)
+    Ok((train, val))
 }
 
 /// Opens a store + table pair as a dataset (its mismatches in [`Dataset::mismatch_warnings`]).
@@ -268,6 +278,8 @@ pub struct Trainer<'a, D: Device> {
     record_pending: bool,
     /// Not resumed: the record starts anew.
     fresh: bool,
+    /// This run's hold on its directory, for as long as it runs.
+    _lock: files::DirLock,
     per_epoch: usize,
     total_steps: u64,
     epoch_stats: EpochStats,
@@ -287,12 +299,26 @@ impl<'a, D: Device> Trainer<'a, D> {
     /// when resuming.
     pub fn new(cfg: &'a Config, ds: Dataset, resume: Option<&Path>, obs: &'a mut dyn Observer, pool: Arc<rayon::ThreadPool>, device: D) -> Result<Self> {
         let t_start = Instant::now();
-        let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, cfg.trainer.seed);
+        let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, cfg.trainer.seed)?;
         let builder = Arc::new(BatchBuilder::new(ds.store.clone(), cfg.preprocess(), cfg.window())?.with_time_split(cfg.data.time_split)?);
         let inputs = Inputs::new(cfg, &ds)?;
         let b = cfg.data.batch_size;
         let enc_cfg = cfg.encoder(builder.channels());
         enc_cfg.validate().map_err(engine_error)?;
+        // The ISFM's time channel is t / Sample_Rate: without a rate it takes 1 Hz, so a window's
+        // times run to W seconds instead of W / fs, far outside what its patch embedding sees
+        // with real rates (on CWRU without the column the probe fell from 75 % to 50 %).
+        if enc_cfg.kind() == EncoderKind::Isfm {
+            let missing = ds.ids.iter().filter(|&&id| ds.row(id).and_then(|r| r.sample_rate).is_none()).count();
+            if missing > 0 {
+                obs.message(&format!(
+                    "warning: {missing} of {} Ids have no Sample_Rate in {}: the isfm's time channel takes 1 Hz for them (times up to {} s); give the table a Sample_Rate column",
+                    ds.ids.len(),
+                    ds.meta.path.display(),
+                    cfg.data.window_size
+                ));
+            }
+        }
         let usable_train = builder.usable_ids(&train_ids)?;
         let usable_val = builder.usable_ids(&val_ids)?;
         for (id, reason) in builder.skips().entries() {
@@ -352,11 +378,20 @@ impl<'a, D: Device> Trainer<'a, D> {
             step.micro_step = state.micro_step;
             step.seed = state.seed;
             obs.message(&format!("resumed from {} at step {}, epoch {}", dir.display(), state.step, state.epoch));
+            if step.head().is_none() && checkpoint::holds_projection_head(dir) {
+                obs.message("note: the checkpoint's projection head is not resumed (model.projection_dim is not set): the encoder continues without it");
+            }
         }
         // Only a run that can start writes its directory.
         let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
         let ckpt_dir = run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+        let lock = files::DirLock::try_acquire(&run_dir).map_err(|e| TrainError::io(run_dir.join(".lock"), e))?.ok_or_else(|| TrainError::Config {
+            key: "environment.experiment_name".into(),
+            reason: format!("another run is writing {} (it holds {}); give this run another name", run_dir.display(), run_dir.join(".lock").display()),
+        })?;
+        // What a killed run left half-written (its checkpoint's temporary directory).
+        files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         obs.start(total_steps, state.step);
@@ -378,6 +413,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             metrics: None,
             record_pending: true,
             fresh,
+            _lock: lock,
             per_epoch,
             total_steps,
             epoch_stats: EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() },
@@ -516,6 +552,13 @@ impl<'a, D: Device> Trainer<'a, D> {
         self.state.batch = 0;
         let check_epoch = self.state.epoch % self.cfg.trainer.check_val_every_n_epoch == 0;
         let (vl, va) = if check_epoch { self.validate()? } else { (None, None) };
+        // A NaN here is no "best" to rank: the run has diverged, and says so before any
+        // checkpoint of these weights is written.
+        for (what, v) in [("loss", vl), ("accuracy", va)] {
+            if let Some(value) = v.filter(|v| !v.is_finite()) {
+                return Err(TrainError::NonFiniteValidation { what, value, step: self.state.step, epoch: pos.epoch });
+            }
+        }
         let es = &self.epoch_stats;
         let el = EpochLog {
             epoch: pos.epoch,

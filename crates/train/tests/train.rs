@@ -536,6 +536,10 @@ fn a_projection_head_trains_resumes_and_stays_out_of_the_encoder_state_dict() {
     let with_head = small_config(&dir.path().join("e"), &o);
     let e = train(&with_head, &h5, &csv, Some(&plain_last), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("projection head") && e.contains("projection.0.weight"), "{e}");
+    // A head of another size: the shapes are named, not "holds no".
+    let other_head = small_config(&dir.path().join("f"), &["model.projection_dim=8", "trainer.gradient_clip_val=1.0"]);
+    let e = train(&other_head, &h5, &csv, Some(&last), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("has shape [16, ") && e.contains("needs [8, "), "{e}");
 }
 
 #[test]
@@ -623,4 +627,22 @@ fn a_fresh_run_that_fails_leaves_the_previous_record_of_its_directory_whole() {
     train(&other, &h5, &csv, None, &mut Quiet).unwrap();
     assert!(String::from_utf8(record("config.yaml")).unwrap().contains("seed: 9"));
     assert_ne!(record("metrics.jsonl"), before[1]);
+}
+
+#[test]
+fn a_second_run_in_a_directory_being_written_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(&dir.path().join("run"), &[]);
+    let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
+    std::fs::create_dir_all(run_dir.join("checkpoints")).unwrap();
+    // What a run killed mid-checkpoint leaves: removed by the next run, once it holds the lock.
+    std::fs::create_dir_all(run_dir.join("checkpoints/last@s7.4242.tmp")).unwrap();
+    let held = files::DirLock::try_acquire(&run_dir).unwrap().expect("free");
+    let e = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("another run is writing") && e.contains("environment.experiment_name"), "{e}");
+    assert!(run_dir.join("checkpoints/last@s7.4242.tmp").exists(), "not touched while another run holds the directory");
+    drop(held);
+    train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    assert!(!run_dir.join("checkpoints/last@s7.4242.tmp").exists(), "the stale temporary went");
 }

@@ -48,13 +48,13 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let ds = train::trainer::open_dataset(&a.data.data, &a.data.meta)?;
     for w in ds.mismatch_warnings() {
-        eprintln!("warning: {w}");
+        errln!("warning: {w}");
     }
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
     let mut report = evaluate_draws(&a.checkpoint, &ds, &opts, a.draws)?;
     for s in &report.draws[0].skipped {
-        eprintln!("warning: Id {} skipped: {}", s.id, s.reason);
+        errln!("warning: Id {} skipped: {}", s.id, s.reason);
     }
     if a.json {
         // One draw: the report itself, as before draws existed.

@@ -56,7 +56,7 @@ impl Observer for Bar {
     fn message(&mut self, msg: &str) {
         // A hidden bar (not a terminal) drops what it is asked to print: use stderr directly.
         if self.pb.is_hidden() {
-            eprintln!("{msg}");
+            errln!("{msg}");
         } else {
             self.pb.println(msg);
         }
