@@ -32,7 +32,10 @@ pub fn default_targets() -> Targets {
 /// Reads a targets file (JSON or YAML), filling unspecified targets from the default table.
 pub fn load_targets(path: &Path) -> Result<Targets> {
     let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
-    let user: Targets = serde_norway::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    // Through a YAML value first: it refuses a key given twice (a map would keep the last).
+    let user: Targets = serde_norway::from_str::<serde_norway::Value>(text.trim_start_matches('\u{feff}'))
+        .and_then(serde_norway::from_value)
+        .map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
     let mut t = default_targets();
     for (section, keys) in user {
         let known = t.get_mut(&section).ok_or_else(|| BenchError::Input(format!("{}: unknown targets section `{section}`", path.display())))?;
@@ -40,8 +43,9 @@ pub fn load_targets(path: &Path) -> Result<Targets> {
             if !known.contains_key(&k) {
                 return Err(BenchError::Input(format!("{}: unknown target `{section}.{k}`", path.display())));
             }
-            if !v.is_finite() {
-                return Err(BenchError::Input(format!("{}: target `{section}.{k}` is {v}, not a finite number", path.display())));
+            // Every target is a time, a rate, a size or a ratio: none is below 0.
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(BenchError::Input(format!("{}: target `{section}.{k}` is {v}, not a finite number >= 0", path.display())));
             }
             known.insert(k, v);
         }

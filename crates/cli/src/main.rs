@@ -88,6 +88,9 @@ fn main() {
         errln!("error: {e}");
         std::process::exit(1);
     }
+    if let Some(w) = engine::cpu::amx::env_warning() {
+        errln!("warning: {w}");
+    }
     let result = match cli.command {
         Command::Inspect(a) => cmd::inspect::run(a),
         Command::Generate(a) => cmd::generate::run(a),

@@ -134,6 +134,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     let dup_header = file("dup.csv", "Id,Label,Label\n1,0,1\n");
     let tiny_rate = file("rate.csv", "Id,Label,Sample_Rate\n1,0,1e-20\n");
     let nan_target = file("nan_targets.yaml", "data_processing:\n  batch_preparation_ms: .nan\n");
+    let negative_target = file("negative_targets.yaml", "data_processing:\n  batch_preparation_ms: -1\n");
+    let twice_target = file("twice_targets.yaml", "data_processing:\n  batch_preparation_ms: 5\n  batch_preparation_ms: 500\n");
     let negative_reference = file("reference.json", r#"{"data":{"vectorized":{"batch_prep_ms_median":-5}}}"#);
     let tiny_reference = file("tiny_reference.json", r#"{"train":[{"config":"small","amp":"none","samples_per_s":1e-310}]}"#);
     // A workbook whose one part unpacks to 100 MB (a few hundred kB on disk), under a 50 MB budget.
@@ -222,6 +224,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (train_with(&s, &["task.lr=1e6", "trainer.max_steps=1"]), "validation loss is NaN after step 1"),
         (train_with(&s, &["data.val_fraction=0.9"]), "data.val_fraction"),
         (train_with(&s, &["data.batch_size=1"]), "at least 2"),
+        (bench("--targets", &negative_target), "not a finite number >= 0"),
+        (bench("--targets", &twice_target), "duplicate"),
         (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),
         (evaluate_with(&s, &s.ckpt, &["--split", "bearing"]), "no label has two bearings"),
         (strings(&["evaluate", "--checkpoint", &s.ckpt.display().to_string(), "--data", &s.data, "--meta", &grouped, "--label", "Group"]), "column `Group` is empty or missing for Id"),

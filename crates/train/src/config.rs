@@ -888,8 +888,18 @@ fn number(v: &Value) -> std::result::Result<f64, String> {
     }
 }
 
-/// Whole numbers up to 2^53 (larger ones are checked against memory where they size something).
+/// Whole numbers: exact to u64's range where written as integers (a seed of 2^53 + 1 stays
+/// itself), otherwise (`3.0`, `1e3`) up to 2^53, where f64 still counts by ones. Larger ones are
+/// checked against memory where they size something.
 fn whole_number(v: &Value) -> std::result::Result<u64, String> {
+    let exact = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    };
+    if let Some(n) = exact {
+        return Ok(n);
+    }
     let f = number(v)?;
     if f.fract() != 0.0 || !(0.0..=9.007_199_254_740_992e15).contains(&f) {
         return Err(format!("expected a whole number >= 0, got {}", scalar_text(v).unwrap_or_default()));

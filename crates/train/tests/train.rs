@@ -646,3 +646,17 @@ fn a_second_run_in_a_directory_being_written_is_refused_by_name() {
     train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
     assert!(!run_dir.join("checkpoints/last@s7.4242.tmp").exists(), "the stale temporary went");
 }
+
+#[test]
+fn whole_numbers_written_as_integers_are_exact_to_u64() {
+    // Through f64, 2^53 + 1 became 2^53 and u64::MAX an error.
+    for seed in [9_007_199_254_740_993u64, u64::MAX] {
+        let c = Config::from_yaml("", &[format!("trainer.seed={seed}")]).unwrap();
+        assert_eq!(c.trainer.seed, seed);
+    }
+    assert_eq!(Config::from_yaml("trainer:\n  seed: 3.0\n", &[]).unwrap().trainer.seed, 3, "a whole float is still whole");
+    for bad in ["-1", "1.5", "1e30", "abc"] {
+        let e = Config::from_yaml("", &[format!("trainer.seed={bad}")]).unwrap_err().to_string();
+        assert!(e.contains("trainer.seed"), "{bad}: {e}");
+    }
+}

@@ -374,6 +374,13 @@ pub fn check_env() -> Result<(), String> {
     }
 }
 
+/// A warning where `CID_CPU_AMX=on` asks for what this machine cannot give (no AMX-BF16, or
+/// Linux refuses the tile state), so that the request is not ignored in silence.
+pub fn env_warning() -> Option<String> {
+    let asked = std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("on"));
+    (asked && !available()).then(|| format!("{ENV}=on: this CPU has no AMX-BF16 (or Linux refused its tile state); bf16 products run on the other kernels"))
+}
+
 /// Whether this CPU has AMX-BF16 and Linux lets this process use its tiles (asked once: the
 /// tile data is a large register state the kernel hands out on request).
 pub fn available() -> bool {
