@@ -224,6 +224,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (train_with(&s, &["task.lr=1e6", "trainer.max_steps=1"]), "validation loss is NaN after step 1"),
         (train_with(&s, &["data.val_fraction=0.9"]), "data.val_fraction"),
         (train_with(&s, &["data.batch_size=1"]), "at least 2"),
+        (train_with(&s, &["model.name=cnn", "data.input=spectrum", "data.window_size=256"]), "the 128 frequency bins of a window of 256 samples"),
         (bench("--targets", &negative_target), "not a finite number >= 0"),
         (bench("--targets", &twice_target), "duplicate"),
         (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),

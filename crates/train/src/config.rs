@@ -575,7 +575,7 @@ impl Config {
         // The encoder's own checks (an ISFM patch longer than the window, heads not dividing the
         // width, a window too short for the CNN), on one channel: the data's count is checked
         // when the data is opened.
-        self.encoder(self.model.patch_size_c.max(1)).validate().map_err(|e| engine_error(e))?;
+        self.encoder(self.model.patch_size_c.max(1)).validate().map_err(|e| self.encoder_error(e))?;
         Ok(())
     }
 
@@ -634,6 +634,19 @@ impl Config {
         match self.data.input {
             InputKind::Time | InputKind::Whitened => self.data.window_size,
             InputKind::Spectrum => self.data.window_size / 2,
+        }
+    }
+
+    /// An error of [`Config::encoder`]'s validation, named by its key. With `data.input:
+    /// spectrum` the encoder sees the spectrum's bins, not the window's samples: where the
+    /// numbers in a `data.window_size` message are bins, it says so.
+    pub fn encoder_error(&self, e: engine::EngineError) -> TrainError {
+        match engine_error(e) {
+            TrainError::Config { key, reason } if key == "data.window_size" && self.data.input == InputKind::Spectrum => TrainError::Config {
+                key,
+                reason: format!("{reason} (with data.input: spectrum the encoder sees the {} frequency bins of a window of {} samples)", self.encoder_window(), self.data.window_size),
+            },
+            other => other,
         }
     }
 

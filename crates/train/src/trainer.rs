@@ -304,7 +304,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         let inputs = Inputs::new(cfg, &ds)?;
         let b = cfg.data.batch_size;
         let enc_cfg = cfg.encoder(builder.channels());
-        enc_cfg.validate().map_err(engine_error)?;
+        enc_cfg.validate().map_err(|e| cfg.encoder_error(e))?;
         // The ISFM's time channel is t / Sample_Rate: without a rate it takes 1 Hz, so a window's
         // times run to W seconds instead of W / fs, far outside what its patch embedding sees
         // with real rates (on CWRU without the column the probe fell from 75 % to 50 %).
