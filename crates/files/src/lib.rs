@@ -151,9 +151,13 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     let n = usize::try_from(len).map_err(|_| oom(format!("{len} bytes do not fit in memory")))?;
     limits::check(|| format!("{}: reading the whole file", path.display()), len as u128).map_err(|e| oom(e.to_string()))?;
     buf.try_reserve_exact(n).map_err(|e| oom(format!("{len} bytes could not be had: {e}")))?;
-    // The declared length is a hint, not a bound: a pipe, a device (`/dev/zero`) or a file still
-    // growing says 0 or less than it gives. Read in chunks, each checked against the budget.
+    // The declared bytes straight into the reservation; then whatever follows them, since the
+    // declared length is a hint, not a bound: a pipe, a device (`/dev/zero`) or a file still
+    // growing says 0 or less than it gives. That rest is read in chunks, each checked against the
+    // budget.
+    Read::by_ref(&mut f).take(len).read_to_end(&mut buf)?;
     let mut chunk = vec![0u8; 1 << 16];
+    let past = || format!("{}: reading on past the {len} bytes the file system declared (a device, a pipe, a file still growing?)", path.display());
     loop {
         let k = match f.read(&mut chunk) {
             Ok(0) => break,
@@ -161,20 +165,14 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        let past = || format!("{}: reading on past the {len} bytes the file system declared (a device, a pipe, a file still growing?)", path.display());
         limits::check(past, (buf.len() + k) as u128).map_err(|e| oom(e.to_string()))?;
         // Grown at most to the budget (doubling would reserve up to twice it), exactly, so a read
         // that fits the budget never asks the allocator for more. (The allocator's own words would
         // say "memory allocation failed": the file is the news.)
         if buf.capacity() - buf.len() < k {
-            let grown = (buf.capacity().saturating_mul(2)).min(limits::budget().bytes.try_into().unwrap_or(usize::MAX)).max(buf.len() + k);
-            buf.try_reserve_exact(grown - buf.len()).map_err(|_| {
-                oom(format!(
-                    "{}: reading on past the {len} bytes the file system declared, {} bytes do not fit in this process's memory (a device, a pipe, a file still growing?)",
-                    path.display(),
-                    buf.len() + k
-                ))
-            })?;
+            let budget = usize::try_from(limits::budget().bytes).unwrap_or(usize::MAX);
+            let grown = buf.capacity().saturating_mul(2).min(budget).max(buf.len() + k);
+            buf.try_reserve_exact(grown - buf.len()).map_err(|_| oom(format!("{}: {} bytes do not fit in this process's memory", past(), buf.len() + k)))?;
         }
         buf.extend_from_slice(&chunk[..k]);
     }

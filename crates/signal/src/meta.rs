@@ -129,11 +129,10 @@ impl Metadata {
                 name: get(col("Name")).map(str::to_string),
                 domain_id: typed_i("Domain_id")?,
                 sample_rate: match typed_f("Sample_Rate")? {
-                    // A rate is a time scale (the ISFM's time channel): none is "unknown", a
-                    // non-positive or infinite one is a broken table.
-                    Some(r) if !((r as f32) > 0.0 && (r as f32).is_finite()) => return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r} is not a positive, finite rate"))),
-                    // The ISFM's time channel is t / rate: a rate of 1e-20 Hz makes it ~1e25 and
-                    // the first step's LayerNorm overflows to NaN.
+                    // A rate is a time scale (the ISFM's time channel is t / rate): none is
+                    // "unknown"; 0, negative, NaN or infinite is a broken table, and so is one
+                    // far outside any recording's (at 1e-20 Hz the time channel is ~1e25 and the
+                    // first step's LayerNorm overflows to NaN).
                     Some(r) if !(MIN_SAMPLE_RATE..=MAX_SAMPLE_RATE).contains(&r) => {
                         return Err(bad(format!("row {line} (Id {id}): Sample_Rate {r:e} Hz is outside {MIN_SAMPLE_RATE:e} to {MAX_SAMPLE_RATE:e} Hz")))
                     }

@@ -139,7 +139,7 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
     assert!(e.contains("no_id.csv") && e.contains("`Id`"), "{e}");
     let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
     assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
-    // A rate that is there must be one: positive and finite (in f32, as the encoder takes it).
+    // A rate that is there must be one: positive, finite, within 1e-6 to 1e15 Hz.
     for rate in ["0", "-5", "nan", "inf", "1e39", "1e-50"] {
         let bad_rate = dir.path().join("bad_rate.csv");
         std::fs::write(&bad_rate, format!("Id,Label,Sample_Rate\n1,0,12000\n2,1,{rate}\n")).unwrap();

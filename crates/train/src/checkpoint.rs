@@ -275,26 +275,15 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
     ModelFile::read(path)?.load_into(enc)
 }
 
-/// Loads weights, both Adam moments, the projection head and the training state into `step`.
-/// Whether a checkpoint directory's training state holds a projection head (its tensors'
-/// names, from the safetensors header alone). False where it cannot be read: the caller only
-/// says more about a checkpoint it has loaded.
-pub fn holds_projection_head(dir: &Path) -> bool {
-    use std::io::Read;
-    let header = || -> Option<serde_json::Value> {
-        let mut f = std::fs::File::open(dir.join("training_state.safetensors")).ok()?;
-        let mut len = [0u8; 8];
-        f.read_exact(&mut len).ok()?;
-        let n = u64::from_le_bytes(len);
-        limits::check(|| format!("{}: its header", dir.display()), n as u128).ok()?;
-        let mut text = vec![0u8; usize::try_from(n).ok()?];
-        f.read_exact(&mut text).ok()?;
-        serde_json::from_slice(&text).ok()
-    };
-    header().and_then(|h| h.as_object().map(|m| m.keys().any(|k| k.starts_with("projection.")))).unwrap_or(false)
+/// What [`load_full`] restored: the training state, and whether the checkpoint's projection head
+/// was left behind (the run has none), which the caller says.
+pub struct Resumed {
+    pub state: TrainingState,
+    pub head_left_behind: bool,
 }
 
-pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result<TrainingState> {
+/// Loads weights, both Adam moments, the projection head and the training state into `step`.
+pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result<Resumed> {
     let enc = &mut step.encoder;
     if dir.is_file() {
         return Err(ckpt_err(dir, "is a file: --resume takes the checkpoint's directory (e.g. RUN/checkpoints/last)"));
@@ -343,11 +332,12 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         }
         step.set_head_state(&state)?;
     }
+    let head_left_behind = step.head().is_none() && st.names().iter().any(|n| n.starts_with("projection."));
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
     let json = meta.metadata().as_ref().and_then(|m| m.get("training_state")).ok_or_else(|| ckpt_err(&file, "no training state"))?;
-    let state = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
+    let state: TrainingState = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
     if let Some(plan) = meta.metadata().as_ref().and_then(|m| m.get("kernel_plan")) {
         step.encoder.device.pin_kernel_plan(plan).map_err(|e| ckpt_err(&file, e))?;
     }
-    Ok(state)
+    Ok(Resumed { state, head_left_behind })
 }

@@ -361,7 +361,8 @@ impl<'a, D: Device> Trainer<'a, D> {
         let mut state =
             TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
         if let Some(dir) = resume {
-            state = checkpoint::load_full(dir, &mut step)?;
+            let resumed = checkpoint::load_full(dir, &mut step)?;
+            state = resumed.state;
             if state.seed != cfg.trainer.seed {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
@@ -378,7 +379,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             step.micro_step = state.micro_step;
             step.seed = state.seed;
             obs.message(&format!("resumed from {} at step {}, epoch {}", dir.display(), state.step, state.epoch));
-            if step.head().is_none() && checkpoint::holds_projection_head(dir) {
+            if resumed.head_left_behind {
                 obs.message("note: the checkpoint's projection head is not resumed (model.projection_dim is not set): the encoder continues without it");
             }
         }

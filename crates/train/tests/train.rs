@@ -206,7 +206,7 @@ fn checkpoint_round_trip_and_pytorch_layout() {
     assert_eq!(names, want.iter().map(|(n, s)| (n.to_string(), s.clone())).collect::<Vec<_>>());
     // Weights and optimizer state load back exactly.
     let mut step = ContrastiveStep::new(arch.init(CpuDevice::new(), 4, 99).unwrap(), 2, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
-    let state = train::checkpoint::load_full(&last, &mut step).unwrap();
+    let state = train::checkpoint::load_full(&last, &mut step).unwrap().state;
     // The GEMM kernels the run measured fastest are saved, and pinned by the load (this device
     // has run no product: every entry it knows came from the checkpoint).
     let ts = std::fs::read(last.join("training_state.safetensors")).unwrap();
