@@ -130,8 +130,10 @@ pub(crate) fn act_forward_rows(pre: &mut [f32], out: &mut [f32], bias: Option<&[
                     Some((seed, threshold, scale)) => {
                         let base = ((row0 + r) * cols) as u32;
                         for (j, (o, &p)) in or.iter_mut().zip(pr.iter()).enumerate() {
-                            let keep = Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold;
-                            *o = if keep { $f(p) * scale } else { 0.0 };
+                            // Computed for every element, then selected: a branch around it
+                            // would keep the loop from vectorizing.
+                            let (v, keep) = ($f(p) * scale, Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold);
+                            *o = if keep { v } else { 0.0 };
                         }
                     }
                 }
@@ -157,8 +159,8 @@ pub(crate) fn act_backward_rows(d: &mut [f32], pre: &[f32], cols: usize, row0: u
                     Some((seed, threshold, scale)) => {
                         let base = ((row0 + r) * cols) as u32;
                         for (j, (g, &p)) in dr.iter_mut().zip(pr).enumerate() {
-                            let keep = Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold;
-                            *g = if keep { *g * scale * $g(p) } else { 0.0 };
+                            let (v, keep) = (*g * scale * $g(p), Dropout::bits(seed, base.wrapping_add(j as u32)) >= threshold);
+                            *g = if keep { v } else { 0.0 };
                         }
                     }
                 }
