@@ -352,7 +352,35 @@ pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
     if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
         return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
     }
+    for m in base.metrics() {
+        check_baseline_metric(m).map_err(|why| BenchError::Input(format!("{}: metric {}: {why}", path.display(), m.id)))?;
+    }
     Ok(base)
+}
+
+/// The most samples a baseline metric may hold: a run records at most a few hundred per metric,
+/// and the comparison resamples them a thousand times.
+pub const MAX_BASELINE_SAMPLES: usize = 10_000;
+
+/// What a run could have measured: finite values, of a sign the metric can take, normal (a
+/// subnormal base makes every ratio against it overflow), and no more samples than a run records.
+fn check_baseline_metric(m: &results::Metric) -> std::result::Result<(), String> {
+    if m.samples.len() > MAX_BASELINE_SAMPLES {
+        return Err(format!("{} samples, more than the {MAX_BASELINE_SAMPLES} a run records", m.samples.len()));
+    }
+    for v in std::iter::once(m.value).chain(m.samples.iter().copied()) {
+        let why = if !v.is_finite() {
+            "is not finite"
+        } else if v < 0.0 && !m.name.can_be_negative() {
+            "is negative, which a measured value of this metric cannot be"
+        } else if v != 0.0 && v.abs() < f64::MIN_POSITIVE {
+            "is subnormal (below 2.2e-308): no measurement is that small"
+        } else {
+            continue;
+        };
+        return Err(format!("the value {v:e} {why}"));
+    }
+    Ok(())
 }
 
 /// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.

@@ -96,6 +96,12 @@ names! {
 }
 
 impl MetricName {
+    /// Whether a value below zero means something: an accuracy drop (bf16 more accurate than
+    /// fp32) and an RSS that fell. Every other metric counts, times or sizes something.
+    pub fn can_be_negative(self) -> bool {
+        matches!(self, MetricName::AccuracyDrop | MetricName::RssRiseMb)
+    }
+
     /// The unit values of this metric are in.
     pub fn unit(self) -> &'static str {
         use MetricName::*;

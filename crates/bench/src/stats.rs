@@ -114,11 +114,22 @@ pub enum Verdict {
 /// A metric compared with its baseline: relative change of the median and its bootstrap CI.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    /// `new / base − 1` of the medians.
+    /// `(new − base) / |base|` of the medians (`new / base − 1` for a positive base): positive
+    /// when the value rose, whatever the base's sign.
     pub change: f64,
     pub ci_low: f64,
     pub ci_high: f64,
     pub verdict: Verdict,
+}
+
+/// `new` relative to `base`: `new / base − 1` for a positive base, `(new − base) / |base|` for a
+/// negative one (an accuracy drop below zero), so a rise is positive either way.
+fn relative_change(base: f64, new: f64) -> f64 {
+    if base > 0.0 {
+        new / base - 1.0
+    } else {
+        (new - base) / base.abs()
+    }
 }
 
 /// Compares samples of a metric, or the single values of an `exact` one (counted or computed,
@@ -128,7 +139,7 @@ pub struct Change {
 /// measured one with fewer than [`MIN_CI_SAMPLES`] samples on a side gets no verdict.
 pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, exact: bool, noise: f64) -> Change {
     let (mb, mn) = (median(base), median(new));
-    let change = mn / mb - 1.0;
+    let change = relative_change(mb, mn);
     let sampled = base.len() >= MIN_CI_SAMPLES && new.len() >= MIN_CI_SAMPLES;
     if !sampled && !exact {
         return Change { change, ci_low: change, ci_high: change, verdict: Verdict::NotCompared };
@@ -144,7 +155,7 @@ pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, exact: bool, no
                 for x in nb.iter_mut() {
                     *x = new[rng.below(new.len())];
                 }
-                median_in_place(&mut nb) / median_in_place(&mut bb) - 1.0
+                relative_change(median_in_place(&mut bb), median_in_place(&mut nb))
             })
             .collect();
         r.sort_by(|a, b| a.total_cmp(b));

@@ -47,8 +47,22 @@ impl ContrastiveBatch {
 /// Why an Id yields no contrastive pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipReason {
-    TooShort { length: usize, window: usize },
-    NonFinite { index: usize },
+    TooShort {
+        length: usize,
+        window: usize,
+    },
+    NonFinite {
+        index: usize,
+    },
+    /// Its values could not be read (a file cut short, a corrupt chunk).
+    Unreadable {
+        reason: String,
+    },
+    /// Finite values so large that normalizing them leaves f32's range.
+    NormalizationOverflow {
+        channel: usize,
+        normalization: crate::Normalization,
+    },
 }
 
 impl std::fmt::Display for SkipReason {
@@ -58,6 +72,10 @@ impl std::fmt::Display for SkipReason {
                 write!(f, "signal of length {length} gives fewer than 2 windows of {window}")
             }
             SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
+            SkipReason::Unreadable { reason } => write!(f, "unreadable: {reason}"),
+            SkipReason::NormalizationOverflow { channel, normalization } => {
+                write!(f, "channel {channel}'s values are so large that normalizing them (data.normalization: {normalization}) overflows f32 (values near ±3.4e38)")
+            }
         }
     }
 }
@@ -170,7 +188,15 @@ impl BatchBuilder {
         let checked = if !self.pair_possible(self.window_region(len)) {
             Err(SkipReason::TooShort { length: len, window: self.window.window_size })
         } else {
-            self.stream_stats(id, len, info.channels)?.map(|s| s.affine(self.preprocess.normalization)).map_err(|index| SkipReason::NonFinite { index })
+            let norm = self.preprocess.normalization;
+            match self.stream_stats(id, len, info.channels) {
+                // A store cut short or corrupt in this Id's values: the Id is named and left out,
+                // not the whole run stopped at its first batch.
+                Err(SignalError::BadSample { reason, .. }) => Err(SkipReason::Unreadable { reason }),
+                Err(other) => return Err(other),
+                Ok(Err(index)) => Err(SkipReason::NonFinite { index }),
+                Ok(Ok(stats)) => stats.checked_affine(norm).map_err(|channel| SkipReason::NormalizationOverflow { channel, normalization: norm }),
+            }
         };
         if let Err(reason) = &checked {
             self.skips.record(id, reason.clone());

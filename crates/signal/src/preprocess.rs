@@ -157,6 +157,18 @@ impl ChannelStats {
         Ok(())
     }
 
+    /// The normalization map of everything added, where every normalized value is finite;
+    /// else the first channel whose extremes the map takes past f32's range (finite values near
+    /// ±3.4e38 overflow `x − mean` or `x − min`).
+    pub fn checked_affine(&self, norm: Normalization) -> std::result::Result<ChannelAffine, usize> {
+        let map = self.affine(norm);
+        let normalized = |x: f32, c: usize| (x - map.offset[c]) * map.factor[c];
+        match (0..self.lo.len()).find(|&c| self.rows > 0 && !(normalized(self.lo[c], c).is_finite() && normalized(self.hi[c], c).is_finite())) {
+            Some(c) => Err(c),
+            None => Ok(map),
+        }
+    }
+
     /// The normalization map of everything added.
     pub fn affine(&self, norm: Normalization) -> ChannelAffine {
         let n = self.rows.max(1) as f64;

@@ -26,6 +26,10 @@ use safetensors::SafeTensors;
 
 use crate::error::{Result, TrainError};
 
+/// The most optimizer steps (and forward passes) a resumable state may hold: 2⁵³, exact as an
+/// f64 (the learning-rate schedule computes in f64), and far past any run.
+pub const MAX_STEPS: u64 = 1 << 53;
+
 /// Where training stood when a checkpoint was written.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TrainingState {
@@ -336,6 +340,13 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
     let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&file, e.to_string()))?;
     let json = meta.metadata().as_ref().and_then(|m| m.get("training_state")).ok_or_else(|| ckpt_err(&file, "no training state"))?;
     let state: TrainingState = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
+    // Counters past any real run are a corrupt (or hand-edited) state: the next step would
+    // overflow them.
+    for (field, value) in [("step", state.step), ("micro_step", state.micro_step)] {
+        if value > MAX_STEPS {
+            return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
+        }
+    }
     if let Some(plan) = meta.metadata().as_ref().and_then(|m| m.get("kernel_plan")) {
         step.encoder.device.pin_kernel_plan(plan).map_err(|e| ckpt_err(&file, e))?;
     }

@@ -144,7 +144,10 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
     let mut class_of = BTreeMap::new();
     for &id in &ds.ids {
         let row = ds.row(id).ok_or_else(|| TrainError::Data(format!("Id {id} has no metadata row")))?;
-        let v = row.field(label).filter(|v| !v.trim().is_empty()).ok_or_else(|| TrainError::Config { key: "--label".into(), reason: format!("column `{label}` is empty or missing for Id {id}") })?;
+        let v = row
+            .field(label)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| TrainError::Data(format!("the label column `{label}` is empty or missing for Id {id} (evaluate names the column with --label)")))?;
         class_of.insert(id, v);
     }
     let mut classes: Vec<String> = class_of.values().cloned().collect();
@@ -201,7 +204,7 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
     let present: std::collections::BTreeSet<usize> = fit.y.iter().chain(&test.y).copied().collect();
     if present.len() < 2 {
         let only = present.first().map_or("none", |&c| classes[c].as_str());
-        return Err(TrainError::Config { key: "--label".into(), reason: format!("column `{label}` has one class ({only:?}) among the Ids evaluated: a probe needs two or more") });
+        return Err(TrainError::Data(format!("the label column `{label}` has one class ({only:?}) among the Ids evaluated: a probe needs two or more (evaluate names the column with --label)")));
     }
     let held_out = bearings.iter().map(|(b, ids)| HeldOut { bearing: b.clone(), ids: ids.clone(), test_windows: test_count.get(b).copied().unwrap_or(0) }).collect();
     Ok(ProbeSet { fit, test, classes, held_out, skipped })
@@ -254,6 +257,17 @@ pub fn score(enc: &mut Encoder<CpuDevice>, p: &ProbeInputs, knn_k: usize) -> Res
     let zf = engine::embed(enc, &p.fit, Some(&p.fit_rates)).map_err(engine_error)?;
     let zt = engine::embed(enc, &p.test, Some(&p.test_rates)).map_err(engine_error)?;
     let s = p.set;
+    // A non-finite embedding would turn every probe into chance, silently (and slow the
+    // regression to a crawl on subnormals): name it instead.
+    for (z, x, which) in [(&zf, &s.fit, "fit"), (&zt, &s.test, "test")] {
+        if let Some(i) = z.iter().position(|v| !v.is_finite()) {
+            let window = i / enc.cfg.embed.max(1);
+            let id = x.ids.get(window).copied().unwrap_or_default();
+            return Err(TrainError::Data(format!(
+                "the encoder's embedding of {which} window {window} (Id {id}) is not finite: its weights, or the scale of that Id's signal after data.normalization, overflow the encoder"
+            )));
+        }
+    }
     Ok(probe(&zf, &s.fit.y, &zt, &s.test.y, enc.cfg.embed, s.classes.len(), knn_k))
 }
 

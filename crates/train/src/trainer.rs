@@ -199,8 +199,15 @@ fn run<D: Device>(cfg: &Config, ds: Dataset, resume: Option<&Path>, obs: &mut dy
     // same pool, without a thread (with one worker, a deadlock).
     let p = pool.clone();
     let mut t = p.install(move || Trainer::new(cfg, ds, resume, obs, pool, device))?;
-    let sampler = t.sampler()?;
-    for item in sampler {
+    // A resumed run already at `trainer.max_steps` takes no step and writes no checkpoint.
+    let sampler = if t.reached_max_steps() {
+        t.obs.message(&format!("the checkpoint is at step {}, trainer.max_steps is {}: nothing to train", t.state.step, t.cfg.trainer.max_steps.unwrap_or_default()));
+        t.last_saved_step = Some(t.state.step);
+        None
+    } else {
+        Some(t.sampler()?)
+    };
+    for item in sampler.into_iter().flatten() {
         let (pos, batch) = item?;
         if p.install(|| t.train_batch(pos, &batch))?.is_break() {
             break;
@@ -434,6 +441,11 @@ impl<'a, D: Device> Trainer<'a, D> {
         Ok(t)
     }
 
+    /// Whether the run has taken `trainer.max_steps` optimizer steps.
+    pub fn reached_max_steps(&self) -> bool {
+        self.cfg.trainer.max_steps.is_some_and(|m| self.state.step >= m)
+    }
+
     /// The prefetching sampler, from where the run stands.
     pub fn sampler(&self) -> Result<BatchSampler> {
         let c = self.cfg;
@@ -512,7 +524,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         if end_of_epoch {
             stop |= self.end_epoch(pos)?.is_break();
         }
-        let hit_max = stepped && self.cfg.trainer.max_steps.is_some_and(|m| self.state.step >= m);
+        let hit_max = stepped && self.reached_max_steps();
         Ok(if stop || hit_max { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
     }
 

@@ -140,5 +140,11 @@ pub fn run(a: Args) -> Result<()> {
             std::process::exit(1);
         }
     }
+    // A category that failed is in the reports, and the run fails: a CI job must not pass on a
+    // suite that did not measure what it was asked to.
+    let failed: Vec<String> = r.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| format!("{} ({})", c.kind, c.notes.join("; "))).collect();
+    if !failed.is_empty() {
+        bail!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; "));
+    }
     Ok(())
 }
