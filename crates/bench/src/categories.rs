@@ -232,11 +232,23 @@ pub fn data(s: &Settings) -> Result<Category> {
                     let mut batch = ContrastiveBatch::default();
                     let mut k = 0u64;
                     let chunks: Vec<&[u64]> = ids.chunks(b).filter(|c| c.len() == b).collect();
+                    // A build that fails, or leaves Ids out, would be timed as a fast one: the
+                    // first such build fails the metric instead (as a failed training step does).
+                    let mut failure: Option<BenchError> = None;
                     let t = time_ms(3, (chunks.len() * 2).clamp(10, 200), || {
                         let c = chunks[(k as usize) % chunks.len()];
-                        let _ = builder.build_into(c, k, &mut batch);
+                        match builder.build_into(c, k, &mut batch) {
+                            Err(e) => _ = failure.get_or_insert(e.into()),
+                            Ok(()) if batch.len() < b => {
+                                _ = failure.get_or_insert(BenchError::Input(format!("batch preparation, B = {b}: a batch held {} of its {b} Ids (Ids {:?} skipped)", batch.len(), batch.skipped)))
+                            }
+                            Ok(()) => {}
+                        }
                         k += 1;
                     });
+                    if let Some(e) = failure {
+                        return Err(e);
+                    }
                     cat.metrics.push(timed(CategoryKind::Data, &format!("{config}.B{b}"), MetricName::BatchPrepMs, t, 3));
                 }
                 let _ = std::fs::remove_dir_all(&dir);
@@ -347,6 +359,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
     for (axis, seed_list, cap, fixed) in axes {
         let mut x = seed_list[0];
         let last_seed = *seed_list.last().unwrap_or(&x);
+        let mut stopped_on_time = false;
         loop {
             let (b, w) = if axis == "batch" { (x, fixed) } else { (fixed, x) };
             let ecfg = EncoderConfig::new(s.encoder, w, 1);
@@ -390,6 +403,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                     });
                     if ms > time_limit_ms {
                         cat.notes.push(format!("{axis} sweep stopped after {x}: a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)"));
+                        stopped_on_time = true;
                         break;
                     }
                 }
@@ -409,13 +423,14 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
         let max = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max().unwrap_or(0);
         let name = if axis == "batch" { MetricName::MaxBatchSize } else { MetricName::MaxWindowSize };
-        // Exact in quick mode (the seed's lists, every point runs or runs out of memory); a full
-        // run stops doubling on a step's time, which is not.
-        let found = Metric { exact: s.quick, ..value(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran") };
+        // Exact in quick mode where every point of the seed's list ran or ran out of memory; a
+        // sweep that stopped on a step's time (a full run's doubling, or a quick one on a slow
+        // machine) depends on that timing, which is not.
+        let found = Metric { exact: s.quick && !stopped_on_time, ..value(CategoryKind::Scalability, axis, name, max as f64, false, "largest point of the doubling sweep whose step ran") };
         cat.metrics.push(found);
         if axis == "batch" {
-            // Memory growth against batch growth between the two largest working points
-            // (1.0 = linear).
+            // Memory growth against batch growth between the two largest working points (1.0 =
+            // proportional; below while the fixed part weighs, above when memory outgrows the batch).
             let mems: Vec<(usize, f64)> = ok.iter().filter_map(|p| p.memory_mb.map(|m| (p.batch, m))).collect();
             if mems.len() >= 2 {
                 let (b1, m1) = mems[mems.len() - 2];
@@ -473,6 +488,9 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     }
     if !bf16.is_empty() {
         let ratio = crate::stats::median(&fp32) / crate::stats::median(&bf16);
+        // The fp32 steps of the ratio, reported beside the bf16 ones they were interleaved with
+        // (the thread-count steps above are another run, minutes earlier).
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32, warmup));
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.bf16.threads{}", s.threads), MetricName::StepMs, bf16, warmup));
         cat.metrics.push(value(
             CategoryKind::Hardware,
@@ -480,7 +498,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
             MetricName::MixedPrecisionSpeedup,
             ratio,
             false,
-            &format!("fp32 step time / bf16 step time, {} threads (B=32, W=1024, {})", s.threads, s.encoder),
+            &format!("median fp32 step time / median bf16 step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.bf16", s.threads, s.encoder),
         ));
         for (name, b) in ["fp32", "bf16"].iter().zip(bytes) {
             cat.metrics.push(exact(

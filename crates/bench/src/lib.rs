@@ -71,6 +71,7 @@ impl Benchmark {
                 schema_version: results::SCHEMA_VERSION,
                 started_unix,
                 quick: false,
+                encoders: Some(encoders_text(settings.encoder, settings.quality_encoder)),
                 device: "cpu".into(),
                 fingerprint: Fingerprint::collect(threads),
                 categories: Vec::new(),
@@ -123,12 +124,14 @@ impl Benchmark {
     /// The encoder of the training, scalability and hardware categories.
     pub fn encoder(mut self, kind: engine::EncoderKind) -> Self {
         self.settings.encoder = kind;
+        self.results.encoders = Some(encoders_text(kind, self.settings.quality_encoder));
         self
     }
 
     /// The encoder the quality category trains.
     pub fn quality_encoder(mut self, kind: engine::EncoderKind) -> Self {
         self.settings.quality_encoder = kind;
+        self.results.encoders = Some(encoders_text(self.settings.encoder, kind));
         self
     }
 
@@ -247,16 +250,33 @@ impl Benchmark {
         for w in self.results.baseline_warnings.clone() {
             self.log(format!("warning: {w}"));
         }
+        // Another mode or other encoders measure other things under the same metric names: a
+        // quick sweep's largest batch is not a full sweep's, an MLP's step not a CNN's.
+        let same_mode = base.quick == self.results.quick;
+        if !same_mode {
+            let mode = |q: bool| if q { "quick" } else { "full" };
+            let w = format!("baseline is a {} run, this one {}: counted values (sweep sizes, memory) are not gated, timings compare as measured", mode(base.quick), mode(self.results.quick));
+            self.log(format!("warning: {w}"));
+            self.results.baseline_warnings.push(w);
+        }
+        let same_encoders = base.encoders.is_none() || base.encoders == self.results.encoders;
+        if !same_encoders {
+            let w = format!("baseline measured {}, this run {}: only the data category is compared", base.encoders.as_deref().unwrap_or("?"), self.results.encoders.as_deref().unwrap_or("?"));
+            self.log(format!("warning: {w}"));
+            self.results.baseline_warnings.push(w);
+        }
         // A baseline metric with no usable value (0, or not finite: a change against it is no
         // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline
         // where none is usable would switch the regression gate off without a word: that is said.
         let (mut unusable, mut compared) = (Vec::new(), 0usize);
         for c in self.results.categories.iter_mut() {
             for m in c.metrics.iter_mut() {
-                if let Some(b) = base.metric(&m.id) {
+                if let Some(b) = base.metric(&m.id).filter(|_| same_encoders || m.category == CategoryKind::Data) {
+                    // Exact only where both runs counted it the same way.
+                    let exact = m.exact && b.exact && same_mode;
                     let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
                     if bs.iter().chain(&ns).all(|v| v.is_finite()) && crate::stats::median(&bs) != 0.0 {
-                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, m.exact, noise));
+                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, exact, noise));
                         compared += 1;
                     } else if !bs.iter().all(|v| v.is_finite()) || crate::stats::median(&bs) == 0.0 {
                         unusable.push(m.id.clone());
@@ -381,6 +401,11 @@ fn check_baseline_metric(m: &results::Metric) -> std::result::Result<(), String>
         return Err(format!("the value {v:e} {why}"));
     }
     Ok(())
+}
+
+/// How [`Results::encoders`] names a run's encoders.
+fn encoders_text(workload: engine::EncoderKind, quality: engine::EncoderKind) -> String {
+    format!("workload encoder {workload}, quality encoder {quality}")
 }
 
 /// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.

@@ -43,8 +43,11 @@ fn fmt_value(v: f64) -> String {
         format!("{v:.1}")
     } else if a >= 1.0 {
         format!("{v:.3}")
-    } else {
+    } else if a >= 1e-3 || a == 0.0 {
         format!("{v:.4}")
+    } else {
+        // 3e-5 as "0.0000" would hide the value (a threshold from a targets file, a tiny time).
+        format!("{v:.3e}")
     }
 }
 

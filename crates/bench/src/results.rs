@@ -164,6 +164,10 @@ pub struct Results {
     /// Seconds since the Unix epoch when the run started.
     pub started_unix: u64,
     pub quick: bool,
+    /// The encoders measured: the workload's (training, model, scalability, hardware) and the
+    /// quality category's. A baseline of other encoders is not compared on those categories.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoders: Option<String>,
     pub device: String,
     pub fingerprint: Fingerprint,
     pub categories: Vec<Category>,

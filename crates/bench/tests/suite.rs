@@ -22,7 +22,13 @@ fn summary_statistics_of_a_known_sample() {
     let s = summarize(&[5.0, 1.0, 3.0, 2.0, 4.0]);
     assert_eq!((s.n, s.median, s.min, s.max, s.q1, s.q3, s.iqr), (5, 3.0, 1.0, 5.0, 2.0, 4.0, 2.0));
     assert!((s.mean - 3.0).abs() < 1e-12 && (s.std - 2.5f64.sqrt()).abs() < 1e-12);
-    assert!(s.ci_low <= s.median && s.median <= s.ci_high);
+    assert_eq!((s.ci_low, s.ci_high), (1.0, 5.0), "below 8 samples the range is kept, not a CI");
+    // Between ranks, quantiles interpolate linearly (numpy's default, type 7).
+    let s = summarize(&[4.0, 1.0, 3.0, 2.0]);
+    assert_eq!((s.median, s.q1, s.q3), (2.5, 1.75, 3.25));
+    // No samples: nothing measured, every statistic NaN (not a mean of 0).
+    let s = summarize(&[]);
+    assert!(s.n == 0 && s.mean.is_nan() && s.median.is_nan());
 }
 
 #[test]

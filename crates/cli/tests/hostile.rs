@@ -173,6 +173,10 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     let scalar_section = file("scalar_section.yaml", "data: 5\nmodel:\n  name: cnn\n");
     let mut bomb = strings(&["--memory-budget", "50M"]);
     bomb.extend(inspect_meta(&workbook.display().to_string()));
+    let one_label = s.dir.join("one_label.csv").display().to_string();
+    std::fs::write(&one_label, (1..=8).map(|id| format!("{id},0\n")).fold("Id,Label\n".to_string(), |t, r| t + &r)).unwrap();
+    let taken = s.dir.join("taken");
+    std::fs::create_dir_all(taken.join("synthetic.csv")).unwrap();
     let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
     resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
@@ -246,6 +250,11 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (bench("--reference", &negative_reference), "-5"),
         (bench("--reference", &tiny_reference), "between 1e-9 and 1e12"),
         (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),
+        // A category that fails fails the run (it was exit 0 with the error in the report only).
+        (strings(&["bench", "--quick", "--test", "quality", "--save-dir", &s.dir.join("bq").display().to_string(), "--data", &s.data, "--meta", &one_label]), "1 category failed: quality"),
+        // A generated file whose name a directory holds: nothing is written (the store was
+        // published, then the table failed; a failed rename left the store's temporary file).
+        (strings(&["generate", "--count", "2", "--length", "100", "--out", &taken.display().to_string()]), "synthetic.csv"),
         // Checkpoints cut short or from elsewhere.
         (evaluate_with(&s, &cut, &[]), "model.safetensors"),
         (evaluate_with(&s, &foreign, &[]), "model.safetensors"),
@@ -260,6 +269,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
             assert!(!t.contains(bad), "{args:?}: {bad}:\n{t}");
         }
     }
+    let left: Vec<_> = std::fs::read_dir(&taken).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("synthetic.csv")], "generate wrote nothing beside the directory in its way");
 }
 
 #[test]

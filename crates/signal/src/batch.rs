@@ -47,8 +47,11 @@ impl ContrastiveBatch {
 /// Why an Id yields no contrastive pair.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SkipReason {
+    /// Fewer than two windows fit: in the signal of `length` samples, or in the `region` that
+    /// `data.time_split` leaves of it (`region` = `length` without a split).
     TooShort {
         length: usize,
+        region: usize,
         window: usize,
     },
     NonFinite {
@@ -68,9 +71,10 @@ pub enum SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SkipReason::TooShort { length, window } => {
-                write!(f, "signal of length {length} gives fewer than 2 windows of {window}")
+            SkipReason::TooShort { length, region, window } if region < length => {
+                write!(f, "the first {region} of its {length} samples (the part data.time_split leaves for training) give fewer than 2 windows of {window}")
             }
+            SkipReason::TooShort { length, window, .. } => write!(f, "signal of length {length} gives fewer than 2 windows of {window}"),
             SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
             SkipReason::Unreadable { reason } => write!(f, "unreadable: {reason}"),
             SkipReason::NormalizationOverflow { channel, normalization } => {
@@ -186,7 +190,7 @@ impl BatchBuilder {
         let info = &self.store.samples()[idx];
         let len = self.preprocess.effective_length(info.length);
         let checked = if !self.pair_possible(self.window_region(len)) {
-            Err(SkipReason::TooShort { length: len, window: self.window.window_size })
+            Err(SkipReason::TooShort { length: len, region: self.window_region(len), window: self.window.window_size })
         } else {
             let norm = self.preprocess.normalization;
             match self.stream_stats(id, len, info.channels) {

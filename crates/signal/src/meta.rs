@@ -92,7 +92,14 @@ impl Metadata {
                 continue;
             }
             let id_text = get(Some(id_col)).ok_or_else(|| bad(format!("row {line}: empty Id")))?;
-            let id = parse_integer(id_text).filter(|&v| v >= 0).map(|v| v as u64).ok_or_else(|| bad(format!("row {line}: Id {id_text:?} is not a non-negative integer")))?;
+            // Whole u64 range first (a store's dataset names reach 2^64 − 1), then the forms
+            // spreadsheets write (`1.0`, `1e0`, `+1`).
+            let id = id_text
+                .trim()
+                .parse::<u64>()
+                .ok()
+                .or_else(|| parse_integer(id_text).filter(|&v| v >= 0).map(|v| v as u64))
+                .ok_or_else(|| bad(format!("row {line}: Id {id_text:?} is not a non-negative integer")))?;
             if !seen.insert(id) {
                 return Err(bad(format!("row {line}: Id {id} appears twice")));
             }

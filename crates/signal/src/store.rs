@@ -377,11 +377,11 @@ pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData
         file.close().map_err(|e| werr(e.to_string()))?;
         Ok(())
     })();
-    match result {
-        Ok(()) => std::fs::rename(&tmp, path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e }),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
+    // Nothing half-written stays behind: not on a failed write, nor where the rename fails (a
+    // directory of that name).
+    let published = result.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e }));
+    if published.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
+    published
 }

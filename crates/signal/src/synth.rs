@@ -148,6 +148,13 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, stem: &str, layout: Layout, progr
     std::fs::create_dir_all(dir).map_err(|e| SignalError::Io { path: dir.to_path_buf(), source: e })?;
     let store = dir.join(format!("{stem}.h5"));
     let meta = dir.join(format!("{stem}.csv"));
+    // Both names are checked before either file is written: a store published beside a table
+    // that then fails to write is half a dataset.
+    for target in [&store, &meta] {
+        if target.is_dir() {
+            return Err(SignalError::Io { path: target.clone(), source: std::io::Error::other("is a directory; the generated file would replace it") });
+        }
+    }
     // Signals are generated in parallel a block at a time; the store is written once, whole.
     let block = 256usize;
     let mut signals: Vec<(u64, Vec<f32>)> = Vec::with_capacity(cfg.count);

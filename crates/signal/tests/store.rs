@@ -147,6 +147,10 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
         let e = Metadata::load(&bad_rate).unwrap_err().to_string();
         assert!(e.contains("bad_rate.csv") && e.contains("Id 2") && e.contains("Sample_Rate"), "{rate}: {e}");
     }
+    // Ids reach u64's end, as dataset names do (the table read them as i64 before).
+    let big = dir.path().join("big_id.csv");
+    std::fs::write(&big, "Id,Label\n18446744073709551615,0\n1.0,1\n").unwrap();
+    assert_eq!(Metadata::load(&big).unwrap().rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, u64::MAX], "sorted by Id");
     let no_rate = dir.path().join("no_rate.csv");
     std::fs::write(&no_rate, "Id,Label,Sample_Rate\n1,0,\n").unwrap();
     assert_eq!(Metadata::load(&no_rate).unwrap().rows[0].sample_rate, None, "an empty cell is no rate");
@@ -175,7 +179,7 @@ fn nan_and_short_signals_are_skipped_counted_and_named() {
     let skips = b.skips().entries();
     assert_eq!(skips.len(), 2);
     assert!(matches!(skips.iter().find(|s| s.0 == 1).unwrap().1, SkipReason::NonFinite { index } if index == 123 * 2 + 1));
-    assert!(matches!(skips.iter().find(|s| s.0 == 2).unwrap().1, SkipReason::TooShort { length: 40, window: 64 }));
+    assert!(matches!(skips.iter().find(|s| s.0 == 2).unwrap().1, SkipReason::TooShort { length: 40, window: 64, .. }));
     // Asking again does not log twice.
     b.build(&[1, 2, 3], 1).unwrap();
     assert_eq!(b.skips().count(), 2);

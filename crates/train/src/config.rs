@@ -546,6 +546,18 @@ impl Config {
                 return bad(key, format!("must be in [0, {hi}], got {v}"));
             }
         }
+        // The run's directory is `save_dir/experiment_name`: a name that climbs out of save_dir
+        // (`../x`) or replaces it (`/x`) would write elsewhere; a part longer than a file name
+        // can be fails at the first write, after the data has been read.
+        let name = &self.environment.experiment_name;
+        let parts: Vec<_> = std::path::Path::new(name).components().collect();
+        if name.len() > 4096 || parts.iter().any(|c| c.as_os_str().len() > 255) {
+            let shown: String = name.chars().take(40).collect();
+            return bad("environment.experiment_name", format!("{shown:?}… is {} bytes long; a run's name is a directory name (255 bytes a part at most)", name.len()));
+        }
+        if parts.is_empty() || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return bad("environment.experiment_name", format!("{name:?} is not a directory name inside environment.save_dir (no `..`, no leading `/`, not empty)"));
+        }
         if !(d.time_split > 0.0 && d.time_split <= 1.0) {
             return bad("data.time_split", format!("must be in (0, 1], got {}", d.time_split));
         }
@@ -829,11 +841,22 @@ fn put(root: &mut Mapping, key: &str, v: Value) {
 /// 200 kB file of brackets took 30 s to reach its recursion limit; a config nests two deep), or a
 /// root that is not a mapping of sections.
 fn parse_root(text: &str) -> Result<Value> {
+    // A byte-order mark (editors on Windows write one; YAML allows it) starts no document.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let depth = flow_depth(text);
     if depth > MAX_FLOW_DEPTH {
         return Err(TrainError::Yaml(format!("`[` / `{{` nested {depth} deep; a config needs at most {MAX_FLOW_DEPTH}")));
     }
-    let root: Value = serde_norway::from_str(text).map_err(|e| TrainError::Yaml(e.to_string()))?;
+    let root: Value = serde_norway::from_str(text).map_err(|e| {
+        // The parser's words for an integer past u64 ("invalid type: integer `…` as u128,
+        // expected any YAML value") name its internals, not the problem.
+        let text = e.to_string();
+        TrainError::Yaml(if text.contains("as u128") {
+            text.replace("invalid type: integer", "the integer").replace(" as u128, expected any YAML value", " is past the largest whole number a config holds (2^64 − 1)")
+        } else {
+            text
+        })
+    })?;
     if !(root.is_null() || root.is_mapping()) {
         return Err(not_sections());
     }
@@ -893,7 +916,10 @@ fn is_null(v: &Value) -> bool {
 }
 
 fn number(v: &Value) -> std::result::Result<f64, String> {
-    let got = || scalar_text(v).unwrap_or_else(|| "a list or mapping".into());
+    let got = || match v {
+        Value::Tagged(t) => format!("a value tagged {} (YAML tags are not read)", t.tag),
+        _ => scalar_text(v).unwrap_or_else(|| "a list or mapping".into()),
+    };
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| format!("expected a number, got {}", got())),
         Value::String(s) => s.trim().parse().map_err(|_| format!("expected a number, got {s:?}")),

@@ -26,8 +26,11 @@ pub enum TrainError {
     OverBudget(#[from] limits::OverBudget),
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
-    #[error("non-finite loss ({loss}) at step {step} (epoch {epoch}); training stopped, the last good checkpoint is intact")]
-    NonFinite { step: u64, epoch: usize, loss: f32 },
+    #[error("non-finite {what} ({value}) at step {step} (epoch {epoch}); training stopped, {}", match last_checkpoint {
+        Some(p) => format!("the last good checkpoint is intact: {}", p.display()),
+        None => "no checkpoint was saved by this run".into(),
+    })]
+    NonFinite { what: &'static str, value: f32, step: u64, epoch: usize, last_checkpoint: Option<PathBuf> },
     /// Finite training steps whose weights give a non-finite validation loss (diverged: a
     /// learning rate far too high); found before the step's checkpoint is written.
     #[error("validation {what} is {value} after step {step} (epoch {epoch}): the weights have diverged (a learning rate too high?); training stopped, this step was not checkpointed")]

@@ -333,7 +333,9 @@ impl<'a, D: Device> Trainer<'a, D> {
         }
         let per_epoch = batches_per_epoch(usable_train.len(), b, true);
         if per_epoch == 0 {
-            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}", usable_train.len()) });
+            let skipped = train_ids.len() - usable_train.len();
+            let why = if skipped > 0 { format!(" ({skipped} of the {} training Ids skipped, each named above with why)", train_ids.len()) } else { String::new() };
+            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
         }
         let accum = cfg.trainer.accumulate_grad_batches;
         let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
@@ -505,7 +507,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         let rates = self.inputs.rates(&batch.ids);
         let out = self.step.forward_backward(Pairs::new(&a, &p).with_rates(&rates), micro > 0, 1.0 / accum as f32).map_err(engine_error)?;
         if !out.loss.is_finite() {
-            return Err(TrainError::NonFinite { step: self.state.step.saturating_add(1), epoch: pos.epoch, loss: out.loss });
+            return Err(TrainError::NonFinite { what: "loss", value: out.loss, step: self.state.step.saturating_add(1), epoch: pos.epoch, last_checkpoint: self.last_ckpt.clone() });
         }
         self.samples += batch.len();
         self.epoch_stats.loss += out.loss as f64;
@@ -533,7 +535,13 @@ impl<'a, D: Device> Trainer<'a, D> {
         let lr = learning_rate(self.cfg, self.step.step.saturating_add(1), self.total_steps);
         let (grad_norm, skipped) = self.step.optimizer_step(lr);
         if skipped {
-            return Err(TrainError::NonFinite { step: self.step.step.saturating_add(1), epoch: pos.epoch, loss: grad_norm.unwrap_or(f32::NAN) });
+            return Err(TrainError::NonFinite {
+                what: "gradient norm",
+                value: grad_norm.unwrap_or(f32::NAN),
+                step: self.step.step.saturating_add(1),
+                epoch: pos.epoch,
+                last_checkpoint: self.last_ckpt.clone(),
+            });
         }
         self.state.step = self.step.step;
         self.begin_record()?;

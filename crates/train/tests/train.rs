@@ -56,6 +56,9 @@ fn overrides_reach_every_section_and_round_trip_through_yaml() {
     assert_eq!(c.trainer.precision, Precision::F32);
     let again = Config::from_yaml(&c.to_yaml(), &[]).unwrap();
     assert_eq!(again, c);
+    // A byte-order mark before the first key (as Windows editors save) is no second document.
+    let with_bom = Config::from_yaml("\u{feff}data:\n  batch_size: 8\n", &[]).unwrap();
+    assert_eq!(with_bom.data.batch_size, 8);
 }
 
 #[test]
@@ -79,11 +82,23 @@ fn bad_keys_and_values_name_the_key() {
         ("model:\n  name: isfm\n  num_heads: 3\n", "model.num_heads", "d_model"),
         ("data:\n  batch_size: 1e12x\n", "data.batch_size", "number"),
         ("optimiser:\n  lr: 1\n", "optimiser", ""),
+        ("data:\n  batch_size: !foo 4\n", "data.batch_size", "tagged !foo"),
+        ("data:\n  batch_size: 18446744073709551616\n", "data.batch_size", "past the largest whole number"),
     ];
     for (yaml, key, extra) in cases {
         let e = Config::from_yaml(yaml, &[]).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(extra), "{yaml:?}: {e}");
     }
+    // A run's name is a directory inside save_dir: it may not climb out, replace it or outgrow a
+    // file name (the message shows the start of a long one, not all of it).
+    for name in ["../../escape", "/tmp/x", "a/../../b", "''"] {
+        let e = Config::from_yaml("", &[format!("environment.experiment_name={name}")]).unwrap_err().to_string();
+        assert!(e.contains("environment.experiment_name") && e.contains("inside environment.save_dir"), "{name:?}: {e}");
+    }
+    let long = "a".repeat(1 << 20);
+    let e = Config::from_yaml(&format!("environment:\n  experiment_name: {long}\n"), &[]).unwrap_err().to_string();
+    assert!(e.contains("environment.experiment_name") && e.len() < 400, "{}", &e[..e.len().min(400)]);
+    assert_eq!(Config::from_yaml("", &["environment.experiment_name=group/run_1".into()]).unwrap().environment.experiment_name, "group/run_1");
     let e = Config::from_yaml("", &["trainer.epochz=3".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer.epochz") && e.contains("trainer.epochs"), "{e}");
     let e = Config::from_yaml("", &["nodot".into()]).unwrap_err().to_string();
@@ -158,6 +173,16 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     assert_eq!(a.len(), 12);
     assert_eq!(a, b, "losses of the resumed run equal the uninterrupted run's, step for step");
     assert_eq!(s_full.last_loss, s_rest.last_loss);
+    // Resuming a run that has reached trainer.max_steps (here with a smaller one than it ran)
+    // takes no step and writes no checkpoint: before, each such resume ran one more step.
+    let capped = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5", "trainer.max_steps=4"]);
+    let last = s_rest.last_checkpoint.clone().unwrap();
+    let checkpoints = |run: &std::path::Path| std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).collect::<std::collections::BTreeSet<_>>();
+    let before = checkpoints(&s_rest.run_dir);
+    let s_again = train(&capped, &h5, &csv, Some(&last), &mut Quiet).unwrap();
+    assert_eq!(s_again.steps, 12, "no step past max_steps");
+    assert_eq!(step_losses(&s_again.run_dir).len(), 12, "no step logged");
+    assert_eq!(checkpoints(&s_again.run_dir), before, "no checkpoint written");
 }
 
 /// `trainer.precision: bf16` trains on the CPU (products in bf16) and learns like fp32 on the
@@ -618,7 +643,7 @@ fn a_fresh_run_that_fails_leaves_the_previous_record_of_its_directory_whole() {
     signal::store::write_store(&huge, ids.iter().map(|&id| signal::store::SampleData { id, values: &values, channels: 2 }), Layout::Contiguous).unwrap();
     let bad = small_config(&run, &["data.normalization=none"]);
     let e = train(&bad, &huge, &csv, None, &mut Quiet).unwrap_err().to_string();
-    assert!(e.contains("non-finite loss") && e.contains("step 1"), "{e}");
+    assert!(e.contains("non-finite loss") && e.contains("step 1") && e.contains("no checkpoint was saved by this run"), "{e}");
     let after: Vec<Vec<u8>> = ["config.yaml", "metrics.jsonl", "summary.json"].iter().map(|f| record(f)).collect();
     assert!(before == after, "the failed run changed the previous record");
     // A fresh run that trains replaces all of it: its own config and log, no stale summary until
