@@ -100,7 +100,7 @@ struct TimedSteps {
 /// Trains `cfg` on the CPU in `precision` for `warmup + n` steps on one pair of batches.
 fn timed_steps(cfg: &EncoderConfig, b: usize, precision: Precision, (a, p): (&[f32], &[f32]), warmup: usize, n: usize) -> Result<TimedSteps> {
     let mut st = step_for(cfg, b)?;
-    st.encoder.device.set_precision(precision)?;
+    st.set_precision(precision)?;
     let mut accuracy = 0.0;
     let times = time_steps(warmup, n, || {
         let out = st.train_step(Pairs::new(a, p))?;
@@ -471,8 +471,15 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     // noisy neighbour hits both alike; and the contrastive accuracy each reaches on the batch.
     let pool_all = pool(s.threads)?;
     let (mut fp32, mut bf16, mut acc, mut bytes) = (Vec::new(), Vec::new(), [0.0f32; 2], [0usize; 2]);
+    // fp16 (products rounded to binary16, dynamic loss scaling) where training offers it: a CPU
+    // with AVX512-FP16, or CID_CPU_FP16=emulate; in the same rounds.
+    let with_fp16 = engine::cpu::fp16_supported();
+    let mut fp16 = Vec::new();
     for _ in 0..3 {
         let r32 = pool_all.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
+        if with_fp16 {
+            fp16.extend(pool_all.install(|| timed_steps(&cfg, b, Precision::Fp16, (&a, &p), warmup, n))?.times);
+        }
         match pool_all.install(|| timed_steps(&cfg, b, Precision::Bf16, (&a, &p), warmup, n)) {
             Ok(r16) => {
                 fp32.extend(r32.times);
@@ -490,7 +497,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         let ratio = crate::stats::median(&fp32) / crate::stats::median(&bf16);
         // The fp32 steps of the ratio, reported beside the bf16 ones they were interleaved with
         // (the thread-count steps above are another run, minutes earlier).
-        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32, warmup));
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32.clone(), warmup));
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.bf16.threads{}", s.threads), MetricName::StepMs, bf16, warmup));
         cat.metrics.push(value(
             CategoryKind::Hardware,
@@ -551,7 +558,21 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         Err(e) => cat.notes.push(format!("GPU: not available on this machine ({e}); CPU vs GPU and GPU memory are not measured")),
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),
     }
-    cat.notes.push("fp16: not implemented on any device yet; bf16 runs on the CPU only".into());
+    if with_fp16 && !fp32.is_empty() {
+        let ratio = crate::stats::median(&fp32) / crate::stats::median(&fp16);
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp16.threads{}", s.threads), MetricName::StepMs, fp16, warmup));
+        cat.metrics.push(value(
+            CategoryKind::Hardware,
+            "cpu.fp16",
+            MetricName::MixedPrecisionSpeedup,
+            ratio,
+            false,
+            &format!("median fp32 step time / median fp16 step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.fp16", s.threads, s.encoder),
+        ));
+        cat.notes.push("fp16 products: operands rounded to binary16 as they are packed, fp32 accumulation, dynamic loss scaling (no fp16 kernel of its own yet)".into());
+    } else {
+        cat.notes.push("fp16: not run on this CPU (no AVX512-FP16; CID_CPU_FP16=emulate runs its numerics); bf16 is the CPU's mixed precision".into());
+    }
     if matches!(device, DeviceSel::Cuda(_)) {
         cat.status = Status::NotAvailable;
         cat.notes.push(format!("--device {device} was asked for; GPU benchmarking is not implemented yet; CPU numbers shown"));
@@ -615,7 +636,7 @@ impl ProbeProtocol {
     /// probe reaches it. Runs in the calling rayon pool.
     fn train(&self, precision: Precision, every: u64, max_steps: u64, target: Option<f64>) -> Result<ProbeOutcome> {
         let mut st = step_for(&self.encoder, self.batch)?;
-        st.encoder.device.set_precision(precision)?;
+        st.set_precision(precision)?;
         let fed = train::eval::ProbeInputs::new(&self.set, &self.inputs)?;
         let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &fed, 5)?.linear_probe_acc) };
         let random_acc = probe(&mut st.encoder)?;

@@ -20,13 +20,14 @@ pub fn time_ms(warmup: usize, samples: usize, mut f: impl FnMut()) -> Vec<f64> {
         .collect()
 }
 
-/// [`time_ms`] over training steps: a step that fails, or is skipped (a non-finite loss, no
-/// update), is no measurement of a step, so any such step fails the whole timing with the count
-/// and the first reason, instead of its time being counted.
+/// [`time_ms`] over training steps: a step that fails, or diverges (a non-finite loss or
+/// gradient, no update), is no measurement of a step, so any such step fails the whole timing
+/// with the count and the first reason, instead of its time being counted. An fp16 step whose
+/// loss scale was lowered did a whole step's work, as a PyTorch step under `GradScaler` does.
 pub fn time_steps(warmup: usize, samples: usize, mut step: impl FnMut() -> engine::Result<engine::StepOutput>) -> crate::error::Result<Vec<f64>> {
     let (mut failed, mut first) = (0usize, None::<String>);
     let times = time_ms(warmup, samples, || match step() {
-        Ok(out) if !out.skipped => {}
+        Ok(out) if out.update != engine::Update::NonFinite => {}
         outcome => {
             failed += 1;
             first.get_or_insert_with(|| match outcome {

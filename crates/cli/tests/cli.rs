@@ -236,3 +236,57 @@ fn the_thread_count_does_not_change_a_run() {
     assert!(!one.is_empty(), "no losses were written");
     assert_eq!(one, three, "losses on 1 and on 3 workers");
 }
+
+/// `trainer.precision: 16`: a named error suggesting bf16 on a CPU without AVX512-FP16; with
+/// CID_CPU_FP16=emulate (or such a CPU), fp16 products with dynamic loss scaling, the scale logged
+/// each step and saved with the training state, and a resume that continues from it.
+#[test]
+fn precision_16_trains_with_loss_scaling_and_resumes_its_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (h5, csv) = generate(d, "s", 20, 1024);
+    let train = |epochs: &str, resume: Option<&std::path::Path>, emulate: bool| {
+        let mut c = bin();
+        c.args(["train", "--config"]).arg(root().join("configs/debug.yaml")).arg("--data").arg(&h5).arg("--meta").arg(&csv);
+        for o in ["trainer.precision=16", &format!("trainer.epochs={epochs}"), &format!("environment.save_dir={}", d.join("runs").display())] {
+            c.args(["--override", o]);
+        }
+        if let Some(r) = resume {
+            c.arg("--resume").arg(r);
+        }
+        if emulate {
+            c.env("CID_CPU_FP16", "emulate");
+        } else {
+            c.env_remove("CID_CPU_FP16");
+        }
+        c.output().unwrap()
+    };
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512fp16") {
+        let o = train("1", None, false);
+        let t = text(&o);
+        assert!(o.status.code() == Some(1) && t.contains("trainer.precision") && t.contains("AVX512-FP16") && t.contains("use bf16"), "{t}");
+    }
+    let o = train("2", None, true);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let run = d.join("runs/contrastive_debug");
+    let scales = || -> Vec<f64> {
+        std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["kind"] == "step")
+            .map(|v| v["loss_scale"].as_f64().expect("an fp16 step logs its loss scale"))
+            .collect()
+    };
+    let first = scales();
+    assert!(!first.is_empty() && first.iter().all(|&s| s > 0.0 && s <= 65536.0), "{first:?}");
+    let state = std::fs::read(run.join("checkpoints/last/training_state.safetensors")).unwrap();
+    let saved = format!("loss_scale\\\":[{}", first.last().unwrap());
+    assert!(String::from_utf8_lossy(&state).contains(&saved), "the checkpoint holds the last scale ({saved})");
+    let o = train("3", Some(&run.join("checkpoints/last")), true);
+    assert!(o.status.success(), "{}", text(&o));
+    let all = scales();
+    assert!(all.len() > first.len() && all[first.len()] <= *first.last().unwrap(), "the resumed run starts from the saved scale: {all:?}");
+}

@@ -74,12 +74,17 @@ fn main() {
     let precision = match arg("--precision").as_deref() {
         None | Some("fp32") => Precision::Fp32,
         Some("bf16") => Precision::Bf16,
+        Some("fp16") => Precision::Fp16,
         Some(other) => {
-            eprintln!("unknown precision {other:?}; expected fp32 or bf16");
+            eprintln!("unknown precision {other:?}; expected fp32, bf16 or fp16");
             std::process::exit(2);
         }
     };
-    let precision_name = if precision == Precision::Bf16 { "bf16" } else { "fp32" };
+    let precision_name = match precision {
+        Precision::Fp32 => "fp32",
+        Precision::Bf16 => "bf16",
+        Precision::Fp16 => "fp16",
+    };
     for name in configs.split(',') {
         if workloads::named(name).is_none() {
             let known: Vec<&str> = workloads::all().iter().map(|w| w.name).collect();
@@ -102,12 +107,12 @@ fn main() {
         for name in configs.split(',') {
             let w = workloads::named(name).expect("checked above");
             let (b, cfg) = (w.batch, w.encoder.clone());
-            let mut enc = cfg.init(CpuDevice::new(), 2 * b, 0).expect("init");
-            if let Err(e) = enc.device.set_precision(precision) {
+            let enc = cfg.init(CpuDevice::new(), 2 * b, 0).expect("init");
+            let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).expect("step");
+            if let Err(e) = step.set_precision(precision) {
                 eprintln!("--precision {precision_name}: {e}");
                 std::process::exit(2);
             }
-            let mut step = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).expect("step");
             let mut seed = 1u64;
             let (a, p) = (data(b * cfg.input(), &mut seed), data(b * cfg.input(), &mut seed));
             let rates = vec![w.sample_rate; b];
@@ -126,7 +131,7 @@ fn main() {
             // How many of the step's product shapes each kernel won (under the measuring policy).
             let plan = step.encoder.device.kernel_plan();
             let kernels = match (precision, plan.is_empty()) {
-                (Precision::Bf16, _) => "packed (bf16 operands)".to_string(),
+                (Precision::Bf16 | Precision::Fp16, _) => format!("packed ({precision_name} operands)"),
                 (_, true) => step.encoder.device.gemm_policy().describe(),
                 (_, false) => engine::cpu::plan::summary(&plan),
             };

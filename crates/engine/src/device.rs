@@ -237,6 +237,10 @@ pub enum Precision {
     /// activation. (PyTorch's CPU autocast also stores products' outputs in bf16 and runs the
     /// loss's products in bf16.)
     Bf16,
+    /// As `Bf16`, with operands rounded to IEEE fp16 (11 bits of mantissa, but ±65504 and a floor
+    /// of 2⁻²⁴): gradients that small vanish, so the step scales its loss
+    /// ([`crate::step::LossScaler`]).
+    Fp16,
 }
 
 /// Result of the fused InfoNCE kernel.
@@ -262,7 +266,7 @@ pub trait Device: Send {
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
         match precision {
             Precision::Fp32 => Ok(()),
-            Precision::Bf16 => Err(EngineError::Device("bf16 products are not implemented on this device yet".into())),
+            Precision::Bf16 | Precision::Fp16 => Err(EngineError::Device(format!("{precision:?} products are not implemented on this device yet"))),
         }
     }
     fn precision(&self) -> Precision {

@@ -36,4 +36,4 @@ pub use head::ProjectionHead;
 pub use loss::InfoNceConfig;
 pub use ops::act::Activation;
 pub use optim::{OptimizerConfig, OptimizerKind};
-pub use step::{embed, ContrastiveStep, Pairs, StepOutput};
+pub use step::{embed, ContrastiveStep, LossScaler, Pairs, StepOutput, Update};

@@ -3,7 +3,7 @@
 //! normalize + InfoNCE, backward, global-norm clipping and a fused Adam/AdamW pass. After the
 //! first call a step allocates nothing.
 
-use crate::device::{Device, InfoNceOut, View};
+use crate::device::{Device, InfoNceOut, Precision, View};
 use crate::encoders::{mix_key, Encoder, Mode};
 use crate::error::{EngineError, Result, Setting};
 use crate::head::ProjectionHead;
@@ -34,11 +34,80 @@ impl<'a> Pairs<'a> {
 pub struct StepOutput {
     pub loss: f32,
     pub accuracy: f32,
-    /// Global gradient norm before clipping; computed only when clipping is on (it costs a
-    /// pass over every gradient).
+    /// Global gradient norm before clipping; computed only when clipping or loss scaling is on
+    /// (it costs a pass over every gradient).
     pub grad_norm: Option<f32>,
-    /// The update was skipped (non-finite loss or gradient): weights are unchanged.
-    pub skipped: bool,
+    pub update: Update,
+}
+
+impl StepOutput {
+    /// The weights are unchanged.
+    pub fn skipped(&self) -> bool {
+        self.update != Update::Applied
+    }
+}
+
+/// What an optimizer step did with the gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// The weights moved.
+    Applied,
+    /// fp16: the gradients overflowed at the current loss scale. No update (weights and Adam's
+    /// state untouched, the step not counted) and the scale halved, as PyTorch's `GradScaler`
+    /// does; the next batch tries again.
+    ScaledDown,
+    /// A non-finite loss or gradient with no loss scale left to lower: no update; the run has
+    /// diverged.
+    NonFinite,
+}
+
+/// Dynamic loss scaling for fp16 products, PyTorch's `GradScaler` with its defaults: the loss's
+/// gradient is multiplied by `scale` so that small gradients stay above fp16's floor (2⁻²⁴) in
+/// the products that carry them, and the update divides it out. A step whose gradients overflow
+/// fp16 is skipped and the scale halved; after [`LossScaler::GROWTH_INTERVAL`] applied steps in
+/// a row it doubles. Saved with the training state, so a resumed run scales as the uninterrupted
+/// one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossScaler {
+    pub scale: f32,
+    /// Applied steps since the scale last changed.
+    pub good_steps: u32,
+}
+
+impl LossScaler {
+    pub const INITIAL_SCALE: f32 = 65536.0;
+    pub const GROWTH_INTERVAL: u32 = 2000;
+    /// Below this the gradients overflow whatever the scale: the run has diverged.
+    pub const MIN_SCALE: f32 = 1.0 / (1u32 << 24) as f32;
+    /// Above it a doubling would overflow the loss's own gradient in fp32.
+    pub const MAX_SCALE: f32 = 1e30;
+
+    pub fn new() -> Self {
+        LossScaler { scale: Self::INITIAL_SCALE, good_steps: 0 }
+    }
+
+    /// A step whose scaled gradients were all finite (`true`) or not: the scale's next value.
+    /// `false` once the scale cannot go lower.
+    fn after_step(&mut self, finite: bool) -> bool {
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps >= Self::GROWTH_INTERVAL {
+                self.scale = (self.scale * 2.0).min(Self::MAX_SCALE);
+                self.good_steps = 0;
+            }
+            true
+        } else {
+            self.good_steps = 0;
+            self.scale *= 0.5;
+            self.scale >= Self::MIN_SCALE
+        }
+    }
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Encoder (+ an optional projection head) + loss + optimizer state for batches of up to
@@ -55,6 +124,8 @@ pub struct ContrastiveStep<D: Device> {
     /// Forward passes in training mode (keys their random choices).
     pub micro_step: u64,
     pub seed: u64,
+    /// Dynamic loss scaling, on where the device's products are fp16 ([`Self::set_precision`]).
+    pub scaler: Option<LossScaler>,
 }
 
 impl<D: Device> ContrastiveStep<D> {
@@ -72,7 +143,17 @@ impl<D: Device> ContrastiveStep<D> {
         if encoder.max_rows() / 2 < batch {
             return Err(EngineError::Shape(format!("encoder buffers hold {} rows, a step needs 2 × {batch}", encoder.max_rows())));
         }
-        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed })
+        // As `set_precision` would: the device may come with its precision set.
+        let scaler = (encoder.device.precision() == Precision::Fp16).then(LossScaler::new);
+        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler })
+    }
+
+    /// Sets the precision of the encoder's products, and with it loss scaling (on for fp16,
+    /// whose floor loses small gradients; off otherwise: bf16 has fp32's range).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        self.encoder.device.set_precision(precision)?;
+        self.scaler = (precision == Precision::Fp16).then(LossScaler::new);
+        Ok(())
     }
 
     /// Takes InfoNCE on a projection head to `dim` dimensions, discarded after pretraining.
@@ -157,7 +238,8 @@ impl<D: Device> ContrastiveStep<D> {
         let dz = self.encoder.dz_buffer(2 * b);
         let (p, d) = self.loss_input(z, 2 * b);
         let dp = self.head.as_ref().map_or(dz, |h| h.d_out(2 * b));
-        let out = self.encoder.device.infonce(p, Some(dp), b, d, self.loss.temperature, self.loss.symmetric, grad_scale);
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        let out = self.encoder.device.infonce(p, Some(dp), b, d, self.loss.temperature, self.loss.symmetric, grad_scale * loss_scale);
         if let Some(h) = &self.head {
             h.backward(&mut self.encoder.device, z, dp, dz, 2 * b, accumulate);
         }
@@ -165,31 +247,40 @@ impl<D: Device> ContrastiveStep<D> {
         Ok(out)
     }
 
-    /// Clips (when configured) and applies the current gradients with learning rate `lr`.
-    /// Returns the global gradient norm (when clipping) and whether the update was skipped
-    /// because the norm was not finite.
-    pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, bool) {
+    /// Unscales (fp16), clips (when configured) and applies the current gradients with learning
+    /// rate `lr`. Returns the global gradient norm (when clipping or scaling; of the unscaled
+    /// gradients) and what was done: a non-finite norm never touches the weights.
+    pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, Update) {
         let e = &mut self.encoder;
         let head = self.head.as_ref().map(|h| h.arenas());
-        let (norm, scale) = match self.opt.clip_norm {
-            Some(max) => {
-                let head_ss = head.map_or(0.0, |a| e.device.sum_squares(a.grads));
-                let norm = (e.device.sum_squares(e.grads()) + head_ss).sqrt() as f32;
-                if !norm.is_finite() {
-                    return (Some(norm), true);
-                }
-                (Some(norm), (max / (norm + 1e-6)).min(1.0))
-            }
-            None => (None, 1.0),
+        let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
+        let norm = (self.opt.clip_norm.is_some() || self.scaler.is_some()).then(|| {
+            let head_ss = head.map_or(0.0, |a| e.device.sum_squares(a.grads));
+            ((e.device.sum_squares(e.grads()) + head_ss).sqrt() / loss_scale as f64) as f32
+        });
+        if let Some(n) = norm.filter(|n| !n.is_finite()) {
+            return match self.scaler.as_mut().map(|s| s.after_step(false)) {
+                Some(true) => (Some(n), Update::ScaledDown),
+                _ => (Some(n), Update::NonFinite),
+            };
+        }
+        let clip = match (self.opt.clip_norm, norm) {
+            (Some(max), Some(n)) => (max / (n + 1e-6)).min(1.0),
+            _ => 1.0,
         };
+        if let Some(s) = self.scaler.as_mut() {
+            s.after_step(true);
+        }
         self.step += 1;
+        // Adam takes the gradients times this: the clipping factor, the loss scale divided out.
+        let scale = clip / loss_scale;
         let (m, v) = e.moments();
         let (params, grads) = (e.params(), e.grads());
         e.device.adam(params, grads, m, v, self.opt.hyper(lr), self.step, scale);
         if let Some(a) = head {
             e.device.adam(a.params, a.grads, a.adam_m, a.adam_v, self.opt.hyper(lr), self.step, scale);
         }
-        (norm, false)
+        (norm, Update::Applied)
     }
 
     /// One full training step at the configured learning rate.
@@ -200,10 +291,10 @@ impl<D: Device> ContrastiveStep<D> {
     pub fn train_step_lr(&mut self, pairs: Pairs, lr: f32) -> Result<StepOutput> {
         let out = self.forward_backward(pairs, false, 1.0)?;
         if !out.loss.is_finite() {
-            return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, skipped: true });
+            return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, update: Update::NonFinite });
         }
-        let (grad_norm, skipped) = self.optimizer_step(lr);
-        Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, skipped })
+        let (grad_norm, update) = self.optimizer_step(lr);
+        Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, update })
     }
 
     /// Loss and accuracy in evaluation mode (no dropout, running statistics, no gradients).

@@ -48,6 +48,10 @@ pub struct TrainingState {
     pub monitor_value: Option<f64>,
     /// The resolved configuration, YAML.
     pub config_yaml: String,
+    /// fp16's dynamic loss scale and the applied steps since it last changed (absent in other
+    /// precisions), so a resumed run scales as the uninterrupted one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<(f32, u32)>,
 }
 
 fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -257,7 +261,8 @@ pub fn save<D: Device>(dir: &Path, step: &ContrastiveStep<D>, state: &TrainingSt
             tensors.extend(state_dict(hs, "exp_avg_sq.", &hv, &[], &[], &[TensorKind::Param]));
         }
         let mut meta = HashMap::from([("encoder_config".to_string(), arch_json)]);
-        meta.insert("training_state".into(), serde_json::to_string(state).map_err(|e| TrainError::Data(e.to_string()))?);
+        let state = TrainingState { loss_scale: step.scaler.map(|s| (s.scale, s.good_steps)), ..state.clone() };
+        meta.insert("training_state".into(), serde_json::to_string(&state).map_err(|e| TrainError::Data(e.to_string()))?);
         // The kernels the run measured fastest: a resumed run runs the same ones (bit-identical).
         meta.insert("kernel_plan".into(), enc.device.kernel_plan());
         files.push(("training_state.safetensors", serialize(tensors, meta)?));
@@ -346,6 +351,14 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         if value > MAX_STEPS {
             return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
         }
+    }
+    // fp16's loss scale goes on where the run left it; a run of another precision starts at
+    // the scaler's first scale.
+    if let (Some(scaler), Some((scale, good_steps))) = (step.scaler.as_mut(), state.loss_scale) {
+        if !(engine::LossScaler::MIN_SCALE..=engine::LossScaler::MAX_SCALE).contains(&scale) || good_steps >= engine::LossScaler::GROWTH_INTERVAL {
+            return Err(ckpt_err(&file, format!("its training state's `loss_scale` ({scale}, {good_steps} good steps) is outside what the scaler reaches: the state is corrupt")));
+        }
+        *scaler = engine::LossScaler { scale, good_steps };
     }
     if let Some(plan) = meta.metadata().as_ref().and_then(|m| m.get("kernel_plan")) {
         step.encoder.device.pin_kernel_plan(plan).map_err(|e| ckpt_err(&file, e))?;

@@ -242,11 +242,23 @@ pub enum Scheduler {
     Cosine,
 }
 
+/// `trainer.precision`: 32, 16 (fp16 products with dynamic loss scaling) or bf16.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Precision {
     F32,
     F16,
     Bf16,
+}
+
+impl Precision {
+    /// As the config writes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "32",
+            Precision::F16 => "16",
+            Precision::Bf16 => "bf16",
+        }
+    }
 }
 
 /// `trainer` section.
@@ -572,14 +584,16 @@ impl Config {
                 return bad(key, format!("{value:?} is not supported; supported: {supported}"));
             }
         }
-        if t.precision == Precision::F16 {
+        // fp16 on a CPU is what PyTorch autocasts to only where the CPU has AVX512-FP16; bf16 is
+        // every other CPU's mixed precision (as Lightning answers `16-mixed` on a CPU).
+        if t.precision == Precision::F16 && !engine::cpu::fp16_supported() {
             return bad(
                 "trainer.precision",
-                "16 (fp16 with loss scaling) is not implemented on any device yet; use bf16 (on the CPU device: products in bf16, fp32 accumulation, no loss scaling needed) or 32".into(),
+                "16 (fp16 with loss scaling) runs on CPUs with AVX512-FP16, and this one has none; use bf16 (products in bf16, fp32 accumulation, no loss scaling needed) or 32 (CID_CPU_FP16=emulate runs fp16's numerics here, without its speed)".into(),
             );
         }
-        if t.precision == Precision::Bf16 && t.accelerator == Accelerator::Gpu {
-            return bad("trainer.precision", "bf16 runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu, or precision 32".into());
+        if t.precision != Precision::F32 && t.accelerator == Accelerator::Gpu {
+            return bad("trainer.precision", format!("{} runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu, or precision 32", t.precision.name()));
         }
         self.loss().validate().map_err(|e| engine_error(e))?;
         self.optimizer().validate().map_err(|e| engine_error(e))?;
@@ -592,12 +606,12 @@ impl Config {
     }
 
     /// Whether training runs on the CUDA device (`auto`: where one is present, unless the
-    /// precision is bf16, which only the CPU device runs).
+    /// precision is bf16 or 16, which only the CPU device runs).
     pub fn on_gpu(&self) -> bool {
         match self.trainer.accelerator {
             Accelerator::Cpu => false,
             Accelerator::Gpu => true,
-            Accelerator::Auto => self.trainer.precision != Precision::Bf16 && engine::CudaDevice::probe(self.trainer.devices.index).is_ok(),
+            Accelerator::Auto => self.trainer.precision == Precision::F32 && engine::CudaDevice::probe(self.trainer.devices.index).is_ok(),
         }
     }
 
@@ -625,11 +639,12 @@ impl Config {
         PreprocessConfig { normalization: self.data.normalization, truncate_length: self.data.truncate_length }
     }
 
-    /// The engine precision of `trainer.precision` (16 is refused by `validate`).
+    /// The engine precision of `trainer.precision`.
     pub fn precision(&self) -> engine::Precision {
         match self.trainer.precision {
             Precision::Bf16 => engine::Precision::Bf16,
-            Precision::F32 | Precision::F16 => engine::Precision::Fp32,
+            Precision::F16 => engine::Precision::Fp16,
+            Precision::F32 => engine::Precision::Fp32,
         }
     }
 
@@ -1101,11 +1116,7 @@ mod normalization {
 mod precision {
     use super::*;
     pub fn serialize<S: serde::Serializer>(v: &Precision, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.serialize_str(match v {
-            Precision::F32 => "32",
-            Precision::F16 => "16",
-            Precision::Bf16 => "bf16",
-        })
+        s.serialize_str(v.name())
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Precision, D::Error> {
         let v = Value::deserialize(d)?;

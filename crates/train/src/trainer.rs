@@ -38,6 +38,9 @@ pub struct StepLog {
     pub accuracy: f32,
     pub lr: f32,
     pub grad_norm: Option<f32>,
+    /// fp16's loss scale after this step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scale: Option<f32>,
     pub samples_per_s: f64,
 }
 
@@ -361,14 +364,24 @@ impl<'a, D: Device> Trainer<'a, D> {
             engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),
             other => engine_error(other),
         };
-        let mut enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
-        enc.device.set_precision(cfg.precision()).map_err(|e| TrainError::Config { key: "trainer.precision".into(), reason: e.to_string() })?;
+        let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(in_context)?;
+        step.set_precision(cfg.precision()).map_err(|e| TrainError::Config { key: "trainer.precision".into(), reason: e.to_string() })?;
         if let Some(dim) = cfg.model.projection_dim {
             step = step.with_projection(dim).map_err(in_context)?;
         }
-        let mut state =
-            TrainingState { step: 0, micro_step: 0, epoch: 0, batch: 0, seed: cfg.trainer.seed, best: None, checks_without_improvement: 0, monitor_value: None, config_yaml: cfg.to_yaml() };
+        let mut state = TrainingState {
+            step: 0,
+            micro_step: 0,
+            epoch: 0,
+            batch: 0,
+            seed: cfg.trainer.seed,
+            best: None,
+            checks_without_improvement: 0,
+            monitor_value: None,
+            config_yaml: cfg.to_yaml(),
+            loss_scale: None,
+        };
         if let Some(dir) = resume {
             let resumed = checkpoint::load_full(dir, &mut step)?;
             state = resumed.state;
@@ -533,8 +546,13 @@ impl<'a, D: Device> Trainer<'a, D> {
     /// The optimizer step and its log line; `Break` when the observer asks to stop.
     fn optimizer_step(&mut self, pos: BatchPos, loss: f32, accuracy: f32) -> Result<ControlFlow<()>> {
         let lr = learning_rate(self.cfg, self.step.step.saturating_add(1), self.total_steps);
-        let (grad_norm, skipped) = self.step.optimizer_step(lr);
-        if skipped {
+        let (grad_norm, update) = self.step.optimizer_step(lr);
+        if update == engine::Update::ScaledDown {
+            // fp16's gradients overflowed at this loss scale: no update, the scale halved, and
+            // the next batch tries again (the step is not counted).
+            return Ok(ControlFlow::Continue(()));
+        }
+        if update == engine::Update::NonFinite {
             return Err(TrainError::NonFinite {
                 what: "gradient norm",
                 value: grad_norm.unwrap_or(f32::NAN),
@@ -552,6 +570,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             accuracy,
             lr,
             grad_norm,
+            loss_scale: self.step.scaler.map(|s| s.scale),
             samples_per_s: (self.samples - self.window_start.1) as f64 / self.window_start.0.elapsed().as_secs_f64().max(1e-9),
         };
         let flow = self.obs.step(&sl);

@@ -456,7 +456,7 @@ mod tests {
     /// operands, over sgemm's shapes (every transposition, accumulate or not; shapes that cross a
     /// tile, a block of C, `MC`, `KC` (and odd depths), `KK` and the 32-lane panels of B).
     fn check<O: TileOps>(what: &str, ops: &mut O) {
-        sgemm::tests::check_against_naive(what, true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_on_tiles(ops, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        sgemm::tests::check_against_naive(what, sgemm::Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_on_tiles(ops, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     #[test]

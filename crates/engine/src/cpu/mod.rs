@@ -39,7 +39,7 @@ use crate::ops::pool::{self, PoolShape};
 pub(crate) use gemm::gemm_strided;
 use gemm::{GemmScratch, PAR_GEMM_WORK};
 use plan::{GemmKey, GemmPolicy};
-use sgemm::PackBuffers;
+use sgemm::{PackBuffers, Rounding};
 use sparse::{SparseLhs, StripBuffer};
 
 /// Elements below which an element-wise or reduction kernel runs on the calling thread.
@@ -270,6 +270,27 @@ impl CpuDevice {
     }
 }
 
+/// How a precision rounds the operands of the products.
+fn rounding(precision: Precision) -> Rounding {
+    match precision {
+        Precision::Fp32 => Rounding::None,
+        Precision::Bf16 => Rounding::Bf16,
+        Precision::Fp16 => Rounding::Fp16,
+    }
+}
+
+/// Whether `trainer.precision: 16` runs on this CPU: where it has AVX512-FP16 (the CPUs whose
+/// PyTorch autocasts to fp16), or anywhere with `CID_CPU_FP16=emulate` (fp16's numerics — operands
+/// rounded to fp16, fp32 accumulation, loss scaling — without its speed: for tests and study).
+/// Elsewhere bf16 is the CPU's mixed precision.
+pub fn fp16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    let hardware = std::arch::is_x86_feature_detected!("avx512fp16");
+    #[cfg(not(target_arch = "x86_64"))]
+    let hardware = false;
+    hardware || std::env::var("CID_CPU_FP16").is_ok_and(|v| v == "emulate")
+}
+
 /// Takes a scratch buffer out of the device (so it can be used beside borrows of the device's
 /// memory), grown to at least `n` values: it grows in the first steps and is then reused (the
 /// caller puts it back).
@@ -416,16 +437,16 @@ impl Device for CpuDevice {
     }
 
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision == Precision::Bf16 && self.gemm.isa().is_none() {
+        if precision != Precision::Fp32 && self.gemm.isa().is_none() {
             return Err(EngineError::Device(if sgemm::supported() {
-                "bf16 products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it".into()
+                format!("{precision:?} products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it")
             } else {
-                "bf16 products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them".into()
+                format!("{precision:?} products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them")
             }));
         }
         self.precision = precision;
         for p in &mut self.gemm_scratch.packs {
-            p.round_bf16 = precision == Precision::Bf16;
+            p.round = rounding(precision);
         }
         Ok(())
     }
@@ -886,7 +907,7 @@ impl Device for CpuDevice {
         // workers (a batch of thousands of pairs spends most of its step here).
         let mut gemm_scratch = std::mem::take(&mut self.gemm_scratch);
         for p in &mut gemm_scratch.packs {
-            p.round_bf16 = false;
+            p.round = Rounding::None;
         }
         let (kernel, threads) = (self.gemm, self.threads);
         let mut gemm = |g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]| {
@@ -968,7 +989,7 @@ impl Device for CpuDevice {
         self.scratch = scratch;
         self.reduce = col_sum;
         for p in &mut gemm_scratch.packs {
-            p.round_bf16 = self.precision == Precision::Bf16;
+            p.round = rounding(self.precision);
         }
         self.gemm_scratch = gemm_scratch;
         out
@@ -1091,7 +1112,7 @@ mod tests {
                 dev.infonce(zv, Some(dzv), 8, 16, 0.1, true, 1.0).loss
             };
             assert_eq!(loss(&mut dev), loss(&mut CpuDevice::new()));
-            assert!(dev.gemm_scratch.packs[0].round_bf16, "products after the loss are bf16 again");
+            assert_eq!(dev.gemm_scratch.packs[0].round, Rounding::Bf16, "products after the loss are bf16 again");
         });
     }
 

@@ -67,10 +67,33 @@ impl Operand {
 pub struct PackBuffers {
     a: Vec<f32>,
     b: Vec<f32>,
-    /// Round both operands to bf16 as they are packed (fp32 accumulation): the operands of a bf16
-    /// product on AMX / AVX512-BF16 (their sums may be grouped otherwise), on any CPU this kernel
-    /// runs on.
-    pub round_bf16: bool,
+    /// How both operands are rounded as they are packed (fp32 accumulation either way): to bf16,
+    /// the operands of a bf16 product on AMX / AVX512-BF16 (their sums may be grouped
+    /// otherwise), or to fp16, on any CPU this kernel runs on.
+    pub round: Rounding,
+}
+
+/// The rounding of a product's operands ([`PackBuffers::round`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rounding {
+    /// fp32 operands as they are.
+    #[default]
+    None,
+    /// To the nearest bf16 (8 bits of mantissa, fp32's range): [`round_bf16`].
+    Bf16,
+    /// To the nearest IEEE binary16 (11 bits of mantissa, ±65504, subnormals from 2⁻²⁴):
+    /// [`round_fp16`].
+    Fp16,
+}
+
+impl Rounding {
+    fn apply(self, v: &mut [f32]) {
+        match self {
+            Rounding::None => {}
+            Rounding::Bf16 => round_bf16(v),
+            Rounding::Fp16 => round_fp16(v),
+        }
+    }
 }
 
 impl PackBuffers {
@@ -186,15 +209,15 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
     // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa` (AVX512-BF16's only where `bf16_dot_products` says the CPU has it).
     unsafe {
         match isa {
-            Isa::Avx512 if buf.round_bf16 && super::amx::enabled() => super::amx::sgemm_on_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
-            Isa::Avx512 if buf.round_bf16 && bf16_dot_products() => loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 2>, None),
+            Isa::Avx512 if buf.round == Rounding::Bf16 && super::amx::enabled() => super::amx::sgemm_on_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
+            Isa::Avx512 if buf.round == Rounding::Bf16 && bf16_dot_products() => loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 2>, None),
             Isa::Avx2 => loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)),
             Isa::Avx512 => loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>)),
         }
     }
 }
 
-/// Whether bf16 products ([`PackBuffers::round_bf16`]) run as bf16 dot products here: AVX-512F
+/// Whether bf16 products ([`Rounding::Bf16`]) run as bf16 dot products here: AVX-512F
 /// with AVX512-BF16 (`vdpbf16ps`: two depths per instruction, fp32 accumulation). Elsewhere the
 /// operands are rounded to bf16 as they are packed and multiplied by the fp32 kernel: the same
 /// numbers up to the order of the sums, without the speed.
@@ -298,7 +321,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
             return;
         }
         buf.reserve(m, n, k, NR);
-        let buf_round = buf.round_bf16;
+        let buf_round = buf.round;
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
         let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
@@ -306,7 +329,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
-        let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && !buf_round && SLOT_DEPTHS == 1);
+        let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && buf_round == Rounding::None && SLOT_DEPTHS == 1);
         let ncb = block_cols(n, KK.min(k), NR);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
@@ -352,7 +375,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-unsafe fn pack<const W: usize, const SLOT_DEPTHS: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
+unsafe fn pack<const W: usize, const SLOT_DEPTHS: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: forwarded contract.
     unsafe {
         if SLOT_DEPTHS == 2 {
@@ -406,7 +429,7 @@ pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: bool) {
+unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: `src` addresses `kd × lanes` elements and `out` was reserved for `lanes` rounded up to `W` × `kd` (asserted), so every panel read and written lies inside them.
     unsafe {
         let width = lanes.next_multiple_of(W);
@@ -434,10 +457,8 @@ unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &
                 }
             }
         }
-        if round {
-            // The block is in cache now: one more pass costs little beside the products it feeds.
-            round_bf16(&mut out[..width * kd]);
-        }
+        // The block is in cache now: one more pass costs little beside the products it feeds.
+        round.apply(&mut out[..width * kd]);
     }
 }
 
@@ -467,6 +488,62 @@ pub(crate) fn pair_slots<const SLOT_MULTIPLE: usize>(kd: usize) -> usize {
 pub fn round_bf16(v: &mut [f32]) {
     for x in v {
         *x = f32::from_bits(bf16_bits(*x));
+    }
+}
+
+/// Rounds each value to the nearest IEEE binary16 (ties to even), kept as f32: past ±65504 (from
+/// 65520, halfway to the next binade) ±inf; below 2⁻¹⁴ onto the subnormal grid of 2⁻²⁴, and below
+/// half of that to ±0; NaN stays NaN. fp16's floor is why fp16 training scales its loss.
+pub fn round_fp16(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("f16c") {
+        // SAFETY: F16C (and the AVX it implies) is present.
+        return unsafe { round_fp16_f16c(v) };
+    }
+    for x in v {
+        *x = fp16(*x);
+    }
+}
+
+/// [`round_fp16`] eight values at a time through F16C's conversions (`vcvtps2ph` to nearest
+/// even, then back), which give [`fp16`]'s results bit for bit (checked on every exponent in the
+/// tests).
+///
+/// # Safety
+/// The CPU must have F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn round_fp16_f16c(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 8 floats; unaligned loads and stores.
+        unsafe {
+            let x = _mm256_loadu_ps(c.as_ptr());
+            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
+        }
+    }
+    for x in chunks.into_remainder() {
+        *x = fp16(*x);
+    }
+}
+
+/// `x` rounded as [`round_fp16`] does.
+#[inline]
+pub(crate) fn fp16(x: f32) -> f32 {
+    const SUBNORMAL_STEP: f32 = 1.0 / (1u32 << 24) as f32;
+    let a = x.abs();
+    if x.is_nan() {
+        x
+    } else if a >= 65520.0 {
+        f32::INFINITY.copysign(x)
+    } else if a < 1.0 / (1u32 << 14) as f32 {
+        // Scaling by powers of two is exact, so this rounds once, on fp16's subnormal grid.
+        (x / SUBNORMAL_STEP).round_ties_even() * SUBNORMAL_STEP
+    } else {
+        // Normal: keep 10 of the 23 mantissa bits, adding half of the dropped part (ties to even).
+        let b = x.to_bits();
+        f32::from_bits(b.wrapping_add(0x0FFF + ((b >> 13) & 1)) & 0xFFFF_E000)
     }
 }
 
@@ -770,8 +847,8 @@ pub(crate) mod tests {
     /// MR rows, the partial one packed) across MC blocks and KC/KK.
     /// With `bf16`, the product is of the operands rounded to bf16 (the pack buffers are told to
     /// round) and is compared with the naive product of the rounded operands.
-    pub(crate) fn check_against_naive(what: &str, bf16: bool, mut gemm: impl FnMut(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
-        let mut buf = PackBuffers { round_bf16: bf16, ..Default::default() };
+    pub(crate) fn check_against_naive(what: &str, round: Rounding, mut gemm: impl FnMut(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
+        let mut buf = PackBuffers { round, ..Default::default() };
         let mut seed = 7u64;
         let mut rand = |len: usize| -> Vec<f32> {
             (0..len)
@@ -807,10 +884,8 @@ pub(crate) mod tests {
                     let (mut got, mut want) = (c0.clone(), c0);
                     gemm(m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf);
                     let (mut ar, mut br) = (av.clone(), bv.clone());
-                    if bf16 {
-                        round_bf16(&mut ar);
-                        round_bf16(&mut br);
-                    }
+                    round.apply(&mut ar);
+                    round.apply(&mut br);
                     let (a, b) = (Operand { ptr: ar.as_ptr(), ..a }, Operand { ptr: br.as_ptr(), ..b });
                     reference(m, n, k, 0.75, a, b, &mut want, accumulate);
                     for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
@@ -828,7 +903,7 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX2/FMA): the faer path is tested instead");
             return;
         }
-        check_against_naive("avx2", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx2", Rounding::None, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     /// The loops at AVX-512's tile width (32 columns), driven by the AVX2 micro-kernel at that
@@ -840,7 +915,7 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX2/FMA)");
             return;
         }
-        check_against_naive("32-wide on avx2", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+        check_against_naive("32-wide on avx2", Rounding::None, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
             loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2::<true, 4>, Some(kernel_avx2::<false, 4>))
         });
     }
@@ -873,7 +948,7 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX-512F): the AVX-512 micro-kernel was not run; its loops were (the_32_wide_driver_matches_the_naive_product)");
             return;
         }
-        check_against_naive("avx512", false, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx512", Rounding::None, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     /// The bf16 pair packing and the loop nest at two depths a slot, at both tile widths, through
@@ -884,14 +959,68 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX2/FMA)");
             return;
         }
-        check_against_naive("bf16 pairs, 16 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+        check_against_naive("bf16 pairs, 16 wide", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
             loop_nest::<NR, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2_bf16_emulated::<true, 2>, None)
         });
-        check_against_naive("bf16 pairs, 32 wide", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+        check_against_naive("bf16 pairs, 32 wide", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
             loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, acc, buf, kernel_avx2_bf16_emulated::<true, 4>, None)
         });
         // And the path bf16 takes on this CPU (rounded in packing, fp32 kernel).
-        check_against_naive("bf16 rounded in packing", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("bf16 rounded in packing", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    /// fp16 rounding at each edge of binary16: ties to even in the normals, the subnormal grid
+    /// (2⁻²⁴), flush below half of it, 65504 the largest, 65520 (halfway to 2¹⁶) and past to
+    /// ±inf, NaN kept. Checked against F16C's `vcvtps2ph` (round to nearest) where the CPU has it.
+    #[test]
+    fn fp16_rounding_is_binary16_to_nearest_even() {
+        let cases = [
+            (1.0, 1.0),
+            (1.0 + 1.0 / 2048.0, 1.0),                // a tie: to the even 1.0
+            (1.0 + 3.0 / 2048.0, 1.0 + 2.0 / 1024.0), // a tie: to the even 1 + 2⁻⁹
+            (1.0 + 1.5 / 2048.0, 1.0 + 1.0 / 1024.0), // past the tie
+            (65504.0, 65504.0),
+            (65519.0, 65504.0),
+            (65520.0, f32::INFINITY),
+            (-1e6, f32::NEG_INFINITY),
+            (6.0e-8, 5.960_464_5e-8), // 2⁻²⁴, the smallest subnormal
+            (2.9e-8, 0.0),            // below half of it
+            (1.0e-5, 1.001_358e-5),   // on the subnormal grid: 168 · 2⁻²⁴
+            (-3.0e-5, -2.998_113_6e-5),
+        ];
+        for (x, want) in cases {
+            assert_eq!(fp16(x), want, "fp16({x:e})");
+        }
+        assert!(fp16(f32::NAN).is_nan());
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("f16c") {
+            use std::arch::x86_64::*;
+            let mut seed = 11u64;
+            for _ in 0..200_000 {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                // Every exponent fp16 has, and some past it.
+                let x = f32::from_bits(((seed >> 33) as u32 & 0x807F_FFFF) | ((((seed >> 20) as u32 % 48) + 96) << 23));
+                // SAFETY: F16C is present (checked above).
+                let hw = unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set1_ps(x)))) };
+                assert_eq!(fp16(x).to_bits(), hw.to_bits(), "fp16({x:e}) = {:e}, F16C gives {hw:e}", fp16(x));
+            }
+            // And the slice path (eight at a time through F16C, the tail scalar) on the listed values.
+            let mut v: Vec<f32> = cases.iter().map(|c| c.0).collect();
+            round_fp16(&mut v);
+            assert_eq!(v, cases.iter().map(|c| c.1).collect::<Vec<_>>());
+        } else {
+            eprintln!("SKIPPED (no F16C): fp16 rounding checked on the listed values only");
+        }
+    }
+
+    /// fp16 products: both operands rounded to fp16 as they are packed, fp32 accumulation.
+    #[test]
+    fn fp16_products_match_the_naive_product_of_rounded_operands() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA)");
+            return;
+        }
+        check_against_naive("fp16 rounded in packing", Rounding::Fp16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx2, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     #[test]
@@ -900,6 +1029,6 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX512-BF16): vdpbf16ps was not run; its packing and loops were (bf16_pairs_match_the_naive_product_of_rounded_operands)");
             return;
         }
-        check_against_naive("avx512-bf16", true, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx512-bf16", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 }
