@@ -233,7 +233,8 @@ pub fn data(s: &Settings) -> Result<Category> {
                     let mut k = 0u64;
                     let chunks: Vec<&[u64]> = ids.chunks(b).filter(|c| c.len() == b).collect();
                     // A build that fails, or leaves Ids out, would be timed as a fast one: the
-                    // first such build fails the metric instead (as a failed training step does).
+                    // first such build fails the data category instead, naming it (as a failed
+                    // training step fails its timing).
                     let mut failure: Option<BenchError> = None;
                     let t = time_ms(3, (chunks.len() * 2).clamp(10, 200), || {
                         let c = chunks[(k as usize) % chunks.len()];
@@ -473,40 +474,54 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     let (mut fp32, mut bf16, mut acc, mut bytes) = (Vec::new(), Vec::new(), [0.0f32; 2], [0usize; 2]);
     // fp16 (products rounded to binary16, dynamic loss scaling) where training offers it: a CPU
     // with AVX512-FP16, or CID_CPU_FP16=emulate; in the same rounds.
-    let with_fp16 = engine::cpu::fp16_supported();
+    let (mut with_bf16, mut with_fp16) = (true, engine::cpu::fp16_supported());
     let mut fp16 = Vec::new();
     for _ in 0..3 {
+        if !with_bf16 && !with_fp16 {
+            break;
+        }
         let r32 = pool_all.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
         if with_fp16 {
-            fp16.extend(pool_all.install(|| timed_steps(&cfg, b, Precision::Fp16, (&a, &p), warmup, n))?.times);
-        }
-        match pool_all.install(|| timed_steps(&cfg, b, Precision::Bf16, (&a, &p), warmup, n)) {
-            Ok(r16) => {
-                fp32.extend(r32.times);
-                bf16.extend(r16.times);
-                acc = [r32.accuracy, r16.accuracy];
-                bytes = [r32.device_bytes, r16.device_bytes];
-            }
-            Err(e) => {
-                cat.notes.push(format!("bf16 products: not available here ({e})"));
-                break;
+            match pool_all.install(|| timed_steps(&cfg, b, Precision::Fp16, (&a, &p), warmup, n)) {
+                Ok(r) => fp16.extend(r.times),
+                Err(e) => {
+                    cat.notes.push(format!("fp16 products: not available here ({e})"));
+                    (with_fp16, fp16) = (false, Vec::new());
+                }
             }
         }
+        if with_bf16 {
+            match pool_all.install(|| timed_steps(&cfg, b, Precision::Bf16, (&a, &p), warmup, n)) {
+                Ok(r16) => {
+                    bf16.extend(r16.times);
+                    acc = [r32.accuracy, r16.accuracy];
+                    bytes = [r32.device_bytes, r16.device_bytes];
+                }
+                Err(e) => {
+                    cat.notes.push(format!("bf16 products: not available here ({e})"));
+                    (with_bf16, bf16) = (false, Vec::new());
+                }
+            }
+        }
+        fp32.extend(r32.times);
     }
-    if !bf16.is_empty() {
-        let ratio = crate::stats::median(&fp32) / crate::stats::median(&bf16);
-        // The fp32 steps of the ratio, reported beside the bf16 ones they were interleaved with
-        // (the thread-count steps above are another run, minutes earlier).
+    // Each reduced precision beside the fp32 steps it was interleaved with (the thread-count
+    // steps above are another run, minutes earlier): its step time and the speed-up.
+    if !bf16.is_empty() || !fp16.is_empty() {
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32.clone(), warmup));
-        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.bf16.threads{}", s.threads), MetricName::StepMs, bf16, warmup));
+    }
+    for (name, samples) in [("bf16", &bf16), ("fp16", &fp16)].into_iter().filter(|(_, v)| !v.is_empty()) {
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.{name}.threads{}", s.threads), MetricName::StepMs, samples.clone(), warmup));
         cat.metrics.push(value(
             CategoryKind::Hardware,
-            "cpu.bf16",
+            &format!("cpu.{name}"),
             MetricName::MixedPrecisionSpeedup,
-            ratio,
+            crate::stats::median(&fp32) / crate::stats::median(samples),
             false,
-            &format!("median fp32 step time / median bf16 step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.bf16", s.threads, s.encoder),
+            &format!("median fp32 step time / median {name} step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.{name}", s.threads, s.encoder),
         ));
+    }
+    if !bf16.is_empty() {
         for (name, b) in ["fp32", "bf16"].iter().zip(bytes) {
             cat.metrics.push(exact(
                 CategoryKind::Hardware,
@@ -558,19 +573,9 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         Err(e) => cat.notes.push(format!("GPU: not available on this machine ({e}); CPU vs GPU and GPU memory are not measured")),
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),
     }
-    if with_fp16 && !fp32.is_empty() {
-        let ratio = crate::stats::median(&fp32) / crate::stats::median(&fp16);
-        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp16.threads{}", s.threads), MetricName::StepMs, fp16, warmup));
-        cat.metrics.push(value(
-            CategoryKind::Hardware,
-            "cpu.fp16",
-            MetricName::MixedPrecisionSpeedup,
-            ratio,
-            false,
-            &format!("median fp32 step time / median fp16 step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.fp16", s.threads, s.encoder),
-        ));
+    if with_fp16 {
         cat.notes.push("fp16 products: operands rounded to binary16 as they are packed, fp32 accumulation, dynamic loss scaling (no fp16 kernel of its own yet)".into());
-    } else {
+    } else if !engine::cpu::fp16_supported() {
         cat.notes.push("fp16: not run on this CPU (no AVX512-FP16; CID_CPU_FP16=emulate runs its numerics); bf16 is the CPU's mixed precision".into());
     }
     if matches!(device, DeviceSel::Cuda(_)) {

@@ -86,8 +86,9 @@ pub fn training(r: &Results, path: &Path) -> Result<()> {
 
 /// `hardware_optimization.png`: CPU step time per thread count (GPU: not available).
 pub fn hardware(r: &Results, path: &Path) -> Result<()> {
-    // `cpu.fp32.threads2` → `fp32, threads 2`; `cpu.fp32.paired.threads2` → `fp32 beside bf16, threads 2`.
-    let label = |l: &str| l.trim_start_matches("cpu.").replace(".paired", " beside bf16").replace(".threads", ", threads ");
+    // `cpu.fp32.threads2` → `fp32, threads 2`; `cpu.fp32.paired.threads2` (the fp32 steps run in
+    // rounds with bf16 / fp16) → `fp32 paired, threads 2`.
+    let label = |l: &str| l.trim_start_matches("cpu.").replace(".paired", " paired").replace(".threads", ", threads ");
     let data: Vec<Bar> = chart::bars(r, CategoryKind::Hardware, MetricName::StepMs).into_iter().map(|b| Bar { label: label(&b.label), ..b }).collect();
     bar_chart(path, "Hardware: CPU step time, B=32 W=1024 (GPU not benchmarked)", "ms per step", &data)
 }

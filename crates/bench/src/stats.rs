@@ -93,7 +93,13 @@ pub fn summarize(samples: &[f64]) -> Summary {
     let n = s.len();
     // No samples: every statistic is NaN (a mean of 0 would read as a measurement).
     let mean = if n == 0 { f64::NAN } else { s.iter().sum::<f64>() / n as f64 };
-    let std = if n > 1 { (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt() } else { 0.0 };
+    let std = if n == 0 {
+        f64::NAN
+    } else if n > 1 {
+        (s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
+    } else {
+        0.0
+    };
     let (min, max) = (s.first().copied().unwrap_or(f64::NAN), s.last().copied().unwrap_or(f64::NAN));
     let (ci_low, ci_high) = if n >= MIN_CI_SAMPLES { bootstrap(&s, 0xB007 ^ n as u64, median_in_place) } else { (min, max) };
     let (q1, q3) = (quantile(&s, 0.25), quantile(&s, 0.75));

@@ -79,8 +79,9 @@ impl LossScaler {
     pub const GROWTH_INTERVAL: u32 = 2000;
     /// Below this the gradients overflow whatever the scale: the run has diverged.
     pub const MIN_SCALE: f32 = 1.0 / (1u32 << 24) as f32;
-    /// Above it a doubling would overflow the loss's own gradient in fp32.
-    pub const MAX_SCALE: f32 = 1e30;
+    /// The most the scale grows to (2⁶⁴, a power of two as every scale is, so scaling and
+    /// unscaling stay exact): no gradient needs more, and growth stops well inside fp32.
+    pub const MAX_SCALE: f32 = 18_446_744_073_709_551_616.0;
 
     pub fn new() -> Self {
         LossScaler { scale: Self::INITIAL_SCALE, good_steps: 0 }

@@ -292,6 +292,24 @@ fn the_loss_scaler_skips_overflows_unscales_and_grows() {
     st.encoder.device.upload(g, &small);
     assert_eq!(st.optimizer_step(1e-3).1, Update::Applied);
     assert_eq!(st.scaler, Some(LossScaler { scale: 2.0 * scale, good_steps: 0 }));
+    // The loss's gradient is scaled up in the backward: the same batch and weights at scale 1024
+    // give gradients 1024 times those at scale 1 (to fp16's rounding, which a power of two leaves
+    // alone inside its range).
+    let grads_at = |scale: f32| {
+        let mut enc = cfg.init(CpuDevice::new(), 4, 0).unwrap();
+        enc.device.set_precision(Precision::Fp16).unwrap();
+        let mut st = ContrastiveStep::new(enc, 2, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
+        st.scaler = Some(LossScaler { scale, good_steps: 0 });
+        let x: Vec<f32> = (0..2 * 64).map(|i| ((i * 13) % 7) as f32 * 0.3 - 1.0).collect();
+        let y: Vec<f32> = x.iter().map(|v| v * 0.9 + 0.05).collect();
+        st.forward_backward(Pairs::new(&x, &y), false, 1.0).unwrap();
+        let mut g = vec![0.0; n];
+        st.encoder.device.download(st.encoder.grads(), &mut g);
+        g
+    };
+    let (g1, g1024) = (grads_at(1.0), grads_at(1024.0));
+    let norm = |g: &[f32]| g.iter().map(|&v| v as f64 * v as f64).sum::<f64>().sqrt();
+    assert!(norm(&g1) > 0.0 && (norm(&g1024) / norm(&g1) - 1024.0).abs() < 1024.0 * 1e-3, "{} / {}", norm(&g1024), norm(&g1));
     // At the floor, an overflow is a diverged run, not another halving.
     st.scaler = Some(LossScaler { scale: LossScaler::MIN_SCALE, good_steps: 0 });
     st.encoder.device.upload(g, &grads.iter().map(|_| f32::NAN).collect::<Vec<_>>());

@@ -256,19 +256,20 @@ fn describe(file: &H5File, name: &str, id: u64, file_bytes: u64) -> std::result:
     }
     let chunked = matches!(layout, Ok(StorageLayout::Chunked));
     // A contiguous block whose size fits the file may still start too late to end inside it (a
-    // file cut short): its last row is read now, so the store lists it as ignored instead of a
+    // file cut short): its last value is read now, so the store lists it as ignored instead of a
     // run failing on it later. (A chunked dataset's chunks lie anywhere: a cut one is found when
     // the Id is first read, and the Id skipped then.)
     if matches!(layout, Ok(StorageLayout::Contiguous)) && length > 0 {
-        let (starts, counts) = if shape.len() == 1 { (vec![length - 1], vec![1]) } else { (vec![length - 1, 0], vec![1, channels]) };
-        let last_row = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match dtype {
+        // The last value ends the block: one value read, whatever the width.
+        let (starts, counts) = if shape.len() == 1 { (vec![length - 1], vec![1]) } else { (vec![length - 1, channels - 1], vec![1, 1]) };
+        let last_value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match dtype {
             SampleType::F32 => ds.read_slice::<f32>(&starts, &counts).map(drop),
             SampleType::F64 => ds.read_slice::<f64>(&starts, &counts).map(drop),
         }));
-        if !matches!(last_row, Ok(Ok(()))) {
+        if !matches!(last_value, Ok(Ok(()))) {
             return Err(format!(
-                "its last row cannot be read ({}): the file was cut short, or is corrupt",
-                match last_row {
+                "its last value cannot be read ({}): the file was cut short, or is corrupt",
+                match last_value {
                     Ok(Err(e)) => e.to_string(),
                     _ => "corrupt data structures".into(),
                 }

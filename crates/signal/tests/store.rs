@@ -183,6 +183,11 @@ fn nan_and_short_signals_are_skipped_counted_and_named() {
     // Asking again does not log twice.
     b.build(&[1, 2, 3], 1).unwrap();
     assert_eq!(b.skips().count(), 2);
+    // Where data.time_split leaves too little, the reason says so (not that the signal is short).
+    let split = builder("default_f32.h5", 64, Normalization::Standardization).with_time_split(0.1).unwrap();
+    split.build(&[1], 0).unwrap();
+    let why = split.skips().entries()[0].1.to_string();
+    assert!(why.contains("first 35 of its 350 samples") && why.contains("data.time_split"), "{why}");
 }
 
 /// A store cut short (h5py's files keep their metadata first, so a cut loses values only): a

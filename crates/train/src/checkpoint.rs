@@ -286,6 +286,7 @@ pub fn load_weights<D: Device>(path: &Path, enc: &mut Encoder<D>) -> Result<()> 
 
 /// What [`load_full`] restored: the training state, and whether the checkpoint's projection head
 /// was left behind (the run has none), which the caller says.
+#[derive(Debug)]
 pub struct Resumed {
     pub state: TrainingState,
     pub head_left_behind: bool,

@@ -584,16 +584,16 @@ impl Config {
                 return bad(key, format!("{value:?} is not supported; supported: {supported}"));
             }
         }
-        // fp16 on a CPU is what PyTorch autocasts to only where the CPU has AVX512-FP16; bf16 is
-        // every other CPU's mixed precision (as Lightning answers `16-mixed` on a CPU).
-        if t.precision == Precision::F16 && !engine::cpu::fp16_supported() {
+        // (Whether this CPU runs fp16 is asked when training starts, not here: a config, and a
+        // checkpoint's, must load on any machine, to evaluate a model trained elsewhere.)
+        if t.precision != Precision::F32 && t.accelerator == Accelerator::Gpu {
             return bad(
                 "trainer.precision",
-                "16 (fp16 with loss scaling) runs on CPUs with AVX512-FP16, and this one has none; use bf16 (products in bf16, fp32 accumulation, no loss scaling needed) or 32 (CID_CPU_FP16=emulate runs fp16's numerics here, without its speed)".into(),
+                format!(
+                    "{} runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu (with bf16, or 16 on a CPU with AVX512-FP16), or precision 32",
+                    t.precision.name()
+                ),
             );
-        }
-        if t.precision != Precision::F32 && t.accelerator == Accelerator::Gpu {
-            return bad("trainer.precision", format!("{} runs on the CPU device only (the CUDA device computes in fp32); set trainer.accelerator: cpu, or precision 32", t.precision.name()));
         }
         self.loss().validate().map_err(|e| engine_error(e))?;
         self.optimizer().validate().map_err(|e| engine_error(e))?;

@@ -364,6 +364,14 @@ impl<'a, D: Device> Trainer<'a, D> {
             engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),
             other => engine_error(other),
         };
+        // fp16 on a CPU is what PyTorch autocasts to only where the CPU has AVX512-FP16; bf16 is
+        // every other CPU's mixed precision (as Lightning answers `16-mixed` on a CPU).
+        if cfg.trainer.precision == crate::config::Precision::F16 && !engine::cpu::fp16_supported() {
+            return Err(TrainError::Config {
+                key: "trainer.precision".into(),
+                reason: "16 (fp16 with loss scaling) runs on CPUs with AVX512-FP16, and this one has none; use bf16 (products in bf16, fp32 accumulation, no loss scaling needed) or 32 (CID_CPU_FP16=emulate runs fp16's numerics here, without its speed)".into(),
+            });
+        }
         let enc = enc_cfg.init(device, 2 * b, cfg.trainer.seed).map_err(in_context)?;
         let mut step = ContrastiveStep::new(enc, b, cfg.loss(), cfg.optimizer(), cfg.trainer.seed).map_err(in_context)?;
         step.set_precision(cfg.precision()).map_err(|e| TrainError::Config { key: "trainer.precision".into(), reason: e.to_string() })?;

@@ -279,7 +279,7 @@ impl GemmScratch {
 
 impl CpuDevice {
     /// Runs a product on `kernel`, split over `parts` workers.
-    pub(super) fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
+    fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
         let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
         let mut scratch = std::mem::take(&mut self.gemm_scratch);
         if g.trans_a && large && kernel == CpuGemm::Faer {
@@ -301,7 +301,7 @@ impl CpuDevice {
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
     /// the faster of the two measured now on these operands.
     /// `run` computes the product (into `c`) on a given kernel, for the measurement.
-    pub(super) fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
+    fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         let key = GemmKey::of(g, parts);
         if let Some(&k) = self.plan.get(&key) {
             return k;
@@ -363,7 +363,7 @@ impl CpuDevice {
 
     /// The kernel of a convolution product computed by `run`: measured as any product's in fp32
     /// (under the key of the GEMM it replaces: a plain product of the same shape, were there one,
-    /// would share the choice, which changes speed only), the device's own under bf16.
+    /// would share the choice, which changes speed only), the device's own under bf16 or fp16.
     pub(super) fn conv_kernel(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         if self.precision == Precision::Fp32 {
             self.kernel_for(g, parts, c, run)
@@ -491,7 +491,7 @@ impl CpuDevice {
 
     /// A `sparse_a` GEMM on the zero-skipping kernel, columns of C split over the workers.
     /// Returns false, having written nothing, where A has too many non-zeros for it to pay.
-    pub(super) fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
+    fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
         let (mut lhs, mut strips) = (std::mem::take(&mut self.sparse), std::mem::take(&mut self.strips));
         let (cs, [as_, bs]) = self.split(c, [a, b]);
         assert!(cs.len() >= g.m * g.n && as_.len() >= g.m * g.k && bs.len() >= g.k * g.n);
@@ -534,7 +534,7 @@ impl CpuDevice {
             return;
         }
         let parts = self.gemm_parts(g);
-        // bf16 rounds operands as our kernels pack them: faer cannot run those products (and
+        // bf16 and fp16 round operands as our kernels pack them: faer cannot run those products (and
         // `set_precision` made sure the device's own kernel is one of ours).
         let kernel = if fp32 { self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b)) } else { self.gemm };
         self.gemm_on(kernel, g, parts, c, a, b);

@@ -132,7 +132,8 @@ pub struct CpuDevice {
     /// The kernel of each product shape this device has run (a copy of the process's choices:
     /// a lookup here takes no lock).
     plan: HashMap<GemmKey, CpuGemm>,
-    /// bf16 products: every pack buffer rounds the operands it packs (the loss's products excepted).
+    /// bf16 or fp16 products: every pack buffer rounds the operands it packs (the loss's products
+    /// excepted).
     precision: Precision,
     threads: usize,
 }

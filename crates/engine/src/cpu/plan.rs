@@ -54,7 +54,7 @@ impl GemmPolicy {
         }
     }
 
-    /// The kernel of products no plan covers (each attention head's, the loss's, bf16's): the
+    /// The kernel of products no plan covers (each attention head's, the loss's, bf16's and fp16's): the
     /// fixed one, or our widest where measuring.
     pub fn default_kernel(self) -> CpuGemm {
         match self {

@@ -328,7 +328,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
         // With one panel of B's columns (n ≤ NR: a convolution to 16 channels), each value of A
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
-        // partial panel of rows is still packed (zero-padded to MR). bf16 rounds in packing.
+        // partial panel of rows is still packed (zero-padded to MR). bf16 and fp16 round in packing.
         let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && buf_round == Rounding::None && SLOT_DEPTHS == 1);
         let ncb = block_cols(n, KK.min(k), NR);
         for jc in (0..n).step_by(ncb) {
@@ -506,8 +506,9 @@ pub fn round_fp16(v: &mut [f32]) {
 }
 
 /// [`round_fp16`] eight values at a time through F16C's conversions (`vcvtps2ph` to nearest
-/// even, then back), which give [`fp16`]'s results bit for bit (checked on every exponent in the
-/// tests).
+/// even, then back), which give [`fp16`]'s results bit for bit for every number (checked on
+/// every exponent, both signs, in the tests); a NaN stays a NaN (F16C quiets it and cuts its
+/// payload).
 ///
 /// # Safety
 /// The CPU must have F16C.
@@ -847,6 +848,8 @@ pub(crate) mod tests {
     /// MR rows, the partial one packed) across MC blocks and KC/KK.
     /// With `bf16`, the product is of the operands rounded to bf16 (the pack buffers are told to
     /// round) and is compared with the naive product of the rounded operands.
+    /// Runs `gemm` on products crossing every block edge, for every transposition and with and
+    /// without accumulation, against the naive f64 product of the operands rounded by `round`.
     pub(crate) fn check_against_naive(what: &str, round: Rounding, mut gemm: impl FnMut(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
         let mut buf = PackBuffers { round, ..Default::default() };
         let mut seed = 7u64;
@@ -999,7 +1002,7 @@ pub(crate) mod tests {
             for _ in 0..200_000 {
                 seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 // Every exponent fp16 has, and some past it.
-                let x = f32::from_bits(((seed >> 33) as u32 & 0x807F_FFFF) | ((((seed >> 20) as u32 % 48) + 96) << 23));
+                let x = f32::from_bits(((seed >> 32) as u32 & 0x807F_FFFF) | ((((seed >> 20) as u32 % 48) + 96) << 23));
                 // SAFETY: F16C is present (checked above).
                 let hw = unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set1_ps(x)))) };
                 assert_eq!(fp16(x).to_bits(), hw.to_bits(), "fp16({x:e}) = {:e}, F16C gives {hw:e}", fp16(x));
