@@ -469,13 +469,23 @@ fn arch_string(a: &EncoderConfig) -> String {
     format!("{} (windows {} × {}, embedding {}, {} parameters)", a.kind(), a.window, a.channels, a.embed, a.param_count())
 }
 
+/// A cell of a bearing's name: a number as its value (`0.007`, `7e-3` and ` 0.0070` are one
+/// size, `-0` is `0`), anything else as its trimmed text.
+fn bearing_part(cell: Option<&str>) -> String {
+    let text = cell.unwrap_or_default().trim();
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => format!("{}", v + 0.0),
+        _ => text.to_string(),
+    }
+}
+
 /// The held-out bearings, by name, with their Ids: per label with at least two bearings, about
 /// 30 % of them (at least one), chosen by a seeded shuffle.
 pub fn held_out_bearings(ds: &Dataset, seed: u64) -> BTreeMap<String, Vec<u64>> {
     let mut groups: BTreeMap<i64, BTreeMap<String, Vec<u64>>> = BTreeMap::new();
     for &id in &ds.ids {
         if let Some(r) = ds.row(id) {
-            let key = format!("{}|{}|{}", r.label, r.field("Fault_Size").unwrap_or_default(), r.field("Fault_Location").unwrap_or_default());
+            let key = format!("{}|{}|{}", r.label, bearing_part(r.field("Fault_Size").as_deref()), bearing_part(r.field("Fault_Location").as_deref()));
             groups.entry(r.label).or_default().entry(key).or_default().push(id);
         }
     }
@@ -610,6 +620,14 @@ mod tests {
         v.extend((0..40).map(|i| format!("x{i}")));
         sort_classes(&mut v);
         assert_eq!(&v[..7], ["2", "10", "1e1", "97", "105", "12k_DE", "a"]);
+    }
+
+    #[test]
+    fn a_bearing_is_named_by_its_values_not_their_spelling() {
+        assert_eq!(bearing_part(Some("0.007")), bearing_part(Some(" 7e-3 ")));
+        assert_eq!(bearing_part(Some("-0.0")), bearing_part(Some("0")));
+        assert_ne!(bearing_part(Some("0.007")), bearing_part(Some("0.014")));
+        assert_eq!((bearing_part(Some(" Inner Race ")), bearing_part(None)), ("Inner Race".to_string(), String::new()));
     }
 
     #[test]
