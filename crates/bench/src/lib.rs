@@ -275,8 +275,14 @@ impl Benchmark {
                     // Exact only where both runs counted it the same way.
                     let exact = m.exact && b.exact && same_mode;
                     let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
-                    if bs.iter().chain(&ns).all(|v| v.is_finite()) && crate::stats::median(&bs) != 0.0 {
+                    let finite = bs.iter().chain(&ns).all(|v| v.is_finite());
+                    if finite && crate::stats::median(&bs) != 0.0 {
                         m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, exact, noise));
+                        compared += 1;
+                    } else if finite && crate::stats::median(&ns) == 0.0 {
+                        // 0 then and 0 now (an accuracy drop of nothing): no change, with no
+                        // ratio to take.
+                        m.baseline = Some(stats::Change { change: 0.0, ci_low: 0.0, ci_high: 0.0, verdict: stats::Verdict::NoChange });
                         compared += 1;
                     } else if !bs.iter().all(|v| v.is_finite()) || crate::stats::median(&bs) == 0.0 {
                         unusable.push(m.id.clone());
@@ -372,8 +378,12 @@ pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
     if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
         return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
     }
+    let mut seen = std::collections::HashSet::new();
     for m in base.metrics() {
         check_baseline_metric(m).map_err(|why| BenchError::Input(format!("{}: metric {}: {why}", path.display(), m.id)))?;
+        if !seen.insert(m.id.as_str()) {
+            return Err(BenchError::Input(format!("{}: metric {} appears twice: which one is the baseline?", path.display(), m.id)));
+        }
     }
     Ok(base)
 }

@@ -243,6 +243,16 @@ pub enum Precision {
     Fp16,
 }
 
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+            Precision::Fp16 => "fp16",
+        })
+    }
+}
+
 /// Result of the fused InfoNCE kernel.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct InfoNceOut {
@@ -266,7 +276,7 @@ pub trait Device: Send {
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
         match precision {
             Precision::Fp32 => Ok(()),
-            Precision::Bf16 | Precision::Fp16 => Err(EngineError::Device(format!("{precision:?} products are not implemented on this device yet"))),
+            Precision::Bf16 | Precision::Fp16 => Err(EngineError::Device(format!("{precision} products are not implemented on this device yet"))),
         }
     }
     fn precision(&self) -> Precision {

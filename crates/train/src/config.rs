@@ -444,6 +444,11 @@ impl Config {
         for o in overrides {
             apply_override(&mut root, o)?;
         }
+        // A YAML tag (`!fp 16`, `!gpu cpu`, `!x data:`) would be read by some keys and dropped
+        // by others: none is read, and the first is named.
+        if let Some((at, tag)) = first_tag(&root, "") {
+            return Err(TrainError::Config { key: at, reason: format!("carries the YAML tag {tag}; a config reads no tags (write the plain value)") });
+        }
         let Value::Mapping(sections) = &mut root else { return Err(not_sections()) };
         // Accepted-but-unused keys out, moved keys to their place, before serde sees the rest.
         let mut notes = Vec::new();
@@ -878,6 +883,27 @@ fn parse_root(text: &str) -> Result<Value> {
     Ok(root)
 }
 
+/// The first tagged key or value under `v` (at `path`), as `(path, tag)`.
+fn first_tag(v: &Value, path: &str) -> Option<(String, String)> {
+    let at = |k: &Value| {
+        let name = scalar_text(k).unwrap_or_else(|| "?".into());
+        if path.is_empty() {
+            name
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    match v {
+        Value::Tagged(t) => Some((if path.is_empty() { "the config".into() } else { path.to_string() }, t.tag.to_string())),
+        Value::Mapping(m) => m.iter().find_map(|(k, v)| match k {
+            Value::Tagged(t) => Some((at(&t.value), t.tag.to_string())),
+            _ => first_tag(v, &at(k)),
+        }),
+        Value::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| first_tag(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
 fn not_sections() -> TrainError {
     TrainError::Yaml("the top level must be a mapping of sections".into())
 }
@@ -1124,7 +1150,7 @@ mod precision {
             Some("32" | "32-true" | "fp32") => Ok(Precision::F32),
             Some("16" | "16-mixed" | "fp16") => Ok(Precision::F16),
             Some("bf16" | "bf16-mixed") => Ok(Precision::Bf16),
-            _ => Err(serde::de::Error::custom(format!("expected 32, 16 or bf16, got {}", scalar_text(&v).unwrap_or_default()))),
+            _ => Err(serde::de::Error::custom(format!("expected 32 (or 32-true, fp32), 16 (16-mixed, fp16) or bf16 (bf16-mixed), got {}", scalar_text(&v).unwrap_or_default()))),
         }
     }
 }

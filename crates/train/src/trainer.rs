@@ -91,6 +91,17 @@ pub struct Summary {
     pub samples_per_s: f64,
     pub last_checkpoint: Option<PathBuf>,
     pub best_checkpoint: Option<PathBuf>,
+    /// fp16: optimizer steps the loss scaler skipped in this invocation (gradients overflowed),
+    /// and the scale it ended at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_scaling: Option<LossScaling>,
+}
+
+/// What fp16's loss scaler did in a run ([`Summary::loss_scaling`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct LossScaling {
+    pub skipped_steps: u64,
+    pub final_scale: f32,
 }
 
 /// Learning rate at optimizer step `t` (1-based) of `total`.
@@ -205,7 +216,6 @@ fn run<D: Device>(cfg: &Config, ds: Dataset, resume: Option<&Path>, obs: &mut dy
     // A resumed run already at `trainer.max_steps` takes no step and writes no checkpoint.
     let sampler = if t.reached_max_steps() {
         t.obs.message(&format!("the checkpoint is at step {}, trainer.max_steps is {}: nothing to train", t.state.step, t.cfg.trainer.max_steps.unwrap_or_default()));
-        t.last_saved_step = Some(t.state.step);
         None
     } else {
         Some(t.sampler()?)
@@ -296,6 +306,8 @@ pub struct Trainer<'a, D: Device> {
     last: (f32, f32),
     window_start: (Instant, usize),
     samples: usize,
+    /// fp16 steps the loss scaler skipped in this invocation.
+    overflow_skips: u64,
     t_start: Instant,
     t_train: Instant,
     stopped_early: bool,
@@ -366,6 +378,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         };
         // fp16 on a CPU is what PyTorch autocasts to only where the CPU has AVX512-FP16; bf16 is
         // every other CPU's mixed precision (as Lightning answers `16-mixed` on a CPU).
+        engine::cpu::fp16_emulation().map_err(|reason| TrainError::Config { key: "CID_CPU_FP16".into(), reason })?;
         if cfg.trainer.precision == crate::config::Precision::F16 && !engine::cpu::fp16_supported() {
             return Err(TrainError::Config {
                 key: "trainer.precision".into(),
@@ -390,6 +403,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             config_yaml: cfg.to_yaml(),
             loss_scale: None,
         };
+        let mut resumed_from = None;
         if let Some(dir) = resume {
             let resumed = checkpoint::load_full(dir, &mut step)?;
             state = resumed.state;
@@ -399,7 +413,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             if let Ok(saved) = Config::from_yaml(&state.config_yaml, &[]) {
                 if saved.precision() != cfg.precision() {
                     obs.message(&format!(
-                        "note: the checkpoint was trained with {:?} products, this run continues with {:?}: the losses will not match an uninterrupted run",
+                        "note: the checkpoint was trained with {} products, this run continues with {}: the losses will not match an uninterrupted run",
                         saved.precision(),
                         cfg.precision()
                     ));
@@ -408,13 +422,22 @@ impl<'a, D: Device> Trainer<'a, D> {
             step.step = state.step;
             step.micro_step = state.micro_step;
             step.seed = state.seed;
+            // The checkpoint resumed from holds this very state: nothing new to save until a step.
+            resumed_from = Some((dir.to_path_buf(), state.step));
             obs.message(&format!("resumed from {} at step {}, epoch {}", dir.display(), state.step, state.epoch));
             if resumed.head_left_behind {
                 obs.message("note: the checkpoint's projection head is not resumed (model.projection_dim is not set): the encoder continues without it");
             }
         }
-        // Only a run that can start writes its directory.
+        // Only a run that can start writes its directory: not inside another run's (its
+        // checkpoints are pruned and replaced by that run, which would delete this one).
         let run_dir = cfg.environment.save_dir.join(&cfg.environment.experiment_name);
+        if let Some(outer) = run_dir.ancestors().skip(1).take_while(|a| *a != cfg.environment.save_dir.as_path()).find(|a| a.join("checkpoints").is_dir() || a.join(".lock").exists()) {
+            return Err(TrainError::Config {
+                key: "environment.experiment_name".into(),
+                reason: format!("{:?} would put this run inside the run in {}; name a directory of its own", cfg.environment.experiment_name, outer.display()),
+            });
+        }
         let ckpt_dir = run_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let lock = files::DirLock::try_acquire(&run_dir).map_err(|e| TrainError::io(run_dir.join(".lock"), e))?.ok_or_else(|| TrainError::Config {
@@ -451,11 +474,12 @@ impl<'a, D: Device> Trainer<'a, D> {
             last: (f32::NAN, f32::NAN),
             window_start: (Instant::now(), 0),
             samples: 0,
+            overflow_skips: 0,
             t_start,
             t_train: Instant::now(),
             stopped_early: false,
-            last_ckpt: None,
-            last_saved_step: None,
+            last_ckpt: resumed_from.as_ref().map(|(dir, _)| dir.clone()),
+            last_saved_step: resumed_from.map(|(_, step)| step),
             top_k,
         };
         if !fresh {
@@ -464,9 +488,10 @@ impl<'a, D: Device> Trainer<'a, D> {
         Ok(t)
     }
 
-    /// Whether the run has taken `trainer.max_steps` optimizer steps.
+    /// Whether the run has taken `trainer.max_steps` optimizer steps (or the most any run may:
+    /// a checkpoint past them could not be resumed).
     pub fn reached_max_steps(&self) -> bool {
-        self.cfg.trainer.max_steps.is_some_and(|m| self.state.step >= m)
+        self.state.step >= checkpoint::MAX_STEPS || self.cfg.trainer.max_steps.is_some_and(|m| self.state.step >= m)
     }
 
     /// The prefetching sampler, from where the run stands.
@@ -557,7 +582,16 @@ impl<'a, D: Device> Trainer<'a, D> {
         let (grad_norm, update) = self.step.optimizer_step(lr);
         if update == engine::Update::ScaledDown {
             // fp16's gradients overflowed at this loss scale: no update, the scale halved, and
-            // the next batch tries again (the step is not counted).
+            // the next batch tries again (the step is not counted). Said the first time, counted
+            // in the summary.
+            self.overflow_skips += 1;
+            if self.overflow_skips == 1 {
+                let scale = self.step.scaler.map_or(f32::NAN, |s| s.scale);
+                self.obs.message(&format!(
+                    "fp16: gradients overflowed at step {}; the step is skipped and the loss scale lowered to {scale} (the summary counts every such skip)",
+                    self.step.step.saturating_add(1)
+                ));
+            }
             return Ok(ControlFlow::Continue(()));
         }
         if update == engine::Update::NonFinite {
@@ -734,9 +768,13 @@ impl<'a, D: Device> Trainer<'a, D> {
             samples_per_s: self.samples as f64 / self.t_train.elapsed().as_secs_f64().max(1e-9),
             last_checkpoint: self.last_ckpt.clone(),
             best_checkpoint: self.top_k.entries.first().map(|e| self.ckpt_dir.join(&e.name)),
+            loss_scaling: self.step.scaler.map(|s| LossScaling { skipped_steps: self.overflow_skips, final_scale: s.scale }),
         };
-        let path = self.run_dir.join("summary.json");
-        files::write_atomic(&path, serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes()).map_err(|e| TrainError::io(&path, e))?;
+        // A resume that trained nothing (the run was at its end) leaves the run's summary as it was.
+        if self.fresh || self.samples > 0 {
+            let path = self.run_dir.join("summary.json");
+            files::write_atomic(&path, serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes()).map_err(|e| TrainError::io(&path, e))?;
+        }
         Ok(summary)
     }
 }

@@ -81,7 +81,9 @@ fn bad_keys_and_values_name_the_key() {
         ("model:\n  name: isfm\n  num_heads: 3\n", "model.num_heads", "d_model"),
         ("data:\n  batch_size: 1e12x\n", "data.batch_size", "number"),
         ("optimiser:\n  lr: 1\n", "optimiser", ""),
-        ("data:\n  batch_size: !foo 4\n", "data.batch_size", "tagged !foo"),
+        ("data:\n  batch_size: !foo 4\n", "data.batch_size", "YAML tag !foo"),
+        ("trainer:\n  accelerator: !gpu cpu\n", "trainer.accelerator", "YAML tag !gpu"),
+        ("data: !mytag\n  batch_size: 4\n", "data", "YAML tag !mytag"),
         ("data:\n  batch_size: 18446744073709551616\n", "data.batch_size", "past the largest whole number"),
     ];
     for (yaml, key, extra) in cases {
@@ -185,6 +187,19 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     assert_eq!(s_again.steps, 12, "no step past max_steps");
     assert_eq!(step_losses(&s_again.run_dir).len(), 12, "no step logged");
     assert_eq!(checkpoints(&s_again.run_dir), before, "no checkpoint written");
+    // Nor one at the end of its epochs: no checkpoint rewritten, the summary left as it was.
+    let summary = std::fs::read(s_rest.run_dir.join("summary.json")).unwrap();
+    let s_done = train(&rest, &h5, &csv, Some(&last), &mut Quiet).unwrap();
+    assert_eq!((s_done.steps, checkpoints(&s_done.run_dir)), (12, before.clone()));
+    assert_eq!(std::fs::read(s_done.run_dir.join("summary.json")).unwrap(), summary);
+    // A run named into another run's directory (its checkpoints/ even) is refused: the outer run
+    // prunes and replaces what is there, and would delete it.
+    let run_name = s_rest.run_dir.file_name().unwrap().to_string_lossy().to_string();
+    for inner in [format!("{run_name}/checkpoints/last"), format!("{run_name}/inner")] {
+        let nested = small_config(&dir.path().join("b"), &[&format!("environment.experiment_name={inner}")]);
+        let e = train(&nested, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();
+        assert!(e.contains("environment.experiment_name") && e.contains("inside the run"), "{inner}: {e}");
+    }
 }
 
 /// `trainer.precision: bf16` trains on the CPU (products in bf16) and learns like fp32 on the
@@ -729,7 +744,12 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
     let bytes = std::fs::read(&file).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
-    for (from, to, named) in [("\\\"step\\\":3", "\\\"step\\\":18446744073709551615", "`step`"), ("[1024.0,7]", "[1e31,0]", "`loss_scale`"), ("[1024.0,7]", "[1024.0,2000]", "`loss_scale`")] {
+    for (from, to, named) in [
+        ("\\\"step\\\":3", "\\\"step\\\":18446744073709551615", "`step`"),
+        ("[1024.0,7]", "[1e31,0]", "`loss_scale`"),
+        ("[1024.0,7]", "[1024.0,2000]", "`loss_scale`"),
+        ("[1024.0,7]", "[3.0,4]", "`loss_scale`"),
+    ] {
         assert!(header.contains(from), "{from} in {header}");
         let mut edited = header.replacen(from, to, 1);
         while edited.len() % 8 != 0 {

@@ -108,9 +108,16 @@ pub fn run(a: Args) -> Result<()> {
         b.compare_with(name, base, a.noise);
     }
     let files = b.report()?;
+    // A category that failed is in the reports, and the run fails: a CI job must not pass on a
+    // suite that did not measure what it was asked to, nor keep it as a baseline.
+    let failed: Vec<String> = b.results().categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| format!("{} ({})", c.kind, c.notes.join("; "))).collect();
     if let Some(name) = &a.save_baseline {
-        let p = b.save_baseline(name)?;
-        outln!("baseline saved: {}", p.display());
+        if failed.is_empty() {
+            let p = b.save_baseline(name)?;
+            outln!("baseline saved: {}", p.display());
+        } else {
+            errln!("baseline {name} not saved: a category failed");
+        }
     }
     let r = b.results();
     outln!("pass rate {}; reports in {}", r.pass_rate_text(), a.save_dir.display());
@@ -140,9 +147,6 @@ pub fn run(a: Args) -> Result<()> {
             std::process::exit(1);
         }
     }
-    // A category that failed is in the reports, and the run fails: a CI job must not pass on a
-    // suite that did not measure what it was asked to.
-    let failed: Vec<String> = r.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| format!("{} ({})", c.kind, c.notes.join("; "))).collect();
     if !failed.is_empty() {
         bail!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; "));
     }

@@ -88,6 +88,9 @@ pub fn run(a: Args) -> Result<()> {
     if !summary.skipped_ids.is_empty() {
         outln!("skipped    Ids {:?}", summary.skipped_ids);
     }
+    if let Some(l) = &summary.loss_scaling {
+        outln!("fp16       {} step(s) skipped by the loss scaler, scale now {}", l.skipped_steps, l.final_scale);
+    }
     if let Some(p) = &summary.last_checkpoint {
         outln!("last ckpt  {}", p.display());
     }

@@ -289,7 +289,18 @@ pub fn fp16_supported() -> bool {
     let hardware = std::arch::is_x86_feature_detected!("avx512fp16");
     #[cfg(not(target_arch = "x86_64"))]
     let hardware = false;
-    hardware || std::env::var("CID_CPU_FP16").is_ok_and(|v| v == "emulate")
+    hardware || fp16_emulation() == Ok(true)
+}
+
+/// `CID_CPU_FP16`: unset, or `emulate`; any other value is an error naming it (a misspelt
+/// setting is not silently no setting).
+pub fn fp16_emulation() -> std::result::Result<bool, String> {
+    match std::env::var("CID_CPU_FP16") {
+        Err(std::env::VarError::NotPresent) => Ok(false),
+        Ok(v) if v == "emulate" => Ok(true),
+        Ok(v) => Err(format!("CID_CPU_FP16={v:?}: expected `emulate` (or unset)")),
+        Err(std::env::VarError::NotUnicode(v)) => Err(format!("CID_CPU_FP16={v:?}: expected `emulate` (or unset)")),
+    }
 }
 
 /// Takes a scratch buffer out of the device (so it can be used beside borrows of the device's
@@ -440,9 +451,9 @@ impl Device for CpuDevice {
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
         if precision != Precision::Fp32 && self.gemm.isa().is_none() {
             return Err(EngineError::Device(if sgemm::supported() {
-                format!("{precision:?} products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it")
+                format!("{precision} products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it")
             } else {
-                format!("{precision:?} products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them")
+                format!("{precision} products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them")
             }));
         }
         self.precision = precision;
