@@ -215,7 +215,11 @@ fn run<D: Device>(cfg: &Config, ds: Dataset, resume: Option<&Path>, obs: &mut dy
     let mut t = p.install(move || Trainer::new(cfg, ds, resume, obs, pool, device))?;
     // A resumed run already at `trainer.max_steps` takes no step and writes no checkpoint.
     let sampler = if t.reached_max_steps() {
-        t.obs.message(&format!("the checkpoint is at step {}, trainer.max_steps is {}: nothing to train", t.state.step, t.cfg.trainer.max_steps.unwrap_or_default()));
+        let limit = match t.cfg.trainer.max_steps {
+            Some(m) if m <= t.state.step => format!("trainer.max_steps is {m}"),
+            _ => format!("the most steps a checkpoint may hold is {}", checkpoint::MAX_STEPS),
+        };
+        t.obs.message(&format!("the checkpoint is at step {}, {limit}: nothing to train", t.state.step));
         None
     } else {
         Some(t.sampler()?)
