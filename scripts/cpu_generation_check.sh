@@ -5,8 +5,8 @@
 #   2. the engine's tests, printing every SKIPPED line (a kernel the CPU lacks), once as is and
 #      once with CID_CPU_AMX=on (the AMX kernel, checked at first use against its emulator);
 #   3. the SGEMM probe (`sgemm_time`: our kernels and faer, one thread) on four step shapes;
-#   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16, and in bf16 on AMX where
-#      the CPU has it, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
+#   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16, in bf16 on AMX where
+#      the CPU has it, and in fp16 where it has AVX512-FP16, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
 #   5. summary.md: our best precision against PyTorch's best mode per config and round
 #      (scripts/side_by_side_summary.py), with the issues' goals.
 # Nothing else may run meanwhile. Writes under $1 (default bench-results/cpu-generation/<time>);
@@ -48,6 +48,8 @@ cat "$out/sgemm.txt"
 bench=$(ls -t target/release/deps/workload-* | grep -v '\.d$' | head -1)
 variants="fp32:off bf16:off"
 if [[ " $flags " == *" amx_bf16 "* ]]; then variants="$variants bf16:on"; fi
+# fp16 (products rounded to binary16, loss scaling) where training offers it.
+if [[ " $flags " == *" avx512_fp16 "* ]]; then variants="$variants fp16:off"; fi
 {
   for round in $(seq 1 "$rounds"); do
     for v in $variants; do
