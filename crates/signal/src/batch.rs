@@ -57,6 +57,11 @@ pub enum SkipReason {
     NonFinite {
         index: usize,
     },
+    /// Another channel count than the store's (its most common one).
+    Channels {
+        channels: usize,
+        store: usize,
+    },
     /// Its values could not be read (a file cut short, a corrupt chunk).
     Unreadable {
         reason: String,
@@ -77,6 +82,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::TooShort { length, window, .. } => write!(f, "signal of length {length} gives fewer than 2 windows of {window}"),
             SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
             SkipReason::Unreadable { reason } => write!(f, "unreadable: {reason}"),
+            SkipReason::Channels { channels, store } => write!(f, "{channels} channels, where the store's signals have {store}"),
             SkipReason::NormalizationOverflow { channel, normalization } => {
                 write!(f, "channel {channel}'s values are so large that normalizing them (data.normalization: {normalization}) overflows f32 (values near ±3.4e38)")
             }
@@ -133,10 +139,16 @@ impl BatchBuilder {
     pub fn new(store: Arc<dyn SignalStore>, preprocess: PreprocessConfig, window: WindowConfig) -> Result<Self> {
         preprocess.validate()?;
         window.validate()?;
-        let channels = store.samples().first().map_or(1, |s| s.channels);
-        if let Some(s) = store.samples().iter().find(|s| s.channels != channels) {
-            return Err(SignalError::BadSample { path: store.path().to_path_buf(), id: s.id, reason: format!("has {} channels, the store's first sample has {channels}", s.channels) });
+        // The store's channel count is its most common one (ties: the first sample's); an Id with
+        // another is skipped at its check, named, rather than stopping the run.
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        for s in store.samples() {
+            match counts.iter_mut().find(|(c, _)| *c == s.channels) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s.channels, 1)),
+            }
         }
+        let channels = counts.iter().fold(None::<(usize, usize)>, |best, &(c, n)| if best.is_none_or(|(_, bn)| n > bn) { Some((c, n)) } else { best }).map_or(1, |(c, _)| c);
         let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
         Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default(), time_split: 1.0 })
     }
@@ -189,7 +201,9 @@ impl BatchBuilder {
         }
         let info = &self.store.samples()[idx];
         let len = self.preprocess.effective_length(info.length);
-        let checked = if !self.pair_possible(self.window_region(len)) {
+        let checked = if info.channels != self.channels {
+            Err(SkipReason::Channels { channels: info.channels, store: self.channels })
+        } else if !self.pair_possible(self.window_region(len)) {
             Err(SkipReason::TooShort { length: len, region: self.window_region(len), window: self.window.window_size })
         } else {
             let norm = self.preprocess.normalization;

@@ -220,6 +220,25 @@ fn a_store_cut_short_names_what_it_cannot_read() {
     }
 }
 
+/// An Id with another channel count than the store's most common one is skipped, named, instead
+/// of stopping the run (whose error named the wrong Id when the odd one came first).
+#[test]
+fn an_id_with_another_channel_count_is_skipped_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.h5");
+    let (one, two): (Vec<f32>, Vec<f32>) = ((0..512).map(|i| (i as f32 * 0.1).sin()).collect(), (0..1024).map(|i| (i as f32 * 0.1).cos()).collect());
+    let samples = [SampleData { id: 1, values: &one, channels: 1 }, SampleData { id: 2, values: &two, channels: 2 }, SampleData { id: 3, values: &two, channels: 2 }];
+    write_store(&path, samples, Layout::Contiguous).unwrap();
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&path).unwrap());
+    let b = BatchBuilder::new(store, PreprocessConfig::default(), WindowConfig { window_size: 32, ..Default::default() }).unwrap();
+    assert_eq!(b.channels(), 2);
+    let batch = b.build(&[1, 2, 3], 0).unwrap();
+    assert_eq!((batch.ids, batch.skipped), (vec![2, 3], vec![1]));
+    let skips = b.skips().entries();
+    assert_eq!(skips, vec![(1, SkipReason::Channels { channels: 1, store: 2 })]);
+    assert!(skips[0].1.to_string().contains("1 channels, where the store's signals have 2"), "{}", skips[0].1);
+}
+
 /// Finite values near f32's limit overflow `x − mean` (standardization) and `x − min` (minmax):
 /// the Id is skipped with the channel named, never fed as infinities. Without normalization the
 /// values stay finite and the Id is used.
