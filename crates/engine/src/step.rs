@@ -87,6 +87,12 @@ impl LossScaler {
         LossScaler { scale: Self::INITIAL_SCALE, good_steps: 0 }
     }
 
+    /// A fresh scaler where products are fp16, whose floor loses small gradients; none otherwise
+    /// (bf16 has fp32's range).
+    pub fn for_precision(precision: Precision) -> Option<Self> {
+        (precision == Precision::Fp16).then(Self::new)
+    }
+
     /// A step whose scaled gradients were all finite (`true`) or not: the scale's next value.
     /// `false` once the scale cannot go lower.
     fn after_step(&mut self, finite: bool) -> bool {
@@ -145,7 +151,7 @@ impl<D: Device> ContrastiveStep<D> {
             return Err(EngineError::Shape(format!("encoder buffers hold {} rows, a step needs 2 × {batch}", encoder.max_rows())));
         }
         // As `set_precision` would: the device may come with its precision set.
-        let scaler = (encoder.device.precision() == Precision::Fp16).then(LossScaler::new);
+        let scaler = LossScaler::for_precision(encoder.device.precision());
         Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler })
     }
 
@@ -153,7 +159,7 @@ impl<D: Device> ContrastiveStep<D> {
     /// whose floor loses small gradients; off otherwise: bf16 has fp32's range).
     pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
         self.encoder.device.set_precision(precision)?;
-        self.scaler = (precision == Precision::Fp16).then(LossScaler::new);
+        self.scaler = LossScaler::for_precision(precision);
         Ok(())
     }
 

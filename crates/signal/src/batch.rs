@@ -148,7 +148,8 @@ impl BatchBuilder {
                 None => counts.push((s.channels, 1)),
             }
         }
-        let channels = counts.iter().fold(None::<(usize, usize)>, |best, &(c, n)| if best.is_none_or(|(_, bn)| n > bn) { Some((c, n)) } else { best }).map_or(1, |(c, _)| c);
+        // (`max_by_key` keeps the last of equals: reversed, the first sample's count wins a tie.)
+        let channels = counts.iter().rev().max_by_key(|&&(_, n)| n).map_or(1, |&(c, _)| c);
         let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
         Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default(), time_split: 1.0 })
     }

@@ -356,9 +356,10 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
     // fp16's loss scale goes on where the run left it; a run of another precision starts at
     // the scaler's first scale.
     if let (Some(scaler), Some((scale, good_steps))) = (step.scaler.as_mut(), state.loss_scale) {
-        // Every scale the scaler reaches is a power of two between its floor and its ceiling.
-        let power_of_two = scale > 0.0 && scale.is_finite() && scale.to_bits() & 0x007F_FFFF == 0;
-        if !power_of_two || !(engine::LossScaler::MIN_SCALE..=engine::LossScaler::MAX_SCALE).contains(&scale) || good_steps >= engine::LossScaler::GROWTH_INTERVAL {
+        // Every scale the scaler reaches is a power of two (no mantissa bits) between its floor
+        // and its ceiling.
+        let reachable = (engine::LossScaler::MIN_SCALE..=engine::LossScaler::MAX_SCALE).contains(&scale) && scale.to_bits() & 0x007F_FFFF == 0;
+        if !reachable || good_steps >= engine::LossScaler::GROWTH_INTERVAL {
             return Err(ckpt_err(&file, format!("its training state's `loss_scale` ({scale}, {good_steps} good steps) is outside what the scaler reaches: the state is corrupt")));
         }
         *scaler = engine::LossScaler { scale, good_steps };

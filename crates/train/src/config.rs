@@ -367,8 +367,9 @@ pub struct EnvironmentSection {
     /// Where runs are written (default `save/`).
     #[default(PathBuf::from("save"))]
     pub save_dir: PathBuf,
-    /// Run name (default `contrastive_id`).
+    /// Run name (default `contrastive_id`); a number written unquoted (`2024`) is that name.
     #[default("contrastive_id".to_string())]
+    #[serde(with = "text")]
     pub experiment_name: String,
 }
 
@@ -957,10 +958,7 @@ fn is_null(v: &Value) -> bool {
 }
 
 fn number(v: &Value) -> std::result::Result<f64, String> {
-    let got = || match v {
-        Value::Tagged(t) => format!("a value tagged {} (YAML tags are not read)", t.tag),
-        _ => scalar_text(v).unwrap_or_else(|| "a list or mapping".into()),
-    };
+    let got = || scalar_text(v).unwrap_or_else(|| "a list or mapping".into());
     match v {
         Value::Number(n) => n.as_f64().ok_or_else(|| format!("expected a number, got {}", got())),
         Value::String(s) => s.trim().parse().map_err(|_| format!("expected a number, got {s:?}")),

@@ -100,6 +100,7 @@ fn bad_keys_and_values_name_the_key() {
     let e = Config::from_yaml(&format!("environment:\n  experiment_name: {long}\n"), &[]).unwrap_err().to_string();
     assert!(e.contains("environment.experiment_name") && e.len() < 400, "{}", &e[..e.len().min(400)]);
     assert_eq!(Config::from_yaml("", &["environment.experiment_name=group/run_1".into()]).unwrap().environment.experiment_name, "group/run_1");
+    assert_eq!(Config::from_yaml("environment:\n  experiment_name: 2024\n", &[]).unwrap().environment.experiment_name, "2024");
     // precision 16 loads on any machine (a checkpoint trained in fp16 evaluates anywhere); whether
     // the CPU trains in it is asked when training starts (the CLI test precision_16_…).
     assert_eq!(Config::from_yaml("trainer:\n  precision: 16\n", &[]).unwrap().precision(), engine::Precision::Fp16);
