@@ -101,4 +101,13 @@ with open(os.path.join(OUT, "external.bin"), "wb") as f:
 with h5py.File(os.path.join(OUT, "external_storage.h5"), "w") as f:
     f.create_dataset("1", shape=(2**24, 2), dtype="f4", external=[("external.bin", 0, h5py.h5f.UNLIMITED)])
     f.create_dataset("2", data=np.linspace(-1, 1, 512 * 2, dtype="f4").reshape(512, 2))
+# Links, which h5py follows and the reader does not (second session of 2026-12-02):
+# a soft link to an Id's dataset, one to nothing, and an external link; each is listed as ignored
+# with its target.
+with h5py.File(os.path.join(OUT, "links.h5"), "w") as f:
+    f.create_dataset("1", data=np.linspace(-1, 1, 512 * 2, dtype="f4").reshape(512, 2))
+    f.create_dataset("2", data=np.linspace(1, -1, 512 * 2, dtype="f4").reshape(512, 2))
+    f["9"] = h5py.SoftLink("/1")
+    f["10"] = h5py.SoftLink("/nothere")
+    f["11"] = h5py.ExternalLink("default_f32.h5", "/1")
 print("fixtures written to", os.path.abspath(OUT))

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use rust_hdf5::{DatatypeMessage, H5Dataset, H5File, MappedView, StorageLayout};
+use rust_hdf5::{DatatypeMessage, H5Dataset, H5File, LinkClass, MappedView, StorageLayout};
 
 use crate::error::{Result, SignalError};
 
@@ -107,13 +107,66 @@ fn open_h5(path: &Path) -> Result<H5File> {
     if !path.exists() {
         return Err(SignalError::NotFound { path: path.to_path_buf() });
     }
-    // A file that is not HDF5 (or is cut short) must be an error, never a panic inside the parser.
+    // A file cut short is named as such before the parser meets whatever the cut broke.
+    let io = |e| SignalError::Io { path: path.to_path_buf(), source: e };
+    let length = std::fs::metadata(path).map_err(io)?.len();
+    if let Some(recorded) = recorded_length(path, length).map_err(io)? {
+        if length < recorded {
+            let reason = format!(
+                "the file is cut short: its superblock records {recorded} bytes, the file has {length} (an interrupted copy or download? h5py refuses it too); values past the cut would read as zeros"
+            );
+            return Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason });
+        }
+    }
+    // A file that is not HDF5 (or is corrupt) must be an error, never a panic inside the parser.
     let opened = std::panic::catch_unwind(|| H5File::options().best_effort_locking().open(path));
     match opened {
         Ok(Ok(f)) => Ok(f),
         Ok(Err(e)) => Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: e.to_string() }),
         Err(_) => Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: "the HDF5 parser failed on corrupt structures".into() }),
     }
+}
+
+/// The file's length as its superblock records it (the end-of-file address), or `None` where the
+/// superblock records none (the undefined address), or where no superblock is found. The
+/// superblock is where libhdf5 looks for it: at byte 0, else at 512, 1024, 2048, … (after a user
+/// block).
+///
+/// libhdf5 refuses a file shorter than that (`truncated file` in `H5F__super_read`); rust-hdf5
+/// does not check, and gives a chunk past the cut its fill value, zeros, as if never written.
+/// Contiguous values past a cut are caught dataset by dataset ([`describe`]), chunked ones only
+/// here. Superblock versions 0 and 1 keep the address after 24 (28) bytes and two addresses,
+/// versions 2 and 3 after 12 bytes and two addresses; addresses are `size of offsets` bytes, little
+/// endian, and libhdf5 stores this one as an absolute offset.
+fn recorded_length(path: &Path, length: u64) -> std::io::Result<Option<u64>> {
+    use std::io::{Read, Seek, SeekFrom};
+    const SIGNATURE: &[u8] = b"\x89HDF\r\n\x1a\n";
+    let mut file = std::fs::File::open(path)?;
+    let mut head = Vec::with_capacity(64);
+    let mut found = false;
+    for at in std::iter::once(0).chain((9..64).map(|p| 1u64 << p)).take_while(|&at| at < length) {
+        file.seek(SeekFrom::Start(at))?;
+        head.clear();
+        (&mut file).take(64).read_to_end(&mut head)?;
+        if head.starts_with(SIGNATURE) {
+            found = true;
+            break;
+        }
+    }
+    let (Some(&version), true) = (head.get(8), found) else { return Ok(None) };
+    let (offsets_at, eof_after) = match version {
+        0 => (13, 24),
+        1 => (13, 28),
+        2 | 3 => (9, 12),
+        _ => return Ok(None),
+    };
+    let Some(&size) = head.get(offsets_at) else { return Ok(None) };
+    let size = size as usize;
+    let at = eof_after + 2 * size;
+    let Some(bytes) = head.get(at..at + size).filter(|_| matches!(size, 2 | 4 | 8)) else { return Ok(None) };
+    let address = bytes.iter().rev().fold(0u64, |a, &b| (a << 8) | b as u64);
+    let undefined = bytes.iter().all(|&b| b == 0xff);
+    Ok((!undefined).then_some(address))
 }
 
 fn sample_type(dt: &DatatypeMessage) -> std::result::Result<SampleType, String> {
@@ -153,6 +206,7 @@ impl Hdf5Store {
                 Err(reason) => ignored.push(IgnoredDataset { name, reason }),
             }
         }
+        ignored.extend(links_not_followed(&file));
         // `7` and `007` are one Id: the shortest name is read (PHM-Vibench reads `f[str(id)]`),
         // the others are named as ignored.
         samples.sort_by(|a, b| (a.id, a.name.len(), &a.name).cmp(&(b.id, b.name.len(), &b.name)));
@@ -196,6 +250,26 @@ impl Hdf5Store {
     fn bad(&self, id: u64, reason: impl Into<String>) -> SignalError {
         SignalError::BadSample { path: self.path.clone(), id, reason: reason.into() }
     }
+}
+
+/// The top-level soft and external links, which h5py follows (`f['9']` reads the dataset a soft
+/// link names) and this reader does not: each is named with its target, so that its Id shows why
+/// it is missing instead of only as "in the table, not in the store".
+fn links_not_followed(file: &H5File) -> Vec<IgnoredDataset> {
+    let root = file.root_group();
+    let names = root.link_names().unwrap_or_default();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let reason = match root.link_class(&name).ok()? {
+                LinkClass::Hard => return None,
+                LinkClass::Soft { path } => format!("a soft link to {path:?}, which this reader does not follow; store the values under the Id's own name"),
+                LinkClass::External { file, path } => format!("an external link to {path:?} in {file:?}, which this reader does not follow"),
+                LinkClass::UserDefined { link_type } => format!("a user-defined link (type {link_type}), which this reader does not follow"),
+            };
+            Some(IgnoredDataset { name, reason })
+        })
+        .collect()
 }
 
 /// What a dataset declares, checked against what the file can hold: a declared shape is a

@@ -93,15 +93,9 @@ fn missing_file_names_the_path() {
 fn non_hdf5_and_truncated_files_are_errors_not_panics() {
     let e = Hdf5Store::open(fixture("not_hdf5.h5")).err().unwrap().to_string();
     assert!(e.contains("not_hdf5.h5") && e.contains("HDF5"), "{e}");
-    // A file cut to a third either fails to open, or lists what it lost as ignored and reads back
-    // every sample it lists.
-    match Hdf5Store::open(fixture("truncated.h5")) {
-        Err(e) => assert!(e.to_string().contains("truncated.h5"), "{e}"),
-        Ok(store) => {
-            assert!(store.ignored().iter().any(|d| d.reason.contains("cut short")), "{:?}", store.ignored());
-            assert!(store.samples().iter().all(|s| store.read(s.id).is_ok()));
-        }
-    }
+    // A file cut to a third is refused, named, as cut short.
+    let e = Hdf5Store::open(fixture("truncated.h5")).err().unwrap().to_string();
+    assert!(e.contains("truncated.h5") && e.contains("cut short"), "{e}");
 }
 
 #[test]
@@ -190,19 +184,53 @@ fn nan_and_short_signals_are_skipped_counted_and_named() {
     assert!(why.contains("first 35 of its 350 samples") && why.contains("data.time_split"), "{why}");
 }
 
-/// A store cut short (h5py's files keep their metadata first, so a cut loses values only): a
-/// contiguous dataset whose block starts inside the file but ends past it is listed as ignored at
-/// open (before, its size alone was checked, and training failed on it); a chunked one whose
-/// chunks are cut is skipped, named, when the Id is first checked.
+/// A store cut short is refused at open, as libhdf5 refuses it, naming the length its superblock
+/// records and the length it has: past the cut a chunk would read as zeros (the reader gives a
+/// chunk it cannot find its fill value), so no dataset of it can be trusted.
 #[test]
-fn a_store_cut_short_names_what_it_cannot_read() {
+fn a_store_cut_short_is_refused_naming_both_lengths() {
     let dir = tempfile::tempdir().unwrap();
-    // default_f32.h5: Ids 1..=5, Id 4's values at bytes 13696..17696, Id 5's after them.
-    // chunked_gzip_f32.h5: the same Ids, chunked and compressed.
+    // Both files are h5py's (superblock version 0). The chunked one is cut between chunks, where
+    // the values past the cut read back as zeros without a word from the reader.
     for (file, cut_at) in [("default_f32.h5", 16_000), ("chunked_gzip_f32.h5", 30_000)] {
         let bytes = std::fs::read(fixture(file)).unwrap();
         let cut = dir.path().join(format!("cut_{file}"));
         std::fs::write(&cut, &bytes[..cut_at]).unwrap();
+        let e = Hdf5Store::open(&cut).err().unwrap().to_string();
+        assert!(e.contains(&format!("cut_{file}")) && e.contains("cut short") && e.contains(&format!("records {} bytes", bytes.len())) && e.contains(&format!("has {cut_at}")), "{e}");
+        // Longer than recorded (bytes appended) is no damage.
+        let longer = dir.path().join(format!("longer_{file}"));
+        std::fs::write(&longer, [&bytes[..], &[0u8; 100]].concat()).unwrap();
+        assert_eq!(Hdf5Store::open(&longer).unwrap().samples().len(), 5);
+    }
+    // Files written by the product (rust-hdf5, superblock versions 2 and 3) record their length too.
+    for layout in [Layout::Contiguous, Layout::Chunked { rows: 512, gzip: 4 }] {
+        let path = dir.path().join(format!("ours_{layout:?}.h5"));
+        let values: Vec<f32> = (0..4096).map(|i| (i as f32 * 0.01).sin()).collect();
+        write_store(&path, [SampleData { id: 1, values: &values, channels: 1 }], layout).unwrap();
+        assert_eq!(Hdf5Store::open(&path).unwrap().samples().len(), 1);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        let e = Hdf5Store::open(&path).err().unwrap().to_string();
+        assert!(e.contains("cut short"), "{layout:?}: {e}");
+    }
+}
+
+/// Where the superblock itself was rewritten to the cut length (so the file-level check passes),
+/// the contiguous datasets are still checked one by one: a block that starts inside the file but
+/// ends past it is listed as ignored at open, and a chunked Id whose chunks are cut is skipped,
+/// named, when first checked.
+#[test]
+fn a_dataset_past_the_files_end_is_named_even_where_the_superblock_agrees_with_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    // default_f32.h5: Ids 1..=5, Id 4's values at bytes 13696..17696, Id 5's after them.
+    // chunked_gzip_f32.h5: the same Ids, chunked and compressed.
+    for (file, cut_at) in [("default_f32.h5", 16_000usize), ("chunked_gzip_f32.h5", 30_000)] {
+        let mut bytes = std::fs::read(fixture(file)).unwrap()[..cut_at].to_vec();
+        // Superblock version 0, 8-byte offsets: the end-of-file address at bytes 40..48.
+        bytes[40..48].copy_from_slice(&(cut_at as u64).to_le_bytes());
+        let cut = dir.path().join(format!("cut_{file}"));
+        std::fs::write(&cut, &bytes).unwrap();
         let store = Hdf5Store::open(&cut).unwrap();
         let listed: Vec<u64> = store.samples().iter().map(|s| s.id).collect();
         if file == "default_f32.h5" {
@@ -217,6 +245,20 @@ fn a_store_cut_short_names_what_it_cannot_read() {
         if file != "default_f32.h5" {
             assert!(b.skips().entries().iter().any(|(_, r)| matches!(r, SkipReason::Unreadable { .. })), "{file}: {:?}", b.skips().entries());
         }
+    }
+}
+
+/// Soft and external links (which h5py follows) are listed as ignored with their targets, not
+/// left out without a word; the datasets beside them are read.
+#[test]
+fn links_are_named_with_their_targets() {
+    let store = Hdf5Store::open(fixture("links.h5")).unwrap();
+    assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 2]);
+    let ignored: Vec<(&str, &str)> = store.ignored().iter().map(|d| (d.name.as_str(), d.reason.as_str())).collect();
+    assert_eq!(ignored.len(), 3, "{ignored:?}");
+    for (name, target) in [("9", "\"/1\""), ("10", "\"/nothere\""), ("11", "\"default_f32.h5\"")] {
+        let reason = ignored.iter().find(|(n, _)| *n == name).map(|(_, r)| *r).unwrap_or_else(|| panic!("{name} not listed: {ignored:?}"));
+        assert!(reason.contains(target) && reason.contains("does not follow"), "{name}: {reason}");
     }
 }
 
