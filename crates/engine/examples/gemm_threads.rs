@@ -1,0 +1,58 @@
+//! How a product scales from one worker to several on this machine: `CpuDevice::gemm` on one
+//! shape with our packed kernel, timed in a pool of 1 worker and one of `threads`, interleaved
+//! (median, best, 10th and 90th percentile GFLOP/s of `ROUNDS` rounds, default 15).
+//! `cargo run --release -p cid-engine --example gemm_threads -- M N K [ta tb] [threads]`
+//! (`REPS` products per round, default 10).
+use std::time::Instant;
+
+use engine::cpu::CpuGemm;
+use engine::*;
+
+fn main() {
+    let a: Vec<usize> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();
+    if a.len() < 3 {
+        eprintln!("usage: gemm_threads M N K [ta tb] [threads]");
+        std::process::exit(2);
+    }
+    let (m, n, k) = (a[0], a[1], a[2]);
+    let (ta, tb) = (a.get(3) == Some(&1), a.get(4) == Some(&1));
+    let threads = a.get(5).copied().unwrap_or(2);
+    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, accumulate: false, sparse_a: false };
+    let flops = 2.0 * (m * n * k) as f64 * reps as f64;
+    let pools: Vec<rayon::ThreadPool> = [1, threads].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool")).collect();
+    let mut devs: Vec<(CpuDevice, [View; 3])> = pools
+        .iter()
+        .map(|pool| {
+            pool.install(|| {
+                let mut dev = CpuDevice::with_gemm(CpuGemm::Packed);
+                let views = [m * n, m * k, k * n].map(|len| dev.alloc(len).expect("alloc"));
+                dev.upload(views[1], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>());
+                dev.upload(views[2], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>());
+                (dev, views)
+            })
+        })
+        .collect();
+    let mut rates = vec![vec![]; 2];
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    for _ in 0..rounds {
+        for (i, (pool, (dev, [c, x, y]))) in pools.iter().zip(devs.iter_mut()).enumerate() {
+            pool.install(|| {
+                let t0 = Instant::now();
+                for _ in 0..reps {
+                    dev.gemm(g, *c, *x, *y);
+                }
+                rates[i].push(flops / t0.elapsed().as_secs_f64() / 1e9);
+            });
+        }
+    }
+    let shown: Vec<String> = [1, threads]
+        .iter()
+        .zip(&mut rates)
+        .map(|(t, r)| {
+            r.sort_by(|a, b| b.total_cmp(a));
+            format!("{t} worker(s) {:.1} GFLOP/s (best {:.1}, p10 {:.1}, p90 {:.1})", r[r.len() / 2], r[0], r[r.len() * 9 / 10], r[r.len() / 10])
+        })
+        .collect();
+    println!("{m}x{n}x{k} ta{} tb{}: {}", ta as u8, tb as u8, shown.join(" | "));
+}
