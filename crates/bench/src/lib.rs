@@ -12,6 +12,7 @@
 
 pub mod categories;
 pub mod chart;
+pub mod compare;
 pub mod error;
 pub mod fingerprint;
 pub mod measure;
@@ -243,67 +244,12 @@ impl Benchmark {
         Ok(())
     }
 
-    /// Compares with a baseline already read ([`load_baseline`]), named `name` in the reports.
+    /// Compares with a baseline already read ([`load_baseline`]), named `name` in the reports;
+    /// each warning is logged.
     pub fn compare_with(&mut self, name: &str, base: &Results, noise: f64) {
-        self.results.baseline_warnings =
-            self.results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
-        for w in self.results.baseline_warnings.clone() {
+        for w in compare::compare(&mut self.results, name, base, noise) {
             self.log(format!("warning: {w}"));
         }
-        // Another mode or other encoders measure other things under the same metric names: a
-        // quick sweep's largest batch is not a full sweep's, an MLP's step not a CNN's.
-        let same_mode = base.quick == self.results.quick;
-        if !same_mode {
-            let mode = |q: bool| if q { "quick" } else { "full" };
-            let w = format!("baseline is a {} run, this one {}: counted values (sweep sizes, memory) are not gated, timings compare as measured", mode(base.quick), mode(self.results.quick));
-            self.log(format!("warning: {w}"));
-            self.results.baseline_warnings.push(w);
-        }
-        let same_encoders = base.encoders.is_none() || base.encoders == self.results.encoders;
-        if !same_encoders {
-            let w = format!("baseline measured {}, this run {}: only the data category is compared", base.encoders.as_deref().unwrap_or("?"), self.results.encoders.as_deref().unwrap_or("?"));
-            self.log(format!("warning: {w}"));
-            self.results.baseline_warnings.push(w);
-        }
-        // A baseline metric with no usable value (0, or not finite: a change against it is no
-        // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline
-        // where none is usable would switch the regression gate off without a word: that is said.
-        let (mut unusable, mut compared) = (Vec::new(), 0usize);
-        for c in self.results.categories.iter_mut() {
-            for m in c.metrics.iter_mut() {
-                if let Some(b) = base.metric(&m.id).filter(|_| same_encoders || m.category == CategoryKind::Data) {
-                    // Exact only where both runs counted it the same way.
-                    let exact = m.exact && b.exact && same_mode;
-                    let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
-                    let finite = bs.iter().chain(&ns).all(|v| v.is_finite());
-                    if finite && crate::stats::median(&bs) != 0.0 {
-                        m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, exact, noise));
-                        compared += 1;
-                    } else if finite && crate::stats::median(&ns) == 0.0 {
-                        // 0 then and 0 now (an accuracy drop of nothing): no change, with no
-                        // ratio to take.
-                        m.baseline = Some(stats::Change { change: 0.0, ci_low: 0.0, ci_high: 0.0, verdict: stats::Verdict::NoChange });
-                        compared += 1;
-                    } else if !bs.iter().all(|v| v.is_finite()) || crate::stats::median(&bs) == 0.0 {
-                        unusable.push(m.id.clone());
-                    }
-                }
-            }
-        }
-        if compared == 0 && !unusable.is_empty() {
-            let w = format!("none of the {} metric(s) this run shares with the baseline holds a usable value there (0, or not finite): nothing was compared", unusable.len());
-            self.log(format!("warning: {w}"));
-            self.results.baseline_warnings.push(w);
-        }
-        // A metric the baseline has and this run lacks (a category that failed or was not run, a
-        // metric that disappeared) is said, not passed over.
-        let missing: Vec<&str> = base.metrics().filter(|b| self.results.metric(&b.id).is_none()).map(|b| b.id.as_str()).collect();
-        if !missing.is_empty() {
-            let w = format!("{} metric(s) of the baseline not measured in this run: {}", missing.len(), missing.join(", "));
-            self.log(format!("warning: {w}"));
-            self.results.baseline_warnings.push(w);
-        }
-        self.results.baseline = Some(name.to_string());
     }
 
     /// Derives recommendations, writes every report, chart and the log (atomically). Returns the
@@ -418,9 +364,13 @@ fn encoders_text(workload: engine::EncoderKind, quality: engine::EncoderKind) ->
     format!("workload encoder {workload}, quality encoder {quality}")
 }
 
-/// A baseline argument: an existing file, or a name under `<save_dir>/baselines/`.
+/// A baseline argument: an existing file, a run's save directory (its results file), or a name
+/// under `<save_dir>/baselines/`.
 pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
     let p = PathBuf::from(name_or_file);
+    if p.is_dir() {
+        return p.join(report::RESULTS_FILE);
+    }
     // A path (it has a separator) is a file as given; only a bare name is looked up.
     if p.exists() || name_or_file.ends_with(".json") || name_or_file.contains(['/', '\\']) {
         p

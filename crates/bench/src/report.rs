@@ -19,13 +19,17 @@ pub trait Report {
     fn render(&self, r: &Results) -> Result<Vec<u8>>;
 }
 
+/// The results file under a save directory: the source of truth, which baselines and `compare`
+/// read.
+pub const RESULTS_FILE: &str = "comprehensive_benchmark_results.json";
+
 pub struct JsonReport;
 pub struct MarkdownReport;
 pub struct HtmlReport;
 
 impl Report for JsonReport {
     fn file(&self) -> PathBuf {
-        "comprehensive_benchmark_results.json".into()
+        RESULTS_FILE.into()
     }
     fn render(&self, r: &Results) -> Result<Vec<u8>> {
         serde_json::to_vec_pretty(r).map_err(|e| BenchError::Report(e.to_string()))

@@ -12,3 +12,31 @@ pub struct DataArgs {
     #[arg(long, value_name = "FILE.csv|FILE.xlsx")]
     pub meta: PathBuf,
 }
+
+/// `--save-dir`: where the benchmark suite's results, reports and baselines live.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SaveDirArgs {
+    /// Where results, reports, plots and baselines go (a baseline NAME is looked up under
+    /// <save-dir>/baselines/).
+    #[arg(long, default_value = "bench-results")]
+    pub save_dir: PathBuf,
+}
+
+/// `--noise`: the regression rule's band.
+#[derive(clap::Args, Debug, Clone)]
+pub struct NoiseArgs {
+    /// Relative noise band of the regression rule: a change is called only where its whole 95 %
+    /// CI lies beyond it.
+    #[arg(long, default_value_t = 0.05)]
+    pub noise: f64,
+}
+
+impl NoiseArgs {
+    /// The band, checked: in [0, 1).
+    pub fn checked(&self) -> anyhow::Result<f64> {
+        if !(self.noise >= 0.0 && self.noise < 1.0) {
+            anyhow::bail!("--noise must be in [0, 1), got {}", self.noise);
+        }
+        Ok(self.noise)
+    }
+}

@@ -50,6 +50,8 @@ enum Command {
     Evaluate(cmd::evaluate::Args),
     /// The benchmark suite: training, data, model, scalability, hardware, quality.
     Bench(cmd::bench::Args),
+    /// One saved benchmark run against another: changes, CIs and verdicts; exit 1 on a regression.
+    Compare(cmd::compare::Args),
 }
 
 /// Set once the reader of standard output has gone away.
@@ -97,6 +99,7 @@ fn main() {
         Command::Train(a) => cmd::train::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
         Command::Bench(a) => cmd::bench::run(a),
+        Command::Compare(a) => cmd::compare::run(a),
     };
     if let Err(e) = result {
         // Our error types already name their cause in their message; `{:#}` would repeat it.

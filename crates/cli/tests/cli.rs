@@ -314,3 +314,56 @@ fn precision_16_trains_with_loss_scaling_and_resumes_its_scale() {
     let all = scales();
     assert!(all.len() > first.len() && [512.0, 256.0].contains(&all[first.len()]), "the resumed run starts from the saved scale: {all:?}");
 }
+
+/// `compare` judges one saved run against another without running anything: the same run is no
+/// regression (exit 0); a run whose batch times doubled is, named with its change (exit 1); a
+/// save directory stands for its results file, a baseline name is looked up under --save-dir,
+/// and a file that is not a results file is named.
+#[test]
+fn compare_judges_two_saved_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base");
+    let o = bin().args(["bench", "--test", "data", "--quick", "--save-baseline", "first", "--save-dir"]).arg(&base).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let results = base.join("comprehensive_benchmark_results.json");
+    let o = bin().arg("compare").arg(&results).arg(&base).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("0 regression(s), 0 improvement(s)"), "{}", text(&o));
+    // Every batch-preparation sample of the current run doubled: each such metric regresses.
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    let mut slowed = 0;
+    for c in v["categories"].as_array_mut().unwrap() {
+        for m in c["metrics"].as_array_mut().unwrap() {
+            if m["id"].as_str().unwrap().ends_with("batch_prep_ms") && m["samples"].as_array().unwrap().len() >= 8 {
+                m["value"] = (m["value"].as_f64().unwrap() * 2.0).into();
+                let doubled: Vec<f64> = m["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() * 2.0).collect();
+                m["samples"] = doubled.into();
+                slowed += 1;
+            }
+        }
+    }
+    assert!(slowed > 0);
+    let slower = dir.path().join("slower.json");
+    std::fs::write(&slower, serde_json::to_vec(&v).unwrap()).unwrap();
+    let o = bin().args(["compare", "first"]).arg(&slower).arg("--save-dir").arg(&base).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert_eq!(t.matches("REGRESSION").count(), slowed, "{t}");
+    assert!(t.contains(&format!("{slowed} regression(s)")) && t.contains("+100.0 %"), "{t}");
+    // JSON: the current run with each metric's change.
+    let o = bin().arg("compare").arg(&base).arg(&slower).arg("--json").output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let verdicts: Vec<&str> = j["categories"][0]["metrics"].as_array().unwrap().iter().filter_map(|m| m["baseline"]["verdict"].as_str()).collect();
+    assert_eq!(verdicts.iter().filter(|v| **v == "regression").count(), slowed, "{verdicts:?}");
+    // Bad inputs are named.
+    let o = bin().arg("compare").arg(base.join("benchmark.log")).arg(&base).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("benchmark.log") && text(&o).contains("not a results file"), "{}", text(&o));
+    let o = bin().args(["compare", "nothere"]).arg(&base).arg("--save-dir").arg(&base).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("baselines/nothere.json"), "{}", text(&o));
+    let o = bin().arg("compare").arg(&base).arg(&base).args(["--noise", "2"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("--noise must be in [0, 1)"), "{}", text(&o));
+}

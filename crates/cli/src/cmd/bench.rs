@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use bench::{Benchmark, DeviceSel, Selection};
 
+use crate::args::{NoiseArgs, SaveDirArgs};
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The categories to run: one, or all in run order.
@@ -16,18 +18,16 @@ pub struct Args {
     /// Where the suite runs (GPU benchmarking is reported as not available yet).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceSel,
-    /// Where results, reports, plots and baselines go.
-    #[arg(long, default_value = "bench-results")]
-    pub save_dir: PathBuf,
+    #[command(flatten)]
+    pub save_dir: SaveDirArgs,
     /// Store this run as baseline NAME (<save-dir>/baselines/NAME.json).
     #[arg(long, value_name = "NAME")]
     pub save_baseline: Option<String>,
     /// Compare with baseline NAME or a results FILE; exit 1 on a regression.
     #[arg(long, value_name = "NAME|FILE")]
     pub baseline: Option<String>,
-    /// Relative noise band of the regression rule.
-    #[arg(long, default_value_t = 0.05)]
-    pub noise: f64,
+    #[command(flatten)]
+    pub noise: NoiseArgs,
     /// Targets table (JSON or YAML, the seed's shape); default: the seed's table.
     #[arg(long, value_name = "FILE")]
     pub targets: Option<PathBuf>,
@@ -56,16 +56,15 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     // The arguments first: a bad one is named whatever the build.
-    if !(a.noise >= 0.0 && a.noise < 1.0) {
-        bail!("--noise must be in [0, 1), got {}", a.noise);
-    }
+    let noise = a.noise.checked()?;
+    let save_dir = &a.save_dir.save_dir;
     let cap = limits::thread_cap();
     if let Some(t) = a.threads.filter(|&t| t == 0 || t > cap.max) {
         bail!("--threads {t}: expected 1 to {} on a machine of {} cores", cap.max, cap.cores);
     }
     // Every file the run will read or name, checked before the suite runs rather than after it.
     let reference = a.reference.as_deref().map(bench::reference::Reference::load).transpose()?;
-    let baseline = a.baseline.as_deref().map(|name| bench::load_baseline(&a.save_dir, name)).transpose()?;
+    let baseline = a.baseline.as_deref().map(|name| bench::load_baseline(save_dir, name)).transpose()?;
     if let Some(name) = &a.save_baseline {
         bench::check_baseline_name(name)?;
     }
@@ -81,7 +80,7 @@ pub fn run(a: Args) -> Result<()> {
     let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
     let pb2 = pb.clone();
-    let mut b = Benchmark::new(&a.save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_log(|line| errln!("{line}")).on_category(move |name| {
+    let mut b = Benchmark::new(save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_log(|line| errln!("{line}")).on_category(move |name| {
         pb2.set_prefix(name.to_string());
     });
     if let Some(t) = a.threads {
@@ -105,7 +104,7 @@ pub fn run(a: Args) -> Result<()> {
         b.with_reference(r);
     }
     if let (Some(name), Some(base)) = (&a.baseline, &baseline) {
-        b.compare_with(name, base, a.noise);
+        b.compare_with(name, base, noise);
     }
     let files = b.report()?;
     // A category that failed is in the reports, and the run fails: a CI job must not pass on a
@@ -120,32 +119,12 @@ pub fn run(a: Args) -> Result<()> {
         }
     }
     let r = b.results();
-    outln!("pass rate {}; reports in {}", r.pass_rate_text(), a.save_dir.display());
+    outln!("pass rate {}; reports in {}", r.pass_rate_text(), save_dir.display());
     for f in &files {
         outln!("  {}", f.display());
     }
-    if r.baseline.is_some() {
-        let (mut reg, mut imp, mut same, mut unsure) = (0, 0, 0, 0);
-        for m in r.metrics() {
-            if let Some(c) = &m.baseline {
-                match c.verdict {
-                    bench::stats::Verdict::Regression => {
-                        reg += 1;
-                        outln!("REGRESSION  {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
-                    }
-                    bench::stats::Verdict::Improvement => {
-                        imp += 1;
-                        outln!("improvement {:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
-                    }
-                    bench::stats::Verdict::NoChange => same += 1,
-                    bench::stats::Verdict::NotCompared => unsure += 1,
-                }
-            }
-        }
-        outln!("against baseline: {reg} regression(s), {imp} improvement(s), {same} no change, {unsure} not compared (a single timing or too few samples)");
-        if reg > 0 {
-            std::process::exit(1);
-        }
+    if r.baseline.is_some() && crate::cmd::compare::print_verdicts(r) > 0 {
+        std::process::exit(1);
     }
     if !failed.is_empty() {
         bail!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; "));

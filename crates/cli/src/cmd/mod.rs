@@ -1,6 +1,7 @@
 //! One module per sub-command.
 
 pub mod bench;
+pub mod compare;
 pub mod evaluate;
 pub mod generate;
 pub mod inspect;

@@ -1,0 +1,91 @@
+//! One run's results against a baseline's: each shared metric gets a [`stats::Change`] with its
+//! verdict (the regression rule of [`stats::compare`]), and what makes the comparison weaker is
+//! said as a warning (another machine, mode or encoder; metrics missing on either side). Used by
+//! `bench --baseline` right after a run, and by `compare` on two saved results files.
+
+use crate::registry::CategoryKind;
+use crate::results::Results;
+use crate::stats::{self, Verdict};
+
+/// Compares `results` with `base` (named `name` in the reports) within the relative `noise`
+/// band: sets each shared metric's `baseline`, `results.baseline` and its warnings, and returns
+/// the warnings.
+pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) -> Vec<String> {
+    let mut warnings: Vec<String> =
+        results.fingerprint.differences(&base.fingerprint).into_iter().map(|d| format!("baseline measured on a different machine or build ({d}); comparisons may not mean much")).collect();
+    // Another mode or other encoders measure other things under the same metric names: a quick
+    // sweep's largest batch is not a full sweep's, an MLP's step not a CNN's.
+    let same_mode = base.quick == results.quick;
+    if !same_mode {
+        let mode = |q: bool| if q { "quick" } else { "full" };
+        warnings.push(format!("baseline is a {} run, this one {}: counted values (sweep sizes, memory) are not gated, timings compare as measured", mode(base.quick), mode(results.quick)));
+    }
+    let same_encoders = base.encoders.is_none() || base.encoders == results.encoders;
+    if !same_encoders {
+        warnings.push(format!("baseline measured {}, this run {}: only the data category is compared", base.encoders.as_deref().unwrap_or("?"), results.encoders.as_deref().unwrap_or("?")));
+    }
+    // A baseline metric with no usable value (0, or not finite: a change against it is no
+    // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline where
+    // none is usable would switch the regression gate off without a word: that is said.
+    let (mut unusable, mut compared) = (Vec::new(), 0usize);
+    for c in results.categories.iter_mut() {
+        for m in c.metrics.iter_mut() {
+            // A saved run may carry the verdicts of an earlier comparison: only this one's stay.
+            m.baseline = None;
+            let Some(b) = base.metric(&m.id).filter(|_| same_encoders || m.category == CategoryKind::Data) else { continue };
+            // Exact only where both runs counted it the same way.
+            let exact = m.exact && b.exact && same_mode;
+            let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
+            let finite = bs.iter().chain(&ns).all(|v| v.is_finite());
+            if finite && stats::median(&bs) != 0.0 {
+                m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, exact, noise));
+                compared += 1;
+            } else if finite && stats::median(&ns) == 0.0 {
+                // 0 then and 0 now (an accuracy drop of nothing): no change, with no ratio to take.
+                m.baseline = Some(stats::Change { change: 0.0, ci_low: 0.0, ci_high: 0.0, verdict: Verdict::NoChange });
+                compared += 1;
+            } else if !bs.iter().all(|v| v.is_finite()) || stats::median(&bs) == 0.0 {
+                unusable.push(m.id.clone());
+            }
+        }
+    }
+    if compared == 0 && !unusable.is_empty() {
+        warnings.push(format!("none of the {} metric(s) this run shares with the baseline holds a usable value there (0, or not finite): nothing was compared", unusable.len()));
+    }
+    // A metric the baseline has and this run lacks (a category that failed or was not run, a
+    // metric that disappeared) is said, not passed over.
+    let missing: Vec<&str> = base.metrics().filter(|b| results.metric(&b.id).is_none()).map(|b| b.id.as_str()).collect();
+    if !missing.is_empty() {
+        warnings.push(format!("{} metric(s) of the baseline not measured in this run: {}", missing.len(), missing.join(", ")));
+    }
+    results.baseline_warnings = warnings.clone();
+    results.baseline = Some(name.to_string());
+    warnings
+}
+
+/// The verdicts of a comparison, counted, and the metrics that changed (regressions first).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    /// `(metric id, change)` of each regression, then of each improvement.
+    pub regressions: Vec<(String, stats::Change)>,
+    pub improvements: Vec<(String, stats::Change)>,
+    pub no_change: usize,
+    /// Metrics both runs have that the rule could not judge: a single timing on either side, or
+    /// too few samples for a confidence interval.
+    pub not_compared: usize,
+}
+
+/// Counts the verdicts [`compare`] left in `results`.
+pub fn tally(results: &Results) -> Tally {
+    let mut t = Tally::default();
+    for m in results.metrics() {
+        let Some(c) = &m.baseline else { continue };
+        match c.verdict {
+            Verdict::Regression => t.regressions.push((m.id.clone(), c.clone())),
+            Verdict::Improvement => t.improvements.push((m.id.clone(), c.clone())),
+            Verdict::NoChange => t.no_change += 1,
+            Verdict::NotCompared => t.not_compared += 1,
+        }
+    }
+    t
+}
