@@ -155,20 +155,7 @@ impl ModelFile {
         let file = &self.path;
         if let Some(arch) = &self.arch {
             if *arch != enc.cfg {
-                return Err(ckpt_err(
-                    file,
-                    format!(
-                        "holds {} on windows of {} × {} (embedding {}), the run needs {} on {} × {} (embedding {})",
-                        arch.kind(),
-                        arch.window,
-                        arch.channels,
-                        arch.embed,
-                        enc.cfg.kind(),
-                        enc.cfg.window,
-                        enc.cfg.channels,
-                        enc.cfg.embed
-                    ),
-                ));
+                return Err(ckpt_err(file, format!("holds another encoder than the run's: {}", encoder_differences(arch, &enc.cfg).join("; "))));
             }
         }
         let st = SafeTensors::deserialize(&self.bytes).map_err(|e| ckpt_err(file, e.to_string()))?;
@@ -368,4 +355,46 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
         step.encoder.device.pin_kernel_plan(plan).map_err(|e| ckpt_err(&file, e))?;
     }
     Ok(Resumed { state, head_left_behind })
+}
+
+/// What differs between a checkpoint's encoder and a run's, by the config key that sets it:
+/// `model.dropout: 0.1 in the checkpoint, 0.5 in the run`.
+fn encoder_differences(saved: &EncoderConfig, run: &EncoderConfig) -> Vec<String> {
+    if saved.kind() != run.kind() {
+        return vec![format!("model.name: {} in the checkpoint, {} in the run", saved.kind(), run.kind())];
+    }
+    let key = |field: &str| match field {
+        "window" => "the encoder's window (data.window_size; its W/2 bins with data.input: spectrum)".to_string(),
+        "channels" => "channels (the store's)".to_string(),
+        "embed" => "model.embedding_dim".to_string(),
+        "patch_size_l" => "model.patch_size_L".to_string(),
+        "patch_size_c" => "model.patch_size_C".to_string(),
+        other => format!("model.{other}"),
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    flatten(&serde_json::to_value(saved).unwrap_or_default(), &mut a);
+    flatten(&serde_json::to_value(run).unwrap_or_default(), &mut b);
+    let differences: Vec<String> = a
+        .iter()
+        .zip(&b)
+        .filter(|((fa, va), (fb, vb))| fa == fb && va != vb)
+        .map(|((field, va), (_, vb))| format!("{}: {va} in the checkpoint, {vb} in the run", key(field)))
+        .collect();
+    if differences.is_empty() {
+        // Not expected (equal fields are equal configs); said rather than left empty.
+        return vec![format!("{saved:?} in the checkpoint, {run:?} in the run")];
+    }
+    differences
+}
+
+/// The leaves of a JSON value, each with the name of the field that holds it, in order.
+fn flatten(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    if let serde_json::Value::Object(map) = v {
+        for (k, x) in map {
+            match x {
+                serde_json::Value::Object(_) => flatten(x, out),
+                leaf => out.push((k.clone(), leaf.clone())),
+            }
+        }
+    }
 }

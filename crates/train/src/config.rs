@@ -156,9 +156,9 @@ pub struct ModelSection {
     #[default(4)]
     #[serde(with = "whole")]
     pub num_heads: usize,
-    /// ISFM: Transformer layers (default 2; `num_layers` is the same key).
+    /// ISFM: Transformer layers (default 2; `num_layers` is the same key, read here).
     #[default(2)]
-    #[serde(alias = "num_layers", with = "whole")]
+    #[serde(with = "whole")]
     pub e_layers: usize,
     /// ISFM: feed-forward width (default: twice the Transformer width).
     #[serde(with = "opt_whole")]
@@ -411,8 +411,9 @@ pub const ACCEPTED_UNUSED: &[(&str, &str)] = &[
     ("environment.wandb", "no experiment tracker"),
 ];
 
-/// Keys under another name: `environment.seed` is `trainer.seed`.
-const MOVED: &[(&str, &str)] = &[("environment.seed", "trainer.seed")];
+/// Keys under another name: `environment.seed` is `trainer.seed`, `model.num_layers` (PHM-Vibench's
+/// other name for it) is `model.e_layers`.
+const MOVED: &[(&str, &str)] = &[("environment.seed", "trainer.seed"), ("model.num_layers", "model.e_layers")];
 
 /// The ISFM's keys (reported as unused with another encoder).
 const ISFM_KEYS: &[&str] = &["num_patches", "patch_size_L", "patch_size_C", "d_model", "output_dim", "num_heads", "e_layers", "num_layers", "d_ff", "dropout", "activation"];
@@ -458,6 +459,15 @@ impl Config {
                 notes.push(format!("{key} ({why})"));
             }
         }
+        // The isfm's keys with another encoder, named as written (before `num_layers` moves).
+        let name_is_isfm = sections.get("model").and_then(|m| m.get("name")).and_then(scalar_text).and_then(|n| n.parse::<EncoderKind>().ok()) == Some(EncoderKind::Isfm);
+        if !name_is_isfm {
+            if let Some(Value::Mapping(m)) = sections.get("model") {
+                for k in ISFM_KEYS.iter().filter(|k| m.contains_key(**k)) {
+                    notes.push(format!("model.{k} (the isfm's key; model.name is not isfm)"));
+                }
+            }
+        }
         // A moved key given in both places with two values is a question only the user can
         // answer; given in its old place only, an error about it names the key as written.
         let mut moved = Vec::new();
@@ -484,14 +494,6 @@ impl Config {
             },
             other => other,
         };
-        let name_is_isfm = sections.get("model").and_then(|m| m.get("name")).and_then(scalar_text).and_then(|n| n.parse::<EncoderKind>().ok()) == Some(EncoderKind::Isfm);
-        if !name_is_isfm {
-            if let Some(Value::Mapping(m)) = sections.get("model") {
-                for k in ISFM_KEYS.iter().filter(|k| m.contains_key(**k)) {
-                    notes.push(format!("model.{k} (the isfm's key; model.name is not isfm)"));
-                }
-            }
-        }
         let mut cfg: Config = serde_path_to_error::deserialize(root.clone()).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
@@ -546,6 +548,7 @@ impl Config {
             ("data.num_window", d.num_window, 1 << 20),
             ("model.embedding_dim", m.embedding_dim, engine::encoders::MAX_WIDTH),
             ("model.projection_dim", m.projection_dim.unwrap_or(1), engine::encoders::MAX_WIDTH),
+            ("model.patch_size_C", m.patch_size_c, engine::encoders::MAX_WIDTH),
             ("trainer.save_top_k", t.save_top_k, 1 << 16),
             ("trainer.accumulate_grad_batches", t.accumulate_grad_batches, 1 << 20),
         ];
@@ -679,6 +682,8 @@ impl Config {
                 key,
                 reason: format!("{reason} (with data.input: spectrum the encoder sees the {} frequency bins of a window of {} samples)", self.encoder_window(), self.data.window_size),
             },
+            // The width came from `output_dim` where it is given.
+            TrainError::Config { key, reason } if key == "model.d_model" && self.model.output_dim.is_some() => TrainError::Config { key: "model.output_dim".into(), reason },
             other => other,
         }
     }

@@ -370,11 +370,19 @@ impl<'a, D: Device> Trainer<'a, D> {
                         Some(w) => format!("model.output_dim = {w}"),
                         None => format!("model.d_model = {}", m.d_model),
                     };
-                    format!(", {width}, model.num_patches = {}, model.e_layers = {}", m.num_patches, m.e_layers)
+                    let d_ff = match m.d_ff {
+                        Some(f) => format!("model.d_ff = {f}"),
+                        None => format!("model.d_ff = {} (twice the width)", 2 * m.output_dim.unwrap_or(m.d_model)),
+                    };
+                    format!(
+                        ", {width}, {d_ff}, model.num_patches = {}, model.patch_size_L = {}, model.patch_size_C = {}, model.e_layers = {}",
+                        m.num_patches, m.patch_size_l, m.patch_size_c, m.e_layers
+                    )
                 }
                 _ => String::new(),
             };
-            format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}{transformer}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed)
+            let projection = m.projection_dim.map(|p| format!(", model.projection_dim = {p}")).unwrap_or_default();
+            format!("model.name = {}, data.batch_size = {b}, data.window_size = {}, model.embedding_dim = {}{transformer}{projection}", enc_cfg.kind(), cfg.data.window_size, enc_cfg.embed)
         };
         let in_context = |e: engine::EngineError| match e {
             engine::EngineError::OverBudget(o) => TrainError::OverBudget(limits::OverBudget { what: format!("{} ({})", o.what, sized_by()), ..o }),

@@ -85,6 +85,17 @@ fn bad_keys_and_values_name_the_key() {
         ("trainer:\n  accelerator: !gpu cpu\n", "trainer.accelerator", "YAML tag !gpu"),
         ("data: !mytag\n  batch_size: 4\n", "data", "YAML tag !mytag"),
         ("data:\n  batch_size: 18446744073709551616\n", "data.batch_size", "past the largest whole number"),
+        // Each error names the key as written (a second probe of 2026-12-02).
+        ("model:\n  name: isfm\n  num_layers: 0\n", "model.num_layers (read as model.e_layers)", "must be > 0"),
+        ("model:\n  name: isfm\n  num_layers: 2\n  e_layers: 3\n", "model.num_layers", "while model.e_layers is 3"),
+        ("model:\n  name: isfm\n  output_dim: 0\n", "model.output_dim", "must be > 0"),
+        ("model:\n  name: isfm\n  output_dim: 1e12\n", "model.output_dim", "larger than"),
+        ("model:\n  name: isfm\n  patch_size_L: 16\n  patch_size_C: 65536\n", "model.patch_size_C", "16 steps × 65536 channels"),
+        ("model:\n  name: isfm\n  patch_size_C: 1e12\n", "model.patch_size_C", "is more than"),
+        ("model:\n  name: isfm\n  activation: silu\n", "model.activation", "relu or gelu"),
+        ("model:\n  name: isfm\n  d_model: 1\n  num_heads: 1\n", "model.d_model", "LayerNorm over a single feature"),
+        ("model:\n  name: cnn\ndata:\n  input: spectrum\n  window_size: 16\n", "data.window_size", "frequency bins"),
+        ("model:\n  name: cnn\ndata:\n  window_size: 48\n", "data.window_size", "needs a window of at least"),
     ];
     for (yaml, key, extra) in cases {
         let e = Config::from_yaml(yaml, &[]).unwrap_err().to_string();
@@ -104,6 +115,14 @@ fn bad_keys_and_values_name_the_key() {
     // precision 16 loads on any machine (a checkpoint trained in fp16 evaluates anywhere); whether
     // the CPU trains in it is asked when training starts (the CLI test precision_16_…).
     assert_eq!(Config::from_yaml("trainer:\n  precision: 16\n", &[]).unwrap().precision(), engine::Precision::Fp16);
+    // The two names of the layer count, agreeing, are one value; a cnn config names num_layers as
+    // written among the isfm's keys it does not use.
+    let c = Config::from_yaml("model:\n  name: isfm\n  num_layers: 3\n  e_layers: 3.0\n", &[]).unwrap();
+    assert_eq!(c.model.e_layers, 3);
+    let c = Config::from_yaml("model:\n  name: isfm\n  num_layers: 4\n", &[]).unwrap();
+    assert_eq!((c.model.e_layers, Config::from_yaml(&c.to_yaml(), &[]).unwrap().model.e_layers), (4, 4));
+    let c = Config::from_yaml("model:\n  name: cnn\n  num_layers: 4\n", &[]).unwrap();
+    assert!(c.unused_keys.iter().any(|k| k.starts_with("model.num_layers")), "{:?}", c.unused_keys);
     let e = Config::from_yaml("", &["trainer.epochz=3".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer.epochz") && e.contains("trainer.epochs"), "{e}");
     let e = Config::from_yaml("", &["nodot".into()]).unwrap_err().to_string();
@@ -551,6 +570,24 @@ fn cnn_and_isfm_train_resume_and_evaluate() {
         // A dozen steps on 10 classes: above chance, not yet good.
         assert!(r.pretrained.linear_probe_acc > 1.5 / r.classes.len() as f64, "{name}: {r:?}");
     }
+}
+
+/// A resume with another encoder setting is refused naming each key that differs and both values
+/// (the message's two halves used to read the same: only kind, window and embedding were shown).
+#[test]
+fn a_resume_with_another_encoder_names_the_keys_that_differ() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let isfm = ["model.name=isfm", "model.num_patches=4", "model.patch_size_L=16", "model.d_model=16", "model.num_heads=2", "model.d_ff=32", "model.e_layers=1"];
+    let first = small_config(dir.path(), &[&isfm[..], &["environment.experiment_name=a", "trainer.max_steps=2"]].concat());
+    let ckpt = train(&first, &h5, &csv, None, &mut Quiet).unwrap().last_checkpoint.unwrap();
+    let changed = small_config(dir.path(), &[&isfm[..], &["environment.experiment_name=a", "trainer.max_steps=4", "model.dropout=0.5", "model.num_heads=4"]].concat());
+    let e = train(&changed, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("model.dropout: 0.1") && e.contains("0.5 in the run") && e.contains("model.num_heads: 2 in the checkpoint, 4 in the run"), "{e}");
+    assert!(!e.contains("model.d_model"), "only what differs is named: {e}");
+    let cnn = small_config(dir.path(), &["model.name=cnn", "data.window_size=256", "environment.experiment_name=a", "trainer.max_steps=4"]);
+    let e = train(&cnn, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("model.name: isfm in the checkpoint, cnn in the run"), "{e}");
 }
 
 #[test]

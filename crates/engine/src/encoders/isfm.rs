@@ -71,6 +71,11 @@ impl IsfmConfig {
                 return Err(EngineError::invalid(setting, "must be > 0"));
             }
         }
+        // LayerNorm over one feature gives 0 for every input, then its bias: the encoder's output
+        // would not depend on its input at all (a loss of exactly ln B from the first step).
+        if self.d_model == 1 {
+            return Err(EngineError::invalid(Setting::DModel, "1: LayerNorm over a single feature outputs its bias whatever the input, so nothing could be learned; use 2 or more"));
+        }
         if self.patch_size_l > window {
             return Err(EngineError::invalid(Setting::PatchLen, format!("{} is longer than the window of {window}", self.patch_size_l)));
         }
@@ -88,13 +93,20 @@ impl IsfmConfig {
             return Err(EngineError::invalid(Setting::Dropout, format!("{} is not in [0, 1)", self.dropout)));
         }
         if !matches!(self.activation, Activation::Relu | Activation::Gelu) {
-            return Err(EngineError::invalid(Setting::Activation, format!("{} is not relu or gelu", self.activation)));
+            return Err(EngineError::invalid(Setting::Activation, format!("{}: the isfm's feed-forward takes relu or gelu (those of PyTorch's TransformerEncoderLayer)", self.activation)));
         }
-        let patch_values = self.patch_size_l.saturating_mul(self.patch_size_c).saturating_mul(2);
-        for (setting, v) in [(Setting::DModel, self.d_model), (Setting::FeedForward, self.d_ff), (Setting::PatchLen, patch_values)] {
+        for (setting, v) in [(Setting::DModel, self.d_model), (Setting::FeedForward, self.d_ff)] {
             if v > super::MAX_WIDTH {
                 return Err(EngineError::invalid(setting, format!("{v} is larger than {}", super::MAX_WIDTH)));
             }
+        }
+        // A patch's values, its time channel's included, are one row of the embedding's input:
+        // the larger of the two factors is named.
+        let patch_values = self.patch_size_l.saturating_mul(self.patch_size_c).saturating_mul(2);
+        if patch_values > super::MAX_WIDTH {
+            let setting = if self.patch_size_c > self.patch_size_l { Setting::PatchChannels } else { Setting::PatchLen };
+            let why = format!("a patch of {} steps × {} channels is {patch_values} values with its time channel, more than {}", self.patch_size_l, self.patch_size_c, super::MAX_WIDTH);
+            return Err(EngineError::invalid(setting, why));
         }
         if self.e_layers > super::MAX_LAYERS {
             return Err(EngineError::invalid(Setting::Layers, format!("{} is more than {}", self.e_layers, super::MAX_LAYERS)));
