@@ -645,6 +645,10 @@ impl ProbeProtocol {
         let fed = train::eval::ProbeInputs::new(&self.set, &self.inputs)?;
         let probe = |enc: &mut engine::Encoder<CpuDevice>| -> Result<f64> { Ok(train::eval::score(enc, &fed, 5)?.linear_probe_acc) };
         let random_acc = probe(&mut st.encoder)?;
+        // Met before any step: the target says nothing about pretraining on this data.
+        if target.is_some_and(|t| random_acc >= t) {
+            return Ok(ProbeOutcome { random_acc, last_acc: random_acc, steps: 0, reached: Some((0, 0.0)) });
+        }
         let sampler = BatchSampler::new(self.builder.clone(), &self.ids, SamplerConfig { batch_size: self.batch, seed: 0, epochs: None, ..Default::default() }, BatchPos::default())?;
         let (mut train_time, mut reached, mut last_acc) = (0.0, None, random_acc);
         for item in sampler {
@@ -679,6 +683,12 @@ pub fn quality(s: &Settings) -> Result<Category> {
     cat.notes.push(format!("{}, probe every {eval_every} steps, target {target:.2}", run.describe()));
     cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::RandomInitProbeAcc, r.random_acc, false, "linear probe on a random-init encoder"));
     cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
+    if r.random_acc >= target {
+        cat.notes.push(format!(
+            "a random-init encoder already reaches the target ({:.3} ≥ {target:.2}) on this data, so steps_to_target = 0 measures nothing about pretraining: use a harder dataset (--data/--meta) or a higher target (--targets)",
+            r.random_acc
+        ));
+    }
     match r.reached {
         Some((st, secs)) => {
             cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::StepsToTarget, st as f64, true, "optimizer steps until the probe reached the target"));

@@ -38,6 +38,14 @@ use fingerprint::Fingerprint;
 use results::{Category, Recommendation, Status};
 use targets::Targets;
 
+/// The charts: file under the save directory, the category it draws, how.
+type Plot = (&'static str, CategoryKind, fn(&Results, &Path) -> Result<()>);
+const PLOTS: [Plot; 3] = [
+    ("plots/training_performance.png", CategoryKind::Training, plots::training),
+    ("plots/scalability_analysis.png", CategoryKind::Scalability, plots::scalability),
+    ("plots/hardware_optimization.png", CategoryKind::Hardware, plots::hardware),
+];
+
 /// A benchmark run: settings, results so far, and where they go.
 pub struct Benchmark {
     save_dir: PathBuf,
@@ -252,21 +260,31 @@ impl Benchmark {
         }
     }
 
-    /// Derives recommendations, writes every report, chart and the log (atomically). Returns the
-    /// files written.
+    /// Derives recommendations, writes every report, chart and the log (atomically), and removes
+    /// the run's scratch directory, written or not. Returns the files written.
     pub fn report(&mut self) -> Result<Vec<PathBuf>> {
+        let written = self.write_reports();
+        let _ = std::fs::remove_dir_all(&self.settings.work_dir);
+        written
+    }
+
+    fn write_reports(&mut self) -> Result<Vec<PathBuf>> {
         self.results.seconds = self.started.elapsed().as_secs_f64();
         let answered: std::collections::BTreeSet<String> = self.results.metrics().filter_map(|m| m.target.as_ref().map(|t| t.target.clone())).collect();
         self.results.unmeasured_targets = self.targets.iter().flat_map(|(section, keys)| keys.keys().map(move |k| format!("{section}.{k}"))).filter(|t| !answered.contains(t)).collect();
         self.results.recommendations = recommendations(&self.results);
         std::fs::create_dir_all(self.save_dir.join("plots")).map_err(|e| BenchError::io(&self.save_dir, e))?;
         let mut written = Vec::new();
-        for (file, draw) in [
-            ("plots/training_performance.png", plots::training as fn(&Results, &Path) -> Result<()>),
-            ("plots/scalability_analysis.png", plots::scalability),
-            ("plots/hardware_optimization.png", plots::hardware),
-        ] {
+        for (file, kind, draw) in PLOTS {
             let path = self.save_dir.join(file);
+            // A chart of a category this run did not measure would be empty; one an earlier run
+            // left here would show that run's numbers beside this run's reports.
+            if !self.results.categories.iter().any(|c| c.kind == kind) {
+                if path.is_file() {
+                    std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
+                }
+                continue;
+            }
             let tmp = path.with_file_name(format!(".{}.{}.png", path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot"), std::process::id()));
             // A chart that fails to draw leaves no half-written file behind.
             if let Err(e) = draw(&self.results, &tmp).and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| BenchError::io(&path, e))) {
@@ -285,7 +303,6 @@ impl Benchmark {
         }
         files::write_atomic(&log_path, text.as_bytes()).map_err(|e| BenchError::io(&log_path, e))?;
         written.push(log_path);
-        let _ = std::fs::remove_dir_all(&self.settings.work_dir);
         Ok(written)
     }
 
@@ -306,6 +323,34 @@ impl Benchmark {
         self.log.push(line.to_string());
         let _ = std::io::stderr().flush();
     }
+}
+
+/// The files a run writes under `save_dir` (with `--save-baseline NAME`, its baseline too),
+/// checked before anything runs: a directory where a file goes, or a file where a directory goes,
+/// would fail the run after the whole suite had been measured.
+pub fn check_save_dir(save_dir: &Path, save_baseline: Option<&str>) -> Result<()> {
+    let mut outputs: Vec<PathBuf> = report::files();
+    outputs.extend(PLOTS.iter().map(|(file, _, _)| PathBuf::from(file)));
+    outputs.push("benchmark.log".into());
+    if let Some(name) = save_baseline {
+        check_baseline_name(name)?;
+        outputs.push(Path::new("baselines").join(format!("{name}.json")));
+    }
+    if save_dir.exists() && !save_dir.is_dir() {
+        return Err(BenchError::Input(format!("--save-dir {}: not a directory", save_dir.display())));
+    }
+    for file in outputs {
+        let path = save_dir.join(&file);
+        for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(save_dir) && *d != save_dir) {
+            if dir.exists() && !dir.is_dir() {
+                return Err(BenchError::Input(format!("{}: a file where the run writes a directory (for {})", dir.display(), file.display())));
+            }
+        }
+        if path.exists() && !path.is_file() {
+            return Err(BenchError::Input(format!("{}: in the way of a file the run writes (not a plain file)", path.display())));
+        }
+    }
+    Ok(())
 }
 
 /// A name `--save-baseline` can save under: a plain file name.

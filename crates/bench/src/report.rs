@@ -311,10 +311,17 @@ fn status_text(s: &Status) -> &'static str {
 }
 
 /// Renders every report and writes each atomically.
+/// Every report, in the order they are written.
+const REPORTS: [&dyn Report; 3] = [&JsonReport, &MarkdownReport, &HtmlReport];
+
+/// The files [`write_all`] writes, relative to the save directory.
+pub fn files() -> Vec<PathBuf> {
+    REPORTS.iter().map(|r| r.file()).collect()
+}
+
 pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
-    let reports: [&dyn Report; 3] = [&JsonReport, &MarkdownReport, &HtmlReport];
     let mut out = Vec::new();
-    for rep in reports {
+    for rep in REPORTS {
         let path = save_dir.join(rep.file());
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| BenchError::io(parent, e))?;

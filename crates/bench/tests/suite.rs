@@ -259,3 +259,29 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         assert!(e.contains(&format!("bad_{what}.json")) && e.contains(&ms_metric) && e.contains(what), "{what}: {e}");
     }
 }
+
+/// The quality category on its generated data, where a random-init encoder already passes the
+/// default target: 0 steps, said in a note, not the first probe's step. A run without the
+/// training, scalability or hardware category writes no empty chart for it and removes one an
+/// earlier run left.
+#[test]
+fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let save = dir.path().join("out");
+    std::fs::create_dir_all(save.join("plots")).unwrap();
+    std::fs::write(save.join("plots/training_performance.png"), b"an earlier run's chart").unwrap();
+    let mut b = Benchmark::new(&save).quick(true).threads(2);
+    let cat = b.quality().unwrap().clone();
+    let random = cat.metrics.iter().find(|m| m.name == bench::MetricName::RandomInitProbeAcc).unwrap().value;
+    let steps = cat.metrics.iter().find(|m| m.name == bench::MetricName::StepsToTarget).map(|m| m.value);
+    if random >= 0.9 {
+        assert_eq!(steps, Some(0.0), "{cat:?}");
+        assert!(cat.notes.iter().any(|n| n.contains("already reaches the target")), "{:?}", cat.notes);
+    } else {
+        assert!(steps.is_none_or(|s| s > 0.0) && !cat.notes.iter().any(|n| n.contains("already reaches")), "{cat:?}");
+    }
+    let files = b.report().unwrap();
+    assert!(!files.iter().any(|f| f.extension().is_some_and(|e| e == "png")), "{files:?}");
+    assert!(!save.join("plots/training_performance.png").exists(), "the earlier run's chart is gone");
+    assert!(!save.join(".work").exists() || std::fs::read_dir(save.join(".work")).unwrap().next().is_none());
+}

@@ -178,6 +178,12 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     let taken = s.dir.join("taken");
     std::fs::create_dir_all(taken.join("synthetic.csv")).unwrap();
     let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
+    // Save directories with something in the way of an output: refused before the suite runs.
+    let blocked = s.dir.join("blocked");
+    std::fs::create_dir_all(blocked.join("comprehensive_benchmark_results.json")).unwrap();
+    let blocked_baselines = s.dir.join("blocked_baselines");
+    std::fs::create_dir_all(&blocked_baselines).unwrap();
+    std::fs::write(blocked_baselines.join("baselines"), "").unwrap();
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
     resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
 
@@ -250,6 +256,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (bench("--reference", &negative_reference), "-5"),
         (bench("--reference", &tiny_reference), "between 1e-9 and 1e12"),
         (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),
+        (strings(&["bench", "--quick", "--test", "quality", "--save-dir", &blocked.display().to_string()]), "comprehensive_benchmark_results.json: in the way"),
+        (strings(&["bench", "--quick", "--test", "data", "--save-baseline", "b1", "--save-dir", &blocked_baselines.display().to_string()]), "baselines: a file where the run writes a directory"),
         // A category that fails fails the run (it was exit 0 with the error in the report only).
         (strings(&["bench", "--quick", "--test", "quality", "--save-dir", &s.dir.join("bq").display().to_string(), "--data", &s.data, "--meta", &one_label]), "1 category failed: quality"),
         // A generated file whose name a directory holds: nothing is written (the store was
@@ -271,6 +279,10 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     }
     let left: Vec<_> = std::fs::read_dir(&taken).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("synthetic.csv")], "generate wrote nothing beside the directory in its way");
+    for (dir, only) in [(&blocked, "comprehensive_benchmark_results.json"), (&blocked_baselines, "baselines")] {
+        let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from(only)], "bench measured or wrote nothing in {}", dir.display());
+    }
 }
 
 #[test]

@@ -374,12 +374,8 @@ fn encoder_differences(saved: &EncoderConfig, run: &EncoderConfig) -> Vec<String
     let (mut a, mut b) = (Vec::new(), Vec::new());
     flatten(&serde_json::to_value(saved).unwrap_or_default(), &mut a);
     flatten(&serde_json::to_value(run).unwrap_or_default(), &mut b);
-    let differences: Vec<String> = a
-        .iter()
-        .zip(&b)
-        .filter(|((fa, va), (fb, vb))| fa == fb && va != vb)
-        .map(|((field, va), (_, vb))| format!("{}: {va} in the checkpoint, {vb} in the run", key(field)))
-        .collect();
+    let differences: Vec<String> =
+        a.iter().zip(&b).filter(|((fa, va), (fb, vb))| fa == fb && va != vb).map(|((field, va), (_, vb))| format!("{}: {va} in the checkpoint, {vb} in the run", key(field))).collect();
     if differences.is_empty() {
         // Not expected (equal fields are equal configs); said rather than left empty.
         return vec![format!("{saved:?} in the checkpoint, {run:?} in the run")];

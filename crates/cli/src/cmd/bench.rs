@@ -65,9 +65,7 @@ pub fn run(a: Args) -> Result<()> {
     // Every file the run will read or name, checked before the suite runs rather than after it.
     let reference = a.reference.as_deref().map(bench::reference::Reference::load).transpose()?;
     let baseline = a.baseline.as_deref().map(|name| bench::load_baseline(save_dir, name)).transpose()?;
-    if let Some(name) = &a.save_baseline {
-        bench::check_baseline_name(name)?;
-    }
+    bench::check_save_dir(save_dir, a.save_baseline.as_deref())?;
     let targets = a.targets.as_deref().map(bench::targets::load_targets).transpose()?;
     // The quality category's data: opened as training opens it (a store and table sharing no
     // usable Id is an error now, not a failed category at the end of the suite).

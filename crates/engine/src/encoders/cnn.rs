@@ -133,12 +133,21 @@ impl CnnConfig {
             return Err(EngineError::invalid(Setting::Encoder, "the cnn's first kernel and stride must be > 0"));
         }
         if self.first_kernel > window {
-            return Err(EngineError::invalid(Setting::Window, format!("{window} samples are too few for the cnn encoder (its first kernel is {} samples wide; it needs a window of at least {} samples)", self.first_kernel, self.min_window())));
+            return Err(EngineError::invalid(
+                Setting::Window,
+                format!("{window} samples are too few for the cnn encoder (its first kernel is {} samples wide; it needs a window of at least {} samples)", self.first_kernel, self.min_window()),
+            ));
         }
         if self.widths.len() > super::MAX_LAYERS || self.widths.iter().any(|&w| w > super::MAX_WIDTH) {
             return Err(EngineError::invalid(
                 Setting::Encoder,
-                format!("the cnn's {} blocks (widths up to {}) are more than {} blocks or wider than {}", self.widths.len(), self.widths.iter().max().copied().unwrap_or(0), super::MAX_LAYERS, super::MAX_WIDTH),
+                format!(
+                    "the cnn's {} blocks (widths up to {}) are more than {} blocks or wider than {}",
+                    self.widths.len(),
+                    self.widths.iter().max().copied().unwrap_or(0),
+                    super::MAX_LAYERS,
+                    super::MAX_WIDTH
+                ),
             ));
         }
         self.blocks(window, 1).map(drop)
