@@ -685,7 +685,7 @@ pub fn quality(s: &Settings) -> Result<Category> {
     cat.metrics.push(value(CategoryKind::Quality, "probe", MetricName::FinalProbeAcc, r.last_acc, false, "linear probe at the last check"));
     if r.random_acc >= target {
         cat.notes.push(format!(
-            "a random-init encoder already reaches the target ({:.3} ≥ {target:.2}) on this data, so steps_to_target = 0 measures nothing about pretraining: use a harder dataset (--data/--meta) or a higher target (--targets)",
+            "a random-init encoder already reaches the target ({:.3} ≥ {target:.2}) on this data, so steps_to_target = 0 measures nothing about pretraining: use a harder dataset (--data/--meta)",
             r.random_acc
         ));
     }

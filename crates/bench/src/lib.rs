@@ -413,14 +413,22 @@ fn encoders_text(workload: engine::EncoderKind, quality: engine::EncoderKind) ->
 /// under `<save_dir>/baselines/`.
 pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
     let p = PathBuf::from(name_or_file);
+    // A bare name that names a saved baseline is that baseline, whatever the working directory
+    // holds under the same name.
+    let named = save_dir.join("baselines").join(format!("{name_or_file}.json"));
+    let bare = !name_or_file.ends_with(".json") && !name_or_file.contains(['/', '\\']);
+    if bare && named.is_file() {
+        return named;
+    }
     if p.is_dir() {
         return p.join(report::RESULTS_FILE);
     }
-    // A path (it has a separator) is a file as given; only a bare name is looked up.
-    if p.exists() || name_or_file.ends_with(".json") || name_or_file.contains(['/', '\\']) {
+    // A path (it has a separator, or ends in .json) is a file as given; a bare name that is no
+    // file here names a baseline (and the error, if there is none, says where it was looked for).
+    if p.exists() || !bare {
         p
     } else {
-        save_dir.join("baselines").join(format!("{name_or_file}.json"))
+        named
     }
 }
 

@@ -310,7 +310,6 @@ fn status_text(s: &Status) -> &'static str {
     }
 }
 
-/// Renders every report and writes each atomically.
 /// Every report, in the order they are written.
 const REPORTS: [&dyn Report; 3] = [&JsonReport, &MarkdownReport, &HtmlReport];
 
@@ -319,6 +318,7 @@ pub fn files() -> Vec<PathBuf> {
     REPORTS.iter().map(|r| r.file()).collect()
 }
 
+/// Renders every report and writes each atomically.
 pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for rep in REPORTS {

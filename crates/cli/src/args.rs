@@ -16,8 +16,8 @@ pub struct DataArgs {
 /// `--save-dir`: where the benchmark suite's results, reports and baselines live.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SaveDirArgs {
-    /// Where results, reports, plots and baselines go (a baseline NAME is looked up under
-    /// <save-dir>/baselines/).
+    /// The benchmark's directory: where a run writes its results, reports, plots and baselines,
+    /// and where a baseline NAME is looked up (<save-dir>/baselines/NAME.json).
     #[arg(long, default_value = "bench-results")]
     pub save_dir: PathBuf,
 }

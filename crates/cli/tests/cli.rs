@@ -350,6 +350,11 @@ fn compare_judges_two_saved_runs() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert_eq!(t.matches("REGRESSION").count(), slowed, "{t}");
     assert!(t.contains(&format!("{slowed} regression(s)")) && t.contains("+100.0 %"), "{t}");
+    // A bare name is the saved baseline even where the working directory holds a run of that name.
+    std::fs::create_dir_all(dir.path().join("first")).unwrap();
+    std::fs::copy(&slower, dir.path().join("first/comprehensive_benchmark_results.json")).unwrap();
+    let o = bin().current_dir(dir.path()).args(["compare", "first"]).arg(&results).arg("--save-dir").arg(&base).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "the baseline `first`, not ./first: {}", text(&o));
     // JSON: the current run with each metric's change.
     let o = bin().arg("compare").arg(&base).arg(&slower).arg("--json").output().unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -9,15 +9,22 @@ use engine::cpu::CpuGemm;
 use engine::*;
 
 fn main() {
-    let a: Vec<usize> = std::env::args().skip(1).filter_map(|x| x.parse().ok()).collect();
-    if a.len() < 3 {
-        eprintln!("usage: gemm_threads M N K [ta tb] [threads]");
-        std::process::exit(2);
+    let usage = || -> ! {
+        eprintln!("usage: gemm_threads M N K [ta tb] [threads]  (positive sizes; ta, tb 0 or 1; threads ≥ 1; ROUNDS, REPS ≥ 1)");
+        std::process::exit(2)
+    };
+    let a: Vec<usize> = std::env::args().skip(1).map(|x| x.parse().unwrap_or_else(|_| usage())).collect();
+    if a.len() < 3 || a[..3].contains(&0) || a.get(5) == Some(&0) {
+        usage();
     }
     let (m, n, k) = (a[0], a[1], a[2]);
     let (ta, tb) = (a.get(3) == Some(&1), a.get(4) == Some(&1));
     let threads = a.get(5).copied().unwrap_or(2);
-    let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let count = |var: &str, default: usize| match std::env::var(var) {
+        Err(_) => default,
+        Ok(v) => v.parse().ok().filter(|&r| r > 0).unwrap_or_else(|| usage()),
+    };
+    let reps = count("REPS", 10);
     let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, accumulate: false, sparse_a: false };
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
     let pools: Vec<rayon::ThreadPool> = [1, threads].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool")).collect();
@@ -34,7 +41,7 @@ fn main() {
         })
         .collect();
     let mut rates = vec![vec![]; 2];
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(15);
+    let rounds = count("ROUNDS", 15);
     for _ in 0..rounds {
         for (i, (pool, (dev, [c, x, y]))) in pools.iter().zip(devs.iter_mut()).enumerate() {
             pool.install(|| {

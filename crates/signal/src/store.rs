@@ -154,6 +154,12 @@ fn recorded_length(path: &Path, length: u64) -> std::io::Result<Option<u64>> {
         }
     }
     let (Some(&version), true) = (head.get(8), found) else { return Ok(None) };
+    // A version-3 superblock of a file open for SWMR writing (flags: write and SWMR-write
+    // access) records an end that a live writer may not have reached yet; libhdf5 skips the
+    // check there too.
+    if version == 3 && head.get(11).is_some_and(|&flags| flags & 0x5 == 0x5) {
+        return Ok(None);
+    }
     let (offsets_at, eof_after) = match version {
         0 => (13, 24),
         1 => (13, 28),
@@ -206,7 +212,9 @@ impl Hdf5Store {
                 Err(reason) => ignored.push(IgnoredDataset { name, reason }),
             }
         }
-        ignored.extend(links_not_followed(&file));
+        let (linked, not_followed) = links(&file, file_bytes);
+        samples.extend(linked);
+        ignored.extend(not_followed);
         // `7` and `007` are one Id: the shortest name is read (PHM-Vibench reads `f[str(id)]`),
         // the others are named as ignored.
         samples.sort_by(|a, b| (a.id, a.name.len(), &a.name).cmp(&(b.id, b.name.len(), &b.name)));
@@ -252,24 +260,33 @@ impl Hdf5Store {
     }
 }
 
-/// The top-level soft and external links, which h5py follows (`f['9']` reads the dataset a soft
-/// link names) and this reader does not: each is named with its target, so that its Id shows why
-/// it is missing instead of only as "in the table, not in the store".
-fn links_not_followed(file: &H5File) -> Vec<IgnoredDataset> {
+/// The top-level soft and external links. A soft link is followed as h5py follows it
+/// (`f['9']` reads the dataset the link names): a decimal name whose target is a readable
+/// dataset is a sample under the link's name. An external link, a soft link whose target is
+/// missing or unreadable, or one whose name is not an Id is named with its target, so that its
+/// Id shows why it is missing instead of only as "in the table, not in the store".
+fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset>) {
     let root = file.root_group();
-    let names = root.link_names().unwrap_or_default();
-    names
-        .into_iter()
-        .filter_map(|name| {
-            let reason = match root.link_class(&name).ok()? {
-                LinkClass::Hard => return None,
-                LinkClass::Soft { path } => format!("a soft link to {path:?}, which this reader does not follow; store the values under the Id's own name"),
-                LinkClass::External { file, path } => format!("an external link to {path:?} in {file:?}, which this reader does not follow"),
-                LinkClass::UserDefined { link_type } => format!("a user-defined link (type {link_type}), which this reader does not follow"),
-            };
-            Some(IgnoredDataset { name, reason })
-        })
-        .collect()
+    let (mut samples, mut ignored) = (Vec::new(), Vec::new());
+    for name in root.link_names().unwrap_or_default() {
+        let reason = match root.link_class(&name) {
+            Ok(LinkClass::Soft { path }) => match parse_id(&name) {
+                None => format!("a soft link to {path:?} whose name is not a decimal Id"),
+                Some(id) => match describe(file, &name, id, file_bytes) {
+                    Ok(info) => {
+                        samples.push(info);
+                        continue;
+                    }
+                    Err(why) => format!("a soft link to {path:?}, which cannot be read: {why}"),
+                },
+            },
+            Ok(LinkClass::External { file, path }) => format!("an external link to {path:?} in {file:?}, which this reader does not follow"),
+            Ok(LinkClass::UserDefined { link_type }) => format!("a user-defined link (type {link_type}), which this reader does not follow"),
+            Ok(LinkClass::Hard) | Err(_) => continue,
+        };
+        ignored.push(IgnoredDataset { name, reason });
+    }
+    (samples, ignored)
 }
 
 /// What a dataset declares, checked against what the file can hold: a declared shape is a

@@ -371,11 +371,21 @@ fn encoder_differences(saved: &EncoderConfig, run: &EncoderConfig) -> Vec<String
         "patch_size_c" => "model.patch_size_C".to_string(),
         other => format!("model.{other}"),
     };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
-    flatten(&serde_json::to_value(saved).unwrap_or_default(), &mut a);
-    flatten(&serde_json::to_value(run).unwrap_or_default(), &mut b);
-    let differences: Vec<String> =
-        a.iter().zip(&b).filter(|((fa, va), (fb, vb))| fa == fb && va != vb).map(|((field, va), (_, vb))| format!("{}: {va} in the checkpoint, {vb} in the run", key(field))).collect();
+    // Through the JSON text, where an f32 prints as written (0.1), not widened (0.10000000149…).
+    let leaves = |c: &EncoderConfig| {
+        let mut out = Vec::new();
+        let value = serde_json::to_string(c).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+        flatten(&value, &mut out);
+        out
+    };
+    let run_leaves: HashMap<String, serde_json::Value> = leaves(run).into_iter().collect();
+    let differences: Vec<String> = leaves(saved)
+        .into_iter()
+        .filter_map(|(field, va)| {
+            let vb = run_leaves.get(&field)?;
+            (va != *vb).then(|| format!("{}: {va} in the checkpoint, {vb} in the run", key(&field)))
+        })
+        .collect();
     if differences.is_empty() {
         // Not expected (equal fields are equal configs); said rather than left empty.
         return vec![format!("{saved:?} in the checkpoint, {run:?} in the run")];

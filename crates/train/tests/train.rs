@@ -583,7 +583,7 @@ fn a_resume_with_another_encoder_names_the_keys_that_differ() {
     let ckpt = train(&first, &h5, &csv, None, &mut Quiet).unwrap().last_checkpoint.unwrap();
     let changed = small_config(dir.path(), &[&isfm[..], &["environment.experiment_name=a", "trainer.max_steps=4", "model.dropout=0.5", "model.num_heads=4"]].concat());
     let e = train(&changed, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
-    assert!(e.contains("model.dropout: 0.1") && e.contains("0.5 in the run") && e.contains("model.num_heads: 2 in the checkpoint, 4 in the run"), "{e}");
+    assert!(e.contains("model.dropout: 0.1 in the checkpoint, 0.5 in the run") && e.contains("model.num_heads: 2 in the checkpoint, 4 in the run"), "{e}");
     assert!(!e.contains("model.d_model"), "only what differs is named: {e}");
     let cnn = small_config(dir.path(), &["model.name=cnn", "data.window_size=256", "environment.experiment_name=a", "trainer.max_steps=4"]);
     let e = train(&cnn, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();

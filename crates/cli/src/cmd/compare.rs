@@ -64,7 +64,7 @@ fn verdict_word(v: bench::stats::Verdict) -> &'static str {
         bench::stats::Verdict::Regression => "REGRESSION",
         bench::stats::Verdict::Improvement => "improvement",
         bench::stats::Verdict::NoChange => "no change",
-        bench::stats::Verdict::NotCompared => "not judged",
+        bench::stats::Verdict::NotCompared => "not compared",
     }
 }
 
@@ -84,7 +84,7 @@ pub fn print_verdicts(r: &bench::Results) -> usize {
 fn summary_line(r: &bench::Results) {
     let t = bench::compare::tally(r);
     outln!(
-        "against baseline: {} regression(s), {} improvement(s), {} no change, {} not judged (a single value or too few samples on a side)",
+        "against baseline: {} regression(s), {} improvement(s), {} no change, {} not compared (a single value or too few samples on a side)",
         t.regressions.len(),
         t.improvements.len(),
         t.no_change,

@@ -53,14 +53,19 @@ pub fn run(a: Args) -> Result<()> {
     let config = a.config.as_deref().map(|c| train::Config::load(c, &a.overrides)).transpose()?;
     let opts = EvalOptions { split: a.split, label: a.label, windows: a.windows, seed: a.seed, config, ..Default::default() };
     // What is about to run, before a wait that grows with the square of the windows (1024 per Id
-    // and region on 53 Ids is minutes): the user sees it began and can size it down.
-    let windows = ds.ids.len().saturating_mul(2).saturating_mul(a.windows);
-    errln!(
-        "evaluating: up to {} Ids × 2 regions × {} windows = {windows} windows{}, embedded by the checkpoint and a random-init encoder, then a linear probe and k-NN on each and on the spectrum (the k-NN's time grows with the square of the windows; --windows sizes it)",
-        ds.ids.len(),
-        a.windows,
-        if a.draws > 1 { format!(", {} draws", a.draws) } else { String::new() }
-    );
+    // and region on 53 Ids is minutes): the user sees it began and can size it down. (A count
+    // evaluate refuses is left to its error.)
+    if (1..=train::eval::MAX_WINDOWS).contains(&a.windows) {
+        // The time split takes windows from both regions of each Id, the bearing split from one.
+        let (regions, per) = if opts.split == Split::Time { (2, "Ids × 2 regions") } else { (1, "Ids") };
+        let windows = ds.ids.len().saturating_mul(regions).saturating_mul(a.windows);
+        let draws = if a.draws > 1 { format!(" per draw, {} draws", a.draws) } else { String::new() };
+        errln!(
+            "evaluating: up to {} {per} × {} windows = {windows} windows{draws}, embedded by the checkpoint and a random-init encoder, then a linear probe and k-NN on each and on the spectrum (the k-NN's time grows with the square of the windows; --windows sizes it)",
+            ds.ids.len(),
+            a.windows
+        );
+    }
     let mut report = evaluate_draws(&a.checkpoint, &ds, &opts, a.draws)?;
     for s in &report.draws[0].skipped {
         errln!("warning: Id {} skipped: {}", s.id, s.reason);
