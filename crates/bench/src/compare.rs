@@ -4,7 +4,7 @@
 //! `bench --baseline` right after a run, and by `compare` on two saved results files.
 
 use crate::registry::CategoryKind;
-use crate::results::Results;
+use crate::results::{Results, Status};
 use crate::stats::{self, Verdict};
 
 /// Compares `results` with `base` (named `name` in the reports) within the relative `noise`
@@ -49,8 +49,14 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
             }
         }
     }
-    if compared == 0 && !unusable.is_empty() {
-        warnings.push(format!("none of the {} metric(s) this run shares with the baseline holds a usable value there (0, or not finite): nothing was compared", unusable.len()));
+    if !unusable.is_empty() {
+        let nothing = if compared == 0 { " (nothing was compared)" } else { "" };
+        warnings.push(format!("{} metric(s) not compared: the baseline's value is 0 or not finite{nothing}: {}", unusable.len(), unusable.join(", ")));
+    }
+    // A category the baseline failed measured nothing to compare against.
+    let failed: Vec<String> = base.categories.iter().filter(|c| c.status == Status::Error).map(|c| c.kind.to_string()).collect();
+    if !failed.is_empty() {
+        warnings.push(format!("the baseline's {} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join(", ")));
     }
     // A metric the baseline has and this run lacks (a category that failed or was not run, a
     // metric that disappeared) is said, not passed over.

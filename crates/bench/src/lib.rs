@@ -339,6 +339,9 @@ pub fn check_save_dir(save_dir: &Path, save_baseline: Option<&str>) -> Result<()
     if save_dir.exists() && !save_dir.is_dir() {
         return Err(BenchError::Input(format!("--save-dir {}: not a directory", save_dir.display())));
     }
+    if !save_dir.exists() && save_dir.symlink_metadata().is_ok() {
+        return Err(BenchError::Input(format!("--save-dir {}: a symbolic link to nothing", save_dir.display())));
+    }
     for file in outputs {
         let path = save_dir.join(&file);
         for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(save_dir) && *d != save_dir) {
@@ -363,7 +366,11 @@ pub fn check_baseline_name(name: &str) -> Result<()> {
 
 /// Reads a baseline (a name under `<save_dir>/baselines/` or a file) and checks its schema.
 pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
-    let path = baseline_path(save_dir, name_or_file);
+    let path = baseline_path(save_dir, name_or_file)?;
+    // A FIFO or a device would block the read, or never end.
+    if path.exists() && !path.is_file() {
+        return Err(BenchError::Input(format!("{}: not a regular file", path.display())));
+    }
     let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
     let base: Results = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
     if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
@@ -383,8 +390,13 @@ pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
 /// and the comparison resamples them a thousand times.
 pub const MAX_BASELINE_SAMPLES: usize = 10_000;
 
-/// What a run could have measured: finite values, of a sign the metric can take, normal (a
-/// subnormal base makes every ratio against it overflow), and no more samples than a run records.
+/// The magnitudes a measured value can have (ms, MB, samples/s, parameters, ratios): 0, or
+/// between these. Past them a value is no measurement, and a change against it overflows (a
+/// timing of 1e308 ms compared as "no change").
+pub const MEASURABLE: std::ops::RangeInclusive<f64> = 1e-12..=1e15;
+
+/// What a run could have measured: finite values, of a sign the metric can take, 0 or of a
+/// magnitude in [`MEASURABLE`], and no more samples than a run records.
 fn check_baseline_metric(m: &results::Metric) -> std::result::Result<(), String> {
     if m.samples.len() > MAX_BASELINE_SAMPLES {
         return Err(format!("{} samples, more than the {MAX_BASELINE_SAMPLES} a run records", m.samples.len()));
@@ -394,8 +406,8 @@ fn check_baseline_metric(m: &results::Metric) -> std::result::Result<(), String>
             "is not finite"
         } else if v < 0.0 && !m.name.can_be_negative() {
             "is negative, which a measured value of this metric cannot be"
-        } else if v != 0.0 && v.abs() < f64::MIN_POSITIVE {
-            "is subnormal (below 2.2e-308): no measurement is that small"
+        } else if v != 0.0 && !MEASURABLE.contains(&v.abs()) {
+            "is past the magnitudes a measurement has (0, or 1e-12 to 1e15)"
         } else {
             continue;
         };
@@ -410,26 +422,26 @@ fn encoders_text(workload: engine::EncoderKind, quality: engine::EncoderKind) ->
 }
 
 /// A baseline argument: an existing file, a run's save directory (its results file), or a name
-/// under `<save_dir>/baselines/`.
-pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> PathBuf {
+/// under `<save_dir>/baselines/`. A bare name that is both a saved baseline and a file or
+/// directory here is refused as ambiguous, naming both.
+pub fn baseline_path(save_dir: &Path, name_or_file: &str) -> Result<PathBuf> {
     let p = PathBuf::from(name_or_file);
-    // A bare name that names a saved baseline is that baseline, whatever the working directory
-    // holds under the same name.
     let named = save_dir.join("baselines").join(format!("{name_or_file}.json"));
+    // A path (it has a separator, or ends in .json) is a file as given; a bare name may be either.
     let bare = !name_or_file.ends_with(".json") && !name_or_file.contains(['/', '\\']);
-    if bare && named.is_file() {
-        return named;
+    if bare && named.is_file() && p.exists() {
+        return Err(BenchError::Input(format!("`{name_or_file}` is both the baseline {} and {} here: write one of those paths", named.display(), p.display())));
     }
-    if p.is_dir() {
-        return p.join(report::RESULTS_FILE);
-    }
-    // A path (it has a separator, or ends in .json) is a file as given; a bare name that is no
-    // file here names a baseline (and the error, if there is none, says where it was looked for).
-    if p.exists() || !bare {
+    Ok(if bare && named.is_file() {
+        named
+    } else if p.is_dir() {
+        p.join(report::RESULTS_FILE)
+    } else if p.exists() || !bare {
         p
     } else {
+        // No such file here: a baseline, and the error, if there is none, says where it looked.
         named
-    }
+    })
 }
 
 /// Recommendations derived from the results, each citing the number behind it.

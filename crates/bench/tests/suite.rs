@@ -243,20 +243,23 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert!(third.results().baseline_warnings.iter().any(|w| w.contains("cpu gemm: another GEMM")), "GEMM kernel difference warned");
     assert!(third.compare_baseline("no-such-baseline", 0.05).is_err());
     // Values no run can measure are refused with the file and the metric named: a subnormal time
-    // (every ratio against it overflows, and 45 regressions passed as "no change"), a negative
-    // one, and more samples than a run records (the comparison ran for minutes).
+    // (every ratio against it overflows, and 45 regressions passed as "no change"), a time of
+    // 1e308 ms (its change overflowed to "no change" the same way), a negative one, and more
+    // samples than a run records (the comparison ran for minutes).
     let ms_metric = doctored.metrics().find(|m| m.unit == "ms" && !m.samples.is_empty()).map(|m| m.id.clone()).unwrap();
-    for (what, edit) in [
-        ("subnormal", &(|m: &mut bench::results::Metric| m.samples[0] = 5e-324) as &dyn Fn(&mut bench::results::Metric)),
-        ("negative", &|m: &mut bench::results::Metric| m.value = -1.0),
-        ("samples", &|m: &mut bench::results::Metric| m.samples = vec![1.0; bench::MAX_BASELINE_SAMPLES + 1]),
+    let past = "past the magnitudes a measurement has";
+    for (what, needle, edit) in [
+        ("subnormal", past, &(|m: &mut bench::results::Metric| m.samples[0] = 5e-324) as &dyn Fn(&mut bench::results::Metric)),
+        ("huge", past, &|m: &mut bench::results::Metric| m.value = 1e308),
+        ("negative", "is negative", &|m: &mut bench::results::Metric| m.value = -1.0),
+        ("samples", "more than the 10000", &|m: &mut bench::results::Metric| m.samples = vec![1.0; bench::MAX_BASELINE_SAMPLES + 1]),
     ] {
         let mut bad = doctored.clone();
         bad.categories.iter_mut().flat_map(|c| c.metrics.iter_mut()).filter(|m| m.id == ms_metric).for_each(edit);
         let path = dir.path().join(format!("bad_{what}.json"));
         std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
         let e = third.compare_baseline(path.to_str().unwrap(), 0.05).unwrap_err().to_string();
-        assert!(e.contains(&format!("bad_{what}.json")) && e.contains(&ms_metric) && e.contains(what), "{what}: {e}");
+        assert!(e.contains(&format!("bad_{what}.json")) && e.contains(&ms_metric) && e.contains(needle), "{what}: {e}");
     }
 }
 

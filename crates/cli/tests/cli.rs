@@ -350,11 +350,26 @@ fn compare_judges_two_saved_runs() {
     assert_eq!(o.status.code(), Some(1), "{t}");
     assert_eq!(t.matches("REGRESSION").count(), slowed, "{t}");
     assert!(t.contains(&format!("{slowed} regression(s)")) && t.contains("+100.0 %"), "{t}");
-    // A bare name is the saved baseline even where the working directory holds a run of that name.
+    // A bare name that is both a saved baseline and a run here is ambiguous: both are named.
     std::fs::create_dir_all(dir.path().join("first")).unwrap();
     std::fs::copy(&slower, dir.path().join("first/comprehensive_benchmark_results.json")).unwrap();
     let o = bin().current_dir(dir.path()).args(["compare", "first"]).arg(&results).arg("--save-dir").arg(&base).output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "the baseline `first`, not ./first: {}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is both the baseline") && text(&o).contains("baselines/first.json"), "{}", text(&o));
+    // A value no measurement has (its change would overflow to "no change"), and a failed
+    // category in the run judged.
+    let mut absurd = v.clone();
+    absurd["categories"][0]["metrics"][0]["value"] = 1e308.into();
+    std::fs::write(dir.path().join("absurd.json"), serde_json::to_vec(&absurd).unwrap()).unwrap();
+    let o = bin().arg("compare").arg(&base).arg(dir.path().join("absurd.json")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("past the magnitudes a measurement has"), "{}", text(&o));
+    let mut failed = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&results).unwrap()).unwrap();
+    failed["categories"][0]["status"] = "error".into();
+    std::fs::write(dir.path().join("failed.json"), serde_json::to_vec(&failed).unwrap()).unwrap();
+    let o = bin().arg("compare").arg(&base).arg(dir.path().join("failed.json")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("1 category failed: data"), "{}", text(&o));
     // JSON: the current run with each metric's change.
     let o = bin().arg("compare").arg(&base).arg(&slower).arg("--json").output().unwrap();
     assert_eq!(o.status.code(), Some(1));

@@ -270,9 +270,10 @@ fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset
     let (mut samples, mut ignored) = (Vec::new(), Vec::new());
     for name in root.link_names().unwrap_or_default() {
         let reason = match root.link_class(&name) {
-            Ok(LinkClass::Soft { path }) => match parse_id(&name) {
-                None => format!("a soft link to {path:?} whose name is not a decimal Id"),
-                Some(id) => match describe(file, &name, id, file_bytes) {
+            Ok(LinkClass::Soft { path }) => match (parse_id(&name), soft_link_problem(&root, &name)) {
+                (None, _) => format!("a soft link to {path:?} whose name is not a decimal Id"),
+                (_, Some(problem)) => format!("a soft link to {path:?}: {problem}"),
+                (Some(id), None) => match describe(file, &name, id, file_bytes) {
                     Ok(info) => {
                         samples.push(info);
                         continue;
@@ -287,6 +288,32 @@ fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset
         ignored.push(IgnoredDataset { name, reason });
     }
     (samples, ignored)
+}
+
+/// Why the top-level soft link `name` leads to no dataset, where its chain stays at the top
+/// level: a loop, more links in a row than libhdf5 follows (16), or a group at its end. `None`
+/// where it leads on (the reader then opens it, and says what else is wrong).
+fn soft_link_problem(root: &rust_hdf5::H5Group, name: &str) -> Option<String> {
+    const MAX_HOPS: usize = 16;
+    let mut seen = vec![name.to_string()];
+    let mut at = name.to_string();
+    for _ in 0..=MAX_HOPS {
+        let Ok(LinkClass::Soft { path }) = root.link_class(&at) else { return None };
+        // Only top-level targets (`/x` or `x`) are followed here.
+        let next = path.strip_prefix('/').unwrap_or(&path).to_string();
+        if next.is_empty() || next.contains('/') {
+            return None;
+        }
+        if seen.contains(&next) {
+            return Some(format!("a loop of soft links ({} → {next})", seen.join(" → ")));
+        }
+        if root.group_names().is_ok_and(|g| g.contains(&next)) {
+            return Some(format!("the group {next:?}, not a dataset"));
+        }
+        seen.push(next.clone());
+        at = next;
+    }
+    Some(format!("more than {MAX_HOPS} soft links in a row (libhdf5 follows at most {MAX_HOPS})"))
 }
 
 /// What a dataset declares, checked against what the file can hold: a declared shape is a

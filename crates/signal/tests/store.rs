@@ -248,6 +248,41 @@ fn a_dataset_past_the_files_end_is_named_even_where_the_superblock_agrees_with_t
     }
 }
 
+/// Soft links that lead to no dataset are named for what they lead to: a loop, a group, a chain
+/// longer than libhdf5 follows (16). A chain within the limit is followed.
+#[test]
+fn soft_links_to_loops_groups_and_long_chains_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chains.h5");
+    let values: Vec<f32> = (0..256).map(|i| (i as f32 * 0.1).sin()).collect();
+    {
+        let f = rust_hdf5::H5File::create(&path).unwrap();
+        f.new_dataset::<f32>().shape([256usize, 1]).create("1").unwrap().write_raw(&values).unwrap();
+        f.create_group("g").unwrap();
+        f.create_soft_link("2", "/g").unwrap();
+        f.create_soft_link("3", "/4").unwrap();
+        f.create_soft_link("4", "/3").unwrap();
+        // 5 → c1 → … → c4 → 1: five links, followed; 6 → d1 → … → d20 → 1: past the limit.
+        f.create_soft_link("5", "/c1").unwrap();
+        for i in 1..4 {
+            f.create_soft_link(&format!("c{i}"), &format!("/c{}", i + 1)).unwrap();
+        }
+        f.create_soft_link("c4", "/1").unwrap();
+        f.create_soft_link("6", "/d1").unwrap();
+        for i in 1..20 {
+            f.create_soft_link(&format!("d{i}"), &format!("/d{}", i + 1)).unwrap();
+        }
+        f.create_soft_link("d20", "/1").unwrap();
+    }
+    let store = Hdf5Store::open(&path).unwrap();
+    assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 5]);
+    assert_eq!(store.read(5).unwrap(), store.read(1).unwrap());
+    let reason = |name: &str| store.ignored().iter().find(|d| d.name == name).map(|d| d.reason.clone()).unwrap_or_else(|| panic!("{name}: {:?}", store.ignored()));
+    assert!(reason("2").contains("the group \"g\", not a dataset"), "{}", reason("2"));
+    assert!(reason("3").contains("a loop of soft links (3 → 4 → 3)"), "{}", reason("3"));
+    assert!(reason("6").contains("more than 16 soft links"), "{}", reason("6"));
+}
+
 /// A soft link is followed as h5py follows it: Id 9, a link to `/1`, reads Id 1's values. A link
 /// to nothing and an external link are listed as ignored with their targets, not left out
 /// without a word.

@@ -369,6 +369,8 @@ fn encoder_differences(saved: &EncoderConfig, run: &EncoderConfig) -> Vec<String
         "embed" => "model.embedding_dim".to_string(),
         "patch_size_l" => "model.patch_size_L".to_string(),
         "patch_size_c" => "model.patch_size_C".to_string(),
+        "d_model" => "model.d_model (the width; model.output_dim where given)".to_string(),
+        "d_ff" => "model.d_ff (twice the width unless given)".to_string(),
         other => format!("model.{other}"),
     };
     // Through the JSON text, where an f32 prints as written (0.1), not widened (0.10000000149…).

@@ -468,6 +468,15 @@ impl Config {
                 }
             }
         }
+        // `output_dim` sets the width where given (PHM-Vibench's configs may carry both): a
+        // `d_model` beside it of another value is said to be unused, not dropped without a word.
+        if let Some(Value::Mapping(m)) = sections.get("model").filter(|_| name_is_isfm) {
+            if let (Some(d), Some(o)) = (m.get("d_model").and_then(scalar_text), m.get("output_dim").and_then(scalar_text)) {
+                if d.trim() != o.trim() && o.trim() != "null" && o.trim() != "~" {
+                    notes.push(format!("model.d_model ({}: model.output_dim = {} sets the width)", d.trim(), o.trim()));
+                }
+            }
+        }
         // A moved key given in both places with two values is a question only the user can
         // answer; given in its old place only, an error about it names the key as written.
         let mut moved = Vec::new();
@@ -684,6 +693,7 @@ impl Config {
             },
             // The width came from `output_dim` where it is given.
             TrainError::Config { key, reason } if key == "model.d_model" && self.model.output_dim.is_some() => TrainError::Config { key: "model.output_dim".into(), reason },
+            TrainError::Config { key, reason } if self.model.output_dim.is_some() => TrainError::Config { key, reason: reason.replace("d_model = ", "the width (model.output_dim) = ") },
             other => other,
         }
     }

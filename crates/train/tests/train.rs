@@ -121,6 +121,10 @@ fn bad_keys_and_values_name_the_key() {
     assert_eq!(c.model.e_layers, 3);
     let c = Config::from_yaml("model:\n  name: isfm\n  num_layers: 4\n", &[]).unwrap();
     assert_eq!((c.model.e_layers, Config::from_yaml(&c.to_yaml(), &[]).unwrap().model.e_layers), (4, 4));
+    let c = Config::from_yaml("model:\n  name: isfm\n  d_model: 64\n  output_dim: 48\n", &[]).unwrap();
+    assert!(c.unused_keys.iter().any(|k| k.starts_with("model.d_model (64: model.output_dim = 48")), "{:?}", c.unused_keys);
+    let e = Config::from_yaml("model:\n  name: isfm\n  output_dim: 33\n  num_heads: 2\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("model.num_heads") && e.contains("the width (model.output_dim) = 33"), "{e}");
     let c = Config::from_yaml("model:\n  name: cnn\n  num_layers: 4\n", &[]).unwrap();
     assert!(c.unused_keys.iter().any(|k| k.starts_with("model.num_layers")), "{:?}", c.unused_keys);
     let e = Config::from_yaml("", &["trainer.epochz=3".into()]).unwrap_err().to_string();

@@ -56,6 +56,12 @@ pub fn run(a: Args) -> Result<()> {
     if regressions > 0 {
         std::process::exit(1);
     }
+    // A run whose category failed fails here as it failed `bench`: it did not measure what it was
+    // asked to.
+    let failed: Vec<String> = current.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| c.kind.to_string()).collect();
+    if !failed.is_empty() {
+        anyhow::bail!("{}: {} categor{} failed: {}", a.current, failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join(", "));
+    }
     Ok(())
 }
 
