@@ -339,17 +339,18 @@ pub fn check_save_dir(save_dir: &Path, save_baseline: Option<&str>) -> Result<()
     if save_dir.exists() && !save_dir.is_dir() {
         return Err(BenchError::Input(format!("--save-dir {}: not a directory", save_dir.display())));
     }
-    if !save_dir.exists() && save_dir.symlink_metadata().is_ok() {
-        return Err(BenchError::Input(format!("--save-dir {}: a symbolic link to nothing", save_dir.display())));
+    if let (Err(e), Ok(_)) = (std::fs::metadata(save_dir), save_dir.symlink_metadata()) {
+        return Err(BenchError::Input(format!("--save-dir {}: a symbolic link that leads nowhere ({e})", save_dir.display())));
     }
     for file in outputs {
         let path = save_dir.join(&file);
         for dir in path.ancestors().skip(1).take_while(|d| d.starts_with(save_dir) && *d != save_dir) {
-            if dir.exists() && !dir.is_dir() {
+            // (A link that leads nowhere is in the way too.)
+            if dir.symlink_metadata().is_ok() && !dir.is_dir() {
                 return Err(BenchError::Input(format!("{}: a file where the run writes a directory (for {})", dir.display(), file.display())));
             }
         }
-        if path.exists() && !path.is_file() {
+        if path.symlink_metadata().is_ok() && path.exists() && !path.is_file() {
             return Err(BenchError::Input(format!("{}: in the way of a file the run writes (not a plain file)", path.display())));
         }
     }

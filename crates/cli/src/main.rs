@@ -50,7 +50,8 @@ enum Command {
     Evaluate(cmd::evaluate::Args),
     /// The benchmark suite: training, data, model, scalability, hardware, quality.
     Bench(cmd::bench::Args),
-    /// One saved benchmark run against another: changes, CIs and verdicts; exit 1 on a regression.
+    /// One saved benchmark run against another: changes, CIs and verdicts; exit 1 on a regression
+    /// or a failed category.
     Compare(cmd::compare::Args),
 }
 

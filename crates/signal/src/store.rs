@@ -267,18 +267,22 @@ impl Hdf5Store {
 /// Id shows why it is missing instead of only as "in the table, not in the store".
 fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset>) {
     let root = file.root_group();
+    // Listed once: the reader lists every group path in the file per call.
+    let groups: std::collections::HashSet<String> = root.group_names().unwrap_or_default().into_iter().collect();
     let (mut samples, mut ignored) = (Vec::new(), Vec::new());
     for name in root.link_names().unwrap_or_default() {
         let reason = match root.link_class(&name) {
-            Ok(LinkClass::Soft { path }) => match (parse_id(&name), soft_link_problem(&root, &name)) {
-                (None, _) => format!("a soft link to {path:?} whose name is not a decimal Id"),
-                (_, Some(problem)) => format!("a soft link to {path:?}: {problem}"),
-                (Some(id), None) => match describe(file, &name, id, file_bytes) {
-                    Ok(info) => {
-                        samples.push(info);
-                        continue;
-                    }
-                    Err(why) => format!("a soft link to {path:?}, which cannot be read: {why}"),
+            Ok(LinkClass::Soft { path }) => match parse_id(&name) {
+                None => format!("a soft link to {path:?} whose name is not a decimal Id"),
+                Some(id) => match soft_link_problem(&root, &groups, &name) {
+                    Some(problem) => format!("a soft link to {path:?}: {problem}"),
+                    None => match describe(file, &name, id, file_bytes) {
+                        Ok(info) => {
+                            samples.push(info);
+                            continue;
+                        }
+                        Err(why) => format!("a soft link to {path:?}, which cannot be read: {why}"),
+                    },
                 },
             },
             Ok(LinkClass::External { file, path }) => format!("an external link to {path:?} in {file:?}, which this reader does not follow"),
@@ -291,9 +295,10 @@ fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset
 }
 
 /// Why the top-level soft link `name` leads to no dataset, where its chain stays at the top
-/// level: a loop, more links in a row than libhdf5 follows (16), or a group at its end. `None`
+/// level: a loop, more links in a row than libhdf5 follows (16), a group or an external link at
+/// its end (`groups`: the file's group names). `None`
 /// where it leads on (the reader then opens it, and says what else is wrong).
-fn soft_link_problem(root: &rust_hdf5::H5Group, name: &str) -> Option<String> {
+fn soft_link_problem(root: &rust_hdf5::H5Group, groups: &std::collections::HashSet<String>, name: &str) -> Option<String> {
     const MAX_HOPS: usize = 16;
     let mut seen = vec![name.to_string()];
     let mut at = name.to_string();
@@ -301,14 +306,20 @@ fn soft_link_problem(root: &rust_hdf5::H5Group, name: &str) -> Option<String> {
         let Ok(LinkClass::Soft { path }) = root.link_class(&at) else { return None };
         // Only top-level targets (`/x` or `x`) are followed here.
         let next = path.strip_prefix('/').unwrap_or(&path).to_string();
-        if next.is_empty() || next.contains('/') {
+        if next.is_empty() {
+            return Some("the root group, not a dataset".into());
+        }
+        if next.contains('/') {
             return None;
         }
         if seen.contains(&next) {
             return Some(format!("a loop of soft links ({} → {next})", seen.join(" → ")));
         }
-        if root.group_names().is_ok_and(|g| g.contains(&next)) {
+        if groups.contains(&next) {
             return Some(format!("the group {next:?}, not a dataset"));
+        }
+        if let Ok(LinkClass::External { file, path }) = root.link_class(&next) {
+            return Some(format!("an external link to {path:?} in {file:?} at the end, which this reader does not follow"));
         }
         seen.push(next.clone());
         at = next;

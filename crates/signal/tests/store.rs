@@ -273,6 +273,9 @@ fn soft_links_to_loops_groups_and_long_chains_are_named() {
             f.create_soft_link(&format!("d{i}"), &format!("/d{}", i + 1)).unwrap();
         }
         f.create_soft_link("d20", "/1").unwrap();
+        f.create_soft_link("7", "/").unwrap();
+        f.create_soft_link("8", "/e").unwrap();
+        f.create_external_link("e", "elsewhere.h5", "/1").unwrap();
     }
     let store = Hdf5Store::open(&path).unwrap();
     assert_eq!(store.samples().iter().map(|s| s.id).collect::<Vec<_>>(), vec![1, 5]);
@@ -281,6 +284,8 @@ fn soft_links_to_loops_groups_and_long_chains_are_named() {
     assert!(reason("2").contains("the group \"g\", not a dataset"), "{}", reason("2"));
     assert!(reason("3").contains("a loop of soft links (3 → 4 → 3)"), "{}", reason("3"));
     assert!(reason("6").contains("more than 16 soft links"), "{}", reason("6"));
+    assert!(reason("7").contains("the root group, not a dataset"), "{}", reason("7"));
+    assert!(reason("8").contains("an external link to \"/1\" in \"elsewhere.h5\" at the end"), "{}", reason("8"));
 }
 
 /// A soft link is followed as h5py follows it: Id 9, a link to `/1`, reads Id 1's values. A link

@@ -471,8 +471,9 @@ impl Config {
         // `output_dim` sets the width where given (PHM-Vibench's configs may carry both): a
         // `d_model` beside it of another value is said to be unused, not dropped without a word.
         if let Some(Value::Mapping(m)) = sections.get("model").filter(|_| name_is_isfm) {
-            if let (Some(d), Some(o)) = (m.get("d_model").and_then(scalar_text), m.get("output_dim").and_then(scalar_text)) {
-                if d.trim() != o.trim() && o.trim() != "null" && o.trim() != "~" {
+            let number = |k: &str| m.get(k).and_then(scalar_text).and_then(|t| t.trim().parse::<f64>().ok().map(|v| (t.trim().to_string(), v)));
+            if let (Some((d, dv)), Some((o, ov))) = (number("d_model"), number("output_dim")) {
+                if dv != ov {
                     notes.push(format!("model.d_model ({}: model.output_dim = {} sets the width)", d.trim(), o.trim()));
                 }
             }

@@ -123,6 +123,8 @@ fn bad_keys_and_values_name_the_key() {
     assert_eq!((c.model.e_layers, Config::from_yaml(&c.to_yaml(), &[]).unwrap().model.e_layers), (4, 4));
     let c = Config::from_yaml("model:\n  name: isfm\n  d_model: 64\n  output_dim: 48\n", &[]).unwrap();
     assert!(c.unused_keys.iter().any(|k| k.starts_with("model.d_model (64: model.output_dim = 48")), "{:?}", c.unused_keys);
+    let c = Config::from_yaml("model:\n  name: isfm\n  d_model: 64.0\n  output_dim: 64\n", &[]).unwrap();
+    assert!(!c.unused_keys.iter().any(|k| k.starts_with("model.d_model")), "one value, two spellings: {:?}", c.unused_keys);
     let e = Config::from_yaml("model:\n  name: isfm\n  output_dim: 33\n  num_heads: 2\n", &[]).unwrap_err().to_string();
     assert!(e.contains("model.num_heads") && e.contains("the width (model.output_dim) = 33"), "{e}");
     let c = Config::from_yaml("model:\n  name: cnn\n  num_layers: 4\n", &[]).unwrap();
@@ -589,6 +591,9 @@ fn a_resume_with_another_encoder_names_the_keys_that_differ() {
     let e = train(&changed, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("model.dropout: 0.1 in the checkpoint, 0.5 in the run") && e.contains("model.num_heads: 2 in the checkpoint, 4 in the run"), "{e}");
     assert!(!e.contains("model.d_model"), "only what differs is named: {e}");
+    let wider = small_config(dir.path(), &[&isfm[..], &["environment.experiment_name=a", "trainer.max_steps=4", "model.output_dim=32"]].concat());
+    let e = train(&wider, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("model.d_model (the width; model.output_dim where given): 16 in the checkpoint, 32 in the run"), "{e}");
     let cnn = small_config(dir.path(), &["model.name=cnn", "data.window_size=256", "environment.experiment_name=a", "trainer.max_steps=4"]);
     let e = train(&cnn, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("model.name: isfm in the checkpoint, cnn in the run"), "{e}");

@@ -121,11 +121,16 @@ pub fn run(a: Args) -> Result<()> {
     for f in &files {
         outln!("  {}", f.display());
     }
+    // A failed category is said whether or not the run also regressed.
+    let failure = (!failed.is_empty()).then(|| format!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; ")));
     if r.baseline.is_some() && crate::cmd::compare::print_verdicts(r) > 0 {
+        if let Some(f) = &failure {
+            errln!("error: {f}");
+        }
         std::process::exit(1);
     }
-    if !failed.is_empty() {
-        bail!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; "));
+    if let Some(f) = failure {
+        bail!(f);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! `compare`: one saved benchmark run against another, without running anything (as `bench
 //! --baseline` does right after a run): each shared metric's change with its 95 % CI, the
-//! regression rule's verdict, the warnings that weaken the comparison; exit 1 on a regression.
+//! regression rule's verdict, the warnings that weaken the comparison; exit 1 on a regression or
+//! where the run judged has a failed category.
 
 use anyhow::Result;
 
@@ -53,14 +54,18 @@ pub fn run(a: Args) -> Result<()> {
             print_verdicts(&current);
         }
     }
+    // A run whose category failed fails here as it failed `bench`: it did not measure what it was
+    // asked to. Said whether or not it also regressed.
+    let failed: Vec<String> = current.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| c.kind.to_string()).collect();
+    let failure = (!failed.is_empty()).then(|| format!("{}: {} categor{} failed: {}", a.current, failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join(", ")));
     if regressions > 0 {
+        if let Some(f) = &failure {
+            errln!("error: {f}");
+        }
         std::process::exit(1);
     }
-    // A run whose category failed fails here as it failed `bench`: it did not measure what it was
-    // asked to.
-    let failed: Vec<String> = current.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| c.kind.to_string()).collect();
-    if !failed.is_empty() {
-        anyhow::bail!("{}: {} categor{} failed: {}", a.current, failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join(", "));
+    if let Some(f) = failure {
+        anyhow::bail!(f);
     }
     Ok(())
 }
