@@ -613,7 +613,10 @@ impl ProbeProtocol {
         let (store_path, meta_path, target, w, b) = match &s.quality_data {
             Some((d, m)) => (d.clone(), m.clone(), s.quality_target.unwrap_or(0.75), 1024, 32),
             None => {
-                let cfg = SynthConfig { complexity: Complexity::Medium, count: 48, length: 8192, channels: 1, seed: 1, classes: 6, ..Default::default() };
+                // Noise as strong as the tones: a random-init encoder probes at ≈ 0.39 here, so the
+                // target measures what pretraining adds (at the generator's default 0.1 a
+                // random-init CNN already scored 0.98).
+                let cfg = SynthConfig { complexity: Complexity::Medium, count: 48, length: 8192, channels: 1, seed: 1, classes: 6, noise: 1.0, ..Default::default() };
                 let g = generate(&cfg, &s.work_dir.join("quality"), "quality", Layout::Contiguous, &|_| {})?;
                 (g.store, g.meta, s.quality_target.unwrap_or(0.9), 512, 16)
             }
@@ -627,7 +630,7 @@ impl ProbeProtocol {
         // Probe windows: 8 evenly spaced per Id from each region of the time split (eval's own).
         let set = train::eval::probe_windows(&ds, &builder, w, 8, train::eval::Split::Time, "Label", 0.7, 0)?;
         let inputs = train::input::Inputs::with_rates(train::config::InputKind::Time, w, channels, train::trainer::sample_rates(&ds))?;
-        let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes)".to_string(), |(d, _)| d.display().to_string());
+        let data_name = s.quality_data.as_ref().map_or("generated (medium, 48 Ids × 8192, 6 classes, noise 1.0)".to_string(), |(d, _)| d.display().to_string());
         Ok(ProbeProtocol { builder, ids, set, inputs, encoder: EncoderConfig::new(s.quality_encoder, w, channels), window: w, batch: b, target, data_name })
     }
 

@@ -263,25 +263,32 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     }
 }
 
-/// The quality category on its generated data, where a random-init encoder already passes the
-/// default target: 0 steps, said in a note, not the first probe's step. A run without the
-/// training, scalability or hardware category writes no empty chart for it and removes one an
-/// earlier run left.
+/// The quality category on its generated data (noise as strong as the tones) measures what
+/// pretraining adds: a random-init encoder is far from the target. On data where a random-init
+/// encoder already passes (the generator's default noise 0.1), the category reports 0 steps and
+/// says so, not the first probe's step. A run without the training, scalability or hardware
+/// category writes no empty chart for it and removes one an earlier run left.
 #[test]
 fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
     let dir = tempfile::tempdir().unwrap();
     let save = dir.path().join("out");
     std::fs::create_dir_all(save.join("plots")).unwrap();
     std::fs::write(save.join("plots/training_performance.png"), b"an earlier run's chart").unwrap();
+    let metric = |cat: &bench::results::Category, name: bench::MetricName| cat.metrics.iter().find(|m| m.name == name).map(|m| m.value);
     let mut b = Benchmark::new(&save).quick(true).threads(2);
     let cat = b.quality().unwrap().clone();
-    let random = cat.metrics.iter().find(|m| m.name == bench::MetricName::RandomInitProbeAcc).unwrap().value;
-    let steps = cat.metrics.iter().find(|m| m.name == bench::MetricName::StepsToTarget).map(|m| m.value);
-    assert!(random >= 0.9, "the generated quality set is easy for a random-init encoder: {cat:?}");
-    assert_eq!(steps, Some(0.0), "{cat:?}");
-    assert!(cat.notes.iter().any(|n| n.contains("already reaches the target")), "{:?}", cat.notes);
+    assert!(metric(&cat, bench::MetricName::RandomInitProbeAcc).unwrap() < 0.6, "{cat:?}");
+    assert!(metric(&cat, bench::MetricName::StepsToTarget).is_none_or(|s| s > 0.0) && !cat.notes.iter().any(|n| n.contains("already reaches")), "{cat:?}");
     let files = b.report().unwrap();
     assert!(!files.iter().any(|f| f.extension().is_some_and(|e| e == "png")), "{files:?}");
     assert!(!save.join("plots/training_performance.png").exists(), "the earlier run's chart is gone");
     assert!(!save.join(".work").exists() || std::fs::read_dir(save.join(".work")).unwrap().next().is_none());
+
+    let easy = signal::synth::SynthConfig { count: 24, length: 8192, classes: 4, seed: 1, ..Default::default() };
+    let g = signal::synth::generate(&easy, dir.path(), "easy", signal::store::Layout::Contiguous, &|_| {}).unwrap();
+    let mut b = Benchmark::new(dir.path().join("easy_out")).quick(true).threads(2).quality_data(g.store, g.meta);
+    let cat = b.quality().unwrap().clone();
+    assert!(metric(&cat, bench::MetricName::RandomInitProbeAcc).unwrap() >= 0.75, "the default generator's data is easy: {cat:?}");
+    assert_eq!(metric(&cat, bench::MetricName::StepsToTarget), Some(0.0), "{cat:?}");
+    assert!(cat.notes.iter().any(|n| n.contains("already reaches the target")), "{:?}", cat.notes);
 }

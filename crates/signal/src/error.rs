@@ -55,6 +55,8 @@ pub enum Setting {
     /// Label classes of generated signals.
     Classes,
     Complexity,
+    /// Noise level of generated signals.
+    Noise,
 }
 
 impl std::fmt::Display for Setting {
@@ -74,6 +76,7 @@ impl std::fmt::Display for Setting {
             Setting::Channels => "channel count",
             Setting::Classes => "class count",
             Setting::Complexity => "complexity",
+            Setting::Noise => "noise level",
         })
     }
 }

@@ -58,11 +58,15 @@ pub struct SynthConfig {
     pub sample_rate: f64,
     /// Number of label classes (frequency groups), default 10.
     pub classes: usize,
+    /// Standard deviation of the white noise added to `medium` and `complex` signals (whose
+    /// tones have amplitude 1), default 0.1. At 1.0 a random-init encoder no longer tells the
+    /// classes apart, and pretraining has something to learn (the benchmark's quality set).
+    pub noise: f64,
 }
 
 impl Default for SynthConfig {
     fn default() -> Self {
-        SynthConfig { complexity: Complexity::Medium, count: 100, length: 8192, channels: 1, seed: 0, sample_rate: 12_000.0, classes: 10 }
+        SynthConfig { complexity: Complexity::Medium, count: 100, length: 8192, channels: 1, seed: 0, sample_rate: 12_000.0, classes: 10, noise: 0.1 }
     }
 }
 
@@ -78,6 +82,9 @@ impl SynthConfig {
             if v == 0 {
                 return Err(SignalError::invalid(setting, "must be > 0"));
             }
+        }
+        if !(self.noise.is_finite() && self.noise >= 0.0) {
+            return Err(SignalError::invalid(Setting::Noise, format!("{} is not a finite level >= 0", self.noise)));
         }
         limits::check(|| format!("one generated signal of {} × {} float32", self.length, self.channels), limits::bytes(&[self.length, self.channels], 4))?;
         // Besides its samples each signal costs its vector, its metadata row and its CSV line:
@@ -106,8 +113,8 @@ impl SynthConfig {
                 let w = std::f64::consts::TAU * cycles * x + phase[ch];
                 let v = match self.complexity {
                     Complexity::Simple => rng.normal(),
-                    Complexity::Medium => w.sin() + 0.1 * rng.normal(),
-                    Complexity::Complex => w.sin() + 0.5 * (2.3 * w).sin() + 0.25 * (5.1 * w + 0.7).cos() + 0.5 * x + 0.1 * rng.normal(),
+                    Complexity::Medium => w.sin() + self.noise * rng.normal(),
+                    Complexity::Complex => w.sin() + 0.5 * (2.3 * w).sin() + 0.25 * (5.1 * w + 0.7).cos() + 0.5 * x + self.noise * rng.normal(),
                 };
                 out[t * c + ch] = v as f32;
             }

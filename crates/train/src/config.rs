@@ -771,7 +771,7 @@ pub fn signal_setting_key(s: signal::Setting) -> &'static str {
         TimeSplit => "data.time_split",
         BatchSize => "data.batch_size",
         Prefetch => "data.prefetch",
-        Count | Length | Channels | Classes | Complexity => "data (a generator setting)",
+        Count | Length | Channels | Classes | Complexity | Noise => "data (a generator setting)",
     }
 }
 
