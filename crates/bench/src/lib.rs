@@ -350,7 +350,7 @@ pub fn check_save_dir(save_dir: &Path, save_baseline: Option<&str>) -> Result<()
                 return Err(BenchError::Input(format!("{}: a file where the run writes a directory (for {})", dir.display(), file.display())));
             }
         }
-        if path.symlink_metadata().is_ok() && path.exists() && !path.is_file() {
+        if path.exists() && !path.is_file() {
             return Err(BenchError::Input(format!("{}: in the way of a file the run writes (not a plain file)", path.display())));
         }
     }

@@ -296,14 +296,18 @@ fn links(file: &H5File, file_bytes: u64) -> (Vec<SampleInfo>, Vec<IgnoredDataset
 
 /// Why the top-level soft link `name` leads to no dataset, where its chain stays at the top
 /// level: a loop, more links in a row than libhdf5 follows (16), a group or an external link at
-/// its end (`groups`: the file's group names). `None`
-/// where it leads on (the reader then opens it, and says what else is wrong).
+/// its end (`groups`: the file's group names). `None` where it leads on (the reader then opens
+/// it, and says what else is wrong).
 fn soft_link_problem(root: &rust_hdf5::H5Group, groups: &std::collections::HashSet<String>, name: &str) -> Option<String> {
     const MAX_HOPS: usize = 16;
     let mut seen = vec![name.to_string()];
-    let mut at = name.to_string();
     for _ in 0..=MAX_HOPS {
-        let Ok(LinkClass::Soft { path }) = root.link_class(&at) else { return None };
+        let at = seen.last()?;
+        let path = match root.link_class(at) {
+            Ok(LinkClass::Soft { path }) => path,
+            Ok(LinkClass::External { file, path }) => return Some(format!("an external link to {path:?} in {file:?} at the end, which this reader does not follow")),
+            _ => return None,
+        };
         // Only top-level targets (`/x` or `x`) are followed here.
         let next = path.strip_prefix('/').unwrap_or(&path).to_string();
         if next.is_empty() {
@@ -318,11 +322,7 @@ fn soft_link_problem(root: &rust_hdf5::H5Group, groups: &std::collections::HashS
         if groups.contains(&next) {
             return Some(format!("the group {next:?}, not a dataset"));
         }
-        if let Ok(LinkClass::External { file, path }) = root.link_class(&next) {
-            return Some(format!("an external link to {path:?} in {file:?} at the end, which this reader does not follow"));
-        }
-        seen.push(next.clone());
-        at = next;
+        seen.push(next);
     }
     Some(format!("more than {MAX_HOPS} soft links in a row (libhdf5 follows at most {MAX_HOPS})"))
 }

@@ -107,9 +107,9 @@ pub fn run(a: Args) -> Result<()> {
     let files = b.report()?;
     // A category that failed is in the reports, and the run fails: a CI job must not pass on a
     // suite that did not measure what it was asked to, nor keep it as a baseline.
-    let failed: Vec<String> = b.results().categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| format!("{} ({})", c.kind, c.notes.join("; "))).collect();
+    let failure = crate::cmd::compare::failed_categories(b.results());
     if let Some(name) = &a.save_baseline {
-        if failed.is_empty() {
+        if failure.is_none() {
             let p = b.save_baseline(name)?;
             outln!("baseline saved: {}", p.display());
         } else {
@@ -121,16 +121,11 @@ pub fn run(a: Args) -> Result<()> {
     for f in &files {
         outln!("  {}", f.display());
     }
-    // A failed category is said whether or not the run also regressed.
-    let failure = (!failed.is_empty()).then(|| format!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; ")));
-    if r.baseline.is_some() && crate::cmd::compare::print_verdicts(r) > 0 {
-        if let Some(f) = &failure {
-            errln!("error: {f}");
-        }
-        std::process::exit(1);
+    let mut regressions = 0;
+    if r.baseline.is_some() {
+        let tally = bench::compare::tally(r);
+        crate::cmd::compare::print_tally(&tally);
+        regressions = tally.regressions.len();
     }
-    if let Some(f) = failure {
-        bail!(f);
-    }
-    Ok(())
+    crate::cmd::compare::finish(regressions, failure)
 }

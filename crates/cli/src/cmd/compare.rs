@@ -35,7 +35,7 @@ pub fn run(a: Args) -> Result<()> {
     let base = bench::load_baseline(dir, &a.baseline)?;
     let mut current = bench::load_baseline(dir, &a.current)?;
     let warnings = bench::compare::compare(&mut current, &a.baseline, &base, noise);
-    let regressions = bench::compare::tally(&current).regressions.len();
+    let tally = bench::compare::tally(&current);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&current)?);
     } else {
@@ -46,28 +46,38 @@ pub fn run(a: Args) -> Result<()> {
         if a.all {
             for m in current.metrics() {
                 if let Some(c) = &m.baseline {
-                    outln!("{:<13}{:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", verdict_word(c.verdict), m.id, 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
+                    verdict_line(verdict_word(c.verdict), &m.id, c);
                 }
             }
-            summary_line(&current);
+            summary_line(&tally);
         } else {
-            print_verdicts(&current);
+            print_tally(&tally);
         }
     }
     // A run whose category failed fails here as it failed `bench`: it did not measure what it was
-    // asked to. Said whether or not it also regressed.
-    let failed: Vec<String> = current.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| c.kind.to_string()).collect();
-    let failure = (!failed.is_empty()).then(|| format!("{}: {} categor{} failed: {}", a.current, failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join(", ")));
+    // asked to.
+    finish(tally.regressions.len(), failed_categories(&current).map(|f| format!("{}: {f}", a.current)))
+}
+
+/// How a compared run ends: exit 1 on a regression, an error on a failed category; the failure
+/// is said whether or not the run also regressed. (`bench` and `compare` end alike.)
+pub fn finish(regressions: usize, failure: Option<String>) -> Result<()> {
     if regressions > 0 {
         if let Some(f) = &failure {
             errln!("error: {f}");
         }
         std::process::exit(1);
     }
-    if let Some(f) = failure {
-        anyhow::bail!(f);
+    match failure {
+        Some(f) => anyhow::bail!(f),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// `N categor(y|ies) failed: kind (notes); …`, where any did.
+pub fn failed_categories(r: &bench::Results) -> Option<String> {
+    let failed: Vec<String> = r.categories.iter().filter(|c| c.status == bench::results::Status::Error).map(|c| format!("{} ({})", c.kind, c.notes.join("; "))).collect();
+    (!failed.is_empty()).then(|| format!("{} categor{} failed: {}", failed.len(), if failed.len() == 1 { "y" } else { "ies" }, failed.join("; ")))
 }
 
 fn verdict_word(v: bench::stats::Verdict) -> &'static str {
@@ -79,21 +89,22 @@ fn verdict_word(v: bench::stats::Verdict) -> &'static str {
     }
 }
 
-/// Prints each regression and improvement of a compared run and the count of each verdict;
-/// returns the number of regressions. (`bench --baseline` and `compare` print the same.)
-pub fn print_verdicts(r: &bench::Results) -> usize {
-    let t = bench::compare::tally(r);
-    for (verdict, changes) in [("REGRESSION", &t.regressions), ("improvement", &t.improvements)] {
-        for (id, c) in changes {
-            outln!("{verdict:<13}{id:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
-        }
-    }
-    summary_line(r);
-    t.regressions.len()
+fn verdict_line(word: &str, id: &str, c: &bench::stats::Change) {
+    outln!("{word:<13}{id:<48} {:+.1} % (CI {:+.1} … {:+.1} %)", 100.0 * c.change, 100.0 * c.ci_low, 100.0 * c.ci_high);
 }
 
-fn summary_line(r: &bench::Results) {
-    let t = bench::compare::tally(r);
+/// Prints each regression and improvement of a compared run and the count of each verdict.
+/// (`bench --baseline` and `compare` print the same.)
+pub fn print_tally(t: &bench::compare::Tally) {
+    for (word, changes) in [("REGRESSION", &t.regressions), ("improvement", &t.improvements)] {
+        for (id, c) in changes {
+            verdict_line(word, id, c);
+        }
+    }
+    summary_line(t);
+}
+
+fn summary_line(t: &bench::compare::Tally) {
     outln!(
         "against baseline: {} regression(s), {} improvement(s), {} no change, {} not compared (a single value or too few samples on a side)",
         t.regressions.len(),
