@@ -1,6 +1,12 @@
 //! Scalar functions of the CPU kernels, written to vectorize: inlined, branch-free (selects, not
 //! jumps), no calls into libm. libm's `expf` is a call per element; it was ~90 % of the loss
 //! kernel's time before [`exp`] replaced it.
+//!
+//! Polynomials are evaluated with fused multiply-adds ([`horner`]): every caller is a
+//! multiversioned kernel whose AVX2 and AVX-512 clones turn each into one `vfmadd`, half the
+//! instructions and half the dependency chain of a multiply then an add (the exact GELU's forward
+//! and backward ran 1.3–1.7× faster for it). Only the clones for CPUs without FMA (older than
+//! 2013) call libm's `fmaf`; they stay correct, and a fused result is the same on every CPU.
 
 /// `e^x` to ~2 ulp over `[-87, 88]` (clamped there): range reduction `x = k·ln2 + r`, a degree-6
 /// polynomial for `e^r` on |r| ≤ ln2/2, and `2^k` built in the exponent bits. `k` is rounded by
@@ -10,10 +16,10 @@
 pub fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2²³
     let x = x.clamp(-87.0, 88.0);
-    let t = x * std::f32::consts::LOG2_E + SHIFTER;
+    let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
     let k = t - SHIFTER;
-    let r = x - k * 0.693_145_75 - k * 1.428_606_8e-6;
-    let p = 1.0 + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let r = (-k).mul_add(1.428_606_8e-6, (-k).mul_add(0.693_145_75, x));
+    let p = horner(r, &[1.0, 1.0, 0.5, 0.166_666_67, 0.041_666_668, 0.008_333_334, 0.001_388_889]);
     // The low bits of t hold k (two's complement, offset by the shifter's mantissa).
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     p * f32::from_bits(((ki + 127) as u32) << 23)
@@ -42,10 +48,17 @@ pub fn silu_grad(x: f32) -> f32 {
 /// fit), so tails keep their relative precision.
 #[inline(always)]
 fn erfc_pos(z: f32) -> f32 {
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7 + t * (0.374_091_96 + t * (0.096_784_18 + t * (-0.186_288_06 + t * (0.278_868_07 + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
-    t * exp(-z * z + poly)
+    let t = 1.0 / z.mul_add(0.5, 1.0);
+    let poly = horner(t, &[-1.265_512_2, 1.000_023_7, 0.374_091_96, 0.096_784_18, -0.186_288_06, 0.278_868_07, -1.135_203_98, 1.488_515_87, -0.822_152_23, 0.170_872_77]);
+    t * exp((-z).mul_add(z, poly))
+}
+
+/// `c[0] + x·(c[1] + x·(c[2] + …))`, one fused multiply-add per coefficient (unrolled: the
+/// coefficients are constants at every call).
+#[inline(always)]
+fn horner<const N: usize>(x: f32, coefficients: &[f32; N]) -> f32 {
+    let (&last, rest) = coefficients.split_last().expect("a polynomial has a coefficient");
+    rest.iter().rev().fold(last, |acc, &c| acc.mul_add(x, c))
 }
 
 /// The standard normal CDF `Φ(x) = ½·erfc(−x/√2)`.
@@ -69,7 +82,7 @@ pub fn gelu(x: f32) -> f32 {
 #[inline(always)]
 pub fn gelu_grad(x: f32) -> f32 {
     const INV_SQRT_2PI: f32 = 0.398_942_3;
-    normal_cdf(x) + x * INV_SQRT_2PI * exp(-0.5 * x * x)
+    (x * INV_SQRT_2PI).mul_add(exp(-0.5 * x * x), normal_cdf(x))
 }
 
 /// `Σ a[i]·b[i]` with eight independent accumulators, so it vectorizes without reassociating.
