@@ -140,10 +140,23 @@ fn residual_layernorm_backward_matches_finite_differences() {
 #[test]
 fn batchnorm_backward_matches_finite_differences_per_group() {
     let key = seed();
-    // 300 columns: wider than one strip of the CPU kernels' column sums (256). With a pool
-    // (`Some(len)`: MaxPool1d(2) over samples of `len` rows fused after the ReLU), odd lengths
-    // drop each sample's last row.
-    let cases = [(12, 2, true, 5, None), (9, 1, false, 5, None), (16, 4, true, 5, None), (6, 2, true, 300, None), (12, 2, true, 5, Some(3)), (16, 2, true, 3, Some(4)), (12, 1, false, 300, Some(6))];
+    // The CPU kernels run strips of 64 columns (32 for the backward's two sums), each width of
+    // 64, 32, 16 and 8 its own copy of the loop: 300 = 4 · 64 + 44 (and 9 · 32 + 12), 72 = 64 + 8,
+    // 40 = 32 + 8, 16 alone, and 3 and 5 take the copy of any width. With a pool (`Some(len)`:
+    // MaxPool1d(2) over samples of `len` rows fused after the ReLU), odd lengths drop each
+    // sample's last row.
+    let cases = [
+        (12, 2, true, 5, None),
+        (9, 1, false, 5, None),
+        (16, 4, true, 5, None),
+        (6, 2, true, 300, None),
+        (12, 2, true, 5, Some(3)),
+        (16, 2, true, 3, Some(4)),
+        (12, 1, false, 300, Some(6)),
+        (8, 2, true, 16, Some(4)),
+        (10, 2, false, 40, None),
+        (6, 1, true, 72, Some(3)),
+    ];
     for (rows, groups, relu, cols, pool) in cases {
         let mut x = randn(key ^ rows as u64 ^ (cols as u64) << 8, rows * cols, 2.0);
         if let Some(len) = pool {

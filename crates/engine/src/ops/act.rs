@@ -9,7 +9,7 @@
 
 use multiversion::multiversion;
 
-use crate::cpu::math;
+use crate::cpu::math::{self, for_strips, STRIP_COLS};
 use crate::device::Dropout;
 
 /// An activation function.
@@ -105,14 +105,19 @@ pub(crate) fn relu_backward_rows(dy: &mut [f32], h: &[f32], scale: f32) {
 /// `db (+)= Σ_rows dy`.
 #[multiversion(targets = "simd")]
 pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], accumulate: bool) {
-    if !accumulate {
-        db.fill(0.0);
-    }
-    for r in dy.chunks_exact(db.len()) {
-        for (o, &x) in db.iter_mut().zip(r) {
-            *o += x;
+    let cols = db.len();
+    // Strip by strip, the sums in registers down the rows (see `STRIP_COLS`).
+    for_strips!(cols, STRIP_COLS, |c0, width| {
+        let mut part = [0.0f32; STRIP_COLS];
+        let part = &mut part[..width];
+        if accumulate {
+            part.copy_from_slice(&db[c0..c0 + width]);
         }
-    }
+        for r in dy.chunks_exact(cols) {
+            part.iter_mut().zip(&r[c0..c0 + width]).for_each(|(o, &x)| *o += x);
+        }
+        db[c0..c0 + width].copy_from_slice(part);
+    });
 }
 
 /// `pre += b; out = dropout(act(pre))` on a block of rows.

@@ -13,7 +13,7 @@
 use multiversion::multiversion;
 
 use crate::arena::{Arenas, Init, Slot, Tensors};
-use crate::cpu::math;
+use crate::cpu::math::{self, for_strips, STRIP_COLS};
 use crate::device::{Device, Dropout, View};
 
 /// PyTorch's defaults for LayerNorm and BatchNorm.
@@ -247,19 +247,16 @@ pub(crate) fn layernorm_backward_rows(
 /// f32 rounding is ~1e-6 relative; the blocks add in f64).
 const BLOCK_ROWS: usize = 128;
 
-/// Columns per strip of the column sums: a strip's f32 partial sums live on the stack, so any
-/// width runs without allocating (BatchNorm widths are channels or d_model, up to a few hundred).
-const STRIP_COLS: usize = 256;
-
 /// `acc[c] = Σ_rows term(row[c0 + c], center[c])` over the columns `c0..c0 + acc.len()` of the
-/// rows of `x`: rows in blocks of [`BLOCK_ROWS`] summed in f32 (`part`), the blocks in f64.
-/// `term` is generic, so each caller's loop is inlined and vectorized across the strip.
+/// rows of `x`: rows in blocks of [`BLOCK_ROWS`] summed in f32, the blocks in f64. `term` is
+/// generic, so each caller's loop is inlined and vectorized across the strip.
 #[inline(always)]
-fn strip_sums(x: &[f32], cols: usize, c0: usize, center: &[f32], acc: &mut [f64], part: &mut [f32], term: impl Fn(f32, f32) -> f32) {
+fn strip_sums(x: &[f32], cols: usize, c0: usize, center: &[f32], acc: &mut [f64], term: impl Fn(f32, f32) -> f32) {
     let width = acc.len();
     acc.fill(0.0);
     for block in x.chunks(BLOCK_ROWS * cols) {
-        part.fill(0.0);
+        let mut part = [0.0f32; STRIP_COLS];
+        let part = &mut part[..width];
         for r in block.chunks_exact(cols) {
             part.iter_mut().zip(&r[c0..c0 + width]).zip(center).for_each(|((a, &v), &m)| *a += term(v, m));
         }
@@ -273,32 +270,35 @@ fn strip_sums(x: &[f32], cols: usize, c0: usize, center: &[f32], acc: &mut [f64]
 #[multiversion(targets = "simd")]
 pub(crate) fn column_moments(x: &[f32], cols: usize, acc: &mut [f64], mean: &mut [f32], var: &mut [f32]) {
     let rows = x.len() / cols;
-    let mut part = [0.0f32; STRIP_COLS];
-    for c0 in (0..cols).step_by(STRIP_COLS) {
-        let width = STRIP_COLS.min(cols - c0);
-        let (acc, part) = (&mut acc[c0..c0 + width], &mut part[..width]);
+    for_strips!(cols, STRIP_COLS, |c0, width| {
+        let acc = &mut acc[c0..c0 + width];
         let (mean, var) = (&mut mean[c0..c0 + width], &mut var[c0..c0 + width]);
-        strip_sums(x, cols, c0, mean, acc, part, |v, _| v);
+        strip_sums(x, cols, c0, mean, acc, |v, _| v);
         for (m, a) in mean.iter_mut().zip(acc.iter()) {
             *m = (*a / rows as f64) as f32;
         }
-        strip_sums(x, cols, c0, mean, acc, part, |v, m| (v - m) * (v - m));
+        strip_sums(x, cols, c0, mean, acc, |v, m| (v - m) * (v - m));
         for (v, a) in var.iter_mut().zip(acc.iter()) {
             *v = (*a / rows as f64) as f32;
         }
-    }
+    });
 }
 
 /// `out = relu?((x − mean)·rstd·γ + β)` on a block of rows.
 #[multiversion(targets = "simd")]
 pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], relu: bool) {
     let cols = gamma.len();
-    for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
-        for (((((o, &v), &m), &s), &g), &b) in or.iter_mut().zip(xr).zip(mean).zip(rstd).zip(gamma).zip(beta) {
-            let y = (v - m) * s * g + b;
-            *o = if relu { crate::ops::act::relu(y) } else { y };
+    // Strip by strip, so the column parameters stay in registers down the rows.
+    for_strips!(cols, STRIP_COLS, |c0, width| {
+        let c = c0..c0 + width;
+        let (mean, rstd, gamma, beta) = (&mean[c.clone()], &rstd[c.clone()], &gamma[c.clone()], &beta[c.clone()]);
+        for (xr, or) in x.chunks_exact(cols).zip(out.chunks_exact_mut(cols)) {
+            for (((((o, &v), &m), &s), &g), &b) in or[c.clone()].iter_mut().zip(&xr[c.clone()]).zip(mean).zip(rstd).zip(gamma).zip(beta) {
+                let y = (v - m) * s * g + b;
+                *o = if relu { crate::ops::act::relu(y) } else { y };
+            }
         }
-    }
+    });
 }
 
 /// As [`batchnorm_normalize_rows`], then a MaxPool1d(2) over consecutive pairs of rows: `out[t]`
@@ -309,18 +309,24 @@ pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32],
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn batchnorm_normalize_pairs(x: &[f32], out: &mut [f32], argmax: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], relu: bool) {
     let cols = gamma.len();
-    for ((pair, or), ar) in x.chunks_exact(2 * cols).zip(out.chunks_exact_mut(cols)).zip(argmax.chunks_exact_mut(cols)) {
-        let (first, second) = pair.split_at(cols);
-        for ((((((o, a), (&u, &v)), &m), &s), &g), &b) in or.iter_mut().zip(ar.iter_mut()).zip(first.iter().zip(second)).zip(mean).zip(rstd).zip(gamma).zip(beta) {
-            let (mut p, mut q) = ((u - m) * s * g + b, (v - m) * s * g + b);
-            if relu {
-                (p, q) = (crate::ops::act::relu(p), crate::ops::act::relu(q));
+    for_strips!(cols, STRIP_COLS, |c0, width| {
+        let c = c0..c0 + width;
+        let (mean, rstd, gamma, beta) = (&mean[c.clone()], &rstd[c.clone()], &gamma[c.clone()], &beta[c.clone()]);
+        for ((pair, or), ar) in x.chunks_exact(2 * cols).zip(out.chunks_exact_mut(cols)).zip(argmax.chunks_exact_mut(cols)) {
+            let (first, second) = pair.split_at(cols);
+            for ((((((o, a), (&u, &v)), &m), &s), &g), &b) in
+                or[c.clone()].iter_mut().zip(ar[c.clone()].iter_mut()).zip(first[c.clone()].iter().zip(&second[c.clone()])).zip(mean).zip(rstd).zip(gamma).zip(beta)
+            {
+                let (mut p, mut q) = ((u - m) * s * g + b, (v - m) * s * g + b);
+                if relu {
+                    (p, q) = (crate::ops::act::relu(p), crate::ops::act::relu(q));
+                }
+                let take_second = q > p || q.is_nan();
+                *o = if take_second { q } else { p };
+                *a = take_second as u32 as f32;
             }
-            let take_second = q > p || q.is_nan();
-            *o = if take_second { q } else { p };
-            *a = take_second as u32 as f32;
         }
-    }
+    });
 }
 
 /// What reaches BatchNorm's output in the backward: the gradient of `out`, masked by the ReLU
@@ -402,18 +408,17 @@ fn form_upstream(up: &Upstream, r0: usize, dy: &mut [f32]) {
 pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], x: &[f32], mean: &[f32], rstd: &[f32], sum_dy: &mut [f64], sum_dy_xhat: &mut [f64]) {
     let cols = mean.len();
     let span = BLOCK_ROWS * cols;
-    let (mut pa, mut pb) = ([0.0f32; STRIP_COLS], [0.0f32; STRIP_COLS]);
     sum_dy.fill(0.0);
     sum_dy_xhat.fill(0.0);
     for (b, (db, xb)) in dy.chunks_mut(span).zip(x.chunks(span)).enumerate() {
         // Formed here, the block is in L1 when it is summed.
         form_upstream(up, r0 + b * BLOCK_ROWS, db);
-        for c0 in (0..cols).step_by(STRIP_COLS) {
-            let c1 = (c0 + STRIP_COLS).min(cols);
-            let (pa, pb) = (&mut pa[..c1 - c0], &mut pb[..c1 - c0]);
+        // Two sums a column: strips half as wide, so both stay in registers.
+        for_strips!(cols, STRIP_COLS / 2, |c0, width| {
+            let c1 = c0 + width;
+            let (mut pa, mut pb) = ([0.0f32; STRIP_COLS / 2], [0.0f32; STRIP_COLS / 2]);
+            let (pa, pb) = (&mut pa[..width], &mut pb[..width]);
             let (mean, rstd) = (&mean[c0..c1], &rstd[c0..c1]);
-            pa.fill(0.0);
-            pb.fill(0.0);
             for (dr, xr) in db.chunks_exact(cols).zip(xb.chunks_exact(cols)) {
                 let (dr, xr) = (&dr[c0..c1], &xr[c0..c1]);
                 pa.iter_mut().zip(dr).for_each(|(a, &d)| *a += d);
@@ -421,7 +426,7 @@ pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], 
             }
             sum_dy[c0..c1].iter_mut().zip(pa.iter()).for_each(|(a, &v)| *a += v as f64);
             sum_dy_xhat[c0..c1].iter_mut().zip(pb.iter()).for_each(|(a, &v)| *a += v as f64);
-        }
+        });
     }
 }
 
@@ -430,10 +435,14 @@ pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], 
 #[multiversion(targets = "simd")]
 pub(crate) fn batchnorm_backward_rows(x: &[f32], dx: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], mean_dy: &[f32], mean_dy_xhat: &[f32]) {
     let cols = gamma.len();
-    for (xr, dxr) in x.chunks_exact(cols).zip(dx.chunks_exact_mut(cols)) {
-        for ((((o, &v), (&m, &s)), &g), (&md, &mx)) in dxr.iter_mut().zip(xr).zip(mean.iter().zip(rstd)).zip(gamma).zip(mean_dy.iter().zip(mean_dy_xhat)) {
-            let xhat = (v - m) * s;
-            *o = g * s * (*o - md - xhat * mx);
+    for_strips!(cols, STRIP_COLS, |c0, width| {
+        let c = c0..c0 + width;
+        let (mean, rstd, gamma, mean_dy, mean_dy_xhat) = (&mean[c.clone()], &rstd[c.clone()], &gamma[c.clone()], &mean_dy[c.clone()], &mean_dy_xhat[c.clone()]);
+        for (xr, dxr) in x.chunks_exact(cols).zip(dx.chunks_exact_mut(cols)) {
+            for ((((o, &v), (&m, &s)), &g), (&md, &mx)) in dxr[c.clone()].iter_mut().zip(&xr[c.clone()]).zip(mean.iter().zip(rstd)).zip(gamma).zip(mean_dy.iter().zip(mean_dy_xhat)) {
+                let xhat = (v - m) * s;
+                *o = g * s * (*o - md - xhat * mx);
+            }
         }
-    }
+    });
 }
