@@ -53,6 +53,12 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
         let nothing = if compared == 0 { " (nothing was compared)" } else { "" };
         warnings.push(format!("{} metric(s) not compared: the baseline's value is 0 or not finite{nothing}: {}", unusable.len(), unusable.join(", ")));
     }
+    // Timings taken beside a busy neighbour, on either side, may change for the neighbour's sake.
+    for (side, run) in [("the baseline", base), ("this run", &*results)] {
+        for note in run.categories.iter().filter_map(|c| c.contention_note()) {
+            warnings.push(format!("in {side}, {note}"));
+        }
+    }
     // A category the baseline failed measured nothing to compare against.
     let failed: Vec<String> = base.categories.iter().filter(|c| c.status == Status::Error).map(|c| c.kind.to_string()).collect();
     if !failed.is_empty() {
@@ -79,6 +85,14 @@ pub struct Tally {
     /// Metrics both runs have that the rule could not judge: a single timing on either side, or
     /// too few samples for a confidence interval.
     pub not_compared: usize,
+}
+
+/// `N regression(s), N improvement(s), N no change, N not compared`: the one wording of a
+/// comparison's counts, in the terminal and in every report.
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} regression(s), {} improvement(s), {} no change, {} not compared", self.regressions.len(), self.improvements.len(), self.no_change, self.not_compared)
+    }
 }
 
 /// Counts the verdicts [`compare`] left in `results`.

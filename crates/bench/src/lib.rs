@@ -66,15 +66,7 @@ impl Benchmark {
         let save_dir = save_dir.into();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let settings = Settings {
-            quick: false,
-            threads,
-            work_dir: save_dir.join(".work"),
-            quality_data: None,
-            quality_target: None,
-            encoder: engine::EncoderKind::MlpMedium,
-            quality_encoder: engine::EncoderKind::Cnn,
-        };
+        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
         Benchmark {
             results: Results {
                 schema_version: results::SCHEMA_VERSION,
@@ -177,7 +169,7 @@ impl Benchmark {
             cb(kind);
         }
         std::fs::create_dir_all(&self.settings.work_dir).map_err(|e| BenchError::io(&self.settings.work_dir, e))?;
-        let t = Instant::now();
+        let (t, contention) = (Instant::now(), measure::Contention::start());
         let s = &self.settings;
         let outcome = match kind {
             CategoryKind::Training => categories::training(s),
@@ -197,6 +189,10 @@ impl Benchmark {
             }
         };
         cat.seconds = t.elapsed().as_secs_f64();
+        cat.others_cpu_share = contention.others_share();
+        if let Some(note) = cat.contention_note() {
+            cat.notes.push(note);
+        }
         targets::evaluate(&mut cat.metrics, &self.targets);
         let (p, n) = cat.pass_count();
         let line = format!(
@@ -277,9 +273,10 @@ impl Benchmark {
         let mut written = Vec::new();
         for (file, kind, draw) in PLOTS {
             let path = self.save_dir.join(file);
-            // A chart of a category this run did not measure would be empty; one an earlier run
-            // left here would show that run's numbers beside this run's reports.
-            if !self.results.categories.iter().any(|c| c.kind == kind) {
+            // A chart of a category this run did not run, or that failed before measuring anything,
+            // would be empty axes; one an earlier run left here would show that run's numbers
+            // beside this run's reports.
+            if !self.results.categories.iter().any(|c| c.kind == kind && !c.metrics.is_empty()) {
                 if path.is_file() {
                     std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
                 }
@@ -478,6 +475,9 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             format!("{} = {:.2}", m.id, m.value),
         );
     }
+    // One recommendation per advice, naming every missed target it answers (a dozen data
+    // metrics missing theirs gave a dozen copies of one sentence).
+    let mut missed: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
     for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
         let t = m.target.as_ref().expect("filtered");
         let text = match (m.category, m.name) {
@@ -488,7 +488,19 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             (CategoryKind::Training | CategoryKind::Model, _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),
         };
-        rec(&format!("Target {}", t.target), text, format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold));
+        let evidence = format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold);
+        match missed.iter_mut().find(|(advice, ..)| *advice == text) {
+            Some((_, targets, evidences)) => {
+                if !targets.contains(&t.target) {
+                    targets.push(t.target.clone());
+                }
+                evidences.push(evidence);
+            }
+            None => missed.push((text, vec![t.target.clone()], vec![evidence])),
+        }
+    }
+    for (text, targets, evidence) in missed {
+        rec(&format!("Target{} {}", if targets.len() > 1 { "s" } else { "" }, targets.join(", ")), text, evidence.join("; "));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
         let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products());

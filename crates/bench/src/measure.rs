@@ -1,6 +1,7 @@
 //! How times and memory are taken: warm-up, then repeated samples of a closure, wall clock
 //! (`std::time::Instant`, monotonic); memory as the peak-RSS delta of the process
-//! (`/proc/self/status` VmHWM after resetting it through `/proc/self/clear_refs`).
+//! (`/proc/self/status` VmHWM after resetting it through `/proc/self/clear_refs`); and how busy
+//! the rest of the machine was meanwhile ([`Contention`]).
 
 use std::time::Instant;
 
@@ -81,4 +82,52 @@ pub fn peak_rss_delta<R>(f: impl FnOnce() -> R) -> (R, Option<f64>) {
 pub fn total_memory_mb() -> Option<f64> {
     let s = std::fs::read_to_string("/proc/meminfo").ok()?;
     s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map(kib_to_mb)
+}
+
+/// Share of the machine's CPU time that *other* processes used while a category ran: the busy
+/// time of every CPU in `/proc/stat` less this process's (`/proc/self/stat`: utime + stime of all
+/// its threads), over the total — `torch_ref.py`'s `oth%`. 0 on a quiet machine; a timing taken
+/// beside a busy neighbour is slower for reasons of the neighbour's.
+pub struct Contention(Option<CpuTicks>);
+
+/// Jiffies: the machine's total and busy (all CPUs), and this process's.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    total: u64,
+    busy: u64,
+    mine: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<CpuTicks> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        // `cpu  user nice system idle iowait irq softirq steal …`: the first eight add up to the
+        // time; idle and iowait are the idle part.
+        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+        let (total, idle) = (v.iter().sum::<u64>(), v.get(3)? + v.get(4)?);
+        // Fields after the command name (which may hold spaces and parentheses): utime and stime
+        // are the 12th and 13th.
+        let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+        let mine = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
+        Some(CpuTicks { total, busy: total - idle, mine })
+    }
+}
+
+impl Contention {
+    /// A share at or above this (a tenth of the machine) is said beside the category's timings.
+    pub const NOTABLE: f64 = 0.1;
+
+    pub fn start() -> Self {
+        Contention(CpuTicks::now())
+    }
+
+    /// Other processes' share of the CPU time since [`Contention::start`]; `None` without /proc
+    /// or when too little time passed to tell.
+    pub fn others_share(&self) -> Option<f64> {
+        let (a, b) = (self.0?, CpuTicks::now()?);
+        let total = b.total.checked_sub(a.total).filter(|&t| t > 0)?;
+        let others = (b.busy.saturating_sub(a.busy)).saturating_sub(b.mine.saturating_sub(a.mine));
+        Some((others as f64 / total as f64).min(1.0))
+    }
 }

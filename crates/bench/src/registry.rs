@@ -83,6 +83,7 @@ names! {
         MaxBatchSize => "max_batch_size";
         MaxWindowSize => "max_window_size";
         MemoryScalingFactor => "memory_scaling_factor";
+        TimeScalingExponent => "time_scaling_exponent";
         StepMs => "step_ms";
         ThreadSpeedup => "thread_speedup";
         MixedPrecisionSpeedup => "mixed_precision_speedup";
@@ -117,6 +118,7 @@ impl MetricName {
             MaxBatchSize => "samples",
             MaxWindowSize => "samples/window",
             MemoryScalingFactor => "ratio",
+            TimeScalingExponent => "exponent",
             MemoryGrowthRate => "fraction",
             ThreadSpeedup | MixedPrecisionSpeedup => "x",
             RandomInitProbeAcc | FinalProbeAcc | AccuracyDrop => "fraction",

@@ -131,8 +131,7 @@ impl Report for MarkdownReport {
             f.cpu_model, f.logical_cpus, f.threads, f.cpu_gemm, f.gpu, f.build_profile, f.git_commit, f.crate_version
         );
         if let Some(b) = &r.baseline {
-            let reg = r.regressions();
-            let _ = writeln!(s, "Baseline `{b}`: {} regression(s).", reg.len());
+            let _ = writeln!(s, "Baseline `{b}`: {}.", crate::compare::tally(r));
             for w in &r.baseline_warnings {
                 let _ = writeln!(s, "> warning: {w}");
             }
@@ -244,7 +243,7 @@ impl Report for HtmlReport {
             let _ = write!(h, "<p>PyTorch reference: <code>{}</code> (red bars beside ours).</p>", esc(reference));
         }
         if let Some(b) = &r.baseline {
-            let _ = write!(h, "<p>Baseline <code>{}</code>: {} regression(s).</p>", esc(b), r.regressions().len());
+            let _ = write!(h, "<p>Baseline <code>{}</code>: {}.</p>", esc(b), crate::compare::tally(r));
             for w in &r.baseline_warnings {
                 let _ = write!(h, "<p class=\"FAIL\">warning: {}</p>", esc(w));
             }

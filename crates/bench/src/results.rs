@@ -134,11 +134,22 @@ pub struct Category {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sweep: Vec<SweepPoint>,
     pub seconds: f64,
+    /// Share of the machine's CPU time other processes used while the category ran
+    /// ([`crate::measure::Contention`]); absent where /proc could not tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub others_cpu_share: Option<f64>,
 }
 
 impl Category {
     pub fn new(kind: CategoryKind) -> Self {
-        Category { kind, status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0 }
+        Category { kind, status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0, others_cpu_share: None }
+    }
+
+    /// The note for timings taken beside a busy neighbour, where other processes took at least
+    /// [`Contention::NOTABLE`](crate::measure::Contention::NOTABLE) of the machine.
+    pub fn contention_note(&self) -> Option<String> {
+        let share = self.others_cpu_share.filter(|&s| s >= crate::measure::Contention::NOTABLE)?;
+        Some(format!("other processes used {:.0} % of the machine's CPU time while {} ran: its timings are slower for reasons of theirs", 100.0 * share, self.kind))
     }
 
     /// Targets passed and checked in this category.

@@ -139,8 +139,9 @@ fn relative_change(base: f64, new: f64) -> f64 {
     }
 }
 
-/// Compares samples of a metric, or the single values of an `exact` one (counted or computed,
-/// the same on every run: parameters, engine bytes). The CI of the relative change of the median
+/// Compares samples of a metric, or the single values of an `exact` one (counted or computed
+/// rather than timed: parameters, engine bytes — which move by the packed kernel's buffers, tens
+/// of KB, with the kernels a run's timing chose). The CI of the relative change of the median
 /// comes from resampling both sides; a regression (improvement) is called only when the whole
 /// CI lies beyond `noise` in the worse (better) direction. An exact value's CI is its change; a
 /// measured one with fewer than [`MIN_CI_SAMPLES`] samples on a side gets no verdict.

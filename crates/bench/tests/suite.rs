@@ -1,5 +1,6 @@
 //! The benchmark suite's statistics, regression rule, schema, targets and reports.
 
+use bench::report::Report;
 use bench::results::Results;
 use bench::stats::{compare, summarize, Verdict};
 use bench::Benchmark;
@@ -241,6 +242,14 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert!(!third.results().regressions().is_empty(), "a 2x slowdown is a regression");
     assert!(third.results().baseline_warnings.iter().any(|w| w.contains("another CPU")), "fingerprint difference warned");
     assert!(third.results().baseline_warnings.iter().any(|w| w.contains("cpu gemm: another GEMM")), "GEMM kernel difference warned");
+    // The Markdown and HTML reports count every verdict, as the terminal does (they counted
+    // regressions only).
+    let tally = bench::compare::tally(third.results());
+    assert!(!tally.improvements.is_empty() || tally.no_change > 0, "{tally}");
+    for report in [&bench::report::MarkdownReport as &dyn Report, &bench::report::HtmlReport] {
+        let text = String::from_utf8(report.render(third.results()).unwrap()).unwrap();
+        assert!(text.contains(&tally.to_string()), "{tally} missing from {}", report.file().display());
+    }
     assert!(third.compare_baseline("no-such-baseline", 0.05).is_err());
     // Values no run can measure are refused with the file and the metric named: a subnormal time
     // (every ratio against it overflows, and 45 regressions passed as "no change"), a time of
@@ -290,5 +299,51 @@ fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
     let cat = b.quality().unwrap().clone();
     assert!(metric(&cat, bench::MetricName::RandomInitProbeAcc).unwrap() >= 0.75, "the default generator's data is easy: {cat:?}");
     assert_eq!(metric(&cat, bench::MetricName::StepsToTarget), Some(0.0), "{cat:?}");
-    assert!(cat.notes.iter().any(|n| n.contains("already reaches the target")), "{:?}", cat.notes);
+    // The data came with --data/--meta: the note does not send the user back to them.
+    assert!(cat.notes.iter().any(|n| n.contains("already reaches the target") && n.contains("too easy") && !n.contains("--data")), "{:?}", cat.notes);
+}
+
+/// Timings taken beside a busy neighbour say so: with a spinning process per CPU beside it, the
+/// data category records the share of the machine other processes took and notes it, and a
+/// comparison against that run warns.
+#[test]
+fn a_busy_neighbour_is_measured_and_said() {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut spinners: Vec<std::process::Child> = (0..cpus).map(|_| std::process::Command::new("sh").args(["-c", "while :; do :; done"]).spawn().unwrap()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Benchmark::new(dir.path()).quick(true).threads(2);
+    let cat = b.data().cloned();
+    for s in &mut spinners {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    let cat = cat.unwrap();
+    let share = cat.others_cpu_share.expect("/proc tells");
+    assert!(share >= 0.3, "{cpus} spinning processes took {share:.2} of the machine");
+    assert!(cat.notes.iter().any(|n| n.contains("other processes used")), "{:?}", cat.notes);
+    let base = b.results().clone();
+    let mut again = base.clone();
+    let warnings = bench::compare::compare(&mut again, "busy", &base, 0.05);
+    assert!(warnings.iter().any(|w| w.starts_with("in the baseline, other processes used")), "{warnings:?}");
+}
+
+/// Missed targets that call for the same advice give it once, naming each target and metric.
+#[test]
+fn one_advice_per_missed_target_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Benchmark::new(dir.path()).quick(true).threads(2);
+    b.data().unwrap();
+    let mut r = b.results().clone();
+    let mut failed = 0;
+    for c in r.categories.iter_mut() {
+        for m in c.metrics.iter_mut() {
+            m.target = Some(bench::results::TargetCheck { target: format!("data.{}", m.name), op: ">=".into(), threshold: f64::MAX, passed: false });
+            failed += 1;
+        }
+    }
+    assert!(failed >= 2, "the data category measures several metrics");
+    let recs = bench::recommendations(&r);
+    let data: Vec<_> = recs.iter().filter(|x| x.text.starts_with("Data preparation")).collect();
+    assert_eq!(data.len(), 1, "{recs:#?}");
+    assert_eq!(data[0].evidence.matches("(target >=").count(), failed, "{:?}", data[0].evidence);
 }

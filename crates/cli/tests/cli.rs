@@ -415,3 +415,26 @@ fn compare_judges_two_saved_runs() {
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("--noise must be in [0, 1)"), "{}", text(&o));
 }
+
+/// A point of the scalability sweep past the memory budget ends its axis's sweep and is named;
+/// the points measured before it stay in the results (one such point used to fail the category
+/// and drop the whole sweep). A budget no point fits fails the category, with no empty chart.
+#[test]
+fn a_sweep_point_past_the_memory_budget_ends_its_sweep_not_the_category() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |budget: &str| bin().args(["--memory-budget", budget, "bench", "--quick", "--test", "scalability", "--save-dir"]).arg(dir.path()).output().unwrap();
+    let o = run("60M");
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("comprehensive_benchmark_results.json")).unwrap()).unwrap();
+    let cat = &v["categories"][0];
+    let window: Vec<&serde_json::Value> = cat["sweep"].as_array().unwrap().iter().filter(|p| p["axis"] == "window").collect();
+    let last = window.last().unwrap();
+    assert!(window.len() >= 3 && window[..window.len() - 1].iter().all(|p| p["ok"] == true), "{window:?}");
+    assert!(last["ok"] == false && last["note"].as_str().unwrap().contains("memory budget"), "{last}");
+    assert!(cat["notes"].as_array().unwrap().iter().any(|n| n.as_str().unwrap().starts_with("window sweep stopped at")), "{cat}");
+    assert!(dir.path().join("plots/scalability_analysis.png").is_file());
+    let o = run("2M");
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no point ran"), "{}", text(&o));
+    assert!(!dir.path().join("plots/scalability_analysis.png").exists(), "no chart of a sweep that measured nothing");
+}
