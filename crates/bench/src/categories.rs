@@ -472,6 +472,27 @@ pub fn scalability(s: &Settings) -> Result<Category> {
     Ok(cat)
 }
 
+/// One precision's steps in the hardware category's interleaved rounds: its step times, and the
+/// contrastive accuracy and device memory of its last round.
+struct PrecisionRun {
+    name: &'static str,
+    precision: Precision,
+    /// Whether it still runs here (a precision the CPU refuses stops after its first try).
+    available: bool,
+    times: Vec<f64>,
+    accuracy: f32,
+    bytes: usize,
+}
+
+impl PrecisionRun {
+    fn new(name: &'static str, precision: Precision, available: bool) -> Self {
+        PrecisionRun { name, precision, available, times: Vec::new(), accuracy: 0.0, bytes: 0 }
+    }
+}
+
+/// What the hardware category's memory metrics hold.
+const DEVICE_MEMORY: &str = "the CPU device's memory after the timed steps (parameters, optimizer state, activations, scratch)";
+
 /// Hardware: CPU thread scaling (fp32), fp32 against bf16 products on the CPU; the GPU is reported
 /// as not available in this build rather than failing.
 pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
@@ -490,101 +511,76 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         per_threads.push((t, crate::stats::median(&times)));
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.threads{t}"), MetricName::StepMs, times, warmup));
     }
-    // fp32 against bf16 products at the full thread count, interleaved in rounds so that a
-    // noisy neighbour hits both alike; and the contrastive accuracy each reaches on the batch.
+    // fp32 against each reduced precision at the full thread count, interleaved in rounds so
+    // that a noisy neighbour hits all alike: bf16 products everywhere, fp16 (products rounded to
+    // binary16, dynamic loss scaling) where training offers it — a CPU with AVX512-FP16, or
+    // CID_CPU_FP16=emulate.
     let pool_all = pool(s.threads)?;
-    let (mut fp32, mut bf16, mut acc, mut bytes) = (Vec::new(), Vec::new(), [0.0f32; 2], [0usize; 2]);
-    // fp16 (products rounded to binary16, dynamic loss scaling) where training offers it: a CPU
-    // with AVX512-FP16, or CID_CPU_FP16=emulate; in the same rounds.
-    let (mut with_bf16, mut with_fp16) = (true, engine::cpu::fp16_supported());
-    let mut fp16 = Vec::new();
+    let mut runs = [PrecisionRun::new("fp32", Precision::Fp32, true), PrecisionRun::new("bf16", Precision::Bf16, true), PrecisionRun::new("fp16", Precision::Fp16, engine::cpu::fp16_supported())];
     for _ in 0..3 {
-        if !with_bf16 && !with_fp16 {
-            break;
-        }
-        let r32 = pool_all.install(|| timed_steps(&cfg, b, Precision::Fp32, (&a, &p), warmup, n))?;
-        if with_fp16 {
-            match pool_all.install(|| timed_steps(&cfg, b, Precision::Fp16, (&a, &p), warmup, n)) {
-                Ok(r) => fp16.extend(r.times),
-                Err(e) => {
-                    cat.notes.push(format!("fp16 products: not available here ({e})"));
-                    (with_fp16, fp16) = (false, Vec::new());
+        for run in runs.iter_mut().filter(|r| r.available) {
+            match pool_all.install(|| timed_steps(&cfg, b, run.precision, (&a, &p), warmup, n)) {
+                Ok(r) => {
+                    run.times.extend(r.times);
+                    (run.accuracy, run.bytes) = (r.accuracy, r.device_bytes);
                 }
+                Err(e) if run.precision != Precision::Fp32 => {
+                    cat.notes.push(format!("{} products: not available here ({e})", run.name));
+                    (run.available, run.times) = (false, Vec::new());
+                }
+                Err(e) => return Err(e),
             }
         }
-        if with_bf16 {
-            match pool_all.install(|| timed_steps(&cfg, b, Precision::Bf16, (&a, &p), warmup, n)) {
-                Ok(r16) => {
-                    bf16.extend(r16.times);
-                    acc = [r32.accuracy, r16.accuracy];
-                    bytes = [r32.device_bytes, r16.device_bytes];
-                }
-                Err(e) => {
-                    cat.notes.push(format!("bf16 products: not available here ({e})"));
-                    (with_bf16, bf16) = (false, Vec::new());
-                }
-            }
-        }
-        fp32.extend(r32.times);
     }
-    // Each reduced precision beside the fp32 steps it was interleaved with (the thread-count
-    // steps above are another run, minutes earlier): its step time and the speed-up.
-    if !bf16.is_empty() || !fp16.is_empty() {
-        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32.clone(), warmup));
+    let [fp32, reduced @ ..] = &runs;
+    let reduced: Vec<&PrecisionRun> = reduced.iter().filter(|r| !r.times.is_empty()).collect();
+    if !reduced.is_empty() {
+        // Each reduced precision beside the fp32 steps it was interleaved with (the thread-count
+        // steps above are another run, minutes earlier): its step time and the speed-up.
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.fp32.paired.threads{}", s.threads), MetricName::StepMs, fp32.times.clone(), warmup));
+        cat.metrics.push(exact(CategoryKind::Hardware, "cpu.fp32", MetricName::MemoryMb, fp32.bytes as f64 / 1e6, true, DEVICE_MEMORY));
     }
-    for (name, samples) in [("bf16", &bf16), ("fp16", &fp16)].into_iter().filter(|(_, v)| !v.is_empty()) {
-        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.{name}.threads{}", s.threads), MetricName::StepMs, samples.clone(), warmup));
+    for r in &reduced {
+        cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.{}.threads{}", r.name, s.threads), MetricName::StepMs, r.times.clone(), warmup));
         cat.metrics.push(value(
             CategoryKind::Hardware,
-            &format!("cpu.{name}"),
+            &format!("cpu.{}", r.name),
             MetricName::MixedPrecisionSpeedup,
-            crate::stats::median(&fp32) / crate::stats::median(samples),
+            crate::stats::median(&fp32.times) / crate::stats::median(&r.times),
             false,
-            &format!("median fp32 step time / median {name} step time, 3 interleaved rounds, {} threads (B=32, W=1024, {}): cpu.fp32.paired / cpu.{name}", s.threads, s.encoder),
+            &format!("median fp32 step time / median {0} step time, 3 interleaved rounds, {1} threads (B=32, W=1024, {2}): cpu.fp32.paired / cpu.{0}", r.name, s.threads, s.encoder),
         ));
+        cat.metrics.push(exact(CategoryKind::Hardware, &format!("cpu.{}", r.name), MetricName::MemoryMb, r.bytes as f64 / 1e6, true, DEVICE_MEMORY));
     }
-    if !bf16.is_empty() {
-        for (name, b) in ["fp32", "bf16"].iter().zip(bytes) {
-            cat.metrics.push(exact(
-                CategoryKind::Hardware,
-                &format!("cpu.{name}"),
-                MetricName::MemoryMb,
-                b as f64 / 1e6,
-                true,
-                "the CPU device's memory after the timed steps (parameters, optimizer state, activations, scratch)",
-            ));
-        }
+    if !reduced.is_empty() {
+        let accuracies: Vec<String> = [fp32].into_iter().chain(reduced.iter().copied()).map(|r| format!("{} {:.3}", r.name, r.accuracy)).collect();
         cat.notes.push(format!(
-            "bf16 products: {}; activations and weights stay fp32, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: fp32 {:.3}, bf16 {:.3}",
+            "bf16 products: {}; activations and weights stay fp32 in every precision, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: {}",
             engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products(),
             warmup + n,
-            acc[0],
-            acc[1]
+            accuracies.join(", ")
         ));
         // The accuracy kept: the quality protocol's linear probe after the same number of steps
         // in each precision, from the same initialisation and batches.
         let steps = if s.quick { 100 } else { 400 };
         let probes = ProbeProtocol::prepare(s).and_then(|protocol| {
-            let [p32, p16] = [Precision::Fp32, Precision::Bf16].map(|precision| pool_all.install(|| protocol.train(precision, steps, steps, None)));
-            Ok((protocol.describe(), p32?, p16?))
+            let trained =
+                [fp32].into_iter().chain(reduced.iter().copied()).map(|r| Ok((r.name, pool_all.install(|| protocol.train(r.precision, steps, steps, None))?.last_acc))).collect::<Result<Vec<_>>>()?;
+            Ok((protocol.describe(), trained))
         });
         match probes {
-            Ok((described, p32, p16)) => {
-                let drop = p32.last_acc - p16.last_acc;
-                for (name, r) in [("fp32", p32), ("bf16", p16)] {
-                    cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, r.last_acc, false, &format!("linear probe after {steps} steps ({described})")));
+            Ok((described, trained)) => {
+                let fp32_acc = trained[0].1;
+                for &(name, acc) in &trained {
+                    cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::FinalProbeAcc, acc, false, &format!("linear probe after {steps} steps ({described})")));
                 }
-                cat.metrics.push(value(
-                    CategoryKind::Hardware,
-                    "cpu.bf16",
-                    MetricName::AccuracyDrop,
-                    drop,
-                    true,
-                    "fp32's linear probe − bf16's, same steps, initialisation and batches (the accuracy bf16 gives up)",
-                ));
+                for &(name, acc) in &trained[1..] {
+                    let how = format!("fp32's linear probe − {name}'s, same steps, initialisation and batches (the accuracy {name} gives up)");
+                    cat.metrics.push(value(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::AccuracyDrop, fp32_acc - acc, true, &how));
+                }
             }
             // The timings stand without it.
-            Err(e) => cat.notes.push(format!("the accuracy kept by bf16 (a linear probe after {steps} steps in each precision) was not measured: {e}")),
+            Err(e) => cat.notes.push(format!("the accuracy kept by the reduced precisions (a linear probe after {steps} steps in each) was not measured: {e}")),
         }
     }
     if let [(1, one), .., (t, many)] = per_threads.as_slice() {
@@ -595,7 +591,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         Err(e) => cat.notes.push(format!("GPU: not available on this machine ({e}); CPU vs GPU and GPU memory are not measured")),
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),
     }
-    if with_fp16 {
+    if reduced.iter().any(|r| r.precision == Precision::Fp16) {
         cat.notes.push("fp16 products: operands rounded to binary16 as they are packed, fp32 accumulation, dynamic loss scaling (no fp16 kernel of its own yet)".into());
     } else if !engine::cpu::fp16_supported() {
         cat.notes.push("fp16: not run on this CPU (no AVX512-FP16; CID_CPU_FP16=emulate runs its numerics); bf16 is the CPU's mixed precision".into());
