@@ -349,11 +349,14 @@ fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
 /// positive `x`, positive `y`).
 fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
     let logs: Vec<(f64, f64)> = points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
+    if logs.len() < 2 {
+        return None;
+    }
     let n = logs.len() as f64;
     let (mx, my) = (logs.iter().map(|p| p.0).sum::<f64>() / n, logs.iter().map(|p| p.1).sum::<f64>() / n);
     let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
     let sxy: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    (logs.len() >= 2 && sxx > 0.0).then(|| sxy / sxx)
+    (sxx > 0.0).then_some(sxy / sxx)
 }
 
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then
@@ -363,37 +366,41 @@ pub fn scalability(s: &Settings) -> Result<Category> {
     let mut cat = Category::new(CategoryKind::Scalability);
     let pool = pool(s.threads)?;
     let mem_limit = total_memory_mb().unwrap_or(8192.0) * 0.5;
+    let budget = limits::budget();
+    let budget_mb = budget.bytes as f64 / 1e6;
     let time_limit_ms = if s.quick { 1500.0 } else { 5000.0 };
     let (warmup, n) = if s.quick { (1, 2) } else { (2, 5) };
     let axes: [(&str, Vec<usize>, usize, usize); 2] = [("batch", vec![4, 8, 16, 32, 64, 128, 256], 1 << 16, 1024), ("window", vec![256, 512, 1024, 2048, 4096, 8192], 1 << 20, 32)];
     for (axis, seed_list, cap, fixed) in axes {
         let mut x = seed_list[0];
         let last_seed = *seed_list.last().unwrap_or(&x);
-        let mut stopped_on_time = false;
+        // Why the sweep ended before its list or cap, where it did: one note for every cause.
+        let (mut stop, mut stopped_on_time) = (None::<String>, false);
         loop {
             let (b, w) = if axis == "batch" { (x, fixed) } else { (fixed, x) };
             let ecfg = EncoderConfig::new(s.encoder, w, 1);
-            // A point that cannot run ends its axis's sweep, named in it; the points before it stay.
-            let stopped = |memory_mb: Option<f64>, note: String| SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb, note };
+            // A point that cannot run ends its axis's sweep, its reason in its note; the points
+            // before it stay.
+            let failed = |memory_mb: Option<f64>, note: String| SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb, note };
             let est = match estimated_step_mb(&ecfg, b) {
-                Ok(est) => est,
-                Err(e) => {
-                    cat.sweep.push(stopped(None, format!("stopped: {e}")));
-                    break;
+                Ok(est) if est > mem_limit.min(budget_mb) => {
+                    let limit = if budget_mb < mem_limit { format!("the memory budget of {budget_mb:.0} MB ({})", budget.source) } else { format!("{mem_limit:.0} MB, half the machine") };
+                    Err(failed(Some(est), format!("needs ~{est:.0} MB, more than {limit}")))
                 }
+                Ok(est) => Ok(est),
+                Err(e) => Err(failed(None, e.to_string())),
             };
-            if est > mem_limit {
-                cat.sweep.push(stopped(Some(est), format!("stopped: needs ~{est:.0} MB, limit {mem_limit:.0} MB (half the machine)")));
-                break;
-            }
-            let point = pool.install(|| -> Result<(crate::stats::Summary, Option<f64>)> {
-                let (a, p) = (noise(b * w, 5), noise(b * w, 6));
-                let mut st = step_for(&ecfg, b)?;
-                for _ in 0..warmup {
-                    st.train_step(Pairs::new(&a, &p))?;
-                }
-                let t = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
-                Ok((crate::stats::summarize(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
+            let point = est.and_then(|_| {
+                let measured = pool.install(|| -> Result<(crate::stats::Summary, Option<f64>)> {
+                    let (a, p) = (noise(b * w, 5), noise(b * w, 6));
+                    let mut st = step_for(&ecfg, b)?;
+                    for _ in 0..warmup {
+                        st.train_step(Pairs::new(&a, &p))?;
+                    }
+                    let t = time_steps(0, n, || st.train_step(Pairs::new(&a, &p)))?;
+                    Ok((crate::stats::summarize(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
+                });
+                measured.map_err(|e| failed(None, e.to_string()))
             });
             match point {
                 Ok((summary, mem)) => {
@@ -410,13 +417,13 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                         note: String::new(),
                     });
                     if ms > time_limit_ms {
-                        cat.notes.push(format!("{axis} sweep stopped after {x}: a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)"));
-                        stopped_on_time = true;
+                        (stop, stopped_on_time) = (Some(format!("a step took {ms:.0} ms (limit {time_limit_ms:.0} ms)")), true);
                         break;
                     }
                 }
-                Err(e) => {
-                    cat.sweep.push(stopped(None, e.to_string()));
+                Err(point) => {
+                    stop = Some(point.note.clone());
+                    cat.sweep.push(point);
                     break;
                 }
             }
@@ -428,12 +435,11 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             }
             x *= 2;
         }
-        if let Some(p) = cat.sweep.iter().rfind(|p| p.axis == axis && !p.ok) {
-            let note = format!("{axis} sweep stopped at {}: {}", if axis == "batch" { p.batch } else { p.window }, p.note.trim_start_matches("stopped: "));
-            cat.notes.push(note);
+        if let Some(reason) = stop {
+            cat.notes.push(format!("{axis} sweep stopped at {x}: {reason}"));
         }
         let ok: Vec<&SweepPoint> = cat.sweep.iter().filter(|p| p.axis == axis && p.ok).collect();
-        let Some(max) = ok.iter().map(|p| if axis == "batch" { p.batch } else { p.window }).max() else {
+        let Some(max) = ok.iter().map(|p| p.size()).max() else {
             // Not one point ran: the category failed (its note above says why).
             cat.notes.push(format!("{axis} sweep: no point ran"));
             cat.status = Status::Error;
@@ -447,7 +453,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         cat.metrics.push(found);
         // How the step's time grows along the axis: the slope of ln(step time) on ln(size) over
         // the points that ran (1 = in proportion; a fixed cost per step pulls it below 1).
-        let timed: Vec<(f64, f64)> = ok.iter().filter_map(|p| Some(((if axis == "batch" { p.batch } else { p.window }) as f64, p.step_ms?))).collect();
+        let timed: Vec<(f64, f64)> = ok.iter().filter_map(|p| Some((p.size() as f64, p.step_ms?))).collect();
         if let Some(slope) = log_log_slope(&timed) {
             cat.metrics.push(value(CategoryKind::Scalability, axis, MetricName::TimeScalingExponent, slope, true, "least-squares slope of ln(step time) on ln(size) over the sweep's working points"));
         }

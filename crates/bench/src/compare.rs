@@ -53,9 +53,10 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
         let nothing = if compared == 0 { " (nothing was compared)" } else { "" };
         warnings.push(format!("{} metric(s) not compared: the baseline's value is 0 or not finite{nothing}: {}", unusable.len(), unusable.join(", ")));
     }
-    // Timings taken beside a busy neighbour, on either side, may change for the neighbour's sake.
-    for (side, run) in [("the baseline", base), ("this run", &*results)] {
-        for note in run.categories.iter().filter_map(|c| c.contention_note()) {
+    // Timings taken beside a busy neighbour, on either side of a category both runs measured, may
+    // have changed for the neighbour's sake.
+    for (side, run, other) in [("the baseline", base, &*results), ("this run", &*results, base)] {
+        for note in run.categories.iter().filter(|c| other.category(c.kind).is_some()).filter_map(|c| c.contention_note()) {
             warnings.push(format!("in {side}, {note}"));
         }
     }

@@ -477,7 +477,12 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     }
     // One recommendation per advice, naming every missed target it answers (a dozen data
     // metrics missing theirs gave a dozen copies of one sentence).
-    let mut missed: Vec<(String, Vec<String>, Vec<String>)> = Vec::new();
+    struct Missed {
+        advice: String,
+        targets: Vec<String>,
+        evidence: Vec<String>,
+    }
+    let mut missed: Vec<Missed> = Vec::new();
     for m in r.metrics().filter(|m| m.target.as_ref().is_some_and(|t| !t.passed)) {
         let t = m.target.as_ref().expect("filtered");
         let text = match (m.category, m.name) {
@@ -485,22 +490,23 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             (CategoryKind::Scalability, MetricName::MemoryScalingFactor) => "Memory grows faster than the batch at the largest sizes. The CPU's InfoNCE holds its similarities in tiles of 256 rows (linear in the batch); on CUDA its B×B matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
             (CategoryKind::Scalability, _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
             (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) => "bf16 is not the faster precision on this machine: see the Mixed precision recommendation.".to_string(),
+            (CategoryKind::Training, MetricName::MemoryGrowthRate) => "The process's memory grew across the timed steps (the leak check): run `train` with a few hundred steps and watch its RSS; the engine allocates nothing per step after warm-up, so growth points at the data pipeline or the caller.".to_string(),
             (CategoryKind::Training | CategoryKind::Model, _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),
         };
         let evidence = format!("{} = {:.4} {} (target {} {})", m.id, m.value, m.unit, t.op, t.threshold);
-        match missed.iter_mut().find(|(advice, ..)| *advice == text) {
-            Some((_, targets, evidences)) => {
-                if !targets.contains(&t.target) {
-                    targets.push(t.target.clone());
+        match missed.iter_mut().find(|m| m.advice == text) {
+            Some(m) => {
+                if !m.targets.contains(&t.target) {
+                    m.targets.push(t.target.clone());
                 }
-                evidences.push(evidence);
+                m.evidence.push(evidence);
             }
-            None => missed.push((text, vec![t.target.clone()], vec![evidence])),
+            None => missed.push(Missed { advice: text, targets: vec![t.target.clone()], evidence: vec![evidence] }),
         }
     }
-    for (text, targets, evidence) in missed {
-        rec(&format!("Target{} {}", if targets.len() > 1 { "s" } else { "" }, targets.join(", ")), text, evidence.join("; "));
+    for m in missed {
+        rec(&format!("Target{} {}", if m.targets.len() > 1 { "s" } else { "" }, m.targets.join(", ")), m.advice, m.evidence.join("; "));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
         let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().default_kernel().bf16_products());

@@ -84,13 +84,19 @@ pub fn total_memory_mb() -> Option<f64> {
     s.lines().find(|l| l.starts_with("MemTotal:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).map(kib_to_mb)
 }
 
-/// Share of the machine's CPU time that *other* processes used while a category ran: the busy
-/// time of every CPU in `/proc/stat` less this process's (`/proc/self/stat`: utime + stime of all
-/// its threads), over the total — `torch_ref.py`'s `oth%`. 0 on a quiet machine; a timing taken
-/// beside a busy neighbour is slower for reasons of the neighbour's.
-pub struct Contention(Option<CpuTicks>);
+/// Share of the CPU time of the CPUs this process may run on (its affinity) that *other*
+/// processes used while a category ran: their busy time in `/proc/stat` less this process's
+/// (`/proc/self/stat`: utime + stime of all its threads), over their total — `torch_ref.py`'s
+/// `oth%`, restricted to our CPUs. On a VM the host's other guests count too (steal time is busy
+/// time not ours). 0 on a quiet machine; a timing taken beside a busy neighbour is slower for
+/// reasons of the neighbour's. A CPU quota (a cgroup's `cpu.max`) does not show in `/proc/stat`:
+/// a neighbour inside the same quota is missed.
+pub struct Contention {
+    cpus: Vec<usize>,
+    start: Option<CpuTicks>,
+}
 
-/// Jiffies: the machine's total and busy (all CPUs), and this process's.
+/// Jiffies: the allowed CPUs' total and busy time, and this process's.
 #[derive(Clone, Copy)]
 struct CpuTicks {
     total: u64,
@@ -98,34 +104,62 @@ struct CpuTicks {
     mine: u64,
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` of /proc/self/status, as `0-3,8`).
+pub fn allowed_cpus() -> Option<Vec<usize>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?.trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (usize, usize) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        // A list longer than any machine's CPUs is not one.
+        if hi < lo || hi >= 1 << 16 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    (!cpus.is_empty()).then_some(cpus)
+}
+
 impl CpuTicks {
-    fn now() -> Option<CpuTicks> {
+    fn now(cpus: &[usize]) -> Option<CpuTicks> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        // `cpu  user nice system idle iowait irq softirq steal …`: the first eight add up to the
-        // time; idle and iowait are the idle part.
-        let v: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
-        let (total, idle) = (v.iter().sum::<u64>(), v.get(3)? + v.get(4)?);
+        let (mut total, mut busy) = (0u64, 0u64);
+        // `cpuN  user nice system idle iowait irq softirq steal …`: the first eight add up to
+        // the CPU's time; idle and iowait are the idle part.
+        for line in stat.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(cpu) = fields.next().and_then(|name| name.strip_prefix("cpu")).and_then(|n| n.parse::<usize>().ok()) else { continue };
+            if !cpus.contains(&cpu) {
+                continue;
+            }
+            let v: Vec<u64> = fields.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+            let (t, idle) = (v.iter().sum::<u64>(), v.get(3)? + v.get(4)?);
+            (total, busy) = (total + t, busy + (t - idle));
+        }
         // Fields after the command name (which may hold spaces and parentheses): utime and stime
         // are the 12th and 13th.
         let own = std::fs::read_to_string("/proc/self/stat").ok()?;
         let rest: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
         let mine = rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?;
-        Some(CpuTicks { total, busy: total - idle, mine })
+        Some(CpuTicks { total, busy, mine })
     }
 }
 
 impl Contention {
-    /// A share at or above this (a tenth of the machine) is said beside the category's timings.
+    /// A share at or above this (a tenth of our CPUs' time) is said beside the category's timings.
     pub const NOTABLE: f64 = 0.1;
 
     pub fn start() -> Self {
-        Contention(CpuTicks::now())
+        let cpus = allowed_cpus().unwrap_or_default();
+        let start = CpuTicks::now(&cpus);
+        Contention { cpus, start }
     }
 
-    /// Other processes' share of the CPU time since [`Contention::start`]; `None` without /proc
-    /// or when too little time passed to tell.
+    /// Other processes' share of the allowed CPUs' time since [`Contention::start`]; `None`
+    /// without /proc or when too little time passed to tell.
     pub fn others_share(&self) -> Option<f64> {
-        let (a, b) = (self.0?, CpuTicks::now()?);
+        let (a, b) = (self.start?, CpuTicks::now(&self.cpus)?);
         let total = b.total.checked_sub(a.total).filter(|&t| t > 0)?;
         let others = (b.busy.saturating_sub(a.busy)).saturating_sub(b.mine.saturating_sub(a.mine));
         Some((others as f64 / total as f64).min(1.0))

@@ -97,6 +97,17 @@ pub struct SweepPoint {
     pub note: String,
 }
 
+impl SweepPoint {
+    /// The size its axis varies: the batch of the batch sweep, the window of the window sweep.
+    pub fn size(&self) -> usize {
+        if self.axis == "batch" {
+            self.batch
+        } else {
+            self.window
+        }
+    }
+}
+
 impl Metric {
     /// A metric of `id` with its unit, value and how it was measured; no samples.
     pub fn new(id: MetricId, value: f64, lower_is_better: bool, method: impl Into<String>) -> Self {

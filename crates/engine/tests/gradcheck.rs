@@ -141,8 +141,9 @@ fn residual_layernorm_backward_matches_finite_differences() {
 fn batchnorm_backward_matches_finite_differences_per_group() {
     let key = seed();
     // The CPU kernels run strips of 64 columns (32 for the backward's two sums), each width of
-    // 64, 32, 16 and 8 its own copy of the loop: 300 = 4 · 64 + 44 (and 9 · 32 + 12), 72 = 64 + 8,
-    // 40 = 32 + 8, 16 alone, and 3 and 5 take the copy of any width. With a pool (`Some(len)`:
+    // 64, 32, 16 and 8 its own copy of the loop: 300 = 4 · 64 + 44 (and 9 · 32 + 12), 96 = 64 + 32
+    // (3 · 32), 72 = 64 + 8 (2 · 32 + 8), 40 (one strip of any width; 32 + 8), 16 alone, and 3 and 5
+    // take the copy of any width. With a pool (`Some(len)`:
     // MaxPool1d(2) over samples of `len` rows fused after the ReLU), odd lengths drop each
     // sample's last row.
     let cases = [
@@ -156,6 +157,7 @@ fn batchnorm_backward_matches_finite_differences_per_group() {
         (8, 2, true, 16, Some(4)),
         (10, 2, false, 40, None),
         (6, 1, true, 72, Some(3)),
+        (8, 2, true, 96, None),
     ];
     for (rows, groups, relu, cols, pool) in cases {
         let mut x = randn(key ^ rows as u64 ^ (cols as u64) << 8, rows * cols, 2.0);

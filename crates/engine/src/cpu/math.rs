@@ -1,12 +1,15 @@
 //! Scalar functions of the CPU kernels, written to vectorize: inlined, branch-free (selects, not
-//! jumps), no calls into libm. libm's `expf` is a call per element; it was ~90 % of the loss
-//! kernel's time before [`exp`] replaced it.
+//! jumps), no libm functions such as `expf` (a call per element: it was ~90 % of the loss kernel's
+//! time before [`exp`] replaced it). And the loop shape of the kernels' sums down the rows
+//! ([`for_strips!`]).
 //!
 //! Polynomials are evaluated with fused multiply-adds ([`horner`]): every caller is a
 //! multiversioned kernel whose AVX2 and AVX-512 clones turn each into one `vfmadd`, half the
 //! instructions and half the dependency chain of a multiply then an add (the exact GELU's forward
-//! and backward ran 1.3–1.7× faster for it). Only the clones for CPUs without FMA (older than
-//! 2013) call libm's `fmaf`; they stay correct, and a fused result is the same on every CPU.
+//! and backward ran 1.3–1.7× faster for it). The clones for a CPU without FMA — one older than
+//! 2013, or a VM that hides FMA from its guest — call libm's `fmaf` per coefficient instead, which
+//! keeps those loops scalar and several times slower; they stay correct, and a fused result is
+//! the same on every CPU.
 
 /// `e^x` to ~2 ulp over `[-87, 88]` (clamped there): range reduction `x = k·ln2 + r`, a degree-6
 /// polynomial for `e^r` on |r| ≤ ln2/2, and `2^k` built in the exponent bits. `k` is rounded by
@@ -57,7 +60,8 @@ fn erfc_pos(z: f32) -> f32 {
 /// coefficients are constants at every call).
 #[inline(always)]
 fn horner<const N: usize>(x: f32, coefficients: &[f32; N]) -> f32 {
-    let (&last, rest) = coefficients.split_last().expect("a polynomial has a coefficient");
+    const { assert!(N > 0, "a polynomial has a coefficient") };
+    let (last, rest) = (coefficients[N - 1], &coefficients[..N - 1]);
     rest.iter().rev().fold(last, |acc, &c| acc.mul_add(x, c))
 }
 
@@ -140,6 +144,11 @@ pub fn sum_sq_dev(a: &[f32], mean: f32) -> f32 {
 /// every strip of the CNN's 16–64 channels and of any width that is a multiple of 64 — and any
 /// other width the same loop with its width known at run time only.
 pub(crate) const STRIP_COLS: usize = 64;
+
+/// Rows per block of the sums down the rows: a block stays in cache while each strip of its
+/// columns is summed, and BatchNorm adds each block's f32 sums into f64 totals (a block's f32
+/// rounding is ~1e-6 relative; the blocks add in f64).
+pub(crate) const BLOCK_ROWS: usize = 128;
 
 /// `for c0 in (0..cols).step_by(max)`, `$w` the strip's width (`max` or the last strip's rest),
 /// the body copied once per constant width (see [`STRIP_COLS`]). The strips and each column's

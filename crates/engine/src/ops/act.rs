@@ -9,7 +9,7 @@
 
 use multiversion::multiversion;
 
-use crate::cpu::math::{self, for_strips, STRIP_COLS};
+use crate::cpu::math::{self, for_strips, BLOCK_ROWS, STRIP_COLS};
 use crate::device::Dropout;
 
 /// An activation function.
@@ -106,18 +106,23 @@ pub(crate) fn relu_backward_rows(dy: &mut [f32], h: &[f32], scale: f32) {
 #[multiversion(targets = "simd")]
 pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], accumulate: bool) {
     let cols = db.len();
-    // Strip by strip, the sums in registers down the rows (see `STRIP_COLS`).
-    for_strips!(cols, STRIP_COLS, |c0, width| {
-        let mut part = [0.0f32; STRIP_COLS];
-        let part = &mut part[..width];
-        if accumulate {
+    if !accumulate {
+        db.fill(0.0);
+    }
+    // Blocks of rows, then strips of a block's columns, the sums in registers down the block's
+    // rows (see `STRIP_COLS`) and carried in `db` between blocks: each column is summed in row
+    // order as before, and a wide row is read once per block, not once per strip.
+    for block in dy.chunks(BLOCK_ROWS * cols) {
+        for_strips!(cols, STRIP_COLS, |c0, width| {
+            let mut part = [0.0f32; STRIP_COLS];
+            let part = &mut part[..width];
             part.copy_from_slice(&db[c0..c0 + width]);
-        }
-        for r in dy.chunks_exact(cols) {
-            part.iter_mut().zip(&r[c0..c0 + width]).for_each(|(o, &x)| *o += x);
-        }
-        db[c0..c0 + width].copy_from_slice(part);
-    });
+            for r in block.chunks_exact(cols) {
+                part.iter_mut().zip(&r[c0..c0 + width]).for_each(|(o, &x)| *o += x);
+            }
+            db[c0..c0 + width].copy_from_slice(part);
+        });
+    }
 }
 
 /// `pre += b; out = dropout(act(pre))` on a block of rows.

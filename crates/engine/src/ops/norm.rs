@@ -13,7 +13,7 @@
 use multiversion::multiversion;
 
 use crate::arena::{Arenas, Init, Slot, Tensors};
-use crate::cpu::math::{self, for_strips, STRIP_COLS};
+use crate::cpu::math::{self, for_strips, BLOCK_ROWS, STRIP_COLS};
 use crate::device::{Device, Dropout, View};
 
 /// PyTorch's defaults for LayerNorm and BatchNorm.
@@ -242,10 +242,6 @@ pub(crate) fn layernorm_backward_rows(
         }
     }
 }
-
-/// Rows summed in f32 before their sum joins the f64 total: vectorized, and accurate (a block's
-/// f32 rounding is ~1e-6 relative; the blocks add in f64).
-const BLOCK_ROWS: usize = 128;
 
 /// `acc[c] = Σ_rows term(row[c0 + c], center[c])` over the columns `c0..c0 + acc.len()` of the
 /// rows of `x`: rows in blocks of [`BLOCK_ROWS`] summed in f32, the blocks in f64. `term` is
