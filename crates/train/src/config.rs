@@ -36,6 +36,9 @@ pub enum InputKind {
     /// but DC scaled to magnitude 1, phases kept, back to time), `[W, C]`: what is left is the
     /// timing of the signal's events (a fault's impacts), not the coloring of the recording's path.
     Whitened,
+    /// Each window per channel standardized over the window itself (`(x − mean) / (std + 1e-8)`),
+    /// `[W, C]`: the recording's level is gone, its waveform kept.
+    Standardized,
 }
 
 /// `data` section.
@@ -63,7 +66,7 @@ pub struct DataSection {
     /// Keep the first N samples of each signal (default: all).
     #[serde(with = "opt_whole")]
     pub truncate_length: Option<usize>,
-    /// `time` (default), `spectrum` or `whitened`: what the encoder sees of a window.
+    /// `time` (default), `spectrum`, `whitened` or `standardized`: what the encoder sees of a window.
     pub input: InputKind,
     /// Training augmentation, each view on its own: scale by a factor uniform in `[1 − g, 1 + g]`
     /// (default 0: off).
@@ -678,7 +681,7 @@ impl Config {
     /// Samples per window the encoder sees (the spectrum has W/2 bins).
     pub fn encoder_window(&self) -> usize {
         match self.data.input {
-            InputKind::Time | InputKind::Whitened => self.data.window_size,
+            InputKind::Time | InputKind::Whitened | InputKind::Standardized => self.data.window_size,
             InputKind::Spectrum => self.data.window_size / 2,
         }
     }

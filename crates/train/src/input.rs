@@ -107,7 +107,7 @@ impl Inputs {
     }
 
     pub fn with_rates(kind: InputKind, window: usize, channels: usize, rates: HashMap<u64, f32>) -> Result<Self> {
-        if kind != InputKind::Time {
+        if matches!(kind, InputKind::Spectrum | InputKind::Whitened) {
             if window < 2 {
                 return Err(TrainError::Config { key: "data.input".into(), reason: format!("a {kind:?} input needs windows of at least 2 samples, not {window}").to_lowercase() });
             }
@@ -115,7 +115,7 @@ impl Inputs {
             limits::check(|| format!("the FFT of windows of {window} samples (data.input = {kind:?})").to_lowercase(), limits::bytes(&[window], 32)).map_err(TrainError::OverBudget)?;
         }
         let mut planner = RealFftPlanner::<f32>::new();
-        let fft = (kind != InputKind::Time).then(|| planner.plan_fft_forward(window));
+        let fft = matches!(kind, InputKind::Spectrum | InputKind::Whitened).then(|| planner.plan_fft_forward(window));
         let ifft = (kind == InputKind::Whitened).then(|| planner.plan_fft_inverse(window));
         Ok(Inputs { kind, window, channels, fft, ifft, rates })
     }
@@ -123,19 +123,24 @@ impl Inputs {
     /// Values per encoder input row.
     pub fn row_len(&self) -> usize {
         match self.kind {
-            InputKind::Time | InputKind::Whitened => self.window * self.channels,
+            InputKind::Time | InputKind::Whitened | InputKind::Standardized => self.window * self.channels,
             InputKind::Spectrum => self.window / 2 * self.channels,
         }
     }
 
     /// Windows `[n, W, C]` as encoder input (borrowed as they are in the time domain).
     pub fn of<'a>(&self, windows: &'a [f32]) -> Result<Cow<'a, [f32]>> {
-        let Some(fft) = &self.fft else { return Ok(Cow::Borrowed(windows)) };
         let (w, c) = (self.window, self.channels);
         let row = self.row_len();
-        if windows.len() % (w * c) != 0 {
+        if self.kind != InputKind::Time && windows.len() % (w * c) != 0 {
             return Err(TrainError::Data(format!("{} values are not whole windows of {w} × {c}", windows.len())));
         }
+        if self.kind == InputKind::Standardized {
+            let mut out = windows.to_vec();
+            out.par_chunks_mut(w * c).for_each(|x| standardize_window(x, c));
+            return Ok(Cow::Owned(out));
+        }
+        let Some(fft) = &self.fft else { return Ok(Cow::Borrowed(windows)) };
         let mut out = vec![0.0f32; windows.len() / (w * c) * row];
         let buffers = || FftBuffers {
             input: fft.make_input_vec(),
@@ -184,7 +189,7 @@ impl Inputs {
             x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, w)| aug.apply(w, self.channels, &mut Rng::new(mix_seed(&[seed, v as u64, r as u64]))));
         }
         let [a, p] = views;
-        if self.fft.is_none() {
+        if self.kind == InputKind::Time {
             // Time input: the augmented copies are the model's input already.
             return Ok((a, p));
         }
@@ -194,6 +199,20 @@ impl Inputs {
     /// The sampling rate of each Id (1 Hz where the table has none).
     pub fn rates(&self, ids: &[u64]) -> Vec<f32> {
         ids.iter().map(|id| self.rates.get(id).copied().unwrap_or(1.0)).collect()
+    }
+}
+
+/// A window `[W, C]` standardized per channel over its own samples: `(x − mean) / (std + 1e-8)`
+/// (population std, the store's standardization applied to one window).
+fn standardize_window(x: &mut [f32], c: usize) {
+    let w = x.len() / c;
+    for ch in 0..c {
+        let mean = (0..w).map(|t| x[t * c + ch] as f64).sum::<f64>() / w as f64;
+        let var = (0..w).map(|t| (x[t * c + ch] as f64 - mean).powi(2)).sum::<f64>() / w as f64;
+        let scale = 1.0 / (var.sqrt() + 1e-8);
+        for t in 0..w {
+            x[t * c + ch] = ((x[t * c + ch] as f64 - mean) * scale) as f32;
+        }
     }
 }
 
@@ -287,6 +306,26 @@ mod tests {
             assert!(s[k * c + 1].abs() < 1e-6);
         }
         assert!(matches!(Inputs::with_rates(InputKind::Time, w, c, HashMap::new()).unwrap().of(&x).unwrap(), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn standardized_windows_have_mean_0_and_std_1_per_channel() {
+        let (w, c) = (64, 2);
+        // Two windows; channel 1 at 100× the level of channel 0 and offset.
+        let x: Vec<f32> = (0..2 * w * c).map(|i| if i % c == 0 { (i as f32 * 0.37).sin() } else { 100.0 * (i as f32 * 0.11).cos() + 7.0 }).collect();
+        let inp = Inputs::with_rates(InputKind::Standardized, w, c, HashMap::new()).unwrap();
+        let y = inp.of(&x).unwrap();
+        for (win, orig) in y.chunks(w * c).zip(x.chunks(w * c)) {
+            for ch in 0..c {
+                let v: Vec<f64> = (0..w).map(|t| win[t * c + ch] as f64).collect();
+                let mean = v.iter().sum::<f64>() / w as f64;
+                let std = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / w as f64).sqrt();
+                assert!(mean.abs() < 1e-5 && (std - 1.0).abs() < 1e-5, "window channel {ch}: mean {mean}, std {std}");
+                // The waveform is kept: an affine map of the original with a positive slope.
+                let (o0, o1) = (orig[ch] as f64, orig[c + ch] as f64);
+                assert!(((win[c + ch] - win[ch]) as f64).signum() == (o1 - o0).signum());
+            }
+        }
     }
 
     #[test]
