@@ -122,17 +122,27 @@ fn operands(g: Gemm, a: *const f32, b: *const f32) -> (Operand, Operand) {
     (Operand { ptr: a, rs: ars, cs: acs }, Operand { ptr: b, rs: brs, cs: bcs })
 }
 
-/// `out[c, r] = src[r, c]` for a row-major `src[rows, cols]`, in cache-sized tiles.
-fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32]) {
+/// `out[c, r] = src[r, c]` for a row-major `src[rows, cols]`, in cache-sized tiles, the columns
+/// of `src` (rows of `out`) split among `parts` workers.
+fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32], parts: usize) {
     const T: usize = 32;
-    for r0 in (0..rows).step_by(T) {
-        for c0 in (0..cols).step_by(T) {
-            for r in r0..(r0 + T).min(rows) {
-                for c in c0..(c0 + T).min(cols) {
-                    out[c * rows + r] = src[r * cols + c];
+    let tile = |c_first: usize, out: &mut [f32]| {
+        let c_end = c_first + out.len() / rows;
+        for r0 in (0..rows).step_by(T) {
+            for c0 in (c_first..c_end).step_by(T) {
+                for r in r0..(r0 + T).min(rows) {
+                    for c in c0..(c0 + T).min(c_end) {
+                        out[(c - c_first) * rows + r] = src[r * cols + c];
+                    }
                 }
             }
         }
+    };
+    let per = cols.div_ceil(parts.max(1)).next_multiple_of(T);
+    if parts <= 1 || per >= cols {
+        tile(0, out);
+    } else {
+        out.par_chunks_mut(per * rows).enumerate().for_each(|(i, o)| tile(i * per, o));
     }
 }
 
@@ -287,7 +297,7 @@ impl CpuDevice {
             // their plain-A speed; transposing A first costs m·k copies against m·n·k
             // multiply-adds. (The packed kernel reads any strides at full speed.)
             let mut at = take_grown(&mut self.transpose_scratch, g.m * g.k);
-            transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k]);
+            transpose(&self.slice(a)[..g.k * g.m], g.k, g.m, &mut at[..g.m * g.k], parts);
             let (cs, [bs]) = self.split(c, [b]);
             scratch.gemm(kernel, parts, Gemm { trans_a: false, ..g }, cs, &at, bs, 1.0);
             self.transpose_scratch = at;
@@ -543,6 +553,24 @@ impl CpuDevice {
 
 #[cfg(test)]
 mod tests {
+    use super::transpose;
+
+    #[test]
+    fn transpose_on_any_number_of_workers_is_the_transpose() {
+        for (rows, cols) in [(1, 1), (37, 100), (64, 33), (5, 200)] {
+            let src: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            for parts in [1, 2, 3, 8] {
+                let mut out = vec![f32::NAN; rows * cols];
+                transpose(&src, rows, cols, &mut out, parts);
+                for r in 0..rows {
+                    for c in 0..cols {
+                        assert_eq!(out[c * rows + r], src[r * cols + c], "{rows} × {cols} on {parts} workers at ({r}, {c})");
+                    }
+                }
+            }
+        }
+    }
+
     use super::*;
     use crate::device::Device;
 

@@ -524,9 +524,17 @@ impl Device for CpuDevice {
 
     fn bias_grad(&mut self, db: View, dy: View, cols: usize, accumulate: bool) {
         assert!(cols > 0, "a row of no columns");
+        let parts = self.parts(dy.len());
         let (dbs, [dys]) = self.split(db, [dy]);
         assert!(dbs.len() == cols && dys.len() % cols == 0);
-        act::bias_grad_rows(dbs, dys, accumulate);
+        // Columns split among the workers, whole strips each: every column is summed by one
+        // worker in row order, so the sums do not depend on how many there are.
+        let per = cols.div_ceil(parts).next_multiple_of(math::STRIP_COLS);
+        if parts <= 1 || per >= cols {
+            act::bias_grad_rows(dbs, dys, cols, 0, accumulate);
+        } else {
+            dbs.par_chunks_mut(per).enumerate().for_each(|(i, d)| act::bias_grad_rows(d, dys, cols, i * per, accumulate));
+        }
     }
 
     fn act_forward(&mut self, pre: View, out: View, bias: Option<View>, cols: usize, act: Activation, dropout: Option<Dropout>) {

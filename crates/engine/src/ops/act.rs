@@ -102,23 +102,23 @@ pub(crate) fn relu_backward_rows(dy: &mut [f32], h: &[f32], scale: f32) {
     }
 }
 
-/// `db (+)= Σ_rows dy`.
+/// `db (+)= Σ_rows dy[.., c_first..c_first + db.len()]`: the sums of some of the columns of the
+/// rows of `dy` (`cols` wide), so that workers can each take a range of columns.
 #[multiversion(targets = "simd")]
-pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], accumulate: bool) {
-    let cols = db.len();
+pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], cols: usize, c_first: usize, accumulate: bool) {
     if !accumulate {
         db.fill(0.0);
     }
     // Blocks of rows, then strips of a block's columns, the sums in registers down the block's
     // rows (see `STRIP_COLS`) and carried in `db` between blocks: each column is summed in row
-    // order as before, and a wide row is read once per block, not once per strip.
+    // order, and a wide row is read once per block, not once per strip.
     for block in dy.chunks(BLOCK_ROWS * cols) {
-        for_strips!(cols, STRIP_COLS, |c0, width| {
-            let mut part = [0.0f32; STRIP_COLS];
+        for_strips!(db.len(), STRIP_COLS, |c0, width| {
+            let (mut part, first) = ([0.0f32; STRIP_COLS], c_first + c0);
             let part = &mut part[..width];
             part.copy_from_slice(&db[c0..c0 + width]);
             for r in block.chunks_exact(cols) {
-                part.iter_mut().zip(&r[c0..c0 + width]).for_each(|(o, &x)| *o += x);
+                part.iter_mut().zip(&r[first..first + width]).for_each(|(o, &x)| *o += x);
             }
             db[c0..c0 + width].copy_from_slice(part);
         });
