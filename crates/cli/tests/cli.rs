@@ -261,11 +261,7 @@ fn precision_16_trains_with_loss_scaling_and_resumes_its_scale() {
         }
         c.env_remove("CID_CPU_GEMM").output().unwrap()
     };
-    #[cfg(target_arch = "x86_64")]
-    let packed = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let packed = false;
-    if !packed {
+    if !packed_kernel_runs() {
         eprintln!("SKIPPED: fp16 products need the packed GEMM kernel (AVX2 + FMA)");
         return;
     }
@@ -446,11 +442,7 @@ fn a_sweep_point_past_the_memory_budget_ends_its_sweep_not_the_category() {
 /// linear probe after the same steps and the accuracy it gives up (fp16 had a step time only).
 #[test]
 fn the_hardware_category_measures_each_reduced_precision_alike() {
-    #[cfg(target_arch = "x86_64")]
-    let packed = std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
-    #[cfg(not(target_arch = "x86_64"))]
-    let packed = false;
-    if !packed {
+    if !packed_kernel_runs() {
         eprintln!("SKIPPED: fp16 products need the packed GEMM kernel (AVX2 + FMA)");
         return;
     }
@@ -468,4 +460,12 @@ fn the_hardware_category_measures_each_reduced_precision_alike() {
             assert!(ids.contains(&id.as_str()), "{id} missing from {ids:?}");
         }
     }
+}
+
+/// Whether this CPU runs the packed GEMM kernel (AVX2 + FMA), which fp16 products need.
+fn packed_kernel_runs() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
