@@ -46,6 +46,16 @@ const PLOTS: [Plot; 3] = [
     ("plots/hardware_optimization.png", CategoryKind::Hardware, plots::hardware),
 ];
 
+/// Whether a run's results get the PNG chart of category `kind`: where it measured something.
+fn charted(r: &Results, kind: CategoryKind) -> bool {
+    r.categories.iter().any(|c| c.kind == kind && !c.metrics.is_empty())
+}
+
+/// The PNG charts a run's results get (files under the save directory, and their category).
+pub(crate) fn charts_of(r: &Results) -> impl Iterator<Item = (&'static str, CategoryKind)> + '_ {
+    PLOTS.into_iter().filter(|&(_, kind, _)| charted(r, kind)).map(|(file, kind, _)| (file, kind))
+}
+
 /// A benchmark run: settings, results so far, and where they go.
 pub struct Benchmark {
     save_dir: PathBuf,
@@ -276,7 +286,7 @@ impl Benchmark {
             // A chart of a category this run did not run, or that failed before measuring anything,
             // would be empty axes; one an earlier run left here would show that run's numbers
             // beside this run's reports.
-            if !self.results.categories.iter().any(|c| c.kind == kind && !c.metrics.is_empty()) {
+            if !charted(&self.results, kind) {
                 if path.is_file() {
                     std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
                 }

@@ -253,7 +253,10 @@ impl Report for HtmlReport {
             let (cp, ct) = c.pass_count();
             let _ = write!(h, "<tr><td><a href=\"#cat-{0}\">{0}</a></td><td>{1}</td><td>{cp}/{ct}</td><td>{2}</td></tr>", esc(c.kind.as_str()), status_text(&c.status), esc(&c.notes.join("; ")));
         }
-        let _ = write!(h, "</table><p>Hover a bar or a point for its value, 95 % CI and sample count; click a column header to sort. The seed's PNG charts: <a href=\"../plots/training_performance.png\">training</a>, <a href=\"../plots/scalability_analysis.png\">scalability</a>, <a href=\"../plots/hardware_optimization.png\">hardware</a>.</p></section>\n");
+        // Links to the PNG charts this run wrote, and to no other.
+        let links: Vec<String> = crate::charts_of(r).map(|(file, kind)| format!("<a href=\"../{file}\">{kind}</a>")).collect();
+        let charts = if links.is_empty() { String::new() } else { format!(" The seed's PNG charts: {}.", links.join(", ")) };
+        let _ = write!(h, "</table><p>Hover a bar or a point for its value, 95 % CI and sample count; click a column header to sort.{charts}</p></section>\n");
         let _ = write!(h, "<section id=\"recommendations\"><h2>Recommendations</h2><ul>");
         for rec in &r.recommendations {
             let _ = write!(h, "<li><b>{}</b>: {} <i>(evidence: {})</i></li>", esc(&rec.topic), esc(&rec.text), esc(&rec.evidence));

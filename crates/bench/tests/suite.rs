@@ -180,6 +180,9 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         assert!(g.starts_with("<title>") && (g.contains("<rect") || g.contains("<circle")), "every bar and point carries its title: {g}");
     }
     assert!(html.contains("95% CI [") && html.contains(", n = "), "tooltips give the CI and the sample count");
+    for chart in ["training_performance", "scalability_analysis", "hardware_optimization"] {
+        assert!(html.contains(&format!("href=\"../plots/{chart}.png\"")), "{chart} linked");
+    }
     assert_eq!(dom.query_selector("table.sortable").unwrap().count(), 3, "a sortable table per category");
     let scripts: Vec<&tl::HTMLTag> = dom.query_selector("script").unwrap().filter_map(|h| h.get(dom.parser())).filter_map(|n| n.as_tag()).collect();
     assert_eq!(scripts.len(), 1);
@@ -292,6 +295,8 @@ fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
     let files = b.report().unwrap();
     assert!(!files.iter().any(|f| f.extension().is_some_and(|e| e == "png")), "{files:?}");
     assert!(!save.join("plots/training_performance.png").exists(), "the earlier run's chart is gone");
+    let html = std::fs::read_to_string(save.join("reports/performance_report.html")).unwrap();
+    assert!(!html.contains("../plots/"), "the report links no chart this run did not write");
     assert!(!save.join(".work").exists() || std::fs::read_dir(save.join(".work")).unwrap().next().is_none());
 
     let easy = signal::synth::SynthConfig { count: 24, length: 8192, classes: 4, seed: 1, ..Default::default() };

@@ -200,7 +200,7 @@ fn a_bad_environment_variable_is_named() {
     let t = text(&generate(&[]));
     assert!(t.contains("memory budget of 1.0 MB (CID_MEMORY_BUDGET=1M)"), "{t}");
     let t = text(&generate(&["--memory-budget", "2M"]));
-    assert!(t.contains("memory budget of 2.1 MB (--memory-budget 2.1 MB)"), "{t}");
+    assert!(t.contains("memory budget of 2.1 MB (--memory-budget 2M)"), "{t}");
 }
 
 #[test]

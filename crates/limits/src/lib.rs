@@ -57,7 +57,7 @@ pub fn budget() -> &'static Budget {
 
 fn resolve(flag: Option<u64>) -> Result<Budget, String> {
     if let Some(bytes) = flag {
-        return Ok(Budget { bytes, source: format!("--memory-budget {}", human(bytes as u128)) });
+        return Ok(Budget { bytes, source: format!("--memory-budget {}", as_typed(bytes)) });
     }
     match std::env::var(ENV) {
         // Set but empty reads as unset (as `CID_CPU_GEMM=`).
@@ -132,7 +132,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "M" | "MB" | "MIB" => 1 << 20,
         "G" | "GB" | "GIB" => 1 << 30,
         "T" | "TB" | "TIB" => 1 << 40,
-        other => return Err(format!("unknown unit `{other}` in size `{s}`; use K, M, G or T")),
+        _ => return Err(format!("unknown unit `{}` in size `{s}`; use K, M, G or T", unit.trim())),
     };
     let n: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size (examples: 512M, 8G, 1048576)"))?;
     let b = n * scale as f64;
@@ -140,6 +140,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("size `{s}` is out of range"));
     }
     Ok(b as u64)
+}
+
+/// `bytes` as a size is typed to [`parse_size`] (`30M` for 30 MiB), so that a message echoes the
+/// flag as the user wrote it rather than its decimal megabytes.
+fn as_typed(bytes: u64) -> String {
+    match [(40, "T"), (30, "G"), (20, "M"), (10, "K")].into_iter().find(|&(shift, _)| bytes >= 1 << shift && bytes % (1 << shift) == 0) {
+        Some((shift, unit)) => format!("{}{unit}", bytes >> shift),
+        None => bytes.to_string(),
+    }
 }
 
 /// The bytes of `dims` elements of `elem` bytes each: a saturating `u128` product, so a size
@@ -214,9 +223,20 @@ mod tests {
         assert_eq!(parse_size("1.5G"), Ok(3 << 29));
         assert_eq!(parse_size(" 8 GiB "), Ok(8 << 30));
         assert_eq!(parse_size("1048576"), Ok(1 << 20));
-        assert!(parse_size("12Q").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("12Q").unwrap_err().contains("unknown unit `Q`"));
+        // The unit as typed, not upper-cased.
+        assert!(parse_size("1e12").unwrap_err().contains("unknown unit `e12`"), "{:?}", parse_size("1e12"));
         assert!(parse_size("lots").unwrap_err().contains("not a size"));
         assert!(parse_size("0").is_err() && parse_size("-1G").is_err() && parse_size("1e30T").is_err());
+    }
+
+    #[test]
+    fn a_budget_from_the_flag_is_echoed_as_typed() {
+        assert_eq!(as_typed(30 << 20), "30M");
+        assert_eq!(as_typed(3 << 29), "1536M");
+        assert_eq!(as_typed(8 << 30), "8G");
+        assert_eq!(as_typed(1000), "1000");
+        assert_eq!(resolve(Some(64 << 20)).unwrap().source, "--memory-budget 64M");
     }
 
     #[test]

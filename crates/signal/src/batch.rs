@@ -66,6 +66,9 @@ pub enum SkipReason {
     Unreadable {
         reason: String,
     },
+    /// Every channel holds one value throughout (a dead recording): its windows are all alike,
+    /// and normalized they are all 0.
+    Constant,
     /// Finite values so large that normalizing them leaves f32's range.
     NormalizationOverflow {
         channel: usize,
@@ -82,6 +85,7 @@ impl std::fmt::Display for SkipReason {
             SkipReason::TooShort { length, window, .. } => write!(f, "signal of length {length} gives fewer than 2 windows of {window}"),
             SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
             SkipReason::Unreadable { reason } => write!(f, "unreadable: {reason}"),
+            SkipReason::Constant => write!(f, "every channel holds one value throughout: its windows are all alike, nothing to contrast"),
             SkipReason::Channels { channels, store } => write!(f, "{channels} channels, where the store's signals have {store}"),
             SkipReason::NormalizationOverflow { channel, normalization } => {
                 write!(f, "channel {channel}'s values are so large that normalizing them (data.normalization: {normalization}) overflows f32 (values near ±3.4e38)")
@@ -214,6 +218,7 @@ impl BatchBuilder {
                 Err(SignalError::BadSample { reason, .. }) => Err(SkipReason::Unreadable { reason }),
                 Err(other) => return Err(other),
                 Ok(Err(index)) => Err(SkipReason::NonFinite { index }),
+                Ok(Ok(stats)) if stats.constant() => Err(SkipReason::Constant),
                 Ok(Ok(stats)) => stats.checked_affine(norm).map_err(|channel| SkipReason::NormalizationOverflow { channel, normalization: norm }),
             }
         };

@@ -157,6 +157,11 @@ impl ChannelStats {
         Ok(())
     }
 
+    /// Whether values were added and every channel held one value throughout.
+    pub fn constant(&self) -> bool {
+        self.rows > 0 && self.lo.iter().zip(&self.hi).all(|(l, h)| l == h)
+    }
+
     /// The normalization map of everything added, where every normalized value is finite;
     /// else the first channel whose extremes the map takes past f32's range (finite values near
     /// ±3.4e38 overflow `x − mean` or `x − min`).

@@ -327,6 +327,29 @@ fn an_id_with_another_channel_count_is_skipped_and_named() {
 /// Finite values near f32's limit overflow `x − mean` (standardization) and `x − min` (minmax):
 /// the Id is skipped with the channel named, never fed as infinities. Without normalization the
 /// values stay finite and the Id is used.
+/// A recording whose every channel holds one value throughout (a dead sensor, a flat export) is
+/// skipped and named: its windows are all alike, and standardized all 0 (it trained at chance
+/// without a word). One constant channel beside a live one is still a recording.
+#[test]
+fn constant_recordings_are_skipped_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flat.h5");
+    let live: Vec<f32> = (0..512).map(|i| (i as f32 * 0.1).sin()).collect();
+    let flat = vec![3.0f32; 512];
+    let half: Vec<f32> = (0..512).map(|i| if i % 2 == 0 { 3.0 } else { live[i] }).collect();
+    write_store(&path, [SampleData { id: 1, values: &live, channels: 2 }, SampleData { id: 2, values: &flat, channels: 2 }, SampleData { id: 3, values: &half, channels: 2 }], Layout::Contiguous)
+        .unwrap();
+    for norm in [Normalization::Standardization, Normalization::MinMax, Normalization::None] {
+        let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&path).unwrap());
+        let b = BatchBuilder::new(store, PreprocessConfig { normalization: norm, truncate_length: None }, WindowConfig { window_size: 32, ..Default::default() }).unwrap();
+        let batch = b.build(&[1, 2, 3], 0).unwrap();
+        assert_eq!(batch.skipped, vec![2], "{norm}");
+        let skips = b.skips().entries();
+        assert_eq!(skips, vec![(2, SkipReason::Constant)], "{norm}");
+        assert!(skips[0].1.to_string().contains("one value throughout"), "{}", skips[0].1);
+    }
+}
+
 #[test]
 fn values_whose_normalization_overflows_are_skipped_and_named() {
     let dir = tempfile::tempdir().unwrap();

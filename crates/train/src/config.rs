@@ -41,6 +41,18 @@ pub enum InputKind {
     Standardized,
 }
 
+impl std::fmt::Display for InputKind {
+    /// The name a config gives it (`data.input: spectrum`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InputKind::Time => "time",
+            InputKind::Spectrum => "spectrum",
+            InputKind::Whitened => "whitened",
+            InputKind::Standardized => "standardized",
+        })
+    }
+}
+
 /// `data` section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, SmartDefault)]
 #[serde(default, deny_unknown_fields)]
@@ -510,9 +522,8 @@ impl Config {
         let mut cfg: Config = serde_path_to_error::deserialize(root.clone()).map_err(|e| {
             let path = e.path().to_string();
             let message = e.into_inner().to_string();
-            // A number where a name is expected: serde says only "expected a Value::Tagged
-            // enum"; asked again with the number's text as a name, it lists the names.
-            let message = if message.contains("Value::Tagged enum") { names_expected_at(&root, &path).unwrap_or(message) } else { message };
+            // Something other than a name where a name is expected (see names_expected_at).
+            let message = if message.contains("Value::Tagged enum") || message.starts_with("unknown variant `null`") { names_expected_at(&root, &path).unwrap_or(message) } else { message };
             named_as_written(de_error(&path, &message))
         })?;
         cfg.unused_keys = notes;
@@ -547,6 +558,11 @@ impl Config {
         }
         if t.max_steps == Some(0) {
             return bad("trainer.max_steps", "must be > 0".into());
+        }
+        // A window of one sample has no waveform: standardized it is 0, and it has no spectrum (for
+        // that input, and for evaluate's spectrum baseline).
+        if d.window_size == 1 {
+            return bad("data.window_size", "must be at least 2: a window of one sample has no waveform and no spectrum".into());
         }
         // One pair has no negatives: InfoNCE's loss and gradient are exactly 0, nothing trains.
         if d.batch_size == 1 {
@@ -809,17 +825,25 @@ fn de_error(path: &str, message: &str) -> TrainError {
     TrainError::Config { key: path.to_string(), reason: message.to_string() }
 }
 
-/// The error `root` gives with the scalar at `section.key` turned into a string: for a field that
-/// takes one of a set of names, serde's "unknown variant …, expected one of …".
+/// For a field that takes one of a set of names, what was given there and the names: serde
+/// says only "expected a Value::Tagged enum" for a number, list or mapping, and "unknown variant
+/// `null`" for an empty value. Asked again with a string in the slot, it lists the names.
 fn names_expected_at(root: &Value, path: &str) -> Option<String> {
-    let mut root = root.clone();
     let (section, key) = path.split_once('.')?;
-    let slot = root.get_mut(section)?.get_mut(key)?;
-    *slot = Value::String(scalar_text(slot)?);
-    match serde_path_to_error::deserialize::<_, Config>(root) {
-        Err(e) if e.path().to_string() == path => Some(e.into_inner().to_string()),
-        _ => None,
-    }
+    let given = root.get(section)?.get(key)?;
+    let mut probe = root.clone();
+    *probe.get_mut(section)?.get_mut(key)? = Value::String(scalar_text(given).unwrap_or_default());
+    let names = match serde_path_to_error::deserialize::<_, Config>(probe) {
+        Err(e) if e.path().to_string() == path => e.into_inner().to_string(),
+        _ => return None,
+    };
+    let expected = names.split_once("expected ").map_or(names.as_str(), |(_, names)| names);
+    Some(match given {
+        Value::Null => format!("no value given; expected {expected}"),
+        Value::Sequence(_) => format!("a list where one name goes; expected {expected}"),
+        Value::Mapping(_) => format!("a mapping where one name goes; expected {expected}"),
+        _ => names.clone(),
+    })
 }
 
 /// Every `section.key` of the configuration, from the default config's serialisation.

@@ -31,6 +31,15 @@ pub enum Split {
     Bearing,
 }
 
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Split::Time => "time",
+            Split::Bearing => "bearing",
+        })
+    }
+}
+
 impl std::str::FromStr for Split {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self> {
@@ -170,7 +179,7 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
             Split::Bearing => vec![((0, len), bearing_of.contains_key(&id))],
         };
         if let Some(((lo, hi), _)) = regions.iter().find(|((lo, hi), _)| hi - lo < w) {
-            skipped.push(Skipped { id, reason: format!("its {split:?} split region of {} samples is shorter than the window of {w}", hi - lo) });
+            skipped.push(Skipped { id, reason: format!("its {split} split region of {} samples is shorter than the window of {w}", hi - lo) });
             continue;
         }
         if let Err(reason) = builder.check(id)? {
@@ -198,7 +207,7 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
             let reasons: Vec<String> = skipped.iter().map(|s| format!("Id {}: {}", s.id, s.reason)).collect();
             format!("{} of {} Ids skipped: {}", skipped.len(), ds.ids.len(), crate::first_few(&reasons))
         };
-        return Err(TrainError::Data(format!("{}: the {split:?} split leaves an empty fit or test set: {why}", ds.meta.path.display())));
+        return Err(TrainError::Data(format!("{}: the {split} split leaves an empty fit or test set: {why}", ds.meta.path.display())));
     }
     // A probe tells classes apart: with one there is nothing to tell, and every row scores 100 %.
     let present: std::collections::BTreeSet<usize> = fit.y.iter().chain(&test.y).copied().collect();
@@ -319,7 +328,7 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
     let w = cfg.data.window_size;
     // The windows must hold as many values as the windows the encoder was built for.
     if arch.window != cfg.encoder_window() {
-        return Err(TrainError::Checkpoint { path: file, reason: format!("its encoder takes windows of {}, its configuration cuts {} ({:?} input)", arch.window, w, cfg.data.input) });
+        return Err(TrainError::Checkpoint { path: file, reason: format!("its encoder takes windows of {}, its configuration cuts {} ({} input)", arch.window, w, cfg.data.input) });
     }
     let builder = BatchBuilder::new(ds.store.clone(), cfg.preprocess(), WindowConfig { window_size: w, ..WindowConfig::default() })?;
     // Every probe window is held at once: its values (4 bytes each), its spectrum (half as many)

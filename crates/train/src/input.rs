@@ -107,12 +107,12 @@ impl Inputs {
     }
 
     pub fn with_rates(kind: InputKind, window: usize, channels: usize, rates: HashMap<u64, f32>) -> Result<Self> {
+        if kind != InputKind::Time && window < 2 {
+            return Err(TrainError::Config { key: "data.input".into(), reason: format!("a {kind} input needs windows of at least 2 samples, not {window}") });
+        }
         if matches!(kind, InputKind::Spectrum | InputKind::Whitened) {
-            if window < 2 {
-                return Err(TrainError::Config { key: "data.input".into(), reason: format!("a {kind:?} input needs windows of at least 2 samples, not {window}").to_lowercase() });
-            }
             // A plan holds twiddles and scratch of about the window's length in complex values.
-            limits::check(|| format!("the FFT of windows of {window} samples (data.input = {kind:?})").to_lowercase(), limits::bytes(&[window], 32)).map_err(TrainError::OverBudget)?;
+            limits::check(|| format!("the FFT of windows of {window} samples (data.input = {kind})"), limits::bytes(&[window], 32)).map_err(TrainError::OverBudget)?;
         }
         let mut planner = RealFftPlanner::<f32>::new();
         let fft = matches!(kind, InputKind::Spectrum | InputKind::Whitened).then(|| planner.plan_fft_forward(window));

@@ -423,6 +423,20 @@ impl<'a, D: Device> Trainer<'a, D> {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
             if let Ok(saved) = Config::from_yaml(&state.config_yaml, &[]) {
+                // The encoder learnt one view of the windows; another would continue it on
+                // inputs it never saw (a checkpoint's weights fit either when the lengths agree).
+                if saved.data.input != cfg.data.input {
+                    return Err(TrainError::Config {
+                        key: "data.input".into(),
+                        reason: format!(
+                            "the checkpoint in {} was trained on {} input, this run has {}: resume with --override data.input={}",
+                            dir.display(),
+                            saved.data.input,
+                            cfg.data.input,
+                            saved.data.input
+                        ),
+                    });
+                }
                 if saved.precision() != cfg.precision() {
                     obs.message(&format!(
                         "note: the checkpoint was trained with {} products, this run continues with {}: the losses will not match an uninterrupted run",

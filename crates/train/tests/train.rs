@@ -70,6 +70,11 @@ fn bad_keys_and_values_name_the_key() {
         ("data:\n  window_size: 1e12\n", "data.window_size", ""),
         ("data:\n  window_sampling_strategy: spiral\n", "data.window_sampling_strategy", "spiral"),
         ("data:\n  input: 0\n", "data.input", "expected one of `time`, `spectrum`, `whitened`"),
+        // Something other than one name (a third probe of 2026-12-02): said as what it is.
+        ("data:\n  input:\n", "data.input", "no value given; expected one of `time`"),
+        ("data:\n  input: [a]\n", "data.input", "a list where one name goes; expected one of `time`"),
+        ("data:\n  input: {a: 1}\n", "data.input", "a mapping where one name goes; expected one of"),
+        ("data:\n  window_size: 1\n", "data.window_size", "at least 2"),
         ("trainer:\n  monitor: -1\n", "trainer.monitor", "expected one of"),
         ("task:\n  temperature: 0\n", "task.temperature", ""),
         ("task:\n  lr: fast\n", "task.lr", ""),
@@ -597,6 +602,10 @@ fn a_resume_with_another_encoder_names_the_keys_that_differ() {
     let cnn = small_config(dir.path(), &["model.name=cnn", "data.window_size=256", "environment.experiment_name=a", "trainer.max_steps=4"]);
     let e = train(&cnn, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("model.name: isfm in the checkpoint, cnn in the run"), "{e}");
+    // Same encoder, another view of the windows: refused by name too (it went on silently).
+    let standardized = small_config(dir.path(), &[&isfm[..], &["environment.experiment_name=a", "trainer.max_steps=4", "data.input=standardized"]].concat());
+    let e = train(&standardized, &h5, &csv, Some(&ckpt), &mut Quiet).unwrap_err().to_string();
+    assert!(e.contains("data.input") && e.contains("trained on time input, this run has standardized"), "{e}");
 }
 
 #[test]
@@ -703,7 +712,8 @@ fn a_fresh_run_that_fails_leaves_the_previous_record_of_its_directory_whole() {
     // A fresh run whose first step fails: raw values near f32's limit (no normalization)
     // overflow the first layer, and step 1's loss is NaN.
     let huge = dir.path().join("huge.h5");
-    let values = vec![3.0e38f32; 2048 * 2];
+    // (Not one value throughout: a constant recording is skipped as such.)
+    let values: Vec<f32> = (0..2048 * 2).map(|i| if i % 3 == 0 { 2.9e38 } else { 3.0e38 }).collect();
     let ids = train::trainer::open_dataset(&h5, &csv).unwrap().ids.clone();
     signal::store::write_store(&huge, ids.iter().map(|&id| signal::store::SampleData { id, values: &values, channels: 2 }), Layout::Contiguous).unwrap();
     let bad = small_config(&run, &["data.normalization=none"]);

@@ -78,7 +78,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     let first = &report.draws[0];
     outln!("checkpoint   {}", first.checkpoint);
-    outln!("encoder      {} on the {:?} input", first.encoder, first.input);
+    outln!("encoder      {} on the {} input", first.encoder, first.input);
     for r in &report.draws {
         print_draw(r);
     }
@@ -99,7 +99,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// One draw: its split, held-out bearings, windows and the three rows.
 fn print_draw(r: &EvalReport) {
-    outln!("split        {:?} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
+    outln!("split        {} (seed {}), label `{}` ({} classes), {} windows per Id and region", r.split, r.seed, r.label, r.classes.len(), r.windows_per_region);
     outln!("windows      fit {} from {} Ids, test {} from {} Ids", r.fit_windows, r.fit_ids.len(), r.test_windows, r.test_ids.len());
     for h in &r.held_out {
         outln!("held out     bearing {} (Label|Fault_Size|Fault_Location): Ids {:?}, {} test windows", h.bearing, h.ids, h.test_windows);
