@@ -234,7 +234,10 @@ pub fn data(s: &Settings) -> Result<Category> {
                     // first such build fails the data category instead, naming it (as a failed
                     // training step fails its timing).
                     let mut failure: Option<BenchError> = None;
-                    let (t, calls) = time_ms_batched(3, (chunks.len() * 2).clamp(10, 200), 1.0, || {
+                    // Warm-up: every batch built once, so that the timed builds find each Id's pages
+                    // mapped (first touches of a memory-mapped store are page faults, whose cost
+                    // moved by tens of % between runs).
+                    let (t, calls) = time_ms_batched(chunks.len(), (chunks.len() * 2).clamp(10, 200), 1.0, || {
                         let c = chunks[(k as usize) % chunks.len()];
                         match builder.build_into(c, k, &mut batch) {
                             Err(e) => _ = failure.get_or_insert(e.into()),
@@ -248,7 +251,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                     if let Some(e) = failure {
                         return Err(e);
                     }
-                    let metric = timed(CategoryKind::Data, &format!("{config}.B{b}"), MetricName::BatchPrepMs, t, 3);
+                    let metric = timed(CategoryKind::Data, &format!("{config}.B{b}"), MetricName::BatchPrepMs, t, chunks.len());
                     let method = format!("{}, each sample the mean of {calls} builds", metric.method);
                     cat.metrics.push(Metric { method, ..metric });
                 }

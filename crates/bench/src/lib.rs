@@ -179,6 +179,7 @@ impl Benchmark {
             cb(kind);
         }
         std::fs::create_dir_all(&self.settings.work_dir).map_err(|e| BenchError::io(&self.settings.work_dir, e))?;
+        let calibration = measure::calibration_ms(self.settings.threads);
         let (t, contention) = (Instant::now(), measure::Contention::start());
         let s = &self.settings;
         let outcome = match kind {
@@ -200,6 +201,7 @@ impl Benchmark {
         };
         cat.seconds = t.elapsed().as_secs_f64();
         cat.others_cpu_share = contention.others_share();
+        cat.calibration_ms = Some(calibration);
         if let Some(note) = cat.contention_note() {
             cat.notes.push(note);
         }

@@ -1,7 +1,8 @@
 //! How times and memory are taken: warm-up, then repeated samples of a closure, wall clock
 //! (`std::time::Instant`, monotonic); memory as the peak-RSS delta of the process
-//! (`/proc/self/status` VmHWM after resetting it through `/proc/self/clear_refs`); and how busy
-//! the rest of the machine was meanwhile ([`Contention`]).
+//! (`/proc/self/status` VmHWM after resetting it through `/proc/self/clear_refs`); how busy the
+//! rest of the machine was meanwhile ([`Contention`]), and how fast the machine itself ran
+//! ([`calibration_ms`]).
 
 use std::time::Instant;
 
@@ -185,4 +186,38 @@ impl Contention {
         let others = (b.busy.saturating_sub(a.busy)).saturating_sub(b.mine.saturating_sub(a.mine));
         Some((others as f64 / total as f64).min(1.0))
     }
+}
+
+/// The median time, in ms, of a fixed reference workload — on each of `threads` threads at once,
+/// multiply-adds over its own 4 MiB of f32 (past the caches: memory and cores alike), the same
+/// in every run of every build — taken before each category: a baseline's timings and this run's
+/// can only be compared where the machine ran at one speed. A shared VM's speed moves by 10–30 %
+/// from one run to the next with no process of ours or of the guest's to see (two quiet quick runs
+/// a minute apart had every batch-preparation time 15 % apart); this is how such a move shows.
+pub fn calibration_ms(threads: usize) -> f64 {
+    let buffers: Vec<Vec<f32>> = (0..threads.max(1)).map(|t| (0..1 << 20).map(|i| ((i + t) % 97) as f32 * 0.01).collect()).collect();
+    let pass = |data: &[f32]| {
+        let mut acc = [0.0f32; 8];
+        for _ in 0..2 {
+            for c in std::hint::black_box(data).chunks_exact(8) {
+                for (a, &x) in acc.iter_mut().zip(c) {
+                    *a = *a * 0.999 + x;
+                }
+            }
+        }
+        std::hint::black_box(acc);
+    };
+    let mut samples: Vec<f64> = (0..11)
+        .map(|_| {
+            let t = Instant::now();
+            std::thread::scope(|s| {
+                for b in &buffers {
+                    s.spawn(|| pass(b));
+                }
+            });
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
 }

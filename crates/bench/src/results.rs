@@ -149,11 +149,14 @@ pub struct Category {
     /// ([`crate::measure::Contention`]); absent where /proc could not tell.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub others_cpu_share: Option<f64>,
+    /// The machine's speed just before the category ran: [`crate::measure::calibration_ms`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_ms: Option<f64>,
 }
 
 impl Category {
     pub fn new(kind: CategoryKind) -> Self {
-        Category { kind, status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0, others_cpu_share: None }
+        Category { kind, status: Status::Ok, notes: Vec::new(), metrics: Vec::new(), sweep: Vec::new(), seconds: 0.0, others_cpu_share: None, calibration_ms: None }
     }
 
     /// The note for timings taken beside a busy neighbour, where other processes took at least

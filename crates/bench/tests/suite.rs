@@ -329,3 +329,25 @@ fn one_advice_per_missed_target_kind() {
     assert_eq!(data.len(), 1, "{recs:#?}");
     assert_eq!(data[0].evidence.matches("(target >=").count(), failed, "{:?}", data[0].evidence);
 }
+
+/// Each category records the machine's speed before it (a fixed reference workload), and a
+/// comparison says when the machine itself ran at another speed than the baseline's.
+#[test]
+fn a_machine_at_another_speed_is_said() {
+    let reference = bench::measure::calibration_ms(2);
+    assert!(reference.is_finite() && reference > 0.0, "{reference}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Benchmark::new(dir.path()).quick(true).threads(2);
+    let cat = b.data().unwrap().clone();
+    let now = cat.calibration_ms.expect("recorded before the category");
+    let run = b.results().clone();
+    let slower_then = |factor: f64| {
+        let mut base = run.clone();
+        base.categories.iter_mut().for_each(|c| c.calibration_ms = Some(now / factor));
+        let mut again = run.clone();
+        bench::compare::compare(&mut again, "base", &base, 0.05)
+    };
+    let warnings = slower_then(1.3);
+    assert!(warnings.iter().any(|w| w.contains("the machine itself ran slower") && w.contains("+30 %")), "{warnings:?}");
+    assert!(!slower_then(1.0).iter().any(|w| w.contains("the machine itself")));
+}
