@@ -601,9 +601,6 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     }
     if reduced.iter().any(|r| r.precision == Precision::Fp16) {
         cat.notes.push("fp16 products: operands rounded to binary16 as they are packed, fp32 accumulation, dynamic loss scaling (no fp16 kernel of its own yet)".into());
-    } else if let Err(e) = engine::cpu::fp16_emulation() {
-        // A misspelt setting is said, not read as no setting.
-        cat.notes.push(format!("fp16: not run: {e}"));
     } else if !engine::cpu::fp16_supported() {
         cat.notes.push("fp16: not run on this CPU (no AVX512-FP16; CID_CPU_FP16=emulate runs its numerics); bf16 is the CPU's mixed precision".into());
     }

@@ -62,12 +62,12 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
     }
     // The machine itself at another speed (a VM's neighbours, its clock): every timing of the
     // category moved with it, whatever the code did.
-    for c in &results.categories {
-        let (Some(now), Some(then)) = (c.calibration_ms, base.category(c.kind).and_then(|b| b.calibration_ms)) else { continue };
+    for c in results.categories.iter().filter(|c| c.status != Status::Error) {
+        let (Some(now), Some(then)) = (c.calibration_ms, base.category(c.kind).filter(|b| b.status != Status::Error).and_then(|b| b.calibration_ms)) else { continue };
         // The reference's own jitter is ~5 % on a quiet machine: a move is said past twice that.
         let change = now / then - 1.0;
         if change.abs() > noise.max(0.1) {
-            let (pace, side) = if change > 0.0 { ("slower", "this run's timings read slower") } else { ("faster", "this run's timings read faster") };
+            let (pace, side) = if change > 0.0 { ("slower", "this run's timings may read slower") } else { ("faster", "this run's timings may read faster") };
             warnings.push(format!(
                 "before {}, a fixed reference workload took {then:.3} ms in the baseline and {now:.3} ms in this run ({:+.0} %): the machine itself ran {pace}, and {side} for that reason alone",
                 c.kind,

@@ -23,17 +23,17 @@ pub fn time_ms(warmup: usize, samples: usize, mut f: impl FnMut()) -> Vec<f64> {
 }
 
 /// Per-call wall times in ms of a call far shorter than the clock's and the machine's jitter
-/// (tens of µs): each sample times as many calls as fill `sample_ms` (counted on the first timed
-/// call, at most 10 000), divided by their number — criterion's iterations per sample. One call
-/// per sample, a 20 µs batch build moved by ±30 % between quick runs on a quiet machine. Returns
-/// the per-call times and the calls per sample.
+/// (tens of µs): each sample times as many calls as fill `sample_ms` (counted from the mean of the
+/// warm-up calls, so that one preempted call does not set it; at most 10 000), divided by their
+/// number — criterion's iterations per sample. One call per sample, a 20 µs batch build moved by
+/// ±30 % between quick runs on a quiet machine. Returns the per-call times and the calls per sample.
 pub fn time_ms_batched(warmup: usize, samples: usize, sample_ms: f64, mut f: impl FnMut()) -> (Vec<f64>, usize) {
+    let warmup = warmup.max(1);
+    let t = Instant::now();
     for _ in 0..warmup {
         f();
     }
-    let t = Instant::now();
-    f();
-    let one = t.elapsed().as_secs_f64() * 1e3;
+    let one = t.elapsed().as_secs_f64() * 1e3 / warmup as f64;
     let calls = (sample_ms / one.max(1e-6)).ceil().clamp(1.0, 10_000.0) as usize;
     let times = time_ms(0, samples, || {
         for _ in 0..calls {
@@ -188,36 +188,48 @@ impl Contention {
     }
 }
 
-/// The median time, in ms, of a fixed reference workload — on each of `threads` threads at once,
-/// multiply-adds over its own 4 MiB of f32 (past the caches: memory and cores alike), the same
-/// in every run of every build — taken before each category: a baseline's timings and this run's
-/// can only be compared where the machine ran at one speed. A shared VM's speed moves by 10–30 %
-/// from one run to the next with no process of ours or of the guest's to see (two quiet quick runs
-/// a minute apart had every batch-preparation time 15 % apart); this is how such a move shows.
+/// The median time, in ms, of a fixed reference workload — on each of `threads` threads at once
+/// (at most the machine's cores, and 8), multiply-adds over its own 4 MiB of f32 (past L2: memory
+/// and cores alike), the same in every run of every build — taken before each category: a
+/// baseline's timings and this run's can only be compared where the machine ran at one speed. A
+/// shared VM's speed moves by 10–30 % from one run to the next with no process of ours or of the
+/// guest's to see; this is how such a move shows. The threads start once and each round is timed
+/// between two barriers, so their start is not in it.
 pub fn calibration_ms(threads: usize) -> f64 {
-    let buffers: Vec<Vec<f32>> = (0..threads.max(1)).map(|t| (0..1 << 20).map(|i| ((i + t) % 97) as f32 * 0.01).collect()).collect();
+    const ROUNDS: usize = 11;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = threads.clamp(1, cores.min(8));
+    let buffers: Vec<Vec<f32>> = (0..n).map(|t| (0..1 << 20).map(|i| ((i + t) % 97) as f32 * 0.01).collect()).collect();
     let pass = |data: &[f32]| {
         let mut acc = [0.0f32; 8];
-        for _ in 0..2 {
-            for c in std::hint::black_box(data).chunks_exact(8) {
-                for (a, &x) in acc.iter_mut().zip(c) {
-                    *a = *a * 0.999 + x;
-                }
+        for c in std::hint::black_box(data).chunks_exact(8) {
+            for (a, &x) in acc.iter_mut().zip(c) {
+                *a = *a * 0.999 + x;
             }
         }
         std::hint::black_box(acc);
     };
-    let mut samples: Vec<f64> = (0..11)
-        .map(|_| {
-            let t = Instant::now();
-            std::thread::scope(|s| {
-                for b in &buffers {
-                    s.spawn(|| pass(b));
+    let barrier = std::sync::Barrier::new(n + 1);
+    let mut samples: Vec<f64> = std::thread::scope(|s| {
+        for b in &buffers {
+            let (barrier, pass) = (&barrier, &pass);
+            s.spawn(move || {
+                for _ in 0..ROUNDS {
+                    barrier.wait();
+                    pass(b);
+                    barrier.wait();
                 }
             });
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
+        }
+        (0..ROUNDS)
+            .map(|_| {
+                barrier.wait();
+                let t = Instant::now();
+                barrier.wait();
+                t.elapsed().as_secs_f64() * 1e3
+            })
+            .collect()
+    });
     samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    samples[ROUNDS / 2]
 }

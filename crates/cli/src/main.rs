@@ -87,7 +87,7 @@ fn main() {
     let cli = Cli::parse();
     sigbus::install();
     // The environment's settings, read once before any work: a bad value is a named error.
-    if let Err(e) = limits::init(cli.memory_budget).and_then(|_| engine::cpu::plan::check_env()).and_then(|_| engine::cpu::amx::check_env()) {
+    if let Err(e) = limits::init(cli.memory_budget).and_then(|_| engine::cpu::plan::check_env()).and_then(|_| engine::cpu::amx::check_env()).and_then(|_| engine::cpu::fp16_emulation().map(|_| ())) {
         errln!("error: {e}");
         std::process::exit(1);
     }

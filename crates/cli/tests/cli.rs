@@ -180,7 +180,12 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
 fn a_bad_environment_variable_is_named() {
     let f = root().join("tests/fixtures");
     let inspect = ["inspect".to_string(), "--data".into(), f.join("default_f32.h5").display().to_string(), "--meta".into(), f.join("meta.csv").display().to_string()];
-    for (var, value, needle) in [("CID_CPU_GEMM", "garbage", "CID_CPU_GEMM=garbage"), ("CID_MEMORY_BUDGET", "1e12", "1e12"), ("CID_CPU_AMX", "yes", "CID_CPU_AMX=yes: expected on or off")] {
+    for (var, value, needle) in [
+        ("CID_CPU_GEMM", "garbage", "CID_CPU_GEMM=garbage"),
+        ("CID_MEMORY_BUDGET", "1e12", "1e12"),
+        ("CID_CPU_AMX", "yes", "CID_CPU_AMX=yes: expected on or off"),
+        ("CID_CPU_FP16", "Emulate", "CID_CPU_FP16=\"Emulate\": expected `emulate`"),
+    ] {
         let o = bin().env(var, value).args(&inspect).output().unwrap();
         let t = text(&o);
         assert!(!o.status.success() && t.contains(needle) && !t.contains("panicked"), "{var}={value}: {t}");

@@ -142,8 +142,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(b as u64)
 }
 
-/// `bytes` as a size is typed to [`parse_size`] (`30M` for 30 MiB), so that a message echoes the
-/// flag as the user wrote it rather than its decimal megabytes.
+/// `bytes` in the units the flag takes ([`parse_size`]: `30M` for 30 MiB, the largest unit that
+/// divides it), so that a message echoes the flag in its own terms rather than in decimal
+/// megabytes (`--memory-budget 30M`, not 31.5 MB).
 fn as_typed(bytes: u64) -> String {
     match [(40, "T"), (30, "G"), (20, "M"), (10, "K")].into_iter().find(|&(shift, _)| bytes >= 1 << shift && bytes % (1 << shift) == 0) {
         Some((shift, unit)) => format!("{}{unit}", bytes >> shift),

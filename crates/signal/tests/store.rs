@@ -324,9 +324,6 @@ fn an_id_with_another_channel_count_is_skipped_and_named() {
     assert!(skips[0].1.to_string().contains("1 channels, where the store's signals have 2"), "{}", skips[0].1);
 }
 
-/// Finite values near f32's limit overflow `x − mean` (standardization) and `x − min` (minmax):
-/// the Id is skipped with the channel named, never fed as infinities. Without normalization the
-/// values stay finite and the Id is used.
 /// A recording whose every channel holds one value throughout (a dead sensor, a flat export) is
 /// skipped and named: its windows are all alike, and standardized all 0 (it trained at chance
 /// without a word). One constant channel beside a live one is still a recording.
@@ -350,6 +347,9 @@ fn constant_recordings_are_skipped_and_named() {
     }
 }
 
+/// Finite values near f32's limit overflow `x − mean` (standardization) and `x − min` (minmax):
+/// the Id is skipped with the channel named, never fed as infinities. Without normalization the
+/// values stay finite and the Id is used.
 #[test]
 fn values_whose_normalization_overflows_are_skipped_and_named() {
     let dir = tempfile::tempdir().unwrap();

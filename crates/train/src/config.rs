@@ -586,6 +586,10 @@ impl Config {
                 return bad(key, format!("{v} is more than {max}"));
             }
         }
+        // Each window is standardized after its augmentations: a gain would be undone.
+        if d.input == InputKind::Standardized && d.augment_gain > 0.0 {
+            return bad("data.augment_gain", "does nothing with data.input: standardized (each window is standardized after the gain, which undoes it); leave it at 0".into());
+        }
         if !(0.0..1.0).contains(&d.val_fraction) {
             return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
         }

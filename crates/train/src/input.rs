@@ -1,8 +1,9 @@
 //! What the encoder is fed for a batch of windows: the samples themselves (`data.input: time`) or
 //! their log-magnitude spectrum (`data.input: spectrum`: `log(1 + |rFFT|)` of each mean-removed
 //! window per channel, bins 1…W/2, as `quality_ref.py`'s `Spectrum`), their pre-whitened form
-//! (`data.input: whitened`: the same rFFT with every bin scaled to magnitude 1, back to time), and
-//! each window's sampling rate from the table (the ISFM's time channel).
+//! (`data.input: whitened`: the same rFFT with every bin scaled to magnitude 1, back to time), each
+//! window standardized over its own samples (`data.input: standardized`), and each window's
+//! sampling rate from the table (the ISFM's time channel).
 //!
 //! Training windows can be augmented first, each view on its own, to make the pretext harder
 //! (telling recordings apart by their spectrum alone is easy): random gain, circular time shift,
@@ -188,10 +189,17 @@ impl Inputs {
         for (v, x) in views.iter_mut().enumerate() {
             x.par_chunks_mut(row.max(1)).enumerate().for_each(|(r, w)| aug.apply(w, self.channels, &mut Rng::new(mix_seed(&[seed, v as u64, r as u64]))));
         }
-        let [a, p] = views;
-        if self.kind == InputKind::Time {
-            // Time input: the augmented copies are the model's input already.
-            return Ok((a, p));
+        let [mut a, mut p] = views;
+        match self.kind {
+            // The augmented copies are the model's input already, or become it in place.
+            InputKind::Time => return Ok((a, p)),
+            InputKind::Standardized => {
+                for x in [&mut a, &mut p] {
+                    x.par_chunks_mut(row.max(1)).for_each(|w| standardize_window(w, self.channels));
+                }
+                return Ok((a, p));
+            }
+            InputKind::Spectrum | InputKind::Whitened => {}
         }
         Ok((self.of(&a)?.into_owned(), self.of(&p)?.into_owned()))
     }
@@ -321,10 +329,35 @@ mod tests {
                 let mean = v.iter().sum::<f64>() / w as f64;
                 let std = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / w as f64).sqrt();
                 assert!(mean.abs() < 1e-5 && (std - 1.0).abs() < 1e-5, "window channel {ch}: mean {mean}, std {std}");
-                // The waveform is kept: an affine map of the original with a positive slope.
-                let (o0, o1) = (orig[ch] as f64, orig[c + ch] as f64);
-                assert!(((win[c + ch] - win[ch]) as f64).signum() == (o1 - o0).signum());
+                // The waveform is kept: (x − its mean) / its std, value by value.
+                let o: Vec<f64> = (0..w).map(|t| orig[t * c + ch] as f64).collect();
+                let (om, os) = (o.iter().sum::<f64>() / w as f64, (o.iter().map(|a| (a - o.iter().sum::<f64>() / w as f64).powi(2)).sum::<f64>() / w as f64).sqrt());
+                for (t, (&y, &x)) in v.iter().zip(&o).enumerate() {
+                    assert!((y - (x - om) / os).abs() < 1e-5, "channel {ch} sample {t}: {y} against {}", (x - om) / os);
+                }
             }
+        }
+    }
+
+    #[test]
+    fn standardized_views_are_standardized_after_their_augmentations() {
+        let (w, c) = (64, 1);
+        let batch =
+            ContrastiveBatch { anchor: (0..2 * w).map(|i| (i as f32 * 0.3).sin() * 50.0).collect(), positive: (0..2 * w).map(|i| (i as f32 * 0.2).cos() * 9.0 + 4.0).collect(), ..Default::default() };
+        let aug = Augment { shift: 0.5, noise: 0.1, ..Default::default() };
+        let inp = Inputs::with_rates(InputKind::Standardized, w, c, HashMap::new()).unwrap();
+        let (a, p) = inp.augmented_pair(&batch, &aug, 7).unwrap();
+        for win in a.chunks(w).chain(p.chunks(w)) {
+            let mean = win.iter().map(|&x| x as f64).sum::<f64>() / w as f64;
+            let std = (win.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / w as f64).sqrt();
+            assert!(mean.abs() < 1e-5 && (std - 1.0).abs() < 1e-4, "mean {mean}, std {std}");
+        }
+    }
+
+    #[test]
+    fn input_names_read_back_as_their_kinds() {
+        for kind in [InputKind::Time, InputKind::Spectrum, InputKind::Whitened, InputKind::Standardized] {
+            assert_eq!(serde_norway::from_str::<InputKind>(&kind.to_string()).unwrap(), kind);
         }
     }
 

@@ -422,7 +422,12 @@ impl<'a, D: Device> Trainer<'a, D> {
             if state.seed != cfg.trainer.seed {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
-            if let Ok(saved) = Config::from_yaml(&state.config_yaml, &[]) {
+            let saved = Config::from_yaml(&state.config_yaml, &[]);
+            if let Err(e) = &saved {
+                // Written by another version: what the checks below compare is not known.
+                obs.message(&format!("note: the checkpoint's configuration does not read under this version ({e}): its data.input and precision are not checked against this run's"));
+            }
+            if let Ok(saved) = saved {
                 // The encoder learnt one view of the windows; another would continue it on
                 // inputs it never saw (a checkpoint's weights fit either when the lengths agree).
                 if saved.data.input != cfg.data.input {

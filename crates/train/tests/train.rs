@@ -820,3 +820,10 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
         assert!(e.contains("training_state.safetensors") && e.contains(named) && e.contains("corrupt"), "{to}: {e}");
     }
 }
+
+#[test]
+fn split_names_read_back_as_their_splits() {
+    for split in [train::eval::Split::Time, train::eval::Split::Bearing] {
+        assert_eq!(split.to_string().parse::<train::eval::Split>().unwrap(), split);
+    }
+}

@@ -138,7 +138,10 @@ fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32], parts: usiz
             }
         }
     };
-    let per = cols.div_ceil(parts.max(1)).next_multiple_of(T);
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    let per = super::part_width(cols, parts, T);
     if parts <= 1 || per >= cols {
         tile(0, out);
     } else {
@@ -553,7 +556,8 @@ impl CpuDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::transpose;
+    use super::*;
+    use crate::device::Device;
 
     #[test]
     fn transpose_on_any_number_of_workers_is_the_transpose() {
@@ -570,9 +574,6 @@ mod tests {
             }
         }
     }
-
-    use super::*;
-    use crate::device::Device;
 
     #[test]
     fn parallel_gemm_splits_match_the_naive_product() {

@@ -314,6 +314,12 @@ fn take_grown<T: Copy + Default>(slot: &mut Vec<T>, n: usize) -> Vec<T> {
     v
 }
 
+/// Columns per part when `cols` columns are split into `parts` parts of whole `align`-wide units
+/// (the last may be narrower; fewer parts where the units run out).
+fn part_width(cols: usize, parts: usize, align: usize) -> usize {
+    cols.div_ceil(parts.max(1)).next_multiple_of(align)
+}
+
 /// Rows per part when `rows` rows are split into `parts` parts (the last may be shorter).
 fn rows_per_part(rows: usize, parts: usize) -> usize {
     rows.div_ceil(parts.max(1)).max(1)
@@ -529,7 +535,7 @@ impl Device for CpuDevice {
         assert!(dbs.len() == cols && dys.len() % cols == 0);
         // Columns split among the workers, whole strips each: every column is summed by one
         // worker in row order, so the sums do not depend on how many there are.
-        let per = cols.div_ceil(parts).next_multiple_of(math::STRIP_COLS);
+        let per = part_width(cols, parts, math::STRIP_COLS);
         if parts <= 1 || per >= cols {
             act::bias_grad_rows(dbs, dys, cols, 0, accumulate);
         } else {
