@@ -141,7 +141,8 @@ pub fn replace_with_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
 }
 
 /// Reads a whole file, reserving its memory fallibly: a file larger than what can be had is an
-/// `OutOfMemory` error naming its size, never an abort.
+/// `OutOfMemory` error naming its size, never an abort. The errors do not name the path: the
+/// caller's error type does.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let oom = |e: String| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e);
@@ -149,7 +150,8 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     let len = f.metadata()?.len();
     let mut buf = Vec::new();
     let n = usize::try_from(len).map_err(|_| oom(format!("{len} bytes do not fit in memory")))?;
-    limits::check(|| format!("{}: reading the whole file", path.display()), len as u128).map_err(|e| oom(e.to_string()))?;
+    // The path is the caller's to name (each wraps the error with it).
+    limits::check(|| "reading the whole file".to_string(), len as u128).map_err(|e| oom(e.to_string()))?;
     buf.try_reserve_exact(n).map_err(|e| oom(format!("{len} bytes could not be had: {e}")))?;
     // The declared bytes straight into the reservation; then whatever follows them, since the
     // declared length is a hint, not a bound: a pipe, a device (`/dev/zero`) or a file still
