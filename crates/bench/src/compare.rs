@@ -69,7 +69,7 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
         if change.abs() > noise.max(0.1) {
             let (pace, side) = if change > 0.0 { ("slower", "this run's timings may read slower") } else { ("faster", "this run's timings may read faster") };
             warnings.push(format!(
-                "before {}, a fixed reference workload took {then:.3} ms in the baseline and {now:.3} ms in this run ({:+.0} %): the machine itself ran {pace}, and {side} for that reason alone",
+                "before {}, a fixed reference workload took {then:.3} ms in the baseline and {now:.3} ms in this run ({:+.0} %): the machine itself ran {pace}, and {side} for that reason",
                 c.kind,
                 100.0 * change
             ));

@@ -138,7 +138,7 @@ impl Inputs {
         }
         if self.kind == InputKind::Standardized {
             let mut out = windows.to_vec();
-            out.par_chunks_mut(w * c).for_each(|x| standardize_window(x, c));
+            self.standardize(&mut out);
             return Ok(Cow::Owned(out));
         }
         let Some(fft) = &self.fft else { return Ok(Cow::Borrowed(windows)) };
@@ -194,14 +194,18 @@ impl Inputs {
             // The augmented copies are the model's input already, or become it in place.
             InputKind::Time => return Ok((a, p)),
             InputKind::Standardized => {
-                for x in [&mut a, &mut p] {
-                    x.par_chunks_mut(row.max(1)).for_each(|w| standardize_window(w, self.channels));
-                }
+                self.standardize(&mut a);
+                self.standardize(&mut p);
                 return Ok((a, p));
             }
             InputKind::Spectrum | InputKind::Whitened => {}
         }
         Ok((self.of(&a)?.into_owned(), self.of(&p)?.into_owned()))
+    }
+
+    /// Whole windows `[n, W, C]` standardized in place, each over its own samples.
+    fn standardize(&self, windows: &mut [f32]) {
+        windows.par_chunks_mut((self.window * self.channels).max(1)).for_each(|x| standardize_window(x, self.channels));
     }
 
     /// The sampling rate of each Id (1 Hz where the table has none).

@@ -422,32 +422,31 @@ impl<'a, D: Device> Trainer<'a, D> {
             if state.seed != cfg.trainer.seed {
                 obs.message(&format!("note: resuming with seed {} from the checkpoint (config has {})", state.seed, cfg.trainer.seed));
             }
-            let saved = Config::from_yaml(&state.config_yaml, &[]);
-            if let Err(e) = &saved {
+            match Config::from_yaml(&state.config_yaml, &[]) {
                 // Written by another version: what the checks below compare is not known.
-                obs.message(&format!("note: the checkpoint's configuration does not read under this version ({e}): its data.input and precision are not checked against this run's"));
-            }
-            if let Ok(saved) = saved {
-                // The encoder learnt one view of the windows; another would continue it on
-                // inputs it never saw (a checkpoint's weights fit either when the lengths agree).
-                if saved.data.input != cfg.data.input {
-                    return Err(TrainError::Config {
-                        key: "data.input".into(),
-                        reason: format!(
-                            "the checkpoint in {} was trained on {} input, this run has {}: resume with --override data.input={}",
-                            dir.display(),
-                            saved.data.input,
-                            cfg.data.input,
-                            saved.data.input
-                        ),
-                    });
-                }
-                if saved.precision() != cfg.precision() {
-                    obs.message(&format!(
-                        "note: the checkpoint was trained with {} products, this run continues with {}: the losses will not match an uninterrupted run",
-                        saved.precision(),
-                        cfg.precision()
-                    ));
+                Err(e) => obs.message(&format!("note: the checkpoint's configuration does not read under this version ({e}): its data.input and precision are not checked against this run's")),
+                Ok(saved) => {
+                    // The encoder learnt one view of the windows; another would continue it on
+                    // inputs it never saw (a checkpoint's weights fit either when the lengths agree).
+                    if saved.data.input != cfg.data.input {
+                        return Err(TrainError::Config {
+                            key: "data.input".into(),
+                            reason: format!(
+                                "the checkpoint in {} was trained on {} input, this run has {}: resume with --override data.input={}",
+                                dir.display(),
+                                saved.data.input,
+                                cfg.data.input,
+                                saved.data.input
+                            ),
+                        });
+                    }
+                    if saved.precision() != cfg.precision() {
+                        obs.message(&format!(
+                            "note: the checkpoint was trained with {} products, this run continues with {}: the losses will not match an uninterrupted run",
+                            saved.precision(),
+                            cfg.precision()
+                        ));
+                    }
                 }
             }
             step.step = state.step;

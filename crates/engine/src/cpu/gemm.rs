@@ -126,7 +126,11 @@ fn operands(g: Gemm, a: *const f32, b: *const f32) -> (Operand, Operand) {
 /// of `src` (rows of `out`) split among `parts` workers.
 fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32], parts: usize) {
     const T: usize = 32;
-    let tile = |c_first: usize, out: &mut [f32]| {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    // Rows of `out` (columns of `src`) in whole tiles per worker.
+    super::for_column_parts(parts, out, rows, T, |c_first, out| {
         let c_end = c_first + out.len() / rows;
         for r0 in (0..rows).step_by(T) {
             for c0 in (c_first..c_end).step_by(T) {
@@ -137,16 +141,7 @@ fn transpose(src: &[f32], rows: usize, cols: usize, out: &mut [f32], parts: usiz
                 }
             }
         }
-    };
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let per = super::part_width(cols, parts, T);
-    if parts <= 1 || per >= cols {
-        tile(0, out);
-    } else {
-        out.par_chunks_mut(per * rows).enumerate().for_each(|(i, o)| tile(i * per, o));
-    }
+    });
 }
 
 /// Splits `dim` among at most `workers` parts at multiples of `unit` (a micro-tile, a strip):

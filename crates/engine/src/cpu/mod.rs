@@ -314,10 +314,18 @@ fn take_grown<T: Copy + Default>(slot: &mut Vec<T>, n: usize) -> Vec<T> {
     v
 }
 
-/// Columns per part when `cols` columns are split into `parts` parts of whole `align`-wide units
-/// (the last may be narrower; fewer parts where the units run out).
-fn part_width(cols: usize, parts: usize, align: usize) -> usize {
-    cols.div_ceil(parts.max(1)).next_multiple_of(align)
+/// Runs `f(first_column, part)` over `data` laid out column after column (`column_len` values
+/// each, `data.len() / column_len` columns), split into at most `parts` parts of whole
+/// `align`-wide groups of columns (in parallel where there are several): the column-wise twin of
+/// [`for_row_blocks`], for work in which every column is one worker's.
+fn for_column_parts(parts: usize, data: &mut [f32], column_len: usize, align: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    let cols = data.len() / column_len.max(1);
+    let per = cols.div_ceil(parts.max(1)).next_multiple_of(align.max(1));
+    if parts <= 1 || per >= cols {
+        f(0, data);
+    } else {
+        data.par_chunks_mut(per * column_len).enumerate().for_each(|(i, part)| f(i * per, part));
+    }
 }
 
 /// Rows per part when `rows` rows are split into `parts` parts (the last may be shorter).
@@ -535,12 +543,7 @@ impl Device for CpuDevice {
         assert!(dbs.len() == cols && dys.len() % cols == 0);
         // Columns split among the workers, whole strips each: every column is summed by one
         // worker in row order, so the sums do not depend on how many there are.
-        let per = part_width(cols, parts, math::STRIP_COLS);
-        if parts <= 1 || per >= cols {
-            act::bias_grad_rows(dbs, dys, cols, 0, accumulate);
-        } else {
-            dbs.par_chunks_mut(per).enumerate().for_each(|(i, d)| act::bias_grad_rows(d, dys, cols, i * per, accumulate));
-        }
+        for_column_parts(parts, dbs, 1, math::STRIP_COLS, |c_first, d| act::bias_grad_rows(d, dys, cols, c_first, accumulate));
     }
 
     fn act_forward(&mut self, pre: View, out: View, bias: Option<View>, cols: usize, act: Activation, dropout: Option<Dropout>) {
