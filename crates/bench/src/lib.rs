@@ -386,6 +386,9 @@ pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
     if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
         return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
     }
+    for c in &base.categories {
+        check_baseline_category(c).map_err(|why| BenchError::Input(format!("{}: category {}: {why}", path.display(), c.kind)))?;
+    }
     let mut seen = std::collections::HashSet::new();
     for m in base.metrics() {
         check_baseline_metric(m).map_err(|why| BenchError::Input(format!("{}: metric {}: {why}", path.display(), m.id)))?;
@@ -422,6 +425,19 @@ fn check_baseline_metric(m: &results::Metric) -> std::result::Result<(), String>
             continue;
         };
         return Err(format!("the value {v:e} {why}"));
+    }
+    Ok(())
+}
+
+/// What a run could have recorded of a category's machine: a share of the CPUs in [0, 1], and a
+/// reference time of a measurable magnitude (a 0 or negative one made every comparison warn of
+/// an infinitely slower machine).
+fn check_baseline_category(c: &results::Category) -> std::result::Result<(), String> {
+    if let Some(share) = c.others_cpu_share.filter(|s| !(0.0..=1.0).contains(s)) {
+        return Err(format!("others_cpu_share {share:e} is not a share of the CPUs (0 to 1)"));
+    }
+    if let Some(ms) = c.calibration_ms.filter(|ms| !MEASURABLE.contains(ms)) {
+        return Err(format!("calibration_ms {ms:e} is not a time a run measures (1e-12 to 1e15 ms)"));
     }
     Ok(())
 }

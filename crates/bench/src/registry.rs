@@ -98,9 +98,11 @@ names! {
 
 impl MetricName {
     /// Whether a value below zero means something: an accuracy drop (bf16 more accurate than
-    /// fp32) and an RSS that fell. Every other metric counts, times or sizes something.
+    /// fp32), an RSS that fell, and a time scaling exponent (step times that fell along a
+    /// sweep, as noise can make them over a short one). Every other metric counts, times or
+    /// sizes something.
     pub fn can_be_negative(self) -> bool {
-        matches!(self, MetricName::AccuracyDrop | MetricName::RssRiseMb)
+        matches!(self, MetricName::AccuracyDrop | MetricName::RssRiseMb | MetricName::TimeScalingExponent)
     }
 
     /// The unit values of this metric are in.

@@ -274,6 +274,22 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         let e = third.compare_baseline(path.to_str().unwrap(), 0.05).unwrap_err().to_string();
         assert!(e.contains(&format!("bad_{what}.json")) && e.contains(&ms_metric) && e.contains(needle), "{what}: {e}");
     }
+    // The machine a baseline's category recorded: a share of the CPUs past 1, a reference time of
+    // 0 or below (every comparison warned of an infinitely slower machine).
+    for (what, needle, edit) in [
+        ("share", "others_cpu_share", &(|c: &mut bench::results::Category| c.others_cpu_share = Some(1e12)) as &dyn Fn(&mut bench::results::Category)),
+        ("negative_share", "others_cpu_share", &|c: &mut bench::results::Category| c.others_cpu_share = Some(-1.0)),
+        ("zero_reference", "calibration_ms", &|c: &mut bench::results::Category| c.calibration_ms = Some(0.0)),
+        ("negative_reference", "calibration_ms", &|c: &mut bench::results::Category| c.calibration_ms = Some(-1.0)),
+        ("huge_reference", "calibration_ms", &|c: &mut bench::results::Category| c.calibration_ms = Some(1e300)),
+    ] {
+        let mut bad = doctored.clone();
+        bad.categories.iter_mut().for_each(edit);
+        let path = dir.path().join(format!("bad_{what}.json"));
+        std::fs::write(&path, serde_json::to_string(&bad).unwrap()).unwrap();
+        let e = third.compare_baseline(path.to_str().unwrap(), 0.05).unwrap_err().to_string();
+        assert!(e.contains(&format!("bad_{what}.json")) && e.contains(needle), "{what}: {e}");
+    }
 }
 
 /// The quality category on its generated data (noise as strong as the tones) measures what
