@@ -2,7 +2,8 @@
 //! workload ([`engine::workloads`]), each timed alone (median of 20 after 5 warm-up steps), and
 //! the device's memory.
 //! `cargo run --release -p cid-engine --example kernel_times -- isfm-small [threads] [steps]`
-//! (more steps than the default 20 give a profiler a steady state to sample).
+//! (more steps than the default 20 give a profiler a steady state to sample; `PRECISION=bf16`
+//! or `fp16` times that precision).
 use std::time::Instant;
 
 use engine::*;
@@ -37,6 +38,19 @@ fn main() {
         let rows = 2 * b;
         let enc = cfg.init(CpuDevice::new(), rows, 0).expect("init");
         let mut st = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).expect("step");
+        let precision = match std::env::var("PRECISION").as_deref() {
+            Ok("bf16") => Precision::Bf16,
+            Ok("fp16") => Precision::Fp16,
+            Ok("fp32") | Err(_) => Precision::Fp32,
+            Ok(other) => {
+                eprintln!("PRECISION={other}: expected fp32, bf16 or fp16");
+                std::process::exit(2)
+            }
+        };
+        if let Err(e) = st.set_precision(precision) {
+            eprintln!("PRECISION: {e}");
+            std::process::exit(2)
+        }
         let x: Vec<f32> = (0..rows * cfg.input()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
         st.encoder.set_input(0, &x).expect("input");
         let (mut fwd, mut nce, mut bwd, mut opt) = (vec![], vec![], vec![], vec![]);

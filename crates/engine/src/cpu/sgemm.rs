@@ -101,12 +101,13 @@ impl PackBuffers {
         4 * (self.a.len() + self.b.len())
     }
 
-    fn reserve(&mut self, m: usize, n: usize, k: usize, nr: usize) {
-        let kk = KK.min(k);
+    /// Room for the blocks of an `m × n × k` product in panels `nr` wide, `slot_depths` depths a slot.
+    fn reserve(&mut self, m: usize, n: usize, k: usize, nr: usize, slot_depths: usize) {
+        let slots = KK.min(k).div_ceil(slot_depths);
         // Room to start each buffer on a cache line (the allocator aligns to 16 bytes only):
         // misaligned, every other 32-byte load of a B panel would straddle two lines.
-        let a = MC.min(m).next_multiple_of(MR) * kk + ALIGN;
-        let b = block_cols(n, kk, nr).next_multiple_of(nr) * kk + ALIGN;
+        let a = MC.min(m).next_multiple_of(MR) * slots + ALIGN;
+        let b = block_cols(n, slots, nr).next_multiple_of(nr) * slots + ALIGN;
         if self.a.len() < a {
             self.a.resize(a, 0.0);
         }
@@ -136,9 +137,10 @@ impl PackBuffers {
 /// A cache line, in floats.
 const ALIGN: usize = 16;
 
-/// Columns of C per packed block of B for a super-block of depth `kk`, in panels `nr` wide.
-pub(crate) fn block_cols(n: usize, kk: usize, nr: usize) -> usize {
-    (B_PACK / kk / nr * nr).clamp(nr, NC).min(n)
+/// Columns of C per packed block of B for a super-block `slots` deep (its depth, or half of it for
+/// bf16 pairs), in panels `nr` wide.
+pub(crate) fn block_cols(n: usize, slots: usize, nr: usize) -> usize {
+    (B_PACK / slots / nr * nr).clamp(nr, NC).min(n)
 }
 
 /// The instruction set of a micro-kernel.
@@ -320,7 +322,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
             }
             return;
         }
-        buf.reserve(m, n, k, NR);
+        buf.reserve(m, n, k, NR, SLOT_DEPTHS);
         let buf_round = buf.round;
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
@@ -330,7 +332,10 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 and fp16 round in packing.
         let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && buf_round == Rounding::None && SLOT_DEPTHS == 1);
-        let ncb = block_cols(n, KK.min(k), NR);
+        // A block of B holds as many slots as it would floats: twice the columns for bf16 pairs,
+        // so each packed block of A serves twice the columns (packing is a larger share of a
+        // product that runs twice as fast).
+        let ncb = block_cols(n, KK.min(k).div_ceil(SLOT_DEPTHS), NR);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
@@ -396,28 +401,153 @@ unsafe fn pack<const W: usize, const SLOT_DEPTHS: usize>(kd: usize, lanes: usize
 /// # Safety
 /// `src` must address `kd × lanes` elements.
 pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
-    // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes`; `out` holds the whole block (asserted), and every write is below that.
+    // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes` (the tiles read only those: `pair_tile`'s contract); `out` holds the whole block (asserted), and every write is below that.
     unsafe {
         let width = lanes.next_multiple_of(W);
         assert!(out.len() >= width * pair_slots::<SLOT_MULTIPLE>(kd));
         for slice in (0..kd).step_by(KC) {
-            let slots = pair_slots::<SLOT_MULTIPLE>(KC.min(kd - slice));
+            let kc = KC.min(kd - slice);
+            let slots = pair_slots::<SLOT_MULTIPLE>(kc);
             let base = slice / 2 * width;
+            // Whole slots go through vectors (scalar rounding and shuffling took a quarter of a
+            // bf16 product's time), in the source's order: where its depth is contiguous, 8 lanes
+            // × 16 depths at a time, panel by panel; where its lanes are, two depths at a time
+            // across every panel, in the long runs the prefetchers follow.
+            #[cfg(target_arch = "x86_64")]
+            let vectored = if src.sp == 1 {
+                for q0 in (0..width).step_by(W) {
+                    pack_pair_tiles::<W>(kc / 16 * 8, src.at(slice, 0), q0, lanes, out.as_mut_ptr().add(base + q0 * slots));
+                }
+                kc / 16 * 8
+            } else if src.sq == 1 {
+                pack_pair_rows::<W>(kc / 2, src.at(slice, 0), lanes, slots, out.as_mut_ptr().add(base));
+                kc / 2
+            } else {
+                0
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let vectored = 0;
             for q0 in (0..width).step_by(W) {
                 let panel = base + q0 * slots;
-                // The source's contiguous direction innermost.
+                // The rest (a slice's last depths, padding slots) one slot at a time, the
+                // source's contiguous direction innermost.
                 let mut put = |p2: usize, q: usize| {
                     let (p, lane) = (slice + 2 * p2, q0 + q);
                     out[panel + p2 * W + q] = pair_bits(src, kd, lanes, p, lane);
                 };
                 if src.sp == 1 {
-                    (0..W).for_each(|q| (0..slots).for_each(|p2| put(p2, q)));
+                    (0..W).for_each(|q| (vectored..slots).for_each(|p2| put(p2, q)));
                 } else {
-                    (0..slots).for_each(|p2| (0..W).for_each(|q| put(p2, q)));
+                    (vectored..slots).for_each(|p2| (0..W).for_each(|q| put(p2, q)));
                 }
             }
         }
     }
+}
+
+/// The first `tiled` slots (a multiple of 8) of the panel of lanes `q0..q0 + W` of a
+/// depth-contiguous source into `dst` (`dst[s·W + q]`), 8 lanes × 8 slots at a time: each lane's
+/// 16 depths narrowed to bf16 and packed into one vector of its 8 slots, then 8 lanes transposed
+/// into 8 slots' lanes. Lanes from `lanes` on are zeros.
+///
+/// # Safety
+/// AVX2 must be present; `src` must address `2·tiled` depths of `lanes` lanes, depth contiguous,
+/// and `dst` room for `tiled · W` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_pair_tiles<const W: usize>(tiled: usize, src: Panel, q0: usize, lanes: usize, dst: *mut f32) {
+    debug_assert_eq!(src.sp, 1);
+    // SAFETY: each tile reads 16 contiguous depths inside `2·tiled` of lanes below `lanes`, and writes `(W - g).min(8)` slots of 8 rows inside the panel (the contract).
+    unsafe {
+        use std::arch::x86_64::*;
+        for g in (0..W).step_by(8) {
+            // An A panel (W = 6) may read the next panel's first two lanes; it does not store them.
+            let (keep, present) = ((W - g).min(8), lanes.saturating_sub(q0 + g).min(8));
+            for s0 in (0..tiled).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (q, v) in r.iter_mut().enumerate().take(present) {
+                    let lane = src.ptr.offset((2 * s0) as isize + (q0 + g + q) as isize * src.sq);
+                    let (lo, hi) = (bf16_upper_halves(_mm256_loadu_ps(lane)), bf16_upper_halves(_mm256_loadu_ps(lane.add(8))));
+                    // packus interleaves the two halves by 128-bit lane; the permute restores depth order.
+                    *v = _mm256_castsi256_ps(_mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(lo, hi)));
+                }
+                for (s, v) in transpose8(r).into_iter().enumerate() {
+                    store_slots(dst.add((s0 + s) * W + g), v, keep);
+                }
+            }
+        }
+    }
+}
+
+/// The first `pairs` slots of every panel of a lanes-contiguous source (`lanes` lanes; panels
+/// `slots` deep from `dst`), two depths at a time across all the lanes: each slot the even
+/// depth's bf16 in the low half, the odd depth's in the high. Lanes from `lanes` on are zeros.
+///
+/// # Safety
+/// AVX2 must be present; `src` must address `2·pairs` depths of `lanes` contiguous lanes, and
+/// `dst` room for `lanes.next_multiple_of(W) · slots` slots, `slots ≥ pairs`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pack_pair_rows<const W: usize>(pairs: usize, src: Panel, lanes: usize, slots: usize, dst: *mut f32) {
+    debug_assert_eq!(src.sq, 1);
+    // SAFETY: loads read lanes below `lanes` (masked at the end) of depths below `2·pairs`; stores write `keep` slots inside panel `q0`'s row `s` (the contract).
+    unsafe {
+        use std::arch::x86_64::*;
+        for s in 0..pairs {
+            let (even, odd) = (src.ptr.offset((2 * s) as isize * src.sp), src.ptr.offset((2 * s + 1) as isize * src.sp));
+            for q0 in (0..lanes).step_by(W) {
+                for g in (0..W).step_by(8) {
+                    let (keep, present) = ((W - g).min(8), lanes.saturating_sub(q0 + g).min(8));
+                    let load = |row: *const f32| {
+                        let at = row.add(q0 + g);
+                        bf16_upper_halves(if present == 8 {
+                            _mm256_loadu_ps(at)
+                        } else {
+                            _mm256_maskload_ps(at, _mm256_cmpgt_epi32(_mm256_set1_epi32(present as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
+                        })
+                    };
+                    let v = _mm256_or_si256(load(even), _mm256_slli_epi32::<16>(load(odd)));
+                    store_slots(dst.add(q0 * slots + s * W + g), _mm256_castsi256_ps(v), keep);
+                }
+            }
+        }
+    }
+}
+
+/// Stores the first `keep` lanes of `v` (8, or 6 for an A panel) at `dst`.
+///
+/// # Safety
+/// AVX2 must be present; `dst` must have room for `keep` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn store_slots(dst: *mut f32, v: std::arch::x86_64::__m256, keep: usize) {
+    // SAFETY: writes `keep` floats at `dst` (the contract).
+    unsafe {
+        use std::arch::x86_64::*;
+        if keep == 8 {
+            _mm256_storeu_ps(dst, v);
+        } else {
+            // Four lanes, then two (a masked store is slow on AMD).
+            debug_assert_eq!(keep, 6);
+            _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
+            _mm_store_sd(dst.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(v)));
+        }
+    }
+}
+
+/// [`bf16_bits`]` >> 16` of eight values: the bf16 each rounds to, in the low half of its lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn bf16_upper_halves(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let b = _mm256_castps_si256(x);
+    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
+    let rounded = _mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
+    let quiet_nan = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
+    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
+    _mm256_srli_epi32::<16>(_mm256_blendv_epi8(rounded, quiet_nan, nan))
 }
 
 /// Packs a block of `kd` depths × `lanes` lanes (element `(p, q)` of `src`): for each `KC`-deep
@@ -952,6 +1082,36 @@ pub(crate) mod tests {
             return;
         }
         check_against_naive("avx512", Rounding::None, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    /// The vector pair packing gives the scalar [`pair_bits`] bit for bit, on both source layouts,
+    /// at both panel widths and across slice and lane edges, for values that test the rounding:
+    /// ties either way, the carry into the exponent, the largest finite values, subnormals,
+    /// infinities and NaNs.
+    #[test]
+    fn pair_packing_rounds_every_value_as_pair_bits() {
+        let special = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.5 / 256.0), f32::MAX, -f32::MAX, 3.0e38, f32::MIN_POSITIVE / 3.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 1.999_999_9];
+        let (kd, lanes) = (300, 45);
+        let values: Vec<f32> = (0..kd * lanes).map(|i| if i % 7 == 0 { special[i / 7 % special.len()] } else { (i as f32 * 0.618).sin() * 1e3 }).collect();
+        for (sp, sq) in [(1, kd as isize), (lanes as isize, 1)] {
+            let src = Panel { ptr: values.as_ptr(), sp, sq };
+            let check = |width: usize, pack: &dyn Fn(&mut [f32])| {
+                let mut out = vec![0.0; lanes.next_multiple_of(width) * pair_slots::<1>(kd)];
+                pack(&mut out);
+                for slice in (0..kd).step_by(KC) {
+                    let slots = pair_slots::<1>(KC.min(kd - slice));
+                    for q in 0..lanes.next_multiple_of(width) {
+                        for p2 in 0..slots {
+                            let at = slice / 2 * lanes.next_multiple_of(width) + q / width * width * slots + p2 * width + q % width;
+                            let want = unsafe { pair_bits(src, kd, lanes, slice + 2 * p2, q) };
+                            assert_eq!(out[at].to_bits(), want.to_bits(), "sp {sp}, W {width}: lane {q}, slot {p2} of the slice at depth {slice}");
+                        }
+                    }
+                }
+            };
+            check(MR, &|out| unsafe { pack_block_pairs::<MR, 1>(kd, lanes, src, out) });
+            check(NR_MAX, &|out| unsafe { pack_block_pairs::<NR_MAX, 1>(kd, lanes, src, out) });
+        }
     }
 
     /// The bf16 pair packing and the loop nest at two depths a slot, at both tile widths, through
