@@ -1084,7 +1084,9 @@ mod tests {
         assert_eq!(bf16(-(1.0 + 3.0 / 256.0)), -(1.0 + 4.0 / 256.0), "the sign is kept");
         assert_eq!(bf16(f32::MAX), f32::INFINITY, "past bf16's largest value");
         assert_eq!(bf16(f32::NEG_INFINITY), f32::NEG_INFINITY);
-        assert_eq!(bf16(1e-40), f32::from_bits(1e-40f32.to_bits() & 0xFFFF_0000), "a subnormal rounds like any value");
+        assert_eq!(bf16(1e-40).to_bits(), 0, "a subnormal flushes to zero, as AVX512-BF16's conversions do");
+        assert_eq!(bf16(-1e-40).to_bits(), (-0.0f32).to_bits(), "a negative subnormal flushes to -0");
+        assert_eq!(bf16(f32::MIN_POSITIVE), f32::MIN_POSITIVE, "the smallest normal stays");
         for nan in [f32::NAN, f32::from_bits(0x7F80_0001), f32::from_bits(0x7FFF_FFFF), f32::from_bits(0xFFFF_FFFF)] {
             assert!(bf16(nan).is_nan(), "{:#x} must stay a NaN", nan.to_bits());
         }

@@ -409,12 +409,15 @@ pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize
             let kc = KC.min(kd - slice);
             let slots = pair_slots::<SLOT_MULTIPLE>(kc);
             let base = slice / 2 * width;
-            // Whole slots go through vectors (scalar rounding and shuffling took a quarter of a
-            // bf16 product's time), in the source's order: where its depth is contiguous, 8 lanes
-            // × 16 depths at a time, panel by panel; where its lanes are, two depths at a time
-            // across every panel, in the long runs the prefetchers follow.
+            // Whole slots go through AVX512-BF16's conversions where the CPU has them (every CPU
+            // whose kernels take bf16 pairs: scalar rounding and shuffling took a quarter of a
+            // bf16 product's time), in the source's order: where its depth is contiguous, 8
+            // lanes × 16 depths at a time, panel by panel; where its lanes are, two depths at a
+            // time across every panel, in the long runs the prefetchers follow.
             #[cfg(target_arch = "x86_64")]
-            let vectored = if src.sp == 1 {
+            let vectored = if !bf16_conversions() {
+                0
+            } else if src.sp == 1 {
                 for q0 in (0..width).step_by(W) {
                     pack_pair_tiles::<W>(kc / 16 * 8, src.at(slice, 0), q0, lanes, out.as_mut_ptr().add(base + q0 * slots));
                 }
@@ -445,16 +448,24 @@ pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize
     }
 }
 
+/// Whether this CPU converts fp32 to bf16 in vectors (AVX512-BF16's `vcvtne2ps2bf16`, with the
+/// AVX512-BW shuffles and AVX512-VL widths the packing uses).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn bf16_conversions() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512bf16") && has!("avx512bw") && has!("avx512vl") && has!("avx2")
+}
+
 /// The first `tiled` slots (a multiple of 8) of the panel of lanes `q0..q0 + W` of a
 /// depth-contiguous source into `dst` (`dst[s·W + q]`), 8 lanes × 8 slots at a time: each lane's
-/// 16 depths narrowed to bf16 and packed into one vector of its 8 slots, then 8 lanes transposed
-/// into 8 slots' lanes. Lanes from `lanes` on are zeros.
+/// 16 depths converted to bf16 in one instruction (consecutive bf16, so already its 8 slots),
+/// then 8 lanes transposed into 8 slots' lanes. Lanes from `lanes` on are zeros.
 ///
 /// # Safety
-/// AVX2 must be present; `src` must address `2·tiled` depths of `lanes` lanes, depth contiguous,
-/// and `dst` room for `tiled · W` slots.
+/// [`bf16_conversions`] must hold; `src` must address `2·tiled` depths of `lanes` lanes, depth
+/// contiguous, and `dst` room for `tiled · W` slots.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
 unsafe fn pack_pair_tiles<const W: usize>(tiled: usize, src: Panel, q0: usize, lanes: usize, dst: *mut f32) {
     debug_assert_eq!(src.sp, 1);
     // SAFETY: each tile reads 16 contiguous depths inside `2·tiled` of lanes below `lanes`, and writes `(W - g).min(8)` slots of 8 rows inside the panel (the contract).
@@ -467,12 +478,11 @@ unsafe fn pack_pair_tiles<const W: usize>(tiled: usize, src: Panel, q0: usize, l
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (q, v) in r.iter_mut().enumerate().take(present) {
                     let lane = src.ptr.offset((2 * s0) as isize + (q0 + g + q) as isize * src.sq);
-                    let (lo, hi) = (bf16_upper_halves(_mm256_loadu_ps(lane)), bf16_upper_halves(_mm256_loadu_ps(lane.add(8))));
-                    // packus interleaves the two halves by 128-bit lane; the permute restores depth order.
-                    *v = _mm256_castsi256_ps(_mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi32(lo, hi)));
+                    *v = std::mem::transmute::<__m256bh, __m256>(_mm512_cvtneps_pbh(_mm512_loadu_ps(lane)));
                 }
                 for (s, v) in transpose8(r).into_iter().enumerate() {
-                    store_slots(dst.add((s0 + s) * W + g), v, keep);
+                    let keep_mask: __mmask8 = if keep == 8 { 0xFF } else { (1 << keep) - 1 };
+                    _mm256_mask_storeu_ps(dst.add((s0 + s) * W + g), keep_mask, v);
                 }
             }
         }
@@ -480,74 +490,41 @@ unsafe fn pack_pair_tiles<const W: usize>(tiled: usize, src: Panel, q0: usize, l
 }
 
 /// The first `pairs` slots of every panel of a lanes-contiguous source (`lanes` lanes; panels
-/// `slots` deep from `dst`), two depths at a time across all the lanes: each slot the even
-/// depth's bf16 in the low half, the odd depth's in the high. Lanes from `lanes` on are zeros.
+/// `slots` deep from `dst`), two depths at a time across all the lanes, 16 lanes (or a panel's
+/// 6) per conversion: each slot the even depth's bf16 in the low half, the odd depth's in the
+/// high. Lanes from `lanes` on are zeros.
 ///
 /// # Safety
-/// AVX2 must be present; `src` must address `2·pairs` depths of `lanes` contiguous lanes, and
-/// `dst` room for `lanes.next_multiple_of(W) · slots` slots, `slots ≥ pairs`.
+/// [`bf16_conversions`] must hold; `src` must address `2·pairs` depths of `lanes` contiguous
+/// lanes, and `dst` room for `lanes.next_multiple_of(W) · slots` slots, `slots ≥ pairs`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl,avx2,fma")]
 unsafe fn pack_pair_rows<const W: usize>(pairs: usize, src: Panel, lanes: usize, slots: usize, dst: *mut f32) {
     debug_assert_eq!(src.sq, 1);
-    // SAFETY: loads read lanes below `lanes` (masked at the end) of depths below `2·pairs`; stores write `keep` slots inside panel `q0`'s row `s` (the contract).
+    // SAFETY: masked loads read lanes below `lanes` of depths below `2·pairs`; masked stores write `keep` slots inside panel `q0`'s row `s` (the contract).
     unsafe {
         use std::arch::x86_64::*;
+        // `vcvtne2ps2bf16` puts the even depth's 16 bf16 in the low half and the odd depth's in
+        // the high; this interleaves them into 16 slots.
+        let interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
         for s in 0..pairs {
             let (even, odd) = (src.ptr.offset((2 * s) as isize * src.sp), src.ptr.offset((2 * s + 1) as isize * src.sp));
             for q0 in (0..lanes).step_by(W) {
-                for g in (0..W).step_by(8) {
-                    let (keep, present) = ((W - g).min(8), lanes.saturating_sub(q0 + g).min(8));
-                    let load = |row: *const f32| {
-                        let at = row.add(q0 + g);
-                        bf16_upper_halves(if present == 8 {
-                            _mm256_loadu_ps(at)
-                        } else {
-                            _mm256_maskload_ps(at, _mm256_cmpgt_epi32(_mm256_set1_epi32(present as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)))
-                        })
-                    };
-                    let v = _mm256_or_si256(load(even), _mm256_slli_epi32::<16>(load(odd)));
-                    store_slots(dst.add(q0 * slots + s * W + g), _mm256_castsi256_ps(v), keep);
+                for g in (0..W).step_by(16) {
+                    let keep = (W - g).min(16);
+                    let present = lanes.saturating_sub(q0 + g).min(keep);
+                    let (load, store) = (((1u32 << present) - 1) as __mmask16, ((1u32 << keep) - 1) as __mmask16);
+                    let at = q0 + g;
+                    // The same lanes 8 depths on: the rows are long strided streams.
+                    _mm_prefetch::<_MM_HINT_T0>(even.wrapping_offset(at as isize + 8 * src.sp) as *const i8);
+                    _mm_prefetch::<_MM_HINT_T0>(odd.wrapping_offset(at as isize + 8 * src.sp) as *const i8);
+                    let pair = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(load, odd.add(at)), _mm512_maskz_loadu_ps(load, even.add(at)));
+                    let slots16 = _mm512_permutexvar_epi16(interleave, std::mem::transmute::<__m512bh, __m512i>(pair));
+                    _mm512_mask_storeu_epi32(dst.add(q0 * slots + s * W + g) as *mut i32, store, slots16);
                 }
             }
         }
     }
-}
-
-/// Stores the first `keep` lanes of `v` (8, or 6 for an A panel) at `dst`.
-///
-/// # Safety
-/// AVX2 must be present; `dst` must have room for `keep` floats.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn store_slots(dst: *mut f32, v: std::arch::x86_64::__m256, keep: usize) {
-    // SAFETY: writes `keep` floats at `dst` (the contract).
-    unsafe {
-        use std::arch::x86_64::*;
-        if keep == 8 {
-            _mm256_storeu_ps(dst, v);
-        } else {
-            // Four lanes, then two (a masked store is slow on AMD).
-            debug_assert_eq!(keep, 6);
-            _mm_storeu_ps(dst, _mm256_castps256_ps128(v));
-            _mm_store_sd(dst.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(v)));
-        }
-    }
-}
-
-/// [`bf16_bits`]` >> 16` of eight values: the bf16 each rounds to, in the low half of its lane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn bf16_upper_halves(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256i {
-    use std::arch::x86_64::*;
-    let b = _mm256_castps_si256(x);
-    let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(b), _mm256_set1_epi32(1));
-    let rounded = _mm256_add_epi32(b, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF)));
-    let quiet_nan = _mm256_or_si256(b, _mm256_set1_epi32(0x0040_0000));
-    let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(x, x));
-    _mm256_srli_epi32::<16>(_mm256_blendv_epi8(rounded, quiet_nan, nan))
 }
 
 /// Packs a block of `kd` depths × `lanes` lanes (element `(p, q)` of `src`): for each `KC`-deep
@@ -615,6 +592,8 @@ pub(crate) fn pair_slots<const SLOT_MULTIPLE: usize>(kd: usize) -> usize {
 /// Rounds each value to the nearest bf16 (ties to even), kept as f32: the upper 16 bits of the
 /// f32 after adding half of the dropped part; past bf16's largest value, ±inf. A NaN stays a
 /// (quiet) NaN: the carry of the rounding could otherwise turn it into an infinity or a zero.
+/// A subnormal becomes ±0, as in AVX512-BF16's conversions (whose results the pair packing
+/// must give bit for bit) and in its and AMX's dot products, which read bf16 subnormals as zero.
 pub fn round_bf16(v: &mut [f32]) {
     for x in v {
         *x = f32::from_bits(bf16_bits(*x));
@@ -682,7 +661,13 @@ pub(crate) fn fp16(x: f32) -> f32 {
 #[inline]
 pub(crate) fn bf16_bits(x: f32) -> u32 {
     let b = x.to_bits();
-    let rounded = if x.is_nan() { b | 0x0040_0000 } else { b.wrapping_add(0x7FFF + ((b >> 16) & 1)) };
+    let rounded = if x.is_nan() {
+        b | 0x0040_0000
+    } else if x.is_subnormal() {
+        b & 0x8000_0000
+    } else {
+        b.wrapping_add(0x7FFF + ((b >> 16) & 1))
+    };
     rounded & 0xFFFF_0000
 }
 
@@ -1087,9 +1072,13 @@ pub(crate) mod tests {
     /// The vector pair packing gives the scalar [`pair_bits`] bit for bit, on both source layouts,
     /// at both panel widths and across slice and lane edges, for values that test the rounding:
     /// ties either way, the carry into the exponent, the largest finite values, subnormals,
-    /// infinities and NaNs.
+    /// infinities and NaNs. (Without AVX512-BF16 the packing is scalar throughout, and this checks
+    /// only its layout.)
     #[test]
     fn pair_packing_rounds_every_value_as_pair_bits() {
+        if !bf16_conversions() {
+            eprintln!("SKIPPED (no AVX512-BF16): the vector pair packing was not run; the scalar one was");
+        }
         let special = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.5 / 256.0), f32::MAX, -f32::MAX, 3.0e38, f32::MIN_POSITIVE / 3.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 1.999_999_9];
         let (kd, lanes) = (300, 45);
         let values: Vec<f32> = (0..kd * lanes).map(|i| if i % 7 == 0 { special[i / 7 % special.len()] } else { (i as f32 * 0.618).sin() * 1e3 }).collect();
