@@ -478,6 +478,9 @@ unsafe fn pack_pair_tiles<const W: usize>(tiled: usize, src: Panel, q0: usize, l
                 let mut r = [_mm256_setzero_ps(); 8];
                 for (q, v) in r.iter_mut().enumerate().take(present) {
                     let lane = src.ptr.offset((2 * s0) as isize + (q0 + g + q) as isize * src.sq);
+                    // The same depths of the next panel's lanes (`sq` apart: streams the
+                    // prefetchers miss), as `transpose_panel` does.
+                    _mm_prefetch::<_MM_HINT_T0>(lane.wrapping_offset(W as isize * src.sq) as *const i8);
                     *v = std::mem::transmute::<__m256bh, __m256>(_mm512_cvtneps_pbh(_mm512_loadu_ps(lane)));
                 }
                 for (s, v) in transpose8(r).into_iter().enumerate() {
