@@ -61,7 +61,7 @@ impl InfoNceConfig {
 /// A row of similarities: the index of its first maximum (the row's prediction) and its
 /// log-sum-exp, max-subtracted. The exponentials are summed in eight f64 lanes (vectorizable,
 /// and as exact as one running f64 sum for any batch).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn row_max_lse(row: &[f32]) -> (usize, f32) {
     let mx = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let arg = row.iter().position(|&x| x == mx).unwrap_or(0);
@@ -78,7 +78,7 @@ pub(crate) fn row_max_lse(row: &[f32]) -> (usize, f32) {
 
 /// In place, a row of similarities becomes `w · softmax` of the row (plus `w · softmax` of each
 /// column where the column log-sum-exps are given): dL/dS before the −w (or −2w) on the diagonal.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn row_softmax_grad(row: &mut [f32], lse: f32, col_lse: Option<&[f32]>, w: f32) {
     match col_lse {
         None => row.iter_mut().for_each(|x| *x = math::exp(*x - lse) * w),
@@ -103,7 +103,7 @@ pub(crate) fn column_lse_update(tile: &[f32], b: usize, mx: &mut [f32], sum: &mu
 
 /// [`column_lse_update`] for the columns `c0..c0 + mx.len()`, in strips whose new maxima fit on
 /// the stack.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 fn column_lse_strip(tile: &[f32], b: usize, c0: usize, mx: &mut [f32], sum: &mut [f64]) {
     const STRIP: usize = 256;
     let mut new_max = [0.0f32; STRIP];

@@ -75,7 +75,7 @@ pub(crate) fn relu(x: f32) -> f32 {
 // dropout indices (`row · cols + column`) do not depend on how the rows were split among threads.
 
 /// `y = dropout(relu?(y + b))` on a block of rows.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn bias_act_rows(y: &mut [f32], bias: &[f32], row0: usize, relu: bool, dropout: Option<(u32, u32, f32)>) {
     let cols = bias.len();
     for (r, yr) in y.chunks_exact_mut(cols).enumerate() {
@@ -95,7 +95,7 @@ pub(crate) fn bias_act_rows(y: &mut [f32], bias: &[f32], row0: usize, relu: bool
 }
 
 /// `dy = (h > 0) ? dy·scale : 0` (ReLU + dropout, read off the output).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn relu_backward_rows(dy: &mut [f32], h: &[f32], scale: f32) {
     for (d, &hv) in dy.iter_mut().zip(h) {
         *d = if hv > 0.0 { *d * scale } else { 0.0 };
@@ -104,7 +104,7 @@ pub(crate) fn relu_backward_rows(dy: &mut [f32], h: &[f32], scale: f32) {
 
 /// `db (+)= Σ_rows dy[.., c_first..c_first + db.len()]`: the sums of some of the columns of the
 /// rows of `dy` (`cols` wide), so that workers can each take a range of columns.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], cols: usize, c_first: usize, accumulate: bool) {
     if !accumulate {
         db.fill(0.0);
@@ -126,7 +126,7 @@ pub(crate) fn bias_grad_rows(db: &mut [f32], dy: &[f32], cols: usize, c_first: u
 }
 
 /// `pre += b; out = dropout(act(pre))` on a block of rows.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn act_forward_rows(pre: &mut [f32], out: &mut [f32], bias: Option<&[f32]>, cols: usize, row0: usize, act: Activation, dropout: Option<(u32, u32, f32)>) {
     for (r, (pr, or)) in pre.chunks_exact_mut(cols).zip(out.chunks_exact_mut(cols)).enumerate() {
         if let Some(b) = bias {
@@ -159,7 +159,7 @@ pub(crate) fn act_forward_rows(pre: &mut [f32], out: &mut [f32], bias: Option<&[
 }
 
 /// `d = d · mask · scale · act'(pre)` on a block of rows.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn act_backward_rows(d: &mut [f32], pre: &[f32], cols: usize, row0: usize, act: Activation, dropout: Option<(u32, u32, f32)>) {
     for (r, (dr, pr)) in d.chunks_exact_mut(cols).zip(pre.chunks_exact(cols)).enumerate() {
         macro_rules! apply {

@@ -193,7 +193,7 @@ pub fn weight_product_via_cols<D: Device + ?Sized>(dev: &mut D, _x: View, cols: 
 
 /// `cols[t, k·C + c] = x[t·stride − padding + k, c]`, zero outside the input: per row one copy of
 /// the taps inside.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn im2col_sample(x: &[f32], cols: &mut [f32], s: ConvShape) {
     for (t, row) in cols.chunks_exact_mut(s.patch()).enumerate() {
         im2col_row(x, t, row, s);
@@ -215,7 +215,7 @@ pub(crate) fn im2col_row(x: &[f32], t: usize, row: &mut [f32], s: ConvShape) {
 }
 
 /// `dx = Σ` of `dcols` added back to the positions im2col read (`dx` written whole).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn col2im_sample(dcols: &[f32], dx: &mut [f32], s: ConvShape) {
     let (c, k, len) = (s.channels, s.kernel, s.len_in);
     dx.fill(0.0);

@@ -173,7 +173,7 @@ impl BatchNorm {
 
 /// LayerNorm forward over a block of rows: `sum = a + dropout(b)`, `out = LN(sum)·γ + β`,
 /// `mean`, `rstd` per row. Statistics in f32, two passes with eight accumulators.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_forward_rows(
     a: &[f32], b: &[f32], sum: &mut [f32], out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], gamma: &[f32], beta: &[f32], row0: usize, eps: f32, dropout: Option<(u32, u32, f32)>,
@@ -206,7 +206,7 @@ pub(crate) fn layernorm_forward_rows(
 
 /// LayerNorm backward over a block of rows; `dgamma`/`dbeta` are this block's own partial sums
 /// (added to, the caller sums the blocks in a fixed order).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn layernorm_backward_rows(
     dout: &[f32], sum: &[f32], mean: &[f32], rstd: &[f32], gamma: &[f32], dsum: &mut [f32], db: &mut [f32], dgamma: &mut [f32], dbeta: &mut [f32], row0: usize, dropout: Option<(u32, u32, f32)>,
@@ -263,7 +263,7 @@ fn strip_sums(x: &[f32], cols: usize, c0: usize, center: &[f32], acc: &mut [f64]
 /// Per-column mean and (biased) variance of the rows of `x`, two passes (mean, then squared
 /// deviations): the column count is small and the row count large, so the sums run down the
 /// rows, vectorized across a strip of columns.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn column_moments(x: &[f32], cols: usize, acc: &mut [f64], mean: &mut [f32], var: &mut [f32]) {
     let rows = x.len() / cols;
     for_strips!(cols, STRIP_COLS, |c0, width| {
@@ -281,7 +281,7 @@ pub(crate) fn column_moments(x: &[f32], cols: usize, acc: &mut [f64], mean: &mut
 }
 
 /// `out = relu?((x − mean)·rstd·γ + β)` on a block of rows.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], relu: bool) {
     let cols = gamma.len();
     // Strip by strip, so the column parameters stay in registers down the rows.
@@ -301,7 +301,7 @@ pub(crate) fn batchnorm_normalize_rows(x: &[f32], out: &mut [f32], mean: &[f32],
 /// is the larger of rows `2t` and `2t + 1` after the normalisation, `argmax[t]` 1.0 where it is
 /// the second (the same comparison as `pool::maxpool_forward_sample`, so the same bits as the
 /// two ops in turn).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn batchnorm_normalize_pairs(x: &[f32], out: &mut [f32], argmax: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], beta: &[f32], relu: bool) {
     let cols = gamma.len();
@@ -399,7 +399,7 @@ fn form_upstream(up: &Upstream, r0: usize, dy: &mut [f32]) {
 /// and `Σ dy·x̂`, with `dy` formed from `up` block by block as it is summed (and kept in `dy`, the
 /// input gradient's buffer, for [`batchnorm_backward_rows`]). Blocks of rows summed in f32, the blocks in f64; strips of
 /// columns, so no width allocates.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], x: &[f32], mean: &[f32], rstd: &[f32], sum_dy: &mut [f64], sum_dy_xhat: &mut [f64]) {
     let cols = mean.len();
@@ -428,7 +428,7 @@ pub(crate) fn batchnorm_backward_sums(up: &Upstream, r0: usize, dy: &mut [f32], 
 
 /// `dx = γ·rstd·(dy − Σdy/n − x̂·Σ(dy·x̂)/n)` on a block of rows of one group, in place: `dx`
 /// holds `dy` on entry (each element depends on its own `dy` only).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn batchnorm_backward_rows(x: &[f32], dx: &mut [f32], mean: &[f32], rstd: &[f32], gamma: &[f32], mean_dy: &[f32], mean_dy_xhat: &[f32]) {
     let cols = gamma.len();
     for_strips!(cols, STRIP_COLS, |c0, width| {

@@ -23,7 +23,7 @@ impl PoolShape {
 
 /// `out[t] = max(x[2t], x[2t+1])` per column; `argmax[t]` = 1.0 where the second is strictly
 /// larger (PyTorch keeps the first of equal values).
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn maxpool_forward_sample(x: &[f32], out: &mut [f32], argmax: &mut [f32], cols: usize) {
     for ((pair, o), a) in x.chunks_exact(2 * cols).zip(out.chunks_exact_mut(cols)).zip(argmax.chunks_exact_mut(cols)) {
         let (first, second) = pair.split_at(cols);
@@ -37,7 +37,7 @@ pub(crate) fn maxpool_forward_sample(x: &[f32], out: &mut [f32], argmax: &mut [f
 
 /// `dx[2t + argmax[t]] = dout[t]`, zero elsewhere (including a dropped last odd step); every
 /// element written once.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn maxpool_backward_sample(dout: &[f32], argmax: &[f32], dx: &mut [f32], cols: usize) {
     let pairs = dout.len() / cols;
     let (paired, tail) = dx.split_at_mut(2 * pairs * cols);
@@ -53,7 +53,7 @@ pub(crate) fn maxpool_backward_sample(dout: &[f32], argmax: &[f32], dx: &mut [f3
 }
 
 /// `out[c] = mean_t x[t, c]`.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn meanpool_forward_sample(x: &[f32], out: &mut [f32]) {
     let cols = out.len();
     let len = x.len() / cols;
@@ -66,7 +66,7 @@ pub(crate) fn meanpool_forward_sample(x: &[f32], out: &mut [f32]) {
 }
 
 /// `dx[t, c] = dout[c] / len`.
-#[multiversion(targets = "simd")]
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 pub(crate) fn meanpool_backward_sample(dout: &[f32], dx: &mut [f32]) {
     let cols = dout.len();
     let inv = 1.0 / (dx.len() / cols) as f32;
