@@ -187,7 +187,7 @@ fn head_dropout(dropout: Option<Dropout>, pair: usize) -> Option<(u32, u32, f32)
 /// # Safety
 /// The pointers must address the whole matrices of `a`; no other thread may write this
 /// (sample, head)'s columns of `out` or its `lse` rows.
-#[multiversion::multiversion(targets = "simd")]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn forward_head(
     kernel: CpuGemm, qkv: *const f32, out: *mut f32, lse: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers, sc: &mut AttentionScratch,
@@ -264,7 +264,7 @@ fn mask_row(row: &mut [f32], seed: u32, threshold: u32, scale: f32, base: u32) {
 ///
 /// # Safety
 /// As [`forward_head`]; no other thread may write this (sample, head)'s columns of `dqkv`.
-#[multiversion::multiversion(targets = "simd")]
+#[multiversion::multiversion(targets("x86_64+avx512f+avx512bw+avx512cd+avx512dq+avx512vl+avx2+fma", "x86_64+avx2+fma", "x86_64+sse4.2", "aarch64+neon"))]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn backward_head(
     kernel: CpuGemm, qkv: *const f32, out: *const f32, lse: *const f32, dout: *const f32, dqkv: *mut f32, a: AttentionShape, pair: usize, dropout: Option<Dropout>, pack: &mut PackBuffers,
