@@ -401,7 +401,7 @@ unsafe fn pack<const W: usize, const SLOT_DEPTHS: usize>(kd: usize, lanes: usize
 /// # Safety
 /// `src` must address `kd × lanes` elements.
 pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
-    // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes` (the tiles read only those: `pair_tile`'s contract); `out` holds the whole block (asserted), and every write is below that.
+    // SAFETY: `src` addresses `kd × lanes` elements and every read is at `p < kd`, `q < lanes` (the vector packings' contracts: whole slots of the slice, lanes below `lanes`); `out` holds the whole block (asserted), and every write is below that.
     unsafe {
         let width = lanes.next_multiple_of(W);
         assert!(out.len() >= width * pair_slots::<SLOT_MULTIPLE>(kd));
@@ -1088,7 +1088,8 @@ pub(crate) mod tests {
         for (sp, sq) in [(1, kd as isize), (lanes as isize, 1)] {
             let src = Panel { ptr: values.as_ptr(), sp, sq };
             let check = |width: usize, pack: &dyn Fn(&mut [f32])| {
-                let mut out = vec![0.0; lanes.next_multiple_of(width) * pair_slots::<1>(kd)];
+                // A value no slot holds: a slot the packing leaves unwritten (a padding lane's zeros) shows.
+                let mut out = vec![f32::from_bits(0xDEAD_BEEF); lanes.next_multiple_of(width) * pair_slots::<1>(kd)];
                 pack(&mut out);
                 for slice in (0..kd).step_by(KC) {
                     let slots = pair_slots::<1>(KC.min(kd - slice));
