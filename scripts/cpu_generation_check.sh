@@ -4,7 +4,8 @@
 #   1. the CPU, its AVX-512 / AMX flags;
 #   2. the engine's tests, printing every SKIPPED line (a kernel the CPU lacks), once as is and
 #      once with CID_CPU_AMX=on (the AMX kernel, checked at first use against its emulator);
-#   3. the SGEMM probe (`sgemm_time`: our kernels and faer, one thread) on four step shapes;
+#   3. the SGEMM probe (`sgemm_time`: our kernels and faer, one thread) on five step shapes, in fp32
+#      and with bf16 products (`vdpbf16ps` where the CPU has AVX512-BF16);
 #   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16, in bf16 on AMX where
 #      the CPU has it, and in fp16 where it has AVX512-FP16, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
 #   5. summary.md: our best precision against PyTorch's best mode per config and round
@@ -22,6 +23,11 @@ mlps=${MLPS:-small,medium,large,complex,xl}
 encoders=${ENCODERS:-cnn-medium,cnn-large,isfm-small,isfm-base}
 amp=${AMP:-none,bf16}
 ref=${REF:-../shared/reference}
+# The PyTorch side needs torch and numpy: say so before the minutes of tests and builds, not after.
+if ! python3 -c 'import torch, numpy' 2>/dev/null; then
+  echo "python3 cannot import torch and numpy: pip install torch numpy (the side by side needs them)" >&2
+  exit 1
+fi
 mkdir -p "$out"
 flags=$(grep -o -E 'avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr '\n' ' ' || true)
 model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
@@ -37,11 +43,13 @@ for amx in off on; do
 done
 cat "$out/tests.txt"
 
-echo "## sgemm_time (one thread, GFLOP/s)" | tee "$out/sgemm.txt"
-for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 128 0 1"; do
+echo "## sgemm_time (one thread, GFLOP/s; fp32, then bf16 products: ROUND=bf16)" | tee "$out/sgemm.txt"
+for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 128 0 1" "256 256 4096 1 0"; do
   echo "### $shape" >>"$out/sgemm.txt"
   # shellcheck disable=SC2086
   ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
+  # shellcheck disable=SC2086
+  ROUND=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
 done
 cat "$out/sgemm.txt"
 
