@@ -41,7 +41,8 @@ pub const MC: usize = 144;
 pub const NC: usize = 4096;
 /// Most depth packed at once (two slices).
 pub const KK: usize = 512;
-/// Most floats of a packed block of B (1 MiB): its column count is `B_PACK / depth`.
+/// Most floats of a packed block of B (1 MiB): its column count is `B_PACK / slots` (the depth,
+/// or half of it for bf16 pairs: [`block_cols`]).
 pub const B_PACK: usize = 1 << 18;
 
 /// A matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
@@ -137,8 +138,9 @@ impl PackBuffers {
 /// A cache line, in floats.
 const ALIGN: usize = 16;
 
-/// Columns of C per packed block of B for a super-block `slots` deep (its depth, or half of it for
-/// bf16 pairs), in panels `nr` wide.
+/// Columns of C per packed block of B for a super-block `slots` deep, in panels `nr` wide. The
+/// packed kernel passes the depth, or half of it for bf16 pairs; AMX passes the depth (smaller
+/// blocks than its pairs allow: not measured on an AMX CPU yet).
 pub(crate) fn block_cols(n: usize, slots: usize, nr: usize) -> usize {
     (B_PACK / slots / nr * nr).clamp(nr, NC).min(n)
 }
@@ -448,12 +450,13 @@ pub(crate) unsafe fn pack_block_pairs<const W: usize, const SLOT_MULTIPLE: usize
     }
 }
 
-/// Whether this CPU converts fp32 to bf16 in vectors (AVX512-BF16's `vcvtne2ps2bf16`, with the
-/// AVX512-BW shuffles and AVX512-VL widths the packing uses).
+/// Whether this CPU converts fp32 to bf16 in vectors (AVX512-BF16's `vcvtneps2bf16` and
+/// `vcvtne2ps2bf16`, with the AVX512-BW shuffles, AVX512-VL widths and AVX2 transposes the
+/// packing uses).
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn bf16_conversions() -> bool {
     use std::arch::is_x86_feature_detected as has;
-    has!("avx512bf16") && has!("avx512bw") && has!("avx512vl") && has!("avx2")
+    has!("avx512f") && has!("avx512bf16") && has!("avx512bw") && has!("avx512vl") && has!("avx2") && has!("fma")
 }
 
 /// The first `tiled` slots (a multiple of 8) of the panel of lanes `q0..q0 + W` of a
@@ -521,7 +524,9 @@ unsafe fn pack_pair_rows<const W: usize>(pairs: usize, src: Panel, lanes: usize,
                     // The same lanes 8 depths on: the rows are long strided streams.
                     _mm_prefetch::<_MM_HINT_T0>(even.wrapping_offset(at as isize + 8 * src.sp) as *const i8);
                     _mm_prefetch::<_MM_HINT_T0>(odd.wrapping_offset(at as isize + 8 * src.sp) as *const i8);
-                    let pair = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(load, odd.add(at)), _mm512_maskz_loadu_ps(load, even.add(at)));
+                    // Wrapping: past the last lane (`present` = 0, padding) the masked loads read
+                    // nothing, but the address may lie past the source.
+                    let pair = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(load, odd.wrapping_add(at)), _mm512_maskz_loadu_ps(load, even.wrapping_add(at)));
                     let slots16 = _mm512_permutexvar_epi16(interleave, std::mem::transmute::<__m512bh, __m512i>(pair));
                     _mm512_mask_storeu_epi32(dst.add(q0 * slots + s * W + g) as *mut i32, store, slots16);
                 }
@@ -1080,19 +1085,22 @@ pub(crate) mod tests {
     #[test]
     fn pair_packing_rounds_every_value_as_pair_bits() {
         if !bf16_conversions() {
-            eprintln!("SKIPPED (no AVX512-BF16): the vector pair packing was not run; the scalar one was");
+            eprintln!("SKIPPED (no AVX512-BF16): the vector pair packing was not run; the scalar one's layout is checked below");
         }
         let special = [1.0 + 1.0 / 256.0, 1.0 + 3.0 / 256.0, -(1.0 + 1.5 / 256.0), f32::MAX, -f32::MAX, 3.0e38, f32::MIN_POSITIVE / 3.0, f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0, 1.999_999_9];
-        let (kd, lanes) = (300, 45);
+        // An odd depth: the last slice ends on a lone depth after its vector-packed slots.
+        let (kd, lanes) = (301, 45);
         let values: Vec<f32> = (0..kd * lanes).map(|i| if i % 7 == 0 { special[i / 7 % special.len()] } else { (i as f32 * 0.618).sin() * 1e3 }).collect();
         for (sp, sq) in [(1, kd as isize), (lanes as isize, 1)] {
             let src = Panel { ptr: values.as_ptr(), sp, sq };
-            let check = |width: usize, pack: &dyn Fn(&mut [f32])| {
+            // `multiple`: the slot count's rounding (16 for AMX), whose padding slots are zeros.
+            let check = |width: usize, multiple: usize, pack: &dyn Fn(&mut [f32])| {
+                let slots_of = |kd: usize| if multiple == 1 { pair_slots::<1>(kd) } else { pair_slots::<16>(kd) };
                 // A value no slot holds: a slot the packing leaves unwritten (a padding lane's zeros) shows.
-                let mut out = vec![f32::from_bits(0xDEAD_BEEF); lanes.next_multiple_of(width) * pair_slots::<1>(kd)];
+                let mut out = vec![f32::from_bits(0xDEAD_BEEF); lanes.next_multiple_of(width) * slots_of(kd)];
                 pack(&mut out);
                 for slice in (0..kd).step_by(KC) {
-                    let slots = pair_slots::<1>(KC.min(kd - slice));
+                    let slots = slots_of(KC.min(kd - slice));
                     for q in 0..lanes.next_multiple_of(width) {
                         for p2 in 0..slots {
                             let at = slice / 2 * lanes.next_multiple_of(width) + q / width * width * slots + p2 * width + q % width;
@@ -1102,8 +1110,10 @@ pub(crate) mod tests {
                     }
                 }
             };
-            check(MR, &|out| unsafe { pack_block_pairs::<MR, 1>(kd, lanes, src, out) });
-            check(NR_MAX, &|out| unsafe { pack_block_pairs::<NR_MAX, 1>(kd, lanes, src, out) });
+            check(MR, 1, &|out| unsafe { pack_block_pairs::<MR, 1>(kd, lanes, src, out) });
+            check(NR, 1, &|out| unsafe { pack_block_pairs::<NR, 1>(kd, lanes, src, out) });
+            check(NR_MAX, 1, &|out| unsafe { pack_block_pairs::<NR_MAX, 1>(kd, lanes, src, out) });
+            check(NR_MAX, 16, &|out| unsafe { pack_block_pairs::<NR_MAX, 16>(kd, lanes, src, out) });
         }
     }
 
