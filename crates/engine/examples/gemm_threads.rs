@@ -2,7 +2,8 @@
 //! shape with our packed kernel, timed in a pool of 1 worker and one of `threads`, interleaved
 //! (median, best, 10th and 90th percentile GFLOP/s of `ROUNDS` rounds, default 15).
 //! `cargo run --release -p cid-engine --example gemm_threads -- M N K [ta tb] [threads]`
-//! (`REPS` products per round, default 10).
+//! (`REPS` products per round, default 10; `PRECISION=bf16` for bf16 products, on the widest
+//! packed kernel).
 use std::time::Instant;
 
 use engine::cpu::CpuGemm;
@@ -32,7 +33,11 @@ fn main() {
         .iter()
         .map(|pool| {
             pool.install(|| {
-                let mut dev = CpuDevice::with_gemm(CpuGemm::Packed);
+                let bf16 = std::env::var("PRECISION").as_deref() == Ok("bf16");
+                let mut dev = CpuDevice::with_gemm(if bf16 { CpuGemm::best_packed() } else { CpuGemm::Packed });
+                if bf16 {
+                    dev.set_precision(Precision::Bf16).expect("bf16");
+                }
                 let views = [m * n, m * k, k * n].map(|len| dev.alloc(len).expect("alloc"));
                 dev.upload(views[1], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>());
                 dev.upload(views[2], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>());
