@@ -8,8 +8,9 @@
 #      and with bf16 products (`vdpbf16ps` where the CPU has AVX512-BF16);
 #   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16, in bf16 on AMX where
 #      the CPU has it, and in fp16 where it has AVX512-FP16, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
-#   5. summary.md: our best precision against PyTorch's best mode per config and round
-#      (scripts/side_by_side_summary.py), with the issues' goals.
+#   5. the hardware category (`contrastive-id bench --test hardware`: bf16's speed-up and accuracy drop);
+#   6. summary.md: our best precision against PyTorch's best mode per config and round
+#      (scripts/side_by_side_summary.py), with the issues' goals, and the hardware line.
 # Nothing else may run meanwhile. Writes under $1 (default bench-results/cpu-generation/<time>);
 # ROUNDS (default 2), STEPS (default 30), THREADS (default 2), MLPS and ENCODERS (the config
 # lists), AMP (PyTorch's modes, default none,bf16) override.
@@ -75,8 +76,17 @@ if [[ " $flags " == *" avx512_fp16 "* ]]; then variants="$variants fp16:off"; fi
   done
 } 2>&1 | tee "$out/log.txt"
 
+# The hardware category: fp32 against bf16 (and fp16 where it runs) through the product itself.
+cargo build --release -p contrastive-id >/dev/null 2>&1
+{
+  ./target/release/contrastive-id bench --test hardware --save-dir "$out/hardware" 2>&1 | grep -E '^\[hardware\]'
+  grep -E '^\| hardware \| cpu\.(bf16|fp16) \| (mixed_precision_speedup|accuracy_drop)' "$out/hardware/reports/performance_summary.md"
+} >"$out/hardware.txt" 2>&1 || true
+
 {
   cat "$out/machine.txt"
   echo
   python3 scripts/side_by_side_summary.py "$out"
+  echo
+  cat "$out/hardware.txt"
 } | tee "$out/summary.md"
