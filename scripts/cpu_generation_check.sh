@@ -44,13 +44,13 @@ for amx in off on; do
 done
 cat "$out/tests.txt"
 
-echo "## sgemm_time (one thread, GFLOP/s; fp32, then bf16 products: ROUND=bf16)" | tee "$out/sgemm.txt"
+echo "## sgemm_time (one thread, GFLOP/s; fp32, then bf16 products: PRECISION=bf16)" | tee "$out/sgemm.txt"
 for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 128 0 1" "256 256 4096 1 0"; do
   echo "### $shape" >>"$out/sgemm.txt"
   # shellcheck disable=SC2086
   ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
   # shellcheck disable=SC2086
-  ROUND=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
+  PRECISION=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
 done
 cat "$out/sgemm.txt"
 

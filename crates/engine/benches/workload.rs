@@ -71,20 +71,14 @@ fn main() {
     let threads: usize = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(2);
     let steps: usize = arg("--steps").and_then(|v| v.parse().ok()).unwrap_or(50);
     let configs = arg("--configs").unwrap_or_else(|| "small,medium,large,complex,xl".into());
-    let precision = match arg("--precision").as_deref() {
-        None | Some("fp32") => Precision::Fp32,
-        Some("bf16") => Precision::Bf16,
-        Some("fp16") => Precision::Fp16,
-        Some(other) => {
-            eprintln!("unknown precision {other:?}; expected fp32, bf16 or fp16");
+    let precision: Precision = match arg("--precision").map_or(Ok(Precision::Fp32), |p| p.parse()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("--precision: {e}");
             std::process::exit(2);
         }
     };
-    let precision_name = match precision {
-        Precision::Fp32 => "fp32",
-        Precision::Bf16 => "bf16",
-        Precision::Fp16 => "fp16",
-    };
+    let precision_name = precision.to_string();
     for name in configs.split(',') {
         if workloads::named(name).is_none() {
             let known: Vec<&str> = workloads::all().iter().map(|w| w.name).collect();

@@ -2,8 +2,8 @@
 //! shape with our packed kernel, timed in a pool of 1 worker and one of `threads`, interleaved
 //! (median, best, 10th and 90th percentile GFLOP/s of `ROUNDS` rounds, default 15).
 //! `cargo run --release -p cid-engine --example gemm_threads -- M N K [ta tb] [threads]`
-//! (`REPS` products per round, default 10; `PRECISION=bf16` for bf16 products, on the widest
-//! packed kernel).
+//! (`REPS` products per round, default 10; `PRECISION=bf16|fp16` for products of rounded operands,
+//! on the widest packed kernel).
 use std::time::Instant;
 
 use engine::cpu::CpuGemm;
@@ -26,6 +26,10 @@ fn main() {
         Ok(v) => v.parse().ok().filter(|&r| r > 0).unwrap_or_else(|| usage()),
     };
     let reps = count("REPS", 10);
+    let precision = Precision::from_env("PRECISION").unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
     let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, accumulate: false, sparse_a: false };
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
     let pools: Vec<rayon::ThreadPool> = [1, threads].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool")).collect();
@@ -33,10 +37,11 @@ fn main() {
         .iter()
         .map(|pool| {
             pool.install(|| {
-                let bf16 = std::env::var("PRECISION").as_deref() == Ok("bf16");
-                let mut dev = CpuDevice::with_gemm(if bf16 { CpuGemm::best_packed() } else { CpuGemm::Packed });
-                if bf16 {
-                    dev.set_precision(Precision::Bf16).expect("bf16");
+                let rounded = precision != Precision::Fp32;
+                let mut dev = CpuDevice::with_gemm(if rounded { CpuGemm::best_packed() } else { CpuGemm::Packed });
+                if let Err(e) = dev.set_precision(precision) {
+                    eprintln!("PRECISION: {e}");
+                    std::process::exit(2)
                 }
                 let views = [m * n, m * k, k * n].map(|len| dev.alloc(len).expect("alloc"));
                 dev.upload(views[1], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>());

@@ -38,17 +38,8 @@ fn main() {
         let rows = 2 * b;
         let enc = cfg.init(CpuDevice::new(), rows, 0).expect("init");
         let mut st = ContrastiveStep::new(enc, b, InfoNceConfig::default(), OptimizerConfig::default(), 0).expect("step");
-        let precision = match std::env::var("PRECISION").as_deref() {
-            Ok("bf16") => Precision::Bf16,
-            Ok("fp16") => Precision::Fp16,
-            Ok("fp32") | Err(_) => Precision::Fp32,
-            Ok(other) => {
-                eprintln!("PRECISION={other}: expected fp32, bf16 or fp16");
-                std::process::exit(2)
-            }
-        };
-        if let Err(e) = st.set_precision(precision) {
-            eprintln!("PRECISION: {e}");
+        if let Err(e) = Precision::from_env("PRECISION").and_then(|p| st.set_precision(p).map_err(|e| e.to_string())) {
+            eprintln!("{e}");
             std::process::exit(2)
         }
         let x: Vec<f32> = (0..rows * cfg.input()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();

@@ -1,7 +1,8 @@
 //! Times our packed GEMM (on each micro-kernel this CPU runs) against faer on one thread.
-//! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]` (env: REPS, HUGE, ROUND=bf16|fp16)
+//! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]` (env: REPS, HUGE, PRECISION=bf16|fp16)
 use engine::cpu::sgemm::{self, Isa, Operand, PackBuffers};
 use engine::cpu::CpuGemm;
+use engine::Precision;
 use std::time::Instant;
 
 fn main() {
@@ -29,12 +30,11 @@ fn main() {
     let ao = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
     let bo = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
     let mut buf = PackBuffers::default();
-    // ROUND=bf16 | fp16 times the product of rounded operands (bf16 runs vdpbf16ps where the CPU has it).
-    buf.round = match std::env::var("ROUND").as_deref() {
-        Ok("bf16") => sgemm::Rounding::Bf16,
-        Ok("fp16") => sgemm::Rounding::Fp16,
-        _ => sgemm::Rounding::None,
-    };
+    // PRECISION=bf16 | fp16 times the product of rounded operands (bf16 runs vdpbf16ps where the CPU has it).
+    buf.round = engine::cpu::rounding(Precision::from_env("PRECISION").unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    }));
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
     // Our kernel on each instruction set this CPU has, then faer, interleaved round by round.

@@ -243,6 +243,32 @@ pub enum Precision {
     Fp16,
 }
 
+impl Precision {
+    /// The precision environment variable `var` names (the tools' `PRECISION`), fp32 where it is
+    /// unset; an error naming the variable otherwise.
+    pub fn from_env(var: &str) -> std::result::Result<Self, String> {
+        match std::env::var(var) {
+            Err(std::env::VarError::NotPresent) => Ok(Precision::Fp32),
+            Err(e) => Err(format!("{var}: {e}")),
+            Ok(v) => v.parse().map_err(|e| format!("{var}: {e}")),
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// The names [`Display`](std::fmt::Display) writes: `fp32`, `bf16`, `fp16`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            "fp16" => Ok(Precision::Fp16),
+            other => Err(format!("unknown precision {other:?}; expected fp32, bf16 or fp16")),
+        }
+    }
+}
+
 impl std::fmt::Display for Precision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -273,7 +273,7 @@ impl CpuDevice {
 }
 
 /// How a precision rounds the operands of the products.
-fn rounding(precision: Precision) -> Rounding {
+pub fn rounding(precision: Precision) -> Rounding {
     match precision {
         Precision::Fp32 => Rounding::None,
         Precision::Bf16 => Rounding::Bf16,
