@@ -458,3 +458,19 @@ pub trait Device: Send {
     #[allow(clippy::too_many_arguments)]
     fn adam(&mut self, param: View, grad: View, m: View, v: View, h: AdamHyper, step: u64, grad_scale: f32);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Precision;
+
+    #[test]
+    fn a_precision_parses_the_name_it_displays_and_nothing_else() {
+        for p in [Precision::Fp32, Precision::Bf16, Precision::Fp16] {
+            assert_eq!(p.to_string().parse::<Precision>(), Ok(p));
+        }
+        for bad in ["", "0", "-1", "1e12", "BF16", "16", "garbage"] {
+            let err = bad.parse::<Precision>().expect_err(bad);
+            assert!(err.contains(&format!("{bad:?}")) && err.contains("fp32, bf16 or fp16"), "{err}");
+        }
+    }
+}
