@@ -1,5 +1,6 @@
 //! A packed single-precision GEMM for x86-64: BLIS's loops around a register-blocked
-//! micro-kernel, 6 × 16 with AVX2 + FMA or 6 × 32 with AVX-512F ([`Isa`]).
+//! micro-kernel, 6 × 16 with AVX2 + FMA or 6 × 32 with AVX-512F ([`Isa`]; 6 × 16 for products
+//! to at most 16 columns).
 //!
 //! Why our own: the first layer's two GEMMs are ~85 % of an xl step. faer's sequential kernels
 //! run a transposed A (the `dYᵀ·X` of every weight gradient) at ~70 % of their plain speed, so
@@ -175,7 +176,8 @@ impl Isa {
         }
     }
 
-    /// Columns of the micro-tile: B is packed in panels this wide.
+    /// Columns of the micro-tile: B is packed in panels this wide (AVX-512's are 16 wide for
+    /// products to at most 16 columns, which no split across columns cuts).
     pub fn nr(self) -> usize {
         match self {
             Isa::Avx2 => NR,
@@ -214,9 +216,43 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
     unsafe {
         match isa {
             Isa::Avx512 if buf.round == Rounding::Bf16 && super::amx::enabled() => super::amx::sgemm_on_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
-            Isa::Avx512 if buf.round == Rounding::Bf16 && bf16_dot_products() => loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 2>, None),
+            Isa::Avx512 if buf.round == Rounding::Bf16 && bf16_dot_products() => avx512_bf16_nest(m, n, k, alpha, a, b, c, rsc, accumulate, buf),
             Isa::Avx2 => loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)),
-            Isa::Avx512 => loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>)),
+            Isa::Avx512 => avx512_nest(m, n, k, alpha, a, b, c, rsc, accumulate, buf),
+        }
+    }
+}
+
+/// AVX-512's fp32 loops: tiles two vectors (32 columns) wide, or one where the product has at
+/// most 16 columns (a convolution to 16 channels), which the wide tile would compute twice over,
+/// half of it for nothing.
+///
+/// # Safety
+/// As [`sgemm`], on a CPU with AVX-512F.
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if n <= NR {
+            loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 1>, Some(kernel_avx512::<false, 1>))
+        } else {
+            loop_nest::<NR_MAX, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>))
+        }
+    }
+}
+
+/// AVX512-BF16's loops, one or two vectors wide as [`avx512_nest`].
+///
+/// # Safety
+/// As [`sgemm`], on a CPU where [`bf16_dot_products`] holds.
+#[allow(clippy::too_many_arguments)]
+unsafe fn avx512_bf16_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if n <= NR {
+            loop_nest::<NR, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 1>, None)
+        } else {
+            loop_nest::<NR_MAX, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 2>, None)
         }
     }
 }
@@ -244,11 +280,9 @@ fn avx512_agrees() -> bool {
     static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AGREES.get_or_init(|| {
         // SAFETY: AVX-512F, AVX2 and FMA are present (checked by the caller); whole matrices.
-        let agrees = first_use_check(
-            0.0,
-            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx512::<true, 2>, Some(kernel_avx512::<false, 2>)) },
-            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)) },
-        );
+        let agrees = first_use_check(0.0, &|m, n, k, a, b, c, buf| unsafe { avx512_nest(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
+            loop_nest::<NR, 1>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>))
+        });
         if !agrees {
             eprintln!("warning: the AVX-512 GEMM kernel disagrees with the AVX2 kernel on this CPU; the AVX2 kernel runs instead");
         }
@@ -263,11 +297,9 @@ fn bf16_dot_products_agree() -> bool {
     static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AGREES.get_or_init(|| {
         // SAFETY: AVX-512F, AVX512-BF16, AVX2 and FMA are present (checked by the caller); whole matrices.
-        let agrees = first_use_check(
-            1e-5,
-            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx512_bf16::<true, 2>, None) },
-            &|m, n, k, a, b, c, buf| unsafe { loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None) },
-        );
+        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { avx512_bf16_nest(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
+            loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None)
+        });
         if !agrees {
             eprintln!("warning: the AVX512-BF16 kernel disagrees with its emulation on this CPU; bf16 products are rounded in packing and run on the fp32 kernel instead");
         }
@@ -279,12 +311,13 @@ fn bf16_dot_products_agree() -> bool {
 #[cfg(target_arch = "x86_64")]
 type CheckedProduct = dyn Fn(usize, usize, usize, Operand, Operand, *mut f32, &mut PackBuffers);
 
-/// Whether `new` and `reference` agree (within `rel` relative; 0 for bit for bit) on two
-/// accumulating products: `45 × 70 × 300` (packed A, partial tiles, two slices) and
-/// `151 × 20 × 600` (A in place where the kernel has that path, two MC blocks, a KK super-block).
+/// Whether `new` and `reference` agree (within `rel` relative; 0 for bit for bit) on three
+/// accumulating products: `45 × 70 × 300` (packed A, partial tiles, two slices),
+/// `151 × 20 × 600` (A in place where the kernel has that path, two MC blocks, a KK super-block)
+/// and `40 × 16 × 300` (the one-vector tile of AVX-512's narrow products).
 #[cfg(target_arch = "x86_64")]
 fn first_use_check(rel: f32, new: &CheckedProduct, reference: &CheckedProduct) -> bool {
-    [(45, 70, 300), (151, 20, 600)].into_iter().all(|(m, n, k)| {
+    [(45, 70, 300), (151, 20, 600), (40, 16, 300)].into_iter().all(|(m, n, k)| {
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
         let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
         let (a, b) = (Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 }, Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 });
