@@ -320,6 +320,12 @@ pub trait Device: Send {
         let _ = plan;
         Ok(())
     }
+    /// The rayon workers this device's kernels run on, which a training step keeps polling for
+    /// them ([`crate::cpu::with_workers_polling`]); none on devices whose kernels run elsewhere
+    /// (the default).
+    fn host_workers(&self) -> usize {
+        0
+    }
     fn upload(&mut self, dst: View, src: &[f32]);
     fn download(&self, src: View, dst: &mut [f32]);
     fn fill(&mut self, dst: View, value: f32);

@@ -3,6 +3,9 @@
 //! normalize + InfoNCE, backward, global-norm clipping and a fused Adam/AdamW pass. After the
 //! first call a step allocates nothing.
 
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use crate::device::{Device, InfoNceOut, Precision, View};
 use crate::encoders::{mix_key, Encoder, Mode};
 use crate::error::{EngineError, Result, Setting};
@@ -133,6 +136,9 @@ pub struct ContrastiveStep<D: Device> {
     pub seed: u64,
     /// Dynamic loss scaling, on where the device's products are fp16 ([`Self::set_precision`]).
     pub scaler: Option<LossScaler>,
+    /// Tells the workers that poll for a step's kernels that it is over
+    /// ([`crate::cpu::with_workers_polling`]).
+    poll_stop: Arc<AtomicBool>,
 }
 
 impl<D: Device> ContrastiveStep<D> {
@@ -152,7 +158,7 @@ impl<D: Device> ContrastiveStep<D> {
         }
         // As `set_precision` would: the device may come with its precision set.
         let scaler = LossScaler::for_precision(encoder.device.precision());
-        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler })
+        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler, poll_stop: Arc::new(AtomicBool::new(false)) })
     }
 
     /// Sets the precision of the encoder's products, and with it loss scaling (on for fp16,
@@ -234,10 +240,21 @@ impl<D: Device> ContrastiveStep<D> {
         Ok(b)
     }
 
+    /// Runs `f` on this step while the device's other host workers poll for its kernels (the
+    /// public entry points each run once in it).
+    fn with_workers_polling<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
+        let (workers, stop) = (self.encoder.device.host_workers(), Arc::clone(&self.poll_stop));
+        crate::cpu::with_workers_polling(workers, &stop, || f(self))
+    }
+
     /// Forward (training mode) and backward of one batch; gradients are written, or added to
     /// the current ones with `accumulate`. The loss gradient is multiplied by `grad_scale`
     /// (`1/k` for k accumulated micro-batches).
     pub fn forward_backward(&mut self, pairs: Pairs, accumulate: bool, grad_scale: f32) -> Result<InfoNceOut> {
+        self.with_workers_polling(|st| st.run_forward_backward(pairs, accumulate, grad_scale))
+    }
+
+    fn run_forward_backward(&mut self, pairs: Pairs, accumulate: bool, grad_scale: f32) -> Result<InfoNceOut> {
         let b = self.load_pairs(pairs)?;
         let key = mix_key(self.seed, 0xF0, self.micro_step);
         self.micro_step += 1;
@@ -258,6 +275,10 @@ impl<D: Device> ContrastiveStep<D> {
     /// rate `lr`. Returns the global gradient norm (when clipping or scaling; of the unscaled
     /// gradients) and what was done: a non-finite norm never touches the weights.
     pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, Update) {
+        self.with_workers_polling(|st| st.run_optimizer_step(lr))
+    }
+
+    fn run_optimizer_step(&mut self, lr: f32) -> (Option<f32>, Update) {
         let e = &mut self.encoder;
         let head = self.head.as_ref().map(|h| h.arenas());
         let loss_scale = self.scaler.map_or(1.0, |s| s.scale);
@@ -296,20 +317,24 @@ impl<D: Device> ContrastiveStep<D> {
     }
 
     pub fn train_step_lr(&mut self, pairs: Pairs, lr: f32) -> Result<StepOutput> {
-        let out = self.forward_backward(pairs, false, 1.0)?;
-        if !out.loss.is_finite() {
-            return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, update: Update::NonFinite });
-        }
-        let (grad_norm, update) = self.optimizer_step(lr);
-        Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, update })
+        self.with_workers_polling(|st| {
+            let out = st.run_forward_backward(pairs, false, 1.0)?;
+            if !out.loss.is_finite() {
+                return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, update: Update::NonFinite });
+            }
+            let (grad_norm, update) = st.run_optimizer_step(lr);
+            Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, update })
+        })
     }
 
     /// Loss and accuracy in evaluation mode (no dropout, running statistics, no gradients).
     pub fn evaluate(&mut self, pairs: Pairs) -> Result<InfoNceOut> {
-        let b = self.load_pairs(pairs)?;
-        let z = self.encoder.forward(2 * b, 2, Mode::Eval);
-        let (p, d) = self.loss_input(z, 2 * b);
-        Ok(self.encoder.device.infonce(p, None, b, d, self.loss.temperature, self.loss.symmetric, 1.0))
+        self.with_workers_polling(|st| {
+            let b = st.load_pairs(pairs)?;
+            let z = st.encoder.forward(2 * b, 2, Mode::Eval);
+            let (p, d) = st.loss_input(z, 2 * b);
+            Ok(st.encoder.device.infonce(p, None, b, d, st.loss.temperature, st.loss.symmetric, 1.0))
+        })
     }
 }
 

@@ -24,6 +24,7 @@ pub mod sgemm;
 pub mod sparse;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use multiversion::multiversion;
 use rayon::prelude::*;
@@ -378,6 +379,72 @@ fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_
     }
 }
 
+/// Runs `f` (a training step) on this thread while the other `workers − 1` workers of the
+/// current rayon pool poll for the jobs of its parallel kernels ([`poll_for_work`]), until it
+/// returns or unwinds. A step's ~60 parallel kernels are each a few tens of µs apart, and a
+/// rayon worker that finds nothing to do for a few µs goes to sleep: on a virtual machine waking
+/// it took 30–55 µs per kernel (the 2-core Zen 4 VM of docs/performance.md), a large part of a
+/// CNN step's loss to its second thread. The pollers are `rayon::join` halves, so nothing is
+/// allocated; outside a rayon pool, or with one worker, `f` just runs.
+pub fn with_workers_polling<R: Send>(workers: usize, stop: &AtomicBool, f: impl FnOnce() -> R + Send) -> R {
+    let caller = rayon::current_thread_index();
+    let workers = workers.min(rayon::current_num_threads());
+    if workers < 2 || caller.is_none() {
+        return f();
+    }
+    /// Stops the pollers when the step returns or unwinds (a panic would otherwise leave them
+    /// polling, and the join waiting on them, forever).
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    stop.store(false, Ordering::Release);
+    let (out, ()) = rayon::join(
+        || {
+            let _stop = StopOnDrop(stop);
+            f()
+        },
+        || pollers(workers - 1, stop, caller),
+    );
+    out
+}
+
+/// `n` pollers, each on a worker of its own where the pool has them free.
+fn pollers(n: usize, stop: &AtomicBool, caller: Option<usize>) {
+    if n <= 1 {
+        poll_for_work(stop, caller);
+    } else {
+        rayon::join(|| poll_for_work(stop, caller), || pollers(n - 1, stop, caller));
+    }
+}
+
+/// A worker's job while a step runs: runs the pool's pending jobs (the other halves of the
+/// step's parallel kernels) as they come, polling in between, until `stop`. Every 64 empty polls
+/// it yields the core to any other thread that wants it (the data loader's), as rayon's own idle
+/// loop does before it sleeps. The step's own thread may pick a poller up while it waits on a
+/// kernel of its own (the poller's job is still in its queue); there the poller returns at once,
+/// or it would poll on the thread that must set `stop`.
+fn poll_for_work(stop: &AtomicBool, caller: Option<usize>) {
+    if rayon::current_thread_index() == caller {
+        return;
+    }
+    let mut idle = 0u32;
+    while !stop.load(Ordering::Acquire) {
+        if rayon::yield_now() == Some(rayon::Yield::Executed) {
+            idle = 0;
+        } else {
+            idle = idle.wrapping_add(1);
+            if idle % 64 == 0 {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
 /// Asks Linux to back a buffer's capacity with 2 MiB pages (transparent huge pages in `madvise`
 /// mode). The arenas of a large model are tens of MiB read with large strides (the packing of a
 /// GEMM reads rows 32 KiB apart): with 4 KiB pages nearly every row is a TLB miss, and a miss is a
@@ -427,6 +494,10 @@ impl CpuDevice {
 }
 
 impl Device for CpuDevice {
+    fn host_workers(&self) -> usize {
+        self.threads
+    }
+
     fn alloc(&mut self, len: usize) -> Result<View> {
         let need = self.mem.len().checked_add(len).filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize));
         let Some(need) = need else {
@@ -1084,6 +1155,32 @@ fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamChu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pollers run the step's kernels and stop when it returns; a step that panics
+    /// propagates its panic (instead of leaving the join waiting on pollers forever); outside a
+    /// pool and on one worker the step just runs.
+    #[test]
+    fn a_step_runs_with_its_workers_polling_and_stops_them() {
+        use rayon::prelude::*;
+        let stop = AtomicBool::new(false);
+        let sum = |n: u64| (0..n).into_par_iter().map(|i| i * i).sum::<u64>();
+        let want: u64 = (0..100_000u64).map(|i| i * i).sum();
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| {
+                // Many parallel regions, as a step's kernels.
+                let got = with_workers_polling(threads, &stop, || (0..200).map(|_| sum(100_000)).collect::<Vec<_>>());
+                assert!(got.iter().all(|&g| g == want), "{threads} threads");
+                assert_eq!(stop.load(Ordering::Acquire), threads > 1, "{threads} threads: the pollers were told to stop");
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| with_workers_polling(threads, &stop, || -> u64 { panic!("a step that fails") })));
+                assert!(panicked.is_err(), "{threads} threads: the step's panic reaches the caller");
+            });
+        }
+        // Outside any pool: no pollers, the step runs here.
+        stop.store(false, Ordering::Release);
+        assert_eq!(with_workers_polling(4, &stop, || sum(100_000)), want);
+        assert!(!stop.load(Ordering::Acquire), "no pollers were started");
+    }
 
     #[test]
     fn bf16_rounding_is_to_nearest_even_and_keeps_infinities_and_nans() {
