@@ -436,7 +436,7 @@ fn poll_for_work(stop: &AtomicBool, caller: Option<usize>) {
             idle = 0;
         } else {
             idle = idle.wrapping_add(1);
-            if idle % 64 == 0 {
+            if idle.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
