@@ -1,7 +1,8 @@
 //! The contrastive training step: the two views of a batch through one encoder (one call, two
 //! groups, so each view keeps its own BatchNorm statistics), an optional projection head, fused
 //! normalize + InfoNCE, backward, global-norm clipping and a fused Adam/AdamW pass. After the
-//! first call a step allocates nothing.
+//! first call a step allocates nothing. While a step runs, the device's other host workers poll
+//! for its kernels instead of sleeping between them ([`crate::cpu::with_workers_polling`]).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
