@@ -96,6 +96,12 @@ pub struct DataSection {
     /// (default 0: off).
     #[serde(with = "real")]
     pub augment_mask: f64,
+    /// Training augmentation: plays each view up to this fraction faster (its first `W / (1 + s)`
+    /// samples, `s` uniform in `[0, stretch]`, stretched over the window by linear
+    /// interpolation), so that the two views of a recording differ in shaft speed as two
+    /// recordings at different loads do (CWRU's 0–3 HP: 1797 to 1730 rpm, 4 %) (default 0: off).
+    #[serde(with = "real")]
+    pub augment_stretch: f64,
     /// Ids per batch (default 32).
     #[default(32)]
     #[serde(with = "whole")]
@@ -593,9 +599,13 @@ impl Config {
         if !(0.0..1.0).contains(&d.val_fraction) {
             return bad("data.val_fraction", format!("must be in [0, 1), got {}", d.val_fraction));
         }
-        for (key, v, hi) in
-            [("data.augment_gain", d.augment_gain, 1.0), ("data.augment_shift", d.augment_shift, 1.0), ("data.augment_noise", d.augment_noise, 100.0), ("data.augment_mask", d.augment_mask, 1.0)]
-        {
+        for (key, v, hi) in [
+            ("data.augment_gain", d.augment_gain, 1.0),
+            ("data.augment_shift", d.augment_shift, 1.0),
+            ("data.augment_noise", d.augment_noise, 100.0),
+            ("data.augment_mask", d.augment_mask, 1.0),
+            ("data.augment_stretch", d.augment_stretch, 1.0),
+        ] {
             if !(0.0..=hi).contains(&v) {
                 return bad(key, format!("must be in [0, {hi}], got {v}"));
             }

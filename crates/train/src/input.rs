@@ -7,7 +7,7 @@
 //!
 //! Training windows can be augmented first, each view on its own, to make the pretext harder
 //! (telling recordings apart by their spectrum alone is easy): random gain, circular time shift,
-//! additive noise, time masking ([`Augment`]). The draws are a pure function of the run's seed,
+//! additive noise, time masking, a faster playback ([`Augment`]). The draws are a pure function of the run's seed,
 //! the step and the row, so a resumed run augments exactly as the uninterrupted one.
 
 use std::borrow::Cow;
@@ -30,12 +30,13 @@ pub struct Augment {
     pub shift: f64,
     pub noise: f64,
     pub mask: f64,
+    pub stretch: f64,
 }
 
 impl Augment {
     pub fn from_config(cfg: &Config) -> Self {
         let d = &cfg.data;
-        Augment { gain: d.augment_gain, shift: d.augment_shift, noise: d.augment_noise, mask: d.augment_mask }
+        Augment { gain: d.augment_gain, shift: d.augment_shift, noise: d.augment_noise, mask: d.augment_mask, stretch: d.augment_stretch }
     }
 
     pub fn is_off(&self) -> bool {
@@ -47,6 +48,22 @@ impl Augment {
         let w = x.len() / channels.max(1);
         if w == 0 {
             return;
+        }
+        if self.stretch > 0.0 && w > 1 {
+            // Output step t reads the source at t·(n − 1)/(w − 1) of its first n = w / (1 + s)
+            // samples: the same signal, played 1 + s times faster.
+            let s = self.stretch * rng.next_f64();
+            let n = ((w as f64 / (1.0 + s)).round() as usize).clamp(2, w);
+            let source = x[..n * channels].to_vec();
+            let step = (n - 1) as f64 / (w - 1) as f64;
+            for t in 0..w {
+                let p = t as f64 * step;
+                let (i, frac) = ((p.floor() as usize).min(n - 2), p - p.floor().min((n - 2) as f64));
+                for c in 0..channels {
+                    let (a, b) = (source[i * channels + c] as f64, source[(i + 1) * channels + c] as f64);
+                    x[t * channels + c] = (a + (b - a) * frac) as f32;
+                }
+            }
         }
         if self.gain > 0.0 {
             let g = (1.0 + self.gain * (2.0 * rng.next_f64() - 1.0)) as f32;
@@ -300,7 +317,31 @@ mod tests {
         assert!(masked.iter().any(|&z| z > 0), "spans drawn: {masked:?}");
         let n = run(Augment { noise: 0.1, ..Default::default() }, 4);
         assert!(n != x && n.iter().zip(&x).all(|(a, b)| (a - b).abs() < 3.0));
-        assert_eq!(run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), run(Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2 }, 9), "repeatable");
+        let all = Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2, stretch: 0.1 };
+        assert_eq!(run(all, 9), run(all, 9), "repeatable");
+    }
+
+    /// A ramp played faster is a ramp: each channel's window becomes its first `n` samples
+    /// stretched over the window, `n` between `w / (1 + stretch)` and `w`, its two ends kept.
+    #[test]
+    fn a_stretched_window_is_its_first_samples_played_faster() {
+        let (w, c) = (200, 2);
+        let x: Vec<f32> = (0..w).flat_map(|t| [t as f32, 1000.0 - 2.0 * t as f32]).collect();
+        let mut lengths = Vec::new();
+        for seed in 1..=20u64 {
+            let mut y = x.clone();
+            Augment { stretch: 0.25, ..Default::default() }.apply(&mut y, c, &mut Rng::new(seed));
+            // The last step reads the source's sample n − 1.
+            let last = y[(w - 1) * c];
+            let n = last.round() as usize + 1;
+            assert!((160..=w).contains(&n) && (last - (n - 1) as f32).abs() < 1e-3, "seed {seed}: the window ends at source sample {last}");
+            for t in 0..w {
+                let p = t as f32 * (n - 1) as f32 / (w - 1) as f32;
+                assert!((y[t * c] - p).abs() < 1e-3 && (y[t * c + 1] - (1000.0 - 2.0 * p)).abs() < 2e-3, "seed {seed}, step {t}: {} {}", y[t * c], y[t * c + 1]);
+            }
+            lengths.push(n);
+        }
+        assert!(lengths.iter().any(|&n| n < 190), "playback rates drawn: {lengths:?}");
     }
 
     #[test]
