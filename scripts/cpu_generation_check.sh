@@ -13,7 +13,8 @@
 #      (scripts/side_by_side_summary.py), with the issues' goals, and the hardware line.
 # Nothing else may run meanwhile. Writes under $1 (default bench-results/cpu-generation/<time>);
 # ROUNDS (default 2), STEPS (default 30), THREADS (default 2), MLPS and ENCODERS (the config
-# lists), AMP (PyTorch's modes, default none,bf16) override.
+# lists), AMP (PyTorch's modes, default none,bf16) override. ONLY=side-by-side runs steps 1, 4 and
+# 6 alone (a CPU already checked: the speed-ups of a new build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench-results/cpu-generation/$(date -u +%Y%m%dT%H%M)}
@@ -24,6 +25,11 @@ mlps=${MLPS:-small,medium,large,complex,xl}
 encoders=${ENCODERS:-cnn-medium,cnn-large,isfm-small,isfm-base}
 amp=${AMP:-none,bf16}
 ref=${REF:-../shared/reference}
+only=${ONLY:-}
+if [[ -n "$only" && "$only" != side-by-side ]]; then
+  echo "ONLY=$only: the one part that runs alone is side-by-side" >&2
+  exit 2
+fi
 # The PyTorch side needs torch and numpy: say so before the minutes of tests and builds, not after.
 if ! python3 -c 'import torch, numpy' 2>/dev/null; then
   echo "python3 cannot import torch and numpy: pip install torch numpy (the side by side needs them)" >&2
@@ -34,8 +40,9 @@ flags=$(grep -o -E 'avx512[a-z_0-9]*|amx[a-z_0-9]*' /proc/cpuinfo | sort -u | tr
 model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 echo "# $model, $(nproc) cores, $threads threads used; AVX-512 / AMX flags: ${flags:-none}; $(date -u +%FT%TZ)" | tee "$out/machine.txt"
 
-echo "## tests" | tee "$out/tests.txt"
 cargo build --release -p cid-engine --benches --examples --tests >/dev/null 2>&1
+if [[ -z "$only" ]]; then
+echo "## tests" | tee "$out/tests.txt"
 for amx in off on; do
   echo "### CID_CPU_AMX=$amx" >>"$out/tests.txt"
   # --nocapture: a skipped kernel's test passes, so its SKIPPED line is the only trace of it.
@@ -53,6 +60,7 @@ for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 
   PRECISION=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
 done
 cat "$out/sgemm.txt"
+fi
 
 bench=$(ls -t target/release/deps/workload-* | grep -v '\.d$' | head -1)
 variants="fp32:off bf16:off"
@@ -77,11 +85,15 @@ if [[ " $flags " == *" avx512_fp16 "* ]]; then variants="$variants fp16:off"; fi
 } 2>&1 | tee "$out/log.txt"
 
 # The hardware category: fp32 against bf16 (and fp16 where it runs) through the product itself.
+if [[ -z "$only" ]]; then
 cargo build --release -p contrastive-id >/dev/null 2>&1
 {
   ./target/release/contrastive-id bench --test hardware --save-dir "$out/hardware" 2>&1 | grep -E '^\[hardware\]'
   grep -E '^\| hardware \| cpu\.(bf16|fp16) \| (mixed_precision_speedup|accuracy_drop)' "$out/hardware/reports/performance_summary.md"
 } >"$out/hardware.txt" 2>&1 || true
+else
+  echo "(ONLY=$only: the hardware category was not run)" >"$out/hardware.txt"
+fi
 
 {
   cat "$out/machine.txt"
