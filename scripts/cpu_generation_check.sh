@@ -42,24 +42,24 @@ echo "# $model, $(nproc) cores, $threads threads used; AVX-512 / AMX flags: ${fl
 
 cargo build --release -p cid-engine --benches --examples --tests >/dev/null 2>&1
 if [[ -z "$only" ]]; then
-echo "## tests" | tee "$out/tests.txt"
-for amx in off on; do
-  echo "### CID_CPU_AMX=$amx" >>"$out/tests.txt"
-  # --nocapture: a skipped kernel's test passes, so its SKIPPED line is the only trace of it.
-  CID_CPU_AMX=$amx cargo test -p cid-engine --release -- --nocapture 2>&1 \
-    | grep -E "SKIPPED|^test result|FAILED|panicked|warning: the" | sort | uniq -c >>"$out/tests.txt" || true
-done
-cat "$out/tests.txt"
+  echo "## tests" | tee "$out/tests.txt"
+  for amx in off on; do
+    echo "### CID_CPU_AMX=$amx" >>"$out/tests.txt"
+    # --nocapture: a skipped kernel's test passes, so its SKIPPED line is the only trace of it.
+    CID_CPU_AMX=$amx cargo test -p cid-engine --release -- --nocapture 2>&1 \
+      | grep -E "SKIPPED|^test result|FAILED|panicked|warning: the" | sort | uniq -c >>"$out/tests.txt" || true
+  done
+  cat "$out/tests.txt"
 
-echo "## sgemm_time (one thread, GFLOP/s; fp32, then bf16 products: PRECISION=bf16)" | tee "$out/sgemm.txt"
-for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 128 0 1" "256 256 4096 1 0"; do
-  echo "### $shape" >>"$out/sgemm.txt"
-  # shellcheck disable=SC2086
-  ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
-  # shellcheck disable=SC2086
-  PRECISION=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
-done
-cat "$out/sgemm.txt"
+  echo "## sgemm_time (one thread, GFLOP/s; fp32, then bf16 products: PRECISION=bf16)" | tee "$out/sgemm.txt"
+  for shape in "512 512 8192 0 1" "512 4096 512 1 0" "4096 768 256 0 1" "16384 16 128 0 1" "256 256 4096 1 0"; do
+    echo "### $shape" >>"$out/sgemm.txt"
+    # shellcheck disable=SC2086
+    ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
+    # shellcheck disable=SC2086
+    PRECISION=bf16 ./target/release/examples/sgemm_time $shape >>"$out/sgemm.txt" 2>&1
+  done
+  cat "$out/sgemm.txt"
 fi
 
 bench=$(ls -t target/release/deps/workload-* | grep -v '\.d$' | head -1)
@@ -86,11 +86,11 @@ if [[ " $flags " == *" avx512_fp16 "* ]]; then variants="$variants fp16:off"; fi
 
 # The hardware category: fp32 against bf16 (and fp16 where it runs) through the product itself.
 if [[ -z "$only" ]]; then
-cargo build --release -p contrastive-id >/dev/null 2>&1
-{
-  ./target/release/contrastive-id bench --test hardware --save-dir "$out/hardware" 2>&1 | grep -E '^\[hardware\]'
-  grep -E '^\| hardware \| cpu\.(bf16|fp16) \| (mixed_precision_speedup|accuracy_drop)' "$out/hardware/reports/performance_summary.md"
-} >"$out/hardware.txt" 2>&1 || true
+  cargo build --release -p contrastive-id >/dev/null 2>&1
+  {
+    ./target/release/contrastive-id bench --test hardware --save-dir "$out/hardware" 2>&1 | grep -E '^\[hardware\]'
+    grep -E '^\| hardware \| cpu\.(bf16|fp16) \| (mixed_precision_speedup|accuracy_drop)' "$out/hardware/reports/performance_summary.md"
+  } >"$out/hardware.txt" 2>&1 || true
 else
   echo "(ONLY=$only: the hardware category was not run)" >"$out/hardware.txt"
 fi

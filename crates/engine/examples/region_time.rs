@@ -5,7 +5,6 @@
 //! ([`engine::cpu::with_workers_polling`], as a training step runs). Prints the overhead per
 //! region (time per region − gap − work), the median of `ROUNDS` (default 5) interleaved rounds.
 //! `cargo run --release -p cid-engine --example region_time`
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -28,7 +27,6 @@ fn main() {
         }
     };
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool of 2 workers");
-    let stop = AtomicBool::new(false);
     let regions = 500;
     pool.install(|| {
         println!("2 workers, {regions} regions a run, median of {rounds} rounds: overhead per region, µs");
@@ -46,7 +44,7 @@ fn main() {
                 let (mut asleep, mut polling) = (Vec::new(), Vec::new());
                 for _ in 0..rounds {
                     asleep.push(run());
-                    polling.push(engine::cpu::with_workers_polling(2, &stop, run));
+                    polling.push(engine::cpu::with_workers_polling(2, run));
                 }
                 let median = |mut v: Vec<f64>| {
                     v.sort_by(f64::total_cmp);

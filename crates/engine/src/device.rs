@@ -320,9 +320,9 @@ pub trait Device: Send {
         let _ = plan;
         Ok(())
     }
-    /// The rayon workers this device's kernels run on, which a training step keeps polling for
-    /// them ([`crate::cpu::with_workers_polling`]); none on devices whose kernels run elsewhere
-    /// (the default).
+    /// The rayon workers this device's kernels run on, one of which a training step keeps
+    /// polling for them ([`crate::cpu::with_workers_polling`]); none on devices whose kernels run
+    /// elsewhere (the default).
     fn host_workers(&self) -> usize {
         0
     }

@@ -1,11 +1,8 @@
 //! The contrastive training step: the two views of a batch through one encoder (one call, two
 //! groups, so each view keeps its own BatchNorm statistics), an optional projection head, fused
 //! normalize + InfoNCE, backward, global-norm clipping and a fused Adam/AdamW pass. After the
-//! first call a step allocates nothing. While a step runs, the device's other host workers poll
-//! for its kernels instead of sleeping between them ([`crate::cpu::with_workers_polling`]).
-
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+//! first call a step allocates nothing. While a step runs, another of the device's host workers
+//! polls for its kernels instead of sleeping between them ([`crate::cpu::with_workers_polling`]).
 
 use crate::device::{Device, InfoNceOut, Precision, View};
 use crate::encoders::{mix_key, Encoder, Mode};
@@ -137,9 +134,6 @@ pub struct ContrastiveStep<D: Device> {
     pub seed: u64,
     /// Dynamic loss scaling, on where the device's products are fp16 ([`Self::set_precision`]).
     pub scaler: Option<LossScaler>,
-    /// Tells the workers that poll for a step's kernels that it is over
-    /// ([`crate::cpu::with_workers_polling`]).
-    poll_stop: Arc<AtomicBool>,
 }
 
 impl<D: Device> ContrastiveStep<D> {
@@ -159,7 +153,7 @@ impl<D: Device> ContrastiveStep<D> {
         }
         // As `set_precision` would: the device may come with its precision set.
         let scaler = LossScaler::for_precision(encoder.device.precision());
-        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler, poll_stop: Arc::new(AtomicBool::new(false)) })
+        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler })
     }
 
     /// Sets the precision of the encoder's products, and with it loss scaling (on for fp16,
@@ -241,11 +235,11 @@ impl<D: Device> ContrastiveStep<D> {
         Ok(b)
     }
 
-    /// Runs `f` on this step while the device's other host workers poll for its kernels (the
-    /// public entry points each run once in it).
+    /// Runs `f` on this step while another of the device's host workers polls for its kernels
+    /// (the public entry points each run once in it).
     fn with_workers_polling<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
-        let (workers, stop) = (self.encoder.device.host_workers(), Arc::clone(&self.poll_stop));
-        crate::cpu::with_workers_polling(workers, &stop, || f(self))
+        let workers = self.encoder.device.host_workers();
+        crate::cpu::with_workers_polling(workers, || f(self))
     }
 
     /// Forward (training mode) and backward of one batch; gradients are written, or added to

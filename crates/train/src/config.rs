@@ -96,10 +96,11 @@ pub struct DataSection {
     /// (default 0: off).
     #[serde(with = "real")]
     pub augment_mask: f64,
-    /// Training augmentation: plays each view up to this fraction faster (its first `W / (1 + s)`
+    /// Training augmentation: plays each view up to this fraction slower (its first `W / (1 + s)`
     /// samples, `s` uniform in `[0, stretch]`, stretched over the window by linear
-    /// interpolation), so that the two views of a recording differ in shaft speed as two
-    /// recordings at different loads do (CWRU's 0–3 HP: 1797 to 1730 rpm, 4 %) (default 0: off).
+    /// interpolation: every frequency falls by `1 + s`), so that the two views of a recording
+    /// differ in shaft speed as two recordings at different loads do (CWRU's 0–3 HP: 1797 to 1730
+    /// rpm, 4 %) (default 0: off).
     #[serde(with = "real")]
     pub augment_stretch: f64,
     /// Ids per batch (default 32).

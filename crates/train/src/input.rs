@@ -7,8 +7,9 @@
 //!
 //! Training windows can be augmented first, each view on its own, to make the pretext harder
 //! (telling recordings apart by their spectrum alone is easy): random gain, circular time shift,
-//! additive noise, time masking, a faster playback ([`Augment`]). The draws are a pure function of the run's seed,
-//! the step and the row, so a resumed run augments exactly as the uninterrupted one.
+//! additive noise, time masking, a slower playback ([`Augment`]). The draws are a pure function
+//! of the run's seed, the step and the row, so a resumed run augments exactly as the
+//! uninterrupted one.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -51,14 +52,15 @@ impl Augment {
         }
         if self.stretch > 0.0 && w > 1 {
             // Output step t reads the source at t·(n − 1)/(w − 1) of its first n = w / (1 + s)
-            // samples: the same signal, played 1 + s times faster.
+            // samples: the same signal, played 1 + s times slower.
             let s = self.stretch * rng.next_f64();
             let n = ((w as f64 / (1.0 + s)).round() as usize).clamp(2, w);
             let source = x[..n * channels].to_vec();
             let step = (n - 1) as f64 / (w - 1) as f64;
             for t in 0..w {
                 let p = t as f64 * step;
-                let (i, frac) = ((p.floor() as usize).min(n - 2), p - p.floor().min((n - 2) as f64));
+                let i = (p.floor() as usize).min(n - 2);
+                let frac = p - i as f64;
                 for c in 0..channels {
                     let (a, b) = (source[i * channels + c] as f64, source[(i + 1) * channels + c] as f64);
                     x[t * channels + c] = (a + (b - a) * frac) as f32;
@@ -321,10 +323,10 @@ mod tests {
         assert_eq!(run(all, 9), run(all, 9), "repeatable");
     }
 
-    /// A ramp played faster is a ramp: each channel's window becomes its first `n` samples
+    /// A ramp played slower is a ramp: each channel's window becomes its first `n` samples
     /// stretched over the window, `n` between `w / (1 + stretch)` and `w`, its two ends kept.
     #[test]
-    fn a_stretched_window_is_its_first_samples_played_faster() {
+    fn a_stretched_window_is_its_first_samples_played_slower() {
         let (w, c) = (200, 2);
         let x: Vec<f32> = (0..w).flat_map(|t| [t as f32, 1000.0 - 2.0 * t as f32]).collect();
         let mut lengths = Vec::new();

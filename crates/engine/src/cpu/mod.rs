@@ -379,53 +379,62 @@ fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_
     }
 }
 
-/// Runs `f` (a training step) on this thread while the other `workers − 1` workers of the
-/// current rayon pool poll for the jobs of its parallel kernels ([`poll_for_work`]), until it
-/// returns or unwinds. A step's ~60 parallel kernels are each a few tens of µs apart, and a
-/// rayon worker that finds nothing to do for a few µs goes to sleep: on a virtual machine waking
-/// it took 30–55 µs per kernel (the 2-core Zen 4 VM of docs/performance.md), a large part of a
-/// CNN step's loss to its second thread. The pollers are `rayon::join` halves, so nothing is
-/// allocated; outside a rayon pool, or with one worker, `f` just runs.
-pub fn with_workers_polling<R: Send>(workers: usize, stop: &AtomicBool, f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` (a training step) on this thread while another worker of the current rayon pool polls
+/// for the jobs of its parallel kernels ([`poll_for_work`]), until `f` returns or unwinds.
+///
+/// Why: a step's ~60 parallel kernels are each a few tens of µs apart, and a rayon worker that
+/// finds nothing to do for a few µs goes to sleep; on a virtual machine waking it took 30–55 µs
+/// per kernel (the 2-core Zen 4 VM of docs/performance.md, `examples/region_time.rs`), a large
+/// part of a CNN step's loss to its second worker.
+///
+/// One poller, whatever the pool's size: it is pushed (a `rayon::join` half: nothing allocated)
+/// before the step's first kernel, and other workers steal the oldest job of a queue first, so
+/// it is taken before any of the step's kernel jobs can leave this thread, and no worker can be
+/// inside one of them when it takes it: a poller never runs on top of a frame the step waits
+/// for. (A second poller could, with three or more workers: taken by a worker inside a kernel
+/// job stolen from the first poller, it would keep that job from finishing until the step did.)
+/// In a larger pool the other workers sleep and wake as rayon has them. Polling is skipped
+/// outside a rayon pool, with one worker, where `workers` or the pool exceed the cores this
+/// process may run on (a poller would take a core the step needs), and on devices without host
+/// workers (`workers` 0).
+pub fn with_workers_polling<R: Send>(workers: usize, f: impl FnOnce() -> R + Send) -> R {
     let caller = rayon::current_thread_index();
-    let workers = workers.min(rayon::current_num_threads());
-    if workers < 2 || caller.is_none() {
+    let pool = rayon::current_num_threads();
+    if workers < 2 || pool < 2 || caller.is_none() || pool.max(workers) > cores() {
         return f();
     }
-    /// Stops the pollers when the step returns or unwinds (a panic would otherwise leave them
-    /// polling, and the join waiting on them, forever).
+    /// Stops the poller when the step returns or unwinds (a panic would otherwise leave it
+    /// polling, and the join waiting on it, forever).
     struct StopOnDrop<'a>(&'a AtomicBool);
     impl Drop for StopOnDrop<'_> {
         fn drop(&mut self) {
             self.0.store(true, Ordering::Release);
         }
     }
-    stop.store(false, Ordering::Release);
+    let stop = AtomicBool::new(false);
     let (out, ()) = rayon::join(
         || {
-            let _stop = StopOnDrop(stop);
+            let _stop = StopOnDrop(&stop);
             f()
         },
-        || pollers(workers - 1, stop, caller),
+        || poll_for_work(&stop, caller),
     );
     out
 }
 
-/// `n` pollers, each on a worker of its own where the pool has them free.
-fn pollers(n: usize, stop: &AtomicBool, caller: Option<usize>) {
-    if n <= 1 {
-        poll_for_work(stop, caller);
-    } else {
-        rayon::join(|| poll_for_work(stop, caller), || pollers(n - 1, stop, caller));
-    }
+/// The cores this process may run on (read once).
+fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
-/// A worker's job while a step runs: runs the pool's pending jobs (the other halves of the
-/// step's parallel kernels) as they come, polling in between, until `stop`. Every 64 empty polls
-/// it yields the core to any other thread that wants it (the data loader's), as rayon's own idle
-/// loop does before it sleeps. The step's own thread may pick a poller up while it waits on a
-/// kernel of its own (the poller's job is still in its queue); there the poller returns at once,
-/// or it would poll on the thread that must set `stop`.
+/// The poller: runs the pool's pending jobs (the other halves of the step's parallel kernels) as
+/// they come, polling in between, until `stop`. Every 64 empty polls it yields the core to any
+/// other thread that wants it, as rayon's own idle loop does before it sleeps. `yield_now` also
+/// runs jobs injected into the pool from outside (the data loader's batch builds when they share
+/// it): the step's end then waits for the one it is running. The step's own thread takes the
+/// poller back when no worker has stolen it by the time it waits on a kernel (or returns); there
+/// it returns at once: polling on the thread that must set `stop` would never end.
 fn poll_for_work(stop: &AtomicBool, caller: Option<usize>) {
     if rayon::current_thread_index() == caller {
         return;
@@ -1156,30 +1165,43 @@ fn adam_chunk(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: AdamChu
 mod tests {
     use super::*;
 
-    /// The pollers run the step's kernels and stop when it returns; a step that panics
-    /// propagates its panic (instead of leaving the join waiting on pollers forever); outside a
-    /// pool and on one worker the step just runs.
+    /// A step runs with a worker polling for its kernels and returns, in pools of 1 to 4 workers
+    /// (the larger ones, on this 2-core CI, skip polling: more workers than cores) and with
+    /// kernels whose halves split again (nested joins, as a kernel over 3 or 4 parts); a step
+    /// that panics propagates its panic (instead of leaving the join waiting on its poller);
+    /// outside a pool the step just runs. A watchdog aborts the test process if any of it hangs.
     #[test]
-    fn a_step_runs_with_its_workers_polling_and_stops_them() {
+    fn a_step_runs_with_a_worker_polling_and_stops_it() {
         use rayon::prelude::*;
-        let stop = AtomicBool::new(false);
-        let sum = |n: u64| (0..n).into_par_iter().map(|i| i * i).sum::<u64>();
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let watched = std::sync::Arc::clone(&done);
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            while !watched.load(Ordering::Acquire) {
+                if start.elapsed() > std::time::Duration::from_secs(120) {
+                    eprintln!("a_step_runs_with_a_worker_polling_and_stops_it: hung for 120 s");
+                    std::process::abort();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        });
+        let sum = |n: u32| (0..n).into_par_iter().with_min_len(1000).map(|i| u64::from(i) * u64::from(i)).sum::<u64>();
         let want: u64 = (0..100_000u64).map(|i| i * i).sum();
-        for threads in [1, 2, 3] {
+        for threads in [1, 2, 3, 4] {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
             pool.install(|| {
-                // Many parallel regions, as a step's kernels.
-                let got = with_workers_polling(threads, &stop, || (0..200).map(|_| sum(100_000)).collect::<Vec<_>>());
-                assert!(got.iter().all(|&g| g == want), "{threads} threads");
-                assert_eq!(stop.load(Ordering::Acquire), threads > 1, "{threads} threads: the pollers were told to stop");
-                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| with_workers_polling(threads, &stop, || -> u64 { panic!("a step that fails") })));
+                // Many parallel regions, as a step's kernels, each splitting into nested joins.
+                for _ in 0..20 {
+                    let got = with_workers_polling(threads, || (0..50).map(|_| sum(100_000)).collect::<Vec<_>>());
+                    assert!(got.iter().all(|&g| g == want), "{threads} threads");
+                }
+                let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| with_workers_polling(threads, || -> u64 { panic!("a step that fails") })));
                 assert!(panicked.is_err(), "{threads} threads: the step's panic reaches the caller");
             });
         }
-        // Outside any pool: no pollers, the step runs here.
-        stop.store(false, Ordering::Release);
-        assert_eq!(with_workers_polling(4, &stop, || sum(100_000)), want);
-        assert!(!stop.load(Ordering::Acquire), "no pollers were started");
+        // Outside any pool: the step runs here.
+        assert_eq!(with_workers_polling(4, || sum(100_000)), want);
+        done.store(true, Ordering::Release);
     }
 
     #[test]

@@ -28,7 +28,8 @@
 
 /// Rows of the micro-tile: 6 rows × 2 vectors = 12 accumulators, 2 registers for B, 1 broadcast.
 pub const MR: usize = 6;
-/// Columns of the AVX2 micro-tile (two 8-lane vectors); [`Isa::nr`] gives each kernel's.
+/// Columns of the AVX2 micro-tile (two 8-lane vectors), and of AVX-512's one-vector tile for
+/// products to at most 16 columns; [`Isa::nr`] gives each kernel's widest.
 pub const NR: usize = 16;
 /// The widest micro-tile (AVX-512: two 16-lane vectors; AMX: two 16-column tiles).
 pub(crate) const NR_MAX: usize = 32;
@@ -153,6 +154,8 @@ pub enum Isa {
     Avx2,
     /// AVX-512F: a 6 × 32 tile in twelve 16-lane registers (of 32); per depth two loads of B and
     /// six broadcasts feed twelve FMAs, within the two loads a cycle of the cores that have it.
+    /// Products to at most 16 columns run on a 6 × 16 tile of one register a row
+    /// ([`avx512_nest`]).
     Avx512,
 }
 
@@ -176,8 +179,9 @@ impl Isa {
         }
     }
 
-    /// Columns of the micro-tile: B is packed in panels this wide (AVX-512's are 16 wide for
-    /// products to at most 16 columns, which no split across columns cuts).
+    /// Columns of the kernel's widest micro-tile: the unit of a split across columns, and the
+    /// width B is packed in, but for AVX-512's products to at most 16 columns (16 wide; no split
+    /// across columns cuts them, a split needing two units).
     pub fn nr(self) -> usize {
         match self {
             Isa::Avx2 => NR,
@@ -225,13 +229,15 @@ pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Opera
 
 /// AVX-512's fp32 loops: tiles two vectors (32 columns) wide, or one where the product has at
 /// most 16 columns (a convolution to 16 channels), which the wide tile would compute twice over,
-/// half of it for nothing.
+/// half of it for nothing. (AMX's bf16 tiles, `CID_CPU_AMX=on`, stay 32 wide.)
 ///
 /// # Safety
 /// As [`sgemm`], on a CPU with AVX-512F.
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx512_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    // SAFETY: forwarded contract.
+    // SAFETY: the caller's contract, and each loop nest is given kernels whose tile is as wide
+    // as its `NR` (V vectors of 16 lanes: 1 × 16 = NR, 2 × 16 = NR_MAX) on fp32 slots, as
+    // `loop_nest` requires.
     unsafe {
         if n <= NR {
             loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512::<true, 1>, Some(kernel_avx512::<false, 1>))
@@ -244,10 +250,13 @@ unsafe fn avx512_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: O
 /// AVX512-BF16's loops, one or two vectors wide as [`avx512_nest`].
 ///
 /// # Safety
-/// As [`sgemm`], on a CPU where [`bf16_dot_products`] holds.
+/// As [`sgemm`], on a CPU with AVX-512F and AVX512-BF16 (the first-use check runs this before
+/// [`bf16_dot_products`] answers).
 #[allow(clippy::too_many_arguments)]
 unsafe fn avx512_bf16_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    // SAFETY: forwarded contract.
+    // SAFETY: the caller's contract, and each loop nest is given a kernel whose tile is as wide
+    // as its `NR` (1 × 16 = NR, 2 × 16 = NR_MAX lanes) on slots of two bf16 depths, the
+    // `SLOT_DEPTHS` = 2 it packs.
     unsafe {
         if n <= NR {
             loop_nest::<NR, 2>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_bf16::<true, 1>, None)
