@@ -155,7 +155,11 @@ fn partition(workers: usize, dim: usize, unit: usize) -> (usize, impl Fn(usize) 
 
 /// A product whose C has at most this many values ...
 const NARROW_C: usize = 1 << 15;
-/// ... and whose depth is at least two of these is split along its depth, in parts this deep.
+/// ... and whose depth is at least one and a half of these is split along its depth, in parts
+/// this deep. (From two parts' depth, the cnn's third weight gradient, `64 × 96` over 4094 rows,
+/// ran on one worker: too shallow for two whole parts, too narrow for its 96 columns to be split
+/// into 32-wide panels, two a worker. Split in two parts it takes 245–288 µs a call on cnn-large
+/// instead of 346, on the AMD EPYC Zen 4 of docs/performance.md.)
 const DEPTH_PART: usize = 2048;
 
 /// `C (+)= alpha · op(A) · op(B)` on slices, its rows or columns split over one worker per pack
@@ -177,7 +181,7 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<
 /// The operands must address whole matrices of their shapes, C must overlap neither, and nothing
 /// else may touch C meanwhile.
 unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
-    if p.m * p.n <= NARROW_C && p.k >= 2 * DEPTH_PART {
+    if p.m * p.n <= NARROW_C && 2 * p.k >= 3 * DEPTH_PART {
         // SAFETY: forwarded contract.
         return unsafe { gemm_depth_parts(kernel, packs, partials, p) };
     }
@@ -583,8 +587,9 @@ mod tests {
             for kernel in kernels {
                 let mut dev = CpuDevice::with_gemm(kernel);
                 // Split by rows (m > n) and by columns, both past PAR_GEMM_WORK, and deep and
-                // narrow ones along their depth (three parts, the last short; and two).
-                for (m, n, k) in [(200, 40, 40), (40, 200, 40), (7, 19, 2 * DEPTH_PART + 333), (16, 24, 2 * DEPTH_PART)] {
+                // narrow ones along their depth (three parts, the last short; two; and two from
+                // one and a half parts' depth, the least that splits).
+                for (m, n, k) in [(200, 40, 40), (40, 200, 40), (7, 19, 2 * DEPTH_PART + 333), (16, 24, 2 * DEPTH_PART), (64, 96, 3 * DEPTH_PART / 2)] {
                     let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
                     for (trans_a, trans_b) in [(false, false), (true, false), (false, true)] {
                         for accumulate in [false, true] {
@@ -615,7 +620,7 @@ mod tests {
     /// part's columns are split too): the same bits every time, and the naive product.
     #[test]
     fn depth_parts_give_the_same_bits_on_any_worker_count() {
-        let (m, n, k) = (24, 100, 2 * DEPTH_PART + 77);
+        let (m, n, k) = (24, 100, 3 * DEPTH_PART / 2 + 77);
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
         let (av, bv): (Vec<f32>, Vec<f32>) = ((0..k * m).map(value).collect(), (0..k * n).map(|i| value(i + 3)).collect());
         let run = |threads: usize, kernel: CpuGemm| {
