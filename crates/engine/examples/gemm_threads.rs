@@ -1,6 +1,7 @@
 //! How a product scales from one worker to several on this machine: `CpuDevice::gemm` on one
 //! shape with our packed kernel, timed in a pool of 1 worker and one of `threads`, interleaved
-//! (median, best, 10th and 90th percentile GFLOP/s of `ROUNDS` rounds, default 15).
+//! (median, best, 10th and 90th percentile GFLOP/s of `ROUNDS` rounds, default 15), with a
+//! worker polling for the products' halves as in a training step.
 //! `cargo run --release -p cid-engine --example gemm_threads -- M N K [ta tb] [threads]`
 //! (`REPS` products per round, default 10; `PRECISION=bf16|fp16` for products of rounded operands,
 //! on the widest packed kernel).
@@ -55,10 +56,16 @@ fn main() {
     for _ in 0..rounds {
         for (i, (pool, (dev, [c, x, y]))) in pools.iter().zip(devs.iter_mut()).enumerate() {
             pool.install(|| {
+                // With another worker polling for the products' halves, as a training step runs
+                // them (`ContrastiveStep`): a worker left to sleep between them would time its
+                // wake-up too.
+                let workers = dev.host_workers();
                 let t0 = Instant::now();
-                for _ in 0..reps {
-                    dev.gemm(g, *c, *x, *y);
-                }
+                engine::cpu::with_workers_polling(workers, || {
+                    for _ in 0..reps {
+                        dev.gemm(g, *c, *x, *y);
+                    }
+                });
                 rates[i].push(flops / t0.elapsed().as_secs_f64() / 1e9);
             });
         }
