@@ -55,15 +55,18 @@ impl Augment {
             // samples: the same signal, played 1 + s times slower.
             let s = self.stretch * rng.next_f64();
             let n = ((w as f64 / (1.0 + s)).round() as usize).clamp(2, w);
-            let source = x[..n * channels].to_vec();
-            let step = (n - 1) as f64 / (w - 1) as f64;
-            for t in 0..w {
-                let p = t as f64 * step;
-                let i = (p.floor() as usize).min(n - 2);
-                let frac = p - i as f64;
-                for c in 0..channels {
-                    let (a, b) = (source[i * channels + c] as f64, source[(i + 1) * channels + c] as f64);
-                    x[t * channels + c] = (a + (b - a) * frac) as f32;
+            if n < w {
+                // In place, last step first: step t reads samples t − 1 and t at most, which no
+                // later (smaller) step has written yet; step 0 is sample 0 itself.
+                let step = (n - 1) as f64 / (w - 1) as f64;
+                for t in (1..w).rev() {
+                    let p = t as f64 * step;
+                    let i = (p.floor() as usize).min(n - 2);
+                    let frac = p - i as f64;
+                    for c in 0..channels {
+                        let (a, b) = (x[i * channels + c] as f64, x[(i + 1) * channels + c] as f64);
+                        x[t * channels + c] = (a + (b - a) * frac) as f32;
+                    }
                 }
             }
         }
