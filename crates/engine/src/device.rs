@@ -326,9 +326,31 @@ pub trait Device: Send {
     fn host_workers(&self) -> usize {
         0
     }
+    /// Runs `f(lane, device)` for lanes `0..lanes`: concurrently where the device can (the CPU:
+    /// each lane on its own share of the workers, over the same memory, [`crate::cpu`]), one
+    /// after another by default. A lane runs the same kernels as the device, so what a lane
+    /// computes does not depend on whether the lanes ran at once.
+    ///
+    /// Why: a CNN step is ~60 small kernels per view, and splitting each over the workers costs a
+    /// synchronisation per kernel; its two views are independent until the loss, so each view on
+    /// its own worker synchronises twice a step ([`crate::encoders::cnn`]).
+    ///
+    /// # Safety
+    /// No lane may write memory that another lane reads or writes, nor allocate.
+    unsafe fn for_each_lane<F: Fn(usize, &mut Self) + Sync>(&mut self, lanes: usize, f: F)
+    where
+        Self: Sized,
+    {
+        for lane in 0..lanes {
+            f(lane, self);
+        }
+    }
     fn upload(&mut self, dst: View, src: &[f32]);
     fn download(&self, src: View, dst: &mut [f32]);
     fn fill(&mut self, dst: View, value: f32);
+    /// `dst = scale·dst + src` (equal lengths): a lane's gradients summed into the model's, a
+    /// lane's running-statistics update folded in after the other's.
+    fn scale_add(&mut self, dst: View, scale: f32, src: View);
 
     // ---- linear layers ([`crate::ops::linear`], [`crate::ops::act`]) --------------------------
 

@@ -57,9 +57,12 @@ fn steps_allocate_nothing() {
         let p: Vec<f32> = (0..b * w).map(|i| ((i * 5) % 11) as f32 * 0.1).collect();
         let rates = vec![12_000.0f32; b];
         let pairs = Pairs::new(&a, &p).with_rates(&rates);
-        // Warm-up: each worker thread grows its GEMM packing buffers once per shape it meets.
+        // Warm-up: each worker thread grows its GEMM packing buffers once per shape it meets
+        // (the CNN's evaluation runs both views at once, training each view on its own lane:
+        // different shapes).
         for _ in 0..10 {
             step.train_step(pairs).unwrap();
+            step.evaluate(pairs).unwrap();
         }
         let before = ALLOCATIONS.load(Ordering::SeqCst);
         for _ in 0..30 {

@@ -485,10 +485,10 @@ fn training_does_not_depend_on_the_thread_count() {
                 (losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), after.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             })
         };
-        // Two workers take BatchNorm's groups (the two views) one each, in one region per pass;
-        // three split them otherwise.
+        // Two or three workers run the CNN's views on lanes of one worker each, four on lanes of
+        // two (whose kernels split again); the other encoders split each kernel over them all.
         let one = run(1);
-        for threads in [2, 3] {
+        for threads in [2, 3, 4] {
             let other = run(threads);
             let kind = cfg.kind();
             assert_eq!(one.0, other.0, "{kind}: losses differ between 1 and {threads} threads");
@@ -522,5 +522,56 @@ fn infonce_does_not_depend_on_the_thread_count() {
         }
         assert_eq!((one.0.to_bits(), one.1.to_bits()), (three.0.to_bits(), three.1.to_bits()), "B={b} symmetric={symmetric}: loss/accuracy differ between 1 and 3 threads");
         assert!(one.2 == three.2, "B={b} symmetric={symmetric}: gradients differ between 1 and 3 threads");
+    }
+}
+
+#[test]
+fn a_cnn_training_forward_of_two_views_is_two_forward_calls() {
+    // The CNN runs a step's two views each on its own lane, into spare gradients and running
+    // statistics folded in afterwards; PyTorch runs two forward calls. Both must give the same
+    // embeddings, the sum of both views' gradients, running statistics updated by one view after
+    // the other, and two counts per BatchNorm — on one worker (lanes one after another) and two.
+    let cfg = EncoderConfig::new(EncoderKind::Cnn, 1024, 2);
+    let (b, w, d) = (8, cfg.input(), cfg.embed);
+    let x: Vec<f32> = (0..2 * b * w).map(|i| ((i * 7919) % 1013) as f32 / 506.0 - 1.0).collect();
+    let dz: Vec<f32> = (0..2 * b * d).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+    for threads in [1, 2] {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let init = || cfg.init(CpuDevice::with_gemm(CpuGemm::best_packed()), 2 * b, 5).unwrap();
+            // Both views in one call, as the step runs them.
+            let mut both = init();
+            both.set_input(0, &x).unwrap();
+            let z = both.forward(2 * b, 2, Mode::Train { key: 1 });
+            let mut z_both = vec![0.0; z.len()];
+            both.device.download(z, &mut z_both);
+            let dzv = both.dz_buffer(2 * b);
+            both.device.upload(dzv, &dz);
+            both.backward(2 * b, dzv, false);
+            // One call per view, the second accumulating its gradients.
+            let mut each = init();
+            let mut z_each = Vec::new();
+            for v in 0..2 {
+                each.set_input(0, &x[v * b * w..(v + 1) * b * w]).unwrap();
+                let z = each.forward(b, 1, Mode::Train { key: 1 });
+                let mut zv = vec![0.0; z.len()];
+                each.device.download(z, &mut zv);
+                z_each.extend(zv);
+                let dzv = each.dz_buffer(b);
+                each.device.upload(dzv, &dz[v * b * d..(v + 1) * b * d]);
+                each.backward(b, dzv, v > 0);
+            }
+            let rel = |a: &[f32], e: &[f32]| {
+                let diff = a.iter().zip(e).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+                diff / e.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt()
+            };
+            assert_eq!(z_both, z_each, "{threads} workers: embeddings");
+            let (g_both, g_each) = (both.grads_to_vec(), each.grads_to_vec());
+            assert!(g_each.iter().any(|g| *g != 0.0) && rel(&g_both, &g_each) < 1e-6, "{threads} workers: gradients differ by {:e}", rel(&g_both, &g_each));
+            let (r_both, r_each) = (both.buffers_to_vec(), each.buffers_to_vec());
+            assert!(r_both != cfg.init(CpuDevice::new(), 2, 5).unwrap().buffers_to_vec(), "the running statistics moved");
+            assert_eq!(r_both, r_each, "{threads} workers: running statistics");
+            assert!(both.counters().iter().all(|&c| c == 2) && both.counters() == each.counters(), "{:?}", both.counters());
+        });
     }
 }

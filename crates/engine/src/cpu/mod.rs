@@ -138,6 +138,12 @@ pub struct CpuDevice {
     /// excepted).
     precision: Precision,
     threads: usize,
+    /// Set on a lane ([`Device::for_each_lane`]): the memory of the device it is a lane of
+    /// (start, length), used in place of its own (empty) `mem`.
+    shared: Option<(SendPtr, usize)>,
+    /// This device's lanes, made on the first call that runs lanes at once and kept (their
+    /// scratch grows once, as the device's does).
+    lanes: Vec<CpuDevice>,
 }
 
 impl Default for CpuDevice {
@@ -166,9 +172,13 @@ impl CpuDevice {
     /// # Panics
     /// A policy that needs a kernel this CPU cannot run.
     pub fn with_policy(policy: GemmPolicy) -> Self {
+        Self::with_policy_on(policy, rayon::current_num_threads())
+    }
+
+    /// A device whose kernels split their work into `threads` parts.
+    fn with_policy_on(policy: GemmPolicy, threads: usize) -> Self {
         let gemm = policy.default_kernel();
         assert!(gemm.supported(), "the {} GEMM kernel needs instructions this CPU lacks", gemm.name());
-        let threads = rayon::current_num_threads();
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
         CpuDevice {
             id: next_device_id(),
@@ -185,7 +195,40 @@ impl CpuDevice {
             plan: HashMap::new(),
             precision: Precision::Fp32,
             threads,
+            shared: None,
+            lanes: Vec::new(),
         }
+    }
+
+    /// A lane of this device ([`Device::for_each_lane`]) on `threads` workers: the same identity
+    /// (its views are this device's), kernel policy, plan and precision, its own scratch.
+    fn lane(&self, threads: usize) -> CpuDevice {
+        let mut lane = CpuDevice::with_policy_on(self.policy, threads);
+        lane.id = self.id;
+        lane.gemm = self.gemm;
+        lane.plan = self.plan.clone();
+        lane.apply_precision(self.precision);
+        lane
+    }
+
+    fn apply_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+        for p in &mut self.gemm_scratch.packs {
+            p.round = rounding(precision);
+        }
+    }
+
+    /// The start of the memory views index: the device's own, or on a lane its parent's.
+    fn base(&mut self) -> *mut f32 {
+        match self.shared {
+            Some((p, _)) => p.0,
+            None => self.mem.as_mut_ptr(),
+        }
+    }
+
+    /// Values of memory views may address.
+    fn mem_len(&self) -> usize {
+        self.shared.map_or(self.mem.len(), |(_, n)| n)
     }
 
     /// The kernel of products outside the plan (attention heads, the loss), and of every product
@@ -211,18 +254,23 @@ impl CpuDevice {
     /// Checks a view belongs to this device and lies in its memory.
     fn check(&self, v: View) {
         assert!(v.device() == self.id, "a view of device {} used on device {}", v.device(), self.id);
-        assert!(v.end() <= self.mem.len(), "view {v:?} outside the {} values of device memory", self.mem.len());
+        assert!(v.end() <= self.mem_len(), "view {v:?} outside the {} values of device memory", self.mem_len());
     }
 
     /// Direct read access (tests, checkpoints).
     pub fn slice(&self, v: View) -> &[f32] {
         self.check(v);
-        &self.mem[v.offset()..v.end()]
+        let base = self.shared.map_or(self.mem.as_ptr(), |(p, _)| p.0 as *const f32);
+        // SAFETY: in bounds (checked); on a lane no other lane writes what this one reads
+        // (`for_each_lane`'s contract).
+        unsafe { std::slice::from_raw_parts(base.add(v.offset()), v.len()) }
     }
 
     pub fn slice_mut(&mut self, v: View) -> &mut [f32] {
         self.check(v);
-        &mut self.mem[v.offset()..v.end()]
+        // SAFETY: in bounds (checked); `&mut self` excludes every other slice of this device,
+        // and on a lane no other lane touches what this one writes (`for_each_lane`'s contract).
+        unsafe { std::slice::from_raw_parts_mut(self.base().add(v.offset()), v.len()) }
     }
 
     /// `M` output views and `N` input views at once, without allocating.
@@ -244,9 +292,10 @@ impl CpuDevice {
         for p in &ins {
             self.check(*p);
         }
-        let base = self.mem.as_mut_ptr();
+        let base = self.base();
         // SAFETY: every range is in bounds (checked), every output is disjoint from every other
-        // view (checked), so no mutable slice aliases another slice.
+        // view (checked), so no mutable slice aliases another slice (nor, on a lane, one of
+        // another lane: `for_each_lane`'s contract).
         unsafe { (outs.map(|o| std::slice::from_raw_parts_mut(base.add(o.offset()), o.len())), ins.map(|i| std::slice::from_raw_parts(base.add(i.offset()) as *const f32, i.len()))) }
     }
 
@@ -477,7 +526,8 @@ fn advise_huge_pages(buf: &mut Vec<f32>) {
 /// A pointer that may cross to rayon workers; each worker writes a disjoint block.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
-// SAFETY: only used to hand disjoint blocks of one matrix to the workers of one parallel kernel.
+// SAFETY: only used to hand disjoint blocks of one matrix to the workers of one parallel kernel,
+// and a device's memory to its lanes, which write disjoint views (`Device::for_each_lane`).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
@@ -507,7 +557,41 @@ impl Device for CpuDevice {
         self.threads
     }
 
+    /// With at least one worker per lane, each lane is a [`CpuDevice`] on `threads / lanes`
+    /// workers over this device's memory, all run at once; otherwise the lanes run one after
+    /// another on this device. (Kernels compute the same bits on any number of workers, so
+    /// either way the lanes' results are the same.)
+    unsafe fn for_each_lane<F: Fn(usize, &mut Self) + Sync>(&mut self, lanes: usize, f: F) {
+        let per_lane = self.threads / lanes.max(1);
+        if lanes < 2 || per_lane == 0 {
+            for lane in 0..lanes {
+                f(lane, self);
+            }
+            return;
+        }
+        if self.lanes.first().is_some_and(|l| l.threads != per_lane) {
+            self.lanes.clear();
+        }
+        while self.lanes.len() < lanes {
+            let lane = self.lane(per_lane);
+            self.lanes.push(lane);
+        }
+        // (Set on every call: the memory moves when it grows, the precision may change.)
+        let memory = (SendPtr(self.base()), self.mem_len());
+        let precision = self.precision;
+        for lane in &mut self.lanes[..lanes] {
+            lane.shared = Some(memory);
+            if lane.precision != precision {
+                lane.apply_precision(precision);
+            }
+        }
+        self.lanes[..lanes].par_iter_mut().enumerate().for_each(|(i, lane)| f(i, lane));
+    }
+
     fn alloc(&mut self, len: usize) -> Result<View> {
+        if self.shared.is_some() {
+            return Err(EngineError::Device("a lane of the CPU device allocates nothing (its memory is its device's)".into()));
+        }
         let need = self.mem.len().checked_add(len).filter(|n| n.checked_mul(4).is_some_and(|b| b <= isize::MAX as usize));
         let Some(need) = need else {
             return Err(EngineError::OutOfMemory { bytes: (self.mem.len() as u128 + len as u128) * 4, reason: "more than the address space".into() });
@@ -541,6 +625,7 @@ impl Device for CpuDevice {
             + self.sparse.allocated_bytes()
             + self.strips.iter().map(StripBuffer::allocated_bytes).sum::<usize>()
             + self.attention.iter().map(AttentionScratch::allocated_bytes).sum::<usize>()
+            + self.lanes.iter().map(Device::allocated_bytes).sum::<usize>()
     }
 
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
@@ -551,10 +636,7 @@ impl Device for CpuDevice {
                 format!("{precision} products run on the packed GEMM kernel, which needs AVX2 and FMA; this CPU lacks them")
             }));
         }
-        self.precision = precision;
-        for p in &mut self.gemm_scratch.packs {
-            p.round = rounding(precision);
-        }
+        self.apply_precision(precision);
         Ok(())
     }
 
@@ -562,8 +644,13 @@ impl Device for CpuDevice {
         self.precision
     }
 
+    /// The device's choices and its lanes' (whose products split over fewer workers).
     fn kernel_plan(&self) -> String {
-        plan::to_text(&self.plan)
+        let mut all = self.plan.clone();
+        for lane in &self.lanes {
+            all.extend(lane.plan.iter().map(|(k, v)| (*k, *v)));
+        }
+        plan::to_text(&all)
     }
 
     fn pin_kernel_plan(&mut self, text: &str) -> std::result::Result<(), String> {
@@ -571,6 +658,8 @@ impl Device for CpuDevice {
         if self.policy == GemmPolicy::Measure {
             plan::pin(&entries);
             self.plan.extend(entries);
+            // Lanes are made again, from the pinned plan.
+            self.lanes.clear();
         }
         Ok(())
     }
@@ -594,6 +683,12 @@ impl Device for CpuDevice {
 
     fn fill(&mut self, dst: View, value: f32) {
         self.slice_mut(dst).fill(value);
+    }
+
+    fn scale_add(&mut self, dst: View, scale: f32, src: View) {
+        let (d, [s]) = self.split(dst, [src]);
+        assert_eq!(d.len(), s.len(), "scale_add of views of {} and {} values", d.len(), s.len());
+        d.iter_mut().zip(s).for_each(|(d, &s)| *d = scale * *d + s);
     }
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {

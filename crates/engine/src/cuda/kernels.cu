@@ -75,6 +75,12 @@ extern "C" __global__ void fill(float* x, float v, unsigned long long n) {
     if (i < n) x[i] = v;
 }
 
+// dst = scale*dst + src, rounded as the CPU rounds it (no contraction into an FMA).
+extern "C" __global__ void scale_add(float* dst, float scale, const float* src, unsigned long long n) {
+    unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+    if (i < n) dst[i] = __fadd_rn(__fmul_rn(scale, dst[i]), src[i]);
+}
+
 // y = dropout(relu?(y + b)) in place on [rows, cols]
 extern "C" __global__ void bias_act_forward(float* y, const float* b, unsigned long long n, int cols, int relu,
                                             int has, unsigned int seed, unsigned int threshold, float scale) {

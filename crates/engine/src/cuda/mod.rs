@@ -47,6 +47,7 @@ macro_rules! kernels {
 
 kernels!(
     fill,
+    scale_add,
     bias_act_forward,
     act_backward,
     bias_grad,
@@ -279,6 +280,13 @@ impl Device for CudaDevice {
     fn fill(&mut self, dst: View, value: f32) {
         let (p, n) = (self.ptr(dst), dst.len() as u64);
         launch!(self, fill, grid(dst.len(), 256); p, value, n);
+    }
+
+    fn scale_add(&mut self, dst: View, scale: f32, src: View) {
+        assert_eq!(dst.len(), src.len(), "scale_add of views of {} and {} values", dst.len(), src.len());
+        Self::disjoint(&[dst], &[src]);
+        let (dp, sp, n) = (self.ptr(dst), self.ptr(src), dst.len() as u64);
+        launch!(self, scale_add, grid(dst.len(), 256); dp, scale, sp, n);
     }
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {

@@ -164,11 +164,10 @@ impl CnnConfig {
     }
 }
 
-/// One block's ops and activation buffers (`[max_rows·L, ·]`).
+/// One block's geometry and activation buffers (`[max_rows·L, ·]`, the rows of every window of
+/// a forward; each view's rows are one contiguous range of them).
 struct Block {
     shape: BlockShape,
-    conv: Conv1d,
-    bn: BatchNorm,
     /// im2col matrix (none where the device reads the rows in place: `cols_width` 0, else `K·C`
     /// per output row), convolution output (BatchNorm's input), the block's output (BatchNorm +
     /// ReLU, pooled where the block has a pool) and the pool's argmax (empty without one).
@@ -181,10 +180,62 @@ struct Block {
     stats: View,
 }
 
+/// The ops of one lane: the model's own, or copies for the second view's lane that write their
+/// gradients, running-statistics update and tap-major weights to spares of their own.
+struct Ops {
+    layers: Vec<(Conv1d, BatchNorm)>,
+    head: Linear,
+}
+
+/// Lanes of a training step: each view on its own ([`Device::for_each_lane`]).
+const VIEW_LANES: usize = 2;
+
+/// The windows a pass covers: `rows` from row `first`, in `groups` BatchNorm groups, on lane
+/// `lane` of `lanes` (which share the gradient scratch out equally).
+#[derive(Clone, Copy, Debug)]
+struct Part {
+    first: usize,
+    rows: usize,
+    groups: usize,
+    lane: usize,
+    lanes: usize,
+}
+
+impl Part {
+    /// Every window of a forward in one pass.
+    fn whole(rows: usize, groups: usize) -> Part {
+        Part { first: 0, rows, groups, lane: 0, lanes: 1 }
+    }
+
+    /// View `v` of a training batch of `2 · rows` windows, on lane `v`.
+    fn view(v: usize, rows: usize) -> Part {
+        Part { first: v * rows, rows, groups: 1, lane: v, lanes: VIEW_LANES }
+    }
+
+    /// This pass's rows of a buffer of `per_row` values per window.
+    fn rows_of(&self, buf: View, per_row: usize) -> View {
+        buf.sub(self.first * per_row, self.rows * per_row)
+    }
+
+    /// This lane's share of a scratch buffer.
+    fn scratch(&self, buf: View) -> View {
+        let n = buf.len() / self.lanes;
+        buf.sub(self.lane * n, n)
+    }
+}
+
 /// A built CNN.
 pub struct Cnn {
     blocks: Vec<Block>,
-    head: Linear,
+    /// `ops[0]` the model's; `ops[1]` the second view's lane's.
+    ops: Vec<Ops>,
+    /// The gradient arena, and the second lane's spare gradients and running statistics (the
+    /// arenas' layouts), summed and folded into the model's after the lanes.
+    grads: View,
+    spare_grads: View,
+    spare_buffers: View,
+    /// Values per window, `W·C`.
+    input: usize,
     /// Mean over time `[max_rows, channels]` and the embeddings `[max_rows, D]`.
     mean: View,
     z: View,
@@ -197,6 +248,14 @@ pub struct Cnn {
 pub struct CnnSlots {
     blocks: Vec<(Conv1dSlots, BatchNormSlots)>,
     head: LinearSlots,
+}
+
+impl CnnSlots {
+    /// Binds every op to `arenas`, each convolution with tap-major copies of its own.
+    fn bind<D: Device>(self, arenas: &Arenas, dev: &mut D) -> Result<Ops> {
+        let layers = self.blocks.into_iter().map(|(conv, bn)| Ok((conv.bind(arenas, dev)?, bn.bind(arenas)))).collect::<Result<_>>()?;
+        Ok(Ops { layers, head: self.head.bind(arenas) })
+    }
 }
 
 impl Cnn {
@@ -216,10 +275,9 @@ impl Cnn {
 
     pub fn build<D: Device>(c: &CnnConfig, cfg: &EncoderConfig, arenas: &Arenas, dev: &mut D, max_rows: usize) -> Result<Self> {
         let shapes = c.blocks(cfg.window, cfg.channels)?;
-        let slots = Self::declare(c, cfg, &mut Tensors::default());
         let mut blocks = Vec::new();
         let (mut widest_act, mut widest_cols) = (max_rows * cfg.input(), 0);
-        for (i, (shape, (conv, bn))) in shapes.into_iter().zip(slots.blocks).enumerate() {
+        for (i, shape) in shapes.into_iter().enumerate() {
             let rows = max_rows * shape.len_out;
             let out_rows = max_rows * shape.len_next();
             widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
@@ -231,8 +289,6 @@ impl Cnn {
             let cols_width = if dev.reads_conv_rows_in_place(shape.conv(max_rows)) { 0 } else { shape.cin * shape.kernel };
             blocks.push(Block {
                 shape,
-                conv: conv.bind(arenas, dev)?,
-                bn: bn.bind(arenas),
                 cols: dev.alloc(rows * cols_width)?,
                 cols_width,
                 y: dev.alloc(rows * shape.cout)?,
@@ -241,10 +297,18 @@ impl Cnn {
                 stats: dev.alloc(2 * max_rows * shape.cout)?,
             });
         }
+        let model = Self::declare(c, cfg, &mut Tensors::default()).bind(arenas, dev)?;
+        let (spare_grads, spare_buffers) = (dev.alloc(arenas.grads.len())?, dev.alloc(arenas.buffers.len())?);
+        let spares = Arenas { grads: spare_grads, buffers: spare_buffers, ..arenas.clone() };
+        let lane = Self::declare(c, cfg, &mut Tensors::default()).bind(&spares, dev)?;
         let channels = c.widths.last().copied().unwrap_or(1);
         Ok(Cnn {
             blocks,
-            head: slots.head.bind(arenas),
+            ops: vec![model, lane],
+            grads: arenas.grads,
+            spare_grads,
+            spare_buffers,
+            input: cfg.input(),
             mean: dev.alloc(max_rows * channels)?,
             z: dev.alloc(max_rows * cfg.embed)?,
             g_act: [dev.alloc(widest_act)?, dev.alloc(widest_act)?],
@@ -252,58 +316,114 @@ impl Cnn {
         })
     }
 
-    pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
-        let (rows, groups) = (io.rows, io.groups);
-        let train = matches!(io.mode, Mode::Train { .. });
-        for (i, b) in self.blocks.iter().enumerate() {
-            let s = b.shape;
-            let n = rows * s.len_out;
-            let (x, y) = (self.block_input(i, io.x, rows), b.y.prefix(n * s.cout));
-            b.conv.forward(dev, x, b.cols.prefix(n * b.cols_width), y, s.conv(rows));
-            let (out, argmax) = b.output(rows);
-            b.bn.forward(dev, y, out, argmax, b.stats.prefix(2 * groups * s.cout), groups, s.pool(), train, io.counters);
-        }
-        let x = self.block_input(self.blocks.len(), io.x, rows);
-        let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
-        let mean = self.mean.prefix(rows * last.cout);
-        dev.meanpool_forward(x, mean, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
-        let z = self.z.prefix(rows * self.head.out_features);
-        self.head.forward(dev, mean, z, rows);
-        z
+    /// Rows per view where a pass runs each view on its own lane: a training forward of the
+    /// step's two views (BatchNorm's statistics are per view, so the views meet only at the
+    /// loss). Other forwards run whole.
+    fn view_rows(io: &Inputs) -> Option<usize> {
+        (matches!(io.mode, Mode::Train { .. }) && io.groups == VIEW_LANES).then_some(io.rows / VIEW_LANES)
     }
 
-    /// The input of block `i` for `rows` windows (of the head for `i` = the block count): the
-    /// windows, or the previous block's (pooled) output. The forward and the backward both take
-    /// it from here.
-    fn block_input(&self, i: usize, windows: View, rows: usize) -> View {
-        match i.checked_sub(1).map(|p| &self.blocks[p]) {
+    pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
+        let train = matches!(io.mode, Mode::Train { .. });
+        match Self::view_rows(io) {
+            None => self.forward_part(dev, &self.ops[0], io.x, Part::whole(io.rows, io.groups), train),
+            Some(rows) => {
+                // The second lane's BatchNorms update running statistics that start at zero:
+                // `(1 − m)·0 + m·s` is exactly `m·s`, so folding it in after the first lane's
+                // update rounds as one update after the other would.
+                dev.fill(self.spare_buffers, 0.0);
+                let (this, x) = (&*self, io.x);
+                // SAFETY: lane v writes only view v's rows of the activation buffers, its share of
+                // the gradient scratch and its own ops' gradients, running statistics and
+                // tap-major weights (the spares for lane 1); what it reads besides is the weights,
+                // which no lane writes.
+                unsafe { dev.for_each_lane(VIEW_LANES, |v, dev| this.forward_part(dev, &this.ops[v], x, Part::view(v, rows), true)) };
+                for ((_, bn), (_, spare)) in self.ops[0].layers.iter().zip(&self.ops[1].layers) {
+                    bn.fold_running(dev, spare);
+                }
+            }
+        }
+        if train {
+            for (_, bn) in &self.ops[0].layers {
+                bn.count(io.counters, io.groups);
+            }
+        }
+        self.z.prefix(io.rows * self.head().out_features)
+    }
+
+    fn head(&self) -> &Linear {
+        &self.ops[0].head
+    }
+
+    /// The forward of the windows of `part` (`windows`: the whole batch's) through `ops`.
+    fn forward_part<D: Device>(&self, dev: &mut D, ops: &Ops, windows: View, p: Part, train: bool) {
+        let windows = p.rows_of(windows, self.input);
+        for (i, (b, (conv, bn))) in self.blocks.iter().zip(&ops.layers).enumerate() {
+            let s = b.shape;
+            let (x, y) = (self.block_input(i, windows, p), p.rows_of(b.y, s.len_out * s.cout));
+            conv.forward(dev, x, p.rows_of(b.cols, s.len_out * b.cols_width), y, s.conv(p.rows));
+            let (out, argmax) = b.output(p);
+            bn.forward(dev, y, out, argmax, b.stats_of(p), p.groups, s.pool(), train);
+        }
+        let x = self.block_input(self.blocks.len(), windows, p);
+        let last = self.last();
+        let mean = p.rows_of(self.mean, last.cout);
+        dev.meanpool_forward(x, mean, PoolShape { samples: p.rows, len: last.len_out, cols: last.cout });
+        ops.head.forward(dev, mean, p.rows_of(self.z, ops.head.out_features), p.rows);
+    }
+
+    fn last(&self) -> BlockShape {
+        self.blocks.last().map(|b| b.shape).expect("a cnn has blocks")
+    }
+
+    /// The input of block `i` for the windows of `p` (`windows`: the part's), of the head for `i`
+    /// = the block count: the windows, or the previous block's (pooled) output. The forward and
+    /// the backward both take it from here.
+    fn block_input(&self, i: usize, windows: View, p: Part) -> View {
+        match i.checked_sub(1).map(|prev| &self.blocks[prev]) {
             None => windows,
-            Some(prev) => prev.output(rows).0,
+            Some(prev) => prev.output(p).0,
         }
     }
 
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
-        let (rows, groups) = (io.rows, io.groups);
-        let last = self.blocks.last().map(|b| b.shape).expect("a cnn has blocks");
+        match Self::view_rows(io) {
+            None => self.backward_part(dev, &self.ops[0], io.x, dz, Part::whole(io.rows, io.groups), accumulate),
+            Some(rows) => {
+                let x = io.x;
+                // SAFETY: as in the forward; the second lane writes its gradients to the spares
+                // (whole, never accumulating), added to the model's below.
+                unsafe { dev.for_each_lane(VIEW_LANES, |v, dev| self.backward_part(dev, &self.ops[v], x, dz, Part::view(v, rows), accumulate && v == 0)) };
+                dev.scale_add(self.grads, 1.0, self.spare_grads);
+            }
+        }
+    }
+
+    /// The backward of [`forward_part`](Self::forward_part) from the whole batch's `dz`.
+    fn backward_part<D: Device>(&self, dev: &mut D, ops: &Ops, windows: View, dz: View, p: Part, accumulate: bool) {
+        let windows = p.rows_of(windows, self.input);
+        let dz = p.rows_of(dz, ops.head.out_features);
+        let last = self.last();
         // `d`, the gradient of a block's output, lives in one activation buffer, the gradient of
         // its convolution's output in the other: BatchNorm's backward reads the first and writes
         // the second, the convolution's reads the second and writes the first.
-        let [g_conv, g_block] = self.g_act;
-        let dmean = g_conv.prefix(rows * last.cout);
-        self.head.backward(dev, self.mean.prefix(rows * last.cout), dz, Some(dmean), rows, accumulate, false, false);
-        let mut d = g_block.prefix(rows * last.len_out * last.cout);
-        dev.meanpool_backward(dmean, d, PoolShape { samples: rows, len: last.len_out, cols: last.cout });
-        for (i, b) in self.blocks.iter().enumerate().rev() {
+        let [g_conv, g_block] = self.g_act.map(|g| p.scratch(g));
+        let g_cols = p.scratch(self.g_cols);
+        let dmean = g_conv.prefix(p.rows * last.cout);
+        ops.head.backward(dev, p.rows_of(self.mean, last.cout), dz, Some(dmean), p.rows, accumulate, false, false);
+        let mut d = g_block.prefix(p.rows * last.len_out * last.cout);
+        dev.meanpool_backward(dmean, d, PoolShape { samples: p.rows, len: last.len_out, cols: last.cout });
+        for (i, (b, (conv, bn))) in self.blocks.iter().zip(&ops.layers).enumerate().rev() {
             let s = b.shape;
-            let n = rows * s.len_out;
+            let n = p.rows * s.len_out;
             let dy = g_conv.prefix(n * s.cout);
-            let (out, argmax) = b.output(rows);
-            b.bn.backward(dev, d, out, argmax, b.y.prefix(n * s.cout), b.stats.prefix(2 * groups * s.cout), dy, groups, s.pool(), accumulate);
+            let (out, argmax) = b.output(p);
+            bn.backward(dev, d, out, argmax, p.rows_of(b.y, s.len_out * s.cout), b.stats_of(p), dy, p.groups, s.pool(), accumulate);
             // The first block's input (the windows) needs no gradient.
-            let dx = (i > 0).then(|| g_block.prefix(rows * s.len_in * s.cin));
-            let x = self.block_input(i, io.x, rows);
-            let dcols = self.g_cols.prefix(if dx.is_some() { n * s.cin * s.kernel } else { 0 });
-            b.conv.backward(dev, x, b.cols.prefix(n * b.cols_width), dy, dcols, dx, s.conv(rows), accumulate);
+            let dx = (i > 0).then(|| g_block.prefix(p.rows * s.len_in * s.cin));
+            let x = self.block_input(i, windows, p);
+            let dcols = g_cols.prefix(if dx.is_some() { n * s.cin * s.kernel } else { 0 });
+            conv.backward(dev, x, p.rows_of(b.cols, s.len_out * b.cols_width), dy, dcols, dx, s.conv(p.rows), accumulate);
             if let Some(dx) = dx {
                 d = dx;
             }
@@ -312,10 +432,16 @@ impl Cnn {
 }
 
 impl Block {
-    /// The block's output for `rows` windows and the pool's argmax beside it (empty without a
-    /// pool).
-    fn output(&self, rows: usize) -> (View, View) {
-        let out = rows * self.shape.len_next() * self.shape.cout;
-        (self.out.prefix(out), self.argmax.prefix(if self.shape.pool { out } else { 0 }))
+    /// The block's output for the windows of `p` and the pool's argmax beside it (empty without
+    /// a pool).
+    fn output(&self, p: Part) -> (View, View) {
+        let per_row = self.shape.len_next() * self.shape.cout;
+        (p.rows_of(self.out, per_row), p.rows_of(self.argmax, if self.shape.pool { per_row } else { 0 }))
+    }
+
+    /// BatchNorm's statistics of the groups of `p` (each lane has its own).
+    fn stats_of(&self, p: Part) -> View {
+        let n = 2 * p.groups * self.shape.cout;
+        self.stats.sub(p.lane * n, n)
     }
 }

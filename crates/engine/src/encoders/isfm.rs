@@ -335,7 +335,11 @@ impl Isfm {
         }
         let bn_out = self.bn_out.prefix(n * d);
         // (No pool after this BatchNorm: no argmax.)
-        self.norm.forward(dev, x, bn_out, bn_out.prefix(0), self.bn_stats.prefix(2 * groups * d), groups, None, matches!(mode, Mode::Train { .. }), io.counters);
+        let train = matches!(mode, Mode::Train { .. });
+        self.norm.forward(dev, x, bn_out, bn_out.prefix(0), self.bn_stats.prefix(2 * groups * d), groups, None, train);
+        if train {
+            self.norm.count(io.counters, groups);
+        }
         let pooled = self.pooled.prefix(rows * d);
         dev.meanpool_forward(bn_out, pooled, PoolShape { samples: rows, len: c.num_patches, cols: d });
         let z = self.z.prefix(rows * self.head.out_features);

@@ -153,14 +153,23 @@ impl BatchNorm {
     }
 
     /// `out = pool?(relu?(BN(x)))` (`pool`: see [`BatchNormArgs::pool`]; `argmax` empty without
-    /// one); in training the running statistics are updated and the counter advances by one per
-    /// group (PyTorch counts forward calls).
+    /// one); in training the running statistics are updated, group after group.
     #[allow(clippy::too_many_arguments)]
-    pub fn forward<D: Device>(&self, dev: &mut D, x: View, out: View, argmax: View, stats: View, groups: usize, pool: Option<usize>, train: bool, counters: &mut [u64]) {
+    pub fn forward<D: Device>(&self, dev: &mut D, x: View, out: View, argmax: View, stats: View, groups: usize, pool: Option<usize>, train: bool) {
         dev.batchnorm_forward(x, out, argmax, stats, self.gamma, self.beta, self.running, self.args(groups, train, pool));
-        if train {
-            counters[self.counter] += groups as u64;
-        }
+    }
+
+    /// Advances `num_batches_tracked` after a training forward of `groups` groups, one per group
+    /// (PyTorch counts forward calls).
+    pub fn count(&self, counters: &mut [u64], groups: usize) {
+        counters[self.counter] += groups as u64;
+    }
+
+    /// Folds the running-statistics update of `lane` (the same BatchNorm on another lane, whose
+    /// running statistics started at zero, so hold `m·batch statistics`) into this one's, as if
+    /// its forward had come after this one's: `running = (1 − m)·running + lane`.
+    pub fn fold_running<D: Device>(&self, dev: &mut D, lane: &BatchNorm) {
+        dev.scale_add(self.running, 1.0 - MOMENTUM, lane.running);
     }
 
     #[allow(clippy::too_many_arguments)]
