@@ -30,7 +30,7 @@ pub use arena::{TensorKind, TensorSpec};
 pub use cpu::{CpuDevice, CpuGemm};
 pub use cuda::CudaDevice;
 pub use device::{AdamHyper, AdamStep, Device, Dropout, Gemm, InfoNceOut, Precision, View};
-pub use encoders::{Arch, CnnConfig, Encoder, EncoderConfig, EncoderKind, IsfmConfig, Mode};
+pub use encoders::{view_key, Arch, CnnConfig, Encoder, EncoderConfig, EncoderKind, IsfmConfig, Mode};
 pub use error::{EngineError, Result, Setting};
 pub use head::ProjectionHead;
 pub use loss::InfoNceConfig;

@@ -511,11 +511,19 @@ fn whole_isfm_and_infonce_gradients_match_finite_differences() {
         let xf = f32s(&x);
         let rates = [100.0f32, 12_000.0, 8.0];
         let rates64: Vec<f64> = rates.iter().chain(&rates).map(|&r| r as f64).collect();
+        // The step runs each view on its own lane, drawing its patch starts and dropout masks
+        // from a key of its own: two forward calls, as PyTorch's.
         let fkey = mix_key(key, 0xF0, 0);
-        let (sl, sc) = starts(&cfg, 2 * b, Some(fkey));
+        let keys = [view_key(fkey, 0), view_key(fkey, 1)];
+        let view_starts = keys.map(|k| starts(&cfg, b, Some(k)));
         let specs = step.encoder.tensors().to_vec();
+        let n = b * cfg.input();
         let loss64 = |params: &[f64]| {
-            let z = isfm64(&cfg, &by_name(&specs, params), &x, &rates64, &sl, &sc, 2 * b, 2, Some(fkey));
+            let named = by_name(&specs, params);
+            let mut z = Vec::new();
+            for (v, (k, (sl, sc))) in keys.iter().zip(&view_starts).enumerate() {
+                z.extend(isfm64(&cfg, &named, &x[v * n..(v + 1) * n], &rates64[v * b..(v + 1) * b], sl, sc, b, 1, Some(*k)));
+            }
             infonce64(&z, b, cfg.embed, 0.2, false)
         };
         let pairs = Pairs::new(&xf[..b * cfg.input()], &xf[b * cfg.input()..]).with_rates(&rates);

@@ -526,12 +526,19 @@ fn infonce_does_not_depend_on_the_thread_count() {
 }
 
 #[test]
-fn a_cnn_training_forward_of_two_views_is_two_forward_calls() {
-    // The CNN runs a step's two views each on its own lane, into spare gradients and running
-    // statistics folded in afterwards; PyTorch runs two forward calls. Both must give the same
-    // embeddings, the sum of both views' gradients, running statistics updated by one view after
-    // the other, and two counts per BatchNorm — on one worker (lanes one after another) and two.
-    let cfg = EncoderConfig::new(EncoderKind::Cnn, 1024, 2);
+fn a_training_forward_of_two_views_is_two_forward_calls() {
+    // The CNN and the ISFM run a step's two views each on its own lane, into spare gradients and
+    // running statistics folded in afterwards, each view drawing from its own key; PyTorch runs
+    // two forward calls. Both must give the same embeddings, the sum of both views' gradients,
+    // running statistics updated by one view after the other, and two counts per BatchNorm — on
+    // one worker (lanes one after another) and two.
+    let isfm = IsfmConfig { num_patches: 8, patch_size_l: 32, d_model: 32, num_heads: 4, e_layers: 1, d_ff: 64, dropout: 0.1, ..IsfmConfig::default() };
+    for cfg in [EncoderConfig::new(EncoderKind::Cnn, 1024, 2), EncoderConfig { arch: Arch::Isfm(isfm), window: 1024, channels: 2, embed: 128 }] {
+        two_views_are_two_forward_calls(&cfg);
+    }
+}
+
+fn two_views_are_two_forward_calls(cfg: &EncoderConfig) {
     let (b, w, d) = (8, cfg.input(), cfg.embed);
     let x: Vec<f32> = (0..2 * b * w).map(|i| ((i * 7919) % 1013) as f32 / 506.0 - 1.0).collect();
     let dz: Vec<f32> = (0..2 * b * d).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
@@ -553,7 +560,7 @@ fn a_cnn_training_forward_of_two_views_is_two_forward_calls() {
             let mut z_each = Vec::new();
             for v in 0..2 {
                 each.set_input(0, &x[v * b * w..(v + 1) * b * w]).unwrap();
-                let z = each.forward(b, 1, Mode::Train { key: 1 });
+                let z = each.forward(b, 1, Mode::Train { key: view_key(1, v) });
                 let mut zv = vec![0.0; z.len()];
                 each.device.download(z, &mut zv);
                 z_each.extend(zv);
@@ -565,12 +572,12 @@ fn a_cnn_training_forward_of_two_views_is_two_forward_calls() {
                 let diff = a.iter().zip(e).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
                 diff / e.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt()
             };
-            assert_eq!(z_both, z_each, "{threads} workers: embeddings");
+            assert_eq!(z_both, z_each, "{} on {threads} workers: embeddings", cfg.kind());
             let (g_both, g_each) = (both.grads_to_vec(), each.grads_to_vec());
-            assert!(g_each.iter().any(|g| *g != 0.0) && rel(&g_both, &g_each) < 1e-6, "{threads} workers: gradients differ by {:e}", rel(&g_both, &g_each));
+            assert!(g_each.iter().any(|g| *g != 0.0) && rel(&g_both, &g_each) < 1e-6, "{} on {threads} workers: gradients differ by {:e}", cfg.kind(), rel(&g_both, &g_each));
             let (r_both, r_each) = (both.buffers_to_vec(), each.buffers_to_vec());
             assert!(r_both != cfg.init(CpuDevice::new(), 2, 5).unwrap().buffers_to_vec(), "the running statistics moved");
-            assert_eq!(r_both, r_each, "{threads} workers: running statistics");
+            assert_eq!(r_both, r_each, "{} on {threads} workers: running statistics", cfg.kind());
             assert!(both.counters().iter().all(|&c| c == 2) && both.counters() == each.counters(), "{:?}", both.counters());
         });
     }

@@ -15,7 +15,7 @@
 
 use crate::arena::{Arenas, Tensors};
 use crate::device::{Device, View};
-use crate::encoders::{EncoderConfig, Inputs, Mode};
+use crate::encoders::{EncoderConfig, Inputs, Mode, Part, VIEW_LANES};
 use crate::error::{EngineError, Result, Setting};
 use crate::ops::conv1d::{Conv1d, Conv1dSlots, ConvShape};
 use crate::ops::linear::{Linear, LinearSlots};
@@ -185,43 +185,6 @@ struct Block {
 struct Ops {
     layers: Vec<(Conv1d, BatchNorm)>,
     head: Linear,
-}
-
-/// Lanes of a training step: each view on its own ([`Device::for_each_lane`]).
-const VIEW_LANES: usize = 2;
-
-/// The windows a pass covers: `rows` from row `first`, in `groups` BatchNorm groups, on lane
-/// `lane` of `lanes` (which share the gradient scratch out equally).
-#[derive(Clone, Copy, Debug)]
-struct Part {
-    first: usize,
-    rows: usize,
-    groups: usize,
-    lane: usize,
-    lanes: usize,
-}
-
-impl Part {
-    /// Every window of a forward in one pass.
-    fn whole(rows: usize, groups: usize) -> Part {
-        Part { first: 0, rows, groups, lane: 0, lanes: 1 }
-    }
-
-    /// View `v` of a training batch of `2 · rows` windows, on lane `v`.
-    fn view(v: usize, rows: usize) -> Part {
-        Part { first: v * rows, rows, groups: 1, lane: v, lanes: VIEW_LANES }
-    }
-
-    /// This pass's rows of a buffer of `per_row` values per window.
-    fn rows_of(&self, buf: View, per_row: usize) -> View {
-        buf.sub(self.first * per_row, self.rows * per_row)
-    }
-
-    /// This lane's share of a scratch buffer.
-    fn scratch(&self, buf: View) -> View {
-        let n = buf.len() / self.lanes;
-        buf.sub(self.lane * n, n)
-    }
 }
 
 /// A built CNN.
@@ -407,8 +370,8 @@ impl Cnn {
         // `d`, the gradient of a block's output, lives in one activation buffer, the gradient of
         // its convolution's output in the other: BatchNorm's backward reads the first and writes
         // the second, the convolution's reads the second and writes the first.
-        let [g_conv, g_block] = self.g_act.map(|g| p.scratch(g));
-        let g_cols = p.scratch(self.g_cols);
+        let [g_conv, g_block] = self.g_act.map(|g| p.share(g));
+        let g_cols = p.share(self.g_cols);
         let dmean = g_conv.prefix(p.rows * last.cout);
         ops.head.backward(dev, p.rows_of(self.mean, last.cout), dz, Some(dmean), p.rows, accumulate, false, false);
         let mut d = g_block.prefix(p.rows * last.len_out * last.cout);

@@ -16,7 +16,7 @@
 
 use crate::arena::{Arenas, Tensors};
 use crate::device::{Device, Dropout, View};
-use crate::encoders::{mix_key, EncoderConfig, Inputs, Mode};
+use crate::encoders::{mix_key, EncoderConfig, Inputs, Mode, Part, VIEW_LANES};
 use crate::error::{EngineError, Result, Setting};
 use crate::ops::act::Activation;
 use crate::ops::attention::{SelfAttention, SelfAttentionSlots};
@@ -128,11 +128,6 @@ impl IsfmConfig {
 
 /// One Transformer encoder layer's ops and buffers (`N = max_rows·P` rows).
 struct Layer {
-    attn: SelfAttention,
-    ff1: Linear,
-    ff2: Linear,
-    norm1: LayerNorm,
-    norm2: LayerNorm,
     qkv: View,
     ctx: View,
     lse: View,
@@ -148,17 +143,40 @@ struct Layer {
     stats2: View,
 }
 
+/// The ops of one lane: the model's own, or the second view's lane's copies that write their
+/// gradients and running-statistics update to spares ([`crate::encoders::cnn`] does the same).
+struct Ops {
+    linear1: Linear,
+    linear2: Linear,
+    layers: Vec<LayerOps>,
+    norm: BatchNorm,
+    head: Linear,
+}
+
+/// A Transformer layer's ops.
+struct LayerOps {
+    attn: SelfAttention,
+    ff1: Linear,
+    ff2: Linear,
+    norm1: LayerNorm,
+    norm2: LayerNorm,
+}
+
 /// A built ISFM.
 pub struct Isfm {
     cfg: IsfmConfig,
     /// Windows whose patch starts were given ([`Isfm::fix_starts`]) instead of drawn.
     fixed_starts: Option<usize>,
     enc: EncoderConfig,
-    linear1: Linear,
-    linear2: Linear,
+    /// `ops[0]` the model's; `ops[1]` the second view's lane's.
+    ops: Vec<Ops>,
+    /// The gradient arena, and the second lane's spare gradients and running statistics.
+    grads: View,
+    spare_grads: View,
+    spare_buffers: View,
+    /// Activation buffers, each shared out equally between the lanes of a pass (the embeddings
+    /// `z` by rows: the loss reads them whole).
     layers: Vec<Layer>,
-    norm: BatchNorm,
-    head: Linear,
     starts: View,
     patches: View,
     pre1: View,
@@ -184,6 +202,13 @@ pub struct IsfmSlots {
     layers: Vec<(SelfAttentionSlots, LinearSlots, LinearSlots, LayerNormSlots, LayerNormSlots)>,
     norm: BatchNormSlots,
     head: LinearSlots,
+}
+
+impl IsfmSlots {
+    fn bind(self, a: &Arenas) -> Ops {
+        let layers = self.layers.into_iter().map(|(attn, ff1, ff2, n1, n2)| LayerOps { attn: attn.bind(a), ff1: ff1.bind(a), ff2: ff2.bind(a), norm1: n1.bind(a), norm2: n2.bind(a) }).collect();
+        Ops { linear1: self.linear1.bind(a), linear2: self.linear2.bind(a), layers, norm: self.norm.bind(a), head: self.head.bind(a) }
+    }
 }
 
 /// Where each dropout of a layer draws its mask from.
@@ -218,18 +243,12 @@ impl Isfm {
     }
 
     pub fn build<D: Device>(c: &IsfmConfig, cfg: &EncoderConfig, arenas: &Arenas, dev: &mut D, max_rows: usize) -> Result<Self> {
-        let slots = Self::declare(c, cfg, &mut Tensors::default());
         let (p, d, f) = (c.num_patches, c.d_model, c.d_ff);
         let n = max_rows.checked_mul(p).ok_or_else(|| EngineError::invalid(Setting::NumPatches, "batch × patches overflows"))?;
         let shape = c.patch_shape(cfg, max_rows);
         let mut layers = Vec::with_capacity(c.e_layers);
-        for (attn, ff1, ff2, n1, n2) in slots.layers {
+        for _ in 0..c.e_layers {
             layers.push(Layer {
-                attn: attn.bind(arenas),
-                ff1: ff1.bind(arenas),
-                ff2: ff2.bind(arenas),
-                norm1: n1.bind(arenas),
-                norm2: n2.bind(arenas),
                 qkv: dev.alloc(n * 3 * d)?,
                 ctx: dev.alloc(n * d)?,
                 lse: dev.alloc(n * c.num_heads)?,
@@ -245,15 +264,18 @@ impl Isfm {
                 stats2: dev.alloc(2 * n)?,
             });
         }
+        let (spare_grads, spare_buffers) = (dev.alloc(arenas.grads.len())?, dev.alloc(arenas.buffers.len())?);
+        let spares = Arenas { grads: spare_grads, buffers: spare_buffers, ..arenas.clone() };
+        let ops = vec![Self::declare(c, cfg, &mut Tensors::default()).bind(arenas), Self::declare(c, cfg, &mut Tensors::default()).bind(&spares)];
         Ok(Isfm {
             cfg: c.clone(),
             fixed_starts: None,
             enc: cfg.clone(),
-            linear1: slots.linear1.bind(arenas),
-            linear2: slots.linear2.bind(arenas),
+            ops,
+            grads: arenas.grads,
+            spare_grads,
+            spare_buffers,
             layers,
-            norm: slots.norm.bind(arenas),
-            head: slots.head.bind(arenas),
             starts: dev.alloc(shape.starts_len())?,
             patches: dev.alloc(n * shape.row_len())?,
             pre1: dev.alloc(n * d)?,
@@ -303,86 +325,135 @@ impl Isfm {
         }
     }
 
+    /// Rows per view where a pass runs each view on its own lane: a training forward of the
+    /// step's two views with drawn patch starts (BatchNorm's statistics are per view, so the
+    /// views meet only at the loss). Other forwards run whole.
+    fn view_rows(&self, io: &Inputs) -> Option<usize> {
+        (matches!(io.mode, Mode::Train { .. }) && io.groups == VIEW_LANES && self.fixed_starts.is_none()).then_some(io.rows / VIEW_LANES)
+    }
+
     pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
-        let (rows, groups, mode) = (io.rows, io.groups, io.mode);
+        let (x, rates, mode) = (io.x, io.rates, io.mode);
+        match self.view_rows(io) {
+            None => self.forward_part(dev, &self.ops[0], x, rates, Part::whole(io.rows, io.groups), mode),
+            Some(rows) => {
+                // As the CNN's: the second lane's BatchNorm updates running statistics that
+                // start at zero, folded in after the first lane's update.
+                dev.fill(self.spare_buffers, 0.0);
+                let this = &*self;
+                // SAFETY: lane v writes only its share of the activation and gradient buffers, its
+                // view's rows of `z` and its own ops' gradients and running statistics (the spares
+                // for lane 1); what it reads besides is the weights, which no lane writes.
+                unsafe {
+                    dev.for_each_lane(VIEW_LANES, |v, dev| {
+                        let p = Part::view(v, rows);
+                        this.forward_part(dev, &this.ops[v], x, rates, p, p.mode(mode))
+                    })
+                };
+                self.ops[0].norm.fold_running(dev, &self.ops[1].norm);
+            }
+        }
+        if matches!(mode, Mode::Train { .. }) {
+            self.ops[0].norm.count(io.counters, io.groups);
+        }
+        self.z.prefix(io.rows * self.ops[0].head.out_features)
+    }
+
+    /// The forward of the windows of `p` (`x`, `rates`: the whole batch's) through `ops`.
+    #[allow(clippy::too_many_arguments)]
+    fn forward_part<D: Device>(&self, dev: &mut D, ops: &Ops, x: View, rates: View, p: Part, mode: Mode) {
         let c = &self.cfg;
-        let (d, f) = (c.d_model, c.d_ff);
+        let (d, f, rows) = (c.d_model, c.d_ff, p.rows);
         let n = rows * c.num_patches;
+        let share = |v: View| p.share(v);
         let shape = c.patch_shape(&self.enc, rows);
-        let starts = self.starts.prefix(shape.starts_len());
+        let starts = share(self.starts).prefix(shape.starts_len());
         match self.fixed_starts {
             Some(n) => assert_eq!(n, rows, "patch starts were fixed for {n} windows, the forward has {rows}"),
             None => dev.patch_starts(starts, shape, mode.key().map(|k| mix_key(k, 0x5A, 0))),
         }
-        let patches = self.patches.prefix(n * shape.row_len());
-        dev.patch_gather(io.x, io.rates, starts, patches, shape);
-        let (pre1, h1, x0) = (self.pre1.prefix(n * d), self.h1.prefix(n * d), self.x0.prefix(n * d));
-        self.linear1.forward_act(dev, patches, pre1, h1, n, Activation::Silu, None);
-        self.linear2.forward(dev, h1, x0, n);
+        let patches = share(self.patches).prefix(n * shape.row_len());
+        dev.patch_gather(p.rows_of(x, self.enc.input()), p.rows_of(rates, 1), starts, patches, shape);
+        let (pre1, h1, x0) = (share(self.pre1).prefix(n * d), share(self.h1).prefix(n * d), share(self.x0).prefix(n * d));
+        ops.linear1.forward_act(dev, patches, pre1, h1, n, Activation::Silu, None);
+        ops.linear2.forward(dev, h1, x0, n);
         let mut x = x0;
-        let a = self.layers.first().map(|l| l.attn.shape(rows, c.num_patches));
-        for (li, l) in self.layers.iter().enumerate() {
-            let a = a.expect("layers exist");
-            let (ln1, ln2) = (l.ln1.prefix(n * d), l.ln2.prefix(n * d));
-            let attn_out = l.attn_out.prefix(n * d);
-            l.attn.forward(dev, x, l.qkv.prefix(n * 3 * d), l.ctx.prefix(n * d), l.lse.prefix(a.lse_len()), attn_out, a, self.dropout(mode, li, DropSite::Attention));
-            l.norm1.forward_residual(dev, x, attn_out, self.dropout(mode, li, DropSite::Residual1), l.sum1.prefix(n * d), ln1, l.stats1.prefix(2 * n));
-            let (ff_act, ff_out) = (l.ff_act.prefix(n * f), l.ff_out.prefix(n * d));
-            l.ff1.forward_act(dev, ln1, l.ff_pre.prefix(n * f), ff_act, n, c.activation, self.dropout(mode, li, DropSite::FeedForward));
-            l.ff2.forward(dev, ff_act, ff_out, n);
-            l.norm2.forward_residual(dev, ln1, ff_out, self.dropout(mode, li, DropSite::Residual2), l.sum2.prefix(n * d), ln2, l.stats2.prefix(2 * n));
+        for (li, (l, o)) in self.layers.iter().zip(&ops.layers).enumerate() {
+            let a = o.attn.shape(rows, c.num_patches);
+            let (ln1, ln2) = (share(l.ln1).prefix(n * d), share(l.ln2).prefix(n * d));
+            let attn_out = share(l.attn_out).prefix(n * d);
+            o.attn.forward(dev, x, share(l.qkv).prefix(n * 3 * d), share(l.ctx).prefix(n * d), share(l.lse).prefix(a.lse_len()), attn_out, a, self.dropout(mode, li, DropSite::Attention));
+            o.norm1.forward_residual(dev, x, attn_out, self.dropout(mode, li, DropSite::Residual1), share(l.sum1).prefix(n * d), ln1, share(l.stats1).prefix(2 * n));
+            let (ff_act, ff_out) = (share(l.ff_act).prefix(n * f), share(l.ff_out).prefix(n * d));
+            o.ff1.forward_act(dev, ln1, share(l.ff_pre).prefix(n * f), ff_act, n, c.activation, self.dropout(mode, li, DropSite::FeedForward));
+            o.ff2.forward(dev, ff_act, ff_out, n);
+            o.norm2.forward_residual(dev, ln1, ff_out, self.dropout(mode, li, DropSite::Residual2), share(l.sum2).prefix(n * d), ln2, share(l.stats2).prefix(2 * n));
             x = ln2;
         }
-        let bn_out = self.bn_out.prefix(n * d);
+        let bn_out = share(self.bn_out).prefix(n * d);
         // (No pool after this BatchNorm: no argmax.)
-        let train = matches!(mode, Mode::Train { .. });
-        self.norm.forward(dev, x, bn_out, bn_out.prefix(0), self.bn_stats.prefix(2 * groups * d), groups, None, train);
-        if train {
-            self.norm.count(io.counters, groups);
-        }
-        let pooled = self.pooled.prefix(rows * d);
+        ops.norm.forward(dev, x, bn_out, bn_out.prefix(0), share(self.bn_stats).prefix(2 * p.groups * d), p.groups, None, matches!(mode, Mode::Train { .. }));
+        let pooled = share(self.pooled).prefix(rows * d);
         dev.meanpool_forward(bn_out, pooled, PoolShape { samples: rows, len: c.num_patches, cols: d });
-        let z = self.z.prefix(rows * self.head.out_features);
-        self.head.forward(dev, pooled, z, rows);
-        z
+        ops.head.forward(dev, pooled, p.rows_of(self.z, ops.head.out_features), rows);
     }
 
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
-        let (rows, groups, mode) = (io.rows, io.groups, io.mode);
+        let mode = io.mode;
+        match self.view_rows(io) {
+            None => self.backward_part(dev, &self.ops[0], dz, Part::whole(io.rows, io.groups), mode, accumulate),
+            Some(rows) => {
+                // SAFETY: as in the forward; the second lane writes its gradients to the spares
+                // (whole, never accumulating), added to the model's below.
+                unsafe {
+                    dev.for_each_lane(VIEW_LANES, |v, dev| {
+                        let p = Part::view(v, rows);
+                        self.backward_part(dev, &self.ops[v], dz, p, p.mode(mode), accumulate && v == 0)
+                    })
+                };
+                dev.scale_add(self.grads, 1.0, self.spare_grads);
+            }
+        }
+    }
+
+    /// The backward of [`forward_part`](Self::forward_part) from the whole batch's `dz`.
+    fn backward_part<D: Device>(&self, dev: &mut D, ops: &Ops, dz: View, p: Part, mode: Mode, accumulate: bool) {
         let c = &self.cfg;
-        let (d, f) = (c.d_model, c.d_ff);
+        let (d, f, rows) = (c.d_model, c.d_ff, p.rows);
         let n = rows * c.num_patches;
-        let g_pooled = self.g_pooled.prefix(rows * d);
-        self.head.backward(dev, self.pooled.prefix(rows * d), dz, Some(g_pooled), rows, accumulate, false, false);
-        let (ga, gb) = (self.g[0].prefix(n * d), self.g[1].prefix(n * d));
+        let share = |v: View| p.share(v);
+        let g_pooled = share(self.g_pooled).prefix(rows * d);
+        ops.head.backward(dev, share(self.pooled).prefix(rows * d), p.rows_of(dz, ops.head.out_features), Some(g_pooled), rows, accumulate, false, false);
+        let (ga, gb) = (share(self.g[0]).prefix(n * d), share(self.g[1]).prefix(n * d));
         dev.meanpool_backward(g_pooled, ga, PoolShape { samples: rows, len: c.num_patches, cols: d });
-        let last_out = self.layers.last().map_or(self.x0, |l| l.ln2).prefix(n * d);
-        self.norm.backward(dev, ga, self.bn_out.prefix(n * d), self.bn_out.prefix(0), last_out, self.bn_stats.prefix(2 * groups * d), gb, groups, None, accumulate);
+        let last_out = share(self.layers.last().map_or(self.x0, |l| l.ln2)).prefix(n * d);
+        let bn_out = share(self.bn_out).prefix(n * d);
+        ops.norm.backward(dev, ga, bn_out, bn_out.prefix(0), last_out, share(self.bn_stats).prefix(2 * p.groups * d), gb, p.groups, None, accumulate);
         // The residual stream's gradient stays in `x`; `y` holds the inner sum's.
         let (x, y) = (gb, ga);
-        let (g_sub, g_ff) = (self.g_sub.prefix(n * d), self.g_ff.prefix(n * f));
-        for (li, l) in self.layers.iter().enumerate().rev() {
-            let a = l.attn.shape(rows, c.num_patches);
-            let ln1 = l.ln1.prefix(n * d);
-            let input = if li == 0 { self.x0 } else { self.layers[li - 1].ln2 }.prefix(n * d);
+        let (g_sub, g_ff) = (share(self.g_sub).prefix(n * d), share(self.g_ff).prefix(n * f));
+        for (li, (l, o)) in self.layers.iter().zip(&ops.layers).enumerate().rev() {
+            let a = o.attn.shape(rows, c.num_patches);
+            let ln1 = share(l.ln1).prefix(n * d);
+            let input = share(if li == 0 { self.x0 } else { self.layers[li - 1].ln2 }).prefix(n * d);
             // x = ∂L/∂ln2 → y = ∂L/∂sum2 (= ∂L/∂ln1 through the residual), g_sub = ∂L/∂ff_out
-            l.norm2.backward_residual(dev, x, l.sum2.prefix(n * d), l.stats2.prefix(2 * n), y, g_sub, self.dropout(mode, li, DropSite::Residual2), accumulate);
-            l.ff2.backward(dev, l.ff_act.prefix(n * f), g_sub, Some(g_ff), n, accumulate, false, false);
-            dev.act_backward_pre(g_ff, l.ff_pre.prefix(n * f), f, c.activation, self.dropout(mode, li, DropSite::FeedForward));
+            o.norm2.backward_residual(dev, x, share(l.sum2).prefix(n * d), share(l.stats2).prefix(2 * n), y, g_sub, self.dropout(mode, li, DropSite::Residual2), accumulate);
+            o.ff2.backward(dev, share(l.ff_act).prefix(n * f), g_sub, Some(g_ff), n, accumulate, false, false);
+            dev.act_backward_pre(g_ff, share(l.ff_pre).prefix(n * f), f, c.activation, self.dropout(mode, li, DropSite::FeedForward));
             // y += the feed-forward branch's gradient: y = ∂L/∂ln1
-            l.ff1.backward(dev, ln1, g_ff, Some(y), n, accumulate, true, false);
+            o.ff1.backward(dev, ln1, g_ff, Some(y), n, accumulate, true, false);
             // y → x = ∂L/∂sum1 (= ∂L/∂input through the residual), g_sub = ∂L/∂attn_out
-            l.norm1.backward_residual(dev, y, l.sum1.prefix(n * d), l.stats1.prefix(2 * n), x, g_sub, self.dropout(mode, li, DropSite::Residual1), accumulate);
+            o.norm1.backward_residual(dev, y, share(l.sum1).prefix(n * d), share(l.stats1).prefix(2 * n), x, g_sub, self.dropout(mode, li, DropSite::Residual1), accumulate);
             // x += the attention branch's gradient: x = ∂L/∂input
-            l.attn.backward(
+            o.attn.backward(
                 dev,
                 input,
-                l.qkv.prefix(n * 3 * d),
-                l.ctx.prefix(n * d),
-                l.lse.prefix(a.lse_len()),
+                share(l.qkv).prefix(n * 3 * d),
+                share(l.ctx).prefix(n * d),
+                share(l.lse).prefix(a.lse_len()),
                 g_sub,
-                self.g_ctx.prefix(n * d),
-                self.g_qkv.prefix(n * 3 * d),
+                share(self.g_ctx).prefix(n * d),
+                share(self.g_qkv).prefix(n * 3 * d),
                 x,
                 a,
                 self.dropout(mode, li, DropSite::Attention),
@@ -390,9 +461,9 @@ impl Isfm {
             );
         }
         // x = ∂L/∂x0 → y = ∂L/∂h1 → ∂L/∂pre1; the patches need no gradient.
-        self.linear2.backward(dev, self.h1.prefix(n * d), x, Some(y), n, accumulate, false, false);
-        dev.act_backward_pre(y, self.pre1.prefix(n * d), d, Activation::Silu, None);
-        let patches = self.patches.prefix(n * c.patch_shape(&self.enc, rows).row_len());
-        self.linear1.backward(dev, patches, y, None, n, accumulate, false, false);
+        ops.linear2.backward(dev, share(self.h1).prefix(n * d), x, Some(y), n, accumulate, false, false);
+        dev.act_backward_pre(y, share(self.pre1).prefix(n * d), d, Activation::Silu, None);
+        let patches = share(self.patches).prefix(n * c.patch_shape(&self.enc, rows).row_len());
+        ops.linear1.backward(dev, patches, y, None, n, accumulate, false, false);
     }
 }
