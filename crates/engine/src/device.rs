@@ -333,10 +333,11 @@ pub trait Device: Send {
     ///
     /// Why: a CNN step is ~60 small kernels per view, and splitting each over the workers costs a
     /// synchronisation per kernel; its two views are independent until the loss, so each view on
-    /// its own worker synchronises twice a step ([`crate::encoders::cnn`]).
+    /// its own worker synchronises twice a step (`encoders/lanes.rs`).
     ///
     /// # Safety
-    /// No lane may write memory that another lane reads or writes, nor allocate.
+    /// No lane may write memory that another lane reads or writes, allocate, or move the device
+    /// it is given out of `f`.
     unsafe fn for_each_lane<F: Fn(usize, &mut Self) + Sync>(&mut self, lanes: usize, f: F)
     where
         Self: Sized,

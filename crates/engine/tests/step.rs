@@ -458,7 +458,7 @@ fn training_does_not_depend_on_the_thread_count() {
         return;
     }
     // Sizes at which the element-wise kernels, the norms' reductions and the GEMMs take their
-    // parallel paths; every encoder, with dropout on (its masks are keyed by global index).
+    // parallel paths; every encoder, with dropout on (its masks are keyed by element index).
     let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 64, num_heads: 4, e_layers: 1, d_ff: 128, ..IsfmConfig::default() };
     let cases = [
         (EncoderConfig::new(EncoderKind::MlpMedium, 1024, 1), 16),
@@ -485,8 +485,9 @@ fn training_does_not_depend_on_the_thread_count() {
                 (losses.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), after.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
             })
         };
-        // Two or three workers run the CNN's views on lanes of one worker each, four on lanes of
-        // two (whose kernels split again); the other encoders split each kernel over them all.
+        // Two or three workers run the CNN's and the ISFM's views on lanes of one worker each,
+        // four on lanes of two (whose kernels split again); the MLP splits each kernel over them
+        // all.
         let one = run(1);
         for threads in [2, 3, 4] {
             let other = run(threads);
@@ -581,4 +582,32 @@ fn two_views_are_two_forward_calls(cfg: &EncoderConfig) {
             assert!(both.counters().iter().all(|&c| c == 2) && both.counters() == each.counters(), "{:?}", both.counters());
         });
     }
+}
+
+#[test]
+fn a_backward_takes_the_path_its_forward_took() {
+    // A training forward of two views runs on lanes, whose buffers are laid out unlike a whole
+    // batch's; giving the ISFM patch starts between the forward and its backward (which makes
+    // the next forward run whole) must not change the backward's path.
+    let isfm = IsfmConfig { num_patches: 4, patch_size_l: 16, d_model: 16, num_heads: 2, e_layers: 1, d_ff: 32, ..IsfmConfig::default() };
+    let cfg = EncoderConfig { arch: Arch::Isfm(isfm), window: 128, channels: 1, embed: 8 };
+    let (b, w) = (4, cfg.input());
+    let x: Vec<f32> = (0..2 * b * w).map(|i| ((i * 7919) % 1013) as f32 / 506.0 - 1.0).collect();
+    let dz: Vec<f32> = (0..2 * b * 8).map(|i| ((i * 31) % 17) as f32 / 8.0 - 1.0).collect();
+    let grads = |fix_between: bool| {
+        let mut enc = cfg.init(CpuDevice::with_gemm(CpuGemm::best_packed()), 2 * b, 5).unwrap();
+        enc.set_input(0, &x).unwrap();
+        enc.forward(2 * b, 2, Mode::Train { key: 3 });
+        if fix_between {
+            let starts = vec![0usize; 2 * b * 4];
+            enc.set_patch_starts(Some((&starts, &starts))).unwrap();
+        }
+        let dzv = enc.dz_buffer(2 * b);
+        enc.device.upload(dzv, &dz);
+        enc.backward(2 * b, dzv, false);
+        enc.grads_to_vec()
+    };
+    let plain = grads(false);
+    assert!(plain.iter().any(|g| *g != 0.0));
+    assert_eq!(plain, grads(true));
 }

@@ -560,7 +560,9 @@ impl Device for CpuDevice {
     /// With at least one worker per lane, each lane is a [`CpuDevice`] on `threads / lanes`
     /// workers over this device's memory, all run at once; otherwise the lanes run one after
     /// another on this device. (Kernels compute the same bits on any number of workers, so
-    /// either way the lanes' results are the same.)
+    /// either way the lanes' results are the same — on our packed GEMM kernels: where the plan
+    /// picks faer for a product, whose bits depend on its block sizes, they may differ in the
+    /// last bits, as between thread counts.)
     unsafe fn for_each_lane<F: Fn(usize, &mut Self) + Sync>(&mut self, lanes: usize, f: F) {
         let per_lane = self.threads / lanes.max(1);
         if lanes < 2 || per_lane == 0 {
@@ -585,7 +587,16 @@ impl Device for CpuDevice {
                 lane.apply_precision(precision);
             }
         }
-        self.lanes[..lanes].par_iter_mut().enumerate().for_each(|(i, lane)| f(i, lane));
+        /// Takes the lanes' pointer to the memory away when they are done (or unwind): the
+        /// memory may move when the device next grows.
+        struct Detach<'a>(&'a mut [CpuDevice]);
+        impl Drop for Detach<'_> {
+            fn drop(&mut self) {
+                self.0.iter_mut().for_each(|lane| lane.shared = None);
+            }
+        }
+        let running = Detach(&mut self.lanes[..lanes]);
+        running.0.par_iter_mut().enumerate().for_each(|(i, lane)| f(i, lane));
     }
 
     fn alloc(&mut self, len: usize) -> Result<View> {
@@ -686,9 +697,10 @@ impl Device for CpuDevice {
     }
 
     fn scale_add(&mut self, dst: View, scale: f32, src: View) {
+        let parts = self.parts(dst.len());
         let (d, [s]) = self.split(dst, [src]);
         assert_eq!(d.len(), s.len(), "scale_add of views of {} and {} values", d.len(), s.len());
-        d.iter_mut().zip(s).for_each(|(d, &s)| *d = scale * *d + s);
+        for_row_blocks(parts, d, 1, |i0, d| d.iter_mut().zip(&s[i0..]).for_each(|(d, &s)| *d = scale * *d + s));
     }
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {

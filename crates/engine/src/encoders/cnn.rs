@@ -15,7 +15,8 @@
 
 use crate::arena::{Arenas, Tensors};
 use crate::device::{Device, View};
-use crate::encoders::{EncoderConfig, Inputs, Mode, Part, VIEW_LANES};
+use crate::encoders::lanes::{run_views, Part, ViewLanes};
+use crate::encoders::{EncoderConfig, Inputs, Mode};
 use crate::error::{EngineError, Result, Setting};
 use crate::ops::conv1d::{Conv1d, Conv1dSlots, ConvShape};
 use crate::ops::linear::{Linear, LinearSlots};
@@ -192,11 +193,8 @@ pub struct Cnn {
     blocks: Vec<Block>,
     /// `ops[0]` the model's; `ops[1]` the second view's lane's.
     ops: Vec<Ops>,
-    /// The gradient arena, and the second lane's spare gradients and running statistics (the
-    /// arenas' layouts), summed and folded into the model's after the lanes.
-    grads: View,
-    spare_grads: View,
-    spare_buffers: View,
+    /// The second lane's spares, and whether the last forward ran on lanes.
+    lanes: ViewLanes,
     /// Values per window, `W·C`.
     input: usize,
     /// Mean over time `[max_rows, channels]` and the embeddings `[max_rows, D]`.
@@ -261,16 +259,13 @@ impl Cnn {
             });
         }
         let model = Self::declare(c, cfg, &mut Tensors::default()).bind(arenas, dev)?;
-        let (spare_grads, spare_buffers) = (dev.alloc(arenas.grads.len())?, dev.alloc(arenas.buffers.len())?);
-        let spares = Arenas { grads: spare_grads, buffers: spare_buffers, ..arenas.clone() };
+        let (lanes, spares) = ViewLanes::new(arenas, dev)?;
         let lane = Self::declare(c, cfg, &mut Tensors::default()).bind(&spares, dev)?;
         let channels = c.widths.last().copied().unwrap_or(1);
         Ok(Cnn {
             blocks,
             ops: vec![model, lane],
-            grads: arenas.grads,
-            spare_grads,
-            spare_buffers,
+            lanes,
             input: cfg.input(),
             mean: dev.alloc(max_rows * channels)?,
             z: dev.alloc(max_rows * cfg.embed)?,
@@ -279,28 +274,16 @@ impl Cnn {
         })
     }
 
-    /// Rows per view where a pass runs each view on its own lane: a training forward of the
-    /// step's two views (BatchNorm's statistics are per view, so the views meet only at the
-    /// loss). Other forwards run whole.
-    fn view_rows(io: &Inputs) -> Option<usize> {
-        (matches!(io.mode, Mode::Train { .. }) && io.groups == VIEW_LANES).then_some(io.rows / VIEW_LANES)
-    }
-
     pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
         let train = matches!(io.mode, Mode::Train { .. });
-        match Self::view_rows(io) {
+        match self.lanes.plan_forward(dev, io, true) {
             None => self.forward_part(dev, &self.ops[0], io.x, Part::whole(io.rows, io.groups), train),
             Some(rows) => {
-                // The second lane's BatchNorms update running statistics that start at zero:
-                // `(1 − m)·0 + m·s` is exactly `m·s`, so folding it in after the first lane's
-                // update rounds as one update after the other would.
-                dev.fill(self.spare_buffers, 0.0);
                 let (this, x) = (&*self, io.x);
-                // SAFETY: lane v writes only view v's rows of the activation buffers, its share of
-                // the gradient scratch and its own ops' gradients, running statistics and
-                // tap-major weights (the spares for lane 1); what it reads besides is the weights,
-                // which no lane writes.
-                unsafe { dev.for_each_lane(VIEW_LANES, |v, dev| this.forward_part(dev, &this.ops[v], x, Part::view(v, rows), true)) };
+                // SAFETY: `forward_part` writes its part's rows of the activation buffers and of
+                // `mean` and `z`, its share of BatchNorm's statistics, and its own ops' tap-major
+                // weights and running statistics; it reads besides only the windows and weights.
+                unsafe { run_views(dev, rows, |dev, p| this.forward_part(dev, &this.ops[p.lane], x, p, true)) };
                 for ((_, bn), (_, spare)) in self.ops[0].layers.iter().zip(&self.ops[1].layers) {
                     bn.fold_running(dev, spare);
                 }
@@ -350,14 +333,14 @@ impl Cnn {
     }
 
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
-        match Self::view_rows(io) {
+        match self.lanes.rows() {
             None => self.backward_part(dev, &self.ops[0], io.x, dz, Part::whole(io.rows, io.groups), accumulate),
             Some(rows) => {
                 let x = io.x;
-                // SAFETY: as in the forward; the second lane writes its gradients to the spares
-                // (whole, never accumulating), added to the model's below.
-                unsafe { dev.for_each_lane(VIEW_LANES, |v, dev| self.backward_part(dev, &self.ops[v], x, dz, Part::view(v, rows), accumulate && v == 0)) };
-                dev.scale_add(self.grads, 1.0, self.spare_grads);
+                // SAFETY: as in the forward, and `backward_part` writes its share of the gradient
+                // scratch and its own ops' gradients (the second lane's whole, never accumulating).
+                unsafe { run_views(dev, rows, |dev, p| self.backward_part(dev, &self.ops[p.lane], x, dz, p, accumulate && p.lane == 0)) };
+                self.lanes.add_spare_grads(dev);
             }
         }
     }

@@ -16,7 +16,8 @@
 
 use crate::arena::{Arenas, Tensors};
 use crate::device::{Device, Dropout, View};
-use crate::encoders::{mix_key, EncoderConfig, Inputs, Mode, Part, VIEW_LANES};
+use crate::encoders::lanes::{run_views, Part, ViewLanes};
+use crate::encoders::{mix_key, EncoderConfig, Inputs, Mode};
 use crate::error::{EngineError, Result, Setting};
 use crate::ops::act::Activation;
 use crate::ops::attention::{SelfAttention, SelfAttentionSlots};
@@ -126,7 +127,7 @@ impl IsfmConfig {
     }
 }
 
-/// One Transformer encoder layer's ops and buffers (`N = max_rows·P` rows).
+/// One Transformer encoder layer's buffers (`N = max_rows·P` rows).
 struct Layer {
     qkv: View,
     ctx: View,
@@ -144,7 +145,7 @@ struct Layer {
 }
 
 /// The ops of one lane: the model's own, or the second view's lane's copies that write their
-/// gradients and running-statistics update to spares ([`crate::encoders::cnn`] does the same).
+/// gradients and running-statistics update to spares ([`crate::encoders::lanes`]).
 struct Ops {
     linear1: Linear,
     linear2: Linear,
@@ -170,10 +171,8 @@ pub struct Isfm {
     enc: EncoderConfig,
     /// `ops[0]` the model's; `ops[1]` the second view's lane's.
     ops: Vec<Ops>,
-    /// The gradient arena, and the second lane's spare gradients and running statistics.
-    grads: View,
-    spare_grads: View,
-    spare_buffers: View,
+    /// The second lane's spares, and whether the last forward ran on lanes.
+    lanes: ViewLanes,
     /// Activation buffers, each shared out equally between the lanes of a pass (the embeddings
     /// `z` by rows: the loss reads them whole).
     layers: Vec<Layer>,
@@ -264,17 +263,14 @@ impl Isfm {
                 stats2: dev.alloc(2 * n)?,
             });
         }
-        let (spare_grads, spare_buffers) = (dev.alloc(arenas.grads.len())?, dev.alloc(arenas.buffers.len())?);
-        let spares = Arenas { grads: spare_grads, buffers: spare_buffers, ..arenas.clone() };
+        let (lanes, spares) = ViewLanes::new(arenas, dev)?;
         let ops = vec![Self::declare(c, cfg, &mut Tensors::default()).bind(arenas), Self::declare(c, cfg, &mut Tensors::default()).bind(&spares)];
         Ok(Isfm {
             cfg: c.clone(),
             fixed_starts: None,
             enc: cfg.clone(),
             ops,
-            grads: arenas.grads,
-            spare_grads,
-            spare_buffers,
+            lanes,
             layers,
             starts: dev.alloc(shape.starts_len())?,
             patches: dev.alloc(n * shape.row_len())?,
@@ -325,31 +321,17 @@ impl Isfm {
         }
     }
 
-    /// Rows per view where a pass runs each view on its own lane: a training forward of the
-    /// step's two views with drawn patch starts (BatchNorm's statistics are per view, so the
-    /// views meet only at the loss). Other forwards run whole.
-    fn view_rows(&self, io: &Inputs) -> Option<usize> {
-        (matches!(io.mode, Mode::Train { .. }) && io.groups == VIEW_LANES && self.fixed_starts.is_none()).then_some(io.rows / VIEW_LANES)
-    }
-
     pub(crate) fn forward<D: Device>(&mut self, dev: &mut D, io: &mut Inputs) -> View {
         let (x, rates, mode) = (io.x, io.rates, io.mode);
-        match self.view_rows(io) {
+        // (Patch starts given for the whole batch run it whole.)
+        match self.lanes.plan_forward(dev, io, self.fixed_starts.is_none()) {
             None => self.forward_part(dev, &self.ops[0], x, rates, Part::whole(io.rows, io.groups), mode),
             Some(rows) => {
-                // As the CNN's: the second lane's BatchNorm updates running statistics that
-                // start at zero, folded in after the first lane's update.
-                dev.fill(self.spare_buffers, 0.0);
                 let this = &*self;
-                // SAFETY: lane v writes only its share of the activation and gradient buffers, its
-                // view's rows of `z` and its own ops' gradients and running statistics (the spares
-                // for lane 1); what it reads besides is the weights, which no lane writes.
-                unsafe {
-                    dev.for_each_lane(VIEW_LANES, |v, dev| {
-                        let p = Part::view(v, rows);
-                        this.forward_part(dev, &this.ops[v], x, rates, p, p.mode(mode))
-                    })
-                };
+                // SAFETY: `forward_part` writes its share of the activation buffers (patch starts
+                // and patches included), its part's rows of `z`, and its own ops' running
+                // statistics; it reads besides only the windows, rates and weights.
+                unsafe { run_views(dev, rows, |dev, p| this.forward_part(dev, &this.ops[p.lane], x, rates, p, p.mode(mode))) };
                 self.ops[0].norm.fold_running(dev, &self.ops[1].norm);
             }
         }
@@ -400,18 +382,13 @@ impl Isfm {
 
     pub(crate) fn backward<D: Device>(&self, dev: &mut D, io: &mut Inputs, dz: View, accumulate: bool) {
         let mode = io.mode;
-        match self.view_rows(io) {
+        match self.lanes.rows() {
             None => self.backward_part(dev, &self.ops[0], dz, Part::whole(io.rows, io.groups), mode, accumulate),
             Some(rows) => {
-                // SAFETY: as in the forward; the second lane writes its gradients to the spares
-                // (whole, never accumulating), added to the model's below.
-                unsafe {
-                    dev.for_each_lane(VIEW_LANES, |v, dev| {
-                        let p = Part::view(v, rows);
-                        self.backward_part(dev, &self.ops[v], dz, p, p.mode(mode), accumulate && v == 0)
-                    })
-                };
-                dev.scale_add(self.grads, 1.0, self.spare_grads);
+                // SAFETY: as in the forward, and `backward_part` writes its share of the gradient
+                // buffers and its own ops' gradients (the second lane's whole, never accumulating).
+                unsafe { run_views(dev, rows, |dev, p| self.backward_part(dev, &self.ops[p.lane], dz, p, p.mode(mode), accumulate && p.lane == 0)) };
+                self.lanes.add_spare_grads(dev);
             }
         }
     }

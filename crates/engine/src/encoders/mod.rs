@@ -11,6 +11,7 @@
 
 pub mod cnn;
 pub mod isfm;
+mod lanes;
 pub mod mlp;
 
 use std::str::FromStr;
@@ -21,6 +22,7 @@ use crate::error::{EngineError, Result, Setting};
 
 pub use cnn::CnnConfig;
 pub use isfm::IsfmConfig;
+pub use lanes::view_key;
 
 /// Which encoder, by name (`model.name`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -252,12 +254,6 @@ pub fn mix_key(seed: u64, a: u64, b: u64) -> u64 {
     (hi << 32) | lo
 }
 
-/// The key of view `view`'s random draws (dropout masks, ISFM patch starts) in a training
-/// forward keyed `key` that runs each view on its own lane ([`Device::for_each_lane`]).
-pub fn view_key(key: u64, view: usize) -> u64 {
-    mix_key(key, 0x1A4E, view as u64)
-}
-
 /// What an encoder's forward needs besides its own views.
 pub(crate) struct Inputs<'a> {
     pub x: View,
@@ -266,54 +262,6 @@ pub(crate) struct Inputs<'a> {
     pub groups: usize,
     pub mode: Mode,
     pub counters: &'a mut [u64],
-}
-
-/// Lanes of a training step: each view on its own ([`Device::for_each_lane`]).
-pub(crate) const VIEW_LANES: usize = 2;
-
-/// The windows a pass covers: `rows` from row `first`, in `groups` BatchNorm groups, on lane
-/// `lane` of `lanes` (which share the gradient scratch out equally).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Part {
-    pub first: usize,
-    pub rows: usize,
-    pub groups: usize,
-    pub lane: usize,
-    pub lanes: usize,
-}
-
-impl Part {
-    /// Every window of a forward in one pass.
-    pub fn whole(rows: usize, groups: usize) -> Part {
-        Part { first: 0, rows, groups, lane: 0, lanes: 1 }
-    }
-
-    /// View `v` of a training batch of `2 · rows` windows, on lane `v`.
-    pub fn view(v: usize, rows: usize) -> Part {
-        Part { first: v * rows, rows, groups: 1, lane: v, lanes: VIEW_LANES }
-    }
-
-    /// This pass's rows of a buffer of `per_row` values per window.
-    pub fn rows_of(&self, buf: View, per_row: usize) -> View {
-        buf.sub(self.first * per_row, self.rows * per_row)
-    }
-
-    /// This lane's share of a buffer whose layout only the encoder's own forward and backward
-    /// read (the whole buffer on one lane).
-    pub fn share(&self, buf: View) -> View {
-        let n = buf.len() / self.lanes;
-        buf.sub(self.lane * n, n)
-    }
-
-    /// The mode of this pass: on a view's lane, training draws from a key of its own (each
-    /// kernel call numbers its elements from zero, so two lanes on one key would draw the same
-    /// dropout masks and patch starts for both views).
-    pub fn mode(&self, mode: Mode) -> Mode {
-        match mode {
-            Mode::Train { key } if self.lanes > 1 => Mode::Train { key: view_key(key, self.lane) },
-            other => other,
-        }
-    }
 }
 
 /// The encoder-specific part of an [`Encoder`].
