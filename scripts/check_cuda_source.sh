@@ -19,6 +19,8 @@ struct dim3 { unsigned x, y, z; };
 extern dim3 blockIdx, blockDim, threadIdx, gridDim;
 using std::isnan; using std::isinf; using std::min; using std::max;
 inline void __syncthreads() {}
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
 SHIM
 echo "#line 1 \"crates/engine/src/cuda/kernels.cu\"" >> "$tmp/kernels.cpp"
 cat crates/engine/src/cuda/kernels.cu >> "$tmp/kernels.cpp"
