@@ -438,6 +438,11 @@ pub trait Device: Send {
     /// PyTorch's channel-major `[out, C, K]` and the tap-major `[out, K, C]` of the im2col GEMMs.
     fn transpose_inner(&mut self, src: View, dst: View, outer: usize, rows: usize, cols: usize, accumulate: bool);
 
+    /// `dst[c, k, o] = w[o, c, K−1−k]` for a convolution weight `w[out, C, K]`: the tap-major
+    /// weight of the convolution that is a stride-1 convolution's input gradient
+    /// ([`crate::ops::conv1d::ConvShape::input_gradient`]).
+    fn conv_transposed_taps(&mut self, w: View, dst: View, out: usize, channels: usize, kernel: usize);
+
     /// Max over non-overlapping pairs along time: `out[s, t, c] = max(x[s, 2t, c], x[s, 2t+1, c])`,
     /// the position of the maximum (0 or 1, the first on ties as PyTorch) kept in `argmax`.
     fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape);

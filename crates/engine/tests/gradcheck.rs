@@ -292,7 +292,11 @@ fn conv1d_backward_matches_finite_differences() {
     // (samples, len, C, out, k, stride, pad): the encoder's wide first layer in small, a k3 p1, one
     // whose rows are not evenly spaced (the im2col path), a k4 s2 p1, and one with no edge rows
     // at all. All but the third read their rows in place.
-    for (samples, len, c, o, k, stride, pad) in [(2, 40, 3, 4, 8, 4, 3), (3, 9, 2, 3, 3, 1, 1), (1, 17, 1, 2, 5, 2, 0), (3, 12, 2, 3, 4, 2, 1), (2, 12, 2, 3, 2, 2, 0)] {
+    // Two more of stride 1, whose input gradient the CPU runs as a convolution of dy where it
+    // reads that one's rows in place (k5 p2 does; k3 p0, of another length, does not).
+    for (samples, len, c, o, k, stride, pad) in
+        [(2, 40, 3, 4, 8, 4, 3), (3, 9, 2, 3, 3, 1, 1), (1, 17, 1, 2, 5, 2, 0), (3, 12, 2, 3, 4, 2, 1), (2, 12, 2, 3, 2, 2, 0), (2, 11, 3, 4, 5, 1, 2), (2, 10, 2, 3, 3, 1, 0)]
+    {
         let x = randn(key ^ len as u64, samples * len * c, 1.0);
         let w = randn(key ^ 41, o * c * k, 0.5);
         let b = randn(key ^ 42, o, 0.5);
@@ -325,6 +329,17 @@ fn conv1d_backward_matches_finite_differences() {
         ch.numeric("dW", &w, 0..w.len(), dev.slice(dw), H, |v| loss(&x, v, &b));
         ch.numeric("db", &b, 0..o, dev.slice(db), H, |v| loss(&x, &w, v));
         ch.assert(&format!("Conv1d C={c} k={k} s={stride} p={pad}"));
+        // The input gradient as a convolution (`Conv1d::backward`'s path where it applies): dy's
+        // rows against the flipped taps give the same dx.
+        if let Some(t) = s.input_gradient(o).filter(|t| dev.reads_conv_rows_in_place(*t)) {
+            let (w_back, dx2) = (zeros(&mut dev, w.len()), zeros(&mut dev, x.len()));
+            dev.conv_transposed_taps(wv, w_back, o, c, k);
+            dev.conv_forward_product(rv, w_back, dx2.prefix(0), dx2, t, c);
+            let (a, e) = (dev.slice(dx2).to_vec(), dev.slice(dx).to_vec());
+            assert!(a.iter().zip(&e).all(|(a, e)| (a - e).abs() < 1e-5), "Conv1d C={c} k={k} p={pad}: dx as a convolution {a:?} vs {e:?}");
+        } else {
+            assert!(stride != 1 || (k, pad) == (3, 0), "Conv1d C={c} k={k} s={stride} p={pad}: a same-length stride-1 convolution runs its input gradient as one");
+        }
     }
 }
 

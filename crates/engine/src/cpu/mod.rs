@@ -996,6 +996,12 @@ impl Device for CpuDevice {
         conv1d::transpose_inner_cpu(s, d, rows, cols, accumulate);
     }
 
+    fn conv_transposed_taps(&mut self, w: View, dst: View, out: usize, channels: usize, kernel: usize) {
+        let (d, [ws]) = self.split(dst, [w]);
+        assert!(ws.len() == out * channels * kernel && d.len() == ws.len());
+        conv1d::transposed_taps_cpu(ws, d, out, channels, kernel);
+    }
+
     fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape) {
         let parts = self.parts(x.len());
         let ([os, am], [xs]) = self.views([out, argmax], [x]);

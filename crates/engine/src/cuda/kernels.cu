@@ -369,6 +369,16 @@ extern "C" __global__ void transpose_inner(const float* src, float* dst, unsigne
     dst[d] = accumulate ? dst[d] + src[e] : src[e];
 }
 
+// dst[c, k, o] = w[o, c, K-1-k] for w[out, C, K]: the taps of a stride-1 convolution's input
+// gradient taken as a convolution of dy.
+extern "C" __global__ void conv_transposed_taps(const float* w, float* dst, int out, int channels, int kernel) {
+    long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (e >= (long long)out * channels * kernel) return;
+    int o = (int)(e / ((long long)channels * kernel)), r = (int)(e % ((long long)channels * kernel));
+    int c = r / kernel, k = r % kernel;
+    dst[((long long)c * kernel + (kernel - 1 - k)) * out + o] = w[e];
+}
+
 // out[s, t, c] = max(x[s, 2t, c], x[s, 2t+1, c]); argmax 1.0 where the second is larger (or NaN).
 extern "C" __global__ void maxpool_forward(const float* x, float* out, float* argmax, int samples, int len, int cols) {
     unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;

@@ -66,6 +66,7 @@ kernels!(
     im2col,
     col2im,
     transpose_inner,
+    conv_transposed_taps,
     maxpool_forward,
     maxpool_backward,
     meanpool_forward,
@@ -405,6 +406,13 @@ impl Device for CudaDevice {
         Self::disjoint(&[dst], &[src]);
         let (sp, dp, n, r, c, acc) = (self.ptr(src), self.ptr(dst), (outer * rows * cols) as u64, rows as i32, cols as i32, accumulate as i32);
         launch!(self, transpose_inner, grid(src.len(), 256); sp, dp, n, r, c, acc);
+    }
+
+    fn conv_transposed_taps(&mut self, w: View, dst: View, out: usize, channels: usize, kernel: usize) {
+        assert!(w.len() == out * channels * kernel && dst.len() == w.len(), "conv_transposed_taps of {} values for [{out}, {channels}, {kernel}]", w.len());
+        Self::disjoint(&[dst], &[w]);
+        let (wp, dp, o, c, k) = (self.ptr(w), self.ptr(dst), out as i32, channels as i32, kernel as i32);
+        launch!(self, conv_transposed_taps, grid(w.len(), 256); wp, dp, o, c, k);
     }
 
     fn maxpool_forward(&mut self, x: View, out: View, argmax: View, s: PoolShape) {

@@ -174,6 +174,10 @@ struct Block {
     /// ReLU, pooled where the block has a pool) and the pool's argmax (empty without one).
     cols: View,
     cols_width: usize,
+    /// Values per output row of the input gradient's im2col matrix: `K·C`, or 0 where the device
+    /// runs the input gradient as a convolution ([`ConvShape::input_gradient`]) or the block needs
+    /// none (the first).
+    dcols_width: usize,
     y: View,
     out: View,
     argmax: View,
@@ -242,9 +246,9 @@ impl Cnn {
             let rows = max_rows * shape.len_out;
             let out_rows = max_rows * shape.len_next();
             widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
-            if i > 0 {
-                widest_cols = widest_cols.max(rows * shape.cin * shape.kernel);
-            }
+            let backward_as_conv = shape.conv(max_rows).input_gradient(shape.cout).is_some_and(|t| dev.reads_conv_rows_in_place(t));
+            let dcols_width = if i > 0 && !backward_as_conv { shape.cin * shape.kernel } else { 0 };
+            widest_cols = widest_cols.max(rows * dcols_width);
             // (Whether the rows can be read in place does not depend on the batch: a smaller
             // batch reads them in place too, and an empty one needs no im2col matrix.)
             let cols_width = if dev.reads_conv_rows_in_place(shape.conv(max_rows)) { 0 } else { shape.cin * shape.kernel };
@@ -252,6 +256,7 @@ impl Cnn {
                 shape,
                 cols: dev.alloc(rows * cols_width)?,
                 cols_width,
+                dcols_width,
                 y: dev.alloc(rows * shape.cout)?,
                 out: dev.alloc(out_rows * shape.cout)?,
                 argmax: dev.alloc(if shape.pool { out_rows * shape.cout } else { 0 })?,
@@ -368,7 +373,7 @@ impl Cnn {
             // The first block's input (the windows) needs no gradient.
             let dx = (i > 0).then(|| g_block.prefix(p.rows * s.len_in * s.cin));
             let x = self.block_input(i, windows, p);
-            let dcols = g_cols.prefix(if dx.is_some() { n * s.cin * s.kernel } else { 0 });
+            let dcols = g_cols.prefix(n * b.dcols_width);
             conv.backward(dev, x, p.rows_of(b.cols, s.len_out * b.cols_width), dy, dcols, dx, s.conv(p.rows), accumulate);
             if let Some(dx) = dx {
                 d = dx;

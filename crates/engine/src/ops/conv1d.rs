@@ -70,6 +70,23 @@ impl ConvShape {
         (lead + trail < len_out).then_some(InPlaceRows { lead, trail })
     }
 
+    /// The input gradient of a stride-1 convolution as a convolution of the output gradient
+    /// (`out` channels): `dx[t] = Σ_k dy[t + p − k]·W_k` is a convolution of `dy` with the
+    /// flipped, transposed taps ([`Device::conv_transposed_taps`]) and padding `K − 1 − p`, whose
+    /// output has this convolution's input length. `None` for other strides, or a padding of
+    /// `K` or more.
+    pub fn input_gradient(&self, out: usize) -> Option<ConvShape> {
+        let len_out = self.len_out()?;
+        (self.stride == 1 && self.padding < self.kernel).then_some(ConvShape {
+            samples: self.samples,
+            len_in: len_out,
+            channels: out,
+            kernel: self.kernel,
+            stride: 1,
+            padding: self.kernel - 1 - self.padding,
+        })
+    }
+
     /// Per sample: output steps, values of the input (`L·C`) and of its im2col rows
     /// (`L_out·K·C`). For built layers, whose shapes the encoder checked (`len_out` is `Some`).
     pub fn sample_lens(&self) -> (usize, usize, usize) {
@@ -110,6 +127,8 @@ pub struct Conv1d {
     /// `W̃ [out, K, C]` and `dW̃`.
     pub w_taps: View,
     pub dw_taps: View,
+    /// The taps of the input gradient as a convolution, `[C, K, out]` (flipped in `K`).
+    pub w_back: View,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -134,7 +153,7 @@ impl Conv1dSlots {
     pub fn bind<D: Device>(self, a: &Arenas, dev: &mut D) -> Result<Conv1d> {
         let map = self.map.bind(a);
         let n = map.w.len();
-        Ok(Conv1d { kernel: self.kernel, stride: self.stride, padding: self.padding, map, w_taps: dev.alloc(n)?, dw_taps: dev.alloc(n)? })
+        Ok(Conv1d { kernel: self.kernel, stride: self.stride, padding: self.padding, map, w_taps: dev.alloc(n)?, dw_taps: dev.alloc(n)?, w_back: dev.alloc(n)? })
     }
 }
 
@@ -169,9 +188,18 @@ impl Conv1d {
         dev.conv_weight_product(x, cols, dy, self.dw_taps, s, o);
         dev.transpose_inner(self.dw_taps, self.map.dw, o, k, c, accumulate);
         dev.bias_grad(self.map.db, dy, o, accumulate);
-        if let Some(dx) = dx {
-            dev.gemm(Gemm::nn(rows, k * c, o), dcols, dy, self.w_taps);
-            dev.col2im(dcols, dx, s);
+        let Some(dx) = dx else { return };
+        // Where the device reads a convolution's rows in place, the input gradient is one: the
+        // rows of `dy` in place against the flipped taps, no `dcols` written and scattered back.
+        match s.input_gradient(o).filter(|t| dev.reads_conv_rows_in_place(*t)) {
+            Some(t) => {
+                dev.conv_transposed_taps(self.map.w, self.w_back, o, c, k);
+                dev.conv_forward_product(dy, self.w_back, dcols.prefix(0), dx, t, c);
+            }
+            None => {
+                dev.gemm(Gemm::nn(rows, k * c, o), dcols, dy, self.w_taps);
+                dev.col2im(dcols, dx, s);
+            }
         }
     }
 }
@@ -225,6 +253,17 @@ pub(crate) fn col2im_sample(dcols: &[f32], dx: &mut [f32], s: ConvShape) {
         let hi = (len as isize - start).clamp(lo as isize, k as isize) as usize;
         let first = (start + lo as isize) as usize;
         dx[first * c..(first + hi - lo) * c].iter_mut().zip(&row[lo * c..hi * c]).for_each(|(d, &g)| *d += g);
+    }
+}
+
+/// `dst[c, k, o] = w[o, c, K−1−k]` for `w[out, C, K]`.
+pub(crate) fn transposed_taps_cpu(w: &[f32], dst: &mut [f32], out: usize, channels: usize, kernel: usize) {
+    for (o, wo) in w.chunks_exact(channels * kernel).enumerate().take(out) {
+        for (c, wc) in wo.chunks_exact(kernel).enumerate() {
+            for (k, &v) in wc.iter().enumerate() {
+                dst[(c * kernel + kernel - 1 - k) * out + o] = v;
+            }
+        }
     }
 }
 
