@@ -2,7 +2,10 @@
 //! side by side, as GEMMs over an im2col matrix:
 //!
 //! - forward: `cols[S·Lout, K·C] = im2col(x)`, `y = cols · W̃ᵀ + b`;
-//! - backward: `dW̃ = dyᵀ · cols`, `db = Σ dy`, `dcols = dy · W̃`, `dx = col2im(dcols)`.
+//! - backward: `dW̃ = dyᵀ · cols`, `db = Σ dy`, `dcols = dy · W̃`, `dx = col2im(dcols)`; for
+//!   stride 1, where the device reads a convolution's rows in place, `dx` is itself a
+//!   convolution of `dy` with the flipped taps (padding `K − 1 − p`), run as the forward's
+//!   product: no `dcols` written and scattered back ([`ConvShape::input_gradient`]).
 //!
 //! The im2col columns are tap-major (`k·C + c`): on channels-last input a row of `cols` is then
 //! the `K·C` contiguous values `x[t·s − p .. t·s − p + K, :]`, one copy (zeros where it leaves the
