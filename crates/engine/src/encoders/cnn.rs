@@ -343,7 +343,8 @@ impl Cnn {
             Some(rows) => {
                 let x = io.x;
                 // SAFETY: as in the forward, and `backward_part` writes its share of the gradient
-                // scratch and its own ops' gradients (the second lane's whole, never accumulating).
+                // scratch, its own ops' gradients (the second lane's whole, never accumulating)
+                // and their tap-major copies (`dw_taps`, `w_back`).
                 unsafe { run_views(dev, rows, |dev, p| self.backward_part(dev, &self.ops[p.lane], x, dz, p, accumulate && p.lane == 0)) };
                 self.lanes.add_spare_grads(dev);
             }
