@@ -55,3 +55,33 @@ fn cuda_matches_cpu_step_for_step() {
         eprintln!("{kind}: CUDA matches CPU over 3 steps");
     }
 }
+
+#[test]
+fn cuda_matches_cpu_on_the_lane_and_convolution_kernels() {
+    // `scale_add` (the lanes' gradient sum and running-statistics fold) and
+    // `conv_transposed_taps`, which the step above does not reach on CUDA: its convolutions keep
+    // their im2col input gradient.
+    if let Err(e) = CudaDevice::probe(0) {
+        eprintln!("SKIPPED cuda_matches_cpu_on_the_lane_and_convolution_kernels: no CUDA device here ({e})");
+        return;
+    }
+    let (out, channels, kernel) = (5, 3, 4);
+    let n = out * channels * kernel;
+    let values = |k: u64| -> Vec<f32> { (0..n).map(|i| (engine::device::dropout_hash(k, i as u64) as f64 / 4_294_967_296.0 * 2.0 - 1.0) as f32).collect() };
+    fn on<D: Device>(mut dev: D, a: &[f32], b: &[f32], out: usize, channels: usize, kernel: usize) -> (Vec<f32>, Vec<f32>) {
+        let (av, bv, tv) = (dev.alloc(a.len()).unwrap(), dev.alloc(b.len()).unwrap(), dev.alloc(a.len()).unwrap());
+        dev.upload(av, a);
+        dev.upload(bv, b);
+        dev.conv_transposed_taps(av, tv, out, channels, kernel);
+        dev.scale_add(av, 0.9, bv);
+        let (mut sum, mut taps) = (vec![0.0; a.len()], vec![0.0; a.len()]);
+        dev.download(av, &mut sum);
+        dev.download(tv, &mut taps);
+        (sum, taps)
+    }
+    let (a, b) = (values(1), values(2));
+    let cpu = on(CpuDevice::new(), &a, &b, out, channels, kernel);
+    let cuda = on(CudaDevice::new(0).unwrap(), &a, &b, out, channels, kernel);
+    assert_eq!(cpu.0, cuda.0, "scale_add rounds as the CPU's");
+    assert_eq!(cpu.1, cuda.1, "conv_transposed_taps");
+}
