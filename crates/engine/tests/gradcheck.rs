@@ -331,7 +331,7 @@ fn conv1d_backward_matches_finite_differences() {
         ch.assert(&format!("Conv1d C={c} k={k} s={stride} p={pad}"));
         // The input gradient as a convolution (`Conv1d::backward`'s path where it applies): dy's
         // rows against the flipped taps give the same dx.
-        if let Some(t) = s.input_gradient(o).filter(|t| dev.reads_conv_rows_in_place(*t)) {
+        if let Some(t) = s.input_gradient_on(&dev, o) {
             let (w_back, dx2) = (zeros(&mut dev, w.len()), zeros(&mut dev, x.len()));
             dev.conv_transposed_taps(wv, w_back, o, c, k);
             dev.conv_forward_product(rv, w_back, dx2.prefix(0), dx2, t, c);

@@ -226,6 +226,11 @@ impl CpuDevice {
         }
     }
 
+    /// [`base`](Self::base) for reading.
+    fn base_for_reading(&self) -> *const f32 {
+        self.shared.map_or(self.mem.as_ptr(), |(p, _)| p.0 as *const f32)
+    }
+
     /// Values of memory views may address.
     fn mem_len(&self) -> usize {
         self.shared.map_or(self.mem.len(), |(_, n)| n)
@@ -260,7 +265,7 @@ impl CpuDevice {
     /// Direct read access (tests, checkpoints).
     pub fn slice(&self, v: View) -> &[f32] {
         self.check(v);
-        let base = self.shared.map_or(self.mem.as_ptr(), |(p, _)| p.0 as *const f32);
+        let base = self.base_for_reading();
         // SAFETY: in bounds (checked); on a lane no other lane writes what this one reads
         // (`for_each_lane`'s contract).
         unsafe { std::slice::from_raw_parts(base.add(v.offset()), v.len()) }

@@ -175,7 +175,7 @@ struct Block {
     cols: View,
     cols_width: usize,
     /// Values per output row of the input gradient's im2col matrix: `K·C`, or 0 where the device
-    /// runs the input gradient as a convolution ([`ConvShape::input_gradient`]) or the block needs
+    /// runs the input gradient as a convolution ([`ConvShape::input_gradient_on`]) or the block needs
     /// none (the first).
     dcols_width: usize,
     y: View,
@@ -246,7 +246,7 @@ impl Cnn {
             let rows = max_rows * shape.len_out;
             let out_rows = max_rows * shape.len_next();
             widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
-            let backward_as_conv = shape.conv(max_rows).input_gradient(shape.cout).is_some_and(|t| dev.reads_conv_rows_in_place(t));
+            let backward_as_conv = shape.conv(max_rows).input_gradient_on(dev, shape.cout).is_some();
             let dcols_width = if i > 0 && !backward_as_conv { shape.cin * shape.kernel } else { 0 };
             widest_cols = widest_cols.max(rows * dcols_width);
             // (Whether the rows can be read in place does not depend on the batch: a smaller

@@ -90,6 +90,13 @@ impl ConvShape {
         })
     }
 
+    /// [`input_gradient`](Self::input_gradient) where `dev` runs it: where it reads that
+    /// convolution's rows in place (the CPU), so that no im2col gradient is formed. The backward
+    /// and the encoder sizing its buffers both ask here.
+    pub fn input_gradient_on<D: Device>(&self, dev: &D, out: usize) -> Option<ConvShape> {
+        self.input_gradient(out).filter(|t| dev.reads_conv_rows_in_place(*t))
+    }
+
     /// Per sample: output steps, values of the input (`L·C`) and of its im2col rows
     /// (`L_out·K·C`). For built layers, whose shapes the encoder checked (`len_out` is `Some`).
     pub fn sample_lens(&self) -> (usize, usize, usize) {
@@ -194,7 +201,7 @@ impl Conv1d {
         let Some(dx) = dx else { return };
         // Where the device reads a convolution's rows in place, the input gradient is one: the
         // rows of `dy` in place against the flipped taps, no `dcols` written and scattered back.
-        match s.input_gradient(o).filter(|t| dev.reads_conv_rows_in_place(*t)) {
+        match s.input_gradient_on(dev, o) {
             Some(t) => {
                 dev.conv_transposed_taps(self.map.w, self.w_back, o, c, k);
                 dev.conv_forward_product(dy, self.w_back, dcols.prefix(0), dx, t, c);
