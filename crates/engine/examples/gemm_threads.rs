@@ -39,7 +39,7 @@ fn main() {
         .map(|pool| {
             pool.install(|| {
                 let rounded = precision != Precision::Fp32;
-                let mut dev = CpuDevice::with_gemm(if rounded { CpuGemm::best_packed() } else { CpuGemm::Packed });
+                let mut dev = CpuDevice::with_gemm(if rounded { CpuGemm::best_bf16().for_precision(precision) } else { CpuGemm::Packed });
                 if let Err(e) = dev.set_precision(precision) {
                     eprintln!("PRECISION: {e}");
                     std::process::exit(2)

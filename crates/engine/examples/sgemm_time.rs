@@ -1,6 +1,7 @@
-//! Times our packed GEMM (on each micro-kernel this CPU runs) against faer on one thread.
-//! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]` (env: REPS, HUGE, PRECISION=bf16|fp16)
-use engine::cpu::sgemm::{self, Isa, Operand, PackBuffers};
+//! Times each GEMM kernel this CPU runs (our packed kernel's micro-kernels, the bf16 ones under
+//! PRECISION=bf16, and faer in fp32) on one thread.
+//! `cargo run --release -p cid-engine --example sgemm_time -- M N K [ta tb]` (env: REPS, HUGE, PRECISION=bf16|fp16, KERNELS=a,b)
+use engine::cpu::sgemm::{Operand, PackBuffers};
 use engine::cpu::CpuGemm;
 use engine::Precision;
 use std::time::Instant;
@@ -30,38 +31,29 @@ fn main() {
     let ao = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
     let bo = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
     let mut buf = PackBuffers::default();
-    // PRECISION=bf16 | fp16 times the product of rounded operands (bf16 runs vdpbf16ps where the CPU has it).
-    buf.round = engine::cpu::rounding(Precision::from_env("PRECISION").unwrap_or_else(|e| {
+    // PRECISION=bf16 | fp16 times the product of rounded operands on each kernel that runs it.
+    let precision = Precision::from_env("PRECISION").unwrap_or_else(|e| {
         eprintln!("{e}");
         std::process::exit(2)
-    }));
+    });
+    buf.round = engine::cpu::rounding(precision);
     let reps: usize = std::env::var("REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
     let flops = 2.0 * (m * n * k) as f64 * reps as f64;
-    // Our kernel on each instruction set this CPU has, then faer, interleaved round by round.
-    let ours: Vec<(&str, Isa)> = CpuGemm::available().into_iter().filter_map(|k| Some((k.name(), k.isa()?))).collect();
-    let isas: Vec<Isa> = ours.iter().map(|&(_, isa)| isa).collect();
-    let mut times: Vec<Vec<f64>> = vec![vec![]; isas.len() + 1];
+    // Each kernel this CPU runs at this precision, interleaved round by round.
+    // KERNELS=amx,faer times those alone (for a profile of one).
+    let only = std::env::var("KERNELS").ok();
+    let kernels: Vec<CpuGemm> = CpuGemm::candidates(precision).into_iter().filter(|k| only.as_ref().is_none_or(|o| o.split(',').any(|n| n == k.name()))).collect();
+    let mut times: Vec<Vec<f64>> = vec![vec![]; kernels.len()];
     for _ in 0..15 {
-        for (i, &isa) in isas.iter().enumerate() {
+        for (i, &kernel) in kernels.iter().enumerate() {
             let t0 = Instant::now();
             for _ in 0..reps {
-                unsafe { sgemm::sgemm(isa, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+                unsafe { engine::cpu::gemm_strided(kernel, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
             }
             times[i].push(flops / t0.elapsed().as_secs_f64() / 1e9);
         }
-        let t0 = Instant::now();
-        for _ in 0..reps {
-            use faer::{Accum, MatMut, MatRef, Par};
-            unsafe {
-                let cm = MatMut::from_raw_parts_mut(c.as_mut_ptr(), m, n, n as isize, 1);
-                let am = MatRef::from_raw_parts(ao.ptr, m, k, ao.rs, ao.cs);
-                let bm = MatRef::from_raw_parts(bo.ptr, k, n, bo.rs, bo.cs);
-                faer::linalg::matmul::matmul(cm, Accum::Replace, am, bm, 1.0, Par::Seq);
-            }
-        }
-        times[isas.len()].push(flops / t0.elapsed().as_secs_f64() / 1e9);
     }
-    let names = ours.iter().map(|&(name, _)| name).chain(["faer"]);
+    let names = kernels.iter().map(|k| k.name());
     let cols: Vec<String> = names
         .zip(&mut times)
         .map(|(name, t)| {

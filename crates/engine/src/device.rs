@@ -226,7 +226,7 @@ impl AdamHyper {
 }
 
 /// The precision of a device's matrix products.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Precision {
     /// Everything in fp32 (default).
     #[default]

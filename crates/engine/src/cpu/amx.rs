@@ -15,9 +15,11 @@
 //! the emulator on any CPU; only the five instructions need an AMX CPU, and their own test runs
 //! where there is one.
 //!
-//! Not yet run on an AMX CPU (none was available while it was written): the product uses it only
-//! where `CID_CPU_AMX=on` asks for it and the CPU, the kernel and a check of it at first use all
-//! agree ([`enabled`]).
+//! It runs where the CPU has AMX-BF16, Linux grants the tile state, and a check at first use
+//! agrees with the emulator ([`enabled`]; `CID_CPU_AMX=off` turns it off). Which products it runs
+//! is measured per shape against the other kernels (`cpu::plan`): it wins the large ones. First
+//! run on an AMX CPU (an Intel Xeon with AMX-BF16 and AVX512-FP16) in the session of
+//! 2026-12-02 evening; `docs/performance.md` has the numbers.
 
 use std::sync::OnceLock;
 
@@ -30,8 +32,8 @@ const MC: usize = 128;
 /// Slots (bf16 pairs) a tile row holds: 64 bytes.
 const STEP: usize = 16;
 
-/// The tile instructions the kernel uses, tiles named by number: C in 0–3, A in 4–5, B in 6–7,
-/// each 16 rows of 64 bytes.
+/// The tile instructions the kernel uses, tiles named by number: C in 0–3 (loaded where the
+/// product adds to C), A in 4–5, B in 6–7, each 16 rows of 64 bytes.
 pub trait TileOps {
     /// `tilezero tmmT`.
     ///
@@ -127,11 +129,15 @@ impl TileOps for Amx {
         // SAFETY: `ptr` addresses 16 rows of 64 bytes `stride` apart (the contract).
         unsafe {
             match T {
+                0 => asm!("tileloadd tmm0, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                1 => asm!("tileloadd tmm1, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                2 => asm!("tileloadd tmm2, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
+                3 => asm!("tileloadd tmm3, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
                 4 => asm!("tileloadd tmm4, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
                 5 => asm!("tileloadd tmm5, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
                 6 => asm!("tileloadd tmm6, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
                 7 => asm!("tileloadd tmm7, [{p} + {s}*1]", p = in(reg) ptr, s = in(reg) stride, options(nostack, readonly)),
-                _ => unreachable!("A and B tiles are 4–7"),
+                _ => unreachable!("tiles are 0–7"),
             }
         }
     }
@@ -242,19 +248,44 @@ impl TileOps for TileEmulator {
 /// pairs, even depth in the low half) side by side — 32 tile rows of 64 bytes. Padding rows,
 /// slots and an odd last depth are zeros.
 ///
+/// Whole steps go through AVX512-BF16's conversions where the CPU has them (every AMX CPU):
+/// where the depth is contiguous, each row's 32 depths are one conversion, already its 16 slots;
+/// where the rows are (the `dYᵀ` of a weight gradient), 16 rows' pair of depths is one
+/// conversion, and 16 such vectors are transposed into 16 rows' slots. The scalar rounding they
+/// replace took as long as the tile products.
+///
 /// # Safety
 /// `src` must address `kd × rows` elements.
 unsafe fn pack_row_pairs(kd: usize, rows: usize, src: Panel, out: &mut [f32]) {
-    // SAFETY: `pair_bits` reads only inside the `kd × rows` source; `out` holds the whole block (asserted).
+    // SAFETY: `pair_bits` and the vector packings read only inside the `kd × rows` source; `out` holds the whole block (asserted).
     unsafe {
         let height = rows.next_multiple_of(MR);
         assert!(out.len() >= height * pair_slots::<STEP>(kd));
         for slice in (0..kd).step_by(KC) {
-            let slots = pair_slots::<STEP>(KC.min(kd - slice));
+            let kc = KC.min(kd - slice);
+            let slots = pair_slots::<STEP>(kc);
             let base = slice / 2 * height;
+            // Steps whose 32 depths all lie in the slice.
+            #[cfg(target_arch = "x86_64")]
+            let whole = if !sgemm::bf16_conversions() || (src.sp != 1 && src.sq != 1) {
+                0
+            } else {
+                let steps = kc / (2 * STEP);
+                for q0 in (0..height).step_by(MR) {
+                    let panel = out.as_mut_ptr().add(base + q0 * slots);
+                    if src.sp == 1 {
+                        pack_steps_depth_contiguous(steps, src.at(slice, 0), q0, rows, panel);
+                    } else {
+                        pack_steps_rows_contiguous(steps, src.at(slice, 0), q0, rows, panel);
+                    }
+                }
+                steps
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let whole = 0;
             for q0 in (0..height).step_by(MR) {
                 let panel = base + q0 * slots;
-                for step in 0..slots / STEP {
+                for step in whole..slots / STEP {
                     for i in 0..MR {
                         for s in 0..STEP {
                             let (p, q) = (slice + 2 * (step * STEP + s), q0 + i);
@@ -267,44 +298,185 @@ unsafe fn pack_row_pairs(kd: usize, rows: usize, src: Panel, out: &mut [f32]) {
     }
 }
 
-/// One 32 × 32 block of C: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` over `slots` bf16 pairs of a
-/// packed A panel ([`pack_row_pairs`]) and B panel ([`pack_block_pairs`], 32 lanes).
+/// The first `steps` steps of the A panel of rows `q0..q0 + MR` from a depth-contiguous source:
+/// each row's 32 depths of a step converted in one instruction. Rows from `rows` on are zeros.
 ///
 /// # Safety
-/// Tiles configured; `a` and `b` must hold those panels, `c` an `mr × nr` block (row stride `rsc`)
-/// that no other thread touches.
-#[allow(clippy::too_many_arguments)]
-unsafe fn kernel<O: TileOps>(ops: &mut O, slots: usize, a: *const f32, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    // SAFETY: each step reads 32 rows × 16 slots of A and 16 rows × 32 slots of B inside their panels (`slots` is a multiple of 16); the tile stores write the local block; C is written inside its `mr × nr` block.
+/// [`sgemm::bf16_conversions`] must hold; `src` must address `32·steps` contiguous depths of
+/// `rows` rows, and `dst` room for `steps · MR · STEP` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn pack_steps_depth_contiguous(steps: usize, src: Panel, q0: usize, rows: usize, dst: *mut f32) {
+    // SAFETY: rows below `rows` are read at depths below `32·steps`; every store lies in the panel's first `steps` steps (the contract).
     unsafe {
-        ops.zero::<0>();
-        ops.zero::<1>();
-        ops.zero::<2>();
-        ops.zero::<3>();
-        for step in 0..slots / STEP {
-            let a_step = a.add(step * MR * STEP) as *const u8;
-            ops.load::<4>(a_step, 4 * STEP);
-            ops.load::<5>(a_step.add(16 * 4 * STEP), 4 * STEP);
-            let b_step = b.add(step * STEP * NR_MAX) as *const u8;
-            ops.load::<6>(b_step, 4 * NR_MAX);
-            ops.load::<7>(b_step.add(4 * 16), 4 * NR_MAX);
-            ops.dot::<0, 4, 6>();
-            ops.dot::<1, 4, 7>();
-            ops.dot::<2, 5, 6>();
-            ops.dot::<3, 5, 7>();
+        use std::arch::x86_64::*;
+        for i in 0..MR {
+            let q = q0 + i;
+            for step in 0..steps {
+                let out = dst.add((step * MR + i) * STEP) as *mut __m512i;
+                if q < rows {
+                    let row = src.ptr.offset(q as isize * src.sq + (2 * STEP * step) as isize);
+                    let pairs = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(row.add(16)), _mm512_loadu_ps(row));
+                    _mm512_storeu_si512(out, std::mem::transmute::<__m512bh, __m512i>(pairs));
+                } else {
+                    _mm512_storeu_si512(out, _mm512_setzero_si512());
+                }
+            }
+        }
+    }
+}
+
+/// The first `steps` steps of the A panel of rows `q0..q0 + MR` from a rows-contiguous source:
+/// per 16 rows and step, each of the 16 slots' pair of depths converted for the 16 rows at once
+/// (as [`sgemm::pack_block_pairs`] packs B), then the 16 × 16 slots transposed into rows. Rows
+/// from `rows` on are zeros.
+///
+/// # Safety
+/// [`sgemm::bf16_conversions`] must hold; `src` must address `32·steps` depths of `rows`
+/// contiguous rows, and `dst` room for `steps · MR · STEP` slots.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16,avx512bw,avx512vl")]
+unsafe fn pack_steps_rows_contiguous(steps: usize, src: Panel, q0: usize, rows: usize, dst: *mut f32) {
+    // SAFETY: masked loads read rows below `rows` at depths below `32·steps`; every store lies in the panel's first `steps` steps (the contract).
+    unsafe {
+        use std::arch::x86_64::*;
+        // `vcvtne2ps2bf16` puts the even depth's 16 bf16 in the low half and the odd depth's in
+        // the high; this interleaves them into 16 slots.
+        let interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+        for g in (0..MR).step_by(16) {
+            let present = rows.saturating_sub(q0 + g).min(16);
+            let load = ((1u32 << present) - 1) as __mmask16;
+            for step in 0..steps {
+                let mut slot_rows = [_mm512_setzero_si512(); 16];
+                if present > 0 {
+                    for (s, v) in slot_rows.iter_mut().enumerate() {
+                        let p = 2 * (step * STEP + s);
+                        // Wrapping: with no row present the masked loads read nothing, but the
+                        // address may lie past the source.
+                        let even = src.ptr.wrapping_offset(p as isize * src.sp + (q0 + g) as isize);
+                        let odd = even.wrapping_offset(src.sp);
+                        let pair = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(load, odd), _mm512_maskz_loadu_ps(load, even));
+                        *v = _mm512_permutexvar_epi16(interleave, std::mem::transmute::<__m512bh, __m512i>(pair));
+                    }
+                }
+                for (i, row) in transpose16(slot_rows).into_iter().enumerate() {
+                    _mm512_storeu_si512(dst.add((step * MR + g + i) * STEP) as *mut __m512i, row);
+                }
+            }
+        }
+    }
+}
+
+/// The 16 × 16 transpose of 32-bit elements: element `j` of output `i` is element `i` of input
+/// `j`. Two rounds of unpacks put four inputs' elements side by side in each 128-bit lane, two
+/// rounds of lane shuffles gather the lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // t[2g], t[2g + 1]: inputs 2g and 2g + 1 interleaved (elements 0, 1 and 2, 3 of each lane).
+    let t: [__m512i; 16] = std::array::from_fn(|x| if x % 2 == 0 { _mm512_unpacklo_epi32(r[x], r[x + 1]) } else { _mm512_unpackhi_epi32(r[x - 1], r[x]) });
+    // u[4g + j]: lane L holds element 4L + j of inputs 4g..4g + 4.
+    let u: [__m512i; 16] = std::array::from_fn(|x| {
+        let (g, j) = (x / 4, x % 4);
+        let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+        if j % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // Output 4L + j: lane g from u[4g + j]'s lane L.
+    std::array::from_fn(|i| {
+        let (l, j) = (i / 4, i % 4);
+        let (v, w) = if l % 2 == 0 {
+            (_mm512_shuffle_i32x4::<0x88>(u[j], u[4 + j]), _mm512_shuffle_i32x4::<0x88>(u[8 + j], u[12 + j]))
+        } else {
+            (_mm512_shuffle_i32x4::<0xDD>(u[j], u[4 + j]), _mm512_shuffle_i32x4::<0xDD>(u[8 + j], u[12 + j]))
+        };
+        if l < 2 {
+            _mm512_shuffle_i32x4::<0x88>(v, w)
+        } else {
+            _mm512_shuffle_i32x4::<0xDD>(v, w)
+        }
+    })
+}
+
+/// One 32 × 32 block of C: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` over a packed block's slices
+/// of A panel `ir` ([`pack_row_pairs`], `height` rows) and B panel `jr` ([`pack_block_pairs`],
+/// `width` lanes), `kd` depths, the sums held in the tiles across every slice. Where `alpha` is
+/// 1, the tiles start from C (to add to it) and end in it, through a local block where the block
+/// of C is not whole; elsewhere C gains `alpha` times the tiles' sums. Either way each element's
+/// sum runs in the same order wherever its block starts, so a product split otherwise over the
+/// workers gives the same bits.
+///
+/// # Safety
+/// Tiles configured; `a` and `b` must hold those packed blocks, `c` an `mr × nr` block (row
+/// stride `rsc`) that no other thread touches.
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel<O: TileOps>(
+    ops: &mut O, kd: usize, a: *const f32, height: usize, ir: usize, b: *const f32, width: usize, jr: usize, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool,
+) {
+    // SAFETY: each step reads 32 rows × 16 slots of A and 16 rows × 32 slots of B inside their panels (a slice's slots are a multiple of 16); tile loads and stores address C's whole block or the local one; C is read and written inside its `mr × nr` block.
+    unsafe {
+        let panels = |pc: usize| {
+            let slots = pair_slots::<STEP>(KC.min(kd - pc));
+            // Slice `pc` starts after `pc / 2` slots of every panel (full slices are 128 slots).
+            (slots, a.add(pc / 2 * height + ir * slots), b.add(pc / 2 * width + jr * slots))
+        };
+        // The tiles from `at` (16-row halves `row` bytes apart) or from zero, every slice's
+        // products, the tiles back to `at`.
+        let mut run = |at: *mut u8, row: usize, from_c: bool| {
+            if from_c {
+                ops.load::<0>(at, row);
+                ops.load::<1>(at.add(64), row);
+                ops.load::<2>(at.add(16 * row), row);
+                ops.load::<3>(at.add(16 * row + 64), row);
+            } else {
+                ops.zero::<0>();
+                ops.zero::<1>();
+                ops.zero::<2>();
+                ops.zero::<3>();
+            }
+            for pc in (0..kd).step_by(KC) {
+                let (slots, ap, bp) = panels(pc);
+                for step in 0..slots / STEP {
+                    let a_step = ap.add(step * MR * STEP) as *const u8;
+                    ops.load::<4>(a_step, 4 * STEP);
+                    ops.load::<5>(a_step.add(16 * 4 * STEP), 4 * STEP);
+                    let b_step = bp.add(step * STEP * NR_MAX) as *const u8;
+                    ops.load::<6>(b_step, 4 * NR_MAX);
+                    ops.load::<7>(b_step.add(4 * 16), 4 * NR_MAX);
+                    ops.dot::<0, 4, 6>();
+                    ops.dot::<1, 4, 7>();
+                    ops.dot::<2, 5, 6>();
+                    ops.dot::<3, 5, 7>();
+                }
+            }
+            ops.store::<0>(at, row);
+            ops.store::<1>(at.add(64), row);
+            ops.store::<2>(at.add(16 * row), row);
+            ops.store::<3>(at.add(16 * row + 64), row);
+        };
+        let from_c = add && alpha == 1.0;
+        if mr == MR && nr == NR_MAX && alpha == 1.0 {
+            return run(c as *mut u8, 4 * rsc as usize, from_c);
         }
         let mut block = [0.0f32; MR * NR_MAX];
-        let out = block.as_mut_ptr() as *mut u8;
-        let row = 4 * NR_MAX;
-        ops.store::<0>(out, row);
-        ops.store::<1>(out.add(64), row);
-        ops.store::<2>(out.add(16 * row), row);
-        ops.store::<3>(out.add(16 * row + 64), row);
+        if from_c {
+            for i in 0..mr {
+                block[i * NR_MAX..i * NR_MAX + nr].copy_from_slice(std::slice::from_raw_parts(c.offset(i as isize * rsc), nr));
+            }
+        }
+        run(block.as_mut_ptr() as *mut u8, 4 * NR_MAX, from_c);
         for i in 0..mr {
-            let cr = c.offset(i as isize * rsc);
-            for j in 0..nr {
-                let v = alpha * block[i * NR_MAX + j];
-                *cr.add(j) = if add { *cr.add(j) + v } else { v };
+            let cr = std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), nr);
+            for (cv, &v) in cr.iter_mut().zip(&block[i * NR_MAX..]) {
+                *cv = match (alpha == 1.0, add) {
+                    (true, _) => v,
+                    (false, true) => *cv + alpha * v,
+                    (false, false) => alpha * v,
+                };
             }
         }
     }
@@ -312,7 +484,7 @@ unsafe fn kernel<O: TileOps>(ops: &mut O, slots: usize, a: *const f32, b: *const
 
 /// `C[m, n] (+)= alpha · op(A) · op(B)` with both operands rounded to bf16, on tiles: the loop
 /// nest of [`sgemm`](sgemm::sgemm) (blocks of B's columns, super-blocks of depth, blocks of A's
-/// rows, `KC`-deep slices) around [`kernel`].
+/// rows) around [`kernel`], which holds each block of C in the tiles across a super-block.
 ///
 /// # Safety
 /// As [`sgemm::sgemm`]; `ops` must be able to run (an [`Amx`] from [`Amx::configure`], or the
@@ -340,20 +512,16 @@ pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usi
             for kk in (0..k).step_by(KK) {
                 let kd = KK.min(k - kk);
                 pack_block_pairs::<NR_MAX, STEP>(kd, nc, b.at(kk, jc), bbuf);
+                // The first super-block writes C (or adds to it when accumulating); later ones add.
+                let add = accumulate || kk > 0;
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     pack_row_pairs(kd, mc, a.at(kk, ic), abuf);
-                    for pc in (0..kd).step_by(KC) {
-                        let slots = pair_slots::<STEP>(KC.min(kd - pc));
-                        let add = accumulate || kk + pc > 0;
-                        // Slice `pc` starts after `pc / 2` slots of every panel (full slices are
-                        // 128 slots, a multiple of the step).
-                        let (ap, bp) = (abuf.as_ptr().add(pc / 2 * mc.next_multiple_of(MR)), bbuf.as_ptr().add(pc / 2 * nc.next_multiple_of(NR_MAX)));
-                        for jr in (0..nc).step_by(NR_MAX) {
-                            for ir in (0..mc).step_by(MR) {
-                                let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
-                                kernel(ops, slots, ap.add(ir * slots), bp.add(jr * slots), ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
-                            }
+                    let (height, width) = (mc.next_multiple_of(MR), nc.next_multiple_of(NR_MAX));
+                    for jr in (0..nc).step_by(NR_MAX) {
+                        for ir in (0..mc).step_by(MR) {
+                            let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
+                            kernel(ops, kd, abuf.as_ptr(), height, ir, bbuf.as_ptr(), width, jr, ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
                         }
                     }
                 }
@@ -362,8 +530,8 @@ pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usi
     }
 }
 
-/// The environment variable that lets bf16 products run on AMX: `on`, or `off` (default) until
-/// the kernel has run on an AMX CPU.
+/// The environment variable that keeps bf16 products off AMX: `off`, or `on` (default: AMX
+/// runs where the CPU has it).
 pub const ENV: &str = "CID_CPU_AMX";
 
 /// An error naming [`ENV`] where it is set to something other than `on` or `off`.
@@ -374,8 +542,8 @@ pub fn check_env() -> Result<(), String> {
     }
 }
 
-/// A warning where `CID_CPU_AMX=on` asks for what this machine cannot give (no AMX-BF16, or
-/// Linux refuses the tile state), so that the request is not ignored in silence.
+/// A warning where `CID_CPU_AMX=on` asks explicitly for what this machine cannot give (no
+/// AMX-BF16, or Linux refuses the tile state), so that the request is not ignored in silence.
 pub fn env_warning() -> Option<String> {
     let asked = std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("on"));
     (asked && !available()).then(|| format!("{ENV}=on: this CPU has no AMX-BF16 (or Linux refused its tile state); bf16 products run on the other kernels"))
@@ -406,19 +574,19 @@ pub fn available() -> bool {
     })
 }
 
-/// Whether bf16 products run on AMX: asked for (`CID_CPU_AMX=on`), [`available`], and checked
-/// once against the emulator on a product that crosses every block edge of a step. A kernel that
-/// disagrees is not used, and a warning says so.
+/// Whether bf16 products may run on AMX: not turned off (`CID_CPU_AMX=off`), [`available`], and
+/// checked once against the emulator on a product that crosses every block edge of a step. A
+/// kernel that disagrees is not used, and a warning says so.
 pub fn enabled() -> bool {
     static ENABLED: OnceLock<bool> = OnceLock::new();
     *ENABLED.get_or_init(|| {
-        let asked = std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("on"));
-        if !asked || !available() {
+        let off = std::env::var(ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off"));
+        if off || !available() {
             return false;
         }
         let agrees = self_check();
         if !agrees {
-            eprintln!("warning: {ENV}=on, but the AMX kernel disagrees with its emulation on this CPU; bf16 products run on the other kernels");
+            eprintln!("warning: the AMX kernel disagrees with its emulation on this CPU; bf16 products run on the other kernels");
         }
         agrees
     })

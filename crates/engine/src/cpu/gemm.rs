@@ -9,6 +9,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
+use super::amx;
 use super::plan::{self, GemmKey, GemmPolicy};
 use super::sgemm::{self, Operand, PackBuffers};
 use super::sparse::{self, StripBuffer};
@@ -36,11 +37,19 @@ const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
 /// The operands must address whole matrices of these shapes; no other thread may touch the C
 /// written here.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
-    if let Some(isa) = kernel.isa() {
-        // SAFETY: as this function's contract; a kernel is only chosen where supported.
-        unsafe { sgemm::sgemm(isa, m, n, k, alpha, a, b, c, rsc, accumulate, pack) };
-        return;
+pub unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
+    let bf16 = pack.round == sgemm::Rounding::Bf16;
+    // SAFETY (the three arms): as this function's contract; a kernel is only chosen where
+    // supported, and the bf16 kernels run only products whose operands are rounded to bf16 (the
+    // loss's fp32 products on a bf16 device go on the AVX-512 kernel they share vectors with).
+    match kernel {
+        CpuGemm::Amx if bf16 => return unsafe { amx::sgemm_on_tiles(&mut amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
+        CpuGemm::Bf16Dot if bf16 => return unsafe { sgemm::sgemm_bf16_pairs(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
+        _ => {
+            if let Some(isa) = kernel.isa() {
+                return unsafe { sgemm::sgemm(isa, m, n, k, alpha, a, b, c, rsc, accumulate, pack) };
+            }
+        }
     }
     if m == 0 || n == 0 {
         return;
@@ -314,15 +323,15 @@ impl CpuDevice {
     /// the faster of the two measured now on these operands.
     /// `run` computes the product (into `c`) on a given kernel, for the measurement.
     fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
-        let key = GemmKey::of(g, parts);
+        let key = GemmKey::of(g, parts, self.precision);
         if let Some(&k) = self.plan.get(&key) {
             return k;
         }
         // Recorded under a fixed policy too: a run resumed without the same CID_CPU_GEMM then
         // pins the kernels it ran on.
-        if let GemmPolicy::Fixed(k) = self.policy {
-            self.plan.insert(key, k);
-            return k;
+        if let GemmPolicy::Fixed(_) = self.policy {
+            self.plan.insert(key, self.gemm);
+            return self.gemm;
         }
         let k = match plan::chosen(key) {
             Some(k) => k,
@@ -347,7 +356,7 @@ impl CpuDevice {
         // A copy of C for the trials, freed after them (measuring happens once per shape, in the
         // first steps, which may allocate).
         let saved = self.slice(c)[..g.m * g.n].to_vec();
-        let mut best: Vec<(CpuGemm, f64)> = CpuGemm::available().into_iter().map(|k| (k, f64::INFINITY)).collect();
+        let mut best: Vec<(CpuGemm, f64)> = CpuGemm::candidates(self.precision).into_iter().map(|k| (k, f64::INFINITY)).collect();
         let (kernels, mut spent, mut runs) = (best.len(), 0.0, 0);
         while runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S) {
             for (k, t_best) in best.iter_mut() {
@@ -373,15 +382,11 @@ impl CpuDevice {
         }
     }
 
-    /// The kernel of a convolution product computed by `run`: measured as any product's in fp32
-    /// (under the key of the GEMM it replaces: a plain product of the same shape, were there one,
-    /// would share the choice, which changes speed only), the device's own under bf16 or fp16.
+    /// The kernel of a convolution product computed by `run`: measured as any product's (under
+    /// the key of the GEMM it replaces: a plain product of the same shape, were there one, would
+    /// share the choice, which changes speed only).
     pub(super) fn conv_kernel(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
-        if self.precision == Precision::Fp32 {
-            self.kernel_for(g, parts, c, run)
-        } else {
-            self.gemm
-        }
+        self.kernel_for(g, parts, c, run)
     }
 
     /// `y = im2col(x)·w̃ᵀ` with the im2col rows read in place ([`ConvShape::in_place_rows`]): one
@@ -546,9 +551,9 @@ impl CpuDevice {
             return;
         }
         let parts = self.gemm_parts(g);
-        // bf16 and fp16 round operands as our kernels pack them: faer cannot run those products (and
-        // `set_precision` made sure the device's own kernel is one of ours).
-        let kernel = if fp32 { self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b)) } else { self.gemm };
+        // (bf16 and fp16 round operands as our kernels pack them: the kernels measured for those
+        // are ours, `CpuGemm::candidates`.)
+        let kernel = self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b));
         self.gemm_on(kernel, g, parts, c, a, b);
     }
 }

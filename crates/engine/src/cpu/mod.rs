@@ -1,5 +1,6 @@
 //! The CPU device: GEMMs on our packed kernel ([`sgemm`], AVX2 or AVX-512; bf16 products also on
-//! AVX512-BF16 or AMX, [`amx`]) or on faer, whichever measured fastest on each shape ([`plan`];
+//! AVX512-BF16 or AMX, [`amx`]) or on faer, whichever measured fastest on each shape and
+//! precision ([`plan`];
 //! faer alone where the CPU lacks AVX2/FMA), split over the workers (`cpu/gemm.rs`), the products
 //! marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
 //! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
@@ -38,7 +39,7 @@ use crate::ops::conv1d::{self, ConvShape};
 use crate::ops::norm::{self, BatchNormArgs};
 use crate::ops::patch::{self, PatchShape};
 use crate::ops::pool::{self, PoolShape};
-pub(crate) use gemm::gemm_strided;
+pub use gemm::gemm_strided;
 use gemm::{GemmScratch, PAR_GEMM_WORK};
 use plan::{GemmKey, GemmPolicy};
 use sgemm::{PackBuffers, Rounding};
@@ -50,23 +51,32 @@ const PAR_ELEMENTS: usize = 1 << 15;
 /// The GEMM kernel a [`CpuDevice`] runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CpuGemm {
-    /// Our packed kernel ([`sgemm`]) on its AVX2 + FMA micro-kernel.
+    /// Our packed kernel ([`sgemm`]) on its AVX2 + FMA micro-kernel (bf16 and fp16 products:
+    /// operands rounded as they are packed, fp32 FMA).
     Packed,
-    /// Our packed kernel on its AVX-512F micro-kernel.
+    /// Our packed kernel on its AVX-512F micro-kernel (bf16 and fp16 as [`CpuGemm::Packed`]).
     PackedAvx512,
-    /// faer's sequential kernels (any CPU).
+    /// bf16 products only: our packed kernel on AVX512-BF16's dot products (`vdpbf16ps`, two
+    /// depths per instruction, fp32 accumulation).
+    Bf16Dot,
+    /// bf16 products only: AMX tiles (`TDPBF16PS`, [`amx`]).
+    Amx,
+    /// faer's sequential kernels (any CPU; fp32 products only).
     Faer,
 }
 
 impl CpuGemm {
     /// Every kernel, in the order plans and reports list them.
-    pub const ALL: [CpuGemm; 3] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Faer];
+    pub const ALL: [CpuGemm; 5] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::Faer];
 
-    /// `packed`, `packed-avx512` or `faer`, as plans, reports and `CID_CPU_GEMM` write it.
+    /// `packed`, `packed-avx512`, `avx512-bf16`, `amx` or `faer`, as plans, reports and
+    /// `CID_CPU_GEMM` write it.
     pub fn name(self) -> &'static str {
         match self {
             CpuGemm::Packed => "packed",
             CpuGemm::PackedAvx512 => "packed-avx512",
+            CpuGemm::Bf16Dot => "avx512-bf16",
+            CpuGemm::Amx => "amx",
             CpuGemm::Faer => "faer",
         }
     }
@@ -76,18 +86,33 @@ impl CpuGemm {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Our micro-kernel's instruction set, or `None` for faer.
+    /// Our micro-kernel's vector instruction set (its tile width, and the zero-skipping kernel's
+    /// vectors), or `None` for faer.
     pub fn isa(self) -> Option<sgemm::Isa> {
         match self {
             CpuGemm::Packed => Some(sgemm::Isa::Avx2),
-            CpuGemm::PackedAvx512 => Some(sgemm::Isa::Avx512),
+            CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx => Some(sgemm::Isa::Avx512),
             CpuGemm::Faer => None,
         }
     }
 
-    /// Whether this CPU can run it.
+    /// Whether this CPU can run it (AMX: and `CID_CPU_AMX` does not turn it off).
     pub fn supported(self) -> bool {
-        self.isa().is_none_or(sgemm::Isa::supported)
+        match self {
+            CpuGemm::Bf16Dot => sgemm::bf16_dot_products(),
+            CpuGemm::Amx => sgemm::Isa::Avx512.supported() && amx::enabled(),
+            k => k.isa().is_none_or(sgemm::Isa::supported),
+        }
+    }
+
+    /// Whether it computes products of this precision: faer fp32 ones only (it cannot round
+    /// operands as it packs them), the bf16 kernels bf16 ones only.
+    pub fn runs(self, precision: Precision) -> bool {
+        match self {
+            CpuGemm::Faer => precision == Precision::Fp32,
+            CpuGemm::Bf16Dot | CpuGemm::Amx => precision == Precision::Bf16,
+            CpuGemm::Packed | CpuGemm::PackedAvx512 => true,
+        }
     }
 
     /// The kernels this CPU can run.
@@ -95,21 +120,56 @@ impl CpuGemm {
         Self::ALL.into_iter().filter(|k| k.supported()).collect()
     }
 
-    /// How this kernel runs bf16 products, for reports.
-    pub fn bf16_products(self) -> &'static str {
+    /// The kernels a product of this precision is measured on here.
+    pub fn candidates(precision: Precision) -> Vec<CpuGemm> {
+        Self::ALL.into_iter().filter(|k| k.runs(precision) && k.supported()).collect()
+    }
+
+    /// This kernel where it runs `precision`, else the kernel that runs it in its place: a bf16
+    /// kernel's fp32 and fp16 products go on the AVX-512 kernel. (Faer runs no rounded products;
+    /// a device refuses that precision on it.)
+    pub fn for_precision(self, precision: Precision) -> CpuGemm {
         match self {
-            CpuGemm::PackedAvx512 if amx::enabled() => "AMX tiles (TDPBF16PS, CID_CPU_AMX=on) on operands packed as bf16 pairs, fp32 accumulation",
-            CpuGemm::PackedAvx512 if sgemm::bf16_dot_products() => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
-            CpuGemm::Faer => "not run (faer has no bf16 products)",
-            CpuGemm::Packed => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX2 kernel: the numerics of bf16 products without their speed",
-            CpuGemm::PackedAvx512 => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX-512 kernel (this CPU has no AVX512-BF16): the numerics of bf16 products without their speed",
+            CpuGemm::Bf16Dot | CpuGemm::Amx if precision != Precision::Bf16 => CpuGemm::PackedAvx512,
+            k => k,
         }
     }
 
-    /// Our widest kernel this CPU runs (bf16 products and the default where measuring), or faer
-    /// on a CPU with neither.
+    /// The nearest kernel this CPU runs to one it does not (a plan saved on another machine): AMX
+    /// and AVX512-BF16 fall back to each other and to AVX-512's, AVX-512's to AVX2's, ours to
+    /// faer.
+    pub fn nearest_supported(self) -> CpuGemm {
+        let chain: &[CpuGemm] = match self {
+            CpuGemm::Amx => &[CpuGemm::Amx, CpuGemm::Bf16Dot, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Bf16Dot => &[CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::PackedAvx512 => &[CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Packed => &[CpuGemm::Packed],
+            CpuGemm::Faer => &[],
+        };
+        chain.iter().copied().find(|k| k.supported()).unwrap_or(CpuGemm::Faer)
+    }
+
+    /// How this kernel runs bf16 products, for reports.
+    pub fn bf16_products(self) -> &'static str {
+        match self {
+            CpuGemm::Amx => "AMX tiles (TDPBF16PS) on operands packed as bf16 pairs, fp32 accumulation",
+            CpuGemm::Bf16Dot => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
+            CpuGemm::Faer => "not run (faer has no bf16 products)",
+            CpuGemm::Packed => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX2 kernel",
+            CpuGemm::PackedAvx512 => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX-512 kernel",
+        }
+    }
+
+    /// Our widest fp32 kernel this CPU runs (the default of products outside the plan), or
+    /// faer on a CPU with neither.
     pub fn best_packed() -> CpuGemm {
         [CpuGemm::PackedAvx512, CpuGemm::Packed].into_iter().find(|k| k.supported()).unwrap_or(CpuGemm::Faer)
+    }
+
+    /// The kernel of bf16 products outside the plan (attention heads): AMX, else AVX512-BF16's
+    /// dot products, else [`best_packed`](Self::best_packed).
+    pub fn best_bf16() -> CpuGemm {
+        [CpuGemm::Amx, CpuGemm::Bf16Dot].into_iter().find(|k| k.supported()).unwrap_or_else(Self::best_packed)
     }
 }
 
@@ -177,7 +237,7 @@ impl CpuDevice {
 
     /// A device whose kernels split their work into `threads` parts.
     fn with_policy_on(policy: GemmPolicy, threads: usize) -> Self {
-        let gemm = policy.default_kernel();
+        let gemm = policy.default_kernel(Precision::Fp32);
         assert!(gemm.supported(), "the {} GEMM kernel needs instructions this CPU lacks", gemm.name());
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
         CpuDevice {
@@ -213,6 +273,7 @@ impl CpuDevice {
 
     fn apply_precision(&mut self, precision: Precision) {
         self.precision = precision;
+        self.gemm = self.policy.default_kernel(precision);
         for p in &mut self.gemm_scratch.packs {
             p.round = rounding(precision);
         }
@@ -249,9 +310,9 @@ impl CpuDevice {
 
     /// The kernel a product of this shape split over `parts` workers runs on here, if chosen.
     pub fn planned_kernel(&self, g: Gemm, parts: usize) -> Option<CpuGemm> {
-        let key = GemmKey::of(g, parts);
+        let key = GemmKey::of(g, parts, self.precision);
         match self.policy {
-            GemmPolicy::Fixed(k) => Some(k),
+            GemmPolicy::Fixed(_) => Some(self.gemm),
             GemmPolicy::Measure => self.plan.get(&key).copied().or_else(|| plan::chosen(key)),
         }
     }
@@ -645,7 +706,7 @@ impl Device for CpuDevice {
     }
 
     fn set_precision(&mut self, precision: Precision) -> Result<()> {
-        if precision != Precision::Fp32 && self.gemm.isa().is_none() {
+        if !self.policy.default_kernel(precision).runs(precision) {
             return Err(EngineError::Device(if sgemm::supported() {
                 format!("{precision} products run on the packed GEMM kernel, and CID_CPU_GEMM=faer excludes it")
             } else {

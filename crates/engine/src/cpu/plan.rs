@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::{sgemm, CpuGemm};
-use crate::device::Gemm;
+use crate::device::{Gemm, Precision};
 
 /// Faer is chosen only where its time is at most this fraction of the packed kernel's: a clear
 /// win (as on AVX-512 CPUs, where faer runs large products at nearly twice our speed), not a
@@ -54,11 +54,13 @@ impl GemmPolicy {
         }
     }
 
-    /// The kernel of products no plan covers (each attention head's, the loss's, bf16's and fp16's): the
-    /// fixed one, or our widest where measuring.
-    pub fn default_kernel(self) -> CpuGemm {
+    /// The kernel of products of this precision that no plan covers (each attention head's, the
+    /// loss's): the fixed one ([`CpuGemm::for_precision`]), or where measuring our widest, for
+    /// bf16 [`CpuGemm::best_bf16`].
+    pub fn default_kernel(self, precision: Precision) -> CpuGemm {
         match self {
-            GemmPolicy::Fixed(k) => k,
+            GemmPolicy::Fixed(k) => k.for_precision(precision),
+            GemmPolicy::Measure if precision == Precision::Bf16 => CpuGemm::best_bf16(),
             GemmPolicy::Measure => CpuGemm::best_packed(),
         }
     }
@@ -69,6 +71,19 @@ impl GemmPolicy {
         match self {
             GemmPolicy::Fixed(k) => k.name().to_string(),
             GemmPolicy::Measure => format!("measured per shape ({})", names(&CpuGemm::available())),
+        }
+    }
+}
+
+impl GemmPolicy {
+    /// For reports: how bf16 products run here, the fixed kernel's way or each candidate's.
+    pub fn describe_bf16(self) -> String {
+        match self {
+            GemmPolicy::Fixed(k) => k.for_precision(Precision::Bf16).bf16_products().to_string(),
+            GemmPolicy::Measure => {
+                let each: Vec<String> = CpuGemm::candidates(Precision::Bf16).into_iter().map(|k| format!("{}: {}", k.name(), k.bf16_products())).collect();
+                format!("measured per shape among {}", each.join("; "))
+            }
         }
     }
 }
@@ -101,11 +116,13 @@ pub struct GemmKey {
     pub trans_b: bool,
     /// Workers the product is split over.
     pub parts: usize,
+    /// The precision of its products (each has its own kernels).
+    pub precision: Precision,
 }
 
 impl GemmKey {
-    pub fn of(g: Gemm, parts: usize) -> Self {
-        GemmKey { m: g.m, n: g.n, k: g.k, trans_a: g.trans_a, trans_b: g.trans_b, parts }
+    pub fn of(g: Gemm, parts: usize, precision: Precision) -> Self {
+        GemmKey { m: g.m, n: g.n, k: g.k, trans_a: g.trans_a, trans_b: g.trans_b, parts, precision }
     }
 }
 
@@ -143,22 +160,24 @@ pub fn decide(best: &[(CpuGemm, f64)]) -> CpuGemm {
     }
 }
 
-/// Choices as text: `m×n×k/nt/p2=packed` entries separated by `;`, in shape order.
+/// Choices as text: `m×n×k/nt/p2=packed` entries separated by `;`, in shape order; a bf16 or
+/// fp16 product's shape ends in its precision (`64x512x256/nt/p2/bf16=amx`).
 pub fn to_text<'a>(entries: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>) -> String {
     let mut sorted: Vec<_> = entries.into_iter().collect();
     sorted.sort_by_key(|(k, _)| **k);
     let t = |b: bool| if b { 't' } else { 'n' };
-    sorted.iter().map(|(k, g)| format!("{}x{}x{}/{}{}/p{}={}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts, g.name())).collect::<Vec<_>>().join(";")
+    let precision = |p: Precision| if p == Precision::Fp32 { String::new() } else { format!("/{p}") };
+    sorted.iter().map(|(k, g)| format!("{}x{}x{}/{}{}/p{}{}={}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts, precision(k.precision), g.name())).collect::<Vec<_>>().join(";")
 }
 
 /// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`
-/// (`packed-avx512` only where it ran any).
+/// (the other kernels only where they ran any).
 pub fn summary(text: &str) -> String {
     match parse(text) {
         Ok(entries) => CpuGemm::ALL
             .into_iter()
             .map(|k| (k, entries.iter().filter(|(_, e)| *e == k).count()))
-            .filter(|&(k, n)| n > 0 || k != CpuGemm::PackedAvx512)
+            .filter(|&(k, n)| n > 0 || matches!(k, CpuGemm::Packed | CpuGemm::Faer))
             .map(|(k, n)| format!("{} {n}", k.name()))
             .collect::<Vec<_>>()
             .join(", "),
@@ -183,15 +202,16 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
             b't' => Some(true),
             _ => None,
         };
-        let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
-        // A kernel this CPU lacks (a plan saved on another machine) runs on the nearest it has:
-        // AVX-512's on AVX2's, ours on faer.
-        let kernel = match CpuGemm::from_name(kernel)? {
-            k if k.supported() => k,
-            CpuGemm::PackedAvx512 if CpuGemm::Packed.supported() => CpuGemm::Packed,
-            _ => CpuGemm::Faer,
+        let precision = match parts.next() {
+            None => Precision::Fp32,
+            Some(p) => p.parse().ok().filter(|&p| p != Precision::Fp32)?,
         };
-        Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers }, kernel))
+        let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
+        // A kernel this CPU lacks (a plan saved on another machine) runs on the nearest it has;
+        // one that does not run the entry's precision, on the one that does in its place.
+        let kernel = CpuGemm::from_name(kernel)?.nearest_supported().for_precision(precision);
+        let kernel = if kernel.runs(precision) { kernel } else { CpuGemm::best_packed() };
+        Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers, precision }, kernel))
     };
     let entries = text.split(';').filter(|e| !e.is_empty());
     if entries.clone().nth(MAX_ENTRIES).is_some() {
@@ -200,7 +220,7 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
     entries
         .map(|e| {
             let shown: String = e.chars().take(64).collect();
-            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN=packed|packed-avx512|faer)"))
+            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=packed|packed-avx512|avx512-bf16|amx|faer)"))
         })
         .collect()
 }
@@ -211,14 +231,28 @@ mod tests {
 
     #[test]
     fn text_round_trips_and_bad_entries_are_named() {
-        let k = GemmKey { m: 64, n: 128, k: 1024, trans_a: true, trans_b: false, parts: 2 };
+        let k = GemmKey { m: 64, n: 128, k: 1024, trans_a: true, trans_b: false, parts: 2, precision: Precision::Fp32 };
         let faer = CpuGemm::Faer;
         let text = to_text([(&k, &faer)]);
         assert_eq!(text, "64x128x1024/tn/p2=faer");
         assert_eq!(summary(&text), "packed 0, faer 1");
         assert_eq!(parse(&text).unwrap(), vec![(k, faer)]);
         assert_eq!(parse("").unwrap(), vec![]);
-        for bad in ["64x128/nn/p1=faer", "1x2x3/nx/p1=faer", "1x2x3/nn/p1=blas", "1x2x3/nn=faer", "1x2x3/nn/p1/x=faer", "99999999999999999999x1x1/nn/p1=faer"] {
+        // A bf16 product's entry names its precision, and reads back to it.
+        let (kb, packed) = (GemmKey { precision: Precision::Bf16, ..k }, CpuGemm::Packed);
+        let text = to_text([(&kb, &packed), (&k, &faer)]);
+        assert_eq!(text, "64x128x1024/tn/p2=faer;64x128x1024/tn/p2/bf16=packed");
+        assert_eq!(parse(&text).unwrap(), vec![(k, faer), (kb, packed.nearest_supported())]);
+        for bad in [
+            "64x128/nn/p1=faer",
+            "1x2x3/nx/p1=faer",
+            "1x2x3/nn/p1=blas",
+            "1x2x3/nn=faer",
+            "1x2x3/nn/p1/x=faer",
+            "1x2x3/nn/p1/fp32=faer",
+            "1x2x3/nn/p1/bf16/x=faer",
+            "99999999999999999999x1x1/nn/p1=faer",
+        ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
@@ -244,18 +278,25 @@ mod tests {
 
     #[test]
     fn a_plan_from_another_cpu_runs_on_the_nearest_kernel_here() {
-        let parsed = parse("8x8x8/nn/p1=packed-avx512;8x8x9/nn/p1=packed").unwrap();
+        let parsed = parse("8x8x8/nn/p1=packed-avx512;8x8x9/nn/p1=packed;8x8x10/nn/p1/bf16=amx;8x8x11/nn/p1/bf16=avx512-bf16").unwrap();
         let expect = |k: CpuGemm| {
             if k.supported() {
                 k
-            } else if k == CpuGemm::PackedAvx512 && CpuGemm::Packed.supported() {
-                CpuGemm::Packed
-            } else {
+            } else if k == CpuGemm::Packed {
                 CpuGemm::Faer
+            } else {
+                CpuGemm::best_packed()
             }
         };
         assert_eq!(parsed[0].1, expect(CpuGemm::PackedAvx512));
         assert_eq!(parsed[1].1, expect(CpuGemm::Packed));
+        // The bf16 kernels fall back to each other before the fp32 kernels.
+        let bf16 = |first: CpuGemm, second: CpuGemm| [first, second].into_iter().find(|k| k.supported()).unwrap_or_else(|| expect(CpuGemm::PackedAvx512));
+        assert_eq!(parsed[2].1, bf16(CpuGemm::Amx, CpuGemm::Bf16Dot));
+        assert_eq!(parsed[3].1, bf16(CpuGemm::Bf16Dot, CpuGemm::Amx));
+        // A bf16 kernel named for an fp32 product runs fp32 on AVX-512's kernel.
+        assert_eq!(parse("8x8x8/nn/p1=amx").unwrap()[0].1, expect(CpuGemm::PackedAvx512));
         assert_eq!(summary("8x8x8/nn/p1=faer"), "packed 0, faer 1");
+        assert_eq!(summary("8x8x8/nn/p1=faer;8x8x8/nn/p1/bf16=packed"), "packed 1, faer 1");
     }
 }

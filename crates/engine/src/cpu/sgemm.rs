@@ -208,19 +208,18 @@ pub unsafe fn clear(m: usize, n: usize, c: *mut f32, rsc: isize) {
     }
 }
 
-/// `C[m, n] = alpha · op(A) · op(B)` (or `+=` with `accumulate`) on the micro-kernel of `isa`;
-/// C has column stride 1 and row stride `rsc`.
+/// `C[m, n] = alpha · op(A) · op(B)` (or `+=` with `accumulate`) on the fp32 micro-kernel of
+/// `isa`, the operands rounded as `buf.round` says while they are packed; C has column stride 1
+/// and row stride `rsc`. (bf16's own instructions: [`sgemm_bf16_pairs`], [`super::amx`].)
 ///
 /// # Safety
 /// `isa` must be [`Isa::supported`]; `a` (`m × k`), `b` (`k × n`) and `c` must address whole
 /// matrices of those shapes, and no other thread may touch the part of C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm(isa: Isa, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
-    // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa` (AVX512-BF16's only where `bf16_dot_products` says the CPU has it).
+    // SAFETY: forwarded contract; each kernel pair is the one of a supported `isa`.
     unsafe {
         match isa {
-            Isa::Avx512 if buf.round == Rounding::Bf16 && super::amx::enabled() => super::amx::sgemm_on_tiles(&mut super::amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, buf),
-            Isa::Avx512 if buf.round == Rounding::Bf16 && bf16_dot_products() => avx512_bf16_nest(m, n, k, alpha, a, b, c, rsc, accumulate, buf),
             Isa::Avx2 => loop_nest::<NR, 1>(m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx2::<true, 2>, Some(kernel_avx2::<false, 2>)),
             Isa::Avx512 => avx512_nest(m, n, k, alpha, a, b, c, rsc, accumulate, buf),
         }
@@ -247,13 +246,15 @@ unsafe fn avx512_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: O
     }
 }
 
-/// AVX512-BF16's loops, one or two vectors wide as [`avx512_nest`].
+/// `C[m, n] (+)= alpha · op(A) · op(B)` with both operands rounded to bf16, on AVX512-BF16's dot
+/// products (`vdpbf16ps`, fp32 accumulation): [`sgemm`]'s loops, one or two vectors wide as
+/// [`avx512_nest`], on operands packed as bf16 pairs.
 ///
 /// # Safety
-/// As [`sgemm`], on a CPU with AVX-512F and AVX512-BF16 (the first-use check runs this before
-/// [`bf16_dot_products`] answers).
+/// As [`sgemm`], on a CPU with AVX-512F and AVX512-BF16 ([`bf16_dot_products`]; the first-use
+/// check runs this before that answers).
 #[allow(clippy::too_many_arguments)]
-unsafe fn avx512_bf16_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+pub unsafe fn sgemm_bf16_pairs(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
     // SAFETY: the caller's contract, and each loop nest is given a kernel whose tile is as wide
     // as its `NR` (1 × 16 = NR, 2 × 16 = NR_MAX lanes) on slots of two bf16 depths, the
     // `SLOT_DEPTHS` = 2 it packs.
@@ -266,10 +267,11 @@ unsafe fn avx512_bf16_nest(m: usize, n: usize, k: usize, alpha: f32, a: Operand,
     }
 }
 
-/// Whether bf16 products ([`Rounding::Bf16`]) run as bf16 dot products here: AVX-512F
-/// with AVX512-BF16 (`vdpbf16ps`: two depths per instruction, fp32 accumulation). Elsewhere the
-/// operands are rounded to bf16 as they are packed and multiplied by the fp32 kernel: the same
-/// numbers up to the order of the sums, without the speed.
+/// Whether bf16 products ([`Rounding::Bf16`]) can run as bf16 dot products here
+/// ([`sgemm_bf16_pairs`]): AVX-512F with AVX512-BF16 (`vdpbf16ps`: two depths per instruction,
+/// fp32 accumulation). Every CPU can round the operands to bf16 as they are packed and multiply
+/// them on the fp32 kernel: the same numbers up to the order of the sums (which of these runs
+/// each product is measured, `cpu::plan`).
 pub fn bf16_dot_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -306,11 +308,11 @@ fn bf16_dot_products_agree() -> bool {
     static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AGREES.get_or_init(|| {
         // SAFETY: AVX-512F, AVX512-BF16, AVX2 and FMA are present (checked by the caller); whole matrices.
-        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { avx512_bf16_nest(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
+        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_bf16_pairs(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
             loop_nest::<NR_MAX, 2>(m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None)
         });
         if !agrees {
-            eprintln!("warning: the AVX512-BF16 kernel disagrees with its emulation on this CPU; bf16 products are rounded in packing and run on the fp32 kernel instead");
+            eprintln!("warning: the AVX512-BF16 kernel disagrees with its emulation on this CPU; bf16 products run on the other kernels");
         }
         agrees
     })
@@ -1237,6 +1239,6 @@ pub(crate) mod tests {
             eprintln!("SKIPPED (no AVX512-BF16): vdpbf16ps was not run; its packing and loops were (bf16_pairs_match_the_naive_product_of_rounded_operands)");
             return;
         }
-        check_against_naive("avx512-bf16", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm(Isa::Avx512, m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive("avx512-bf16", Rounding::Bf16, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_bf16_pairs(m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 }
