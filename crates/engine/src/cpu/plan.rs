@@ -13,9 +13,15 @@
 //! The choices are process-wide (every device of a process runs a shape on the same kernel) and
 //! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
 //! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
-//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|faer` fixes the kernel instead (`measure` is
-//! the default). Where the CPU has AVX-512F our packed kernel runs on either micro-kernel, and the
-//! measurement takes all three.
+//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|faer` fixes the kernel
+//! instead (`measure` is the default). Where the CPU has AVX-512F our packed kernel runs on either
+//! micro-kernel, and the measurement takes all three.
+//!
+//! bf16 products are measured the same way, under keys of their own, among the kernels that run
+//! them ([`CpuGemm::candidates`]): AMX tiles, AVX512-BF16 dot products, and our fp32 kernels on
+//! operands rounded to bf16 as they are packed (faer cannot round them). No kernel wins
+//! everywhere: on an Intel Xeon with AMX, `vdpbf16ps` runs at a third of AMX's speed on large
+//! products and below the fp32 kernel's, while AMX loses to both on products 16 columns wide.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -28,8 +34,9 @@ use crate::device::{Gemm, Precision};
 /// close call a noisy machine could decide either way from one run to the next.
 pub const MARGIN: f64 = 0.75;
 
-/// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `faer`, or
-/// `measure` (default).
+/// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `avx512-bf16`,
+/// `amx` (the last two for bf16 products; a run's fp32 products then go on `packed-avx512`),
+/// `faer`, or `measure` (default).
 pub const ENV: &str = "CID_CPU_GEMM";
 
 /// How a device picks the kernel of a product.
@@ -96,7 +103,12 @@ pub fn check_env() -> Result<(), String> {
     match CpuGemm::from_name(&asked) {
         _ if asked.is_empty() || asked == "measure" => Ok(()),
         Some(k) if k.supported() => Ok(()),
-        Some(k) => Err(format!("{ENV}={v}: this CPU lacks the instructions of the {} kernel (available: {})", k.name(), names(&CpuGemm::available()))),
+        Some(k) => Err(format!(
+            "{ENV}={v}: the {} kernel does not run here: this CPU lacks its instructions{} (available: {})",
+            k.name(),
+            if k == CpuGemm::Amx { ", or CID_CPU_AMX=off" } else { "" },
+            names(&CpuGemm::available())
+        )),
         None => Err(format!("{ENV}={v}: expected {} or measure", names(&CpuGemm::ALL))),
     }
 }
