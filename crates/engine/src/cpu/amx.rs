@@ -351,8 +351,8 @@ unsafe fn pack_steps_rows_contiguous(steps: usize, src: Panel, q0: usize, rows: 
                 if present > 0 {
                     for (s, v) in slot_rows.iter_mut().enumerate() {
                         let p = 2 * (step * STEP + s);
-                        // Wrapping: with no row present the masked loads read nothing, but the
-                        // address may lie past the source.
+                        // Wrapping: the masked-off rows of the last group may lie past the
+                        // source (the loads do not read them).
                         let even = src.ptr.wrapping_offset(p as isize * src.sp + (q0 + g) as isize);
                         let odd = even.wrapping_offset(src.sp);
                         let pair = _mm512_cvtne2ps_pbh(_mm512_maskz_loadu_ps(load, odd), _mm512_maskz_loadu_ps(load, even));
@@ -502,6 +502,8 @@ pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usi
             }
             return;
         }
+        // The tiles load and store C's rows `4·rsc` bytes apart.
+        debug_assert!(rsc >= n as isize, "C's rows must not overlap");
         let kk = KK.min(k);
         let ncb = block_cols(n, kk, NR_MAX);
         buf.reserve_floats(MC.min(m).next_multiple_of(MR) * pair_slots::<STEP>(kk), ncb.next_multiple_of(NR_MAX) * pair_slots::<STEP>(kk));

@@ -34,8 +34,8 @@ const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
 /// column stride 1 and row stride `rsc`.
 ///
 /// # Safety
-/// The operands must address whole matrices of these shapes; no other thread may touch the C
-/// written here.
+/// `kernel` must be [`CpuGemm::supported`]; the operands must address whole matrices of these
+/// shapes, C with a positive row stride; no other thread may touch the C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
     let bf16 = pack.round == sgemm::Rounding::Bf16;

@@ -15,7 +15,10 @@
 //! order): a resumed run is bit-identical, and so is a run on another
 //! number of threads (tests/step.rs), as long as the GEMMs run on the packed kernel. faer picks
 //! its inner kernel by block size, so its products can differ in the last bits between thread
-//! counts; the kernel plan is keyed by thread count for that reason.
+//! counts; the kernel plan is keyed by thread count for that reason. (bf16's kernels — AMX,
+//! `vdpbf16ps`, the fp32 kernels on rounded operands — each give the same bits on any number of
+//! workers, but sum in orders of their own: where the plan picks another of them for another
+//! thread count, the last bits differ there too.)
 
 pub mod amx;
 mod gemm;
@@ -238,6 +241,10 @@ impl CpuDevice {
     /// A device whose kernels split their work into `threads` parts.
     fn with_policy_on(policy: GemmPolicy, threads: usize) -> Self {
         let gemm = policy.default_kernel(Precision::Fp32);
+        // A fixed bf16 kernel runs fp32 on another (`for_precision`): check the one named too.
+        if let GemmPolicy::Fixed(k) = policy {
+            assert!(k.supported(), "the {} GEMM kernel does not run on this CPU", k.name());
+        }
         assert!(gemm.supported(), "the {} GEMM kernel needs instructions this CPU lacks", gemm.name());
         let per_worker = || (0..threads).map(|_| Default::default()).collect();
         CpuDevice {
@@ -626,9 +633,10 @@ impl Device for CpuDevice {
     /// With at least one worker per lane, each lane is a [`CpuDevice`] on `threads / lanes`
     /// workers over this device's memory, all run at once; otherwise the lanes run one after
     /// another on this device. (Kernels compute the same bits on any number of workers, so
-    /// either way the lanes' results are the same — on our packed GEMM kernels: where the plan
-    /// picks faer for a product, whose bits depend on its block sizes, they may differ in the
-    /// last bits, as between thread counts.)
+    /// either way the lanes' results are the same — on one kernel: the plan is keyed by the
+    /// workers a product is split over, and where it picks another kernel for fewer workers
+    /// (faer, or for bf16 another of AMX, `vdpbf16ps` and the fp32 kernels, which sum in other
+    /// orders) they may differ in the last bits, as between thread counts.)
     unsafe fn for_each_lane<F: Fn(usize, &mut Self) + Sync>(&mut self, lanes: usize, f: F) {
         let per_lane = self.threads / lanes.max(1);
         if lanes < 2 || per_lane == 0 {
