@@ -2,12 +2,13 @@
 # Issue 14's checklist as one run, for a session on a CPU this repository has not measured yet
 # (AVX-512F, AVX512-BF16, AMX; on an AVX2-only CPU it runs too and says what it skipped):
 #   1. the CPU, its AVX-512 / AMX flags;
-#   2. the engine's tests, printing every SKIPPED line (a kernel the CPU lacks), once as is and
-#      once with CID_CPU_AMX=on (the AMX kernel, checked at first use against its emulator);
+#   2. the engine's tests, printing every SKIPPED line (a kernel the CPU lacks), once with
+#      CID_CPU_AMX=off and once with it on (the default: the AMX kernel where the CPU has it,
+#      checked at first use against its emulator);
 #   3. the SGEMM probe (`sgemm_time`: our kernels and faer, one thread) on five step shapes, in fp32
 #      and with bf16 products (`vdpbf16ps` where the CPU has AVX512-BF16);
-#   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16, in bf16 on AMX where
-#      the CPU has it, and in fp16 where it has AVX512-FP16, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
+#   4. ROUNDS interleaved rounds of: the workload bench in fp32, in bf16 without AMX, in bf16 with
+#      AMX where the CPU has it, and in fp16 where it has AVX512-FP16, beside torch_ref.py and encoders_ref.py in fp32 eager and bf16 autocast;
 #   5. the hardware category (`contrastive-id bench --test hardware`: bf16's speed-up and accuracy drop);
 #   6. summary.md: our best precision against PyTorch's best mode per config and round
 #      (scripts/side_by_side_summary.py), with the issues' goals, and the hardware line.
