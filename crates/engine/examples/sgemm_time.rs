@@ -43,6 +43,11 @@ fn main() {
     // KERNELS=amx,faer times those alone (for a profile of one).
     let only = std::env::var("KERNELS").ok();
     let kernels: Vec<CpuGemm> = CpuGemm::candidates(precision).into_iter().filter(|k| only.as_ref().is_none_or(|o| o.split(',').any(|n| n == k.name()))).collect();
+    if kernels.is_empty() {
+        let here: Vec<&str> = CpuGemm::candidates(precision).into_iter().map(|k| k.name()).collect();
+        eprintln!("KERNELS={}: none of these runs {precision} products here (those that do: {})", only.unwrap_or_default(), here.join(", "));
+        std::process::exit(2);
+    }
     let mut times: Vec<Vec<f64>> = vec![vec![]; kernels.len()];
     for _ in 0..15 {
         for (i, &kernel) in kernels.iter().enumerate() {

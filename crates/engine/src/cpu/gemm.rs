@@ -320,9 +320,11 @@ impl CpuDevice {
     }
 
     /// The kernel of this product: the policy's, the one this process chose for its shape, or
-    /// the faster of the two measured now on these operands.
-    /// `run` computes the product (into `c`) on a given kernel, for the measurement.
-    fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
+    /// the fastest measured now on these operands.
+    /// `run` computes the product (into `c`) on a given kernel, for the measurement (a
+    /// convolution's, under the key of the GEMM it replaces: a plain product of the same shape,
+    /// were there one, would share the choice, which changes speed only).
+    pub(super) fn kernel_for(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
         let key = GemmKey::of(g, parts, self.precision);
         if let Some(&k) = self.plan.get(&key) {
             return k;
@@ -380,13 +382,6 @@ impl CpuDevice {
         } else {
             1
         }
-    }
-
-    /// The kernel of a convolution product computed by `run`: measured as any product's (under
-    /// the key of the GEMM it replaces: a plain product of the same shape, were there one, would
-    /// share the choice, which changes speed only).
-    pub(super) fn conv_kernel(&mut self, g: Gemm, parts: usize, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
-        self.kernel_for(g, parts, c, run)
     }
 
     /// `y = im2col(x)·w̃ᵀ` with the im2col rows read in place ([`ConvShape::in_place_rows`]): one

@@ -80,9 +80,7 @@ impl GemmPolicy {
             GemmPolicy::Measure => format!("measured per shape ({})", names(&CpuGemm::available())),
         }
     }
-}
 
-impl GemmPolicy {
     /// For reports: how bf16 products run here, the fixed kernel's way or each candidate's.
     pub fn describe_bf16(self) -> String {
         match self {
