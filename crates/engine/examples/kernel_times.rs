@@ -84,5 +84,7 @@ fn main() {
             "{name} (B={b}, {threads} threads): input {u:.3} ms, forward {f:.3} ms, loss {n:.3} ms, backward {bw:.3} ms, optimizer {o:.3} ms; sum {:.3} ms; device memory {mb:.1} MB",
             u + f + n + bw + o
         );
+        // Which kernel ran each product shape (the device's measured plan).
+        println!("plan: {}", st.encoder.device.kernel_plan().replace(';', "\n      "));
     });
 }

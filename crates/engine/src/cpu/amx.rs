@@ -491,6 +491,37 @@ unsafe fn kernel<O: TileOps>(
 /// emulator).
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: forwarded contract.
+    unsafe { nest(ops, m, n, k, alpha, ASource::Unpacked(a), b, c, rsc, accumulate, buf) }
+}
+
+/// [`sgemm_on_tiles`] on an A packed ahead ([`PackedA`]): the loop nest reads its blocks instead
+/// of packing them.
+///
+/// # Safety
+/// As [`sgemm_on_tiles`]; `a` must hold the whole packed `m × k` A ([`pack_a_share`] by every
+/// share, finished).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_on_tiles_packed_a<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: PackedA, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: forwarded contract.
+    unsafe { nest(ops, m, n, k, alpha, ASource::Packed(a), b, c, rsc, accumulate, buf) }
+}
+
+/// Where the loop nest takes A's blocks from.
+#[derive(Clone, Copy)]
+enum ASource {
+    /// Packed block by block as the nest reaches them, into the worker's own buffer.
+    Unpacked(Operand),
+    /// Packed ahead, every block.
+    Packed(PackedA),
+}
+
+/// The loop nest of [`sgemm_on_tiles`] on either source of A.
+///
+/// # Safety
+/// As [`sgemm_on_tiles`] (and [`sgemm_on_tiles_packed_a`] for a packed A).
+#[allow(clippy::too_many_arguments)]
+unsafe fn nest<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32, a: ASource, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
     // SAFETY: the operands are whole matrices (the contract); packing reads inside them into buffers reserved for these blocks; each block of C written lies inside C.
     unsafe {
         if m == 0 || n == 0 {
@@ -506,9 +537,10 @@ pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usi
         debug_assert!(rsc >= n as isize, "C's rows must not overlap");
         let kk = KK.min(k);
         let ncb = block_cols(n, kk, NR_MAX);
-        buf.reserve_floats(MC.min(m).next_multiple_of(MR) * pair_slots::<STEP>(kk), ncb.next_multiple_of(NR_MAX) * pair_slots::<STEP>(kk));
+        let a_room = if matches!(a, ASource::Unpacked(_)) { MC.min(m).next_multiple_of(MR) * pair_slots::<STEP>(kk) } else { 0 };
+        buf.reserve_floats(a_room, ncb.next_multiple_of(NR_MAX) * pair_slots::<STEP>(kk));
         let (abuf, bbuf) = buf.aligned();
-        let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
+        let b = Panel { ptr: b.ptr, sp: b.rs, sq: b.cs };
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
@@ -518,16 +550,98 @@ pub unsafe fn sgemm_on_tiles<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usi
                 let add = accumulate || kk > 0;
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    pack_row_pairs(kd, mc, a.at(kk, ic), abuf);
+                    let a_block = match a {
+                        ASource::Unpacked(a) => {
+                            pack_row_pairs(kd, mc, Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }.at(kk, ic), abuf);
+                            abuf.as_ptr()
+                        }
+                        ASource::Packed(packed) => packed.block(kk, ic, kd),
+                    };
                     let (height, width) = (mc.next_multiple_of(MR), nc.next_multiple_of(NR_MAX));
                     for jr in (0..nc).step_by(NR_MAX) {
                         for ir in (0..mc).step_by(MR) {
                             let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
-                            kernel(ops, kd, abuf.as_ptr(), height, ir, bbuf.as_ptr(), width, jr, ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
+                            kernel(ops, kd, a_block, height, ir, bbuf.as_ptr(), width, jr, ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
                         }
                     }
                 }
             }
+        }
+    }
+}
+
+/// The whole of a product's A packed ahead of its products, to be shared by the workers that
+/// split C's columns (`cpu::gemm`): split that way, each would pack all of A, and again for each
+/// block of B its columns span ([`block_cols`]) — on xl's first weight gradient, each of two
+/// workers packed its `dYᵀ` eight times.
+/// Blocks as [`pack_row_pairs`] lays them out, one per super-block of depth (`KK`) and block of
+/// rows (`MC`), super-block after super-block.
+#[derive(Clone, Copy)]
+pub struct PackedA {
+    ptr: *const f32,
+    /// A's rows, padded to whole tiles.
+    height: usize,
+}
+
+// SAFETY: a `PackedA` is read only, by the workers of one product, after every share is packed.
+unsafe impl Send for PackedA {}
+// SAFETY: as `Send`: shared reads of memory nothing writes meanwhile.
+unsafe impl Sync for PackedA {}
+
+impl PackedA {
+    /// The most floats an A packed ahead may take (16 MiB): past it the workers pack their own
+    /// blocks, as a product on one worker does.
+    pub const MAX_FLOATS: usize = 1 << 22;
+
+    /// Floats the packed A of an `m × k` product takes.
+    pub fn floats(m: usize, k: usize) -> usize {
+        (0..k).step_by(KK).map(|kk| m.next_multiple_of(MR) * pair_slots::<STEP>(KK.min(k - kk))).sum()
+    }
+
+    /// Whether packing A ahead pays for an `m × n × k` product split over `workers` by columns:
+    /// where each worker's columns span more than one block of B, so that each would pack its
+    /// blocks of A again per block of B, and it fits [`MAX_FLOATS`](Self::MAX_FLOATS). (Only
+    /// that: where each worker packs A once, sharing it halves the conversions but adds traffic
+    /// — the packed A written, then read by each worker from L3 instead of its own L2 — and xl's
+    /// first layer, `512 × 512 × 8192`, ran no faster shared on an Intel Xeon with AMX; its first
+    /// weight gradient, `512 × 8192 × 512`, ran 10–15 % faster.)
+    pub fn pays(m: usize, n: usize, k: usize, workers: usize) -> bool {
+        let per_worker = n.div_ceil(workers.max(1));
+        m > 0 && k > 0 && per_worker > block_cols(n, KK.min(k), NR_MAX) && Self::floats(m, k) <= Self::MAX_FLOATS
+    }
+
+    /// The packed A of an `m`-row product at `ptr`.
+    pub fn at(ptr: *const f32, m: usize) -> Self {
+        PackedA { ptr, height: m.next_multiple_of(MR) }
+    }
+
+    /// The block of super-block `kk` (`kd` deep) and rows `ic..`: the super-blocks before it are
+    /// whole (`KK` deep), as are the blocks of rows before `ic` (`MC`, a multiple of `MR`).
+    ///
+    /// # Safety
+    /// `kk` and `ic` must start a super-block and a block of rows of the packed product.
+    unsafe fn block(self, kk: usize, ic: usize, kd: usize) -> *const f32 {
+        // SAFETY: inside the packed A (the contract).
+        unsafe { self.ptr.add(kk / KK * self.height * pair_slots::<STEP>(KK) + ic * pair_slots::<STEP>(kd)) }
+    }
+}
+
+/// Packs share `share` of `shares` of A's blocks ([`PackedA`]) into `out`: every `shares`-th
+/// block, so that workers packing different shares together pack all of it once.
+///
+/// # Safety
+/// `a` must address a whole `m × k` matrix; `out` must hold [`PackedA::floats`]`(m, k)` floats,
+/// whose blocks of this share nothing else touches meanwhile.
+pub unsafe fn pack_a_share(m: usize, k: usize, a: Operand, out: *mut f32, share: usize, shares: usize) {
+    let packed = PackedA::at(out, m);
+    let a = Panel { ptr: a.ptr, sp: a.cs, sq: a.rs };
+    let blocks = (0..k).step_by(KK).flat_map(|kk| (0..m).step_by(MC).map(move |ic| (kk, ic)));
+    for (kk, ic) in blocks.skip(share).step_by(shares.max(1)) {
+        let (kd, mc) = (KK.min(k - kk), MC.min(m - ic));
+        // SAFETY: the block lies inside `out` (the contract: `floats(m, k)` of them) and is this share's alone; the source block lies inside A.
+        unsafe {
+            let block = std::slice::from_raw_parts_mut(packed.block(kk, ic, kd) as *mut f32, mc.next_multiple_of(MR) * pair_slots::<STEP>(kd));
+            pack_row_pairs(kd, mc, a.at(kk, ic), block);
         }
     }
 }
@@ -632,6 +746,46 @@ mod tests {
     #[test]
     fn the_tile_kernel_matches_the_naive_product_on_the_emulator() {
         check("emulated tiles", &mut TileEmulator::default());
+    }
+
+    /// An A packed ahead in shares (one to three) gives the bits of the nest that packs its own
+    /// blocks, on the whole of C and on column blocks of it as the workers run them; over every
+    /// transposition, and shapes with several blocks of rows, super-blocks of depth (the last
+    /// short and odd) and blocks of B's columns.
+    #[test]
+    fn an_a_packed_ahead_gives_the_same_bits() {
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        for (m, n, k) in [(150, 600, 601), (45, 1100, 300)] {
+            assert!(PackedA::pays(m, n, k, 1));
+            let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
+            for (ta, tb) in [(false, false), (true, false), (false, true)] {
+                let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+                let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                let c0: Vec<f32> = (0..m * n).map(|i| value(i + 5)).collect();
+                let mut buf = PackBuffers::default();
+                let mut want = c0.clone();
+                // SAFETY: whole matrices of these shapes.
+                unsafe { sgemm_on_tiles(&mut TileEmulator::default(), m, n, k, 1.0, a, b, want.as_mut_ptr(), n as isize, true, &mut buf) };
+                for shares in 1..=3 {
+                    let mut packed = vec![f32::NAN; PackedA::floats(m, k)];
+                    for share in 0..shares {
+                        // SAFETY: A whole; `packed` holds `floats(m, k)`.
+                        unsafe { pack_a_share(m, k, a, packed.as_mut_ptr(), share, shares) };
+                    }
+                    let mut got = c0.clone();
+                    // Two column blocks, split at a panel edge, as two workers run them.
+                    for (lo, hi) in [(0, 64.min(n)), (64.min(n), n)] {
+                        let b = Operand { ptr: b.ptr.wrapping_offset(lo as isize * b.cs), ..b };
+                        // SAFETY: A packed whole above; columns lo..hi of C.
+                        unsafe { sgemm_on_tiles_packed_a(&mut TileEmulator::default(), m, hi - lo, k, 1.0, PackedA::at(packed.as_ptr(), m), b, got.as_mut_ptr().add(lo), n as isize, true, &mut buf) };
+                    }
+                    let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+                    assert_eq!(differ, 0, "{m}×{n}×{k} ta{ta} tb{tb}, A packed in {shares} shares: {differ} values differ");
+                }
+            }
+        }
+        assert!(!PackedA::pays(45, 1100, 300, 2), "each worker's columns in one block of B: packed once each");
+        assert!(!PackedA::pays(8192, 8192, 8192, 2), "past MAX_FLOATS");
     }
 
     #[test]

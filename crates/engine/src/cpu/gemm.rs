@@ -189,21 +189,68 @@ fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<
 /// # Safety
 /// The operands must address whole matrices of their shapes, C must overlap neither, and nothing
 /// else may touch C meanwhile.
-unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, p: StridedGemm) {
+unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], shared: &mut Vec<f32>, p: StridedGemm) {
     if p.m * p.n <= NARROW_C && 2 * p.k >= 3 * DEPTH_PART {
         // SAFETY: forwarded contract.
-        return unsafe { gemm_depth_parts(kernel, packs, partials, p) };
+        return unsafe { gemm_depth_parts(kernel, packs, shared, p) };
     }
     // Whole micro-panels per worker: the kernel's tile width across columns (faer's too).
     let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
     let (split, dim, unit) = if p.n >= p.m { (Split::Cols, p.n, nr) } else { (Split::Rows, p.m, sgemm::MR) };
     let (parts, bound) = partition(packs.len(), dim, unit);
+    let on_tiles = kernel == CpuGemm::Amx && packs[0].round == sgemm::Rounding::Bf16;
+    if on_tiles && matches!(split, Split::Cols) && amx::PackedA::pays(p.m, p.n, p.k, parts) {
+        // SAFETY: forwarded contract; AMX runs here (the kernel was chosen among those that do).
+        return unsafe { amx_columns_on_shared_a(&mut packs[..parts], shared, p, bound) };
+    }
     // SAFETY: whole matrices (the contract); blocks of different t are disjoint.
     let run = |(t, pack): (usize, &mut PackBuffers)| unsafe { p.block(kernel, split, bound(t), bound(t + 1), pack) };
     if parts == 1 {
         run((0, &mut packs[0]));
     } else {
         packs[..parts].par_iter_mut().enumerate().for_each(run);
+    }
+}
+
+/// An AMX product split by columns over `packs.len()` workers, its A packed once ahead
+/// ([`amx::PackedA`]), each worker packing a share, then each worker's columns on it (`bound` as
+/// [`partition`]'s). The packed values and each element's sum are those of the unshared path,
+/// so the bits do not change.
+///
+/// # Safety
+/// As [`gemm_parallel_strided`]; AMX must be [`amx::enabled`].
+unsafe fn amx_columns_on_shared_a(packs: &mut [PackBuffers], shared: &mut Vec<f32>, p: StridedGemm, bound: impl Fn(usize) -> usize + Sync) {
+    let (m, k, workers) = (p.m, p.k, packs.len());
+    // From a cache line, as the workers' own buffers (grows in the first steps, then reused).
+    let room = amx::PackedA::floats(m, k) + sgemm::ALIGN;
+    if shared.len() < room {
+        shared.resize(room, 0.0);
+    }
+    let start = shared.as_ptr().align_offset(4 * sgemm::ALIGN);
+    let out = SendPtr(shared[start..].as_mut_ptr());
+    let pack = |share: usize| {
+        // Capture the whole Send/Sync values, not their raw-pointer fields.
+        let (out, p) = (out, p);
+        // SAFETY: A is whole (the contract); `shared` holds `floats(m, k)` from `out`; shares are disjoint blocks.
+        unsafe { amx::pack_a_share(m, k, p.a, out.0, share, workers) }
+    };
+    if workers == 1 {
+        pack(0);
+    } else {
+        (0..workers).into_par_iter().for_each(pack);
+    }
+    let packed = amx::PackedA::at(out.0, m);
+    let run = |(t, buf): (usize, &mut PackBuffers)| {
+        let p = p;
+        let (lo, hi) = (bound(t), bound(t + 1));
+        let b = Operand { ptr: p.b.ptr.wrapping_offset(lo as isize * p.b.cs), ..p.b };
+        // SAFETY: whole matrices (the contract) and A packed whole above; the columns lo..hi of C are this worker's alone; AMX enabled (the contract).
+        unsafe { amx::sgemm_on_tiles_packed_a(&mut amx::Amx::configure(), m, hi - lo, k, p.alpha, packed, b, p.c.wrapping_add(lo), p.rsc, p.accumulate, buf) }
+    };
+    if workers == 1 {
+        run((0, &mut packs[0]));
+    } else {
+        packs.par_iter_mut().enumerate().for_each(run);
     }
 }
 
@@ -272,20 +319,20 @@ unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials:
     }
 }
 
-/// The scratch of a parallel GEMM: one packing buffer per worker, and the partial products of a
-/// product split along its depth. Taken out of the device as one (so it can be used beside
+/// The scratch of a parallel GEMM: one packing buffer per worker, and what a product's workers
+/// share (the partial products of a product split along its depth, or an A packed ahead for AMX). Taken out of the device as one (so it can be used beside
 /// borrows of the device's memory) and put back after.
 #[derive(Default)]
 pub(super) struct GemmScratch {
     pub(super) packs: Vec<PackBuffers>,
-    pub(super) partials: Vec<f32>,
+    pub(super) shared: Vec<f32>,
 }
 
 impl GemmScratch {
     /// A row-major GEMM of slices on `parts` workers ([`gemm_parallel`]).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemm(&mut self, kernel: CpuGemm, parts: usize, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
-        gemm_parallel(kernel, &mut self.packs[..parts], &mut self.partials, g, c, a, b, alpha)
+        gemm_parallel(kernel, &mut self.packs[..parts], &mut self.shared, g, c, a, b, alpha)
     }
 
     /// A product on strided operands on `parts` workers ([`gemm_parallel_strided`]).
@@ -294,7 +341,7 @@ impl GemmScratch {
     /// As [`gemm_parallel_strided`].
     unsafe fn strided(&mut self, kernel: CpuGemm, parts: usize, p: StridedGemm) {
         // SAFETY: forwarded contract.
-        unsafe { gemm_parallel_strided(kernel, &mut self.packs[..parts], &mut self.partials, p) }
+        unsafe { gemm_parallel_strided(kernel, &mut self.packs[..parts], &mut self.shared, p) }
     }
 }
 
@@ -643,6 +690,49 @@ mod tests {
             }
             for threads in [2, 8] {
                 assert!(run(threads, kernel).iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} on {threads} workers differs from 1");
+            }
+        }
+    }
+
+    /// bf16 products on every kernel that runs them, through the device's parallel path: wide
+    /// ones whose workers each span several blocks of B (on AMX, A is then packed once ahead and
+    /// shared, `amx::PackedA`) and one whose workers do not; the same bits on 1, 2 and 3 workers,
+    /// and the naive product of the rounded operands.
+    #[test]
+    fn bf16_products_give_the_same_bits_on_any_worker_count() {
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let bf16 = |v: &[f32]| -> Vec<f32> {
+            let mut r = v.to_vec();
+            sgemm::round_bf16(&mut r);
+            r
+        };
+        for kernel in CpuGemm::candidates(Precision::Bf16) {
+            for (m, n, k, trans_a) in [(40, 2000, 300, true), (33, 1800, 700, false), (64, 96, 200, false)] {
+                let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 3)).collect());
+                let run = |threads: usize| {
+                    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+                        let mut dev = CpuDevice::with_gemm(kernel);
+                        dev.set_precision(Precision::Bf16).unwrap();
+                        let (a, b, c) = (dev.alloc(m * k).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+                        dev.upload(a, &av);
+                        dev.upload(b, &bv);
+                        let g = if trans_a { Gemm::tn(m, n, k) } else { Gemm { m, n, k, trans_a: false, trans_b: false, accumulate: false, sparse_a: false } };
+                        dev.gemm(g, c, a, b);
+                        dev.slice(c).to_vec()
+                    })
+                };
+                let one = run(1);
+                let (ar, br) = (bf16(&av), bf16(&bv));
+                for i in (0..m).step_by(7) {
+                    for j in (0..n).step_by(13) {
+                        let at = |p: usize| if trans_a { ar[p * m + i] } else { ar[i * k + p] };
+                        let want: f64 = (0..k).map(|p| at(p) as f64 * br[p * n + j] as f64).sum();
+                        assert!((one[i * n + j] as f64 - want).abs() < 1e-3, "{kernel:?} {m}×{n}×{k}: C[{i},{j}] = {}, want {want}", one[i * n + j]);
+                    }
+                }
+                for threads in [2, 3] {
+                    assert!(run(threads).iter().zip(&one).all(|(x, y)| x.to_bits() == y.to_bits()), "{kernel:?} {m}×{n}×{k} on {threads} workers differs from 1");
+                }
             }
         }
     }

@@ -253,7 +253,7 @@ impl CpuDevice {
             scratch: Vec::new(),
             reduce: Vec::new(),
             transpose_scratch: Vec::new(),
-            gemm_scratch: GemmScratch { packs: (0..threads).map(|_| PackBuffers::default()).collect(), partials: Vec::new() },
+            gemm_scratch: GemmScratch { packs: (0..threads).map(|_| PackBuffers::default()).collect(), shared: Vec::new() },
             sparse: SparseLhs::default(),
             strips: per_worker(),
             attention: (0..threads).map(|_| AttentionScratch::default()).collect(),
@@ -704,7 +704,7 @@ impl Device for CpuDevice {
     fn allocated_bytes(&self) -> usize {
         // Lengths, not capacities: growth headroom of the Vecs is reserved address space that is never
         // touched, so it is not resident memory.
-        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len() + self.gemm_scratch.partials.len())
+        4 * (self.mem.len() + self.scratch.len() + self.transpose_scratch.len() + self.gemm_scratch.shared.len())
             + 8 * self.reduce.len()
             + self.gemm_scratch.packs.iter().map(PackBuffers::allocated_bytes).sum::<usize>()
             + self.sparse.allocated_bytes()

@@ -138,7 +138,7 @@ impl PackBuffers {
 }
 
 /// A cache line, in floats.
-const ALIGN: usize = 16;
+pub(crate) const ALIGN: usize = 16;
 
 /// Columns of C per packed block of B for a super-block `slots` deep, in panels `nr` wide. The
 /// packed kernel passes the depth, or half of it for bf16 pairs; AMX passes the depth (smaller
