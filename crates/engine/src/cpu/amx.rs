@@ -583,14 +583,15 @@ pub struct PackedA {
     height: usize,
 }
 
-// SAFETY: a `PackedA` is read only, by the workers of one product, after every share is packed.
+// SAFETY: the `PackedA` the workers of a product share is only read, after every share is packed
+// (`pack_a_share` writes through one of its own, never shared).
 unsafe impl Send for PackedA {}
 // SAFETY: as `Send`: shared reads of memory nothing writes meanwhile.
 unsafe impl Sync for PackedA {}
 
 impl PackedA {
-    /// The most floats an A packed ahead may take (16 MiB): past it the workers pack their own
-    /// blocks, as a product on one worker does.
+    /// The most floats an A packed ahead may take (16 MiB): past it each worker packs its own
+    /// blocks as the nest reaches them.
     pub const MAX_FLOATS: usize = 1 << 22;
 
     /// Floats the packed A of an `m × k` product takes.
@@ -599,15 +600,17 @@ impl PackedA {
     }
 
     /// Whether packing A ahead pays for an `m × n × k` product split over `workers` by columns:
-    /// where each worker's columns span more than one block of B, so that each would pack its
-    /// blocks of A again per block of B, and it fits [`MAX_FLOATS`](Self::MAX_FLOATS). (Only
-    /// that: where each worker packs A once, sharing it halves the conversions but adds traffic
-    /// — the packed A written, then read by each worker from L3 instead of its own L2 — and xl's
-    /// first layer, `512 × 512 × 8192`, ran no faster shared on an Intel Xeon with AMX; its first
-    /// weight gradient, `512 × 8192 × 512`, ran 10–15 % faster.)
+    /// where there are several and each one's columns span more than one block of B, so that
+    /// each would pack all of A, and again per block of B; and it fits
+    /// [`MAX_FLOATS`](Self::MAX_FLOATS). (Only there: where each worker packs A once, sharing it
+    /// halves the conversions but adds traffic — the packed A written, then read by each worker
+    /// from L3 instead of its own L2 — and xl's first layer, `512 × 512 × 8192`, ran no faster
+    /// shared on an Intel Xeon with AMX, while its first weight gradient, `512 × 8192 × 512`, ran
+    /// 10–15 % faster. A lone worker spanning several blocks of B showed no difference through
+    /// that machine's noise, so it keeps its 16 MiB.)
     pub fn pays(m: usize, n: usize, k: usize, workers: usize) -> bool {
         let per_worker = n.div_ceil(workers.max(1));
-        m > 0 && k > 0 && per_worker > block_cols(n, KK.min(k), NR_MAX) && Self::floats(m, k) <= Self::MAX_FLOATS
+        workers > 1 && m > 0 && k > 0 && per_worker > block_cols(n, KK.min(k), NR_MAX) && Self::floats(m, k) <= Self::MAX_FLOATS
     }
 
     /// The packed A of an `m`-row product at `ptr`.
@@ -638,9 +641,12 @@ pub unsafe fn pack_a_share(m: usize, k: usize, a: Operand, out: *mut f32, share:
     let blocks = (0..k).step_by(KK).flat_map(|kk| (0..m).step_by(MC).map(move |ic| (kk, ic)));
     for (kk, ic) in blocks.skip(share).step_by(shares.max(1)) {
         let (kd, mc) = (KK.min(k - kk), MC.min(m - ic));
+        let len = mc.next_multiple_of(MR) * pair_slots::<STEP>(kd);
         // SAFETY: the block lies inside `out` (the contract: `floats(m, k)` of them) and is this share's alone; the source block lies inside A.
         unsafe {
-            let block = std::slice::from_raw_parts_mut(packed.block(kk, ic, kd) as *mut f32, mc.next_multiple_of(MR) * pair_slots::<STEP>(kd));
+            let start = packed.block(kk, ic, kd);
+            debug_assert!(start.offset_from(out as *const f32) as usize + len <= PackedA::floats(m, k), "block ({kk}, {ic}) past the packed A");
+            let block = std::slice::from_raw_parts_mut(start as *mut f32, len);
             pack_row_pairs(kd, mc, a.at(kk, ic), block);
         }
     }
@@ -756,7 +762,6 @@ mod tests {
     fn an_a_packed_ahead_gives_the_same_bits() {
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
         for (m, n, k) in [(150, 600, 601), (45, 1100, 300)] {
-            assert!(PackedA::pays(m, n, k, 1));
             let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
             for (ta, tb) in [(false, false), (true, false), (false, true)] {
                 let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
@@ -784,6 +789,8 @@ mod tests {
                 }
             }
         }
+        assert!(PackedA::pays(150, 2000, 601, 2), "two workers, each over two blocks of B");
+        assert!(!PackedA::pays(150, 2000, 601, 1), "one worker: nothing to share");
         assert!(!PackedA::pays(45, 1100, 300, 2), "each worker's columns in one block of B: packed once each");
         assert!(!PackedA::pays(8192, 8192, 8192, 2), "past MAX_FLOATS");
     }

@@ -177,11 +177,12 @@ const DEPTH_PART: usize = 2048;
 /// boundaries: each block runs the sequential kernel at full per-core speed, and the split is
 /// static, so it allocates nothing (faer's own parallel path allocates on every call).
 /// Deep, narrow products are split along their depth instead ([`gemm_depth_parts`], with
-/// `partials` as scratch).
+/// `shared` as scratch for the partial products; AMX products may pack A into it ahead,
+/// [`amx_columns_on_shared_a`]).
 #[allow(clippy::too_many_arguments)]
-fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], partials: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
+fn gemm_parallel(kernel: CpuGemm, packs: &mut [PackBuffers], shared: &mut Vec<f32>, g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) {
     // SAFETY: whole matrices of the shapes `g` gives (asserted by `StridedGemm::of`).
-    unsafe { gemm_parallel_strided(kernel, packs, partials, StridedGemm::of(g, c, a, b, alpha)) }
+    unsafe { gemm_parallel_strided(kernel, packs, shared, StridedGemm::of(g, c, a, b, alpha)) }
 }
 
 /// [`gemm_parallel`] on strided operands.
@@ -320,8 +321,9 @@ unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials:
 }
 
 /// The scratch of a parallel GEMM: one packing buffer per worker, and what a product's workers
-/// share (the partial products of a product split along its depth, or an A packed ahead for AMX). Taken out of the device as one (so it can be used beside
-/// borrows of the device's memory) and put back after.
+/// share (the partial products of a product split along its depth, or an A packed ahead for
+/// AMX). Taken out of the device as one (so it can be used beside borrows of the device's
+/// memory) and put back after.
 #[derive(Default)]
 pub(super) struct GemmScratch {
     pub(super) packs: Vec<PackBuffers>,
@@ -694,10 +696,12 @@ mod tests {
         }
     }
 
-    /// bf16 products on every kernel that runs them, through the device's parallel path: wide
-    /// ones whose workers each span several blocks of B (on AMX, A is then packed once ahead and
-    /// shared, `amx::PackedA`) and one whose workers do not; the same bits on 1, 2 and 3 workers,
-    /// and the naive product of the rounded operands.
+    /// bf16 products on every kernel that runs them, through the device's parallel path: two
+    /// whose workers each span several blocks of B when there are two (on AMX, A is then packed
+    /// once ahead and shared, `amx::PackedA`; one of them with two blocks of rows and three
+    /// super-blocks of depth, the other unshared again on three workers) and two never shared;
+    /// the same bits on 1 (never shared), 2 and 3 workers, and the naive product of the rounded
+    /// operands.
     #[test]
     fn bf16_products_give_the_same_bits_on_any_worker_count() {
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
@@ -707,7 +711,7 @@ mod tests {
             r
         };
         for kernel in CpuGemm::candidates(Precision::Bf16) {
-            for (m, n, k, trans_a) in [(40, 2000, 300, true), (33, 1800, 700, false), (64, 96, 200, false)] {
+            for (m, n, k, trans_a) in [(40, 2000, 300, true), (150, 2000, 700, false), (150, 1100, 300, true), (64, 96, 200, false)] {
                 let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 3)).collect());
                 let run = |threads: usize| {
                     rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {

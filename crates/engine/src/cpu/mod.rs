@@ -185,7 +185,7 @@ pub struct CpuDevice {
     scratch: Vec<f32>,
     reduce: Vec<f64>,
     transpose_scratch: Vec<f32>,
-    /// Packing buffers of our GEMM kernels (one per worker) and a depth split's partial products.
+    /// Packing buffers of our GEMM kernels (one per worker) and what a product's workers share.
     gemm_scratch: GemmScratch,
     /// The compressed left operand of a zero-skipping GEMM, and one strip buffer per worker.
     sparse: SparseLhs,
