@@ -213,7 +213,7 @@ unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], shar
     }
 }
 
-/// An AMX product split by columns over `packs.len()` workers, its A packed once ahead
+/// An AMX product split by columns over `packs.len()` workers (several: `PackedA::pays`), its A packed once ahead
 /// ([`amx::PackedA`]), each worker packing a share, then each worker's columns on it (`bound` as
 /// [`partition`]'s). The packed values and each element's sum are those of the unshared path,
 /// so the bits do not change.
@@ -235,24 +235,17 @@ unsafe fn amx_columns_on_shared_a(packs: &mut [PackBuffers], shared: &mut Vec<f3
         // SAFETY: A is whole (the contract); `shared` holds `floats(m, k)` from `out`; shares are disjoint blocks.
         unsafe { amx::pack_a_share(m, k, p.a, out.0, share, workers) }
     };
-    if workers == 1 {
-        pack(0);
-    } else {
-        (0..workers).into_par_iter().for_each(pack);
-    }
+    (0..workers).into_par_iter().for_each(pack);
     let packed = amx::PackedA::at(out.0, m);
     let run = |(t, buf): (usize, &mut PackBuffers)| {
-        let p = p;
+        // As above: the whole values.
+        let (p, packed) = (p, packed);
         let (lo, hi) = (bound(t), bound(t + 1));
         let b = Operand { ptr: p.b.ptr.wrapping_offset(lo as isize * p.b.cs), ..p.b };
         // SAFETY: whole matrices (the contract) and A packed whole above; the columns lo..hi of C are this worker's alone; AMX enabled (the contract).
         unsafe { amx::sgemm_on_tiles_packed_a(&mut amx::Amx::configure(), m, hi - lo, k, p.alpha, packed, b, p.c.wrapping_add(lo), p.rsc, p.accumulate, buf) }
     };
-    if workers == 1 {
-        run((0, &mut packs[0]));
-    } else {
-        packs.par_iter_mut().enumerate().for_each(run);
-    }
+    packs.par_iter_mut().enumerate().for_each(run);
 }
 
 /// A deep, narrow product — a convolution's weight gradient, `16 × 128` values of C summed over
