@@ -540,7 +540,7 @@ unsafe fn nest<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32
         let a_room = if matches!(a, ASource::Unpacked(_)) { MC.min(m).next_multiple_of(MR) * pair_slots::<STEP>(kk) } else { 0 };
         buf.reserve_floats(a_room, ncb.next_multiple_of(NR_MAX) * pair_slots::<STEP>(kk));
         let (abuf, bbuf) = buf.aligned();
-        let b = Panel { ptr: b.ptr, sp: b.rs, sq: b.cs };
+        let b = Panel::of_b(b);
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
@@ -552,7 +552,7 @@ unsafe fn nest<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32
                     let mc = MC.min(m - ic);
                     let a_block = match a {
                         ASource::Unpacked(a) => {
-                            pack_row_pairs(kd, mc, Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }.at(kk, ic), abuf);
+                            pack_row_pairs(kd, mc, Panel::of_a(a).at(kk, ic), abuf);
                             abuf.as_ptr()
                         }
                         ASource::Packed(packed) => packed.block(kk, ic, kd),
@@ -637,7 +637,7 @@ impl PackedA {
 /// whose blocks of this share nothing else touches meanwhile.
 pub unsafe fn pack_a_share(m: usize, k: usize, a: Operand, out: *mut f32, share: usize, shares: usize) {
     let packed = PackedA::at(out, m);
-    let a = Panel { ptr: a.ptr, sp: a.cs, sq: a.rs };
+    let a = Panel::of_a(a);
     let blocks = (0..k).step_by(KK).flat_map(|kk| (0..m).step_by(MC).map(move |ic| (kk, ic)));
     for (kk, ic) in blocks.skip(share).step_by(shares.max(1)) {
         let (kd, mc) = (KK.min(k - kk), MC.min(m - ic));

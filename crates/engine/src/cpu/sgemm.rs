@@ -373,7 +373,7 @@ unsafe fn loop_nest<const NR: usize, const SLOT_DEPTHS: usize>(
         let buf_round = buf.round;
         let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
-        let (a, b) = (Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }, Panel { ptr: b.ptr, sp: b.rs, sq: b.cs });
+        let (a, b) = (Panel::of_a(a), Panel::of_b(b));
         // With one panel of B's columns (n ≤ NR: a convolution to 16 channels), each value of A
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
@@ -733,6 +733,16 @@ pub(crate) struct Panel {
 }
 
 impl Panel {
+    /// `op(A)` as panels: depth along its columns, lanes down its rows.
+    pub(crate) fn of_a(a: Operand) -> Panel {
+        Panel { ptr: a.ptr, sp: a.cs, sq: a.rs }
+    }
+
+    /// `op(B)` as panels: depth down its rows, lanes along its columns.
+    pub(crate) fn of_b(b: Operand) -> Panel {
+        Panel { ptr: b.ptr, sp: b.rs, sq: b.cs }
+    }
+
     /// The source shifted to depth `p`, lane `q`.
     ///
     /// # Safety
