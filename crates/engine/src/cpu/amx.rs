@@ -558,8 +558,14 @@ unsafe fn nest<O: TileOps>(ops: &mut O, m: usize, n: usize, k: usize, alpha: f32
                         ASource::Packed(packed) => packed.block(kk, ic, kd),
                     };
                     let (height, width) = (mc.next_multiple_of(MR), nc.next_multiple_of(NR_MAX));
-                    for jr in (0..nc).step_by(NR_MAX) {
-                        for ir in (0..mc).step_by(MR) {
+                    // Blocks of C along its rows, not down its columns (the order of the fp32
+                    // nest): each block stores 32 rows of 128 bytes, and along a row the next
+                    // block's lines follow the last ones, which the L2 streamer fetches ahead;
+                    // down a column each block's 32 lines were new store misses. On an Intel
+                    // Xeon with AMX, 2 workers: xl's first weight gradient (512 × 8192 × 512)
+                    // 275 → 461 GFLOP/s, complex's (1024 × 2048 × 128) 145 → 518.
+                    for ir in (0..mc).step_by(MR) {
+                        for jr in (0..nc).step_by(NR_MAX) {
                             let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                             kernel(ops, kd, a_block, height, ir, bbuf.as_ptr(), width, jr, ct, rsc, MR.min(mc - ir), NR_MAX.min(nc - jr), alpha, add);
                         }
