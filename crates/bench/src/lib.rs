@@ -296,7 +296,7 @@ impl Benchmark {
             }
             let tmp = path.with_file_name(format!(".{}.{}.png", path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot"), std::process::id()));
             // A chart that fails to draw leaves no half-written file behind.
-            if let Err(e) = draw(&self.results, &tmp).and_then(|()| std::fs::rename(&tmp, &path).map_err(|e| BenchError::io(&path, e))) {
+            if let Err(e) = draw(&self.results, &tmp).and_then(|()| files::publish(&tmp, &path).map_err(|e| BenchError::io(&path, e))) {
                 let _ = std::fs::remove_file(&tmp);
                 return Err(e);
             }

@@ -68,8 +68,18 @@ fn data(n: usize, seed: &mut u64) -> Vec<f32> {
 }
 
 fn main() {
-    let threads: usize = arg("--threads").and_then(|v| v.parse().ok()).unwrap_or(2);
-    let steps: usize = arg("--steps").and_then(|v| v.parse().ok()).unwrap_or(50);
+    // A count that is given must be a number in 1..=max: not a silent default, not rayon's
+    // "0 threads = every core" or a median of no steps, and not a step count whose timings
+    // (reserved up front, so that the timed loop allocates nothing) exceed the memory.
+    let count = |flag: &str, default: usize, max: usize| match arg(flag) {
+        None => default,
+        Some(v) => v.parse().ok().filter(|&n: &usize| (1..=max).contains(&n)).unwrap_or_else(|| {
+            eprintln!("{flag} {v:?}: expected a whole number from 1 to {max}");
+            std::process::exit(2)
+        }),
+    };
+    let threads = count("--threads", 2, 1024);
+    let steps = count("--steps", 50, 1_000_000);
     let configs = arg("--configs").unwrap_or_else(|| "small,medium,large,complex,xl".into());
     let precision: Precision = match arg("--precision").map_or(Ok(Precision::Fp32), |p| p.parse()) {
         Ok(p) => p,
@@ -86,7 +96,10 @@ fn main() {
             std::process::exit(2);
         }
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap_or_else(|e| {
+        eprintln!("--threads {threads}: {e}");
+        std::process::exit(2)
+    });
     let mut rows = Vec::new();
     pool.install(|| {
         let faer = sgemm_gflops(CpuGemm::Faer);
@@ -144,7 +157,11 @@ fn main() {
         }
     });
     if let Some(path) = arg("--json") {
-        std::fs::write(&path, format!("[{}]\n", rows.join(",\n"))).expect("write json");
+        // Through a temporary file beside it: an interrupted write leaves no half a JSON.
+        if let Err(e) = files::write_atomic(std::path::Path::new(&path), format!("[{}]\n", rows.join(",\n")).as_bytes()) {
+            eprintln!("--json {path}: {e}");
+            std::process::exit(1);
+        }
         println!("wrote {path}");
     }
 }

@@ -20,7 +20,12 @@ fn main() {
         usage();
     }
     let (m, n, k) = (a[0], a[1], a[2]);
+    if a.len() > 6 || a.iter().skip(3).take(2).any(|&t| t > 1) {
+        usage();
+    }
     let (ta, tb) = (a.get(3) == Some(&1), a.get(4) == Some(&1));
+    // Each matrix's size, checked: a wrapped product would allocate too little.
+    let sizes = [m.checked_mul(n), m.checked_mul(k), k.checked_mul(n)].map(|s| s.unwrap_or_else(|| usage()));
     let threads = a.get(5).copied().unwrap_or(2);
     let count = |var: &str, default: usize| match std::env::var(var) {
         Err(_) => default,
@@ -32,7 +37,7 @@ fn main() {
         std::process::exit(2)
     });
     let g = Gemm { m, n, k, trans_a: ta, trans_b: tb, accumulate: false, sparse_a: false };
-    let flops = 2.0 * (m * n * k) as f64 * reps as f64;
+    let flops = 2.0 * m as f64 * n as f64 * k as f64 * reps as f64;
     let pools: Vec<rayon::ThreadPool> = [1, threads].iter().map(|&t| rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("pool")).collect();
     let mut devs: Vec<(CpuDevice, [View; 3])> = pools
         .iter()
@@ -44,7 +49,12 @@ fn main() {
                     eprintln!("PRECISION: {e}");
                     std::process::exit(2)
                 }
-                let views = [m * n, m * k, k * n].map(|len| dev.alloc(len).expect("alloc"));
+                let views = sizes.map(|len| {
+                    dev.alloc(len).unwrap_or_else(|e| {
+                        eprintln!("{m} × {n} × {k}: {e}");
+                        std::process::exit(2)
+                    })
+                });
                 dev.upload(views[1], &(0..m * k).map(|i| (i % 7) as f32 * 0.1).collect::<Vec<_>>());
                 dev.upload(views[2], &(0..k * n).map(|i| (i % 5) as f32 * 0.1).collect::<Vec<_>>());
                 (dev, views)

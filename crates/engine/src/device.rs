@@ -94,6 +94,18 @@ pub struct Gemm {
 }
 
 impl Gemm {
+    /// Whether buffers of `c`, `a` and `b` floats hold this product's C, A and B (the sizes
+    /// multiplied without overflow: a wrapped size would pass a plain comparison).
+    pub fn fits(&self, c: usize, a: usize, b: usize) -> bool {
+        let holds = |x: usize, y: usize, len: usize| x.checked_mul(y).is_some_and(|n| n <= len);
+        holds(self.m, self.n, c) && holds(self.m, self.k, a) && holds(self.k, self.n, b)
+    }
+
+    /// Multiply-adds, `m·n·k` (saturating: a size, not an index).
+    pub fn work(&self) -> usize {
+        self.m.saturating_mul(self.n).saturating_mul(self.k)
+    }
+
     /// `C[m,n] = A[m,k] · B[n,k]ᵀ`: a linear layer's forward `X·Wᵀ`.
     pub fn nt(m: usize, n: usize, k: usize) -> Gemm {
         Gemm { m, n, k, trans_a: false, trans_b: true, accumulate: false, sparse_a: false }

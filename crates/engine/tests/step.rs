@@ -84,27 +84,46 @@ fn temperature_must_be_positive_and_its_inverse_finite() {
 /// for _ in range(3):
 ///     opt.zero_grad(); (0.5 * (a * p * p).sum()).backward(); opt.step()
 /// ```
+/// and again with `a = torch.tensor([-0.05, 1.0, 0.02, -0.01])`: there the gradients of the
+/// first and last weights are smaller than Adam's coupled L2 term and of the other sign, so that
+/// decay turns those weights round (with the first `a`, Adam's normalisation hides it: the
+/// coupled case moves each weight by under 10⁻⁷, within the tolerance).
 #[test]
 fn adam_and_adamw_reproduce_pytorch() {
-    let cases: [(f32, bool, [f32; 4]); 3] = [
-        (0.0, false, [0.701586306, -1.700623393, 2.700381517, 0.204871252]),
-        (0.1, false, [0.701586246, -1.700623393, 2.700381517, 0.204871267]),
-        (0.1, true, [0.675101280, -1.644368649, 2.614406109, 0.193415612]),
+    type Case = (f32, bool, [f32; 4]);
+    let fixtures: [([f32; 4], [Case; 3]); 2] = [
+        (
+            [1.0, 2.0, 3.0, 4.0],
+            [
+                (0.0, false, [0.701586306, -1.700623393, 2.700381517, 0.204871252]),
+                (0.1, false, [0.701586246, -1.700623393, 2.700381517, 0.204871267]),
+                (0.1, true, [0.675101280, -1.644368649, 2.614406109, 0.193415612]),
+            ],
+        ),
+        (
+            [-0.05, 1.0, 0.02, -0.01],
+            [
+                (0.0, false, [1.300490022, -1.700623393, 2.700381517, 0.800294220]),
+                (0.1, false, [0.701586366, -1.700623393, 2.700381517, 0.204871356]),
+                (0.1, true, [1.267784357, -1.644368649, 2.614406109, 0.782497287]),
+            ],
+        ),
     ];
-    let a = [1.0f32, 2.0, 3.0, 4.0];
-    for (wd, decoupled, want) in cases {
-        let mut dev = CpuDevice::new();
-        let (p, g, m, v) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
-        dev.upload(p, &[1.0, -2.0, 3.0, 0.5]);
-        let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decoupled };
-        for t in 1..=3 {
-            let pv = dev.slice(p).to_vec();
-            let grad: Vec<f32> = pv.iter().zip(&a).map(|(x, a)| a * x).collect();
-            dev.upload(g, &grad);
-            dev.adam(p, g, m, v, h, t, 1.0);
-        }
-        for (got, want) in dev.slice(p).iter().zip(want) {
-            assert!((got - want).abs() < 2e-6, "wd {wd} decoupled {decoupled}: {got} vs {want}");
+    for (a, cases) in fixtures {
+        for (wd, decoupled, want) in cases {
+            let mut dev = CpuDevice::new();
+            let (p, g, m, v) = (dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap(), dev.alloc(4).unwrap());
+            dev.upload(p, &[1.0, -2.0, 3.0, 0.5]);
+            let h = AdamHyper { lr: 0.1, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: wd, decoupled };
+            for t in 1..=3 {
+                let pv = dev.slice(p).to_vec();
+                let grad: Vec<f32> = pv.iter().zip(&a).map(|(x, a)| a * x).collect();
+                dev.upload(g, &grad);
+                dev.adam(p, g, m, v, h, t, 1.0);
+            }
+            for (got, want) in dev.slice(p).iter().zip(want) {
+                assert!((got - want).abs() < 2e-6, "a {a:?}, wd {wd} decoupled {decoupled}: {got} vs {want}");
+            }
         }
     }
 }

@@ -97,9 +97,21 @@ pub fn parent_of(path: &Path) -> &Path {
 /// error nothing is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = tmp_path(path);
-    let r = write_synced(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
-    if r.is_err() {
+    let written = write_synced(&tmp, bytes);
+    if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    publish(&tmp, path)
+}
+
+/// Puts a file some other writer (an HDF5 library, a chart renderer) finished at `tmp` into place
+/// at `path` as [`write_atomic`] does: syncs it, renames it, syncs the directory. On an error
+/// the temporary file is removed and `path` is left as it was.
+pub fn publish(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    let r = std::fs::File::open(tmp).and_then(|f| f.sync_all()).and_then(|()| std::fs::rename(tmp, path));
+    if r.is_err() {
+        let _ = std::fs::remove_file(tmp);
     }
     r?;
     sync_dir(parent_of(path))

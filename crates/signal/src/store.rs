@@ -483,7 +483,7 @@ pub struct SampleData<'a> {
 }
 
 /// Writes samples as a signal store h5py reads back. The file appears only when complete
-/// (written to a temporary name, then renamed).
+/// (written to a temporary name, synced, then renamed: [`files::publish`]).
 pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData<'a>>, layout: Layout) -> Result<()> {
     let tmp = files::tmp_path(path);
     let werr = |reason: String| SignalError::Write { path: path.to_path_buf(), reason };
@@ -509,9 +509,11 @@ pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData
     })();
     // Nothing half-written stays behind: not on a failed write, nor where the rename fails (a
     // directory of that name).
-    let published = result.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e }));
-    if published.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    match result {
+        Ok(()) => files::publish(&tmp, path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
-    published
 }

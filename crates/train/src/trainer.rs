@@ -543,7 +543,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         let config = self.run_dir.join("config.yaml");
         files::write_atomic(&config, self.cfg.to_yaml().as_bytes()).map_err(|e| TrainError::io(&config, e))?;
         let metrics_path = self.run_dir.join("metrics.jsonl");
-        let metrics = std::fs::OpenOptions::new().create(true).write(true).append(!fresh).truncate(fresh).open(&metrics_path).map_err(|e| TrainError::io(&metrics_path, e))?;
+        let metrics = open_metrics_log(&metrics_path, fresh).map_err(|e| TrainError::io(&metrics_path, e))?;
         if fresh {
             let summary = self.run_dir.join("summary.json");
             if summary.exists() {
@@ -565,7 +565,9 @@ impl<'a, D: Device> Trainer<'a, D> {
         self.begin_record()?;
         let path = self.run_dir.join("metrics.jsonl");
         let metrics = self.metrics.as_mut().ok_or_else(|| TrainError::io(&path, std::io::Error::other("the metrics log is not open")))?;
-        writeln!(metrics, "{v}").map_err(|e| TrainError::io(path, e))
+        // One write per record: a record formatted straight into the file would be dozens of
+        // writes, and a kill between two of them would leave part of a line.
+        metrics.write_all(format!("{v}\n").as_bytes()).map_err(|e| TrainError::io(path, e))
     }
 
     /// One micro-batch (forward + backward), then the optimizer step where a step is due, then
@@ -839,4 +841,66 @@ fn validation_batches(builder: &BatchBuilder, inputs: &Inputs, val: &[u64], b: u
 /// Each Id's sampling rate (Hz) from the table's `Sample_Rate`, 1 Hz where unknown.
 pub fn sample_rates(ds: &Dataset) -> HashMap<u64, f32> {
     ds.ids.iter().map(|&id| (id, ds.row(id).and_then(|r| r.field("Sample_Rate")).and_then(|s| s.trim().parse::<f32>().ok()).filter(|r| r.is_finite() && *r > 0.0).unwrap_or(1.0))).collect()
+}
+
+/// The metrics log at `path`, for appending: emptied for a fresh run; a resumed run's log keeps
+/// its whole records, a last line cut short by a kill (no newline after it) dropped, so that the
+/// next record starts a line of its own.
+fn open_metrics_log(path: &Path, fresh: bool) -> std::io::Result<std::fs::File> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::OpenOptions::new().create(true).read(true).write(true).truncate(fresh).open(path)?;
+    let len = file.metadata()?.len();
+    if len > 0 {
+        // The end of the last whole record: the last newline, looked for backwards a block at a time.
+        let mut end = len;
+        let mut block = [0u8; 4096];
+        let whole = loop {
+            let start = end.saturating_sub(block.len() as u64);
+            let chunk = &mut block[..(end - start) as usize];
+            file.seek(SeekFrom::Start(start))?;
+            file.read_exact(chunk)?;
+            if let Some(i) = chunk.iter().rposition(|&b| b == b'\n') {
+                break start + i as u64 + 1;
+            }
+            if start == 0 {
+                break 0;
+            }
+            end = start;
+        };
+        if whole < len {
+            file.set_len(whole)?;
+        }
+    }
+    file.seek(SeekFrom::End(0))?;
+    Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_metrics_log_drops_a_line_cut_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metrics.jsonl");
+        // A record cut by a kill after two whole ones; then one with no whole line at all; then
+        // a long log whose last newline lies more than a block back.
+        let long = format!("{{\"a\":1}}\n{}", "x".repeat(10_000));
+        for (before, fresh, after) in [
+            ("{\"a\":1}\n{\"a\":2}\n{\"a\":", false, "{\"a\":1}\n{\"a\":2}\n{\"b\":3}\n"),
+            ("{\"a\":", false, "{\"b\":3}\n"),
+            (long.as_str(), false, "{\"a\":1}\n{\"b\":3}\n"),
+            ("{\"a\":1}\n", false, "{\"a\":1}\n{\"b\":3}\n"),
+            ("{\"a\":1}\n{\"a\":", true, "{\"b\":3}\n"),
+        ] {
+            std::fs::write(&path, before).unwrap();
+            let mut log = open_metrics_log(&path, fresh).unwrap();
+            log.write_all(b"{\"b\":3}\n").unwrap();
+            drop(log);
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), after, "from {before:?}, fresh {fresh}");
+        }
+        let mut log = open_metrics_log(&dir.path().join("new.jsonl"), false).unwrap();
+        log.write_all(b"{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(dir.path().join("new.jsonl")).unwrap(), "{}\n");
+    }
 }

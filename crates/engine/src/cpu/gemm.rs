@@ -102,7 +102,7 @@ unsafe impl Sync for StridedGemm {}
 impl StridedGemm {
     /// A row-major GEMM of slices as strided operands.
     fn of(g: Gemm, c: &mut [f32], a: &[f32], b: &[f32], alpha: f32) -> Self {
-        assert!(c.len() >= g.m * g.n && a.len() >= g.m * g.k && b.len() >= g.k * g.n);
+        assert!(g.fits(c.len(), a.len(), b.len()), "operands smaller than the product {g:?}");
         let (a, b) = operands(g, a.as_ptr(), b.as_ptr());
         StridedGemm { m: g.m, n: g.n, k: g.k, a, b, c: c.as_mut_ptr(), rsc: g.n as isize, alpha, accumulate: g.accumulate }
     }
@@ -343,7 +343,7 @@ impl GemmScratch {
 impl CpuDevice {
     /// Runs a product on `kernel`, split over `parts` workers.
     fn gemm_on(&mut self, kernel: CpuGemm, g: Gemm, parts: usize, c: View, a: View, b: View) {
-        let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        let large = g.work() >= PAR_GEMM_WORK;
         let mut scratch = std::mem::take(&mut self.gemm_scratch);
         if g.trans_a && large && kernel == CpuGemm::Faer {
             // faer's kernels run a transposed A (the dW = dYᵀ·X of every backward) at ~70 % of
@@ -419,7 +419,7 @@ impl CpuDevice {
 
     /// Workers of a product: all of them past [`PAR_GEMM_WORK`], else one.
     pub(super) fn gemm_parts(&self, g: Gemm) -> usize {
-        if g.m * g.n * g.k >= PAR_GEMM_WORK {
+        if g.work() >= PAR_GEMM_WORK {
             self.threads
         } else {
             1
@@ -548,7 +548,7 @@ impl CpuDevice {
     fn gemm_sparse(&mut self, g: Gemm, c: View, a: View, b: View) -> bool {
         let (mut lhs, mut strips) = (std::mem::take(&mut self.sparse), std::mem::take(&mut self.strips));
         let (cs, [as_, bs]) = self.split(c, [a, b]);
-        assert!(cs.len() >= g.m * g.n && as_.len() >= g.m * g.k && bs.len() >= g.k * g.n);
+        assert!(g.fits(cs.len(), as_.len(), bs.len()), "operands smaller than the product {g:?}");
         let (a_op, b_op) = operands(g, as_.as_ptr(), bs.as_ptr());
         // SAFETY: the operands cover whole matrices (asserted).
         let nnz = unsafe { lhs.compress(g.m, g.k, a_op) };
@@ -579,7 +579,9 @@ impl CpuDevice {
     /// [`Device::gemm`]: on the zero-skipping kernel where A is sparse enough to pay, else on the
     /// kernel measured (or fixed) for its shape, split over the workers.
     pub(super) fn product(&mut self, g: Gemm, c: View, a: View, b: View) {
-        let large = g.m * g.n * g.k >= PAR_GEMM_WORK;
+        // Checked once here, so that every size below it (`m·n`, `m·k`, `k·n`) is in bounds.
+        assert!(g.fits(c.len(), a.len(), b.len()), "operands of {}, {} and {} floats for the product {g:?}", c.len(), a.len(), b.len());
+        let large = g.work() >= PAR_GEMM_WORK;
         let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
         // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
         let fp32 = self.precision == Precision::Fp32;

@@ -1208,7 +1208,7 @@ impl Device for CpuDevice {
         }
         let (kernel, threads) = (self.gemm, self.threads);
         let mut gemm = |g: Gemm, c: &mut [f32], a: &[f32], b: &[f32]| {
-            let parts = if g.m * g.n * g.k >= PAR_GEMM_WORK { threads } else { 1 };
+            let parts = if g.work() >= PAR_GEMM_WORK { threads } else { 1 };
             gemm_scratch.gemm(kernel, parts, g, c, a, b, inv_tau);
         };
         // The symmetric form needs each column's log-sum-exp before any gradient: a first pass

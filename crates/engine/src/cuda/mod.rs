@@ -292,6 +292,8 @@ impl Device for CudaDevice {
 
     fn gemm(&mut self, g: Gemm, c: View, a: View, b: View) {
         Self::disjoint(&[c], &[a, b]);
+        // cuBLAS reads every size as an i32; the views must hold the matrices it is told of.
+        assert!(g.fits(c.len(), a.len(), b.len()) && [g.m, g.n, g.k].iter().all(|&d| d <= i32::MAX as usize), "operands of {}, {} and {} floats for the product {g:?}", c.len(), a.len(), b.len());
         self.gemm_raw(g, self.ptr(c), self.ptr(a), self.ptr(b), 1.0);
     }
 
