@@ -134,6 +134,9 @@ pub struct ContrastiveStep<D: Device> {
     pub seed: u64,
     /// Dynamic loss scaling, on where the device's products are fp16 ([`Self::set_precision`]).
     pub scaler: Option<LossScaler>,
+    /// Pairs of the batch last copied into the device ([`Self::load`]), which
+    /// [`Self::train_step_loaded`] steps on again.
+    loaded: Option<usize>,
 }
 
 impl<D: Device> ContrastiveStep<D> {
@@ -153,7 +156,7 @@ impl<D: Device> ContrastiveStep<D> {
         }
         // As `set_precision` would: the device may come with its precision set.
         let scaler = LossScaler::for_precision(encoder.device.precision());
-        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler })
+        Ok(ContrastiveStep { encoder, head: None, loss, opt, batch, step: 0, micro_step: 0, seed, scaler, loaded: None })
     }
 
     /// Sets the precision of the encoder's products, and with it loss scaling (on for fp16,
@@ -212,7 +215,18 @@ impl<D: Device> ContrastiveStep<D> {
         self.batch
     }
 
+    /// Copies a batch into the device, where every step (and evaluation) starts by copying its
+    /// own; [`Self::train_step_loaded`] then steps on it as often as asked, copying nothing.
+    /// That is how PyTorch's reference times a step (on tensors made once), and how a
+    /// benchmark times ours beside it; the copy costs a memory pass over the batch (an xl batch is
+    /// 16 MiB, ~2 ms on the Intel Xeon of docs/performance.md).
+    pub fn load(&mut self, pairs: Pairs) -> Result<()> {
+        self.with_workers_polling(|st| st.load_pairs(pairs).map(|_| ()))
+    }
+
     fn load_pairs(&mut self, pairs: Pairs) -> Result<usize> {
+        // Whatever fails below, the device's batch may be partly overwritten.
+        self.loaded = None;
         let n = self.encoder.cfg.input();
         let (a, p) = (pairs.anchor, pairs.positive);
         if a.len() != p.len() || a.len() % n != 0 || a.is_empty() {
@@ -232,6 +246,7 @@ impl<D: Device> ContrastiveStep<D> {
             }
             None => self.encoder.reset_sample_rates(),
         }
+        self.loaded = Some(b);
         Ok(b)
     }
 
@@ -246,11 +261,14 @@ impl<D: Device> ContrastiveStep<D> {
     /// the current ones with `accumulate`. The loss gradient is multiplied by `grad_scale`
     /// (`1/k` for k accumulated micro-batches).
     pub fn forward_backward(&mut self, pairs: Pairs, accumulate: bool, grad_scale: f32) -> Result<InfoNceOut> {
-        self.with_workers_polling(|st| st.run_forward_backward(pairs, accumulate, grad_scale))
+        self.with_workers_polling(|st| {
+            let b = st.load_pairs(pairs)?;
+            Ok(st.forward_backward_of_loaded(b, accumulate, grad_scale))
+        })
     }
 
-    fn run_forward_backward(&mut self, pairs: Pairs, accumulate: bool, grad_scale: f32) -> Result<InfoNceOut> {
-        let b = self.load_pairs(pairs)?;
+    /// Forward and backward of the `b` pairs in the device.
+    fn forward_backward_of_loaded(&mut self, b: usize, accumulate: bool, grad_scale: f32) -> InfoNceOut {
         let key = mix_key(self.seed, 0xF0, self.micro_step);
         self.micro_step += 1;
         let z = self.encoder.forward(2 * b, 2, Mode::Train { key });
@@ -263,7 +281,7 @@ impl<D: Device> ContrastiveStep<D> {
             h.backward(&mut self.encoder.device, z, dp, dz, 2 * b, accumulate);
         }
         self.encoder.backward(2 * b, dz, accumulate);
-        Ok(out)
+        out
     }
 
     /// Unscales (fp16), clips (when configured) and applies the current gradients with learning
@@ -313,13 +331,26 @@ impl<D: Device> ContrastiveStep<D> {
 
     pub fn train_step_lr(&mut self, pairs: Pairs, lr: f32) -> Result<StepOutput> {
         self.with_workers_polling(|st| {
-            let out = st.run_forward_backward(pairs, false, 1.0)?;
-            if !out.loss.is_finite() {
-                return Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, update: Update::NonFinite });
-            }
-            let (grad_norm, update) = st.run_optimizer_step(lr);
-            Ok(StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, update })
+            let b = st.load_pairs(pairs)?;
+            Ok(st.step_on_loaded(b, lr))
         })
+    }
+
+    /// One full training step at the configured learning rate on the batch [`Self::load`] (or
+    /// the last step or evaluation) copied into the device.
+    pub fn train_step_loaded(&mut self) -> Result<StepOutput> {
+        let b = self.loaded.ok_or_else(|| EngineError::Shape("no batch is loaded: `load` one first".into()))?;
+        let lr = self.opt.lr;
+        Ok(self.with_workers_polling(|st| st.step_on_loaded(b, lr)))
+    }
+
+    fn step_on_loaded(&mut self, b: usize, lr: f32) -> StepOutput {
+        let out = self.forward_backward_of_loaded(b, false, 1.0);
+        if !out.loss.is_finite() {
+            return StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm: None, update: Update::NonFinite };
+        }
+        let (grad_norm, update) = self.run_optimizer_step(lr);
+        StepOutput { loss: out.loss, accuracy: out.accuracy, grad_norm, update }
     }
 
     /// Loss and accuracy in evaluation mode (no dropout, running statistics, no gradients).

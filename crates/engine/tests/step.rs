@@ -237,8 +237,12 @@ fn isfm_learns_the_sinusoid_toy_in_300_steps() {
 }
 
 fn toy_isfm() -> EncoderConfig {
+    toy_isfm_of(512)
+}
+
+fn toy_isfm_of(window: usize) -> EncoderConfig {
     let isfm = IsfmConfig { num_patches: 16, patch_size_l: 32, d_model: 32, num_heads: 4, e_layers: 1, d_ff: 64, ..IsfmConfig::default() };
-    EncoderConfig { arch: Arch::Isfm(isfm), window: 512, channels: 1, embed: 128 }
+    EncoderConfig { arch: Arch::Isfm(isfm), window, channels: 1, embed: 128 }
 }
 
 /// bf16 products (operands rounded, fp32 accumulation) learn the toy as fp32 does, every encoder.
@@ -388,6 +392,30 @@ fn non_finite_input_skips_the_update_and_keeps_weights() {
     assert!(out.update == Update::NonFinite && !out.loss.is_finite());
     assert_eq!(step.encoder.params_to_vec(), before);
     assert_eq!(step.step, 0);
+}
+
+/// A step on the batch `load` copied in is the step that copies it first, to the bit, for every
+/// encoder (no op writes into its input), and stepping with no batch loaded is an error.
+#[test]
+fn steps_on_a_loaded_batch_equal_steps_that_copy_it() {
+    let toy = Toy::new(8, 2048, 3);
+    for cfg in [EncoderConfig::new(EncoderKind::MlpMedium, 256, 1), EncoderConfig::new(EncoderKind::Cnn, 256, 1), toy_isfm_of(256)] {
+        let (b, w) = (4, cfg.window);
+        let (a, p) = toy.batch(b, w, 0, 2048, 7);
+        let rates = vec![12_000.0; b];
+        let pairs = Pairs::new(&a, &p).with_rates(&rates);
+        let new_step = || ContrastiveStep::new(cfg.clone().init(CpuDevice::new(), 2 * b, 5).unwrap(), b, InfoNceConfig::default(), OptimizerConfig::default(), 5).unwrap();
+        let (mut copying, mut loaded) = (new_step(), new_step());
+        assert!(loaded.train_step_loaded().is_err(), "{}: no batch loaded yet", cfg.kind());
+        loaded.load(pairs).unwrap();
+        for i in 0..3 {
+            let (x, y) = (copying.train_step(pairs).unwrap(), loaded.train_step_loaded().unwrap());
+            assert_eq!((x.loss.to_bits(), x.update), (y.loss.to_bits(), y.update), "{}: step {i}", cfg.kind());
+        }
+        assert_eq!(copying.encoder.params_to_vec(), loaded.encoder.params_to_vec(), "{}", cfg.kind());
+        assert!(loaded.load(Pairs::new(&a, &p[..w])).is_err());
+        assert!(loaded.train_step_loaded().is_err(), "{}: a failed load leaves no batch to step on", cfg.kind());
+    }
 }
 
 #[test]
