@@ -196,9 +196,13 @@ pub fn data(s: &Settings) -> Result<Category> {
                 let g = generate(&cfg, &dir, config, Layout::Contiguous, &|_| {})?;
                 let gen_s = t.elapsed().as_secs_f64();
                 cat.metrics.push(value(CategoryKind::Data, config, MetricName::GenerationSignalsPerS, count as f64 / gen_s, false, "synthetic generation + HDF5 write, one run"));
-                // Store reads: every signal whole, each pass on a freshly opened store.
+                // Store reads: every signal whole, each pass on a freshly opened store, read from
+                // the disk where the page cache lets go of the file (the store was just written:
+                // from the cache, the rate would be memory's, not the disk's).
                 let mut mbps = Vec::new();
-                for _ in 0..3 {
+                let mut cold = true;
+                for _ in 0..PASSES {
+                    cold &= files::evict_from_page_cache(&g.store).unwrap_or(false);
                     let store = Hdf5Store::open(&g.store)?;
                     let t = Instant::now();
                     let mut bytes = 0usize;
@@ -207,7 +211,8 @@ pub fn data(s: &Settings) -> Result<Category> {
                     }
                     mbps.push(bytes as f64 / 1e6 / t.elapsed().as_secs_f64());
                 }
-                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::StoreReadMbPerS, mbps, "whole-signal reads of every Id from a freshly opened store (page cache warm), 3 passes".into()));
+                let cache = if cold { "the file evicted from the page cache before each pass" } else { "page cache warm: this system would not evict the file" };
+                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::StoreReadMbPerS, mbps, format!("whole-signal reads of every Id from a freshly opened store ({cache}), {PASSES} passes")));
                 let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store)?);
                 let ids: Vec<u64> = store.samples().iter().map(|x| x.id).collect();
                 let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
@@ -216,7 +221,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                 // Windowing: 8 random windows per Id, normalized, in windows/s.
                 let wcfg = WindowConfig { window_size: 1024, stride: 1024, num_window: 8, strategy: WindowStrategy::Random };
                 let mut wps = Vec::new();
-                for rep in 0..3 {
+                for rep in 0..PASSES as u64 {
                     let t = Instant::now();
                     let mut nwin = 0;
                     for &id in &ids {
@@ -224,7 +229,7 @@ pub fn data(s: &Settings) -> Result<Category> {
                     }
                     wps.push(nwin as f64 / t.elapsed().as_secs_f64());
                 }
-                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::WindowsPerS, wps, "8 random windows of 1024 per Id, read and standardized, 3 passes".into()));
+                cat.metrics.push(rate(CategoryKind::Data, config, MetricName::WindowsPerS, wps, format!("8 random windows of 1024 per Id, read and standardized, {PASSES} passes")));
                 // Batch preparation: contrastive batches of 16/32/64 Ids, W = 1024.
                 for b in [16, 32, 64] {
                     let mut batch = ContrastiveBatch::default();
@@ -350,19 +355,9 @@ fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
     Ok((one + per_pair * (b as f64 - 1.0) + loss) / 1e6)
 }
 
-/// The least-squares slope of `ln y` on `ln x` over `(x, y)` points (at least two distinct
-/// positive `x`, positive `y`).
-fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
-    let logs: Vec<(f64, f64)> = points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
-    if logs.len() < 2 {
-        return None;
-    }
-    let n = logs.len() as f64;
-    let (mx, my) = (logs.iter().map(|p| p.0).sum::<f64>() / n, logs.iter().map(|p| p.1).sum::<f64>() / n);
-    let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
-    let sxy: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
-    (sxx > 0.0).then_some(sxy / sxx)
-}
+/// Passes over a store for its read and windowing rates: enough for a confidence interval, so
+/// that a baseline comparison can call a change in them (each pass takes milliseconds).
+const PASSES: usize = crate::stats::MIN_CI_SAMPLES;
 
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then
 /// doubling on until a limit (time per step, memory, or a hard cap). Quick mode stops at the
@@ -456,7 +451,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
         // How the step's time grows along the axis: the slope of ln(step time) on ln(size) over
         // the points that ran (1 = in proportion; a fixed cost per step pulls it below 1).
         let timed: Vec<(f64, f64)> = ok.iter().filter_map(|p| Some((p.size() as f64, p.step_ms?))).collect();
-        if let Some(slope) = log_log_slope(&timed) {
+        if let Some(slope) = crate::stats::log_log_slope(&timed) {
             cat.metrics.push(value(CategoryKind::Scalability, axis, MetricName::TimeScalingExponent, slope, true, "least-squares slope of ln(step time) on ln(size) over the sweep's working points"));
         }
         if axis == "batch" {
@@ -730,20 +725,4 @@ pub fn quality(s: &Settings) -> Result<Category> {
         None => cat.notes.push(format!("the probe did not reach {target:.2} within {} steps (last {:.3})", r.steps, r.last_acc)),
     }
     Ok(cat)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_log_slope;
-
-    #[test]
-    fn log_log_slope_recovers_a_power_law() {
-        let points: Vec<(f64, f64)> = [256.0, 512.0, 1024.0, 4096.0].iter().map(|&x: &f64| (x, 3.0 * x.powf(1.5))).collect();
-        assert!((log_log_slope(&points).unwrap() - 1.5).abs() < 1e-12);
-        // A fixed cost pulls the slope below 1.
-        let affine: Vec<(f64, f64)> = [4.0, 8.0, 16.0, 32.0].iter().map(|&x| (x, 10.0 + x)).collect();
-        assert!(log_log_slope(&affine).unwrap() < 1.0);
-        assert_eq!(log_log_slope(&[(8.0, 1.0)]), None);
-        assert_eq!(log_log_slope(&[(8.0, 1.0), (8.0, 2.0)]), None, "one size: no slope");
-    }
 }

@@ -27,7 +27,7 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
     // A baseline metric with no usable value (0, or not finite: a change against it is no
     // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline where
     // none is usable would switch the regression gate off without a word: that is said.
-    let (mut unusable, mut compared) = (Vec::new(), 0usize);
+    let (mut unusable, mut not_finite_now, mut compared) = (Vec::new(), Vec::new(), 0usize);
     for c in results.categories.iter_mut() {
         for m in c.metrics.iter_mut() {
             // A saved run may carry the verdicts of an earlier comparison: only this one's stay.
@@ -36,15 +36,18 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
             // Exact only where both runs counted it the same way.
             let exact = m.exact && b.exact && same_mode;
             let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
-            let finite = bs.iter().chain(&ns).all(|v| v.is_finite());
-            if finite && stats::median(&bs) != 0.0 {
+            if !bs.iter().all(|v| v.is_finite()) {
+                unusable.push(m.id.clone());
+            } else if !ns.iter().all(|v| v.is_finite()) {
+                not_finite_now.push(m.id.clone());
+            } else if stats::median(&bs) != 0.0 {
                 m.baseline = Some(stats::compare(&bs, &ns, m.lower_is_better, exact, noise));
                 compared += 1;
-            } else if finite && stats::median(&ns) == 0.0 {
+            } else if stats::median(&ns) == 0.0 {
                 // 0 then and 0 now (an accuracy drop of nothing): no change, with no ratio to take.
                 m.baseline = Some(stats::Change { change: 0.0, ci_low: 0.0, ci_high: 0.0, verdict: Verdict::NoChange });
                 compared += 1;
-            } else if !bs.iter().all(|v| v.is_finite()) || stats::median(&bs) == 0.0 {
+            } else {
                 unusable.push(m.id.clone());
             }
         }
@@ -52,6 +55,9 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
     if !unusable.is_empty() {
         let nothing = if compared == 0 { " (nothing was compared)" } else { "" };
         warnings.push(format!("{} metric(s) not compared: the baseline's value is 0 or not finite{nothing}: {}", unusable.len(), unusable.join(", ")));
+    }
+    if !not_finite_now.is_empty() {
+        warnings.push(format!("{} metric(s) not compared: this run's value is not finite: {}", not_finite_now.len(), not_finite_now.join(", ")));
     }
     // Timings taken beside a busy neighbour, on either side of a category both runs measured, may
     // have changed for the neighbour's sake.

@@ -25,7 +25,6 @@ pub mod stats;
 pub mod svg;
 pub mod targets;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -69,6 +68,11 @@ pub struct Benchmark {
     on_category: Option<Box<dyn FnMut(CategoryKind) + Send>>,
     /// Called with each line of the log as it is written (the library prints nothing).
     on_log: Option<Box<dyn FnMut(&str) + Send>>,
+    /// This run's scratch directory (`<save-dir>/.work-XXXXXX`: the stores the data categories
+    /// write), made at the first category and removed with everything in it by [`Self::report`]
+    /// or on drop. Its own, so that a user's directory of that name, or a second run into the same
+    /// save directory, is never touched.
+    work: Option<tempfile::TempDir>,
 }
 
 impl Benchmark {
@@ -76,7 +80,7 @@ impl Benchmark {
         let save_dir = save_dir.into();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let settings = Settings { quick: false, threads, work_dir: save_dir.join(".work"), quality_data: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
+        let settings = Settings { quick: false, threads, work_dir: PathBuf::new(), quality_data: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
         Benchmark {
             results: Results {
                 schema_version: results::SCHEMA_VERSION,
@@ -101,6 +105,7 @@ impl Benchmark {
             log: Vec::new(),
             on_category: None,
             on_log: None,
+            work: None,
         }
     }
 
@@ -178,7 +183,12 @@ impl Benchmark {
         if let Some(cb) = self.on_category.as_mut() {
             cb(kind);
         }
-        std::fs::create_dir_all(&self.settings.work_dir).map_err(|e| BenchError::io(&self.settings.work_dir, e))?;
+        if self.work.is_none() {
+            std::fs::create_dir_all(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
+            let work = tempfile::Builder::new().prefix(".work-").tempdir_in(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
+            self.settings.work_dir = work.path().to_path_buf();
+            self.work = Some(work);
+        }
         let calibration = measure::calibration_ms(self.settings.threads);
         let (t, contention) = (Instant::now(), measure::Contention::start());
         let s = &self.settings;
@@ -272,7 +282,8 @@ impl Benchmark {
     /// the run's scratch directory, written or not. Returns the files written.
     pub fn report(&mut self) -> Result<Vec<PathBuf>> {
         let written = self.write_reports();
-        let _ = std::fs::remove_dir_all(&self.settings.work_dir);
+        // (Dropping the directory removes it and everything in it.)
+        self.work = None;
         written
     }
 
@@ -325,12 +336,6 @@ impl Benchmark {
         let bytes = serde_json::to_vec_pretty(&self.results).map_err(|e| BenchError::Report(e.to_string()))?;
         files::write_atomic(&path, &bytes).map_err(|e| BenchError::io(&path, e))?;
         Ok(path)
-    }
-
-    /// Appends a line to the log (the CLI's own messages).
-    pub fn note(&mut self, line: &str) {
-        self.log.push(line.to_string());
-        let _ = std::io::stderr().flush();
     }
 }
 

@@ -140,12 +140,12 @@ impl Report for MarkdownReport {
         let _ = writeln!(s, "## Categories\n\n| category | status | targets passed | notes |\n| --- | --- | --- | --- |");
         for c in &r.categories {
             let (cp, ct) = c.pass_count();
-            let _ = writeln!(s, "| {} | {:?} | {cp}/{ct} | {} |", c.kind, c.status, c.notes.join("; "));
+            let _ = writeln!(s, "| {} | {:?} | {cp}/{ct} | {} |", c.kind, c.status, md_cell(&c.notes.join("; ")));
         }
         let _ = writeln!(s, "\n## Key indicators vs targets\n\n| metric | value | target | result |\n| --- | --- | --- | --- |");
         for m in r.metrics().filter(|m| m.target.is_some()) {
             let (t, res) = target_text(m);
-            let _ = writeln!(s, "| {} | {} {} | {t} | {res} |", m.id, fmt_value(m.value), m.unit);
+            let _ = writeln!(s, "| {} | {} {} | {} | {} |", m.id, fmt_value(m.value), m.unit, md_cell(&t), md_cell(&res));
         }
         let _ = writeln!(s, "\n## Recommendations\n");
         if r.recommendations.is_empty() {
@@ -156,7 +156,7 @@ impl Report for MarkdownReport {
         }
         let _ = writeln!(s, "\n## Details\n\n| {} |\n|{}", HEADER.join(" | "), " --- |".repeat(HEADER.len()));
         for row in rows(r) {
-            let _ = writeln!(s, "| {} |", row.join(" | "));
+            let _ = writeln!(s, "| {} |", row.iter().map(|c| md_cell(c)).collect::<Vec<_>>().join(" | "));
         }
         if let Some(sc) = r.category(crate::registry::CategoryKind::Scalability) {
             let _ = writeln!(s, "\n## Scalability sweep\n\n| axis | B | W | ok | ms/step | memory MB | note |\n| --- | --- | --- | --- | --- | --- | --- |");
@@ -170,12 +170,18 @@ impl Report for MarkdownReport {
                     p.ok,
                     p.step_ms.map(fmt_value).unwrap_or_default(),
                     p.memory_mb.map(fmt_value).unwrap_or_default(),
-                    p.note
+                    md_cell(&p.note)
                 );
             }
         }
         Ok(s.into_bytes())
     }
+}
+
+/// Text as one cell of a Markdown table: a `|` would end the cell and a line break the row
+/// (notes carry error messages and paths, which may hold either).
+fn md_cell(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('|', "\\|").replace("\r\n", "<br>").replace(['\n', '\r'], "<br>")
 }
 
 /// Sorts a `table.sortable` by the clicked column (numbers by their `data-v`), inline so the page
@@ -332,4 +338,18 @@ pub fn write_all(r: &Results, save_dir: &Path) -> Result<Vec<PathBuf>> {
         out.push(path);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::md_cell;
+
+    /// A note with a `|` or a line break stays one cell of one row.
+    #[test]
+    fn a_markdown_cell_keeps_its_bars_and_breaks_inside_it() {
+        let cell = md_cell("store a|b.h5: bad\nsecond line\r\nthird");
+        assert_eq!(cell, "store a\\|b.h5: bad<br>second line<br>third");
+        assert!(!cell.contains('\n') && cell.matches('|').count() == cell.matches("\\|").count());
+        assert_eq!(md_cell("C:\\runs"), "C:\\\\runs");
+    }
 }

@@ -181,3 +181,33 @@ pub fn compare(base: &[f64], new: &[f64], lower_is_better: bool, exact: bool, no
     };
     Change { change, ci_low: lo, ci_high: hi, verdict }
 }
+
+/// The least-squares slope of `ln y` on `ln x` over `(x, y)` points (at least two distinct
+/// positive `x`, positive `y`).
+pub fn log_log_slope(points: &[(f64, f64)]) -> Option<f64> {
+    let logs: Vec<(f64, f64)> = points.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).map(|(x, y)| (x.ln(), y.ln())).collect();
+    if logs.len() < 2 {
+        return None;
+    }
+    let n = logs.len() as f64;
+    let (mx, my) = (logs.iter().map(|p| p.0).sum::<f64>() / n, logs.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = logs.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    let sxy: f64 = logs.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum();
+    (sxx > 0.0).then_some(sxy / sxx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_log_slope;
+
+    #[test]
+    fn log_log_slope_recovers_a_power_law() {
+        let points: Vec<(f64, f64)> = [256.0, 512.0, 1024.0, 4096.0].iter().map(|&x: &f64| (x, 3.0 * x.powf(1.5))).collect();
+        assert!((log_log_slope(&points).unwrap() - 1.5).abs() < 1e-12);
+        // A fixed cost pulls the slope below 1.
+        let affine: Vec<(f64, f64)> = [4.0, 8.0, 16.0, 32.0].iter().map(|&x| (x, 10.0 + x)).collect();
+        assert!(log_log_slope(&affine).unwrap() < 1.0);
+        assert_eq!(log_log_slope(&[(8.0, 1.0)]), None);
+        assert_eq!(log_log_slope(&[(8.0, 1.0), (8.0, 2.0)]), None, "one size: no slope");
+    }
+}

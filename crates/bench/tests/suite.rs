@@ -255,6 +255,17 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
         assert!(text.contains(&tally.to_string()), "{tally} missing from {}", report.file().display());
     }
     assert!(third.compare_baseline("no-such-baseline", 0.05).is_err());
+    // A metric this run could not measure as a number is listed as not compared, not dropped
+    // from the comparison without a word.
+    let mut unmeasured = third.results().clone();
+    let id = {
+        let m = unmeasured.categories.iter_mut().flat_map(|c| c.metrics.iter_mut()).find(|m| m.unit == "ms").unwrap();
+        m.samples.iter_mut().for_each(|s| *s = f64::NAN);
+        m.value = f64::NAN;
+        m.id.clone()
+    };
+    let warnings = bench::compare::compare(&mut unmeasured, "doctored", &doctored, 0.05);
+    assert!(warnings.iter().any(|w| w.contains("this run's value is not finite") && w.contains(&id)), "{warnings:?}");
     // Values no run can measure are refused with the file and the metric named: a subnormal time
     // (every ratio against it overflows, and 45 regressions passed as "no change"), a time of
     // 1e308 ms (its change overflowed to "no change" the same way), a negative one, and more
@@ -303,6 +314,9 @@ fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
     let save = dir.path().join("out");
     std::fs::create_dir_all(save.join("plots")).unwrap();
     std::fs::write(save.join("plots/training_performance.png"), b"an earlier run's chart").unwrap();
+    // A directory of the user's that the run's scratch directory once shared a name with.
+    std::fs::create_dir_all(save.join(".work")).unwrap();
+    std::fs::write(save.join(".work/notes.txt"), b"mine").unwrap();
     let metric = |cat: &bench::results::Category, name: bench::MetricName| cat.metrics.iter().find(|m| m.name == name).map(|m| m.value);
     let mut b = Benchmark::new(&save).quick(true).threads(2);
     let cat = b.quality().unwrap().clone();
@@ -313,7 +327,9 @@ fn a_target_met_before_training_is_said_and_charts_follow_the_categories_run() {
     assert!(!save.join("plots/training_performance.png").exists(), "the earlier run's chart is gone");
     let html = std::fs::read_to_string(save.join("reports/performance_report.html")).unwrap();
     assert!(!html.contains("../plots/"), "the report links no chart this run did not write");
-    assert!(!save.join(".work").exists() || std::fs::read_dir(save.join(".work")).unwrap().next().is_none());
+    assert_eq!(std::fs::read(save.join(".work/notes.txt")).unwrap(), b"mine", "a directory the run did not make is left alone");
+    let scratch: Vec<_> = std::fs::read_dir(&save).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().starts_with(".work-")).collect();
+    assert!(scratch.is_empty(), "the run's scratch directory is removed: {scratch:?}");
 
     let easy = signal::synth::SynthConfig { count: 24, length: 8192, classes: 4, seed: 1, ..Default::default() };
     let g = signal::synth::generate(&easy, dir.path(), "easy", signal::store::Layout::Contiguous, &|_| {}).unwrap();

@@ -2,15 +2,34 @@
 
 use std::path::PathBuf;
 
+/// `--data`'s help, wherever it is taken.
+const DATA_HELP: &str = "HDF5 signal store (one dataset per Id)";
+/// `--meta`'s help, wherever it is taken.
+const META_HELP: &str = "Metadata table (.csv or .xlsx) with at least `Id` and `Label`";
+
 /// `--data` and `--meta`: a signal store and its table.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArgs {
-    /// HDF5 signal store (one dataset per Id).
-    #[arg(long, value_name = "FILE.h5")]
+    #[arg(long, value_name = "FILE.h5", help = DATA_HELP)]
     pub data: PathBuf,
-    /// Metadata table (.csv or .xlsx) with at least `Id` and `Label`.
-    #[arg(long, value_name = "FILE.csv|FILE.xlsx")]
+    #[arg(long, value_name = "FILE.csv|FILE.xlsx", help = META_HELP)]
     pub meta: PathBuf,
+}
+
+/// `--data` and `--meta` where a sub-command can do without them: both or neither.
+#[derive(clap::Args, Debug, Clone)]
+pub struct OptionalDataArgs {
+    #[arg(long, value_name = "FILE.h5", help = DATA_HELP, requires = "meta")]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_name = "FILE.csv|FILE.xlsx", help = META_HELP, requires = "data")]
+    pub meta: Option<PathBuf>,
+}
+
+impl OptionalDataArgs {
+    /// Both paths, where given.
+    pub fn paths(&self) -> Option<(&PathBuf, &PathBuf)> {
+        self.data.as_ref().zip(self.meta.as_ref())
+    }
 }
 
 /// `--save-dir`: where the benchmark suite's results, reports and baselines live.

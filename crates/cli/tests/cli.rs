@@ -354,6 +354,26 @@ fn compare_judges_two_saved_runs() {
     let called: Vec<&str> = t.lines().filter(|l| l.starts_with("REGRESSION")).collect();
     assert!(!called.is_empty() && called.len() <= slowed && called.iter().all(|l| l.contains("batch_prep_ms") && l.contains("+100.0 %")), "{t}");
     assert!(t.contains(&format!("{} regression(s)", called.len())), "{t}");
+    // `bench --baseline` gates the same way: against a baseline whose batch preparation took
+    // half the time, a new run of the category regresses and exits 1 (its reports written).
+    let mut halved: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    for c in halved["categories"].as_array_mut().unwrap() {
+        for m in c["metrics"].as_array_mut().unwrap() {
+            if m["id"].as_str().unwrap().ends_with("batch_prep_ms") {
+                m["value"] = (m["value"].as_f64().unwrap() * 0.5).into();
+                let half: Vec<f64> = m["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() * 0.5).collect();
+                m["samples"] = half.into();
+            }
+        }
+    }
+    let fast = dir.path().join("fast_baseline.json");
+    std::fs::write(&fast, serde_json::to_vec(&halved).unwrap()).unwrap();
+    let rerun = dir.path().join("rerun");
+    let o = bin().args(["bench", "--test", "data", "--quick", "--baseline"]).arg(&fast).arg("--save-dir").arg(&rerun).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.lines().any(|l| l.starts_with("REGRESSION") && l.contains("batch_prep_ms")), "{t}");
+    assert!(rerun.join("reports/performance_summary.md").is_file());
     // A bare name that is both a saved baseline and a run here is ambiguous: both are named.
     std::fs::create_dir_all(dir.path().join("first")).unwrap();
     std::fs::copy(&slower, dir.path().join("first/comprehensive_benchmark_results.json")).unwrap();

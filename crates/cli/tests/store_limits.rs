@@ -38,7 +38,9 @@ fn signals_larger_than_the_memory_budget_train() {
     assert!(t.contains("last ckpt"), "{t}");
     // The same budget refuses what would hold a signal whole.
     let o = bin().args(["--memory-budget", "12M", "generate", "--count", "1", "--length", &(1 << 21).to_string(), "--channels", "2", "--out"]).arg(dir.path().join("g")).output().unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("more than the memory budget") && t.contains("--memory-budget 12M"), "the error names the budget and the flag that set it: {t}");
 }
 
 #[test]

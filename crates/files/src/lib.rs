@@ -158,7 +158,7 @@ pub fn replace_with_symlink(link: &Path, target: &Path) -> std::io::Result<()> {
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     let oom = |e: String| std::io::Error::new(std::io::ErrorKind::OutOfMemory, e);
-    let mut f = std::fs::File::open(path)?;
+    let mut f = open_without_waiting(path)?;
     let len = f.metadata()?.len();
     let mut buf = Vec::new();
     let n = usize::try_from(len).map_err(|_| oom(format!("{len} bytes do not fit in memory")))?;
@@ -193,6 +193,55 @@ pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
+/// Opens a file for reading without waiting for a writer: opening a FIFO (a named pipe) blocks
+/// until something opens it for writing, which for a path typed by mistake is forever. Opened
+/// non-blocking, then read blocking: a FIFO with no writer reads as empty (the caller's parser
+/// then names the file), one with a writer (a shell's `<(…)`) reads whole.
+#[cfg(unix)]
+fn open_without_waiting(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: `fcntl` on a descriptor this function owns, reading then setting its status flags.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+#[cfg(not(unix))]
+fn open_without_waiting(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// Asks the kernel to drop a file's pages from its cache (after writing back any still dirty), so
+/// that the next read of it comes from the disk: how a benchmark reads a file it has just
+/// written at the disk's speed instead of memory's. `Ok(false)` where the system has no such
+/// request (then the pages may stay). Pages of the file mapped by some process stay.
+pub fn evict_from_page_cache(path: &Path) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path)?;
+        // Dirty pages are not dropped: written back first.
+        f.sync_data()?;
+        // SAFETY: `posix_fadvise` on a descriptor this function owns; offset 0, length 0 = the whole file.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::fs::metadata(path)?;
+        Ok(false)
+    }
+}
+
 /// Reads a whole text file as [`read`] does.
 pub fn read_to_string(path: &Path) -> std::io::Result<String> {
     String::from_utf8(read(path)?).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
@@ -201,6 +250,57 @@ pub fn read_to_string(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A FIFO no one writes to reads as empty instead of blocking the process for ever; one with
+    /// a writer reads whole.
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_read_without_waiting_for_a_writer() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || tx.send(read(&path).map_err(|e| e.to_string())));
+        let got = rx.recv_timeout(std::time::Duration::from_secs(10)).expect("reading a FIFO with no writer returned within 10 s");
+        assert_eq!(got, Ok(Vec::new()));
+        // A writer that is there first: this end, opened for reading and writing (which does not
+        // wait), holds the bytes in the pipe until the reader has taken them, then closes.
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut keeper = std::fs::OpenOptions::new().read(true).write(true).open(&fifo).unwrap();
+        keeper.write_all(b"all of it").unwrap();
+        let path = fifo.clone();
+        let reader = std::thread::spawn(move || read(&path).unwrap());
+        let waiting = |keeper: &std::fs::File| {
+            let mut n: libc::c_int = 0;
+            // SAFETY: FIONREAD writes the bytes waiting in the pipe into `n`.
+            assert_eq!(unsafe { libc::ioctl(keeper.as_raw_fd(), libc::FIONREAD, &mut n) }, 0);
+            n
+        };
+        let t0 = std::time::Instant::now();
+        while waiting(&keeper) > 0 {
+            assert!(t0.elapsed().as_secs() < 10, "the reader took the bytes within 10 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        drop(keeper);
+        let got = reader.join().unwrap();
+        assert_eq!(got, b"all of it");
+    }
+
+    /// Eviction is asked of the kernel where it can be (Linux), leaves the file whole, and names
+    /// a missing file as an error.
+    #[test]
+    fn a_file_evicted_from_the_page_cache_reads_back_whole() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("store.h5");
+        std::fs::write(&p, vec![7u8; 1 << 20]).unwrap();
+        assert_eq!(evict_from_page_cache(&p).unwrap(), cfg!(target_os = "linux"));
+        assert_eq!(read(&p).unwrap(), vec![7u8; 1 << 20]);
+        assert_eq!(evict_from_page_cache(&d.path().join("missing.h5")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    }
 
     #[test]
     fn atomic_write_replaces_whole_and_leaves_no_temporary() {

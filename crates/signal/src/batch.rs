@@ -143,17 +143,7 @@ impl BatchBuilder {
     pub fn new(store: Arc<dyn SignalStore>, preprocess: PreprocessConfig, window: WindowConfig) -> Result<Self> {
         preprocess.validate()?;
         window.validate()?;
-        // The store's channel count is its most common one (ties: the first sample's); an Id with
-        // another is skipped at its check, named, rather than stopping the run.
-        let mut counts: Vec<(usize, usize)> = Vec::new();
-        for s in store.samples() {
-            match counts.iter_mut().find(|(c, _)| *c == s.channels) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((s.channels, 1)),
-            }
-        }
-        // (`max_by_key` keeps the last of equals: reversed, the first sample's count wins a tie.)
-        let channels = counts.iter().rev().max_by_key(|&&(_, n)| n).map_or(1, |&(c, _)| c);
+        let channels = store.channels();
         let checked = (0..store.samples().len()).map(|_| OnceLock::new()).collect();
         Ok(BatchBuilder { store, preprocess, window, channels, checked, skips: SkipLog::default(), time_split: 1.0 })
     }

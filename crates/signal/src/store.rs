@@ -62,6 +62,21 @@ pub trait SignalStore: Send + Sync {
         self.samples().binary_search_by_key(&id, |s| s.id).map_err(|_| SignalError::UnknownId { path: self.path().to_path_buf(), id })
     }
 
+    /// The store's channel count: its samples' most common one (ties: the first sample's; 1 for
+    /// an empty store). Training and evaluation take windows of this many channels and skip, by
+    /// name, an Id with another.
+    fn channels(&self) -> usize {
+        let mut counts: Vec<(usize, usize)> = Vec::new();
+        for s in self.samples() {
+            match counts.iter_mut().find(|(c, _)| *c == s.channels) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((s.channels, 1)),
+            }
+        }
+        // (`max_by_key` keeps the last of equals: reversed, the first sample's count wins a tie.)
+        counts.iter().rev().max_by_key(|&&(_, n)| n).map_or(1, |&(c, _)| c)
+    }
+
     fn info(&self, id: u64) -> Result<&SampleInfo> {
         let i = self.index_of(id)?;
         Ok(&self.samples()[i])

@@ -75,8 +75,8 @@ impl WindowConfig {
         let positions = len - w + 1;
         match self.strategy {
             WindowStrategy::Sequential => self.num_window.min((len - w) / self.stride + 1),
-            WindowStrategy::Random => self.num_window.min(positions),
-            WindowStrategy::EvenlySpaced => self.num_window,
+            // At most one window per start: more would repeat one (a pair of one window twice).
+            WindowStrategy::Random | WindowStrategy::EvenlySpaced => self.num_window.min(positions),
         }
     }
 
@@ -92,7 +92,8 @@ impl WindowConfig {
         match self.strategy {
             WindowStrategy::Sequential => out.extend((0..self.count(len)).map(|i| i * self.stride)),
             WindowStrategy::EvenlySpaced => {
-                let k = self.num_window;
+                // (With k ≤ span + 1 the starts are at least one apart before rounding: distinct.)
+                let k = self.count(len);
                 if k == 1 {
                     out.push(span / 2);
                 } else {
@@ -154,6 +155,13 @@ mod tests {
         assert_eq!(out, vec![5]); // (15-4)/2
         cfg(4, 1, 3, WindowStrategy::EvenlySpaced).starts(15, &mut r, &mut out);
         assert_eq!(out, vec![0, 6, 11]); // round(5.5) = 6
+                                         // Fewer starts than windows asked: each start once (two windows of a signal as long as
+                                         // one window were the same window twice, a pair of identical views).
+        let c = cfg(4, 1, 3, WindowStrategy::EvenlySpaced);
+        c.starts(4, &mut r, &mut out);
+        assert_eq!((out.clone(), c.count(4)), (vec![0], 1));
+        c.starts(5, &mut r, &mut out);
+        assert_eq!((out.clone(), c.count(5)), (vec![0, 1], 2));
     }
 
     #[test]

@@ -52,6 +52,19 @@ pub struct TrainingState {
     /// precisions), so a resumed run scales as the uninterrupted one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scale: Option<(f32, u32)>,
+    /// The epoch in progress so far, so that a run resumed in the middle of one logs (and
+    /// monitors) that epoch's means over all of its batches. (Absent from checkpoints of earlier
+    /// versions: the epoch's batches before the checkpoint are then not in its means.)
+    #[serde(default)]
+    pub epoch_sums: EpochSums,
+}
+
+/// Sums over the batches of an epoch in progress ([`TrainingState::epoch_sums`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EpochSums {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub batches: u64,
 }
 
 fn ckpt_err(path: &Path, reason: impl Into<String>) -> TrainError {
@@ -335,10 +348,14 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
     let state: TrainingState = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
     // Counters past any real run are a corrupt (or hand-edited) state: the next step would
     // overflow them.
-    for (field, value) in [("step", state.step), ("micro_step", state.micro_step)] {
+    let checks = u64::try_from(state.checks_without_improvement).unwrap_or(u64::MAX);
+    for (field, value) in [("step", state.step), ("micro_step", state.micro_step), ("checks_without_improvement", checks), ("epoch_sums.batches", state.epoch_sums.batches)] {
         if value > MAX_STEPS {
             return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
         }
+    }
+    if !(state.epoch_sums.loss.is_finite() && state.epoch_sums.accuracy.is_finite()) {
+        return Err(ckpt_err(&file, "its training state's `epoch_sums` are not finite: the state is corrupt"));
     }
     // fp16's loss scale goes on where the run left it; a run of another precision starts at
     // the scaler's first scale.

@@ -122,7 +122,8 @@ pub struct DataSection {
     pub val_fraction: f64,
     /// Training windows come from the first `time_split` of each signal (default 1.0: all of it).
     /// The evaluation's `--split time` fits on the first 70 %: train with 0.7 to keep the test
-    /// region unseen.
+    /// region's windows out of training. (Each signal's normalization statistics still cover all
+    /// of it, as PHM-Vibench's do, in training and in evaluation alike.)
     #[default(1.0)]
     #[serde(with = "real")]
     pub time_split: f64,
@@ -300,9 +301,10 @@ pub struct TrainerSection {
     /// `1`, or `[N]` for GPU N (PyTorch Lightning's forms; default 1, GPU 0).
     #[serde(with = "devices")]
     pub devices: Devices,
-    /// 32 (default) or bf16 (`bf16-mixed` too: every product's operands in bf16, fp32
-    /// accumulation, loss and normalisations; the CPU device only). 16 (`16-mixed`) is read and
-    /// refused with a pointer to bf16.
+    /// 32 (default), bf16 (`bf16-mixed` too: every product's operands in bf16, fp32
+    /// accumulation, loss and normalisations; the CPU device only) or 16 (`16-mixed`: operands in
+    /// fp16 with dynamic loss scaling, on CPUs with AVX512-FP16; elsewhere refused with a pointer
+    /// to bf16).
     #[default(Precision::F32)]
     #[serde(with = "precision")]
     pub precision: Precision,

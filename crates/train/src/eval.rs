@@ -149,6 +149,9 @@ pub struct Skipped {
 /// Cuts the probe windows of `split` from every Id of `ds`: `k` evenly spaced windows of `w`
 /// per Id and region, normalised as `builder` normalises, labelled by column `label`.
 pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, split: Split, label: &str, time_fraction: f64, seed: u64) -> Result<ProbeSet> {
+    if !(time_fraction > 0.0 && time_fraction < 1.0) {
+        return Err(TrainError::Config { key: "time_fraction".into(), reason: format!("{time_fraction} must be between 0 and 1 (the share of each signal the probes fit on)") });
+    }
     let window = WindowConfig { window_size: w, stride: w, num_window: k, strategy: WindowStrategy::EvenlySpaced };
     let mut class_of = BTreeMap::new();
     for &id in &ds.ids {
@@ -302,7 +305,7 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
     }
     let mut model = checkpoint::ModelFile::read(ckpt)?;
     let file = model.path.clone();
-    let channels = ds.store.samples().first().map_or(1, |s| s.channels);
+    let channels = ds.store.channels();
     let cfg = match (model.config_yaml.take(), &opts.config) {
         (Some(_), Some(_)) => {
             // Two configurations would be one too many: the checkpoint's is the one its weights

@@ -125,7 +125,7 @@ struct FftBuffers {
 
 impl Inputs {
     pub fn new(cfg: &Config, ds: &Dataset) -> Result<Self> {
-        let channels = ds.store.samples().first().map_or(1, |s| s.channels);
+        let channels = ds.store.channels();
         Self::with_rates(cfg.data.input, cfg.data.window_size, channels, crate::trainer::sample_rates(ds))
     }
 

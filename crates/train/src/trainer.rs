@@ -121,6 +121,27 @@ pub fn learning_rate(cfg: &Config, t: u64, total: u64) -> f32 {
     }
 }
 
+/// The `data` keys that decide which windows a run trains on, where `run`'s differ from `saved`'s:
+/// `key = saved → run` each.
+fn data_differences(saved: &crate::config::DataSection, run: &crate::config::DataSection) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("data.{key} = {a} → {b}"));
+        }
+    };
+    check("window_size", saved.window_size.to_string(), run.window_size.to_string());
+    check("stride", format!("{:?}", saved.stride), format!("{:?}", run.stride));
+    check("num_window", saved.num_window.to_string(), run.num_window.to_string());
+    check("window_sampling_strategy", format!("{:?}", saved.window_sampling_strategy), format!("{:?}", run.window_sampling_strategy));
+    check("normalization", format!("{:?}", saved.normalization), format!("{:?}", run.normalization));
+    check("truncate_length", format!("{:?}", saved.truncate_length), format!("{:?}", run.truncate_length));
+    check("batch_size", saved.batch_size.to_string(), run.batch_size.to_string());
+    check("val_fraction", saved.val_fraction.to_string(), run.val_fraction.to_string());
+    check("time_split", saved.time_split.to_string(), run.time_split.to_string());
+    out
+}
+
 /// Splits Ids into train and validation by a seeded shuffle. A fraction that itself leaves fewer
 /// than two Ids to train on is an error naming `data.val_fraction`; where only the minimum of two
 /// validation Ids would (a handful of Ids), validation is off.
@@ -271,14 +292,6 @@ impl TopK {
     }
 }
 
-/// Running means of one epoch.
-struct EpochStats {
-    loss: f64,
-    acc: f64,
-    n: usize,
-    start: Instant,
-}
-
 /// One training run in progress.
 pub struct Trainer<'a, D: Device> {
     cfg: &'a Config,
@@ -306,7 +319,8 @@ pub struct Trainer<'a, D: Device> {
     _lock: files::DirLock,
     per_epoch: usize,
     total_steps: u64,
-    epoch_stats: EpochStats,
+    /// When the epoch in progress started (its sums are in the training state).
+    epoch_start: Instant,
     last: (f32, f32),
     window_start: (Instant, usize),
     samples: usize,
@@ -325,7 +339,6 @@ impl<'a, D: Device> Trainer<'a, D> {
     /// when resuming.
     pub fn new(cfg: &'a Config, ds: Dataset, resume: Option<&Path>, obs: &'a mut dyn Observer, pool: Arc<rayon::ThreadPool>, device: D) -> Result<Self> {
         let t_start = Instant::now();
-        let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, cfg.trainer.seed)?;
         let builder = Arc::new(BatchBuilder::new(ds.store.clone(), cfg.preprocess(), cfg.window())?.with_time_split(cfg.data.time_split)?);
         let inputs = Inputs::new(cfg, &ds)?;
         let b = cfg.data.batch_size;
@@ -345,22 +358,6 @@ impl<'a, D: Device> Trainer<'a, D> {
                 ));
             }
         }
-        let usable_train = builder.usable_ids(&train_ids)?;
-        let usable_val = builder.usable_ids(&val_ids)?;
-        for (id, reason) in builder.skips().entries() {
-            obs.message(&format!("warning: skipping Id {id}: {reason}"));
-        }
-        let per_epoch = batches_per_epoch(usable_train.len(), b, true);
-        if per_epoch == 0 {
-            let skipped = train_ids.len() - usable_train.len();
-            let why = if skipped > 0 { format!(" ({skipped} of the {} training Ids skipped, each named above with why)", train_ids.len()) } else { String::new() };
-            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
-        }
-        let accum = cfg.trainer.accumulate_grad_batches;
-        let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
-        let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
-        let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
-
         // What the model's sizes ask of memory is named by the keys that set them.
         let sized_by = || {
             let m = &cfg.model;
@@ -414,6 +411,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             monitor_value: None,
             config_yaml: cfg.to_yaml(),
             loss_scale: None,
+            epoch_sums: checkpoint::EpochSums::default(),
         };
         let mut resumed_from = None;
         if let Some(dir) = resume {
@@ -447,8 +445,14 @@ impl<'a, D: Device> Trainer<'a, D> {
                             cfg.precision()
                         ));
                     }
+                    let changed = data_differences(&saved.data, &cfg.data);
+                    if !changed.is_empty() {
+                        obs.message(&format!("note: this run's data differs from the checkpoint's ({}): it continues on other batches than an uninterrupted run", changed.join(", ")));
+                    }
                 }
             }
+            // Checkpoints from here on record the configuration they are trained under.
+            state.config_yaml = cfg.to_yaml();
             step.step = state.step;
             step.micro_step = state.micro_step;
             step.seed = state.seed;
@@ -458,6 +462,36 @@ impl<'a, D: Device> Trainer<'a, D> {
             if resumed.head_left_behind {
                 obs.message("note: the checkpoint's projection head is not resumed (model.projection_dim is not set): the encoder continues without it");
             }
+        }
+        // The split into training and validation Ids is the run's seed's: a resumed run's is the
+        // checkpoint's, whatever this config's `trainer.seed` says (as the sampler's and
+        // validation's), so that no Id it validated on joins its training.
+        let (train_ids, val_ids) = split_ids(&ds.ids, cfg.data.val_fraction, state.seed)?;
+        let usable_train = builder.usable_ids(&train_ids)?;
+        let usable_val = builder.usable_ids(&val_ids)?;
+        for (id, reason) in builder.skips().entries() {
+            obs.message(&format!("warning: skipping Id {id}: {reason}"));
+        }
+        let per_epoch = batches_per_epoch(usable_train.len(), b, true);
+        if per_epoch == 0 {
+            let skipped = train_ids.len() - usable_train.len();
+            let why = if skipped > 0 { format!(" ({skipped} of the {} training Ids skipped, each named above with why)", train_ids.len()) } else { String::new() };
+            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
+        }
+        let accum = cfg.trainer.accumulate_grad_batches;
+        let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
+        let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
+        let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
+
+        // A run stopped mid-epoch continues at its batch of that epoch: one this run's epochs have.
+        if state.batch > 0 && state.batch >= per_epoch {
+            return Err(TrainError::Config {
+                key: "data.batch_size".into(),
+                reason: format!(
+                    "the checkpoint stopped at batch {} of epoch {}, and with data.batch_size = {b} an epoch here has {per_epoch} batches: resume with the checkpoint's batch size",
+                    state.batch, state.epoch
+                ),
+            });
         }
         // Only a run that can start writes its directory: not inside another run's (its
         // checkpoints are pruned and replaced by that run, which would delete this one).
@@ -478,6 +512,18 @@ impl<'a, D: Device> Trainer<'a, D> {
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
+        if !val_ids.is_empty() && val_batches.is_empty() {
+            let unmeasured = match cfg.trainer.monitor {
+                Monitor::TrainLoss => String::new(),
+                m => format!("; trainer.monitor = {} is never measured, so no best checkpoint is kept and early stopping never stops the run", m.name()),
+            };
+            obs.message(&format!(
+                "warning: no validation: {} of the {} validation Ids (data.val_fraction = {}) give a pair, and a validation batch needs 2{unmeasured}",
+                usable_val.len(),
+                val_ids.len(),
+                cfg.data.val_fraction
+            ));
+        }
         obs.start(total_steps, state.step);
         let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };
         let mut t = Trainer {
@@ -500,7 +546,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             _lock: lock,
             per_epoch,
             total_steps,
-            epoch_stats: EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() },
+            epoch_start: Instant::now(),
             last: (f32::NAN, f32::NAN),
             window_start: (Instant::now(), 0),
             samples: 0,
@@ -588,9 +634,10 @@ impl<'a, D: Device> Trainer<'a, D> {
             return Err(TrainError::NonFinite { what: "loss", value: out.loss, step: self.state.step.saturating_add(1), epoch: pos.epoch, last_checkpoint: self.last_ckpt.clone() });
         }
         self.samples += batch.len();
-        self.epoch_stats.loss += out.loss as f64;
-        self.epoch_stats.acc += out.accuracy as f64;
-        self.epoch_stats.n += 1;
+        let sums = &mut self.state.epoch_sums;
+        sums.loss += out.loss as f64;
+        sums.accuracy += out.accuracy as f64;
+        sums.batches += 1;
         self.last = (out.loss, out.accuracy);
         let end_of_epoch = pos.batch + 1 == self.per_epoch;
         let stepped = micro + 1 == accum || end_of_epoch;
@@ -673,16 +720,18 @@ impl<'a, D: Device> Trainer<'a, D> {
                 return Err(TrainError::NonFiniteValidation { what, value, step: self.state.step, epoch: pos.epoch });
             }
         }
-        let es = &self.epoch_stats;
+        let es = self.state.epoch_sums;
         let el = EpochLog {
             epoch: pos.epoch,
             step: self.state.step,
-            train_contrastive_loss: es.loss / es.n.max(1) as f64,
-            train_contrastive_acc: es.acc / es.n.max(1) as f64,
+            train_contrastive_loss: es.loss / es.batches.max(1) as f64,
+            train_contrastive_acc: es.accuracy / es.batches.max(1) as f64,
             val_contrastive_loss: vl,
             val_contrastive_acc: va,
-            seconds: es.start.elapsed().as_secs_f64(),
+            seconds: self.epoch_start.elapsed().as_secs_f64(),
         };
+        // The next epoch's sums start here, before this epoch's checkpoint records them.
+        self.state.epoch_sums = checkpoint::EpochSums::default();
         self.obs.epoch(&el);
         let mut v = serde_json::to_value(&el).map_err(|e| TrainError::Data(e.to_string()))?;
         v["kind"] = "epoch".into();
@@ -705,7 +754,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         if check_epoch {
             self.checkpoint(monitored)?;
         }
-        self.epoch_stats = EpochStats { loss: 0.0, acc: 0.0, n: 0, start: Instant::now() };
+        self.epoch_start = Instant::now();
         if let Some(patience) = self.cfg.early_stopping() {
             if monitored.is_some() && self.state.checks_without_improvement >= patience {
                 self.obs.message(&format!(
@@ -753,10 +802,13 @@ impl<'a, D: Device> Trainer<'a, D> {
                     self.top_k.entries.retain(|e| e.name != name);
                     self.top_k.entries.push(TopEntry { name, epoch: self.state.epoch.saturating_sub(1), step: self.state.step, value: v });
                     self.top_k.sort(mode);
-                    for gone in self.top_k.entries.split_off(k.min(self.top_k.entries.len())) {
+                    let gone = self.top_k.entries.split_off(k.min(self.top_k.entries.len()));
+                    // The index first: a kill between the two leaves a spare directory on disk,
+                    // not an index naming one that is gone.
+                    self.top_k.save(&self.ckpt_dir)?;
+                    for gone in gone {
                         checkpoint::remove(&self.ckpt_dir.join(gone.name));
                     }
-                    self.top_k.save(&self.ckpt_dir)?;
                 }
             }
         }

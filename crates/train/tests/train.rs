@@ -187,6 +187,17 @@ fn step_losses(run: &Path) -> Vec<(u64, f64)> {
         .collect()
 }
 
+/// Each epoch's line: its number and training loss and accuracy means.
+fn epoch_means(run: &Path) -> Vec<(u64, f64, f64)> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| (v["epoch"].as_u64().unwrap(), v["train_contrastive_loss"].as_f64().unwrap(), v["train_contrastive_acc"].as_f64().unwrap()))
+        .collect()
+}
+
 #[test]
 fn resumed_run_reproduces_the_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -207,6 +218,11 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     let b = step_losses(&s_rest.run_dir);
     assert_eq!(a.len(), 12);
     assert_eq!(a, b, "losses of the resumed run equal the uninterrupted run's, step for step");
+    // And so do its epochs' means, the one it was stopped in among them (its batches before the
+    // checkpoint are in it).
+    let (ea, eb) = (epoch_means(&s_full.run_dir), epoch_means(&s_rest.run_dir));
+    assert_eq!(ea.len(), 4);
+    assert_eq!(ea, eb, "epoch means of the resumed run equal the uninterrupted run's");
     assert_eq!(s_full.last_loss, s_rest.last_loss);
     // Resuming a run that has reached trainer.max_steps (here with a smaller one than it ran)
     // takes no step and writes no checkpoint: before, each such resume ran one more step.
@@ -453,6 +469,31 @@ fn evaluation_of_separable_data_scores_the_pretrained_encoder_no_lower_than_rand
     assert!(r.spectrum_baseline.linear_probe_acc >= 0.9, "the spectrum separates sinusoids of distinct frequency: {r:?}");
     assert_eq!((r.fit_ids.len(), r.test_ids.len()), (40, 40), "the time split fits and tests on every Id");
     assert!(r.held_out.is_empty());
+}
+
+/// The store's channel count is its most common one, for every part of a run: a first Id with
+/// another (here Id 0, one channel beside 2-channel Ids, not even in the table) is skipped, and
+/// the inputs, the encoder and evaluation all take 2 channels. (Inputs and evaluation took the
+/// first Id's count: standardized windows were cut 1 channel wide, with no error, and evaluation
+/// refused the checkpoint as trained on 2 channels where the store had 1.)
+#[test]
+fn a_first_id_with_another_channel_count_changes_nothing_but_its_skip() {
+    use signal::store::{write_store, Hdf5Store, SampleData, SignalStore};
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let store = Hdf5Store::open(&h5).unwrap();
+    let ids: Vec<u64> = store.samples().iter().map(|s| s.id).collect();
+    assert!(ids.iter().all(|&id| id > 0) && store.channels() == 2);
+    let values: Vec<Vec<f32>> = ids.iter().map(|&id| store.read(id).unwrap()).collect();
+    let odd: Vec<f32> = (0..2048).map(|i| (i as f32 * 0.05).sin()).collect();
+    let mixed = dir.path().join("mixed.h5");
+    let samples = std::iter::once(SampleData { id: 0, values: &odd, channels: 1 }).chain(ids.iter().zip(&values).map(|(&id, v)| SampleData { id, values: v, channels: 2 }));
+    write_store(&mixed, samples, Layout::Contiguous).unwrap();
+    let cfg = small_config(&dir.path().join("run"), &["data.input=standardized", "trainer.epochs=1"]);
+    let s = train(&cfg, &mixed, &csv, None, &mut Quiet).unwrap();
+    let ds = train::trainer::open_dataset(&mixed, &csv).unwrap();
+    let r = train::eval::evaluate(&s.last_checkpoint.unwrap(), &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).unwrap();
+    assert!(r.pretrained.linear_probe_acc.is_finite(), "{r:?}");
 }
 
 #[test]
@@ -789,6 +830,7 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
         monitor_value: None,
         config_yaml: String::new(),
         loss_scale: None,
+        epoch_sums: train::checkpoint::EpochSums::default(),
     };
     let ckpt = dir.path().join("c");
     train::checkpoint::save(&ckpt, &st, &state, false).unwrap();
@@ -803,6 +845,8 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
     let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
     for (from, to, named) in [
         ("\\\"step\\\":3", "\\\"step\\\":18446744073709551615", "`step`"),
+        ("\\\"checks_without_improvement\\\":0", "\\\"checks_without_improvement\\\":18446744073709551615", "`checks_without_improvement`"),
+        ("\\\"batches\\\":0", "\\\"batches\\\":18446744073709551615", "`epoch_sums.batches`"),
         ("[1024.0,7]", "[1e31,0]", "`loss_scale`"),
         ("[1024.0,7]", "[1024.0,2000]", "`loss_scale`"),
         ("[1024.0,7]", "[3.0,4]", "`loss_scale`"),

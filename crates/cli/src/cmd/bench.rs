@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use bench::{Benchmark, DeviceSel, Selection};
 
-use crate::args::{NoiseArgs, SaveDirArgs};
+use crate::args::{NoiseArgs, OptionalDataArgs, SaveDirArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -37,11 +37,9 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
-    /// Dataset of the quality category (default: a generated one).
-    #[arg(long, requires = "meta")]
-    pub data: Option<PathBuf>,
-    #[arg(long, requires = "data")]
-    pub meta: Option<PathBuf>,
+    /// Dataset of the quality category, `--data` with `--meta` (default: a generated one).
+    #[command(flatten, next_help_heading = "Dataset of the quality category (default: a generated one)")]
+    pub data: OptionalDataArgs,
     /// Encoder of the training, scalability and hardware categories (mlp-medium, the seed's
     /// workload; cnn; isfm; …). The model category measures every encoder.
     #[arg(long, default_value = "mlp-medium")]
@@ -69,8 +67,8 @@ pub fn run(a: Args) -> Result<()> {
     let targets = a.targets.as_deref().map(bench::targets::load_targets).transpose()?;
     // The quality category's data: opened as training opens it (a store and table sharing no
     // usable Id is an error now, not a failed category at the end of the suite).
-    if let (Some(d), Some(m)) = (&a.data, &a.meta) {
-        train::trainer::open_dataset(d, m)?;
+    if let Some((data, meta)) = a.data.paths() {
+        train::trainer::open_dataset(data, meta)?;
     }
     if cfg!(debug_assertions) && !a.allow_debug {
         bail!("this is a debug build: its timings mean nothing. Use `cargo run --release -- bench ...`, or pass --allow-debug");
@@ -87,8 +85,8 @@ pub fn run(a: Args) -> Result<()> {
     if let Some(t) = targets {
         b = b.targets(t);
     }
-    if let (Some(d), Some(m)) = (&a.data, &a.meta) {
-        b = b.quality_data(d.clone(), m.clone());
+    if let Some((data, meta)) = a.data.paths() {
+        b = b.quality_data(data.clone(), meta.clone());
     }
     if matches!(a.device, DeviceSel::Cuda(_)) {
         errln!("warning: --device {}: GPU benchmarking is not implemented yet; measuring the CPU and reporting the GPU as not available", a.device);
