@@ -216,6 +216,15 @@ impl Benchmark {
             cat.notes.push(note);
         }
         targets::evaluate(&mut cat.metrics, &self.targets);
+        // Samples far outside the rest: taken while the machine did something else.
+        for m in &cat.metrics {
+            if let Some(s) = m.summary.as_ref().filter(|s| s.outliers.severe() as f64 > stats::SEVERE_OUTLIER_SHARE * s.n as f64) {
+                self.log(format!(
+                    "warning: {}: {} of {} samples (past 3 IQR: the machine was busy with something else while they were taken; the median stands, the CI widens)",
+                    m.id, s.outliers, s.n
+                ));
+            }
+        }
         let (p, n) = cat.pass_count();
         let line = format!(
             "[{kind}] {:?}: {} metrics, {p}/{n} targets passed, {:.1} s{}",

@@ -65,9 +65,16 @@ fn target_text(m: &Metric) -> (String, String) {
 fn ci_text(m: &Metric) -> String {
     m.summary
         .as_ref()
-        .map(|s| match s.ci() {
-            Some((lo, hi)) => format!("[{}, {}]", fmt_value(lo), fmt_value(hi)),
-            None => format!("n = {}: too few for a CI", s.n),
+        .map(|s| {
+            let ci = match s.ci() {
+                Some((lo, hi)) => format!("[{}, {}]", fmt_value(lo), fmt_value(hi)),
+                None => format!("n = {}: too few for a CI", s.n),
+            };
+            if s.outliers.total() > 0 {
+                format!("{ci}; {} of {}", s.outliers, s.n)
+            } else {
+                ci
+            }
         })
         .unwrap_or_default()
 }

@@ -2,7 +2,9 @@
 //! [`MIN_CI_SAMPLES`] samples on: below that a percentile bootstrap covers far less than it
 //! claims — with 3 samples its interval is the sample's range, which holds the median 75 % of the
 //! time), and the regression rule (a change is called only where its CI lies wholly beyond a
-//! noise band, or, for a value counted rather than timed, where the change itself does).
+//! noise band, or, for a value counted rather than timed, where the change itself does), and
+//! outliers by Tukey's fences (criterion's classification: mild past 1.5 IQR from the quartiles,
+//! severe past 3).
 
 use serde::{Deserialize, Serialize};
 
@@ -23,7 +25,64 @@ pub struct Summary {
     /// interval: [`Summary::ci`] gives the interval only where it is one.
     pub ci_low: f64,
     pub ci_high: f64,
+    /// Samples past Tukey's fences. (Absent from results of earlier versions: none counted.)
+    #[serde(default)]
+    pub outliers: Outliers,
 }
+
+/// Samples outside Tukey's fences: mild between 1.5 and 3 IQR below the first quartile or above
+/// the third, severe past 3 IQR. A timing is skewed high by a busy neighbour or a page fault:
+/// high outliers are samples taken while the machine did something else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outliers {
+    pub low_severe: usize,
+    pub low_mild: usize,
+    pub high_mild: usize,
+    pub high_severe: usize,
+}
+
+impl Outliers {
+    /// Counts the samples of `sorted` past the fences of its quartiles `q1`, `q3`.
+    fn classify(sorted: &[f64], q1: f64, q3: f64) -> Self {
+        let iqr = q3 - q1;
+        let (low_severe, low_mild, high_mild, high_severe) = (q1 - 3.0 * iqr, q1 - 1.5 * iqr, q3 + 1.5 * iqr, q3 + 3.0 * iqr);
+        let mut o = Outliers::default();
+        for &x in sorted {
+            match x {
+                x if x < low_severe => o.low_severe += 1,
+                x if x < low_mild => o.low_mild += 1,
+                x if x > high_severe => o.high_severe += 1,
+                x if x > high_mild => o.high_mild += 1,
+                _ => {}
+            }
+        }
+        o
+    }
+
+    pub fn total(&self) -> usize {
+        self.low_severe + self.low_mild + self.high_mild + self.high_severe
+    }
+
+    pub fn severe(&self) -> usize {
+        self.low_severe + self.high_severe
+    }
+}
+
+impl std::fmt::Display for Outliers {
+    /// `3 outliers: 2 high mild, 1 high severe` (criterion's words), or `no outliers`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.total() == 0 {
+            return f.write_str("no outliers");
+        }
+        let kinds = [(self.low_severe, "low severe"), (self.low_mild, "low mild"), (self.high_mild, "high mild"), (self.high_severe, "high severe")];
+        let parts: Vec<String> = kinds.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
+        write!(f, "{} outlier{}: {}", self.total(), if self.total() == 1 { "" } else { "s" }, parts.join(", "))
+    }
+}
+
+/// Past this share of severe outliers a metric's samples are said to be disturbed (criterion
+/// warns at any; a shared VM has some in most categories).
+pub const SEVERE_OUTLIER_SHARE: f64 = 0.1;
 
 /// The fewest samples a 95 % CI of the median is given for.
 pub const MIN_CI_SAMPLES: usize = 8;
@@ -103,7 +162,9 @@ pub fn summarize(samples: &[f64]) -> Summary {
     let (min, max) = (s.first().copied().unwrap_or(f64::NAN), s.last().copied().unwrap_or(f64::NAN));
     let (ci_low, ci_high) = if n >= MIN_CI_SAMPLES { bootstrap(&s, 0xB007 ^ n as u64, median_in_place) } else { (min, max) };
     let (q1, q3) = (quantile(&s, 0.25), quantile(&s, 0.75));
-    Summary { n, median: quantile(&s, 0.5), mean, std, min, max, q1, q3, iqr: q3 - q1, ci_low, ci_high }
+    // Fences need quartiles of something: with fewer than 4 samples there are none.
+    let outliers = if n >= 4 { Outliers::classify(&s, q1, q3) } else { Outliers::default() };
+    Summary { n, median: quantile(&s, 0.5), mean, std, min, max, q1, q3, iqr: q3 - q1, ci_low, ci_high, outliers }
 }
 
 /// What a comparison with a baseline concludes.
