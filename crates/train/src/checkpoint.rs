@@ -120,6 +120,24 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
     Ok(values)
 }
 
+/// The value of counter tensor `name` (BatchNorm's `num_batches_tracked`): an I64 read exactly
+/// (through f32 it lost its last digits past 2²⁴ batches), a float where a converted state dict
+/// holds one, as long as it is a whole number ≥ 0.
+fn read_counter(path: &Path, st: &SafeTensors, name: &str) -> Result<u64> {
+    let t = st.tensor(name).map_err(|_| ckpt_err(path, format!("tensor `{name}` missing: the checkpoint is of another architecture")))?;
+    let d = t.data();
+    let not_a_count = |value: String| ckpt_err(path, format!("tensor `{name}` holds {value}, not a count"));
+    if let (Dtype::I64, Ok(bytes)) = (t.dtype(), <[u8; 8]>::try_from(d)) {
+        let value = i64::from_le_bytes(bytes);
+        return u64::try_from(value).map_err(|_| not_a_count(value.to_string()));
+    }
+    let value = read_tensor(path, st, name, &[])?[0];
+    if !(value >= 0.0 && value.fract() == 0.0 && value.is_finite()) {
+        return Err(not_a_count(value.to_string()));
+    }
+    Ok(value as u64)
+}
+
 /// The architecture and configuration recorded in a `model.safetensors` (`None` where the file
 /// has no such metadata: a state dict saved by PyTorch). `path` is the file or its checkpoint
 /// directory; a missing file is a checkpoint error naming it ([`ModelFile::read`]).
@@ -181,14 +199,17 @@ impl ModelFile {
         let mut buffers = enc.buffers_to_vec();
         let mut counters = enc.counters().to_vec();
         for s in &specs {
+            if s.kind == TensorKind::Counter {
+                counters[s.offset] = read_counter(file, &st, &s.name)?;
+                continue;
+            }
             let v = read_tensor(file, &st, &s.name, &s.shape)?;
             if v.iter().any(|x| !x.is_finite()) {
                 return Err(ckpt_err(file, format!("tensor `{}` holds NaN or infinite values", s.name)));
             }
             match s.kind {
                 TensorKind::Param => params[s.offset..s.offset + s.len()].copy_from_slice(&v),
-                TensorKind::Buffer => buffers[s.offset..s.offset + s.len()].copy_from_slice(&v),
-                TensorKind::Counter => counters[s.offset] = v.first().copied().unwrap_or(0.0).max(0.0) as u64,
+                _ => buffers[s.offset..s.offset + s.len()].copy_from_slice(&v),
             }
         }
         enc.set_params(&params)?;

@@ -327,6 +327,47 @@ fn checkpoint_round_trip_and_pytorch_layout() {
     }
 }
 
+/// BatchNorm's batch counters (I64 `num_batches_tracked`) load back exactly, past 2²⁴ (through
+/// f32 they lost their last digits), and a negative one is named.
+#[test]
+fn batch_counters_load_back_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = EncoderConfig::new(EncoderKind::Cnn, 256, 1);
+    let mut step = ContrastiveStep::new(cfg.init(CpuDevice::new(), 4, 1).unwrap(), 2, InfoNceConfig::default(), OptimizerConfig::default(), 0).unwrap();
+    let counts: Vec<u64> = (0..step.encoder.counters().len() as u64).map(|i| (1 << 40) + 2 * i + 1).collect();
+    assert!(!counts.is_empty(), "the CNN has BatchNorm counters");
+    step.encoder.set_counters(&counts).unwrap();
+    let state = train::checkpoint::TrainingState {
+        step: 0,
+        micro_step: 0,
+        epoch: 0,
+        batch: 0,
+        seed: 0,
+        best: None,
+        checks_without_improvement: 0,
+        monitor_value: None,
+        config_yaml: String::new(),
+        loss_scale: None,
+        epoch_sums: train::checkpoint::EpochSums::default(),
+    };
+    let ckpt = dir.path().join("c");
+    train::checkpoint::save(&ckpt, &step, &state, true).unwrap();
+    let mut back = cfg.init(CpuDevice::new(), 4, 2).unwrap();
+    train::checkpoint::load_weights(&ckpt, &mut back).unwrap();
+    assert_eq!(back.counters(), &counts[..]);
+    // A negative count (a hand-edited or foreign file) is refused, naming the tensor.
+    let file = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (name, view) = st.tensors().into_iter().find(|(n, _)| n.ends_with("num_batches_tracked")).unwrap();
+    let at = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut edited = bytes.clone();
+    edited[at..at + 8].copy_from_slice(&(-5i64).to_le_bytes());
+    std::fs::write(&file, &edited).unwrap();
+    let e = train::checkpoint::load_weights(&ckpt, &mut cfg.init(CpuDevice::new(), 4, 2).unwrap()).unwrap_err().to_string();
+    assert!(e.contains(&name) && e.contains("-5") && e.contains("not a count"), "{e}");
+}
+
 #[test]
 fn early_stopping_stops_after_patience_checks() {
     let dir = tempfile::tempdir().unwrap();
