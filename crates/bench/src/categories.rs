@@ -545,13 +545,19 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
     }
     for r in &reduced {
         cat.metrics.push(timed(CategoryKind::Hardware, &format!("cpu.{}.threads{}", r.name, s.threads), MetricName::StepMs, r.times.clone(), warmup));
-        cat.metrics.push(value(
+        // Step i of fp32 against step i of this precision, taken in the same round seconds
+        // apart: the machine's pace of the round divides out, and as many ratios as steps give
+        // the speed-up a confidence interval, so a baseline comparison can call its change.
+        let ratios: Vec<f64> = fp32.times.iter().zip(&r.times).map(|(f, t)| f / t).collect();
+        cat.metrics.push(rate(
             CategoryKind::Hardware,
             &format!("cpu.{}", r.name),
             MetricName::MixedPrecisionSpeedup,
-            crate::stats::median(&fp32.times) / crate::stats::median(&r.times),
-            false,
-            &format!("median fp32 step time / median {0} step time, 3 interleaved rounds, {1} threads (B=32, W=1024, {2}): cpu.fp32.paired / cpu.{0}", r.name, s.threads, s.encoder),
+            ratios,
+            format!(
+                "median over paired steps of fp32 step time / {0} step time (step i of each in the same round), 3 interleaved rounds, {1} threads (B=32, W=1024, {2}): cpu.fp32.paired / cpu.{0}",
+                r.name, s.threads, s.encoder
+            ),
         ));
         cat.metrics.push(exact(CategoryKind::Hardware, &format!("cpu.{}", r.name), MetricName::MemoryMb, r.bytes as f64 / 1e6, true, DEVICE_MEMORY));
     }

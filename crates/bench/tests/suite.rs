@@ -233,6 +233,11 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     let verdict = |id: &str| again.results().metric(id).and_then(|m| m.baseline.as_ref()).map(|c| c.verdict);
     assert_eq!(verdict("hardware.cpu.fp32.memory_mb"), Some(bench::stats::Verdict::NoChange), "an exact value is compared");
     assert_eq!(verdict("hardware.cpu.fp32.thread_speedup"), Some(bench::stats::Verdict::NotCompared), "a single timing ratio is not");
+    // The mixed-precision speed-up is a median over paired steps: it has enough samples to judge.
+    match verdict("hardware.cpu.bf16.mixed_precision_speedup") {
+        Some(v) => assert_ne!(v, bench::stats::Verdict::NotCompared, "paired ratios are compared"),
+        None => eprintln!("SKIPPED the speed-up's verdict: bf16 products do not run here"),
+    }
     assert_eq!(verdict("hardware.cpu.fp32.final_probe_acc"), Some(bench::stats::Verdict::NotCompared), "nor a trained probe (its run's GEMM kernels are chosen by timing)");
     let mut doctored: Results = serde_json::from_str(&std::fs::read_to_string(&base).unwrap()).unwrap();
     for c in doctored.categories.iter_mut() {
