@@ -71,7 +71,7 @@ fn ci_text(m: &Metric) -> String {
                 None => format!("n = {}: too few for a CI", s.n),
             };
             if s.outliers.total() > 0 {
-                format!("{ci}; {} of {}", s.outliers, s.n)
+                format!("{ci}; {} among {}", s.outliers, s.n)
             } else {
                 ci
             }

@@ -69,14 +69,14 @@ impl Outliers {
 }
 
 impl std::fmt::Display for Outliers {
-    /// `3 outliers: 2 high mild, 1 high severe` (criterion's words), or `no outliers`.
+    /// `3 outliers (2 high mild, 1 high severe)` (criterion's words), or `no outliers`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.total() == 0 {
             return f.write_str("no outliers");
         }
         let kinds = [(self.low_severe, "low severe"), (self.low_mild, "low mild"), (self.high_mild, "high mild"), (self.high_severe, "high severe")];
         let parts: Vec<String> = kinds.iter().filter(|(n, _)| *n > 0).map(|(n, what)| format!("{n} {what}")).collect();
-        write!(f, "{} outlier{}: {}", self.total(), if self.total() == 1 { "" } else { "s" }, parts.join(", "))
+        write!(f, "{} outlier{} ({})", self.total(), if self.total() == 1 { "" } else { "s" }, parts.join(", "))
     }
 }
 

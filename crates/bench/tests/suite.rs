@@ -35,7 +35,7 @@ fn summary_statistics_of_a_known_sample() {
     let s = summarize(&[10.0, 10.25, 10.5, 10.5, 10.5, 10.75, 10.0, 11.0, 11.8, 13.0, 8.0, 10.5]);
     assert_eq!((s.q1, s.q3), (10.1875, 10.8125));
     assert_eq!((s.outliers.low_severe, s.outliers.low_mild, s.outliers.high_mild, s.outliers.high_severe), (1, 0, 1, 1), "{:?}", s.outliers);
-    assert_eq!(s.outliers.to_string(), "3 outliers: 1 low severe, 1 high mild, 1 high severe");
+    assert_eq!(s.outliers.to_string(), "3 outliers (1 low severe, 1 high mild, 1 high severe)");
     assert_eq!(summarize(&[1.0, 2.0, 3.0, 4.0, 5.0]).outliers.to_string(), "no outliers");
 }
 
