@@ -13,6 +13,8 @@ pub enum Setting {
     Channels,
     /// Embedding size D.
     Embedding,
+    /// Output size of the projection head InfoNCE is taken on.
+    Projection,
     /// Pairs per batch.
     Batch,
     Encoder,
@@ -39,6 +41,7 @@ impl std::fmt::Display for Setting {
             Setting::Window => "window size",
             Setting::Channels => "channel count",
             Setting::Embedding => "embedding size",
+            Setting::Projection => "projection size",
             Setting::Batch => "batch size",
             Setting::Encoder => "encoder",
             Setting::Temperature => "temperature",

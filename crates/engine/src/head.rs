@@ -27,7 +27,7 @@ impl ProjectionHead {
     /// A head from `embed` to `dim` on `dev`, initialised as PyTorch's `nn.Linear`s.
     pub fn init<D: Device>(dev: &mut D, embed: usize, dim: usize, max_rows: usize, seed: u64) -> Result<Self> {
         if dim == 0 || dim > 1 << 20 {
-            return Err(EngineError::invalid(Setting::Embedding, format!("a projection of {dim} dimensions")));
+            return Err(EngineError::invalid(Setting::Projection, format!("a projection of {dim} dimensions")));
         }
         let mut t = Tensors::default();
         let (s1, s2) = (LinearSlots::declare(&mut t, "projection.0", embed, embed), LinearSlots::declare(&mut t, "projection.2", embed, dim));

@@ -134,9 +134,10 @@ pub struct ContrastiveStep<D: Device> {
     pub seed: u64,
     /// Dynamic loss scaling, on where the device's products are fp16 ([`Self::set_precision`]).
     pub scaler: Option<LossScaler>,
-    /// Pairs of the batch last copied into the device ([`Self::load`]), which
-    /// [`Self::train_step_loaded`] steps on again.
-    loaded: Option<usize>,
+    /// The batch [`Self::load`] copied into the device: its pairs, and the encoder's input
+    /// writes just after (any later write — another step's, an evaluation's, an `embed` — has
+    /// replaced it).
+    loaded: Option<(usize, u64)>,
 }
 
 impl<D: Device> ContrastiveStep<D> {
@@ -170,6 +171,9 @@ impl<D: Device> ContrastiveStep<D> {
     /// Takes InfoNCE on a projection head to `dim` dimensions, discarded after pretraining.
     pub fn with_projection(mut self, dim: usize) -> Result<Self> {
         let (embed, rows) = (self.encoder.cfg.embed, self.encoder.max_rows());
+        // The loss now runs on `dim` columns: its scratch is checked again, as `new` did for D.
+        let batch = self.batch;
+        limits::check(|| format!("InfoNCE over {batch} pairs of {dim} projected dimensions"), limits::bytes(&[crate::loss::infonce_scratch_floats(batch, dim)], 4))?;
         self.head = Some(ProjectionHead::init(&mut self.encoder.device, embed, dim, rows, self.seed)?);
         Ok(self)
     }
@@ -216,17 +220,22 @@ impl<D: Device> ContrastiveStep<D> {
     }
 
     /// Copies a batch into the device, where every step (and evaluation) starts by copying its
-    /// own; [`Self::train_step_loaded`] then steps on it as often as asked, copying nothing.
+    /// own; [`Self::train_step_loaded`] then steps on it as often as asked, copying nothing, until
+    /// anything else writes the encoder's input (a step or evaluation of other pairs, `embed`).
     /// That is how PyTorch's reference times a step (on tensors made once), and how a
     /// benchmark times ours beside it; the copy costs a memory pass over the batch (an xl batch is
     /// 16 MiB, ~2 ms on the Intel Xeon of docs/performance.md).
     pub fn load(&mut self, pairs: Pairs) -> Result<()> {
-        self.with_workers_polling(|st| st.load_pairs(pairs).map(|_| ()))
+        self.with_workers_polling(|st| {
+            // Whatever fails below, the device's batch may be partly overwritten.
+            st.loaded = None;
+            let b = st.load_pairs(pairs)?;
+            st.loaded = Some((b, st.encoder.input_writes()));
+            Ok(())
+        })
     }
 
     fn load_pairs(&mut self, pairs: Pairs) -> Result<usize> {
-        // Whatever fails below, the device's batch may be partly overwritten.
-        self.loaded = None;
         let n = self.encoder.cfg.input();
         let (a, p) = (pairs.anchor, pairs.positive);
         if a.len() != p.len() || a.len() % n != 0 || a.is_empty() {
@@ -246,7 +255,6 @@ impl<D: Device> ContrastiveStep<D> {
             }
             None => self.encoder.reset_sample_rates(),
         }
-        self.loaded = Some(b);
         Ok(b)
     }
 
@@ -287,7 +295,11 @@ impl<D: Device> ContrastiveStep<D> {
     /// Unscales (fp16), clips (when configured) and applies the current gradients with learning
     /// rate `lr`. Returns the global gradient norm (when clipping or scaling; of the unscaled
     /// gradients) and what was done: a non-finite norm never touches the weights.
+    ///
+    /// # Panics
+    /// Where `lr` is not a finite rate ≥ 0 (a caller's bug: configurations check theirs).
     pub fn optimizer_step(&mut self, lr: f32) -> (Option<f32>, Update) {
+        assert!(lr.is_finite() && lr >= 0.0, "learning rate {lr}");
         self.with_workers_polling(|st| st.run_optimizer_step(lr))
     }
 
@@ -330,16 +342,23 @@ impl<D: Device> ContrastiveStep<D> {
     }
 
     pub fn train_step_lr(&mut self, pairs: Pairs, lr: f32) -> Result<StepOutput> {
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(EngineError::invalid(Setting::LearningRate, format!("{lr} is not a finite rate ≥ 0")));
+        }
         self.with_workers_polling(|st| {
             let b = st.load_pairs(pairs)?;
             Ok(st.step_on_loaded(b, lr))
         })
     }
 
-    /// One full training step at the configured learning rate on the batch [`Self::load`] (or
-    /// the last step or evaluation) copied into the device.
+    /// One full training step at the configured learning rate on the batch [`Self::load`] copied
+    /// into the device; an error where none was, or where the input has been written since.
     pub fn train_step_loaded(&mut self) -> Result<StepOutput> {
-        let b = self.loaded.ok_or_else(|| EngineError::Shape("no batch is loaded: `load` one first".into()))?;
+        let b = match self.loaded {
+            Some((b, writes)) if writes == self.encoder.input_writes() => b,
+            Some(_) => return Err(EngineError::Shape("the batch `load` copied in has been overwritten since (by a step, an evaluation or an embedding of other windows): `load` it again".into())),
+            None => return Err(EngineError::Shape("no batch is loaded: `load` one first".into())),
+        };
         let lr = self.opt.lr;
         Ok(self.with_workers_polling(|st| st.step_on_loaded(b, lr)))
     }

@@ -413,6 +413,27 @@ fn steps_on_a_loaded_batch_equal_steps_that_copy_it() {
             assert_eq!((x.loss.to_bits(), x.update), (y.loss.to_bits(), y.update), "{}: step {i}", cfg.kind());
         }
         assert_eq!(copying.encoder.params_to_vec(), loaded.encoder.params_to_vec(), "{}", cfg.kind());
+        // Anything else that writes the input replaces the loaded batch: an evaluation of other
+        // pairs, a step that copies its own, an embedding.
+        let (va, vp) = toy.batch(b, w, 0, 2048, 8);
+        let others = Pairs::new(&va, &vp).with_rates(&rates);
+        type Overwrite<'a> = Box<dyn Fn(&mut ContrastiveStep<CpuDevice>) + 'a>;
+        let overwrites: [(&str, Overwrite); 3] = [
+            ("an evaluation", Box::new(|st| drop(st.evaluate(others).unwrap()))),
+            ("a copying step", Box::new(|st| drop(st.train_step(others).unwrap()))),
+            ("an embedding", Box::new(|st| drop(engine::step::embed(&mut st.encoder, &va, None).unwrap()))),
+        ];
+        for (what, overwrite) in overwrites {
+            loaded.load(pairs).unwrap();
+            loaded.train_step_loaded().unwrap();
+            overwrite(&mut loaded);
+            let e = loaded.train_step_loaded().unwrap_err().to_string();
+            assert!(e.contains("overwritten"), "{}: after {what}: {e}", cfg.kind());
+        }
+        // A load that fails part way (the windows copied, then a bad rate) leaves no batch.
+        loaded.load(pairs).unwrap();
+        assert!(loaded.load(Pairs::new(&a, &p).with_rates(&[f32::NAN; 4][..b])).is_err());
+        assert!(loaded.train_step_loaded().is_err(), "{}: a failed load leaves no batch to step on", cfg.kind());
         assert!(loaded.load(Pairs::new(&a, &p[..w])).is_err());
         assert!(loaded.train_step_loaded().is_err(), "{}: a failed load leaves no batch to step on", cfg.kind());
     }
@@ -427,6 +448,24 @@ fn bad_shapes_are_errors() {
     assert!(EncoderConfig::new(EncoderKind::MlpSimple, 0, 1).init(CpuDevice::new(), 4, 1).is_err());
     let e = "transformer-xl".parse::<EncoderKind>().unwrap_err().to_string();
     assert!(e.contains("encoder") && e.contains("transformer-xl"), "{e}");
+    // A CNN's sizes as a checkpoint's metadata could carry them: a padding past the window (its
+    // padded length overflowed), and buffers of 2²⁴ rows × 2³¹ steps × 2²⁰ channels (a size that
+    // wrapped in a release build) are named errors.
+    let cnn = |widths: Vec<usize>, first_padding: usize, window: usize| EncoderConfig {
+        arch: Arch::Cnn(CnnConfig { widths, first_kernel: 1, first_stride: 1, first_padding }),
+        window,
+        channels: 1,
+        embed: 8,
+    };
+    let e = cnn(vec![4], usize::MAX / 2, 64).init(CpuDevice::new(), 2, 0).err().expect("a padding past the window").to_string();
+    assert!(e.contains("padding"), "{e}");
+    let e = cnn(vec![1 << 20], 0, 1 << 31).init(CpuDevice::new(), 1 << 24, 0).err().expect("buffers past usize").to_string();
+    assert!(e.contains("cnn") && e.contains("more than this machine can address"), "{e}");
+    // The projection head's loss scratch is checked as the embedding's is.
+    // (2¹⁴ pairs of 2²⁰ dimensions: a scratch of 2⁴⁸ bytes.)
+    let enc = EncoderConfig::new(EncoderKind::MlpSimple, 8, 1).init(CpuDevice::new(), 1 << 15, 1).unwrap();
+    let e = ContrastiveStep::new(enc, 1 << 14, InfoNceConfig::default(), OptimizerConfig::default(), 1).unwrap().with_projection(1 << 20).err().expect("a loss scratch past the budget").to_string();
+    assert!(e.contains("projected"), "{e}");
 }
 
 #[test]

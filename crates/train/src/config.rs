@@ -773,6 +773,7 @@ pub fn setting_key(s: engine::Setting) -> &'static str {
         Window => "data.window_size",
         Channels => "data (the store's channel count)",
         Embedding => "model.embedding_dim",
+        Projection => "model.projection_dim",
         Batch => "data.batch_size",
         Encoder => "model.name",
         Temperature => "task.temperature",

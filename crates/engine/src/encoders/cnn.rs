@@ -133,6 +133,9 @@ impl CnnConfig {
         if self.first_kernel == 0 || self.first_stride == 0 {
             return Err(EngineError::invalid(Setting::Encoder, "the cnn's first kernel and stride must be > 0"));
         }
+        if self.first_padding > window {
+            return Err(EngineError::invalid(Setting::Encoder, format!("the cnn's first padding of {} is wider than the window of {window} samples", self.first_padding)));
+        }
         if self.first_kernel > window {
             return Err(EngineError::invalid(
                 Setting::Window,
@@ -241,26 +244,36 @@ impl Cnn {
     pub fn build<D: Device>(c: &CnnConfig, cfg: &EncoderConfig, arenas: &Arenas, dev: &mut D, max_rows: usize) -> Result<Self> {
         let shapes = c.blocks(cfg.window, cfg.channels)?;
         let mut blocks = Vec::new();
+        // A block's buffers multiply the rows, its length and its channels: a product past usize
+        // (a window of 2³² samples beside 2²⁰ channels) is a named error, not a wrapped size.
+        let size = |what: &str, parts: &[usize]| -> Result<usize> {
+            parts.iter().try_fold(1usize, |a, &p| a.checked_mul(p)).ok_or_else(|| {
+                let factors: Vec<String> = parts.iter().map(|p| p.to_string()).collect();
+                EngineError::invalid(Setting::Encoder, format!("the cnn's {what} of {} values is more than this machine can address", factors.join(" × ")))
+            })
+        };
         let (mut widest_act, mut widest_cols) = (max_rows * cfg.input(), 0);
         for (i, shape) in shapes.into_iter().enumerate() {
-            let rows = max_rows * shape.len_out;
-            let out_rows = max_rows * shape.len_next();
-            widest_act = widest_act.max(rows * shape.cout).max(max_rows * shape.len_in * shape.cin);
+            let rows = size("output rows", &[max_rows, shape.len_out])?;
+            let out_rows = size("pooled rows", &[max_rows, shape.len_next()])?;
+            let y_len = size("activations", &[rows, shape.cout])?;
+            widest_act = widest_act.max(y_len).max(size("block inputs", &[max_rows, shape.len_in, shape.cin])?);
             let backward_as_conv = shape.conv(max_rows).input_gradient_on(dev, shape.cout).is_some();
-            let dcols_width = if i > 0 && !backward_as_conv { shape.cin * shape.kernel } else { 0 };
-            widest_cols = widest_cols.max(rows * dcols_width);
+            let dcols_width = if i > 0 && !backward_as_conv { size("im2col width", &[shape.cin, shape.kernel])? } else { 0 };
+            widest_cols = widest_cols.max(size("im2col gradient", &[rows, dcols_width])?);
             // (Whether the rows can be read in place does not depend on the batch: a smaller
             // batch reads them in place too, and an empty one needs no im2col matrix.)
-            let cols_width = if dev.reads_conv_rows_in_place(shape.conv(max_rows)) { 0 } else { shape.cin * shape.kernel };
+            let cols_width = if dev.reads_conv_rows_in_place(shape.conv(max_rows)) { 0 } else { size("im2col width", &[shape.cin, shape.kernel])? };
+            let pooled = size("pooled activations", &[out_rows, shape.cout])?;
             blocks.push(Block {
                 shape,
-                cols: dev.alloc(rows * cols_width)?,
+                cols: dev.alloc(size("im2col matrix", &[rows, cols_width])?)?,
                 cols_width,
                 dcols_width,
-                y: dev.alloc(rows * shape.cout)?,
-                out: dev.alloc(out_rows * shape.cout)?,
-                argmax: dev.alloc(if shape.pool { out_rows * shape.cout } else { 0 })?,
-                stats: dev.alloc(2 * max_rows * shape.cout)?,
+                y: dev.alloc(y_len)?,
+                out: dev.alloc(pooled)?,
+                argmax: dev.alloc(if shape.pool { pooled } else { 0 })?,
+                stats: dev.alloc(size("batch statistics", &[2, max_rows, shape.cout])?)?,
             });
         }
         let model = Self::declare(c, cfg, &mut Tensors::default()).bind(arenas, dev)?;

@@ -119,11 +119,14 @@ impl IsfmConfig {
         PatchShape { samples, window: cfg.window, channels: cfg.channels, patches: self.num_patches, patch_len: self.patch_size_l, patch_channels: self.patch_size_c }
     }
 
+    /// Multiply-adds of one window's forward (saturating: the sizes `validate` accepts can
+    /// multiply past usize, and this is a count for reports, not a buffer).
     pub fn forward_macs(&self, cfg: &EncoderConfig) -> usize {
         let (p, d, f) = (self.num_patches, self.d_model, self.d_ff);
-        let embed = 2 * self.patch_size_l * self.patch_size_c * d + d * d;
-        let layer = 4 * d * d + 2 * d * f + 2 * p * d;
-        p * (embed + self.e_layers * layer) + d * cfg.embed
+        let mul = |parts: &[usize]| parts.iter().fold(1usize, |a, &x| a.saturating_mul(x));
+        let embed = mul(&[2, self.patch_size_l, self.patch_size_c, d]).saturating_add(mul(&[d, d]));
+        let layer = mul(&[4, d, d]).saturating_add(mul(&[2, d, f])).saturating_add(mul(&[2, p, d]));
+        mul(&[p, embed.saturating_add(mul(&[self.e_layers, layer]))]).saturating_add(mul(&[d, cfg.embed]))
     }
 }
 

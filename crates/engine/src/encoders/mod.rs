@@ -220,8 +220,9 @@ impl EncoderConfig {
         if max_rows == 0 {
             return Err(EngineError::invalid(Setting::Batch, "must be > 0"));
         }
-        // With rows, widths and patch counts capped, no buffer size below can overflow usize;
-        // the device checks each against the memory budget.
+        // Rows, widths and patch counts are capped; each encoder checks the products of its own
+        // sizes past those caps (a CNN's window × channels × rows), and the device checks each
+        // buffer against the memory budget.
         if max_rows > MAX_ROWS {
             return Err(EngineError::invalid(Setting::Batch, format!("{max_rows} windows per forward is more than {MAX_ROWS}")));
         }
@@ -236,7 +237,7 @@ impl EncoderConfig {
         let rates = device.alloc(max_rows)?;
         device.fill(rates, 1.0);
         let dz = device.alloc(max_rows * self.embed)?;
-        Ok(Encoder { device, cfg: self.clone(), arenas, net, x, rates, dz, max_rows, last_forward: None })
+        Ok(Encoder { device, cfg: self.clone(), arenas, net, x, rates, dz, max_rows, last_forward: None, input_writes: 0 })
     }
 }
 
@@ -291,11 +292,19 @@ pub struct Encoder<D: Device> {
     dz: View,
     max_rows: usize,
     last_forward: Option<LastForward>,
+    /// Writes to the input or its rates so far ([`Self::input_writes`]).
+    input_writes: u64,
 }
 
 impl<D: Device> Encoder<D> {
     pub fn max_rows(&self) -> usize {
         self.max_rows
+    }
+
+    /// How many times the input windows or their rates have been written: a batch loaded for
+    /// repeated steps (`ContrastiveStep::load`) is gone once this moves.
+    pub fn input_writes(&self) -> u64 {
+        self.input_writes
     }
 
     /// The parameter arena (every tensor in `state_dict` order).
@@ -324,6 +333,7 @@ impl<D: Device> Encoder<D> {
         if values.len() % n != 0 || at * n + values.len() > self.x.len() {
             return Err(EngineError::Shape(format!("{} values at row {at} are not whole windows of {n} within {} rows", values.len(), self.max_rows)));
         }
+        self.input_writes += 1;
         self.device.upload(self.x.sub(at * n, values.len()), values);
         Ok(())
     }
@@ -337,6 +347,7 @@ impl<D: Device> Encoder<D> {
         if let Some(bad) = rates.iter().find(|r| !(r.is_finite() && **r > 0.0)) {
             return Err(EngineError::Shape(format!("sampling rate {bad} is not a finite number > 0")));
         }
+        self.input_writes += 1;
         self.device.upload(self.rates.sub(at, rates.len()), rates);
         Ok(())
     }
@@ -344,6 +355,8 @@ impl<D: Device> Encoder<D> {
     /// Gives the ISFM's patch starts (`sL`, `sC`: `windows × P` each) for the following forwards
     /// over exactly that many windows, instead of drawing them (the reference's
     /// `forward(x, fs, sL, sC)`); `None` goes back to drawing. An error for other encoders.
+    /// While they are set, a forward over another number of windows panics (a caller's bug, as
+    /// [`Self::forward`]'s others).
     pub fn set_patch_starts(&mut self, starts: Option<(&[usize], &[usize])>) -> Result<()> {
         match &mut self.net {
             Net::Isfm(n) => n.fix_starts(&mut self.device, starts),
@@ -353,6 +366,7 @@ impl<D: Device> Encoder<D> {
 
     /// Every window back to 1 Hz (inputs without rates).
     pub fn reset_sample_rates(&mut self) {
+        self.input_writes += 1;
         self.device.fill(self.rates, 1.0);
     }
 

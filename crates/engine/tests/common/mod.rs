@@ -74,6 +74,26 @@ impl Check {
         }
         eprintln!("{name}: {} values, relative error {rel:.2e}", self.pairs.len());
     }
+
+    /// ‖numeric‖ of the values checked.
+    pub fn numeric_norm(&self) -> f64 {
+        self.pairs.iter().map(|(_, _, n)| n * n).sum::<f64>().sqrt()
+    }
+
+    /// [`Self::assert`]'s tests for one tensor among others, each tolerance widened by `floor`,
+    /// the absolute noise of the f32 gradients (which a tensor of small or zero gradients cannot
+    /// be asked to beat): ‖a − n‖ ≤ 1e-4 ‖n‖ + floor, and every element within 1e-3 of the
+    /// tensor's largest + floor.
+    pub fn assert_within(&self, name: &str, floor: f64) {
+        assert!(!self.pairs.is_empty(), "{name}: nothing checked");
+        let diff: f64 = self.pairs.iter().map(|(_, a, n)| (a - n).powi(2)).sum::<f64>().sqrt();
+        let norm = self.numeric_norm();
+        assert!(diff <= 1e-4 * norm + floor, "{name}: ‖analytic − numeric‖ {diff:e} against ‖numeric‖ {norm:e} (floor {floor:e}, {} values)", self.pairs.len());
+        let scale = self.pairs.iter().map(|(_, _, n)| n.abs()).fold(0.0, f64::max);
+        for (what, a, n) in &self.pairs {
+            assert!((a - n).abs() <= 1e-3 * scale + floor, "{name} {what}: analytic {a:e} vs numeric {n:e} (largest {scale:e}, floor {floor:e})");
+        }
+    }
 }
 
 /// `Σ y ⊙ r`: a loss whose gradient with respect to `y` is `r`.
