@@ -140,7 +140,7 @@ fn step_parts(st: &mut ContrastiveStep<CpuDevice>, b: usize, warmup: usize, n: u
 pub fn training(s: &Settings) -> Result<Category> {
     let mut cat = Category::new(CategoryKind::Training);
     let (warmup, n) = s.reps();
-    let pool = pool(s.threads)?;
+    let pool = Arc::new(pool(s.threads)?);
     for (config, b, w) in [("small", 16, 512), ("medium", 32, 1024), ("large", 64, 2048)] {
         pool.install(|| -> Result<()> {
             let (a, p) = (noise(b * w, 1), noise(b * w, 2));
@@ -177,7 +177,53 @@ pub fn training(s: &Settings) -> Result<Category> {
             Ok(())
         })?;
     }
+    pool.install(|| epochs(s, &mut cat, pool.clone()))?;
     Ok(cat)
+}
+
+/// Epochs: whole passes over a generated store (medium, 1000 Ids × 4096 samples, a tenth in
+/// quick mode) through the run's pipeline — the prefetching sampler drawing and standardizing
+/// the windows on the pool, the step training on each batch as it comes (medium's B = 32,
+/// W = 1024) —, each timed start to end: `epoch_time_min`, the seed's `epoch_time_minutes`, on
+/// a dataset it leaves unnamed.
+fn epochs(s: &Settings, cat: &mut Category, pool: Arc<rayon::ThreadPool>) -> Result<()> {
+    const EPOCHS: usize = 3;
+    let (b, w) = (32, 1024);
+    let count = if s.quick { 100 } else { 1000 };
+    let cfg = SynthConfig { complexity: Complexity::Medium, count, length: 4096, channels: 1, seed: 7, ..Default::default() };
+    let dir = s.work_dir.join("epochs");
+    let g = generate(&cfg, &dir, "epochs", Layout::Contiguous, &|_| {})?;
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(&g.store)?);
+    let ids: Vec<u64> = store.samples().iter().map(|x| x.id).collect();
+    let pre = PreprocessConfig { normalization: Normalization::Standardization, truncate_length: None };
+    let builder = Arc::new(BatchBuilder::new(store, pre, WindowConfig { window_size: w, ..Default::default() })?);
+    let mut st = step_for(&EncoderConfig::new(s.encoder, w, 1), b)?;
+    let sampler = BatchSampler::in_pool(Some(pool), builder, &ids, SamplerConfig { batch_size: b, epochs: Some(EPOCHS + 1), ..Default::default() }, BatchPos::default())?;
+    // The first epoch warms up (the store's pages, each Id's first check, the step's buffers).
+    let mut minutes = Vec::with_capacity(EPOCHS);
+    let (mut epoch, mut started, mut batches) = (0, Instant::now(), 0usize);
+    for item in sampler {
+        let (pos, batch) = item?;
+        if pos.epoch != epoch {
+            if epoch > 0 {
+                minutes.push(started.elapsed().as_secs_f64() / 60.0);
+            }
+            (epoch, started) = (pos.epoch, Instant::now());
+        }
+        st.train_step(Pairs::new(&batch.anchor, &batch.positive))?;
+        batches += 1;
+    }
+    minutes.push(started.elapsed().as_secs_f64() / 60.0);
+    let _ = std::fs::remove_dir_all(&dir);
+    if minutes.len() != EPOCHS {
+        return Err(BenchError::Input(format!("epochs: {} timed epochs of {EPOCHS} ({batches} batches in all)", minutes.len())));
+    }
+    let how = format!(
+        "{EPOCHS} epochs after one of warm-up, each timed whole: {count} Ids × 4096 samples (medium), B = {b}, W = {w}, {} batches an epoch, windows drawn on the pool as the steps run",
+        count / b
+    );
+    cat.metrics.push(Metric { method: how, ..timed(CategoryKind::Training, "medium", MetricName::EpochTimeMin, minutes, 1) });
+    Ok(())
 }
 
 /// Data processing on the real pipeline: generation, store reads from disk, windowing and batch

@@ -168,6 +168,10 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert!(m.samples.len() >= 10 && m.summary.is_some() && !m.target.as_ref().unwrap().passed, "the impossible target failed");
     assert!(r.metric("training.small.samples_per_s").unwrap().target.is_some(), "the other targets are checked too");
     assert!(r.unmeasured_targets.contains(&"training_performance.gpu_utilization".to_string()), "targets no metric answered are listed: {:?}", r.unmeasured_targets);
+    // An epoch is measured whole, three times, and answers the seed's epoch-time target.
+    let epoch = r.metric("training.medium.epoch_time_min").unwrap();
+    assert!(epoch.samples.len() == 3 && epoch.samples.iter().all(|m| *m > 0.0) && epoch.target.is_some(), "{epoch:?}");
+    assert!(!r.unmeasured_targets.iter().any(|t| t.ends_with("epoch_time_minutes")), "{:?}", r.unmeasured_targets);
     assert!(r.metric("scalability.batch.max_batch_size").unwrap().value >= 256.0);
     assert!(!r.recommendations.is_empty() && r.recommendations.iter().all(|x| !x.evidence.is_empty()));
     assert_eq!(r.fingerprint.build_profile, if cfg!(debug_assertions) { "debug" } else { "release" });
