@@ -327,6 +327,23 @@ fn checkpoint_round_trip_and_pytorch_layout() {
     }
 }
 
+/// A training state at optimizer (and forward) step `step`, everything else at its start.
+fn state_at_step(step: u64) -> train::checkpoint::TrainingState {
+    train::checkpoint::TrainingState {
+        step,
+        micro_step: step,
+        epoch: 0,
+        batch: 0,
+        seed: 0,
+        best: None,
+        checks_without_improvement: 0,
+        monitor_value: None,
+        config_yaml: String::new(),
+        loss_scale: None,
+        epoch_sums: train::checkpoint::EpochSums::default(),
+    }
+}
+
 /// BatchNorm's batch counters (I64 `num_batches_tracked`) load back exactly, past 2²⁴ (through
 /// f32 they lost their last digits), and a negative one is named.
 #[test]
@@ -337,19 +354,7 @@ fn batch_counters_load_back_exactly() {
     let counts: Vec<u64> = (0..step.encoder.counters().len() as u64).map(|i| (1 << 40) + 2 * i + 1).collect();
     assert!(!counts.is_empty(), "the CNN has BatchNorm counters");
     step.encoder.set_counters(&counts).unwrap();
-    let state = train::checkpoint::TrainingState {
-        step: 0,
-        micro_step: 0,
-        epoch: 0,
-        batch: 0,
-        seed: 0,
-        best: None,
-        checks_without_improvement: 0,
-        monitor_value: None,
-        config_yaml: String::new(),
-        loss_scale: None,
-        epoch_sums: train::checkpoint::EpochSums::default(),
-    };
+    let state = state_at_step(0);
     let ckpt = dir.path().join("c");
     train::checkpoint::save(&ckpt, &step, &state, true).unwrap();
     let mut back = cfg.init(CpuDevice::new(), 4, 2).unwrap();
@@ -860,19 +865,7 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
         return;
     };
     st.scaler = Some(engine::LossScaler { scale: 1024.0, good_steps: 7 });
-    let state = train::checkpoint::TrainingState {
-        step: 3,
-        micro_step: 3,
-        epoch: 0,
-        batch: 0,
-        seed: 0,
-        best: None,
-        checks_without_improvement: 0,
-        monitor_value: None,
-        config_yaml: String::new(),
-        loss_scale: None,
-        epoch_sums: train::checkpoint::EpochSums::default(),
-    };
+    let state = state_at_step(3);
     let ckpt = dir.path().join("c");
     train::checkpoint::save(&ckpt, &st, &state, false).unwrap();
     let mut back = fp16_step().unwrap();
