@@ -220,7 +220,7 @@ impl Benchmark {
         for m in &cat.metrics {
             if let Some(s) = m.summary.as_ref().filter(|s| s.outliers.severe() as f64 > stats::SEVERE_OUTLIER_SHARE * s.n as f64) {
                 self.log(format!(
-                    "warning: {}: {} among {} samples (the severe ones past 3 IQR: the machine was busy with something else while they were taken; the median stands, the CI widens)",
+                    "warning: {}: {} among {} samples (the severe ones past 3 IQR: samples far from the rest, most often taken while the machine did something else; the median stands, the CI widens)",
                     m.id, s.outliers, s.n
                 ));
             }
