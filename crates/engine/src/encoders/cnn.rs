@@ -133,14 +133,14 @@ impl CnnConfig {
         if self.first_kernel == 0 || self.first_stride == 0 {
             return Err(EngineError::invalid(Setting::Encoder, "the cnn's first kernel and stride must be > 0"));
         }
-        if self.first_padding > window {
-            return Err(EngineError::invalid(Setting::Encoder, format!("the cnn's first padding of {} is wider than the window of {window} samples", self.first_padding)));
-        }
         if self.first_kernel > window {
             return Err(EngineError::invalid(
                 Setting::Window,
                 format!("{window} samples are too few for the cnn encoder (its first kernel is {} samples wide; it needs a window of at least {} samples)", self.first_kernel, self.min_window()),
             ));
+        }
+        if self.first_padding > window {
+            return Err(EngineError::invalid(Setting::Encoder, format!("the cnn's first padding of {} is wider than the window of {window} samples", self.first_padding)));
         }
         if self.widths.len() > super::MAX_LAYERS || self.widths.iter().any(|&w| w > super::MAX_WIDTH) {
             return Err(EngineError::invalid(
