@@ -375,8 +375,13 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
             return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
         }
     }
-    if !(state.epoch_sums.loss.is_finite() && state.epoch_sums.accuracy.is_finite()) {
-        return Err(ckpt_err(&file, "its training state's `epoch_sums` are not finite: the state is corrupt"));
+    // InfoNCE's loss is ≥ 0 and a batch's accuracy in [0, 1]: sums outside those no run makes.
+    let sums = state.epoch_sums;
+    if !(sums.loss.is_finite() && sums.loss >= 0.0 && sums.accuracy >= 0.0 && sums.accuracy <= sums.batches as f64) {
+        return Err(ckpt_err(
+            &file,
+            format!("its training state's `epoch_sums` (loss {}, accuracy {} over {} batches) are not sums a run makes: the state is corrupt", sums.loss, sums.accuracy, sums.batches),
+        ));
     }
     // fp16's loss scale goes on where the run left it; a run of another precision starts at
     // the scaler's first scale.

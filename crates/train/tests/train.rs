@@ -881,6 +881,7 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
         ("\\\"step\\\":3", "\\\"step\\\":18446744073709551615", "`step`"),
         ("\\\"checks_without_improvement\\\":0", "\\\"checks_without_improvement\\\":18446744073709551615", "`checks_without_improvement`"),
         ("\\\"batches\\\":0", "\\\"batches\\\":18446744073709551615", "`epoch_sums.batches`"),
+        ("\\\"loss\\\":0.0", "\\\"loss\\\":-1.0", "`epoch_sums`"),
         ("[1024.0,7]", "[1e31,0]", "`loss_scale`"),
         ("[1024.0,7]", "[1024.0,2000]", "`loss_scale`"),
         ("[1024.0,7]", "[3.0,4]", "`loss_scale`"),
