@@ -375,9 +375,9 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
             return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
         }
     }
-    // InfoNCE's loss is ≥ 0 and a batch's accuracy in [0, 1]: sums outside those no run makes.
+    // InfoNCE's loss is ≥ 0 and a batch's accuracy in [0, 1]; no batches, no loss: sums outside those no run makes.
     let sums = state.epoch_sums;
-    if !(sums.loss.is_finite() && sums.loss >= 0.0 && sums.accuracy >= 0.0 && sums.accuracy <= sums.batches as f64) {
+    if !(sums.loss.is_finite() && sums.loss >= 0.0 && (sums.batches > 0 || sums.loss == 0.0) && sums.accuracy >= 0.0 && sums.accuracy <= sums.batches as f64) {
         return Err(ckpt_err(
             &file,
             format!("its training state's `epoch_sums` (loss {}, accuracy {} over {} batches) are not sums a run makes: the state is corrupt", sums.loss, sums.accuracy, sums.batches),
