@@ -1054,6 +1054,8 @@ pub(crate) mod tests {
             (9, 31, 9),
             (151, 33, 70),
             (20, 65, 300),
+            // Past AMX's super-block of depth (1024).
+            (33, 40, 1100),
         ];
         for &(m, n, k) in &shapes {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
