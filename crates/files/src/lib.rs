@@ -14,6 +14,45 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// [`tmp_path`], after removing the temporaries of `path` whose writer is no longer running:
+/// what a writer killed mid-write left (a signal gives it no chance to clean up; a killed
+/// `generate` left gigabytes). A temporary of a live process, another writer of the same file
+/// right now, stays, as does any name not of the form `name.<pid>.tmp`. Removal is best effort:
+/// the write that follows does not depend on it.
+pub fn claim_tmp_path(path: &Path) -> PathBuf {
+    if let (Some(name), Ok(entries)) = (path.file_name().and_then(|n| n.to_str()), std::fs::read_dir(parent_of(path))) {
+        let prefix = format!("{name}.");
+        for entry in entries.flatten() {
+            let file = entry.file_name();
+            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(".tmp")).and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| !process_is_running(pid)) && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    tmp_path(path)
+}
+
+/// Whether process `pid` exists (where that cannot be asked, yes: a temporary is kept rather
+/// than taken from a live writer).
+fn process_is_running(pid: u32) -> bool {
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return true };
+        // SAFETY: signal 0 only asks whether the process exists; nothing is sent.
+        if pid <= 0 || unsafe { libc::kill(pid, 0) } == 0 {
+            return true;
+        }
+        // EPERM: it exists, under another user.
+        std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
+}
+
 /// Writes `bytes` to `path` and syncs it (no rename: for files inside a directory that is itself
 /// renamed into place).
 pub fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -96,7 +135,7 @@ pub fn parent_of(path: &Path) -> &Path {
 /// Writes `path` atomically: a temporary file, fsync, rename, fsync of the directory. On an
 /// error nothing is left behind.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = tmp_path(path);
+    let tmp = claim_tmp_path(path);
     let written = write_synced(&tmp, bytes);
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -311,6 +350,31 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
         assert!(write_atomic(&d.path().join("missing/a.json"), b"x").is_err());
+    }
+
+    /// A killed writer's temporary goes with the next write of the same file; a live writer's
+    /// (this process's), another file's and a name of another form stay.
+    #[test]
+    #[cfg(unix)]
+    fn a_write_removes_the_temporaries_of_dead_writers_only() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("synthetic.h5");
+        // A child that has exited and been reaped: its pid names no process (until reused).
+        let dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        let mut dead = dead;
+        dead.wait().unwrap();
+        let keep = [format!("synthetic.h5.{}.tmp", std::process::id()), "synthetic.h5.x.tmp".into(), format!("other.h5.{dead_pid}.tmp"), "synthetic.h5.1.tmp".into()];
+        for name in keep.iter().chain([&format!("synthetic.h5.{dead_pid}.tmp")]) {
+            std::fs::write(d.path().join(name), b"partial").unwrap();
+        }
+        let tmp = claim_tmp_path(&p);
+        assert_eq!(tmp, tmp_path(&p));
+        let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want = keep.to_vec();
+        want.sort();
+        assert_eq!(left, want, "only the dead writer's temporary of this file goes (pid 1 is init: running)");
     }
 
     #[test]

@@ -500,7 +500,7 @@ pub struct SampleData<'a> {
 /// Writes samples as a signal store h5py reads back. The file appears only when complete
 /// (written to a temporary name, synced, then renamed: [`files::publish`]).
 pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData<'a>>, layout: Layout) -> Result<()> {
-    let tmp = files::tmp_path(path);
+    let tmp = files::claim_tmp_path(path);
     let werr = |reason: String| SignalError::Write { path: path.to_path_buf(), reason };
     let result = (|| -> Result<()> {
         let file = H5File::create(&tmp).map_err(|e| werr(e.to_string()))?;
