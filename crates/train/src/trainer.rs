@@ -512,17 +512,20 @@ impl<'a, D: Device> Trainer<'a, D> {
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
-        if !val_ids.is_empty() && val_batches.is_empty() {
-            let unmeasured = match cfg.trainer.monitor {
-                Monitor::TrainLoss => String::new(),
-                m => format!("; trainer.monitor = {} is never measured, so no best checkpoint is kept and early stopping never stops the run", m.name()),
+        // Said wherever validation was asked for and cannot run, and wherever a validation
+        // metric is monitored without it (Lightning refuses to monitor a metric never logged;
+        // a run here still trains, but says so instead of ignoring the setting in silence).
+        let unmeasured = match cfg.trainer.monitor {
+            Monitor::TrainLoss => None,
+            m => Some(format!("trainer.monitor = {} is never measured, so no best checkpoint is kept and early stopping (trainer.patience) never stops the run", m.name())),
+        };
+        if val_batches.is_empty() && (cfg.data.val_fraction > 0.0 || unmeasured.is_some()) {
+            let why = if val_ids.is_empty() {
+                format!("data.val_fraction = {} of {} Ids leaves no validation Id", cfg.data.val_fraction, ds.ids.len())
+            } else {
+                format!("{} of the {} validation Ids (data.val_fraction = {}) give a pair, and a validation batch needs 2", usable_val.len(), val_ids.len(), cfg.data.val_fraction)
             };
-            obs.message(&format!(
-                "warning: no validation: {} of the {} validation Ids (data.val_fraction = {}) give a pair, and a validation batch needs 2{unmeasured}",
-                usable_val.len(),
-                val_ids.len(),
-                cfg.data.val_fraction
-            ));
+            obs.message(&format!("warning: no validation: {why}{}", unmeasured.map_or(String::new(), |u| format!("; {u}"))));
         }
         obs.start(total_steps, state.step);
         let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };

@@ -906,3 +906,46 @@ fn split_names_read_back_as_their_splits() {
         assert_eq!(split.to_string().parse::<train::eval::Split>().unwrap(), split);
     }
 }
+
+/// The messages of a run.
+#[derive(Default)]
+struct Messages(Vec<String>);
+
+impl Observer for Messages {
+    fn message(&mut self, msg: &str) {
+        self.0.push(msg.to_string());
+    }
+}
+
+/// A run that cannot validate says so wherever validation was asked for or a validation metric
+/// is monitored (early stopping and the best checkpoint then never act), naming the keys; one
+/// that asked for none and monitors the training loss hears nothing.
+#[test]
+fn a_run_without_validation_says_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let three = generate(&SynthConfig { count: 3, length: 2048, channels: 2, seed: 5, ..Default::default() }, dir.path(), "three", Layout::Contiguous, &|_| {}).unwrap();
+    let warnings = |name: &str, extra: &[&str]| {
+        let (h5, csv) = if name == "b" { (&three.store, &three.meta) } else { (&h5, &csv) };
+        let mut o = vec![format!("environment.experiment_name={name}")];
+        o.extend(extra.iter().map(|s| s.to_string()));
+        let o: Vec<&str> = o.iter().map(String::as_str).collect();
+        let cfg = small_config(dir.path(), &[&o[..], &["trainer.epochs=1"]].concat());
+        let mut m = Messages::default();
+        train(&cfg, &h5, &csv, None, &mut m).unwrap();
+        m.0.into_iter().filter(|w| w.contains("no validation")).collect::<Vec<_>>()
+    };
+    let none_asked = warnings("a", &["data.val_fraction=0", "trainer.monitor=val_acc", "trainer.patience=1"]);
+    assert_eq!(none_asked.len(), 1, "{none_asked:?}");
+    assert!(
+        none_asked[0].contains("data.val_fraction = 0 of 24 Ids") && none_asked[0].contains("trainer.monitor = val_contrastive_acc") && none_asked[0].contains("trainer.patience"),
+        "{}",
+        none_asked[0]
+    );
+    // 3 Ids: validation asked for, none left over from the two a batch trains on; the training
+    // loss monitored.
+    let too_few = warnings("b", &["data.val_fraction=0.2", "data.batch_size=2", "trainer.monitor=train_contrastive_loss"]);
+    assert_eq!(too_few.len(), 1, "{too_few:?}");
+    assert!(too_few[0].contains("data.val_fraction = 0.2 of 3 Ids leaves no validation Id") && !too_few[0].contains("trainer.monitor"), "{}", too_few[0]);
+    assert!(warnings("c", &["data.val_fraction=0", "trainer.monitor=train_contrastive_loss"]).is_empty(), "nothing asked, nothing said");
+}
