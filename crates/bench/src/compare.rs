@@ -27,12 +27,18 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
     // A baseline metric with no usable value (0, or not finite: a change against it is no
     // number) is not compared. Some are 0 in earnest (a memory growth of 0), but a baseline where
     // none is usable would switch the regression gate off without a word: that is said.
-    let (mut unusable, mut not_finite_now, mut compared) = (Vec::new(), Vec::new(), 0usize);
+    let (mut unusable, mut not_finite_now, mut redefined, mut compared) = (Vec::new(), Vec::new(), Vec::new(), 0usize);
     for c in results.categories.iter_mut() {
         for m in c.metrics.iter_mut() {
             // A saved run may carry the verdicts of an earlier comparison: only this one's stay.
             m.baseline = None;
             let Some(b) = base.metric(&m.id).filter(|_| same_encoders || m.category == CategoryKind::Data) else { continue };
+            // Another unit or direction measures something else under the name: a ratio of the
+            // two would be judged backwards or mean nothing.
+            if b.unit != m.unit || b.lower_is_better != m.lower_is_better {
+                redefined.push(m.id.clone());
+                continue;
+            }
             // Exact only where both runs counted it the same way.
             let exact = m.exact && b.exact && same_mode;
             let (bs, ns) = (if b.samples.is_empty() { vec![b.value] } else { b.samples.clone() }, if m.samples.is_empty() { vec![m.value] } else { m.samples.clone() });
@@ -55,6 +61,9 @@ pub fn compare(results: &mut Results, name: &str, base: &Results, noise: f64) ->
     if !unusable.is_empty() {
         let nothing = if compared == 0 { " (nothing was compared)" } else { "" };
         warnings.push(format!("{} metric(s) not compared: the baseline's value is 0 or not finite{nothing}: {}", unusable.len(), unusable.join(", ")));
+    }
+    if !redefined.is_empty() {
+        warnings.push(format!("{} metric(s) not compared: their unit or direction (lower or higher is better) differs from the baseline's: {}", redefined.len(), redefined.join(", ")));
     }
     if !not_finite_now.is_empty() {
         warnings.push(format!("{} metric(s) not compared: this run's value is not finite: {}", not_finite_now.len(), not_finite_now.join(", ")));
@@ -115,6 +124,33 @@ impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} regression(s), {} improvement(s), {} no change, {} not compared", self.regressions.len(), self.improvements.len(), self.no_change, self.not_compared)
     }
+}
+
+impl Tally {
+    /// Whether no metric got a verdict of any kind: the two runs share none the rule could
+    /// take (an empty or foreign baseline, a run of other categories). A regression gate that
+    /// judged nothing must not pass.
+    pub fn judged_nothing(&self) -> bool {
+        self.regressions.is_empty() && self.improvements.is_empty() && self.no_change == 0 && self.not_compared == 0
+    }
+}
+
+/// The targets `results` failed, as `id = value (target op threshold)`: a comparison reports
+/// them beside its verdicts, as the run's own report does. Judged from the value and the
+/// threshold, not from the file's `passed`, which a hand-edited file may contradict.
+pub fn failed_targets(results: &Results) -> Vec<String> {
+    results
+        .metrics()
+        .filter_map(|m| {
+            let t = m.target.as_ref()?;
+            let passed = match t.op.as_str() {
+                "<=" => m.value <= t.threshold,
+                ">=" => m.value >= t.threshold,
+                _ => t.passed,
+            };
+            (!passed).then(|| format!("{} = {} ({} {} {})", m.id, m.value, t.target, t.op, t.threshold))
+        })
+        .collect()
 }
 
 /// Counts the verdicts [`compare`] left in `results`.

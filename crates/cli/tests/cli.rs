@@ -419,6 +419,34 @@ fn compare_judges_two_saved_runs() {
     let t = text(&o);
     assert_eq!(o.status.code(), Some(0), "{t}");
     assert!(t.contains(&format!("1 metric(s) not compared: the baseline's value is 0 or not finite: {first_id}")) && t.contains("the baseline's 1 category failed: data"), "{t}");
+    // A baseline (or a run) that shares no metric judged nothing: that fails, on either side,
+    // and under `bench --baseline` too.
+    let mut empty = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&results).unwrap()).unwrap();
+    empty["categories"] = serde_json::json!([]);
+    std::fs::write(dir.path().join("empty.json"), serde_json::to_vec(&empty).unwrap()).unwrap();
+    for (a, b) in [(dir.path().join("empty.json"), results.clone()), (results.clone(), dir.path().join("empty.json"))] {
+        let o = bin().arg("compare").arg(&a).arg(&b).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(text(&o).contains("no metric could be compared with the baseline") && text(&o).contains("nothing was judged"), "{}", text(&o));
+    }
+    let o = bin().args(["bench", "--test", "data", "--quick", "--baseline"]).arg(dir.path().join("empty.json")).arg("--save-dir").arg(dir.path().join("against-empty")).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no metric could be compared"), "{}", text(&o));
+    // A metric whose direction changed is not judged (its ratio would read backwards), and a
+    // target the run judged failed (by its value, whatever its `passed` says) is said.
+    let mut turned = serde_json::from_slice::<serde_json::Value>(&std::fs::read(&results).unwrap()).unwrap();
+    let flip = turned["categories"][0]["metrics"][0]["lower_is_better"].as_bool().unwrap();
+    turned["categories"][0]["metrics"][0]["lower_is_better"] = (!flip).into();
+    let target_metric = turned["categories"][0]["metrics"].as_array_mut().unwrap().iter_mut().find(|m| m["target"].is_object()).unwrap();
+    let target_id = target_metric["id"].as_str().unwrap().to_string();
+    let value = target_metric["value"].as_f64().unwrap();
+    target_metric["target"]["threshold"] = (if target_metric["target"]["op"] == "<=" { value / 2.0 - 1.0 } else { value * 2.0 + 1.0 }).into();
+    std::fs::write(dir.path().join("turned.json"), serde_json::to_vec(&turned).unwrap()).unwrap();
+    let o = bin().arg("compare").arg(&results).arg(dir.path().join("turned.json")).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{t}");
+    assert!(t.contains(&format!("1 metric(s) not compared: their unit or direction (lower or higher is better) differs from the baseline's: {first_id}")), "{t}");
+    assert!(t.contains("1 target(s) failed in") && t.contains(&format!("{target_id} = ")), "{t}");
     #[cfg(unix)]
     {
         let fifo = dir.path().join("fifo");

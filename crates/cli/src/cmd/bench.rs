@@ -119,11 +119,12 @@ pub fn run(a: Args) -> Result<()> {
     for f in &files {
         outln!("  {}", f.display());
     }
-    let mut regressions = 0;
-    if r.baseline.is_some() {
+    let (mut regressions, mut failure) = (0, failure);
+    if let Some(name) = &r.baseline {
         let tally = bench::compare::tally(r);
         crate::cmd::compare::print_tally(&tally);
         regressions = tally.regressions.len();
+        failure = failure.or_else(|| crate::cmd::compare::judged_nothing(&tally, name));
     }
     crate::cmd::compare::finish(regressions, failure)
 }

@@ -34,7 +34,11 @@ pub fn run(a: Args) -> Result<()> {
     let dir = &a.save_dir.save_dir;
     let base = bench::load_baseline(dir, &a.baseline)?;
     let mut current = bench::load_baseline(dir, &a.current)?;
-    let warnings = bench::compare::compare(&mut current, &a.baseline, &base, noise);
+    let mut warnings = bench::compare::compare(&mut current, &a.baseline, &base, noise);
+    let failed = bench::compare::failed_targets(&current);
+    if !failed.is_empty() {
+        warnings.push(format!("{} target(s) failed in {}: {}", failed.len(), a.current, failed.join(", ")));
+    }
     let tally = bench::compare::tally(&current);
     if a.json {
         outln!("{}", serde_json::to_string_pretty(&current)?);
@@ -56,7 +60,13 @@ pub fn run(a: Args) -> Result<()> {
     }
     // A run whose category failed fails here as it failed `bench`: it did not measure what it was
     // asked to.
-    finish(tally.regressions.len(), failed_categories(&current).map(|f| format!("{}: {f}", a.current)))
+    finish(tally.regressions.len(), failed_categories(&current).map(|f| format!("{}: {f}", a.current)).or_else(|| judged_nothing(&tally, &a.baseline)))
+}
+
+/// The failure of a comparison that gave no metric a verdict: it gated nothing, so it does not
+/// pass. (`bench --baseline` and `compare` fail alike.)
+pub fn judged_nothing(t: &bench::compare::Tally, baseline: &str) -> Option<String> {
+    t.judged_nothing().then(|| format!("no metric could be compared with the baseline {baseline}: the two runs share none with a usable value (see the warnings), so nothing was judged"))
 }
 
 /// How a compared run ends: exit 1 on a regression, an error on a failed category; the failure
