@@ -28,6 +28,18 @@ fn inspect_names_each_mismatch() {
     assert!(o.status.success(), "{t}");
     assert!(t.contains("Id 9: in the table, not in the store"), "{t}");
     assert!(t.contains("Id 5: in the store, not in the table"), "{t}");
+    // A table that shares no Id with the store is described, then fails, as train would.
+    let dir = tempfile::tempdir().unwrap();
+    let header = std::fs::read_to_string(f.join("meta.csv")).unwrap().lines().next().unwrap().to_string();
+    let table = dir.path().join("elsewhere.csv");
+    std::fs::write(&table, format!("{header}\n")).unwrap();
+    for json in [false, true] {
+        let o = bin().arg("inspect").arg("--data").arg(f.join("default_f32.h5")).arg("--meta").arg(&table).args(json.then_some("--json")).output().unwrap();
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{t}");
+        assert!(t.contains("no Id is in both") && t.contains("elsewhere.csv"), "{t}");
+        assert!(if json { t.contains("\"ids\": 0") } else { t.contains("Ids       0 (in both)") }, "the description comes first: {t}");
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub fn run(a: Args) -> Result<()> {
             "ignored_datasets": store.ignored().iter().map(|i| serde_json::json!({"name": i.name, "reason": i.reason})).collect::<Vec<_>>(),
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);
-        return Ok(());
+        return usable(&a, &ds);
     }
     outln!("store     {}", a.data.data.display());
     outln!("table     {}", a.data.meta.display());
@@ -80,6 +80,15 @@ pub fn run(a: Args) -> Result<()> {
     }
     if problems == 0 {
         outln!("mismatch  none");
+    }
+    usable(&a, &ds)
+}
+
+/// A pair with no Id in both is described, then fails: `train` and `evaluate` would refuse it,
+/// and a script checking data with `inspect` must not see it pass.
+fn usable(a: &Args, ds: &Dataset) -> Result<()> {
+    if ds.ids.is_empty() {
+        anyhow::bail!("no Id is in both {} and its table {}: nothing here can be trained on or evaluated", a.data.data.display(), a.data.meta.display());
     }
     Ok(())
 }
