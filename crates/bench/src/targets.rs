@@ -33,9 +33,17 @@ pub fn default_targets() -> Targets {
 pub fn load_targets(path: &Path) -> Result<Targets> {
     let text = files::read_to_string(path).map_err(|e| BenchError::io(path, e))?;
     // Through a YAML value first: it refuses a key given twice (a map would keep the last).
-    let user: Targets = serde_norway::from_str::<serde_norway::Value>(text.trim_start_matches('\u{feff}'))
-        .and_then(serde_norway::from_value)
-        .map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    let value = serde_norway::from_str::<serde_norway::Value>(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    // An empty file (or `{}`) would run on the defaults as if it had been read: more likely the
+    // wrong file, or one truncated, than a wish for the defaults (which need no --targets).
+    let empty = BenchError::Input(format!("{}: holds no targets (a table of `section: {{key: threshold}}`; without --targets the defaults apply)", path.display()));
+    if value.is_null() {
+        return Err(empty);
+    }
+    let user: Targets = serde_norway::from_value(value).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
+    if user.values().all(|keys| keys.is_empty()) {
+        return Err(empty);
+    }
     let mut t = default_targets();
     for (section, keys) in user {
         let known = t.get_mut(&section).ok_or_else(|| BenchError::Input(format!("{}: unknown targets section `{section}`", path.display())))?;

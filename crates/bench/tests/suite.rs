@@ -112,6 +112,12 @@ fn targets_table_loads_and_overrides() {
     std::fs::write(&f, "training_performance:\n  speed: 1\n").unwrap();
     let e = bench::targets::load_targets(&f).unwrap_err().to_string();
     assert!(e.contains("training_performance.speed"), "{e}");
+    // A file with no target in it is refused, not run on the defaults as if read.
+    for empty in ["", "\n# nothing\n", "{}", "training_performance: {}\n"] {
+        std::fs::write(&f, empty).unwrap();
+        let e = bench::targets::load_targets(&f).unwrap_err().to_string();
+        assert!(e.contains("t.yaml: holds no targets"), "{empty:?}: {e}");
+    }
 }
 
 #[test]
