@@ -76,13 +76,29 @@ pub enum SkipReason {
     },
 }
 
+impl SkipReason {
+    /// The setting that made an Id too short, where one did: the split of its time
+    /// (`data.time_split`), the window's length (`data.window_size`, against the signal
+    /// `data.truncate_length` leaves), or the step between sequential windows (`data.stride`).
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            SkipReason::TooShort { length, region, window } if region < length && window < length => Some("data.time_split"),
+            SkipReason::TooShort { region, window, .. } if window >= region => Some("data.window_size"),
+            SkipReason::TooShort { .. } => Some("data.stride"),
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SkipReason::TooShort { length, region, window } if region < length => {
                 write!(f, "the first {region} of its {length} samples (the part data.time_split leaves for training) give fewer than 2 windows of {window}")
             }
-            SkipReason::TooShort { length, window, .. } => write!(f, "signal of length {length} gives fewer than 2 windows of {window}"),
+            // A window shorter than the signal gives two distinct starts; fewer means their step.
+            SkipReason::TooShort { length, window, .. } if window < length => write!(f, "signal of length {length} gives fewer than 2 windows of {window} at data.stride apart"),
+            SkipReason::TooShort { length, window, .. } => write!(f, "signal of length {length} gives fewer than 2 windows of {window} (data.window_size)"),
             SkipReason::NonFinite { index } => write!(f, "non-finite value (NaN or Inf) at flat index {index}"),
             SkipReason::Unreadable { reason } => write!(f, "unreadable: {reason}"),
             SkipReason::Constant => write!(f, "every channel holds one value throughout: its windows are all alike, nothing to contrast"),

@@ -476,7 +476,18 @@ impl<'a, D: Device> Trainer<'a, D> {
         if per_epoch == 0 {
             let skipped = train_ids.len() - usable_train.len();
             let why = if skipped > 0 { format!(" ({skipped} of the {} training Ids skipped, each named above with why)", train_ids.len()) } else { String::new() };
-            return Err(TrainError::Config { key: "data.batch_size".into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
+            // The key to name is the one that emptied the batch: where most skipped training
+            // Ids were too short for one setting (the window, the stride, the time split), that
+            // one; else the batch size.
+            let training: std::collections::HashSet<u64> = train_ids.iter().copied().collect();
+            let mut blamed: HashMap<&'static str, usize> = HashMap::new();
+            for (_, reason) in builder.skips().entries().into_iter().filter(|(id, _)| training.contains(id)) {
+                if let Some(key) = reason.setting() {
+                    *blamed.entry(key).or_default() += 1;
+                }
+            }
+            let key = blamed.into_iter().max_by_key(|&(key, n)| (n, key)).filter(|&(_, n)| 2 * n > skipped).map_or("data.batch_size", |(key, _)| key);
+            return Err(TrainError::Config { key: key.into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
         }
         let accum = cfg.trainer.accumulate_grad_batches;
         let steps_per_epoch = per_epoch.div_ceil(accum) as u64;

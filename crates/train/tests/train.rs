@@ -949,3 +949,22 @@ fn a_run_without_validation_says_what_it_cannot_do() {
     assert!(too_few[0].contains("data.val_fraction = 0.2 of 3 Ids leaves no validation Id") && !too_few[0].contains("trainer.monitor"), "{}", too_few[0]);
     assert!(warnings("c", &["data.val_fraction=0", "trainer.monitor=train_contrastive_loss"]).is_empty(), "nothing asked, nothing said");
 }
+
+/// Where every training Id is too short for one setting, the error names that setting, not the
+/// batch size it left empty: the window (longer than every signal), the stride (sequential
+/// windows too far apart for two), the time split (too little of each signal left to train on).
+#[test]
+fn a_batch_no_id_can_fill_names_the_setting_that_emptied_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    for (extra, key) in [
+        (&["data.window_size=4096"][..], "data.window_size"),
+        (&["data.window_sampling_strategy=sequential", "data.stride=5000"][..], "data.stride"),
+        (&["data.time_split=0.01"][..], "data.time_split"),
+        (&["data.batch_size=100"][..], "data.batch_size"),
+    ] {
+        let cfg = small_config(dir.path(), extra);
+        let e = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();
+        assert!(e.contains(&format!("`{key}`")) && e.contains("cannot fill one batch"), "{extra:?}: {e}");
+    }
+}
