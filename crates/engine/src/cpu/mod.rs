@@ -501,6 +501,26 @@ fn for_row_blocks2(parts: usize, a: &mut [f32], a_cols: usize, b: &mut [f32], b_
     }
 }
 
+/// `vzeroupper` on the calling thread: faer's AVX-512 kernels return with the vector
+/// registers' upper halves in use, and until they are cleared the code after them runs slowly
+/// (on an Intel Xeon with AMX, libm's `exp` after a faer product took ~190 ns a call instead
+/// of ~20: the probe's evaluation ran 8.4 s instead of 2.0). For code after a faer product
+/// that is compiled for SSE. Our own kernels need none: the compiler clears the state where a
+/// function compiled for AVX returns.
+pub fn clear_upper_vector_state() {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        /// # Safety
+        /// The CPU must have AVX.
+        #[target_feature(enable = "avx")]
+        unsafe fn zero_upper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        // SAFETY: AVX is present (checked above).
+        unsafe { zero_upper() }
+    }
+}
+
 /// Runs `f` (a training step) on this thread while another worker of the current rayon pool polls
 /// for the jobs of its parallel kernels ([`poll_for_work`]), until `f` returns or unwinds.
 ///
