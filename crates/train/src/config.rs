@@ -625,6 +625,11 @@ impl Config {
         if parts.is_empty() || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
             return bad("environment.experiment_name", format!("{name:?} is not a directory name inside environment.save_dir (no `..`, no leading `/`, not empty)"));
         }
+        // A hidden run directory is one `ls` does not show: most likely YAML's reading of an
+        // unquoted `.nan` or `.inf` as a number, turned back into text.
+        if parts.iter().any(|c| c.as_os_str().to_string_lossy().starts_with('.')) {
+            return bad("environment.experiment_name", format!("{name:?} would be a hidden directory (a part starts with `.`); YAML reads an unquoted .nan or .inf as a number: quote the name"));
+        }
         if !(d.time_split > 0.0 && d.time_split <= 1.0) {
             return bad("data.time_split", format!("must be in (0, 1], got {}", d.time_split));
         }

@@ -223,6 +223,9 @@ pub fn train(cfg: &Config, data: &Path, meta: &Path, resume: Option<&Path>, obs:
         let dev = CudaDevice::new(index).map_err(|e| TrainError::Config { key: "trainer.accelerator".into(), reason: format!("the cuda device (GPU {index}) was asked for, but {e}") })?;
         run(cfg, ds, resume, obs, pool, dev)
     } else {
+        if cfg.trainer.devices.index != 0 {
+            obs.message(&format!("note: trainer.devices names GPU {}, which a run on the CPU does not use", cfg.trainer.devices.index));
+        }
         let dev = pool.install(CpuDevice::new);
         run(cfg, ds, resume, obs, pool, dev)
     }
@@ -493,6 +496,14 @@ impl<'a, D: Device> Trainer<'a, D> {
         let steps_per_epoch = per_epoch.div_ceil(accum) as u64;
         let horizon = (cfg.trainer.epochs as u64).saturating_mul(steps_per_epoch);
         let total_steps = cfg.trainer.max_steps.map_or(horizon, |m| m.min(horizon));
+        if cfg.trainer.warmup_steps > total_steps {
+            obs.message(&format!(
+                "warning: trainer.warmup_steps = {} outlasts the run's {total_steps} optimizer steps: the learning rate never reaches task.lr = {} (at most {:.3e})",
+                cfg.trainer.warmup_steps,
+                cfg.task.lr,
+                learning_rate(cfg, total_steps.max(1), total_steps)
+            ));
+        }
 
         // A run stopped mid-epoch continues at its batch of that epoch: one this run's epochs have.
         if state.batch > 0 && state.batch >= per_epoch {

@@ -968,3 +968,24 @@ fn a_batch_no_id_can_fill_names_the_setting_that_emptied_it() {
         assert!(e.contains(&format!("`{key}`")) && e.contains("cannot fill one batch"), "{extra:?}: {e}");
     }
 }
+
+/// A warm-up longer than the run is said (the rate never reaches `task.lr`); a run name that
+/// would be a hidden directory (YAML's unquoted `.nan` turned back into text) is refused.
+#[test]
+fn a_warm_up_past_the_run_is_said_and_a_hidden_run_name_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(dir.path(), &["trainer.warmup_steps=1000", "trainer.epochs=1"]);
+    let mut m = Messages::default();
+    train(&cfg, &h5, &csv, None, &mut m).unwrap();
+    assert!(m.0.iter().any(|w| w.contains("trainer.warmup_steps = 1000 outlasts the run's 3 optimizer steps")), "{:?}", m.0);
+    // A GPU named for a run on the CPU is noted as unused.
+    let cfg = small_config(dir.path(), &["trainer.epochs=1", "trainer.accelerator=cpu", "trainer.devices=[5]", "environment.experiment_name=gpu5"]);
+    let mut m = Messages::default();
+    train(&cfg, &h5, &csv, None, &mut m).unwrap();
+    assert!(m.0.iter().any(|w| w.contains("trainer.devices names GPU 5")), "{:?}", m.0);
+    for name in [".nan", "runs/.inf"] {
+        let e = Config::from_yaml("", &[format!("environment.experiment_name={name}")]).unwrap_err().to_string();
+        assert!(e.contains("environment.experiment_name") && e.contains("hidden directory"), "{name}: {e}");
+    }
+}
