@@ -396,7 +396,19 @@ pub fn load_baseline(save_dir: &Path, name_or_file: &str) -> Result<Results> {
         return Err(BenchError::Input(format!("{}: not a regular file", path.display())));
     }
     let text = files::read_to_string(&path).map_err(|e| BenchError::io(&path, e))?;
-    let base: Results = serde_json::from_str(text.trim_start_matches('\u{feff}')).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
+    let text = text.trim_start_matches('\u{feff}');
+    // serde would judge anything but an object by where its first field should be ("expected
+    // a boolean at column 8" for `[1, 2, 3]`): say what the file is instead.
+    let kind = match text.trim_start().chars().next() {
+        Some('{') => None,
+        Some('[') => Some("a JSON array"),
+        Some(_) => Some("not JSON, or a bare JSON value"),
+        None => Some("empty"),
+    };
+    if let Some(kind) = kind {
+        return Err(BenchError::Input(format!("{}: not a results file: it is {kind}, where a results file is a JSON object (a run's comprehensive_benchmark_results.json)", path.display())));
+    }
+    let base: Results = serde_json::from_str(text).map_err(|e| BenchError::Input(format!("{}: not a results file: {e}", path.display())))?;
     if !(results::OLDEST_READABLE_SCHEMA..=results::SCHEMA_VERSION).contains(&base.schema_version) {
         return Err(BenchError::Input(format!("{}: schema version {} (this build reads {} to {})", path.display(), base.schema_version, results::OLDEST_READABLE_SCHEMA, results::SCHEMA_VERSION)));
     }

@@ -416,6 +416,12 @@ fn compare_judges_two_saved_runs() {
     let o = bin().arg("compare").arg(base.join("benchmark.log")).arg(&base).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("benchmark.log") && text(&o).contains("not a results file"), "{}", text(&o));
+    for (content, kind) in [("[1, 2, 3]", "a JSON array"), ("", "empty"), ("3", "a bare JSON value")] {
+        std::fs::write(dir.path().join("odd.json"), content).unwrap();
+        let o = bin().arg("compare").arg(dir.path().join("odd.json")).arg(&base).output().unwrap();
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o).contains("odd.json: not a results file") && text(&o).contains(kind), "{}", text(&o));
+    }
     let o = bin().args(["compare", "nothere"]).arg(&base).arg("--save-dir").arg(&base).output().unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(text(&o).contains("baselines/nothere.json"), "{}", text(&o));

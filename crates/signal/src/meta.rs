@@ -81,7 +81,13 @@ impl Metadata {
             return Err(bad(format!("column {} repeats the header {h:?} of an earlier column", i + 1)));
         }
         let col = |name: &str| header.iter().position(|h| h == name);
-        let id_col = col("Id").ok_or_else(|| bad("no `Id` column".into()))?;
+        // A header read as one column that holds tabs or semicolons is another delimiter's table.
+        let delimiter = match header.as_slice() {
+            [only] if only.contains('\t') => " (the header holds tabs: this table's columns are separated by commas, not tabs)",
+            [only] if only.contains(';') => " (the header holds semicolons: this table's columns are separated by commas, not semicolons)",
+            _ => "",
+        };
+        let id_col = col("Id").ok_or_else(|| bad(format!("no `Id` column{delimiter}")))?;
         let label_col = col("Label").ok_or_else(|| bad("no `Label` column".into()))?;
         let known = ["Id", "Label", "Dataset_id", "Name", "Domain_id", "Sample_Rate", "Length", "Channels", "Fault_Size", "Fault_Location"];
         let mut rows = Vec::with_capacity(records.len());

@@ -131,7 +131,14 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
     let no_id = dir.path().join("no_id.csv");
     std::fs::write(&no_id, "Name,Label\nx,0\n").unwrap();
     let e = Metadata::load(&no_id).unwrap_err().to_string();
-    assert!(e.contains("no_id.csv") && e.contains("`Id`"), "{e}");
+    assert!(e.contains("no_id.csv") && e.contains("`Id`") && !e.contains("separated"), "{e}");
+    // A table of another delimiter reads as one column: the delimiter is named.
+    for (sep, name) in [("\t", "tabs"), (";", "semicolons")] {
+        let other = dir.path().join("other.csv");
+        std::fs::write(&other, format!("Id{sep}Label\n1{sep}0\n")).unwrap();
+        let e = Metadata::load(&other).unwrap_err().to_string();
+        assert!(e.contains("no `Id` column") && e.contains(&format!("the header holds {name}")), "{e}");
+    }
     let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
     assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
     // A rate that is there must be one: positive, finite, within 1e-6 to 1e15 Hz.
