@@ -41,9 +41,7 @@ pub fn load_targets(path: &Path) -> Result<Targets> {
         return Err(empty);
     }
     let user: Targets = serde_norway::from_value(value).map_err(|e| BenchError::Input(format!("{}: not a targets table: {e}", path.display())))?;
-    if user.values().all(|keys| keys.is_empty()) {
-        return Err(empty);
-    }
+    let holds_none = user.values().all(|keys| keys.is_empty());
     let mut t = default_targets();
     for (section, keys) in user {
         let known = t.get_mut(&section).ok_or_else(|| BenchError::Input(format!("{}: unknown targets section `{section}`", path.display())))?;
@@ -57,6 +55,10 @@ pub fn load_targets(path: &Path) -> Result<Targets> {
             }
             known.insert(k, v);
         }
+    }
+    // (After the sections are checked: an unknown one is named as such, empty or not.)
+    if holds_none {
+        return Err(empty);
     }
     Ok(t)
 }

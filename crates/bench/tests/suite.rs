@@ -118,6 +118,9 @@ fn targets_table_loads_and_overrides() {
         let e = bench::targets::load_targets(&f).unwrap_err().to_string();
         assert!(e.contains("t.yaml: holds no targets"), "{empty:?}: {e}");
     }
+    std::fs::write(&f, "bogus: {}\n").unwrap();
+    let e = bench::targets::load_targets(&f).unwrap_err().to_string();
+    assert!(e.contains("unknown targets section `bogus`"), "{e}");
 }
 
 #[test]

@@ -14,24 +14,31 @@ pub fn tmp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// [`tmp_path`], after removing the temporaries of `path` whose writer is no longer running:
-/// what a writer killed mid-write left (a signal gives it no chance to clean up; a killed
-/// `generate` left gigabytes). A temporary of a live process, another writer of the same file
-/// right now, stays, as does any name not of the form `name.<pid>.tmp`. Removal is best effort:
-/// the write that follows does not depend on it.
+/// [`tmp_path`], after removing the temporaries of `path` whose writer is gone: what a writer
+/// killed mid-write left (a signal gives it no chance to clean up; a killed `generate` left
+/// gigabytes). Gone means both: no process of its pid runs here, and the file has not changed
+/// for [`ABANDONED_AFTER`] (a writer on another host or in another container sharing the
+/// directory has a pid this machine cannot see, but its file keeps changing). Only plain files
+/// named exactly as [`tmp_path`] names them go. Removal is best effort: the write that follows
+/// does not depend on it.
 pub fn claim_tmp_path(path: &Path) -> PathBuf {
     if let (Some(name), Ok(entries)) = (path.file_name().and_then(|n| n.to_str()), std::fs::read_dir(parent_of(path))) {
         let prefix = format!("{name}.");
         for entry in entries.flatten() {
             let file = entry.file_name();
-            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(".tmp")).and_then(|p| p.parse::<u32>().ok());
-            if pid.is_some_and(|pid| !process_is_running(pid)) && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(".tmp")).and_then(|p| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
+            let abandoned = || entry.metadata().is_ok_and(|m| m.is_file() && m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
+            if pid.is_some_and(|pid| !process_is_running(pid)) && abandoned() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
     tmp_path(path)
 }
+
+/// How long a temporary of a process not running here stays unchanged before
+/// [`claim_tmp_path`] takes it for abandoned.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Whether process `pid` exists (where that cannot be asked, yes: a temporary is kept rather
 /// than taken from a live writer).
@@ -364,17 +371,25 @@ mod tests {
         let dead_pid = dead.id();
         let mut dead = dead;
         dead.wait().unwrap();
-        let keep = [format!("synthetic.h5.{}.tmp", std::process::id()), "synthetic.h5.x.tmp".into(), format!("other.h5.{dead_pid}.tmp"), "synthetic.h5.1.tmp".into()];
+        let keep =
+            [format!("synthetic.h5.{}.tmp", std::process::id()), "synthetic.h5.x.tmp".into(), format!("other.h5.{dead_pid}.tmp"), "synthetic.h5.1.tmp".into(), format!("synthetic.h5.0{dead_pid}.tmp")];
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
         for name in keep.iter().chain([&format!("synthetic.h5.{dead_pid}.tmp")]) {
             std::fs::write(d.path().join(name), b"partial").unwrap();
+            std::fs::File::options().write(true).open(d.path().join(name)).unwrap().set_modified(old).unwrap();
         }
+        // A dead pid's temporary that changed a moment ago (a writer elsewhere) stays too.
+        std::fs::write(d.path().join(format!("fresh.h5.{dead_pid}.tmp")), b"partial").unwrap();
+        assert_eq!(claim_tmp_path(&d.path().join("fresh.h5")), tmp_path(&d.path().join("fresh.h5")));
+        assert!(d.path().join(format!("fresh.h5.{dead_pid}.tmp")).exists(), "changed within ABANDONED_AFTER: kept");
+        std::fs::remove_file(d.path().join(format!("fresh.h5.{dead_pid}.tmp"))).unwrap();
         let tmp = claim_tmp_path(&p);
         assert_eq!(tmp, tmp_path(&p));
         let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         let mut want = keep.to_vec();
         want.sort();
-        assert_eq!(left, want, "only the dead writer's temporary of this file goes (pid 1 is init: running)");
+        assert_eq!(left, want, "only the dead writer's abandoned temporary of this file goes (pid 1 is init: running; 0-padded is not a name tmp_path writes)");
     }
 
     #[test]

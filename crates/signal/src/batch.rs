@@ -53,6 +53,8 @@ pub enum SkipReason {
         length: usize,
         region: usize,
         window: usize,
+        /// Whether the whole signal would give a pair (then the split alone is at fault).
+        whole_gives_pair: bool,
     },
     NonFinite {
         index: usize,
@@ -82,8 +84,8 @@ impl SkipReason {
     /// `data.truncate_length` leaves), or the step between sequential windows (`data.stride`).
     pub fn setting(&self) -> Option<&'static str> {
         match self {
-            SkipReason::TooShort { length, region, window } if region < length && window < length => Some("data.time_split"),
-            SkipReason::TooShort { region, window, .. } if window >= region => Some("data.window_size"),
+            SkipReason::TooShort { whole_gives_pair: true, .. } => Some("data.time_split"),
+            SkipReason::TooShort { length, window, .. } if window >= length => Some("data.window_size"),
             SkipReason::TooShort { .. } => Some("data.stride"),
             _ => None,
         }
@@ -93,7 +95,7 @@ impl SkipReason {
 impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SkipReason::TooShort { length, region, window } if region < length => {
+            SkipReason::TooShort { length, region, window, whole_gives_pair: true } if region < length => {
                 write!(f, "the first {region} of its {length} samples (the part data.time_split leaves for training) give fewer than 2 windows of {window}")
             }
             // A window shorter than the signal gives two distinct starts; fewer means their step.
@@ -215,7 +217,7 @@ impl BatchBuilder {
         let checked = if info.channels != self.channels {
             Err(SkipReason::Channels { channels: info.channels, store: self.channels })
         } else if !self.pair_possible(self.window_region(len)) {
-            Err(SkipReason::TooShort { length: len, region: self.window_region(len), window: self.window.window_size })
+            Err(SkipReason::TooShort { length: len, region: self.window_region(len), window: self.window.window_size, whole_gives_pair: self.pair_possible(len) })
         } else {
             let norm = self.preprocess.normalization;
             match self.stream_stats(id, len, info.channels) {

@@ -343,7 +343,12 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
     let embedding_bytes = limits::bytes(&[ds.ids.len(), 2, opts.windows, arch.embed], 4 + 8);
     // The linear probe's weights, gradient and Adam moments: classes (at most one per Id) × its
     // widest features (the embedding or the spectrum), f64.
-    let probe_bytes = limits::bytes(&[ds.ids.len(), arch.embed.max(w / 2 * channels)], 4 * 8);
+    let probe_bytes = limits::bytes(&[ds.ids.len(), arch.embed.max(w / 2 * channels)], 4 * 8)
+        // Its residuals (one f64 per fit window and class), the k-NN's block of cross terms, and
+        // each worker's distances to every fit window (an f64 and a class each).
+        .saturating_add(limits::bytes(&[ds.ids.len(), opts.windows, ds.ids.len()], 8))
+        .saturating_add(KNN_BLOCK_ELEMENTS as u128 * 8)
+        .saturating_add(limits::bytes(&[rayon::current_num_threads(), ds.ids.len(), opts.windows], 16));
     limits::check(
         || {
             let at_once = if running > 1 { format!(", for the {running} draws evaluated at once") } else { String::new() };
@@ -520,6 +525,12 @@ pub fn held_out_bearings(ds: &Dataset, seed: u64) -> BTreeMap<String, Vec<u64>> 
 
 /// Standardizes by the fit set, then scores a linear probe and k-NN.
 pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, classes: usize, k: usize) -> ProbeScores {
+    probe_in_blocks(zf, yf, zt, yt, d, classes, k, KNN_BLOCK_ELEMENTS)
+}
+
+/// [`probe`], the k-NN's cross terms at most `block_elements` at a time.
+#[allow(clippy::too_many_arguments)]
+fn probe_in_blocks(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, classes: usize, k: usize, block_elements: usize) -> ProbeScores {
     let nf = yf.len();
     let mut mean = vec![0.0f64; d];
     for r in zf.chunks(d) {
@@ -545,7 +556,7 @@ pub fn probe(zf: &[f32], yf: &[usize], zt: &[f32], yt: &[usize], d: usize, class
     let (nt, nf) = (yt.len(), yf.len());
     let norms = |x: &[f64]| -> Vec<f64> { x.chunks(d).map(|r| r.iter().map(|v| v * v).sum()).collect() };
     let (norm_f, norm_t) = (norms(&xf), norms(&xt));
-    let block = KNN_BLOCK_ELEMENTS.div_ceil(nf.max(1)).clamp(1, nt.max(1));
+    let block = block_elements.div_ceil(nf.max(1)).clamp(1, nt.max(1));
     let mut cross = vec![0.0f64; block * nf];
     let mut hits = 0usize;
     for start in (0..nt).step_by(block) {
@@ -671,8 +682,9 @@ mod tests {
         // Labels from the first coordinate's third: a line apart, with noise in the other six.
         let label = |z: &[f32]| -> Vec<usize> { z.chunks(d).map(|r| (((r[0] + 1.0) * 1.5) as usize).min(classes - 1)).collect() };
         let (yf, yt) = (label(&zf), label(&zt));
-        for k in [1, 5, 20] {
-            let scores = probe(&zf, &yf, &zt, &yt, d, classes, k);
+        // Whole, and in blocks of 40 test windows (the last one of 10).
+        for (k, block) in [(1, KNN_BLOCK_ELEMENTS), (5, 40 * nf), (20, 40 * nf)] {
+            let scores = probe_in_blocks(&zf, &yf, &zt, &yt, d, classes, k, block);
             // Direct: standardize as `probe` does, every distance summed on its own.
             let standardize = |z: &[f32]| -> Vec<Vec<f64>> {
                 let mean: Vec<f64> = (0..d).map(|j| zf.chunks(d).map(|r| r[j] as f64).sum::<f64>() / nf as f64).collect();

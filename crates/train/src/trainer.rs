@@ -489,7 +489,9 @@ impl<'a, D: Device> Trainer<'a, D> {
                     *blamed.entry(key).or_default() += 1;
                 }
             }
-            let key = blamed.into_iter().max_by_key(|&(key, n)| (n, key)).filter(|&(_, n)| 2 * n > skipped).map_or("data.batch_size", |(key, _)| key);
+            // Blamed only where those Ids would have filled the batch: one short Id among too few
+            // for the batch anyway is no reason to name the window.
+            let key = blamed.into_iter().max_by_key(|&(key, n)| (n, key)).filter(|&(_, n)| 2 * n > skipped && usable_train.len() + n >= b).map_or("data.batch_size", |(key, _)| key);
             return Err(TrainError::Config { key: key.into(), reason: format!("{} usable training Ids cannot fill one batch of {b}{why}", usable_train.len()) });
         }
         let accum = cfg.trainer.accumulate_grad_batches;

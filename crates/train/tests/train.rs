@@ -962,6 +962,8 @@ fn a_batch_no_id_can_fill_names_the_setting_that_emptied_it() {
         (&["data.window_sampling_strategy=sequential", "data.stride=5000"][..], "data.stride"),
         (&["data.time_split=0.01"][..], "data.time_split"),
         (&["data.batch_size=100"][..], "data.batch_size"),
+        // One Id cut short by a long window, among 18 that could never fill a batch of 100.
+        (&["data.batch_size=100", "data.window_size=1100", "data.time_split=0.5"][..], "data.batch_size"),
     ] {
         let cfg = small_config(dir.path(), extra);
         let e = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap_err().to_string();

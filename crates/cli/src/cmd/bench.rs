@@ -23,7 +23,8 @@ pub struct Args {
     /// Store this run as baseline NAME (<save-dir>/baselines/NAME.json).
     #[arg(long, value_name = "NAME")]
     pub save_baseline: Option<String>,
-    /// Compare with baseline NAME or a results FILE; exit 1 on a regression.
+    /// Compare with baseline NAME or a results FILE; exit 1 on a regression, or where no metric
+    /// could be compared at all.
     #[arg(long, value_name = "NAME|FILE")]
     pub baseline: Option<String>,
     #[command(flatten)]

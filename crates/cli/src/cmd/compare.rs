@@ -1,7 +1,8 @@
 //! `compare`: one saved benchmark run against another, without running anything (as `bench
 //! --baseline` does right after a run): each shared metric's change with its 95 % CI, the
-//! regression rule's verdict, the warnings that weaken the comparison; exit 1 on a regression or
-//! where the run judged has a failed category.
+//! regression rule's verdict, the warnings that weaken the comparison (the judged run's failed
+//! targets among them); exit 1 on a regression, where the run judged has a failed category, or
+//! where no metric could be judged at all.
 
 use anyhow::Result;
 
@@ -37,7 +38,10 @@ pub fn run(a: Args) -> Result<()> {
     let mut warnings = bench::compare::compare(&mut current, &a.baseline, &base, noise);
     let failed = bench::compare::failed_targets(&current);
     if !failed.is_empty() {
-        warnings.push(format!("{} target(s) failed in {}: {}", failed.len(), a.current, failed.join(", ")));
+        let line = format!("{} target(s) failed in {}: {}", failed.len(), a.current, failed.join(", "));
+        // In the JSON too, with the comparison's other warnings.
+        current.baseline_warnings.push(line.clone());
+        warnings.push(line);
     }
     let tally = bench::compare::tally(&current);
     if a.json {
@@ -66,11 +70,14 @@ pub fn run(a: Args) -> Result<()> {
 /// The failure of a comparison that gave no metric a verdict: it gated nothing, so it does not
 /// pass. (`bench --baseline` and `compare` fail alike.)
 pub fn judged_nothing(t: &bench::compare::Tally, baseline: &str) -> Option<String> {
-    t.judged_nothing().then(|| format!("no metric could be compared with the baseline {baseline}: the two runs share none with a usable value (see the warnings), so nothing was judged"))
+    t.judged_nothing().then(|| {
+        format!("no metric could be compared with the baseline {baseline}, so nothing was judged: the runs share no metric, or only ones the warnings above exclude (another encoder set, values 0 or not finite, another unit)")
+    })
 }
 
-/// How a compared run ends: exit 1 on a regression, an error on a failed category; the failure
-/// is said whether or not the run also regressed. (`bench` and `compare` end alike.)
+/// How a compared run ends: exit 1 on a regression, an error on a failure (a failed category, a
+/// comparison that judged nothing); the failure is said whether or not the run also regressed.
+/// (`bench` and `compare` end alike.)
 pub fn finish(regressions: usize, failure: Option<String>) -> Result<()> {
     if regressions > 0 {
         if let Some(f) = &failure {
