@@ -483,6 +483,10 @@ impl Config {
                 notes.push(format!("{key} ({why})"));
             }
         }
+        // (Of the keys it reads: what it accepts unread may be keyed as its authors liked.)
+        if let Some((at, reason)) = first_unreadable_key(&Value::Mapping(sections.clone()), "") {
+            return Err(TrainError::Config { key: at, reason });
+        }
         // The isfm's keys with another encoder, named as written (before `num_layers` moves).
         let name_is_isfm = sections.get("model").and_then(|m| m.get("name")).and_then(scalar_text).and_then(|n| n.parse::<EncoderKind>().ok()) == Some(EncoderKind::Isfm);
         if !name_is_isfm {
@@ -967,6 +971,32 @@ fn first_tag(v: &Value, path: &str) -> Option<(String, String)> {
             _ => first_tag(v, &at(k)),
         }),
         Value::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| first_tag(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// The first mapping key a config cannot read as a name, with why: a number, a boolean, null or
+/// a collection as a key (serde would name it `?`), or YAML 1.1's merge key `<<`, which this
+/// YAML 1.2 reader takes as a key of that spelling (and would call unknown).
+fn first_unreadable_key(v: &Value, path: &str) -> Option<(String, String)> {
+    let here = |name: &str| if path.is_empty() { name.to_string() } else { format!("{path}.{name}") };
+    let within = if path.is_empty() { "the top level".to_string() } else { format!("`{path}`") };
+    match v {
+        Value::Mapping(m) => m.iter().find_map(|(k, v)| match k {
+            Value::String(name) if name == "<<" => Some((here(name), "is YAML's merge key, which a config does not read: write the merged keys out".to_string())),
+            Value::String(name) => first_unreadable_key(v, &here(name)),
+            Value::Tagged(_) => None,
+            other => {
+                let (kind, shown) = match other {
+                    Value::Number(n) => ("a number", n.to_string()),
+                    Value::Bool(b) => ("a boolean", b.to_string()),
+                    Value::Null => ("null", "~".to_string()),
+                    _ => ("a list or mapping", "[…]".to_string()),
+                };
+                Some((here(&shown), format!("a key in {within} is {kind}; a config's keys are names (quote it if a name is meant)")))
+            }
+        }),
+        Value::Sequence(s) => s.iter().enumerate().find_map(|(i, v)| first_unreadable_key(v, &format!("{path}[{i}]"))),
         _ => None,
     }
 }

@@ -90,6 +90,10 @@ fn bad_keys_and_values_name_the_key() {
         ("trainer:\n  accelerator: !gpu cpu\n", "trainer.accelerator", "YAML tag !gpu"),
         ("data: !mytag\n  batch_size: 4\n", "data", "YAML tag !mytag"),
         ("data:\n  batch_size: 18446744073709551616\n", "data.batch_size", "past the largest whole number"),
+        // Keys that are not names, and YAML 1.1's merge key (the adversarial probe of 2026-12-03).
+        ("data:\n  1: 2\n", "data.1", "a key in `data` is a number"),
+        ("? [a, b]\n: 1\n", "[…]", "a key in the top level is a list or mapping"),
+        ("data:\n  <<: {window_size: 256}\n", "data.<<", "merge key"),
         // Each error names the key as written (a second probe of 2026-12-02).
         ("model:\n  name: isfm\n  num_layers: 0\n", "model.num_layers (read as model.e_layers)", "must be > 0"),
         ("model:\n  name: isfm\n  num_layers: 2\n  e_layers: 3\n", "model.num_layers", "while model.e_layers is 3"),
