@@ -139,18 +139,7 @@ impl Tally {
 /// them beside its verdicts, as the run's own report does. Judged from the value and the
 /// threshold, not from the file's `passed`, which a hand-edited file may contradict.
 pub fn failed_targets(results: &Results) -> Vec<String> {
-    results
-        .metrics()
-        .filter_map(|m| {
-            let t = m.target.as_ref()?;
-            let passed = match t.op.as_str() {
-                "<=" => m.value <= t.threshold,
-                ">=" => m.value >= t.threshold,
-                _ => t.passed,
-            };
-            (!passed).then(|| format!("{} = {} ({} {} {})", m.id, m.value, t.target, t.op, t.threshold))
-        })
-        .collect()
+    results.metrics().filter_map(|m| m.target.as_ref().filter(|t| !t.met_by(m.value)).map(|t| format!("{} = {} ({} {} {})", m.id, m.value, t.target, t.op, t.threshold))).collect()
 }
 
 /// Counts the verdicts [`compare`] left in `results`.

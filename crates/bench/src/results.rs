@@ -28,6 +28,25 @@ pub struct TargetCheck {
     pub passed: bool,
 }
 
+impl TargetCheck {
+    /// A check of `value` against `threshold` in the direction `op` (`<=` or `>=`).
+    pub fn of(target: String, op: &str, threshold: f64, value: f64) -> Self {
+        let mut check = TargetCheck { target, op: op.to_string(), threshold, passed: false };
+        check.passed = check.met_by(value);
+        check
+    }
+
+    /// Whether `value` meets the target: the one rule a run's check and a comparison's reading
+    /// of a saved file share (an `op` no build writes keeps the file's `passed`).
+    pub fn met_by(&self, value: f64) -> bool {
+        match self.op.as_str() {
+            "<=" => value <= self.threshold,
+            ">=" => value >= self.threshold,
+            _ => self.passed,
+        }
+    }
+}
+
 /// PyTorch's number for the same metric, from `--reference torch_ref.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ReferenceValue {

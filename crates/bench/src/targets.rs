@@ -92,8 +92,7 @@ pub fn evaluate(metrics: &mut [Metric], targets: &Targets) {
     for m in metrics {
         if let Some((section, key, at_most)) = rule(m) {
             if let Some(&th) = targets.get(section).and_then(|s| s.get(key)) {
-                let passed = if at_most { m.value <= th } else { m.value >= th };
-                m.target = Some(TargetCheck { target: format!("{section}.{key}"), op: if at_most { "<=".into() } else { ">=".into() }, threshold: th, passed });
+                m.target = Some(TargetCheck::of(format!("{section}.{key}"), if at_most { "<=" } else { ">=" }, th, m.value));
             }
         }
     }

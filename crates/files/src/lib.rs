@@ -367,9 +367,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("synthetic.h5");
         // A child that has exited and been reaped: its pid names no process (until reused).
-        let dead = std::process::Command::new("true").spawn().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
         let dead_pid = dead.id();
-        let mut dead = dead;
         dead.wait().unwrap();
         let keep =
             [format!("synthetic.h5.{}.tmp", std::process::id()), "synthetic.h5.x.tmp".into(), format!("other.h5.{dead_pid}.tmp"), "synthetic.h5.1.tmp".into(), format!("synthetic.h5.0{dead_pid}.tmp")];

@@ -668,15 +668,8 @@ mod tests {
     /// through products separates classes a line separates.
     #[test]
     fn the_probes_through_products_agree_with_direct_sums() {
-        let mut seed = 11u64;
-        let mut rand = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut rng = signal::rng::Rng::new(11);
+        let mut rand = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.next_f64() as f32 * 2.0 - 1.0).collect() };
         let (d, classes, nf, nt) = (7, 3, 300, 250);
         let (zf, zt) = (rand(nf * d), rand(nt * d));
         // Labels from the first coordinate's third: a line apart, with noise in the other six.

@@ -536,14 +536,16 @@ impl<'a, D: Device> Trainer<'a, D> {
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
-        // Said wherever validation was asked for and cannot run, and wherever a validation
-        // metric is monitored without it (Lightning refuses to monitor a metric never logged;
-        // a run here still trains, but says so instead of ignoring the setting in silence).
+        // Said wherever validation was asked for and cannot run, and wherever early stopping
+        // watches a validation metric without it (Lightning refuses to monitor a metric never
+        // logged; a run here still trains, but says so instead of ignoring the setting in
+        // silence). A run that turned validation off and stops on nothing hears nothing.
         let unmeasured = match cfg.trainer.monitor {
             Monitor::TrainLoss => None,
             m => Some(format!("trainer.monitor = {} is never measured, so no best checkpoint is kept and early stopping (trainer.patience) never stops the run", m.name())),
         };
-        if val_batches.is_empty() && (cfg.data.val_fraction > 0.0 || unmeasured.is_some()) {
+        let stops_on_it = unmeasured.is_some() && cfg.early_stopping().is_some();
+        if val_batches.is_empty() && (cfg.data.val_fraction > 0.0 || stops_on_it) {
             let why = if val_ids.is_empty() {
                 format!("data.val_fraction = {} of {} Ids leaves no validation Id", cfg.data.val_fraction, ds.ids.len())
             } else {

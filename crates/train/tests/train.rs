@@ -921,9 +921,9 @@ impl Observer for Messages {
     }
 }
 
-/// A run that cannot validate says so wherever validation was asked for or a validation metric
-/// is monitored (early stopping and the best checkpoint then never act), naming the keys; one
-/// that asked for none and monitors the training loss hears nothing.
+/// A run that cannot validate says so wherever validation was asked for or early stopping
+/// watches a validation metric (it then never acts, nor the best checkpoint), naming the keys;
+/// one that asked for none and stops on nothing hears nothing.
 #[test]
 fn a_run_without_validation_says_what_it_cannot_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -952,6 +952,9 @@ fn a_run_without_validation_says_what_it_cannot_do() {
     assert_eq!(too_few.len(), 1, "{too_few:?}");
     assert!(too_few[0].contains("data.val_fraction = 0.2 of 3 Ids leaves no validation Id") && !too_few[0].contains("trainer.monitor"), "{}", too_few[0]);
     assert!(warnings("c", &["data.val_fraction=0", "trainer.monitor=train_contrastive_loss"]).is_empty(), "nothing asked, nothing said");
+    // Validation off with the default (validation) monitor but no early stopping: the shipped
+    // CWRU configs; nothing is ignored, nothing said.
+    assert!(warnings("d", &["data.val_fraction=0"]).is_empty(), "no early stopping to ignore");
 }
 
 /// Where every training Id is too short for one setting, the error names that setting, not the
