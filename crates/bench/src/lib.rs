@@ -314,7 +314,9 @@ impl Benchmark {
                 }
                 continue;
             }
-            let tmp = path.with_file_name(format!(".{}.{}.png", path.file_stem().and_then(|s| s.to_str()).unwrap_or("plot"), std::process::id()));
+            // Named with `.png` last: the renderer picks its format from the extension. A run
+            // killed while drawing leaves it; the next run's claim removes it.
+            let tmp = files::claim_tmp_path_keeping_extension(&path);
             // A chart that fails to draw leaves no half-written file behind.
             if let Err(e) = draw(&self.results, &tmp).and_then(|()| files::publish(&tmp, &path).map_err(|e| BenchError::io(&path, e))) {
                 let _ = std::fs::remove_file(&tmp);

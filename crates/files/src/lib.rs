@@ -9,8 +9,13 @@ use std::path::{Path, PathBuf};
 /// The temporary sibling a file is written to before it is renamed into place
 /// (`name.<pid>.tmp`).
 pub fn tmp_path(path: &Path) -> PathBuf {
+    tmp_path_ending(path, "tmp")
+}
+
+/// `name.<pid>.<tail>`: [`tmp_path`] with the tail given.
+fn tmp_path_ending(path: &Path, tail: &str) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
-    name.push(format!(".{}.tmp", std::process::id()));
+    name.push(format!(".{}.{tail}", std::process::id()));
     path.with_file_name(name)
 }
 
@@ -22,18 +27,32 @@ pub fn tmp_path(path: &Path) -> PathBuf {
 /// named exactly as [`tmp_path`] names them go. Removal is best effort: the write that follows
 /// does not depend on it.
 pub fn claim_tmp_path(path: &Path) -> PathBuf {
+    claim_tmp_path_ending(path, "tmp")
+}
+
+/// [`claim_tmp_path`] for a writer that picks its format from the file's extension (a chart
+/// renderer): `name.<pid>.tmp.<extension>`, e.g. `throughput.png.812.tmp.png`.
+pub fn claim_tmp_path_keeping_extension(path: &Path) -> PathBuf {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(extension) => claim_tmp_path_ending(path, &format!("tmp.{extension}")),
+        None => claim_tmp_path(path),
+    }
+}
+
+/// [`claim_tmp_path`] for temporaries named `name.<pid>.<tail>`.
+fn claim_tmp_path_ending(path: &Path, tail: &str) -> PathBuf {
     if let (Some(name), Ok(entries)) = (path.file_name().and_then(|n| n.to_str()), std::fs::read_dir(parent_of(path))) {
-        let prefix = format!("{name}.");
+        let (prefix, suffix) = (format!("{name}."), format!(".{tail}"));
         for entry in entries.flatten() {
             let file = entry.file_name();
-            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(".tmp")).and_then(|p| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
+            let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(&suffix)).and_then(|p| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
             let abandoned = || entry.metadata().is_ok_and(|m| m.is_file() && m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
             if pid.is_some_and(|pid| !process_is_running(pid)) && abandoned() {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
     }
-    tmp_path(path)
+    tmp_path_ending(path, tail)
 }
 
 /// How long a temporary of a process not running here stays unchanged before
@@ -389,6 +408,29 @@ mod tests {
         let mut want = keep.to_vec();
         want.sort();
         assert_eq!(left, want, "only the dead writer's abandoned temporary of this file goes (pid 1 is init: running; 0-padded is not a name tmp_path writes)");
+    }
+
+    /// A chart's temporary keeps its extension last, and a killed renderer's goes with the next
+    /// chart of the same name; a `.tmp` of the same file (another naming) stays.
+    #[test]
+    #[cfg(unix)]
+    fn a_chart_temporary_keeps_its_extension_and_a_dead_ones_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("throughput.png");
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
+        for name in [format!("throughput.png.{dead_pid}.tmp.png"), format!("throughput.png.{dead_pid}.tmp")] {
+            std::fs::write(d.path().join(&name), b"partial").unwrap();
+            std::fs::File::options().write(true).open(d.path().join(&name)).unwrap().set_modified(old).unwrap();
+        }
+        let tmp = claim_tmp_path_keeping_extension(&p);
+        assert_eq!(tmp, d.path().join(format!("throughput.png.{}.tmp.png", std::process::id())));
+        assert_eq!(tmp.extension().unwrap(), "png", "the renderer reads the format from the extension");
+        let left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert_eq!(left, [format!("throughput.png.{dead_pid}.tmp")], "the dead chart temporary went, the other naming stayed");
+        assert_eq!(claim_tmp_path_keeping_extension(&d.path().join("plain")), tmp_path(&d.path().join("plain")), "no extension: the plain temporary");
     }
 
     #[test]
