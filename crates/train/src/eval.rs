@@ -608,13 +608,34 @@ const KNN_BLOCK_ELEMENTS: usize = 1 << 23;
 /// `C = A · B` in f64 on faer, over the current pool's workers (the probe's two products
 /// a step, and the k-NN's distances): row-major slices, `a` `m × k` (or its transpose where
 /// `ta`: stored `k × m`), `b` `k × n` (or stored `n × k` where `tb`), `c` `m × n`.
+///
+/// C's longer side is cut into one part per worker, each a sequential faer product: faer's own
+/// parallel product (`Par::rayon`) ran `evaluate --windows 128` ~8 % slower here, and its
+/// instantiation added ~15 s to this crate's release build.
 #[allow(clippy::too_many_arguments)]
 fn product(c: &mut [f64], a: &[f64], b: &[f64], m: usize, n: usize, k: usize, ta: bool, tb: bool) {
+    use rayon::prelude::*;
     let a = if ta { MatRef::from_row_major_slice(a, k, m).transpose() } else { MatRef::from_row_major_slice(a, m, k) };
     let b = if tb { MatRef::from_row_major_slice(b, n, k).transpose() } else { MatRef::from_row_major_slice(b, k, n) };
-    matmul(MatMut::from_row_major_slice_mut(c, m, n), Accum::Replace, a, b, 1.0, Par::rayon(0));
-    // (The softmax after it calls libm's `exp`, 190 ns a call otherwise.)
-    engine::cpu::clear_upper_vector_state();
+    let c = MatMut::from_row_major_slice_mut(c, m, n);
+    // Parts of at least `MIN_PART` rows or columns: a thinner one costs more in its fork than
+    // it saves.
+    const MIN_PART: usize = 16;
+    let parts = rayon::current_num_threads().min(m.max(n) / MIN_PART).max(1);
+    // Each worker clears its vector registers' upper halves after its part: faer's AVX-512
+    // kernels leave them dirty, and libm's `exp` (the softmax after the product) then took
+    // ~190 ns a call.
+    let part = |c: MatMut<f64>, a: MatRef<f64>, b: MatRef<f64>| {
+        matmul(c, Accum::Replace, a, b, 1.0, Par::Seq);
+        engine::cpu::clear_upper_vector_state();
+    };
+    if parts == 1 {
+        part(c, a, b);
+    } else if m >= n {
+        c.par_row_partition_mut(parts).zip(a.par_row_partition(parts)).for_each(|(c, a)| part(c, a, b));
+    } else {
+        c.par_col_partition_mut(parts).zip(b.par_col_partition(parts)).for_each(|(c, b)| part(c, a, b));
+    }
 }
 
 /// Multinomial logistic regression with an L2 penalty `1e-3 · ‖W‖²` (as the PyTorch reference),
@@ -662,6 +683,30 @@ fn fit_logistic(x: &[f64], y: &[usize], d: usize, classes: usize) -> (Vec<f64>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The product is `A · B` for every layout of its operands, whole and cut into parts along
+    /// C's rows or columns (a pool of three workers: parts of unequal size).
+    #[test]
+    fn the_product_in_parts_is_the_product() {
+        let mut rng = signal::rng::Rng::new(5);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+        for (m, n, k) in [(3, 7, 300), (100, 3, 9), (5, 70, 4), (50, 50, 1), (1, 1, 1)] {
+            let a: Vec<f64> = (0..m * k).map(|_| rng.next_f64() - 0.5).collect();
+            let b: Vec<f64> = (0..k * n).map(|_| rng.next_f64() - 0.5).collect();
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let at = |i: usize, p: usize| if ta { a[p * m + i] } else { a[i * k + p] };
+                let bt = |p: usize, j: usize| if tb { b[j * k + p] } else { b[p * n + j] };
+                let mut c = vec![f64::NAN; m * n];
+                pool.install(|| product(&mut c, &a, &b, m, n, k, ta, tb));
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k).map(|p| at(i, p) * bt(p, j)).sum();
+                        assert!((c[i * n + j] - want).abs() < 1e-12, "{m}x{n}x{k} ta={ta} tb={tb}: C[{i},{j}] = {} against {want}", c[i * n + j]);
+                    }
+                }
+            }
+        }
+    }
 
     /// The k-NN through products (blocks of test windows, norms expanded) votes as the direct
     /// distances do, for several k, with more test windows than one block; the logistic fit
