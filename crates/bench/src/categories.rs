@@ -30,6 +30,31 @@ pub struct Settings {
     pub encoder: EncoderKind,
     /// The encoder the quality category trains (default cnn).
     pub quality_encoder: EncoderKind,
+    /// Told of each step inside a long category (a sweep's points), for a progress display.
+    pub progress: Progress,
+}
+
+/// A callback told of progress inside a category, one short line per unit of work (not part of
+/// the results or the log).
+#[derive(Clone, Default)]
+pub struct Progress(Option<std::sync::Arc<dyn Fn(&str) + Send + Sync>>);
+
+impl Progress {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        Progress(Some(std::sync::Arc::new(f)))
+    }
+
+    fn tell(&self, line: impl FnOnce() -> String) {
+        if let Some(f) = &self.0 {
+            f(&line());
+        }
+    }
+}
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Progress(set)" } else { "Progress(none)" })
+    }
 }
 
 impl Settings {
@@ -444,6 +469,10 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                     Ok((crate::stats::summarize(&t), Some(st.encoder.device.allocated_bytes() as f64 / 1e6)))
                 });
                 measured.map_err(|e| failed(None, e.to_string()))
+            });
+            s.progress.tell(|| match &point {
+                Ok((summary, _)) => format!("scalability: batch {b} × window {w}: {:.1} ms a step", summary.median),
+                Err(failed) => format!("scalability: batch {b} × window {w}: stopped ({})", failed.note),
             });
             match point {
                 Ok((summary, mem)) => {

@@ -39,6 +39,9 @@ use targets::Targets;
 
 /// The charts: file under the save directory, the category it draws, how.
 type Plot = (&'static str, CategoryKind, fn(&Results, &Path) -> Result<()>);
+/// The name of a run's scratch directory in the save directory, before its pid.
+const WORK_PREFIX: &str = ".work-";
+
 const PLOTS: [Plot; 3] = [
     ("plots/training_performance.png", CategoryKind::Training, plots::training),
     ("plots/scalability_analysis.png", CategoryKind::Scalability, plots::scalability),
@@ -68,7 +71,7 @@ pub struct Benchmark {
     on_category: Option<Box<dyn FnMut(CategoryKind) + Send>>,
     /// Called with each line of the log as it is written (the library prints nothing).
     on_log: Option<Box<dyn FnMut(&str) + Send>>,
-    /// This run's scratch directory (`<save-dir>/.work-XXXXXX`: the stores the data categories
+    /// This run's scratch directory (`<save-dir>/.work-<pid>-XXXXXX`: the stores the data categories
     /// write), made at the first category and removed with everything in it by [`Self::report`]
     /// or on drop. Its own, so that a user's directory of that name, or a second run into the same
     /// save directory, is never touched.
@@ -80,7 +83,15 @@ impl Benchmark {
         let save_dir = save_dir.into();
         let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let settings = Settings { quick: false, threads, work_dir: PathBuf::new(), quality_data: None, encoder: engine::EncoderKind::MlpMedium, quality_encoder: engine::EncoderKind::Cnn };
+        let settings = Settings {
+            quick: false,
+            threads,
+            work_dir: PathBuf::new(),
+            quality_data: None,
+            encoder: engine::EncoderKind::MlpMedium,
+            quality_encoder: engine::EncoderKind::Cnn,
+            progress: Default::default(),
+        };
         Benchmark {
             results: Results {
                 schema_version: results::SCHEMA_VERSION,
@@ -156,6 +167,13 @@ impl Benchmark {
         self
     }
 
+    /// Called with a short line per unit of work inside a long category (each point of the
+    /// scalability sweep); neither logged nor in the results.
+    pub fn on_progress(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.settings.progress = categories::Progress::new(f);
+        self
+    }
+
     pub fn on_category(mut self, f: impl FnMut(CategoryKind) + Send + 'static) -> Self {
         self.on_category = Some(Box::new(f));
         self
@@ -185,7 +203,10 @@ impl Benchmark {
         }
         if self.work.is_none() {
             std::fs::create_dir_all(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
-            let work = tempfile::Builder::new().prefix(".work-").tempdir_in(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
+            // A run killed before its report left its scratch directory (stores of up to
+            // gigabytes): it goes once its process is gone.
+            files::remove_abandoned_scratch(&self.save_dir, WORK_PREFIX);
+            let work = tempfile::Builder::new().prefix(&files::scratch_prefix(WORK_PREFIX)).tempdir_in(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
             self.settings.work_dir = work.path().to_path_buf();
             self.work = Some(work);
         }
@@ -547,6 +568,10 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             (CategoryKind::Scalability, _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
             (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) if m.config == "cpu.fp16" => "fp16 is not the faster precision on this machine: its products round operands to fp16 and multiply them on the fp32 kernels (no CPU this project has measured multiplies fp16 with fp32 sums faster: AMX-FP16 would); use bf16 for speed.".to_string(),
             (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) => "bf16 is not the faster precision on this machine: see the Mixed precision recommendation.".to_string(),
+            (CategoryKind::Hardware, MetricName::AccuracyDrop) => format!(
+                "The {} run's probe ends further below fp32's than the target allows, after the same steps from the same start. A short run's probe is one reading (`--quick` trains 100 steps): check on your data with `train --override trainer.precision=…` and `evaluate` before switching, and keep trainer.precision: 32 where the drop holds.",
+                m.config.strip_prefix("cpu.").unwrap_or(&m.config)
+            ),
             (CategoryKind::Training, MetricName::MemoryGrowthRate) => "The process's memory grew across the timed steps (the leak check): run `train` with a few hundred steps and watch its RSS; the engine allocates nothing per step after warm-up, so growth points at the data pipeline or the caller.".to_string(),
             (CategoryKind::Training | CategoryKind::Model, _) => "The step misses its time target: reduce the window or the encoder width, or use more cores / the GPU build.".to_string(),
             _ => "Misses its target.".to_string(),

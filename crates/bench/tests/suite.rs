@@ -130,9 +130,17 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     // A target nothing can meet (a step in a microsecond) fails and shows up as failed.
     let mut targets = bench::targets::default_targets();
     targets.get_mut("training_performance").unwrap().insert("batch_time_ms".into(), 0.001);
-    let mut b = Benchmark::new(&save).quick(true).threads(2).targets(targets);
+    // Each sweep point is told as it ends, outside the log and the results.
+    let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = std::sync::Arc::clone(&told);
+    let mut b = Benchmark::new(&save).quick(true).threads(2).targets(targets).on_progress(move |line| sink.lock().unwrap().push(line.to_string()));
     b.training().unwrap();
-    b.scalability().unwrap();
+    let sweep = b.scalability().unwrap().sweep.clone();
+    let told = told.lock().unwrap().clone();
+    assert_eq!(told.len(), sweep.len(), "{told:?}");
+    for (line, p) in told.iter().zip(&sweep) {
+        assert!(line.starts_with(&format!("scalability: batch {} × window {}: ", p.batch, p.window)), "{line}");
+    }
     b.hardware().unwrap();
     let files = b.report().unwrap();
     for f in [
@@ -385,6 +393,14 @@ fn one_advice_per_missed_target_kind() {
     let data: Vec<_> = recs.iter().filter(|x| x.text.starts_with("Data preparation")).collect();
     assert_eq!(data.len(), 1, "{recs:#?}");
     assert_eq!(data[0].evidence.matches("(target >=").count(), failed, "{:?}", data[0].evidence);
+    // A lower precision's accuracy drop past its target gets advice of its own, naming it.
+    let mut drop = r.categories[0].metrics[0].clone();
+    (drop.category, drop.name, drop.config, drop.value) = (bench::CategoryKind::Hardware, bench::registry::MetricName::AccuracyDrop, "cpu.bf16".into(), 0.013);
+    drop.target = Some(bench::results::TargetCheck { target: "hardware_optimization.accuracy_drop".into(), op: "<=".into(), threshold: 0.01, passed: false });
+    r.categories[0].metrics.push(drop);
+    let recs = bench::recommendations(&r);
+    let advice = recs.iter().find(|x| x.topic.contains("hardware_optimization.accuracy_drop")).expect("advice for the drop");
+    assert!(advice.text.starts_with("The bf16 run's probe ends further below fp32's") && !advice.text.contains("Misses its target"), "{advice:?}");
 }
 
 /// Each category records the machine's speed before it (a fixed reference workload), and a

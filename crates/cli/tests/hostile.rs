@@ -239,7 +239,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (bench("--targets", &twice_target), "duplicate"),
         (evaluate_with(&s, &s.ckpt, &["--label", "Name"]), "one class"),
         (evaluate_with(&s, &s.ckpt, &["--split", "bearing"]), "no label has two bearings"),
-        (strings(&["evaluate", "--checkpoint", &s.ckpt.display().to_string(), "--data", &s.data, "--meta", &grouped, "--label", "Group"]), "column `Group` is empty or missing for Id"),
+        (strings(&["evaluate", "--checkpoint", &s.ckpt.display().to_string(), "--data", &s.data, "--meta", &grouped, "--label", "Group"]), "grouped.csv is empty for Id"),
+        (evaluate_with(&s, &s.ckpt, &["--label", "Lable"]), "has no column `Lable` (--label names the column to classify); its columns: Id,"),
         (evaluate_with(&s, &bad_arch, &[]), "encoder_config metadata is not a valid encoder"),
         (strings(&["train", "--config", &root().join("configs/debug.yaml").display().to_string(), "--data", &s.data, "--meta", &elsewhere]), "Id 100 is in"),
         (

@@ -55,6 +55,34 @@ fn claim_tmp_path_ending(path: &Path, tail: &str) -> PathBuf {
     tmp_path_ending(path, tail)
 }
 
+/// Removes the scratch directories in `dir` that a killed process left: those named
+/// `<prefix><pid>-…` (as [`scratch_prefix`] names them) whose pid names no process here and which,
+/// with their direct entries, have not changed for [`ABANDONED_AFTER`] — the rule of
+/// [`claim_tmp_path`], for a directory. Best effort; returns how many went.
+pub fn remove_abandoned_scratch(dir: &Path, prefix: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split_once('-')).and_then(|(p, _)| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
+        let unchanged = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
+        let abandoned = || {
+            let path = entry.path();
+            entry.file_type().is_ok_and(|t| t.is_dir()) && unchanged(&path) && std::fs::read_dir(&path).is_ok_and(|inner| inner.flatten().all(|e| unchanged(&e.path())))
+        };
+        if pid.is_some_and(|pid| !process_is_running(pid)) && abandoned() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// The name prefix of this process's scratch directories: `<prefix><pid>-`, which
+/// [`remove_abandoned_scratch`] recognises once the process is gone.
+pub fn scratch_prefix(prefix: &str) -> String {
+    format!("{prefix}{}-", std::process::id())
+}
+
 /// How long a temporary of a process not running here stays unchanged before
 /// [`claim_tmp_path`] takes it for abandoned.
 pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
@@ -408,6 +436,43 @@ mod tests {
         let mut want = keep.to_vec();
         want.sort();
         assert_eq!(left, want, "only the dead writer's abandoned temporary of this file goes (pid 1 is init: running; 0-padded is not a name tmp_path writes)");
+    }
+
+    /// A dead process's scratch directory goes once unchanged; a live one's, a fresh one and
+    /// other names stay.
+    #[test]
+    #[cfg(unix)]
+    fn abandoned_scratch_directories_of_dead_processes_go() {
+        let d = tempfile::tempdir().unwrap();
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
+        let age = |p: &Path| {
+            let f = std::fs::File::open(p).unwrap();
+            f.set_modified(old).unwrap();
+        };
+        let mut names = vec![];
+        for name in [format!(".work-{dead_pid}-abc"), scratch_prefix(".work-") + "mine", ".work-xyz".into(), format!(".other-{dead_pid}-abc")] {
+            let p = d.path().join(&name);
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("f"), b"x").unwrap();
+            age(&p.join("f"));
+            age(&p);
+            names.push(name);
+        }
+        // A dead pid's directory whose entry changed a moment ago stays.
+        let fresh = d.path().join(format!(".work-{dead_pid}-fresh"));
+        std::fs::create_dir(&fresh).unwrap();
+        age(&fresh);
+        std::fs::write(fresh.join("f"), b"x").unwrap();
+        assert_eq!(remove_abandoned_scratch(d.path(), ".work-"), 1);
+        let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        let mut want: Vec<String> = names[1..].to_vec();
+        want.push(format!(".work-{dead_pid}-fresh"));
+        want.sort();
+        assert_eq!(left, want);
     }
 
     /// A chart's temporary keeps its extension last, and a killed renderer's goes with the next

@@ -87,8 +87,15 @@ impl Metadata {
             [only] if only.contains(';') => " (the header holds semicolons: this table's columns are separated by commas, not semicolons)",
             _ => "",
         };
-        let id_col = col("Id").ok_or_else(|| bad(format!("no `Id` column{delimiter}")))?;
-        let label_col = col("Label").ok_or_else(|| bad("no `Label` column".into()))?;
+        // A column of another case (`id`, `LABEL`) is named: the names are case-sensitive.
+        let required = |name: &str| {
+            col(name).ok_or_else(|| {
+                let cased = header.iter().find(|h| h.eq_ignore_ascii_case(name)).map(|h| format!(" (column `{h}` differs in case: the names are case-sensitive)")).unwrap_or_default();
+                bad(format!("no `{name}` column{cased}{delimiter}"))
+            })
+        };
+        let id_col = required("Id")?;
+        let label_col = required("Label")?;
         let known = ["Id", "Label", "Dataset_id", "Name", "Domain_id", "Sample_Rate", "Length", "Channels", "Fault_Size", "Fault_Location"];
         let mut rows = Vec::with_capacity(records.len());
         let mut seen = std::collections::HashSet::new();
@@ -196,6 +203,11 @@ fn read_csv(path: &Path) -> Result<Records> {
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
     // Read whole within the memory budget (a device or a pipe has no size to check first).
     let bytes = files::read(path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })?;
+    // The signal store given as the table (`--meta` and `--data` swapped) would read as bytes
+    // that are not text.
+    if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
+        return Err(bad("an HDF5 file (a signal store?), not a .csv or .xlsx table".into()));
+    }
     let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..]);
     let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
     let mut records = Vec::new();

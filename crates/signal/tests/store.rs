@@ -139,6 +139,18 @@ fn table_without_id_or_label_and_non_numeric_id_are_clear_errors() {
         let e = Metadata::load(&other).unwrap_err().to_string();
         assert!(e.contains("no `Id` column") && e.contains(&format!("the header holds {name}")), "{e}");
     }
+    // A header of another case is named; so is a signal store given as the table.
+    let lower = dir.path().join("lower.csv");
+    std::fs::write(&lower, "id,Label\n1,0\n").unwrap();
+    let e = Metadata::load(&lower).unwrap_err().to_string();
+    assert!(e.contains("no `Id` column (column `id` differs in case"), "{e}");
+    std::fs::write(&lower, "Id,LABEL\n1,0\n").unwrap();
+    let e = Metadata::load(&lower).unwrap_err().to_string();
+    assert!(e.contains("no `Label` column (column `LABEL` differs in case"), "{e}");
+    let store_as_table = dir.path().join("signals.csv");
+    std::fs::write(&store_as_table, b"\x89HDF\r\n\x1a\n\0\0\xff\xfe").unwrap();
+    let e = Metadata::load(&store_as_table).unwrap_err().to_string();
+    assert!(e.contains("signals.csv") && e.contains("metadata table: an HDF5 file (a signal store?), not a .csv or .xlsx table"), "{e}");
     let e = Metadata::load(fixture("absent.csv")).unwrap_err().to_string();
     assert!(e.contains("absent.csv") && e.contains("not found"), "{e}");
     // A rate that is there must be one: positive, finite, within 1e-6 to 1e15 Hz.

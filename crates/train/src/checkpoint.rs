@@ -159,9 +159,13 @@ pub struct ModelFile {
 impl ModelFile {
     /// Reads a checkpoint directory's `model.safetensors`, or that file itself.
     pub fn read(path: &Path) -> Result<Self> {
+        let given = path;
         let path = model_file(path);
         if !path.exists() {
-            return Err(ckpt_err(&path, "not found"));
+            // A run directory given for its checkpoint (its `checkpoints/last` is what to give).
+            let last = given.join("checkpoints").join("last");
+            let hint = if last.is_dir() { format!(" (a run directory: its last checkpoint is {})", last.display()) } else { String::new() };
+            return Err(ckpt_err(&path, format!("not found{hint}")));
         }
         let bytes = files::read(&path).map_err(|e| TrainError::io(&path, e))?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| ckpt_err(&path, format!("not a safetensors file: {e}")))?;

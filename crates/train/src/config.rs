@@ -455,7 +455,25 @@ impl Config {
         if root.is_null() {
             return Err(in_file(TrainError::Yaml("holds no settings (empty, or only comments)".into())));
         }
-        Self::from_root(root, overrides).map_err(in_file)
+        // A key at fault is named with where it was set: a typo in the file and the same typo
+        // in an `--override` read alike otherwise.
+        let placed = |e: TrainError| match e {
+            TrainError::Config { key, reason } => {
+                let set_by = |o: &&String| {
+                    o.split_once('=').is_some_and(|(k, _)| {
+                        let k = k.trim();
+                        k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
+                    })
+                };
+                let reason = match overrides.iter().find(set_by) {
+                    Some(o) => format!("{reason} (from --override {o})"),
+                    None => format!("{reason} (in {})", path.display()),
+                };
+                TrainError::Config { key, reason }
+            }
+            other => in_file(other),
+        };
+        Self::from_root(root, overrides).map_err(placed)
     }
 
     /// A config from YAML text (empty text: every default), `overrides` applied, validated.

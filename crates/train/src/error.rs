@@ -6,7 +6,9 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    #[error("config: invalid `{key}`: {reason}")]
+    /// A setting out of range: a config key (`section.key`), or a command-line flag (`--name`),
+    /// which is not called a config.
+    #[error("{}invalid `{key}`: {reason}", if key.starts_with("--") { "" } else { "config: " })]
     Config { key: String, reason: String },
     #[error("config: {0}")]
     Yaml(String),

@@ -155,13 +155,16 @@ pub fn probe_windows(ds: &Dataset, builder: &BatchBuilder, w: usize, k: usize, s
         return Err(TrainError::Config { key: "time_fraction".into(), reason: format!("{time_fraction} must be between 0 and 1 (the share of each signal the probes fit on)") });
     }
     let window = WindowConfig { window_size: w, stride: w, num_window: k, strategy: WindowStrategy::EvenlySpaced };
+    if !ds.meta.columns.iter().any(|c| c == label) {
+        return Err(TrainError::Data(format!("{} has no column `{label}` (--label names the column to classify); its columns: {}", ds.meta.path.display(), ds.meta.columns.join(", "))));
+    }
     let mut class_of = BTreeMap::new();
     for &id in &ds.ids {
         let row = ds.row(id).ok_or_else(|| TrainError::Data(format!("Id {id} has no metadata row")))?;
         let v = row
             .field(label)
             .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| TrainError::Data(format!("the label column `{label}` is empty or missing for Id {id} (evaluate names the column with --label)")))?;
+            .ok_or_else(|| TrainError::Data(format!("the label column `{label}` of {} is empty for Id {id} (--label names the column to classify)", ds.meta.path.display())))?;
         class_of.insert(id, v);
     }
     let mut classes: Vec<String> = class_of.values().cloned().collect();

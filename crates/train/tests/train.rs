@@ -146,6 +146,35 @@ fn bad_keys_and_values_name_the_key() {
     assert!(e.contains("/no/such/config.yaml"), "{e}");
 }
 
+/// A key at fault in a config file is named with the file; one an `--override` set, with that
+/// override; a flag's error is not called a config's.
+#[test]
+fn a_bad_key_says_where_it_was_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.yaml");
+    std::fs::write(&file, "task:\n  temprature: 0.1\n").unwrap();
+    let e = Config::load(&file, &[]).unwrap_err().to_string();
+    assert!(e.contains("`task.temprature`: unknown key; did you mean `task.temperature`?") && e.ends_with(&format!("(in {})", file.display())), "{e}");
+    std::fs::write(&file, "task:\n  temperature: 0.1\n").unwrap();
+    let e = Config::load(&file, &["task.temprature=0.2".into()]).unwrap_err().to_string();
+    assert!(e.ends_with("(from --override task.temprature=0.2)"), "{e}");
+    let e = Config::load(&file, &["trainer.max_steps=0".into()]).unwrap_err().to_string();
+    assert!(e.contains("trainer.max_steps") && e.ends_with("(from --override trainer.max_steps=0)"), "{e}");
+    let flag = train::TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() }.to_string();
+    assert_eq!(flag, "invalid `--windows`: must be > 0");
+}
+
+/// A run directory given as a checkpoint is answered with the checkpoint to give.
+#[test]
+fn a_run_directory_given_as_a_checkpoint_names_its_last_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("checkpoints/last")).unwrap();
+    let e = train::checkpoint::ModelFile::read(dir.path()).err().expect("no model file").to_string();
+    assert!(e.contains("not found (a run directory: its last checkpoint is") && e.contains("checkpoints/last"), "{e}");
+    let e = train::checkpoint::ModelFile::read(&dir.path().join("elsewhere")).err().expect("no model file").to_string();
+    assert!(e.ends_with("not found"), "{e}");
+}
+
 /// A small generated dataset: 24 Ids of 2048 samples, 2 channels.
 fn dataset(dir: &Path) -> (PathBuf, PathBuf) {
     let cfg = SynthConfig { complexity: Complexity::Medium, count: 24, length: 2048, channels: 2, seed: 3, ..Default::default() };

@@ -1,5 +1,6 @@
 //! `bench`: the benchmark suite (SPEC §5) with reports, targets, baselines and PyTorch ratios.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -76,10 +77,20 @@ pub fn run(a: Args) -> Result<()> {
     }
     let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
-    let pb2 = pb.clone();
-    let mut b = Benchmark::new(save_dir).quick(a.quick).device(a.device).encoder(a.encoder).quality_encoder(a.quality_encoder).on_log(|line| errln!("{line}")).on_category(move |name| {
-        pb2.set_prefix(name.to_string());
-    });
+    let (pb2, pb3) = (pb.clone(), pb.clone());
+    // Inside a long category (the full sweep runs for minutes): on a terminal the bar shows the
+    // point being measured; elsewhere (CI, a pipe) a line each, so the run is seen to go on.
+    let on_terminal = std::io::stderr().is_terminal();
+    let mut b = Benchmark::new(save_dir)
+        .quick(a.quick)
+        .device(a.device)
+        .encoder(a.encoder)
+        .quality_encoder(a.quality_encoder)
+        .on_log(|line| errln!("{line}"))
+        .on_category(move |name| {
+            pb2.set_prefix(name.to_string());
+        })
+        .on_progress(move |line| if on_terminal { pb3.set_prefix(line.to_string()) } else { errln!("  {line}") });
     if let Some(t) = a.threads {
         b = b.threads(t);
     }
