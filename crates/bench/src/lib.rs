@@ -39,8 +39,15 @@ use targets::Targets;
 
 /// The charts: file under the save directory, the category it draws, how.
 type Plot = (&'static str, CategoryKind, fn(&Results, &Path) -> Result<()>);
-/// The name of a run's scratch directory in the save directory, before its pid.
+/// The name of a run's scratch directory in the save directory, before its random part.
 const WORK_PREFIX: &str = ".work-";
+
+/// A run's scratch directory and the lock on it ([`files::remove_abandoned_scratch`] leaves a
+/// directory whose lock is held). The directory goes when this drops.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    _lock: Option<files::DirLock>,
+}
 
 const PLOTS: [Plot; 3] = [
     ("plots/training_performance.png", CategoryKind::Training, plots::training),
@@ -71,11 +78,12 @@ pub struct Benchmark {
     on_category: Option<Box<dyn FnMut(CategoryKind) + Send>>,
     /// Called with each line of the log as it is written (the library prints nothing).
     on_log: Option<Box<dyn FnMut(&str) + Send>>,
-    /// This run's scratch directory (`<save-dir>/.work-<pid>-XXXXXX`: the stores the data categories
+    /// This run's scratch directory (`<save-dir>/.work-XXXXXX`: the stores the data categories
     /// write), made at the first category and removed with everything in it by [`Self::report`]
-    /// or on drop. Its own, so that a user's directory of that name, or a second run into the same
-    /// save directory, is never touched.
-    work: Option<tempfile::TempDir>,
+    /// or on drop, and the lock on it this run holds meanwhile. Its own, so that a user's
+    /// directory of that name, or a second run into the same save directory, is never touched;
+    /// one a killed run left goes at a later run's start, its lock free.
+    work: Option<Scratch>,
 }
 
 impl Benchmark {
@@ -204,11 +212,12 @@ impl Benchmark {
         if self.work.is_none() {
             std::fs::create_dir_all(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
             // A run killed before its report left its scratch directory (stores of up to
-            // gigabytes): it goes once its process is gone.
+            // gigabytes): it goes once no process holds its lock.
             files::remove_abandoned_scratch(&self.save_dir, WORK_PREFIX);
-            let work = tempfile::Builder::new().prefix(&files::scratch_prefix(WORK_PREFIX)).tempdir_in(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
-            self.settings.work_dir = work.path().to_path_buf();
-            self.work = Some(work);
+            let dir = tempfile::Builder::new().prefix(WORK_PREFIX).tempdir_in(&self.save_dir).map_err(|e| BenchError::io(&self.save_dir, e))?;
+            let lock = files::DirLock::try_acquire(dir.path()).map_err(|e| BenchError::io(dir.path(), e))?;
+            self.settings.work_dir = dir.path().to_path_buf();
+            self.work = Some(Scratch { _dir: dir, _lock: lock });
         }
         let calibration = measure::calibration_ms(self.settings.threads);
         let (t, contention) = (Instant::now(), measure::Contention::start());
@@ -330,6 +339,8 @@ impl Benchmark {
             // would be empty axes; one an earlier run left here would show that run's numbers
             // beside this run's reports.
             if !charted(&self.results, kind) {
+                // (A killed renderer's temporary of this chart goes too.)
+                files::claim_tmp_path_keeping_extension(&path);
                 if path.is_file() {
                     std::fs::remove_file(&path).map_err(|e| BenchError::io(&path, e))?;
                 }

@@ -55,32 +55,31 @@ fn claim_tmp_path_ending(path: &Path, tail: &str) -> PathBuf {
     tmp_path_ending(path, tail)
 }
 
-/// Removes the scratch directories in `dir` that a killed process left: those named
-/// `<prefix><pid>-…` (as [`scratch_prefix`] names them) whose pid names no process here and which,
-/// with their direct entries, have not changed for [`ABANDONED_AFTER`] — the rule of
-/// [`claim_tmp_path`], for a directory. Best effort; returns how many went.
+/// Removes the scratch directories in `dir` that killed processes left: those whose name starts
+/// with `prefix`, that hold a `.lock` file (a [`DirLock`] their process took at once and held for
+/// its life) whose lock can be taken now (the kernel releases it when the process ends, however
+/// it ends, and a lock is seen across containers on one host), and that are older than
+/// [`ABANDONED_AFTER`] (a directory made a moment ago may not have its lock yet). A directory
+/// of the same name without a `.lock` is not a scratch directory and stays. Best effort; returns
+/// how many went.
 pub fn remove_abandoned_scratch(dir: &Path, prefix: &str) -> usize {
     let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
     let mut removed = 0;
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name.to_str().and_then(|n| n.strip_prefix(prefix)).and_then(|rest| rest.split_once('-')).and_then(|(p, _)| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
-        let unchanged = |path: &Path| std::fs::symlink_metadata(path).is_ok_and(|m| m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
-        let abandoned = || {
-            let path = entry.path();
-            entry.file_type().is_ok_and(|t| t.is_dir()) && unchanged(&path) && std::fs::read_dir(&path).is_ok_and(|inner| inner.flatten().all(|e| unchanged(&e.path())))
-        };
-        if pid.is_some_and(|pid| !process_is_running(pid)) && abandoned() && std::fs::remove_dir_all(entry.path()).is_ok() {
-            removed += 1;
+        let path = entry.path();
+        let named = entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix));
+        let old = || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
+        if !named || !old() || !path.join(".lock").is_file() {
+            continue;
+        }
+        // Held while it is removed, so no process can take it over meanwhile.
+        if let Ok(Some(_lock)) = DirLock::try_acquire(&path) {
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed += 1;
+            }
         }
     }
     removed
-}
-
-/// The name prefix of this process's scratch directories: `<prefix><pid>-`, which
-/// [`remove_abandoned_scratch`] recognises once the process is gone.
-pub fn scratch_prefix(prefix: &str) -> String {
-    format!("{prefix}{}-", std::process::id())
 }
 
 /// How long a temporary of a process not running here stays unchanged before
@@ -438,41 +437,36 @@ mod tests {
         assert_eq!(left, want, "only the dead writer's abandoned temporary of this file goes (pid 1 is init: running; 0-padded is not a name tmp_path writes)");
     }
 
-    /// A dead process's scratch directory goes once unchanged; a live one's, a fresh one and
-    /// other names stay.
+    /// A scratch directory goes once its lock is free and it is old; one whose lock is held, a
+    /// fresh one, one without a lock file and other names stay.
     #[test]
     #[cfg(unix)]
-    fn abandoned_scratch_directories_of_dead_processes_go() {
+    fn abandoned_scratch_directories_go_once_their_lock_is_free() {
         let d = tempfile::tempdir().unwrap();
-        let mut dead = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = dead.id();
-        dead.wait().unwrap();
         let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
-        let age = |p: &Path| {
-            let f = std::fs::File::open(p).unwrap();
-            f.set_modified(old).unwrap();
-        };
-        let mut names = vec![];
-        for name in [format!(".work-{dead_pid}-abc"), scratch_prefix(".work-") + "mine", ".work-xyz".into(), format!(".other-{dead_pid}-abc")] {
-            let p = d.path().join(&name);
+        let make = |name: &str, lock: bool, age: bool| {
+            let p = d.path().join(name);
             std::fs::create_dir(&p).unwrap();
-            std::fs::write(p.join("f"), b"x").unwrap();
-            age(&p.join("f"));
-            age(&p);
-            names.push(name);
-        }
-        // A dead pid's directory whose entry changed a moment ago stays.
-        let fresh = d.path().join(format!(".work-{dead_pid}-fresh"));
-        std::fs::create_dir(&fresh).unwrap();
-        age(&fresh);
-        std::fs::write(fresh.join("f"), b"x").unwrap();
+            std::fs::create_dir(p.join("quality")).unwrap();
+            if lock {
+                std::fs::write(p.join(".lock"), b"").unwrap();
+            }
+            if age {
+                std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
+            }
+            p
+        };
+        make(".work-dead", true, true);
+        let live = make(".work-live", true, true);
+        let _held = DirLock::try_acquire(&live).unwrap().expect("free");
+        std::fs::File::open(&live).unwrap().set_modified(old).unwrap();
+        make(".work-fresh", true, false);
+        make(".work-user", false, true);
+        make("other-dead", true, true);
         assert_eq!(remove_abandoned_scratch(d.path(), ".work-"), 1);
         let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
-        let mut want: Vec<String> = names[1..].to_vec();
-        want.push(format!(".work-{dead_pid}-fresh"));
-        want.sort();
-        assert_eq!(left, want);
+        assert_eq!(left, [".work-fresh", ".work-live", ".work-user", "other-dead"]);
     }
 
     /// A chart's temporary keeps its extension last, and a killed renderer's goes with the next

@@ -202,12 +202,17 @@ type Records = (Vec<String>, Vec<(usize, Vec<String>)>);
 fn read_csv(path: &Path) -> Result<Records> {
     let bad = |reason: String| SignalError::BadTable { path: path.to_path_buf(), reason };
     // Read whole within the memory budget (a device or a pipe has no size to check first).
-    let bytes = files::read(path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })?;
     // The signal store given as the table (`--meta` and `--data` swapped) would read as bytes
-    // that are not text.
-    if bytes.starts_with(b"\x89HDF\r\n\x1a\n") {
-        return Err(bad("an HDF5 file (a signal store?), not a .csv or .xlsx table".into()));
+    // that are not text, and first be read whole: its signature is looked at first (in a
+    // regular file only: a pipe's first bytes would be consumed).
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file()) {
+        let mut head = [0u8; 8];
+        let read = std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head));
+        if read.is_ok() && head == *b"\x89HDF\r\n\x1a\n" {
+            return Err(bad("an HDF5 file (a signal store?), not a .csv or .xlsx table".into()));
+        }
     }
+    let bytes = files::read(path).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })?;
     let mut r = csv::ReaderBuilder::new().flexible(true).from_reader(&bytes[..]);
     let header = r.headers().map_err(|e| bad(e.to_string()))?.iter().map(str::to_string).collect();
     let mut records = Vec::new();

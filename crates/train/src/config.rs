@@ -442,6 +442,11 @@ const MOVED: &[(&str, &str)] = &[("environment.seed", "trainer.seed"), ("model.n
 /// The ISFM's keys (reported as unused with another encoder).
 const ISFM_KEYS: &[&str] = &["num_patches", "patch_size_L", "patch_size_C", "d_model", "output_dim", "num_heads", "e_layers", "num_layers", "d_ff", "dropout", "activation"];
 
+/// Whether a config's YAML holds `section.key` (or the section, for a key without a dot).
+fn holds_key(root: &Value, key: &str) -> bool {
+    key.split('.').try_fold(root, |at, part| at.get(part)).is_some()
+}
+
 impl Config {
     /// Reads a YAML file, applies `overrides` (`section.key=value`), validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
@@ -456,18 +461,21 @@ impl Config {
             return Err(in_file(TrainError::Yaml("holds no settings (empty, or only comments)".into())));
         }
         // A key at fault is named with where it was set: a typo in the file and the same typo
-        // in an `--override` read alike otherwise.
+        // in an `--override` read alike otherwise. The last override of the key (the one that
+        // took effect), else the file where it holds the key; a default is named by neither.
+        let in_file_root = root.clone();
         let placed = |e: TrainError| match e {
             TrainError::Config { key, reason } => {
+                // A moved key's error names it as written, then where it was read.
+                let written = key.split(" (read as ").next().unwrap_or(&key);
                 let set_by = |o: &&String| {
-                    o.split_once('=').is_some_and(|(k, _)| {
-                        let k = k.trim();
-                        k == key || key.starts_with(&format!("{k}.")) || k.starts_with(&format!("{key}."))
-                    })
+                    let k = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+                    k == written || written.starts_with(&format!("{k}."))
                 };
-                let reason = match overrides.iter().find(set_by) {
+                let reason = match overrides.iter().rev().find(set_by) {
                     Some(o) => format!("{reason} (from --override {o})"),
-                    None => format!("{reason} (in {})", path.display()),
+                    None if holds_key(&in_file_root, written) => format!("{reason} (in {})", path.display()),
+                    None => reason,
                 };
                 TrainError::Config { key, reason }
             }
@@ -1293,5 +1301,18 @@ mod devices {
 impl Default for Devices {
     fn default() -> Self {
         Devices { count: 1, index: 0 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A key is held where its section holds it; a section alone is held; a default is not.
+    #[test]
+    fn holds_key_finds_keys_and_sections_the_yaml_holds() {
+        let root = parse_root("data:\n  window_size: 64\ntrainer: {}\n").unwrap();
+        assert!(holds_key(&root, "data.window_size") && holds_key(&root, "data") && holds_key(&root, "trainer"));
+        assert!(!holds_key(&root, "data.batch_size") && !holds_key(&root, "trainer.max_steps") && !holds_key(&root, "model.name") && !holds_key(&root, "model"));
     }
 }

@@ -6,10 +6,15 @@ pub type Result<T> = std::result::Result<T, TrainError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// A setting out of range: a config key (`section.key`), or a command-line flag (`--name`),
-    /// which is not called a config.
-    #[error("{}invalid `{key}`: {reason}", if key.starts_with("--") { "" } else { "config: " })]
+    /// A config key (`section.key`) out of range or unknown.
+    #[error("config: invalid `{key}`: {reason}")]
     Config { key: String, reason: String },
+    /// A command-line flag (`--name`) out of range.
+    #[error("invalid `{flag}`: {reason}")]
+    Flag { flag: String, reason: String },
+    /// An environment variable (`CID_…`) holding a value it cannot.
+    #[error("environment variable `{variable}`: {reason}")]
+    Env { variable: String, reason: String },
     #[error("config: {0}")]
     Yaml(String),
     #[error("{path}: {source}")]

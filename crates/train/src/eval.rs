@@ -48,7 +48,7 @@ impl std::str::FromStr for Split {
         match s {
             "time" => Ok(Split::Time),
             "bearing" => Ok(Split::Bearing),
-            other => Err(TrainError::Config { key: "--split".into(), reason: format!("unknown split {other:?}; expected time or bearing") }),
+            other => Err(TrainError::Flag { flag: "--split".into(), reason: format!("unknown split {other:?}; expected time or bearing") }),
         }
     }
 }
@@ -298,13 +298,13 @@ pub fn evaluate(ckpt: &Path, ds: &Dataset, opts: &EvalOptions) -> Result<EvalRep
 fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: usize) -> Result<EvalReport> {
     let t0 = std::time::Instant::now();
     if opts.windows == 0 {
-        return Err(TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() });
+        return Err(TrainError::Flag { flag: "--windows".into(), reason: "must be > 0".into() });
     }
     // The k-NN probe compares every test window with every fit window: its time grows with the
     // square of the windows (1000 per Id and region took 44 s on 8 Ids, 2000 took 186 s).
     if opts.windows > MAX_WINDOWS {
-        return Err(TrainError::Config {
-            key: "--windows".into(),
+        return Err(TrainError::Flag {
+            flag: "--windows".into(),
             reason: format!("{} is more than {MAX_WINDOWS} per Id and region (the k-NN probe's time grows with the square of the windows)", opts.windows),
         });
     }
@@ -315,8 +315,8 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
         (Some(_), Some(_)) => {
             // Two configurations would be one too many: the checkpoint's is the one its weights
             // were trained with, and a --config beside it would be silently ignored.
-            return Err(TrainError::Config {
-                key: "--config".into(),
+            return Err(TrainError::Flag {
+                flag: "--config".into(),
                 reason: format!("{} carries its training configuration; --config (and --override) are for checkpoints without one", file.display()),
             });
         }
@@ -459,13 +459,13 @@ pub struct DrawsReport {
 /// `evaluate` on `draws` draws of the bearing split, seeds `opts.seed` upwards.
 pub fn evaluate_draws(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, draws: usize) -> Result<DrawsReport> {
     if draws == 0 || draws > MAX_DRAWS {
-        return Err(TrainError::Config { key: "--draws".into(), reason: format!("{draws}: expected 1 to {MAX_DRAWS}") });
+        return Err(TrainError::Flag { flag: "--draws".into(), reason: format!("{draws}: expected 1 to {MAX_DRAWS}") });
     }
     if draws > 1 && opts.split != Split::Bearing {
-        return Err(TrainError::Config { key: "--draws".into(), reason: "the time split has a single draw; several draws need --split bearing".into() });
+        return Err(TrainError::Flag { flag: "--draws".into(), reason: "the time split has a single draw; several draws need --split bearing".into() });
     }
     if opts.seed.checked_add(draws as u64 - 1).is_none() {
-        return Err(TrainError::Config { key: "--seed".into(), reason: format!("{} + {draws} draws passes the largest seed", opts.seed) });
+        return Err(TrainError::Flag { flag: "--seed".into(), reason: format!("{} + {draws} draws passes the largest seed", opts.seed) });
     }
     // Every draw reads the same checkpoint: a `last` link that training re-points meanwhile must
     // not mix two models into one spread.

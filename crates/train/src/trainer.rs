@@ -390,7 +390,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         };
         // fp16 on a CPU is what PyTorch autocasts to only where the CPU has AVX512-FP16; bf16 is
         // every other CPU's mixed precision (as Lightning answers `16-mixed` on a CPU).
-        engine::cpu::fp16_emulation().map_err(|reason| TrainError::Config { key: "CID_CPU_FP16".into(), reason })?;
+        engine::cpu::fp16_emulation().map_err(|reason| TrainError::Env { variable: "CID_CPU_FP16".into(), reason })?;
         if cfg.trainer.precision == crate::config::Precision::F16 && !engine::cpu::fp16_supported() {
             return Err(TrainError::Config {
                 key: "trainer.precision".into(),

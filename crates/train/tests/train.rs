@@ -158,9 +158,19 @@ fn a_bad_key_says_where_it_was_set() {
     std::fs::write(&file, "task:\n  temperature: 0.1\n").unwrap();
     let e = Config::load(&file, &["task.temprature=0.2".into()]).unwrap_err().to_string();
     assert!(e.ends_with("(from --override task.temprature=0.2)"), "{e}");
-    let e = Config::load(&file, &["trainer.max_steps=0".into()]).unwrap_err().to_string();
+    // The override that took effect (the last of the key), one without `=`, and a moved key.
+    let e = Config::load(&file, &["trainer.max_steps=10".into(), "trainer.max_steps=0".into()]).unwrap_err().to_string();
     assert!(e.contains("trainer.max_steps") && e.ends_with("(from --override trainer.max_steps=0)"), "{e}");
-    let flag = train::TrainError::Config { key: "--windows".into(), reason: "must be > 0".into() }.to_string();
+    let e = Config::load(&file, &["trainer.max_steps".into()]).unwrap_err().to_string();
+    assert!(e.ends_with("(from --override trainer.max_steps)"), "{e}");
+    let e = Config::load(&file, &["environment.seed=abc".into()]).unwrap_err().to_string();
+    assert!(e.contains("environment.seed (read as trainer.seed)") && e.ends_with("(from --override environment.seed=abc)"), "{e}");
+    // A value the file sets, out of range.
+    std::fs::write(&file, "trainer:\n  max_steps: 0\n").unwrap();
+    let e = Config::load(&file, &[]).unwrap_err().to_string();
+    assert!(e.contains("`trainer.max_steps`: must be > 0") && e.ends_with(&format!("(in {})", file.display())), "{e}");
+    std::fs::write(&file, "task:\n  temperature: 0.1\n").unwrap();
+    let flag = train::TrainError::Flag { flag: "--windows".into(), reason: "must be > 0".into() }.to_string();
     assert_eq!(flag, "invalid `--windows`: must be > 0");
 }
 

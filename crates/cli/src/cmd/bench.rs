@@ -1,6 +1,5 @@
 //! `bench`: the benchmark suite (SPEC §5) with reports, targets, baselines and PyTorch ratios.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -78,9 +77,10 @@ pub fn run(a: Args) -> Result<()> {
     let names = a.test.categories();
     let pb = crate::progress::bar(names.len() as u64, "bench");
     let (pb2, pb3) = (pb.clone(), pb.clone());
-    // Inside a long category (the full sweep runs for minutes): on a terminal the bar shows the
-    // point being measured; elsewhere (CI, a pipe) a line each, so the run is seen to go on.
-    let on_terminal = std::io::stderr().is_terminal();
+    // Inside a long category (the full sweep runs for minutes): where the bar is drawn (a
+    // terminal) it shows the point measured last; elsewhere (CI, a pipe) a line each, so the
+    // run is seen to go on.
+    let on_terminal = !pb.is_hidden();
     let mut b = Benchmark::new(save_dir)
         .quick(a.quick)
         .device(a.device)
