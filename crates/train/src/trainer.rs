@@ -535,6 +535,17 @@ impl<'a, D: Device> Trainer<'a, D> {
         // What a killed run left half-written (its checkpoint's temporary directory).
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
+        // A fresh run into a run directory that holds a run replaces its last checkpoint and log
+        // (two trainings under one experiment_name, as two encoders of one protocol): said
+        // before the first step, while the earlier run can still be kept.
+        let earlier = ckpt_dir.join("last");
+        if fresh && earlier.is_dir() {
+            obs.message(&format!(
+                "warning: {} holds an earlier run: this fresh run replaces its last checkpoint and its log (continue it with --resume {}, or give this run another environment.experiment_name)",
+                run_dir.display(),
+                earlier.display()
+            ));
+        }
         let val_batches = validation_batches(&builder, &inputs, &usable_val, b, state.seed)?;
         // Said wherever validation was asked for and cannot run, and wherever early stopping
         // watches a validation metric without it (Lightning refuses to monitor a metric never

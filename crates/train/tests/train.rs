@@ -960,6 +960,27 @@ impl Observer for Messages {
     }
 }
 
+/// A fresh run into a directory that holds a run says it replaces that run's checkpoint; the
+/// first run into it and a resumed run do not.
+#[test]
+fn a_fresh_run_over_an_earlier_one_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(dir.path(), &["environment.experiment_name=twice", "trainer.epochs=1"]);
+    let replaced = |resume: Option<&Path>| {
+        let mut m = Messages::default();
+        train(&cfg, &h5, &csv, resume, &mut m).unwrap();
+        m.0.into_iter().filter(|w| w.contains("holds an earlier run")).collect::<Vec<_>>()
+    };
+    assert!(replaced(None).is_empty(), "the first run replaces nothing");
+    let again = replaced(None);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0].contains("--resume") && again[0].contains("checkpoints/last") && again[0].contains("environment.experiment_name"), "{}", again[0]);
+    let last = dir.path().join("twice").join("checkpoints").join("last");
+    assert!(last.is_dir(), "{}", last.display());
+    assert!(replaced(Some(&last)).is_empty(), "a resumed run continues the earlier one");
+}
+
 /// A run that cannot validate says so wherever validation was asked for or early stopping
 /// watches a validation metric (it then never acts, nor the best checkpoint), naming the keys;
 /// one that asked for none and stops on nothing hears nothing.
