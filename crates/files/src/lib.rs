@@ -46,7 +46,7 @@ fn claim_tmp_path_ending(path: &Path, tail: &str) -> PathBuf {
         for entry in entries.flatten() {
             let file = entry.file_name();
             let pid = file.to_str().and_then(|f| f.strip_prefix(&prefix)).and_then(|rest| rest.strip_suffix(&suffix)).and_then(|p| p.parse::<u32>().ok().filter(|pid| pid.to_string() == p));
-            let abandoned = || entry.metadata().is_ok_and(|m| m.is_file() && m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
+            let abandoned = || entry.metadata().is_ok_and(|m| m.is_file() && unchanged_past_abandoned(&m));
             if pid.is_some_and(|pid| !process_is_running(pid)) && abandoned() {
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -68,7 +68,7 @@ pub fn remove_abandoned_scratch(dir: &Path, prefix: &str) -> usize {
     for entry in entries.flatten() {
         let path = entry.path();
         let named = entry.file_name().to_str().is_some_and(|n| n.starts_with(prefix));
-        let old = || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER));
+        let old = || std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir() && unchanged_past_abandoned(&m));
         if !named || !old() || !path.join(".lock").is_file() {
             continue;
         }
@@ -80,6 +80,12 @@ pub fn remove_abandoned_scratch(dir: &Path, prefix: &str) -> usize {
         }
     }
     removed
+}
+
+/// Whether a file or directory has not changed for [`ABANDONED_AFTER`] (a time in the future, or
+/// none, is a change now).
+fn unchanged_past_abandoned(m: &std::fs::Metadata) -> bool {
+    m.modified().ok().and_then(|t| t.elapsed().ok()).is_some_and(|age| age >= ABANDONED_AFTER)
 }
 
 /// How long a temporary of a process not running here stays unchanged before
@@ -405,6 +411,22 @@ mod tests {
         assert!(write_atomic(&d.path().join("missing/a.json"), b"x").is_err());
     }
 
+    /// The pid of a child that has exited and been reaped: it names no process (until reused).
+    #[cfg(unix)]
+    fn dead_pid() -> u32 {
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let pid = dead.id();
+        dead.wait().unwrap();
+        pid
+    }
+
+    /// Sets a file's or directory's modification time past [`ABANDONED_AFTER`].
+    #[cfg(unix)]
+    fn age_past_abandoned(path: &Path) {
+        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
+        std::fs::File::open(path).unwrap().set_modified(old).unwrap();
+    }
+
     /// A killed writer's temporary goes with the next write of the same file; a live writer's
     /// (this process's), another file's and a name of another form stay.
     #[test]
@@ -412,16 +434,12 @@ mod tests {
     fn a_write_removes_the_temporaries_of_dead_writers_only() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("synthetic.h5");
-        // A child that has exited and been reaped: its pid names no process (until reused).
-        let mut dead = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = dead.id();
-        dead.wait().unwrap();
+        let dead_pid = dead_pid();
         let keep =
             [format!("synthetic.h5.{}.tmp", std::process::id()), "synthetic.h5.x.tmp".into(), format!("other.h5.{dead_pid}.tmp"), "synthetic.h5.1.tmp".into(), format!("synthetic.h5.0{dead_pid}.tmp")];
-        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
         for name in keep.iter().chain([&format!("synthetic.h5.{dead_pid}.tmp")]) {
             std::fs::write(d.path().join(name), b"partial").unwrap();
-            std::fs::File::options().write(true).open(d.path().join(name)).unwrap().set_modified(old).unwrap();
+            age_past_abandoned(&d.path().join(name));
         }
         // A dead pid's temporary that changed a moment ago (a writer elsewhere) stays too.
         std::fs::write(d.path().join(format!("fresh.h5.{dead_pid}.tmp")), b"partial").unwrap();
@@ -443,7 +461,6 @@ mod tests {
     #[cfg(unix)]
     fn abandoned_scratch_directories_go_once_their_lock_is_free() {
         let d = tempfile::tempdir().unwrap();
-        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
         let make = |name: &str, lock: bool, age: bool| {
             let p = d.path().join(name);
             std::fs::create_dir(&p).unwrap();
@@ -452,14 +469,14 @@ mod tests {
                 std::fs::write(p.join(".lock"), b"").unwrap();
             }
             if age {
-                std::fs::File::open(&p).unwrap().set_modified(old).unwrap();
+                age_past_abandoned(&p);
             }
             p
         };
         make(".work-dead", true, true);
         let live = make(".work-live", true, true);
         let _held = DirLock::try_acquire(&live).unwrap().expect("free");
-        std::fs::File::open(&live).unwrap().set_modified(old).unwrap();
+        age_past_abandoned(&live);
         make(".work-fresh", true, false);
         make(".work-user", false, true);
         make("other-dead", true, true);
@@ -476,13 +493,10 @@ mod tests {
     fn a_chart_temporary_keeps_its_extension_and_a_dead_ones_goes() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("throughput.png");
-        let mut dead = std::process::Command::new("true").spawn().unwrap();
-        let dead_pid = dead.id();
-        dead.wait().unwrap();
-        let old = std::time::SystemTime::now() - ABANDONED_AFTER - std::time::Duration::from_secs(1);
+        let dead_pid = dead_pid();
         for name in [format!("throughput.png.{dead_pid}.tmp.png"), format!("throughput.png.{dead_pid}.tmp")] {
             std::fs::write(d.path().join(&name), b"partial").unwrap();
-            std::fs::File::options().write(true).open(d.path().join(&name)).unwrap().set_modified(old).unwrap();
+            age_past_abandoned(&d.path().join(&name));
         }
         let tmp = claim_tmp_path_keeping_extension(&p);
         assert_eq!(tmp, d.path().join(format!("throughput.png.{}.tmp.png", std::process::id())));
