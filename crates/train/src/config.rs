@@ -468,14 +468,20 @@ impl Config {
             TrainError::Config { key, reason } => {
                 // A moved key's error names it as written, then where it was read.
                 let written = key.split(" (read as ").next().unwrap_or(&key);
+                let key_of = |o: &String| o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim().to_string();
                 let set_by = |o: &&String| {
-                    let k = o.split_once('=').map_or(o.as_str(), |(k, _)| k).trim();
+                    let k = key_of(o);
                     k == written || written.starts_with(&format!("{k}."))
                 };
+                // A section the file lacks that an override made (`bogus.key=1` names `bogus`).
+                let made_by = |o: &&String| key_of(o).starts_with(&format!("{written}."));
                 let reason = match overrides.iter().rev().find(set_by) {
                     Some(o) => format!("{reason} (from --override {o})"),
                     None if holds_key(&in_file_root, written) => format!("{reason} (in {})", path.display()),
-                    None => reason,
+                    None => match overrides.iter().rev().find(made_by) {
+                        Some(o) => format!("{reason} (from --override {o})"),
+                        None => reason,
+                    },
                 };
                 TrainError::Config { key, reason }
             }

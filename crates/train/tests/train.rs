@@ -163,6 +163,8 @@ fn a_bad_key_says_where_it_was_set() {
     assert!(e.contains("trainer.max_steps") && e.ends_with("(from --override trainer.max_steps=0)"), "{e}");
     let e = Config::load(&file, &["trainer.max_steps".into()]).unwrap_err().to_string();
     assert!(e.ends_with("(from --override trainer.max_steps)"), "{e}");
+    let e = Config::load(&file, &["bogus.key=1".into()]).unwrap_err().to_string();
+    assert!(e.contains("`bogus`: unknown key") && e.ends_with("(from --override bogus.key=1)"), "{e}");
     let e = Config::load(&file, &["environment.seed=abc".into()]).unwrap_err().to_string();
     assert!(e.contains("environment.seed (read as trainer.seed)") && e.ends_with("(from --override environment.seed=abc)"), "{e}");
     // A value the file sets, out of range.
