@@ -640,7 +640,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         let accuracies: Vec<String> = [fp32].into_iter().chain(reduced.iter().copied()).map(|r| format!("{} {:.3}", r.name, r.accuracy)).collect();
         cat.notes.push(format!(
             "bf16 products: {}; activations and weights stay fp32 in every precision, so the memory metrics differ only by scratch; contrastive accuracy on the timed batch after {} steps: {}",
-            engine::cpu::plan::GemmPolicy::from_env().describe_bf16(),
+            engine::cpu::plan::GemmPolicy::from_env().describe_products(Precision::Bf16),
             warmup + n,
             accuracies.join(", ")
         ));

@@ -602,7 +602,7 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         rec(&format!("Target{} {}", if m.targets.len() > 1 { "s" } else { "" }, m.targets.join(", ")), m.advice, m.evidence.join("; "));
     }
     if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
-        let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().describe_bf16());
+        let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().describe_products(engine::Precision::Bf16));
         let drop = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::AccuracyDrop).map_or("not measured".to_string(), |d| format!("{:+.1} points", 100.0 * d.value));
         let text = if m.value > 1.0 {
             format!(

@@ -10,6 +10,7 @@ use faer::{Accum, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use super::amx;
+use super::fp16;
 use super::plan::{self, GemmKey, GemmPolicy};
 use super::sgemm::{self, Operand, PackBuffers};
 use super::sparse::{self, StripBuffer};
@@ -38,13 +39,15 @@ const SPARSE_MAX_ELEMENTS: usize = 1 << 22;
 /// shapes, C with a positive row stride; no other thread may touch the C written here.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, pack: &mut PackBuffers) {
-    let bf16 = pack.round == sgemm::Rounding::Bf16;
-    // SAFETY (the three arms): as this function's contract; a kernel is only chosen where
-    // supported, and the bf16 kernels run only products whose operands are rounded to bf16 (the
-    // loss's fp32 products on a bf16 device go on the AVX-512 kernel they share vectors with).
+    let (bf16, fp16) = (pack.round == sgemm::Rounding::Bf16, pack.round == sgemm::Rounding::Fp16);
+    // SAFETY (the four arms): as this function's contract; a kernel is only chosen where
+    // supported, and the bf16 (fp16) kernels run only products whose operands are rounded to
+    // bf16 (fp16) (the loss's fp32 products on such a device go on the AVX-512 kernel they share
+    // vectors with).
     match kernel {
         CpuGemm::Amx if bf16 => return unsafe { amx::sgemm_on_tiles(&mut amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
         CpuGemm::Bf16Dot if bf16 => return unsafe { sgemm::sgemm_bf16_pairs(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
+        CpuGemm::Fp16Runs if fp16 => return unsafe { fp16::sgemm_fp16_runs(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
         _ => {
             if let Some(isa) = kernel.isa() {
                 return unsafe { sgemm::sgemm(isa, m, n, k, alpha, a, b, c, rsc, accumulate, pack) };

@@ -21,6 +21,7 @@
 //! thread count, the last bits differ there too.)
 
 pub mod amx;
+pub mod fp16;
 mod gemm;
 pub mod math;
 pub mod plan;
@@ -64,22 +65,26 @@ pub enum CpuGemm {
     Bf16Dot,
     /// bf16 products only: AMX tiles (`TDPBF16PS`, [`amx`]).
     Amx,
+    /// fp16 products only: AVX512-FP16's `vfmadd231ph`, sums of 32 depths in fp16 added in fp32
+    /// ([`fp16`]).
+    Fp16Runs,
     /// faer's sequential kernels (any CPU; fp32 products only).
     Faer,
 }
 
 impl CpuGemm {
     /// Every kernel, in the order plans and reports list them.
-    pub const ALL: [CpuGemm; 5] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::Faer];
+    pub const ALL: [CpuGemm; 6] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::Fp16Runs, CpuGemm::Faer];
 
-    /// `packed`, `packed-avx512`, `avx512-bf16`, `amx` or `faer`, as plans, reports and
-    /// `CID_CPU_GEMM` write it.
+    /// `packed`, `packed-avx512`, `avx512-bf16`, `amx`, `avx512-fp16` or `faer`, as plans,
+    /// reports and `CID_CPU_GEMM` write it.
     pub fn name(self) -> &'static str {
         match self {
             CpuGemm::Packed => "packed",
             CpuGemm::PackedAvx512 => "packed-avx512",
             CpuGemm::Bf16Dot => "avx512-bf16",
             CpuGemm::Amx => "amx",
+            CpuGemm::Fp16Runs => "avx512-fp16",
             CpuGemm::Faer => "faer",
         }
     }
@@ -94,7 +99,7 @@ impl CpuGemm {
     pub fn isa(self) -> Option<sgemm::Isa> {
         match self {
             CpuGemm::Packed => Some(sgemm::Isa::Avx2),
-            CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx => Some(sgemm::Isa::Avx512),
+            CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs => Some(sgemm::Isa::Avx512),
             CpuGemm::Faer => None,
         }
     }
@@ -104,16 +109,18 @@ impl CpuGemm {
         match self {
             CpuGemm::Bf16Dot => sgemm::bf16_dot_products(),
             CpuGemm::Amx => sgemm::Isa::Avx512.supported() && amx::enabled(),
+            CpuGemm::Fp16Runs => fp16::supported(),
             k => k.isa().is_none_or(sgemm::Isa::supported),
         }
     }
 
     /// Whether it computes products of this precision: faer fp32 ones only (it cannot round
-    /// operands as it packs them), the bf16 kernels bf16 ones only.
+    /// operands as it packs them), the bf16 kernels bf16 ones only, the fp16 kernel fp16 ones.
     pub fn runs(self, precision: Precision) -> bool {
         match self {
             CpuGemm::Faer => precision == Precision::Fp32,
             CpuGemm::Bf16Dot | CpuGemm::Amx => precision == Precision::Bf16,
+            CpuGemm::Fp16Runs => precision == Precision::Fp16,
             CpuGemm::Packed | CpuGemm::PackedAvx512 => true,
         }
     }
@@ -129,22 +136,23 @@ impl CpuGemm {
     }
 
     /// This kernel where it runs `precision`, else the kernel that runs it in its place: a bf16
-    /// kernel's fp32 and fp16 products go on the AVX-512 kernel. (Faer runs no rounded products;
+    /// or fp16 kernel's other products go on the AVX-512 kernel. (Faer runs no rounded products;
     /// a device refuses that precision on it.)
     pub fn for_precision(self, precision: Precision) -> CpuGemm {
         match self {
-            CpuGemm::Bf16Dot | CpuGemm::Amx if precision != Precision::Bf16 => CpuGemm::PackedAvx512,
+            CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs if !self.runs(precision) => CpuGemm::PackedAvx512,
             k => k,
         }
     }
 
     /// The nearest kernel this CPU runs to one it does not (a plan saved on another machine): AMX
     /// and AVX512-BF16 fall back to each other and to AVX-512's, AVX-512's to AVX2's, ours to
-    /// faer.
+    /// faer; the fp16 kernel to AVX-512's.
     pub fn nearest_supported(self) -> CpuGemm {
         let chain: &[CpuGemm] = match self {
             CpuGemm::Amx => &[CpuGemm::Amx, CpuGemm::Bf16Dot, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Bf16Dot => &[CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Fp16Runs => &[CpuGemm::Fp16Runs, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::PackedAvx512 => &[CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Packed => &[CpuGemm::Packed],
             CpuGemm::Faer => &[],
@@ -152,15 +160,17 @@ impl CpuGemm {
         chain.iter().copied().find(|k| k.supported()).unwrap_or(CpuGemm::Faer)
     }
 
-    /// How this kernel runs bf16 products, for reports.
-    pub fn bf16_products(self) -> &'static str {
-        match self {
-            CpuGemm::Amx => "AMX tiles (TDPBF16PS) on operands packed as bf16 pairs, fp32 accumulation",
-            CpuGemm::Bf16Dot => "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation",
-            CpuGemm::Faer => "not run (faer has no bf16 products)",
-            CpuGemm::Packed => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX2 kernel",
-            CpuGemm::PackedAvx512 => "operands rounded to bf16 as they are packed, fp32 FMA on the AVX-512 kernel",
-        }
+    /// How this kernel runs products of a reduced precision (bf16 or fp16), for reports.
+    pub fn products(self, precision: Precision) -> String {
+        let kernel = match self {
+            CpuGemm::Amx => return "AMX tiles (TDPBF16PS) on operands packed as bf16 pairs, fp32 accumulation".into(),
+            CpuGemm::Bf16Dot => return "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation".into(),
+            CpuGemm::Fp16Runs => return format!("AVX512-FP16 (vfmadd231ph) on operands packed as binary16, sums of {} depths in fp16 added in fp32", fp16::RUN),
+            CpuGemm::Faer => return format!("not run (faer has no {precision} products)"),
+            CpuGemm::Packed => "AVX2",
+            CpuGemm::PackedAvx512 => "AVX-512",
+        };
+        format!("operands rounded to {precision} as they are packed, fp32 FMA on the {kernel} kernel")
     }
 
     /// Our widest fp32 kernel this CPU runs (the default of products outside the plan), or
@@ -173,6 +183,12 @@ impl CpuGemm {
     /// dot products, else [`best_packed`](Self::best_packed).
     pub fn best_bf16() -> CpuGemm {
         [CpuGemm::Amx, CpuGemm::Bf16Dot].into_iter().find(|k| k.supported()).unwrap_or_else(Self::best_packed)
+    }
+
+    /// The kernel of fp16 products outside the plan: AVX512-FP16's, else
+    /// [`best_packed`](Self::best_packed).
+    pub fn best_fp16() -> CpuGemm {
+        Some(CpuGemm::Fp16Runs).filter(|k| k.supported()).unwrap_or_else(Self::best_packed)
     }
 }
 

@@ -13,7 +13,7 @@
 //! The choices are process-wide (every device of a process runs a shape on the same kernel) and
 //! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
 //! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
-//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|faer` fixes the kernel
+//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|faer` fixes the kernel
 //! instead (`measure` is the default). Where the CPU has AVX-512F our packed kernel runs on either
 //! micro-kernel, and the measurement takes all three.
 //!
@@ -35,8 +35,8 @@ use crate::device::{Gemm, Precision};
 pub const MARGIN: f64 = 0.75;
 
 /// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `avx512-bf16`,
-/// `amx` (the last two for bf16 products; a run's fp32 products then go on `packed-avx512`),
-/// `faer`, or `measure` (default).
+/// `amx` (these two for bf16 products), `avx512-fp16` (for fp16 products; a run's other products
+/// then go on `packed-avx512`), `faer`, or `measure` (default).
 pub const ENV: &str = "CID_CPU_GEMM";
 
 /// How a device picks the kernel of a product.
@@ -63,12 +63,15 @@ impl GemmPolicy {
 
     /// The kernel of products of this precision that no plan covers (each attention head's, the
     /// loss's): the fixed one ([`CpuGemm::for_precision`]), or where measuring our widest, for
-    /// bf16 [`CpuGemm::best_bf16`].
+    /// bf16 [`CpuGemm::best_bf16`], for fp16 [`CpuGemm::best_fp16`].
     pub fn default_kernel(self, precision: Precision) -> CpuGemm {
         match self {
             GemmPolicy::Fixed(k) => k.for_precision(precision),
-            GemmPolicy::Measure if precision == Precision::Bf16 => CpuGemm::best_bf16(),
-            GemmPolicy::Measure => CpuGemm::best_packed(),
+            GemmPolicy::Measure => match precision {
+                Precision::Bf16 => CpuGemm::best_bf16(),
+                Precision::Fp16 => CpuGemm::best_fp16(),
+                Precision::Fp32 => CpuGemm::best_packed(),
+            },
         }
     }
 
@@ -81,12 +84,13 @@ impl GemmPolicy {
         }
     }
 
-    /// For reports: how bf16 products run here, the fixed kernel's way or each candidate's.
-    pub fn describe_bf16(self) -> String {
+    /// For reports: how products of a reduced precision (bf16, fp16) run here, the fixed
+    /// kernel's way or each candidate's.
+    pub fn describe_products(self, precision: Precision) -> String {
         match self {
-            GemmPolicy::Fixed(k) => k.for_precision(Precision::Bf16).bf16_products().to_string(),
+            GemmPolicy::Fixed(k) => k.for_precision(precision).products(precision),
             GemmPolicy::Measure => {
-                let each: Vec<String> = CpuGemm::candidates(Precision::Bf16).into_iter().map(|k| format!("{}: {}", k.name(), k.bf16_products())).collect();
+                let each: Vec<String> = CpuGemm::candidates(precision).into_iter().map(|k| format!("{}: {}", k.name(), k.products(precision))).collect();
                 format!("measured per shape among {}", each.join("; "))
             }
         }
@@ -230,7 +234,7 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
     entries
         .map(|e| {
             let shown: String = e.chars().take(64).collect();
-            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=packed|packed-avx512|avx512-bf16|amx|faer)"))
+            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|faer)"))
         })
         .collect()
 }

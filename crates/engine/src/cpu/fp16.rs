@@ -1,0 +1,312 @@
+//! fp16 products on AVX512-FP16 (`trainer.precision: 16`): both operands packed as IEEE
+//! binary16, multiplied and summed in fp16 by `vfmadd231ph` (32 lanes an instruction, twice the
+//! fp32 kernel's), and each run of [`RUN`] depths' fp16 sum added to an fp32 accumulator.
+//!
+//! Why sums in fp16 at all: AVX512-FP16 has no fp16 product with fp32 sums (AMX-FP16, which
+//! has, is newer than the Xeons with AVX512-FP16 this project has run on), so an fp16 product
+//! with fp32 sums runs at fp32's speed (rounding the operands in packing, [`super::sgemm`]).
+//! Summing a short run in fp16 before it joins an fp32 sum is the trade the GPUs' fp8 training
+//! makes with their tensor cores' narrow sums (DeepSeek-V3 promotes every 128 depths): each
+//! fp16 add rounds by at most 2⁻¹¹ of the run's partial sum, so a run of 32 is off by at most 32
+//! of those, and in practice (random signs) by about √32 · 2⁻¹² ≈ 0.14 % of its magnitude —
+//! the size of rounding one operand to bf16. A run's sum past ±65504 is ±inf, as an fp16 GPU
+//! product's output would be: the loss scaler sees a non-finite gradient and skips the step.
+//!
+//! [`emulated_kernel`] computes the same sums one element at a time in f64 (each fused
+//! multiply-add rounded once to binary16), on any CPU: the reference of the first-use check and
+//! of the tests, which run the packing and the loops everywhere and the instruction where the
+//! CPU has it.
+
+use super::sgemm::{first_use_check, loop_nest, Isa, Operand, PackBuffers, Packing, MR, NR_MAX};
+
+/// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
+/// Intel Xeon with AVX512-FP16 (166 GFLOP/s on one core against 87 for the fp32 kernel; 64 ran
+/// at 129) and keeps a run's rounding near one bf16 rounding (the module's doc).
+pub const RUN: usize = 32;
+
+/// `C[m, n] (+)= alpha · op(A) · op(B)` with both operands rounded to fp16, in runs of [`RUN`]
+/// depths summed in fp16 and added in fp32 (the module's doc): [`super::sgemm`]'s loops on
+/// operands packed as halves, 32 columns a tile.
+///
+/// # Safety
+/// As [`super::sgemm::sgemm`], on a CPU where [`supported`] holds (the first-use check runs this
+/// before that answers).
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_fp16_runs(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: the caller's contract; the kernel's tile is MR × NR_MAX on halves, as packed.
+    unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_fp16, None) }
+}
+
+/// Whether fp16 products run on AVX512-FP16 here ([`sgemm_fp16_runs`]): the CPU has it (with
+/// AVX-512F's kernel, whose packing it shares, and F16C) and it gives its emulation's sums on
+/// products crossing every block edge, checked once per process.
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        Isa::Avx512.supported() && has!("avx512fp16") && has!("avx512bw") && has!("avx512vl") && has!("f16c") && agrees()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn agrees() -> bool {
+    static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AGREES.get_or_init(|| {
+        // SAFETY: AVX512-FP16, AVX-512F/BW/VL and F16C are present (checked by the caller); whole matrices.
+        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
+            loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, true, buf, emulated_kernel, None)
+        });
+        if !agrees {
+            eprintln!("warning: the AVX512-FP16 kernel disagrees with its emulation on this CPU; fp16 products run on the fp32 kernels");
+        }
+        agrees
+    })
+}
+
+/// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one `kc`-deep panel of MR rows
+/// of A (halves, depth `p`, row `i` at `a[p·MR + i]`) and of 32 columns of B (`b[p·32 + j]`).
+/// Each row's 32 columns are one register of halves through a run of [`RUN`] depths (A's half
+/// broadcast from memory by the instruction itself), then converted and added to two fp32
+/// registers.
+///
+/// # Safety
+/// The CPU must have AVX512-FP16, AVX-512F/BW/VL; `a` must hold `kc · MR` halves and `b`
+/// `kc · 32`; `c` an `mr × nr` tile (row stride `rsc`) that no other thread touches.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512fp16,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_fp16(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads read `kc · MR` halves of A and `kc · 32` of B (the contract); prefetch
+    // addresses are formed with wrapping arithmetic and never fault; C's tile is written inside
+    // `mr × nr` at row stride `rsc`: whole tiles directly, edge tiles through a local one.
+    unsafe {
+        let (mut a, mut b) = (a as *const u16, b as *const u16);
+        for i in 0..mr {
+            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
+        }
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut p = 0;
+        while p < kc {
+            let run = RUN.min(kc - p);
+            let mut sums = [_mm512_setzero_ph(); MR];
+            let mut depth = || {
+                // A streams from L2 (B's panel stays in L1): fetch it 32 depths ahead.
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(32 * MR) as *const i8);
+                let bv = _mm512_castsi512_ph(_mm512_loadu_si512(b as *const __m512i));
+                for (i, s) in sums.iter_mut().enumerate() {
+                    let ai = _mm512_castsi512_ph(_mm512_set1_epi16(*a.add(i) as i16));
+                    *s = _mm512_fmadd_ph(ai, bv, *s);
+                }
+                a = a.add(MR);
+                b = b.add(NR_MAX);
+            };
+            // A whole run has a constant trip count, which the compiler unrolls (a loop counted
+            // at run time ran the product a quarter slower).
+            if run == RUN {
+                (0..RUN).for_each(|_| depth());
+            } else {
+                (0..run).for_each(|_| depth());
+            }
+            for (row, s) in acc.iter_mut().zip(&sums) {
+                let bits = _mm512_castph_si512(*s);
+                row[0] = _mm512_add_ps(row[0], _mm512_cvtph_ps(_mm512_castsi512_si256(bits)));
+                row[1] = _mm512_add_ps(row[1], _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(bits)));
+            }
+            p += run;
+        }
+        let va = _mm512_set1_ps(alpha);
+        if mr == MR && nr == NR_MAX {
+            for (i, row) in acc.iter().enumerate() {
+                let cr = c.offset(i as isize * rsc);
+                for (h, &v) in row.iter().enumerate() {
+                    let mut v = _mm512_mul_ps(v, va);
+                    if add {
+                        v = _mm512_add_ps(v, _mm512_loadu_ps(cr.add(16 * h)));
+                    }
+                    _mm512_storeu_ps(cr.add(16 * h), v);
+                }
+            }
+        } else {
+            let mut tile = [0.0f32; MR * NR_MAX];
+            for (i, row) in acc.iter().enumerate() {
+                for (h, &v) in row.iter().enumerate() {
+                    _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR_MAX + 16 * h), _mm512_mul_ps(v, va));
+                }
+            }
+            store_edge(&tile, c, rsc, mr, nr, add);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_fp16(_: usize, _: *const f32, _: isize, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+}
+
+/// Writes (or adds) the `mr × nr` corner of a tile `NR_MAX` wide into C.
+///
+/// # Safety
+/// `c` must address an `mr × nr` tile at row stride `rsc` that no other thread touches.
+unsafe fn store_edge(tile: &[f32; MR * NR_MAX], c: *mut f32, rsc: isize, mr: usize, nr: usize, add: bool) {
+    for i in 0..mr {
+        // SAFETY: row `i < mr` of the tile, `nr` elements (the contract).
+        let row = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), nr) };
+        for (cv, &v) in row.iter_mut().zip(&tile[i * NR_MAX..]) {
+            *cv = if add { *cv + v } else { v };
+        }
+    }
+}
+
+/// [`kernel_avx512_fp16`]'s sums one element at a time, on any CPU: each multiply-add
+/// `fp16(a·b + s)` rounded once (the product of two halves and the sum are exact in f64 but for
+/// sums across 2⁵³ of range, which no test meets), each run's sum added to an fp32 accumulator,
+/// then `alpha ·` it and C's value added in fp32, in the kernel's order.
+///
+/// # Safety
+/// As [`kernel_avx512_fp16`], on any CPU.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+    // SAFETY: `kc · MR` halves of A and `kc · 32` of B (the contract).
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a as *const u16, kc * MR), std::slice::from_raw_parts(b as *const u16, kc * NR_MAX)) };
+    let mut tile = [0.0f32; MR * NR_MAX];
+    for (i, j) in (0..MR).flat_map(|i| (0..NR_MAX).map(move |j| (i, j))) {
+        let mut acc = 0.0f32;
+        for run in (0..kc).step_by(RUN) {
+            let mut sum = 0.0f32;
+            for p in run..(run + RUN).min(kc) {
+                sum = fp16_of_f64(f64::from(f32_of_half(a[p * MR + i])) * f64::from(f32_of_half(b[p * NR_MAX + j])) + f64::from(sum));
+            }
+            acc += sum;
+        }
+        tile[i * NR_MAX + j] = acc * alpha;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { store_edge(&tile, c, rsc, mr, nr, add) }
+}
+
+/// The value of an IEEE binary16 (exact in f32).
+pub(crate) fn f32_of_half(h: u16) -> f32 {
+    let (sign, exp, frac) = (if h & 0x8000 != 0 { -1.0f32 } else { 1.0 }, (h >> 10) & 0x1F, u32::from(h & 0x3FF));
+    sign * match exp {
+        0 => frac as f32 / (1u32 << 24) as f32,
+        0x1F if frac == 0 => f32::INFINITY,
+        0x1F => f32::NAN,
+        e => f32::from_bits((u32::from(e) + 112) << 23 | frac << 13),
+    }
+}
+
+/// `x` rounded once to the nearest binary16 (ties to even; ±inf from 65520 on; the subnormal
+/// grid of 2⁻²⁴ below 2⁻¹⁴), as f32.
+pub(crate) fn fp16_of_f64(x: f64) -> f32 {
+    let a = x.abs();
+    if x.is_nan() {
+        return f32::NAN;
+    }
+    if a >= 65520.0 {
+        return f32::INFINITY.copysign(x as f32);
+    }
+    // The spacing of binary16 values at `a`: 2^(e − 10) for `a` in [2^e, 2^(e+1)), e ≥ −14.
+    let e = ((a.to_bits() >> 52) as i32 - 1023).max(-14);
+    let ulp = 2f64.powi(e - 10);
+    ((x / ulp).round_ties_even() * ulp) as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::sgemm;
+    use crate::cpu::sgemm::tests::check_against_naive_within;
+    use crate::cpu::sgemm::Rounding;
+
+    #[test]
+    fn halves_read_back_and_round_as_binary16() {
+        // Every half's value, through the rounding of f64 and of f32 (the packing's), is itself.
+        for h in 0..=u16::MAX {
+            let v = f32_of_half(h);
+            if v.is_nan() {
+                assert!(fp16_of_f64(f64::from(v)).is_nan());
+                continue;
+            }
+            assert_eq!(fp16_of_f64(f64::from(v)).to_bits(), v.to_bits(), "half {h:#06x}");
+            assert_eq!(sgemm::fp16(v).to_bits(), v.to_bits(), "half {h:#06x}");
+        }
+        // Ties to even, the overflow edge, the subnormal grid, as the f32 rounding does.
+        for x in [1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65519.0, 65520.0, -1e6, 6.0e-8, 2.9e-8, 1.0e-5, -3.0e-5, 0.1, 1.0 / 3.0] {
+            assert_eq!(fp16_of_f64(x).to_bits(), sgemm::fp16(x as f32).to_bits(), "{x:e}");
+        }
+    }
+
+    /// The packing in halves and the loops, on any CPU with AVX2 (F16C), through the emulated
+    /// kernel; and the AVX512-FP16 kernel itself where the CPU has it. Against the naive f64
+    /// product of the rounded operands, within what runs of 32 fp16 adds may round away: each
+    /// add at most 2⁻¹¹ of its run's magnitude, at most Σ|a·b| over the run, so 32 · 2⁻¹¹ of
+    /// Σ|a·b| over the depth, at most.
+    #[test]
+    fn fp16_runs_match_the_naive_product_of_rounded_operands() {
+        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no AVX2/F16C)");
+            return;
+        }
+        let bound = RUN as f32 / 2048.0;
+        check_against_naive_within("fp16 runs, emulated", Rounding::Fp16, bound, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe {
+            loop_nest::<NR_MAX>(Packing::Halves, m, n, k, alpha, a, b, c, rsc, acc, buf, emulated_kernel, None)
+        });
+        if !supported() {
+            eprintln!("SKIPPED (no AVX512-FP16): vfmadd231ph was not run; its packing and loops were (emulated above)");
+            return;
+        }
+        check_against_naive_within("avx512-fp16", Rounding::Fp16, bound, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_fp16_runs(m, n, k, alpha, a, b, c, rsc, acc, buf) });
+    }
+
+    /// The kernel gives its emulation's sums bit for bit on a product crossing every edge, both
+    /// layouts of each operand (the first-use check holds the kernel to 1e-5 of them), and its
+    /// sums are fp16's, not fp32's: a run whose fp16 sum rounds differs from the fp32 product.
+    #[test]
+    fn the_avx512_fp16_kernel_sums_as_its_emulation() {
+        // A run of 32 depths: 1 + 31 · 2⁻¹² is 1 in fp16 (each 2⁻¹² is a quarter of fp16's
+        // spacing at 1, 2⁻¹⁰, so each add rounds back to 1), and 1.0076 in fp32.
+        let (m, n, k) = (1, 1, 32);
+        let av: Vec<f32> = (0..k).map(|p| if p == 0 { 1.0 } else { 1.0 / 4096.0 }).collect();
+        let bv = vec![1.0f32; k];
+        let (a, b) = (Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 }, Operand { ptr: bv.as_ptr(), rs: 1, cs: 1 });
+        let run = |gemm: &dyn Fn(*mut f32, &mut PackBuffers)| {
+            let mut c = [0.0f32];
+            let mut buf = PackBuffers::default();
+            buf.round = Rounding::Fp16;
+            gemm(c.as_mut_ptr(), &mut buf);
+            c[0]
+        };
+        if !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no F16C)");
+            return;
+        }
+        let emulated = run(&|c, buf| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, false, buf, emulated_kernel, None) });
+        assert_eq!(emulated, 1.0, "fp16 sums round each add");
+        if !supported() {
+            eprintln!("SKIPPED (no AVX512-FP16): the kernel's own sums were not compared");
+            return;
+        }
+        assert_eq!(run(&|c, buf| unsafe { sgemm_fp16_runs(m, n, k, 1.0, a, b, c, n as isize, false, buf) }), 1.0);
+        let (m, n, k) = (45, 70, 300);
+        let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
+        let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
+        for (ta, tb) in [(false, false), (true, true)] {
+            let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+            let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+            let product = |kernel: sgemm::Kernel| {
+                let mut c = vec![0.5f32; m * n];
+                unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 0.75, a, b, c.as_mut_ptr(), n as isize, true, &mut PackBuffers::default(), kernel, None) };
+                c
+            };
+            let (got, want) = (product(kernel_avx512_fp16), product(emulated_kernel));
+            let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+            assert_eq!(differ, 0, "ta {ta} tb {tb}: {differ} of {} elements differ from the emulation", got.len());
+        }
+    }
+}
