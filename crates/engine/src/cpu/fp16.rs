@@ -17,7 +17,7 @@
 //! of the tests, which run the packing and the loops everywhere and the instruction where the
 //! CPU has it.
 
-use super::sgemm::{first_use_check, loop_nest, Isa, Operand, PackBuffers, Packing, MR, NR_MAX};
+use super::sgemm::{first_use_check, loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (166 GFLOP/s on one core against 87 for the fp32 kernel; 64 ran
@@ -190,6 +190,78 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
     unsafe { store_edge(&tile, c, rsc, mr, nr, add) }
 }
 
+/// Packs a block of `kd` depths × `lanes` lanes as halves, in [`super::sgemm`]'s panel layout
+/// (for each `KC`-deep slice, one `kc × W` panel per `W` lanes, half `(p, q)` at `p·W + q`, the
+/// last panel zero-padded), each value rounded to the nearest binary16 as it is converted. One
+/// pass over the source, read in its own order as the fp32 packing does: where the lanes are
+/// contiguous, depth by depth across every panel, each depth's lanes converted straight into
+/// place; where the depth is, panel by panel through a panel of floats on the stack (the fp32
+/// packing's register transposes), converted from L1 into place.
+///
+/// # Safety
+/// The CPU must have F16C; `src` must address `kd × lanes` elements, and `out` must hold
+/// `lanes` rounded up to `W` times `kd` halves (asserted).
+pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+    let width = lanes.next_multiple_of(W);
+    assert!(2 * out.len() >= width * kd && W <= NR_MAX);
+    let halves = out.as_mut_ptr() as *mut u16;
+    // SAFETY: every read is of `(p, q)` with `p < kd`, `q < lanes`, inside the source, and every
+    // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
+    // `slice` spans `slice · width + q0 · kc` plus `kc · W`.
+    unsafe {
+        for slice in (0..kd).step_by(KC) {
+            let kc = KC.min(kd - slice);
+            let base = halves.add(slice * width);
+            if src.sq == 1 && src.sp != 1 {
+                for p in 0..kc {
+                    let row = src.ptr.offset((slice + p) as isize * src.sp);
+                    for q0 in (0..lanes).step_by(W) {
+                        to_halves(row.add(q0), W.min(lanes - q0), base.add(q0 * kc + p * W), W);
+                    }
+                }
+            } else {
+                let mut panel = [0.0f32; KC * NR_MAX];
+                for q0 in (0..lanes).step_by(W) {
+                    pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), panel.as_mut_ptr());
+                    to_halves(panel.as_ptr(), kc * W, base.add(q0 * kc), kc * W);
+                }
+            }
+        }
+    }
+}
+
+/// `dst[..n]` = the `n` floats at `src` as binary16 (to nearest even), `dst[n..len]` = 0: eight
+/// at a time through F16C, the last few through a masked load.
+///
+/// # Safety
+/// The CPU must have F16C; `src` must hold `n` floats and `dst` room for `len ≥ n` halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,f16c")]
+unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
+    use std::arch::x86_64::*;
+    // SAFETY: loads of floats below `n` (the masked load reads no lane past it), stores of halves below `len` (the contract).
+    unsafe {
+        let whole = n / 8 * 8;
+        for i in (0..whole).step_by(8) {
+            _mm_storeu_si128(dst.add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.add(i))));
+        }
+        let rest = n - whole;
+        if rest > 0 {
+            let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let x = _mm256_maskload_ps(src.add(whole), _mm256_cmpgt_epi32(_mm256_set1_epi32(rest as i32), mask));
+            let mut eight = [0u16; 8];
+            _mm_storeu_si128(eight.as_mut_ptr() as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+            std::ptr::copy_nonoverlapping(eight.as_ptr(), dst.add(whole), rest);
+        }
+        std::slice::from_raw_parts_mut(dst.add(n), len - n).fill(0);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn to_halves(_: *const f32, _: usize, _: *mut u16, _: usize) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+}
+
 /// The value of an IEEE binary16 (exact in f32).
 pub(crate) fn f32_of_half(h: u16) -> f32 {
     let (sign, exp, frac) = (if h & 0x8000 != 0 { -1.0f32 } else { 1.0 }, (h >> 10) & 0x1F, u32::from(h & 0x3FF));
@@ -213,7 +285,7 @@ pub(crate) fn fp16_of_f64(x: f64) -> f32 {
     }
     // The spacing of binary16 values at `a`: 2^(e − 10) for `a` in [2^e, 2^(e+1)), e ≥ −14.
     let e = ((a.to_bits() >> 52) as i32 - 1023).max(-14);
-    let ulp = 2f64.powi(e - 10);
+    let ulp = f64::from_bits(((e - 10 + 1023) as u64) << 52);
     ((x / ulp).round_ties_even() * ulp) as f32
 }
 
@@ -239,6 +311,39 @@ mod tests {
         // Ties to even, the overflow edge, the subnormal grid, as the f32 rounding does.
         for x in [1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65519.0, 65520.0, -1e6, 6.0e-8, 2.9e-8, 1.0e-5, -3.0e-5, 0.1, 1.0 / 3.0] {
             assert_eq!(fp16_of_f64(x).to_bits(), sgemm::fp16(x as f32).to_bits(), "{x:e}");
+        }
+    }
+
+    /// The halves packing gives the fp32 packing's floats rounded to binary16, in the same
+    /// layout, for both source layouts (and a strided one), every panel width, partial panels
+    /// and slices, and values that test the rounding: ties, overflow, subnormals, NaN.
+    #[test]
+    fn halves_are_the_float_packing_rounded() {
+        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no AVX2/F16C)");
+            return;
+        }
+        let special = [1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65519.0, 65520.0, -1e6, 6.0e-8, 2.9e-8, f32::NAN, -0.0];
+        let (kd, lanes) = (301, 45);
+        let values: Vec<f32> = (0..2 * kd * lanes).map(|i| if i % 7 == 0 { special[i / 7 % special.len()] } else { (i as f32 * 0.618).sin() * 1e3 }).collect();
+        for (sp, sq) in [(1, kd as isize), (lanes as isize, 1), (2 * lanes as isize, 2)] {
+            let src = Panel { ptr: values.as_ptr(), sp, sq };
+            let check = |width: usize, floats: &dyn Fn(&mut [f32]), halves: &dyn Fn(&mut [f32])| {
+                let len = lanes.next_multiple_of(width) * kd;
+                let mut want = vec![0.0f32; len];
+                floats(&mut want);
+                // A value no packing writes, so a half left unwritten shows.
+                let mut got = vec![f32::from_bits(0xDEAD_BEEF); len.div_ceil(2)];
+                halves(&mut got);
+                let got: Vec<u16> = got.iter().flat_map(|f| [f.to_bits() as u16, (f.to_bits() >> 16) as u16]).collect();
+                for (i, w) in want.iter().enumerate() {
+                    let (g, w) = (f32_of_half(got[i]), sgemm::fp16(*w));
+                    assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "sp {sp} sq {sq} W {width}: half {i} is {g:e}, want {w:e}");
+                }
+            };
+            check(MR, &|o| unsafe { sgemm::pack_block::<MR>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<MR>(kd, lanes, src, o) });
+            check(16, &|o| unsafe { sgemm::pack_block::<16>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<16>(kd, lanes, src, o) });
+            check(NR_MAX, &|o| unsafe { sgemm::pack_block::<NR_MAX>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<NR_MAX>(kd, lanes, src, o) });
         }
     }
 

@@ -115,8 +115,8 @@ pub(crate) enum Packing {
 
 impl Packing {
     /// Depths per 32-bit slot of a lane that a pack buffer must hold, which sets the blocks'
-    /// sizes. Halves are packed as floats first and then converted in place, so their blocks are
-    /// the fp32 kernel's (packed, they fill half of the buffer).
+    /// sizes. Halves keep the fp32 kernel's blocks (packed, they fill half of the buffer; larger
+    /// blocks are not measured yet).
     fn slot_depths(self) -> usize {
         match self {
             Packing::Floats | Packing::Halves => 1,
@@ -459,56 +459,19 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
 }
 
 /// Packs a block as `packing` says: [`pack_block`] (floats, rounded as `round` says),
-/// [`pack_block_pairs`] (rounding to bf16 as it goes) or [`pack_block`] then
-/// [`halves_in_place`].
+/// [`pack_block_pairs`] (rounding to bf16 as it goes) or [`super::fp16::pack_block_halves`].
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements; for halves the CPU must have F16C.
 unsafe fn pack<const W: usize>(packing: Packing, kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
-    // SAFETY: forwarded contract; the block packed as floats fills `lanes` rounded up to `W`
-    // times `kd` floats of `out` (`pack_block`'s layout), which `halves_in_place` converts.
+    // SAFETY: forwarded contract.
     unsafe {
         match packing {
             Packing::Floats => pack_block::<W>(kd, lanes, src, out, round),
             Packing::Bf16Pairs => pack_block_pairs::<W, 1>(kd, lanes, src, out),
-            Packing::Halves => {
-                pack_block::<W>(kd, lanes, src, out, Rounding::None);
-                halves_in_place(out.as_mut_ptr(), lanes.next_multiple_of(W) * kd);
-            }
+            Packing::Halves => super::fp16::pack_block_halves::<W>(kd, lanes, src, out),
         }
     }
-}
-
-/// Converts the first `len` floats at `v` to IEEE binary16 (to nearest even, as
-/// [`round_fp16`]), in place: half `i` of the result takes bytes `2i..2i + 2`, so a block packed
-/// as floats becomes the same layout in halves. Eight at a time through F16C, in order: each
-/// store lands below every float not yet read.
-///
-/// # Safety
-/// The CPU must have F16C; `v` must address `len` floats that nothing else touches meanwhile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
-pub(crate) unsafe fn halves_in_place(v: *mut f32, len: usize) {
-    use std::arch::x86_64::*;
-    let h = v as *mut u16;
-    // SAFETY: reads of floats `i..i + 8 ≤ len` and writes of halves `i..i + 8` (bytes `2i..2i + 16`,
-    // below float `i + 8`'s, already read) inside the `len` floats (the contract).
-    unsafe {
-        let whole = len / 8 * 8;
-        for i in (0..whole).step_by(8) {
-            let x = _mm256_loadu_ps(v.add(i));
-            _mm_storeu_si128(h.add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
-        }
-        for i in whole..len {
-            let x = *v.add(i);
-            *h.add(i) = _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))) as u16;
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-pub(crate) unsafe fn halves_in_place(_: *mut f32, _: usize) {
-    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
 /// Packs a block as pairs of bf16 for a dot-product kernel: for each `KC`-deep slice, one panel
@@ -662,7 +625,7 @@ unsafe fn pack_pair_rows<const W: usize>(pairs: usize, src: Panel, lanes: usize,
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements.
-unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
+pub(crate) unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: `src` addresses `kd × lanes` elements and `out` was reserved for `lanes` rounded up to `W` × `kd` (asserted), so every panel read and written lies inside them.
     unsafe {
         let width = lanes.next_multiple_of(W);
