@@ -676,7 +676,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         Ok(_) => cat.notes.push("GPU: a CUDA device is present, but the suite does not benchmark it yet (the CUDA device is unverified); CPU numbers shown".into()),
     }
     if reduced.iter().any(|r| r.precision == Precision::Fp16) {
-        cat.notes.push("fp16 products: operands rounded to binary16 as they are packed, fp32 accumulation, dynamic loss scaling (no fp16 kernel of its own yet)".into());
+        cat.notes.push(format!("fp16 products: {}; dynamic loss scaling", engine::cpu::plan::GemmPolicy::from_env().describe_products(Precision::Fp16)));
     } else if !engine::cpu::fp16_supported() {
         cat.notes.push("fp16: not run on this CPU (no AVX512-FP16; CID_CPU_FP16=emulate runs its numerics); bf16 is the CPU's mixed precision".into());
     }

@@ -199,7 +199,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 /// packing's register transposes), converted from L1 into place.
 ///
 /// # Safety
-/// The CPU must have F16C; `src` must address `kd × lanes` elements, and `out` must hold
+/// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` must hold
 /// `lanes` rounded up to `W` times `kd` halves (asserted).
 pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     let width = lanes.next_multiple_of(W);
@@ -231,12 +231,13 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
 }
 
 /// `dst[..n]` = the `n` floats at `src` as binary16 (to nearest even), `dst[n..len]` = 0: eight
-/// at a time through F16C, the last few through a masked load.
+/// at a time through F16C, the rest (a panel of A is 6 lanes wide) through a masked load, whose
+/// lanes past `n` convert to the zeros of the padding, stored 4, 2 and 1 at a time.
 ///
 /// # Safety
-/// The CPU must have F16C; `src` must hold `n` floats and `dst` room for `len ≥ n` halves.
+/// The CPU must have AVX2 and F16C; `src` must hold `n` floats and `dst` room for `len ≥ n` halves.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx,f16c")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
     use std::arch::x86_64::*;
     // SAFETY: loads of floats below `n` (the masked load reads no lane past it), stores of halves below `len` (the contract).
@@ -245,15 +246,28 @@ unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
         for i in (0..whole).step_by(8) {
             _mm_storeu_si128(dst.add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(src.add(i))));
         }
-        let rest = n - whole;
-        if rest > 0 {
-            let mask = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let x = _mm256_maskload_ps(src.add(whole), _mm256_cmpgt_epi32(_mm256_set1_epi32(rest as i32), mask));
-            let mut eight = [0u16; 8];
-            _mm_storeu_si128(eight.as_mut_ptr() as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
-            std::ptr::copy_nonoverlapping(eight.as_ptr(), dst.add(whole), rest);
+        let lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        for i in (whole..len).step_by(8) {
+            let present = n.saturating_sub(i).min(8);
+            let x = _mm256_maskload_ps(src.wrapping_add(i), _mm256_cmpgt_epi32(_mm256_set1_epi32(present as i32), lane));
+            let mut h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
+            let (mut d, mut room) = (dst.add(i), (len - i).min(8));
+            if room == 8 {
+                _mm_storeu_si128(d as *mut __m128i, h);
+                continue;
+            }
+            if room >= 4 {
+                _mm_storel_epi64(d as *mut __m128i, h);
+                (h, d, room) = (_mm_srli_si128::<8>(h), d.add(4), room - 4);
+            }
+            if room >= 2 {
+                (d as *mut i32).write_unaligned(_mm_cvtsi128_si32(h));
+                (h, d, room) = (_mm_srli_si128::<4>(h), d.add(2), room - 2);
+            }
+            if room == 1 {
+                *d = _mm_extract_epi16::<0>(h) as u16;
+            }
         }
-        std::slice::from_raw_parts_mut(dst.add(n), len - n).fill(0);
     }
 }
 

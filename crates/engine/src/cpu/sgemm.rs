@@ -391,7 +391,7 @@ pub(crate) type Kernel = unsafe fn(usize, *const f32, isize, *const f32, *mut f3
 ///
 /// # Safety
 /// As [`sgemm`], with kernels this CPU can run whose tile is `MR × NR` and whose operands are
-/// packed as `packing` says (halves: the CPU has F16C).
+/// packed as `packing` says (halves: the CPU has AVX2 and F16C).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn loop_nest<const NR: usize>(
     packing: Packing, m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers, packed_kernel: Kernel,
@@ -462,7 +462,7 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
 /// [`pack_block_pairs`] (rounding to bf16 as it goes) or [`super::fp16::pack_block_halves`].
 ///
 /// # Safety
-/// `src` must address `kd × lanes` elements; for halves the CPU must have F16C.
+/// `src` must address `kd × lanes` elements; for halves the CPU must have AVX2 and F16C.
 unsafe fn pack<const W: usize>(packing: Packing, kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: forwarded contract.
     unsafe {
