@@ -310,6 +310,12 @@ mod tests {
         assert_eq!(parsed[3].1, bf16(CpuGemm::Bf16Dot, CpuGemm::Amx));
         // A bf16 kernel named for an fp32 product runs fp32 on AVX-512's kernel.
         assert_eq!(parse("8x8x8/nn/p1=amx").unwrap()[0].1, expect(CpuGemm::PackedAvx512));
+        // The fp16 kernel runs its own precision where the CPU has it, else AVX-512's; named for
+        // a bf16 product, it runs that on AVX-512's.
+        let fp16 = parse("8x8x12/nn/p1/fp16=avx512-fp16;8x8x13/nn/p1/bf16=avx512-fp16").unwrap();
+        assert_eq!(fp16[0].1, if CpuGemm::Fp16Runs.supported() { CpuGemm::Fp16Runs } else { expect(CpuGemm::PackedAvx512) });
+        assert_eq!(fp16[1].1, expect(CpuGemm::PackedAvx512));
+        assert_eq!(to_text(fp16.iter().take(1).map(|(k, g)| (k, g))), format!("8x8x12/nn/p1/fp16={}", fp16[0].1.name()));
         assert_eq!(summary("8x8x8/nn/p1=faer"), "packed 0, faer 1");
         assert_eq!(summary("8x8x8/nn/p1=faer;8x8x8/nn/p1/bf16=packed"), "packed 1, faer 1");
     }

@@ -131,7 +131,7 @@ impl Packing {
             Packing::Floats => depths * lanes,
             Packing::Bf16Pairs => depths.div_ceil(2) * lanes,
             Packing::Halves => {
-                debug_assert!(lanes % 2 == 0);
+                debug_assert!(lanes.is_multiple_of(2));
                 depths * lanes / 2
             }
         }
