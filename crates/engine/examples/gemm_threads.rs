@@ -7,6 +7,7 @@
 //! on the widest packed kernel).
 use std::time::Instant;
 
+use engine::cpu::plan::GemmPolicy;
 use engine::cpu::CpuGemm;
 use engine::*;
 
@@ -44,7 +45,7 @@ fn main() {
         .map(|pool| {
             pool.install(|| {
                 let rounded = precision != Precision::Fp32;
-                let mut dev = CpuDevice::with_gemm(if rounded { CpuGemm::best_bf16().for_precision(precision) } else { CpuGemm::Packed });
+                let mut dev = CpuDevice::with_gemm(if rounded { GemmPolicy::Measure.default_kernel(precision) } else { CpuGemm::Packed });
                 if let Err(e) = dev.set_precision(precision) {
                     eprintln!("PRECISION: {e}");
                     std::process::exit(2)

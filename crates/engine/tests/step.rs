@@ -531,16 +531,18 @@ fn every_gemm_kernel_trains_alike() {
         // fp16 (where the CPU offers it) likewise, AVX512-FP16's sums in runs of fp16 against the
         // AVX2 kernel's fp32 FMAs on the rounded operands: those sums round more (2⁻¹¹ of a run
         // per add, not 2⁻²⁴), so the losses of a fast-falling loss part by up to ~1 % in five
-        // steps and the updates by ~12 % (below bf16's 18 % from fp32's: checked below).
+        // steps and the updates by ~12 % (0.116 on an Intel Xeon; and from fp32's 0.119, below
+        // bf16's 0.180: checked below). Only that kernel gets the wider bounds.
         let mut precisions = vec![(Precision::Fp32, CpuGemm::Faer, 1e-4, 5e-4, 0.1), (Precision::Bf16, CpuGemm::Packed, 5e-3, 1e-2, 0.1)];
         if engine::cpu::fp16_supported() {
-            precisions.push((Precision::Fp16, CpuGemm::Packed, 2e-2, 1e-2, 0.15));
+            precisions.push((Precision::Fp16, CpuGemm::Packed, 5e-3, 1e-2, 0.1));
         } else {
             eprintln!("SKIPPED (no AVX512-FP16, CID_CPU_FP16 unset): fp16 products are not compared");
         }
         for (precision, reference, loss_rel, params_abs, gap_max) in precisions {
             let (ref_loss, ref_params) = run(reference, precision);
             for kernel in CpuGemm::candidates(precision).into_iter().filter(|k| *k != reference) {
+                let (loss_rel, gap_max) = if kernel == CpuGemm::Fp16Runs { (2e-2, 0.15) } else { (loss_rel, gap_max) };
                 let (loss, params) = run(kernel, precision);
                 let (name, ref_name) = (kernel.name(), reference.name());
                 for (p, f) in loss.iter().zip(&ref_loss) {

@@ -17,7 +17,9 @@
 //! of the tests, which run the packing and the loops everywhere and the instruction where the
 //! CPU has it.
 
-use super::sgemm::{first_use_check, loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::first_use_check;
+use super::sgemm::{loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (a micro-kernel loop in L1 on one core: 166 GFLOP/s, 64 depths
@@ -177,7 +179,8 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
     // SAFETY: `kc · MR` halves of A and `kc · 32` of B (the contract).
     let (a, b) = unsafe { (std::slice::from_raw_parts(a as *const u16, kc * MR), std::slice::from_raw_parts(b as *const u16, kc * NR_MAX)) };
     let mut tile = [0.0f32; MR * NR_MAX];
-    for (i, j) in (0..MR).flat_map(|i| (0..NR_MAX).map(move |j| (i, j))) {
+    // Only the tile's `mr × nr` corner is stored: the padding's sums are not computed.
+    for (i, j) in (0..mr).flat_map(|i| (0..nr).map(move |j| (i, j))) {
         let mut acc = 0.0f32;
         for run in (0..kc).step_by(RUN) {
             let mut sum = 0.0f32;
@@ -205,12 +208,14 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 /// `lanes` rounded up to `W` times `kd` halves (asserted).
 pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     let width = lanes.next_multiple_of(W);
-    assert!(2 * out.len() >= width * kd && W <= NR_MAX);
+    // An even panel width: every panel and slice starts on a whole float of the buffer.
+    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W % 2 == 0);
     let halves = out.as_mut_ptr() as *mut u16;
     // SAFETY: every read is of `(p, q)` with `p < kd`, `q < lanes`, inside the source, and every
     // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
     // `slice` spans `slice · width + q0 · kc` plus `kc · W`.
     unsafe {
+        let mut panel = [0.0f32; KC * NR_MAX];
         for slice in (0..kd).step_by(KC) {
             let kc = KC.min(kd - slice);
             let base = halves.add(slice * width);
@@ -222,7 +227,6 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
                     }
                 }
             } else {
-                let mut panel = [0.0f32; KC * NR_MAX];
                 for q0 in (0..lanes).step_by(W) {
                     pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), panel.as_mut_ptr());
                     to_halves(panel.as_ptr(), kc * W, base.add(q0 * kc), kc * W);
@@ -242,6 +246,7 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
     use std::arch::x86_64::*;
+    debug_assert!(n <= len);
     // SAFETY: loads of floats below `n` (the masked load reads no lane past it), stores of halves below `len` (the contract).
     unsafe {
         let whole = n / 8 * 8;
@@ -333,6 +338,7 @@ mod tests {
     /// The halves packing gives the fp32 packing's floats rounded to binary16, in the same
     /// layout, for both source layouts (and a strided one), every panel width, partial panels
     /// and slices, and values that test the rounding: ties, overflow, subnormals, NaN.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn halves_are_the_float_packing_rounded() {
         if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
@@ -368,6 +374,7 @@ mod tests {
     /// product of the rounded operands, within what runs of 32 fp16 adds may round away: each
     /// add at most 2⁻¹¹ of its run's magnitude, at most Σ|a·b| over the run, so 32 · 2⁻¹¹ of
     /// Σ|a·b| over the depth, at most.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn fp16_runs_match_the_naive_product_of_rounded_operands() {
         if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
@@ -385,9 +392,80 @@ mod tests {
         check_against_naive_within("avx512-fp16", Rounding::Fp16, bound, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_fp16_runs(m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
+    /// The packing, the loops and the kernel give, bit for bit, a model of their sums written
+    /// from the definition alone: each element's depth cut into `KC`-deep slices (the calls of
+    /// the kernel), each slice into runs of [`RUN`] from its start, each run summed in fp16 (each
+    /// multiply-add of the rounded operands rounded once), the runs added in fp32, the slice's sum
+    /// times alpha added to C. Every transposition, with and without accumulation, shapes across
+    /// every edge of the tiles and blocks; the emulated kernel on any CPU with AVX2, the
+    /// AVX512-FP16 kernel where the CPU has it.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn fp16_runs_are_the_runs_of_their_definition() {
+        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no AVX2/F16C)");
+            return;
+        }
+        type Product = dyn Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, bool, &mut PackBuffers);
+        let emulated: &Product = &|m, n, k, alpha, a, b, c, acc, buf| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, alpha, a, b, c, n as isize, acc, buf, emulated_kernel, None) };
+        let kernel: &Product = &|m, n, k, alpha, a, b, c, acc, buf| unsafe { sgemm_fp16_runs(m, n, k, alpha, a, b, c, n as isize, acc, buf) };
+        let mut products = vec![("emulated", emulated)];
+        if supported() {
+            products.push(("avx512-fp16", kernel));
+        } else {
+            eprintln!("SKIPPED (no AVX512-FP16): vfmadd231ph was not run; its packing and loops were (emulated)");
+        }
+        let mut seed = 3u64;
+        let mut rand = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+                })
+                .collect()
+        };
+        let half = |x: f32| f64::from(sgemm::fp16(x));
+        for (m, n, k) in [(1, 1, 1), (7, 17, 257), (145, 33, 300), (151, 16, 600), (13, 70, 513), (33, 40, 1100), (9, 31, 9), (64, 96, 520)] {
+            for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                for accumulate in [false, true] {
+                    let (av, bv, c0) = (rand(m * k), rand(k * n), rand(m * n));
+                    let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+                    let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                    let alpha = 0.75f32;
+                    let mut want = c0.clone();
+                    for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
+                        let c = &mut want[i * n + j];
+                        for slice in (0..k).step_by(KC) {
+                            let mut acc = 0.0f32;
+                            for run in (slice..(slice + KC).min(k)).step_by(RUN) {
+                                let mut sum = 0.0f32;
+                                for p in run..(run + RUN).min(slice + KC).min(k) {
+                                    let (x, y) = unsafe { (*a.ptr.offset(i as isize * a.rs + p as isize * a.cs), *b.ptr.offset(p as isize * b.rs + j as isize * b.cs)) };
+                                    sum = fp16_of_f64(half(x) * half(y) + f64::from(sum));
+                                }
+                                acc += sum;
+                            }
+                            *c = if slice == 0 && !accumulate { acc * alpha } else { *c + acc * alpha };
+                        }
+                    }
+                    for (what, product) in &products {
+                        let mut got = c0.clone();
+                        let mut buf = PackBuffers::default();
+                        buf.round = Rounding::Fp16;
+                        product(m, n, k, alpha, a, b, got.as_mut_ptr(), accumulate, &mut buf);
+                        for (idx, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(g.to_bits(), w.to_bits(), "{what}: m{m} n{n} k{k} ta{ta} tb{tb} acc{accumulate}: C[{idx}] = {g}, want {w}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// The kernel gives its emulation's sums bit for bit on a product crossing every edge, both
     /// layouts of each operand (the first-use check holds the kernel to 1e-5 of them), and its
     /// sums are fp16's, not fp32's: a run whose fp16 sum rounds differs from the fp32 product.
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_avx512_fp16_kernel_sums_as_its_emulation() {
         // A run of 32 depths: 1 + 31 · 2⁻¹² is 1 in fp16 (each 2⁻¹² is a quarter of fp16's
@@ -403,8 +481,8 @@ mod tests {
             gemm(c.as_mut_ptr(), &mut buf);
             c[0]
         };
-        if !std::arch::is_x86_feature_detected!("f16c") {
-            eprintln!("SKIPPED (no F16C)");
+        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no AVX2/F16C)");
             return;
         }
         let emulated = run(&|c, buf| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, false, buf, emulated_kernel, None) });

@@ -421,8 +421,9 @@ pub fn rounding(precision: Precision) -> Rounding {
 }
 
 /// Whether `trainer.precision: 16` runs on this CPU: where it has AVX512-FP16 (the CPUs whose
-/// PyTorch autocasts to fp16), or anywhere with `CID_CPU_FP16=emulate` (fp16's numerics — operands
-/// rounded to fp16, fp32 accumulation, loss scaling — without its speed: for tests and study).
+/// PyTorch autocasts to fp16), or anywhere with `CID_CPU_FP16=emulate` (operands rounded to fp16,
+/// fp32 sums, loss scaling — not the sums in fp16 runs of AVX512-FP16's kernel, [`fp16`], nor
+/// its speed: for tests and study).
 /// Elsewhere bf16 is the CPU's mixed precision.
 pub fn fp16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
