@@ -19,7 +19,7 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::first_use_check;
-use super::sgemm::{loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
+use super::sgemm::{loop_nest, pack_block, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, Rounding, KC, MR, NR_MAX};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (a micro-kernel loop in L1 on one core: 166 GFLOP/s, 64 depths
@@ -71,24 +71,25 @@ fn agrees() -> bool {
 }
 
 /// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one `kc`-deep panel of MR rows
-/// of A (halves, depth `p`, row `i` at `a[p·MR + i]`) and of 32 columns of B (`b[p·32 + j]`).
-/// Each row's 32 columns are one register of halves through a run of [`RUN`] depths (A's half
-/// broadcast from memory by the instruction itself), then converted and added to two fp32
-/// registers.
+/// of A (32-bit words each holding one half twice, depth `p`, row `i` at `a[p·MR + i]`) and of
+/// 32 columns of B (halves, `b[p·32 + j]`). Each row's 32 columns are one register of halves
+/// through a run of [`RUN`] depths, then converted and added to two fp32 registers. A's word is
+/// broadcast by a plain load (`vpbroadcastd`): broadcasting a lone half, even within the
+/// multiply-add (`{1to32}`), costs a shuffle, and in a loop in L1 the words ran 5–10 % faster.
 ///
 /// # Safety
-/// The CPU must have AVX512-FP16, AVX-512F/BW/VL; `a` must hold `kc · MR` halves and `b`
-/// `kc · 32`; `c` an `mr × nr` tile (row stride `rsc`) that no other thread touches.
+/// The CPU must have AVX512-FP16, AVX-512F/BW/VL; `a` must hold `kc · MR` words and `b`
+/// `kc · 32` halves; `c` an `mr × nr` tile (row stride `rsc`) that no other thread touches.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512fp16,avx512f,avx512bw,avx512vl")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel_avx512_fp16(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
     use std::arch::x86_64::*;
-    // SAFETY: the loads read `kc · MR` halves of A and `kc · 32` of B (the contract); prefetch
+    // SAFETY: the loads read `kc · MR` words of A and `kc · 32` halves of B (the contract); prefetch
     // addresses are formed with wrapping arithmetic and never fault; C's tile is written inside
     // `mr × nr` at row stride `rsc`: whole tiles directly, edge tiles through a local one.
     unsafe {
-        let (mut a, mut b) = (a as *const u16, b as *const u16);
+        let (mut a, mut b) = (a as *const i32, b as *const u16);
         for i in 0..mr {
             _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
         }
@@ -98,11 +99,11 @@ unsafe fn kernel_avx512_fp16(kc: usize, a: *const f32, _rsa: isize, b: *const f3
             let run = RUN.min(kc - p);
             let mut sums = [_mm512_setzero_ph(); MR];
             let mut depth = || {
-                // A streams from L2 (B's panel stays in L1): fetch it 32 depths ahead.
-                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(32 * MR) as *const i8);
+                // A streams from L2 (B's panel stays in L1): fetch it 16 depths ahead.
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR) as *const i8);
                 let bv = _mm512_castsi512_ph(_mm512_loadu_si512(b as *const __m512i));
                 for (i, s) in sums.iter_mut().enumerate() {
-                    let ai = _mm512_castsi512_ph(_mm512_set1_epi16(*a.add(i) as i16));
+                    let ai = _mm512_castsi512_ph(_mm512_set1_epi32(*a.add(i)));
                     *s = _mm512_fmadd_ph(ai, bv, *s);
                 }
                 a = a.add(MR);
@@ -176,8 +177,8 @@ unsafe fn store_edge(tile: &[f32; MR * NR_MAX], c: *mut f32, rsc: isize, mr: usi
 /// As [`kernel_avx512_fp16`], on any CPU.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
-    // SAFETY: `kc · MR` halves of A and `kc · 32` of B (the contract).
-    let (a, b) = unsafe { (std::slice::from_raw_parts(a as *const u16, kc * MR), std::slice::from_raw_parts(b as *const u16, kc * NR_MAX)) };
+    // SAFETY: `kc · MR` words of A and `kc · 32` halves of B (the contract).
+    let (a, b) = unsafe { (std::slice::from_raw_parts(a as *const u32, kc * MR), std::slice::from_raw_parts(b as *const u16, kc * NR_MAX)) };
     let mut tile = [0.0f32; MR * NR_MAX];
     // Only the tile's `mr × nr` corner is stored: the padding's sums are not computed.
     for (i, j) in (0..mr).flat_map(|i| (0..nr).map(move |j| (i, j))) {
@@ -185,7 +186,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
         for run in (0..kc).step_by(RUN) {
             let mut sum = 0.0f32;
             for p in run..(run + RUN).min(kc) {
-                sum = fp16_of_f64(f64::from(f32_of_half(a[p * MR + i])) * f64::from(f32_of_half(b[p * NR_MAX + j])) + f64::from(sum));
+                sum = fp16_of_f64(f64::from(f32_of_half(a[p * MR + i] as u16)) * f64::from(f32_of_half(b[p * NR_MAX + j])) + f64::from(sum));
             }
             acc += sum;
         }
@@ -234,6 +235,48 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
             }
         }
     }
+}
+
+/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 packing, then each float turned in
+/// place into a 32-bit word holding its binary16 (to nearest even) twice — the word the kernel
+/// broadcasts. The same layout and size as the floats, so the conversion cannot overtake them.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` hold
+/// `lanes` rounded up to `W` times `kd` floats (asserted by the packing).
+pub(crate) unsafe fn pack_block_doubled_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
+    // SAFETY: forwarded contract; the packing fills the first `lanes` rounded up to `W` times `kd` floats.
+    unsafe {
+        pack_block::<W>(kd, lanes, src, out, Rounding::None);
+        doubled_halves_in_place(&mut out[..lanes.next_multiple_of(W) * kd]);
+    }
+}
+
+/// Each float of `v` as a word holding its binary16 in both halves, eight at a time through F16C.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+unsafe fn doubled_halves_in_place(v: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        // SAFETY: `c` holds 8 floats; unaligned loads and stores.
+        unsafe {
+            let h = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr())));
+            _mm256_storeu_si256(c.as_mut_ptr() as *mut __m256i, _mm256_or_si256(h, _mm256_slli_epi32::<16>(h)));
+        }
+    }
+    for x in chunks.into_remainder() {
+        let h = u32::from(_mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(*x))) as u16);
+        *x = f32::from_bits(h << 16 | h);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn doubled_halves_in_place(_: &mut [f32]) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
 /// `dst[..n]` = the `n` floats at `src` as binary16 (to nearest even), `dst[n..len]` = 0: eight
@@ -315,7 +358,6 @@ mod tests {
     use super::*;
     use crate::cpu::sgemm;
     use crate::cpu::sgemm::tests::check_against_naive_within;
-    use crate::cpu::sgemm::Rounding;
 
     #[test]
     fn halves_read_back_and_round_as_binary16() {
@@ -337,7 +379,8 @@ mod tests {
 
     /// The halves packing gives the fp32 packing's floats rounded to binary16, in the same
     /// layout, for both source layouts (and a strided one), every panel width, partial panels
-    /// and slices, and values that test the rounding: ties, overflow, subnormals, NaN.
+    /// and slices, and values that test the rounding: ties, overflow, subnormals, NaN; and A's
+    /// packing each of those halves twice in a word, in the floats' places.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn halves_are_the_float_packing_rounded() {
@@ -364,6 +407,16 @@ mod tests {
                 }
             };
             check(MR, &|o| unsafe { sgemm::pack_block::<MR>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<MR>(kd, lanes, src, o) });
+            // A's packing: the same halves, each twice in its word, in the floats' places.
+            let len = lanes.next_multiple_of(MR) * kd;
+            let (mut want, mut got) = (vec![0.0f32; len], vec![f32::from_bits(0xDEAD_BEEF); len]);
+            unsafe { sgemm::pack_block::<MR>(kd, lanes, src, &mut want, Rounding::None) };
+            unsafe { pack_block_doubled_halves::<MR>(kd, lanes, src, &mut got) };
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                let (lo, hi) = (g.to_bits() as u16, (g.to_bits() >> 16) as u16);
+                let (g, w) = (f32_of_half(lo), sgemm::fp16(*w));
+                assert!(lo == hi && (g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan())), "sp {sp} sq {sq}: word {i} holds {lo:#06x} and {hi:#06x}, want {w:e} twice");
+            }
             check(16, &|o| unsafe { sgemm::pack_block::<16>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<16>(kd, lanes, src, o) });
             check(NR_MAX, &|o| unsafe { sgemm::pack_block::<NR_MAX>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<NR_MAX>(kd, lanes, src, o) });
         }

@@ -107,15 +107,16 @@ pub(crate) enum Packing {
     Floats,
     /// Two depths of bf16 in each 32-bit slot ([`pack_block_pairs`]): `vdpbf16ps`.
     Bf16Pairs,
-    /// One IEEE binary16 per element, in [`Packing::Floats`]'s order (two to a float; panels are
-    /// an even number of lanes wide, 6 or 16 or 32, so a panel fills whole floats): the fp16
-    /// kernel ([`super::fp16`]).
+    /// IEEE binary16 in [`Packing::Floats`]'s order: B one half per element (two to a float;
+    /// panels are 16 or 32 lanes wide), A each half twice in a 32-bit word, which the kernel
+    /// broadcasts with a plain load (a 16-bit broadcast costs a shuffle): the fp16 kernel
+    /// ([`super::fp16`]).
     Halves,
 }
 
 impl Packing {
     /// Depths per 32-bit slot of a lane that a pack buffer must hold, which sets the blocks'
-    /// sizes. Halves keep the fp32 kernel's blocks (packed, they fill half of the buffer; larger
+    /// sizes. Halves keep the fp32 kernel's blocks (packed, B's fill half of its buffer; larger
     /// blocks are not measured yet).
     fn slot_depths(self) -> usize {
         match self {
@@ -124,9 +125,16 @@ impl Packing {
         }
     }
 
-    /// Floats that `depths` depths of `lanes` lanes take packed (`lanes` a whole number of
-    /// panels, or for halves any even number).
-    fn floats(self, depths: usize, lanes: usize) -> usize {
+    /// Floats that `depths` depths of `lanes` lanes of A take packed (a whole number of panels).
+    fn a_floats(self, depths: usize, lanes: usize) -> usize {
+        match self {
+            Packing::Floats | Packing::Halves => depths * lanes,
+            Packing::Bf16Pairs => depths.div_ceil(2) * lanes,
+        }
+    }
+
+    /// Floats that `depths` depths of `lanes` lanes of B take packed (a whole number of panels).
+    fn b_floats(self, depths: usize, lanes: usize) -> usize {
         match self {
             Packing::Floats => depths * lanes,
             Packing::Bf16Pairs => depths.div_ceil(2) * lanes,
@@ -426,28 +434,28 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
                 let kd = KK.min(k - kk);
-                pack::<NR>(packing, kd, nc, b.at(kk, jc), bbuf, buf_round);
+                pack::<NR>(packing, Side::B, kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     let whole = if in_place.is_some() { mc / MR * MR } else { 0 };
                     if whole < mc {
-                        pack::<MR>(packing, kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
+                        pack::<MR>(packing, Side::A, kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
                     }
                     for pc in (0..kd).step_by(KC) {
                         let kc = KC.min(kd - pc);
                         // The first slice of k writes C (or adds to it when accumulating); later ones add.
                         let add = accumulate || kk + pc > 0;
                         // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                        let (ap, bp) = (abuf.as_ptr().add(packing.floats(pc, (mc - whole).next_multiple_of(MR))), bbuf.as_ptr().add(packing.floats(pc, nc.next_multiple_of(NR))));
+                        let (ap, bp) = (abuf.as_ptr().add(packing.a_floats(pc, (mc - whole).next_multiple_of(MR))), bbuf.as_ptr().add(packing.b_floats(pc, nc.next_multiple_of(NR))));
                         for jr in (0..nc).step_by(NR) {
-                            let bj = bp.add(packing.floats(kc, jr));
+                            let bj = bp.add(packing.b_floats(kc, jr));
                             for ir in (0..mc).step_by(MR) {
                                 let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                                 let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
                                 if let Some(in_place_kernel) = in_place.filter(|_| ir < whole) {
                                     in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
                                 } else {
-                                    packed_kernel(kc, ap.add(packing.floats(kc, ir - whole)), 1, bj, ct, rsc, mr, nr, alpha, add);
+                                    packed_kernel(kc, ap.add(packing.a_floats(kc, ir - whole)), 1, bj, ct, rsc, mr, nr, alpha, add);
                                 }
                             }
                         }
@@ -458,18 +466,28 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
     }
 }
 
-/// Packs a block as `packing` says: [`pack_block`] (floats, rounded as `round` says),
-/// [`pack_block_pairs`] (rounding to bf16 as it goes) or [`super::fp16::pack_block_halves`].
+/// Which operand a block packs: their layouts differ for halves ([`Packing::Halves`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
+}
+
+/// Packs a block of `side` as `packing` says: [`pack_block`] (floats, rounded as `round` says),
+/// [`pack_block_pairs`] (rounding to bf16 as it goes), or for halves
+/// [`super::fp16::pack_block_halves`] (B) and [`super::fp16::pack_block_doubled_halves`] (A).
 ///
 /// # Safety
 /// `src` must address `kd × lanes` elements; for halves the CPU must have AVX2 and F16C.
-unsafe fn pack<const W: usize>(packing: Packing, kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn pack<const W: usize>(packing: Packing, side: Side, kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: forwarded contract.
     unsafe {
-        match packing {
-            Packing::Floats => pack_block::<W>(kd, lanes, src, out, round),
-            Packing::Bf16Pairs => pack_block_pairs::<W, 1>(kd, lanes, src, out),
-            Packing::Halves => super::fp16::pack_block_halves::<W>(kd, lanes, src, out),
+        match (packing, side) {
+            (Packing::Floats, _) => pack_block::<W>(kd, lanes, src, out, round),
+            (Packing::Bf16Pairs, _) => pack_block_pairs::<W, 1>(kd, lanes, src, out),
+            (Packing::Halves, Side::A) => super::fp16::pack_block_doubled_halves::<W>(kd, lanes, src, out),
+            (Packing::Halves, Side::B) => super::fp16::pack_block_halves::<W>(kd, lanes, src, out),
         }
     }
 }
