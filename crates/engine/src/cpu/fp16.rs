@@ -210,7 +210,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     let width = lanes.next_multiple_of(W);
     // An even panel width: every panel and slice starts on a whole float of the buffer.
-    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W % 2 == 0);
+    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W.is_multiple_of(2));
     let halves = out.as_mut_ptr() as *mut u16;
     // SAFETY: every read is of `(p, q)` with `p < kd`, `q < lanes`, inside the source, and every
     // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
@@ -359,6 +359,16 @@ mod tests {
     use crate::cpu::sgemm;
     use crate::cpu::sgemm::tests::check_against_naive_within;
 
+    /// Whether the halves packing runs on this CPU (AVX2 and F16C); says so where it does not.
+    #[cfg(target_arch = "x86_64")]
+    fn packing_runs_here() -> bool {
+        let runs = Isa::Avx2.supported() && std::arch::is_x86_feature_detected!("f16c");
+        if !runs {
+            eprintln!("SKIPPED (no AVX2/F16C)");
+        }
+        runs
+    }
+
     #[test]
     fn halves_read_back_and_round_as_binary16() {
         // Every half's value, through the rounding of f64 and of f32 (the packing's), is itself.
@@ -384,8 +394,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn halves_are_the_float_packing_rounded() {
-        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
-            eprintln!("SKIPPED (no AVX2/F16C)");
+        if !packing_runs_here() {
             return;
         }
         let special = [1.0 + 1.0 / 2048.0, 1.0 + 3.0 / 2048.0, 65519.0, 65520.0, -1e6, 6.0e-8, 2.9e-8, f32::NAN, -0.0];
@@ -430,8 +439,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn fp16_runs_match_the_naive_product_of_rounded_operands() {
-        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
-            eprintln!("SKIPPED (no AVX2/F16C)");
+        if !packing_runs_here() {
             return;
         }
         let bound = RUN as f32 / 2048.0;
@@ -455,8 +463,7 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn fp16_runs_are_the_runs_of_their_definition() {
-        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
-            eprintln!("SKIPPED (no AVX2/F16C)");
+        if !packing_runs_here() {
             return;
         }
         type Product = dyn Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, bool, &mut PackBuffers);
@@ -534,8 +541,7 @@ mod tests {
             gemm(c.as_mut_ptr(), &mut buf);
             c[0]
         };
-        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
-            eprintln!("SKIPPED (no AVX2/F16C)");
+        if !packing_runs_here() {
             return;
         }
         let emulated = run(&|c, buf| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, false, buf, emulated_kernel, None) });
