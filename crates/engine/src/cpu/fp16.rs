@@ -19,6 +19,8 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::first_use_check;
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::map_eights;
 use super::sgemm::{loop_nest, pack_block, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, Rounding, KC, MR, NR_MAX};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
@@ -196,7 +198,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
     unsafe { store_edge(&tile, c, rsc, mr, nr, add) }
 }
 
-/// Packs a block of `kd` depths × `lanes` lanes as halves, in [`super::sgemm`]'s panel layout
+/// Packs a block of B (`W` = 16 or 32) of `kd` depths × `lanes` lanes as halves, in [`super::sgemm`]'s panel layout
 /// (for each `KC`-deep slice, one `kc × W` panel per `W` lanes, half `(p, q)` at `p·W + q`, the
 /// last panel zero-padded), each value rounded to the nearest binary16 as it is converted. One
 /// pass over the source, read in its own order as the fp32 packing does: where the lanes are
@@ -209,8 +211,9 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 /// `lanes` rounded up to `W` times `kd` halves (asserted).
 pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     let width = lanes.next_multiple_of(W);
-    // An even panel width: every panel and slice starts on a whole float of the buffer.
-    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W.is_multiple_of(2));
+    // B's panel widths (16, 32): every panel and slice starts on a whole float of the buffer, and
+    // each depth of a panel is whole eights of halves.
+    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W.is_multiple_of(8));
     let halves = out.as_mut_ptr() as *mut u16;
     // SAFETY: every read is of `(p, q)` with `p < kd`, `q < lanes`, inside the source, and every
     // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
@@ -260,18 +263,11 @@ pub(crate) unsafe fn pack_block_doubled_halves<const W: usize>(kd: usize, lanes:
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn doubled_halves_in_place(v: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut chunks = v.chunks_exact_mut(8);
-    for c in &mut chunks {
-        // SAFETY: `c` holds 8 floats; unaligned loads and stores.
-        unsafe {
-            let h = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_loadu_ps(c.as_ptr())));
-            _mm256_storeu_si256(c.as_mut_ptr() as *mut __m256i, _mm256_or_si256(h, _mm256_slli_epi32::<16>(h)));
-        }
-    }
-    for x in chunks.into_remainder() {
-        let h = u32::from(_mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(*x))) as u16);
-        *x = f32::from_bits(h << 16 | h);
-    }
+    let word = |h: __m256i| _mm256_or_si256(h, _mm256_slli_epi32::<16>(h));
+    let eight = |x: __m256| _mm256_castsi256_ps(word(_mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))));
+    let one = |x: f32| _mm256_cvtss_f32(eight(_mm256_set1_ps(x)));
+    // SAFETY: AVX2 and F16C are present (the contract), and the closures are compiled with them.
+    unsafe { map_eights(v, eight, one) }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -280,17 +276,18 @@ unsafe fn doubled_halves_in_place(_: &mut [f32]) {
 }
 
 /// `dst[..n]` = the `n` floats at `src` as binary16 (to nearest even), `dst[n..len]` = 0: eight
-/// at a time through F16C, the rest (a panel of A is 6 lanes wide) through a masked load, whose
-/// lanes past `n` convert to the zeros of the padding, stored 4, 2 and 1 at a time.
+/// at a time through F16C, the last few through a masked load, whose lanes past `n` convert to
+/// the zeros of the padding (`len` is a whole number of eights: B's panels are 16 or 32 wide).
 ///
 /// # Safety
-/// The CPU must have AVX2 and F16C; `src` must hold `n` floats and `dst` room for `len ≥ n` halves.
+/// The CPU must have AVX2 and F16C; `src` must hold `n` floats and `dst` room for `len ≥ n`
+/// halves, `len` a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
     use std::arch::x86_64::*;
-    debug_assert!(n <= len);
-    // SAFETY: loads of floats below `n` (the masked load reads no lane past it), stores of halves below `len` (the contract).
+    debug_assert!(n <= len && len.is_multiple_of(8));
+    // SAFETY: loads of floats below `n` (the masked load reads no lane past it), stores of eight halves below `len` (the contract).
     unsafe {
         let whole = n / 8 * 8;
         for i in (0..whole).step_by(8) {
@@ -300,23 +297,7 @@ unsafe fn to_halves(src: *const f32, n: usize, dst: *mut u16, len: usize) {
         for i in (whole..len).step_by(8) {
             let present = n.saturating_sub(i).min(8);
             let x = _mm256_maskload_ps(src.wrapping_add(i), _mm256_cmpgt_epi32(_mm256_set1_epi32(present as i32), lane));
-            let mut h = _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x);
-            let (mut d, mut room) = (dst.add(i), (len - i).min(8));
-            if room == 8 {
-                _mm_storeu_si128(d as *mut __m128i, h);
-                continue;
-            }
-            if room >= 4 {
-                _mm_storel_epi64(d as *mut __m128i, h);
-                (h, d, room) = (_mm_srli_si128::<8>(h), d.add(4), room - 4);
-            }
-            if room >= 2 {
-                (d as *mut i32).write_unaligned(_mm_cvtsi128_si32(h));
-                (h, d, room) = (_mm_srli_si128::<4>(h), d.add(2), room - 2);
-            }
-            if room == 1 {
-                *d = _mm_extract_epi16::<0>(h) as u16;
-            }
+            _mm_storeu_si128(dst.add(i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
         }
     }
 }
@@ -415,7 +396,6 @@ mod tests {
                     assert!(g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()), "sp {sp} sq {sq} W {width}: half {i} is {g:e}, want {w:e}");
                 }
             };
-            check(MR, &|o| unsafe { sgemm::pack_block::<MR>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<MR>(kd, lanes, src, o) });
             // A's packing: the same halves, each twice in its word, in the floats' places.
             let len = lanes.next_multiple_of(MR) * kd;
             let (mut want, mut got) = (vec![0.0f32; len], vec![f32::from_bits(0xDEAD_BEEF); len]);
@@ -476,21 +456,13 @@ mod tests {
             eprintln!("SKIPPED (no AVX512-FP16): vfmadd231ph was not run; its packing and loops were (emulated)");
         }
         let mut seed = 3u64;
-        let mut rand = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut rand = |len: usize| sgemm::tests::uniform(&mut seed, len);
         let half = |x: f32| f64::from(sgemm::fp16(x));
         for (m, n, k) in [(1, 1, 1), (7, 17, 257), (145, 33, 300), (151, 16, 600), (13, 70, 513), (33, 40, 1100), (9, 31, 9), (64, 96, 520)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
                     let (av, bv, c0) = (rand(m * k), rand(k * n), rand(m * n));
-                    let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
-                    let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                    let (a, b) = sgemm::tests::transposed(&av, &bv, (m, n, k), ta, tb);
                     let alpha = 0.75f32;
                     let mut want = c0.clone();
                     for (i, j) in (0..m).flat_map(|i| (0..n).map(move |j| (i, j))) {
@@ -555,8 +527,7 @@ mod tests {
         let value = |i: usize| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.5;
         let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
         for (ta, tb) in [(false, false), (true, true)] {
-            let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
-            let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+            let (a, b) = sgemm::tests::transposed(&av, &bv, (m, n, k), ta, tb);
             let product = |kernel: sgemm::Kernel| {
                 let mut c = vec![0.5f32; m * n];
                 unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 0.75, a, b, c.as_mut_ptr(), n as isize, true, &mut PackBuffers::default(), kernel, None) };

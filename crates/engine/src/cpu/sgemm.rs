@@ -721,6 +721,26 @@ pub fn round_fp16(v: &mut [f32]) {
     }
 }
 
+/// `v` through `eight`, eight floats at a time as one AVX vector, and `one` for the last few: the
+/// loop of the in-place F16C passes ([`round_fp16_f16c`], the fp16 kernel's words of A).
+///
+/// # Safety
+/// The CPU must run what `eight` and `one` do: call this from a function compiled for it, into
+/// which it is inlined with the closures defined there.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn map_eights(v: &mut [f32], eight: impl Fn(std::arch::x86_64::__m256) -> std::arch::x86_64::__m256, one: impl Fn(f32) -> f32) {
+    let mut chunks = v.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr() as *mut std::arch::x86_64::__m256;
+        // SAFETY: `c` holds 8 floats, one vector; unaligned reads and writes.
+        unsafe { p.write_unaligned(eight(p.read_unaligned())) };
+    }
+    for x in chunks.into_remainder() {
+        *x = one(*x);
+    }
+}
+
 /// [`round_fp16`] eight values at a time through F16C's conversions (`vcvtps2ph` to nearest
 /// even, then back), which give [`fp16`]'s results bit for bit for every number (checked on
 /// every exponent, both signs, in the tests); a NaN stays a NaN (F16C quiets it and cuts its
@@ -732,17 +752,8 @@ pub fn round_fp16(v: &mut [f32]) {
 #[target_feature(enable = "avx,f16c")]
 unsafe fn round_fp16_f16c(v: &mut [f32]) {
     use std::arch::x86_64::*;
-    let mut chunks = v.chunks_exact_mut(8);
-    for c in &mut chunks {
-        // SAFETY: `c` holds 8 floats; unaligned loads and stores.
-        unsafe {
-            let x = _mm256_loadu_ps(c.as_ptr());
-            _mm256_storeu_ps(c.as_mut_ptr(), _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)));
-        }
-    }
-    for x in chunks.into_remainder() {
-        *x = fp16(*x);
-    }
+    // SAFETY: F16C (and AVX) are present (the contract), and the closures are compiled with them.
+    unsafe { map_eights(v, |x| _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x)), fp16) }
 }
 
 /// `x` rounded as [`round_fp16`] does.
@@ -1078,6 +1089,24 @@ pub(crate) mod tests {
         magnitude
     }
 
+    /// `len` values uniform in [-1, 1) from a 64-bit LCG at `seed` (advanced).
+    pub(crate) fn uniform(seed: &mut u64, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// `op(A)` (`m × k`) and `op(B)` (`k × n`) over row-major `av` and `bv`, read transposed where
+    /// `ta` / `tb` (`av` then holds `k × m`, `bv` `n × k`).
+    pub(crate) fn transposed(av: &[f32], bv: &[f32], (m, n, k): (usize, usize, usize), ta: bool, tb: bool) -> (Operand, Operand) {
+        let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
+        let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+        (a, b)
+    }
+
     /// Every layout (both transpositions), accumulate or not, and shapes that straddle every
     /// block edge: MR, NR (16 and 32), KC, MC, NC, KK and a packed block of B (512 columns at
     /// depth 512), plus the empty k; n ≤ NR reads a depth-contiguous A in place (whole panels of
@@ -1095,14 +1124,7 @@ pub(crate) mod tests {
     pub(crate) fn check_against_naive_within(what: &str, round: Rounding, rel: f32, mut gemm: impl FnMut(usize, usize, usize, f32, Operand, Operand, *mut f32, isize, bool, &mut PackBuffers)) {
         let mut buf = PackBuffers { round, ..Default::default() };
         let mut seed = 7u64;
-        let mut rand = |len: usize| -> Vec<f32> {
-            (0..len)
-                .map(|_| {
-                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                    ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-                })
-                .collect()
-        };
+        let mut rand = |len: usize| uniform(&mut seed, len);
         let shapes = [
             (1, 1, 1),
             (6, 16, 256),
@@ -1125,8 +1147,7 @@ pub(crate) mod tests {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
                     let (av, bv) = (rand(m * k), rand(k * n));
-                    let a = if ta { Operand { ptr: av.as_ptr(), rs: 1, cs: m as isize } } else { Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 } };
-                    let b = if tb { Operand { ptr: bv.as_ptr(), rs: 1, cs: k as isize } } else { Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 } };
+                    let (a, b) = transposed(&av, &bv, (m, n, k), ta, tb);
                     let c0 = rand(m * n);
                     let (mut got, mut want) = (c0.clone(), c0);
                     gemm(m, n, k, 0.75, a, b, got.as_mut_ptr(), n as isize, accumulate, &mut buf);
