@@ -11,13 +11,16 @@
 //! keeps those loops scalar and several times slower; they stay correct, and a fused result is
 //! the same on every CPU.
 
-/// `e^x` to ~2 ulp over `[-87, 88]` (clamped there): range reduction `x = k·ln2 + r`, a degree-6
+/// `e^x` to ~2 ulp over `[-87, 88]`, clamped above and 0 below (fp32's normals end near -87.3;
+/// a subnormal result would cost an Intel core a microcode assist in each multiply it enters,
+/// `crate::cpu::sgemm`'s doc): range reduction `x = k·ln2 + r`, a degree-6
 /// polynomial for `e^r` on |r| ≤ ln2/2, and `2^k` built in the exponent bits. `k` is rounded by
 /// adding and subtracting 1.5·2²³ (the FPU's round-to-nearest), which needs no `round`
 /// instruction: it vectorizes on any x86-64, even in code compiled for the SSE2 baseline.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2²³
+    let underflows = x < -87.0;
     let x = x.clamp(-87.0, 88.0);
     let t = x.mul_add(std::f32::consts::LOG2_E, SHIFTER);
     let k = t - SHIFTER;
@@ -25,7 +28,12 @@ pub fn exp(x: f32) -> f32 {
     let p = horner(r, &[1.0, 1.0, 0.5, 0.166_666_67, 0.041_666_668, 0.008_333_334, 0.001_388_889]);
     // The low bits of t hold k (two's complement, offset by the shifter's mantissa).
     let ki = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
-    p * f32::from_bits(((ki + 127) as u32) << 23)
+    let e = p * f32::from_bits(((ki + 127) as u32) << 23);
+    if underflows {
+        0.0
+    } else {
+        e
+    }
 }
 
 /// The logistic function `1 / (1 + e^-x)`.
@@ -216,6 +224,18 @@ mod tests {
     #[test]
     fn exp_matches_libm_over_the_softmax_range() {
         assert!(worst(exp, f64::exp, -87.0, 10.0) < 1e-6);
+    }
+
+    /// Below -87 (`e^-87` is fp32's smallest normals' binade) `exp` is 0, not a floor of
+    /// `e^-87` nor a subnormal: an attention's far weights are exact zeros, and so is their gradient.
+    #[test]
+    fn exp_flushes_to_zero_below_the_normals() {
+        assert!(exp(-87.0) >= f32::MIN_POSITIVE && exp(-87.0).is_normal());
+        for x in [-87.01, -90.0, -103.0, -1e30, f32::NEG_INFINITY] {
+            assert_eq!(exp(x).to_bits(), 0, "exp({x})");
+        }
+        assert!(exp(f32::NAN).is_nan());
+        assert_eq!(exp(1000.0), exp(88.0), "clamped above");
     }
 
     #[test]

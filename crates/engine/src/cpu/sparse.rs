@@ -18,7 +18,7 @@
 
 use rayon::prelude::*;
 
-use crate::cpu::sgemm::{pack_panel, Isa, Operand, Panel};
+use crate::cpu::sgemm::{flush_subnormal, flush_subnormals, pack_panel, Isa, Operand, Panel};
 
 /// Columns of C per register strip: 8 vectors of 8 lanes (AVX2), or 4 of 16 (AVX-512).
 pub const STRIP: usize = 64;
@@ -116,8 +116,9 @@ impl SparseLhs {
                 starts[d] = n as u32;
                 for p in p0..(p0 + DEPTH).min(k) {
                     // SAFETY: (i, p) lies inside A (the caller's contract).
-                    let value = unsafe { a.at(i, p) };
+                    let value = flush_subnormal(unsafe { a.at(i, p) });
                     // Branch-free append: the zero test is unpredictable (~60 % zeros at random).
+                    // A subnormal is dropped as a zero, as packing flushes it (`sgemm`'s doc).
                     row[n] = Entry { p: p as u32, value };
                     n += (value != 0.0) as usize;
                 }
@@ -159,6 +160,8 @@ impl SparseLhs {
                 // strip is padded with zeros (only `width` columns go back to C).
                 let src = Panel { ptr: b.ptr.offset(j as isize * b.cs), sp: b.rs, sq: b.cs };
                 pack_panel::<STRIP>(k, src, width, packed);
+                // (`packed` holds the `k × STRIP` panel just written: `reserve`.)
+                flush_subnormals(std::slice::from_raw_parts_mut(packed, k * STRIP));
                 // While this strip is multiplied, the rows of the next one are fetched, a share per
                 // block of rows: B's rows are far apart, which defeats the hardware prefetcher, and
                 // copied one by one they would wait on memory for every row. (With the streaming
@@ -328,6 +331,37 @@ mod tests {
             return;
         }
         check_against_naive(Isa::Avx512);
+    }
+
+    /// Subnormals are read as zeros, as the packed kernels read them (`sgemm`'s doc): not kept as
+    /// non-zeros of A, flushed in B's strips; the product is, bit for bit, that of the operands
+    /// with zeros in their place.
+    #[test]
+    fn subnormal_operands_are_read_as_zero() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the sparse GEMM runs only where it has them");
+            return;
+        }
+        let (m, n, k) = (9, 150, 70);
+        let mut seed = 3;
+        let mut av = crate::cpu::sgemm::tests::uniform(&mut seed, m * k);
+        let mut bv = crate::cpu::sgemm::tests::uniform(&mut seed, k * n);
+        crate::cpu::sgemm::tests::make_some_subnormal(&mut av, 3);
+        crate::cpu::sgemm::tests::make_some_subnormal(&mut bv, 5);
+        let flushed = |v: &[f32]| v.iter().map(|&x| flush_subnormal(x)).collect::<Vec<f32>>();
+        let (av0, bv0) = (flushed(&av), flushed(&bv));
+        for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.supported()) {
+            let (mut sparse, mut strip) = (SparseLhs::default(), StripBuffer::default());
+            let mut product = |av: &[f32], bv: &[f32]| {
+                let nnz = unsafe { sparse.compress(m, k, Operand { ptr: av.as_ptr(), rs: k as isize, cs: 1 }) };
+                let mut c = vec![f32::NAN; m * n];
+                unsafe { sparse.multiply(isa, Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 }, c.as_mut_ptr(), n, 0..n, false, &mut strip) };
+                (nnz, c.iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+            };
+            let (nnz, got) = product(&av, &bv);
+            assert_eq!(nnz, av0.iter().filter(|&&x| x != 0.0).count(), "{isa:?}: subnormals are not non-zeros");
+            assert_eq!(got, product(&av0, &bv0).1, "{isa:?}: the product of the flushed operands");
+        }
     }
 
     fn check_against_naive(isa: Isa) {
