@@ -21,7 +21,7 @@
 use super::sgemm::first_use_check;
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::map_eights;
-use super::sgemm::{loop_nest, pack_block, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, Rounding, KC, MR, NR_MAX};
+use super::sgemm::{copy_block, loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (a micro-kernel loop in L1 on one core: 166 GFLOP/s, 64 depths
@@ -240,7 +240,7 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
     }
 }
 
-/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 packing, then each float turned in
+/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 copy ([`copy_block`]: the conversion flushes subnormals), then each float turned in
 /// place into a 32-bit word holding its binary16 (to nearest even) twice — the word the kernel
 /// broadcasts. The same layout and size as the floats, so the conversion cannot overtake them.
 ///
@@ -250,7 +250,7 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
 pub(crate) unsafe fn pack_block_doubled_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     // SAFETY: forwarded contract; the packing fills the first `lanes` rounded up to `W` times `kd` floats.
     unsafe {
-        pack_block::<W>(kd, lanes, src, out, Rounding::None);
+        copy_block::<W>(kd, lanes, src, out);
         doubled_halves_in_place(&mut out[..lanes.next_multiple_of(W) * kd]);
     }
 }
@@ -339,6 +339,7 @@ mod tests {
     use super::*;
     use crate::cpu::sgemm;
     use crate::cpu::sgemm::tests::check_against_naive_within;
+    use crate::cpu::sgemm::Rounding;
 
     /// Whether the halves packing runs on this CPU (AVX2 and F16C); says so where it does not.
     #[cfg(target_arch = "x86_64")]
