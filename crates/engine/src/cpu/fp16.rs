@@ -240,9 +240,9 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
     }
 }
 
-/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 copy ([`copy_block`]: the conversion flushes subnormals), then each float turned in
-/// place into a 32-bit word holding its binary16 (to nearest even) twice — the word the kernel
-/// broadcasts. The same layout and size as the floats, so the conversion cannot overtake them.
+/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 copy ([`copy_block`]; the
+/// conversion flushes subnormals), then each float turned in place into a 32-bit word holding its
+/// binary16 (to nearest even) twice — the word the kernel broadcasts. The same layout and size as the floats, so the conversion cannot overtake them.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` hold

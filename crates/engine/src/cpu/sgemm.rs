@@ -26,13 +26,15 @@
 //! AVX-512 driver (`NR` = 32) is exercised on any AVX2 machine by the AVX2 kernel at that width
 //! (the tests do), and only the AVX-512 instructions themselves need an AVX-512 CPU.
 //!
-//! Packing reads subnormal operands as ±0 ([`flush_subnormal`]: the MXCSR's "denormals are zero"
-//! done in software, which Rust cannot set), as bf16's and fp16's packings already do. An Intel
-//! core takes a microcode assist of ~100 cycles for each multiply-add a subnormal enters, and a
-//! product of subnormals makes more: on one input an isfm-base step's backward took 1.9 s instead
-//! of 0.2 s. Their values (below 1.2e-38) are far below any sum they join. One product path reads
-//! A unpacked, and does not flush it: one panel of B's columns with a depth-contiguous A (B is
-//! still flushed).
+//! Packing reads subnormal operands as ±0 ([`flush_subnormals`], one pass over each packed block:
+//! the MXCSR's "denormals are zero" done in software, which Rust cannot set), as bf16's and fp16's
+//! packings already do. An Intel core takes a microcode assist of ~100 cycles for each
+//! multiply-add with a subnormal operand, and its product feeds more: on one input an isfm-base
+//! step's backward took 1.9 s instead of 0.2 s. Their values (below 1.2e-38) are far below any sum
+//! they join. Not flushed: an A read unpacked (one panel of B's columns, A depth-contiguous; B is
+//! still flushed), a C added to, and a sum that underflows on its own (a running sum made subnormal
+//! by tiny products of normal values, which also costs an assist: the MXCSR's other half, "flush to
+//! zero", has no software twin here).
 
 /// Rows of the micro-tile: 6 rows × 2 vectors = 12 accumulators, 2 registers for B, 1 broadcast.
 pub const MR: usize = 6;
@@ -99,8 +101,6 @@ pub enum Rounding {
 }
 
 impl Rounding {
-    /// (Inlined into the packing, so the flush runs on its vectors.)
-    #[inline(always)]
     fn apply(self, v: &mut [f32]) {
         match self {
             Rounding::None => flush_subnormals(v),
@@ -656,9 +656,7 @@ unsafe fn pack_pair_rows<const W: usize>(pairs: usize, src: Panel, lanes: usize,
 /// flushing in the copies).
 ///
 /// # Safety
-/// `src` must address `kd × lanes` elements; on x86-64 the CPU must have AVX2 and FMA (as every
-/// kernel the packing feeds does).
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+/// `src` must address `kd × lanes` elements.
 pub(crate) unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32], round: Rounding) {
     // SAFETY: forwarded contract; the copy fills the first `lanes` rounded up to `W` times `kd` floats.
     unsafe {
@@ -672,7 +670,6 @@ pub(crate) unsafe fn pack_block<const W: usize>(kd: usize, lanes: usize, src: Pa
 ///
 /// # Safety
 /// As [`pack_block`].
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
 pub(crate) unsafe fn copy_block<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     // SAFETY: `src` addresses `kd × lanes` elements and `out` was reserved for `lanes` rounded up to `W` × `kd` (asserted), so every panel read and written lies inside them.
     unsafe {
@@ -850,9 +847,7 @@ impl Panel {
 /// (Also packs the strips of [`crate::cpu::sparse`].) Subnormals are copied: the caller flushes.
 ///
 /// # Safety
-/// The source must hold `kc × lanes` elements and `dst` room for `kc · W`; on x86-64 the CPU must
-/// have AVX2 and FMA.
-#[cfg_attr(target_arch = "x86_64", target_feature(enable = "avx2,fma"))]
+/// The source must hold `kc × lanes` elements and `dst` room for `kc · W`.
 pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: usize, dst: *mut f32) {
     // SAFETY: the source holds `kc × lanes` elements and `dst` room for `kc · W` (the contract): every read is at `p < kc`, `q < lanes`, every write below `kc · W`.
     unsafe {
@@ -881,8 +876,7 @@ pub(crate) unsafe fn pack_panel<const W: usize>(kc: usize, src: Panel, lanes: us
     }
 }
 
-/// One depth of a panel from contiguous lanes: `dst[..n] = src[..n]` (subnormals flushed),
-/// `dst[n..W] = 0`.
+/// One depth of a panel from contiguous lanes: `dst[..n] = src[..n]`, `dst[n..W] = 0`.
 ///
 /// # Safety
 /// `src` must hold `n ≤ W` floats and `dst` room for `W`.
@@ -908,18 +902,37 @@ pub(crate) fn flush_subnormal(x: f32) -> f32 {
     f32::from_bits(if bits & 0x7F80_0000 == 0 { bits & 0x8000_0000 } else { bits })
 }
 
-/// [`flush_subnormal`] over a packed block, 16 lanes at a time where the CPU has AVX-512; else
-/// inlined, so that it runs on the vectors the caller is compiled for (the packings: AVX2).
-#[inline(always)]
+/// [`flush_subnormal`] over a packed block: 16 lanes at a time where the CPU has AVX-512 (F and
+/// DQ), 8 where it has AVX2 (every CPU our kernels run on), else one by one.
 pub(crate) fn flush_subnormals(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512dq") {
-        // SAFETY: AVX-512F is present.
-        return unsafe { flush_subnormals_avx512(v) };
+    {
+        use std::arch::is_x86_feature_detected as has;
+        if has!("avx512f") && has!("avx512dq") {
+            // SAFETY: AVX-512F and AVX-512DQ are present.
+            return unsafe { flush_subnormals_avx512(v) };
+        }
+        if has!("avx2") {
+            // SAFETY: AVX2 is present.
+            return unsafe { flush_subnormals_avx2(v) };
+        }
     }
+    flush_each(v)
+}
+
+/// [`flush_subnormal`] on each value, vectorized for whatever the caller is compiled for.
+#[inline(always)]
+fn flush_each(v: &mut [f32]) {
     for x in v {
         *x = flush_subnormal(*x);
     }
+}
+
+/// [`flush_each`] compiled with AVX2: 8 lanes a compare and a select.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn flush_subnormals_avx2(v: &mut [f32]) {
+    flush_each(v)
 }
 
 /// [`flush_subnormals`] with AVX-512: a lane the fpclass test finds subnormal keeps its sign.
@@ -937,9 +950,7 @@ unsafe fn flush_subnormals_avx512(v: &mut [f32]) {
             _mm512_storeu_si512(c.as_mut_ptr() as *mut _, _mm512_mask_and_epi32(x, subnormal, x, sign));
         }
     }
-    for x in chunks.into_remainder() {
-        *x = flush_subnormal(*x);
-    }
+    flush_each(chunks.into_remainder())
 }
 
 /// `pack_panel` for depth-contiguous sources, `p < kc` (a multiple of 8), all `W` lanes present:
@@ -1212,13 +1223,31 @@ pub(crate) mod tests {
             .collect();
         let want: Vec<u32> = v.iter().map(|&x| if x.is_subnormal() { x.to_bits() & 0x8000_0000 } else { x.to_bits() }).collect();
         assert!(v.iter().filter(|x| x.is_subnormal()).count() > 2000);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        // Each path the CPU runs, not only the one `flush_subnormals` picks here.
+        let mut each = v.clone();
+        flush_each(&mut each);
+        assert_eq!(bits(&each), want, "one by one");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut avx2 = v.clone();
+            unsafe { flush_subnormals_avx2(&mut avx2) };
+            assert_eq!(bits(&avx2), want, "AVX2");
+        }
         flush_subnormals(&mut v);
-        assert_eq!(v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>(), want);
+        assert_eq!(bits(&v), want);
+    }
+
+    /// `v` with its subnormals flushed, one by one.
+    pub(crate) fn flushed(v: &[f32]) -> Vec<f32> {
+        v.iter().map(|&x| flush_subnormal(x)).collect()
     }
 
     /// Packing reads subnormals as ±0: a product whose operands hold subnormals is, bit for bit,
     /// the product with zeros in their place, on each fp32 kernel this CPU runs, in every layout.
-    /// (n > NR: a depth-contiguous A read in place is the documented exception.)
+    /// A subnormal beside normal products is mostly lost in the sum's rounding, so whole rows of
+    /// op(A) and columns of op(B) are subnormal too: their entries of C are 0 only if flushed.
+    /// (n = 40 > NR_MAX: a depth-contiguous A read in place is the documented exception.)
     #[test]
     fn subnormal_operands_are_read_as_zero() {
         let isas: Vec<Isa> = [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.supported()).collect();
@@ -1227,21 +1256,31 @@ pub(crate) mod tests {
             return;
         }
         let (m, n, k) = (13, 40, 300);
-        let mut seed = 5;
-        let (mut av, mut bv) = (uniform(&mut seed, m * k), uniform(&mut seed, k * n));
-        make_some_subnormal(&mut av, 3);
-        make_some_subnormal(&mut bv, 5);
-        let (av0, bv0): (Vec<f32>, Vec<f32>) = (av.iter().map(|&x| flush_subnormal(x)).collect(), bv.iter().map(|&x| flush_subnormal(x)).collect());
         for isa in isas {
             let mut buf = PackBuffers::default();
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                let mut seed = 5;
+                let (mut av, mut bv) = (uniform(&mut seed, m * k), uniform(&mut seed, k * n));
+                make_some_subnormal(&mut av, 7);
+                make_some_subnormal(&mut bv, 11);
+                // Rows 0, 3, … of op(A) and columns 0, 5, … of op(B), wherever the layout puts them.
+                for (p, i) in (0..k).flat_map(|p| (0..m).step_by(3).map(move |i| (p, i))) {
+                    let at = if ta { p * m + i } else { i * k + p };
+                    av[at] = f32::from_bits(0x0000_0100 + p as u32).copysign(av[at]);
+                }
+                for (p, j) in (0..k).flat_map(|p| (0..n).step_by(5).map(move |j| (p, j))) {
+                    let at = if tb { j * k + p } else { p * n + j };
+                    bv[at] = f32::from_bits(0x0040_0000 - p as u32).copysign(bv[at]);
+                }
                 let mut product = |av: &[f32], bv: &[f32]| {
                     let (a, b) = transposed(av, bv, (m, n, k), ta, tb);
                     let mut c = vec![f32::NAN; m * n];
                     unsafe { sgemm(isa, m, n, k, 1.0, a, b, c.as_mut_ptr(), n as isize, false, &mut buf) };
                     c.iter().map(|x| x.to_bits()).collect::<Vec<u32>>()
                 };
-                assert_eq!(product(&av, &bv), product(&av0, &bv0), "{isa:?} ta{ta} tb{tb}");
+                let want = product(&flushed(&av), &flushed(&bv));
+                assert_eq!(product(&av, &bv), want, "{isa:?} ta{ta} tb{tb}");
+                assert!(want.iter().filter(|&&c| f32::from_bits(c) == 0.0).count() >= m * n / 5, "the subnormal rows and columns give zeros");
             }
         }
     }

@@ -348,8 +348,7 @@ mod tests {
         let mut bv = crate::cpu::sgemm::tests::uniform(&mut seed, k * n);
         crate::cpu::sgemm::tests::make_some_subnormal(&mut av, 3);
         crate::cpu::sgemm::tests::make_some_subnormal(&mut bv, 5);
-        let flushed = |v: &[f32]| v.iter().map(|&x| flush_subnormal(x)).collect::<Vec<f32>>();
-        let (av0, bv0) = (flushed(&av), flushed(&bv));
+        let (av0, bv0) = (crate::cpu::sgemm::tests::flushed(&av), crate::cpu::sgemm::tests::flushed(&bv));
         for isa in [Isa::Avx2, Isa::Avx512].into_iter().filter(|isa| isa.supported()) {
             let (mut sparse, mut strip) = (SparseLhs::default(), StripBuffer::default());
             let mut product = |av: &[f32], bv: &[f32]| {
