@@ -19,9 +19,9 @@
 
 #[cfg(target_arch = "x86_64")]
 use super::sgemm::first_use_check;
-#[cfg(target_arch = "x86_64")]
-use super::sgemm::map_eights;
 use super::sgemm::{copy_block, loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
+#[cfg(target_arch = "x86_64")]
+use super::sgemm::{map_eights, transpose8};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (a micro-kernel loop in L1 on one core: 166 GFLOP/s, 64 depths
@@ -203,8 +203,9 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 /// last panel zero-padded), each value rounded to the nearest binary16 as it is converted. One
 /// pass over the source, read in its own order as the fp32 packing does: where the lanes are
 /// contiguous, depth by depth across every panel, each depth's lanes converted straight into
-/// place; where the depth is, panel by panel through a panel of floats on the stack (the fp32
-/// packing's register transposes), converted from L1 into place.
+/// place; where the depth is, panel by panel, eight lanes × eight depths transposed in registers
+/// and converted into place ([`transpose_panel_halves`]), or, for a partial panel or slice,
+/// through a panel of floats on the stack (the fp32 packing) converted from L1.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` must hold
@@ -232,8 +233,13 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
                 }
             } else {
                 for q0 in (0..lanes).step_by(W) {
-                    pack_panel::<W>(kc, src.at(slice, q0), W.min(lanes - q0), panel.as_mut_ptr());
-                    to_halves(panel.as_ptr(), kc * W, base.add(q0 * kc), kc * W);
+                    let (from, to) = (src.at(slice, q0), base.add(q0 * kc));
+                    if from.sp == 1 && from.sq != 1 && lanes - q0 >= W && kc.is_multiple_of(8) {
+                        transpose_panel_halves::<W>(kc, from, to);
+                    } else {
+                        pack_panel::<W>(kc, from, W.min(lanes - q0), panel.as_mut_ptr());
+                        to_halves(panel.as_ptr(), kc * W, to, kc * W);
+                    }
                 }
             }
         }
@@ -272,6 +278,43 @@ unsafe fn doubled_halves_in_place(v: &mut [f32]) {
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn doubled_halves_in_place(_: &mut [f32]) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+}
+
+/// One whole panel of B from a depth-contiguous source, `kc` a multiple of 8: the fp32 packing's
+/// 8 × 8 register transposes, each transposed row of eight converted to binary16 (to nearest
+/// even) and stored in place, with no panel of floats between (in an fp16 medium step the
+/// forward's weights were a third of the packing's time).
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; the source must hold `kc` depths (contiguous) of `W` lanes,
+/// and `dst` room for `kc · W` halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_panel_halves<const W: usize>(kc: usize, src: Panel, dst: *mut u16) {
+    use std::arch::x86_64::*;
+    debug_assert!(kc.is_multiple_of(8) && W.is_multiple_of(8));
+    // SAFETY: each 8-float load reads depths `p..p + 8 ≤ kc` of a lane below `W` (the contract); each store writes eight halves inside the `kc · W` panel; a prefetch never faults.
+    unsafe {
+        for q0 in (0..W).step_by(8) {
+            for p in (0..kc).step_by(8) {
+                let mut r = [_mm256_setzero_ps(); 8];
+                for (q, v) in r.iter_mut().enumerate() {
+                    let row = src.ptr.offset(p as isize + (q0 + q) as isize * src.sq);
+                    // The next panel's lanes, as the fp32 packing fetches them.
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_offset(W as isize * src.sq) as *const i8);
+                    *v = _mm256_loadu_ps(row);
+                }
+                for (i, v) in transpose8(r).iter().enumerate() {
+                    _mm_storeu_si128(dst.add((p + i) * W + q0) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_panel_halves<const W: usize>(_: usize, _: Panel, _: *mut u16) {
     unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 

@@ -996,7 +996,7 @@ unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) 
 /// Transposes an 8 × 8 block held in 8 vectors (row `i` in `r[i]`; the result's `t[j]` is column `j`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+pub(crate) unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
