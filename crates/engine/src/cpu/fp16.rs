@@ -246,19 +246,83 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
     }
 }
 
-/// Packs a block of A for the kernel: [`super::sgemm`]'s fp32 copy ([`copy_block`]; the
-/// conversion flushes subnormals), then each float turned in place into a 32-bit word holding its
-/// binary16 (to nearest even) twice — the word the kernel broadcasts. The same layout and size as the floats, so the conversion cannot overtake them.
+/// Packs a block of A for the kernel: [`super::sgemm`]'s panel layout, each value a 32-bit word
+/// holding its binary16 (to nearest even) twice — the word the kernel broadcasts; the conversion
+/// flushes subnormals. Where the depth is contiguous (the forward's X, the backward's dY), whole
+/// panels are transposed in registers and converted in place ([`transpose_panel_doubled_halves`]);
+/// otherwise, and for a partial panel or slice, the fp32 copy ([`copy_block`], [`pack_panel`]) is
+/// converted in place afterwards: words and floats have the same layout and size, so the
+/// conversion cannot overtake them.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` hold
-/// `lanes` rounded up to `W` times `kd` floats (asserted by the packing).
+/// `lanes` rounded up to `W` times `kd` floats (asserted).
 pub(crate) unsafe fn pack_block_doubled_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
-    // SAFETY: forwarded contract; the packing fills the first `lanes` rounded up to `W` times `kd` floats.
+    let width = lanes.next_multiple_of(W);
+    assert!(out.len() >= width * kd);
+    // SAFETY: forwarded contract: panel `q0` of the slice at `slice` spans `slice · width + q0 · kc`
+    // plus `kc · W` floats, inside the `width · kd` asserted, and reads `(p, q)` inside the source.
     unsafe {
-        copy_block::<W>(kd, lanes, src, out);
-        doubled_halves_in_place(&mut out[..lanes.next_multiple_of(W) * kd]);
+        if src.sp != 1 || src.sq == 1 {
+            copy_block::<W>(kd, lanes, src, out);
+            return doubled_halves_in_place(&mut out[..width * kd]);
+        }
+        // `copy_block`'s order for this layout: panel by panel, slice by slice.
+        for q0 in (0..lanes).step_by(W) {
+            for slice in (0..kd).step_by(KC) {
+                let kc = KC.min(kd - slice);
+                let (from, at) = (src.at(slice, q0), slice * width + q0 * kc);
+                // (`pack` instantiates this for B's widths too; only A's, `MR`, runs.)
+                if W == MR && lanes - q0 >= W && kc.is_multiple_of(8) {
+                    transpose_panel_doubled_halves::<W>(kc, from, out.as_mut_ptr().add(at));
+                } else {
+                    pack_panel::<W>(kc, from, W.min(lanes - q0), out.as_mut_ptr().add(at));
+                    doubled_halves_in_place(&mut out[at..at + kc * W]);
+                }
+            }
+        }
     }
+}
+
+/// One whole panel of A from a depth-contiguous source, `kc` a multiple of 8 (`W` = [`MR`]): the
+/// fp32 packing's 8 × 8 register transposes, each transposed row's `W` lanes converted to words
+/// holding their binary16 twice and stored in place.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; the source must hold `kc` depths (contiguous) of `W` lanes,
+/// and `dst` room for `kc · W` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn transpose_panel_doubled_halves<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    assert!(W == 6 || W == 8, "A's panels are MR lanes wide");
+    debug_assert!(kc.is_multiple_of(8));
+    // SAFETY: each 8-float load reads depths `p..p + 8 ≤ kc` of a lane below `W` (the contract); each depth's `W` words are stored inside the `kc · W` panel (four, then two or four).
+    unsafe {
+        for p in (0..kc).step_by(8) {
+            let mut r = [_mm256_setzero_ps(); 8];
+            for (q, v) in r.iter_mut().enumerate().take(W) {
+                *v = _mm256_loadu_ps(src.ptr.offset(p as isize + q as isize * src.sq));
+            }
+            for (i, v) in transpose8(r).iter().enumerate() {
+                let halves = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v));
+                let words = _mm256_or_si256(halves, _mm256_slli_epi32::<16>(halves));
+                let d = dst.add((p + i) * W);
+                _mm_storeu_si128(d as *mut __m128i, _mm256_castsi256_si128(words));
+                let high = _mm256_extracti128_si256::<1>(words);
+                if W == 8 {
+                    _mm_storeu_si128(d.add(4) as *mut __m128i, high);
+                } else {
+                    _mm_storel_epi64(d.add(4) as *mut __m128i, high);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_panel_doubled_halves<const W: usize>(_: usize, _: Panel, _: *mut f32) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
 /// Each float of `v` as a word holding its binary16 in both halves, eight at a time through F16C.
