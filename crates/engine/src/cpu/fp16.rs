@@ -21,7 +21,7 @@
 use super::sgemm::first_use_check;
 use super::sgemm::{copy_block, loop_nest, pack_panel, Isa, Operand, PackBuffers, Packing, Panel, KC, MR, NR_MAX};
 #[cfg(target_arch = "x86_64")]
-use super::sgemm::{map_eights, transpose8};
+use super::sgemm::{for_transposed_rows, map_eights};
 
 /// Depths summed in fp16 before their sum joins the fp32 accumulator. 32 ran fastest on an
 /// Intel Xeon with AVX512-FP16 (a micro-kernel loop in L1 on one core: 166 GFLOP/s, 64 depths
@@ -198,14 +198,15 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
     unsafe { store_edge(&tile, c, rsc, mr, nr, add) }
 }
 
-/// Packs a block of B (`W` = 16 or 32) of `kd` depths × `lanes` lanes as halves, in [`super::sgemm`]'s panel layout
-/// (for each `KC`-deep slice, one `kc × W` panel per `W` lanes, half `(p, q)` at `p·W + q`, the
-/// last panel zero-padded), each value rounded to the nearest binary16 as it is converted. One
-/// pass over the source, read in its own order as the fp32 packing does: where the lanes are
-/// contiguous, depth by depth across every panel, each depth's lanes converted straight into
-/// place; where the depth is, panel by panel, eight lanes × eight depths transposed in registers
-/// and converted into place ([`transpose_panel_halves`]), or, for a partial panel or slice,
-/// through a panel of floats on the stack (the fp32 packing) converted from L1.
+/// Packs a block of B (`W` = 16 or 32) of `kd` depths × `lanes` lanes as halves, in
+/// [`super::sgemm`]'s panel layout (for each `KC`-deep slice, one `kc × W` panel per `W` lanes,
+/// half `(p, q)` at `p·W + q`, the last panel zero-padded), each value rounded to the nearest
+/// binary16 as it is converted. One pass over the source, read in its own order as the fp32
+/// packing does: where the lanes are contiguous, depth by depth across every panel, each depth's
+/// lanes converted straight into place; where the depth is, panel by panel, eight lanes × eight
+/// depths transposed in registers and converted into place ([`transpose_panel_halves`]), or, for
+/// a partial panel or a slice whose depth is not a multiple of 8, through a panel of floats on
+/// the stack (the fp32 packing) converted from L1.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` must hold
@@ -250,9 +251,9 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
 /// holding its binary16 (to nearest even) twice — the word the kernel broadcasts; the conversion
 /// flushes subnormals. Where the depth is contiguous (the forward's X, the backward's dY), whole
 /// panels are transposed in registers and converted in place ([`transpose_panel_doubled_halves`]);
-/// otherwise, and for a partial panel or slice, the fp32 copy ([`copy_block`], [`pack_panel`]) is
-/// converted in place afterwards: words and floats have the same layout and size, so the
-/// conversion cannot overtake them.
+/// otherwise, and for a partial panel or a slice whose depth is not a multiple of 8, the fp32
+/// copy ([`copy_block`], [`pack_panel`]) is converted in place afterwards: words and floats have
+/// the same layout and size, so the conversion cannot overtake them.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must address `kd × lanes` elements, and `out` hold
@@ -285,38 +286,26 @@ pub(crate) unsafe fn pack_block_doubled_halves<const W: usize>(kd: usize, lanes:
 }
 
 /// One whole panel of A from a depth-contiguous source, `kc` a multiple of 8 (`W` = [`MR`]): the
-/// fp32 packing's 8 × 8 register transposes, each transposed row's `W` lanes converted to words
-/// holding their binary16 twice and stored in place.
+/// fp32 packing's register transposes ([`for_transposed_rows`]), each transposed row's six lanes
+/// converted to words holding their binary16 twice and stored in place.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; the source must hold `kc` depths (contiguous) of `W` lanes,
 /// and `dst` room for `kc · W` words.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn transpose_panel_doubled_halves<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
     use std::arch::x86_64::*;
-    assert!(W == 6 || W == 8, "A's panels are MR lanes wide");
-    debug_assert!(kc.is_multiple_of(8));
-    // SAFETY: each 8-float load reads depths `p..p + 8 ≤ kc` of a lane below `W` (the contract); each depth's `W` words are stored inside the `kc · W` panel (four, then two or four).
+    assert_eq!(W, MR, "A's panels are MR lanes wide");
+    // SAFETY: AVX2 and F16C are present and this is their context (the contract); each depth's six words are stored inside the `kc · W` panel, four then two.
     unsafe {
-        for p in (0..kc).step_by(8) {
-            let mut r = [_mm256_setzero_ps(); 8];
-            for (q, v) in r.iter_mut().enumerate().take(W) {
-                *v = _mm256_loadu_ps(src.ptr.offset(p as isize + q as isize * src.sq));
-            }
-            for (i, v) in transpose8(r).iter().enumerate() {
-                let halves = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v));
-                let words = _mm256_or_si256(halves, _mm256_slli_epi32::<16>(halves));
-                let d = dst.add((p + i) * W);
-                _mm_storeu_si128(d as *mut __m128i, _mm256_castsi256_si128(words));
-                let high = _mm256_extracti128_si256::<1>(words);
-                if W == 8 {
-                    _mm_storeu_si128(d.add(4) as *mut __m128i, high);
-                } else {
-                    _mm_storel_epi64(d.add(4) as *mut __m128i, high);
-                }
-            }
-        }
+        for_transposed_rows::<W>(kc, src, |p, _, _, v| {
+            let halves = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+            let words = _mm256_or_si256(halves, _mm256_slli_epi32::<16>(halves));
+            let d = dst.add(p * W);
+            _mm_storeu_si128(d as *mut __m128i, _mm256_castsi256_si128(words));
+            _mm_storel_epi64(d.add(4) as *mut __m128i, _mm256_extracti128_si256::<1>(words));
+        })
     }
 }
 
@@ -346,34 +335,22 @@ unsafe fn doubled_halves_in_place(_: &mut [f32]) {
 }
 
 /// One whole panel of B from a depth-contiguous source, `kc` a multiple of 8: the fp32 packing's
-/// 8 × 8 register transposes, each transposed row of eight converted to binary16 (to nearest
-/// even) and stored in place, with no panel of floats between (in an fp16 medium step the
-/// forward's weights were a third of the packing's time).
+/// register transposes ([`for_transposed_rows`]), each transposed row of eight converted to
+/// binary16 (to nearest even) and stored in place, with no panel of floats between (in an fp16
+/// medium step the forward's weights were a third of the packing's time).
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; the source must hold `kc` depths (contiguous) of `W` lanes,
-/// and `dst` room for `kc · W` halves.
+/// `W` a multiple of 8, and `dst` room for `kc · W` halves.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,f16c")]
 unsafe fn transpose_panel_halves<const W: usize>(kc: usize, src: Panel, dst: *mut u16) {
     use std::arch::x86_64::*;
-    debug_assert!(kc.is_multiple_of(8) && W.is_multiple_of(8));
-    // SAFETY: each 8-float load reads depths `p..p + 8 ≤ kc` of a lane below `W` (the contract); each store writes eight halves inside the `kc · W` panel; a prefetch never faults.
+    // SAFETY: AVX2 and F16C are present and this is their context (the contract); each row's eight halves are stored inside the `kc · W` panel (W a multiple of 8).
     unsafe {
-        for q0 in (0..W).step_by(8) {
-            for p in (0..kc).step_by(8) {
-                let mut r = [_mm256_setzero_ps(); 8];
-                for (q, v) in r.iter_mut().enumerate() {
-                    let row = src.ptr.offset(p as isize + (q0 + q) as isize * src.sq);
-                    // The next panel's lanes, as the fp32 packing fetches them.
-                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_offset(W as isize * src.sq) as *const i8);
-                    *v = _mm256_loadu_ps(row);
-                }
-                for (i, v) in transpose8(r).iter().enumerate() {
-                    _mm_storeu_si128(dst.add((p + i) * W + q0) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(*v));
-                }
-            }
-        }
+        for_transposed_rows::<W>(kc, src, |p, q0, _, v| {
+            _mm_storeu_si128(dst.add(p * W + q0) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
+        })
     }
 }
 
@@ -495,9 +472,11 @@ mod tests {
                 let len = lanes.next_multiple_of(width) * kd;
                 let mut want = vec![0.0f32; len];
                 floats(&mut want);
-                // A value no packing writes, so a half left unwritten shows.
-                let mut got = vec![f32::from_bits(0xDEAD_BEEF); len.div_ceil(2)];
+                // A value no packing writes, so a half left unwritten shows; and room past the
+                // block, which must stay so.
+                let mut got = vec![f32::from_bits(0xDEAD_BEEF); len.div_ceil(2) + 64];
                 halves(&mut got);
+                assert!(got[len.div_ceil(2)..].iter().all(|f| f.to_bits() == 0xDEAD_BEEF), "sp {sp} sq {sq} W {width}: a write past the block");
                 let got: Vec<u16> = got.iter().flat_map(|f| [f.to_bits() as u16, (f.to_bits() >> 16) as u16]).collect();
                 for (i, w) in want.iter().enumerate() {
                     let (g, w) = (f32_of_half(got[i]), sgemm::fp16(*w));
@@ -506,9 +485,10 @@ mod tests {
             };
             // A's packing: the same halves, each twice in its word, in the floats' places.
             let len = lanes.next_multiple_of(MR) * kd;
-            let (mut want, mut got) = (vec![0.0f32; len], vec![f32::from_bits(0xDEAD_BEEF); len]);
+            let (mut want, mut got) = (vec![0.0f32; len], vec![f32::from_bits(0xDEAD_BEEF); len + 64]);
             unsafe { sgemm::pack_block::<MR>(kd, lanes, src, &mut want, Rounding::None) };
             unsafe { pack_block_doubled_halves::<MR>(kd, lanes, src, &mut got) };
+            assert!(got[len..].iter().all(|f| f.to_bits() == 0xDEAD_BEEF), "sp {sp} sq {sq}: a write past A's block");
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 let (lo, hi) = (g.to_bits() as u16, (g.to_bits() >> 16) as u16);
                 let (g, w) = (f32_of_half(lo), sgemm::fp16(*w));

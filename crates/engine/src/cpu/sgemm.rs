@@ -954,18 +954,46 @@ unsafe fn flush_subnormals_avx512(v: &mut [f32]) {
 }
 
 /// `pack_panel` for depth-contiguous sources, `p < kc` (a multiple of 8), all `W` lanes present:
-/// 8 lanes × 8 depths are loaded as 8 vectors, transposed in registers and stored as 8 rows of
-/// the panel (`W` = 6 stores 6 of the 8 transposed lanes, `W` = 16 does two lane groups).
+/// [`for_transposed_rows`], each row of eight stored in the panel (`W` = 6 stores 6 of the 8
+/// transposed lanes, `W` = 16 does two lane groups).
 ///
 /// # Safety
 /// AVX2 must be present; the source must hold `kc` depths (contiguous) of `W` lanes, and `dst`
 /// room for `kc · W`.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) {
-    // SAFETY: the source is depth-contiguous with all `W` lanes present and `kc` depths (the contract): each 8-float load reads depths `p..p + 8 ≤ kc` of one lane; each store writes inside the `kc · W` panel; the prefetch addresses are formed with wrapping arithmetic and a prefetch never faults, so they may lie past the matrix.
+    use std::arch::x86_64::*;
+    // SAFETY: AVX2 is present and this is its context (the contract); each store writes the `lanes` values of depth `p`, lanes `q0..`, inside the `kc · W` panel.
     unsafe {
-        use std::arch::x86_64::*;
+        for_transposed_rows::<W>(kc, src, |p, q0, lanes, v| {
+            let d = dst.add(p * W + q0);
+            if lanes == 8 {
+                _mm256_storeu_ps(d, v);
+            } else {
+                // W = 6: four lanes, then two.
+                _mm_storeu_ps(d, _mm256_castps256_ps128(v));
+                _mm_store_sd(d.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(v)));
+            }
+        })
+    }
+}
+
+/// The loop of the packings that transpose in registers ([`transpose_panel`], and fp16's halves
+/// and words): for each group of eight lanes `q0` of a `W`-lane panel and each eight depths, the
+/// group's `lanes` (= min(8, W − q0)) are loaded as 8 vectors (the rest zero), transposed, and
+/// each transposed row — depth `p`, the group's lanes — handed to `store(p, q0, lanes, row)`.
+///
+/// # Safety
+/// The CPU must have AVX2: call this from a function compiled for it, into which it is inlined
+/// with `store`; the source must hold `kc` depths (contiguous, `kc` a multiple of 8) of `W` lanes.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn for_transposed_rows<const W: usize>(kc: usize, src: Panel, mut store: impl FnMut(usize, usize, usize, std::arch::x86_64::__m256)) {
+    use std::arch::x86_64::*;
+    debug_assert!(kc.is_multiple_of(8));
+    // SAFETY: each 8-float load reads depths `p..p + 8 ≤ kc` of a lane below `W` (the contract); the prefetch addresses are formed with wrapping arithmetic and a prefetch never faults, so they may lie past the matrix.
+    unsafe {
         for q0 in (0..W).step_by(8) {
             let lanes = (W - q0).min(8);
             for p in (0..kc).step_by(8) {
@@ -977,16 +1005,8 @@ unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) 
                     _mm_prefetch::<_MM_HINT_T0>(row.wrapping_offset(W as isize * src.sq) as *const i8);
                     *v = _mm256_loadu_ps(row);
                 }
-                let t = transpose8(r);
-                for (i, v) in t.iter().enumerate() {
-                    let d = dst.add((p + i) * W + q0);
-                    if lanes == 8 {
-                        _mm256_storeu_ps(d, *v);
-                    } else {
-                        // W = 6: four lanes, then two.
-                        _mm_storeu_ps(d, _mm256_castps256_ps128(*v));
-                        _mm_store_sd(d.add(4) as *mut f64, _mm_castps_pd(_mm256_extractf128_ps::<1>(*v)));
-                    }
+                for (i, v) in transpose8(r).into_iter().enumerate() {
+                    store(p + i, q0, lanes, v);
                 }
             }
         }
@@ -995,7 +1015,7 @@ unsafe fn transpose_panel<const W: usize>(kc: usize, src: Panel, dst: *mut f32) 
 
 /// Transposes an 8 × 8 block held in 8 vectors (row `i` in `r[i]`; the result's `t[j]` is column `j`).
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2")]
 pub(crate) unsafe fn transpose8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
     use std::arch::x86_64::*;
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
