@@ -34,7 +34,7 @@ pub use results::Results;
 
 use categories::Settings;
 use fingerprint::Fingerprint;
-use results::{Category, Recommendation, Status};
+use results::{Category, Metric, Recommendation, Status};
 use targets::Targets;
 
 /// The charts: file under the save directory, the category it draws, how.
@@ -578,10 +578,10 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             (CategoryKind::Scalability, MetricName::MemoryScalingFactor) => "Memory grows faster than the batch at the largest sizes. The CPU's InfoNCE holds its similarities in tiles of 256 rows (linear in the batch); on CUDA its B×B matrix grows quadratically. For very large effective batches use gradient accumulation (negatives stay per micro-batch).".to_string(),
             (CategoryKind::Scalability, _) => "The sweep stopped below the target: reduce memory per step (smaller window or batch with gradient accumulation), or run on a larger machine.".to_string(),
             (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) if m.config == "cpu.fp16" => format!(
-                "fp16 does not gain enough here (fp16 products: {}). Where AVX512-FP16 runs them its products are faster than fp32's, but the fp32 step skips the zeros of ReLU + dropout gradients, about as fast as fp16 multiplies them, packing the weights bounds both on small batches, and fp16 adds loss scaling's pass over the gradients. Use bf16 for speed where the CPU has AMX or AVX512-BF16.",
+                "fp16 does not gain enough here (fp16 products: {}). Where AVX512-FP16 runs them its products are faster than fp32's, but the fp32 step skips the zeros of ReLU + dropout gradients, about as fast as fp16 multiplies them, packing the weights bounds both on small batches, and fp16 adds loss scaling's pass over the gradients. The Mixed precision recommendation names the fastest precision measured here.",
                 engine::cpu::plan::GemmPolicy::from_env().describe_products(engine::Precision::Fp16)
             ),
-            (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) => "bf16 is not the faster precision on this machine: see the Mixed precision recommendation.".to_string(),
+            (CategoryKind::Hardware, MetricName::MixedPrecisionSpeedup) => "bf16 gains less than the target on this machine: the Mixed precision recommendation names the fastest precision measured here.".to_string(),
             (CategoryKind::Hardware, MetricName::AccuracyDrop) => format!(
                 "The {} run's probe ends further below fp32's than the target allows, after the same steps from the same start. A short run's probe is one reading (`--quick` trains 100 steps): check on your data with `train --override trainer.precision=…` and `evaluate` before switching, and keep trainer.precision: 32 where the drop holds.",
                 m.config.strip_prefix("cpu.").unwrap_or(&m.config)
@@ -604,18 +604,27 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     for m in missed {
         rec(&format!("Target{} {}", if m.targets.len() > 1 { "s" } else { "" }, m.targets.join(", ")), m.advice, m.evidence.join("; "));
     }
-    if let Some(m) = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::MixedPrecisionSpeedup) {
-        let path = format!("bf16 products here: {}", engine::cpu::plan::GemmPolicy::from_env().describe_products(engine::Precision::Bf16));
-        let drop = r.metric_of(CategoryKind::Hardware, "cpu.bf16", MetricName::AccuracyDrop).map_or("not measured".to_string(), |d| format!("{:+.1} points", 100.0 * d.value));
-        let text = if m.value > 1.0 {
+    // The fastest precision measured here, whichever it is: which one wins depends on the CPU
+    // (bf16 on AMX; fp16 where AVX512-BF16's dot products run no faster than fp32's FMAs).
+    let reduced: Vec<(&str, &str, &Metric)> = [("bf16", "bf16"), ("fp16", "16")]
+        .into_iter()
+        .filter_map(|(name, setting)| r.metric_of(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::MixedPrecisionSpeedup).map(|m| (name, setting, m)))
+        .collect();
+    if let Some(&(name, setting, best)) = reduced.iter().max_by(|a, b| a.2.value.total_cmp(&b.2.value)) {
+        let speeds = reduced.iter().map(|(n, _, m)| format!("{n} {:.2}×", m.value)).collect::<Vec<_>>().join(", ");
+        let products = |name: &str| name.parse::<engine::Precision>().map_or_else(|e| e, |p| engine::cpu::plan::GemmPolicy::from_env().describe_products(p));
+        let evidence = reduced.iter().map(|(_, _, m)| format!("{} = {:.2}", m.id, m.value)).collect::<Vec<_>>().join("; ");
+        let text = if best.value > 1.0 {
+            let drop = r.metric_of(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::AccuracyDrop).map_or("not measured".to_string(), |d| format!("{:+.1} points", 100.0 * d.value));
             format!(
-                "bf16 steps run at {:.2}× fp32's speed on this machine ({path}): trainer.precision: bf16 is the faster choice where its accuracy is kept (the probe's drop from fp32 here: {drop}).",
-                m.value
+                "{name} steps run at {:.2}× fp32's speed on this machine ({name} products here: {}), the fastest of the precisions measured ({speeds}): trainer.precision: {setting} is the faster choice where its accuracy is kept (the probe's drop from fp32 here: {drop}).",
+                best.value,
+                products(name)
             )
         } else {
-            format!("bf16 steps run at {:.2}× fp32's speed on this machine ({path}): keep trainer.precision: 32 for speed.", m.value)
+            format!("No lower precision runs faster than fp32 on this machine ({speeds}; {name} products here: {}): keep trainer.precision: 32 for speed.", products(name))
         };
-        rec("Mixed precision", text, format!("{} = {:.2}", m.id, m.value));
+        rec("Mixed precision", text, evidence);
     }
     if r.category(CategoryKind::Hardware).is_some() {
         rec("GPU", "Not measured yet: the suite benchmarks the CPU device only (the CUDA device has not run on a GPU).".into(), "hardware category notes".into());

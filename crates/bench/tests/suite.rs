@@ -403,6 +403,33 @@ fn one_advice_per_missed_target_kind() {
     assert!(advice.text.starts_with("The bf16 run's probe ends further below fp32's") && !advice.text.contains("Misses its target"), "{advice:?}");
 }
 
+/// The Mixed precision advice names whichever precision measured fastest in the run, not one a
+/// CPU feature suggests (on an Intel Xeon without AMX, fp16 beat bf16).
+#[test]
+fn the_mixed_precision_advice_names_the_fastest_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Benchmark::new(dir.path()).quick(true).threads(2);
+    b.data().unwrap();
+    let base = b.results().clone();
+    let advice = |speeds: &[(&str, f64)]| {
+        let mut r = base.clone();
+        for &(config, value) in speeds {
+            let mut m = r.categories[0].metrics[0].clone();
+            (m.category, m.name, m.config, m.value) = (bench::CategoryKind::Hardware, bench::registry::MetricName::MixedPrecisionSpeedup, config.into(), value);
+            (m.id, m.target) = (format!("hardware.{config}.mixed_precision_speedup"), None);
+            r.categories[0].metrics.push(m);
+        }
+        let recs = bench::recommendations(&r);
+        recs.into_iter().find(|x| x.topic == "Mixed precision").expect("the advice").text
+    };
+    let fp16 = advice(&[("cpu.bf16", 0.97), ("cpu.fp16", 1.22)]);
+    assert!(fp16.starts_with("fp16 steps run at 1.22×") && fp16.contains("trainer.precision: 16 ") && fp16.contains("bf16 0.97×"), "{fp16}");
+    let bf16 = advice(&[("cpu.bf16", 1.8), ("cpu.fp16", 1.2)]);
+    assert!(bf16.starts_with("bf16 steps run at 1.80×") && bf16.contains("trainer.precision: bf16 "), "{bf16}");
+    let neither = advice(&[("cpu.bf16", 0.9)]);
+    assert!(neither.starts_with("No lower precision") && neither.contains("keep trainer.precision: 32"), "{neither}");
+}
+
 /// Each category records the machine's speed before it (a fixed reference workload), and a
 /// comparison says when the machine itself ran at another speed than the baseline's.
 #[test]
