@@ -13,10 +13,10 @@
 
 /// `e^x` to ~2 ulp over `[-87, 88]`, clamped above and 0 below (fp32's normals end near -87.3;
 /// a subnormal result would cost an Intel core a microcode assist in each multiply it enters,
-/// `crate::cpu::sgemm`'s doc): range reduction `x = k·ln2 + r`, a degree-6
-/// polynomial for `e^r` on |r| ≤ ln2/2, and `2^k` built in the exponent bits. `k` is rounded by
-/// adding and subtracting 1.5·2²³ (the FPU's round-to-nearest), which needs no `round`
-/// instruction: it vectorizes on any x86-64, even in code compiled for the SSE2 baseline.
+/// `crate::cpu::sgemm`'s doc): range reduction `x = k·ln2 + r`, a degree-6 polynomial for `e^r`
+/// on |r| ≤ ln2/2, and `2^k` built in the exponent bits. `k` is rounded by adding and
+/// subtracting 1.5·2²³ (the FPU's round-to-nearest), which needs no `round` instruction: it
+/// vectorizes on any x86-64, even in code compiled for the SSE2 baseline.
 #[inline(always)]
 pub fn exp(x: f32) -> f32 {
     const SHIFTER: f32 = 12_582_912.0; // 1.5 · 2²³
