@@ -606,23 +606,24 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     }
     // The fastest precision measured here, whichever it is: which one wins depends on the CPU
     // (bf16 on AMX; fp16 where AVX512-BF16's dot products run no faster than fp32's FMAs).
-    let reduced: Vec<(&str, &str, &Metric)> = [("bf16", "bf16"), ("fp16", "16")]
+    // (Each with the `trainer.precision` value that selects it.)
+    let reduced: Vec<(engine::Precision, &str, &Metric)> = [(engine::Precision::Bf16, "bf16"), (engine::Precision::Fp16, "16")]
         .into_iter()
-        .filter_map(|(name, setting)| r.metric_of(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::MixedPrecisionSpeedup).map(|m| (name, setting, m)))
+        .filter_map(|(precision, setting)| r.metric_of(CategoryKind::Hardware, &format!("cpu.{precision}"), MetricName::MixedPrecisionSpeedup).map(|m| (precision, setting, m)))
         .collect();
-    if let Some(&(name, setting, best)) = reduced.iter().max_by(|a, b| a.2.value.total_cmp(&b.2.value)) {
-        let speeds = reduced.iter().map(|(n, _, m)| format!("{n} {:.2}×", m.value)).collect::<Vec<_>>().join(", ");
-        let products = |name: &str| name.parse::<engine::Precision>().map_or_else(|e| e, |p| engine::cpu::plan::GemmPolicy::from_env().describe_products(p));
+    if let Some(&(precision, setting, best)) = reduced.iter().max_by(|a, b| a.2.value.total_cmp(&b.2.value)) {
+        let speeds = reduced.iter().map(|(p, _, m)| format!("{p} {:.2}×", m.value)).collect::<Vec<_>>().join(", ");
+        let (name, products) = (precision.to_string(), engine::cpu::plan::GemmPolicy::from_env().describe_products(precision));
         let evidence = reduced.iter().map(|(_, _, m)| format!("{} = {:.2}", m.id, m.value)).collect::<Vec<_>>().join("; ");
         let text = if best.value > 1.0 {
             let drop = r.metric_of(CategoryKind::Hardware, &format!("cpu.{name}"), MetricName::AccuracyDrop).map_or("not measured".to_string(), |d| format!("{:+.1} points", 100.0 * d.value));
             format!(
                 "{name} steps run at {:.2}× fp32's speed on this machine ({name} products here: {}), the fastest of the precisions measured ({speeds}): trainer.precision: {setting} is the faster choice where its accuracy is kept (the probe's drop from fp32 here: {drop}).",
                 best.value,
-                products(name)
+                products
             )
         } else {
-            format!("No lower precision runs faster than fp32 on this machine ({speeds}; {name} products here: {}): keep trainer.precision: 32 for speed.", products(name))
+            format!("No lower precision runs faster than fp32 on this machine ({speeds}; {name} products here: {}): keep trainer.precision: 32 for speed.", products)
         };
         rec("Mixed precision", text, evidence);
     }

@@ -300,8 +300,7 @@ unsafe fn transpose_panel_doubled_halves<const W: usize>(kc: usize, src: Panel, 
     // SAFETY: AVX2 and F16C are present and this is their context (the contract); each depth's six words are stored inside the `kc · W` panel, four then two.
     unsafe {
         for_transposed_rows::<W>(kc, src, |p, _, _, v| {
-            let halves = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v));
-            let words = _mm256_or_si256(halves, _mm256_slli_epi32::<16>(halves));
+            let words = doubled_halves8(v);
             let d = dst.add(p * W);
             _mm_storeu_si128(d as *mut __m128i, _mm256_castsi256_si128(words));
             _mm_storel_epi64(d.add(4) as *mut __m128i, _mm256_extracti128_si256::<1>(words));
@@ -314,7 +313,19 @@ unsafe fn transpose_panel_doubled_halves<const W: usize>(_: usize, _: Panel, _: 
     unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
-/// Each float of `v` as a word holding its binary16 in both halves, eight at a time through F16C.
+/// Eight floats as the words A is packed in: each one's binary16 (to nearest even) in both
+/// halves of its word.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,f16c")]
+#[inline]
+fn doubled_halves8(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256i {
+    use std::arch::x86_64::*;
+    let halves = _mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x));
+    _mm256_or_si256(halves, _mm256_slli_epi32::<16>(halves))
+}
+
+/// Each float of `v` as a word holding its binary16 in both halves ([`doubled_halves8`]), eight
+/// at a time.
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C.
@@ -322,8 +333,7 @@ unsafe fn transpose_panel_doubled_halves<const W: usize>(_: usize, _: Panel, _: 
 #[target_feature(enable = "avx2,f16c")]
 unsafe fn doubled_halves_in_place(v: &mut [f32]) {
     use std::arch::x86_64::*;
-    let word = |h: __m256i| _mm256_or_si256(h, _mm256_slli_epi32::<16>(h));
-    let eight = |x: __m256| _mm256_castsi256_ps(word(_mm256_cvtepu16_epi32(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(x))));
+    let eight = |x: __m256| _mm256_castsi256_ps(doubled_halves8(x));
     let one = |x: f32| _mm256_cvtss_f32(eight(_mm256_set1_ps(x)));
     // SAFETY: AVX2 and F16C are present (the contract), and the closures are compiled with them.
     unsafe { map_eights(v, eight, one) }
