@@ -430,6 +430,12 @@ fn estimated_step_mb(cfg: &EncoderConfig, b: usize) -> Result<f64> {
 /// that a baseline comparison can call a change in them (each pass takes milliseconds).
 const PASSES: usize = crate::stats::MIN_CI_SAMPLES;
 
+/// Why a sweep point could not run: the memory it would have needed (where known) and the note.
+struct Stopped {
+    memory_mb: Option<f64>,
+    note: String,
+}
+
 /// Scalability: batch 4 → 256 at W = 1024 and window 256 → 8192 at B = 32, as in the seed, then
 /// doubling on until a limit (time per step, memory, or a hard cap). Quick mode stops at the
 /// seed's lists.
@@ -450,7 +456,7 @@ pub fn scalability(s: &Settings) -> Result<Category> {
             let ecfg = EncoderConfig::new(s.encoder, w, 1);
             // A point that cannot run ends its axis's sweep, its reason in its note; the points
             // before it stay.
-            let failed = |memory_mb: Option<f64>, note: String| SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb, note };
+            let failed = |memory_mb: Option<f64>, note: String| Stopped { memory_mb, note };
             // The memory budget bounds each request the engine makes (an encoder's arena is one):
             // a point past it stops where its build is refused, here or in the step below.
             let est = match estimated_step_mb(&ecfg, b) {
@@ -493,9 +499,9 @@ pub fn scalability(s: &Settings) -> Result<Category> {
                         break;
                     }
                 }
-                Err(point) => {
-                    stop = Some(point.note.clone());
-                    cat.sweep.push(point);
+                Err(Stopped { memory_mb, note }) => {
+                    stop = Some(note.clone());
+                    cat.sweep.push(SweepPoint { axis: axis.into(), batch: b, window: w, ok: false, step_ms: None, step_ms_ci: None, samples: 0, memory_mb, note });
                     break;
                 }
             }

@@ -298,8 +298,18 @@ impl Benchmark {
 
     /// Puts PyTorch's numbers beside ours ([`reference::Reference::load`]: `torch_ref.py --json`).
     pub fn with_reference(&mut self, reference: &reference::Reference) {
-        reference::attach(&mut self.results, reference);
+        let unanswered = reference::attach(&mut self.results, reference);
         self.results.reference = Some(reference.path.display().to_string());
+        if !unanswered.is_empty() {
+            let shown: Vec<String> = unanswered.iter().take(4).map(|id| id.to_string()).collect();
+            let more = if unanswered.len() > shown.len() { format!(", and {} more", unanswered.len() - shown.len()) } else { String::new() };
+            self.log(format!(
+                "warning: --reference {}: no metric of this run answers {} of its values ({}{more}): the suite times torch_ref.py's configs (small, medium, large); encoders_ref.py's are compared side by side by scripts/cpu_generation_check.sh",
+                reference.path.display(),
+                unanswered.len(),
+                shown.join(", ")
+            ));
+        }
     }
 
     /// Compares with a baseline (a name under `<save_dir>/baselines/` or a file).

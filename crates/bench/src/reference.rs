@@ -63,14 +63,64 @@ impl Reference {
 }
 
 /// Puts each reference value, and our speed-up over it, beside the metric it answers to.
-pub fn attach(r: &mut Results, reference: &Reference) {
+/// Returns the values of a category that ran which no metric answers to: a file of other
+/// configs than the suite's (`encoders_ref.py`'s, whose `cnn-…` and `isfm-…` steps the suite does
+/// not time under those names), which would otherwise attach nothing without a word.
+pub fn attach(r: &mut Results, reference: &Reference) -> Vec<MetricId> {
     let found = &reference.values;
+    let mut used = vec![false; found.len()];
     for c in r.categories.iter_mut() {
         for m in c.metrics.iter_mut() {
-            if let Some((_, v)) = found.iter().find(|(id, _)| *id == m.metric_id()) {
+            if let Some(i) = found.iter().position(|(id, _)| *id == m.metric_id()) {
+                let v = found[i].1;
                 let speedup = if m.lower_is_better { v / m.value } else { m.value / v };
-                m.reference = Some(ReferenceValue { value: *v, speedup });
+                m.reference = Some(ReferenceValue { value: v, speedup });
+                used[i] = true;
             }
         }
+    }
+    let ran = |id: &MetricId| r.category(id.category).is_some();
+    found.iter().zip(used).filter(|((id, _), used)| !used && ran(id)).map(|((id, _), _)| id.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::{Category, Metric};
+
+    fn reference(dir: &Path, name: &str, json: &str) -> Reference {
+        let path = dir.join(name);
+        std::fs::write(&path, json).unwrap();
+        Reference::load(&path).unwrap()
+    }
+
+    /// torch_ref.py's fp32 values sit beside the metrics they answer, with our speed-up; the
+    /// values of a category that ran which no metric answers (encoders_ref.py's configs) are
+    /// named in the log, and those of a category that did not run are not asked about.
+    #[test]
+    fn a_reference_attaches_where_it_answers_and_names_what_nothing_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = crate::Benchmark::new(dir.path());
+        let mut training = Category::new(CategoryKind::Training);
+        training.metrics.push(Metric::new(MetricId::new(CategoryKind::Training, "small", MetricName::BatchTimeMs), 2.0, true, "timed"));
+        training.metrics.push(Metric::new(MetricId::new(CategoryKind::Training, "small", MetricName::SamplesPerS), 8000.0, false, "timed"));
+        b.results.categories.push(training);
+        let torch = reference(
+            dir.path(),
+            "torch.json",
+            r#"{"train":[{"config":"small","amp":"bf16","step_median_ms":1.0},{"config":"small","amp":"none","step_median_ms":4.0,"samples_per_s":4000.0}],"data":{"vectorized":{"batch_prep_ms_median":50.0}}}"#,
+        );
+        let mut r = b.results.clone();
+        assert_eq!(attach(&mut r, &torch), Vec::<MetricId>::new(), "the data category did not run: its value is not asked about");
+        for (id, value) in [("training.small.batch_time_ms", 4.0), ("training.small.samples_per_s", 4000.0)] {
+            let got = r.metric(id).and_then(|m| m.reference.clone()).unwrap_or_else(|| panic!("{id}: no reference"));
+            assert_eq!((got.value, got.speedup), (value, 2.0), "{id}: fp32's value (not bf16's) and ours against it");
+        }
+        let encoders = reference(dir.path(), "encoders.json", r#"{"train":[{"config":"cnn-medium","amp":"none","median_ms":9.0,"samples_per_s":3500.0}]}"#);
+        let mut r = b.results.clone();
+        assert_eq!(attach(&mut r, &encoders), vec![MetricId::new(CategoryKind::Training, "cnn-medium", MetricName::SamplesPerS)]);
+        assert!(r.metrics().all(|m| m.reference.is_none()));
+        b.with_reference(&encoders);
+        assert!(b.log.iter().any(|l| l.contains("no metric of this run answers 1 of its values (training.cnn-medium.samples_per_s)") && l.contains("encoders_ref.py")), "{:?}", b.log);
     }
 }

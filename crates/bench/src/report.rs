@@ -269,7 +269,7 @@ impl Report for HtmlReport {
         // Links to the PNG charts this run wrote, and to no other.
         let links: Vec<String> = crate::charts_of(r).map(|(file, kind)| format!("<a href=\"../{file}\">{kind}</a>")).collect();
         let charts = if links.is_empty() { String::new() } else { format!(" The seed's PNG charts: {}.", links.join(", ")) };
-        let _ = write!(h, "</table><p>Hover a bar or a point for its value, 95 % CI and sample count; click a column header to sort.{charts}</p></section>\n");
+        let _ = writeln!(h, "</table><p>Hover a bar or a point for its value, 95 % CI and sample count; click a column header to sort.{charts}</p></section>");
         let _ = write!(h, "<section id=\"recommendations\"><h2>Recommendations</h2><ul>");
         for rec in &r.recommendations {
             let _ = write!(h, "<li><b>{}</b>: {} <i>(evidence: {})</i></li>", esc(&rec.topic), esc(&rec.text), esc(&rec.evidence));
@@ -277,7 +277,7 @@ impl Report for HtmlReport {
         if r.recommendations.is_empty() {
             let _ = write!(h, "<li>None: every measured number is within its target.</li>");
         }
-        let _ = write!(h, "</ul></section>\n");
+        let _ = writeln!(h, "</ul></section>");
         for c in &r.categories {
             let _ = write!(h, "<section id=\"cat-{0}\" class=\"category\"><h2>{0} <small>({1}, {2:.1} s)</small></h2>", esc(c.kind.as_str()), status_text(&c.status), c.seconds);
             for note in &c.notes {
@@ -310,7 +310,7 @@ impl Report for HtmlReport {
                 }
                 let _ = write!(h, "</tr>");
             }
-            let _ = write!(h, "</tbody></table></section>\n");
+            let _ = writeln!(h, "</tbody></table></section>");
         }
         let _ = write!(h, "<script>{SORT_SCRIPT}</script>\n</body></html>\n");
         Ok(h.into_bytes())

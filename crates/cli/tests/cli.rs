@@ -126,7 +126,7 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     let mut bearings = format!("{},Fault_Size\n", lines.next().unwrap());
     for l in lines {
         let id: u64 = l.split(',').next().unwrap().parse().unwrap();
-        bearings += &format!("{l},{}\n", if (id / 4) % 2 == 0 { "0.007" } else { "0.014" });
+        bearings += &format!("{l},{}\n", if (id / 4).is_multiple_of(2) { "0.007" } else { "0.014" });
     }
     let bearing_csv = d.join("bearings.csv");
     std::fs::write(&bearing_csv, bearings).unwrap();
@@ -181,7 +181,7 @@ fn train_then_evaluate_end_to_end_and_their_bad_inputs() {
     assert!(o.status.success());
     let o = bin().args(["evaluate", "--checkpoint"]).arg(&ckpt).arg("--data").arg(other.join("two.h5")).arg("--meta").arg(other.join("two.csv")).output().unwrap();
     let t = text(&o);
-    assert!(!o.status.success() && t.contains("checkpoint") && !t.contains("panicked"), "{t}");
+    assert!(!o.status.success() && t.contains("was trained on 1 channels; ") && t.contains("two.h5 has 2") && !t.contains("panicked"), "{t}");
     let elsewhere = format!("environment.save_dir={}", d.join("failed").display());
     let o = bin().args(["train", "--config"]).arg(&cfg).arg("--data").arg(&h5).arg("--meta").arg(&csv).arg("--resume").arg(d.join("nope")).args(["--override", &elsewhere]).output().unwrap();
     assert!(!o.status.success() && text(&o).contains("nope"), "{}", text(&o));
@@ -194,7 +194,7 @@ fn a_bad_environment_variable_is_named() {
     let inspect = ["inspect".to_string(), "--data".into(), f.join("default_f32.h5").display().to_string(), "--meta".into(), f.join("meta.csv").display().to_string()];
     for (var, value, needle) in [
         ("CID_CPU_GEMM", "garbage", "CID_CPU_GEMM=garbage"),
-        ("CID_MEMORY_BUDGET", "1e12", "1e12"),
+        ("CID_MEMORY_BUDGET", "1e12", "CID_MEMORY_BUDGET=1e12: unknown unit"),
         ("CID_CPU_AMX", "yes", "CID_CPU_AMX=yes: expected on or off"),
         ("CID_CPU_FP16", "Emulate", "CID_CPU_FP16=\"Emulate\": expected `emulate`"),
     ] {
@@ -287,6 +287,8 @@ fn precision_16_trains_with_loss_scaling_and_resumes_its_scale() {
         let o = train("1", None, false);
         let t = text(&o);
         assert!(o.status.code() == Some(1) && t.contains("trainer.precision") && t.contains("AVX512-FP16") && t.contains("use bf16"), "{t}");
+    } else {
+        eprintln!("SKIPPED the error for precision 16 without AVX512-FP16: this CPU has it");
     }
     let o = train("2", None, true);
     let t = text(&o);
@@ -366,20 +368,21 @@ fn compare_judges_two_saved_runs() {
     let called: Vec<&str> = t.lines().filter(|l| l.starts_with("REGRESSION")).collect();
     assert!(!called.is_empty() && called.len() <= slowed && called.iter().all(|l| l.contains("batch_prep_ms") && l.contains("+100.0 %")), "{t}");
     assert!(t.contains(&format!("{} regression(s)", called.len())), "{t}");
-    // `bench --baseline` gates the same way: against a baseline whose batch preparation took
-    // half the time, a new run of the category regresses and exits 1 (its reports written).
-    let mut halved: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
-    for c in halved["categories"].as_array_mut().unwrap() {
+    // `bench --baseline` gates the same way: against a baseline whose batch preparation took a
+    // hundredth of the time, a new run of the category regresses and exits 1 (its reports
+    // written). The new run is measured, so the factor is one no machine's noise could undo.
+    let mut faster: serde_json::Value = serde_json::from_slice(&std::fs::read(&results).unwrap()).unwrap();
+    for c in faster["categories"].as_array_mut().unwrap() {
         for m in c["metrics"].as_array_mut().unwrap() {
             if m["id"].as_str().unwrap().ends_with("batch_prep_ms") {
-                m["value"] = (m["value"].as_f64().unwrap() * 0.5).into();
-                let half: Vec<f64> = m["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() * 0.5).collect();
-                m["samples"] = half.into();
+                m["value"] = (m["value"].as_f64().unwrap() * 0.01).into();
+                let scaled: Vec<f64> = m["samples"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() * 0.01).collect();
+                m["samples"] = scaled.into();
             }
         }
     }
     let fast = dir.path().join("fast_baseline.json");
-    std::fs::write(&fast, serde_json::to_vec(&halved).unwrap()).unwrap();
+    std::fs::write(&fast, serde_json::to_vec(&faster).unwrap()).unwrap();
     let rerun = dir.path().join("rerun");
     let o = bin().args(["bench", "--test", "data", "--quick", "--baseline"]).arg(&fast).arg("--save-dir").arg(&rerun).output().unwrap();
     let t = text(&o);

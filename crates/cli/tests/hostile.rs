@@ -254,7 +254,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (strings(&["generate", "--name", "", "--count", "2", "--length", "100", "--out", &s.dir.join("named").display().to_string()]), "--name"),
         (strings(&["generate", "--name", "../up", "--count", "2", "--length", "100", "--out", &s.dir.join("named").display().to_string()]), "--name"),
         (bench("--targets", &nan_target), "data_processing.batch_preparation_ms` is NaN"),
-        (bench("--reference", &negative_reference), "-5"),
+        (bench("--reference", &negative_reference), "the value -5 for data.medium.B32.batch_prep_ms is not a time or rate"),
         (bench("--reference", &tiny_reference), "between 1e-9 and 1e12"),
         (bench("--baseline", "/no/such/baseline"), "/no/such/baseline"),
         (strings(&["bench", "--quick", "--test", "quality", "--save-dir", &blocked.display().to_string()]), "comprehensive_benchmark_results.json: in the way"),
@@ -278,6 +278,21 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
             assert!(!t.contains(bad), "{args:?}: {bad}:\n{t}");
         }
     }
+    // Every training run above failed, the NaN one at its first validation: none wrote a
+    // checkpoint or a ranking (the NaN run's used to be ranked best).
+    let mut written = Vec::new();
+    let mut dirs = vec![s.dir.join("hostile")];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().to_string();
+            if name.starts_with("last") || name.starts_with("best") || name == "top_k.json" {
+                written.push(e.path());
+            } else if e.path().is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    assert!(written.is_empty(), "failed runs wrote {written:?}");
     let left: Vec<_> = std::fs::read_dir(&taken).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("synthetic.csv")], "generate wrote nothing beside the directory in its way");
     for (dir, only) in [(&blocked, "comprehensive_benchmark_results.json"), (&blocked_baselines, "baselines")] {

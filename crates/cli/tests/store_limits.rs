@@ -53,9 +53,21 @@ fn a_store_truncated_underneath_a_run_ends_it_with_a_message() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Let it pass the statistics pass and start drawing windows through the map, then cut the
-    // file in place as a lock-ignoring writer would (`truncate -s`).
-    std::thread::sleep(Duration::from_millis(1500));
+    // Let it pass the statistics pass and start drawing windows through the map (its first
+    // step's line in metrics.jsonl: `log_every_n_steps: 1`), then cut the file in place as a
+    // lock-ignoring writer would (`truncate -s`).
+    let metrics = dir.path().join("save/contrastive_debug/metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::metadata(&metrics).map_or(true, |m| m.len() == 0) {
+        if let Some(s) = child.try_wait().unwrap() {
+            panic!("the run ended ({s}) before its first step was logged");
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("no step logged in {} after 120 s", metrics.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     std::fs::OpenOptions::new().write(true).open(&data).unwrap().set_len(4096).unwrap();
     let start = Instant::now();
     let status = loop {

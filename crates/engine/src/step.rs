@@ -388,7 +388,7 @@ impl<D: Device> ContrastiveStep<D> {
 pub fn embed<D: Device>(enc: &mut Encoder<D>, windows: &[f32], rates: Option<&[f32]>) -> Result<Vec<f32>> {
     let n = enc.cfg.input();
     let d = enc.cfg.embed;
-    if windows.len() % n != 0 {
+    if !windows.len().is_multiple_of(n) {
         return Err(EngineError::Shape(format!("{} values are not whole windows of {n}", windows.len())));
     }
     let rows = windows.len() / n;

@@ -89,6 +89,7 @@ fn temperature_must_be_positive_and_its_inverse_finite() {
 /// decay turns those weights round (with the first `a`, Adam's normalisation hides it: the
 /// coupled case moves each weight by under 10⁻⁷, within the tolerance).
 #[test]
+#[allow(clippy::excessive_precision)] // PyTorch's printed values, digit for digit
 fn adam_and_adamw_reproduce_pytorch() {
     type Case = (f32, bool, [f32; 4]);
     let fixtures: [([f32; 4], [Case; 3]); 2] = [

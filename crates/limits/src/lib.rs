@@ -146,7 +146,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 /// divides it), so that a message echoes the flag in its own terms rather than in decimal
 /// megabytes (`--memory-budget 30M`, not 31.5 MB).
 fn as_typed(bytes: u64) -> String {
-    match [(40, "T"), (30, "G"), (20, "M"), (10, "K")].into_iter().find(|&(shift, _)| bytes >= 1 << shift && bytes % (1 << shift) == 0) {
+    match [(40, "T"), (30, "G"), (20, "M"), (10, "K")].into_iter().find(|&(shift, _)| bytes >= 1 << shift && bytes.is_multiple_of(1 << shift)) {
         Some((shift, unit)) => format!("{}{unit}", bytes >> shift),
         None => bytes.to_string(),
     }
@@ -269,6 +269,8 @@ mod tests {
         let here = default_budget();
         if let Some(total_kb) = std::fs::read_to_string("/proc/meminfo").ok().and_then(|t| t.lines().find(|l| l.starts_with("MemTotal:"))?.split_whitespace().nth(1)?.parse::<u64>().ok()) {
             assert!(here.bytes > 0 && here.bytes <= total_kb * 1024, "{} of {total_kb} kB", here.bytes);
+        } else {
+            eprintln!("SKIPPED the default budget's bounds: no MemTotal in /proc/meminfo here");
         }
     }
 }

@@ -115,15 +115,17 @@ pub fn random_distinct(n: usize, k: usize, rng: &mut Rng, out: &mut Vec<usize>) 
         return;
     }
     let base = out.len();
+    // k is small in training (2 per contrastive pair), where a linear scan of the picks beats
+    // hashing; past a few dozen the scan would make the draw O(k²), so a set holds them.
+    const SCAN: usize = 32;
+    let mut seen = (k > SCAN).then(|| std::collections::HashSet::with_capacity(k));
     for j in (n - k)..n {
         let t = rng.below(j as u64 + 1) as usize;
-        let picked = &out[base..];
-        // k is small (2 per contrastive pair); a linear scan beats hashing here.
-        if picked.contains(&t) {
-            out.push(j);
-        } else {
-            out.push(t);
-        }
+        let taken = match seen.as_mut() {
+            Some(set) => !set.insert(t) && set.insert(j),
+            None => out[base..].contains(&t),
+        };
+        out.push(if taken { j } else { t });
     }
     rng.shuffle(&mut out[base..]);
 }
@@ -199,12 +201,34 @@ mod tests {
 
     #[test]
     fn random_is_cheap_on_huge_signals() {
-        // O(num_window): a billion positions must not be materialized.
+        // O(num_window): 2⁶² positions cannot be materialized (a list of them would abort on its
+        // capacity), so a draw that built one would fail here.
         let mut r = Rng::new(3);
         let mut out = Vec::new();
-        cfg(1024, 1, 2, WindowStrategy::Random).starts(1_000_000_000, &mut r, &mut out);
-        assert_eq!(out.len(), 2);
+        cfg(1024, 1, 2, WindowStrategy::Random).starts(1 << 62, &mut r, &mut out);
+        assert!(out.len() == 2 && out[0] != out[1] && out.iter().all(|&s| s <= (1 << 62) - 1024), "{out:?}");
         assert!(out.capacity() < 1024);
+    }
+
+    /// Floyd's draw gives k distinct values in range, past the linear scan's size (through the
+    /// set) as below it, and every value can be drawn.
+    #[test]
+    fn random_distinct_draws_distinct_values_at_every_size() {
+        let mut r = Rng::new(11);
+        for (n, k) in [(10, 3), (100, 32), (100, 33), (10_000, 5_000), (1 << 40, 1000)] {
+            let mut out = vec![usize::MAX]; // what is already there stays
+            random_distinct(n, k, &mut r, &mut out);
+            assert_eq!((out.len(), out[0]), (k + 1, usize::MAX));
+            let set: std::collections::HashSet<usize> = out[1..].iter().copied().collect();
+            assert!(set.len() == k && set.iter().all(|&v| v < n), "{n}, {k}");
+        }
+        let mut hits = [0usize; 40];
+        for _ in 0..2000 {
+            let mut out = Vec::new();
+            random_distinct(40, 35, &mut r, &mut out);
+            out.iter().for_each(|&v| hits[v] += 1);
+        }
+        assert!(hits.iter().all(|&h| h > 1500 && h < 2000), "each of 40 values in ~7/8 of the draws: {hits:?}");
     }
 
     #[test]

@@ -110,14 +110,28 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
     let values: Vec<f32> = match t.dtype() {
         Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
+        Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
         Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
-        other => return Err(ckpt_err(path, format!("tensor `{name}` is {other:?}; expected F32 (or F64, BF16, I64)"))),
+        other => return Err(ckpt_err(path, format!("tensor `{name}` is {other:?}; expected F32 (or F64, F16, BF16, I64)"))),
     };
     if values.len() != n {
         return Err(ckpt_err(path, format!("tensor `{name}` holds {} values, expected {n}", values.len())));
     }
     Ok(values)
+}
+
+/// An IEEE binary16 value (a state dict saved after `model.half()`) as the f32 it is exactly.
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = (h as u32 >> 15) << 31;
+    let (exp, frac) = ((h >> 10) & 0x1F, (h & 0x3FF) as u32);
+    let magnitude = match exp {
+        0 => frac as f32 / (1 << 24) as f32, // zero and the subnormals: frac · 2⁻²⁴
+        0x1F if frac == 0 => f32::INFINITY,
+        0x1F => f32::NAN,
+        _ => f32::from_bits((exp as u32 + 127 - 15) << 23 | frac << 13),
+    };
+    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// The value of counter tensor `name` (BatchNorm's `num_batches_tracked`): an I64 read exactly

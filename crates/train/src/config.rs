@@ -691,8 +691,8 @@ impl Config {
                 ),
             );
         }
-        self.loss().validate().map_err(|e| engine_error(e))?;
-        self.optimizer().validate().map_err(|e| engine_error(e))?;
+        self.loss().validate().map_err(engine_error)?;
+        self.optimizer().validate().map_err(engine_error)?;
         self.window().validate().map_err(TrainError::from)?;
         // The encoder's own checks (an ISFM patch longer than the window, heads not dividing the
         // width, a window too short for the CNN), on one channel: the data's count is checked

@@ -375,7 +375,7 @@ fn evaluate_alongside(ckpt: &Path, ds: &Dataset, opts: &EvalOptions, running: us
         model.load_into(&mut enc)?;
         let fed = ProbeInputs::new(&set, &inputs)?;
         let pre = score(&mut enc, &fed, opts.knn_k)?;
-        let mut rand = arch.init(CpuDevice::new(), 256, opts.seed ^ 0x5EED_0F_1A17).map_err(engine_error)?;
+        let mut rand = arch.init(CpuDevice::new(), 256, opts.seed ^ 0x5EED0F1A17).map_err(engine_error)?;
         let rnd = score(&mut rand, &fed, opts.knn_k)?;
         // The baseline's features: the encoders' own inputs where those are already the spectrum.
         let spec = if cfg.data.input == InputKind::Spectrum { fed.score_raw(opts.knn_k) } else { ProbeInputs::new(&set, &spectrum)?.score_raw(opts.knn_k) };

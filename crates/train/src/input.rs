@@ -155,7 +155,7 @@ impl Inputs {
     pub fn of<'a>(&self, windows: &'a [f32]) -> Result<Cow<'a, [f32]>> {
         let (w, c) = (self.window, self.channels);
         let row = self.row_len();
-        if self.kind != InputKind::Time && windows.len() % (w * c) != 0 {
+        if self.kind != InputKind::Time && !windows.len().is_multiple_of(w * c) {
             return Err(TrainError::Data(format!("{} values are not whole windows of {w} × {c}", windows.len())));
         }
         if self.kind == InputKind::Standardized {
@@ -261,7 +261,7 @@ fn whiten(spectrum: &mut [Complex<f32>], w: usize) {
         let m = s.norm();
         *s = if m > WHITEN_FLOOR * largest { *s * (scale / m) } else { Complex::new(0.0, 0.0) };
     }
-    if w % 2 == 0 {
+    if w.is_multiple_of(2) {
         // The Nyquist bin of an even window is real: keep it so (its sign is its phase).
         let last = spectrum.len() - 1;
         spectrum[last].im = 0.0;
@@ -314,7 +314,7 @@ mod tests {
             .map(|seed| {
                 let m = run(Augment { mask: 0.3, ..Default::default() }, seed);
                 let zeros: Vec<usize> = (0..m.len()).filter(|&i| m[i] == 0.0).collect();
-                assert!(zeros.len() <= 30 * c && zeros.len() % c == 0, "at most 30 whole steps");
+                assert!(zeros.len() <= 30 * c && zeros.len().is_multiple_of(c), "at most 30 whole steps");
                 assert!(zeros.windows(2).all(|p| p[1] == p[0] + 1), "one contiguous span");
                 zeros.len()
             })

@@ -84,13 +84,19 @@ pub struct Summary {
     pub skipped_ids: Vec<u64>,
     pub last_loss: f32,
     pub last_accuracy: f32,
+    /// The best monitored value this run has seen (early stopping's), a resumed run's
+    /// checkpoint's among them.
     pub best_monitor: Option<f64>,
     pub monitor: String,
     pub stopped_early: bool,
     pub seconds: f64,
     pub samples_per_s: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// The best checkpoint in this run's directory, and its monitored value. A run resumed from
+    /// another directory's checkpoint ranks only what it writes, so this value can be worse
+    /// than `best_monitor`, whose checkpoint stays in that directory.
     pub best_checkpoint: Option<PathBuf>,
+    pub best_checkpoint_monitor: Option<f64>,
     /// fp16: optimizer steps the loss scaler skipped in this invocation (gradients overflowed),
     /// and the scale it ended at.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -566,6 +572,22 @@ impl<'a, D: Device> Trainer<'a, D> {
         }
         obs.start(total_steps, state.step);
         let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };
+        // Resumed into another run directory than the checkpoint's (a changed save_dir or
+        // experiment_name): that run's best checkpoints stay where they are and are not ranked
+        // here (Lightning does the same when a checkpoint's dirpath changes).
+        if let Some(dir) = resume {
+            let home = |p: &Path| p.canonicalize().ok().and_then(|c| c.parent().map(Path::to_path_buf));
+            if let (Some(from), Ok(here)) = (home(dir), ckpt_dir.canonicalize()) {
+                if from != here {
+                    let best = state.best.map_or(String::new(), |b| format!(" (its best {} so far, {b:.5}, stays there)", cfg.trainer.monitor.name()));
+                    obs.message(&format!(
+                        "note: this run writes its checkpoints to {}, not beside the one it resumes ({}): those are not ranked here{best}; this run ranks the checkpoints it writes",
+                        ckpt_dir.display(),
+                        from.display()
+                    ));
+                }
+            }
+        }
         let mut t = Trainer {
             cfg,
             obs,
@@ -735,7 +757,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             samples_per_s: (self.samples - self.window_start.1) as f64 / self.window_start.0.elapsed().as_secs_f64().max(1e-9),
         };
         let flow = self.obs.step(&sl);
-        if self.state.step % self.cfg.trainer.log_every_n_steps == 0 {
+        if self.state.step.is_multiple_of(self.cfg.trainer.log_every_n_steps) {
             let mut v = serde_json::to_value(&sl).map_err(|e| TrainError::Data(e.to_string()))?;
             v["kind"] = "step".into();
             self.log(v)?;
@@ -751,7 +773,7 @@ impl<'a, D: Device> Trainer<'a, D> {
     pub fn end_epoch(&mut self, pos: BatchPos) -> Result<ControlFlow<()>> {
         self.state.epoch = pos.epoch + 1;
         self.state.batch = 0;
-        let check_epoch = self.state.epoch % self.cfg.trainer.check_val_every_n_epoch == 0;
+        let check_epoch = self.state.epoch.is_multiple_of(self.cfg.trainer.check_val_every_n_epoch);
         let (vl, va) = if check_epoch { self.validate()? } else { (None, None) };
         // A NaN here is no "best" to rank: the run has diverged, and says so before any
         // checkpoint of these weights is written.
@@ -892,6 +914,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             samples_per_s: self.samples as f64 / self.t_train.elapsed().as_secs_f64().max(1e-9),
             last_checkpoint: self.last_ckpt.clone(),
             best_checkpoint: self.top_k.entries.first().map(|e| self.ckpt_dir.join(&e.name)),
+            best_checkpoint_monitor: self.top_k.entries.first().map(|e| e.value),
             loss_scaling: self.step.scaler.map(|s| LossScaling { skipped_steps: self.overflow_skips, final_scale: s.scale }),
         };
         // A resume that trained nothing (the run was at its end) leaves the run's summary as it was.

@@ -54,6 +54,7 @@ fn overrides_reach_every_section_and_round_trip_through_yaml() {
     assert_eq!(c.task.lr, 3e-4);
     assert_eq!(c.model.name, EncoderKind::MlpComplex);
     assert_eq!(c.trainer.precision, Precision::F32);
+    assert_eq!(c.environment.save_dir, Path::new("/tmp/x"));
     let again = Config::from_yaml(&c.to_yaml(), &[]).unwrap();
     assert_eq!(again, c);
     // A byte-order mark before the first key (as Windows editors save) is no second document.
@@ -273,7 +274,12 @@ fn resumed_run_reproduces_the_uninterrupted_one() {
     // takes no step and writes no checkpoint: before, each such resume ran one more step.
     let capped = small_config(&dir.path().join("b"), &["trainer.lr_scheduler=cosine", "trainer.warmup_steps=2", "trainer.gradient_clip_val=0.5", "trainer.max_steps=4"]);
     let last = s_rest.last_checkpoint.clone().unwrap();
-    let checkpoints = |run: &std::path::Path| std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| e.file_name()).collect::<std::collections::BTreeSet<_>>();
+    // Each entry of checkpoints/ with its modification time: a file rewritten under its old
+    // name changes too.
+    let checkpoints = |run: &std::path::Path| {
+        let stamp = |p: &std::path::Path| std::fs::symlink_metadata(p).and_then(|m| m.modified()).ok();
+        std::fs::read_dir(run.join("checkpoints")).unwrap().flatten().map(|e| (e.file_name(), stamp(&e.path()), stamp(&e.path().join("model.safetensors")))).collect::<std::collections::BTreeSet<_>>()
+    };
     let before = checkpoints(&s_rest.run_dir);
     let s_again = train(&capped, &h5, &csv, Some(&last), &mut Quiet).unwrap();
     assert_eq!(s_again.steps, 12, "no step past max_steps");
@@ -416,6 +422,117 @@ fn batch_counters_load_back_exactly() {
     std::fs::write(&file, &edited).unwrap();
     let e = train::checkpoint::load_weights(&ckpt, &mut cfg.init(CpuDevice::new(), 4, 2).unwrap()).unwrap_err().to_string();
     assert!(e.contains(&name) && e.contains("-5") && e.contains("not a count"), "{e}");
+}
+
+/// A tensor of a hand-written state dict: name, shape, values, and whether it is a counter.
+type Entry = (String, Vec<usize>, Vec<f32>, bool);
+
+/// `entries` as a safetensors file without metadata (a PyTorch state dict), each float tensor in
+/// `dtype` (its values already exact in it), each counter as I64.
+fn write_state_dict(path: &Path, entries: &[Entry], dtype: safetensors::Dtype) {
+    use safetensors::Dtype;
+    // Exact for the values written here: zero or a normal binary16 (checked).
+    let f16 = |x: f32| -> u16 {
+        let b = x.to_bits();
+        if x == 0.0 {
+            return (b >> 16) as u16;
+        }
+        let exp = ((b >> 23) & 0xFF) as i32 - 127 + 15;
+        assert!(exp > 0 && exp < 31 && b & 0x1FFF == 0, "{x} is not a normal binary16");
+        ((b >> 16) & 0x8000 | (exp as u32) << 10 | (b >> 13) & 0x3FF) as u16
+    };
+    let data: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = entries
+        .iter()
+        .map(|(name, shape, v, counter)| {
+            let dt = if *counter { Dtype::I64 } else { dtype };
+            let bytes = match dt {
+                Dtype::I64 => v.iter().flat_map(|x| (*x as i64).to_le_bytes()).collect(),
+                Dtype::F64 => v.iter().flat_map(|x| (*x as f64).to_le_bytes()).collect(),
+                Dtype::F16 => v.iter().flat_map(|x| f16(*x).to_le_bytes()).collect(),
+                Dtype::BF16 => v.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect(),
+                Dtype::I32 => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
+                _ => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            };
+            (name.clone(), dt, shape.clone(), bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data.iter().map(|(n, dt, s, b)| (n.clone(), safetensors::tensor::TensorView::new(*dt, s.clone(), b).unwrap())).collect();
+    std::fs::write(path, safetensors::serialize(views, None).unwrap()).unwrap();
+}
+
+/// A state dict saved by PyTorch (no metadata, so nothing but names and shapes to go by) loads
+/// by tensor name — F64, F32, F16 and BF16 floats converted exactly, I64 counters — and a
+/// missing or extra tensor, a wrong shape, a NaN, an infinity and an unsupported dtype are each
+/// an error naming the tensor (docs/checkpoints.md).
+#[test]
+fn a_state_dict_without_metadata_loads_by_name_and_names_each_bad_tensor() {
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    // The CNN: weights, BatchNorm's running statistics (buffers) and batch counters.
+    let cfg = EncoderConfig::new(EncoderKind::Cnn, 256, 1);
+    let src = cfg.init(CpuDevice::new(), 4, 7).unwrap();
+    let (params, buffers) = (src.params_to_vec(), src.buffers_to_vec());
+    let counters: Vec<u64> = (0..src.counters().len() as u64).map(|i| 1000 + i).collect();
+    assert!(!counters.is_empty() && !buffers.is_empty());
+    // Every value a multiple of 2⁻¹⁰ in (-2, 2), so exact in binary16; BF16 keeps the top half of
+    // each f32's bits, exact by construction.
+    let representable = |dtype: Dtype, x: f32| match dtype {
+        Dtype::F16 => ((x * 1024.0).round().clamp(-2047.0, 2047.0)) / 1024.0,
+        Dtype::BF16 => f32::from_bits(x.to_bits() & 0xFFFF_0000),
+        _ => x,
+    };
+    let entries = |dtype: Dtype| -> Vec<Entry> {
+        src.tensors()
+            .iter()
+            .map(|s| {
+                let values = match s.kind {
+                    engine::TensorKind::Param => params[s.offset..s.offset + s.len()].iter().map(|&x| representable(dtype, x)).collect(),
+                    engine::TensorKind::Buffer => buffers[s.offset..s.offset + s.len()].iter().map(|&x| representable(dtype, x)).collect(),
+                    engine::TensorKind::Counter => vec![counters[s.offset] as f32],
+                };
+                (s.name.clone(), s.shape.clone(), values, s.kind == engine::TensorKind::Counter)
+            })
+            .collect()
+    };
+    for dtype in [Dtype::F64, Dtype::F32, Dtype::F16, Dtype::BF16] {
+        let file = dir.path().join(format!("{dtype:?}.safetensors"));
+        write_state_dict(&file, &entries(dtype), dtype);
+        assert_eq!(train::checkpoint::read_metadata(&file).unwrap(), (None, None), "no metadata");
+        let mut back = cfg.init(CpuDevice::new(), 4, 8).unwrap();
+        train::checkpoint::load_weights(&file, &mut back).unwrap_or_else(|e| panic!("{dtype:?}: {e}"));
+        let want = |v: &[f32]| v.iter().map(|&x| representable(dtype, x)).collect::<Vec<f32>>();
+        assert_eq!(back.params_to_vec(), want(&params), "{dtype:?} weights");
+        assert_eq!(back.buffers_to_vec(), want(&buffers), "{dtype:?} running statistics");
+        assert_eq!(back.counters(), &counters[..], "{dtype:?} counters");
+    }
+    // Each defect on its own, in an otherwise loadable F32 state dict: the error names the tensor.
+    let good = entries(Dtype::F32);
+    let first = good[0].0.clone();
+    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<Entry>)>, Dtype, &str, &str)> = vec![
+        ("missing", Box::new(|e: &mut Vec<Entry>| drop(e.remove(0))), Dtype::F32, &first, "missing"),
+        ("extra", Box::new(|e: &mut Vec<Entry>| e.push(("extra.weight".into(), vec![2], vec![0.0, 1.0], false))), Dtype::F32, "extra.weight", "not part of the cnn encoder"),
+        (
+            "shape",
+            Box::new(|e: &mut Vec<Entry>| {
+                e[0].2.pop();
+                e[0].1 = vec![e[0].2.len()];
+            }),
+            Dtype::F32,
+            &first,
+            "has shape",
+        ),
+        ("nan", Box::new(|e: &mut Vec<Entry>| e[0].2[3] = f32::NAN), Dtype::F32, &first, "NaN or infinite"),
+        ("inf", Box::new(|e: &mut Vec<Entry>| e[0].2[0] = f32::NEG_INFINITY), Dtype::F32, &first, "NaN or infinite"),
+        ("dtype", Box::new(|_: &mut Vec<Entry>| {}), Dtype::I32, &first, "is I32; expected F32"),
+    ];
+    for (case, edit, dtype, tensor, reason) in cases {
+        let mut e = good.clone();
+        edit(&mut e);
+        let file = dir.path().join(format!("{case}.safetensors"));
+        write_state_dict(&file, &e, dtype);
+        let err = train::checkpoint::load_weights(&file, &mut cfg.init(CpuDevice::new(), 4, 8).unwrap()).unwrap_err().to_string();
+        assert!(err.contains(&format!("`{tensor}`")) && err.contains(reason) && err.contains(&file.display().to_string()), "{case}: {err}");
+    }
 }
 
 #[test]
@@ -583,8 +700,18 @@ fn a_first_id_with_another_channel_count_changes_nothing_but_its_skip() {
     let cfg = small_config(&dir.path().join("run"), &["data.input=standardized", "trainer.epochs=1"]);
     let s = train(&cfg, &mixed, &csv, None, &mut Quiet).unwrap();
     let ds = train::trainer::open_dataset(&mixed, &csv).unwrap();
-    let r = train::eval::evaluate(&s.last_checkpoint.unwrap(), &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).unwrap();
-    assert!(r.pretrained.linear_probe_acc.is_finite(), "{r:?}");
+    let last = s.last_checkpoint.unwrap();
+    let (arch, _) = train::checkpoint::read_metadata(&last).unwrap();
+    assert_eq!(arch.map(|a| a.channels), Some(2), "the encoder takes the store's 2 channels");
+    let r = train::eval::evaluate(&last, &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).unwrap();
+    // The same run on the store without Id 0 trains on the same Ids to the same loss (to the
+    // rounding of the GEMM kernels each run measures fastest) and evaluates the same.
+    let plain = train(&small_config(&dir.path().join("plain"), &["data.input=standardized", "trainer.epochs=1"]), &h5, &csv, None, &mut Quiet).unwrap();
+    assert_eq!((s.train_ids, s.val_ids, s.steps), (plain.train_ids, plain.val_ids, plain.steps));
+    assert!((s.last_loss - plain.last_loss).abs() <= 1e-3 * plain.last_loss.abs().max(1e-3), "{} against {}", s.last_loss, plain.last_loss);
+    let r0 = train::eval::evaluate(&plain.last_checkpoint.unwrap(), &train::trainer::open_dataset(&h5, &csv).unwrap(), &train::eval::EvalOptions { windows: 2, ..Default::default() }).unwrap();
+    assert_eq!((&r.fit_ids, r.test_windows, &r.classes), (&r0.fit_ids, r0.test_windows, &r0.classes), "the same Ids and windows evaluated");
+    assert!(r.pretrained.linear_probe_acc.is_finite() && (r.pretrained.linear_probe_acc - r0.pretrained.linear_probe_acc).abs() <= 0.05, "{r:?}\n{r0:?}");
 }
 
 #[test]
@@ -761,7 +888,10 @@ fn a_projection_head_trains_resumes_and_stays_out_of_the_encoder_state_dict() {
     // A head-less run resumes the encoder and leaves the head behind; a run with a head cannot
     // resume from a checkpoint without one: the head's tensors are required and named.
     let no_head = small_config(&dir.path().join("c"), &[]);
-    assert!(train(&no_head, &h5, &csv, Some(&last), &mut Quiet).is_ok(), "a head-less run resumes the encoder and ignores the head");
+    let mut said = Messages(Vec::new());
+    let s_no_head = train(&no_head, &h5, &csv, Some(&last), &mut said).unwrap();
+    assert!(s_no_head.steps > 4, "it went on from step 4");
+    assert!(said.0.iter().any(|m| m.contains("projection head is not resumed")), "{:?}", said.0);
     let plain = small_config(&dir.path().join("d"), &["trainer.gradient_clip_val=1.0"]);
     let plain_last = train(&plain, &h5, &csv, None, &mut StopAt(4)).unwrap().last_checkpoint.unwrap();
     let with_head = small_config(&dir.path().join("e"), &o);
@@ -784,7 +914,8 @@ fn weights_only_checkpoints_evaluate_but_do_not_resume() {
     let e = train(&cfg, &h5, &csv, Some(&last), &mut Quiet).unwrap_err().to_string();
     assert!(e.contains("weights only"), "{e}");
     let ds = train::trainer::open_dataset(&h5, &csv).unwrap();
-    assert!(train::eval::evaluate(&last, &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).is_ok());
+    let r = train::eval::evaluate(&last, &ds, &train::eval::EvalOptions { windows: 2, ..Default::default() }).unwrap();
+    assert!(r.encoder.starts_with("cnn") && r.pretrained.linear_probe_acc.is_finite(), "{r:?}");
 }
 
 #[test]
@@ -983,6 +1114,52 @@ fn a_fresh_run_over_an_earlier_one_says_so() {
     assert!(replaced(Some(&last)).is_empty(), "a resumed run continues the earlier one");
 }
 
+/// What a resume changes is said and what it cannot continue is refused (docs/robustness.md):
+/// the checkpoint's seed wins over the config's (for the split and the batches: the two
+/// continuations train alike), other data settings and another precision are notes, a batch size
+/// that leaves the checkpoint's batch outside an epoch is an error naming `data.batch_size`, and a
+/// run resumed into another directory says the checkpoint's best ones stay behind, its summary's
+/// best checkpoint being its own, with that checkpoint's value.
+#[test]
+fn a_resume_says_what_it_changes_and_refuses_what_it_cannot_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = |name: &str, extra: &[&str]| small_config(dir.path(), &[&[&format!("environment.experiment_name={name}")[..], "trainer.epochs=3", "trainer.save_top_k=2"][..], extra].concat());
+    let first = train(&cfg("first", &[]), &h5, &csv, None, &mut StopAt(5)).unwrap();
+    let last = first.last_checkpoint.unwrap();
+    // Each continuation in a directory of its own: the checkpoint resumed stays as it is.
+    let resume = |name: &str, extra: &[&str]| {
+        let mut m = Messages::default();
+        let r = train(&cfg(name, extra), &h5, &csv, Some(&last), &mut m);
+        (r, m.0)
+    };
+    let said = |m: &[String], needle: &str| m.iter().any(|x| x.contains(needle));
+    let (same_seed, m) = resume("same-seed", &[]);
+    let same_seed = same_seed.unwrap();
+    assert!(!said(&m, "resuming with seed") && !said(&m, "data differs") && !said(&m, "products"), "{m:?}");
+    let (other_seed, m) = resume("other-seed", &["trainer.seed=8"]);
+    assert!(said(&m, "resuming with seed 7 from the checkpoint (config has 8)"), "{m:?}");
+    assert_eq!(step_losses(&other_seed.unwrap().run_dir), step_losses(&same_seed.run_dir), "the checkpoint's seed splits and draws");
+    let (r, m) = resume("other-data", &["data.val_fraction=0.2"]);
+    assert!(r.is_ok() && said(&m, "data differs from the checkpoint's (data.val_fraction = 0.25 → 0.2)"), "{m:?}");
+    let (r, m) = resume("other-precision", &["trainer.precision=bf16"]);
+    assert!(r.is_ok() && said(&m, "trained with fp32 products, this run continues with bf16"), "{m:?}");
+    let e = resume("bigger-batches", &["data.batch_size=12"]).0.unwrap_err().to_string();
+    assert!(e.contains("data.batch_size") && e.contains("stopped at batch 2 of epoch 1"), "{e}");
+    // Into another directory: said, and the best checkpoint named is this run's, with its value.
+    let (_, m) = resume("elsewhere", &[]);
+    assert!(said(&m, "not beside the one it resumes") && said(&m, "first/checkpoints"), "{m:?}");
+    let best = same_seed.best_checkpoint.as_ref().expect("a best checkpoint");
+    assert!(best.starts_with(&same_seed.run_dir), "{}", best.display());
+    let ranking: serde_json::Value = serde_json::from_slice(&std::fs::read(same_seed.run_dir.join("checkpoints/top_k.json")).unwrap()).unwrap();
+    assert_eq!(same_seed.best_checkpoint_monitor, ranking["entries"][0]["value"].as_f64(), "{ranking}");
+    assert!(same_seed.best_monitor.unwrap() <= same_seed.best_checkpoint_monitor.unwrap(), "early stopping's best counts the first run's too");
+    // Into its own directory: nothing said.
+    let mut m = Messages::default();
+    train(&cfg("first", &[]), &h5, &csv, Some(&last), &mut m).unwrap();
+    assert!(!said(&m.0, "not beside the one it resumes"), "{:?}", m.0);
+}
+
 /// A run that cannot validate says so wherever validation was asked for or early stopping
 /// watches a validation metric (it then never acts, nor the best checkpoint), naming the keys;
 /// one that asked for none and stops on nothing hears nothing.
@@ -998,7 +1175,7 @@ fn a_run_without_validation_says_what_it_cannot_do() {
         let o: Vec<&str> = o.iter().map(String::as_str).collect();
         let cfg = small_config(dir.path(), &[&o[..], &["trainer.epochs=1"]].concat());
         let mut m = Messages::default();
-        train(&cfg, &h5, &csv, None, &mut m).unwrap();
+        train(&cfg, h5, csv, None, &mut m).unwrap();
         m.0.into_iter().filter(|w| w.contains("no validation")).collect::<Vec<_>>()
     };
     let none_asked = warnings("a", &["data.val_fraction=0", "trainer.monitor=val_acc", "trainer.patience=1"]);

@@ -44,7 +44,7 @@ impl Observer for Bar {
     fn epoch(&mut self, e: &EpochLog) {
         // A line per validation, or per hundred epochs (runs of one-batch epochs would print
         // thousands of lines; metrics.jsonl has every epoch).
-        if e.val_contrastive_loss.is_none() && (e.epoch + 1) % 100 != 0 {
+        if e.val_contrastive_loss.is_none() && !(e.epoch + 1).is_multiple_of(100) {
             return;
         }
         let val = match (e.val_contrastive_loss, e.val_contrastive_acc) {
@@ -95,7 +95,8 @@ pub fn run(a: Args) -> Result<()> {
         outln!("last ckpt  {}", p.display());
     }
     if let Some(p) = &summary.best_checkpoint {
-        outln!("best ckpt  {}", p.display());
+        let value = summary.best_checkpoint_monitor.map_or(String::new(), |v| format!(" ({} {v:.5})", summary.monitor));
+        outln!("best ckpt  {}{value}", p.display());
     }
     Ok(())
 }

@@ -227,6 +227,7 @@ impl TileOps for TileEmulator {
         }
     }
 
+    #[allow(clippy::needless_range_loop)] // the tiles' indices, as the instruction's pseudocode writes them
     unsafe fn dot<const C: u8, const A: u8, const B: u8>(&mut self) {
         let (a, b) = (self.tiles[A as usize], self.tiles[B as usize]);
         let half = |slot: u32, odd: bool| f32::from_bits(if odd { slot & 0xFFFF_0000 } else { slot << 16 });

@@ -851,7 +851,7 @@ impl Device for CpuDevice {
         let bias = bias.unwrap_or(pre.prefix(0));
         let ([ps, os], [bs]) = self.views([pre, out], [bias]);
         assert!(ps.len() == os.len() && ps.len() % cols == 0 && (bs.is_empty() || bs.len() == cols));
-        let bias = (!bs.is_empty()).then_some(&*bs);
+        let bias = (!bs.is_empty()).then_some(bs);
         let drop = Dropout::parts(dropout);
         for_row_blocks2(parts, ps, cols, os, cols, |row0, p, o| act::act_forward_rows(p, o, bias, cols, row0, act, drop));
     }
@@ -941,8 +941,8 @@ impl Device for CpuDevice {
         let ([os, am, st, rs], [xs, gs, bs]) = self.views([out, argmax, stats, running], [x, gamma, beta]);
         let rows = xs.len() / cols;
         let pooled = bn.pool.is_some();
-        assert!(rows % bn.groups == 0 && os.len() == bn.out_rows(rows) * cols && am.len() == if pooled { os.len() } else { 0 });
-        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0), "a pool's samples must not straddle BatchNorm's groups");
+        assert!(rows.is_multiple_of(bn.groups) && os.len() == bn.out_rows(rows) * cols && am.len() == if pooled { os.len() } else { 0 });
+        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups).is_multiple_of(len)), "a pool's samples must not straddle BatchNorm's groups");
         assert!(st.len() == 2 * bn.groups * cols && rs.len() == 2 * cols && gs.len() == cols && bs.len() == cols);
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at_mut(bn.groups * cols);
@@ -1012,8 +1012,8 @@ impl Device for CpuDevice {
         let ([dxs, dgs, dbs], [ds, os, am, xs, st, gs]) = self.views([dx, dgamma, dbeta], [dout, out, argmax, x, stats, gamma]);
         let rows = xs.len() / cols;
         let pooled = bn.pool.is_some();
-        assert!(rows % bn.groups == 0 && dxs.len() == xs.len() && ds.len() == bn.out_rows(rows) * cols && os.len() == ds.len() && st.len() == 2 * bn.groups * cols);
-        assert!(am.len() == if pooled { ds.len() } else { 0 } && bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0));
+        assert!(rows.is_multiple_of(bn.groups) && dxs.len() == xs.len() && ds.len() == bn.out_rows(rows) * cols && os.len() == ds.len() && st.len() == 2 * bn.groups * cols);
+        assert!(am.len() == if pooled { ds.len() } else { 0 } && bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups).is_multiple_of(len)));
         let up = norm::Upstream { dout: ds, out: os, argmax: am, cols, relu: bn.relu, pool: bn.pool };
         let group_rows = rows / bn.groups;
         let (means, rstds) = st.split_at(bn.groups * cols);

@@ -356,7 +356,7 @@ impl Device for CudaDevice {
         Self::disjoint(&[out, argmax, stats, running], &[x, gamma, beta]);
         let rows = x.len() / bn.cols;
         assert!(out.len() == bn.out_rows(rows) * bn.cols && argmax.len() == if bn.pool.is_some() { out.len() } else { 0 });
-        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0), "a pool's samples must not straddle BatchNorm's groups");
+        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups).is_multiple_of(len)), "a pool's samples must not straddle BatchNorm's groups");
         let (xp, op, stp, gp, bp, rp) = (self.ptr(x), self.ptr(out), self.ptr(stats), self.ptr(gamma), self.ptr(beta), self.ptr(running));
         let (gr, g, c) = ((rows / bn.groups) as i32, bn.groups as i32, bn.cols as i32);
         if bn.train {
@@ -379,7 +379,7 @@ impl Device for CudaDevice {
         Self::disjoint(&[dx, dgamma, dbeta], &[dout, out, argmax, x, stats, gamma]);
         let rows = x.len() / bn.cols;
         assert!(dout.len() == bn.out_rows(rows) * bn.cols && out.len() == dout.len() && dx.len() == x.len() && argmax.len() == if bn.pool.is_some() { dout.len() } else { 0 });
-        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups) % len == 0), "a pool's samples must not straddle BatchNorm's groups");
+        assert!(bn.pool.is_none_or(|len| len > 0 && (rows / bn.groups).is_multiple_of(len)), "a pool's samples must not straddle BatchNorm's groups");
         let sums = self.scratch_of(2 * bn.groups * bn.cols);
         let (dp, op, ap, xp, stp, gp, dgp, dbp, dxp) =
             (self.ptr(dout), self.ptr(out), self.ptr(argmax), self.ptr(x), self.ptr(stats), self.ptr(gamma), self.ptr(dgamma), self.ptr(dbeta), self.ptr(dx));

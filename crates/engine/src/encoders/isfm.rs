@@ -83,7 +83,7 @@ impl IsfmConfig {
         if self.patch_size_c > channels {
             return Err(EngineError::invalid(Setting::PatchChannels, format!("{} is more than the {channels} channels of the data", self.patch_size_c)));
         }
-        if self.d_model % self.num_heads != 0 {
+        if !self.d_model.is_multiple_of(self.num_heads) {
             return Err(EngineError::invalid(Setting::Heads, format!("{} heads do not divide d_model = {}", self.num_heads, self.d_model)));
         }
         // The attention-weight dropout numbers a head's P × P weights in 32 bits.

@@ -266,6 +266,7 @@ pub(crate) struct Inputs<'a> {
 }
 
 /// The encoder-specific part of an [`Encoder`].
+#[allow(clippy::large_enum_variant)] // one per encoder, built once and never moved in a step
 enum Net {
     Mlp(mlp::Mlp),
     Cnn(cnn::Cnn),
@@ -330,7 +331,7 @@ impl<D: Device> Encoder<D> {
     /// Copies `values` (whole windows, row-major `[rows, W·C]`) into the input at row `at`.
     pub fn set_input(&mut self, at: usize, values: &[f32]) -> Result<()> {
         let n = self.cfg.input();
-        if values.len() % n != 0 || at * n + values.len() > self.x.len() {
+        if !values.len().is_multiple_of(n) || at * n + values.len() > self.x.len() {
             return Err(EngineError::Shape(format!("{} values at row {at} are not whole windows of {n} within {} rows", values.len(), self.max_rows)));
         }
         self.input_writes += 1;
@@ -376,7 +377,7 @@ impl<D: Device> Encoder<D> {
     /// # Panics
     /// Where `rows` exceeds the buffers or is not a multiple of `groups` (a caller's bug).
     pub fn forward(&mut self, rows: usize, groups: usize, mode: Mode) -> View {
-        assert!(rows <= self.max_rows && groups > 0 && rows % groups == 0, "{rows} rows in {groups} groups, buffers of {}", self.max_rows);
+        assert!(rows <= self.max_rows && groups > 0 && rows.is_multiple_of(groups), "{rows} rows in {groups} groups, buffers of {}", self.max_rows);
         let mut inputs = Inputs { x: self.x.prefix(rows * self.cfg.input()), rates: self.rates.prefix(rows), rows, groups, mode, counters: &mut self.arenas.counters };
         let out = match &mut self.net {
             Net::Mlp(n) => n.forward(&mut self.device, &mut inputs),

@@ -239,8 +239,8 @@ pub fn attention64(qkv: &[f64], samples: usize, seq: usize, heads: usize, dh: us
                 let scores: Vec<f64> = (0..seq).map(|j| (0..dh).map(|p| at(i, 0, p) * at(j, 1, p)).sum::<f64>() / (dh as f64).sqrt()).collect();
                 let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let z: f64 = scores.iter().map(|v| (v - m).exp()).sum();
-                for j in 0..seq {
-                    let w = (scores[j] - m).exp() / z * keep(pair_drop, i * seq + j);
+                for (j, &score) in scores.iter().enumerate() {
+                    let w = (score - m).exp() / z * keep(pair_drop, i * seq + j);
                     for p in 0..dh {
                         out[(s * seq + i) * d + h * dh + p] += w * at(j, 2, p);
                     }
