@@ -80,7 +80,23 @@ fn write_stdout(args: std::fmt::Arguments) {
 
 fn write_stderr(args: std::fmt::Arguments) {
     use std::io::Write;
-    let _ = std::io::stderr().lock().write_fmt(args);
+    let text = args.to_string();
+    let _ = std::io::stderr().lock().write_all(elide_middle(&text, MAX_MESSAGE).as_bytes());
+}
+
+/// The most bytes one message prints. Errors echo what a user gave (a table's cell, a config's
+/// string, a metric's id), and a value of megabytes would bury the message around it.
+const MAX_MESSAGE: usize = 8 << 10;
+
+/// `text` whole where it fits in `max` bytes, else its first two thirds and last third of that,
+/// with how much was left out between (cut on character boundaries).
+fn elide_middle(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let head = text.floor_char_boundary(max / 3 * 2);
+    let tail = text.ceil_char_boundary(text.len() - max / 3);
+    format!("{} … [{} bytes left out] … {}", &text[..head], tail - head, &text[tail..]).into()
 }
 
 fn main() {
@@ -106,5 +122,25 @@ fn main() {
         // Our error types already name their cause in their message; `{:#}` would repeat it.
         errln!("error: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::elide_middle;
+
+    /// A message past the limit keeps its start and its end (where the error's cause and the
+    /// newline are), says how much it left out, and cuts no character in two.
+    #[test]
+    fn a_long_message_keeps_its_ends_and_says_what_it_left_out() {
+        assert_eq!(elide_middle("short\n", 100), "short\n");
+        let long = format!("error: Label {:?} is not an integer\n", "é".repeat(10_000));
+        let shown = elide_middle(&long, 300);
+        assert!(shown.starts_with("error: Label \"éé") && shown.ends_with("éé\" is not an integer\n"), "{shown}");
+        // What is shown and what is left out add up to the message.
+        let (before, rest) = shown.split_once(" … [").unwrap();
+        let (count, after) = rest.split_once(" bytes left out] … ").unwrap();
+        assert_eq!(before.len() + count.parse::<usize>().unwrap() + after.len(), long.len());
+        assert!(before.len() + after.len() <= 300, "{shown}");
     }
 }

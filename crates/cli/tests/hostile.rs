@@ -20,7 +20,8 @@ fn fixture(name: &str) -> String {
 fn run_limited(args: &[String]) -> Output {
     Command::new("sh")
         .arg("-c")
-        .arg(format!("ulimit -v {ULIMIT_KB} && exec \"$0\" \"$@\""))
+        // `timeout`: an input that hangs the binary fails the test instead of hanging it.
+        .arg(format!("ulimit -v {ULIMIT_KB} && exec timeout 120 \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_contrastive-id"))
         .args(args)
         .env_remove("CID_MEMORY_BUDGET")
@@ -170,6 +171,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     }
     let grouped = file("grouped.csv", &grouped);
     let elsewhere = file("elsewhere.csv", "Id,Label\n100,0\n101,1\n");
+    let long_label = file("long_label.csv", &format!("Id,Label\n1,{}\n", "x".repeat(100_000)));
     let scalar_section = file("scalar_section.yaml", "data: 5\nmodel:\n  name: cnn\n");
     let mut bomb = strings(&["--memory-budget", "50M"]);
     bomb.extend(inspect_meta(&workbook.display().to_string()));
@@ -186,8 +188,20 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     std::fs::write(blocked_baselines.join("baselines"), "").unwrap();
     let mut resume = train_with(&s, &["model.name=cnn", "data.window_size=256", "data.batch_size=4"]);
     resume.extend(strings(&["--resume", &state_cut.display().to_string()]));
+    // A pipe given as the store: opening it would wait for a writer forever.
+    let fifo = s.dir.join("fifo.h5");
+    assert!(Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs").success());
+    let fifo = fifo.display().to_string();
 
     let cases: Vec<(Vec<String>, &str)> = vec![
+        (strings(&["inspect", "--data", &fifo, "--meta", &s.meta]), "not a regular file (a pipe, socket or device)"),
+        (strings(&["train", "--config", &root().join("configs/debug.yaml").display().to_string(), "--data", &fifo, "--meta", &s.meta]), "not a regular file"),
+        // Memory a raised budget lets through and the machine (here `ulimit -v`) does not give.
+        (
+            strings(&["--memory-budget", "1000T", "generate", "--count", "1", "--length", "1000000000000", "--out", &s.dir.join("huge").display().to_string()]),
+            "out of memory: a signal of 1000000000000 × 1 values",
+        ),
+        (strings(&["generate", "--count", "200000", "--length", "1", "--out", &s.dir.join("many").display().to_string()]), "200000 signals: a generated store holds at most 100000"),
         // Sizes a file declares.
         (tables("liar_contiguous.h5"), "800.0 GB"),
         (tables("liar_chunked.h5"), "800.0 GB"),
@@ -216,7 +230,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (evaluate_with(&s, &s.ckpt, &["--windows", "100000000"]), "100000000 is more than 1024"),
         (evaluate_with(&s, &s.ckpt, &["--windows", "0"]), "--windows"),
         (strings(&["generate", "--length", "99999999999999", "--channels", "99999", "--out", &s.dir.join("g").display().to_string()]), "99999999999999"),
-        (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 generated signals"),
+        (strings(&["generate", "--count", "1000000000", "--length", "1000000", "--out", &s.dir.join("g").display().to_string()]), "1000000000 signals: a generated store holds at most 100000"),
         (strings(&["bench", "--threads", "100000000", "--test", "hardware", "--save-dir", &s.dir.join("b").display().to_string()]), "--threads"),
         // Files without an end (read up to the memory budget, then named), and of the wrong shape.
         (small_budget(config("/dev/zero")), "/dev/zero"),
@@ -227,6 +241,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         (config(&not_a_mapping), "the top level must be a mapping"),
         (config(&empty), "holds no settings"),
         (inspect_meta(&dup_header), "repeats the header \"Label\""),
+        // A cell of 100 kB is echoed as its start and end, not whole.
+        (inspect_meta(&long_label), "bytes left out] … "),
         (bomb, "parts, unpacked"),
         (inspect_meta(&tiny_rate), "Sample_Rate 1e-20 Hz is outside"),
         (train_with(&s, &["task.temperature=1e-45"]), "temperature"),

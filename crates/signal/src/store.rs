@@ -119,12 +119,20 @@ thread_local! {
 }
 
 fn open_h5(path: &Path) -> Result<H5File> {
-    if !path.exists() {
-        return Err(SignalError::NotFound { path: path.to_path_buf() });
+    let io = |e| SignalError::Io { path: path.to_path_buf(), source: e };
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SignalError::NotFound { path: path.to_path_buf() }),
+        // A loop of symbolic links, a directory without permission: said as the system says it.
+        Err(e) => return Err(io(e)),
+        Ok(m) => m,
+    };
+    // Only a regular file can be an HDF5 store: opening a FIFO would wait for a writer forever.
+    if !meta.is_file() {
+        let what = if meta.is_dir() { "a directory" } else { "not a regular file (a pipe, socket or device)" };
+        return Err(SignalError::NotHdf5 { path: path.to_path_buf(), reason: format!("{what}: a signal store is an HDF5 file") });
     }
     // A file cut short is named as such before the parser meets whatever the cut broke.
-    let io = |e| SignalError::Io { path: path.to_path_buf(), source: e };
-    let length = std::fs::metadata(path).map_err(io)?.len();
+    let length = meta.len();
     if let Some(recorded) = recorded_length(path, length).map_err(io)? {
         if length < recorded {
             let reason = format!(
@@ -504,23 +512,28 @@ pub fn write_store<'a>(path: &Path, samples: impl IntoIterator<Item = SampleData
     let werr = |reason: String| SignalError::Write { path: path.to_path_buf(), reason };
     let result = (|| -> Result<()> {
         let file = H5File::create(&tmp).map_err(|e| werr(e.to_string()))?;
-        for s in samples {
-            if s.channels == 0 || s.values.len() % s.channels != 0 {
-                return Err(werr(format!("Id {}: {} values do not split into {} channels", s.id, s.values.len(), s.channels)));
-            }
-            let rows = s.values.len() / s.channels;
-            let mut b = file.new_dataset::<f32>().shape([rows, s.channels]);
-            if let Layout::Chunked { rows: chunk_rows, gzip } = layout {
-                b = b.chunk(&[chunk_rows.clamp(1, rows.max(1)), s.channels]);
-                if gzip > 0 {
-                    b = b.deflate(gzip);
+        let written = (|| -> Result<()> {
+            for s in samples {
+                if s.channels == 0 || !s.values.len().is_multiple_of(s.channels) {
+                    return Err(werr(format!("Id {}: {} values do not split into {} channels", s.id, s.values.len(), s.channels)));
                 }
+                let rows = s.values.len() / s.channels;
+                let mut b = file.new_dataset::<f32>().shape([rows, s.channels]);
+                if let Layout::Chunked { rows: chunk_rows, gzip } = layout {
+                    b = b.chunk(&[chunk_rows.clamp(1, rows.max(1)), s.channels]);
+                    if gzip > 0 {
+                        b = b.deflate(gzip);
+                    }
+                }
+                let ds = b.create(&s.id.to_string()).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
+                ds.write_raw(s.values).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
             }
-            let ds = b.create(&s.id.to_string()).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
-            ds.write_raw(s.values).map_err(|e| werr(format!("Id {}: {e}", s.id)))?;
-        }
-        file.close().map_err(|e| werr(e.to_string()))?;
-        Ok(())
+            Ok(())
+        })();
+        // Closed on every path: a file dropped unclosed (a write failed on a full disk) has the
+        // library print its own complaint before ours.
+        let closed = file.close().map_err(|e| werr(e.to_string()));
+        written.and(closed)
     })();
     // Nothing half-written stays behind: not on a failed write, nor where the rename fails (a
     // directory of that name).

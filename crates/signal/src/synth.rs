@@ -74,6 +74,9 @@ impl Default for SynthConfig {
 /// metadata row and its line of the table (an upper estimate).
 const PER_SIGNAL_BYTES: usize = 320;
 
+/// The most signals one generated store holds ([`SynthConfig::validate`]).
+pub const MAX_COUNT: usize = 100_000;
+
 impl SynthConfig {
     /// Sizes above zero, and the signals fit in the memory budget: generation holds every signal
     /// until the store is written whole.
@@ -82,6 +85,12 @@ impl SynthConfig {
             if v == 0 {
                 return Err(SignalError::invalid(setting, "must be > 0"));
             }
+        }
+        if self.count > MAX_COUNT {
+            return Err(SignalError::invalid(
+                Setting::Count,
+                format!("{} signals: a generated store holds at most {MAX_COUNT}, since the HDF5 writer's search for free space grows with the file and the time to write grows as the square of the count (80 000 signals took 22 s, a million would take hours)", self.count),
+            ));
         }
         if !(self.noise.is_finite() && self.noise >= 0.0) {
             return Err(SignalError::invalid(Setting::Noise, format!("{} is not a finite level >= 0", self.noise)));
@@ -98,15 +107,18 @@ impl SynthConfig {
         (id % self.classes as u64) as i64
     }
 
-    /// The `(L, C)` signal of one Id.
-    pub fn signal(&self, id: u64) -> Vec<f32> {
+    /// The `(L, C)` signal of one Id; its memory taken fallibly (a budget raised past the
+    /// machine must give an error, not an abort).
+    pub fn signal(&self, id: u64) -> Result<Vec<f32>> {
         let mut rng = Rng::new(mix_seed(&[self.seed, id]));
         let (l, c) = (self.length, self.channels);
+        let mut out = Vec::new();
+        out.try_reserve_exact(l.saturating_mul(c)).map_err(|_| out_of_memory(Setting::Length, format!("a signal of {l} × {c} values")))?;
+        out.resize(l * c, 0.0f32);
         let class = self.label_of(id) as f64;
         // Cycles per signal, as the PyTorch reference's medium data: several cycles per window.
         let cycles = 20.0 + 7.0 * class;
         let phase: Vec<f64> = (0..c).map(|_| rng.next_f64() * std::f64::consts::TAU).collect();
-        let mut out = vec![0.0f32; l * c];
         for t in 0..l {
             let x = t as f64 / l as f64;
             for ch in 0..c {
@@ -119,7 +131,7 @@ impl SynthConfig {
                 out[t * c + ch] = v as f32;
             }
         }
-        out
+        Ok(out)
     }
 
     pub fn metadata(&self, path: &Path) -> Metadata {
@@ -139,6 +151,11 @@ impl SynthConfig {
         let columns = ["Id", "Dataset_id", "Name", "Label", "Domain_id", "Sample_Rate", "Length", "Channels"];
         Metadata { path: path.to_path_buf(), columns: columns.iter().map(|s| s.to_string()).collect(), rows }
     }
+}
+
+/// Memory the machine would not give for what `setting` asked (past a budget raised above it).
+fn out_of_memory(setting: Setting, what: String) -> SignalError {
+    SignalError::Invalid { setting, reason: format!("out of memory: {what} could not be had (the system refused it; --memory-budget is above what this machine gives)") }
 }
 
 /// Paths written by [`generate`].
@@ -164,10 +181,12 @@ pub fn generate(cfg: &SynthConfig, dir: &Path, stem: &str, layout: Layout, progr
     }
     // Signals are generated in parallel a block at a time; the store is written once, whole.
     let block = 256usize;
-    let mut signals: Vec<(u64, Vec<f32>)> = Vec::with_capacity(cfg.count);
+    let mut signals: Vec<(u64, Vec<f32>)> = Vec::new();
+    signals.try_reserve_exact(cfg.count).map_err(|_| out_of_memory(Setting::Count, format!("a list of {} signals", cfg.count)))?;
     for b in 0..cfg.count.div_ceil(block) {
         let ids: Vec<u64> = ((b * block) as u64 + 1..=((b + 1) * block).min(cfg.count) as u64).collect();
-        signals.par_extend(ids.into_par_iter().map(|id| (id, cfg.signal(id))));
+        let made: Result<Vec<(u64, Vec<f32>)>> = ids.into_par_iter().map(|id| cfg.signal(id).map(|v| (id, v))).collect();
+        signals.extend(made?);
         progress(signals.len());
     }
     write_store(&store, signals.iter().map(|(id, v)| SampleData { id: *id, values: v, channels: cfg.channels }), layout)?;

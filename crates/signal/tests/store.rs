@@ -176,6 +176,31 @@ fn mismatches_between_store_and_table_are_reported_by_id() {
     assert_eq!(ds.ids, vec![1, 2, 3, 4]);
     assert_eq!(ds.missing_in_store, vec![9]);
     assert_eq!(ds.missing_in_table, vec![5]);
+    assert!(ds.disagreements.is_empty(), "{:?}", ds.disagreements);
+    // A table whose Length or Channels contradicts the store: each Id named with what differs.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, "Id,Label,Length,Channels\n1,0,351,2\n2,1,400,1\n3,0,,\n").unwrap();
+    let store: Arc<dyn SignalStore> = Arc::new(Hdf5Store::open(fixture("default_f32.h5")).unwrap());
+    let ds = Dataset::join(store, Metadata::load(&other).unwrap());
+    assert_eq!(ds.ids, vec![1, 2, 3]);
+    assert_eq!(ds.disagreements, vec![(1, "Length 351 in table, 350 in store".to_string()), (2, "Channels 1 in table, 2 in store".to_string())]);
+}
+
+/// An Id twice in a table is an error naming its row; a row shorter than the header (pandas
+/// writes no trailing empty cells when told not to) reads its missing cells as empty.
+#[test]
+fn a_table_with_an_id_twice_is_named_and_short_rows_read_as_empty_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let twice = dir.path().join("twice.csv");
+    std::fs::write(&twice, "Id,Label\n1,0\n2,1\n1,1\n").unwrap();
+    let e = Metadata::load(&twice).unwrap_err().to_string();
+    assert!(e.contains("twice.csv") && e.contains("row 4: Id 1 appears twice"), "{e}");
+    let short = dir.path().join("short.csv");
+    std::fs::write(&short, "Id,Label,Sample_Rate,Fault_Size\n1,0,12000,0.007\n2,1\n3,1,48000\n").unwrap();
+    let m = Metadata::load(&short).unwrap();
+    let got: Vec<(u64, i64, Option<f64>, Option<f64>)> = m.rows.iter().map(|r| (r.id, r.label, r.sample_rate, r.fault_size)).collect();
+    assert_eq!(got, vec![(1, 0, Some(12000.0), Some(0.007)), (2, 1, None, None), (3, 1, Some(48000.0), None)]);
 }
 
 fn builder(file: &str, w: usize, norm: Normalization) -> BatchBuilder {
@@ -474,7 +499,7 @@ fn synthetic_sets_round_trip_through_store_and_table() {
         let ds = Dataset::join(store.clone(), meta);
         assert_eq!(ds.ids.len(), 12);
         assert!(ds.missing_in_store.is_empty() && ds.missing_in_table.is_empty() && ds.disagreements.is_empty());
-        assert_eq!(store.read(5).unwrap(), cfg.signal(5));
+        assert_eq!(store.read(5).unwrap(), cfg.signal(5).unwrap());
         assert_eq!(ds.row(5).unwrap().label, 5);
     }
     // h5py reads the written store back, when it is installed.

@@ -248,12 +248,19 @@ pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Res
     let target = parent.join(&target_name);
     let tmp = files::tmp_path(&target);
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    for (file, bytes) in files {
-        files::write_synced(&tmp.join(file), bytes).map_err(|e| TrainError::io(tmp.join(file), e))?;
+    let written = (|| {
+        std::fs::create_dir_all(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        for (file, bytes) in files {
+            files::write_synced(&tmp.join(file), bytes).map_err(|e| TrainError::io(tmp.join(file), e))?;
+        }
+        files::sync_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
+        std::fs::rename(&tmp, &target).map_err(|e| TrainError::io(&target, e))
+    })();
+    if written.is_err() {
+        // A full disk's partial checkpoint is not left on it.
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    files::sync_dir(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-    std::fs::rename(&tmp, &target).map_err(|e| TrainError::io(&target, e))?;
+    written?;
     let previous = std::fs::read_link(dir).ok();
     files::replace_with_symlink(dir, Path::new(&target_name)).map_err(|e| TrainError::io(dir, e))?;
     files::sync_dir(parent).map_err(|e| TrainError::io(parent, e))?;
@@ -264,6 +271,25 @@ pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Res
         _ => {}
     }
     Ok(())
+}
+
+/// Removes the checkpoint directories of `ckpt_dir` that no name links to: what a run killed
+/// while removing a replaced checkpoint left (part of its files, or none). Only directories named
+/// as [`write_atomic_dir`] names them (`last@…`, `best-…@…`) go; call it while holding the run
+/// directory's lock. Returns how many went.
+pub fn remove_orphans(ckpt_dir: &Path) -> std::io::Result<usize> {
+    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(ckpt_dir)?.collect::<std::io::Result<_>>()?;
+    let linked: std::collections::HashSet<PathBuf> = entries.iter().filter_map(|e| std::fs::read_link(e.path()).ok()).collect();
+    let mut removed = 0;
+    for e in &entries {
+        let name = e.file_name().to_string_lossy().to_string();
+        let ours = name.split_once('@').is_some_and(|(named, _)| named == "last" || named.starts_with("best-"));
+        if ours && e.file_type()?.is_dir() && !linked.contains(Path::new(&name)) {
+            std::fs::remove_dir_all(e.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes a named checkpoint: the link and the directory it points to.
@@ -387,8 +413,11 @@ pub fn load_full<D: Device>(dir: &Path, step: &mut ContrastiveStep<D>) -> Result
     let state: TrainingState = serde_json::from_str(json).map_err(|e| ckpt_err(&file, format!("bad training state: {e}")))?;
     // Counters past any real run are a corrupt (or hand-edited) state: the next step would
     // overflow them.
-    let checks = u64::try_from(state.checks_without_improvement).unwrap_or(u64::MAX);
-    for (field, value) in [("step", state.step), ("micro_step", state.micro_step), ("checks_without_improvement", checks), ("epoch_sums.batches", state.epoch_sums.batches)] {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    let (checks, epoch, batch) = (count(state.checks_without_improvement), count(state.epoch), count(state.batch));
+    for (field, value) in
+        [("step", state.step), ("micro_step", state.micro_step), ("epoch", epoch), ("batch", batch), ("checks_without_improvement", checks), ("epoch_sums.batches", state.epoch_sums.batches)]
+    {
         if value > MAX_STEPS {
             return Err(ckpt_err(&file, format!("its training state's `{field}` is {value}, past the {MAX_STEPS} steps any run can reach: the state is corrupt")));
         }

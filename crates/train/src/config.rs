@@ -331,6 +331,7 @@ pub struct TrainerSection {
     pub min_delta: f64,
     /// cosine or none (default none).
     #[default(Scheduler::Constant)]
+    #[serde(with = "scheduler")]
     pub lr_scheduler: Scheduler,
     /// Linear warm-up steps before the schedule (default 0).
     #[serde(with = "whole")]
@@ -658,8 +659,8 @@ impl Config {
             let shown: String = name.chars().take(40).collect();
             return bad("environment.experiment_name", format!("{shown:?}… is {} bytes long; a run's name is a directory name (255 bytes a part at most)", name.len()));
         }
-        if parts.is_empty() || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
-            return bad("environment.experiment_name", format!("{name:?} is not a directory name inside environment.save_dir (no `..`, no leading `/`, not empty)"));
+        if parts.is_empty() || name.trim() != name || !parts.iter().all(|c| matches!(c, std::path::Component::Normal(_))) {
+            return bad("environment.experiment_name", format!("{name:?} is not a directory name inside environment.save_dir (no `..`, no leading `/`, no space at either end, not empty)"));
         }
         // A hidden run directory is one `ls` does not show: most likely YAML's reading of an
         // unquoted `.nan` or `.inf` as a number, turned back into text.
@@ -1107,8 +1108,13 @@ fn whole_number(v: &Value) -> std::result::Result<u64, String> {
         return Ok(n);
     }
     let f = number(v)?;
+    let given = scalar_text(v).unwrap_or_default();
+    // Past 2⁵³ a float is not every whole number: 1e18 written in digits is read exactly above.
+    if f.is_finite() && f.fract() == 0.0 && f > 9.007_199_254_740_992e15 {
+        return Err(format!("{given} is a whole number past 2^53 written as a float, which cannot hold every such number exactly: write it out in digits"));
+    }
     if f.fract() != 0.0 || !(0.0..=9.007_199_254_740_992e15).contains(&f) {
-        return Err(format!("expected a whole number >= 0, got {}", scalar_text(v).unwrap_or_default()));
+        return Err(format!("expected a whole number >= 0, got {given}"));
     }
     Ok(f as u64)
 }
@@ -1244,8 +1250,27 @@ mod text {
         D: serde::Deserializer<'de>,
     {
         let v = Value::deserialize(d)?;
+        // An empty value (`name:`, `~`) is not the text "null": a run named `null` by accident.
+        if v.is_null() {
+            return Err(serde::de::Error::custom("no value given"));
+        }
         let s = scalar_text(&v).ok_or_else(|| serde::de::Error::custom("expected a single value"))?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `lr_scheduler`: a name, or YAML's empty value and `false` for none (as the names `null` and
+/// `false` already say), which the enum's own derive refuses as "not a Value::Tagged enum".
+mod scheduler {
+    use super::*;
+    pub fn serialize<S: serde::Serializer>(v: &Scheduler, s: S) -> std::result::Result<S::Ok, S::Error> {
+        v.serialize(s)
+    }
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Scheduler, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Null | Value::Bool(false) => Ok(Scheduler::Constant),
+            v => Scheduler::deserialize(v).map_err(serde::de::Error::custom),
+        }
     }
 }
 

@@ -540,6 +540,8 @@ impl<'a, D: Device> Trainer<'a, D> {
         })?;
         // What a killed run left half-written (its checkpoint's temporary directory).
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
+        // And what it left half-removed: a replaced checkpoint no name links to any more.
+        checkpoint::remove_orphans(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         let fresh = resume.is_none();
         // A fresh run into a run directory that holds a run replaces its last checkpoint and log
         // (two trainings under one experiment_name, as two encoders of one protocol): said

@@ -43,6 +43,34 @@ fn shipped_configs_load_with_their_values() {
     }
 }
 
+/// YAML's empty value is no name: a run is not named `null` by accident, nor ` ` (a name with
+/// a space at either end); as `lr_scheduler` it is no schedule, as `false` is. A whole number
+/// past 2^53 written as a float is told to be written in digits, not called "not whole".
+#[test]
+fn empty_values_and_float_written_counts_are_read_as_meant() {
+    for empty in ["environment:\n  experiment_name:\n", "environment:\n  experiment_name: ~\n", "environment:\n  experiment_name: null\n"] {
+        let e = Config::from_yaml(empty, &[]).unwrap_err().to_string();
+        assert!(e.contains("environment.experiment_name") && e.contains("no value given"), "{empty}: {e}");
+    }
+    let e = Config::from_yaml("", &["environment.experiment_name=".into()]).unwrap_err().to_string();
+    assert!(e.contains("environment.experiment_name") && e.contains("no value given"), "{e}");
+    for spaced in [" ", " run", "run "] {
+        let e = Config::from_yaml(&format!("environment:\n  experiment_name: \"{spaced}\"\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("environment.experiment_name") && e.contains("no space at either end"), "{spaced:?}: {e}");
+    }
+    assert_eq!(Config::from_yaml("environment:\n  experiment_name: \"a run\"\n", &[]).unwrap().environment.experiment_name, "a run");
+    for none in ["", "~", "null", "false", "none", "'null'"] {
+        let c = Config::from_yaml(&format!("trainer:\n  lr_scheduler: {none}\n"), &[]).unwrap_or_else(|e| panic!("{none:?}: {e}"));
+        assert_eq!(c.trainer.lr_scheduler, Scheduler::Constant, "{none:?}");
+    }
+    let e = Config::from_yaml("trainer:\n  lr_scheduler: linear\n", &[]).unwrap_err().to_string();
+    assert!(e.contains("trainer.lr_scheduler") && e.contains("cosine"), "{e}");
+    let e = Config::from_yaml("", &["data.truncate_length=1e18".into()]).unwrap_err().to_string();
+    assert!(e.contains("data.truncate_length") && e.contains("1e18 is a whole number past 2^53 written as a float") && e.contains("in digits"), "{e}");
+    let e = Config::from_yaml("", &["trainer.epochs=2.5".into()]).unwrap_err().to_string();
+    assert!(e.contains("trainer.epochs") && e.contains("expected a whole number >= 0, got 2.5"), "{e}");
+}
+
 #[test]
 fn overrides_reach_every_section_and_round_trip_through_yaml() {
     let c = Config::from_yaml(
@@ -1055,6 +1083,8 @@ fn the_training_state_keeps_the_loss_scale_and_refuses_counters_past_any_run() {
     let header = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
     for (from, to, named) in [
         ("\\\"step\\\":3", "\\\"step\\\":18446744073709551615", "`step`"),
+        ("\\\"epoch\\\":0", "\\\"epoch\\\":18446744073709551615", "`epoch`"),
+        ("\\\"batch\\\":0", "\\\"batch\\\":18446744073709551615", "`batch`"),
         ("\\\"checks_without_improvement\\\":0", "\\\"checks_without_improvement\\\":18446744073709551615", "`checks_without_improvement`"),
         ("\\\"batches\\\":0", "\\\"batches\\\":18446744073709551615", "`epoch_sums.batches`"),
         ("\\\"loss\\\":0.0", "\\\"loss\\\":-1.0", "`epoch_sums`"),
@@ -1158,6 +1188,27 @@ fn a_resume_says_what_it_changes_and_refuses_what_it_cannot_continue() {
     let mut m = Messages::default();
     train(&cfg("first", &[]), &h5, &csv, Some(&last), &mut m).unwrap();
     assert!(!said(&m.0, "not beside the one it resumes"), "{:?}", m.0);
+}
+
+/// What a run killed while replacing a checkpoint left — the old checkpoint's directory, part
+/// of its files gone, no name linking to it — is removed by the next run into the directory;
+/// linked checkpoints and directories of other names stay.
+#[test]
+fn a_half_removed_checkpoint_is_cleared_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let cfg = small_config(dir.path(), &["environment.experiment_name=debris", "trainer.epochs=1"]);
+    let first = train(&cfg, &h5, &csv, None, &mut Quiet).unwrap();
+    let ckpts = first.run_dir.join("checkpoints");
+    std::fs::create_dir(ckpts.join("last@s999")).unwrap();
+    std::fs::create_dir(ckpts.join("best-epoch=0-step=1@s1")).unwrap();
+    std::fs::write(ckpts.join("best-epoch=0-step=1@s1/model.safetensors"), b"part").unwrap();
+    std::fs::create_dir(ckpts.join("notes")).unwrap();
+    let again = train(&cfg, &h5, &csv, Some(&first.last_checkpoint.unwrap()), &mut Quiet).unwrap();
+    let left: std::collections::BTreeSet<String> = std::fs::read_dir(&ckpts).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+    assert!(!left.contains("last@s999") && !left.contains("best-epoch=0-step=1@s1") && left.contains("notes"), "{left:?}");
+    let last = again.last_checkpoint.unwrap();
+    assert!(last.join("model.safetensors").is_file() && left.contains(&std::fs::read_link(&last).unwrap().to_string_lossy().to_string()), "{left:?}");
 }
 
 /// A run that cannot validate says so wherever validation was asked for or early stopping

@@ -71,7 +71,7 @@ pub fn run(a: Args) -> Result<()> {
 /// pass. (`bench --baseline` and `compare` fail alike.)
 pub fn judged_nothing(t: &bench::compare::Tally, baseline: &str) -> Option<String> {
     t.judged_nothing().then(|| {
-        format!("no metric could be compared with the baseline {baseline}, so nothing was judged: the runs share no metric, or only ones the warnings above exclude (another encoder set, values 0 or not finite, another unit)")
+        format!("no metric could be compared with the baseline {baseline}, so nothing was judged: the runs share no metric, or only ones the warnings above exclude (another encoder set, values 0 or not finite, another unit), or only ones the rule cannot judge (single values, too few samples)")
     })
 }
 

@@ -433,11 +433,13 @@ pub fn fp16_supported() -> bool {
     hardware || fp16_emulation() == Ok(true)
 }
 
-/// `CID_CPU_FP16`: unset, or `emulate`; any other value is an error naming it (a misspelt
+/// `CID_CPU_FP16`: unset (or empty), or `emulate`; any other value is an error naming it (a misspelt
 /// setting is not silently no setting).
 pub fn fp16_emulation() -> std::result::Result<bool, String> {
     match std::env::var("CID_CPU_FP16") {
+        // Empty is unset, as for CID_CPU_GEMM and CID_CPU_AMX (`CID_CPU_FP16= cmd`).
         Err(std::env::VarError::NotPresent) => Ok(false),
+        Ok(v) if v.is_empty() => Ok(false),
         Ok(v) if v == "emulate" => Ok(true),
         Ok(v) => Err(format!("CID_CPU_FP16={v:?}: expected `emulate` (or unset)")),
         Err(std::env::VarError::NotUnicode(v)) => Err(format!("CID_CPU_FP16={v:?}: expected `emulate` (or unset)")),
