@@ -573,6 +573,41 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             format!("{} = {:.2}", m.id, m.value),
         );
     }
+    // Data loading (the seed's "faster storage"): whether the loader can bound training here,
+    // from a batch's preparation against a training step on the same batch and window.
+    let prep = r.metric_of(CategoryKind::Data, "medium.B32", MetricName::BatchPrepMs);
+    let step = r.metric_of(CategoryKind::Training, "medium", MetricName::BatchTimeMs);
+    if let (Some(prep), Some(step)) = (prep, step) {
+        let read = r.metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS).map_or(String::new(), |m| format!("; whole-signal reads from a cold cache ran at {:.0} MB/s", m.value));
+        let text = if prep.value >= step.value {
+            format!(
+                "Preparing a batch ({:.2} ms) takes as long as training on it or longer ({:.2} ms): the loader bounds training. Keep the store contiguous float32 (zero-copy reads) on local SSD or NVMe{read}, and raise data.num_workers and data.prefetch.",
+                prep.value, step.value
+            )
+        } else {
+            format!(
+                "Preparing a batch takes {:.2} ms, {:.1}× less than training on it ({:.2} ms), and the loader prepares batches ahead (data.prefetch) while the step runs: faster storage would not speed training here{read}.",
+                prep.value,
+                step.value / prep.value,
+                step.value
+            )
+        };
+        rec("Data loading", text, format!("{} = {:.3} ms; {} = {:.3} ms", prep.id, prep.value, step.id, step.value));
+    }
+    // Memory (the seed's "gradient checkpointing for large models"): what a step holds per
+    // sample, and the batch that fits; past it, gradient accumulation (which the trainer has)
+    // trades steps for memory.
+    if let (Some(per), Some(machine_mb)) = (r.metric_of(CategoryKind::Training, "large", MetricName::MemoryPerSampleMb).filter(|m| m.value > 0.0), r.fingerprint.memory_mb) {
+        let fits = (0.5 * machine_mb / per.value).floor();
+        rec(
+            "Memory",
+            format!(
+                "A training step holds {:.2} MB per sample at the large config (64 × 2048): about {fits:.0} samples fit in half this machine's memory ({machine_mb:.0} MB). Past that, trainer.accumulate_grad_batches trades steps for memory (negatives stay per micro-batch); the engine keeps every activation for the backward pass (it has no gradient checkpointing).",
+                per.value
+            ),
+            format!("{} = {:.3} MB; machine {machine_mb:.0} MB", per.id, per.value),
+        );
+    }
     // One recommendation per advice, naming every missed target it answers (a dozen data
     // metrics missing theirs gave a dozen copies of one sentence).
     struct Missed {

@@ -452,3 +452,33 @@ fn a_machine_at_another_speed_is_said() {
     assert!(warnings.iter().any(|w| w.contains("the machine itself ran slower") && w.contains("+30 %")), "{warnings:?}");
     assert!(!slower_then(1.0).iter().any(|w| w.contains("the machine itself")));
 }
+
+/// The seed's data-loading and memory advice, from numbers this run measured: whether preparing
+/// a batch could bound training (the data category's batch against the training step on the
+/// same batch and window), and the batch that fits, with what to do past it.
+#[test]
+fn data_loading_and_memory_advice_cite_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = Benchmark::new(dir.path()).quick(true).threads(2);
+    b.data().unwrap();
+    let base = b.results().clone();
+    let prep = base.metric("data.medium.B32.batch_prep_ms").expect("the data category times a batch of 32").value;
+    let with = |step_ms: f64, per_sample_mb: f64| {
+        let mut r = base.clone();
+        for (config, name, value) in [("medium", bench::registry::MetricName::BatchTimeMs, step_ms), ("large", bench::registry::MetricName::MemoryPerSampleMb, per_sample_mb)] {
+            let mut m = r.categories[0].metrics[0].clone();
+            (m.category, m.name, m.config, m.value, m.target) = (bench::CategoryKind::Training, name, config.into(), value, None);
+            m.id = format!("training.{config}.{name}");
+            r.categories[0].metrics.push(m);
+        }
+        r.fingerprint.memory_mb = Some(1000.0);
+        let recs = bench::recommendations(&r);
+        let text = |topic: &str| recs.iter().find(|x| x.topic == topic).map(|x| (x.text.clone(), x.evidence.clone())).unwrap_or_else(|| panic!("no {topic} advice: {recs:#?}"));
+        (text("Data loading"), text("Memory"))
+    };
+    let ((slow, evidence), (memory, _)) = with(prep / 2.0, 2.0);
+    assert!(slow.contains("the loader bounds training") && slow.contains("NVMe") && slow.contains("data.prefetch") && evidence.contains("data.medium.B32.batch_prep_ms"), "{slow}");
+    assert!(memory.contains("2.00 MB per sample") && memory.contains("about 250 samples fit") && memory.contains("trainer.accumulate_grad_batches"), "{memory}");
+    let ((fast, _), _) = with(prep * 10.0, 2.0);
+    assert!(fast.contains("10.0× less than training on it") && fast.contains("faster storage would not speed training here"), "{fast}");
+}

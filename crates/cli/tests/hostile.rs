@@ -348,6 +348,11 @@ fn output_to_a_closed_pipe_or_a_full_disk_is_no_panic() {
         let t = text(&o);
         assert_eq!(o.status.code(), Some(1), "{t}");
         assert!(t.contains("writing to standard output") && !t.contains("panicked"), "{t}");
+        // And behind stderr, where the error itself goes: still exit 1, not a panic's 101 (whose
+        // message could not be seen either).
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let o = bin().args(["inspect", "--data", "/no/such/store.h5", "--meta", &s.meta]).stderr(full).output().unwrap();
+        assert_eq!(o.status.code(), Some(1), "{}", String::from_utf8_lossy(&o.stdout));
     } else {
         eprintln!("SKIPPED (no /dev/full): the full-disk case was not run");
     }

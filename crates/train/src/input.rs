@@ -320,8 +320,19 @@ mod tests {
             })
             .collect();
         assert!(masked.iter().any(|&z| z > 0), "spans drawn: {masked:?}");
+        // Noise of 0.1 × each channel's own standard deviation: the added values' spread, per
+        // channel, within 30 % of it (4σ for 100 draws).
         let n = run(Augment { noise: 0.1, ..Default::default() }, 4);
-        assert!(n != x && n.iter().zip(&x).all(|(a, b)| (a - b).abs() < 3.0));
+        let sd = |v: &[f64]| {
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+        };
+        for ch in 0..c {
+            let signal: Vec<f64> = (0..w).map(|t| x[t * c + ch] as f64).collect();
+            let added: Vec<f64> = (0..w).map(|t| (n[t * c + ch] - x[t * c + ch]) as f64).collect();
+            let ratio = sd(&added) / (0.1 * sd(&signal));
+            assert!((0.7..1.3).contains(&ratio), "channel {ch}: noise spread {ratio} × the expected");
+        }
         let all = Augment { gain: 0.2, shift: 0.1, noise: 0.1, mask: 0.2, stretch: 0.1 };
         assert_eq!(run(all, 9), run(all, 9), "repeatable");
     }

@@ -1136,7 +1136,11 @@ fn a_fresh_run_over_an_earlier_one_says_so() {
         m.0.into_iter().filter(|w| w.contains("holds an earlier run")).collect::<Vec<_>>()
     };
     assert!(replaced(None).is_empty(), "the first run replaces nothing");
-    let again = replaced(None);
+    let mut m = Messages::default();
+    train(&cfg, &h5, &csv, None, &mut m).unwrap();
+    let again: Vec<String> = m.0.iter().filter(|w| w.contains("holds an earlier run")).cloned().collect();
+    // The earlier run's best checkpoints stay on disk, and are said to be no longer ranked.
+    assert!(m.0.iter().any(|w| w.contains("the previous run's best checkpoints (best-") && w.contains("no longer ranked")), "{:?}", m.0);
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(again[0].contains("--resume") && again[0].contains("checkpoints/last") && again[0].contains("environment.experiment_name"), "{}", again[0]);
     let last = dir.path().join("twice").join("checkpoints").join("last");
