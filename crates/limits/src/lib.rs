@@ -85,14 +85,35 @@ fn budget_from(available: Option<(u64, &str)>) -> Budget {
 /// (`memory.max` less `memory.current`, where a container sets one).
 fn available_memory() -> Option<(u64, &'static str)> {
     let read = |path: &str| std::fs::read_to_string(path).ok();
-    let meminfo = read("/proc/meminfo").and_then(|t| {
+    least_memory(&MemoryFiles {
+        meminfo: read("/proc/meminfo"),
+        limits: read("/proc/self/limits"),
+        cgroup_max: read("/sys/fs/cgroup/memory.max"),
+        cgroup_current: read("/sys/fs/cgroup/memory.current"),
+    })
+}
+
+/// The texts [`available_memory`] reads (`None`: not there), apart from reading them so that
+/// their parsing is tested on any machine.
+struct MemoryFiles {
+    meminfo: Option<String>,
+    limits: Option<String>,
+    cgroup_max: Option<String>,
+    cgroup_current: Option<String>,
+}
+
+/// The least of the limits the texts set, in bytes, and which one it is. A limit a text does
+/// not set (`unlimited`, `max`, a line missing) is no limit.
+fn least_memory(f: &MemoryFiles) -> Option<(u64, &'static str)> {
+    let meminfo = f.meminfo.as_deref().and_then(|t| {
         let kb: u64 = t.lines().find(|l| l.starts_with("MemAvailable:"))?.split_whitespace().nth(1)?.parse().ok()?;
         kb.checked_mul(1024)
     });
-    let address_space = read("/proc/self/limits").and_then(|t| t.lines().find(|l| l.starts_with("Max address space"))?.split_whitespace().nth(3)?.parse::<u64>().ok());
-    let cgroup = read("/sys/fs/cgroup/memory.max").and_then(|max| {
+    // `Max address space  <soft> <hard> bytes`: the soft limit is the one that refuses.
+    let address_space = f.limits.as_deref().and_then(|t| t.lines().find(|l| l.starts_with("Max address space"))?.split_whitespace().nth(3)?.parse::<u64>().ok());
+    let cgroup = f.cgroup_max.as_deref().and_then(|max| {
         let max: u64 = max.trim().parse().ok()?;
-        let used: u64 = read("/sys/fs/cgroup/memory.current").and_then(|c| c.trim().parse().ok()).unwrap_or(0);
+        let used: u64 = f.cgroup_current.as_deref().and_then(|c| c.trim().parse().ok()).unwrap_or(0);
         Some(max.saturating_sub(used))
     });
     [(meminfo, "available at start"), (address_space, "of the address-space limit (ulimit -v)"), (cgroup, "left under the cgroup's memory.max")]
@@ -217,6 +238,32 @@ pub fn check(what: impl FnOnce() -> String, bytes: u128) -> Result<(), OverBudge
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each limit read from its file's text, `unlimited` and `max` as none, the least one kept
+    /// and named.
+    #[test]
+    fn the_least_of_the_memory_limits_is_read_from_each_files_text() {
+        let meminfo = "MemTotal:       16000000 kB\nMemFree:         1000000 kB\nMemAvailable:    8000000 kB\n".to_string();
+        let limits = |soft: &str| {
+            format!("Limit                     Soft Limit           Hard Limit           Units\nMax stack size            8388608              unlimited            bytes\nMax address space         {soft:<20} unlimited            bytes\n")
+        };
+        let files = |limits: Option<String>, max: Option<&str>, current: Option<&str>| MemoryFiles {
+            meminfo: Some(meminfo.clone()),
+            limits,
+            cgroup_max: max.map(str::to_string),
+            cgroup_current: current.map(str::to_string),
+        };
+        assert_eq!(least_memory(&files(Some(limits("unlimited")), Some("max\n"), None)), Some((8_000_000 * 1024, "available at start")));
+        assert_eq!(least_memory(&files(Some(limits("4000000000")), Some("max\n"), None)), Some((4_000_000_000, "of the address-space limit (ulimit -v)")));
+        assert_eq!(least_memory(&files(None, Some("3000000000\n"), Some("1000000000\n"))), Some((2_000_000_000, "left under the cgroup's memory.max")));
+        assert_eq!(least_memory(&files(None, Some("1000\n"), Some("5000\n"))), Some((0, "left under the cgroup's memory.max")), "a cgroup past its max has no room");
+        assert_eq!(least_memory(&MemoryFiles { meminfo: None, limits: None, cgroup_max: None, cgroup_current: None }), None);
+        assert_eq!(
+            least_memory(&MemoryFiles { meminfo: Some("MemAvailable: lots kB\n".into()), limits: None, cgroup_max: None, cgroup_current: None }),
+            None,
+            "a line that does not parse is no limit"
+        );
+    }
 
     #[test]
     fn sizes_parse_with_binary_units_and_bad_ones_say_why() {
