@@ -573,20 +573,23 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
             format!("{} = {:.2}", m.id, m.value),
         );
     }
-    // Data loading (the seed's "faster storage"): whether the loader can bound training here,
-    // from a batch's preparation against a training step on the same batch and window.
+    // Data loading (the seed's "faster storage"): whether preparing batches could bound
+    // training here, from a batch's preparation against a training step on the same batch and
+    // window. The sampler builds batches ahead, but on the step's own threads: what preparing
+    // costs, the step waits for, at most.
     let prep = r.metric_of(CategoryKind::Data, "medium.B32", MetricName::BatchPrepMs);
     let step = r.metric_of(CategoryKind::Training, "medium", MetricName::BatchTimeMs);
     if let (Some(prep), Some(step)) = (prep, step) {
-        let read = r.metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS).map_or(String::new(), |m| format!("; whole-signal reads from a cold cache ran at {:.0} MB/s", m.value));
+        let read = r.metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS).map_or(String::new(), |m| format!(" (first reads from a cold cache here: {:.0} MB/s)", m.value));
+        let share = 100.0 * prep.value / (prep.value + step.value);
         let text = if prep.value >= step.value {
             format!(
-                "Preparing a batch ({:.2} ms) takes as long as training on it or longer ({:.2} ms): the loader bounds training. Keep the store contiguous float32 (zero-copy reads) on local SSD or NVMe{read}, and raise data.num_workers and data.prefetch.",
+                "Preparing a batch from the page cache ({:.2} ms) takes as long as the training step on it or longer ({:.2} ms): data preparation bounds training, up to {share:.0} % of each step. Keep the store contiguous float32, so that windows are read in place without a copy, and keep the signals in memory or on local SSD or NVMe{read}.",
                 prep.value, step.value
             )
         } else {
             format!(
-                "Preparing a batch takes {:.2} ms, {:.1}× less than training on it ({:.2} ms), and the loader prepares batches ahead (data.prefetch) while the step runs: faster storage would not speed training here{read}.",
+                "Preparing a batch from the page cache takes {:.2} ms, {:.1}× less than the training step on it ({:.2} ms): at most {share:.0} % of a step's time goes to data preparation here. Storage matters for the first read of each signal{read}, not after.",
                 prep.value,
                 step.value / prep.value,
                 step.value
@@ -594,19 +597,25 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
         };
         rec("Data loading", text, format!("{} = {:.3} ms; {} = {:.3} ms", prep.id, prep.value, step.id, step.value));
     }
-    // Memory (the seed's "gradient checkpointing for large models"): what a step holds per
-    // sample, and the batch that fits; past it, gradient accumulation (which the trainer has)
-    // trades steps for memory.
-    if let (Some(per), Some(machine_mb)) = (r.metric_of(CategoryKind::Training, "large", MetricName::MemoryPerSampleMb).filter(|m| m.value > 0.0), r.fingerprint.memory_mb) {
-        let fits = (0.5 * machine_mb / per.value).floor();
-        rec(
-            "Memory",
-            format!(
-                "A training step holds {:.2} MB per sample at the large config (64 × 2048): about {fits:.0} samples fit in half this machine's memory ({machine_mb:.0} MB). Past that, trainer.accumulate_grad_batches trades steps for memory (negatives stay per micro-batch); the engine keeps every activation for the backward pass (it has no gradient checkpointing).",
-                per.value
-            ),
-            format!("{} = {:.3} MB; machine {machine_mb:.0} MB", per.id, per.value),
-        );
+    // Memory (the seed's "gradient checkpointing for large models"): what each pair adds to a
+    // step (the batch sweep's two largest points, so weights and optimizer state, which do not
+    // grow with the batch, are left out), and the batch that fits; past it, gradient
+    // accumulation, which the trainer has.
+    let batch_points: Vec<(f64, f64)> =
+        r.category(CategoryKind::Scalability).map(|c| c.sweep.iter().filter(|p| p.axis == "batch" && p.ok).filter_map(|p| Some((p.batch as f64, p.memory_mb?))).collect()).unwrap_or_default();
+    if let ([.., (b1, m1), (b2, m2)], Some(machine_mb)) = (&batch_points[..], r.fingerprint.memory_mb) {
+        let per_pair = (m2 - m1) / (b2 - b1);
+        if per_pair > 0.0 {
+            let fixed = (m2 - per_pair * b2).max(0.0);
+            let fits = ((0.5 * machine_mb - fixed) / per_pair).floor().max(0.0);
+            rec(
+                "Memory",
+                format!(
+                    "Each pair of windows adds {per_pair:.3} MB to a training step (the batch sweep, W = 1024: {m1:.1} MB at B = {b1:.0}, {m2:.1} MB at B = {b2:.0}; about {fixed:.1} MB do not grow with the batch): about {fits:.0} pairs fit in half this machine's memory ({machine_mb:.0} MB). Past that, trainer.accumulate_grad_batches trades steps for memory (negatives stay per micro-batch); the engine keeps every activation for the backward pass (it has no gradient checkpointing)."
+                ),
+                format!("scalability batch sweep: {m1:.3} MB at B = {b1:.0}, {m2:.3} MB at B = {b2:.0}; machine {machine_mb:.0} MB"),
+            );
+        }
     }
     // One recommendation per advice, naming every missed target it answers (a dozen data
     // metrics missing theirs gave a dozen copies of one sentence).

@@ -79,7 +79,8 @@ pub fn attach(r: &mut Results, reference: &Reference) -> Vec<MetricId> {
             }
         }
     }
-    let ran = |id: &MetricId| r.category(id.category).is_some();
+    // A category that failed measured nothing to attach to: its values are not asked about.
+    let ran = |id: &MetricId| r.category(id.category).is_some_and(|c| c.status == crate::results::Status::Ok);
     found.iter().zip(used).filter(|((id, _), used)| !used && ran(id)).map(|((id, _), _)| id.clone()).collect()
 }
 

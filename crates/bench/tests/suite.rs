@@ -455,7 +455,8 @@ fn a_machine_at_another_speed_is_said() {
 
 /// The seed's data-loading and memory advice, from numbers this run measured: whether preparing
 /// a batch could bound training (the data category's batch against the training step on the
-/// same batch and window), and the batch that fits, with what to do past it.
+/// same batch and window), and what each pair adds to a step (the batch sweep's two largest
+/// points), the batch that fits, and what to do past it.
 #[test]
 fn data_loading_and_memory_advice_cite_the_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -463,22 +464,39 @@ fn data_loading_and_memory_advice_cite_the_run() {
     b.data().unwrap();
     let base = b.results().clone();
     let prep = base.metric("data.medium.B32.batch_prep_ms").expect("the data category times a batch of 32").value;
-    let with = |step_ms: f64, per_sample_mb: f64| {
+    let with = |step_ms: f64| {
         let mut r = base.clone();
-        for (config, name, value) in [("medium", bench::registry::MetricName::BatchTimeMs, step_ms), ("large", bench::registry::MetricName::MemoryPerSampleMb, per_sample_mb)] {
-            let mut m = r.categories[0].metrics[0].clone();
-            (m.category, m.name, m.config, m.value, m.target) = (bench::CategoryKind::Training, name, config.into(), value, None);
-            m.id = format!("training.{config}.{name}");
-            r.categories[0].metrics.push(m);
+        let mut m = r.categories[0].metrics[0].clone();
+        (m.category, m.name, m.config, m.value, m.target) = (bench::CategoryKind::Training, bench::registry::MetricName::BatchTimeMs, "medium".into(), step_ms, None);
+        m.id = "training.medium.batch_time_ms".into();
+        r.categories[0].metrics.push(m);
+        let mut sweep = bench::results::Category::new(bench::CategoryKind::Scalability);
+        for (batch, memory) in [(64, 30.0), (128, 50.0), (256, 90.0)] {
+            sweep.sweep.push(bench::results::SweepPoint {
+                axis: "batch".into(),
+                batch,
+                window: 1024,
+                ok: true,
+                step_ms: Some(1.0),
+                step_ms_ci: None,
+                samples: 2,
+                memory_mb: Some(memory),
+                note: String::new(),
+            });
         }
+        r.categories.push(sweep);
         r.fingerprint.memory_mb = Some(1000.0);
         let recs = bench::recommendations(&r);
         let text = |topic: &str| recs.iter().find(|x| x.topic == topic).map(|x| (x.text.clone(), x.evidence.clone())).unwrap_or_else(|| panic!("no {topic} advice: {recs:#?}"));
         (text("Data loading"), text("Memory"))
     };
-    let ((slow, evidence), (memory, _)) = with(prep / 2.0, 2.0);
-    assert!(slow.contains("the loader bounds training") && slow.contains("NVMe") && slow.contains("data.prefetch") && evidence.contains("data.medium.B32.batch_prep_ms"), "{slow}");
-    assert!(memory.contains("2.00 MB per sample") && memory.contains("about 250 samples fit") && memory.contains("trainer.accumulate_grad_batches"), "{memory}");
-    let ((fast, _), _) = with(prep * 10.0, 2.0);
-    assert!(fast.contains("10.0× less than training on it") && fast.contains("faster storage would not speed training here"), "{fast}");
+    let ((slow, evidence), (memory, _)) = with(prep / 2.0);
+    assert!(slow.contains("data preparation bounds training, up to 67 % of each step") && slow.contains("NVMe") && evidence.contains("data.medium.B32.batch_prep_ms"), "{slow}");
+    // 40 MB from B = 128 to 256: 0.3125 MB a pair, 10 MB fixed; (500 − 10) / 0.3125 = 1568.
+    assert!(
+        memory.contains("adds 0.312 MB") && memory.contains("about 10.0 MB do not grow") && memory.contains("about 1568 pairs fit") && memory.contains("trainer.accumulate_grad_batches"),
+        "{memory}"
+    );
+    let ((fast, _), _) = with(prep * 9.0);
+    assert!(fast.contains("9.0× less than the training step") && fast.contains("at most 10 % of a step's time"), "{fast}");
 }

@@ -134,13 +134,15 @@ mod tests {
     #[test]
     fn a_long_message_keeps_its_ends_and_says_what_it_left_out() {
         assert_eq!(elide_middle("short\n", 100), "short\n");
-        let long = format!("error: Label {:?} is not an integer\n", "é".repeat(10_000));
-        let shown = elide_middle(&long, 300);
-        assert!(shown.starts_with("error: Label \"éé") && shown.ends_with("éé\" is not an integer\n"), "{shown}");
+        let long = format!("error: Label x{:?} is not an integer\n", "é".repeat(10_000));
+        // Both raw cut points (bytes 202 and len − 101) fall inside a two-byte `é`, which must
+        // not be split.
+        let shown = elide_middle(&long, 303);
+        assert!(shown.starts_with("error: Label x\"éé") && shown.ends_with("éé\" is not an integer\n"), "{shown}");
         // What is shown and what is left out add up to the message.
         let (before, rest) = shown.split_once(" … [").unwrap();
         let (count, after) = rest.split_once(" bytes left out] … ").unwrap();
         assert_eq!(before.len() + count.parse::<usize>().unwrap() + after.len(), long.len());
-        assert!(before.len() + after.len() <= 300, "{shown}");
+        assert!(before.len() + after.len() <= 303, "{shown}");
     }
 }

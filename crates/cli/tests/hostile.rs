@@ -297,6 +297,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     // Every training run above failed, the NaN one at its first validation: none wrote a
     // checkpoint or a ranking (the NaN run's used to be ranked best).
     let mut written = Vec::new();
+    assert!(s.dir.join("hostile").is_dir(), "the failed runs made their save directory (else the walk below checks nothing)");
     let mut dirs = vec![s.dir.join("hostile")];
     while let Some(d) = dirs.pop() {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {

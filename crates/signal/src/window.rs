@@ -121,11 +121,20 @@ pub fn random_distinct(n: usize, k: usize, rng: &mut Rng, out: &mut Vec<usize>) 
     let mut seen = (k > SCAN).then(|| std::collections::HashSet::with_capacity(k));
     for j in (n - k)..n {
         let t = rng.below(j as u64 + 1) as usize;
-        let taken = match seen.as_mut() {
-            Some(set) => !set.insert(t) && set.insert(j),
-            None => out[base..].contains(&t),
+        // Floyd: t if not yet picked, else j (never picked: every earlier pick is below j).
+        let pick = match seen.as_mut() {
+            Some(set) => {
+                if set.insert(t) {
+                    t
+                } else {
+                    set.insert(j);
+                    j
+                }
+            }
+            None if out[base..].contains(&t) => j,
+            None => t,
         };
-        out.push(if taken { j } else { t });
+        out.push(pick);
     }
     rng.shuffle(&mut out[base..]);
 }

@@ -275,21 +275,38 @@ pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Res
 
 /// Removes the checkpoint directories of `ckpt_dir` that no name links to: what a run killed
 /// while removing a replaced checkpoint left (part of its files, or none). Only directories named
-/// as [`write_atomic_dir`] names them (`last@…`, `best-…@…`) go; call it while holding the run
-/// directory's lock. Returns how many went.
-pub fn remove_orphans(ckpt_dir: &Path) -> std::io::Result<usize> {
-    let entries: Vec<std::fs::DirEntry> = std::fs::read_dir(ckpt_dir)?.collect::<std::io::Result<_>>()?;
-    let linked: std::collections::HashSet<PathBuf> = entries.iter().filter_map(|e| std::fs::read_link(e.path()).ok()).collect();
-    let mut removed = 0;
-    for e in &entries {
+/// exactly as [`save`] names them (`last@s120`, `best-epoch=3-step=120@s120.1`) go, never `keep`
+/// (a checkpoint given to `--resume` by its directory); a link protects its target whether it is
+/// written relative or absolute. Best effort, like the removal it completes: returns the names
+/// removed, for the caller to say. Call it while holding the run directory's lock.
+pub fn remove_orphans(ckpt_dir: &Path, keep: Option<&Path>) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(ckpt_dir) else { return Vec::new() };
+    let entries: Vec<std::fs::DirEntry> = entries.flatten().collect();
+    let linked: std::collections::HashSet<std::ffi::OsString> = entries.iter().filter_map(|e| std::fs::read_link(e.path()).ok()?.file_name().map(|n| n.to_os_string())).collect();
+    let keep = keep.and_then(|k| k.canonicalize().ok());
+    let mut removed = Vec::new();
+    for e in entries {
         let name = e.file_name().to_string_lossy().to_string();
-        let ours = name.split_once('@').is_some_and(|(named, _)| named == "last" || named.starts_with("best-"));
-        if ours && e.file_type()?.is_dir() && !linked.contains(Path::new(&name)) {
-            std::fs::remove_dir_all(e.path())?;
-            removed += 1;
+        let is_dir = e.file_type().is_ok_and(|t| t.is_dir());
+        let kept = keep.as_ref().is_some_and(|k| e.path().canonicalize().is_ok_and(|p| p == *k));
+        if saved_name(&name) && is_dir && !linked.contains(&e.file_name()) && !kept && std::fs::remove_dir_all(e.path()).is_ok() {
+            removed.push(name);
         }
     }
-    Ok(removed)
+    removed
+}
+
+/// Whether `name` is one [`write_atomic_dir`] gives a checkpoint of [`save`]:
+/// `<last|best-…>@s<step>`, with `.<n>` where that step was saved twice.
+fn saved_name(name: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    let Some((link, tag)) = name.rsplit_once('@') else { return false };
+    let Some(tag) = tag.strip_prefix('s') else { return false };
+    let step_ok = match tag.split_once('.') {
+        Some((step, n)) => digits(step) && digits(n),
+        None => digits(tag),
+    };
+    step_ok && (link == "last" || (link.starts_with("best-") && link.len() > 5))
 }
 
 /// Removes a named checkpoint: the link and the directory it points to.
@@ -493,6 +510,42 @@ fn flatten(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
                 serde_json::Value::Object(_) => flatten(x, out),
                 leaf => out.push((k.clone(), leaf.clone())),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind of binary16 value reads as the f32 it is: normals, subnormals, zeros of both
+    /// signs, infinities and NaN.
+    #[test]
+    fn half_precision_values_read_exactly() {
+        for (bits, want) in [
+            (0x3C00u16, 1.0f32),
+            (0xC000, -2.0),
+            (0x7BFF, 65504.0),
+            (0x0400, 2f32.powi(-14)),
+            (0x0001, 2f32.powi(-24)),
+            (0x83FF, -1023.0 * 2f32.powi(-24)),
+            (0x0000, 0.0),
+            (0x7C00, f32::INFINITY),
+            (0xFC00, f32::NEG_INFINITY),
+        ] {
+            assert_eq!(f16_to_f32(bits).to_bits(), want.to_bits(), "{bits:#06x}");
+        }
+        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
+        assert!(f16_to_f32(0x7E00).is_nan() && f16_to_f32(0xFC01).is_nan());
+    }
+
+    #[test]
+    fn only_the_names_a_save_gives_are_checkpoint_names() {
+        for yes in ["last@s120", "last@s0", "best-epoch=3-step=120@s120", "best-epoch=3-step=120@s120.1", "best-x@y@s5"] {
+            assert!(saved_name(yes), "{yes}");
+        }
+        for no in ["last", "last@s", "last@s12-keep", "last@120", "last@s1.", "best-@s1", "mine@s1", "last@s1.2.3", "notes"] {
+            assert!(!saved_name(no), "{no}");
         }
     }
 }

@@ -322,7 +322,8 @@ pub struct Trainer<'a, D: Device> {
     /// run's in the same directory only once it has taken a step: a run that fails before
     /// (a NaN at step 1, a bad rate) leaves the previous record whole.
     record_pending: bool,
-    /// Not resumed: the record starts anew.
+    /// Not resumed, or resumed into another directory than the checkpoint's: the record (log,
+    /// summary, ranking) starts anew.
     fresh: bool,
     /// This run's hold on its directory, for as long as it runs.
     _lock: files::DirLock,
@@ -541,15 +542,39 @@ impl<'a, D: Device> Trainer<'a, D> {
         // What a killed run left half-written (its checkpoint's temporary directory).
         files::remove_stale_temporaries(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
         // And what it left half-removed: a replaced checkpoint no name links to any more.
-        checkpoint::remove_orphans(&ckpt_dir).map_err(|e| TrainError::io(&ckpt_dir, e))?;
-        let fresh = resume.is_none();
+        let orphans = checkpoint::remove_orphans(&ckpt_dir, resume);
+        if !orphans.is_empty() {
+            obs.message(&format!(
+                "removed {} checkpoint director{} in {} that no name linked to (left by a run killed while replacing them): {}",
+                orphans.len(),
+                if orphans.len() == 1 { "y" } else { "ies" },
+                ckpt_dir.display(),
+                orphans.join(", ")
+            ));
+        }
+        // Resumed into another run directory than the checkpoint's (a changed save_dir or
+        // experiment_name): the checkpoint's run keeps its best checkpoints, and this directory's
+        // record — its log, summary and ranking, of whatever ran here before — starts anew, as a
+        // fresh run's does (Lightning, too, drops the ranking when a checkpoint's dirpath changes).
+        // Early stopping keeps the best value so far: it is the training's, not the directory's.
+        let home = |p: &Path| p.canonicalize().ok().and_then(|c| c.parent().map(Path::to_path_buf));
+        let moved_from = resume.and_then(home).filter(|from| ckpt_dir.canonicalize().is_ok_and(|here| here != *from));
+        if let Some(from) = &moved_from {
+            let best = state.best.map_or(String::new(), |b| format!("; early stopping keeps its best value so far, {b:.5}"));
+            obs.message(&format!(
+                "note: this run writes its checkpoints to {}, not beside the one it resumes ({}): the checkpoints there are not ranked here, and this run ranks the ones it writes{best}",
+                ckpt_dir.display(),
+                from.display()
+            ));
+        }
+        let fresh = resume.is_none() || moved_from.is_some();
         // A fresh run into a run directory that holds a run replaces its last checkpoint and log
         // (two trainings under one experiment_name, as two encoders of one protocol): said
         // before the first step, while the earlier run can still be kept.
         let earlier = ckpt_dir.join("last");
         if fresh && earlier.is_dir() {
             obs.message(&format!(
-                "warning: {} holds an earlier run: this fresh run replaces its last checkpoint and its log (continue it with --resume {}, or give this run another environment.experiment_name)",
+                "warning: {} holds an earlier run: this run replaces its last checkpoint and its log (continue it with --resume {}, or give this run another environment.experiment_name)",
                 run_dir.display(),
                 earlier.display()
             ));
@@ -574,22 +599,6 @@ impl<'a, D: Device> Trainer<'a, D> {
         }
         obs.start(total_steps, state.step);
         let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };
-        // Resumed into another run directory than the checkpoint's (a changed save_dir or
-        // experiment_name): that run's best checkpoints stay where they are and are not ranked
-        // here (Lightning does the same when a checkpoint's dirpath changes).
-        if let Some(dir) = resume {
-            let home = |p: &Path| p.canonicalize().ok().and_then(|c| c.parent().map(Path::to_path_buf));
-            if let (Some(from), Ok(here)) = (home(dir), ckpt_dir.canonicalize()) {
-                if from != here {
-                    let best = state.best.map_or(String::new(), |b| format!(" (its best {} so far, {b:.5}, stays there)", cfg.trainer.monitor.name()));
-                    obs.message(&format!(
-                        "note: this run writes its checkpoints to {}, not beside the one it resumes ({}): those are not ranked here{best}; this run ranks the checkpoints it writes",
-                        ckpt_dir.display(),
-                        from.display()
-                    ));
-                }
-            }
-        }
         let mut t = Trainer {
             cfg,
             obs,

@@ -1188,6 +1188,17 @@ fn a_resume_says_what_it_changes_and_refuses_what_it_cannot_continue() {
     let ranking: serde_json::Value = serde_json::from_slice(&std::fs::read(same_seed.run_dir.join("checkpoints/top_k.json")).unwrap()).unwrap();
     assert_eq!(same_seed.best_checkpoint_monitor, ranking["entries"][0]["value"].as_f64(), "{ranking}");
     assert!(same_seed.best_monitor.unwrap() <= same_seed.best_checkpoint_monitor.unwrap(), "early stopping's best counts the first run's too");
+    // Into a directory that holds another run: that run's ranking is dropped (said), not
+    // mixed with this run's, and its best checkpoints stay on disk.
+    let other = train(&cfg("occupied", &["trainer.epochs=1"]), &h5, &csv, None, &mut Quiet).unwrap();
+    let theirs = other.best_checkpoint.expect("the other run's best");
+    let (into, m) = resume("occupied", &[]);
+    let into = into.unwrap();
+    assert!(said(&m, "no longer ranked") && said(&m, "holds an earlier run"), "{m:?}");
+    assert!(theirs.exists() && into.best_checkpoint.as_ref() != Some(&theirs), "{:?}", into.best_checkpoint);
+    let ranking: serde_json::Value = serde_json::from_slice(&std::fs::read(into.run_dir.join("checkpoints/top_k.json")).unwrap()).unwrap();
+    let names: Vec<&str> = ranking["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert!(!names.contains(&theirs.file_name().unwrap().to_str().unwrap()), "{names:?}");
     // Into its own directory: nothing said.
     let mut m = Messages::default();
     train(&cfg("first", &[]), &h5, &csv, Some(&last), &mut m).unwrap();
@@ -1208,11 +1219,29 @@ fn a_half_removed_checkpoint_is_cleared_by_the_next_run() {
     std::fs::create_dir(ckpts.join("best-epoch=0-step=1@s1")).unwrap();
     std::fs::write(ckpts.join("best-epoch=0-step=1@s1/model.safetensors"), b"part").unwrap();
     std::fs::create_dir(ckpts.join("notes")).unwrap();
-    let again = train(&cfg, &h5, &csv, Some(&first.last_checkpoint.unwrap()), &mut Quiet).unwrap();
+    // Kept: a user's copy under another name, a directory a link names by its absolute path, and
+    // one given to --resume by its own path.
+    let live = std::fs::read_link(ckpts.join("last")).unwrap();
+    let copy = |to: &str| {
+        std::fs::create_dir(ckpts.join(to)).unwrap();
+        for f in std::fs::read_dir(ckpts.join(&live)).unwrap().flatten() {
+            std::fs::copy(f.path(), ckpts.join(to).join(f.file_name())).unwrap();
+        }
+    };
+    copy("last@s3-keep");
+    copy("best-mine@s2");
+    std::os::unix::fs::symlink(ckpts.join("best-mine@s2"), ckpts.join("mine")).unwrap();
+    copy("last@s77");
+    let mut said = Messages::default();
+    let again = train(&cfg, &h5, &csv, Some(&ckpts.join("last@s77")), &mut said).unwrap();
     let left: std::collections::BTreeSet<String> = std::fs::read_dir(&ckpts).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
-    assert!(!left.contains("last@s999") && !left.contains("best-epoch=0-step=1@s1") && left.contains("notes"), "{left:?}");
+    assert!(!left.contains("last@s999") && !left.contains("best-epoch=0-step=1@s1"), "{left:?}");
+    for kept in ["notes", "last@s3-keep", "best-mine@s2", "last@s77"] {
+        assert!(left.contains(kept), "{kept}: {left:?}");
+    }
+    assert!(said.0.iter().any(|m| m.contains("removed 2 checkpoint directories") && m.contains("last@s999") && m.contains("best-epoch=0-step=1@s1")), "{:?}", said.0);
     let last = again.last_checkpoint.unwrap();
-    assert!(last.join("model.safetensors").is_file() && left.contains(&std::fs::read_link(&last).unwrap().to_string_lossy().to_string()), "{left:?}");
+    assert!(last.join("model.safetensors").is_file(), "{}", last.display());
 }
 
 /// A run that cannot validate says so wherever validation was asked for or early stopping

@@ -136,6 +136,7 @@ pub fn run(a: Args) -> Result<()> {
         let tally = bench::compare::tally(r);
         crate::cmd::compare::print_tally(&tally);
         regressions = tally.regressions.len();
+        crate::cmd::compare::warn_if_none_judged(&tally);
         failure = failure.or_else(|| crate::cmd::compare::judged_nothing(&tally, name));
     }
     crate::cmd::compare::finish(regressions, failure)

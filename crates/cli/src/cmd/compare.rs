@@ -64,6 +64,7 @@ pub fn run(a: Args) -> Result<()> {
     }
     // A run whose category failed fails here as it failed `bench`: it did not measure what it was
     // asked to.
+    warn_if_none_judged(&tally);
     finish(tally.regressions.len(), failed_categories(&current).map(|f| format!("{}: {f}", a.current)).or_else(|| judged_nothing(&tally, &a.baseline)))
 }
 
@@ -71,8 +72,16 @@ pub fn run(a: Args) -> Result<()> {
 /// pass. (`bench --baseline` and `compare` fail alike.)
 pub fn judged_nothing(t: &bench::compare::Tally, baseline: &str) -> Option<String> {
     t.judged_nothing().then(|| {
-        format!("no metric could be compared with the baseline {baseline}, so nothing was judged: the runs share no metric, or only ones the warnings above exclude (another encoder set, values 0 or not finite, another unit), or only ones the rule cannot judge (single values, too few samples)")
+        format!("no metric could be compared with the baseline {baseline}, so nothing was judged: the runs share no metric, or only ones the warnings above exclude (another encoder set, values 0 or not finite, another unit)")
     })
+}
+
+/// The warning for a comparison whose shared metrics are all of kinds the rule cannot judge
+/// ([`bench::compare::Tally::judged_none_of_them`]): it passes, and says it checked nothing.
+pub fn warn_if_none_judged(t: &bench::compare::Tally) {
+    if t.judged_none_of_them() {
+        errln!("warning: no metric got a verdict: the {} shared with the baseline are all single values or too few samples for the rule to judge, so this comparison checked nothing", t.not_compared);
+    }
 }
 
 /// How a compared run ends: exit 1 on a regression, an error on a failure (a failed category, a

@@ -58,7 +58,7 @@ impl Observer for Bar {
         if self.pb.is_hidden() {
             errln!("{msg}");
         } else {
-            self.pb.println(msg);
+            self.pb.println(crate::elide_middle(msg, crate::MAX_MESSAGE));
         }
     }
 }
