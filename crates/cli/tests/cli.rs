@@ -202,6 +202,18 @@ fn a_bad_environment_variable_is_named() {
         let t = text(&o);
         assert!(!o.status.success() && t.contains(needle) && !t.contains("panicked"), "{var}={value}: {t}");
     }
+    // Empty is unset for each of them (`CID_CPU_FP16= cmd`).
+    for var in ["CID_CPU_GEMM", "CID_CPU_AMX", "CID_CPU_FP16"] {
+        let o = bin().env(var, "").args(&inspect).output().unwrap();
+        assert!(o.status.success(), "{var}=: {}", text(&o));
+    }
+    // AMX asked for on a CPU without it: said, and the run goes on with the other kernels.
+    if !engine::cpu::amx::available() {
+        let o = bin().env("CID_CPU_AMX", "on").args(&inspect).output().unwrap();
+        assert!(o.status.success() && text(&o).contains("warning: CID_CPU_AMX=on: this CPU has no AMX-BF16"), "{}", text(&o));
+    } else {
+        eprintln!("SKIPPED (this CPU has AMX): the warning for CID_CPU_AMX=on without AMX was not run");
+    }
     // A kernel this CPU cannot run is refused by name, not run (or silently replaced).
     #[cfg(target_arch = "x86_64")]
     if !std::arch::is_x86_feature_detected!("avx512f") {

@@ -179,6 +179,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     std::fs::write(&one_label, (1..=8).map(|id| format!("{id},0\n")).fold("Id,Label\n".to_string(), |t, r| t + &r)).unwrap();
     let taken = s.dir.join("taken");
     std::fs::create_dir_all(taken.join("synthetic.csv")).unwrap();
+    let taken_store = s.dir.join("taken_store");
+    std::fs::create_dir_all(taken_store.join("synthetic.h5")).unwrap();
     let bench = |flag: &str, path: &str| -> Vec<String> { strings(&["bench", flag, path, "--test", "data", "--quick", "--save-dir", &s.dir.join("b").display().to_string()]) };
     // Save directories with something in the way of an output: refused before the suite runs.
     let blocked = s.dir.join("blocked");
@@ -280,6 +282,7 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
         // A generated file whose name a directory holds: nothing is written (the store was
         // published, then the table failed; a failed rename left the store's temporary file).
         (strings(&["generate", "--count", "2", "--length", "100", "--out", &taken.display().to_string()]), "synthetic.csv"),
+        (strings(&["generate", "--count", "2", "--length", "100", "--out", &taken_store.display().to_string()]), "synthetic.h5: I/O error: is a directory"),
         // Checkpoints cut short or from elsewhere.
         (evaluate_with(&s, &cut, &[]), "model.safetensors"),
         (evaluate_with(&s, &foreign, &[]), "model.safetensors"),
@@ -312,6 +315,8 @@ fn hostile_inputs_end_with_exit_1_and_a_message_naming_the_culprit() {
     assert!(written.is_empty(), "failed runs wrote {written:?}");
     let left: Vec<_> = std::fs::read_dir(&taken).unwrap().flatten().map(|e| e.file_name()).collect();
     assert_eq!(left, vec![std::ffi::OsString::from("synthetic.csv")], "generate wrote nothing beside the directory in its way");
+    let left: Vec<_> = std::fs::read_dir(&taken_store).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("synthetic.h5")], "generate wrote nothing beside the directory in its way");
     for (dir, only) in [(&blocked, "comprehensive_benchmark_results.json"), (&blocked_baselines, "baselines")] {
         let left: Vec<_> = std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name()).collect();
         assert_eq!(left, vec![std::ffi::OsString::from(only)], "bench measured or wrote nothing in {}", dir.display());

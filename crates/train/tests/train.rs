@@ -1244,6 +1244,39 @@ fn a_half_removed_checkpoint_is_cleared_by_the_next_run() {
     assert!(last.join("model.safetensors").is_file(), "{}", last.display());
 }
 
+/// The isfm reads time as t / Sample_Rate: a table without rates for some Ids is said, naming
+/// how many and the table (they take 1 Hz); a table with every rate says nothing.
+#[test]
+fn an_isfm_run_on_ids_without_a_sample_rate_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let (h5, csv) = dataset(dir.path());
+    let table = std::fs::read_to_string(&csv).unwrap();
+    let rate = table.lines().next().unwrap().split(',').position(|c| c == "Sample_Rate").expect("the generated table has rates");
+    // The first three Ids lose their rate (an empty cell).
+    let blanked: String = table
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let mut cells: Vec<&str> = l.split(',').collect();
+            if (1..=3).contains(&i) {
+                cells[rate] = "";
+            }
+            cells.join(",") + "\n"
+        })
+        .collect();
+    let partial = dir.path().join("partial.csv");
+    std::fs::write(&partial, blanked).unwrap();
+    let isfm = ["model.name=isfm", "model.num_patches=8", "model.patch_size_L=16", "model.d_model=32", "model.d_ff=64", "model.e_layers=1", "trainer.max_steps=1"];
+    let warnings = |table: &Path, name: &str| {
+        let mut m = Messages::default();
+        train(&small_config(&dir.path().join(name), &isfm), &h5, table, None, &mut m).unwrap();
+        m.0.into_iter().filter(|w| w.contains("Sample_Rate")).collect::<Vec<_>>()
+    };
+    let said = warnings(&partial, "partial");
+    assert!(said.len() == 1 && said[0].contains("3 of 24 Ids have no Sample_Rate in ") && said[0].contains("partial.csv") && said[0].contains("1 Hz"), "{said:?}");
+    assert_eq!(warnings(&csv, "whole"), Vec::<String>::new());
+}
+
 /// A run that cannot validate says so wherever validation was asked for or early stopping
 /// watches a validation metric (it then never acts, nor the best checkpoint), naming the keys;
 /// one that asked for none and stops on nothing hears nothing.
