@@ -580,16 +580,20 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     let prep = r.metric_of(CategoryKind::Data, "medium.B32", MetricName::BatchPrepMs);
     let step = r.metric_of(CategoryKind::Training, "medium", MetricName::BatchTimeMs);
     if let (Some(prep), Some(step)) = (prep, step) {
-        let read = r.metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS).map_or(String::new(), |m| format!(" (first reads from a cold cache here: {:.0} MB/s)", m.value));
+        // Cold only where the store could be evicted before its passes (the metric's method says).
+        let read = r
+            .metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS)
+            .filter(|m| m.method.contains("evicted from the page cache"))
+            .map_or(String::new(), |m| format!(" (reads from a cold cache here: {:.0} MB/s)", m.value));
         let share = 100.0 * prep.value / (prep.value + step.value);
         let text = if prep.value >= step.value {
             format!(
-                "Preparing a batch from the page cache ({:.2} ms) takes as long as the training step on it or longer ({:.2} ms): data preparation bounds training, up to {share:.0} % of each step. Keep the store contiguous float32, so that windows are read in place without a copy, and keep the signals in memory or on local SSD or NVMe{read}.",
+                "Preparing a batch from the page cache ({:.2} ms) takes as long as the training step on it or longer ({:.2} ms): data preparation bounds training, up to {share:.0} % of each step, and on this CPU, not storage, since the signals were already in memory. Keep the store contiguous float32, so that windows are read in place without a copy or a decompression.",
                 prep.value, step.value
             )
         } else {
             format!(
-                "Preparing a batch from the page cache takes {:.2} ms, {:.1}× less than the training step on it ({:.2} ms): at most {share:.0} % of a step's time goes to data preparation here. Storage matters for the first read of each signal{read}, not after.",
+                "Preparing a batch from the page cache takes {:.2} ms, {:.1}× less than the training step on it ({:.2} ms): at most {share:.0} % of a step's time goes to data preparation here. Storage (local SSD or NVMe) matters for each signal's first read{read}, and for every read where the signals do not fit in memory.",
                 prep.value,
                 step.value / prep.value,
                 step.value

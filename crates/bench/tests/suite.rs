@@ -471,7 +471,8 @@ fn data_loading_and_memory_advice_cite_the_run() {
         m.id = "training.medium.batch_time_ms".into();
         r.categories[0].metrics.push(m);
         let mut sweep = bench::results::Category::new(bench::CategoryKind::Scalability);
-        for (batch, memory) in [(64, 30.0), (128, 50.0), (256, 90.0)] {
+        // Not on one line: only the two largest points give the numbers asserted below.
+        for (batch, memory) in [(64, 20.0), (128, 50.0), (256, 90.0)] {
             sweep.sweep.push(bench::results::SweepPoint {
                 axis: "batch".into(),
                 batch,
@@ -491,7 +492,7 @@ fn data_loading_and_memory_advice_cite_the_run() {
         (text("Data loading"), text("Memory"))
     };
     let ((slow, evidence), (memory, _)) = with(prep / 2.0);
-    assert!(slow.contains("data preparation bounds training, up to 67 % of each step") && slow.contains("NVMe") && evidence.contains("data.medium.B32.batch_prep_ms"), "{slow}");
+    assert!(slow.contains("data preparation bounds training, up to 67 % of each step") && slow.contains("not storage") && evidence.contains("data.medium.B32.batch_prep_ms"), "{slow}");
     // 40 MB from B = 128 to 256: 0.3125 MB a pair, 10 MB fixed; (500 − 10) / 0.3125 = 1568.
     assert!(
         memory.contains("adds 0.312 MB") && memory.contains("about 10.0 MB do not grow") && memory.contains("about 1568 pairs fit") && memory.contains("trainer.accumulate_grad_batches"),

@@ -264,13 +264,24 @@ pub fn write_atomic_dir(dir: &Path, tag: &str, files: &[(&str, Vec<u8>)]) -> Res
     let previous = std::fs::read_link(dir).ok();
     files::replace_with_symlink(dir, Path::new(&target_name)).map_err(|e| TrainError::io(dir, e))?;
     files::sync_dir(parent).map_err(|e| TrainError::io(parent, e))?;
-    match previous {
-        Some(old) if old != Path::new(&target_name) => {
+    match previous.as_deref().and_then(own_target) {
+        Some(old) if old != target_name => {
             let _ = std::fs::remove_dir_all(parent.join(old));
         }
         _ => {}
     }
     Ok(())
+}
+
+/// The directory a checkpoint's link names where it is one a save made beside the link (a plain
+/// name [`saved_name`] accepts), else `None`: a link a user pointed elsewhere (absolute, or out
+/// through `..`) names something a replacement or a pruning must not delete.
+fn own_target(link_target: &Path) -> Option<String> {
+    let mut parts = link_target.components();
+    match (parts.next(), parts.next()) {
+        (Some(std::path::Component::Normal(name)), None) => name.to_str().filter(|n| saved_name(n)).map(str::to_string),
+        _ => None,
+    }
 }
 
 /// Removes the checkpoint directories of `ckpt_dir` that no name links to: what a run killed
@@ -313,7 +324,10 @@ fn saved_name(name: &str) -> bool {
 pub fn remove(dir: &Path) {
     if let (Ok(target), Some(parent)) = (std::fs::read_link(dir), dir.parent()) {
         let _ = std::fs::remove_file(dir);
-        let _ = std::fs::remove_dir_all(parent.join(target));
+        // Only a directory a save made beside the link: never what a user's link names elsewhere.
+        if let Some(own) = own_target(&target) {
+            let _ = std::fs::remove_dir_all(parent.join(own));
+        }
     } else {
         let _ = std::fs::remove_dir_all(dir);
     }
@@ -537,6 +551,17 @@ mod tests {
         }
         assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
         assert!(f16_to_f32(0x7E00).is_nan() && f16_to_f32(0xFC01).is_nan());
+    }
+
+    /// A replacement or a pruning deletes only what a save made beside the link: not what a
+    /// user's link names by an absolute path or through `..`.
+    #[test]
+    fn only_a_saved_directory_beside_its_link_is_its_own() {
+        assert_eq!(own_target(Path::new("last@s12")), Some("last@s12".to_string()));
+        assert_eq!(own_target(Path::new("best-epoch=1-step=4@s4.1")), Some("best-epoch=1-step=4@s4.1".to_string()));
+        for not_ours in ["/runs/a/checkpoints/last@s12", "../other/checkpoints/last@s12", "./last@s12", "sub/last@s12", "mine", ""] {
+            assert_eq!(own_target(Path::new(not_ours)), None, "{not_ours}");
+        }
     }
 
     #[test]

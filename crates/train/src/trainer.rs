@@ -325,6 +325,9 @@ pub struct Trainer<'a, D: Device> {
     /// Not resumed, or resumed into another directory than the checkpoint's: the record (log,
     /// summary, ranking) starts anew.
     fresh: bool,
+    /// The optimizer step this invocation started at (0, or the resumed checkpoint's): whether
+    /// it has stepped decides whether a fresh record replaces what its directory held.
+    first_step: u64,
     /// This run's hold on its directory, for as long as it runs.
     _lock: files::DirLock,
     per_epoch: usize,
@@ -599,6 +602,7 @@ impl<'a, D: Device> Trainer<'a, D> {
         }
         obs.start(total_steps, state.step);
         let top_k = if fresh { TopK::default() } else { TopK::load(&ckpt_dir) };
+        let first_step = state.step;
         let mut t = Trainer {
             cfg,
             obs,
@@ -616,6 +620,7 @@ impl<'a, D: Device> Trainer<'a, D> {
             metrics: None,
             record_pending: true,
             fresh,
+            first_step,
             _lock: lock,
             per_epoch,
             total_steps,
@@ -671,7 +676,11 @@ impl<'a, D: Device> Trainer<'a, D> {
             let previous = TopK::load(&self.ckpt_dir);
             if !previous.entries.is_empty() {
                 let names: Vec<&str> = previous.entries.iter().map(|e| e.name.as_str()).collect();
-                self.obs.message(&format!("a fresh run in {}: the previous run's best checkpoints ({}) stay on disk but are no longer ranked", self.run_dir.display(), names.join(", ")));
+                self.obs.message(&format!(
+                    "this run's record in {} starts anew: the previous run's best checkpoints ({}) stay on disk but are no longer ranked",
+                    self.run_dir.display(),
+                    names.join(", ")
+                ));
                 self.top_k.save(&self.ckpt_dir)?;
             }
         }
@@ -901,9 +910,11 @@ impl<'a, D: Device> Trainer<'a, D> {
 
     /// The last checkpoint (where the run moved on since the last one) and the summary.
     pub fn finish(mut self) -> Result<Summary> {
-        // (A fresh run reaches here having stepped: every epoch ends in a step. Were one not to,
-        // the previous run's record would stay, as promised.)
-        if !self.fresh || self.state.step > 0 {
+        // A fresh record replaces its directory's only once this invocation has stepped: a fresh
+        // run whose every step was skipped, or a resume into another directory that was already
+        // at its end, leaves what the directory held as it was.
+        let stepped = self.state.step > self.first_step;
+        if !self.fresh || stepped {
             self.begin_record()?;
         }
         if self.cfg.trainer.save_last && self.last_saved_step != Some(self.state.step) && self.state.step > 0 {
@@ -928,8 +939,9 @@ impl<'a, D: Device> Trainer<'a, D> {
             best_checkpoint_monitor: self.top_k.entries.first().map(|e| e.value),
             loss_scaling: self.step.scaler.map(|s| LossScaling { skipped_steps: self.overflow_skips, final_scale: s.scale }),
         };
-        // A resume that trained nothing (the run was at its end) leaves the run's summary as it was.
-        if self.fresh || self.samples > 0 {
+        // A resume that trained nothing (the run was at its end) leaves the run's summary as it
+        // was; so does a fresh record that did not begin.
+        if (self.fresh && stepped) || (!self.fresh && self.samples > 0) {
             let path = self.run_dir.join("summary.json");
             files::write_atomic(&path, serde_json::to_string_pretty(&summary).unwrap_or_default().as_bytes()).map_err(|e| TrainError::io(&path, e))?;
         }

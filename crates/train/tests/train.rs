@@ -1199,6 +1199,15 @@ fn a_resume_says_what_it_changes_and_refuses_what_it_cannot_continue() {
     let ranking: serde_json::Value = serde_json::from_slice(&std::fs::read(into.run_dir.join("checkpoints/top_k.json")).unwrap()).unwrap();
     let names: Vec<&str> = ranking["entries"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
     assert!(!names.contains(&theirs.file_name().unwrap().to_str().unwrap()), "{names:?}");
+    // A resume into another directory that trains nothing (the checkpoint is at max_steps)
+    // leaves that directory's record as it was.
+    let kept = train(&cfg("kept", &["trainer.epochs=1"]), &h5, &csv, None, &mut Quiet).unwrap();
+    let record = |f: &str| std::fs::read(kept.run_dir.join(f)).unwrap();
+    let before: Vec<Vec<u8>> = ["metrics.jsonl", "summary.json", "config.yaml", "checkpoints/top_k.json"].iter().map(|f| record(f)).collect();
+    let (done, _) = resume("kept", &["trainer.max_steps=5"]);
+    assert_eq!(done.unwrap().steps, 5, "nothing trained");
+    let after: Vec<Vec<u8>> = ["metrics.jsonl", "summary.json", "config.yaml", "checkpoints/top_k.json"].iter().map(|f| record(f)).collect();
+    assert!(before == after, "the directory's record was rewritten by a resume that trained nothing");
     // Into its own directory: nothing said.
     let mut m = Messages::default();
     train(&cfg("first", &[]), &h5, &csv, Some(&last), &mut m).unwrap();

@@ -62,9 +62,9 @@ pub fn run(a: Args) -> Result<()> {
             print_tally(&tally);
         }
     }
+    warn_if_none_judged(&tally);
     // A run whose category failed fails here as it failed `bench`: it did not measure what it was
     // asked to.
-    warn_if_none_judged(&tally);
     finish(tally.regressions.len(), failed_categories(&current).map(|f| format!("{}: {f}", a.current)).or_else(|| judged_nothing(&tally, &a.baseline)))
 }
 
@@ -80,7 +80,7 @@ pub fn judged_nothing(t: &bench::compare::Tally, baseline: &str) -> Option<Strin
 /// ([`bench::compare::Tally::judged_none_of_them`]): it passes, and says it checked nothing.
 pub fn warn_if_none_judged(t: &bench::compare::Tally) {
     if t.judged_none_of_them() {
-        errln!("warning: no metric got a verdict: the {} shared with the baseline are all single values or too few samples for the rule to judge, so this comparison checked nothing", t.not_compared);
+        errln!("warning: no metric got a verdict: the {} compared with the baseline are single values, too few samples or excluded above, none of which the rule judges, so this comparison checked nothing", t.not_compared);
     }
 }
 
