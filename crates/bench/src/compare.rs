@@ -130,14 +130,19 @@ impl Tally {
     /// Whether the two runs share no metric the rule could take (an empty or foreign baseline, a
     /// run of other categories). A regression gate that judged nothing must not pass.
     pub fn judged_nothing(&self) -> bool {
-        self.regressions.is_empty() && self.improvements.is_empty() && self.no_change == 0 && self.not_compared == 0
+        self.verdicts() == 0 && self.not_compared == 0
     }
 
     /// Whether the runs share metrics but none got a verdict: every one is a kind the rule cannot
     /// judge (single values, one sample: a quality run's probe accuracies). Such a gate passes —
     /// a quality-only `--baseline` would otherwise never pass — but says it checked nothing.
     pub fn judged_none_of_them(&self) -> bool {
-        self.regressions.is_empty() && self.improvements.is_empty() && self.no_change == 0 && self.not_compared > 0
+        self.verdicts() == 0 && self.not_compared > 0
+    }
+
+    /// The metrics that got a verdict: regressions, improvements and no changes.
+    fn verdicts(&self) -> usize {
+        self.regressions.len() + self.improvements.len() + self.no_change
     }
 }
 

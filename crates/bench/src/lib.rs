@@ -580,11 +580,6 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
     let prep = r.metric_of(CategoryKind::Data, "medium.B32", MetricName::BatchPrepMs);
     let step = r.metric_of(CategoryKind::Training, "medium", MetricName::BatchTimeMs);
     if let (Some(prep), Some(step)) = (prep, step) {
-        // Cold only where the store could be evicted before its passes (the metric's method says).
-        let read = r
-            .metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS)
-            .filter(|m| m.method.contains("evicted from the page cache"))
-            .map_or(String::new(), |m| format!(" (reads from a cold cache here: {:.0} MB/s)", m.value));
         let share = 100.0 * prep.value / (prep.value + step.value);
         let text = if prep.value >= step.value {
             format!(
@@ -592,6 +587,11 @@ pub fn recommendations(r: &Results) -> Vec<Recommendation> {
                 prep.value, step.value
             )
         } else {
+            // Cold only where the store could be evicted before its passes (the metric's method says).
+            let read = r
+                .metric_of(CategoryKind::Data, "medium", MetricName::StoreReadMbPerS)
+                .filter(|m| m.method.contains("evicted from the page cache"))
+                .map_or(String::new(), |m| format!(" (reads from a cold cache here: {:.0} MB/s)", m.value));
             format!(
                 "Preparing a batch from the page cache takes {:.2} ms, {:.1}× less than the training step on it ({:.2} ms): at most {share:.0} % of a step's time goes to data preparation here. Storage (local SSD or NVMe) matters for each signal's first read{read}, and for every read where the signals do not fit in memory.",
                 prep.value,

@@ -86,3 +86,12 @@ impl SignalError {
         SignalError::Invalid { setting, reason: reason.into() }
     }
 }
+
+/// What the file system says of an input `path`: "not found" only where it is not there; any
+/// other failure (a loop of symbolic links, a directory without permission) as the system says it.
+pub(crate) fn metadata_of(path: &std::path::Path) -> Result<std::fs::Metadata> {
+    std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => SignalError::NotFound { path: path.to_path_buf() },
+        _ => SignalError::Io { path: path.to_path_buf(), source: e },
+    })
+}

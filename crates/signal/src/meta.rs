@@ -59,12 +59,7 @@ impl Metadata {
     /// Reads a `.csv` or `.xlsx` table (chosen by extension).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        match std::fs::metadata(path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SignalError::NotFound { path: path.to_path_buf() }),
-            // A loop of symbolic links, say, is not "not found".
-            Err(e) => return Err(SignalError::Io { path: path.to_path_buf(), source: e }),
-            Ok(_) => {}
-        }
+        crate::error::metadata_of(path)?;
         let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
         let (header, records) = match ext.as_str() {
             "xlsx" | "xlsm" | "xls" | "ods" => read_sheet(path)?,

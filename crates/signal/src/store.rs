@@ -119,13 +119,7 @@ thread_local! {
 }
 
 fn open_h5(path: &Path) -> Result<H5File> {
-    let io = |e| SignalError::Io { path: path.to_path_buf(), source: e };
-    let meta = match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SignalError::NotFound { path: path.to_path_buf() }),
-        // A loop of symbolic links, a directory without permission: said as the system says it.
-        Err(e) => return Err(io(e)),
-        Ok(m) => m,
-    };
+    let meta = crate::error::metadata_of(path)?;
     // Only a regular file can be an HDF5 store: opening a FIFO would wait for a writer forever.
     if !meta.is_file() {
         let what = if meta.is_dir() { "a directory" } else { "not a regular file (a pipe, socket or device)" };
@@ -133,7 +127,7 @@ fn open_h5(path: &Path) -> Result<H5File> {
     }
     // A file cut short is named as such before the parser meets whatever the cut broke.
     let length = meta.len();
-    if let Some(recorded) = recorded_length(path, length).map_err(io)? {
+    if let Some(recorded) = recorded_length(path, length).map_err(|e| SignalError::Io { path: path.to_path_buf(), source: e })? {
         if length < recorded {
             let reason = format!(
                 "the file is cut short: its superblock records {recorded} bytes, the file has {length} (an interrupted copy or download? h5py refuses it too); values past the cut would read as zeros"

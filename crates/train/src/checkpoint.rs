@@ -110,7 +110,7 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
     let values: Vec<f32> = match t.dtype() {
         Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
         Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
-        Dtype::F16 => d.chunks_exact(2).map(|c| f16_to_f32(u16::from_le_bytes([c[0], c[1]]))).collect(),
+        Dtype::F16 => d.chunks_exact(2).map(|c| engine::cpu::fp16::f32_of_half(u16::from_le_bytes([c[0], c[1]]))).collect(),
         Dtype::BF16 => d.chunks_exact(2).map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)).collect(),
         Dtype::I64 => d.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap_or([0; 8])) as f32).collect(),
         other => return Err(ckpt_err(path, format!("tensor `{name}` is {other:?}; expected F32 (or F64, F16, BF16, I64)"))),
@@ -119,19 +119,6 @@ fn read_tensor(path: &Path, st: &SafeTensors, name: &str, shape: &[usize]) -> Re
         return Err(ckpt_err(path, format!("tensor `{name}` holds {} values, expected {n}", values.len())));
     }
     Ok(values)
-}
-
-/// An IEEE binary16 value (a state dict saved after `model.half()`) as the f32 it is exactly.
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = (h as u32 >> 15) << 31;
-    let (exp, frac) = ((h >> 10) & 0x1F, (h & 0x3FF) as u32);
-    let magnitude = match exp {
-        0 => frac as f32 / (1 << 24) as f32, // zero and the subnormals: frac · 2⁻²⁴
-        0x1F if frac == 0 => f32::INFINITY,
-        0x1F => f32::NAN,
-        _ => f32::from_bits((exp as u32 + 127 - 15) << 23 | frac << 13),
-    };
-    f32::from_bits(magnitude.to_bits() | sign)
 }
 
 /// The value of counter tensor `name` (BatchNorm's `num_batches_tracked`): an I64 read exactly
@@ -531,27 +518,6 @@ fn flatten(v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Every kind of binary16 value reads as the f32 it is: normals, subnormals, zeros of both
-    /// signs, infinities and NaN.
-    #[test]
-    fn half_precision_values_read_exactly() {
-        for (bits, want) in [
-            (0x3C00u16, 1.0f32),
-            (0xC000, -2.0),
-            (0x7BFF, 65504.0),
-            (0x0400, 2f32.powi(-14)),
-            (0x0001, 2f32.powi(-24)),
-            (0x83FF, -1023.0 * 2f32.powi(-24)),
-            (0x0000, 0.0),
-            (0x7C00, f32::INFINITY),
-            (0xFC00, f32::NEG_INFINITY),
-        ] {
-            assert_eq!(f16_to_f32(bits).to_bits(), want.to_bits(), "{bits:#06x}");
-        }
-        assert_eq!(f16_to_f32(0x8000).to_bits(), (-0.0f32).to_bits());
-        assert!(f16_to_f32(0x7E00).is_nan() && f16_to_f32(0xFC01).is_nan());
-    }
 
     /// A replacement or a pruning deletes only what a save made beside the link: not what a
     /// user's link names by an absolute path or through `..`.

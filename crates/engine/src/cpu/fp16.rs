@@ -401,8 +401,9 @@ unsafe fn to_halves(_: *const f32, _: usize, _: *mut u16, _: usize) {
     unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
-/// The value of an IEEE binary16 (exact in f32).
-pub(crate) fn f32_of_half(h: u16) -> f32 {
+/// The value of an IEEE binary16 (exact in f32): the packings' read-back, and a state dict's
+/// F16 tensors (`train::checkpoint`).
+pub fn f32_of_half(h: u16) -> f32 {
     let (sign, exp, frac) = (if h & 0x8000 != 0 { -1.0f32 } else { 1.0 }, (h >> 10) & 0x1F, u32::from(h & 0x3FF));
     sign * match exp {
         0 => frac as f32 / (1u32 << 24) as f32,
@@ -443,6 +444,27 @@ mod tests {
             eprintln!("SKIPPED (no AVX2/F16C)");
         }
         runs
+    }
+
+    /// Every kind of binary16 value reads as the f32 it is: normals, subnormals, zeros of both
+    /// signs, infinities and NaN.
+    #[test]
+    fn every_kind_of_half_reads_exactly() {
+        for (bits, want) in [
+            (0x3C00u16, 1.0f32),
+            (0xC000, -2.0),
+            (0x7BFF, 65504.0),
+            (0x0400, 2f32.powi(-14)),
+            (0x0001, 2f32.powi(-24)),
+            (0x83FF, -1023.0 * 2f32.powi(-24)),
+            (0x0000, 0.0),
+            (0x8000, -0.0),
+            (0x7C00, f32::INFINITY),
+            (0xFC00, f32::NEG_INFINITY),
+        ] {
+            assert_eq!(f32_of_half(bits).to_bits(), want.to_bits(), "{bits:#06x}");
+        }
+        assert!(f32_of_half(0x7E00).is_nan() && f32_of_half(0xFC01).is_nan());
     }
 
     #[test]
