@@ -1,5 +1,6 @@
 //! Times the zero-skipping GEMM against the dense packed one on one thread, for `C = op(A) · B`
-//! with a fraction `zeros` of A exactly zero (as a gradient behind ReLU + dropout).
+//! with a fraction `zeros` of A exactly zero (as a gradient behind ReLU + dropout), on each
+//! micro-kernel ISA the CPU has (AVX2, AVX-512F): one line each.
 //! `cargo run --release -p cid-engine --example sparse_time -- M N K TA ZEROS`
 //! (xl's weight gradient: `512 8192 512 1 0.6`; complex's second input gradient: `128 1024 512 0 0.65`).
 use engine::cpu::sgemm::{self, Operand, PackBuffers};
@@ -37,20 +38,24 @@ fn main() {
     let bo = Operand { ptr: bv.as_ptr(), rs: n as isize, cs: 1 };
     let mut buf = PackBuffers::default();
     let (mut sparse, mut strip) = (SparseLhs::default(), StripBuffer::default());
-    let (mut td, mut tc, mut ts) = (vec![], vec![], vec![]);
-    for _ in 0..15 {
-        let t0 = Instant::now();
-        unsafe { sgemm::sgemm(sgemm::Isa::Avx2, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
-        td.push(t0.elapsed().as_secs_f64() * 1e3);
-        let t0 = Instant::now();
-        unsafe { sparse.compress(m, k, ao) };
-        tc.push(t0.elapsed().as_secs_f64() * 1e3);
-        let t0 = Instant::now();
-        unsafe { sparse.multiply(sgemm::Isa::Avx2, bo, c.as_mut_ptr(), n, 0..n, false, &mut strip) };
-        ts.push(t0.elapsed().as_secs_f64() * 1e3);
+    // Each ISA the CPU has, dense and zero-skipping alike, so the AVX-512 strips are timed
+    // against the AVX2 ones on the same operands.
+    for isa in [sgemm::Isa::Avx2, sgemm::Isa::Avx512].into_iter().filter(|isa| isa.supported()) {
+        let (mut td, mut tc, mut ts) = (vec![], vec![], vec![]);
+        for _ in 0..15 {
+            let t0 = Instant::now();
+            unsafe { sgemm::sgemm(isa, m, n, k, 1.0, ao, bo, c.as_mut_ptr(), n as isize, false, &mut buf) };
+            td.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            unsafe { sparse.compress(m, k, ao) };
+            tc.push(t0.elapsed().as_secs_f64() * 1e3);
+            let t0 = Instant::now();
+            unsafe { sparse.multiply(isa, bo, c.as_mut_ptr(), n, 0..n, false, &mut strip) };
+            ts.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        for t in [&mut td, &mut tc, &mut ts] {
+            t.sort_by(|a, b| a.total_cmp(b));
+        }
+        println!("{isa:?} {m}x{n}x{k} ta{} zeros {zeros}: dense {:.2} ms (best {:.2}) | compress {:.2} + multiply {:.2} ms (best {:.2})", ta as u8, td[7], td[0], tc[7], ts[7], ts[0]);
     }
-    for t in [&mut td, &mut tc, &mut ts] {
-        t.sort_by(|a, b| a.total_cmp(b));
-    }
-    println!("{m}x{n}x{k} ta{} zeros {zeros}: dense {:.2} ms (best {:.2}) | compress {:.2} + multiply {:.2} ms (best {:.2})", ta as u8, td[7], td[0], tc[7], ts[7], ts[0]);
 }
