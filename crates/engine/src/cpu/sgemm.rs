@@ -56,6 +56,10 @@ pub const KK: usize = 512;
 /// Most floats of a packed block of B (1 MiB): its column count is `B_PACK / slots` (the depth,
 /// or half of it for bf16 pairs: [`block_cols`]).
 pub const B_PACK: usize = 1 << 18;
+/// Most floats of an A packed whole for a depth block (2 MiB): up to this size, a product whose C
+/// spans several blocks of B packs A once per depth block rather than once per block of B
+/// ([`loop_nest`]).
+pub const A_WHOLE: usize = 1 << 19;
 
 /// A matrix operand: element `(i, j)` is at `ptr + i·rs + j·cs`.
 #[derive(Clone, Copy, Debug)]
@@ -162,12 +166,13 @@ impl PackBuffers {
         4 * (self.a.len() + self.b.len())
     }
 
-    /// Room for the blocks of an `m × n × k` product in panels `nr` wide, `slot_depths` depths a slot.
-    fn reserve(&mut self, m: usize, n: usize, k: usize, nr: usize, slot_depths: usize) {
+    /// Room for the blocks of a product `k` deep and `n` wide whose packed blocks of A hold
+    /// `a_rows` rows, in panels `nr` wide, `slot_depths` depths a slot.
+    fn reserve(&mut self, a_rows: usize, n: usize, k: usize, nr: usize, slot_depths: usize) {
         let slots = KK.min(k).div_ceil(slot_depths);
         // Room to start each buffer on a cache line (the allocator aligns to 16 bytes only):
         // misaligned, every other 32-byte load of a B panel would straddle two lines.
-        let a = MC.min(m).next_multiple_of(MR) * slots + ALIGN;
+        let a = a_rows.next_multiple_of(MR) * slots + ALIGN;
         let b = block_cols(n, slots, nr).next_multiple_of(nr) * slots + ALIGN;
         if self.a.len() < a {
             self.a.resize(a, 0.0);
@@ -427,20 +432,66 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
             }
             return;
         }
-        buf.reserve(m, n, k, NR, packing.slot_depths());
-        let buf_round = buf.round;
-        let (abuf, bbuf) = buf.aligned();
         // Depth along the columns of op(A) and the rows of op(B); lanes across the others.
         let (a, b) = (Panel::of_a(a), Panel::of_b(b));
         // With one panel of B's columns (n ≤ NR: a convolution to 16 channels), each value of A
         // is used once: packing it would only copy it. A depth-contiguous A is then read in
         // place, six rows side by side, the kernel fetching the next six ahead; a block's last,
         // partial panel of rows is still packed (zero-padded to MR). bf16 and fp16 round in packing.
-        let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && buf_round == Rounding::None && packing == Packing::Floats);
+        let in_place = in_place_kernel.filter(|_| n <= NR && a.sp == 1 && buf.round == Rounding::None && packing == Packing::Floats);
         // A block of B holds as many slots as it would floats: twice the columns for bf16 pairs,
         // so each packed block of A serves twice the columns (packing is a larger share of a
         // product that runs twice as fast).
         let ncb = block_cols(n, KK.min(k).div_ceil(packing.slot_depths()), NR);
+        // Where C spans several blocks of B and A is small (a weight gradient `dYᵀ·X`: a few
+        // hundred rows of `dYᵀ` against thousands of columns of `X`), A is packed whole once per
+        // depth block and serves every block of B; otherwise a block of its rows is packed again
+        // for each block of B (xl's first weight gradient in fp16: eight times per worker).
+        // Either way each element of C adds its depth slices in the same order: the same bits.
+        let m_width = m.next_multiple_of(MR);
+        let whole_a = in_place.is_none() && n > ncb && packing.a_floats(KK.min(k), m_width) <= A_WHOLE;
+        buf.reserve(if whole_a { m } else { MC.min(m) }, n, k, NR, packing.slot_depths());
+        let buf_round = buf.round;
+        let (abuf, bbuf) = buf.aligned();
+        // The kernels of rows `ic..ic + mc` of C against one packed block of B (`nc` columns from
+        // `jc`, depths `kk..kk + kd`): A's rows from row `a_row` of a packed block `a_width` lanes
+        // wide (its first `whole` rows read in place instead).
+        let kernels = |ablock: *const f32, a_width: usize, a_row: usize, bblock: *const f32, (ic, mc, whole): (usize, usize, usize), (jc, nc): (usize, usize), (kk, kd): (usize, usize)| {
+            for pc in (0..kd).step_by(KC) {
+                let kc = KC.min(kd - pc);
+                // The first slice of k writes C (or adds to it when accumulating); later ones add.
+                let add = accumulate || kk + pc > 0;
+                // Slice `pc` of a packed block starts after `pc` full slices of every panel.
+                let (ap, bp) = (ablock.add(packing.a_floats(pc, a_width) + packing.a_floats(kc, a_row)), bblock.add(packing.b_floats(pc, nc.next_multiple_of(NR))));
+                for jr in (0..nc).step_by(NR) {
+                    let bj = bp.add(packing.b_floats(kc, jr));
+                    for ir in (0..mc).step_by(MR) {
+                        let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
+                        let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
+                        if let Some(in_place_kernel) = in_place.filter(|_| ir < whole) {
+                            in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
+                        } else {
+                            packed_kernel(kc, ap.add(packing.a_floats(kc, ir - whole)), 1, bj, ct, rsc, mr, nr, alpha, add);
+                        }
+                    }
+                }
+            }
+        };
+        if whole_a {
+            for kk in (0..k).step_by(KK) {
+                let kd = KK.min(k - kk);
+                pack::<MR>(packing, Side::A, kd, m, a.at(kk, 0), abuf, buf_round);
+                for jc in (0..n).step_by(ncb) {
+                    let nc = ncb.min(n - jc);
+                    pack::<NR>(packing, Side::B, kd, nc, b.at(kk, jc), bbuf, buf_round);
+                    for ic in (0..m).step_by(MC) {
+                        // (MC is a whole number of panels, so row `ic` starts one.)
+                        kernels(abuf.as_ptr(), m_width, ic, bbuf.as_ptr(), (ic, MC.min(m - ic), 0), (jc, nc), (kk, kd));
+                    }
+                }
+            }
+            return;
+        }
         for jc in (0..n).step_by(ncb) {
             let nc = ncb.min(n - jc);
             for kk in (0..k).step_by(KK) {
@@ -452,25 +503,7 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
                     if whole < mc {
                         pack::<MR>(packing, Side::A, kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
                     }
-                    for pc in (0..kd).step_by(KC) {
-                        let kc = KC.min(kd - pc);
-                        // The first slice of k writes C (or adds to it when accumulating); later ones add.
-                        let add = accumulate || kk + pc > 0;
-                        // Slice `pc` of a packed block starts after `pc` full slices of every panel.
-                        let (ap, bp) = (abuf.as_ptr().add(packing.a_floats(pc, (mc - whole).next_multiple_of(MR))), bbuf.as_ptr().add(packing.b_floats(pc, nc.next_multiple_of(NR))));
-                        for jr in (0..nc).step_by(NR) {
-                            let bj = bp.add(packing.b_floats(kc, jr));
-                            for ir in (0..mc).step_by(MR) {
-                                let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
-                                let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
-                                if let Some(in_place_kernel) = in_place.filter(|_| ir < whole) {
-                                    in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
-                                } else {
-                                    packed_kernel(kc, ap.add(packing.a_floats(kc, ir - whole)), 1, bj, ct, rsc, mr, nr, alpha, add);
-                                }
-                            }
-                        }
-                    }
+                    kernels(abuf.as_ptr(), (mc - whole).next_multiple_of(MR), 0, bbuf.as_ptr(), (ic, mc, whole), (jc, nc), (kk, kd));
                 }
             }
         }
@@ -1419,6 +1452,52 @@ pub(crate) mod tests {
             |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR_MAX>(Packing::Bf16Pairs, m, n, k, 1.0, a, b, c, n as isize, true, buf, kernel_avx2_bf16_emulated::<true, 4>, None) };
         assert!(first_use_check(1e-5, &wide_pairs, &pairs));
         assert!(!first_use_check(1e-5, &narrow, &pairs), "fp32 products are not bf16 ones");
+    }
+
+    /// A product whose C spans several blocks of B packs a small A once per depth block
+    /// ([`loop_nest`]'s whole A); computed block by block of B's columns instead (each call then
+    /// packs A per block, as before), every element must come out with the same bits — for each
+    /// packing, both layouts of A, accumulating or not — and a nest that misplaced a block of A's
+    /// rows would not. (The naive products of `check_against_naive` cross the same path.)
+    #[test]
+    fn an_a_packed_whole_gives_the_same_bits_as_one_packed_per_block() {
+        if !Isa::Avx2.supported() {
+            eprintln!("SKIPPED (no AVX2/FMA)");
+            return;
+        }
+        // 150 rows: two blocks of MC; 600 deep: two depth blocks; 1100 columns: past a block of B
+        // at every packing (512 columns of floats or halves, 1024 of bf16 pairs).
+        let (m, n, k) = (150, 1100, 600);
+        let mut seed = 11u64;
+        let (av, bv) = (uniform(&mut seed, m * k), uniform(&mut seed, k * n));
+        let nests: [(&str, Packing, Rounding, Kernel); 3] = [
+            ("floats", Packing::Floats, Rounding::None, kernel_avx2::<true, 4>),
+            ("bf16 pairs", Packing::Bf16Pairs, Rounding::Bf16, kernel_avx2_bf16_emulated::<true, 4>),
+            ("halves", Packing::Halves, Rounding::Fp16, super::super::fp16::emulated_kernel),
+        ];
+        for (what, packing, round, kernel) in nests {
+            let ncb = block_cols(n, KK.min(k).div_ceil(packing.slot_depths()), NR_MAX);
+            assert!(n > ncb && packing.a_floats(KK, m.next_multiple_of(MR)) <= A_WHOLE, "{what}: the shape must take the whole-A path");
+            for ta in [false, true] {
+                let (a, b) = transposed(&av, &bv, (m, n, k), ta, false);
+                for accumulate in [false, true] {
+                    let c0 = uniform(&mut seed, m * n);
+                    let mut buf = PackBuffers { round, ..Default::default() };
+                    let mut whole = c0.clone();
+                    // SAFETY: whole row-major matrices of the shapes given; the emulated kernels run on AVX2.
+                    unsafe { loop_nest::<NR_MAX>(packing, m, n, k, 0.75, a, b, whole.as_mut_ptr(), n as isize, accumulate, &mut buf, kernel, None) };
+                    let mut by_blocks = c0;
+                    for jc in (0..n).step_by(ncb) {
+                        let b_cols = Operand { ptr: bv[jc..].as_ptr(), ..b };
+                        // SAFETY: columns `jc..` of the same matrices, no wider than a block of B.
+                        unsafe { loop_nest::<NR_MAX>(packing, m, ncb.min(n - jc), k, 0.75, a, b_cols, by_blocks[jc..].as_mut_ptr(), n as isize, accumulate, &mut buf, kernel, None) };
+                    }
+                    for (i, (w, p)) in whole.iter().zip(&by_blocks).enumerate() {
+                        assert_eq!(w.to_bits(), p.to_bits(), "{what}, ta {ta}, accumulate {accumulate}: C[{}, {}] = {w} against {p}", i / n, i % n);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
