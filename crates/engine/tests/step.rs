@@ -505,7 +505,13 @@ fn every_gemm_kernel_trains_alike() {
         eprintln!("SKIPPED: this CPU lacks AVX2/FMA, so only the faer kernel exists here");
         return;
     }
-    for (kernel, missing) in [(CpuGemm::PackedAvx512, "no AVX-512F"), (CpuGemm::Bf16Dot, "no AVX512-BF16"), (CpuGemm::Amx, "no AMX-BF16, or CID_CPU_AMX=off"), (CpuGemm::Fp16Runs, "no AVX512-FP16")] {
+    for (kernel, missing) in [
+        (CpuGemm::PackedAvx512, "no AVX-512F"),
+        (CpuGemm::Bf16Dot, "no AVX512-BF16"),
+        (CpuGemm::Amx, "no AMX-BF16, or CID_CPU_AMX=off"),
+        (CpuGemm::Fp16Runs, "no AVX512-FP16"),
+        (CpuGemm::Fp16RunsWide, "no AVX512-FP16"),
+    ] {
         if !kernel.supported() {
             eprintln!("SKIPPED ({missing}): the {} kernel is not compared here", kernel.name());
         }
@@ -543,7 +549,7 @@ fn every_gemm_kernel_trains_alike() {
         for (precision, reference, loss_rel, params_abs, gap_max) in precisions {
             let (ref_loss, ref_params) = run(reference, precision);
             for kernel in CpuGemm::candidates(precision).into_iter().filter(|k| *k != reference) {
-                let (loss_rel, gap_max) = if kernel == CpuGemm::Fp16Runs { (2e-2, 0.15) } else { (loss_rel, gap_max) };
+                let (loss_rel, gap_max) = if matches!(kernel, CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide) { (2e-2, 0.15) } else { (loss_rel, gap_max) };
                 let (loss, params) = run(kernel, precision);
                 let (name, ref_name) = (kernel.name(), reference.name());
                 for (p, f) in loss.iter().zip(&ref_loss) {
@@ -575,6 +581,10 @@ fn every_gemm_kernel_trains_alike() {
             let (runs, bf16) = (gap(CpuGemm::Fp16Runs, Precision::Fp16), gap(CpuGemm::Packed, Precision::Bf16));
             eprintln!("updates apart from fp32's: fp16 in runs {runs:.3}, bf16 {bf16:.3}");
             assert!(runs < bf16, "fp16 in runs strays further from fp32 ({runs:.3}) than bf16 ({bf16:.3})");
+            // The two fp16 tiles sum each element alike: five steps on either end with the same bits.
+            let (narrow, wide) = (run(CpuGemm::Fp16Runs, Precision::Fp16), run(CpuGemm::Fp16RunsWide, Precision::Fp16));
+            assert_eq!(narrow.0.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), wide.0.iter().map(|l| l.to_bits()).collect::<Vec<_>>(), "fp16 losses on the two tiles");
+            assert!(narrow.1.iter().zip(&wide.1).all(|(n, w)| n.to_bits() == w.to_bits()), "fp16 weights on the two tiles differ");
         }
     });
 }

@@ -42,6 +42,23 @@ pub unsafe fn sgemm_fp16_runs(m: usize, n: usize, k: usize, alpha: f32, a: Opera
     unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_fp16, None) }
 }
 
+/// [`sgemm_fp16_runs`] on a tile twice as wide ([`kernel_avx512_fp16_wide`]): the same sums,
+/// the same bits. Neither tile wins everywhere (on an Intel Xeon with AVX512-FP16, the wide one
+/// ran xl's forward `512 × 512 × 8192` 25 % faster on one worker and its weight gradient
+/// `512 × 8192 × 512` (A transposed) 10–20 % slower on two), so the device measures both per
+/// shape ([`super::plan`]).
+///
+/// # Safety
+/// As [`sgemm_fp16_runs`].
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn sgemm_fp16_runs_wide(m: usize, n: usize, k: usize, alpha: f32, a: Operand, b: Operand, c: *mut f32, rsc: isize, accumulate: bool, buf: &mut PackBuffers) {
+    // SAFETY: the caller's contract; the kernel's tile is MR × NR_WIDE on halves, as packed.
+    unsafe { loop_nest::<NR_WIDE>(Packing::Halves, m, n, k, alpha, a, b, c, rsc, accumulate, buf, kernel_avx512_fp16_wide, None) }
+}
+
+/// Columns of the wide fp16 tile ([`kernel_avx512_fp16_wide`]): two registers of halves a row.
+pub(crate) const NR_WIDE: usize = 64;
+
 /// Whether fp16 products run on AVX512-FP16 here ([`sgemm_fp16_runs`]): the CPU has it (with
 /// AVX-512F's kernel, whose packing it shares, and F16C) and it gives its emulation's sums on
 /// products crossing every block edge, checked once per process.
@@ -62,9 +79,10 @@ fn agrees() -> bool {
     static AGREES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *AGREES.get_or_init(|| {
         // SAFETY: AVX512-FP16, AVX-512F/BW/VL and F16C are present (checked by the caller); whole matrices.
-        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &|m, n, k, a, b, c, buf| unsafe {
-            loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, true, buf, emulated_kernel, None)
-        });
+        let emulated = |m, n, k, a, b, c, buf: &mut PackBuffers| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 1.0, a, b, c, n as isize, true, buf, emulated_kernel, None) };
+        // Both tiles, each against the emulation (the wide one's products cross its edges too).
+        let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &emulated)
+            && first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs_wide(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &emulated);
         if !agrees {
             eprintln!("warning: the AVX512-FP16 kernel disagrees with its emulation on this CPU; fp16 products run on the fp32 kernels");
         }
@@ -145,7 +163,7 @@ unsafe fn kernel_avx512_fp16(kc: usize, a: *const f32, _rsa: isize, b: *const f3
                     _mm512_storeu_ps(tile.as_mut_ptr().add(i * NR_MAX + 16 * h), _mm512_mul_ps(v, va));
                 }
             }
-            store_edge(&tile, c, rsc, mr, nr, add);
+            store_edge::<NR_MAX>(&tile, c, rsc, mr, nr, add);
         }
     }
 }
@@ -156,15 +174,99 @@ unsafe fn kernel_avx512_fp16(_: usize, _: *const f32, _: isize, _: *const f32, _
     unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
 }
 
-/// Writes (or adds) the `mr × nr` corner of a tile `NR_MAX` wide into C.
+/// [`kernel_avx512_fp16`] on a tile twice as wide: `MR` rows × [`NR_WIDE`] columns of B's
+/// halves (`b[p·64 + j]`), two registers of halves a row. Why: a row's fp16 sum is a chain of
+/// dependent multiply-adds, and the narrow tile's six chains cannot keep two FMA pipes busy
+/// through their latency (4 cycles: eight chains would); twelve can, and two loads of B now feed
+/// twelve multiply-adds instead of one six. Twelve registers of sums leave too few for the
+/// 24 of fp32 accumulators, so those live in a tile on the stack (in L1), added to once a run.
+/// Each element's sums are the narrow kernel's, in the same order: the same bits.
+///
+/// # Safety
+/// As [`kernel_avx512_fp16`], with `b` holding `kc · 64` halves.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512fp16,avx512f,avx512bw,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_fp16_wide(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
+    use std::arch::x86_64::*;
+    // SAFETY: the loads read `kc · MR` words of A and `kc · 64` halves of B (the contract);
+    // prefetch addresses are formed with wrapping arithmetic and never fault; the accumulator
+    // tile is this call's own; C's tile is written inside `mr × nr` at row stride `rsc`.
+    unsafe {
+        let (mut a, mut b) = (a as *const i32, b as *const u16);
+        for i in 0..mr {
+            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc + 32) as *const i8);
+        }
+        let mut acc = [0.0f32; MR * NR_WIDE];
+        let mut p = 0;
+        while p < kc {
+            let run = RUN.min(kc - p);
+            let mut sums = [[_mm512_setzero_ph(); 2]; MR];
+            let mut depth = || {
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR) as *const i8);
+                let b0 = _mm512_castsi512_ph(_mm512_loadu_si512(b as *const __m512i));
+                let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(b.add(NR_MAX) as *const __m512i));
+                for (i, s) in sums.iter_mut().enumerate() {
+                    let ai = _mm512_castsi512_ph(_mm512_set1_epi32(*a.add(i)));
+                    s[0] = _mm512_fmadd_ph(ai, b0, s[0]);
+                    s[1] = _mm512_fmadd_ph(ai, b1, s[1]);
+                }
+                a = a.add(MR);
+                b = b.add(NR_WIDE);
+            };
+            // (A constant trip count, unrolled, as in the narrow kernel.)
+            if run == RUN {
+                (0..RUN).for_each(|_| depth());
+            } else {
+                (0..run).for_each(|_| depth());
+            }
+            for (i, row) in sums.iter().enumerate() {
+                for (h, s) in row.iter().enumerate() {
+                    let bits = _mm512_castph_si512(*s);
+                    let at = acc.as_mut_ptr().add(i * NR_WIDE + 32 * h);
+                    _mm512_storeu_ps(at, _mm512_add_ps(_mm512_loadu_ps(at), _mm512_cvtph_ps(_mm512_castsi512_si256(bits))));
+                    _mm512_storeu_ps(at.add(16), _mm512_add_ps(_mm512_loadu_ps(at.add(16)), _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(bits))));
+                }
+            }
+            p += run;
+        }
+        let va = _mm512_set1_ps(alpha);
+        for q in (0..MR * NR_WIDE).step_by(16) {
+            _mm512_storeu_ps(acc.as_mut_ptr().add(q), _mm512_mul_ps(_mm512_loadu_ps(acc.as_ptr().add(q)), va));
+        }
+        if mr == MR && nr == NR_WIDE {
+            for i in 0..MR {
+                let cr = c.offset(i as isize * rsc);
+                for q in (0..NR_WIDE).step_by(16) {
+                    let mut v = _mm512_loadu_ps(acc.as_ptr().add(i * NR_WIDE + q));
+                    if add {
+                        v = _mm512_add_ps(v, _mm512_loadu_ps(cr.add(q)));
+                    }
+                    _mm512_storeu_ps(cr.add(q), v);
+                }
+            }
+        } else {
+            store_edge::<NR_WIDE>(&acc, c, rsc, mr, nr, add);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel_avx512_fp16_wide(_: usize, _: *const f32, _: isize, _: *const f32, _: *mut f32, _: isize, _: usize, _: usize, _: f32, _: bool) {
+    unreachable!("no packed kernel runs off x86-64 (Isa::supported is false)")
+}
+
+/// Writes (or adds) the `mr × nr` corner of a tile `W` wide into C.
 ///
 /// # Safety
 /// `c` must address an `mr × nr` tile at row stride `rsc` that no other thread touches.
-unsafe fn store_edge(tile: &[f32; MR * NR_MAX], c: *mut f32, rsc: isize, mr: usize, nr: usize, add: bool) {
+unsafe fn store_edge<const W: usize>(tile: &[f32], c: *mut f32, rsc: isize, mr: usize, nr: usize, add: bool) {
     for i in 0..mr {
         // SAFETY: row `i < mr` of the tile, `nr` elements (the contract).
         let row = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), nr) };
-        for (cv, &v) in row.iter_mut().zip(&tile[i * NR_MAX..]) {
+        for (cv, &v) in row.iter_mut().zip(&tile[i * W..]) {
             *cv = if add { *cv + v } else { v };
         }
     }
@@ -195,7 +297,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
         tile[i * NR_MAX + j] = acc * alpha;
     }
     // SAFETY: forwarded contract.
-    unsafe { store_edge(&tile, c, rsc, mr, nr, add) }
+    unsafe { store_edge::<NR_MAX>(&tile, c, rsc, mr, nr, add) }
 }
 
 /// Packs a block of B (`W` = 16 or 32) of `kd` depths × `lanes` lanes as halves, in
@@ -213,15 +315,15 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
 /// `lanes` rounded up to `W` times `kd` halves (asserted).
 pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, src: Panel, out: &mut [f32]) {
     let width = lanes.next_multiple_of(W);
-    // B's panel widths (16, 32): every panel and slice starts on a whole float of the buffer, and
-    // each depth of a panel is whole eights of halves.
-    assert!(2 * out.len() >= width * kd && W <= NR_MAX && W.is_multiple_of(8));
+    // B's panel widths (16, 32, 64): every panel and slice starts on a whole float of the
+    // buffer, and each depth of a panel is whole eights of halves.
+    assert!(2 * out.len() >= width * kd && W <= NR_WIDE && W.is_multiple_of(8));
     let halves = out.as_mut_ptr() as *mut u16;
     // SAFETY: every read is of `(p, q)` with `p < kd`, `q < lanes`, inside the source, and every
     // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
     // `slice` spans `slice · width + q0 · kc` plus `kc · W`.
     unsafe {
-        let mut panel = [0.0f32; KC * NR_MAX];
+        let mut panel = [0.0f32; KC * NR_WIDE];
         for slice in (0..kd).step_by(KC) {
             let kc = KC.min(kd - slice);
             let base = halves.add(slice * width);
@@ -528,6 +630,7 @@ mod tests {
             }
             check(16, &|o| unsafe { sgemm::pack_block::<16>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<16>(kd, lanes, src, o) });
             check(NR_MAX, &|o| unsafe { sgemm::pack_block::<NR_MAX>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<NR_MAX>(kd, lanes, src, o) });
+            check(NR_WIDE, &|o| unsafe { sgemm::pack_block::<NR_WIDE>(kd, lanes, src, o, Rounding::None) }, &|o| unsafe { pack_block_halves::<NR_WIDE>(kd, lanes, src, o) });
         }
     }
 
@@ -551,6 +654,7 @@ mod tests {
             return;
         }
         check_against_naive_within("avx512-fp16", Rounding::Fp16, bound, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_fp16_runs(m, n, k, alpha, a, b, c, rsc, acc, buf) });
+        check_against_naive_within("avx512-fp16-wide", Rounding::Fp16, bound, |m, n, k, alpha, a, b, c, rsc, acc, buf| unsafe { sgemm_fp16_runs_wide(m, n, k, alpha, a, b, c, rsc, acc, buf) });
     }
 
     /// The packing, the loops and the kernel give, bit for bit, a model of their sums written
@@ -569,9 +673,11 @@ mod tests {
         type Product = dyn Fn(usize, usize, usize, f32, Operand, Operand, *mut f32, bool, &mut PackBuffers);
         let emulated: &Product = &|m, n, k, alpha, a, b, c, acc, buf| unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, alpha, a, b, c, n as isize, acc, buf, emulated_kernel, None) };
         let kernel: &Product = &|m, n, k, alpha, a, b, c, acc, buf| unsafe { sgemm_fp16_runs(m, n, k, alpha, a, b, c, n as isize, acc, buf) };
+        let wide: &Product = &|m, n, k, alpha, a, b, c, acc, buf| unsafe { sgemm_fp16_runs_wide(m, n, k, alpha, a, b, c, n as isize, acc, buf) };
         let mut products = vec![("emulated", emulated)];
         if supported() {
             products.push(("avx512-fp16", kernel));
+            products.push(("avx512-fp16-wide", wide));
         } else {
             eprintln!("SKIPPED (no AVX512-FP16): vfmadd231ph was not run; its packing and loops were (emulated)");
         }
@@ -648,14 +754,21 @@ mod tests {
         let (av, bv): (Vec<f32>, Vec<f32>) = ((0..m * k).map(value).collect(), (0..k * n).map(|i| value(i + 17)).collect());
         for (ta, tb) in [(false, false), (true, true)] {
             let (a, b) = sgemm::tests::transposed(&av, &bv, (m, n, k), ta, tb);
-            let product = |kernel: sgemm::Kernel| {
+            let product = |kernel: sgemm::Kernel, wide: bool| {
                 let mut c = vec![0.5f32; m * n];
-                unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 0.75, a, b, c.as_mut_ptr(), n as isize, true, &mut PackBuffers::default(), kernel, None) };
+                let buf = &mut PackBuffers::default();
+                if wide {
+                    unsafe { loop_nest::<NR_WIDE>(Packing::Halves, m, n, k, 0.75, a, b, c.as_mut_ptr(), n as isize, true, buf, kernel, None) };
+                } else {
+                    unsafe { loop_nest::<NR_MAX>(Packing::Halves, m, n, k, 0.75, a, b, c.as_mut_ptr(), n as isize, true, buf, kernel, None) };
+                }
                 c
             };
-            let (got, want) = (product(kernel_avx512_fp16), product(emulated_kernel));
-            let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
-            assert_eq!(differ, 0, "ta {ta} tb {tb}: {differ} of {} elements differ from the emulation", got.len());
+            let want = product(emulated_kernel, false);
+            for (what, got) in [("6 × 32", product(kernel_avx512_fp16, false)), ("6 × 64", product(kernel_avx512_fp16_wide, true))] {
+                let differ = got.iter().zip(&want).filter(|(g, w)| g.to_bits() != w.to_bits()).count();
+                assert_eq!(differ, 0, "{what}, ta {ta} tb {tb}: {differ} of {} elements differ from the emulation", got.len());
+            }
         }
     }
 }

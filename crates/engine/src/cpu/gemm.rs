@@ -48,6 +48,7 @@ pub unsafe fn gemm_strided(kernel: CpuGemm, m: usize, n: usize, k: usize, alpha:
         CpuGemm::Amx if bf16 => return unsafe { amx::sgemm_on_tiles(&mut amx::Amx::configure(), m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
         CpuGemm::Bf16Dot if bf16 => return unsafe { sgemm::sgemm_bf16_pairs(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
         CpuGemm::Fp16Runs if fp16 => return unsafe { fp16::sgemm_fp16_runs(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
+        CpuGemm::Fp16RunsWide if fp16 => return unsafe { fp16::sgemm_fp16_runs_wide(m, n, k, alpha, a, b, c, rsc, accumulate, pack) },
         _ => {
             if let Some(isa) = kernel.isa() {
                 return unsafe { sgemm::sgemm(isa, m, n, k, alpha, a, b, c, rsc, accumulate, pack) };

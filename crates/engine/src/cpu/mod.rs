@@ -68,16 +68,19 @@ pub enum CpuGemm {
     /// fp16 products only: AVX512-FP16's `vfmadd231ph`, sums of 32 depths in fp16 added in fp32
     /// ([`fp16`]).
     Fp16Runs,
+    /// fp16 products only: [`CpuGemm::Fp16Runs`]'s sums on a tile twice as wide (6 × 64), for
+    /// twelve chains of multiply-adds instead of six (the same bits).
+    Fp16RunsWide,
     /// faer's sequential kernels (any CPU; fp32 products only).
     Faer,
 }
 
 impl CpuGemm {
     /// Every kernel, in the order plans and reports list them.
-    pub const ALL: [CpuGemm; 6] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::Fp16Runs, CpuGemm::Faer];
+    pub const ALL: [CpuGemm; 7] = [CpuGemm::Packed, CpuGemm::PackedAvx512, CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::Fp16Runs, CpuGemm::Fp16RunsWide, CpuGemm::Faer];
 
-    /// `packed`, `packed-avx512`, `avx512-bf16`, `amx`, `avx512-fp16` or `faer`, as plans,
-    /// reports and `CID_CPU_GEMM` write it.
+    /// `packed`, `packed-avx512`, `avx512-bf16`, `amx`, `avx512-fp16`, `avx512-fp16-wide` or
+    /// `faer`, as plans, reports and `CID_CPU_GEMM` write it.
     pub fn name(self) -> &'static str {
         match self {
             CpuGemm::Packed => "packed",
@@ -85,6 +88,7 @@ impl CpuGemm {
             CpuGemm::Bf16Dot => "avx512-bf16",
             CpuGemm::Amx => "amx",
             CpuGemm::Fp16Runs => "avx512-fp16",
+            CpuGemm::Fp16RunsWide => "avx512-fp16-wide",
             CpuGemm::Faer => "faer",
         }
     }
@@ -99,7 +103,7 @@ impl CpuGemm {
     pub fn isa(self) -> Option<sgemm::Isa> {
         match self {
             CpuGemm::Packed => Some(sgemm::Isa::Avx2),
-            CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs => Some(sgemm::Isa::Avx512),
+            CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide => Some(sgemm::Isa::Avx512),
             CpuGemm::Faer => None,
         }
     }
@@ -109,7 +113,7 @@ impl CpuGemm {
         match self {
             CpuGemm::Bf16Dot => sgemm::bf16_dot_products(),
             CpuGemm::Amx => sgemm::Isa::Avx512.supported() && amx::enabled(),
-            CpuGemm::Fp16Runs => fp16::supported(),
+            CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide => fp16::supported(),
             k => k.isa().is_none_or(sgemm::Isa::supported),
         }
     }
@@ -120,7 +124,7 @@ impl CpuGemm {
         match self {
             CpuGemm::Faer => precision == Precision::Fp32,
             CpuGemm::Bf16Dot | CpuGemm::Amx => precision == Precision::Bf16,
-            CpuGemm::Fp16Runs => precision == Precision::Fp16,
+            CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide => precision == Precision::Fp16,
             CpuGemm::Packed | CpuGemm::PackedAvx512 => true,
         }
     }
@@ -140,19 +144,20 @@ impl CpuGemm {
     /// a device refuses that precision on it.)
     pub fn for_precision(self, precision: Precision) -> CpuGemm {
         match self {
-            CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs if !self.runs(precision) => CpuGemm::PackedAvx512,
+            CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide if !self.runs(precision) => CpuGemm::PackedAvx512,
             k => k,
         }
     }
 
     /// The nearest kernel this CPU runs to one it does not (a plan saved on another machine): AMX
     /// and AVX512-BF16 fall back to each other and to AVX-512's, AVX-512's to AVX2's, ours to
-    /// faer; the fp16 kernel to AVX-512's.
+    /// faer; the fp16 kernels to each other, then to AVX-512's.
     pub fn nearest_supported(self) -> CpuGemm {
         let chain: &[CpuGemm] = match self {
             CpuGemm::Amx => &[CpuGemm::Amx, CpuGemm::Bf16Dot, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Bf16Dot => &[CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::PackedAvx512, CpuGemm::Packed],
-            CpuGemm::Fp16Runs => &[CpuGemm::Fp16Runs, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Fp16Runs => &[CpuGemm::Fp16Runs, CpuGemm::Fp16RunsWide, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Fp16RunsWide => &[CpuGemm::Fp16RunsWide, CpuGemm::Fp16Runs, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::PackedAvx512 => &[CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Packed => &[CpuGemm::Packed],
             CpuGemm::Faer => &[],
@@ -166,6 +171,7 @@ impl CpuGemm {
             CpuGemm::Amx => return "AMX tiles (TDPBF16PS) on operands packed as bf16 pairs, fp32 accumulation".into(),
             CpuGemm::Bf16Dot => return "AVX512-BF16 dot products (vdpbf16ps) on operands packed as bf16 pairs, fp32 accumulation".into(),
             CpuGemm::Fp16Runs => return format!("AVX512-FP16 (vfmadd231ph) on operands packed as binary16, sums of {} depths in fp16 added in fp32", fp16::RUN),
+            CpuGemm::Fp16RunsWide => return format!("AVX512-FP16 (vfmadd231ph) on a 6 × 64 tile, sums of {} depths in fp16 added in fp32", fp16::RUN),
             CpuGemm::Faer => return format!("not run (faer has no {precision} products)"),
             CpuGemm::Packed => "AVX2",
             CpuGemm::PackedAvx512 => "AVX-512",

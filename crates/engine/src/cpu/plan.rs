@@ -13,7 +13,7 @@
 //! The choices are process-wide (every device of a process runs a shape on the same kernel) and
 //! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
 //! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
-//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|faer` fixes the kernel
+//! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|avx512-fp16-wide|faer` fixes the kernel
 //! instead (`measure` is the default). Where the CPU has AVX-512F our packed kernel runs on either
 //! micro-kernel, and the measurement takes all three.
 //!
@@ -35,7 +35,7 @@ use crate::device::{Gemm, Precision};
 pub const MARGIN: f64 = 0.75;
 
 /// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `avx512-bf16`,
-/// `amx` (these two for bf16 products), `avx512-fp16` (for fp16 products; a run's other products
+/// `amx` (these two for bf16 products), `avx512-fp16` or `avx512-fp16-wide` (for fp16 products; a run's other products
 /// then go on `packed-avx512`), `faer`, or `measure` (default).
 pub const ENV: &str = "CID_CPU_GEMM";
 
@@ -234,7 +234,7 @@ pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
     entries
         .map(|e| {
             let shown: String = e.chars().take(64).collect();
-            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|faer)"))
+            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=KERNEL, KERNEL one of {})", names(&CpuGemm::ALL)))
         })
         .collect()
 }
@@ -274,7 +274,7 @@ mod tests {
         assert!(parse(&long).unwrap_err().contains("more than 4096"));
         assert_eq!(parse(&long[..long.len() - 17]).unwrap().len(), MAX_ENTRIES);
         let e = parse(&"9".repeat(10_000)).unwrap_err();
-        assert!(e.len() < 200, "a bad entry is cut short in the message: {} bytes", e.len());
+        assert!(e.len() < 300, "a bad entry is cut short in the message: {} bytes", e.len());
     }
 
     #[test]
@@ -316,6 +316,9 @@ mod tests {
         assert_eq!(fp16[0].1, if CpuGemm::Fp16Runs.supported() { CpuGemm::Fp16Runs } else { expect(CpuGemm::PackedAvx512) });
         assert_eq!(fp16[1].1, expect(CpuGemm::PackedAvx512));
         assert_eq!(to_text(fp16.iter().take(1).map(|(k, g)| (k, g))), format!("8x8x12/nn/p1/fp16={}", fp16[0].1.name()));
+        // The wide fp16 tile falls back to the narrow one, then to AVX-512's.
+        let wide = parse("8x8x14/nn/p1/fp16=avx512-fp16-wide").unwrap();
+        assert_eq!(wide[0].1, if CpuGemm::Fp16RunsWide.supported() { CpuGemm::Fp16RunsWide } else { expect(CpuGemm::PackedAvx512) });
         assert_eq!(summary("8x8x8/nn/p1=faer"), "packed 0, faer 1");
         assert_eq!(summary("8x8x8/nn/p1=faer;8x8x8/nn/p1/bf16=packed"), "packed 1, faer 1");
     }
