@@ -84,7 +84,7 @@ fn agrees() -> bool {
         let agrees = first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &emulated)
             && first_use_check(1e-5, &|m, n, k, a, b, c, buf| unsafe { sgemm_fp16_runs_wide(m, n, k, 1.0, a, b, c, n as isize, true, buf) }, &emulated);
         if !agrees {
-            eprintln!("warning: the AVX512-FP16 kernel disagrees with its emulation on this CPU; fp16 products run on the fp32 kernels");
+            eprintln!("warning: an AVX512-FP16 kernel disagrees with its emulation on this CPU; fp16 products run on the fp32 kernels");
         }
         agrees
     })
@@ -190,13 +190,14 @@ unsafe fn kernel_avx512_fp16(_: usize, _: *const f32, _: isize, _: *const f32, _
 unsafe fn kernel_avx512_fp16_wide(kc: usize, a: *const f32, _rsa: isize, b: *const f32, c: *mut f32, rsc: isize, mr: usize, nr: usize, alpha: f32, add: bool) {
     use std::arch::x86_64::*;
     // SAFETY: the loads read `kc · MR` words of A and `kc · 64` halves of B (the contract);
-    // prefetch addresses are formed with wrapping arithmetic and never fault; the accumulator
-    // tile is this call's own; C's tile is written inside `mr × nr` at row stride `rsc`.
+    // prefetch addresses are formed with wrapping arithmetic (a row's second line may lie past
+    // C) and never fault; the accumulator tile is this call's own; C's tile is written inside
+    // `mr × nr` at row stride `rsc`.
     unsafe {
         let (mut a, mut b) = (a as *const i32, b as *const u16);
         for i in 0..mr {
-            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(c.offset(i as isize * rsc + 32) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_offset(i as isize * rsc) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(c.wrapping_offset(i as isize * rsc + 32) as *const i8);
         }
         let mut acc = [0.0f32; MR * NR_WIDE];
         let mut p = 0;
@@ -206,7 +207,7 @@ unsafe fn kernel_avx512_fp16_wide(kc: usize, a: *const f32, _rsa: isize, b: *con
             let mut depth = || {
                 _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add(16 * MR) as *const i8);
                 let b0 = _mm512_castsi512_ph(_mm512_loadu_si512(b as *const __m512i));
-                let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(b.add(NR_MAX) as *const __m512i));
+                let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(b.add(NR_WIDE / 2) as *const __m512i));
                 for (i, s) in sums.iter_mut().enumerate() {
                     let ai = _mm512_castsi512_ph(_mm512_set1_epi32(*a.add(i)));
                     s[0] = _mm512_fmadd_ph(ai, b0, s[0]);
@@ -263,6 +264,7 @@ unsafe fn kernel_avx512_fp16_wide(_: usize, _: *const f32, _: isize, _: *const f
 /// # Safety
 /// `c` must address an `mr × nr` tile at row stride `rsc` that no other thread touches.
 unsafe fn store_edge<const W: usize>(tile: &[f32], c: *mut f32, rsc: isize, mr: usize, nr: usize, add: bool) {
+    debug_assert!(tile.len() >= mr * W && nr <= W, "a tile of {} for {mr} × {nr} at width {W}", tile.len());
     for i in 0..mr {
         // SAFETY: row `i < mr` of the tile, `nr` elements (the contract).
         let row = unsafe { std::slice::from_raw_parts_mut(c.offset(i as isize * rsc), nr) };
@@ -300,7 +302,7 @@ pub(crate) unsafe fn emulated_kernel(kc: usize, a: *const f32, _rsa: isize, b: *
     unsafe { store_edge::<NR_MAX>(&tile, c, rsc, mr, nr, add) }
 }
 
-/// Packs a block of B (`W` = 16 or 32) of `kd` depths × `lanes` lanes as halves, in
+/// Packs a block of B (`W` = 16, 32 or 64) of `kd` depths × `lanes` lanes as halves, in
 /// [`super::sgemm`]'s panel layout (for each `KC`-deep slice, one `kc × W` panel per `W` lanes,
 /// half `(p, q)` at `p·W + q`, the last panel zero-padded), each value rounded to the nearest
 /// binary16 as it is converted. One pass over the source, read in its own order as the fp32
@@ -323,6 +325,7 @@ pub(crate) unsafe fn pack_block_halves<const W: usize>(kd: usize, lanes: usize, 
     // write lies inside the `width · kd` halves of `out` (asserted): panel `q0` of the slice at
     // `slice` spans `slice · width + q0 · kc` plus `kc · W`.
     unsafe {
+        // Room for the widest panel (64 KiB on the stack), whatever `W` this call packs.
         let mut panel = [0.0f32; KC * NR_WIDE];
         for slice in (0..kd).step_by(KC) {
             let kc = KC.min(kd - slice);
@@ -473,7 +476,7 @@ unsafe fn transpose_panel_halves<const W: usize>(_: usize, _: Panel, _: *mut u16
 
 /// `dst[..n]` = the `n` floats at `src` as binary16 (to nearest even), `dst[n..len]` = 0: eight
 /// at a time through F16C, the last few through a masked load, whose lanes past `n` convert to
-/// the zeros of the padding (`len` is a whole number of eights: B's panels are 16 or 32 wide).
+/// the zeros of the padding (`len` is a whole number of eights: B's panels are 16, 32 or 64 wide).
 ///
 /// # Safety
 /// The CPU must have AVX2 and F16C; `src` must hold `n` floats and `dst` room for `len ≥ n`

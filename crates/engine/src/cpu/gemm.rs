@@ -202,7 +202,7 @@ unsafe fn gemm_parallel_strided(kernel: CpuGemm, packs: &mut [PackBuffers], shar
         return unsafe { gemm_depth_parts(kernel, packs, shared, p) };
     }
     // Whole micro-panels per worker: the kernel's tile width across columns (faer's too).
-    let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
+    let nr = kernel.tile_cols();
     let (split, dim, unit) = if p.n >= p.m { (Split::Cols, p.n, nr) } else { (Split::Rows, p.m, sgemm::MR) };
     let (parts, bound) = partition(packs.len(), dim, unit);
     let on_tiles = kernel == CpuGemm::Amx && packs[0].round == sgemm::Rounding::Bf16;
@@ -275,7 +275,7 @@ unsafe fn gemm_depth_parts(kernel: CpuGemm, packs: &mut [PackBuffers], partials:
         partials.resize(chunks * mn, 0.0);
     }
     // Column blocks per depth part, for the workers the parts leave idle.
-    let nr = kernel.isa().map_or(sgemm::NR, sgemm::Isa::nr);
+    let nr = kernel.tile_cols();
     let (col_parts, col_bound) = partition(packs.len().div_ceil(chunks), n, nr);
     let tasks = chunks * col_parts;
     let workers = packs.len().min(tasks);

@@ -98,13 +98,23 @@ impl CpuGemm {
         Self::ALL.into_iter().find(|k| k.name() == name)
     }
 
-    /// Our micro-kernel's vector instruction set (its tile width, and the zero-skipping kernel's
-    /// vectors), or `None` for faer.
+    /// Our micro-kernel's vector instruction set (the zero-skipping kernel's vectors), or `None`
+    /// for faer.
     pub fn isa(self) -> Option<sgemm::Isa> {
         match self {
             CpuGemm::Packed => Some(sgemm::Isa::Avx2),
             CpuGemm::PackedAvx512 | CpuGemm::Bf16Dot | CpuGemm::Amx | CpuGemm::Fp16Runs | CpuGemm::Fp16RunsWide => Some(sgemm::Isa::Avx512),
             CpuGemm::Faer => None,
+        }
+    }
+
+    /// Columns of its widest micro-tile, the unit a split across columns keeps whole: the ISA's
+    /// ([`sgemm::Isa::nr`]), twice that for the wide fp16 tile, AVX2's for faer.
+    pub fn tile_cols(self) -> usize {
+        match (self, self.isa()) {
+            (CpuGemm::Fp16RunsWide, _) => fp16::NR_WIDE,
+            (_, Some(isa)) => isa.nr(),
+            (_, None) => sgemm::NR,
         }
     }
 
@@ -151,13 +161,13 @@ impl CpuGemm {
 
     /// The nearest kernel this CPU runs to one it does not (a plan saved on another machine): AMX
     /// and AVX512-BF16 fall back to each other and to AVX-512's, AVX-512's to AVX2's, ours to
-    /// faer; the fp16 kernels to each other, then to AVX-512's.
+    /// faer; the fp16 kernels (both there or neither) to AVX-512's.
     pub fn nearest_supported(self) -> CpuGemm {
         let chain: &[CpuGemm] = match self {
             CpuGemm::Amx => &[CpuGemm::Amx, CpuGemm::Bf16Dot, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Bf16Dot => &[CpuGemm::Bf16Dot, CpuGemm::Amx, CpuGemm::PackedAvx512, CpuGemm::Packed],
-            CpuGemm::Fp16Runs => &[CpuGemm::Fp16Runs, CpuGemm::Fp16RunsWide, CpuGemm::PackedAvx512, CpuGemm::Packed],
-            CpuGemm::Fp16RunsWide => &[CpuGemm::Fp16RunsWide, CpuGemm::Fp16Runs, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Fp16Runs => &[CpuGemm::Fp16Runs, CpuGemm::PackedAvx512, CpuGemm::Packed],
+            CpuGemm::Fp16RunsWide => &[CpuGemm::Fp16RunsWide, CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::PackedAvx512 => &[CpuGemm::PackedAvx512, CpuGemm::Packed],
             CpuGemm::Packed => &[CpuGemm::Packed],
             CpuGemm::Faer => &[],

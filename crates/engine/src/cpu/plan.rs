@@ -35,8 +35,9 @@ use crate::device::{Gemm, Precision};
 pub const MARGIN: f64 = 0.75;
 
 /// The environment variable that fixes the kernel: `packed`, `packed-avx512`, `avx512-bf16`,
-/// `amx` (these two for bf16 products), `avx512-fp16` or `avx512-fp16-wide` (for fp16 products; a run's other products
-/// then go on `packed-avx512`), `faer`, or `measure` (default).
+/// `amx` (these two for bf16 products), `avx512-fp16` or `avx512-fp16-wide` (for fp16
+/// products; a run's other products then go on `packed-avx512`), `faer`, or `measure`
+/// (default).
 pub const ENV: &str = "CID_CPU_GEMM";
 
 /// How a device picks the kernel of a product.
@@ -316,7 +317,7 @@ mod tests {
         assert_eq!(fp16[0].1, if CpuGemm::Fp16Runs.supported() { CpuGemm::Fp16Runs } else { expect(CpuGemm::PackedAvx512) });
         assert_eq!(fp16[1].1, expect(CpuGemm::PackedAvx512));
         assert_eq!(to_text(fp16.iter().take(1).map(|(k, g)| (k, g))), format!("8x8x12/nn/p1/fp16={}", fp16[0].1.name()));
-        // The wide fp16 tile falls back to the narrow one, then to AVX-512's.
+        // The wide fp16 tile runs where the narrow one does, else falls back to AVX-512's.
         let wide = parse("8x8x14/nn/p1/fp16=avx512-fp16-wide").unwrap();
         assert_eq!(wide[0].1, if CpuGemm::Fp16RunsWide.supported() { CpuGemm::Fp16RunsWide } else { expect(CpuGemm::PackedAvx512) });
         assert_eq!(summary("8x8x8/nn/p1=faer"), "packed 0, faer 1");

@@ -18,6 +18,10 @@
 //! `NR`-column micro-panels of B (16 KiB for AVX2's 16 columns, held in L1) and `ir` over 6-row micro-panels of A
 //! (streamed from L2). A super-block of two slices keeps the `MC × nc` block of C in cache across
 //! a 512-deep product (every weight gradient of a 256-pair batch): C is written to memory once.
+//! Where C spans several blocks of B and A is small (a weight gradient `dYᵀ·X`), the order
+//! changes: `kk` outermost, A packed whole once per super-block, then `jc` (each element of C
+//! still gets its slices in the same order: the same bits; past one super-block C is read again
+//! for each).
 //! Operands whose depth is contiguous (both of the forward `X·Wᵀ`) are packed with 8 × 8 register
 //! transposes; scalar packing cost a quarter of the GEMM's time on xl's shapes.
 //!
@@ -47,7 +51,8 @@ pub(crate) const NR_MAX: usize = 32;
 /// 32-wide panel is 32 KiB: a third of the 48 KiB L1 of Ice Lake and later Xeons, but all of
 /// Skylake-SP's and Zen 4's 32 KiB; a shallower slice for that kernel is to be measured there.)
 pub const KC: usize = 256;
-/// Rows of a packed block of A: a 144 × 256 slice is 144 KiB, well inside a 512 KiB L2.
+/// Rows of a packed block of A: a 144 × 256 slice is 144 KiB, well inside a 512 KiB L2 (where
+/// A is packed whole, [`loop_nest`], the rows of C run in blocks of this many over it).
 pub const MC: usize = 144;
 /// Most columns of a packed block of B.
 pub const NC: usize = 4096;
@@ -123,7 +128,7 @@ pub(crate) enum Packing {
     /// Two depths of bf16 in each 32-bit slot ([`pack_block_pairs`]): `vdpbf16ps`.
     Bf16Pairs,
     /// IEEE binary16 in [`Packing::Floats`]'s order: B one half per element (two to a float;
-    /// panels are 16 or 32 lanes wide), A each half twice in a 32-bit word, which the kernel
+    /// panels are 16, 32 or 64 lanes wide), A each half twice in a 32-bit word, which the kernel
     /// broadcasts with a plain load (a 16-bit broadcast costs a shuffle): the fp16 kernel
     /// ([`super::fp16`]).
     Halves,
@@ -243,9 +248,10 @@ impl Isa {
         }
     }
 
-    /// Columns of the kernel's widest micro-tile: the unit of a split across columns, and the
-    /// width B is packed in, but for AVX-512's products to at most 16 columns (16 wide; no split
-    /// across columns cuts them, a split needing two units).
+    /// Columns of the ISA's widest fp32 micro-tile: the width B is packed in, but for AVX-512's
+    /// products to at most 16 columns (16 wide; no split across columns cuts them, a split
+    /// needing two units), and the unit of a split across columns (`CpuGemm::tile_cols`, which
+    /// doubles it for the wide fp16 tile).
     pub fn nr(self) -> usize {
         match self {
             Isa::Avx2 => NR,
@@ -455,8 +461,8 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
         let (abuf, bbuf) = buf.aligned();
         // The kernels of rows `ic..ic + mc` of C against one packed block of B (`nc` columns from
         // `jc`, depths `kk..kk + kd`): A's rows from row `a_row` of a packed block `a_width` lanes
-        // wide (its first `whole` rows read in place instead).
-        let kernels = |ablock: *const f32, a_width: usize, a_row: usize, bblock: *const f32, (ic, mc, whole): (usize, usize, usize), (jc, nc): (usize, usize), (kk, kd): (usize, usize)| {
+        // wide (its first `in_place_rows` rows read in place instead).
+        let kernels = |ablock: *const f32, a_width: usize, a_row: usize, bblock: *const f32, (ic, mc, in_place_rows): (usize, usize, usize), (jc, nc): (usize, usize), (kk, kd): (usize, usize)| {
             for pc in (0..kd).step_by(KC) {
                 let kc = KC.min(kd - pc);
                 // The first slice of k writes C (or adds to it when accumulating); later ones add.
@@ -468,10 +474,10 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
                     for ir in (0..mc).step_by(MR) {
                         let ct = c.offset((ic + ir) as isize * rsc + (jc + jr) as isize);
                         let (mr, nr) = (MR.min(mc - ir), NR.min(nc - jr));
-                        if let Some(in_place_kernel) = in_place.filter(|_| ir < whole) {
+                        if let Some(in_place_kernel) = in_place.filter(|_| ir < in_place_rows) {
                             in_place_kernel(kc, a.at(kk + pc, ic + ir).ptr, a.sq, bj, ct, rsc, mr, nr, alpha, add);
                         } else {
-                            packed_kernel(kc, ap.add(packing.a_floats(kc, ir - whole)), 1, bj, ct, rsc, mr, nr, alpha, add);
+                            packed_kernel(kc, ap.add(packing.a_floats(kc, ir - in_place_rows)), 1, bj, ct, rsc, mr, nr, alpha, add);
                         }
                     }
                 }
@@ -499,11 +505,11 @@ pub(crate) unsafe fn loop_nest<const NR: usize>(
                 pack::<NR>(packing, Side::B, kd, nc, b.at(kk, jc), bbuf, buf_round);
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
-                    let whole = if in_place.is_some() { mc / MR * MR } else { 0 };
-                    if whole < mc {
-                        pack::<MR>(packing, Side::A, kd, mc - whole, a.at(kk, ic + whole), abuf, buf_round);
+                    let in_place_rows = if in_place.is_some() { mc / MR * MR } else { 0 };
+                    if in_place_rows < mc {
+                        pack::<MR>(packing, Side::A, kd, mc - in_place_rows, a.at(kk, ic + in_place_rows), abuf, buf_round);
                     }
-                    kernels(abuf.as_ptr(), (mc - whole).next_multiple_of(MR), 0, bbuf.as_ptr(), (ic, mc, whole), (jc, nc), (kk, kd));
+                    kernels(abuf.as_ptr(), (mc - in_place_rows).next_multiple_of(MR), 0, bbuf.as_ptr(), (ic, mc, in_place_rows), (jc, nc), (kk, kd));
                 }
             }
         }
@@ -1461,13 +1467,15 @@ pub(crate) mod tests {
     /// rows would not. (The naive products of `check_against_naive` cross the same path.)
     #[test]
     fn an_a_packed_whole_gives_the_same_bits_as_one_packed_per_block() {
-        if !Isa::Avx2.supported() {
-            eprintln!("SKIPPED (no AVX2/FMA)");
+        // (The halves' packing converts through F16C.)
+        if !Isa::Avx2.supported() || !std::arch::is_x86_feature_detected!("f16c") {
+            eprintln!("SKIPPED (no AVX2/FMA/F16C)");
             return;
         }
-        // 150 rows: two blocks of MC; 600 deep: two depth blocks; 1100 columns: past a block of B
-        // at every packing (512 columns of floats or halves, 1024 of bf16 pairs).
-        let (m, n, k) = (150, 1100, 600);
+        // 151 rows: two blocks of MC, the last panel of rows partial; 600 deep: two depth blocks;
+        // 1100 columns: past a block of B at every packing (512 columns of floats or halves, 1024
+        // of bf16 pairs).
+        let (m, n, k) = (151, 1100, 600);
         let mut seed = 11u64;
         let (av, bv) = (uniform(&mut seed, m * k), uniform(&mut seed, k * n));
         let nests: [(&str, Packing, Rounding, Kernel); 3] = [
@@ -1484,7 +1492,7 @@ pub(crate) mod tests {
                     let c0 = uniform(&mut seed, m * n);
                     let mut buf = PackBuffers { round, ..Default::default() };
                     let mut whole = c0.clone();
-                    // SAFETY: whole row-major matrices of the shapes given; the emulated kernels run on AVX2.
+                    // SAFETY: whole row-major matrices of the shapes given; the emulated kernels and the packings run on AVX2 with F16C (checked above).
                     unsafe { loop_nest::<NR_MAX>(packing, m, n, k, 0.75, a, b, whole.as_mut_ptr(), n as isize, accumulate, &mut buf, kernel, None) };
                     let mut by_blocks = c0;
                     for jc in (0..n).step_by(ncb) {
