@@ -192,6 +192,14 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     assert!(r.metric("scalability.batch.max_batch_size").unwrap().value >= 256.0);
     assert!(!r.recommendations.is_empty() && r.recommendations.iter().all(|x| !x.evidence.is_empty()));
     assert_eq!(r.fingerprint.build_profile, if cfg!(debug_assertions) { "debug" } else { "release" });
+    // The hardware category's memory by what holds it: fp32's parts add up to its memory metric,
+    // and its state is four fp32 copies of mlp-medium's 689 024 parameters.
+    let hardware = r.category(bench::CategoryKind::Hardware).unwrap();
+    let note = hardware.notes.iter().find(|n| n.starts_with("memory by what holds it: ")).unwrap_or_else(|| panic!("no memory note in {:?}", hardware.notes));
+    let fp32: Vec<f64> = note["memory by what holds it: fp32 ".len()..].split(['=', '+', ';']).take(4).map(|part| part.trim().split(' ').next().unwrap().parse().unwrap()).collect();
+    let [total, state, activations, scratch] = fp32[..] else { panic!("{note}") };
+    assert!((total - r.metric("hardware.cpu.fp32.memory_mb").unwrap().value).abs() < 0.051, "{note}");
+    assert!((state + activations + scratch - total).abs() < 0.151 && (state - 16.0 * 689_024.0 / 1e6).abs() < 0.051 && activations > 0.0, "{note}");
 
     // HTML: parses; a section per category with inline SVG charts whose every bar and point has a
     // hover title (value, CI, n) and a sortable table; nothing loaded from outside the page.

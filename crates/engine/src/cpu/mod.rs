@@ -342,6 +342,13 @@ impl CpuDevice {
         self.gemm
     }
 
+    /// Bytes of the device's tensors: the arenas (parameters, gradients, Adam moments, running
+    /// statistics) and the activation buffers, without the scratch that
+    /// [`Device::allocated_bytes`] adds (packing, strips, reductions, lanes' own scratch).
+    pub fn tensor_bytes(&self) -> usize {
+        4 * self.mem_len()
+    }
+
     /// How this device picks the kernel of each product.
     pub fn gemm_policy(&self) -> GemmPolicy {
         self.policy
