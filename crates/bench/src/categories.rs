@@ -126,26 +126,31 @@ struct MemoryUse {
     /// Parameters, their gradients and both Adam moments: fp32 in every precision (master
     /// weights and optimizer state, as PyTorch's autocast keeps them).
     state: usize,
-    /// Every other tensor: activations, the batch, running statistics.
+    /// Every other tensor: activations and their gradients, the batch, running statistics, and
+    /// the copies some encoders keep beside the state (a second view's gradient arena, a
+    /// convolution's weights rearranged by tap).
     activations: usize,
     /// Packing buffers, strips, reductions: what the kernels need beside the tensors.
     scratch: usize,
 }
 
 impl MemoryUse {
+    /// The memory of a step's device, split by the parameters it trains (its own and a
+    /// projection head's, four fp32 arenas of them on the device).
     fn of(st: &ContrastiveStep<CpuDevice>) -> Self {
         let device = &st.encoder.device;
         let (tensors, total) = (device.tensor_bytes(), device.allocated_bytes());
         let trained = st.encoder.params().len() + st.head().map_or(0, |h| h.arenas().params.len());
-        let state = (16 * trained).min(tensors);
-        MemoryUse { state, activations: tensors - state, scratch: total.saturating_sub(tensors) }
+        let state = 16 * trained;
+        debug_assert!(state <= tensors, "four arenas of {trained} parameters in {tensors} bytes of tensors");
+        MemoryUse { state, activations: tensors.saturating_sub(state), scratch: total.saturating_sub(tensors) }
     }
 
     fn total(&self) -> usize {
         self.state + self.activations + self.scratch
     }
 
-    /// `12.7 MB = 11.1 state + 0.9 activations + 0.7 scratch`.
+    /// `12.7 MB = 11.0 state + 1.0 activations + 0.7 scratch`.
     fn describe(&self) -> String {
         let mb = |b: usize| b as f64 / 1e6;
         format!("{:.1} MB = {:.1} state + {:.1} activations + {:.1} scratch", mb(self.total()), mb(self.state), mb(self.activations), mb(self.scratch))
@@ -686,7 +691,7 @@ pub fn hardware(s: &Settings, device: DeviceSel) -> Result<Category> {
         // operands as they are packed; weights, gradients, moments and activations stay fp32.
         let memory: Vec<String> = [fp32].into_iter().chain(reduced.iter().copied()).map(|r| format!("{} {}", r.name, r.memory.describe())).collect();
         cat.notes.push(format!(
-            "memory by what holds it: {}. State (parameters, gradients, both Adam moments) is fp32 in every precision, as PyTorch's autocast keeps it; activations stay fp32 too (products round their operands as they pack them), so a reduced precision can differ from fp32 only in scratch. At B={b} this model's memory is {:.0} % state: even activations stored in half precision would save at most {:.0} %",
+            "memory by what holds it: {}. State (parameters, gradients, both Adam moments) is fp32 in every precision, as PyTorch's autocast keeps it; activations (every other tensor: their gradients, the batch, running statistics, an encoder's working copies of its weights) stay fp32 too (products round their operands as they pack them), so a reduced precision can differ from fp32 only in scratch. At B={b} this model's memory is {:.0} % state: every other tensor held in half precision would save at most {:.0} %",
             memory.join("; "),
             100.0 * fp32.memory.state as f64 / fp32.memory.total().max(1) as f64,
             50.0 * fp32.memory.activations as f64 / fp32.memory.total().max(1) as f64,

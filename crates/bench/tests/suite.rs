@@ -200,6 +200,12 @@ fn suite_writes_every_report_well_formed_and_baselines_compare() {
     let [total, state, activations, scratch] = fp32[..] else { panic!("{note}") };
     assert!((total - r.metric("hardware.cpu.fp32.memory_mb").unwrap().value).abs() < 0.051, "{note}");
     assert!((state + activations + scratch - total).abs() < 0.151 && (state - 16.0 * 689_024.0 / 1e6).abs() < 0.051 && activations > 0.0, "{note}");
+    // The share said to be state, and the bound on what half precision could save (from the
+    // parts' exact bytes: within a point of the rounded MB here).
+    let number_after =
+        |prefix: &str| -> f64 { note.split(prefix).nth(1).and_then(|t| t.split(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no number after `{prefix}` in {note}")) };
+    let (said_state, said_saving) = (number_after("this model's memory is "), number_after("would save at most "));
+    assert!((said_state - 100.0 * state / total).abs() <= 1.0 && (said_saving - 50.0 * activations / total).abs() <= 1.0, "{note}");
 
     // HTML: parses; a section per category with inline SVG charts whose every bar and point has a
     // hover title (value, CI, n) and a sortable table; nothing loaded from outside the page.

@@ -93,11 +93,11 @@ fn agrees() -> bool {
 /// The micro-kernel: `C[0..mr, 0..nr] (+)= alpha · Ã · B̃` for one `kc`-deep panel of MR rows
 /// of A (32-bit words each holding one half twice, depth `p`, row `i` at `a[p·MR + i]`) and of
 /// 32 columns of B (halves, `b[p·32 + j]`). Each row's 32 columns are one register of halves
-/// through a run of [`RUN`] depths, then converted and added to two fp32 registers; two runs
-/// are summed at once, their depths interleaved, for twelve independent chains of multiply-adds
-/// (one run's six left the FMA pipes idle through their latency: xl's products ran 25–30 %
-/// faster on one core with two). A's word is
-/// broadcast by a plain load (`vpbroadcastd`): broadcasting a lone half, even within the
+/// through a run of [`RUN`] depths, then converted and added to two fp32 registers. Two runs
+/// are summed at once, their depths interleaved, for twelve independent chains of multiply-adds:
+/// one run's six left the FMA pipes idle through their latency, and xl's products ran 25–30 %
+/// faster on one core with two runs at once. A's word is broadcast by a plain load
+/// (`vpbroadcastd`): broadcasting a lone half, even within the
 /// multiply-add (`{1to32}`), costs a shuffle, and in a loop in L1 the words ran 5–10 % faster.
 ///
 /// # Safety
@@ -133,7 +133,9 @@ unsafe fn kernel_avx512_fp16(kc: usize, a: *const f32, _rsa: isize, b: *const f3
             let (mut first, mut second) = ([_mm512_setzero_ph(); MR], [_mm512_setzero_ph(); MR]);
             let (a2, b2) = (a.add(RUN * MR), b.add(RUN * NR_MAX));
             for d in 0..RUN {
-                _mm_prefetch::<_MM_HINT_T0>(a2.wrapping_add((d + 16) * MR) as *const i8);
+                // A streams from L2: fetch the next pair's words, two depths a step (48 bytes,
+                // so every line of them is touched by the time this pair ends).
+                _mm_prefetch::<_MM_HINT_T0>(a.wrapping_add((2 * RUN + 2 * d) * MR) as *const i8);
                 let b0 = _mm512_castsi512_ph(_mm512_loadu_si512(b.add(d * NR_MAX) as *const __m512i));
                 let b1 = _mm512_castsi512_ph(_mm512_loadu_si512(b2.add(d * NR_MAX) as *const __m512i));
                 for i in 0..MR {
@@ -694,7 +696,8 @@ mod tests {
     /// the kernel), each slice into runs of [`RUN`] from its start, each run summed in fp16 (each
     /// multiply-add of the rounded operands rounded once), the runs added in fp32, the slice's sum
     /// times alpha added to C. Every transposition, with and without accumulation, shapes across
-    /// every edge of the tiles and blocks; the emulated kernel on any CPU with AVX2, the
+    /// every edge of the tiles and blocks, and slices whose runs the kernel takes two at a time
+    /// then one whole and one partial (k = 100, and 480's slice of 224); the emulated kernel on any CPU with AVX2, the
     /// AVX512-FP16 kernel where the CPU has it.
     #[cfg(target_arch = "x86_64")]
     #[test]
@@ -716,7 +719,7 @@ mod tests {
         let mut seed = 3u64;
         let mut rand = |len: usize| sgemm::tests::uniform(&mut seed, len);
         let half = |x: f32| f64::from(sgemm::fp16(x));
-        for (m, n, k) in [(1, 1, 1), (7, 17, 257), (145, 33, 300), (151, 16, 600), (13, 70, 513), (33, 40, 1100), (9, 31, 9), (64, 96, 520)] {
+        for (m, n, k) in [(1, 1, 1), (7, 17, 257), (145, 33, 300), (151, 16, 600), (13, 70, 513), (33, 40, 1100), (9, 31, 9), (64, 96, 520), (8, 40, 100), (13, 33, 480)] {
             for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
                 for accumulate in [false, true] {
                     let (av, bv, c0) = (rand(m * k), rand(k * n), rand(m * n));
