@@ -582,8 +582,62 @@ impl CpuDevice {
         pays
     }
 
-    /// [`Device::gemm`]: on the zero-skipping kernel where A is sparse enough to pay, else on the
-    /// kernel measured (or fixed) for its shape, split over the workers.
+    /// Whether a product whose A may hold zeros tries the zero-skipping strips (which still
+    /// decline an A with too many non-zeros, [`gemm_sparse`](Self::gemm_sparse)): under a fixed
+    /// kernel, or a resumed plan from before the strips were measured, always; else as measured
+    /// for its shape, once per process, against its dense kernel on its first operands (on
+    /// AVX-512 the dense kernel is twice AVX2's speed while the strips gain less, so where they
+    /// pay depends on the shape and the CPU: docs/performance.md).
+    fn strips_for(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> bool {
+        if matches!(self.policy, GemmPolicy::Fixed(_)) || self.strips_by_density {
+            return true;
+        }
+        let key = GemmKey::of(g, parts, self.precision);
+        if let Some(&on) = self.strips_plan.get(&key) {
+            return on;
+        }
+        let on = match plan::chosen_strips(key) {
+            Some(on) => on,
+            None => {
+                let measured = self.measure_strips(g, parts, c, a, b);
+                plan::record_strips(key, measured)
+            }
+        };
+        self.strips_plan.insert(key, on);
+        on
+    }
+
+    /// Times the strips against the product's dense kernel (chosen first, as
+    /// [`kernel_for`](Self::kernel_for) chooses it), interleaved as [`measure`](Self::measure)
+    /// times kernels, C restored before each run and after. An A the strips decline (too many
+    /// non-zeros) is dense.
+    fn measure_strips(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> bool {
+        const BUDGET_S: f64 = 4e-3;
+        const MAX_RUNS: usize = 32;
+        let dense = self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b));
+        let saved = self.slice(c)[..g.m * g.n].to_vec();
+        let (mut best_strips, mut best_dense, mut spent, mut runs) = (f64::INFINITY, f64::INFINITY, 0.0, 0);
+        let mut declined = false;
+        while !declined && (runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S)) {
+            self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
+            let t = Instant::now();
+            declined = !self.gemm_sparse(g, c, a, b);
+            let strips = t.elapsed().as_secs_f64();
+            self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
+            let t = Instant::now();
+            self.gemm_on(dense, g, parts, c, a, b);
+            let dense_s = t.elapsed().as_secs_f64();
+            (best_strips, best_dense) = (best_strips.min(strips), best_dense.min(dense_s));
+            spent += (strips + dense_s) / 2.0;
+            runs += 1;
+        }
+        self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
+        !declined && best_strips < best_dense
+    }
+
+    /// [`Device::gemm`]: on the zero-skipping kernel where measured faster (or under a fixed
+    /// kernel) and A is sparse enough to pay, else on the kernel measured (or fixed) for its
+    /// shape, split over the workers.
     pub(super) fn product(&mut self, g: Gemm, c: View, a: View, b: View) {
         // Checked once here, so that every size below it (`m·n`, `m·k`, `k·n`) is in bounds.
         assert!(g.fits(c.len(), a.len(), b.len()), "operands of {}, {} and {} floats for the product {g:?}", c.len(), a.len(), b.len());
@@ -592,10 +646,10 @@ impl CpuDevice {
         // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
         let fp32 = self.precision == Precision::Fp32;
         // (It runs on the vectors of the device's own kernel; faer alone excludes it.)
-        if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.gemm_sparse(g, c, a, b) {
+        let parts = self.gemm_parts(g);
+        if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.strips_for(g, parts, c, a, b) && self.gemm_sparse(g, c, a, b) {
             return;
         }
-        let parts = self.gemm_parts(g);
         // (bf16 and fp16 round operands as our kernels pack them: the kernels measured for those
         // are ours, `CpuGemm::candidates`.)
         let kernel = self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b));
@@ -836,6 +890,65 @@ mod tests {
                 // Every later device of the process runs the shape on the same kernel.
                 assert_eq!(CpuDevice::with_policy(GemmPolicy::Measure).planned_kernel(g, parts), Some(chosen));
             }
+        });
+    }
+
+    /// Where measuring, whether a product with zeros to skip runs on the strips is a choice of
+    /// the plan, as its kernel is: measured once (and saved with the kernels), or pinned. The
+    /// strips and the dense kernel sum in different orders, so C's bits tell which ran.
+    #[test]
+    fn the_strips_are_a_measured_choice_of_the_plan_and_pinned_as_one() {
+        if !sgemm::supported() {
+            eprintln!("SKIPPED: this CPU lacks AVX2/FMA; the zero-skipping GEMM runs only where it has them");
+            return;
+        }
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        pool.install(|| {
+            // A weight gradient dW = dYᵀ·X behind ReLU + dropout: dY 60 % zeros (shapes of
+            // this test alone: the choices are the process's).
+            let run = |dev: &mut CpuDevice, (m, n, k): (usize, usize, usize), sparse_a: bool| {
+                let (a, b, c) = (dev.alloc(k * m).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
+                let mut seed = 11u64;
+                let mut rand = move || {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    (seed >> 40) as f32 / (1u64 << 24) as f32
+                };
+                let av: Vec<f32> = (0..m * k).map(|_| rand()).map(|u| if u < 0.6 { 0.0 } else { u - 0.5 }).collect();
+                let bv: Vec<f32> = (0..k * n).map(|_| rand() - 0.5).collect();
+                dev.upload(a, &av);
+                dev.upload(b, &bv);
+                dev.gemm(Gemm::tn(m, n, k).sparse_a(sparse_a), c, a, b);
+                dev.slice(c).iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
+            };
+            let kernel = CpuGemm::best_packed();
+            for (shape, pinned) in [((96, 208, 301), "strips"), ((96, 208, 302), "dense")] {
+                let (m, n, k) = shape;
+                // The strips' bits (a fixed kernel takes them wherever A is sparse enough) and the
+                // dense kernel's.
+                let strips = run(&mut CpuDevice::with_gemm(kernel), shape, true);
+                let dense = run(&mut CpuDevice::with_gemm(kernel), shape, false);
+                assert_ne!(strips, dense, "{shape:?}: the two orders of summing agree, so this test could not tell them apart");
+                let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
+                dev.pin_kernel_plan(&format!("{m}x{n}x{k}/tn/p2={};{m}x{n}x{k}/tn/p2/zeros={pinned}", kernel.name())).unwrap();
+                assert_eq!(run(&mut dev, shape, true), if pinned == "strips" { strips.clone() } else { dense.clone() }, "{shape:?} pinned to {pinned}");
+                assert!(dev.kernel_plan().contains(&format!("{m}x{n}x{k}/tn/p2/zeros={pinned}")), "{}", dev.kernel_plan());
+            }
+            // Measured: the choice is recorded in the plan, and the product ran on it.
+            let shape = (96, 208, 303);
+            let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
+            let got = run(&mut dev, shape, true);
+            let text = dev.kernel_plan();
+            let on = text.contains("96x208x303/tn/p2/zeros=strips");
+            assert!(on || text.contains("96x208x303/tn/p2/zeros=dense"), "no choice of the strips in {text}");
+            let planned = dev.planned_kernel(Gemm::tn(96, 208, 303), 2).unwrap();
+            let want = if on { run(&mut CpuDevice::with_gemm(planned), shape, true) } else { run(&mut CpuDevice::with_gemm(planned), shape, false) };
+            assert_eq!(got, want, "the product ran on the choice recorded ({text})");
+            // A plan saved before the strips were measured (kernels, no strips entry): the
+            // resumed run takes them wherever A is sparse enough, as that run did.
+            let shape = (96, 208, 304);
+            let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
+            dev.pin_kernel_plan(&format!("96x208x304/tn/p2={}", kernel.name())).unwrap();
+            assert_eq!(run(&mut dev, shape, true), run(&mut CpuDevice::with_gemm(kernel), shape, true));
         });
     }
 

@@ -229,6 +229,12 @@ pub struct CpuDevice {
     /// The kernel of each product shape this device has run (a copy of the process's choices:
     /// a lookup here takes no lock).
     plan: HashMap<GemmKey, CpuGemm>,
+    /// For products whose A may hold zeros, whether they run on the zero-skipping strips (a copy
+    /// of the process's choices, as `plan`).
+    strips_plan: HashMap<GemmKey, bool>,
+    /// A resumed run's plan saved before the strips were measured: its products take the strips
+    /// wherever A is sparse enough, as that run did.
+    strips_by_density: bool,
     /// bf16 or fp16 products: every pack buffer rounds the operands it packs (the loss's products
     /// excepted).
     precision: Precision,
@@ -292,6 +298,8 @@ impl CpuDevice {
             gemm,
             policy,
             plan: HashMap::new(),
+            strips_plan: HashMap::new(),
+            strips_by_density: false,
             precision: Precision::Fp32,
             threads,
             shared: None,
@@ -306,6 +314,7 @@ impl CpuDevice {
         lane.id = self.id;
         lane.gemm = self.gemm;
         lane.plan = self.plan.clone();
+        (lane.strips_plan, lane.strips_by_density) = (self.strips_plan.clone(), self.strips_by_density);
         lane.apply_precision(self.precision);
         lane
     }
@@ -793,18 +802,23 @@ impl Device for CpuDevice {
 
     /// The device's choices and its lanes' (whose products split over fewer workers).
     fn kernel_plan(&self) -> String {
-        let mut all = self.plan.clone();
+        let (mut all, mut strips) = (self.plan.clone(), self.strips_plan.clone());
         for lane in &self.lanes {
             all.extend(lane.plan.iter().map(|(k, v)| (*k, *v)));
+            strips.extend(lane.strips_plan.iter().map(|(k, v)| (*k, *v)));
         }
-        plan::to_text(&all)
+        plan::to_text_with_strips(&all, &strips)
     }
 
     fn pin_kernel_plan(&mut self, text: &str) -> std::result::Result<(), String> {
-        let entries = plan::parse(text)?;
+        let pinned = plan::parse_plan(text)?;
         if self.policy == GemmPolicy::Measure {
-            plan::pin(&entries);
-            self.plan.extend(entries);
+            plan::pin(&pinned);
+            // A plan with kernels and no strips entry was saved before the strips were
+            // measured: its run took them by A's density, so the resumed run does too.
+            self.strips_by_density = pinned.strips.is_empty() && !pinned.kernels.is_empty();
+            self.strips_plan.extend(pinned.strips);
+            self.plan.extend(pinned.kernels);
             // Lanes are made again, from the pinned plan.
             self.lanes.clear();
         }

@@ -159,9 +159,40 @@ pub fn record(key: GemmKey, kernel: CpuGemm) -> CpuGemm {
     *chosen_map().entry(key).or_insert(kernel)
 }
 
-/// Makes these choices the process's, replacing any made (a resumed run's kernels).
-pub fn pin(entries: &[(GemmKey, CpuGemm)]) {
-    chosen_map().extend(entries.iter().copied());
+/// Makes these choices the process's, replacing any made (a resumed run's kernels and strips).
+pub fn pin(plan: &Plan) {
+    chosen_map().extend(plan.kernels.iter().copied());
+    strips_map().extend(plan.strips.iter().copied());
+}
+
+/// A plan read back ([`parse_plan`]): the kernel of each product shape, and for products whose
+/// zeros may be skipped, whether they run on the strips.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Plan {
+    pub kernels: Vec<(GemmKey, CpuGemm)>,
+    pub strips: Vec<(GemmKey, bool)>,
+}
+
+/// The process's choices of the zero-skipping strips ([`super::sparse`]) for products whose A
+/// may hold zeros (`Gemm::sparse_a`: gradients behind ReLU + dropout): `true` where the strips
+/// measured faster than the product's dense kernel on its first operands. Keyed as the kernels
+/// are; saved in the same text (`…/zeros=strips` or `…/zeros=dense`) and pinned with it.
+static STRIPS: Mutex<BTreeMap<GemmKey, bool>> = Mutex::new(BTreeMap::new());
+
+fn strips_map() -> std::sync::MutexGuard<'static, BTreeMap<GemmKey, bool>> {
+    // As `chosen_map`.
+    STRIPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this process runs `key`'s zeros on the strips, if it has chosen.
+pub fn chosen_strips(key: GemmKey) -> Option<bool> {
+    strips_map().get(&key).copied()
+}
+
+/// Records a measured choice of the strips unless another device chose first; returns the one
+/// in force.
+pub fn record_strips(key: GemmKey, strips: bool) -> bool {
+    *strips_map().entry(key).or_insert(strips)
 }
 
 /// The fastest kernel from each one's best time (in seconds): the faster of ours, unless faer
@@ -180,22 +211,41 @@ pub fn decide(best: &[(CpuGemm, f64)]) -> CpuGemm {
 pub fn to_text<'a>(entries: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>) -> String {
     let mut sorted: Vec<_> = entries.into_iter().collect();
     sorted.sort_by_key(|(k, _)| **k);
+    sorted.iter().map(|(k, g)| format!("{}={}", shape_text(k), g.name())).collect::<Vec<_>>().join(";")
+}
+
+/// [`to_text`] with the strips' choices after the kernels': `512x1024x64/tn/p2/zeros=strips`.
+pub fn to_text_with_strips<'a>(kernels: impl IntoIterator<Item = (&'a GemmKey, &'a CpuGemm)>, strips: impl IntoIterator<Item = (&'a GemmKey, &'a bool)>) -> String {
+    let mut sorted: Vec<_> = strips.into_iter().collect();
+    sorted.sort_by_key(|(k, _)| **k);
+    let strips = sorted.iter().map(|(k, &on)| format!("{}/{ZEROS}={}", shape_text(k), if on { "strips" } else { "dense" }));
+    std::iter::once(to_text(kernels)).chain(strips).filter(|e| !e.is_empty()).collect::<Vec<_>>().join(";")
+}
+
+/// The component that marks a strips entry.
+const ZEROS: &str = "zeros";
+
+/// `64x512x256/nt/p2`, then `/bf16` or `/fp16` for a reduced precision.
+fn shape_text(k: &GemmKey) -> String {
     let t = |b: bool| if b { 't' } else { 'n' };
-    let precision = |p: Precision| if p == Precision::Fp32 { String::new() } else { format!("/{p}") };
-    sorted.iter().map(|(k, g)| format!("{}x{}x{}/{}{}/p{}{}={}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts, precision(k.precision), g.name())).collect::<Vec<_>>().join(";")
+    let precision = if k.precision == Precision::Fp32 { String::new() } else { format!("/{}", k.precision) };
+    format!("{}x{}x{}/{}{}/p{}{precision}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts)
 }
 
 /// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`
 /// (the other kernels only where they ran any).
 pub fn summary(text: &str) -> String {
-    match parse(text) {
-        Ok(entries) => CpuGemm::ALL
-            .into_iter()
-            .map(|k| (k, entries.iter().filter(|(_, e)| *e == k).count()))
-            .filter(|&(k, n)| n > 0 || matches!(k, CpuGemm::Packed | CpuGemm::Faer))
-            .map(|(k, n)| format!("{} {n}", k.name()))
-            .collect::<Vec<_>>()
-            .join(", "),
+    match parse_plan(text) {
+        Ok(plan) => {
+            let kernels = CpuGemm::ALL
+                .into_iter()
+                .map(|k| (k, plan.kernels.iter().filter(|(_, e)| *e == k).count()))
+                .filter(|&(k, n)| n > 0 || matches!(k, CpuGemm::Packed | CpuGemm::Faer))
+                .map(|(k, n)| format!("{} {n}", k.name()));
+            // `zero-skipping strips 2 of 3` where products with zeros to skip were measured.
+            let strips = (!plan.strips.is_empty()).then(|| format!("zero-skipping strips {} of {}", plan.strips.iter().filter(|(_, on)| *on).count(), plan.strips.len()));
+            kernels.chain(strips).collect::<Vec<_>>().join(", ")
+        }
         Err(e) => e,
     }
 }
@@ -204,40 +254,73 @@ pub fn summary(text: &str) -> String {
 /// this comes from a damaged or hostile file, not from a run.
 pub const MAX_ENTRIES: usize = 4096;
 
-/// Reads [`to_text`]'s form back; an error names the entry it cannot read.
+/// The kernels of [`to_text_with_strips`]'s form read back ([`parse_plan`]).
 pub fn parse(text: &str) -> Result<Vec<(GemmKey, CpuGemm)>, String> {
-    let entry = |e: &str| -> Option<(GemmKey, CpuGemm)> {
+    parse_plan(text).map(|plan| plan.kernels)
+}
+
+/// Reads [`to_text_with_strips`]'s form back; an error names the entry it cannot read.
+pub fn parse_plan(text: &str) -> Result<Plan, String> {
+    enum Entry {
+        Kernel(GemmKey, CpuGemm),
+        Strips(GemmKey, bool),
+    }
+    let entry = |e: &str| -> Option<Entry> {
         let (shape, kernel) = e.split_once('=')?;
-        let mut parts = shape.split('/');
-        let dims: Vec<usize> = parts.next()?.split('x').map(|d| d.parse().ok()).collect::<Option<_>>()?;
-        let trans = parts.next()?.as_bytes();
-        let workers = parts.next()?.strip_prefix('p')?.parse().ok()?;
-        let flag = |c: u8| match c {
-            b'n' => Some(false),
-            b't' => Some(true),
-            _ => None,
-        };
-        let precision = match parts.next() {
-            None => Precision::Fp32,
-            Some(p) => p.parse().ok().filter(|&p| p != Precision::Fp32)?,
-        };
-        let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
+        // A strips entry: the shape, `/zeros`, and `strips` or `dense`.
+        if let Some(shape) = shape.strip_suffix(&format!("/{ZEROS}")) {
+            let on = match kernel {
+                "strips" => true,
+                "dense" => false,
+                _ => return None,
+            };
+            return key_of(shape).map(|key| Entry::Strips(key, on));
+        }
+        let key = key_of(shape)?;
         // A kernel this CPU lacks (a plan saved on another machine) runs on the nearest it has;
         // one that does not run the entry's precision, on the one that does in its place.
-        let kernel = CpuGemm::from_name(kernel)?.nearest_supported().for_precision(precision);
-        let kernel = if kernel.runs(precision) { kernel } else { CpuGemm::best_packed() };
-        Some((GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers, precision }, kernel))
+        let kernel = CpuGemm::from_name(kernel)?.nearest_supported().for_precision(key.precision);
+        let kernel = if kernel.runs(key.precision) { kernel } else { CpuGemm::best_packed() };
+        Some(Entry::Kernel(key, kernel))
     };
     let entries = text.split(';').filter(|e| !e.is_empty());
     if entries.clone().nth(MAX_ENTRIES).is_some() {
         return Err(format!("a GEMM plan of more than {MAX_ENTRIES} entries"));
     }
-    entries
-        .map(|e| {
-            let shown: String = e.chars().take(64).collect();
-            entry(e).ok_or_else(|| format!("cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=KERNEL, KERNEL one of {})", names(&CpuGemm::ALL)))
-        })
-        .collect()
+    let mut plan = Plan::default();
+    for e in entries {
+        match entry(e) {
+            Some(Entry::Kernel(key, kernel)) => plan.kernels.push((key, kernel)),
+            Some(Entry::Strips(key, on)) => plan.strips.push((key, on)),
+            None => {
+                let shown: String = e.chars().take(64).collect();
+                return Err(format!(
+                    "cannot read the GEMM plan entry `{shown}` (expected m×n×k as MxNxK/nt/pN[/bf16|/fp16]=KERNEL, KERNEL one of {}, or MxNxK/nt/pN/{ZEROS}=strips|dense)",
+                    names(&CpuGemm::ALL)
+                ));
+            }
+        }
+    }
+    Ok(plan)
+}
+
+/// The key of a shape written as [`shape_text`] writes it.
+fn key_of(shape: &str) -> Option<GemmKey> {
+    let mut parts = shape.split('/');
+    let dims: Vec<usize> = parts.next()?.split('x').map(|d| d.parse().ok()).collect::<Option<_>>()?;
+    let trans = parts.next()?.as_bytes();
+    let workers = parts.next()?.strip_prefix('p')?.parse().ok()?;
+    let flag = |c: u8| match c {
+        b'n' => Some(false),
+        b't' => Some(true),
+        _ => None,
+    };
+    let precision = match parts.next() {
+        None => Precision::Fp32,
+        Some(p) => p.parse().ok().filter(|&p| p != Precision::Fp32)?,
+    };
+    let ([m, n, k], [ta, tb], None) = (<[usize; 3]>::try_from(dims).ok()?, <[u8; 2]>::try_from(trans).ok()?, parts.next()) else { return None };
+    Some(GemmKey { m, n, k, trans_a: flag(ta)?, trans_b: flag(tb)?, parts: workers, precision })
 }
 
 #[cfg(test)]
@@ -276,6 +359,26 @@ mod tests {
         assert_eq!(parse(&long[..long.len() - 17]).unwrap().len(), MAX_ENTRIES);
         let e = parse(&"9".repeat(10_000)).unwrap_err();
         assert!(e.len() < 300, "a bad entry is cut short in the message: {} bytes", e.len());
+    }
+
+    #[test]
+    fn the_strips_choices_round_trip_beside_the_kernels() {
+        let k = GemmKey { m: 512, n: 1024, k: 64, trans_a: true, trans_b: false, parts: 2, precision: Precision::Fp32 };
+        let k2 = GemmKey { n: 256, ..k };
+        let packed = CpuGemm::Packed;
+        let text = to_text_with_strips([(&k, &packed)], [(&k2, &false), (&k, &true)]);
+        assert_eq!(text, "512x1024x64/tn/p2=packed;512x256x64/tn/p2/zeros=dense;512x1024x64/tn/p2/zeros=strips");
+        let plan = parse_plan(&text).unwrap();
+        assert_eq!(plan.kernels, vec![(k, packed.nearest_supported())]);
+        assert_eq!(plan.strips, vec![(k2, false), (k, true)]);
+        assert_eq!(parse(&text).unwrap(), plan.kernels, "parse reads the kernels");
+        assert_eq!(to_text_with_strips([], [(&k, &true)]), "512x1024x64/tn/p2/zeros=strips");
+        assert_eq!(to_text_with_strips([(&k, &packed)], []), to_text([(&k, &packed)]));
+        assert!(summary(&text).ends_with("zero-skipping strips 1 of 2"), "{}", summary(&text));
+        for bad in ["1x2x3/nn/p1/zeros=maybe", "1x2x3/nn/p1/zeros=faer", "1x2x3/nn/zeros=strips", "1x2x3/nn/p1/zeros/bf16=strips", "1x2x3/nn/p1=strips"] {
+            let e = parse_plan(bad).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
     }
 
     #[test]
