@@ -2,8 +2,8 @@
 //! AVX512-BF16 or AMX, [`amx`]) or on faer, whichever measured fastest on each shape and
 //! precision ([`plan`];
 //! faer alone where the CPU lacks AVX2/FMA), split over the workers (`cpu/gemm.rs`), the products
-//! marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where A has
-//! few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
+//! marked `sparse_a` on the zero-skipping kernel ([`sparse`]) where it measured faster than
+//! their dense kernel (the plan's choice too) and A has few enough non-zeros, and the element-wise, normalisation, pooling, attention and patch
 //! kernels of [`crate::ops`] (compiled for the CPU's vector extensions with `multiversion`),
 //! parallel with rayon where the work is large enough to pay for it.
 //!
