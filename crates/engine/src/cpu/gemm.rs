@@ -583,24 +583,30 @@ impl CpuDevice {
     }
 
     /// Whether a product whose A may hold zeros tries the zero-skipping strips (which still
-    /// decline an A with too many non-zeros, [`gemm_sparse`](Self::gemm_sparse)): under a fixed
-    /// kernel, or a resumed plan from before the strips were measured, always; else as measured
-    /// for its shape, once per process, against its dense kernel on its first operands (on
-    /// AVX-512 the dense kernel is twice AVX2's speed while the strips gain less, so where they
-    /// pay depends on the shape and the CPU: docs/performance.md).
+    /// decline an A with too many non-zeros, [`gemm_sparse`](Self::gemm_sparse)): never on faer
+    /// (the strips run on the vectors of the device's own kernel, which faer has not); always
+    /// under another fixed kernel, or on a resumed plan from before the strips were measured;
+    /// else as measured for its shape, once per process, against its dense kernel on its first
+    /// operands (on AVX-512 the dense kernel is twice AVX2's speed while the strips gain less,
+    /// so where they pay depends on the shape and the CPU: docs/performance.md). Recorded in
+    /// the device's plan whichever way it was decided, as [`kernel_for`](Self::kernel_for)
+    /// records kernels: a run resumed under another policy then pins what this one did.
     fn strips_for(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> bool {
-        if matches!(self.policy, GemmPolicy::Fixed(_)) || self.strips_by_density {
-            return true;
-        }
         let key = GemmKey::of(g, parts, self.precision);
         if let Some(&on) = self.strips_plan.get(&key) {
             return on;
         }
-        let on = match plan::chosen_strips(key) {
-            Some(on) => on,
-            None => {
-                let measured = self.measure_strips(g, parts, c, a, b);
-                plan::record_strips(key, measured)
+        let on = if self.gemm.isa().is_none() {
+            false
+        } else if matches!(self.policy, GemmPolicy::Fixed(_)) || self.strips_by_density {
+            true
+        } else {
+            match plan::chosen_strips(key) {
+                Some(on) => on,
+                None => {
+                    let measured = self.measure_strips(g, parts, c, a, b);
+                    plan::record_strips(key, measured)
+                }
             }
         };
         self.strips_plan.insert(key, on);
@@ -610,7 +616,8 @@ impl CpuDevice {
     /// Times the strips against the product's dense kernel (chosen first, as
     /// [`kernel_for`](Self::kernel_for) chooses it), interleaved as [`measure`](Self::measure)
     /// times kernels, C restored before each run and after. An A the strips decline (too many
-    /// non-zeros) is dense.
+    /// non-zeros) is dense for good: its shape's gradients are taken as dense by nature, where
+    /// measuring again at every step would cost a compression and two products each time.
     fn measure_strips(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> bool {
         const BUDGET_S: f64 = 4e-3;
         const MAX_RUNS: usize = 32;
@@ -635,8 +642,8 @@ impl CpuDevice {
         !declined && best_strips < best_dense
     }
 
-    /// [`Device::gemm`]: on the zero-skipping kernel where measured faster (or under a fixed
-    /// kernel) and A is sparse enough to pay, else on the kernel measured (or fixed) for its
+    /// [`Device::gemm`]: on the zero-skipping kernel where [`strips_for`](Self::strips_for) says
+    /// so and A is sparse enough to pay, else on the kernel measured (or fixed) for its
     /// shape, split over the workers.
     pub(super) fn product(&mut self, g: Gemm, c: View, a: View, b: View) {
         // Checked once here, so that every size below it (`m·n`, `m·k`, `k·n`) is in bounds.
@@ -645,9 +652,8 @@ impl CpuDevice {
         let sparse_fits = g.k <= SPARSE_MAX_DEPTH && g.m * g.k <= SPARSE_MAX_ELEMENTS;
         // (The zero-skipping kernel reads its operands unpacked: it runs in fp32 only.)
         let fp32 = self.precision == Precision::Fp32;
-        // (It runs on the vectors of the device's own kernel; faer alone excludes it.)
         let parts = self.gemm_parts(g);
-        if g.sparse_a && large && fp32 && self.gemm.isa().is_some() && sparse_fits && self.strips_for(g, parts, c, a, b) && self.gemm_sparse(g, c, a, b) {
+        if g.sparse_a && large && fp32 && sparse_fits && self.strips_for(g, parts, c, a, b) && self.gemm_sparse(g, c, a, b) {
             return;
         }
         // (bf16 and fp16 round operands as our kernels pack them: the kernels measured for those
@@ -906,6 +912,7 @@ mod tests {
         pool.install(|| {
             // A weight gradient dW = dYᵀ·X behind ReLU + dropout: dY 60 % zeros (shapes of
             // this test alone: the choices are the process's).
+            // Accumulating into a C that is not zero: measuring restores C, so the product adds once.
             let run = |dev: &mut CpuDevice, (m, n, k): (usize, usize, usize), sparse_a: bool| {
                 let (a, b, c) = (dev.alloc(k * m).unwrap(), dev.alloc(k * n).unwrap(), dev.alloc(m * n).unwrap());
                 let mut seed = 11u64;
@@ -915,9 +922,11 @@ mod tests {
                 };
                 let av: Vec<f32> = (0..m * k).map(|_| rand()).map(|u| if u < 0.6 { 0.0 } else { u - 0.5 }).collect();
                 let bv: Vec<f32> = (0..k * n).map(|_| rand() - 0.5).collect();
+                let c0: Vec<f32> = (0..m * n).map(|_| rand()).collect();
                 dev.upload(a, &av);
                 dev.upload(b, &bv);
-                dev.gemm(Gemm::tn(m, n, k).sparse_a(sparse_a), c, a, b);
+                dev.upload(c, &c0);
+                dev.gemm(Gemm::tn(m, n, k).accumulate(true).sparse_a(sparse_a), c, a, b);
                 dev.slice(c).iter().map(|v| v.to_bits()).collect::<Vec<u32>>()
             };
             let kernel = CpuGemm::best_packed();
@@ -940,8 +949,10 @@ mod tests {
             let text = dev.kernel_plan();
             let on = text.contains("96x208x303/tn/p2/zeros=strips");
             assert!(on || text.contains("96x208x303/tn/p2/zeros=dense"), "no choice of the strips in {text}");
-            let planned = dev.planned_kernel(Gemm::tn(96, 208, 303), 2).unwrap();
-            let want = if on { run(&mut CpuDevice::with_gemm(planned), shape, true) } else { run(&mut CpuDevice::with_gemm(planned), shape, false) };
+            // The strips run on the vectors of the device's own kernel; the dense way, on the
+            // kernel planned for the shape (faer, maybe).
+            let want =
+                if on { run(&mut CpuDevice::with_gemm(dev.gemm_kernel()), shape, true) } else { run(&mut CpuDevice::with_gemm(dev.planned_kernel(Gemm::tn(96, 208, 303), 2).unwrap()), shape, false) };
             assert_eq!(got, want, "the product ran on the choice recorded ({text})");
             // A plan saved before the strips were measured (kernels, no strips entry): the
             // resumed run takes them wherever A is sparse enough, as that run did.
@@ -949,6 +960,15 @@ mod tests {
             let mut dev = CpuDevice::with_policy(GemmPolicy::Measure);
             dev.pin_kernel_plan(&format!("96x208x304/tn/p2={}", kernel.name())).unwrap();
             assert_eq!(run(&mut dev, shape, true), run(&mut CpuDevice::with_gemm(kernel), shape, true));
+            assert!(dev.kernel_plan().contains("96x208x304/tn/p2/zeros=strips"), "and records it: {}", dev.kernel_plan());
+            // Under a fixed kernel the choice is recorded too, so a run resumed under measuring
+            // keeps it: the strips on ours, never on faer.
+            let shape = (96, 208, 305);
+            for (fixed, want) in [(kernel, "strips"), (CpuGemm::Faer, "dense")] {
+                let mut dev = CpuDevice::with_gemm(fixed);
+                run(&mut dev, shape, true);
+                assert!(dev.kernel_plan().contains(&format!("96x208x305/tn/p2/zeros={want}")), "{}: {}", fixed.name(), dev.kernel_plan());
+            }
         });
     }
 

@@ -232,8 +232,9 @@ pub struct CpuDevice {
     /// For products whose A may hold zeros, whether they run on the zero-skipping strips (a copy
     /// of the process's choices, as `plan`).
     strips_plan: HashMap<GemmKey, bool>,
-    /// A resumed run's plan saved before the strips were measured: its products take the strips
-    /// wherever A is sparse enough, as that run did.
+    /// A resumed run's plan has kernels and no choice of the strips: saved before the strips
+    /// were measured (every product that reaches them records its choice now, under a fixed
+    /// kernel too), so its run took them wherever A was sparse enough, and this one does.
     strips_by_density: bool,
     /// bf16 or fp16 products: every pack buffer rounds the operands it packs (the loss's products
     /// excepted).

@@ -11,7 +11,7 @@
 //! smallest shapes of the `small` workload went to one kernel or the other from run to run.
 //!
 //! The choices are process-wide (every device of a process runs a shape on the same kernel) and
-//! are saved with a run's checkpoints: a resumed run pins them ([`parse`], then
+//! are saved with a run's checkpoints: a resumed run pins them ([`parse_plan`], then
 //! `Device::pin_kernel_plan`) and continues on the kernels it started with, so it stays
 //! bit-identical. `CID_CPU_GEMM=packed|packed-avx512|avx512-bf16|amx|avx512-fp16|avx512-fp16-wide|faer` fixes the kernel
 //! instead (`measure` is the default). Where the CPU has AVX-512F our packed kernel runs on either
@@ -22,6 +22,10 @@
 //! operands rounded to bf16 as they are packed (faer cannot round them). No kernel wins
 //! everywhere: on an Intel Xeon with AMX, `vdpbf16ps` runs at a third of AMX's speed on large
 //! products and below the fp32 kernel's, while AMX loses to both on products 16 columns wide.
+//!
+//! Products whose A may hold zeros (gradients behind ReLU + dropout) choose the same way between
+//! the zero-skipping strips ([`super::sparse`]) and their dense kernel, and save that choice
+//! beside the kernels (`…/zeros=strips`, `…/zeros=dense`).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -141,28 +145,46 @@ impl GemmKey {
     }
 }
 
-/// The process's choices so far.
-static CHOSEN: Mutex<BTreeMap<GemmKey, CpuGemm>> = Mutex::new(BTreeMap::new());
+/// Choices by product shape, shared by every device of the process.
+struct Choices<V>(Mutex<BTreeMap<GemmKey, V>>);
 
-fn chosen_map() -> std::sync::MutexGuard<'static, BTreeMap<GemmKey, CpuGemm>> {
-    // A poisoned lock only means a panic elsewhere while it was held; the map is still whole.
-    CHOSEN.lock().unwrap_or_else(|e| e.into_inner())
+impl<V: Copy> Choices<V> {
+    const fn new() -> Self {
+        Choices(Mutex::new(BTreeMap::new()))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<GemmKey, V>> {
+        // A poisoned lock only means a panic elsewhere while it was held; the map is still whole.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: GemmKey) -> Option<V> {
+        self.map().get(&key).copied()
+    }
+
+    /// The choice in force: `value` unless another device chose first.
+    fn record(&self, key: GemmKey, value: V) -> V {
+        *self.map().entry(key).or_insert(value)
+    }
 }
+
+/// The kernel of each shape.
+static CHOSEN: Choices<CpuGemm> = Choices::new();
 
 /// The kernel this process runs `key` on, if it has chosen one.
 pub fn chosen(key: GemmKey) -> Option<CpuGemm> {
-    chosen_map().get(&key).copied()
+    CHOSEN.get(key)
 }
 
 /// Records a measured choice unless another device chose first; returns the one in force.
 pub fn record(key: GemmKey, kernel: CpuGemm) -> CpuGemm {
-    *chosen_map().entry(key).or_insert(kernel)
+    CHOSEN.record(key, kernel)
 }
 
 /// Makes these choices the process's, replacing any made (a resumed run's kernels and strips).
 pub fn pin(plan: &Plan) {
-    chosen_map().extend(plan.kernels.iter().copied());
-    strips_map().extend(plan.strips.iter().copied());
+    CHOSEN.map().extend(plan.kernels.iter().copied());
+    STRIPS.map().extend(plan.strips.iter().copied());
 }
 
 /// A plan read back ([`parse_plan`]): the kernel of each product shape, and for products whose
@@ -177,22 +199,17 @@ pub struct Plan {
 /// may hold zeros (`Gemm::sparse_a`: gradients behind ReLU + dropout): `true` where the strips
 /// measured faster than the product's dense kernel on its first operands. Keyed as the kernels
 /// are; saved in the same text (`…/zeros=strips` or `…/zeros=dense`) and pinned with it.
-static STRIPS: Mutex<BTreeMap<GemmKey, bool>> = Mutex::new(BTreeMap::new());
-
-fn strips_map() -> std::sync::MutexGuard<'static, BTreeMap<GemmKey, bool>> {
-    // As `chosen_map`.
-    STRIPS.lock().unwrap_or_else(|e| e.into_inner())
-}
+static STRIPS: Choices<bool> = Choices::new();
 
 /// Whether this process runs `key`'s zeros on the strips, if it has chosen.
 pub fn chosen_strips(key: GemmKey) -> Option<bool> {
-    strips_map().get(&key).copied()
+    STRIPS.get(key)
 }
 
 /// Records a measured choice of the strips unless another device chose first; returns the one
 /// in force.
 pub fn record_strips(key: GemmKey, strips: bool) -> bool {
-    *strips_map().entry(key).or_insert(strips)
+    STRIPS.record(key, strips)
 }
 
 /// The fastest kernel from each one's best time (in seconds): the faster of ours, unless faer
@@ -232,8 +249,9 @@ fn shape_text(k: &GemmKey) -> String {
     format!("{}x{}x{}/{}{}/p{}{precision}", k.m, k.n, k.k, t(k.trans_a), t(k.trans_b), k.parts)
 }
 
-/// How many shapes of a plan (in [`to_text`]'s form) each kernel runs: `packed 12, faer 3`
-/// (the other kernels only where they ran any).
+/// How many shapes of a plan (in [`to_text_with_strips`]'s form) each kernel runs: `packed 12, faer 3`
+/// (the other kernels only where they ran any), then how many products with zeros to skip run
+/// on the strips.
 pub fn summary(text: &str) -> String {
     match parse_plan(text) {
         Ok(plan) => {
@@ -274,7 +292,8 @@ pub fn parse_plan(text: &str) -> Result<Plan, String> {
                 "dense" => false,
                 _ => return None,
             };
-            return key_of(shape).map(|key| Entry::Strips(key, on));
+            // (The strips run fp32 products only.)
+            return key_of(shape).filter(|key| key.precision == Precision::Fp32).map(|key| Entry::Strips(key, on));
         }
         let key = key_of(shape)?;
         // A kernel this CPU lacks (a plan saved on another machine) runs on the nearest it has;
@@ -375,7 +394,7 @@ mod tests {
         assert_eq!(to_text_with_strips([], [(&k, &true)]), "512x1024x64/tn/p2/zeros=strips");
         assert_eq!(to_text_with_strips([(&k, &packed)], []), to_text([(&k, &packed)]));
         assert!(summary(&text).ends_with("zero-skipping strips 1 of 2"), "{}", summary(&text));
-        for bad in ["1x2x3/nn/p1/zeros=maybe", "1x2x3/nn/p1/zeros=faer", "1x2x3/nn/zeros=strips", "1x2x3/nn/p1/zeros/bf16=strips", "1x2x3/nn/p1=strips"] {
+        for bad in ["1x2x3/nn/p1/zeros=maybe", "1x2x3/nn/p1/zeros=faer", "1x2x3/nn/zeros=strips", "1x2x3/nn/p1/zeros/bf16=strips", "1x2x3/nn/p1/bf16/zeros=strips", "1x2x3/nn/p1=strips"] {
             let e = parse_plan(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
