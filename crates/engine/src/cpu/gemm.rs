@@ -394,33 +394,41 @@ impl CpuDevice {
         k
     }
 
-    /// Times every kernel this CPU runs on this product, interleaved, best of two runs each or
-    /// more (up to 32 while the runs so far took under ≈ 4 ms), and returns the fastest
-    /// ([`plan::decide`]). C is restored before each run and at the end, so an accumulating
-    /// product still accumulates once.
+    /// Times every kernel this CPU runs on this product ([`best_times`](Self::best_times)) and
+    /// returns the fastest ([`plan::decide`]).
     fn measure(&mut self, g: Gemm, c: View, run: &mut dyn FnMut(&mut CpuDevice, CpuGemm)) -> CpuGemm {
-        /// Runs go on while one kernel's runs took less than this on average, in seconds ...
+        let kernels = CpuGemm::candidates(self.precision);
+        let best = self.best_times(g, c, kernels.len(), &mut |dev, i| run(dev, kernels[i]));
+        plan::decide(&kernels.into_iter().zip(best).collect::<Vec<_>>())
+    }
+
+    /// The best time of each of `ways` ways of computing this product (`run(dev, i)` computes it
+    /// the `i`-th way), interleaved, best of two runs each or more (up to 32 while the runs so
+    /// far took under ≈ 4 ms). C is restored before each run and at the end, so an accumulating
+    /// product still accumulates once.
+    fn best_times(&mut self, g: Gemm, c: View, ways: usize, run: &mut dyn FnMut(&mut CpuDevice, usize)) -> Vec<f64> {
+        /// Runs go on while one way's runs took less than this on average, in seconds ...
         const BUDGET_S: f64 = 4e-3;
         /// ... up to this many (and at least two, however long a product takes).
         const MAX_RUNS: usize = 32;
         // A copy of C for the trials, freed after them (measuring happens once per shape, in the
         // first steps, which may allocate).
         let saved = self.slice(c)[..g.m * g.n].to_vec();
-        let mut best: Vec<(CpuGemm, f64)> = CpuGemm::candidates(self.precision).into_iter().map(|k| (k, f64::INFINITY)).collect();
-        let (kernels, mut spent, mut runs) = (best.len(), 0.0, 0);
+        let mut best = vec![f64::INFINITY; ways];
+        let (mut spent, mut runs) = (0.0, 0);
         while runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S) {
-            for (k, t_best) in best.iter_mut() {
+            for (i, t_best) in best.iter_mut().enumerate() {
                 self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
                 let t = Instant::now();
-                run(self, *k);
+                run(self, i);
                 let s = t.elapsed().as_secs_f64();
                 *t_best = t_best.min(s);
-                spent += s / kernels as f64;
+                spent += s / ways as f64;
             }
             runs += 1;
         }
         self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-        plan::decide(&best)
+        best
     }
 
     /// Workers of a product: all of them past [`PAR_GEMM_WORK`], else one.
@@ -614,32 +622,21 @@ impl CpuDevice {
     }
 
     /// Times the strips against the product's dense kernel (chosen first, as
-    /// [`kernel_for`](Self::kernel_for) chooses it), interleaved as [`measure`](Self::measure)
-    /// times kernels, C restored before each run and after. An A the strips decline (too many
-    /// non-zeros) is dense for good: its shape's gradients are taken as dense by nature, where
-    /// measuring again at every step would cost a compression and two products each time.
+    /// [`kernel_for`](Self::kernel_for) chooses it), as kernels are timed
+    /// ([`best_times`](Self::best_times)). An A the strips decline (too many non-zeros) is dense
+    /// for good: its shape's gradients are taken as dense by nature, where measuring again at
+    /// every step would cost a compression and two products each time.
     fn measure_strips(&mut self, g: Gemm, parts: usize, c: View, a: View, b: View) -> bool {
-        const BUDGET_S: f64 = 4e-3;
-        const MAX_RUNS: usize = 32;
         let dense = self.kernel_for(g, parts, c, &mut |dev, k| dev.gemm_on(k, g, parts, c, a, b));
-        let saved = self.slice(c)[..g.m * g.n].to_vec();
-        let (mut best_strips, mut best_dense, mut spent, mut runs) = (f64::INFINITY, f64::INFINITY, 0.0, 0);
         let mut declined = false;
-        while !declined && (runs < 2 || (runs < MAX_RUNS && spent < BUDGET_S)) {
-            self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-            let t = Instant::now();
-            declined = !self.gemm_sparse(g, c, a, b);
-            let strips = t.elapsed().as_secs_f64();
-            self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-            let t = Instant::now();
-            self.gemm_on(dense, g, parts, c, a, b);
-            let dense_s = t.elapsed().as_secs_f64();
-            (best_strips, best_dense) = (best_strips.min(strips), best_dense.min(dense_s));
-            spent += (strips + dense_s) / 2.0;
-            runs += 1;
-        }
-        self.slice_mut(c)[..g.m * g.n].copy_from_slice(&saved);
-        !declined && best_strips < best_dense
+        let best = self.best_times(g, c, 2, &mut |dev, way| {
+            if way == 0 {
+                declined |= !dev.gemm_sparse(g, c, a, b);
+            } else {
+                dev.gemm_on(dense, g, parts, c, a, b);
+            }
+        });
+        !declined && best[0] < best[1]
     }
 
     /// [`Device::gemm`]: on the zero-skipping kernel where [`strips_for`](Self::strips_for) says

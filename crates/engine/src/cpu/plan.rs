@@ -394,7 +394,19 @@ mod tests {
         assert_eq!(to_text_with_strips([], [(&k, &true)]), "512x1024x64/tn/p2/zeros=strips");
         assert_eq!(to_text_with_strips([(&k, &packed)], []), to_text([(&k, &packed)]));
         assert!(summary(&text).ends_with("zero-skipping strips 1 of 2"), "{}", summary(&text));
-        for bad in ["1x2x3/nn/p1/zeros=maybe", "1x2x3/nn/p1/zeros=faer", "1x2x3/nn/zeros=strips", "1x2x3/nn/p1/zeros/bf16=strips", "1x2x3/nn/p1/bf16/zeros=strips", "1x2x3/nn/p1=strips"] {
+        for bad in [
+            "1x2x3/nn/p1/zeros=maybe",
+            "1x2x3/nn/p1/zeros=faer",
+            "1x2x3/nn/zeros=strips",
+            "1x2x3/nn/p1/zeros/bf16=strips",
+            "1x2x3/nn/p1/bf16/zeros=strips",
+            "1x2x3/nn/p1=strips",
+            "0x2x3/nn/p-1/zeros=strips",
+            "1e12x2x3/nn/p1/zeros=dense",
+            "-1x2x3/nn/p1/zeros=dense",
+            "1x2x3/nn/p1/zeros=",
+            "\u{0}/zeros=strips",
+        ] {
             let e = parse_plan(bad).unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
